@@ -1,0 +1,94 @@
+// Prints: the wall time of one task through Conductor against the same task run by the bare
+// CLI (same fake model), and tasks/s for many trivial tasks. Run: npm run bench [-- --tasks 200 --agents 4]
+import { execFile } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { promisify } from "node:util";
+import { TaskState } from "../gen/conductor/v1/task_pb.js";
+import { resolveClaudePath } from "../services/shared/claude-path.ts";
+import { startFakeModel } from "../test/fake-model/server.ts";
+import { scripted, spec, startConductor, waitForEnd } from "../test/harness.ts";
+
+const { values } = parseArgs({
+  options: {
+    tasks: { type: "string", default: "200" },
+    agents: { type: "string", default: "4" },
+    runs: { type: "string", default: "10" },
+  },
+});
+const TASKS = Number(values.tasks);
+const AGENTS = Number(values.agents);
+const RUNS = Number(values.runs);
+const run = promisify(execFile);
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const prompt = scripted([{ write: { path: "bench.txt", content: "x" } }, { text: "done" }]);
+
+await using model = await startFakeModel();
+
+// The bare CLI, as an AgentHost would run it.
+const claude = resolveClaudePath("");
+const bare: number[] = [];
+for (let i = 0; i < RUNS; i++) {
+  const dir = mkdtempSync(path.join(tmpdir(), "conductor-bench-"));
+  const t0 = performance.now();
+  await run(
+    claude,
+    [
+      "-p",
+      prompt,
+      "--output-format",
+      "stream-json",
+      "--verbose",
+      "--permission-mode",
+      "acceptEdits",
+    ],
+    {
+      cwd: dir,
+      env: {
+        PATH: process.env["PATH"] ?? "/usr/bin:/bin",
+        HOME: dir,
+        CLAUDE_CONFIG_DIR: dir,
+        ANTHROPIC_BASE_URL: model.url,
+        ANTHROPIC_API_KEY: "sk-bench",
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: "1",
+      },
+    },
+  );
+  bare.push(performance.now() - t0);
+  rmSync(dir, { recursive: true, force: true });
+}
+
+await using conductor = await startConductor({ agents: AGENTS, modelUrl: model.url });
+const { client } = conductor;
+const through: number[] = [];
+for (let i = 0; i < RUNS; i++) {
+  const t0 = performance.now();
+  const { task } = await client.submitTask({ spec: spec({ prompt }) });
+  const ended = await waitForEnd(client, task!.id);
+  if (ended.state !== TaskState.SUCCEEDED)
+    throw new Error(`bench task failed: ${ended.result?.error}`);
+  through.push(performance.now() - t0);
+}
+
+const t0 = performance.now();
+const ids = await Promise.all(
+  Array.from(
+    { length: TASKS },
+    async () => (await client.submitTask({ spec: spec({ prompt: "ok" }) })).task!.id,
+  ),
+);
+const submitMs = performance.now() - t0;
+const ended = await Promise.all(ids.map((id) => waitForEnd(client, id, 600_000)));
+const totalMs = performance.now() - t0;
+const failed = ended.filter((t) => t.state !== TaskState.SUCCEEDED).length;
+
+console.log(`one task, bare CLI:         median ${median(bare).toFixed(0)} ms over ${RUNS} runs`);
+console.log(
+  `one task, through Conductor: median ${median(through).toFixed(0)} ms over ${RUNS} runs (submit → SUCCEEDED seen by WatchTask)`,
+);
+console.log(`overhead:                    ${(median(through) - median(bare)).toFixed(0)} ms`);
+console.log(
+  `${TASKS} trivial tasks on ${AGENTS} agents: ${(TASKS / (totalMs / 1000)).toFixed(2)} tasks/s (all submitted in ${submitMs.toFixed(0)} ms; ${failed} failed)`,
+);

@@ -1,0 +1,76 @@
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import {
+  AgentHostService,
+  RunOutcomeSchema,
+  type RunTaskResponse,
+} from "../../gen/conductor/v1/agent_host_pb.js";
+import { AsyncQueue } from "../shared/async-queue.ts";
+import { invalid, notFound } from "../shared/errors.ts";
+import { AgentBusyError, UnknownAgentError, type AgentHost } from "./host.ts";
+import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
+
+/** Maps AgentHost domain errors onto gRPC codes. */
+function toConnect(e: unknown): unknown {
+  if (e instanceof UnknownAgentError)
+    return new ConnectError(e.message, Code.NotFound, undefined, undefined, e);
+  if (e instanceof AgentBusyError)
+    return new ConnectError(e.message, Code.FailedPrecondition, undefined, undefined, e);
+  return e;
+}
+
+/** The AgentHostService handlers: thin, over the AgentHost domain object. */
+export function agentHostRoutes(host: AgentHost) {
+  return (router: ConnectRouter) =>
+    router.service(AgentHostService, {
+      getCapacity() {
+        const agents = host.agents();
+        return {
+          nodeId: host.opts.nodeId,
+          runtime: "process",
+          agentsTotal: agents.length,
+          agentsIdle: agents.filter((a) => a.state === AgentState.IDLE).length,
+        };
+      },
+      listAgents() {
+        return { agents: host.agents() };
+      },
+      startAgent() {
+        return { agent: host.startAgent() };
+      },
+      async stopAgent(req) {
+        try {
+          await host.stopAgent(req.agentId);
+        } catch (e) {
+          throw toConnect(e);
+        }
+        return {};
+      },
+      async *runTask(req, ctx) {
+        if (!req.agentId) throw invalid("agent_id is required");
+        if (!req.taskId) throw invalid("task_id is required");
+        if (!req.spec?.prompt) throw invalid("spec.prompt is required");
+        const queue = new AsyncQueue<RunTaskResponse["kind"]>();
+        const done = host
+          .run(req.agentId, req.taskId, req.spec, ctx.signal, (output) =>
+            queue.push({ case: "output", value: output }),
+          )
+          .then(
+            (outcome) => {
+              queue.push({ case: "outcome", value: create(RunOutcomeSchema, outcome) });
+              queue.end();
+            },
+            (e: unknown) => queue.fail(toConnect(e)),
+          );
+        yield { kind: { case: "started", value: { agentId: req.agentId } } };
+        for await (const kind of queue) yield { kind };
+        await done;
+      },
+      async cancelRun(req) {
+        if (!req.taskId) throw invalid("task_id is required");
+        const found = await host.cancel(req.taskId);
+        if (!found) throw notFound("running task", req.taskId);
+        return { found };
+      },
+    });
+}

@@ -1,0 +1,189 @@
+import { create } from "@bufbuild/protobuf";
+import {
+  TaskResultSchema,
+  TaskState,
+  type AgentOutput,
+  type TaskResult,
+  type TaskSpec,
+} from "../../gen/conductor/v1/task_pb.js";
+import type { Execution, ExecSpec } from "../../plugins/runtime-process/process-backend.ts";
+import { parseStreamJsonLine } from "./stream-json.ts";
+
+/** The agent settings a run needs, already validated (see Config.agent). */
+export interface RunSettings {
+  claudePath: string;
+  model: string;
+  permissionMode: string;
+  allowedTools: string[];
+  idleTimeoutMs: number;
+  resultGraceMs: number;
+  defaultTimeoutMs: number;
+  apiKey: string;
+  baseUrl: string;
+  /** The CLI's own API retries (CLAUDE_CODE_MAX_RETRIES); negative keeps its default. */
+  maxApiRetries: number;
+}
+
+/** Where the run happens: the agent's workspace and its own CLI config folder. */
+export interface RunPlace {
+  agentId: string;
+  taskId: string;
+  workspace: string;
+  configDir: string;
+  /** The agent's own folder; every process of its runs carries it (CONDUCTOR_AGENT_DIR). */
+  agentDir: string;
+}
+
+/** How a run ended: a final task state and the result to record. */
+export interface RunOutcome {
+  state: TaskState;
+  result: TaskResult;
+}
+
+/** Why a run was stopped from outside. */
+export type StopReason = "cancelled" | "timeout" | "idle" | "result-grace";
+
+/** Builds the CLI's command line for a task spec. */
+export function claudeArgv(spec: TaskSpec, s: RunSettings): string[] {
+  const argv = [s.claudePath, "-p", spec.prompt, "--output-format", "stream-json", "--verbose"];
+  const model = spec.model || s.model;
+  if (model) argv.push("--model", model);
+  if (spec.maxTurns > 0) argv.push("--max-turns", String(spec.maxTurns));
+  argv.push("--permission-mode", spec.permissionMode || s.permissionMode);
+  const tools = spec.allowedTools.length > 0 ? spec.allowedTools : s.allowedTools;
+  if (tools.length > 0) argv.push("--allowedTools", tools.join(","));
+  return argv;
+}
+
+/** The CLI's whole environment: nothing of the host's leaks in but PATH. */
+export function claudeEnv(
+  place: RunPlace,
+  s: RunSettings,
+  hostPath: string,
+): Record<string, string> {
+  const env: Record<string, string> = {
+    PATH: hostPath,
+    HOME: place.configDir,
+    CLAUDE_CONFIG_DIR: place.configDir,
+    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: "1",
+    DISABLE_AUTOUPDATER: "1",
+    CONDUCTOR_AGENT_ID: place.agentId,
+    CONDUCTOR_AGENT_DIR: place.agentDir,
+    CONDUCTOR_TASK_ID: place.taskId,
+  };
+  if (s.apiKey) env["ANTHROPIC_API_KEY"] = s.apiKey;
+  if (s.baseUrl) env["ANTHROPIC_BASE_URL"] = s.baseUrl;
+  if (s.maxApiRetries >= 0) env["CLAUDE_CODE_MAX_RETRIES"] = String(s.maxApiRetries);
+  return env;
+}
+
+/**
+ * Runs one task through the Claude Code CLI: every stream-json line goes to `onOutput`,
+ * and the promise gives the outcome. A watchdog ends a run that is silent for the idle
+ * limit, or still alive a grace period after its result line (keeping the result).
+ */
+export async function runClaude(opts: {
+  spec: TaskSpec;
+  settings: RunSettings;
+  place: RunPlace;
+  exec: (spec: ExecSpec) => Execution;
+  hostPath: string;
+  signal: AbortSignal;
+  onStarted?: () => void;
+  onOutput: (out: AgentOutput) => void;
+}): Promise<RunOutcome> {
+  const { spec, settings: s, place } = opts;
+  const started = Date.now();
+  const timeoutMs = spec.timeoutSeconds > 0 ? spec.timeoutSeconds * 1000 : s.defaultTimeoutMs;
+  let execution: Execution;
+  try {
+    execution = opts.exec({
+      argv: claudeArgv(spec, s),
+      cwd: place.workspace,
+      env: claudeEnv(place, s, opts.hostPath),
+      marker: `CONDUCTOR_TASK_ID=${place.taskId}`,
+    });
+  } catch (cause) {
+    return failed(`cannot start the Claude Code CLI at ${s.claudePath}: ${String(cause)}`, started);
+  }
+
+  let result: TaskResult | undefined;
+  let stopReason: StopReason | undefined;
+  const stop = (reason: StopReason) => {
+    if (stopReason) return;
+    stopReason = reason;
+    void execution.kill();
+  };
+  let idleTimer = setTimeout(() => stop("idle"), s.idleTimeoutMs);
+  let graceTimer: NodeJS.Timeout | undefined;
+  const deadline = setTimeout(() => stop("timeout"), timeoutMs);
+  const onAbort = () => stop("cancelled");
+  if (opts.signal.aborted) onAbort();
+  opts.signal.addEventListener("abort", onAbort);
+  opts.onStarted?.();
+
+  execution.onStdoutLine((line) => {
+    if (!line.trim()) return;
+    clearTimeout(idleTimer);
+    idleTimer = setTimeout(() => stop("idle"), s.idleTimeoutMs);
+    const parsed = parseStreamJsonLine(line);
+    opts.onOutput(parsed.output);
+    if (parsed.result && !result) {
+      result = parsed.result;
+      clearTimeout(idleTimer);
+      graceTimer = setTimeout(() => stop("result-grace"), s.resultGraceMs);
+    }
+  });
+
+  const exit = await execution.exited;
+  clearTimeout(idleTimer);
+  clearTimeout(graceTimer);
+  clearTimeout(deadline);
+  opts.signal.removeEventListener("abort", onAbort);
+
+  if (exit.spawnError) {
+    return failed(
+      `cannot start the Claude Code CLI at ${s.claudePath}: ${exit.spawnError.message}`,
+      started,
+    );
+  }
+  if (stopReason === "cancelled")
+    return ended(TaskState.CANCELLED, result, "cancelled while running", started);
+  if (stopReason === "timeout") {
+    return ended(
+      TaskState.TIMED_OUT,
+      result,
+      `exceeded its timeout of ${timeoutMs / 1000} s; the CLI was ended`,
+      started,
+    );
+  }
+  if (result) {
+    // A result line is the CLI's own verdict, also when the watchdog had to end it afterwards.
+    return { state: result.isError ? TaskState.FAILED : TaskState.SUCCEEDED, result };
+  }
+  if (stopReason === "idle") {
+    return failed(
+      `the CLI printed nothing for ${s.idleTimeoutMs / 1000} s (agent.idle_timeout_seconds) and was ended`,
+      started,
+    );
+  }
+  const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.code}`;
+  const stderr = execution.stderrTail().trim().split("\n").slice(-5).join("\n");
+  return failed(`the CLI ${how} without a result${stderr ? `: ${stderr}` : ""}`, started);
+}
+
+function failed(error: string, started: number): RunOutcome {
+  return ended(TaskState.FAILED, undefined, error, started);
+}
+
+function ended(
+  state: TaskState,
+  result: TaskResult | undefined,
+  error: string,
+  started: number,
+): RunOutcome {
+  const r = result ?? create(TaskResultSchema, { durationMs: BigInt(Date.now() - started) });
+  r.isError = true;
+  r.error = error;
+  return { state, result: r };
+}

@@ -1,0 +1,161 @@
+import { parseArgs } from "node:util";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { ConfigError, loadConfig, type Config } from "../shared/config.ts";
+import { createLogger } from "../shared/log.ts";
+import { runClientCommand, CLIENT_COMMANDS } from "./client-commands.ts";
+import { startAgentHost, startOrchestrator, type Running } from "./services.ts";
+
+const USAGE = `conductor — run many Claude Code agents in parallel behind a durable gRPC task queue
+
+Services:
+  conductor up             Orchestrator + AgentHost in one process
+  conductor orchestrator   the Orchestrator alone
+  conductor agent-host     an AgentHost alone
+  conductor config print   the effective configuration
+
+Tasks (talk to the Orchestrator's socket):
+  conductor submit "<prompt>" [--priority N] [--timeout S] [--type T] [--max-attempts N]
+                              [--model M] [--idempotency-key K] [--wait] [--json]
+  conductor watch <id>        live progress until the task ends
+  conductor get <id>          one task, as JSON
+  conductor tasks [--state S] tasks, newest first
+  conductor agents            agents and what they run
+  conductor cancel <id>
+  conductor stats
+
+Common flags:
+  --config FILE     YAML configuration (sections orchestrator, agent, communication, runtime, storage, observability)
+  --agents N        orchestrator.num_agents
+  --socket-dir DIR  communication.socket_dir
+  --socket PATH     communication.socket_path (the Orchestrator's socket)
+  --data-dir DIR    storage.data_dir
+  --log-level L     observability.log_level
+Every key can also be set as CONDUCTOR_<SECTION>_<KEY>, e.g. CONDUCTOR_ORCHESTRATOR_NUM_AGENTS=5.
+`;
+
+const OPTIONS = {
+  config: { type: "string" },
+  agents: { type: "string" },
+  "socket-dir": { type: "string" },
+  socket: { type: "string" },
+  "data-dir": { type: "string" },
+  "log-level": { type: "string" },
+  priority: { type: "string" },
+  timeout: { type: "string" },
+  type: { type: "string" },
+  "max-attempts": { type: "string" },
+  model: { type: "string" },
+  "idempotency-key": { type: "string" },
+  state: { type: "string", multiple: true },
+  wait: { type: "boolean" },
+  json: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** Parsed command line: the command, its positionals and its flags. */
+export type Parsed = ReturnType<
+  typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>
+>;
+
+/** Entry point of the `conductor` command; returns the exit code. */
+export async function main(
+  argv: string[],
+  env: Record<string, string | undefined>,
+): Promise<number> {
+  let parsed: Parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true });
+  } catch (e) {
+    process.stderr.write(`conductor: ${(e as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  const [command, ...rest] = parsed.positionals;
+  if (!command || parsed.values.help) {
+    process.stdout.write(USAGE);
+    return command || parsed.values.help ? 0 : 2;
+  }
+  let config: Config;
+  try {
+    config = loadConfig({ file: parsed.values.config, env, flags: flagsOf(parsed) });
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`conductor: ${e.message}\n`);
+      return 2;
+    }
+    throw e;
+  }
+  try {
+    if (command === "config" && rest[0] === "print") {
+      process.stdout.write(JSON.stringify(redact(config), null, 2) + "\n");
+      return 0;
+    }
+    if (command === "up" || command === "orchestrator" || command === "agent-host") {
+      return await serve(command, config, env);
+    }
+    if (CLIENT_COMMANDS.has(command)) return await runClientCommand(command, rest, parsed, config);
+  } catch (e) {
+    const message = e instanceof ConnectError ? e.rawMessage : (e as Error).message;
+    const code = e instanceof ConnectError ? ` [${codeName(e)}]` : "";
+    process.stderr.write(`conductor ${command}: ${message}${code}\n`);
+    return 1;
+  }
+  process.stderr.write(`conductor: unknown command "${command}"\n\n${USAGE}`);
+  return 2;
+}
+
+function codeName(e: ConnectError): string {
+  return Code[e.code];
+}
+
+function flagsOf(parsed: Parsed): Record<string, unknown> {
+  const v = parsed.values;
+  const num = (s: string | undefined, key: string) => {
+    if (s === undefined) return undefined;
+    const n = Number(s);
+    if (!Number.isFinite(n))
+      throw new ConfigError(`configuration key "${key}": expected a number, got "${s}"`);
+    return n;
+  };
+  return {
+    "orchestrator.num_agents": num(v.agents, "orchestrator.num_agents"),
+    "communication.socket_dir": v["socket-dir"],
+    "communication.socket_path": v.socket,
+    "storage.data_dir": v["data-dir"],
+    "observability.log_level": v["log-level"],
+  };
+}
+
+function redact(config: Config): Config {
+  const copy = structuredClone(config);
+  if (copy.agent.anthropic_api_key) copy.agent.anthropic_api_key = "(set)";
+  return copy;
+}
+
+/** Runs the services named by `command` until SIGINT/SIGTERM. */
+async function serve(
+  command: string,
+  config: Config,
+  env: Record<string, string | undefined>,
+): Promise<number> {
+  const log = createLogger(config.observability.log_level, { node: config.orchestrator.node_id });
+  const running: Running[] = [];
+  if (command === "up" || command === "agent-host")
+    running.push(await startAgentHost(config, log, env["PATH"] ?? "/usr/bin:/bin"));
+  if (command === "up" || command === "orchestrator")
+    running.push(await startOrchestrator(config, log));
+  process.stdout.write(
+    JSON.stringify({
+      ready: command,
+      socket: config.communication.socket_path,
+      socket_dir: config.communication.socket_dir,
+    }) + "\n",
+  );
+  await new Promise<void>((resolve) => {
+    process.once("SIGINT", resolve);
+    process.once("SIGTERM", resolve);
+  });
+  log.info("shutting down");
+  // The Orchestrator first, so runs end as interrupted rather than failed.
+  for (const r of running.reverse()) await r.stop();
+  return 0;
+}

@@ -1,0 +1,332 @@
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { DatabaseSync } from "node:sqlite";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import {
+  TaskEventSchema,
+  TaskResultSchema,
+  TaskSchema,
+  TaskSpecSchema,
+  TaskState,
+  type Task,
+  type TaskEvent,
+  type TaskResult,
+  type TaskSpec,
+} from "../../gen/conductor/v1/task_pb.js";
+
+/** Task states from which nothing more happens. */
+export const FINAL_STATES: ReadonlySet<TaskState> = new Set([
+  TaskState.SUCCEEDED,
+  TaskState.FAILED,
+  TaskState.CANCELLED,
+  TaskState.TIMED_OUT,
+]);
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS tasks (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  idempotency_key TEXT UNIQUE,
+  state INTEGER NOT NULL,
+  priority INTEGER NOT NULL,
+  type TEXT NOT NULL,
+  spec BLOB NOT NULL,
+  agent_id TEXT NOT NULL DEFAULT '',
+  attempts INTEGER NOT NULL DEFAULT 0,
+  max_attempts INTEGER NOT NULL,
+  not_before INTEGER NOT NULL DEFAULT 0,
+  create_time INTEGER NOT NULL,
+  start_time INTEGER,
+  end_time INTEGER,
+  result BLOB,
+  run_ms INTEGER,
+  input_tokens INTEGER NOT NULL DEFAULT 0,
+  output_tokens INTEGER NOT NULL DEFAULT 0,
+  cost_usd REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (state, priority DESC, seq);
+CREATE TABLE IF NOT EXISTS events (
+  task_id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  body BLOB NOT NULL,
+  PRIMARY KEY (task_id, seq)
+) WITHOUT ROWID;
+`;
+
+interface TaskRow {
+  seq: number;
+  id: string;
+  state: number;
+  spec: Uint8Array;
+  agent_id: string;
+  attempts: number;
+  max_attempts: number;
+  create_time: number;
+  start_time: number | null;
+  end_time: number | null;
+  result: Uint8Array | null;
+}
+
+/** A field update of a task row; only the given fields change. */
+export interface TaskUpdate {
+  state?: TaskState;
+  agentId?: string;
+  attempts?: number;
+  notBefore?: number;
+  startTime?: number | null;
+  endTime?: number;
+  result?: TaskResult;
+  runMs?: number;
+}
+
+/**
+ * The Orchestrator's durable state: tasks and their events in SQLite (WAL, synchronous
+ * FULL: a write has reached the disk when a call returns).
+ */
+export class TaskStore {
+  private readonly db: DatabaseSync;
+  private readonly eventSeq = new Map<string, number>();
+
+  constructor(dataDir: string) {
+    mkdirSync(dataDir, { recursive: true });
+    this.db = new DatabaseSync(path.join(dataDir, "orchestrator.db"));
+    this.db.exec(
+      "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+    );
+    this.db.exec(SCHEMA);
+  }
+
+  /** Inserts a new QUEUED task, or returns the existing one with the same idempotency key. */
+  insert(
+    id: string,
+    spec: TaskSpec,
+    maxAttempts: number,
+    now: number,
+  ): { task: Task; created: boolean } {
+    const key = spec.idempotencyKey || null;
+    return this.tx(() => {
+      if (key) {
+        const row = this.db.prepare("SELECT * FROM tasks WHERE idempotency_key = ?").get(key);
+        if (row) return { task: toTask(row as unknown as TaskRow), created: false };
+      }
+      this.db
+        .prepare(
+          `INSERT INTO tasks (id, idempotency_key, state, priority, type, spec, max_attempts, create_time)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          id,
+          key,
+          TaskState.QUEUED,
+          spec.priority,
+          spec.type || "generic",
+          toBinary(TaskSpecSchema, spec),
+          maxAttempts,
+          now,
+        );
+      return { task: this.get(id)!, created: true };
+    });
+  }
+
+  get(id: string): Task | undefined {
+    const row = this.db.prepare("SELECT * FROM tasks WHERE id = ?").get(id);
+    return row ? toTask(row as unknown as TaskRow) : undefined;
+  }
+
+  /** Max attempts stored with a task (the spec's, or the default at submit). */
+  maxAttempts(id: string): number {
+    const row = this.db.prepare("SELECT max_attempts FROM tasks WHERE id = ?").get(id) as
+      { max_attempts: number } | undefined;
+    return row?.max_attempts ?? 1;
+  }
+
+  /** Changes a task only if it is still in `from` (one of them); returns whether it did. */
+  transition(id: string, from: TaskState[], update: TaskUpdate): boolean {
+    const sets: string[] = [];
+    const args: (string | number | null | Uint8Array)[] = [];
+    const put = (col: string, v: string | number | null | Uint8Array) => {
+      sets.push(`${col} = ?`);
+      args.push(v);
+    };
+    if (update.state !== undefined) put("state", update.state);
+    if (update.agentId !== undefined) put("agent_id", update.agentId);
+    if (update.attempts !== undefined) put("attempts", update.attempts);
+    if (update.notBefore !== undefined) put("not_before", update.notBefore);
+    if (update.startTime !== undefined) put("start_time", update.startTime);
+    if (update.endTime !== undefined) put("end_time", update.endTime);
+    if (update.runMs !== undefined) put("run_ms", update.runMs);
+    if (update.result !== undefined) {
+      put("result", toBinary(TaskResultSchema, update.result));
+      put("input_tokens", Number(update.result.usage?.inputTokens ?? 0n));
+      put("output_tokens", Number(update.result.usage?.outputTokens ?? 0n));
+      put("cost_usd", update.result.costUsd);
+    }
+    const marks = from.map(() => "?").join(",");
+    const res = this.db
+      .prepare(`UPDATE tasks SET ${sets.join(", ")} WHERE id = ? AND state IN (${marks})`)
+      .run(...args, id, ...from);
+    return res.changes === 1;
+  }
+
+  /** Queued tasks that may start now: highest priority first, FIFO within a priority. */
+  nextQueued(limit: number, now: number): Task[] {
+    const rows = this.db
+      .prepare(
+        `SELECT * FROM tasks WHERE state = ? AND not_before <= ? ORDER BY priority DESC, seq ASC LIMIT ?`,
+      )
+      .all(TaskState.QUEUED, now, limit);
+    return rows.map((r) => toTask(r as unknown as TaskRow));
+  }
+
+  /** When the earliest backed-off queued task becomes eligible, if any is waiting. */
+  nextWakeup(now: number): number | undefined {
+    const row = this.db
+      .prepare("SELECT MIN(not_before) AS t FROM tasks WHERE state = ? AND not_before > ?")
+      .get(TaskState.QUEUED, now) as { t: number | null };
+    return row.t ?? undefined;
+  }
+
+  /** Tasks in the given states, in submit order. */
+  inStates(states: TaskState[]): Task[] {
+    const marks = states.map(() => "?").join(",");
+    return this.db
+      .prepare(`SELECT * FROM tasks WHERE state IN (${marks}) ORDER BY seq`)
+      .all(...states)
+      .map((r) => toTask(r as unknown as TaskRow));
+  }
+
+  /** A page of tasks, newest first; the cursor is the last row's sequence number. */
+  list(
+    states: TaskState[],
+    pageSize: number,
+    before: number | undefined,
+  ): { tasks: Task[]; next?: number } {
+    const where: string[] = [];
+    const args: number[] = [];
+    if (states.length > 0) {
+      where.push(`state IN (${states.map(() => "?").join(",")})`);
+      args.push(...states);
+    }
+    if (before !== undefined) {
+      where.push("seq < ?");
+      args.push(before);
+    }
+    const sql = `SELECT * FROM tasks ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY seq DESC LIMIT ?`;
+    const rows = this.db.prepare(sql).all(...args, pageSize + 1) as unknown as TaskRow[];
+    const more = rows.length > pageSize;
+    const page = rows.slice(0, pageSize);
+    return { tasks: page.map(toTask), ...(more ? { next: page[page.length - 1]!.seq } : {}) };
+  }
+
+  /** Appends an event to a task's log and returns it with its sequence number. */
+  appendEvent(taskId: string, kind: TaskEvent["kind"], now: number): TaskEvent {
+    let seq = this.eventSeq.get(taskId);
+    if (seq === undefined) {
+      const row = this.db
+        .prepare("SELECT MAX(seq) AS s FROM events WHERE task_id = ?")
+        .get(taskId) as { s: number | null };
+      seq = row.s ?? 0;
+    }
+    seq++;
+    const event = create(TaskEventSchema, {
+      taskId,
+      seq: BigInt(seq),
+      time: timestampFromMs(now),
+      kind,
+    });
+    this.db
+      .prepare("INSERT INTO events (task_id, seq, body) VALUES (?, ?, ?)")
+      .run(taskId, seq, toBinary(TaskEventSchema, event));
+    this.eventSeq.set(taskId, seq);
+    return event;
+  }
+
+  /** A task's events after `afterSeq`, in order. */
+  events(taskId: string, afterSeq = 0): TaskEvent[] {
+    return this.db
+      .prepare("SELECT body FROM events WHERE task_id = ? AND seq > ? ORDER BY seq")
+      .all(taskId, afterSeq)
+      .map((r) => fromBinary(TaskEventSchema, (r as { body: Uint8Array }).body));
+  }
+
+  /** Forgets cached event counters of ended tasks (memory stays bounded). */
+  forgetEvents(taskId: string): void {
+    this.eventSeq.delete(taskId);
+  }
+
+  /** Counts by state, run-time percentiles and token/cost totals. */
+  stats(): {
+    byState: Map<TaskState, number>;
+    runMs: { p50: number; p95: number; p99: number };
+    inputTokens: number;
+    outputTokens: number;
+    costUsd: number;
+  } {
+    const byState = new Map<TaskState, number>();
+    for (const r of this.db
+      .prepare("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
+      .all()) {
+      const row = r as { state: number; n: number };
+      byState.set(row.state, row.n);
+    }
+    const totals = this.db
+      .prepare(
+        "SELECT COALESCE(SUM(input_tokens),0) AS i, COALESCE(SUM(output_tokens),0) AS o, COALESCE(SUM(cost_usd),0) AS c FROM tasks",
+      )
+      .get() as { i: number; o: number; c: number };
+    const count = (
+      this.db.prepare("SELECT COUNT(*) AS n FROM tasks WHERE run_ms IS NOT NULL").get() as {
+        n: number;
+      }
+    ).n;
+    const pct = (p: number) => {
+      if (count === 0) return 0;
+      const offset = Math.min(count - 1, Math.ceil((p / 100) * count) - 1);
+      const row = this.db
+        .prepare(
+          "SELECT run_ms FROM tasks WHERE run_ms IS NOT NULL ORDER BY run_ms LIMIT 1 OFFSET ?",
+        )
+        .get(Math.max(0, offset)) as { run_ms: number };
+      return row.run_ms;
+    };
+    return {
+      byState,
+      runMs: { p50: pct(50), p95: pct(95), p99: pct(99) },
+      inputTokens: totals.i,
+      outputTokens: totals.o,
+      costUsd: totals.c,
+    };
+  }
+
+  /** Runs fn in one transaction. */
+  tx<T>(fn: () => T): T {
+    this.db.exec("BEGIN IMMEDIATE");
+    try {
+      const out = fn();
+      this.db.exec("COMMIT");
+      return out;
+    } catch (e) {
+      this.db.exec("ROLLBACK");
+      throw e;
+    }
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
+
+function toTask(row: TaskRow): Task {
+  return create(TaskSchema, {
+    id: row.id,
+    state: row.state,
+    spec: fromBinary(TaskSpecSchema, row.spec),
+    agentId: row.agent_id,
+    attempts: row.attempts,
+    createTime: timestampFromMs(row.create_time),
+    ...(row.start_time !== null ? { startTime: timestampFromMs(row.start_time) } : {}),
+    ...(row.end_time !== null ? { endTime: timestampFromMs(row.end_time) } : {}),
+    ...(row.result ? { result: fromBinary(TaskResultSchema, row.result) } : {}),
+  });
+}

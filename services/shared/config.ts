@@ -1,0 +1,200 @@
+import { readFileSync } from "node:fs";
+import { hostname } from "node:os";
+import path from "node:path";
+import { parse as parseYaml } from "yaml";
+import { z } from "zod";
+
+/** ConfigError names the bad key and says what is wrong with it. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+const seconds = z.number().positive();
+
+/** The configuration schema: the seed's sections plus runtime, storage and observability. */
+const schema = z
+  .object({
+    orchestrator: z
+      .object({
+        num_agents: z.number().int().min(1).max(1000).default(3),
+        /** Upper bound on tasks running at once across all agents. */
+        max_workers: z.number().int().min(1).default(1000),
+        node_id: z.string().min(1).default(hostname()),
+        default_timeout_seconds: seconds.default(600),
+        default_max_attempts: z.number().int().min(1).max(100).default(1),
+        /** First retry waits this long; each further one doubles it (capped at 60 s). */
+        retry_backoff_seconds: z.number().min(0).default(1),
+        max_prompt_bytes: z.number().int().positive().default(100_000),
+        /** AgentHost sockets to schedule onto; empty means the one in the socket folder. */
+        agent_hosts: z.array(z.string().min(1)).default([]),
+      })
+      .strict()
+      .prefault({}),
+    agent: z
+      .object({
+        /** The Claude Code CLI; empty means the one from @anthropic-ai/claude-code. */
+        claude_path: z.string().default(""),
+        model: z.string().default(""),
+        permission_mode: z
+          .enum(["default", "acceptEdits", "plan", "bypassPermissions", "dontAsk"])
+          .default("acceptEdits"),
+        allowed_tools: z
+          .array(z.string().min(1))
+          .default(["Read", "Write", "Edit", "MultiEdit", "Glob", "Grep", "LS"]),
+        /** A run printing nothing for this long is ended and failed. */
+        idle_timeout_seconds: seconds.default(300),
+        /** A CLI still alive this long after its result line is ended (the result is kept). */
+        result_grace_seconds: seconds.default(5),
+        /** CLAUDE_CODE_MAX_RETRIES for the CLI's own API retries; -1 keeps the CLI's default (10). */
+        max_api_retries: z.number().int().min(-1).max(100).default(-1),
+        anthropic_api_key: z.string().default(""),
+        anthropic_base_url: z.string().default(""),
+        container_memory: z.string().default("2g"),
+        container_cpu: z.string().default("1.0"),
+        /** Workspaces are kept between tasks ("keep") or emptied before each task ("clean"). */
+        workspace_policy: z.enum(["keep", "clean"]).default("keep"),
+      })
+      .strict()
+      .prefault({}),
+    communication: z
+      .object({
+        /** Folder of the services' Unix sockets. */
+        socket_dir: z.string().min(1).default(".conductor/run"),
+        /** The Orchestrator's socket; empty means orchestrator.sock in socket_dir. */
+        socket_path: z.string().default(""),
+        message_timeout: seconds.default(5),
+      })
+      .strict()
+      .prefault({}),
+    runtime: z
+      .object({ backend: z.enum(["process"]).default("process") })
+      .strict()
+      .prefault({}),
+    storage: z
+      .object({ data_dir: z.string().min(1).default(".conductor/data") })
+      .strict()
+      .prefault({}),
+    observability: z
+      .object({ log_level: z.enum(["debug", "info", "warn", "error"]).default("info") })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+/** The validated configuration, with defaults applied and paths made absolute. */
+export type Config = z.infer<typeof schema>;
+
+/** Where configuration comes from; nothing else in the code reads process.env. */
+export interface ConfigSources {
+  /** A YAML file; missing keys take defaults. */
+  file?: string | undefined;
+  /** Environment: CONDUCTOR_<SECTION>_<KEY> overrides a key; ANTHROPIC_* feed agent.*. */
+  env?: Record<string, string | undefined>;
+  /** Flag values by dotted key, e.g. {"orchestrator.num_agents": 3}. They win over everything. */
+  flags?: Record<string, unknown>;
+  /** Relative paths are resolved against this folder (default: the process's cwd). */
+  cwd?: string;
+}
+
+const SECTIONS = Object.keys(schema.shape) as (keyof Config)[];
+
+/** Reads, merges and validates the configuration once, at start. */
+export function loadConfig(sources: ConfigSources = {}): Config {
+  const raw: Record<string, Record<string, unknown>> = {};
+  if (sources.file) mergeInto(raw, readYaml(sources.file), sources.file);
+  const env = sources.env ?? {};
+  if (env["ANTHROPIC_API_KEY"]) set(raw, "agent.anthropic_api_key", env["ANTHROPIC_API_KEY"]);
+  if (env["ANTHROPIC_BASE_URL"]) set(raw, "agent.anthropic_base_url", env["ANTHROPIC_BASE_URL"]);
+  for (const [name, value] of Object.entries(env)) {
+    if (!name.startsWith("CONDUCTOR_") || value === undefined) continue;
+    const rest = name.slice("CONDUCTOR_".length).toLowerCase();
+    const section = SECTIONS.find((s) => rest.startsWith(`${s}_`));
+    if (!section) continue;
+    set(raw, `${section}.${rest.slice(section.length + 1)}`, parseScalar(value), name);
+  }
+  for (const [key, value] of Object.entries(sources.flags ?? {})) {
+    if (value !== undefined) set(raw, key, value);
+  }
+  const result = schema.safeParse(raw);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    const key = issue.path.join(".");
+    const unknown =
+      issue.code === "unrecognized_keys" ? ` (unknown key ${issue.keys.join(", ")})` : "";
+    throw new ConfigError(
+      `configuration key "${key || "(top level)"}": ${issue.message}${unknown}`,
+    );
+  }
+  return resolvePaths(result.data, sources.cwd ?? process.cwd());
+}
+
+function resolvePaths(config: Config, cwd: string): Config {
+  const c = config.communication;
+  c.socket_dir = path.resolve(cwd, c.socket_dir);
+  c.socket_path = c.socket_path
+    ? path.resolve(cwd, c.socket_path)
+    : path.join(c.socket_dir, "orchestrator.sock");
+  config.storage.data_dir = path.resolve(cwd, config.storage.data_dir);
+  if (config.agent.claude_path)
+    config.agent.claude_path = path.resolve(cwd, config.agent.claude_path);
+  return config;
+}
+
+function readYaml(file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (cause) {
+    throw new ConfigError(`cannot read configuration file ${file}: ${(cause as Error).message}`, {
+      cause,
+    });
+  }
+  try {
+    return parseYaml(text) ?? {};
+  } catch (cause) {
+    throw new ConfigError(
+      `configuration file ${file} is not valid YAML: ${(cause as Error).message}`,
+      {
+        cause,
+      },
+    );
+  }
+}
+
+function mergeInto(raw: Record<string, Record<string, unknown>>, doc: unknown, origin: string) {
+  if (typeof doc !== "object" || doc === null || Array.isArray(doc)) {
+    throw new ConfigError(`configuration file ${origin} must be a mapping of sections`);
+  }
+  for (const [section, body] of Object.entries(doc)) {
+    if (typeof body !== "object" || body === null || Array.isArray(body)) {
+      throw new ConfigError(`configuration key "${section}": must be a mapping`);
+    }
+    for (const [key, value] of Object.entries(body as Record<string, unknown>))
+      set(raw, `${section}.${key}`, value);
+  }
+}
+
+function set(
+  raw: Record<string, Record<string, unknown>>,
+  dotted: string,
+  value: unknown,
+  origin = dotted,
+) {
+  const [section, key, ...more] = dotted.split(".");
+  if (!section || !key || more.length > 0) {
+    throw new ConfigError(`configuration key "${origin}": expected <section>.<key>`);
+  }
+  (raw[section] ??= {})[key] = value;
+}
+
+/** Environment values are YAML scalars ("3" is a number); a comma list becomes an array. */
+function parseScalar(value: string): unknown {
+  try {
+    const parsed: unknown = parseYaml(value);
+    if (typeof parsed === "string" && parsed.includes(","))
+      return parsed.split(",").map((s) => s.trim());
+    return parsed ?? "";
+  } catch {
+    return value;
+  }
+}

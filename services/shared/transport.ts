@@ -1,0 +1,98 @@
+import { chmodSync, lstatSync, mkdirSync, rmSync } from "node:fs";
+import http2 from "node:http2";
+import net from "node:net";
+import path from "node:path";
+import type { ConnectRouter, Interceptor, Transport } from "@connectrpc/connect";
+import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
+import type { DescService } from "@bufbuild/protobuf";
+import { HealthRegistry, registerHealth } from "./health.ts";
+import { registerReflection } from "./reflection.ts";
+
+/** The largest request a server reads; a bigger one is refused with RESOURCE_EXHAUSTED. */
+export const READ_MAX_BYTES = 4 * 1024 * 1024;
+
+/** A running gRPC server on a Unix socket; close() ends open streams too. */
+export interface UnixServer extends AsyncDisposable {
+  socketPath: string;
+  health: HealthRegistry;
+  close(): Promise<void>;
+}
+
+/** What a server serves: its services (for reflection and health) and how to route them. */
+export interface ServeOptions {
+  socketPath: string;
+  services: DescService[];
+  routes: (router: ConnectRouter) => void;
+  interceptors?: Interceptor[];
+}
+
+/**
+ * Serves gRPC (and Connect) on a Unix socket, mode 0600, in a folder of mode 0700,
+ * with grpc.health.v1 and server reflection beside the given services.
+ */
+export async function serveUnix(opts: ServeOptions): Promise<UnixServer> {
+  const health = new HealthRegistry();
+  const handler = connectNodeAdapter({
+    readMaxBytes: READ_MAX_BYTES,
+    connect: false,
+    grpcWeb: false,
+    interceptors: opts.interceptors ?? [],
+    routes: (router) => {
+      opts.routes(router);
+      registerHealth(router, health);
+      registerReflection(router, opts.services);
+    },
+  });
+  const server = http2.createServer(handler);
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (s) => {
+    sessions.add(s);
+    s.on("close", () => sessions.delete(s));
+  });
+  mkdirSync(path.dirname(opts.socketPath), { recursive: true, mode: 0o700 });
+  await removeStaleSocket(opts.socketPath);
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(opts.socketPath, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  chmodSync(opts.socketPath, 0o600);
+  for (const s of opts.services) health.set(s.typeName, "SERVING");
+  health.set("", "SERVING");
+  const close = async () => {
+    health.set("", "NOT_SERVING");
+    for (const s of sessions) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  };
+  return { socketPath: opts.socketPath, health, close, [Symbol.asyncDispose]: close };
+}
+
+/** A socket file left by a process that died is removed; a live one is an error. */
+async function removeStaleSocket(socketPath: string): Promise<void> {
+  try {
+    if (!lstatSync(socketPath).isSocket()) {
+      throw new Error(`${socketPath} exists and is not a socket; remove it or choose another path`);
+    }
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
+    throw e;
+  }
+  const alive = await new Promise<boolean>((resolve) => {
+    const c = net.connect(socketPath);
+    c.once("connect", () => (c.destroy(), resolve(true)));
+    c.once("error", () => resolve(false));
+  });
+  if (alive) throw new Error(`another server is already listening on ${socketPath}`);
+  rmSync(socketPath, { force: true });
+}
+
+/** A gRPC client transport over a Unix socket. */
+export function unixTransport(socketPath: string, interceptors: Interceptor[] = []): Transport {
+  return createGrpcTransport({
+    baseUrl: "http://localhost",
+    interceptors,
+    nodeOptions: { createConnection: () => net.connect(socketPath) },
+  });
+}

@@ -1,0 +1,284 @@
+import { execFile } from "node:child_process";
+import http2 from "node:http2";
+import net from "node:net";
+import path from "node:path";
+import { promisify } from "node:util";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TaskState } from "../../gen/conductor/v1/task_pb.js";
+import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
+import { ROOT, scripted, spec, startConductor, waitForEnd, type Conductor } from "../harness.ts";
+
+const run = promisify(execFile);
+
+async function code(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
+  try {
+    await p;
+  } catch (e) {
+    const err = ConnectError.from(e);
+    return { code: err.code, message: err.rawMessage };
+  }
+  throw new Error("expected the call to fail");
+}
+
+/** The public gRPC contract: clear errors for bad input, other clients, reflection, the CLI. */
+describe("the Orchestrator's API", () => {
+  let model: FakeModel;
+  let conductor: Conductor;
+  let socket: string;
+
+  beforeAll(async () => {
+    model = await startFakeModel();
+    conductor = await startConductor({
+      agents: 1,
+      modelUrl: model.url,
+      env: { CONDUCTOR_ORCHESTRATOR_MAX_PROMPT_BYTES: "2000" },
+    });
+    socket = path.join(conductor.socketDir, "orchestrator.sock");
+  });
+  afterAll(async () => {
+    await conductor?.close();
+    await model?.close();
+  });
+
+  it("refuses bad input with the right code and a clear message, storing nothing", async () => {
+    const { client } = conductor;
+    const kept = (await client.submitTask({ spec: spec({ prompt: "keep me", priority: 0 }) }))
+      .task!;
+    const cases: [Promise<unknown>, Code, RegExp][] = [
+      [client.submitTask({}), Code.InvalidArgument, /spec is required/],
+      [
+        client.submitTask({ spec: spec({ prompt: "   " }) }),
+        Code.InvalidArgument,
+        /prompt must not be empty/,
+      ],
+      [
+        client.submitTask({ spec: spec({ prompt: "x", priority: 11 }) }),
+        Code.InvalidArgument,
+        /priority must be between 0 and 10/,
+      ],
+      [
+        client.submitTask({ spec: spec({ prompt: "x", timeoutSeconds: -5 }) }),
+        Code.InvalidArgument,
+        /timeout_seconds/,
+      ],
+      [
+        client.submitTask({ spec: spec({ prompt: "x".repeat(2001) }) }),
+        Code.InvalidArgument,
+        /2001 bytes, over the limit of 2000/,
+      ],
+      [
+        client.submitTask({ spec: spec({ prompt: "x", type: "poetry" }) }),
+        Code.InvalidArgument,
+        /type "poetry" is unknown/,
+      ],
+      [client.getTask({ id: "no-such-task" }), Code.NotFound, /task "no-such-task" not found/],
+      [client.cancelTask({ id: "no-such-task" }), Code.NotFound, /not found/],
+      [client.listTasks({ pageToken: "garbage" }), Code.InvalidArgument, /page_token/],
+    ];
+    for (const [call, expected, message] of cases) {
+      const got = await code(call);
+      expect(got.code, got.message).toBe(expected);
+      expect(got.message).toMatch(message);
+    }
+    await expect(
+      code(
+        (async () => {
+          for await (const _ of client.watchTask({ id: "nope" })) {
+            /* none */
+          }
+        })(),
+      ),
+    ).resolves.toMatchObject({ code: Code.NotFound });
+
+    // A malformed request body (not protobuf) is refused as gRPC servers do (grpc-go and
+    // grpc-js also answer INTERNAL for a request that does not unmarshal), saying why.
+    const status = await rawGrpcCall(
+      socket,
+      "/conductor.v1.OrchestratorService/SubmitTask",
+      Buffer.from([0x0a, 0xff, 0xff, 0xff]),
+    );
+    expect(status.code).toBe(String(Code.Internal));
+    expect(status.message).toMatch(/parse binary/);
+
+    const { tasks } = await client.listTasks({});
+    expect(tasks.map((t) => t.id)).toEqual([kept.id]);
+    const again = (await client.getTask({ id: kept.id })).task!;
+    expect(again.spec?.prompt).toBe("keep me");
+    // Cancelling an ended task is a precondition failure; the idempotency key dedupes.
+    await client.cancelTask({ id: kept.id }).catch(() => undefined);
+    expect((await code(client.cancelTask({ id: kept.id }))).code).toBe(Code.FailedPrecondition);
+    const a = await client.submitTask({ spec: spec({ prompt: "once", idempotencyKey: "k-1" }) });
+    const b = await client.submitTask({ spec: spec({ prompt: "once", idempotencyKey: "k-1" }) });
+    expect(b.task!.id).toBe(a.task!.id);
+    expect(b.deduplicated).toBe(true);
+    await waitForEnd(client, a.task!.id);
+  });
+
+  it("serves a @grpc/grpc-js client over the Unix socket: submit, then watch to the end", async () => {
+    const def = protoLoader.loadSync("conductor/v1/orchestrator.proto", {
+      includeDirs: [path.join(ROOT, "proto")],
+      longs: String,
+      enums: String,
+      defaults: true,
+    });
+    const pkg = grpc.loadPackageDefinition(def) as unknown as {
+      conductor: {
+        v1: {
+          OrchestratorService: new (
+            address: string,
+            creds: grpc.ChannelCredentials,
+          ) => GrpcJsOrchestrator;
+        };
+      };
+    };
+    const client = new pkg.conductor.v1.OrchestratorService(
+      `unix://${socket}`,
+      grpc.credentials.createInsecure(),
+    );
+    try {
+      const submitted = await new Promise<{ task: { id: string } }>((resolve, reject) =>
+        client.SubmitTask(
+          { spec: { prompt: scripted([{ text: "hello from grpc-js" }]) } },
+          (err, res) => (err ? reject(err) : resolve(res)),
+        ),
+      );
+      const events: WatchEvent[] = [];
+      await new Promise<void>((resolve, reject) => {
+        const stream = client.WatchTask({ id: submitted.task.id });
+        stream.on("data", (e: WatchEvent) => events.push(e));
+        stream.on("end", resolve);
+        stream.on("error", reject);
+      });
+      expect(events.at(-1)?.event.stateChange?.state).toBe("TASK_STATE_SUCCEEDED");
+      expect(events.find((e) => e.event.result)?.event.result?.text).toBe("hello from grpc-js");
+    } finally {
+      client.close();
+    }
+  });
+
+  it("answers reflection: buf curl lists the services", async () => {
+    const buf = path.join(ROOT, "node_modules", ".bin", "buf");
+    const { stdout } = await run(buf, [
+      "curl",
+      "--protocol",
+      "grpc",
+      "--http2-prior-knowledge",
+      "--unix-socket",
+      socket,
+      "--list-services",
+      "http://localhost",
+    ]);
+    expect(stdout.split("\n")).toEqual(
+      expect.arrayContaining([
+        "conductor.v1.OrchestratorService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+      ]),
+    );
+    const health = await run(buf, [
+      "curl",
+      "--protocol",
+      "grpc",
+      "--http2-prior-knowledge",
+      "--unix-socket",
+      socket,
+      "-d",
+      "{}",
+      "http://localhost/grpc.health.v1.Health/Check",
+    ]);
+    expect(JSON.parse(health.stdout)).toEqual({ status: "SERVING" });
+  });
+
+  it("drives a task from the conductor CLI: submit --wait, get, tasks", async () => {
+    const cli = path.join(ROOT, "bin", "conductor.js");
+    const args = ["--socket-dir", conductor.socketDir];
+    const { stdout } = await run(process.execPath, [
+      cli,
+      "submit",
+      scripted([{ text: "from the cli" }]),
+      "--priority",
+      "3",
+      "--wait",
+      "--json",
+      ...args,
+    ]);
+    const task = JSON.parse(stdout.trim().split("\n").at(-1)!) as {
+      id: string;
+      state: string;
+      result: { text: string };
+    };
+    expect(task.state).toBe("TASK_STATE_SUCCEEDED");
+    expect(task.result.text).toBe("from the cli");
+    const got = await run(process.execPath, [cli, "get", task.id, ...args]);
+    expect(JSON.parse(got.stdout)).toMatchObject({ id: task.id, spec: { priority: 3 } });
+    const list = await run(process.execPath, [cli, "tasks", "--state", "succeeded", ...args]);
+    expect(list.stdout).toContain(task.id);
+    const bad = await run(process.execPath, [
+      cli,
+      "submit",
+      "x",
+      "--priority",
+      "42",
+      ...args,
+    ]).catch((e: { code: number; stderr: string }) => e);
+    expect(bad).toMatchObject({ code: 1 });
+    expect((bad as { stderr: string }).stderr).toMatch(
+      /priority must be between 0 and 10.*InvalidArgument/,
+    );
+    expect(TaskState.SUCCEEDED).toBeDefined();
+  });
+});
+
+/** A WatchTask message as @grpc/proto-loader decodes it (enums as names). */
+interface WatchEvent {
+  event: { stateChange?: { state: string }; result?: { text: string } };
+}
+
+/** The two methods the interop test calls, as grpc-js exposes them. */
+interface GrpcJsOrchestrator extends grpc.Client {
+  SubmitTask(
+    req: object,
+    cb: (err: grpc.ServiceError | null, res: { task: { id: string } }) => void,
+  ): grpc.ClientUnaryCall;
+  WatchTask(req: { id: string }): grpc.ClientReadableStream<WatchEvent>;
+}
+
+/** Sends one raw gRPC request (a length-prefixed body) and returns the grpc-status trailer. */
+function rawGrpcCall(
+  socket: string,
+  pathName: string,
+  body: Buffer,
+): Promise<{ code: string; message: string }> {
+  return new Promise((resolve, reject) => {
+    const session = http2.connect("http://localhost", {
+      createConnection: () => net.connect(socket),
+    });
+    session.on("error", reject);
+    const req = session.request({
+      ":method": "POST",
+      ":path": pathName,
+      "content-type": "application/grpc",
+      te: "trailers",
+    });
+    const frame = Buffer.alloc(5 + body.length);
+    frame.writeUInt8(0, 0);
+    frame.writeUInt32BE(body.length, 1);
+    body.copy(frame, 5);
+    let headers: http2.IncomingHttpHeaders = {};
+    req.on("response", (h) => (headers = h));
+    req.on("trailers", (t: http2.IncomingHttpHeaders) => (headers = { ...headers, ...t }));
+    req.on("data", () => {});
+    req.on("end", () => {
+      session.close();
+      resolve({
+        code: String(headers["grpc-status"]),
+        message: decodeURIComponent(String(headers["grpc-message"] ?? "")),
+      });
+    });
+    req.on("error", reject);
+    req.end(frame);
+  });
+}

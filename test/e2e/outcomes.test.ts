@@ -1,0 +1,155 @@
+import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TaskState } from "../../gen/conductor/v1/task_pb.js";
+import { resolveClaudePath } from "../../services/shared/claude-path.ts";
+import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
+import {
+  processesWith,
+  scripted,
+  spec,
+  startConductor,
+  waitForEnd,
+  type Conductor,
+} from "../harness.ts";
+
+/** How runs end: cancel, timeout, API errors, retries and the watchdog. */
+describe("task outcomes", () => {
+  let model: FakeModel;
+  let conductor: Conductor;
+
+  beforeAll(async () => {
+    model = await startFakeModel();
+    // A CLI that hangs after printing its result: the real CLI, then a process that never exits.
+    const dir = mkdtempSync(path.join(tmpdir(), "conductor-hang-"));
+    const wrapper = path.join(dir, "claude-then-hang");
+    writeFileSync(wrapper, `#!/bin/sh\n"${resolveClaudePath("")}" "$@"\nexec sleep 600\n`);
+    chmodSync(wrapper, 0o755);
+    conductor = await startConductor({
+      agents: 3,
+      modelUrl: model.url,
+      env: {
+        CONDUCTOR_AGENT_CLAUDE_PATH: wrapper,
+        CONDUCTOR_AGENT_IDLE_TIMEOUT_SECONDS: "3",
+        CONDUCTOR_AGENT_RESULT_GRACE_SECONDS: "1",
+        CONDUCTOR_ORCHESTRATOR_RETRY_BACKOFF_SECONDS: "0.2",
+        // The CLI's own API retries would hide a failing attempt from Conductor's retry policy.
+        CONDUCTOR_AGENT_MAX_API_RETRIES: "0",
+      },
+    });
+  });
+  afterAll(async () => {
+    await conductor?.close();
+    await model?.close();
+  });
+
+  it("keeps the result of a CLI that hangs after printing it, and ends the CLI", async () => {
+    const { client } = conductor;
+    const started = Date.now();
+    const { task } = await client.submitTask({
+      spec: spec({ prompt: scripted([{ text: "all done" }]) }),
+    });
+    const ended = await waitForEnd(client, task!.id);
+    expect(ended.state).toBe(TaskState.SUCCEEDED);
+    expect(ended.result?.text).toBe("all done");
+    expect(Date.now() - started).toBeLessThan(20_000);
+    expect(processesWith(`CONDUCTOR_TASK_ID=${task!.id}`)).toEqual([]);
+  });
+
+  it("fails a run that goes silent, with the reason", async () => {
+    const { client } = conductor;
+    const { task } = await client.submitTask({
+      spec: spec({ prompt: scripted([{ text: "too late", delay_ms: 30_000 }]) }),
+    });
+    const ended = await waitForEnd(client, task!.id);
+    expect(ended.state).toBe(TaskState.FAILED);
+    expect(ended.result?.error).toMatch(/printed nothing for 3 s/);
+    expect(processesWith(`CONDUCTOR_TASK_ID=${task!.id}`)).toEqual([]);
+  });
+
+  it("cancels a running task and leaves no process behind", async () => {
+    const { client } = conductor;
+    const { task } = await client.submitTask({
+      spec: spec({
+        prompt: scripted([{ bash: "tail -f /dev/null" }, { text: "never" }]),
+        allowedTools: ["Bash"],
+      }),
+    });
+    // Cancel once the agent has called Bash (a process tree of CLI + shell + sleep to end).
+    for await (const { event } of client.watchTask({ id: task!.id })) {
+      if (
+        event?.kind.case === "output" &&
+        event.kind.value.toolCalls.some((t) => t.name === "Bash")
+      )
+        break;
+    }
+    const marker = `CONDUCTOR_TASK_ID=${task!.id}`;
+    expect(processesWith(marker).length).toBeGreaterThan(0);
+    const { task: cancelled } = await client.cancelTask({ id: task!.id });
+    expect(cancelled!.state).toBe(TaskState.CANCELLED);
+    expect(processesWith(marker)).toEqual([]);
+  });
+
+  it("ends a task over its timeout as TIMED_OUT", async () => {
+    const { client } = conductor;
+    const { task } = await client.submitTask({
+      spec: spec({
+        prompt: scripted([{ bash: "tail -f /dev/null" }, { text: "never" }]),
+        allowedTools: ["Bash"],
+        timeoutSeconds: 2,
+      }),
+    });
+    const ended = await waitForEnd(client, task!.id);
+    expect(ended.state).toBe(TaskState.TIMED_OUT);
+    expect(ended.result?.error).toMatch(/timeout of 2 s/);
+    expect(processesWith(`CONDUCTOR_TASK_ID=${task!.id}`)).toEqual([]);
+  });
+
+  it("fails a task on a model API error, with the error text", async () => {
+    const { client } = conductor;
+    const { task } = await client.submitTask({
+      spec: spec({
+        prompt: scripted([
+          {
+            error: {
+              status: 400,
+              type: "invalid_request_error",
+              message: "scripted failure: prompt rejected",
+            },
+          },
+        ]),
+      }),
+    });
+    const ended = await waitForEnd(client, task!.id);
+    expect(ended.state).toBe(TaskState.FAILED);
+    expect(ended.attempts).toBe(1);
+    expect(ended.result?.error).toMatch(/scripted failure: prompt rejected/);
+  });
+
+  it("retries a failed attempt when max_attempts allows", async () => {
+    const { client } = conductor;
+    const { task } = await client.submitTask({
+      spec: spec({
+        maxAttempts: 3,
+        prompt: scripted([
+          {
+            id: `retry-${Date.now()}`,
+            fail_times: 1,
+            error: { status: 500, type: "api_error", message: "scripted failure: try again" },
+            text: "second time lucky",
+          },
+        ]),
+      }),
+    });
+    const ended = await waitForEnd(client, task!.id);
+    expect(ended.state).toBe(TaskState.SUCCEEDED);
+    expect(ended.attempts).toBe(2);
+    expect(ended.result?.text).toBe("second time lucky");
+    const reasons: string[] = [];
+    for await (const { event } of client.watchTask({ id: task!.id })) {
+      if (event?.kind.case === "stateChange") reasons.push(event.kind.value.reason);
+    }
+    expect(reasons.some((r) => /attempt 1 of 3 failed: .*try again.*retrying/.test(r))).toBe(true);
+  });
+});

@@ -1,0 +1,193 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { create } from "@bufbuild/protobuf";
+import { createClient, type Client } from "@connectrpc/connect";
+import { OrchestratorService } from "../gen/conductor/v1/orchestrator_pb.js";
+import {
+  TaskSpecSchema,
+  TaskState,
+  type Task,
+  type TaskSpec,
+} from "../gen/conductor/v1/task_pb.js";
+import { unixTransport } from "../services/shared/transport.ts";
+
+/** The project's root folder. */
+export const ROOT = path.resolve(import.meta.dirname, "..");
+const BIN = path.join(ROOT, "bin", "conductor.js");
+
+/** A prompt the fake model follows step by step (see test/fake-model). */
+export function scripted(steps: unknown[], words = "Do the scripted work."): string {
+  return `${words}\n<fake-script>${JSON.stringify(steps)}</fake-script>`;
+}
+
+/** A TaskSpec with defaults for tests. */
+export function spec(fields: Partial<Omit<TaskSpec, "$typeName">>): TaskSpec {
+  return create(TaskSpecSchema, fields);
+}
+
+/** One `conductor` service process started by a test. */
+export interface ServiceProcess {
+  proc: ChildProcess;
+  stderr: () => string;
+  /** SIGTERM and wait for exit. */
+  stop(): Promise<void>;
+  /** SIGKILL and wait for exit. */
+  kill9(): Promise<void>;
+}
+
+/** Starts `conductor <command> …` and resolves once it printed its ready line. */
+export async function startService(
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+): Promise<ServiceProcess> {
+  const proc = spawn(process.execPath, [BIN, command, ...args], {
+    env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  proc.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+  const exited = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
+  const lines = createInterface({ input: proc.stdout });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`conductor ${command} not ready in 30 s:\n${stderr}`)),
+      30_000,
+    );
+    lines.on("line", (line) => {
+      if (line.includes('"ready"')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    proc.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`conductor ${command} exited with ${code}:\n${stderr}`));
+    });
+  });
+  const end = async (signal: NodeJS.Signals) => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+    await exited;
+  };
+  return { proc, stderr: () => stderr, stop: () => end("SIGTERM"), kill9: () => end("SIGKILL") };
+}
+
+/** A Conductor started for one test: its folders, its processes and a client. */
+export interface Conductor extends AsyncDisposable {
+  dir: string;
+  socketDir: string;
+  dataDir: string;
+  client: Client<typeof OrchestratorService>;
+  processes: ServiceProcess[];
+  /** Starts the same services again on the same folders (after a stop or a kill). */
+  restart(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Options of startConductor. */
+export interface ConductorOptions {
+  agents?: number;
+  modelUrl: string;
+  /** "up" (one process) or "split" (orchestrator and agent-host processes). */
+  mode?: "up" | "split";
+  env?: Record<string, string>;
+}
+
+/** Starts Conductor on temp folders, pointed at the fake model. */
+export async function startConductor(opts: ConductorOptions): Promise<Conductor> {
+  const dir = mkdtempSync(path.join(tmpdir(), "conductor-e2e-"));
+  const socketDir = path.join(dir, "run");
+  const dataDir = path.join(dir, "data");
+  const args = [
+    "--agents",
+    String(opts.agents ?? 3),
+    "--socket-dir",
+    socketDir,
+    "--data-dir",
+    dataDir,
+  ];
+  const env = {
+    ANTHROPIC_BASE_URL: opts.modelUrl,
+    ANTHROPIC_API_KEY: "sk-test-key",
+    CONDUCTOR_OBSERVABILITY_LOG_LEVEL: "warn",
+    ...opts.env,
+  };
+  const c: Conductor = {
+    dir,
+    socketDir,
+    dataDir,
+    processes: [],
+    client: createClient(
+      OrchestratorService,
+      unixTransport(path.join(socketDir, "orchestrator.sock")),
+    ),
+    async restart() {
+      if (opts.mode === "split") {
+        c.processes = [
+          await startService("agent-host", args, env),
+          await startService("orchestrator", args, env),
+        ];
+      } else {
+        c.processes = [await startService("up", args, env)];
+      }
+    },
+    async close() {
+      for (const p of c.processes.reverse()) await p.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+    [Symbol.asyncDispose]: () => c.close(),
+  };
+  await c.restart();
+  return c;
+}
+
+/** Waits (event-driven, via WatchTask) until a task has ended, and returns it. */
+export async function waitForEnd(
+  client: Client<typeof OrchestratorService>,
+  id: string,
+  timeoutMs = 60_000,
+): Promise<Task> {
+  const signal = AbortSignal.timeout(timeoutMs);
+  for await (const _ of client.watchTask({ id }, { signal })) {
+    // drain: the stream ends when the task ends
+  }
+  return (await client.getTask({ id })).task!;
+}
+
+/** Waits until a task reaches `state` (or ends), following its events. */
+export async function waitForState(
+  client: Client<typeof OrchestratorService>,
+  id: string,
+  state: TaskState,
+  timeoutMs = 30_000,
+): Promise<void> {
+  const signal = AbortSignal.timeout(timeoutMs);
+  for await (const { event } of client.watchTask({ id }, { signal })) {
+    if (event?.kind.case === "stateChange" && event.kind.value.state === state) return;
+  }
+  throw new Error(`task ${id} ended without reaching ${TaskState[state]}`);
+}
+
+/** Pids of live processes whose environment holds `marker` (e.g. CONDUCTOR_TASK_ID=…). */
+export function processesWith(marker: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const environ = readFileSync(`/proc/${entry}/environ`, "utf8").split("\0");
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      if (environ.includes(marker) && !/\) Z /.test(stat)) pids.push(Number(entry));
+    } catch {
+      // gone already, or not ours to read
+    }
+  }
+  return pids;
+}
+
+/** Milliseconds since the epoch of a protobuf timestamp. */
+export function ms(t: { seconds: bigint; nanos: number } | undefined): number {
+  return t ? Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6) : NaN;
+}
