@@ -93,6 +93,8 @@ export interface ConductorOptions {
   modelUrl: string;
   /** "up" (one process) or "split" (orchestrator and agent-host processes). */
   mode?: "up" | "split";
+  /** runtime.backend: process (default), docker or podman. */
+  runtime?: string;
   env?: Record<string, string>;
 }
 
@@ -102,6 +104,8 @@ export async function startConductor(opts: ConductorOptions): Promise<Conductor>
   const socketDir = path.join(dir, "run");
   const dataDir = path.join(dir, "data");
   const args = [
+    "--runtime",
+    opts.runtime ?? "process",
     "--agents",
     String(opts.agents ?? 3),
     "--socket-dir",
@@ -113,6 +117,7 @@ export async function startConductor(opts: ConductorOptions): Promise<Conductor>
     ANTHROPIC_BASE_URL: opts.modelUrl,
     ANTHROPIC_API_KEY: "sk-test-key",
     CONDUCTOR_OBSERVABILITY_LOG_LEVEL: "warn",
+    ...runtimeEnv(opts.runtime ?? "process"),
     ...opts.env,
   };
   const c: Conductor = {
@@ -142,6 +147,25 @@ export async function startConductor(opts: ConductorOptions): Promise<Conductor>
   };
   await c.restart();
   return c;
+}
+
+/**
+ * The runtimes the end-to-end suites run on: CONDUCTOR_TEST_RUNTIMES (comma-separated),
+ * by default all three. Container runtimes need their engine and the agent image
+ * (deploy/engines/start-engines.sh, deploy/agent-image/build-offline.sh).
+ */
+export function testRuntimes(): string[] {
+  return (process.env["CONDUCTOR_TEST_RUNTIMES"] ?? DEFAULT_RUNTIMES).split(",").filter(Boolean);
+}
+const DEFAULT_RUNTIMES = "process";
+
+/** Environment a runtime needs in tests (Podman here needs explicit ulimits). */
+export function runtimeEnv(runtime: string): Record<string, string> {
+  const image = process.env["CONDUCTOR_TEST_IMAGE"];
+  return {
+    ...(runtime === "podman" ? { CONDUCTOR_RUNTIME_ULIMITS: "{nofile: 1024, nproc: 1024}" } : {}),
+    ...(image ? { CONDUCTOR_RUNTIME_IMAGE: image } : {}),
+  };
 }
 
 /** Waits (event-driven, via WatchTask) until a task has ended, and returns it. */

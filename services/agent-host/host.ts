@@ -1,10 +1,16 @@
-import { mkdirSync, readdirSync, rmSync } from "node:fs";
+import { chownSync, mkdirSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { AgentSchema, AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
-import type { AgentOutput, TaskSpec } from "../../gen/conductor/v1/task_pb.js";
-import { execProcess, killMarked } from "../../plugins/runtime-process/process-backend.ts";
+import { TaskState, type AgentOutput, type TaskSpec } from "../../gen/conductor/v1/task_pb.js";
+import {
+  LABEL_AGENT,
+  LABEL_NODE,
+  type RuntimeBackend,
+  type SandboxHandle,
+} from "../../plugins/runtime.ts";
 import type { Logger } from "../shared/log.ts";
+import { startModelProxy, type ModelProxy } from "./model-proxy.ts";
 import { runClaude, type RunOutcome, type RunSettings } from "./run.ts";
 
 /** A domain error the routes translate: the agent does not exist. */
@@ -20,7 +26,23 @@ export class AgentBusyError extends Error {
 interface AgentSlot {
   agent: Agent;
   dir: string;
+  sandbox: SandboxHandle;
+  proxy?: ModelProxy;
+  /** Ends the watch on the sandbox's death. */
+  unwatch: AbortController;
   run?: { taskId: string; abort: AbortController; done: Promise<RunOutcome> };
+}
+
+/** Container settings for agents (ignored by the process backend). */
+export interface SandboxSettings {
+  image: string;
+  network: string;
+  user: string;
+  memoryBytes: number;
+  cpus: number;
+  pids: number;
+  ulimits: Record<string, number>;
+  stopGraceMs: number;
 }
 
 /** What an AgentHost is configured with. */
@@ -29,67 +51,135 @@ export interface AgentHostOptions {
   numAgents: number;
   dataDir: string;
   workspacePolicy: "keep" | "clean";
+  backend: RuntimeBackend;
+  sandbox: SandboxSettings;
   settings: RunSettings;
   hostPath: string;
   log: Logger;
 }
 
+/** Inside a container the CLI reaches the model proxy through this loopback forwarder. */
+const FORWARDER_PORT = 8080;
+/** The CLI insists on some key; the real one is added by the proxy, outside the container. */
+const PLACEHOLDER_KEY = "sk-conductor-proxy-adds-the-real-key";
+
 /**
- * One node's agent pool on the process backend: each agent has its own workspace and
- * CLI config folder and runs one task at a time.
+ * One node's agent pool: each agent is a long-lived sandbox from the runtime backend (a
+ * container, warm between tasks, or a folder for the process backend) with its own
+ * workspace and CLI config folder; it runs one task at a time.
  */
 export class AgentHost {
   private readonly slots = new Map<string, AgentSlot>();
   private nextIndex = 1;
+  private closed = false;
   readonly opts: AgentHostOptions;
 
   constructor(opts: AgentHostOptions) {
     this.opts = opts;
   }
 
-  /** Reaps processes left by an earlier run of this host, then starts the configured agents. */
-  start(): void {
-    const agentsDir = path.join(this.opts.dataDir, "agents");
-    mkdirSync(agentsDir, { recursive: true });
-    for (const id of readdirSync(agentsDir)) {
-      const reaped = killMarked(`CONDUCTOR_AGENT_DIR=${path.join(agentsDir, id)}`, "SIGKILL");
-      if (reaped > 0) {
-        this.opts.log.warn("reaped processes left running by an earlier agent host", {
-          agent_id: id,
-          processes: reaped,
-        });
-      }
-    }
-    for (let i = 0; i < this.opts.numAgents; i++) this.startAgent();
+  private get contained(): boolean {
+    return this.opts.backend.name !== "process";
   }
 
-  /** Adds one agent with fresh folders. */
-  startAgent(): Agent {
-    const id = `agent-${this.nextIndex++}`;
-    const dir = path.join(this.opts.dataDir, "agents", id);
+  /** Reaps what an earlier run of this host left, then starts the configured agents. */
+  async start(): Promise<void> {
+    const fp = await this.opts.backend.fingerprint();
+    if (!fp.healthy) throw new Error(`runtime ${fp.runtime} is not usable: ${fp.detail}`);
+    const leftovers = await this.opts.backend.list({ [LABEL_NODE]: this.opts.nodeId });
+    for (const h of leftovers) {
+      this.opts.log.warn("reaping an agent sandbox left by an earlier agent host", {
+        sandbox: h.id,
+        agent_id: h.agentId,
+      });
+      await this.opts.backend.destroy(h);
+    }
+    const agentsDir = path.join(this.opts.dataDir, "agents");
+    mkdirSync(agentsDir, { recursive: true });
+    for (const id of readdirSync(agentsDir))
+      rmSync(path.join(agentsDir, id, "run"), { recursive: true, force: true });
+    for (let i = 0; i < this.opts.numAgents; i++) await this.startAgent();
+  }
+
+  /** Adds one agent: its folders, its model proxy and its sandbox, started. */
+  async startAgent(id = `agent-${this.nextIndex++}`): Promise<Agent> {
+    const o = this.opts;
+    const dir = path.join(o.dataDir, "agents", id);
     const workspace = path.join(dir, "workspace");
-    mkdirSync(workspace, { recursive: true });
-    mkdirSync(path.join(dir, "claude-config"), { recursive: true });
+    const configDir = path.join(dir, "claude-config");
+    const runDir = path.join(dir, "run");
+    for (const d of [workspace, configDir, runDir]) mkdirSync(d, { recursive: true });
+    let proxy: ModelProxy | undefined;
+    const env: Record<string, string> = {};
+    if (this.contained) {
+      const [uid, gid] = o.sandbox.user.split(":").map(Number);
+      for (const d of [workspace, configDir, runDir]) chownSync(d, uid!, gid ?? uid!);
+      proxy = await startModelProxy({
+        socketPath: path.join(runDir, "model.sock"),
+        upstream: o.settings.baseUrl,
+        apiKey: o.settings.apiKey,
+        log: o.log.child({ agent_id: id }),
+      });
+      env["CONDUCTOR_MODEL_SOCKET"] = proxy.socketPath;
+      env["CONDUCTOR_MODEL_PORT"] = String(FORWARDER_PORT);
+    }
+    const sandbox = await o.backend.create({
+      nodeId: o.nodeId,
+      agentId: id,
+      image: o.sandbox.image,
+      mounts: [{ hostPath: workspace }, { hostPath: configDir }, { hostPath: runDir }],
+      env,
+      labels: { [LABEL_NODE]: o.nodeId, [LABEL_AGENT]: id },
+      limits: {
+        memoryBytes: o.sandbox.memoryBytes,
+        cpus: o.sandbox.cpus,
+        pids: o.sandbox.pids,
+        ulimits: o.sandbox.ulimits,
+      },
+      network: o.sandbox.network,
+      user: o.sandbox.user,
+    });
+    try {
+      await o.backend.start(sandbox);
+    } catch (e) {
+      await o.backend.destroy(sandbox).catch(() => undefined);
+      await proxy?.close();
+      throw e;
+    }
     const agent = create(AgentSchema, {
       id,
-      nodeId: this.opts.nodeId,
+      nodeId: o.nodeId,
       state: AgentState.IDLE,
       workspace,
-      runtime: "process",
+      runtime: o.backend.name,
     });
-    this.slots.set(id, { agent, dir });
+    const slot: AgentSlot = {
+      agent,
+      dir,
+      sandbox,
+      unwatch: new AbortController(),
+      ...(proxy ? { proxy } : {}),
+    };
+    this.slots.set(id, slot);
+    this.watch(slot);
     return agent;
   }
 
-  /** Stops an agent, ending its running task first. */
+  /** Stops an agent, ending its running task first, and removes its sandbox. */
   async stopAgent(id: string): Promise<void> {
     const slot = this.slot(id);
     slot.agent.state = AgentState.STOPPING;
+    slot.unwatch.abort();
     if (slot.run) {
       slot.run.abort.abort();
       await slot.run.done;
     }
     this.slots.delete(id);
+    await this.opts.backend
+      .stop(slot.sandbox, this.opts.sandbox.stopGraceMs)
+      .catch(() => undefined);
+    await this.opts.backend.destroy(slot.sandbox);
+    await slot.proxy?.close();
   }
 
   /** All agents, in start order. */
@@ -107,23 +197,33 @@ export class AgentHost {
   ): Promise<RunOutcome> {
     const slot = this.slot(agentId);
     if (slot.run || slot.agent.state !== AgentState.IDLE) {
-      throw new AgentBusyError(`agent ${agentId} is busy with task ${slot.agent.taskId}`);
+      throw new AgentBusyError(
+        `agent ${agentId} is not idle (${AgentState[slot.agent.state]}${slot.agent.taskId ? `, task ${slot.agent.taskId}` : ""})`,
+      );
     }
     const workspace = slot.agent.workspace;
     if (this.opts.workspacePolicy === "clean") {
-      rmSync(workspace, { recursive: true, force: true });
-      mkdirSync(workspace, { recursive: true });
+      for (const entry of readdirSync(workspace))
+        rmSync(path.join(workspace, entry), { recursive: true, force: true });
     }
     const abort = new AbortController();
     const onAbort = () => abort.abort();
     signal.addEventListener("abort", onAbort);
     slot.agent.state = AgentState.BUSY;
     slot.agent.taskId = taskId;
+    slot.proxy?.take();
     const log = this.opts.log.child({ agent_id: agentId, task_id: taskId });
     log.info("run started");
+    const settings: RunSettings = slot.proxy
+      ? {
+          ...this.opts.settings,
+          apiKey: PLACEHOLDER_KEY,
+          baseUrl: `http://127.0.0.1:${FORWARDER_PORT}`,
+        }
+      : this.opts.settings;
     const done = runClaude({
       spec,
-      settings: this.opts.settings,
+      settings,
       place: {
         agentId,
         taskId,
@@ -131,15 +231,20 @@ export class AgentHost {
         configDir: path.join(slot.dir, "claude-config"),
         agentDir: slot.dir,
       },
-      exec: execProcess,
-      hostPath: this.opts.hostPath,
+      exec: (req) => this.opts.backend.exec(slot.sandbox, req),
+      hostPath: this.contained ? "/usr/local/bin:/usr/bin:/bin" : this.opts.hostPath,
       signal: abort.signal,
       onOutput,
-    });
+    }).then((outcome) => this.explainDeath(slot, outcome));
     slot.run = { taskId, abort, done };
     try {
       const outcome = await done;
-      log.info("run ended", { state: outcome.state, error: outcome.result.error || undefined });
+      const metered = slot.proxy?.take();
+      log.info("run ended", {
+        state: TaskState[outcome.state],
+        error: outcome.result.error || undefined,
+        ...(metered ? { proxy_usage: metered } : {}),
+      });
       return outcome;
     } finally {
       signal.removeEventListener("abort", onAbort);
@@ -162,9 +267,45 @@ export class AgentHost {
     return false;
   }
 
-  /** Ends every run (their CLIs included); for shutdown. */
+  /** Ends every run and removes every sandbox; for shutdown. */
   async close(): Promise<void> {
+    this.closed = true;
     await Promise.all([...this.slots.keys()].map((id) => this.stopAgent(id)));
+    await this.opts.backend.close();
+  }
+
+  /** A failed run in a sandbox that died says why the sandbox died (e.g. out of memory). */
+  private async explainDeath(slot: AgentSlot, outcome: RunOutcome): Promise<RunOutcome> {
+    if (outcome.state !== TaskState.FAILED || !this.contained) return outcome;
+    const status = await this.opts.backend.inspect(slot.sandbox).catch(() => undefined);
+    if (!status || status.running) return outcome;
+    const why = status.oomKilled
+      ? "out of memory (the container was OOM-killed)"
+      : (status.reason ?? "it stopped");
+    outcome.result.error = `the agent's container died during the run: ${why}`;
+    return outcome;
+  }
+
+  /** Replaces an agent whose sandbox dies by itself (crash, OOM kill, docker kill). */
+  private watch(slot: AgentSlot): void {
+    void this.opts.backend.waitForExit(slot.sandbox, slot.unwatch.signal).then(async (status) => {
+      if (slot.unwatch.signal.aborted || this.closed) return;
+      const why = status.oomKilled ? "out of memory" : (status.reason ?? "stopped");
+      this.opts.log.warn("agent sandbox died; replacing the agent", {
+        agent_id: slot.agent.id,
+        reason: why,
+      });
+      slot.agent.state = AgentState.FAILED;
+      await slot.run?.done;
+      this.slots.delete(slot.agent.id);
+      await this.opts.backend.destroy(slot.sandbox).catch(() => undefined);
+      await slot.proxy?.close();
+      if (!this.closed) {
+        await this.startAgent(slot.agent.id).catch((e: unknown) => {
+          this.opts.log.error("could not replace the agent", { agent_id: slot.agent.id, error: e });
+        });
+      }
+    });
   }
 
   private slot(id: string): AgentSlot {

@@ -27,7 +27,7 @@ export function agentHostRoutes(host: AgentHost) {
         const agents = host.agents();
         return {
           nodeId: host.opts.nodeId,
-          runtime: "process",
+          runtime: host.opts.backend.name,
           agentsTotal: agents.length,
           agentsIdle: agents.filter((a) => a.state === AgentState.IDLE).length,
         };
@@ -35,8 +35,8 @@ export function agentHostRoutes(host: AgentHost) {
       listAgents() {
         return { agents: host.agents() };
       },
-      startAgent() {
-        return { agent: host.startAgent() };
+      async startAgent() {
+        return { agent: await host.startAgent() };
       },
       async stopAgent(req) {
         try {

@@ -6,7 +6,7 @@ import {
   type TaskResult,
   type TaskSpec,
 } from "../../gen/conductor/v1/task_pb.js";
-import type { Execution, ExecSpec } from "../../plugins/runtime-process/process-backend.ts";
+import type { ExecRequest, Execution } from "../../plugins/runtime.ts";
 import { parseStreamJsonLine } from "./stream-json.ts";
 
 /** The agent settings a run needs, already validated (see Config.agent). */
@@ -86,7 +86,7 @@ export async function runClaude(opts: {
   spec: TaskSpec;
   settings: RunSettings;
   place: RunPlace;
-  exec: (spec: ExecSpec) => Execution;
+  exec: (req: ExecRequest) => Promise<Execution>;
   hostPath: string;
   signal: AbortSignal;
   onStarted?: () => void;
@@ -97,7 +97,7 @@ export async function runClaude(opts: {
   const timeoutMs = spec.timeoutSeconds > 0 ? spec.timeoutSeconds * 1000 : s.defaultTimeoutMs;
   let execution: Execution;
   try {
-    execution = opts.exec({
+    execution = await opts.exec({
       argv: claudeArgv(spec, s),
       cwd: place.workspace,
       env: claudeEnv(place, s, opts.hostPath),

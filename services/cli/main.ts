@@ -30,6 +30,7 @@ Common flags:
   --socket PATH     communication.socket_path (the Orchestrator's socket)
   --data-dir DIR    storage.data_dir
   --log-level L     observability.log_level
+  --runtime R       runtime.backend: process (default), docker, podman, or a plugin module
 Every key can also be set as CONDUCTOR_<SECTION>_<KEY>, e.g. CONDUCTOR_ORCHESTRATOR_NUM_AGENTS=5.
 `;
 
@@ -40,6 +41,7 @@ const OPTIONS = {
   socket: { type: "string" },
   "data-dir": { type: "string" },
   "log-level": { type: "string" },
+  runtime: { type: "string" },
   priority: { type: "string" },
   timeout: { type: "string" },
   type: { type: "string" },
@@ -122,6 +124,7 @@ function flagsOf(parsed: Parsed): Record<string, unknown> {
     "communication.socket_path": v.socket,
     "storage.data_dir": v["data-dir"],
     "observability.log_level": v["log-level"],
+    "runtime.backend": v.runtime,
   };
 }
 

@@ -2,6 +2,7 @@ import path from "node:path";
 import { AgentHostService } from "../../gen/conductor/v1/agent_host_pb.js";
 import { OrchestratorService } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { AgentHost } from "../agent-host/host.ts";
+import { loadBackend } from "../agent-host/backends.ts";
 import { agentHostRoutes } from "../agent-host/routes.ts";
 import { Orchestrator } from "../orchestrator/orchestrator.ts";
 import { orchestratorRoutes } from "../orchestrator/routes.ts";
@@ -27,7 +28,20 @@ export async function startAgentHost(
   hostPath: string,
 ): Promise<Running & { host: AgentHost; server: UnixServer }> {
   const a = config.agent;
+  const backend = await loadBackend(config);
+  const contained = backend.name !== "process";
   const host = new AgentHost({
+    backend,
+    sandbox: {
+      image: config.runtime.image,
+      network: config.runtime.network,
+      user: config.runtime.user,
+      memoryBytes: a.container_memory,
+      cpus: a.container_cpu,
+      pids: a.container_pids,
+      ulimits: config.runtime.ulimits,
+      stopGraceMs: config.runtime.stop_grace_seconds * 1000,
+    },
     nodeId: config.orchestrator.node_id,
     numAgents: config.orchestrator.num_agents,
     dataDir: config.storage.data_dir,
@@ -35,7 +49,8 @@ export async function startAgentHost(
     hostPath,
     log: log.child({ service: "agent-host" }),
     settings: {
-      claudePath: resolveClaudePath(a.claude_path),
+      // Inside an agent image the CLI is on PATH; on the process backend it is the npm package's.
+      claudePath: contained ? a.claude_path || "claude" : resolveClaudePath(a.claude_path),
       model: a.model,
       permissionMode: a.permission_mode,
       allowedTools: a.allowed_tools,
@@ -47,7 +62,12 @@ export async function startAgentHost(
       maxApiRetries: a.max_api_retries,
     },
   });
-  host.start();
+  try {
+    await host.start();
+  } catch (e) {
+    await host.close().catch(() => undefined);
+    throw e;
+  }
   const server = await serveUnix({
     socketPath: agentHostSocket(config),
     services: [AgentHostService],

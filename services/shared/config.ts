@@ -49,8 +49,15 @@ const schema = z
         max_api_retries: z.number().int().min(-1).max(100).default(-1),
         anthropic_api_key: z.string().default(""),
         anthropic_base_url: z.string().default(""),
-        container_memory: z.string().default("2g"),
-        container_cpu: z.string().default("1.0"),
+        /** Memory limit of an agent container: bytes or a number with k, m or g. */
+        container_memory: z
+          .union([z.string(), z.number()])
+          .transform((v, ctx) => parseBytes(v, ctx))
+          .default(2 * 1024 ** 3),
+        /** CPUs of an agent container (fractional). */
+        container_cpu: z.coerce.number().positive().default(1),
+        /** Most processes in an agent container. */
+        container_pids: z.number().int().positive().default(512),
         /** Workspaces are kept between tasks ("keep") or emptied before each task ("clean"). */
         workspace_policy: z.enum(["keep", "clean"]).default("keep"),
       })
@@ -67,7 +74,27 @@ const schema = z
       .strict()
       .prefault({}),
     runtime: z
-      .object({ backend: z.enum(["process"]).default("process") })
+      .object({
+        /** process, docker, podman, or a module (npm package or path) exporting a backend. */
+        backend: z.string().min(1).default("process"),
+        /** The agent image for container backends (built by deploy/agent-image). */
+        image: z.string().min(1).default("conductor-agent:dev"),
+        /** The engine's API socket; empty: DOCKER_HOST, then the engine's usual path. */
+        socket: z.string().default(""),
+        docker_host: z.string().default(""),
+        xdg_runtime_dir: z.string().default(""),
+        /** none (default), host, or an engine network name. */
+        network: z.string().min(1).default("none"),
+        /** uid:gid the agent runs as inside containers; never root. */
+        user: z
+          .string()
+          .regex(/^[1-9][0-9]*(:[0-9]+)?$/, "must be a non-root uid[:gid], e.g. 1000:1000")
+          .default("1000:1000"),
+        /** Soft=hard ulimits for agent containers, e.g. {nofile: 1024, nproc: 1024} (Podman needs them on some hosts). */
+        ulimits: z.record(z.string(), z.number().int().positive()).default({}),
+        /** How long a stopping container gets before SIGKILL. */
+        stop_grace_seconds: z.number().min(0).default(5),
+      })
       .strict()
       .prefault({}),
     storage: z
@@ -105,6 +132,8 @@ export function loadConfig(sources: ConfigSources = {}): Config {
   const env = sources.env ?? {};
   if (env["ANTHROPIC_API_KEY"]) set(raw, "agent.anthropic_api_key", env["ANTHROPIC_API_KEY"]);
   if (env["ANTHROPIC_BASE_URL"]) set(raw, "agent.anthropic_base_url", env["ANTHROPIC_BASE_URL"]);
+  if (env["DOCKER_HOST"]) set(raw, "runtime.docker_host", env["DOCKER_HOST"]);
+  if (env["XDG_RUNTIME_DIR"]) set(raw, "runtime.xdg_runtime_dir", env["XDG_RUNTIME_DIR"]);
   for (const [name, value] of Object.entries(env)) {
     if (!name.startsWith("CONDUCTOR_") || value === undefined) continue;
     const rest = name.slice("CONDUCTOR_".length).toLowerCase();
@@ -185,6 +214,20 @@ function set(
     throw new ConfigError(`configuration key "${origin}": expected <section>.<key>`);
   }
   (raw[section] ??= {})[key] = value;
+}
+
+/** "2g", "512m", "1024k" or a plain number of bytes. */
+function parseBytes(v: string | number, ctx: z.RefinementCtx): number {
+  if (typeof v === "number" && Number.isInteger(v) && v > 0) return v;
+  const m = /^(\d+(?:\.\d+)?)\s*([kmg]?)b?$/i.exec(String(v).trim());
+  if (!m) {
+    ctx.addIssue({ code: "custom", message: `"${v}" is not a size; use bytes or e.g. 512m, 2g` });
+    return z.NEVER;
+  }
+  const unit = { "": 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[
+    m[2]!.toLowerCase() as "" | "k" | "m" | "g"
+  ];
+  return Math.round(Number(m[1]) * unit);
 }
 
 /** Environment values are YAML scalars ("3" is a number); a comma list becomes an array. */

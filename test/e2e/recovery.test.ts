@@ -6,19 +6,20 @@ import {
   scripted,
   spec,
   startConductor,
+  testRuntimes,
   waitForEnd,
   waitForState,
   type Conductor,
 } from "../harness.ts";
 
 /** Nothing acknowledged is lost when the Orchestrator dies with SIGKILL. */
-describe("restart after SIGKILL", () => {
+describe.each(testRuntimes())("restart after SIGKILL on the %s runtime", (runtime) => {
   let model: FakeModel;
   let conductor: Conductor;
 
   beforeAll(async () => {
     model = await startFakeModel();
-    conductor = await startConductor({ agents: 2, modelUrl: model.url });
+    conductor = await startConductor({ agents: 2, modelUrl: model.url, runtime });
   });
   afterAll(async () => {
     await conductor?.close();

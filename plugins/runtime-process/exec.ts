@@ -1,39 +1,7 @@
 import { spawn } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
-
-/** What to run: argv, folder and the whole environment (nothing is inherited). */
-export interface ExecSpec {
-  argv: string[];
-  cwd: string;
-  env: Record<string, string>;
-  /**
-   * An environment entry ("KEY=value") unique to this execution. Programs that leave the
-   * process group (the CLI starts its shells in groups of their own) still inherit it, so
-   * ending the execution ends them too.
-   */
-  marker?: string;
-}
-
-/** How an execution ended. */
-export interface ExitStatus {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  /** Set when the program could not be started at all. */
-  spawnError?: Error;
-}
-
-/** A running program: its output as lines, its end, and a way to end its whole process group. */
-export interface Execution {
-  pid: number | undefined;
-  onStdoutLine(fn: (line: string) => void): void;
-  /** The last few KiB of stderr, for error messages. */
-  stderrTail(): string;
-  /** Resolves when the process and everything in its group has ended. */
-  exited: Promise<ExitStatus>;
-  /** SIGTERM to the group, SIGKILL after graceMs; resolves when it is gone. */
-  kill(graceMs?: number): Promise<ExitStatus>;
-}
+import type { ExecRequest, Execution, ExitStatus } from "../runtime.ts";
 
 const STDERR_TAIL = 4096;
 
@@ -41,7 +9,7 @@ const STDERR_TAIL = 4096;
  * Starts a program in its own process group (the process backend: a plain local process
  * with its own workspace). Killing it kills everything it started.
  */
-export function execProcess(spec: ExecSpec): Execution {
+export function execProcess(spec: ExecRequest): Execution {
   const [cmd, ...args] = spec.argv;
   if (!cmd) throw new Error("execProcess: empty argv");
   const child = spawn(cmd, args, {
@@ -73,7 +41,6 @@ export function execProcess(spec: ExecSpec): Execution {
   });
 
   return {
-    pid: pgid,
     onStdoutLine: (fn) => void listeners.push(fn),
     stderrTail: () => stderr,
     exited,
@@ -103,24 +70,31 @@ export function killGroup(pgid: number | undefined, signal: NodeJS.Signals): voi
   }
 }
 
-/** Signals every process whose environment holds `marker`; returns how many it found. */
-export function killMarked(marker: string, signal: NodeJS.Signals): number {
-  let found = 0;
+/** Live processes whose environment holds `marker` ("KEY=value"). */
+export function markedPids(marker: string): number[] {
+  const pids: number[] = [];
   for (const entry of readdirSync("/proc")) {
     if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    let environ: string[];
     try {
-      environ = readFileSync(`/proc/${entry}/environ`, "utf8").split("\0");
+      if (readFileSync(`/proc/${entry}/environ`, "utf8").split("\0").includes(marker)) {
+        pids.push(Number(entry));
+      }
     } catch {
-      continue; // gone, or not ours
+      // gone, or not ours to read
     }
-    if (!environ.includes(marker)) continue;
-    found++;
+  }
+  return pids;
+}
+
+/** Signals every process whose environment holds `marker`; returns how many it found. */
+export function killMarked(marker: string, signal: NodeJS.Signals): number {
+  const pids = markedPids(marker);
+  for (const pid of pids) {
     try {
-      process.kill(Number(entry), signal);
+      process.kill(pid, signal);
     } catch {
       // ended meanwhile
     }
   }
-  return found;
+  return pids.length;
 }

@@ -1,0 +1,161 @@
+/**
+ * The container-backend plugin contract, engine-neutral, shaped after Nomad's task drivers
+ * and Kubernetes' CRI: fingerprint · create · start · exec · stop · destroy · inspect ·
+ * stats · recover · list. An agent is one long-lived sandbox (a container, or a plain
+ * folder for the process backend); a task is an exec into it.
+ */
+
+/** Labels every backend puts on what it creates, so a restart can find and reap it. */
+export const LABEL_NODE = "dev.conductor.node";
+export const LABEL_AGENT = "dev.conductor.agent";
+
+/** Whether the engine is there and what it can do. */
+export interface Fingerprint {
+  runtime: string;
+  healthy: boolean;
+  /** Engine version, or why it is unhealthy (naming the socket and how to start it). */
+  detail: string;
+  capabilities: {
+    /** Memory/CPU/pids limits are enforced. */
+    limits: boolean;
+    /** Network isolation (network mode none) is possible. */
+    networkIsolation: boolean;
+  };
+}
+
+/** A folder shared into the sandbox at the same absolute path. */
+export interface Mount {
+  hostPath: string;
+  readOnly?: boolean;
+}
+
+/** What one agent's sandbox needs. */
+export interface SandboxSpec {
+  nodeId: string;
+  agentId: string;
+  /** The image to run (container backends); ignored by the process backend. */
+  image: string;
+  /** Folders shared at the same absolute path: the workspace, the CLI's config folder, sockets. */
+  mounts: Mount[];
+  /** Environment of the sandbox itself (never secrets). */
+  env: Record<string, string>;
+  labels: Record<string, string>;
+  limits: {
+    memoryBytes?: number;
+    /** CPUs, fractional (1.5). */
+    cpus?: number;
+    pids?: number;
+    /** Soft=hard limits, e.g. {nofile: 1024, nproc: 1024}. */
+    ulimits?: Record<string, number>;
+  };
+  /** "none" (default), "host", or an engine network name. */
+  network: string;
+  /** uid:gid to run as; containers never run as root. */
+  user: string;
+}
+
+/** An agent's sandbox as a backend knows it. */
+export interface SandboxHandle {
+  /** The engine's id (container id), or the agent folder for the process backend. */
+  id: string;
+  agentId: string;
+  labels: Record<string, string>;
+}
+
+/** What inspect reads back from the engine. */
+export interface SandboxStatus {
+  running: boolean;
+  exitCode?: number;
+  /** The kernel's OOM killer ended it. */
+  oomKilled: boolean;
+  /** Why it stopped, in words (crash, OOM, killed), when not running. */
+  reason?: string;
+  limits: { memoryBytes?: number; cpus?: number; pids?: number };
+  labels: Record<string, string>;
+  user?: string;
+  network?: string;
+  readOnlyRootfs?: boolean;
+  capDrop?: string[];
+  noNewPrivileges?: boolean;
+}
+
+/** Resource use right now. */
+export interface SandboxStats {
+  memoryBytes: number;
+  pids: number;
+}
+
+/** One program to run in a sandbox; the environment is complete (nothing inherited). */
+export interface ExecRequest {
+  argv: string[];
+  cwd: string;
+  env: Record<string, string>;
+  /** "KEY=value" unique to this exec, in env too; lets the backend end strays. */
+  marker?: string;
+}
+
+/** How an exec ended. */
+export interface ExitStatus {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** Set when it could not be started at all. */
+  spawnError?: Error;
+}
+
+/** A running exec: output lines, its end, and a way to end it with everything it started. */
+export interface Execution {
+  onStdoutLine(fn: (line: string) => void): void;
+  /** The last few KiB of stderr, for error messages. */
+  stderrTail(): string;
+  /** Resolves when it and everything it started have ended. */
+  exited: Promise<ExitStatus>;
+  /** Ends it (SIGTERM, SIGKILL after graceMs); resolves when it is gone. */
+  kill(graceMs?: number): Promise<ExitStatus>;
+}
+
+/** The plugin contract every runtime implements. */
+export interface RuntimeBackend {
+  readonly name: string;
+  fingerprint(): Promise<Fingerprint>;
+  create(spec: SandboxSpec): Promise<SandboxHandle>;
+  start(h: SandboxHandle): Promise<void>;
+  exec(h: SandboxHandle, req: ExecRequest): Promise<Execution>;
+  /** Stops the sandbox: SIGTERM, then SIGKILL after graceMs. */
+  stop(h: SandboxHandle, graceMs: number): Promise<void>;
+  /** Removes it and everything the engine keeps for it. Destroying a missing one is fine. */
+  destroy(h: SandboxHandle): Promise<void>;
+  inspect(h: SandboxHandle): Promise<SandboxStatus>;
+  stats(h: SandboxHandle): Promise<SandboxStats>;
+  /** Sandboxes carrying all these labels (to re-attach or reap after a restart). */
+  list(labels: Record<string, string>): Promise<SandboxHandle[]>;
+  /** Re-attaches to a sandbox found by list(); undefined if it is not usable any more. */
+  recover(h: SandboxHandle): Promise<SandboxHandle | undefined>;
+  /** Resolves when the sandbox stops by itself (crash, OOM, killed), with its status. */
+  waitForExit(h: SandboxHandle, signal: AbortSignal): Promise<SandboxStatus>;
+  /** Releases the engine connection. */
+  close(): Promise<void>;
+}
+
+const METHODS = [
+  "fingerprint",
+  "create",
+  "start",
+  "exec",
+  "stop",
+  "destroy",
+  "inspect",
+  "stats",
+  "list",
+  "recover",
+  "waitForExit",
+  "close",
+] as const;
+
+/** The contract's members a candidate lacks (empty when it implements RuntimeBackend). */
+export function missingMethods(x: unknown): string[] {
+  if (typeof x !== "object" || x === null) return ["name", ...METHODS];
+  const o = x as Record<string, unknown>;
+  const missing: string[] = METHODS.filter((m) => typeof o[m] !== "function");
+  if (typeof o["name"] !== "string") missing.unshift("name");
+  return missing;
+}
