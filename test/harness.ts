@@ -32,6 +32,8 @@ export function spec(fields: Partial<Omit<TaskSpec, "$typeName">>): TaskSpec {
 export interface ServiceProcess {
   proc: ChildProcess;
   stderr: () => string;
+  /** The JSON ready line it printed (socket, metrics URL, …). */
+  ready: Record<string, unknown>;
   /** SIGTERM and wait for exit. */
   stop(): Promise<void>;
   /** SIGKILL and wait for exit. */
@@ -52,7 +54,7 @@ export async function startService(
   proc.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
   const exited = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
   const lines = createInterface({ input: proc.stdout });
-  await new Promise<void>((resolve, reject) => {
+  const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
     const timer = setTimeout(
       () => reject(new Error(`conductor ${command} not ready in 30 s:\n${stderr}`)),
       30_000,
@@ -60,7 +62,7 @@ export async function startService(
     lines.on("line", (line) => {
       if (line.includes('"ready"')) {
         clearTimeout(timer);
-        resolve();
+        resolve(JSON.parse(line) as Record<string, unknown>);
       }
     });
     proc.once("exit", (code) => {
@@ -72,7 +74,13 @@ export async function startService(
     if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
     await exited;
   };
-  return { proc, stderr: () => stderr, stop: () => end("SIGTERM"), kill9: () => end("SIGKILL") };
+  return {
+    proc,
+    stderr: () => stderr,
+    ready,
+    stop: () => end("SIGTERM"),
+    kill9: () => end("SIGKILL"),
+  };
 }
 
 /** A Conductor started for one test: its folders, its processes and a client. */
@@ -117,7 +125,11 @@ export async function startConductor(opts: ConductorOptions): Promise<Conductor>
     ANTHROPIC_BASE_URL: opts.modelUrl,
     ANTHROPIC_API_KEY: "sk-test-key",
     CONDUCTOR_OBSERVABILITY_LOG_LEVEL: "warn",
-    ...runtimeEnv(opts.runtime ?? "process"),
+    // Free ports, so suites and a developer's own `conductor up` never collide.
+    CONDUCTOR_OBSERVABILITY_METRICS_PORT: "0",
+    CONDUCTOR_OBSERVABILITY_AGENT_HOST_METRICS_PORT: "0",
+    CONDUCTOR_OBSERVABILITY_BROKER_METRICS_PORT: "0",
+    ...runtimeEnv(),
     ...opts.env,
   };
   const c: Conductor = {
@@ -157,13 +169,12 @@ export async function startConductor(opts: ConductorOptions): Promise<Conductor>
 export function testRuntimes(): string[] {
   return (process.env["CONDUCTOR_TEST_RUNTIMES"] ?? DEFAULT_RUNTIMES).split(",").filter(Boolean);
 }
-const DEFAULT_RUNTIMES = "process";
+const DEFAULT_RUNTIMES = "process,docker,podman";
 
-/** Environment a runtime needs in tests (Podman here needs explicit ulimits). */
-export function runtimeEnv(runtime: string): Record<string, string> {
+/** Environment a runtime needs in tests: the agent image, when CONDUCTOR_TEST_IMAGE names one. */
+export function runtimeEnv(): Record<string, string> {
   const image = process.env["CONDUCTOR_TEST_IMAGE"];
   return {
-    ...(runtime === "podman" ? { CONDUCTOR_RUNTIME_ULIMITS: "{nofile: 1024, nproc: 1024}" } : {}),
     ...(image ? { CONDUCTOR_RUNTIME_IMAGE: image } : {}),
   };
 }

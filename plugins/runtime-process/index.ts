@@ -1,14 +1,16 @@
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import type {
-  ExecRequest,
-  Execution,
-  Fingerprint,
-  RuntimeBackend,
-  SandboxHandle,
-  SandboxSpec,
-  SandboxStats,
-  SandboxStatus,
+import {
+  LABEL_AGENT,
+  LABEL_NODE,
+  type ExecRequest,
+  type Execution,
+  type Fingerprint,
+  type RuntimeBackend,
+  type SandboxHandle,
+  type SandboxSpec,
+  type SandboxStats,
+  type SandboxStatus,
 } from "../runtime.ts";
 import { execProcess, killMarked, markedPids } from "./exec.ts";
 
@@ -33,7 +35,9 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
   const records = new Map<string, Record_>();
   const exits = new Map<string, () => void>();
   const file = (id: string) => path.join(opts.stateDir, `${id.replaceAll("/", "_")}.json`);
-  const marker = (id: string) => `CONDUCTOR_SANDBOX=${id}`;
+  // Unique per state folder, so two AgentHosts on one machine never end each other's runs.
+  const sandboxTag = (id: string) => `${path.resolve(opts.stateDir)}/${id}`;
+  const marker = (id: string) => `CONDUCTOR_SANDBOX=${sandboxTag(id)}`;
   const get = (h: SandboxHandle): Record_ => {
     const r = records.get(h.id);
     if (!r) throw new Error(`process sandbox ${h.id} does not exist (create or recover it first)`);
@@ -61,7 +65,7 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
       const handle = {
         id: `${spec.nodeId}.${spec.agentId}`,
         agentId: spec.agentId,
-        labels: spec.labels,
+        labels: { ...spec.labels, [LABEL_NODE]: spec.nodeId, [LABEL_AGENT]: spec.agentId },
       };
       for (const m of spec.mounts) mkdirSync(m.hostPath, { recursive: true });
       writeFileSync(file(handle.id), JSON.stringify(handle));
@@ -73,7 +77,7 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
     },
     async exec(h: SandboxHandle, req: ExecRequest): Promise<Execution> {
       if (!get(h).running) throw new Error(`process sandbox ${h.id} is not running`);
-      const env = { ...req.env, CONDUCTOR_SANDBOX: h.id };
+      const env = { ...req.env, CONDUCTOR_SANDBOX: sandboxTag(h.id) };
       return execProcess({ ...req, env });
     },
     async stop(h, graceMs) {

@@ -58,6 +58,8 @@ describe("loadBackend", () => {
   it("says which runtimes are built in when a name is neither built in nor a module", async () => {
     const err = await loadBackend(configFor("no-such-runtime-plugin")).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BackendLoadError);
-    expect((err as Error).message).toMatch(/"no-such-runtime-plugin" is not built in \(process\)/);
+    expect((err as Error).message).toMatch(
+      /"no-such-runtime-plugin" is not built in \(process, docker, podman\)/,
+    );
   });
 });

@@ -13,13 +13,33 @@ export class BackendLoadError extends Error {
 }
 
 /**
- * The built-in runtimes, registered explicitly (no import side effects).
+ * The built-in runtimes, registered explicitly (no import side effects). Container plugins
+ * are imported lazily, so the process backend loads no engine client.
  */
 export function builtinBackends(): Map<string, BackendFactory> {
   return new Map<string, BackendFactory>([
     [
       "process",
       (c) => createProcessBackend({ stateDir: path.join(c.storage.data_dir, "sandboxes") }),
+    ],
+    [
+      "docker",
+      async (c) => {
+        const docker = await import("../../plugins/runtime-docker/index.ts");
+        const socketPath = c.runtime.socket || docker.socketFromDockerHost(c.runtime.docker_host);
+        return docker.createDockerBackend(socketPath ? { socketPath } : {});
+      },
+    ],
+    [
+      "podman",
+      async (c) => {
+        const { createPodmanBackend } = await import("../../plugins/runtime-podman/index.ts");
+        return createPodmanBackend({
+          ...(c.runtime.socket ? { socketPath: c.runtime.socket } : {}),
+          ...(c.runtime.xdg_runtime_dir ? { xdgRuntimeDir: c.runtime.xdg_runtime_dir } : {}),
+          uid: process.getuid?.() ?? 0,
+        });
+      },
     ],
   ]);
 }

@@ -10,6 +10,8 @@ import {
   type SandboxHandle,
 } from "../../plugins/runtime.ts";
 import type { Logger } from "../shared/log.ts";
+import type { AgentHostObserver } from "./telemetry.ts";
+import { MCP_ALLOWED_TOOLS, setUpAgentBroker, type AgentBroker } from "../broker/access.ts";
 import { startModelProxy, type ModelProxy } from "./model-proxy.ts";
 import { runClaude, type RunOutcome, type RunSettings } from "./run.ts";
 
@@ -28,6 +30,8 @@ interface AgentSlot {
   dir: string;
   sandbox: SandboxHandle;
   proxy?: ModelProxy;
+  /** The agent's way to the Broker (relay socket, credential, MCP server), when one is configured. */
+  broker?: AgentBroker;
   /** Ends the watch on the sandbox's death. */
   unwatch: AbortController;
   run?: { taskId: string; abort: AbortController; done: Promise<RunOutcome> };
@@ -56,10 +60,16 @@ export interface AgentHostOptions {
   settings: RunSettings;
   hostPath: string;
   log: Logger;
+  /** Told of every CLI run (traces); optional. */
+  observer?: AgentHostObserver | undefined;
+  /** The Broker agents talk to (each gets its own credential and the MCP tools); optional. */
+  broker?: { secret: Buffer; socketPath: string } | undefined;
 }
 
 /** Inside a container the CLI reaches the model proxy through this loopback forwarder. */
 const FORWARDER_PORT = 8080;
+/** How long a failed run waits for the engine to report its container's death. */
+const DEATH_NOTICE_MS = 2000;
 /** The CLI insists on some key; the real one is added by the proxy, outside the container. */
 const PLACEHOLDER_KEY = "sk-conductor-proxy-adds-the-real-key";
 
@@ -110,40 +120,56 @@ export class AgentHost {
     const runDir = path.join(dir, "run");
     for (const d of [workspace, configDir, runDir]) mkdirSync(d, { recursive: true });
     let proxy: ModelProxy | undefined;
+    let broker: AgentBroker | undefined;
     const env: Record<string, string> = {};
-    if (this.contained) {
-      const [uid, gid] = o.sandbox.user.split(":").map(Number);
-      for (const d of [workspace, configDir, runDir]) chownSync(d, uid!, gid ?? uid!);
-      proxy = await startModelProxy({
-        socketPath: path.join(runDir, "model.sock"),
-        upstream: o.settings.baseUrl,
-        apiKey: o.settings.apiKey,
-        log: o.log.child({ agent_id: id }),
-      });
-      env["CONDUCTOR_MODEL_SOCKET"] = proxy.socketPath;
-      env["CONDUCTOR_MODEL_PORT"] = String(FORWARDER_PORT);
-    }
-    const sandbox = await o.backend.create({
-      nodeId: o.nodeId,
-      agentId: id,
-      image: o.sandbox.image,
-      mounts: [{ hostPath: workspace }, { hostPath: configDir }, { hostPath: runDir }],
-      env,
-      labels: { [LABEL_NODE]: o.nodeId, [LABEL_AGENT]: id },
-      limits: {
-        memoryBytes: o.sandbox.memoryBytes,
-        cpus: o.sandbox.cpus,
-        pids: o.sandbox.pids,
-        ulimits: o.sandbox.ulimits,
-      },
-      network: o.sandbox.network,
-      user: o.sandbox.user,
-    });
+    const [uid, gid] = o.sandbox.user.split(":").map(Number);
+    const owner = this.contained ? { uid: uid!, gid: gid ?? uid! } : undefined;
+    let sandbox: SandboxHandle | undefined;
     try {
+      if (owner) {
+        for (const d of [workspace, configDir, runDir]) chownSync(d, owner.uid, owner.gid);
+        proxy = await startModelProxy({
+          socketPath: path.join(runDir, "model.sock"),
+          upstream: o.settings.baseUrl,
+          apiKey: o.settings.apiKey,
+          log: o.log.child({ agent_id: id }),
+        });
+        env["CONDUCTOR_MODEL_SOCKET"] = proxy.socketPath;
+        env["CONDUCTOR_MODEL_PORT"] = String(FORWARDER_PORT);
+      }
+      if (o.broker) {
+        broker = await setUpAgentBroker({
+          runDir,
+          agentId: id,
+          secret: o.broker.secret,
+          brokerSocket: o.broker.socketPath,
+          // Inside an agent image node is on PATH; locally it is the node running us.
+          nodePath: this.contained ? "node" : process.execPath,
+          owner,
+          log: o.log,
+        });
+      }
+      sandbox = await o.backend.create({
+        nodeId: o.nodeId,
+        agentId: id,
+        image: o.sandbox.image,
+        mounts: [{ hostPath: workspace }, { hostPath: configDir }, { hostPath: runDir }],
+        env,
+        labels: { [LABEL_NODE]: o.nodeId, [LABEL_AGENT]: id },
+        limits: {
+          memoryBytes: o.sandbox.memoryBytes,
+          cpus: o.sandbox.cpus,
+          pids: o.sandbox.pids,
+          ulimits: o.sandbox.ulimits,
+        },
+        network: o.sandbox.network,
+        user: o.sandbox.user,
+      });
       await o.backend.start(sandbox);
     } catch (e) {
-      await o.backend.destroy(sandbox).catch(() => undefined);
+      if (sandbox) await o.backend.destroy(sandbox).catch(() => undefined);
       await proxy?.close();
+      await broker?.close();
       throw e;
     }
     const agent = create(AgentSchema, {
@@ -159,6 +185,7 @@ export class AgentHost {
       sandbox,
       unwatch: new AbortController(),
       ...(proxy ? { proxy } : {}),
+      ...(broker ? { broker } : {}),
     };
     this.slots.set(id, slot);
     this.watch(slot);
@@ -180,6 +207,7 @@ export class AgentHost {
       .catch(() => undefined);
     await this.opts.backend.destroy(slot.sandbox);
     await slot.proxy?.close();
+    await slot.broker?.close();
   }
 
   /** All agents, in start order. */
@@ -187,8 +215,11 @@ export class AgentHost {
     return [...this.slots.values()].map((s) => s.agent);
   }
 
-  /** Runs a task on an agent; outputs go to onOutput as they come. */
-  async run(
+  /**
+   * Runs a task on an agent; outputs go to onOutput as they come. Throws at once (before
+   * anything runs) when the agent is unknown or not idle.
+   */
+  run(
     agentId: string,
     taskId: string,
     spec: TaskSpec,
@@ -201,6 +232,19 @@ export class AgentHost {
         `agent ${agentId} is not idle (${AgentState[slot.agent.state]}${slot.agent.taskId ? `, task ${slot.agent.taskId}` : ""})`,
       );
     }
+    slot.agent.state = AgentState.BUSY;
+    slot.agent.taskId = taskId;
+    return this.execute(slot, taskId, spec, signal, onOutput);
+  }
+
+  private async execute(
+    slot: AgentSlot,
+    taskId: string,
+    spec: TaskSpec,
+    signal: AbortSignal,
+    onOutput: (o: AgentOutput) => void,
+  ): Promise<RunOutcome> {
+    const agentId = slot.agent.id;
     const workspace = slot.agent.workspace;
     if (this.opts.workspacePolicy === "clean") {
       for (const entry of readdirSync(workspace))
@@ -209,33 +253,36 @@ export class AgentHost {
     const abort = new AbortController();
     const onAbort = () => abort.abort();
     signal.addEventListener("abort", onAbort);
-    slot.agent.state = AgentState.BUSY;
-    slot.agent.taskId = taskId;
     slot.proxy?.take();
     const log = this.opts.log.child({ agent_id: agentId, task_id: taskId });
     log.info("run started");
-    const settings: RunSettings = slot.proxy
-      ? {
-          ...this.opts.settings,
-          apiKey: PLACEHOLDER_KEY,
-          baseUrl: `http://127.0.0.1:${FORWARDER_PORT}`,
-        }
-      : this.opts.settings;
-    const done = runClaude({
-      spec,
-      settings,
-      place: {
-        agentId,
-        taskId,
-        workspace,
-        configDir: path.join(slot.dir, "claude-config"),
-        agentDir: slot.dir,
-      },
-      exec: (req) => this.opts.backend.exec(slot.sandbox, req),
-      hostPath: this.contained ? "/usr/local/bin:/usr/bin:/bin" : this.opts.hostPath,
-      signal: abort.signal,
-      onOutput,
-    }).then((outcome) => this.explainDeath(slot, outcome));
+    const settings: RunSettings = {
+      ...this.opts.settings,
+      ...(slot.proxy
+        ? { apiKey: PLACEHOLDER_KEY, baseUrl: `http://127.0.0.1:${FORWARDER_PORT}` }
+        : {}),
+      ...(slot.broker
+        ? { alwaysAllowedTools: [MCP_ALLOWED_TOOLS], extraArgs: slot.broker.cliArgs }
+        : {}),
+    };
+    const runCli = () =>
+      runClaude({
+        spec,
+        settings,
+        place: {
+          agentId,
+          taskId,
+          workspace,
+          configDir: path.join(slot.dir, "claude-config"),
+          agentDir: slot.dir,
+        },
+        exec: (req) => this.opts.backend.exec(slot.sandbox, req),
+        hostPath: this.contained ? "/usr/local/bin:/usr/bin:/bin" : this.opts.hostPath,
+        signal: abort.signal,
+        onOutput,
+      }).then((outcome) => this.explainDeath(slot, outcome));
+    const observer = this.opts.observer;
+    const done = observer ? observer.cliRun({ taskId, agentId }, runCli) : runCli();
     slot.run = { taskId, abort, done };
     try {
       const outcome = await done;
@@ -277,7 +324,13 @@ export class AgentHost {
   /** A failed run in a sandbox that died says why the sandbox died (e.g. out of memory). */
   private async explainDeath(slot: AgentSlot, outcome: RunOutcome): Promise<RunOutcome> {
     if (outcome.state !== TaskState.FAILED || !this.contained) return outcome;
-    const status = await this.opts.backend.inspect(slot.sandbox).catch(() => undefined);
+    let status = await this.opts.backend.inspect(slot.sandbox).catch(() => undefined);
+    if (status?.running && !outcome.result.sessionId) {
+      // The CLI vanished without a result: the engine may not have noticed its container's end yet.
+      status = await this.opts.backend
+        .waitForExit(slot.sandbox, AbortSignal.timeout(DEATH_NOTICE_MS))
+        .catch(() => status);
+    }
     if (!status || status.running) return outcome;
     const why = status.oomKilled
       ? "out of memory (the container was OOM-killed)"
@@ -300,6 +353,7 @@ export class AgentHost {
       this.slots.delete(slot.agent.id);
       await this.opts.backend.destroy(slot.sandbox).catch(() => undefined);
       await slot.proxy?.close();
+      await slot.broker?.close();
       if (!this.closed) {
         await this.startAgent(slot.agent.id).catch((e: unknown) => {
           this.opts.log.error("could not replace the agent", { agent_id: slot.agent.id, error: e });

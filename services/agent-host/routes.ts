@@ -8,6 +8,7 @@ import {
 import { AsyncQueue } from "../shared/async-queue.ts";
 import { invalid, notFound } from "../shared/errors.ts";
 import { AgentBusyError, UnknownAgentError, type AgentHost } from "./host.ts";
+import type { RunOutcome } from "./run.ts";
 import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
 
 /** Maps AgentHost domain errors onto gRPC codes. */
@@ -51,17 +52,21 @@ export function agentHostRoutes(host: AgentHost) {
         if (!req.taskId) throw invalid("task_id is required");
         if (!req.spec?.prompt) throw invalid("spec.prompt is required");
         const queue = new AsyncQueue<RunTaskResponse["kind"]>();
-        const done = host
-          .run(req.agentId, req.taskId, req.spec, ctx.signal, (output) =>
+        let running: Promise<RunOutcome>;
+        try {
+          running = host.run(req.agentId, req.taskId, req.spec, ctx.signal, (output) =>
             queue.push({ case: "output", value: output }),
-          )
-          .then(
-            (outcome) => {
-              queue.push({ case: "outcome", value: create(RunOutcomeSchema, outcome) });
-              queue.end();
-            },
-            (e: unknown) => queue.fail(toConnect(e)),
           );
+        } catch (e) {
+          throw toConnect(e);
+        }
+        const done = running.then(
+          (outcome) => {
+            queue.push({ case: "outcome", value: create(RunOutcomeSchema, outcome) });
+            queue.end();
+          },
+          (e: unknown) => queue.fail(toConnect(e)),
+        );
         yield { kind: { case: "started", value: { agentId: req.agentId } } };
         for await (const kind of queue) yield { kind };
         await done;

@@ -22,6 +22,10 @@ export interface RunSettings {
   baseUrl: string;
   /** The CLI's own API retries (CLAUDE_CODE_MAX_RETRIES); negative keeps its default. */
   maxApiRetries: number;
+  /** Tools always allowed on top of the spec's or the default list (e.g. the Broker's MCP tools). */
+  alwaysAllowedTools?: string[];
+  /** Arguments appended after all others (e.g. --mcp-config for the Broker tools). */
+  extraArgs?: string[];
 }
 
 /** Where the run happens: the agent's workspace and its own CLI config folder. */
@@ -50,8 +54,12 @@ export function claudeArgv(spec: TaskSpec, s: RunSettings): string[] {
   if (model) argv.push("--model", model);
   if (spec.maxTurns > 0) argv.push("--max-turns", String(spec.maxTurns));
   argv.push("--permission-mode", spec.permissionMode || s.permissionMode);
-  const tools = spec.allowedTools.length > 0 ? spec.allowedTools : s.allowedTools;
+  const tools = [
+    ...(spec.allowedTools.length > 0 ? spec.allowedTools : s.allowedTools),
+    ...(s.alwaysAllowedTools ?? []),
+  ];
   if (tools.length > 0) argv.push("--allowedTools", tools.join(","));
+  argv.push(...(s.extraArgs ?? []));
   return argv;
 }
 

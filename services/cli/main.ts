@@ -3,14 +3,16 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { ConfigError, loadConfig, type Config } from "../shared/config.ts";
 import { createLogger } from "../shared/log.ts";
 import { runClientCommand, CLIENT_COMMANDS } from "./client-commands.ts";
-import { startAgentHost, startOrchestrator, type Running } from "./services.ts";
+import { startObservability } from "./observe.ts";
+import { startAgentHost, startBroker, startOrchestrator, type Running } from "./services.ts";
 
 const USAGE = `conductor — run many Claude Code agents in parallel behind a durable gRPC task queue
 
 Services:
-  conductor up             Orchestrator + AgentHost in one process
+  conductor up             Orchestrator + AgentHost + Broker in one process
   conductor orchestrator   the Orchestrator alone
   conductor agent-host     an AgentHost alone
+  conductor broker         the Broker alone (agent-to-agent messages; <socket_dir>/broker.sock)
   conductor config print   the effective configuration
 
 Tasks (talk to the Orchestrator's socket):
@@ -24,12 +26,14 @@ Tasks (talk to the Orchestrator's socket):
   conductor stats
 
 Common flags:
-  --config FILE     YAML configuration (sections orchestrator, agent, communication, runtime, storage, observability)
+  --config FILE     YAML configuration (sections orchestrator, agent, communication, runtime, storage, broker, observability)
   --agents N        orchestrator.num_agents
   --socket-dir DIR  communication.socket_dir
   --socket PATH     communication.socket_path (the Orchestrator's socket)
   --data-dir DIR    storage.data_dir
   --log-level L     observability.log_level
+  --metrics-port N  this process's /metrics port: observability.metrics_port, or
+                    agent_host_metrics_port / broker_metrics_port; 0 picks a free one, -1 none
   --runtime R       runtime.backend: process (default), docker, podman, or a plugin module
 Every key can also be set as CONDUCTOR_<SECTION>_<KEY>, e.g. CONDUCTOR_ORCHESTRATOR_NUM_AGENTS=5.
 `;
@@ -42,6 +46,7 @@ const OPTIONS = {
   "data-dir": { type: "string" },
   "log-level": { type: "string" },
   runtime: { type: "string" },
+  "metrics-port": { type: "string" },
   priority: { type: "string" },
   timeout: { type: "string" },
   type: { type: "string" },
@@ -91,7 +96,12 @@ export async function main(
       process.stdout.write(JSON.stringify(redact(config), null, 2) + "\n");
       return 0;
     }
-    if (command === "up" || command === "orchestrator" || command === "agent-host") {
+    if (
+      command === "up" ||
+      command === "orchestrator" ||
+      command === "agent-host" ||
+      command === "broker"
+    ) {
       return await serve(command, config, env);
     }
     if (CLIENT_COMMANDS.has(command)) return await runClientCommand(command, rest, parsed, config);
@@ -109,6 +119,12 @@ function codeName(e: ConnectError): string {
   return Code[e.code];
 }
 
+/** Which port --metrics-port sets, by command (the Orchestrator's, and `up`'s, by default). */
+const METRICS_PORT_KEYS: Record<string, string> = {
+  "agent-host": "observability.agent_host_metrics_port",
+  broker: "observability.broker_metrics_port",
+};
+
 function flagsOf(parsed: Parsed): Record<string, unknown> {
   const v = parsed.values;
   const num = (s: string | undefined, key: string) => {
@@ -125,6 +141,10 @@ function flagsOf(parsed: Parsed): Record<string, unknown> {
     "storage.data_dir": v["data-dir"],
     "observability.log_level": v["log-level"],
     "runtime.backend": v.runtime,
+    [METRICS_PORT_KEYS[parsed.positionals[0] ?? ""] ?? "observability.metrics_port"]: num(
+      v["metrics-port"],
+      "observability.metrics_port",
+    ),
   };
 }
 
@@ -141,16 +161,22 @@ async function serve(
   env: Record<string, string | undefined>,
 ): Promise<number> {
   const log = createLogger(config.observability.log_level, { node: config.orchestrator.node_id });
+  const observability = await startObservability(command, config, env, log);
+  const { obs } = observability;
   const running: Running[] = [];
+  // The Broker first, so the AgentHost can register its agents with it.
+  if (command === "up" || command === "broker") running.push(await startBroker(config, log, obs));
   if (command === "up" || command === "agent-host")
-    running.push(await startAgentHost(config, log, env["PATH"] ?? "/usr/bin:/bin"));
+    running.push(await startAgentHost(config, log, env["PATH"] ?? "/usr/bin:/bin", obs));
   if (command === "up" || command === "orchestrator")
-    running.push(await startOrchestrator(config, log));
+    running.push(await startOrchestrator(config, log, obs));
   process.stdout.write(
     JSON.stringify({
       ready: command,
       socket: config.communication.socket_path,
       socket_dir: config.communication.socket_dir,
+      broker_socket: config.broker.socket_path,
+      metrics: observability.metricsUrl ?? null,
     }) + "\n",
   );
   await new Promise<void>((resolve) => {
@@ -160,5 +186,6 @@ async function serve(
   log.info("shutting down");
   // The Orchestrator first, so runs end as interrupted rather than failed.
   for (const r of running.reverse()) await r.stop();
+  await observability.stop();
   return 0;
 }

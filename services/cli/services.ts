@@ -2,13 +2,22 @@ import path from "node:path";
 import { AgentHostService } from "../../gen/conductor/v1/agent_host_pb.js";
 import { OrchestratorService } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { AgentHost } from "../agent-host/host.ts";
+import { loadBrokerSecret } from "../broker/access.ts";
+import { brokerOptions, startBrokerServer, type BrokerServer } from "../broker/serve.ts";
 import { loadBackend } from "../agent-host/backends.ts";
 import { agentHostRoutes } from "../agent-host/routes.ts";
+import {
+  createAgentHostObserver,
+  observeBackend,
+  registerAgentGauge,
+} from "../agent-host/telemetry.ts";
 import { Orchestrator } from "../orchestrator/orchestrator.ts";
 import { orchestratorRoutes } from "../orchestrator/routes.ts";
+import { createOrchestratorObserver, registerTaskGauges } from "../orchestrator/telemetry.ts";
 import { resolveClaudePath } from "../shared/claude-path.ts";
 import type { Config } from "../shared/config.ts";
 import type { Logger } from "../shared/log.ts";
+import type { Observability } from "../shared/observability.ts";
 import { serveUnix, type UnixServer } from "../shared/transport.ts";
 
 /** A started service: stop() ends it cleanly. */
@@ -26,9 +35,11 @@ export async function startAgentHost(
   config: Config,
   log: Logger,
   hostPath: string,
+  obs?: Observability,
 ): Promise<Running & { host: AgentHost; server: UnixServer }> {
   const a = config.agent;
-  const backend = await loadBackend(config);
+  const telemetry = { ...obs, nodeId: config.orchestrator.node_id };
+  const backend = observeBackend(await loadBackend(config), telemetry);
   const contained = backend.name !== "process";
   const host = new AgentHost({
     backend,
@@ -48,6 +59,13 @@ export async function startAgentHost(
     workspacePolicy: a.workspace_policy,
     hostPath,
     log: log.child({ service: "agent-host" }),
+    broker: {
+      secret: loadBrokerSecret(config.storage.data_dir),
+      socketPath: config.broker.socket_path,
+    },
+    observer: obs?.tracer
+      ? createAgentHostObserver({ ...telemetry, runtime: backend.name })
+      : undefined,
     settings: {
       // Inside an agent image the CLI is on PATH; on the process backend it is the npm package's.
       claudePath: contained ? a.claude_path || "claude" : resolveClaudePath(a.claude_path),
@@ -62,6 +80,7 @@ export async function startAgentHost(
       maxApiRetries: a.max_api_retries,
     },
   });
+  if (obs?.registry) registerAgentGauge(obs.registry, () => host.agents());
   try {
     await host.start();
   } catch (e) {
@@ -72,6 +91,7 @@ export async function startAgentHost(
     socketPath: agentHostSocket(config),
     services: [AgentHostService],
     routes: agentHostRoutes(host),
+    interceptors: obs?.serverInterceptors ?? [],
   });
   log.info("agent host serving", {
     socket: server.socketPath,
@@ -91,8 +111,13 @@ export async function startAgentHost(
 export async function startOrchestrator(
   config: Config,
   log: Logger,
+  obs?: Observability,
 ): Promise<Running & { orchestrator: Orchestrator; server: UnixServer }> {
   const o = config.orchestrator;
+  const observer =
+    obs && (obs.tracer || obs.registry)
+      ? createOrchestratorObserver({ ...obs, defaultModel: config.agent.model })
+      : undefined;
   const orchestrator = new Orchestrator({
     dataDir: config.storage.data_dir,
     agentHosts: o.agent_hosts.length > 0 ? o.agent_hosts : [agentHostSocket(config)],
@@ -103,12 +128,16 @@ export async function startOrchestrator(
     rpcTimeoutMs: config.communication.message_timeout * 1000,
     defaultTimeoutMs: o.default_timeout_seconds * 1000,
     log: log.child({ service: "orchestrator" }),
+    observer,
+    hostInterceptors: obs?.clientInterceptors ?? [],
   });
+  if (obs?.registry) registerTaskGauges(obs.registry, orchestrator.store);
   orchestrator.start();
   const server = await serveUnix({
     socketPath: config.communication.socket_path,
     services: [OrchestratorService],
     routes: orchestratorRoutes(orchestrator),
+    interceptors: obs?.serverInterceptors ?? [],
   });
   log.info("orchestrator serving", {
     socket: server.socketPath,
@@ -122,4 +151,20 @@ export async function startOrchestrator(
       await orchestrator.close();
     },
   };
+}
+
+/** Starts the Broker (agent-to-agent messages) and serves it on broker.socket_path. */
+export async function startBroker(
+  config: Config,
+  log: Logger,
+  obs?: Observability,
+): Promise<Running & { broker: BrokerServer }> {
+  const server = await startBrokerServer({
+    ...brokerOptions(config, log.child({ service: "broker" })),
+    socketPath: config.broker.socket_path,
+    interceptors: obs?.serverInterceptors ?? [],
+    registry: obs?.registry,
+  });
+  log.info("broker serving", { socket: server.socketPath, data_dir: config.storage.data_dir });
+  return { broker: server, stop: () => server.close() };
 }

@@ -1,4 +1,4 @@
-import { createClient, type Client } from "@connectrpc/connect";
+import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { AgentHostService } from "../../gen/conductor/v1/agent_host_pb.js";
 import { AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
 import type { Logger } from "../shared/log.ts";
@@ -18,9 +18,9 @@ export class HostLink {
   agents: Agent[] = [];
   reachable = false;
 
-  constructor(address: string) {
+  constructor(address: string, interceptors: Interceptor[] = []) {
     this.address = address;
-    this.client = createClient(AgentHostService, unixTransport(address));
+    this.client = createClient(AgentHostService, unixTransport(address, interceptors));
   }
 }
 
@@ -34,8 +34,13 @@ export class HostRegistry {
   private readonly log: Logger;
   private readonly timeoutMs: number;
 
-  constructor(addresses: string[], timeoutMs: number, log: Logger) {
-    this.links = addresses.map((a) => new HostLink(a));
+  constructor(
+    addresses: string[],
+    timeoutMs: number,
+    log: Logger,
+    interceptors: Interceptor[] = [],
+  ) {
+    this.links = addresses.map((a) => new HostLink(a, interceptors));
     this.timeoutMs = timeoutMs;
     this.log = log;
   }

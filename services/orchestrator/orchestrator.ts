@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
 import type { RunOutcome } from "../../gen/conductor/v1/agent_host_pb.js";
 import {
@@ -15,6 +15,7 @@ import { AsyncQueue } from "../shared/async-queue.ts";
 import { notFound, precondition } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
 import { HostRegistry, type AgentRef } from "./hosts.ts";
+import type { OrchestratorObserver } from "./observer.ts";
 import { FINAL_STATES, TaskStore } from "./store.ts";
 import { validateSpec } from "./validate.ts";
 
@@ -30,6 +31,10 @@ export interface OrchestratorOptions {
   defaultTimeoutMs: number;
   pollIntervalMs?: number;
   log: Logger;
+  /** Told of every state change and attempt (metrics, traces); optional. */
+  observer?: OrchestratorObserver | undefined;
+  /** Interceptors of the calls to AgentHosts (tracing, metrics). */
+  hostInterceptors?: Interceptor[];
 }
 
 interface ActiveRun {
@@ -58,7 +63,12 @@ export class Orchestrator {
   constructor(opts: OrchestratorOptions) {
     this.opts = opts;
     this.store = new TaskStore(opts.dataDir);
-    this.hosts = new HostRegistry(opts.agentHosts, opts.rpcTimeoutMs, opts.log);
+    this.hosts = new HostRegistry(
+      opts.agentHosts,
+      opts.rpcTimeoutMs,
+      opts.log,
+      opts.hostInterceptors,
+    );
   }
 
   /** Recovers interrupted tasks, then starts watching hosts and scheduling. */
@@ -72,7 +82,8 @@ export class Orchestrator {
     const spec = validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes });
     const maxAttempts = spec.maxAttempts || this.opts.defaultMaxAttempts;
     const now = Date.now();
-    const { task, created } = this.store.insert(randomUUID(), spec, maxAttempts, now);
+    const traceParent = this.opts.observer?.traceParent();
+    const { task, created } = this.store.insert(randomUUID(), spec, maxAttempts, now, traceParent);
     if (created) {
       this.record(
         task.id,
@@ -212,9 +223,20 @@ export class Orchestrator {
     const abort = new AbortController();
     const run: ActiveRun = { ref, abort, cancelRequested: false, done: Promise.resolve() };
     this.runs.set(task.id, run);
-    run.done = this.execute(task, attempt, run).finally(() => {
+    const execute = () => this.execute(task, attempt, run);
+    const observer = this.opts.observer;
+    const attemptInfo = () => ({
+      taskId: task.id,
+      type: task.spec?.type || "generic",
+      model: task.spec?.model ?? "",
+      attempt,
+      agentId: ref.agent.id,
+      node: ref.agent.nodeId,
+      traceParent: this.store.meta(task.id)?.traceParent ?? "",
+    });
+    run.done = (observer ? observer.attempt(attemptInfo(), execute) : execute()).finally(() => {
       this.runs.delete(task.id);
-      ref.agent.state = AgentState.IDLE;
+      if (ref.agent.state === AgentState.BUSY) ref.agent.state = AgentState.IDLE;
       ref.agent.taskId = "";
       ref.agent.tasksCompleted++;
       this.store.forgetEvents(task.id);
@@ -227,6 +249,7 @@ export class Orchestrator {
     const log = this.opts.log.child({ task_id: task.id, agent_id: run.ref.agent.id, attempt });
     let outcome: RunOutcome | undefined;
     let startedAt = Date.now();
+    let started = false;
     try {
       const stream = run.ref.host.client.runTask(
         { agentId: run.ref.agent.id, taskId: task.id, attempt, spec },
@@ -236,6 +259,7 @@ export class Orchestrator {
         const now = Date.now();
         switch (res.kind.case) {
           case "started":
+            started = true;
             startedAt = now;
             this.store.transition(task.id, [TaskState.SCHEDULED], {
               state: TaskState.RUNNING,
@@ -260,6 +284,11 @@ export class Orchestrator {
       if (!outcome) outcome = lost("the agent host ended the run without an outcome");
     } catch (e) {
       const err = ConnectError.from(e);
+      if (!started && !run.cancelRequested && !this.closed) {
+        // The agent never started it (busy, gone, or its host unreachable): not an attempt.
+        this.bounce(task.id, attempt, run, err, log);
+        return;
+      }
       outcome = lost(
         run.cancelRequested || this.closed
           ? "the run was stopped"
@@ -288,6 +317,7 @@ export class Orchestrator {
       state = TaskState.FAILED;
       result.error = "the run was stopped on the agent host (agent stopped)";
     }
+    this.opts.observer?.attemptEnded({ taskId: id, attempt, state, runMs, result });
     const active = [TaskState.SCHEDULED, TaskState.RUNNING];
     const maxAttempts = this.store.maxAttempts(id);
     if (state === TaskState.FAILED && attempt < maxAttempts) {
@@ -309,6 +339,30 @@ export class Orchestrator {
       this.emit(this.store.appendEvent(id, { case: "result", value: result }, now));
       this.record(id, { state, agentId: run.ref.agent.id, attempt, reason: result.error }, now);
       log.info("task ended", { state: stateName(state), error: result.error || undefined });
+    }
+  }
+
+  /** Puts a task the agent refused back in the queue, and keeps the agent out until the next poll. */
+  private bounce(
+    id: string,
+    attempt: number,
+    run: ActiveRun,
+    err: ConnectError,
+    log: Logger,
+  ): void {
+    run.ref.agent.state = AgentState.FAILED;
+    log.warn("agent did not take the task; requeued", {
+      code: Code[err.code],
+      error: err.rawMessage,
+    });
+    if (
+      this.store.transition(id, [TaskState.SCHEDULED], {
+        state: TaskState.QUEUED,
+        attempts: attempt - 1,
+      })
+    ) {
+      const reason = `agent ${run.ref.agent.id} could not start it (${err.rawMessage}); requeued`;
+      this.record(id, { state: TaskState.QUEUED, attempt: attempt - 1, reason }, Date.now());
     }
   }
 
@@ -353,6 +407,19 @@ export class Orchestrator {
   ) {
     const value = create(StateChangeSchema, change);
     this.emit(this.store.appendEvent(id, { case: "stateChange", value }, now));
+    const observer = this.opts.observer;
+    const meta = observer && this.store.meta(id);
+    if (observer && meta) {
+      observer.transition({
+        ...meta,
+        taskId: id,
+        state: value.state,
+        attempt: value.attempt,
+        agentId: value.agentId,
+        reason: value.reason,
+        at: now,
+      });
+    }
   }
 
   private emit(event: TaskEvent): void {

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS tasks (
   run_ms INTEGER,
   input_tokens INTEGER NOT NULL DEFAULT 0,
   output_tokens INTEGER NOT NULL DEFAULT 0,
-  cost_usd REAL NOT NULL DEFAULT 0
+  cost_usd REAL NOT NULL DEFAULT 0,
+  trace_parent TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (state, priority DESC, seq);
 CREATE TABLE IF NOT EXISTS events (
@@ -95,6 +96,10 @@ export class TaskStore {
       "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
     );
     this.db.exec(SCHEMA);
+    const columns = this.db.prepare("PRAGMA table_info(tasks)").all() as { name: string }[];
+    if (!columns.some((c) => c.name === "trace_parent")) {
+      this.db.exec("ALTER TABLE tasks ADD COLUMN trace_parent TEXT"); // a database from before tracing
+    }
   }
 
   /** Inserts a new QUEUED task, or returns the existing one with the same idempotency key. */
@@ -103,6 +108,7 @@ export class TaskStore {
     spec: TaskSpec,
     maxAttempts: number,
     now: number,
+    traceParent = "",
   ): { task: Task; created: boolean } {
     const key = spec.idempotencyKey || null;
     return this.tx(() => {
@@ -112,8 +118,8 @@ export class TaskStore {
       }
       this.db
         .prepare(
-          `INSERT INTO tasks (id, idempotency_key, state, priority, type, spec, max_attempts, create_time)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+          `INSERT INTO tasks (id, idempotency_key, state, priority, type, spec, max_attempts, create_time, trace_parent)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         )
         .run(
           id,
@@ -124,6 +130,7 @@ export class TaskStore {
           toBinary(TaskSpecSchema, spec),
           maxAttempts,
           now,
+          traceParent || null,
         );
       return { task: this.get(id)!, created: true };
     });
@@ -132,6 +139,41 @@ export class TaskStore {
   get(id: string): Task | undefined {
     const row = this.db.prepare("SELECT * FROM tasks WHERE id = ?").get(id);
     return row ? toTask(row as unknown as TaskRow) : undefined;
+  }
+
+  /** What observers need of a task without decoding it: type, priority, submit time, trace. */
+  meta(
+    id: string,
+  ): { type: string; priority: number; createdAt: number; traceParent: string } | undefined {
+    const row = this.db
+      .prepare("SELECT type, priority, create_time, trace_parent FROM tasks WHERE id = ?")
+      .get(id) as
+      | { type: string; priority: number; create_time: number; trace_parent: string | null }
+      | undefined;
+    if (!row) return undefined;
+    return {
+      type: row.type,
+      priority: row.priority,
+      createdAt: row.create_time,
+      traceParent: row.trace_parent ?? "",
+    };
+  }
+
+  /** Queued tasks by priority (what the queue-depth gauge shows). */
+  queuedByPriority(): Map<number, number> {
+    const rows = this.db
+      .prepare("SELECT priority, COUNT(*) AS n FROM tasks WHERE state = ? GROUP BY priority")
+      .all(TaskState.QUEUED) as { priority: number; n: number }[];
+    return new Map(rows.map((r) => [r.priority, r.n]));
+  }
+
+  /** Tasks by state, now. */
+  countByState(): Map<TaskState, number> {
+    const rows = this.db.prepare("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state").all() as {
+      state: number;
+      n: number;
+    }[];
+    return new Map(rows.map((r) => [r.state as TaskState, r.n]));
   }
 
   /** Max attempts stored with a task (the spec's, or the default at submit). */

@@ -101,8 +101,34 @@ const schema = z
       .object({ data_dir: z.string().min(1).default(".conductor/data") })
       .strict()
       .prefault({}),
+    broker: z
+      .object({
+        /** The Broker's socket; empty means broker.sock in socket_dir. */
+        socket_path: z.string().default(""),
+        /** A delivered message not acknowledged within this is delivered again. */
+        ack_timeout_seconds: seconds.default(30),
+        /** Most unacknowledged messages one inbox holds; more is RESOURCE_EXHAUSTED. */
+        inbox_limit: z.number().int().min(1).max(1_000_000).default(1000),
+        /** A message nobody acknowledges is dropped after this long (and a message's TTL can't be longer). */
+        ttl_seconds: seconds.default(86_400),
+        max_payload_bytes: z.number().int().min(1).max(3_000_000).default(65_536),
+        /** How long Request waits for a reply when the call names no timeout. */
+        request_timeout_seconds: seconds.default(60),
+      })
+      .strict()
+      .prefault({}),
     observability: z
-      .object({ log_level: z.enum(["debug", "info", "warn", "error"]).default("info") })
+      .object({
+        log_level: z.enum(["debug", "info", "warn", "error"]).default("info"),
+        /** Address the /metrics endpoints listen on; 0.0.0.0 to let other hosts scrape. */
+        metrics_host: z.string().min(1).default("127.0.0.1"),
+        /** /metrics of the Orchestrator (and of `conductor up`); 0 picks a free port, -1 turns it off. */
+        metrics_port: z.number().int().min(-1).max(65535).default(9464),
+        /** /metrics of an AgentHost run on its own (`conductor agent-host`); 0 free, -1 off. */
+        agent_host_metrics_port: z.number().int().min(-1).max(65535).default(9465),
+        /** /metrics of a Broker run on its own (`conductor broker`); 0 free, -1 off. */
+        broker_metrics_port: z.number().int().min(-1).max(65535).default(9466),
+      })
       .strict()
       .prefault({}),
   })
@@ -163,6 +189,10 @@ function resolvePaths(config: Config, cwd: string): Config {
   c.socket_path = c.socket_path
     ? path.resolve(cwd, c.socket_path)
     : path.join(c.socket_dir, "orchestrator.sock");
+  const b = config.broker;
+  b.socket_path = b.socket_path
+    ? path.resolve(cwd, b.socket_path)
+    : path.join(c.socket_dir, "broker.sock");
   config.storage.data_dir = path.resolve(cwd, config.storage.data_dir);
   if (config.agent.claude_path)
     config.agent.claude_path = path.resolve(cwd, config.agent.claude_path);

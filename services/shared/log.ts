@@ -1,3 +1,5 @@
+import { isSpanContextValid, trace } from "@opentelemetry/api";
+
 /** Levels in order; a logger prints its level and above. */
 const LEVELS = ["debug", "info", "warn", "error"] as const;
 export type LogLevel = (typeof LEVELS)[number];
@@ -11,7 +13,10 @@ export interface Logger {
   child(fields: Record<string, unknown>): Logger;
 }
 
-/** Makes a JSON-lines logger writing to `write` (stderr by default). */
+/**
+ * Makes a JSON-lines logger writing to `write` (stderr by default). A line written while a
+ * span is active carries its `trace_id` and `span_id`, so logs and traces join up.
+ */
 export function createLogger(
   level: LogLevel = "info",
   base: Record<string, unknown> = {},
@@ -20,7 +25,10 @@ export function createLogger(
   const min = LEVELS.indexOf(level);
   const emit = (lvl: LogLevel, msg: string, fields?: Record<string, unknown>) => {
     if (LEVELS.indexOf(lvl) < min) return;
-    const record = { time: new Date().toISOString(), level: lvl, msg, ...base, ...fields };
+    const span = trace.getActiveSpan()?.spanContext();
+    const ids =
+      span && isSpanContextValid(span) ? { trace_id: span.traceId, span_id: span.spanId } : {};
+    const record = { time: new Date().toISOString(), level: lvl, msg, ...ids, ...base, ...fields };
     write(JSON.stringify(record, errorReplacer) + "\n");
   };
   return {

@@ -24,6 +24,8 @@ export interface ServeOptions {
   services: DescService[];
   routes: (router: ConnectRouter) => void;
   interceptors?: Interceptor[];
+  /** Also answer the Connect protocol (unary JSON POSTs), e.g. for dependency-free clients. */
+  connect?: boolean;
 }
 
 /**
@@ -34,7 +36,7 @@ export async function serveUnix(opts: ServeOptions): Promise<UnixServer> {
   const health = new HealthRegistry();
   const handler = connectNodeAdapter({
     readMaxBytes: READ_MAX_BYTES,
-    connect: false,
+    connect: opts.connect ?? false,
     grpcWeb: false,
     interceptors: opts.interceptors ?? [],
     routes: (router) => {

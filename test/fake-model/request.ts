@@ -86,6 +86,21 @@ export function countToolResults(body: MessagesBody): number {
   return n;
 }
 
+/**
+ * The text of the conversation's latest tool result (its text blocks joined), or "" when
+ * there is none yet. Lets a step use what an earlier tool returned (see fillToolResult).
+ */
+export function lastToolResult(body: MessagesBody): string {
+  let last: Block | undefined;
+  for (const m of messagesOf(body)) {
+    for (const b of blocksOf(m.content)) if (b.type === "tool_result") last = b;
+  }
+  if (last === undefined) return "";
+  return blocksOf(last.content)
+    .flatMap((b) => (typeof b.text === "string" ? [b.text] : []))
+    .join("\n");
+}
+
 const CWD_RE = /Primary working directory: (.+)/;
 
 /**

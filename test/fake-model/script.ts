@@ -205,3 +205,22 @@ function optInt(v: unknown, what: string): number | undefined {
   }
   return v;
 }
+
+/** The placeholder a step's strings may hold for the latest tool result's text. */
+export const LAST_TOOL_RESULT = "{{last_tool_result}}";
+
+/**
+ * The action with every LAST_TOOL_RESULT in its strings (write content and path, bash
+ * command, text, tool input values at any depth) replaced by `result`: a scripted model can
+ * act on what a tool returned, e.g. write a reply it received into a file.
+ */
+export function fillToolResult(action: Action | undefined, result: string): Action | undefined {
+  if (action === undefined) return undefined;
+  const fill = (v: unknown): unknown => {
+    if (typeof v === "string") return v.split(LAST_TOOL_RESULT).join(result);
+    if (Array.isArray(v)) return v.map(fill);
+    if (isObject(v)) return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, fill(x)]));
+    return v;
+  };
+  return fill(action) as Action;
+}

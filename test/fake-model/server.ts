@@ -7,6 +7,7 @@ import {
   asMessagesBody,
   classify,
   countToolResults,
+  lastToolResult,
   scriptOf,
   workingDirectory,
   type RequestKind,
@@ -21,7 +22,7 @@ import {
   writeReply,
   type Reply,
 } from "./respond.ts";
-import { DEFAULT_USAGE, failingError, ScriptError, type Step } from "./script.ts";
+import { DEFAULT_USAGE, failingError, fillToolResult, ScriptError, type Step } from "./script.ts";
 
 /** Where to listen; port 0 (the default) picks a free one. */
 export interface FakeModelOptions {
@@ -176,7 +177,8 @@ export async function startFakeModel(opts: FakeModelOptions = {}): Promise<FakeM
     }
     const error = failingError(step, failCounts);
     if (error !== undefined) return send(rec, res, error.status, errorBody(error));
-    const reply = replyFor(step.action, workingDirectory(body), step.usage);
+    const action = fillToolResult(step.action, lastToolResult(body));
+    const reply = replyFor(action, workingDirectory(body), step.usage);
     return sendReply(rec, res, reply, model, stream);
   }
 

@@ -1,0 +1,141 @@
+import Docker from "dockerode";
+import type { Fingerprint } from "../runtime.ts";
+import {
+  EngineUnreachableError,
+  ImageMissingError,
+  engineFailure,
+  isNotFound,
+  isUnreachable,
+} from "./errors.ts";
+
+/** The command that builds the agent image on a machine with no registry. */
+export const IMAGE_BUILD_COMMAND = "bash deploy/agent-image/build-offline.sh";
+
+/** How one Docker-API engine (Docker, or Podman's compat API) is reached and set up. */
+export interface EngineBackendOptions {
+  /** The runtime's name ("docker", "podman"), as the plugin registry knows it. */
+  runtimeName: string;
+  /** The engine's name in messages ("the Docker Engine"). */
+  engineLabel: string;
+  socketPath: string;
+  /** How a person starts the engine, for the unreachable message. */
+  startHint: string;
+  /** Whether to run the engine's init as PID 1; "auto": when the engine reports one. */
+  init: boolean | "auto";
+  /** Ulimits every container gets unless its spec sets the same name. */
+  defaultUlimits?: Record<string, number>;
+  /** Other names to try for an image the engine does not know as given (Podman: localhost/). */
+  imageAliases?: (image: string) => string[];
+  /**
+   * Whether a container that died of SIGKILL was OOM-killed, for engines that do not say
+   * so themselves (Podman 4). Asked only when the engine reports no OOM.
+   */
+  detectOom?: (containerId: string) => boolean;
+  /** Bounds fingerprint's probe of the engine. */
+  probeTimeoutMs?: number;
+}
+
+/** The engine connection and the calls every backend method shares. */
+export interface EngineClient {
+  docker: Docker;
+  /** Rethrows an engine error with a message a person can act on, keeping the cause. */
+  fail: (e: unknown, what: string, hint?: string) => never;
+  /** Whether to ask for the engine's init as PID 1. */
+  useInit: () => Promise<boolean>;
+  /** The image as the engine names it, and its HOME; a clear error when it is missing. */
+  findImage: (image: string) => Promise<{ name: string; home: string | undefined }>;
+  /** Is the engine there, which version, what it enforces. */
+  fingerprint: () => Promise<Fingerprint>;
+}
+
+/** Connects (lazily: dockerode dials per request) to the engine at o.socketPath. */
+export function connectEngine(o: EngineBackendOptions): EngineClient {
+  const docker = new Docker({ socketPath: o.socketPath });
+  let initBinary: Promise<boolean> | undefined;
+
+  const fail = (e: unknown, what: string, hint = ""): never => {
+    if (isUnreachable(e)) {
+      const code = engineFailure(e).code ?? "unreachable";
+      throw new EngineUnreachableError(
+        `cannot reach ${o.engineLabel} at ${o.socketPath} (${code}): ${o.startHint}`,
+        o.socketPath,
+        e,
+      );
+    }
+    throw new Error(`${o.runtimeName}: ${what}: ${engineFailure(e).message}${hint}`, { cause: e });
+  };
+  const useInit = async () => {
+    if (o.init !== "auto") return o.init;
+    initBinary ??= docker.info().then(
+      (i: { InitBinary?: string }) => Boolean(i.InitBinary),
+      (e: unknown) => {
+        initBinary = undefined; // ask again next time: the engine may be back
+        throw e;
+      },
+    );
+    return initBinary;
+  };
+
+  const findImage = async (image: string): Promise<{ name: string; home: string | undefined }> => {
+    let first: unknown;
+    for (const name of [image, ...(o.imageAliases?.(image) ?? [])]) {
+      try {
+        const info = await docker.getImage(name).inspect();
+        const home = (info.Config.Env ?? []).find((e) => e.startsWith("HOME="))?.slice(5);
+        return { name, home };
+      } catch (e) {
+        if (!isNotFound(e)) fail(e, `inspecting image ${name}`);
+        first ??= e;
+      }
+    }
+    throw new ImageMissingError(
+      `image "${image}" is not in ${o.engineLabel} at ${o.socketPath} (no image is pulled): ` +
+        `build it with \`${IMAGE_BUILD_COMMAND}\` (or set the agent image in config)`,
+      image,
+      first,
+    );
+  };
+
+  return {
+    docker,
+    fail,
+    useInit,
+    findImage,
+    async fingerprint(): Promise<Fingerprint> {
+      const caps = { limits: true, networkIsolation: true };
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(Object.assign(new Error("no answer"), { code: "ETIMEDOUT" })),
+          o.probeTimeoutMs ?? 5000,
+        );
+      });
+      try {
+        const [v, info] = (await Promise.race([
+          Promise.all([docker.version(), docker.info()]),
+          timeout,
+        ])) as [
+          Docker.DockerVersion,
+          { MemoryLimit?: boolean; PidsLimit?: boolean; CgroupVersion?: string },
+        ];
+        const limits = info.MemoryLimit !== false && info.PidsLimit !== false;
+        return {
+          runtime: o.runtimeName,
+          healthy: true,
+          detail: `${v.Version} (API ${v.ApiVersion}, cgroup v${info.CgroupVersion ?? "?"}) at ${o.socketPath}`,
+          capabilities: { ...caps, limits },
+        };
+      } catch (e) {
+        const code = engineFailure(e).code ?? engineFailure(e).message;
+        return {
+          runtime: o.runtimeName,
+          healthy: false,
+          detail: `cannot reach ${o.engineLabel} at ${o.socketPath} (${code}): ${o.startHint}`,
+          capabilities: caps,
+        };
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+}

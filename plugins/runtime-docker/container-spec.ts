@@ -1,0 +1,104 @@
+import type Docker from "dockerode";
+import { LABEL_AGENT, LABEL_NODE } from "../runtime.ts";
+import type { SandboxSpec, SandboxStatus } from "../runtime.ts";
+
+/** What the engine-specific wrapper decides beyond the spec. */
+export interface ContainerDefaults {
+  /** Run the engine's init (docker-init) as PID 1 so exec'd children are reaped. */
+  init: boolean;
+  /** Writable tmpfs folders on the read-only root: /tmp and the image's HOME. */
+  tmpfs: string[];
+  /** Ulimits applied unless the spec sets the same name (Podman needs nofile/nproc here). */
+  defaultUlimits: Record<string, number>;
+}
+
+/** Refuses an empty or root user: containers never run as root. */
+export function checkUser(user: string): void {
+  const name = user.split(":")[0] ?? "";
+  if (name === "" || name === "0" || name === "root") {
+    throw new Error(
+      `sandbox user "${user}" is not allowed: containers never run as root (use e.g. "1000:1000")`,
+    );
+  }
+}
+
+/** A container name the engine accepts, readable in `docker ps`. */
+export function containerName(spec: SandboxSpec): string {
+  return `conductor-${spec.nodeId}-${spec.agentId}`.replace(/[^a-zA-Z0-9_.-]/g, "_");
+}
+
+/** Translates a sandbox spec into the engine's create request (Docker API, Podman compat). */
+export function createOptions(
+  spec: SandboxSpec,
+  image: string,
+  d: ContainerDefaults,
+): Docker.ContainerCreateOptions {
+  const ulimits = { ...d.defaultUlimits, ...spec.limits.ulimits };
+  const { memoryBytes, cpus, pids } = spec.limits;
+  return {
+    name: containerName(spec),
+    Image: image,
+    User: spec.user,
+    Env: Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
+    Labels: { ...spec.labels, [LABEL_NODE]: spec.nodeId, [LABEL_AGENT]: spec.agentId },
+    HostConfig: {
+      Mounts: spec.mounts.map((m) => ({
+        Type: "bind" as const,
+        Source: m.hostPath,
+        Target: m.hostPath,
+        ReadOnly: m.readOnly ?? false,
+      })),
+      ...(memoryBytes !== undefined ? { Memory: memoryBytes, MemorySwap: memoryBytes } : {}),
+      ...(cpus !== undefined ? { NanoCpus: Math.round(cpus * 1e9) } : {}),
+      ...(pids !== undefined ? { PidsLimit: pids } : {}),
+      Ulimits: Object.entries(ulimits).map(([Name, n]) => ({ Name, Soft: n, Hard: n })),
+      CapDrop: ["ALL"],
+      SecurityOpt: ["no-new-privileges"],
+      ReadonlyRootfs: true,
+      // mode=1777 rather than uid=: Podman rejects uid= on tmpfs, and both honour the mode.
+      Tmpfs: Object.fromEntries(d.tmpfs.map((p) => [p, "rw,nosuid,nodev,mode=1777"])),
+      NetworkMode: spec.network || "none",
+      Init: d.init,
+    },
+  };
+}
+
+/** Why a container stopped, in words. */
+function reasonOf(state: Docker.ContainerInspectInfo["State"]): string | undefined {
+  if (state.Running) return undefined;
+  if (state.OOMKilled) return "out of memory";
+  if (state.Error) return `failed: ${state.Error}`;
+  if (state.Status === "created") return "never started";
+  if (state.ExitCode === 137 || state.ExitCode === 143) return "killed";
+  return `exited with code ${state.ExitCode}`;
+}
+
+/** Reads a container's state, limits and isolation settings back from the engine. */
+export function statusOf(info: Docker.ContainerInspectInfo): SandboxStatus {
+  const hc = info.HostConfig;
+  const reason = reasonOf(info.State);
+  const limits: SandboxStatus["limits"] = {};
+  if (hc.Memory) limits.memoryBytes = hc.Memory;
+  if (hc.NanoCpus) limits.cpus = hc.NanoCpus / 1e9;
+  if (hc.PidsLimit && hc.PidsLimit > 0) limits.pids = hc.PidsLimit;
+  return {
+    running: info.State.Running,
+    ...(info.State.Running ? {} : { exitCode: info.State.ExitCode }),
+    oomKilled: info.State.OOMKilled,
+    ...(reason !== undefined ? { reason } : {}),
+    limits,
+    labels: info.Config.Labels ?? {},
+    user: info.Config.User,
+    ...(hc.NetworkMode ? { network: hc.NetworkMode } : {}),
+    readOnlyRootfs: hc.ReadonlyRootfs ?? false,
+    capDrop: (hc.CapDrop ?? []) as string[],
+    noNewPrivileges: ((hc.SecurityOpt ?? []) as string[]).some((o) =>
+      /^no-new-privileges(?:[:=]true)?$/.test(o),
+    ),
+  };
+}
+
+/** The status of a container the engine no longer has. */
+export function goneStatus(labels: Record<string, string>): SandboxStatus {
+  return { running: false, oomKilled: false, reason: "removed", limits: {}, labels };
+}

@@ -1,0 +1,167 @@
+import path from "node:path";
+import { LABEL_AGENT } from "../runtime.ts";
+import type { RuntimeBackend, SandboxHandle, SandboxSpec, SandboxStatus } from "../runtime.ts";
+import { checkUser, createOptions, goneStatus, statusOf } from "./container-spec.ts";
+import { connectEngine } from "./client.ts";
+import type { EngineBackendOptions } from "./client.ts";
+import { engineFailure, isNotFound } from "./errors.ts";
+import { startExec } from "./exec.ts";
+
+/** A RuntimeBackend over any engine speaking the Docker Engine API, through dockerode. */
+export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
+  const client = connectEngine(o);
+  const { docker, fail } = client;
+  const closing = new AbortController();
+
+  const container = (h: SandboxHandle) => docker.getContainer(h.id);
+  const backend: RuntimeBackend = {
+    name: o.runtimeName,
+
+    fingerprint: () => client.fingerprint(),
+
+    async create(spec: SandboxSpec) {
+      checkUser(spec.user);
+      const image = await client.findImage(spec.image);
+      // Writable scratch on the read-only root: /tmp and the image's HOME, unless mounted.
+      const mounted = new Set(spec.mounts.map((m) => path.resolve(m.hostPath)));
+      const tmpfs = ["/tmp", image.home ?? "/"].filter(
+        (p, i, all) => p !== "/" && all.indexOf(p) === i && !mounted.has(p),
+      );
+      const opts = createOptions(spec, image.name, {
+        init: await client.useInit().catch((e: unknown) => fail(e, "reading engine info")),
+        tmpfs,
+        defaultUlimits: o.defaultUlimits ?? {},
+      });
+      try {
+        const c = await docker.createContainer(opts);
+        return { id: c.id, agentId: spec.agentId, labels: opts.Labels ?? {} };
+      } catch (e) {
+        if (engineFailure(e).statusCode === 409) {
+          fail(
+            e,
+            `creating container ${opts.name}`,
+            `: recover or destroy the earlier one (list by ${LABEL_AGENT})`,
+          );
+        }
+        return fail(e, `creating container ${opts.name} from ${image.name}`);
+      }
+    },
+
+    async start(h) {
+      try {
+        await container(h).start();
+      } catch (e) {
+        if (engineFailure(e).statusCode === 304) return; // already running
+        // A container that failed to start stays Created: remove it, report why.
+        await container(h)
+          .remove({ force: true, v: true })
+          .catch(() => undefined);
+        const rlimit = /rlimit/i.test(engineFailure(e).message)
+          ? ": set runtime.ulimits (e.g. nofile 1024, nproc 1024) within the engine's own hard limits"
+          : "";
+        fail(e, `starting container ${h.id} (removed it)`, rlimit);
+      }
+    },
+
+    async exec(h, req) {
+      try {
+        return await startExec(docker, container(h), req);
+      } catch (e) {
+        return fail(e, `exec in container ${h.id}`);
+      }
+    },
+
+    async stop(h, graceMs) {
+      try {
+        await container(h).stop({ t: Math.max(0, Math.ceil(graceMs / 1000)) });
+      } catch (e) {
+        const s = engineFailure(e).statusCode;
+        if (s !== 304 && s !== 404) fail(e, `stopping container ${h.id}`);
+      }
+    },
+
+    async destroy(h) {
+      try {
+        await container(h).remove({ force: true, v: true });
+      } catch (e) {
+        const f = engineFailure(e);
+        // Missing, or already being removed: either way it is going.
+        if (f.statusCode !== 404 && !(f.statusCode === 409 && /in progress/.test(f.message))) {
+          fail(e, `removing container ${h.id}`);
+        }
+      }
+    },
+
+    async inspect(h): Promise<SandboxStatus> {
+      try {
+        const info = await container(h).inspect();
+        const st = statusOf(info);
+        if (!st.running && !st.oomKilled && st.exitCode === 137 && o.detectOom?.(info.Id)) {
+          return { ...st, oomKilled: true, reason: "out of memory" };
+        }
+        return st;
+      } catch (e) {
+        if (isNotFound(e)) return goneStatus(h.labels);
+        return fail(e, `inspecting container ${h.id}`);
+      }
+    },
+
+    async stats(h) {
+      try {
+        const s = await container(h).stats({ stream: false });
+        const m = s.memory_stats as { usage?: number; stats?: Record<string, number> };
+        // As `docker stats` shows it: usage less the page cache the kernel can drop.
+        const cache = m.stats?.["total_inactive_file"] ?? m.stats?.["inactive_file"] ?? 0;
+        return {
+          memoryBytes: Math.max(0, (m.usage ?? 0) - cache),
+          pids: s.pids_stats?.current ?? 0,
+        };
+      } catch (e) {
+        return fail(e, `reading stats of container ${h.id}`);
+      }
+    },
+
+    async list(labels) {
+      try {
+        const found = await docker.listContainers({
+          all: true,
+          filters: { label: Object.entries(labels).map(([k, v]) => `${k}=${v}`) },
+        });
+        return found.map((c) => ({
+          id: c.Id,
+          agentId: c.Labels[LABEL_AGENT] ?? "",
+          labels: c.Labels,
+        }));
+      } catch (e) {
+        return fail(e, "listing containers");
+      }
+    },
+
+    async recover(h) {
+      try {
+        const info = await container(h).inspect();
+        if (!info.State.Running) return undefined;
+        return { id: info.Id, agentId: h.agentId, labels: info.Config.Labels ?? h.labels };
+      } catch (e) {
+        if (isNotFound(e)) return undefined;
+        return fail(e, `inspecting container ${h.id}`);
+      }
+    },
+
+    async waitForExit(h, signal) {
+      const abortSignal = AbortSignal.any([signal, closing.signal]);
+      try {
+        await container(h).wait({ abortSignal });
+      } catch (e) {
+        // Aborted, or the container is gone: report what the engine knows now.
+        if (!abortSignal.aborted && !isNotFound(e)) fail(e, `waiting for container ${h.id}`);
+      }
+      return backend.inspect(h);
+    },
+
+    async close() {
+      closing.abort();
+    },
+  };
+  return backend;
+}

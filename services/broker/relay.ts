@@ -1,0 +1,55 @@
+import { chmodSync, rmSync } from "node:fs";
+import net from "node:net";
+
+/** A running relay; close() ends its connections and removes nothing but its listener. */
+export interface BrokerRelay extends AsyncDisposable {
+  socketPath: string;
+  close(): Promise<void>;
+}
+
+/**
+ * Serves a Unix socket (mode 0666, so a container's non-root user can connect) whose every
+ * connection is piped, byte for byte, to the Broker's own socket. It lives in an agent's
+ * `run` folder: the container sees only this socket, never the folder holding the other
+ * services' sockets, and a Broker restart needs no remount (new connections reach the new
+ * Broker). The relay adds no trust: every call still carries the agent's credential.
+ */
+export async function startBrokerRelay(opts: {
+  socketPath: string;
+  brokerSocket: string;
+}): Promise<BrokerRelay> {
+  const open = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(opts.brokerSocket);
+    open.add(client);
+    open.add(upstream);
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      open.delete(client);
+      open.delete(upstream);
+    };
+    for (const s of [client, upstream]) {
+      s.on("error", end);
+      s.on("close", end);
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  // The run folder is the agent's own: a socket file left there by an earlier host is stale.
+  rmSync(opts.socketPath, { force: true });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(opts.socketPath, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  chmodSync(opts.socketPath, 0o666);
+  const close = async () => {
+    for (const s of open) s.destroy();
+    open.clear();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  };
+  return { socketPath: opts.socketPath, close, [Symbol.asyncDispose]: close };
+}

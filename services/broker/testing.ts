@@ -1,0 +1,87 @@
+// A real Broker on a Unix socket in a temp folder, with clients per identity, for tests and
+// benchmarks. restart() closes it and opens it again on the same folder and socket.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import type { Client } from "@connectrpc/connect";
+import type { Registry } from "prom-client";
+import type { BrokerService } from "../../gen/conductor/v1/broker_pb.js";
+import { silentLogger } from "../shared/log.ts";
+import { brokerClient } from "./access.ts";
+import type { BrokerOptions } from "./broker.ts";
+import { agentCredential, loadBrokerSecret, orchestratorCredential } from "./credentials.ts";
+import { startBrokerServer, type BrokerServer } from "./serve.ts";
+
+/** A Broker started for one test; `await using` removes it and its folder. */
+export interface TestBroker extends AsyncDisposable {
+  dir: string;
+  dataDir: string;
+  socketPath: string;
+  secret: Buffer;
+  server: BrokerServer;
+  /** A client calling as agent `id` (with its real credential). */
+  agent(id: string): Client<typeof BrokerService>;
+  /** A client calling as the Orchestrator. */
+  orchestrator(): Client<typeof BrokerService>;
+  /** Registers agents (as the Orchestrator) so they can be messaged. */
+  register(...ids: string[]): Promise<void>;
+  /** Closes the Broker and starts it again on the same data and socket. */
+  restart(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Starts a Broker with small test defaults, overridable. */
+export async function startTestBroker(
+  overrides: Partial<BrokerOptions> & { registry?: Registry } = {},
+): Promise<TestBroker> {
+  const dir = mkdtempSync(path.join(tmpdir(), "broker-test-"));
+  const dataDir = path.join(dir, "data");
+  const socketPath = path.join(dir, "run", "broker.sock");
+  const options: BrokerOptions & { socketPath: string; registry?: Registry } = {
+    dataDir,
+    socketPath,
+    ackTimeoutMs: 30_000,
+    inboxLimit: 10_000,
+    ttlMs: 3_600_000,
+    maxPayloadBytes: 65_536,
+    requestTimeoutMs: 10_000,
+    log: silentLogger,
+    ...overrides,
+  };
+  let server = await startBrokerServer(options);
+  const secret = loadBrokerSecret(dataDir);
+  const clients = new Map<string, Client<typeof BrokerService>>();
+  const clientFor = (id: string, credential: string) => {
+    let c = clients.get(id);
+    if (!c) {
+      c = brokerClient({ socketPath, credential });
+      clients.set(id, c);
+    }
+    return c;
+  };
+  const t: TestBroker = {
+    dir,
+    dataDir,
+    socketPath,
+    secret,
+    get server() {
+      return server;
+    },
+    agent: (id) => clientFor(id, agentCredential(secret, id)),
+    orchestrator: () => clientFor("orchestrator", orchestratorCredential(secret)),
+    async register(...ids) {
+      for (const agentId of ids) await t.orchestrator().registerAgent({ agentId });
+    },
+    async restart() {
+      await server.close();
+      clients.clear(); // as clients of a restarted server do, they connect anew
+      server = await startBrokerServer(options);
+    },
+    async close() {
+      await server.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+    [Symbol.asyncDispose]: () => t.close(),
+  };
+  return t;
+}

@@ -1,0 +1,64 @@
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { Registry } from "prom-client";
+import type { Config } from "../shared/config.ts";
+import type { Logger } from "../shared/log.ts";
+import { serveMetrics, type MetricsServer } from "../shared/metrics-server.ts";
+import { createObservability, type Observability } from "../shared/observability.ts";
+import { tracingSettingsFromEnv } from "../shared/otel-env.ts";
+import { createTracing } from "../shared/tracing.ts";
+
+/** A serving process's observability and its /metrics endpoint (url undefined when off). */
+export interface ProcessObservability {
+  obs: Observability;
+  metricsUrl: string | undefined;
+  /** Closes /metrics and flushes the spans still buffered. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Sets up what `conductor up|orchestrator|agent-host` observes with: one Prometheus registry
+ * and one /metrics endpoint for the whole process (so `up` serves both services on one), and
+ * tracing as the OTEL_* variables in `env` configure it.
+ */
+export async function startObservability(
+  command: string,
+  config: Config,
+  env: Record<string, string | undefined>,
+  log: Logger,
+): Promise<ProcessObservability> {
+  const o = config.observability;
+  const port = metricsPortKey(command, o);
+  const settings = tracingSettingsFromEnv(env);
+  const tracing = createTracing(settings, {
+    nodeId: config.orchestrator.node_id,
+    version: packageVersion(),
+  });
+  const registry = port >= 0 ? new Registry() : undefined;
+  let server: MetricsServer | undefined;
+  if (registry) {
+    server = await serveMetrics(registry, o.metrics_host, port);
+  }
+  if (tracing)
+    log.info("exporting traces", { exporters: settings.exporters, url: settings.otlp.url });
+  return {
+    obs: createObservability({ tracer: tracing?.tracer, registry }),
+    metricsUrl: server?.url,
+    async stop() {
+      await server?.close();
+      await tracing?.shutdown();
+    },
+  };
+}
+
+/** The /metrics port of the process a command starts (`up` serves every service on one). */
+function metricsPortKey(command: string, o: Config["observability"]): number {
+  if (command === "agent-host") return o.agent_host_metrics_port;
+  if (command === "broker") return o.broker_metrics_port;
+  return o.metrics_port;
+}
+
+function packageVersion(): string {
+  const file = path.join(import.meta.dirname, "..", "..", "package.json");
+  return (JSON.parse(readFileSync(file, "utf8")) as { version: string }).version;
+}

@@ -1,0 +1,56 @@
+import type { TaskResult, TaskState } from "../../gen/conductor/v1/task_pb.js";
+
+/** A durable change of a task's state, as record() writes it. */
+export interface Transition {
+  taskId: string;
+  /** The task's type ("generic" when the spec names none). */
+  type: string;
+  priority: number;
+  state: TaskState;
+  attempt: number;
+  agentId: string;
+  reason: string;
+  /** When it happened (ms since the epoch). */
+  at: number;
+  /** When the task was submitted. */
+  createdAt: number;
+  /** The W3C traceparent stored with the task at submit ("" when none). */
+  traceParent: string;
+}
+
+/** One attempt of a task on an agent, as dispatch() starts it. */
+export interface Attempt {
+  taskId: string;
+  type: string;
+  /** The model the spec asks for ("" for the agent's default). */
+  model: string;
+  attempt: number;
+  agentId: string;
+  node: string;
+  traceParent: string;
+}
+
+/** How an attempt ended, before any retry is decided. */
+export interface AttemptEnd {
+  taskId: string;
+  attempt: number;
+  /** The attempt's outcome: SUCCEEDED, FAILED, CANCELLED or TIMED_OUT. */
+  state: TaskState;
+  runMs: number;
+  result: TaskResult;
+}
+
+/**
+ * What the Orchestrator tells whoever watches it (metrics, traces). The Orchestrator knows
+ * nothing of Prometheus or OpenTelemetry; an observer never changes what it does.
+ */
+export interface OrchestratorObserver {
+  /** The caller's trace context, to store with a submitted task ("" for none). */
+  traceParent(): string;
+  /** Called after every durable state change. */
+  transition(t: Transition): void;
+  /** Runs one attempt (its RunTask call and everything after) inside the attempt's context. */
+  attempt(a: Attempt, run: () => Promise<void>): Promise<void>;
+  /** Called once per attempt that ended with an outcome (usage and cost are in the result). */
+  attemptEnded(e: AttemptEnd): void;
+}

@@ -1,0 +1,135 @@
+// The tracing and metrics interceptors on a real gRPC server over a Unix socket, serving
+// grpc.health.v1 (a unary Check and a server-streaming Watch).
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { SpanKind, SpanStatusCode } from "@opentelemetry/api";
+import {
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+  TracerProvider,
+  type ReadableSpan,
+} from "@opentelemetry/sdk-trace";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Registry } from "prom-client";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Health } from "../../gen/grpc/health/v1/health_pb.js";
+import { createObservability } from "./observability.ts";
+import { serveUnix, unixTransport, type UnixServer } from "./transport.ts";
+
+const exporter = new InMemorySpanExporter();
+const provider = new TracerProvider({ spanProcessors: [new SimpleSpanProcessor({ exporter })] });
+const registry = new Registry();
+let dir: string;
+let server: UnixServer;
+let client: Client<typeof Health>;
+
+beforeAll(async () => {
+  dir = mkdtempSync(path.join(os.tmpdir(), "rpc-interceptors-"));
+  const obs = createObservability({
+    tracer: provider.getTracer("test"),
+    registry,
+    processMetrics: false,
+  });
+  server = await serveUnix({
+    socketPath: path.join(dir, "s.sock"),
+    services: [],
+    routes: () => {},
+    interceptors: obs.serverInterceptors,
+  });
+  client = createClient(Health, unixTransport(server.socketPath, obs.clientInterceptors));
+});
+
+afterAll(async () => {
+  await server?.close();
+  await provider.shutdown();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const spansOf = (method: string, kind: SpanKind) =>
+  exporter
+    .getFinishedSpans()
+    .filter((s) => s.name === `grpc.health.v1.Health/${method}` && s.kind === kind);
+
+async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 300 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  expect(cond()).toBe(true);
+}
+
+async function sample(name: string, labels: Record<string, string>): Promise<number> {
+  const metric = await registry.getSingleMetric(name)!.get();
+  const found = metric.values.find((v) =>
+    Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want),
+  );
+  return found?.value ?? 0;
+}
+
+describe("RPC interceptors", () => {
+  it("carry the trace across the call: the server span is the client span's child", async () => {
+    exporter.reset();
+    await client.check({ service: "" });
+    const [c] = spansOf("Check", SpanKind.CLIENT);
+    const [s] = spansOf("Check", SpanKind.SERVER);
+    expect(s!.spanContext().traceId).toBe(c!.spanContext().traceId);
+    expect(s!.parentSpanContext?.spanId).toBe(c!.spanContext().spanId);
+    expect(s!.attributes).toMatchObject({
+      "rpc.system.name": "grpc",
+      "rpc.method": "grpc.health.v1.Health/Check",
+      "rpc.status_code": "OK",
+    });
+    expect(s!.status.code).toBe(SpanStatusCode.UNSET);
+  });
+
+  it("record a failed call's status: an error for the client, the caller's fault for the server", async () => {
+    exporter.reset();
+    const err = await client.check({ service: "no.such.Service" }).catch((e: unknown) => e);
+    expect(ConnectError.from(err).code).toBe(Code.NotFound);
+    const [c] = spansOf("Check", SpanKind.CLIENT);
+    const [s] = spansOf("Check", SpanKind.SERVER);
+    expect(c!.attributes["rpc.status_code"]).toBe("NOT_FOUND");
+    expect(c!.status.code).toBe(SpanStatusCode.ERROR);
+    expect(s!.attributes["rpc.status_code"]).toBe("NOT_FOUND");
+    expect(s!.status.code).toBe(SpanStatusCode.UNSET);
+    expect(
+      await sample("conductor_rpc_server_handled_total", { method: "Check", code: "NOT_FOUND" }),
+    ).toBe(1);
+    expect(
+      await sample("conductor_rpc_client_handled_total", { method: "Check", code: "NOT_FOUND" }),
+    ).toBe(1);
+    expect(
+      await sample("conductor_rpc_server_handled_total", { method: "Check", code: "OK" }),
+    ).toBe(1);
+  });
+
+  it("end a server stream's span when the stream ends, not when the handler starts it", async () => {
+    exporter.reset();
+    const abort = new AbortController();
+    const stream = client.watch({ service: "" }, { signal: abort.signal });
+    const it = stream[Symbol.asyncIterator]();
+    expect((await it.next()).done).toBe(false);
+    server.health.set("", "NOT_SERVING");
+    expect((await it.next()).done).toBe(false);
+    // Two messages delivered, stream still open: neither span has ended.
+    expect(spansOf("Watch", SpanKind.SERVER)).toEqual([]);
+    expect(spansOf("Watch", SpanKind.CLIENT)).toEqual([]);
+    const secondAt = Date.now();
+    abort.abort();
+    await it.next().catch(() => undefined);
+    await until(() => spansOf("Watch", SpanKind.SERVER).length === 1);
+    await until(() => spansOf("Watch", SpanKind.CLIENT).length === 1);
+    const [s] = spansOf("Watch", SpanKind.SERVER) as [ReadableSpan];
+    const [c] = spansOf("Watch", SpanKind.CLIENT) as [ReadableSpan];
+    expect(s.endTime[0] * 1000 + s.endTime[1] / 1e6).toBeGreaterThanOrEqual(secondAt - 1);
+    expect(s.parentSpanContext?.spanId).toBe(c.spanContext().spanId);
+    expect(s.attributes["rpc.status_code"]).toBe("CANCELLED");
+    expect(c.attributes["rpc.status_code"]).toBe("CANCELLED");
+    expect(
+      await sample("conductor_rpc_server_handled_total", {
+        method: "Watch",
+        rpc_type: "server_streaming",
+        code: "CANCELLED",
+      }),
+    ).toBe(1);
+    server.health.set("", "SERVING");
+  });
+});

@@ -1,0 +1,457 @@
+/**
+ * One conformance suite for every runtime backend, run against the real engines: the
+ * process backend, Docker and Podman (start them with deploy/engines/start-engines.sh and
+ * build the image with deploy/agent-image/build-offline.sh). Limit and isolation checks
+ * are skipped by the backend's fingerprint capabilities. Every sandbox carries this run's
+ * session label; afterAll destroys them and proves none is left.
+ *
+ * Env: CONDUCTOR_TEST_IMAGE (default conductor-agent:dev), CONDUCTOR_TEST_RUNTIMES
+ * (default "process,docker,podman"), DOCKER_HOST, CONDUCTOR_TEST_PODMAN_SOCKET.
+ */
+import { execFile } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { chmodSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:http";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createDockerBackend, socketFromDockerHost } from "../../plugins/runtime-docker/index.ts";
+import { createPodmanBackend, podmanSocketPath } from "../../plugins/runtime-podman/index.ts";
+import { createProcessBackend } from "../../plugins/runtime-process/index.ts";
+import { markedPids } from "../../plugins/runtime-process/exec.ts";
+import { LABEL_AGENT, LABEL_NODE } from "../../plugins/runtime.ts";
+import type {
+  Fingerprint,
+  RuntimeBackend,
+  SandboxHandle,
+  SandboxSpec,
+} from "../../plugins/runtime.ts";
+
+const IMAGE = process.env["CONDUCTOR_TEST_IMAGE"] ?? "conductor-agent:dev";
+const WANTED = (process.env["CONDUCTOR_TEST_RUNTIMES"] ?? "process,docker,podman").split(",");
+const SESSION_LABEL = "dev.conductor.test-session";
+const SESSION = randomUUID();
+const NODE = "conformance";
+const USER = "1000:1000";
+// Podman on this kind of machine cannot start a container without explicit ulimits;
+// the AgentHost passes runtime.ulimits the same way.
+const ULIMITS = { nofile: 1024, nproc: 4096 };
+const DOCKER_SOCKET = socketFromDockerHost(process.env["DOCKER_HOST"]) ?? "/var/run/docker.sock";
+const PODMAN_SOCKET = podmanSocketPath({
+  ...(process.env["CONDUCTOR_TEST_PODMAN_SOCKET"]
+    ? { socketPath: process.env["CONDUCTOR_TEST_PODMAN_SOCKET"] }
+    : {}),
+  ...(process.getuid ? { uid: process.getuid() } : {}),
+  ...(process.env["XDG_RUNTIME_DIR"] ? { xdgRuntimeDir: process.env["XDG_RUNTIME_DIR"] } : {}),
+});
+const stateDir = mkdtempSync(path.join(tmpdir(), "conformance-state-"));
+afterAll(() => rmSync(stateDir, { recursive: true, force: true }));
+
+interface Target {
+  name: string;
+  make(): RuntimeBackend;
+  /** A container engine: its CLI (to kill a container from outside) and a dead socket. */
+  engine?: { cli: string[]; unreachable(): RuntimeBackend; startHint: RegExp };
+}
+
+const TARGETS: Target[] = [
+  { name: "process", make: () => createProcessBackend({ stateDir }) },
+  {
+    name: "docker",
+    make: () => createDockerBackend({ socketPath: DOCKER_SOCKET }),
+    engine: {
+      cli: ["docker", "-H", `unix://${DOCKER_SOCKET}`],
+      unreachable: () => createDockerBackend({ socketPath: "/nonexistent/docker.sock" }),
+      startHint: /dockerd/,
+    },
+  },
+  {
+    name: "podman",
+    make: () => createPodmanBackend({ socketPath: PODMAN_SOCKET }),
+    engine: {
+      cli: ["podman", "--url", `unix://${PODMAN_SOCKET}`],
+      unreachable: () => createPodmanBackend({ socketPath: "/nonexistent/podman.sock" }),
+      startHint: /podman system service/,
+    },
+  },
+].filter((t) => WANTED.includes(t.name));
+
+/** Output and status of one exec run to its end. */
+async function run(b: RuntimeBackend, h: SandboxHandle, script: string, cwd = "/tmp") {
+  const x = await b.exec(h, {
+    argv: ["sh", "-c", script],
+    cwd,
+    env: { PATH: "/usr/local/bin:/usr/bin:/bin" },
+  });
+  const lines: string[] = [];
+  x.onStdoutLine((l) => lines.push(l));
+  const status = await x.exited;
+  return { ...status, lines, stderr: x.stderrTail() };
+}
+
+/** Every command line alive in the sandbox (inside the container, through an exec). */
+async function processesInside(b: RuntimeBackend, h: SandboxHandle): Promise<string[]> {
+  const r = await run(
+    b,
+    h,
+    `for p in /proc/[0-9]*; do tr '\\0' ' ' <$p/cmdline 2>/dev/null; echo; done`,
+  );
+  return r.lines.filter((l) => l.trim() !== "");
+}
+
+describe.each(TARGETS)("runtime conformance: $name", (target) => {
+  let b: RuntimeBackend;
+  let fp: Fingerprint;
+  let workspace: string;
+
+  const spec = (over: Partial<SandboxSpec> = {}): SandboxSpec => ({
+    nodeId: NODE,
+    agentId: `a-${randomUUID().slice(0, 8)}`,
+    image: IMAGE,
+    mounts: [{ hostPath: workspace }],
+    env: { CONDUCTOR_TEST: "1" },
+    labels: { [SESSION_LABEL]: SESSION },
+    limits: { memoryBytes: 256 * 2 ** 20, cpus: 1, pids: 256, ulimits: ULIMITS },
+    network: "none",
+    user: USER,
+    ...over,
+  });
+  const started = async (over: Partial<SandboxSpec> = {}) => {
+    const h = await b.create(spec(over));
+    await b.start(h);
+    return h;
+  };
+  /**
+   * Limits, isolation, images and engine errors exist only where there is an engine: the
+   * process backend's fingerprint says it enforces none, so those cases are not its to pass.
+   */
+  const engineIt = target.engine ? it : () => undefined;
+  const processIt = target.engine ? () => undefined : it;
+
+  processIt("says in its fingerprint that it enforces no limits and no isolation", async () => {
+    expect(fp).toMatchObject({
+      healthy: true,
+      capabilities: { limits: false, networkIsolation: false },
+    });
+  });
+
+  beforeAll(async () => {
+    b = target.make();
+    fp = await b.fingerprint();
+    expect(fp.healthy, fp.detail).toBe(true);
+    workspace = mkdtempSync(path.join(tmpdir(), `conformance-ws-${target.name}-`));
+    chmodSync(workspace, 0o777); // the sandbox's uid 1000 writes here
+  });
+
+  afterAll(async () => {
+    const mine = { [SESSION_LABEL]: SESSION };
+    for (const h of await b.list(mine)) await b.destroy(h);
+    const left = await b.list(mine);
+    await b.close();
+    rmSync(workspace, { recursive: true, force: true });
+    expect(left, "sandboxes leaked by the suite").toEqual([]);
+  });
+
+  it("fingerprints healthy and names its runtime", () => {
+    expect(fp.runtime).toBe(target.name);
+    expect(b.name).toBe(target.name);
+  });
+
+  it("creates, starts, execs, stops and destroys", async () => {
+    const h = await started();
+    expect((await b.inspect(h)).running).toBe(true);
+    const r = await run(b, h, "echo hello");
+    expect(r).toMatchObject({ code: 0, signal: null, lines: ["hello"] });
+    await b.stop(h, 1000);
+    expect((await b.inspect(h)).running).toBe(false);
+    await b.destroy(h);
+    expect((await b.list({ [LABEL_AGENT]: h.agentId })).map((x) => x.id)).not.toContain(h.id);
+    await b.destroy(h); // destroying a missing one is fine
+  });
+
+  it("streams stdout lines in order, keeps a stderr tail, reports exit codes", async () => {
+    const h = await started();
+    const r = await run(
+      b,
+      h,
+      'i=0; while [ $i -lt 300 ]; do echo "line $i"; i=$((i+1)); done; echo oops >&2; exit 7',
+    );
+    expect(r.code).toBe(7);
+    expect(r.lines).toEqual(Array.from({ length: 300 }, (_, i) => `line ${i}`));
+    expect(r.stderr).toContain("oops");
+    expect((await run(b, h, "true")).code).toBe(0);
+    const missing = await run(b, h, "exec /nonexistent/program");
+    expect(missing.code).not.toBe(0);
+  });
+
+  it("hands over a line while the program still runs", async () => {
+    const h = await started();
+    const x = await b.exec(h, { argv: ["sh", "-c", "echo first; sleep 30"], cwd: "/tmp", env: {} });
+    const first = await new Promise<string>((resolve) => x.onStdoutLine(resolve));
+    expect(first).toBe("first");
+    let ended = false;
+    void x.exited.then(() => (ended = true));
+    expect(ended).toBe(false);
+    await x.kill(500);
+    expect(ended).toBe(true);
+  });
+
+  it("kill ends the exec and everything it started (group, escaped session, TERM-deaf)", async () => {
+    const h = await started();
+    const marker = `CONDUCTOR_TASK=${randomUUID()}`;
+    const [k, v] = marker.split("=") as [string, string];
+    const script =
+      'sleep 1001 & setsid sleep 1002 & (trap "" TERM; sleep 1003) & echo ready; sleep 1004';
+    const x = await b.exec(h, { argv: ["sh", "-c", script], cwd: "/tmp", env: { [k]: v }, marker });
+    await new Promise<void>((resolve) => x.onStdoutLine(() => resolve()));
+    const status = await x.kill(500);
+    expect(status.code === 0 && status.signal === null).toBe(false);
+    if (target.engine) {
+      // Neither the sleeps nor the wrapper whose command line holds them.
+      expect((await processesInside(b, h)).filter((l) => /sleep 100[1-4]/.test(l))).toEqual([]);
+    } else {
+      expect(markedPids(marker)).toEqual([]);
+    }
+  });
+
+  it("ends what a finished exec left running in the background", async () => {
+    const h = await started();
+    const marker = `CONDUCTOR_TASK=${randomUUID()}`;
+    const [k, v] = marker.split("=") as [string, string];
+    const x = await b.exec(h, {
+      argv: ["sh", "-c", "sleep 1005 & echo started"],
+      cwd: "/tmp",
+      env: { [k]: v },
+      marker,
+    });
+    expect((await x.exited).code).toBe(0);
+    if (target.engine) {
+      expect((await processesInside(b, h)).filter((l) => l.includes("sleep 1005"))).toEqual([]);
+    } else {
+      expect(markedPids(marker)).toEqual([]);
+    }
+  });
+
+  it("labels what it creates and lists by label", async () => {
+    const tag = randomUUID();
+    const h = await b.create(spec({ labels: { [SESSION_LABEL]: SESSION, "test.tag": tag } }));
+    expect(h.labels).toMatchObject({
+      [LABEL_NODE]: NODE,
+      [LABEL_AGENT]: h.agentId,
+      "test.tag": tag,
+    });
+    const st = await b.inspect(h);
+    expect(st.labels).toMatchObject({
+      [LABEL_NODE]: NODE,
+      [LABEL_AGENT]: h.agentId,
+      [SESSION_LABEL]: SESSION,
+    });
+    const found = await b.list({ "test.tag": tag, [LABEL_NODE]: NODE });
+    expect(found.map((x) => x.id)).toEqual([h.id]);
+    expect(found[0]?.agentId).toBe(h.agentId);
+    expect(await b.list({ "test.tag": randomUUID() })).toEqual([]);
+  });
+
+  it("reports memory use and pids", async () => {
+    const h = await started();
+    const x = await b.exec(h, { argv: ["sh", "-c", "echo up; sleep 30"], cwd: "/tmp", env: {} });
+    await new Promise<void>((resolve) => x.onStdoutLine(() => resolve()));
+    const s = await b.stats(h);
+    expect(s.pids).toBeGreaterThanOrEqual(1);
+    expect(s.memoryBytes).toBeGreaterThan(0);
+    await x.kill(500);
+  });
+
+  engineIt("applies limits: read back from the engine and from inside", async () => {
+    const h = await started({
+      limits: { memoryBytes: 96 * 2 ** 20, cpus: 0.5, pids: 77, ulimits: ULIMITS },
+    });
+    const st = await b.inspect(h);
+    expect(st.limits).toEqual({ memoryBytes: 96 * 2 ** 20, cpus: 0.5, pids: 77 });
+    const cg = (v2: string, v1: string) =>
+      `cat /sys/fs/cgroup/${v2} 2>/dev/null || cat /sys/fs/cgroup/${v1}`;
+    const r = await run(
+      b,
+      h,
+      [
+        cg("memory.max", "memory/memory.limit_in_bytes"),
+        cg("pids.max", "pids/pids.max"),
+        `${cg("cpu.max", "cpu/cpu.cfs_quota_us")} | cut -d' ' -f1`,
+        "ulimit -n",
+      ].join("; "),
+    );
+    expect(r.lines).toEqual([String(96 * 2 ** 20), "77", "50000", String(ULIMITS.nofile)]);
+  });
+
+  engineIt("isolates: non-root, read-only root, no capabilities, no network", async () => {
+    const h = await started();
+    const st = await b.inspect(h);
+    expect(st).toMatchObject({
+      user: USER,
+      network: "none",
+      readOnlyRootfs: true,
+      noNewPrivileges: true,
+    });
+    expect(st.capDrop?.length).toBeGreaterThan(0);
+    const r = await run(
+      b,
+      h,
+      [
+        "id -u",
+        "touch /rootfile 2>/dev/null && echo root-writable || echo root-ro",
+        "echo x >/tmp/f && echo tmp-ok",
+        `echo x >${workspace}/from-inside && echo ws-ok`,
+        "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status | tr -s '\\t ' ' '",
+        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+      ].join("; "),
+    );
+    expect(r.lines).toEqual([
+      "1000",
+      "root-ro",
+      "tmp-ok",
+      "ws-ok",
+      "CapEff: 0000000000000000",
+      "CapBnd: 0000000000000000",
+      "NoNewPrivs: 1",
+      "lo",
+    ]);
+    expect(readFileSync(path.join(workspace, "from-inside"), "utf8")).toBe("x\n");
+  });
+
+  it("recovers after a restart: a new backend finds the sandbox and execs in it", async () => {
+    const h = await started();
+    await b.exec(h, { argv: ["true"], cwd: "/tmp", env: {} }).then((x) => x.exited);
+    const restarted = target.make();
+    try {
+      const found = await restarted.list({ [LABEL_AGENT]: h.agentId, [SESSION_LABEL]: SESSION });
+      expect(found.map((x) => x.id)).toEqual([h.id]);
+      const back = await restarted.recover(found[0]!);
+      expect(back?.id).toBe(h.id);
+      const r = await run(restarted, back!, "echo again");
+      expect(r.lines).toEqual(["again"]);
+    } finally {
+      await restarted.close();
+    }
+  });
+
+  it("reaps orphans: a new backend destroys everything list() finds", async () => {
+    const tag = randomUUID();
+    const labels = { [SESSION_LABEL]: SESSION, "test.reap": tag };
+    await started({ labels });
+    await b.create(spec({ labels }));
+    const reaper = target.make();
+    try {
+      const orphans = await reaper.list({ "test.reap": tag });
+      expect(orphans).toHaveLength(2);
+      for (const h of orphans) await reaper.destroy(h);
+      expect(await reaper.list({ "test.reap": tag })).toEqual([]);
+    } finally {
+      await reaper.close();
+    }
+  });
+
+  it("waitForExit honours its abort signal", async () => {
+    const h = await started();
+    const ac = new AbortController();
+    const waiting = b.waitForExit(h, ac.signal);
+    ac.abort();
+    const st = await waiting;
+    if (target.engine) expect(st.running).toBe(true);
+  });
+
+  engineIt("waitForExit reports an OOM kill as such", async () => {
+    // 16,000 pages: the kernel scales oom_score_adj by limit/1000 pages, so PID 1 (adj
+    // 1000) scores above a whole limit's worth; four hogs of 20 MiB each score far less.
+    const h = await started({ limits: { memoryBytes: 16_000 * 4096, pids: 64, ulimits: ULIMITS } });
+    const ac = new AbortController();
+    const waiting = b.waitForExit(h, ac.signal);
+    // Make the container's PID 1 the OOM killer's choice, so the container itself dies.
+    const hogs =
+      "for i in 1 2 3 4; do dd if=/dev/zero of=/dev/null bs=20M count=100000 & done; wait";
+    const hog = await b.exec(h, {
+      argv: ["sh", "-c", `echo 1000 >/proc/1/oom_score_adj && ${hogs}`],
+      cwd: "/tmp",
+      env: {},
+    });
+    const st = await waiting;
+    expect(st).toMatchObject({ running: false, oomKilled: true, reason: "out of memory" });
+    await hog.exited; // ends with the container
+  });
+
+  engineIt("reports a container killed from outside as not running", async () => {
+    const h = await started();
+    const waiting = b.waitForExit(h, new AbortController().signal);
+    const [cli, ...args] = target.engine!.cli as [string, ...string[]];
+    await promisify(execFile)(cli, [...args, "kill", h.id]);
+    const st = await waiting;
+    expect(st).toMatchObject({ running: false, oomKilled: false, reason: "killed" });
+    expect((await b.inspect(h)).running).toBe(false);
+    expect(await b.recover(h)).toBeUndefined();
+  });
+
+  engineIt(
+    "image: forwards 127.0.0.1:8080 inside to the model socket mounted from the host",
+    async () => {
+      const dir = mkdtempSync(path.join(tmpdir(), "conformance-model-"));
+      const sock = path.join(dir, "model.sock");
+      const server = createServer((req, res) => res.end(`pong ${req.url}`));
+      await new Promise<void>((resolve) => server.listen(sock, resolve));
+      // The container's uid must traverse the folder and write to the socket to connect.
+      chmodSync(dir, 0o755);
+      chmodSync(sock, 0o666);
+      try {
+        const h = await started({
+          mounts: [{ hostPath: workspace }, { hostPath: dir }],
+          env: { CONDUCTOR_MODEL_SOCKET: sock },
+        });
+        // socat starts with the container: poll for its listener, bounded.
+        const r = await run(
+          b,
+          h,
+          "i=0; while [ $i -lt 50 ]; do wget -qO- http://127.0.0.1:8080/v1/ping && exit 0; i=$((i+1)); sleep 0.1; done; exit 1",
+        );
+        expect(r.lines, r.stderr).toEqual(["pong /v1/ping"]);
+      } finally {
+        server.closeAllConnections();
+        await new Promise((resolve) => server.close(resolve));
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
+
+  engineIt("removes a container that failed to start and says why", async () => {
+    const tag = randomUUID();
+    // More open files than the kernel allows anyone (fs.nr_open): the start must fail.
+    const h = await b.create(
+      spec({
+        labels: { [SESSION_LABEL]: SESSION, "test.tag": tag },
+        limits: { ulimits: { ...ULIMITS, nofile: 2 ** 30 } },
+      }),
+    );
+    await expect(b.start(h)).rejects.toThrow(
+      /starting container .*removed it.*rlimit.*runtime\.ulimits/s,
+    );
+    expect(await b.list({ "test.tag": tag })).toEqual([]);
+  });
+
+  engineIt("says which image is missing and how to build it", async () => {
+    const image = `conductor-missing-${randomUUID().slice(0, 8)}:none`;
+    await expect(b.create(spec({ image }))).rejects.toThrow(
+      new RegExp(`${image}.*bash deploy/agent-image/build-offline\\.sh`),
+    );
+  });
+
+  engineIt("says where the engine socket is and how to start the engine", async () => {
+    const dead = target.engine!.unreachable();
+    try {
+      const f = await dead.fingerprint();
+      expect(f.healthy).toBe(false);
+      expect(f.detail).toMatch(/\/nonexistent\/\w+\.sock \(ENOENT\)/);
+      expect(f.detail).toMatch(target.engine!.startHint);
+      await expect(dead.create(spec())).rejects.toThrow(/\/nonexistent\/\w+\.sock.*start it with/);
+    } finally {
+      await dead.close();
+    }
+  });
+});

@@ -1,0 +1,176 @@
+// The Broker end to end: `conductor broker` killed with SIGKILL loses nothing acknowledged;
+// two real Claude Code agents under `conductor up` talk through it while they work.
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TaskState } from "../../gen/conductor/v1/task_pb.js";
+import {
+  agentCredential,
+  brokerClient,
+  loadBrokerSecret,
+  orchestratorCredential,
+} from "../../services/broker/access.ts";
+import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
+import {
+  scripted,
+  spec,
+  startConductor,
+  startService,
+  testRuntimes,
+  waitForEnd,
+  waitForState,
+  type Conductor,
+} from "../harness.ts";
+
+describe("conductor broker, killed with SIGKILL", () => {
+  it("delivers after the restart every message whose Send was answered, and nothing acknowledged again", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "broker-e2e-"));
+    const args = ["--socket-dir", path.join(dir, "run"), "--data-dir", path.join(dir, "data")];
+    const env = {
+      CONDUCTOR_OBSERVABILITY_LOG_LEVEL: "warn",
+      CONDUCTOR_OBSERVABILITY_METRICS_PORT: "-1",
+      CONDUCTOR_BROKER_ACK_TIMEOUT_SECONDS: "300",
+    };
+    const socketPath = path.join(dir, "run", "broker.sock");
+    let service = await startService("broker", args, env);
+    try {
+      const secret = loadBrokerSecret(path.join(dir, "data"));
+      const client = (id: string) =>
+        brokerClient({
+          socketPath,
+          credential:
+            id === "orchestrator" ? orchestratorCredential(secret) : agentCredential(secret, id),
+        });
+      for (const agentId of ["a", "b", "r"])
+        await client("orchestrator").registerAgent({ agentId });
+      // Concurrent senders: every send that answered is on disk.
+      const sent = new Map<string, string>(); // id → payload
+      await Promise.all(
+        ["a", "b"].map(async (s) => {
+          const c = client(s);
+          for (let i = 0; i < 150; i++) {
+            const res = await c.send({
+              destination: { case: "receiver", value: "r" },
+              payload: `${s}:${i}`,
+            });
+            sent.set(res.messageId, `${s}:${i}`);
+          }
+        }),
+      );
+      const r = client("r");
+      const acked = (await r.receive({ maxMessages: 100 })).messages;
+      expect((await r.ack({ messageIds: acked.map((m) => m.id) })).acked).toBe(100);
+      expect((await r.receive({ maxMessages: 50 })).messages).toHaveLength(50); // leased, not acked
+
+      await service.kill9();
+      service = await startService("broker", args, env);
+
+      const r2 = client("r"); // a new connection to the new process
+      const after: { id: string; payload: string }[] = [];
+      for (let i = 0; i < 100; i++) {
+        const { messages } = await r2.receive({ maxMessages: 100 });
+        if (messages.length === 0) break;
+        after.push(...messages);
+        await r2.ack({ messageIds: messages.map((m) => m.id) });
+      }
+      const ackedIds = new Set(acked.map((m) => m.id));
+      expect(after.filter((m) => ackedIds.has(m.id))).toEqual([]);
+      expect(new Set(after.map((m) => m.id))).toEqual(
+        new Set([...sent.keys()].filter((id) => !ackedIds.has(id))),
+      );
+      expect(after.length).toBe(200);
+      for (const s of ["a", "b"]) {
+        const seq = [...acked, ...after]
+          .filter((m) => m.payload.startsWith(`${s}:`))
+          .map((m) => Number(m.payload.split(":")[1]));
+        expect(seq).toEqual([...Array(150).keys()]);
+      }
+    } finally {
+      await service.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe.each(testRuntimes())(
+  "two agents collaborating through the Broker under conductor up on %s",
+  (runtime) => {
+    let model: FakeModel;
+    let conductor: Conductor;
+
+    beforeAll(async () => {
+      model = await startFakeModel();
+      conductor = await startConductor({ agents: 2, modelUrl: model.url, runtime });
+    });
+    afterAll(async () => {
+      await conductor?.close();
+      await model?.close();
+    });
+
+    it("agent A asks agent B with request; B reads it and replies; A writes the reply into a file", async () => {
+      const relay = path.join(conductor.dataDir, "agents", "agent-1", "run", "broker.sock");
+      expect(existsSync(relay)).toBe(true);
+      const { client } = conductor;
+      const tools = ["Write", "mcp__conductor"];
+      // B first: it waits in read_messages for the request, then answers it.
+      const b = await client.submitTask({
+        spec: spec({
+          allowedTools: tools,
+          prompt: scripted([
+            { tool: { name: "mcp__conductor__read_messages", input: { wait_seconds: 60 } } },
+            {
+              tool: {
+                name: "mcp__conductor__reply",
+                input: { correlation_id: "e2e-1", message: "pong from B" },
+              },
+            },
+            { text: "B answered" },
+          ]),
+        }),
+      });
+      await waitForState(client, b.task!.id, TaskState.RUNNING);
+      const agentB = (await client.getTask({ id: b.task!.id })).task!.agentId;
+      const a = await client.submitTask({
+        spec: spec({
+          allowedTools: tools,
+          prompt: scripted([
+            {
+              tool: {
+                name: "mcp__conductor__request",
+                input: {
+                  to: agentB,
+                  message: "ping from A",
+                  correlation_id: "e2e-1",
+                  timeout_seconds: 60,
+                },
+              },
+            },
+            { write: { path: "reply.txt", content: "{{last_tool_result}}" } },
+            { text: "A got the reply" },
+          ]),
+        }),
+      });
+      const [endedA, endedB] = await Promise.all([
+        waitForEnd(client, a.task!.id, 120_000),
+        waitForEnd(client, b.task!.id, 120_000),
+      ]);
+      expect(endedB.state, endedB.result?.error).toBe(TaskState.SUCCEEDED);
+      expect(endedA.state, endedA.result?.error).toBe(TaskState.SUCCEEDED);
+      expect(endedA.agentId).not.toBe(agentB);
+      const reply = readFileSync(
+        path.join(conductor.dataDir, "agents", endedA.agentId, "workspace", "reply.txt"),
+        "utf8",
+      );
+      expect(reply).toBe(`Reply from ${agentB} (correlation id e2e-1):\npong from B`);
+      // B's run saw A's request, from A's identity, in its tool result.
+      const events = [];
+      for await (const { event } of client.watchTask({ id: b.task!.id })) events.push(event);
+      const seen = JSON.stringify(
+        events.map((e) => (e?.kind.case === "output" ? e.kind.value.rawJson : "")),
+      );
+      expect(seen).toContain(`from: ${endedA.agentId}`);
+      expect(seen).toContain("ping from A");
+    });
+  },
+);

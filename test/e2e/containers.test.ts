@@ -1,0 +1,126 @@
+import { execFile } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TaskState } from "../../gen/conductor/v1/task_pb.js";
+import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
+import {
+  scripted,
+  spec,
+  startConductor,
+  testRuntimes,
+  waitForEnd,
+  waitForState,
+  type Conductor,
+} from "../harness.ts";
+
+const run = promisify(execFile);
+const containerRuntimes = testRuntimes().filter((r) => r !== "process");
+const API_KEY = "sk-test-key-that-must-never-enter-a-container";
+
+/** What only containers promise: the key stays outside, dead containers are replaced. */
+// Skipped only when CONDUCTOR_TEST_RUNTIMES names no container runtime (an explicit opt-out).
+describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
+  "agent containers on %s",
+  (runtime) => {
+    let model: FakeModel;
+    let conductor: Conductor;
+    const node = `test-${randomUUID().slice(0, 8)}`;
+    const engine = (...args: string[]) => run(runtime, args, { maxBuffer: 16 * 1024 * 1024 });
+    const containerOf = async (agentId: string) =>
+      (
+        await engine(
+          "ps",
+          "-q",
+          "--filter",
+          `label=dev.conductor.node=${node}`,
+          "--filter",
+          `label=dev.conductor.agent=${agentId}`,
+        )
+      ).stdout.trim();
+
+    beforeAll(async () => {
+      model = await startFakeModel();
+      conductor = await startConductor({
+        agents: 2,
+        runtime,
+        modelUrl: model.url,
+        env: {
+          ANTHROPIC_API_KEY: API_KEY,
+          CONDUCTOR_ORCHESTRATOR_NODE_ID: node,
+          CONDUCTOR_ORCHESTRATOR_RETRY_BACKOFF_SECONDS: "0.2",
+        },
+      });
+    });
+    afterAll(async () => {
+      await conductor?.close();
+      await model?.close();
+      // Nothing of this node is left behind.
+      const left = (
+        await engine("ps", "-aq", "--filter", `label=dev.conductor.node=${node}`)
+      ).stdout.trim();
+      expect(left).toBe("");
+    });
+
+    it("keeps the API key out of every container while tasks reach the model through the proxy", async () => {
+      const { client } = conductor;
+      const { task } = await client.submitTask({
+        spec: spec({
+          prompt: scripted([
+            { write: { path: "proof.txt", content: "via proxy" } },
+            { text: "ok" },
+          ]),
+        }),
+      });
+      const ended = await waitForEnd(client, task!.id);
+      expect(ended.state, ended.result?.error).toBe(TaskState.SUCCEEDED);
+      // The model saw the real key: the proxy added it on the way out.
+      expect(model.requests.some((r) => r.headers["x-api-key"] === API_KEY)).toBe(true);
+      const { agents } = await client.listAgents({});
+      for (const agent of agents) {
+        const id = await containerOf(agent.id);
+        expect(id).not.toBe("");
+        const inspect = (await engine("inspect", id)).stdout;
+        expect(inspect).not.toContain(API_KEY);
+        const env = (await engine("exec", id, "env")).stdout;
+        expect(env).not.toContain(API_KEY);
+        // No file the container can see (its image, tmpfs, mounted folders) holds the key.
+        const search =
+          'for d in /*; do case "$d" in /proc|/sys|/dev) ;; *) grep -rlsF "$1" "$d" ;; esac; done; true';
+        const found = (await engine("exec", id, "sh", "-c", search, "sh", API_KEY)).stdout;
+        expect(found).toBe("");
+      }
+    });
+
+    it("replaces an agent whose container is killed mid-task and retries the task", async () => {
+      const { client } = conductor;
+      const { task } = await client.submitTask({
+        spec: spec({
+          maxAttempts: 2,
+          prompt: scripted([{ text: "survived", delay_ms: 2000 }]),
+        }),
+      });
+      await waitForState(client, task!.id, TaskState.RUNNING);
+      const agentId = (await client.getTask({ id: task!.id })).task!.agentId;
+      const before = await containerOf(agentId);
+      await engine("kill", before);
+      const ended = await waitForEnd(client, task!.id);
+      expect(ended.state, ended.result?.error).toBe(TaskState.SUCCEEDED);
+      expect(ended.attempts).toBe(2);
+      let reason = "";
+      for await (const { event } of client.watchTask({ id: task!.id })) {
+        if (
+          event?.kind.case === "stateChange" &&
+          event.kind.value.state === TaskState.QUEUED &&
+          event.kind.value.attempt === 1
+        ) {
+          reason ||= event.kind.value.reason;
+        }
+      }
+      expect(reason).toMatch(/container died/);
+      const after = await containerOf(agentId);
+      expect(after).not.toBe("");
+      expect(after).not.toBe(before);
+    });
+  },
+);
