@@ -206,6 +206,25 @@ export async function waitForState(
   throw new Error(`task ${id} ended without reaching ${TaskState[state]}`);
 }
 
+/**
+ * Re-checks `probe` until it gives a value (not undefined), at most `timeoutMs`; for
+ * conditions nothing announces (an engine's state). Bounded in time, with a short pause.
+ */
+export async function eventually<T>(
+  probe: () => Promise<T | undefined>,
+  what: string,
+  timeoutMs = 30_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
 /** Pids of live processes whose environment holds `marker` (e.g. CONDUCTOR_TASK_ID=…). */
 export function processesWith(marker: string): number[] {
   const pids: number[] = [];

@@ -8,6 +8,7 @@ import {
   LABEL_NODE,
   type RuntimeBackend,
   type SandboxHandle,
+  type SandboxStatus,
 } from "../../plugins/runtime.ts";
 import type { Logger } from "../shared/log.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
@@ -82,6 +83,8 @@ export class AgentHost {
   private readonly slots = new Map<string, AgentSlot>();
   private nextIndex = 1;
   private closed = false;
+  /** Replacements of agents whose sandbox died, still under way. */
+  private readonly replacing = new Set<Promise<void>>();
   readonly opts: AgentHostOptions;
 
   constructor(opts: AgentHostOptions) {
@@ -317,6 +320,8 @@ export class AgentHost {
   /** Ends every run and removes every sandbox; for shutdown. */
   async close(): Promise<void> {
     this.closed = true;
+    // A replacement under way finishes first, so its new sandbox is stopped below too.
+    await Promise.all([...this.replacing]);
     await Promise.all([...this.slots.keys()].map((id) => this.stopAgent(id)));
     await this.opts.backend.close();
   }
@@ -341,24 +346,29 @@ export class AgentHost {
 
   /** Replaces an agent whose sandbox dies by itself (crash, OOM kill, docker kill). */
   private watch(slot: AgentSlot): void {
-    void this.opts.backend.waitForExit(slot.sandbox, slot.unwatch.signal).then(async (status) => {
+    void this.opts.backend.waitForExit(slot.sandbox, slot.unwatch.signal).then((status) => {
       if (slot.unwatch.signal.aborted || this.closed) return;
-      const why = status.oomKilled ? "out of memory" : (status.reason ?? "stopped");
-      this.opts.log.warn("agent sandbox died; replacing the agent", {
-        agent_id: slot.agent.id,
-        reason: why,
-      });
-      slot.agent.state = AgentState.FAILED;
-      await slot.run?.done;
-      this.slots.delete(slot.agent.id);
-      await this.opts.backend.destroy(slot.sandbox).catch(() => undefined);
-      await slot.proxy?.close();
-      await slot.broker?.close();
-      if (!this.closed) {
-        await this.startAgent(slot.agent.id).catch((e: unknown) => {
-          this.opts.log.error("could not replace the agent", { agent_id: slot.agent.id, error: e });
-        });
-      }
+      const replaced = this.replace(slot, status);
+      this.replacing.add(replaced);
+      void replaced.finally(() => this.replacing.delete(replaced));
+    });
+  }
+
+  private async replace(slot: AgentSlot, status: SandboxStatus): Promise<void> {
+    const why = status.oomKilled ? "out of memory" : (status.reason ?? "stopped");
+    this.opts.log.warn("agent sandbox died; replacing the agent", {
+      agent_id: slot.agent.id,
+      reason: why,
+    });
+    slot.agent.state = AgentState.FAILED;
+    await slot.run?.done;
+    this.slots.delete(slot.agent.id);
+    await this.opts.backend.destroy(slot.sandbox).catch(() => undefined);
+    await slot.proxy?.close();
+    await slot.broker?.close();
+    if (this.closed) return;
+    await this.startAgent(slot.agent.id).catch((e: unknown) => {
+      this.opts.log.error("could not replace the agent", { agent_id: slot.agent.id, error: e });
     });
   }
 

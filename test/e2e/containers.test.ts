@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
 import {
+  eventually,
   scripted,
   spec,
   startConductor,
@@ -48,6 +49,8 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
         env: {
           ANTHROPIC_API_KEY: API_KEY,
           CONDUCTOR_ORCHESTRATOR_NODE_ID: node,
+          // Room for the CLI (~200 MiB), not for the OOM test's hog.
+          CONDUCTOR_AGENT_CONTAINER_MEMORY: "512m",
           CONDUCTOR_ORCHESTRATOR_RETRY_BACKOFF_SECONDS: "0.2",
         },
       });
@@ -118,9 +121,39 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
         }
       }
       expect(reason).toMatch(/container died/);
-      const after = await containerOf(agentId);
-      expect(after).not.toBe("");
+      const after = await eventually(async () => {
+        const id = await containerOf(agentId);
+        return id && id !== before ? id : undefined;
+      }, "the replacement container");
       expect(after).not.toBe(before);
+    });
+
+    it("reports an OOM kill of an agent's container as out of memory, and replaces the agent", async () => {
+      const { client } = conductor;
+      // The container's init (same uid) volunteers as the OOM killer's victim, as the kernel
+      // picks the highest score; then a hog fills the 512 MiB limit.
+      const hog = "echo 1000 > /proc/1/oom_score_adj; head -c 600m /dev/zero | tail";
+      const { agents } = await client.listAgents({});
+      const before = new Map(
+        await Promise.all(agents.map(async (a) => [a.id, await containerOf(a.id)] as const)),
+      );
+      const { task } = await client.submitTask({
+        spec: spec({
+          allowedTools: ["Bash"],
+          prompt: scripted([{ bash: hog }, { text: "never" }]),
+        }),
+      });
+      const ended = await waitForEnd(client, task!.id);
+      expect(ended.state).toBe(TaskState.FAILED);
+      expect(ended.result?.error).toMatch(/container died during the run: out of memory/);
+      // A new container serves the agent; the dead one is gone.
+      const died = before.get(ended.agentId);
+      expect(died).toBeTruthy();
+      const replaced = await eventually(async () => {
+        const id = await containerOf(ended.agentId);
+        return id && id !== died ? id : undefined;
+      }, "the replacement container");
+      expect(replaced).not.toBe(died);
     });
   },
 );
