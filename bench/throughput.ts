@@ -31,8 +31,8 @@ await using model = await startFakeModel();
 // (as an agent reuses its own), after one warm-up run that is not counted.
 const claude = resolveClaudePath("");
 const bareDir = mkdtempSync(path.join(tmpdir(), "conductor-bench-"));
-const bareRun = () =>
-  run(
+const bareRun = async () => {
+  const pending = run(
     claude,
     [
       "-p",
@@ -52,9 +52,15 @@ const bareRun = () =>
         ANTHROPIC_BASE_URL: model.url,
         ANTHROPIC_API_KEY: "sk-bench",
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: "1",
+        DISABLE_AUTOUPDATER: "1",
       },
     },
   );
+  // With -p the CLI also reads stdin until it closes (it waits ~3 s for a pipe that stays
+  // open); the AgentHost gives it none, and so does this.
+  pending.child.stdin?.end();
+  await pending;
+};
 await bareRun();
 const bare: number[] = [];
 for (let i = 0; i < RUNS; i++) {
@@ -64,36 +70,47 @@ for (let i = 0; i < RUNS; i++) {
 }
 rmSync(bareDir, { recursive: true, force: true });
 
-await using conductor = await startConductor({ agents: AGENTS, modelUrl: model.url });
-const { client } = conductor;
-const through: number[] = [];
-await waitForEnd(client, (await client.submitTask({ spec: spec({ prompt }) })).task!.id); // warm-up
-for (let i = 0; i < RUNS; i++) {
+/** One Conductor: the single-task median, then tasks/s for TASKS trivial tasks at once. */
+async function measure(env: Record<string, string>) {
+  await using conductor = await startConductor({ agents: AGENTS, modelUrl: model.url, env });
+  const { client } = conductor;
+  const through: number[] = [];
+  await waitForEnd(client, (await client.submitTask({ spec: spec({ prompt }) })).task!.id); // warm-up
+  for (let i = 0; i < RUNS; i++) {
+    const t0 = performance.now();
+    const { task } = await client.submitTask({ spec: spec({ prompt }) });
+    const ended = await waitForEnd(client, task!.id);
+    if (ended.state !== TaskState.SUCCEEDED)
+      throw new Error(`bench task failed: ${ended.result?.error}`);
+    through.push(performance.now() - t0);
+  }
   const t0 = performance.now();
-  const { task } = await client.submitTask({ spec: spec({ prompt }) });
-  const ended = await waitForEnd(client, task!.id);
-  if (ended.state !== TaskState.SUCCEEDED)
-    throw new Error(`bench task failed: ${ended.result?.error}`);
-  through.push(performance.now() - t0);
+  const ids = await Promise.all(
+    Array.from(
+      { length: TASKS },
+      async () => (await client.submitTask({ spec: spec({ prompt: "ok" }) })).task!.id,
+    ),
+  );
+  const submitMs = performance.now() - t0;
+  const ended = await Promise.all(ids.map((id) => waitForEnd(client, id, 600_000)));
+  const totalMs = performance.now() - t0;
+  const failed = ended.filter((t) => t.state !== TaskState.SUCCEEDED).length;
+  return { one: median(through), perSecond: TASKS / (totalMs / 1000), submitMs, failed };
 }
 
-const t0 = performance.now();
-const ids = await Promise.all(
-  Array.from(
-    { length: TASKS },
-    async () => (await client.submitTask({ spec: spec({ prompt: "ok" }) })).task!.id,
-  ),
-);
-const submitMs = performance.now() - t0;
-const ended = await Promise.all(ids.map((id) => waitForEnd(client, id, 600_000)));
-const totalMs = performance.now() - t0;
-const failed = ended.filter((t) => t.state !== TaskState.SUCCEEDED).length;
+const withBroker = await measure({});
+const withoutBroker = await measure({ CONDUCTOR_AGENT_BROKER_TOOLS: "false" });
 
-console.log(`one task, bare CLI:         median ${median(bare).toFixed(0)} ms over ${RUNS} runs`);
-console.log(
-  `one task, through Conductor: median ${median(through).toFixed(0)} ms over ${RUNS} runs (submit → SUCCEEDED seen by WatchTask)`,
-);
-console.log(`overhead:                    ${(median(through) - median(bare)).toFixed(0)} ms`);
-console.log(
-  `${TASKS} trivial tasks on ${AGENTS} agents: ${(TASKS / (totalMs / 1000)).toFixed(2)} tasks/s (all submitted in ${submitMs.toFixed(0)} ms; ${failed} failed)`,
-);
+console.log(`one task, bare CLI:          median ${median(bare).toFixed(0)} ms over ${RUNS} runs`);
+for (const [name, m] of [
+  ["with the Broker's MCP tools (default)", withBroker],
+  ["without them (agent.broker_tools: false)", withoutBroker],
+] as const) {
+  console.log(`through Conductor, ${name}:`);
+  console.log(
+    `  one task: median ${m.one.toFixed(0)} ms over ${RUNS} runs (submit → SUCCEEDED seen by WatchTask), ${(m.one - median(bare)).toFixed(0)} ms over the bare CLI`,
+  );
+  console.log(
+    `  ${TASKS} trivial tasks on ${AGENTS} agents: ${m.perSecond.toFixed(2)} tasks/s (all submitted in ${m.submitMs.toFixed(0)} ms; ${m.failed} failed)`,
+  );
+}

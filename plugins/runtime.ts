@@ -136,7 +136,7 @@ export interface RuntimeBackend {
   close(): Promise<void>;
 }
 
-const METHODS = [
+export const RUNTIME_METHODS = [
   "fingerprint",
   "create",
   "start",
@@ -153,9 +153,9 @@ const METHODS = [
 
 /** The contract's members a candidate lacks (empty when it implements RuntimeBackend). */
 export function missingMethods(x: unknown): string[] {
-  if (typeof x !== "object" || x === null) return ["name", ...METHODS];
+  if (typeof x !== "object" || x === null) return ["name", ...RUNTIME_METHODS];
   const o = x as Record<string, unknown>;
-  const missing: string[] = METHODS.filter((m) => typeof o[m] !== "function");
+  const missing: string[] = RUNTIME_METHODS.filter((m) => typeof o[m] !== "function");
   if (typeof o["name"] !== "string") missing.unshift("name");
   return missing;
 }

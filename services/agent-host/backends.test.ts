@@ -2,23 +2,9 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
+import { RUNTIME_METHODS } from "../../plugins/runtime.ts";
 import { loadConfig } from "../shared/config.ts";
 import { BackendLoadError, loadBackend } from "./backends.ts";
-
-const METHODS = [
-  "fingerprint",
-  "create",
-  "start",
-  "exec",
-  "stop",
-  "destroy",
-  "inspect",
-  "stats",
-  "list",
-  "recover",
-  "waitForExit",
-  "close",
-];
 
 function configFor(backend: string) {
   const dir = mkdtempSync(path.join(tmpdir(), "conductor-backends-"));
@@ -35,7 +21,7 @@ describe("loadBackend", () => {
   it("loads a third-party plugin module that exports createBackend", async () => {
     const dir = mkdtempSync(path.join(tmpdir(), "conductor-plugin-"));
     const file = path.join(dir, "plugin.mjs");
-    const body = METHODS.map((m) => `${m}: async () => undefined`).join(", ");
+    const body = RUNTIME_METHODS.map((m) => `${m}: async () => undefined`).join(", ");
     writeFileSync(
       file,
       `export function createBackend(config) { return { name: "acme-" + config.runtime.image, ${body} }; }\n`,

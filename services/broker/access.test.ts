@@ -3,7 +3,7 @@
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BrokerService, MessageType } from "../../gen/conductor/v1/broker_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
@@ -16,16 +16,7 @@ import {
   verifyCredential,
 } from "./credentials.ts";
 import { startTestBroker, type TestBroker } from "./testing.ts";
-
-async function codeOf(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
-  try {
-    await p;
-  } catch (e) {
-    const err = ConnectError.from(e);
-    return { code: err.code, message: err.rawMessage };
-  }
-  throw new Error("expected the call to fail");
-}
+import { failureOf } from "../../test/rpc-errors.ts";
 
 const send = (receiver: string, payload = "x") => ({
   destination: { case: "receiver" as const, value: receiver },
@@ -82,7 +73,7 @@ describe("Broker access control and bad input", () => {
         credential === undefined
           ? createClient(BrokerService, unixTransport(b.socketPath))
           : brokerClient({ socketPath: b.socketPath, credential });
-      const got = await codeOf(client.send(send("agent-2")));
+      const got = await failureOf(client.send(send("agent-2")));
       expect(got.code, got.message).toBe(Code.Unauthenticated);
       expect(got.message).toMatch(message);
     }
@@ -112,7 +103,7 @@ describe("Broker access control and bad input", () => {
       [a1.registerAgent({ agentId: "agent-9" }), /only the Orchestrator may register agents/],
     ];
     for (const [call, message] of cases) {
-      const got = await codeOf(call);
+      const got = await failureOf(call);
       expect(got.code, got.message).toBe(Code.PermissionDenied);
       expect(got.message).toMatch(message);
     }
@@ -124,13 +115,13 @@ describe("Broker access control and bad input", () => {
   it("refuses a send to a full inbox (RESOURCE_EXHAUSTED) and loses nothing accepted", async () => {
     const a1 = b.agent("agent-1");
     for (let i = 0; i < 5; i++) await a1.send(send("full", `m${i}`));
-    const full = await codeOf(a1.send(send("full", "m5")));
+    const full = await failureOf(a1.send(send("full", "m5")));
     expect(full.code).toBe(Code.ResourceExhausted);
     expect(full.message).toMatch(/the inbox of "full" is full: 5 messages .*broker.inbox_limit/);
     // A topic send with one full member is refused whole: the other member gets nothing.
     await b.orchestrator().registerAgent({ agentId: "full", topics: ["t-full"] });
     await b.orchestrator().registerAgent({ agentId: "agent-2", topics: ["t-full"] });
-    const fan = await codeOf(
+    const fan = await failureOf(
       a1.send({ destination: { case: "topic", value: "t-full" }, payload: "fan" }),
     );
     expect(fan.code).toBe(Code.ResourceExhausted);
@@ -189,7 +180,7 @@ describe("Broker access control and bad input", () => {
       ],
     ];
     for (const [call, code, message] of cases) {
-      const got = await codeOf(call);
+      const got = await failureOf(call);
       expect(got.code, got.message).toBe(code);
       expect(got.message).toMatch(message);
     }
@@ -216,6 +207,6 @@ describe("Broker access control and bad input", () => {
     ]);
     await b.agent("agent-2").ack({ messageIds: got.messages.map((m) => m.id) });
     const forged = brokerClient({ socketPath: relayPath, credential: "agent-2.AAAA" });
-    expect((await codeOf(forged.receive({}))).code).toBe(Code.Unauthenticated);
+    expect((await failureOf(forged.receive({}))).code).toBe(Code.Unauthenticated);
   });
 });

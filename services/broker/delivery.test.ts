@@ -1,10 +1,11 @@
 // Delivery through a real Broker on a Unix socket with real clients: durability across a
 // restart, redelivery without an ack, per-sender order, topics, request/reply, expiry.
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { afterEach, describe, expect, it } from "vitest";
 import { MessageType, SendRequestSchema, type Message } from "../../gen/conductor/v1/broker_pb.js";
 import { startTestBroker, type TestBroker } from "./testing.ts";
+import { failureOf } from "../../test/rpc-errors.ts";
 
 const to = (
   receiver: string,
@@ -16,16 +17,6 @@ const to = (
     payload,
     ...more,
   });
-
-async function codeOf(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
-  try {
-    await p;
-  } catch (e) {
-    const err = ConnectError.from(e);
-    return { code: err.code, message: err.rawMessage };
-  }
-  throw new Error("expected the call to fail");
-}
 
 /** Reads the whole inbox of `id` with Receive, acknowledging as it goes. */
 async function drain(b: TestBroker, id: string, ack = true): Promise<Message[]> {
@@ -224,7 +215,7 @@ describe("Broker delivery", () => {
     expect(res.correlationId).toBe(request.correlationId);
     // The reply was acknowledged by Request; a second answer is refused.
     expect((await b.agent("asker").receive({})).messages).toEqual([]);
-    const again = await codeOf(
+    const again = await failureOf(
       b.agent("worker").reply({ correlationId: request.correlationId, payload: "twice" }),
     );
     expect(again.code).toBe(Code.FailedPrecondition);
@@ -234,7 +225,7 @@ describe("Broker delivery", () => {
   it("times a Request out with DEADLINE_EXCEEDED; the late reply waits in the inbox", async () => {
     b = await startTestBroker();
     await b.register("asker", "slow");
-    const timedOut = await codeOf(
+    const timedOut = await failureOf(
       b
         .agent("asker")
         .request({ receiver: "slow", payload: "q", correlationId: "c-1", timeoutMs: 100 }),
@@ -254,7 +245,7 @@ describe("Broker delivery", () => {
 
     // Asking again with the id of an unanswered request waits for it, without a second copy.
     const ask = { receiver: "slow", payload: "q2", correlationId: "c-2" };
-    expect((await codeOf(b.agent("asker").request({ ...ask, timeoutMs: 50 }))).code).toBe(
+    expect((await failureOf(b.agent("asker").request({ ...ask, timeoutMs: 50 }))).code).toBe(
       Code.DeadlineExceeded,
     );
     const again = b.agent("asker").request({ ...ask, timeoutMs: 10_000 });
@@ -270,7 +261,7 @@ describe("Broker delivery", () => {
     await b.register("a", "b");
     await b.agent("a").send(to("b", "short", { ttlSeconds: 5 }));
     await b.agent("a").send(to("b", "long"));
-    const tooLong = await codeOf(b.agent("a").send(to("b", "x", { ttlSeconds: 61 })));
+    const tooLong = await failureOf(b.agent("a").send(to("b", "x", { ttlSeconds: 61 })));
     expect(tooLong.code).toBe(Code.InvalidArgument);
     expect(tooLong.message).toMatch(/over the Broker's limit of 60 \(broker.ttl_seconds\)/);
     now += 6_000;

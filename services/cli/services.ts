@@ -59,10 +59,9 @@ export async function startAgentHost(
     workspacePolicy: a.workspace_policy,
     hostPath,
     log: log.child({ service: "agent-host" }),
-    broker: {
-      secret: loadBrokerSecret(config.storage.data_dir),
-      socketPath: config.broker.socket_path,
-    },
+    broker: a.broker_tools
+      ? { secret: loadBrokerSecret(config.storage.data_dir), socketPath: config.broker.socket_path }
+      : undefined,
     observer: obs?.tracer
       ? createAgentHostObserver({ ...telemetry, runtime: backend.name })
       : undefined,

@@ -58,6 +58,8 @@ const schema = z
         container_cpu: z.coerce.number().positive().default(1),
         /** Most processes in an agent container. */
         container_pids: z.number().int().positive().default(512),
+        /** Give every run the Broker's MCP tools (costs one small node process per run). */
+        broker_tools: z.boolean().default(true),
         /** Workspaces are kept between tasks ("keep") or emptied before each task ("clean"). */
         workspace_policy: z.enum(["keep", "clean"]).default("keep"),
       })

@@ -5,23 +5,14 @@ import path from "node:path";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
 import { ROOT, scripted, spec, startConductor, waitForEnd, type Conductor } from "../harness.ts";
+import { failureOf } from "../rpc-errors.ts";
 
 const run = promisify(execFile);
-
-async function code(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
-  try {
-    await p;
-  } catch (e) {
-    const err = ConnectError.from(e);
-    return { code: err.code, message: err.rawMessage };
-  }
-  throw new Error("expected the call to fail");
-}
 
 /** The public gRPC contract: clear errors for bad input, other clients, reflection, the CLI. */
 describe("the Orchestrator's API", () => {
@@ -79,12 +70,12 @@ describe("the Orchestrator's API", () => {
       [client.listTasks({ pageToken: "garbage" }), Code.InvalidArgument, /page_token/],
     ];
     for (const [call, expected, message] of cases) {
-      const got = await code(call);
+      const got = await failureOf(call);
       expect(got.code, got.message).toBe(expected);
       expect(got.message).toMatch(message);
     }
     await expect(
-      code(
+      failureOf(
         (async () => {
           for await (const _ of client.watchTask({ id: "nope" })) {
             /* none */
@@ -109,7 +100,9 @@ describe("the Orchestrator's API", () => {
     expect(again.spec?.prompt).toBe("keep me");
     // Cancelling an ended task is a precondition failure; the idempotency key dedupes.
     await client.cancelTask({ id: kept.id }).catch(() => undefined);
-    expect((await code(client.cancelTask({ id: kept.id }))).code).toBe(Code.FailedPrecondition);
+    expect((await failureOf(client.cancelTask({ id: kept.id }))).code).toBe(
+      Code.FailedPrecondition,
+    );
     const a = await client.submitTask({ spec: spec({ prompt: "once", idempotencyKey: "k-1" }) });
     const b = await client.submitTask({ spec: spec({ prompt: "once", idempotencyKey: "k-1" }) });
     expect(b.task!.id).toBe(a.task!.id);
