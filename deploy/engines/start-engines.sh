@@ -40,6 +40,9 @@ wait_for() {
   return 1
 }
 
+# Whether a pid is a live process (a zombie left by a killed parent is not).
+alive() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat"; }
+
 docker_answers() { curl -sf --unix-socket "$DOCKER_SOCK" http://d/_ping; }
 podman_answers() { curl -sf --unix-socket "$PODMAN_SOCK" http://d/_ping; }
 
@@ -48,6 +51,14 @@ install_missing curl:curl dockerd:docker.io podman:podman
 if docker_answers >/dev/null 2>&1; then
   log "dockerd already answers on $DOCKER_SOCK"
 else
+  # A dockerd that was killed (as at the end of a session) leaves its pid file behind, and a
+  # new one refuses to start while it is there: remove it when no such process lives.
+  for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+    if [ -f "$pidfile" ] && ! alive "$(cat "$pidfile" 2>/dev/null)"; then
+      log "removing stale $pidfile"
+      rm -f "$pidfile"
+    fi
+  done
   log "starting dockerd (log: $LOG_DIR/dockerd.log)"
   nohup dockerd --host "unix://$DOCKER_SOCK" >"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
   wait_for dockerd "$LOG_DIR/dockerd.log" docker_answers
