@@ -1,7 +1,10 @@
 import { create, toJson } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
 import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
-import { OrchestratorService } from "../../gen/conductor/v1/orchestrator_pb.js";
+import {
+  GetStatsResponseSchema,
+  OrchestratorService,
+} from "../../gen/conductor/v1/orchestrator_pb.js";
 import {
   TaskSchema,
   TaskSpecSchema,
@@ -118,8 +121,8 @@ export async function runClientCommand(
       const stats = await client.getStats({});
       out(
         JSON.stringify(
-          stats,
-          (_k, val: unknown) => (typeof val === "bigint" ? Number(val) : val),
+          toJson(GetStatsResponseSchema, stats, { alwaysEmitImplicit: true }),
+          null,
           2,
         ),
       );

@@ -1,4 +1,5 @@
 import { execFile } from "node:child_process";
+import { statSync } from "node:fs";
 import http2 from "node:http2";
 import net from "node:net";
 import path from "node:path";
@@ -32,6 +33,10 @@ describe("the Orchestrator's API", () => {
   afterAll(async () => {
     await conductor?.close();
     await model?.close();
+  });
+
+  it("serves on a socket only its owner can use (mode 0600)", () => {
+    expect(statSync(socket).mode & 0o777).toBe(0o600);
   });
 
   it("refuses bad input with the right code and a clear message, storing nothing", async () => {
@@ -209,6 +214,13 @@ describe("the Orchestrator's API", () => {
     expect(JSON.parse(got.stdout)).toMatchObject({ id: task.id, spec: { priority: 3 } });
     const list = await run(process.execPath, [cli, "tasks", "--state", "succeeded", ...args]);
     expect(list.stdout).toContain(task.id);
+    const stats = JSON.parse((await run(process.execPath, [cli, "stats", ...args])).stdout) as {
+      tasksByState: Record<string, string>;
+      agentsIdle: number;
+      agentsBusy: number;
+    };
+    expect(Number(stats.tasksByState["TASK_STATE_SUCCEEDED"])).toBeGreaterThanOrEqual(1);
+    expect(stats.agentsIdle + stats.agentsBusy).toBe(1);
     const bad = await run(process.execPath, [
       cli,
       "submit",
