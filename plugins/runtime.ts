@@ -8,6 +8,8 @@
 /** Labels every backend puts on what it creates, so a restart can find and reap it. */
 export const LABEL_NODE = "dev.conductor.node";
 export const LABEL_AGENT = "dev.conductor.agent";
+/** Which AgentHost instance (of possibly several on one node) created it. */
+export const LABEL_HOST = "dev.conductor.host";
 
 /** Whether the engine is there and what it can do. */
 export interface Fingerprint {

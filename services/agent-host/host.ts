@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { chownSync, mkdirSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -5,6 +6,7 @@ import { AgentSchema, AgentState, type Agent } from "../../gen/conductor/v1/agen
 import { TaskState, type AgentOutput, type TaskSpec } from "../../gen/conductor/v1/task_pb.js";
 import {
   LABEL_AGENT,
+  LABEL_HOST,
   LABEL_NODE,
   type RuntimeBackend,
   type SandboxHandle,
@@ -86,9 +88,15 @@ export class AgentHost {
   /** Replacements of agents whose sandbox died, still under way. */
   private readonly replacing = new Set<Promise<void>>();
   readonly opts: AgentHostOptions;
+  /** Names this AgentHost (by its data folder) on everything it creates. */
+  private readonly hostKey: string;
 
   constructor(opts: AgentHostOptions) {
     this.opts = opts;
+    this.hostKey = createHash("sha256")
+      .update(path.resolve(opts.dataDir))
+      .digest("hex")
+      .slice(0, 16);
   }
 
   private get contained(): boolean {
@@ -99,7 +107,12 @@ export class AgentHost {
   async start(): Promise<void> {
     const fp = await this.opts.backend.fingerprint();
     if (!fp.healthy) throw new Error(`runtime ${fp.runtime} is not usable: ${fp.detail}`);
-    const leftovers = await this.opts.backend.list({ [LABEL_NODE]: this.opts.nodeId });
+    // Only this host's leftovers: another AgentHost on the machine (its own data folder) may
+    // share the node name.
+    const leftovers = await this.opts.backend.list({
+      [LABEL_NODE]: this.opts.nodeId,
+      [LABEL_HOST]: this.hostKey,
+    });
     for (const h of leftovers) {
       this.opts.log.warn("reaping an agent sandbox left by an earlier agent host", {
         sandbox: h.id,
@@ -158,7 +171,7 @@ export class AgentHost {
         image: o.sandbox.image,
         mounts: [{ hostPath: workspace }, { hostPath: configDir }, { hostPath: runDir }],
         env,
-        labels: { [LABEL_NODE]: o.nodeId, [LABEL_AGENT]: id },
+        labels: { [LABEL_NODE]: o.nodeId, [LABEL_AGENT]: id, [LABEL_HOST]: this.hostKey },
         limits: {
           memoryBytes: o.sandbox.memoryBytes,
           cpus: o.sandbox.cpus,
