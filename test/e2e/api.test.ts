@@ -7,32 +7,24 @@ import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { Code } from "@connectrpc/connect";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
-import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
-import { ROOT, scripted, spec, startConductor, waitForEnd, type Conductor } from "../harness.ts";
+import { ROOT, scripted, spec, waitForEnd } from "../harness.ts";
+import { useConductor } from "./use-conductor.ts";
 import { failureOf } from "../rpc-errors.ts";
 
 const run = promisify(execFile);
 
 /** The public gRPC contract: clear errors for bad input, other clients, reflection, the CLI. */
 describe("the Orchestrator's API", () => {
-  let model: FakeModel;
-  let conductor: Conductor;
   let socket: string;
+  const setup = useConductor(() => ({
+    agents: 1,
+    env: { CONDUCTOR_ORCHESTRATOR_MAX_PROMPT_BYTES: "2000" },
+  }));
 
-  beforeAll(async () => {
-    model = await startFakeModel();
-    conductor = await startConductor({
-      agents: 1,
-      modelUrl: model.url,
-      env: { CONDUCTOR_ORCHESTRATOR_MAX_PROMPT_BYTES: "2000" },
-    });
-    socket = path.join(conductor.socketDir, "orchestrator.sock");
-  });
-  afterAll(async () => {
-    await conductor?.close();
-    await model?.close();
+  beforeAll(() => {
+    socket = path.join(setup.conductor.socketDir, "orchestrator.sock");
   });
 
   it("serves on a socket only its owner can use (mode 0600)", () => {
@@ -40,7 +32,7 @@ describe("the Orchestrator's API", () => {
   });
 
   it("refuses bad input with the right code and a clear message, storing nothing", async () => {
-    const { client } = conductor;
+    const { client } = setup.conductor;
     const kept = (await client.submitTask({ spec: spec({ prompt: "keep me", priority: 0 }) }))
       .task!;
     const cases: [Promise<unknown>, Code, RegExp][] = [
@@ -192,7 +184,7 @@ describe("the Orchestrator's API", () => {
 
   it("drives a task from the conductor CLI: submit --wait, get, tasks", async () => {
     const cli = path.join(ROOT, "bin", "conductor.js");
-    const args = ["--socket-dir", conductor.socketDir];
+    const args = ["--socket-dir", setup.conductor.socketDir];
     const { stdout } = await run(process.execPath, [
       cli,
       "submit",

@@ -3,7 +3,7 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import {
   agentCredential,
@@ -11,17 +11,15 @@ import {
   loadBrokerSecret,
   orchestratorCredential,
 } from "../../services/broker/access.ts";
-import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
 import {
   scripted,
   spec,
-  startConductor,
   startService,
   testRuntimes,
   waitForEnd,
   waitForState,
-  type Conductor,
 } from "../harness.ts";
+import { useConductor } from "./use-conductor.ts";
 
 describe("conductor broker, killed with SIGKILL", () => {
   it("delivers after the restart every message whose Send was answered, and nothing acknowledged again", async () => {
@@ -96,22 +94,12 @@ describe("conductor broker, killed with SIGKILL", () => {
 describe.each(testRuntimes())(
   "two agents collaborating through the Broker under conductor up on %s",
   (runtime) => {
-    let model: FakeModel;
-    let conductor: Conductor;
-
-    beforeAll(async () => {
-      model = await startFakeModel();
-      conductor = await startConductor({ agents: 2, modelUrl: model.url, runtime });
-    });
-    afterAll(async () => {
-      await conductor?.close();
-      await model?.close();
-    });
+    const setup = useConductor(() => ({ agents: 2, runtime }));
 
     it("agent A asks agent B with request; B reads it and replies; A writes the reply into a file", async () => {
-      const relay = path.join(conductor.dataDir, "agents", "agent-1", "run", "broker.sock");
+      const relay = path.join(setup.conductor.dataDir, "agents", "agent-1", "run", "broker.sock");
       expect(existsSync(relay)).toBe(true);
-      const { client } = conductor;
+      const { client } = setup.conductor;
       const tools = ["Write", "mcp__conductor"];
       // B first: it waits in read_messages for the request, then answers it.
       const b = await client.submitTask({
@@ -159,7 +147,7 @@ describe.each(testRuntimes())(
       expect(endedA.state, endedA.result?.error).toBe(TaskState.SUCCEEDED);
       expect(endedA.agentId).not.toBe(agentB);
       const reply = readFileSync(
-        path.join(conductor.dataDir, "agents", endedA.agentId, "workspace", "reply.txt"),
+        path.join(setup.conductor.dataDir, "agents", endedA.agentId, "workspace", "reply.txt"),
         "utf8",
       );
       expect(reply).toBe(`Reply from ${agentB} (correlation id e2e-1):\npong from B`);

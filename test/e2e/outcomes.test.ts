@@ -1,41 +1,22 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
-import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
-import {
-  processesWith,
-  scripted,
-  spec,
-  startConductor,
-  testRuntimes,
-  waitForEnd,
-  type Conductor,
-} from "../harness.ts";
+import { processesWith, scripted, spec, testRuntimes, waitForEnd } from "../harness.ts";
+import { useConductor } from "./use-conductor.ts";
 
 /** How runs end: cancel, timeout, API errors and retries, on every runtime. */
 describe.each(testRuntimes())("task outcomes on the %s runtime", (runtime) => {
-  let model: FakeModel;
-  let conductor: Conductor;
-
-  beforeAll(async () => {
-    model = await startFakeModel();
-    conductor = await startConductor({
-      agents: 3,
-      runtime,
-      modelUrl: model.url,
-      env: {
-        CONDUCTOR_ORCHESTRATOR_RETRY_BACKOFF_SECONDS: "0.2",
-        // The CLI's own API retries would hide a failing attempt from Conductor's retry policy.
-        CONDUCTOR_AGENT_MAX_API_RETRIES: "0",
-      },
-    });
-  });
-  afterAll(async () => {
-    await conductor?.close();
-    await model?.close();
-  });
+  const setup = useConductor(() => ({
+    agents: 3,
+    runtime,
+    env: {
+      CONDUCTOR_ORCHESTRATOR_RETRY_BACKOFF_SECONDS: "0.2",
+      // The CLI's own API retries would hide a failing attempt from Conductor's retry policy.
+      CONDUCTOR_AGENT_MAX_API_RETRIES: "0",
+    },
+  }));
 
   it("cancels a running task and leaves no process behind", async () => {
-    const { client } = conductor;
+    const { client } = setup.conductor;
     const { task } = await client.submitTask({
       spec: spec({
         prompt: scripted([{ bash: "tail -f /dev/null" }, { text: "never" }]),
@@ -58,7 +39,7 @@ describe.each(testRuntimes())("task outcomes on the %s runtime", (runtime) => {
   });
 
   it("ends a task over its timeout as TIMED_OUT", async () => {
-    const { client } = conductor;
+    const { client } = setup.conductor;
     const { task } = await client.submitTask({
       spec: spec({
         prompt: scripted([{ bash: "tail -f /dev/null" }, { text: "never" }]),
@@ -73,7 +54,7 @@ describe.each(testRuntimes())("task outcomes on the %s runtime", (runtime) => {
   });
 
   it("fails a task on a model API error, with the error text", async () => {
-    const { client } = conductor;
+    const { client } = setup.conductor;
     const { task } = await client.submitTask({
       spec: spec({
         prompt: scripted([
@@ -94,7 +75,7 @@ describe.each(testRuntimes())("task outcomes on the %s runtime", (runtime) => {
   });
 
   it("retries a failed attempt when max_attempts allows", async () => {
-    const { client } = conductor;
+    const { client } = setup.conductor;
     const { task } = await client.submitTask({
       spec: spec({
         maxAttempts: 3,

@@ -1,17 +1,9 @@
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
-import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
-import {
-  ms,
-  scripted,
-  spec,
-  startConductor,
-  testRuntimes,
-  waitForEnd,
-  type Conductor,
-} from "../harness.ts";
+import { ms, scripted, spec, testRuntimes, waitForEnd } from "../harness.ts";
+import { useConductor } from "./use-conductor.ts";
 
 /** The spine's main promise: several agents run tasks in parallel, by priority, each in its own workspace. */
 const cases: { runtime: string; mode: "up" | "split" }[] = testRuntimes().map((runtime) => ({
@@ -23,20 +15,10 @@ cases.push({ runtime: "process", mode: "split" });
 describe.each(cases)(
   "conductor $mode with 3 agents on the $runtime runtime",
   ({ runtime, mode }) => {
-    let model: FakeModel;
-    let conductor: Conductor;
-
-    beforeAll(async () => {
-      model = await startFakeModel();
-      conductor = await startConductor({ agents: 3, modelUrl: model.url, mode, runtime });
-    });
-    afterAll(async () => {
-      await conductor?.close();
-      await model?.close();
-    });
+    const setup = useConductor(() => ({ agents: 3, mode, runtime }));
 
     it("runs 6 tasks, at most 3 at once, a later high-priority task before queued low ones", async () => {
-      const { client } = conductor;
+      const { client } = setup.conductor;
       const names = ["a", "b", "c", "d", "e", "f"];
       const submitted = await Promise.all(
         names.map((name, i) =>

@@ -1,33 +1,21 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
-import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
 import {
   processesWith,
   scripted,
   spec,
-  startConductor,
   testRuntimes,
   waitForEnd,
   waitForState,
-  type Conductor,
 } from "../harness.ts";
+import { useConductor } from "./use-conductor.ts";
 
 /** Nothing acknowledged is lost when the Orchestrator dies with SIGKILL. */
 describe.each(testRuntimes())("restart after SIGKILL on the %s runtime", (runtime) => {
-  let model: FakeModel;
-  let conductor: Conductor;
-
-  beforeAll(async () => {
-    model = await startFakeModel();
-    conductor = await startConductor({ agents: 2, modelUrl: model.url, runtime });
-  });
-  afterAll(async () => {
-    await conductor?.close();
-    await model?.close();
-  });
+  const setup = useConductor(() => ({ agents: 2, runtime }));
 
   it("keeps every acknowledged task and ends each exactly once", async () => {
-    const { client } = conductor;
+    const { client } = setup.conductor;
     const slow = (name: string) =>
       scripted([
         { write: { path: `${name}.txt`, content: name }, delay_ms: 1500 },
@@ -50,8 +38,8 @@ describe.each(testRuntimes())("restart after SIGKILL on the %s runtime", (runtim
     await waitForState(client, retried.id, TaskState.RUNNING);
     await waitForState(client, single.id, TaskState.RUNNING);
 
-    await conductor.processes[0]!.kill9();
-    await conductor.restart();
+    await setup.conductor.processes[0]!.kill9();
+    await setup.conductor.restart();
 
     const after = await Promise.all(
       [retried, single, ...queued].map((t) => waitForEnd(client, t.id)),

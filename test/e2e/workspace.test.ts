@@ -1,30 +1,19 @@
 import { readdirSync } from "node:fs";
 import path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
-import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
-import { scripted, spec, startConductor, waitForEnd, type Conductor } from "../harness.ts";
+import { scripted, spec, waitForEnd } from "../harness.ts";
+import { useConductor } from "./use-conductor.ts";
 
 /** agent.workspace_policy: "clean" gives every task an empty workspace. */
 describe("the clean workspace policy", () => {
-  let model: FakeModel;
-  let conductor: Conductor;
-
-  beforeAll(async () => {
-    model = await startFakeModel();
-    conductor = await startConductor({
-      agents: 1,
-      modelUrl: model.url,
-      env: { CONDUCTOR_AGENT_WORKSPACE_POLICY: "clean" },
-    });
-  });
-  afterAll(async () => {
-    await conductor?.close();
-    await model?.close();
-  });
+  const setup = useConductor(() => ({
+    agents: 1,
+    env: { CONDUCTOR_AGENT_WORKSPACE_POLICY: "clean" },
+  }));
 
   it("empties the workspace before each task", async () => {
-    const { client } = conductor;
+    const { client } = setup.conductor;
     for (const name of ["first.txt", "second.txt"]) {
       const { task } = await client.submitTask({
         spec: spec({
