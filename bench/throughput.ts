@@ -1,5 +1,7 @@
 // Prints: the wall time of one task through Conductor against the same task run by the bare
-// CLI (same fake model), and tasks/s for many trivial tasks. Run: npm run bench [-- --tasks 200 --agents 4]
+// CLI (same fake model), and tasks/s for many trivial tasks; and what the process runtime's
+// bubblewrap sandbox costs against the same runtime unsandboxed (runtime.process_sandbox:
+// none), measured in the same run. Run: npm run bench [-- --tasks 200 --agents 4]
 import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -100,11 +102,13 @@ async function measure(env: Record<string, string>) {
 
 const withBroker = await measure({});
 const withoutBroker = await measure({ CONDUCTOR_AGENT_BROKER_TOOLS: "false" });
+const unsandboxed = await measure({ CONDUCTOR_RUNTIME_PROCESS_SANDBOX: "none" });
 
 console.log(`one task, bare CLI:          median ${median(bare).toFixed(0)} ms over ${RUNS} runs`);
 for (const [name, m] of [
   ["with the Broker's MCP tools (default)", withBroker],
   ["without them (agent.broker_tools: false)", withoutBroker],
+  ["unsandboxed (runtime.process_sandbox: none), with the tools", unsandboxed],
 ] as const) {
   console.log(`through Conductor, ${name}:`);
   console.log(
@@ -114,3 +118,6 @@ for (const [name, m] of [
     `  ${TASKS} trivial tasks on ${AGENTS} agents: ${m.perSecond.toFixed(2)} tasks/s (all submitted in ${m.submitMs.toFixed(0)} ms; ${m.failed} failed)`,
   );
 }
+console.log(
+  `the process sandbox (bubblewrap) costs ${(withBroker.one - unsandboxed.one).toFixed(0)} ms per task (${((withBroker.one / unsandboxed.one - 1) * 100).toFixed(1)} %); throughput ${((withBroker.perSecond / unsandboxed.perSecond) * 100).toFixed(0)} % of unsandboxed`,
+);

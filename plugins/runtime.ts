@@ -11,6 +11,13 @@ export const LABEL_AGENT = "dev.conductor.agent";
 /** Which AgentHost instance (of possibly several on one node) created it. */
 export const LABEL_HOST = "dev.conductor.host";
 
+/**
+ * The uid:gid a container's own processes (its main process, idling and holding the
+ * lifeline) run as — never the agent's user, so that ending all of the agent's user's
+ * processes ends a run and nothing else, and the agent cannot signal them.
+ */
+export const SANDBOX_INFRA_USER = "65534:65534";
+
 /** Whether the engine is there and what it can do. */
 export interface Fingerprint {
   runtime: string;
@@ -39,7 +46,11 @@ export interface SandboxSpec {
   image: string;
   /** Folders shared at the same absolute path: the workspace, the CLI's config folder, sockets. */
   mounts: Mount[];
-  /** Environment of the sandbox itself (never secrets). */
+  /**
+   * Environment of the sandbox itself (never secrets). Understood by the backends:
+   * CONDUCTOR_MODEL_SOCKET (the model proxy: each run reaches it on a loopback port,
+   * ANTHROPIC_BASE_URL), CONDUCTOR_LIFELINE_SOCKET (containers end when it closes).
+   */
   env: Record<string, string>;
   labels: Record<string, string>;
   limits: {
@@ -87,7 +98,11 @@ export interface SandboxStats {
   pids: number;
 }
 
-/** One program to run in a sandbox; the environment is complete (nothing inherited). */
+/**
+ * One program to run in a sandbox; the environment is complete (nothing inherited). A
+ * sandbox runs one exec at a time: when an exec ends, every process of the agent's user in
+ * the sandbox ends with it.
+ */
 export interface ExecRequest {
   argv: string[];
   cwd: string;

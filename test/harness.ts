@@ -92,6 +92,8 @@ export interface Conductor extends AsyncDisposable {
   processes: ServiceProcess[];
   /** Starts the same services again on the same folders (after a stop or a kill). */
   restart(): Promise<void>;
+  /** Split mode: starts the AgentHost again (after its kill), beside the running Orchestrator. */
+  restartAgentHost(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -150,6 +152,10 @@ export async function startConductor(opts: ConductorOptions): Promise<Conductor>
       } else {
         c.processes = [await startService("up", args, env)];
       }
+    },
+    async restartAgentHost() {
+      if (opts.mode !== "split") throw new Error("restartAgentHost needs mode: split");
+      c.processes[0] = await startService("agent-host", args, env);
     },
     async close() {
       for (const p of c.processes.reverse()) await p.stop();

@@ -2,7 +2,14 @@ import { describe, expect, it } from "vitest";
 import type Docker from "dockerode";
 import { LABEL_AGENT, LABEL_NODE } from "../runtime.ts";
 import type { SandboxSpec } from "../runtime.ts";
-import { checkUser, containerName, createOptions, statusOf } from "./container-spec.ts";
+import {
+  INFRA_USER,
+  LABEL_USER,
+  checkUser,
+  containerName,
+  createOptions,
+  statusOf,
+} from "./container-spec.ts";
 import { socketFromDockerHost } from "./index.ts";
 
 const spec: SandboxSpec = {
@@ -25,7 +32,14 @@ describe("createOptions", () => {
       defaultUlimits: { nofile: 1024, nproc: 1024 },
     });
     expect(o.name).toBe("conductor-node-1-agent_7");
-    expect(o.Labels).toEqual({ team: "x", [LABEL_NODE]: "node-1", [LABEL_AGENT]: "agent/7" });
+    expect(o.Labels).toEqual({
+      team: "x",
+      [LABEL_NODE]: "node-1",
+      [LABEL_AGENT]: "agent/7",
+      [LABEL_USER]: "1000:1000",
+    });
+    // The main process is nobody's; runs are exec'd as the spec's user.
+    expect(o.User).toBe(INFRA_USER);
     expect(o.Env).toEqual(["A=1"]);
     expect(o.HostConfig).toMatchObject({
       Mounts: [

@@ -1,5 +1,5 @@
 import type Docker from "dockerode";
-import { LABEL_AGENT, LABEL_NODE } from "../runtime.ts";
+import { LABEL_AGENT, LABEL_NODE, SANDBOX_INFRA_USER } from "../runtime.ts";
 import type { SandboxSpec, SandboxStatus } from "../runtime.ts";
 
 /** What the engine-specific wrapper decides beyond the spec. */
@@ -11,6 +11,12 @@ export interface ContainerDefaults {
   /** Ulimits applied unless the spec sets the same name (Podman needs nofile/nproc here). */
   defaultUlimits: Record<string, number>;
 }
+
+/** The user each run is exec'd as (the sandbox spec's user); read back by inspect. */
+export const LABEL_USER = "dev.conductor.user";
+
+/** The container's main process runs as nobody (see SANDBOX_INFRA_USER). */
+export const INFRA_USER = SANDBOX_INFRA_USER;
 
 /** Refuses an empty or root user: containers never run as root. */
 export function checkUser(user: string): void {
@@ -38,9 +44,14 @@ export function createOptions(
   return {
     name: containerName(spec),
     Image: image,
-    User: spec.user,
+    User: INFRA_USER,
     Env: Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
-    Labels: { ...spec.labels, [LABEL_NODE]: spec.nodeId, [LABEL_AGENT]: spec.agentId },
+    Labels: {
+      ...spec.labels,
+      [LABEL_NODE]: spec.nodeId,
+      [LABEL_AGENT]: spec.agentId,
+      [LABEL_USER]: spec.user,
+    },
     HostConfig: {
       Mounts: spec.mounts.map((m) => ({
         Type: "bind" as const,
@@ -88,7 +99,7 @@ export function statusOf(info: Docker.ContainerInspectInfo): SandboxStatus {
     ...(reason !== undefined ? { reason } : {}),
     limits,
     labels: info.Config.Labels ?? {},
-    user: info.Config.User,
+    user: info.Config.Labels?.[LABEL_USER] ?? info.Config.User,
     ...(hc.NetworkMode ? { network: hc.NetworkMode } : {}),
     readOnlyRootfs: hc.ReadonlyRootfs ?? false,
     capDrop: (hc.CapDrop ?? []) as string[],

@@ -1,7 +1,7 @@
 import path from "node:path";
 import { LABEL_AGENT } from "../runtime.ts";
 import type { RuntimeBackend, SandboxHandle, SandboxSpec, SandboxStatus } from "../runtime.ts";
-import { checkUser, createOptions, goneStatus, statusOf } from "./container-spec.ts";
+import { LABEL_USER, checkUser, createOptions, goneStatus, statusOf } from "./container-spec.ts";
 import { connectEngine } from "./client.ts";
 import type { EngineBackendOptions } from "./client.ts";
 import { engineFailure, isNotFound } from "./errors.ts";
@@ -65,7 +65,8 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
 
     async exec(h, req) {
       try {
-        return await startExec(docker, container(h), req);
+        const user = h.labels[LABEL_USER] ?? (await container(h).inspect()).Config.User;
+        return await startExec(docker, container(h), req, user);
       } catch (e) {
         return fail(e, `exec in container ${h.id}`);
       }

@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import { constants } from "node:os";
 import { PassThrough } from "node:stream";
 import { createInterface } from "node:readline";
@@ -6,45 +5,36 @@ import type Docker from "dockerode";
 import type { ExecRequest, Execution, ExitStatus } from "../runtime.ts";
 
 const STDERR_TAIL = 4096;
-const PID_DIR = "/tmp/.conductor-exec";
-
-// Sends signal $2 to every process carrying exec $1's marker, except the wrapper (which has
-// no marker: it is set for its child only) and this script's own processes.
-const SWEEP = `sweep() {
-  for e in $(grep -lszxF "CONDUCTOR_EXEC=$1" /proc/[0-9]*/environ); do
-    q=\${e%/environ}
-    kill -$2 "\${q#/proc/}" 2>/dev/null
-  done
-}`;
 
 /**
- * Runs the program in its own session (so its process group is everything it starts) with a
- * marker in its environment, records the group's id, and when it ends kills whatever it
- * left behind before exiting with its status. Docker has no "kill exec": this is what
- * lets kill() and exited reach the whole tree. Needs sh, setsid, grep -z and kill in the
- * image (busybox or Debian's).
+ * Runs as the agent's user: starts the loopback forwarder to the model proxy (when the
+ * container has a model socket) and waits until it listens, runs the program, and when it
+ * ends kills every process of the agent's user in the container (`kill -KILL -1`: all but
+ * itself and PID 1, which is nobody's) before exiting with the program's status. Whatever the
+ * run started — a new session, a clean environment, a double fork — is the agent's user's,
+ * so it ends with the run. TERM (the first step of kill()) is the program's: the wrapper
+ * waits on. Needs sh, grep, kill and socat in the image (busybox's or Debian's).
  */
-const WRAPPER = `${SWEEP}
-id=$1; shift
-[ -d ${PID_DIR} ] || mkdir -p ${PID_DIR} 2>/dev/null
-CONDUCTOR_EXEC=$id setsid "$@" &
+const WRAPPER = `if [ -n "\${CONDUCTOR_MODEL_SOCKET:-}" ]; then
+  port=\${CONDUCTOR_MODEL_PORT:-8080}
+  socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$CONDUCTOR_MODEL_SOCKET" </dev/null >/dev/null 2>&1 &
+  hex=$(printf '%04X' "$port"); i=0
+  until grep -q "0100007F:$hex 00000000:0000 0A" /proc/net/tcp 2>/dev/null || [ $i -ge 500 ]; do sleep 0.01; i=$((i+1)); done
+fi
+"$@" </dev/null &
 c=$!
-echo "$c" >"${PID_DIR}/$id" 2>/dev/null
+trap : TERM INT HUP
 wait "$c"; rc=$?
-kill -KILL -"$c" 2>/dev/null
-sweep "$id" KILL
-rm -f "${PID_DIR}/$id"
+while kill -0 "$c" 2>/dev/null; do wait "$c"; rc=$?; done
+kill -KILL -1 2>/dev/null
 exit "$rc"`;
 
-/** Signals exec $1's process group and every process carrying its marker. */
-const KILLER = `${SWEEP}
-c=$(cat "${PID_DIR}/$1" 2>/dev/null) && kill -$2 -"$c" 2>/dev/null
-sweep "$1" $2
-exit 0`;
+/** Signals every process of the agent's user in the container but itself (kill -1). */
+const KILLER = `kill -"$1" -1 2>/dev/null; exit 0`;
 
 /** Runs one short command in the container and waits for it (for the killer). */
-async function runQuiet(container: Docker.Container, cmd: string[]): Promise<void> {
-  const ex = await container.exec({ Cmd: cmd, AttachStdout: true, AttachStderr: true });
+async function runQuiet(container: Docker.Container, cmd: string[], user: string): Promise<void> {
+  const ex = await container.exec({ Cmd: cmd, User: user, AttachStdout: true, AttachStderr: true });
   const stream = await ex.start({ hijack: true, stdin: false });
   stream.resume();
   await new Promise<void>((resolve) => {
@@ -72,11 +62,12 @@ export async function startExec(
   docker: Docker,
   container: Docker.Container,
   req: ExecRequest,
+  user: string,
 ): Promise<Execution> {
   if (req.argv.length === 0) throw new Error("exec: empty argv");
-  const id = randomUUID();
   const ex = await container.exec({
-    Cmd: ["/bin/sh", "-c", WRAPPER, "conductor-exec", id, ...req.argv],
+    Cmd: ["/bin/sh", "-c", WRAPPER, "conductor-exec", ...req.argv],
+    User: user,
     Env: Object.entries(req.env).map(([k, v]) => `${k}=${v}`),
     WorkingDir: req.cwd,
     AttachStdout: true,
@@ -123,7 +114,7 @@ export async function startExec(
       if (signal) return { code: null, signal: signal as NodeJS.Signals };
     }
     if (code === 126 || code === 127) {
-      // setsid could not execute the program (not found / not executable).
+      // The shell could not execute the program (not found / not executable).
       const spawnError = new Error(
         `could not start ${req.argv[0]} in the container: ${stderrText.trim()}`,
       );
@@ -135,7 +126,7 @@ export async function startExec(
   const signalTree = async (sig: "TERM" | "KILL") => {
     killedWith = `SIG${sig}`;
     try {
-      await runQuiet(container, ["/bin/sh", "-c", KILLER, "conductor-kill", id, sig]);
+      await runQuiet(container, ["/bin/sh", "-c", KILLER, "conductor-kill", sig], user);
     } catch {
       // the container is gone or stopped: so is the exec
     }

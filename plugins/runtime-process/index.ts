@@ -1,4 +1,4 @@
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import {
   LABEL_AGENT,
@@ -6,38 +6,77 @@ import {
   type ExecRequest,
   type Execution,
   type Fingerprint,
+  type Mount,
   type RuntimeBackend,
   type SandboxHandle,
   type SandboxSpec,
   type SandboxStats,
   type SandboxStatus,
 } from "../runtime.ts";
-import { execProcess, killMarked, markedPids } from "./exec.ts";
+import { bwrapArgv, probeSandbox, type SandboxProbe } from "./bwrap.ts";
+import { descendants, execProcess, killMarked, markedPids } from "./exec.ts";
+
+/** The program every run starts with when the agent has a model socket (see launcher.ts). */
+export const LAUNCHER = path.join(import.meta.dirname, "launcher.ts");
+
+/** How process-runtime runs are contained (`runtime.process_sandbox`). */
+export type ProcessSandbox = "bubblewrap" | "none";
 
 /** Options of the process backend. */
 export interface ProcessBackendOptions {
   /** Where sandbox records are kept, so list/recover work after a restart. */
   stateDir: string;
+  /**
+   * "bubblewrap" (default): every run in its own bubblewrap sandbox. "none": plain local
+   * processes with the AgentHost's user and view of the machine — the operator's explicit,
+   * unsafe opt-out for hosts where no sandbox can be made.
+   */
+  sandbox?: ProcessSandbox;
+  /** Host paths every run needs besides the system, bound read-only (e.g. the CLI's folder). */
+  readOnlyPaths?: string[];
+  /** The node binary the launcher runs on (default: the one running this). */
+  nodePath?: string;
+  /** This process's uid (default process.getuid()); root binds as root and drops to the spec's user. */
+  uid?: number;
 }
 
 interface Record_ {
   handle: SandboxHandle;
+  spec: Pick<SandboxSpec, "mounts" | "env" | "user">;
   running: boolean;
+  execs: Set<Execution & { pid: number | undefined }>;
 }
 
 /**
- * The embedded default backend: an agent is a plain folder and its runs are local
- * processes (no container engine needed). Limits and network isolation are not enforced;
- * its fingerprint says so.
+ * The embedded default backend: an agent is a folder; each run is a local process inside
+ * its own bubblewrap sandbox (user, pid, mount and network namespaces: the agent's mounts
+ * and the system read-only, a non-root user, no network but what its sockets reach), which
+ * ends with the run and with the AgentHost. No memory or CPU limits: its fingerprint says so.
  */
 export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBackend {
-  mkdirSync(opts.stateDir, { recursive: true });
+  mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
+  const sandboxed = (opts.sandbox ?? "bubblewrap") === "bubblewrap";
+  const uid = opts.uid ?? process.getuid?.() ?? 0;
+  const nodePath = realpathSync(opts.nodePath ?? process.execPath);
+  const readOnly: Mount[] = [
+    ...(opts.readOnlyPaths ?? []).map((p) => ({ hostPath: realpathSync(p), readOnly: true })),
+    { hostPath: path.dirname(nodePath), readOnly: true },
+    { hostPath: LAUNCHER, readOnly: true },
+  ];
   const records = new Map<string, Record_>();
   const exits = new Map<string, () => void>();
+  let probe: Promise<SandboxProbe> | undefined;
   const file = (id: string) => path.join(opts.stateDir, `${id.replaceAll("/", "_")}.json`);
   // Unique per state folder, so two AgentHosts on one machine never end each other's runs.
   const sandboxTag = (id: string) => `${path.resolve(opts.stateDir)}/${id}`;
   const marker = (id: string) => `CONDUCTOR_SANDBOX=${sandboxTag(id)}`;
+  /** Root binds as root, then runs the agent as the spec's user; others run as themselves. */
+  const runAs = (user: string) => {
+    if (uid !== 0) return undefined;
+    const [u, g] = user.split(":").map(Number);
+    if (!u) throw new Error(`sandbox user "${user}" is not allowed: agents never run as root`);
+    return { uid: u, gid: g ?? u };
+  };
   const get = (h: SandboxHandle): Record_ => {
     const r = records.get(h.id);
     if (!r) throw new Error(`process sandbox ${h.id} does not exist (create or recover it first)`);
@@ -49,41 +88,89 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
     ...(r?.running ? {} : { reason: "stopped" }),
     limits: {},
     labels: h.labels,
+    ...(r && sandboxed ? { user: r.spec.user, network: "none" } : {}),
   });
+  const endAll = async (r: Record_ | undefined, graceMs: number) => {
+    await Promise.all([...(r?.execs ?? [])].map((x) => x.kill(graceMs)));
+  };
+  const load = (name: string): Record_ => {
+    const saved = JSON.parse(readFileSync(path.join(opts.stateDir, name), "utf8")) as {
+      handle: SandboxHandle;
+      spec: Record_["spec"];
+    };
+    return { ...saved, running: false, execs: new Set() };
+  };
 
   return {
     name: "process",
     async fingerprint(): Promise<Fingerprint> {
+      const capabilities = { limits: false, networkIsolation: sandboxed };
+      if (!sandboxed) {
+        return {
+          runtime: "process",
+          healthy: true,
+          detail: `UNSANDBOXED local processes (runtime.process_sandbox: none), node ${process.version}`,
+          capabilities,
+        };
+      }
+      probe ??= probeSandbox(runAs("1000:1000"));
+      const p = await probe;
       return {
         runtime: "process",
-        healthy: true,
-        detail: `local processes, node ${process.version}`,
-        capabilities: { limits: false, networkIsolation: false },
+        healthy: p.ok,
+        detail: p.ok
+          ? `bubblewrap sandboxes (${p.detail}), node ${process.version}`
+          : `${p.detail}; or set runtime.process_sandbox: none to run agents unsandboxed, with this service's user and view of the machine (not safe)`,
+        capabilities,
       };
     },
     async create(spec: SandboxSpec) {
+      runAs(spec.user);
       const handle = {
         id: `${spec.nodeId}.${spec.agentId}`,
         agentId: spec.agentId,
         labels: { ...spec.labels, [LABEL_NODE]: spec.nodeId, [LABEL_AGENT]: spec.agentId },
       };
       for (const m of spec.mounts) mkdirSync(m.hostPath, { recursive: true });
-      writeFileSync(file(handle.id), JSON.stringify(handle));
-      records.set(handle.id, { handle, running: false });
+      const saved = { mounts: spec.mounts, env: spec.env, user: spec.user };
+      writeFileSync(file(handle.id), JSON.stringify({ handle, spec: saved }), { mode: 0o600 });
+      records.set(handle.id, { handle, spec: saved, running: false, execs: new Set() });
       return handle;
     },
     async start(h) {
       get(h).running = true;
     },
     async exec(h: SandboxHandle, req: ExecRequest): Promise<Execution> {
-      if (!get(h).running) throw new Error(`process sandbox ${h.id} is not running`);
-      const env = { ...req.env, CONDUCTOR_SANDBOX: sandboxTag(h.id) };
-      return execProcess({ ...req, env });
+      const r = get(h);
+      if (!r.running) throw new Error(`process sandbox ${h.id} is not running`);
+      const modelSocket = r.spec.env["CONDUCTOR_MODEL_SOCKET"];
+      const argv = modelSocket ? [nodePath, LAUNCHER, modelSocket, "--", ...req.argv] : req.argv;
+      const x = sandboxed
+        ? execProcess(
+            {
+              ...req,
+              argv: bwrapArgv({
+                mounts: [...r.spec.mounts, ...readOnly],
+                cwd: req.cwd,
+                user: runAs(r.spec.user),
+                argv,
+              }),
+            },
+            { sandboxed: true },
+          )
+        : execProcess(
+            { ...req, argv, env: { ...req.env, CONDUCTOR_SANDBOX: sandboxTag(h.id) } },
+            { sandboxed: false },
+          );
+      r.execs.add(x);
+      void x.exited.finally(() => r.execs.delete(x));
+      return x;
     },
     async stop(h, graceMs) {
       const r = records.get(h.id);
       if (r) r.running = false;
-      if (killMarked(marker(h.id), "SIGTERM") > 0) {
+      await endAll(r, graceMs);
+      if (!sandboxed && killMarked(marker(h.id), "SIGTERM") > 0) {
         const deadline = Date.now() + graceMs;
         while (markedPids(marker(h.id)).length > 0 && Date.now() < deadline) {
           await new Promise((resolve) => setTimeout(resolve, 50));
@@ -93,7 +180,8 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
       exits.get(h.id)?.();
     },
     async destroy(h) {
-      killMarked(marker(h.id), "SIGKILL");
+      await endAll(records.get(h.id), 0);
+      if (!sandboxed) killMarked(marker(h.id), "SIGKILL");
       records.delete(h.id);
       rmSync(file(h.id), { force: true });
       exits.get(h.id)?.();
@@ -102,7 +190,11 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
       return status(records.get(h.id), h);
     },
     async stats(h): Promise<SandboxStats> {
-      const pids = markedPids(marker(h.id));
+      const pids = sandboxed
+        ? [...(records.get(h.id)?.execs ?? [])].flatMap((x) =>
+            x.pid ? [x.pid, ...descendants(x.pid)] : [],
+          )
+        : markedPids(marker(h.id));
       let memoryBytes = 0;
       for (const pid of pids) {
         try {
@@ -118,15 +210,22 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
       const out: SandboxHandle[] = [];
       for (const name of readdirSync(opts.stateDir)) {
         if (!name.endsWith(".json")) continue;
-        const h = JSON.parse(readFileSync(path.join(opts.stateDir, name), "utf8")) as SandboxHandle;
-        if (Object.entries(labels).every(([k, v]) => h.labels[k] === v)) out.push(h);
+        const { handle } = load(name);
+        if (Object.entries(labels).every(([k, v]) => handle.labels[k] === v)) out.push(handle);
       }
       return out;
     },
     async recover(h) {
-      // Processes do not survive their AgentHost usefully: end strays, keep the folder.
-      killMarked(marker(h.id), "SIGKILL");
-      records.set(h.id, { handle: h, running: true });
+      // Sandboxed runs died with their AgentHost (--die-with-parent); unsandboxed strays are
+      // ended here. The folder and its record stay.
+      if (!sandboxed) killMarked(marker(h.id), "SIGKILL");
+      let r: Record_;
+      try {
+        r = load(path.basename(file(h.id)));
+      } catch {
+        return undefined;
+      }
+      records.set(h.id, { ...r, running: true });
       return h;
     },
     waitForExit(h, signal) {
@@ -140,6 +239,8 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
         signal.addEventListener("abort", done);
       });
     },
-    async close() {},
+    async close() {
+      await Promise.all([...records.values()].map((r) => endAll(r, 0)));
+    },
   };
 }

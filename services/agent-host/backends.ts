@@ -2,6 +2,7 @@ import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { missingMethods, type RuntimeBackend } from "../../plugins/runtime.ts";
 import { createProcessBackend } from "../../plugins/runtime-process/index.ts";
+import { resolveClaudePath } from "../shared/claude-path.ts";
 import type { Config } from "../shared/config.ts";
 
 /** Builds a backend from the configuration. */
@@ -20,7 +21,16 @@ export function builtinBackends(): Map<string, BackendFactory> {
   return new Map<string, BackendFactory>([
     [
       "process",
-      (c) => createProcessBackend({ stateDir: path.join(c.storage.data_dir, "sandboxes") }),
+      (c) =>
+        createProcessBackend({
+          stateDir: path.join(c.storage.data_dir, "sandboxes"),
+          sandbox: c.runtime.process_sandbox,
+          // The CLI's own folder (its binary and what it ships beside it), read-only.
+          readOnlyPaths: [
+            path.dirname(resolveClaudePath(c.agent.claude_path)),
+            ...c.runtime.read_only_paths,
+          ],
+        }),
     ],
     [
       "docker",

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { chownSync, mkdirSync, readdirSync, rmSync } from "node:fs";
+import { lchownSync, mkdirSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { AgentSchema, AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
@@ -8,13 +8,16 @@ import {
   LABEL_AGENT,
   LABEL_HOST,
   LABEL_NODE,
+  SANDBOX_INFRA_USER,
   type RuntimeBackend,
   type SandboxHandle,
   type SandboxStatus,
 } from "../../plugins/runtime.ts";
+import { freshRunDir, type AgentOwner } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
 import { MCP_ALLOWED_TOOLS, setUpAgentBroker, type AgentBroker } from "../broker/access.ts";
+import { startLifeline, type Lifeline } from "./lifeline.ts";
 import { startModelProxy, type ModelProxy } from "./model-proxy.ts";
 import { runClaude, type RunOutcome, type RunSettings } from "./run.ts";
 
@@ -32,7 +35,9 @@ interface AgentSlot {
   agent: Agent;
   dir: string;
   sandbox: SandboxHandle;
-  proxy?: ModelProxy;
+  proxy: ModelProxy;
+  /** Containers only: ends the container when this AgentHost ends. */
+  lifeline?: Lifeline;
   /** The agent's way to the Broker (relay socket, credential, MCP server), when one is configured. */
   broker?: AgentBroker;
   /** Ends the watch on the sandbox's death. */
@@ -103,6 +108,16 @@ export class AgentHost {
     return this.opts.backend.name !== "process";
   }
 
+  /**
+   * The user agents run as, when it is not ours: a root AgentHost runs them as runtime.user
+   * (containers and the process sandbox alike); a non-root one as itself.
+   */
+  private get owner(): AgentOwner | undefined {
+    if ((process.getuid?.() ?? 0) !== 0) return undefined;
+    const [uid, gid] = this.opts.sandbox.user.split(":").map(Number);
+    return { uid: uid!, gid: gid ?? uid! };
+  }
+
   /** Reaps what an earlier run of this host left, then starts the configured agents. */
   async start(): Promise<void> {
     const fp = await this.opts.backend.fingerprint();
@@ -121,7 +136,7 @@ export class AgentHost {
       await this.opts.backend.destroy(h);
     }
     const agentsDir = path.join(this.opts.dataDir, "agents");
-    mkdirSync(agentsDir, { recursive: true });
+    mkdirSync(agentsDir, { recursive: true, mode: 0o700 });
     for (const id of readdirSync(agentsDir))
       rmSync(path.join(agentsDir, id, "run"), { recursive: true, force: true });
     for (let i = 0; i < this.opts.numAgents; i++) await this.startAgent();
@@ -134,24 +149,36 @@ export class AgentHost {
     const workspace = path.join(dir, "workspace");
     const configDir = path.join(dir, "claude-config");
     const runDir = path.join(dir, "run");
-    for (const d of [workspace, configDir, runDir]) mkdirSync(d, { recursive: true });
+    for (const d of [workspace, configDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
+    // The agent writes in its workspace and config folder; the run folder is ours alone, made
+    // anew each time, and mounted read-only: nothing the agent did there is ever followed.
+    const owner = this.owner;
+    if (owner) for (const d of [workspace, configDir]) lchownSync(d, owner.uid, owner.gid);
+    freshRunDir(runDir, owner);
     let proxy: ModelProxy | undefined;
     let broker: AgentBroker | undefined;
-    const env: Record<string, string> = {};
-    const [uid, gid] = o.sandbox.user.split(":").map(Number);
-    const owner = this.contained ? { uid: uid!, gid: gid ?? uid! } : undefined;
+    let lifeline: Lifeline | undefined;
     let sandbox: SandboxHandle | undefined;
     try {
-      if (owner) {
-        for (const d of [workspace, configDir, runDir]) chownSync(d, owner.uid, owner.gid);
-        proxy = await startModelProxy({
-          socketPath: path.join(runDir, "model.sock"),
-          upstream: o.settings.baseUrl,
-          apiKey: o.settings.apiKey,
-          log: o.log.child({ agent_id: id }),
-        });
-        env["CONDUCTOR_MODEL_SOCKET"] = proxy.socketPath;
-        env["CONDUCTOR_MODEL_PORT"] = String(FORWARDER_PORT);
+      proxy = await startModelProxy({
+        socketPath: path.join(runDir, "model.sock"),
+        upstream: o.settings.baseUrl,
+        apiKey: o.settings.apiKey,
+        owner,
+        log: o.log.child({ agent_id: id }),
+      });
+      const env: Record<string, string> = {
+        CONDUCTOR_MODEL_SOCKET: proxy.socketPath,
+        CONDUCTOR_MODEL_PORT: String(FORWARDER_PORT),
+      };
+      if (this.contained) {
+        // The container ends when this AgentHost does (process sandboxes: --die-with-parent).
+        const [infraUid, infraGid] = SANDBOX_INFRA_USER.split(":").map(Number);
+        lifeline = await startLifeline(
+          path.join(runDir, "lifeline.sock"),
+          owner && { uid: infraUid!, gid: infraGid! },
+        );
+        env["CONDUCTOR_LIFELINE_SOCKET"] = lifeline.socketPath;
       }
       if (o.broker) {
         broker = await setUpAgentBroker({
@@ -169,7 +196,11 @@ export class AgentHost {
         nodeId: o.nodeId,
         agentId: id,
         image: o.sandbox.image,
-        mounts: [{ hostPath: workspace }, { hostPath: configDir }, { hostPath: runDir }],
+        mounts: [
+          { hostPath: workspace },
+          { hostPath: configDir },
+          { hostPath: runDir, readOnly: true },
+        ],
         env,
         labels: { [LABEL_NODE]: o.nodeId, [LABEL_AGENT]: id, [LABEL_HOST]: this.hostKey },
         limits: {
@@ -186,6 +217,7 @@ export class AgentHost {
       if (sandbox) await o.backend.destroy(sandbox).catch(() => undefined);
       await proxy?.close();
       await broker?.close();
+      await lifeline?.close();
       throw e;
     }
     const agent = create(AgentSchema, {
@@ -199,8 +231,9 @@ export class AgentHost {
       agent,
       dir,
       sandbox,
+      proxy,
+      ...(lifeline ? { lifeline } : {}),
       unwatch: new AbortController(),
-      ...(proxy ? { proxy } : {}),
       ...(broker ? { broker } : {}),
     };
     this.slots.set(id, slot);
@@ -222,8 +255,9 @@ export class AgentHost {
       .stop(slot.sandbox, this.opts.sandbox.stopGraceMs)
       .catch(() => undefined);
     await this.opts.backend.destroy(slot.sandbox);
-    await slot.proxy?.close();
+    await slot.proxy.close();
     await slot.broker?.close();
+    await slot.lifeline?.close();
   }
 
   /** All agents, in start order. */
@@ -269,14 +303,14 @@ export class AgentHost {
     const abort = new AbortController();
     const onAbort = () => abort.abort();
     signal.addEventListener("abort", onAbort);
-    slot.proxy?.take();
+    slot.proxy.take();
     const log = this.opts.log.child({ agent_id: agentId, task_id: taskId });
     log.info("run started");
     const settings: RunSettings = {
       ...this.opts.settings,
-      ...(slot.proxy
-        ? { apiKey: PLACEHOLDER_KEY, baseUrl: `http://127.0.0.1:${FORWARDER_PORT}` }
-        : {}),
+      // Every runtime reaches the model through the proxy: the key never enters a sandbox.
+      apiKey: PLACEHOLDER_KEY,
+      baseUrl: `http://127.0.0.1:${FORWARDER_PORT}`,
       ...(slot.broker
         ? { alwaysAllowedTools: [MCP_ALLOWED_TOOLS], extraArgs: slot.broker.cliArgs }
         : {}),
@@ -302,11 +336,11 @@ export class AgentHost {
     slot.run = { taskId, abort, done };
     try {
       const outcome = await done;
-      const metered = slot.proxy?.take();
+      const metered = slot.proxy.take();
       log.info("run ended", {
         state: TaskState[outcome.state],
         error: outcome.result.error || undefined,
-        ...(metered ? { proxy_usage: metered } : {}),
+        proxy_usage: metered,
       });
       return outcome;
     } finally {
@@ -377,8 +411,9 @@ export class AgentHost {
     await slot.run?.done;
     this.slots.delete(slot.agent.id);
     await this.opts.backend.destroy(slot.sandbox).catch(() => undefined);
-    await slot.proxy?.close();
+    await slot.proxy.close();
     await slot.broker?.close();
+    await slot.lifeline?.close();
     if (this.closed) return;
     await this.startAgent(slot.agent.id).catch((e: unknown) => {
       this.opts.log.error("could not replace the agent", { agent_id: slot.agent.id, error: e });

@@ -1,11 +1,36 @@
-import { mkdtempSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import {
+  chmodSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import http from "node:http";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { startFakeModel } from "../../test/fake-model/server.ts";
-import { silentLogger } from "../shared/log.ts";
-import { startModelProxy } from "./model-proxy.ts";
+import { createLogger, silentLogger } from "../shared/log.ts";
+import {
+  forwardedTarget,
+  MAX_BODY_BYTES,
+  MAX_CONNECTIONS,
+  startModelProxy,
+  type ModelProxy,
+} from "./model-proxy.ts";
+
+const KEY = "sk-real-secret";
+
+/** A unique temp folder, removed by `await using`. */
+function tempDir(): { path: string } & Disposable {
+  const dir = mkdtempSync(path.join(tmpdir(), "conductor-proxy-"));
+  return { path: dir, [Symbol.dispose]: () => rmSync(dir, { recursive: true, force: true }) };
+}
 
 /** Posts a Messages API request through a Unix socket, as the container's forwarder does. */
 function postOverSocket(
@@ -32,14 +57,268 @@ function postOverSocket(
   });
 }
 
+/** What a raw exchange got back: the status (0 if none) and the body after the head. */
+interface RawAnswer {
+  status: number;
+  body: string;
+}
+
+/**
+ * Writes bytes to the socket verbatim (so odd request targets arrive as written) and collects
+ * everything until the proxy closes the connection; requests meant to succeed send
+ * `Connection: close`.
+ */
+function raw(socketPath: string, ...parts: (string | Buffer)[]): Promise<RawAnswer> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    const sock = net.connect(socketPath, () => {
+      for (const p of parts) sock.write(p);
+    });
+    sock.on("data", (c: Buffer) => chunks.push(c));
+    sock.on("error", () => undefined); // EPIPE/ECONNRESET once a refusal closes mid-body
+    sock.on("close", () => {
+      const text = Buffer.concat(chunks).toString("latin1");
+      const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(text)?.[1] ?? 0);
+      resolve({ status, body: text.slice(text.indexOf("\r\n\r\n") + 4) });
+    });
+  });
+}
+
+/** One request as the upstream received it. */
+interface Seen {
+  method: string;
+  url: string;
+  headers: http.IncomingHttpHeaders;
+  bytes: number;
+  complete: boolean; // the whole body arrived
+  closed: boolean;
+}
+
+/** A real upstream on 127.0.0.1:0 recording every request; `hold` keeps its answers back. */
+async function startUpstream() {
+  const seen: Seen[] = [];
+  const held: http.ServerResponse[] = [];
+  const waiters: { pred: () => boolean; resolve: () => void }[] = [];
+  const notify = () => {
+    for (const w of waiters.filter((w) => w.pred())) {
+      waiters.splice(waiters.indexOf(w), 1);
+      w.resolve();
+    }
+  };
+  const answer = (res: http.ServerResponse) =>
+    res
+      .writeHead(200, { "content-type": "application/json" })
+      .end('{"type":"message","usage":{"input_tokens":3,"output_tokens":2}}\n');
+  const state = { hold: false };
+  const server = http.createServer((req, res) => {
+    const rec: Seen = {
+      method: req.method ?? "",
+      url: req.url ?? "",
+      headers: req.headers,
+      bytes: 0,
+      complete: false,
+      closed: false,
+    };
+    seen.push(rec);
+    req.on("data", (c: Buffer) => (rec.bytes += c.length));
+    req.on("end", () => {
+      rec.complete = true;
+      if (state.hold) held.push(res);
+      else answer(res);
+      notify();
+    });
+    req.on("close", () => {
+      rec.closed = true;
+      notify();
+    });
+    notify();
+  });
+  server.listen(0, "127.0.0.1");
+  await new Promise((resolve) => server.once("listening", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    host: `127.0.0.1:${port}`,
+    seen,
+    state,
+    /** Resolves once `pred` holds, re-checked on every arrival, end and close. */
+    until: (pred: () => boolean) =>
+      pred() ? Promise.resolve() : new Promise<void>((resolve) => waiters.push({ pred, resolve })),
+    release: () => held.splice(0).forEach(answer),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** A listener standing in for the attacker's host: records any connection and any bytes. */
+async function startAttacker() {
+  const received: string[] = [];
+  const state = { connections: 0 };
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((sock) => {
+    state.connections++;
+    sockets.add(sock);
+    sock.on("close", () => sockets.delete(sock));
+    sock.on("data", (c: Buffer) => {
+      received.push(c.toString("latin1"));
+      // Answer, so a leaking proxy hands this back instead of hanging the test.
+      sock.end("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\npwned");
+    });
+  });
+  server.listen(0, "127.0.0.1");
+  await new Promise((resolve) => server.once("listening", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  return {
+    host: `127.0.0.1:${port}`,
+    received,
+    state,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** A proxy in a temp folder between a real upstream and the attacker's listener, logs kept. */
+async function startRig(
+  o: { upstreamPath?: string; owner?: { uid: number; gid: number }; folderMode?: number } = {},
+) {
+  const dir = tempDir();
+  const upstream = await startUpstream();
+  const attacker = await startAttacker();
+  const lines: Record<string, unknown>[] = [];
+  const log = createLogger("debug", {}, (l) =>
+    lines.push(JSON.parse(l) as Record<string, unknown>),
+  );
+  const runDir = path.join(dir.path, "run");
+  mkdirSync(runDir);
+  if (o.folderMode !== undefined) for (const d of [dir.path, runDir]) chmodSync(d, o.folderMode);
+  let proxy: ModelProxy;
+  try {
+    proxy = await startModelProxy({
+      socketPath: path.join(runDir, "model.sock"),
+      upstream: upstream.url + (o.upstreamPath ?? ""),
+      apiKey: KEY,
+      log,
+      owner: o.owner,
+    });
+  } catch (e) {
+    await upstream.close();
+    await attacker.close();
+    dir[Symbol.dispose]();
+    throw e;
+  }
+  return {
+    proxy,
+    upstream,
+    attacker,
+    warnings: () => lines.filter((l) => l["level"] === "warn"),
+    async [Symbol.asyncDispose]() {
+      await proxy.close();
+      await upstream.close();
+      await attacker.close();
+      dir[Symbol.dispose]();
+    },
+  };
+}
+type Rig = Awaited<ReturnType<typeof startRig>>;
+
+/** Sends `request` raw and checks it was refused with `status`, logged, and went nowhere. */
+async function expectRefused(rig: Rig, request: string, status: number) {
+  const before = rig.warnings().length;
+  const res = await raw(rig.proxy.socketPath, request);
+  expect(res.status).toBe(status);
+  const answer = JSON.parse(res.body) as {
+    type: string;
+    error?: { type: string; message: string };
+  };
+  expect(answer.type).toBe("error");
+  expect(answer.error?.type).toBe(status === 403 ? "permission_error" : "invalid_request_error");
+  expect(answer.error?.message).toMatch(/^model proxy: /);
+  expect(rig.attacker.received).toEqual([]);
+  expect(rig.attacker.state.connections).toBe(0);
+  expect(rig.upstream.seen).toEqual([]);
+  const logged = rig.warnings().slice(before);
+  expect(logged).toHaveLength(1);
+  expect(logged[0]?.["msg"]).toMatch(/^model proxy: (malformed )?request refused$/);
+  expect(logged[0]?.["status"]).toBe(status);
+  expect(String(logged[0]!["method"])).toBe(request.split(" ")[0]!.slice(0, 201));
+  expect(String(logged[0]!["target"]).length).toBeLessThanOrEqual(201);
+  return logged[0]!;
+}
+
+const get = (target: string, more = "") => `GET ${target} HTTP/1.1\r\nHost: x\r\n${more}\r\n`;
+const post = (target: string, host = "x") =>
+  `POST ${target} HTTP/1.1\r\nHost: ${host}\r\nContent-Type: application/json\r\n` +
+  `x-api-key: placeholder\r\nContent-Length: 2\r\n\r\n{}`;
+
+/** Request targets naming another host or path in every spelling we know; `a` is host:port. */
+const REFUSED: [name: string, request: (a: string) => string, status: number][] = [
+  ["the reproduction: origin form //host:port/x", (a) => get(`//${a}/x`), 403],
+  ["the absolute form http://x//host:port/x", (a) => get(`http://x//${a}/x`), 403],
+  ["a Host naming the attacker", (a) => post("/x", a), 403],
+  ["absolute form to the attacker's Messages API", (a) => post(`http://${a}/v1/messages`), 403],
+  ["https absolute form", (a) => post(`https://${a}/v1/messages?beta=true`), 403],
+  ["//host:port/v1/messages", (a) => post(`//${a}/v1/messages?beta=true`), 403],
+  ["//host/v1/messages without a port", () => post("//127.0.0.1/v1/messages"), 403],
+  ["backslashes \\\\host\\v1\\messages", (a) => post(`\\\\${a}\\v1\\messages`), 400],
+  ["a backslash after the first slash", (a) => post(`/\\${a}/v1/messages`), 403],
+  ["backslash dot segments", () => post("/v1/messages\\..\\..\\x"), 403],
+  ["dot segments /v1/messages/../../x", () => post("/v1/messages/../../x"), 403],
+  ["encoded dot segments", () => post("/v1/messages/%2E%2E/%2E%2E/x"), 403],
+  ["percent-encoded slashes /%2F%2Fhost:port/", (a) => get(`/%2F%2F${a}/`), 403],
+  ["percent-encoded slashes before the path", (a) => post(`/%2F%2F${a}/v1/messages`), 403],
+  ["userinfo in the absolute form", (a) => post(`http://x@${a}/v1/messages`), 403],
+  ["userinfo after //", (a) => post(`//x@${a}/v1/messages`), 403],
+  ["@ after the path", (a) => post(`/v1/messages@${a}/x`), 403],
+  ["@ in the query", (a) => post(`/v1/messages?@${a}`), 403],
+  ["CONNECT host:port", (a) => `CONNECT ${a} HTTP/1.1\r\nHost: ${a}\r\n\r\n`, 403],
+  ["OPTIONS /v1/messages", () => `OPTIONS /v1/messages HTTP/1.1\r\nHost: x\r\n\r\n`, 403],
+  ["OPTIONS *", () => `OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n`, 403],
+  ["GET /v1/messages", () => get("/v1/messages?beta=true"), 403],
+  ["GET *", () => get("*"), 403],
+  ["another API path: GET /v1/models", () => get("/v1/models"), 403],
+  ["another API path: POST /v1/files", () => post("/v1/files?beta=true"), 403],
+  ["another API path: batches", () => post("/v1/messages/batches?beta=true"), 403],
+  ["a trailing slash", () => post("/v1/messages/"), 403],
+  ["a different case", () => post("/V1/messages"), 403],
+  ["a fragment", (a) => post(`/v1/messages#//${a}/`), 403],
+  [
+    "an upgrade to the attacker",
+    (a) => get(`//${a}/x`, "Connection: Upgrade\r\nUpgrade: x\r\n"),
+    403,
+  ],
+  ["HTTP/1.0", (a) => `GET //${a}/x HTTP/1.0\r\n\r\n`, 403],
+  ["no Host header", (a) => `GET //${a}/x HTTP/1.1\r\n\r\n`, 403],
+  ["an odd Expect header", (a) => get(`//${a}/x`, "Expect: x\r\n"), 403],
+  [
+    "Expect: 100-continue",
+    (a) => post(`//${a}/v1/messages`).replace("\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n"),
+    403,
+  ],
+  ["an HTTP/2 preface", () => "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400],
+  ["a long target (8 KiB)", (a) => get(`//${a}/${"a".repeat(8 * 1024)}`), 403],
+  ["a target over the header bound (20 KiB)", (a) => get(`//${a}/${"a".repeat(20 * 1024)}`), 431],
+  [
+    "two targets on the request line",
+    (a) => `POST /v1/messages //${a}/ HTTP/1.1\r\nHost: x\r\n\r\n`,
+    400,
+  ],
+  ["a lower-case method", () => `post /v1/messages HTTP/1.1\r\nHost: x\r\n\r\n`, 400],
+];
+
 describe("model proxy", () => {
   it("adds the real key on the way out and meters the tokens of streamed answers", async () => {
     await using model = await startFakeModel();
-    const dir = mkdtempSync(path.join(tmpdir(), "conductor-proxy-"));
+    using dir = tempDir();
     const proxy = await startModelProxy({
-      socketPath: path.join(dir, "model.sock"),
+      socketPath: path.join(dir.path, "model.sock"),
       upstream: model.url,
-      apiKey: "sk-real-secret",
+      apiKey: KEY,
       log: silentLogger,
     });
     try {
@@ -58,7 +337,7 @@ describe("model proxy", () => {
       expect(res.status).toBe(200);
       expect(res.text).toContain("message_stop");
       const seen = model.requests.at(-1)!;
-      expect(seen.headers["x-api-key"]).toBe("sk-real-secret");
+      expect(seen.headers["x-api-key"]).toBe(KEY);
       expect(JSON.stringify(seen.headers)).not.toContain("placeholder-from-container");
       expect(proxy.take()).toEqual({ inputTokens: 42, outputTokens: 7, requests: 1 });
       expect(proxy.take()).toEqual({ inputTokens: 0, outputTokens: 0, requests: 0 });
@@ -68,9 +347,9 @@ describe("model proxy", () => {
   });
 
   it("answers 502 with an API-shaped error when the upstream is unreachable", async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), "conductor-proxy-"));
+    using dir = tempDir();
     const proxy = await startModelProxy({
-      socketPath: path.join(dir, "m.sock"),
+      socketPath: path.join(dir.path, "m.sock"),
       upstream: "http://127.0.0.1:1",
       apiKey: "k",
       log: silentLogger,
@@ -79,6 +358,243 @@ describe("model proxy", () => {
       const res = await postOverSocket(proxy.socketPath, { messages: [] }, "x");
       expect(res.status).toBe(502);
       expect(JSON.parse(res.text)).toMatchObject({ type: "error", error: { type: "api_error" } });
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it("refuses at start an upstream that is not an http(s) URL", async () => {
+    using dir = tempDir();
+    const start = (upstream: string) =>
+      startModelProxy({
+        socketPath: path.join(dir.path, "m.sock"),
+        upstream,
+        apiKey: "k",
+        log: silentLogger,
+      });
+    await expect(start("not a url")).rejects.toThrow(/not a URL/);
+    await expect(start("file:///etc/passwd")).rejects.toThrow(/not http/);
+  });
+});
+
+describe("model proxy: what it forwards", () => {
+  it("forwards only POST /v1/messages and /v1/messages/count_tokens", () => {
+    expect(forwardedTarget("POST", "/v1/messages?beta=true")).toEqual({
+      pathname: "/v1/messages",
+      search: "?beta=true",
+    });
+    expect(forwardedTarget("POST", "/v1/messages/count_tokens")).toEqual({
+      pathname: "/v1/messages/count_tokens",
+      search: "",
+    });
+    for (const t of ["//h/v1/messages", "/v1/messages/../x", "/v1/messages?a b", "/v1/models"])
+      expect(forwardedTarget("POST", t)).toBeUndefined();
+    expect(forwardedTarget("GET", "/v1/messages")).toBeUndefined();
+  });
+
+  it.each(REFUSED)("refuses %s", async (_name, request, status) => {
+    await using rig = await startRig();
+    await expectRefused(rig, request(rig.attacker.host), status);
+  });
+
+  it("refuses the reproduction with prefix upstream too, and logs a long target cut short", async () => {
+    await using rig = await startRig({ upstreamPath: "/prefix" });
+    const a = rig.attacker.host;
+    const logged = await expectRefused(rig, get(`//${a}/${"b".repeat(8 * 1024)}`), 403);
+    expect(logged["target"]).toBe(`//${a}/${"b".repeat(200 - a.length - 3)}…`);
+  });
+
+  it("refuses curl's request as in the report", async ({ skip }) => {
+    if (spawnSync("curl", ["--version"]).status !== 0) skip("curl is not installed");
+    await using rig = await startRig();
+    const url = `http://x//${rig.attacker.host}/x`;
+    const curl = spawn("curl", ["-s", "--unix-socket", rig.proxy.socketPath, url]);
+    let out = "";
+    curl.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
+    const code = await new Promise((resolve) => curl.on("close", resolve));
+    expect(code).toBe(0);
+    expect(JSON.parse(out)).toMatchObject({ error: { type: "permission_error" } });
+    expect(rig.attacker.state.connections).toBe(0);
+    expect(rig.upstream.seen).toEqual([]);
+    expect(rig.warnings()).toMatchObject([{ method: "GET", target: `//${rig.attacker.host}/x` }]);
+  });
+
+  it("sends the CLI's requests to the upstream alone, with the key, whatever the Host", async () => {
+    await using rig = await startRig();
+    const targets = [
+      "/v1/messages?beta=true",
+      "/v1/messages",
+      "/v1/messages/count_tokens?beta=true",
+      "/v1/messages/count_tokens",
+    ];
+    for (const target of targets) {
+      const res = await raw(
+        rig.proxy.socketPath,
+        `POST ${target} HTTP/1.1\r\nHost: ${rig.attacker.host}\r\nx-api-key: placeholder\r\n` +
+          `Authorization: Bearer placeholder\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}`,
+      );
+      expect(res.status).toBe(200);
+    }
+    expect(rig.upstream.seen.map((r) => `${r.method} ${r.url}`)).toEqual(
+      targets.map((t) => `POST ${t}`),
+    );
+    for (const r of rig.upstream.seen) {
+      expect(r.headers["x-api-key"]).toBe(KEY);
+      expect(r.headers["host"]).toBe(rig.upstream.host);
+      expect(r.headers["authorization"]).toBeUndefined();
+    }
+    expect(rig.attacker.state.connections).toBe(0);
+    expect(rig.warnings()).toEqual([]);
+    expect(rig.proxy.take()).toEqual({ inputTokens: 12, outputTokens: 8, requests: 4 });
+  });
+
+  it("lets a client that expects 100-continue send its body once the request is allowed", async () => {
+    await using rig = await startRig();
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = http.request({
+        socketPath: rig.proxy.socketPath,
+        path: "/v1/messages?beta=true",
+        method: "POST",
+        headers: { expect: "100-continue", "content-length": "2" },
+      });
+      req.on("continue", () => req.end("{}"));
+      req.on("response", (res) => res.resume().on("end", () => resolve(res.statusCode ?? 0)));
+      req.on("error", reject);
+      req.flushHeaders();
+    });
+    expect(status).toBe(200);
+    expect(rig.upstream.seen).toMatchObject([{ url: "/v1/messages?beta=true", bytes: 2 }]);
+    expect(rig.upstream.seen[0]!.headers["expect"]).toBeUndefined();
+  });
+
+  it.each(["/prefix", "/prefix/"])("keeps the upstream's own path prefix %s", async (prefix) => {
+    await using rig = await startRig({ upstreamPath: prefix });
+    const res = await raw(
+      rig.proxy.socketPath,
+      `POST /v1/messages?beta=true HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}`,
+    );
+    expect(res.status).toBe(200);
+    expect(rig.upstream.seen.map((r) => r.url)).toEqual(["/prefix/v1/messages?beta=true"]);
+    expect(rig.upstream.seen[0]!.headers["x-api-key"]).toBe(KEY);
+  });
+});
+
+describe("model proxy: bounds", () => {
+  const head = (extra: string) =>
+    `POST /v1/messages?beta=true HTTP/1.1\r\nHost: x\r\nConnection: close\r\n${extra}\r\n`;
+
+  it("forwards a body of several MB whole", async () => {
+    await using rig = await startRig();
+    const body = Buffer.alloc(5 * 1024 * 1024, "a");
+    const res = await raw(rig.proxy.socketPath, head(`Content-Length: ${body.length}\r\n`), body);
+    expect(res.status).toBe(200);
+    expect(rig.upstream.seen).toMatchObject([{ bytes: body.length, complete: true }]);
+  });
+
+  it("refuses a declared body over the bound before forwarding anything", async () => {
+    await using rig = await startRig();
+    const res = await raw(rig.proxy.socketPath, head(`Content-Length: ${MAX_BODY_BYTES + 1}\r\n`));
+    expect(res.status).toBe(413);
+    expect(JSON.parse(res.body)).toMatchObject({ error: { type: "request_too_large" } });
+    expect(rig.upstream.seen).toEqual([]);
+    expect(rig.warnings()).toMatchObject([{ method: "POST", status: 413 }]);
+  });
+
+  it("cuts off a chunked body once it passes the bound", async () => {
+    await using rig = await startRig();
+    const mib = Buffer.alloc(1024 * 1024, "a");
+    const chunk = Buffer.concat([
+      Buffer.from(`${mib.length.toString(16)}\r\n`),
+      mib,
+      Buffer.from("\r\n"),
+    ]);
+    const chunks = Array.from({ length: MAX_BODY_BYTES / mib.length + 1 }, () => chunk);
+    const res = await raw(
+      rig.proxy.socketPath,
+      head("Transfer-Encoding: chunked\r\n"),
+      ...chunks,
+      "0\r\n\r\n",
+    );
+    expect(res.status).toBe(413);
+    await rig.upstream.until(() => rig.upstream.seen.every((r) => r.closed));
+    expect(rig.upstream.seen.filter((r) => r.complete)).toEqual([]);
+    expect(rig.warnings()).toMatchObject([{ method: "POST", status: 413 }]);
+  });
+
+  it(`closes connections beyond ${MAX_CONNECTIONS} at once`, async () => {
+    await using rig = await startRig();
+    rig.upstream.state.hold = true;
+    const request = head("Content-Length: 2\r\n") + "{}";
+    const open = Array.from({ length: MAX_CONNECTIONS }, () => raw(rig.proxy.socketPath, request));
+    await rig.upstream.until(
+      () => rig.upstream.seen.filter((r) => r.complete).length === MAX_CONNECTIONS,
+    );
+    const extra = await raw(rig.proxy.socketPath, request);
+    expect(extra).toEqual({ status: 0, body: "" });
+    expect(rig.warnings().map((w) => w["msg"])).toEqual([
+      "model proxy: connection refused: too many open",
+    ]);
+    rig.upstream.state.hold = false;
+    rig.upstream.release();
+    expect((await Promise.all(open)).map((r) => r.status)).toEqual(open.map(() => 200));
+    expect((await raw(rig.proxy.socketPath, request)).status).toBe(200);
+  });
+});
+
+describe("model proxy: its socket", () => {
+  const canChown = process.getuid?.() === 0;
+
+  it("is mode 0600 and the service's own when no owner is given", async () => {
+    await using rig = await startRig();
+    const st = statSync(rig.proxy.socketPath);
+    expect(st.isSocket()).toBe(true);
+    expect(st.mode & 0o777).toBe(0o600);
+    expect(st.uid).toBe(process.getuid?.());
+  });
+
+  it.skipIf(!canChown)("belongs to the given owner, who alone can connect", async () => {
+    const owner = { uid: 4242, gid: 4243 };
+    await using rig = await startRig({ owner, folderMode: 0o711 });
+    const st = statSync(rig.proxy.socketPath);
+    expect(st.mode & 0o777).toBe(0o600);
+    expect([st.uid, st.gid]).toEqual([owner.uid, owner.gid]);
+    const connectAs = (uid: number) =>
+      new Promise<string>((resolve) => {
+        const script = `require("net").connect(process.argv[1])
+          .on("connect", () => { console.log("connected"); process.exit(0); })
+          .on("error", (e) => { console.log(e.code); process.exit(0); });`;
+        const child = spawn(process.execPath, ["-e", script, rig.proxy.socketPath], {
+          uid,
+          gid: uid,
+          cwd: "/",
+          env: {},
+        });
+        let out = "";
+        child.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
+        child.on("close", () => resolve(out.trim()));
+      });
+    expect(await connectAs(owner.uid)).toBe("connected");
+    expect(await connectAs(owner.uid + 10)).toBe("EACCES");
+  });
+
+  it("replaces a link planted at its path and changes nothing it pointed to", async () => {
+    using dir = tempDir();
+    const victim = path.join(dir.path, "victim");
+    writeFileSync(victim, "secret", { mode: 0o640 });
+    const socketPath = path.join(dir.path, "model.sock");
+    symlinkSync(victim, socketPath);
+    const proxy = await startModelProxy({
+      socketPath,
+      upstream: "http://127.0.0.1:1",
+      apiKey: KEY,
+      log: silentLogger,
+      ...(canChown ? { owner: { uid: 4242, gid: 4242 } } : {}),
+    });
+    try {
+      expect(lstatSync(socketPath).isSocket()).toBe(true);
+      const v = statSync(victim);
+      expect(v.mode & 0o777).toBe(0o640);
+      expect(v.uid).toBe(process.getuid?.());
     } finally {
       await proxy.close();
     }

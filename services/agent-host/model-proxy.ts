@@ -1,7 +1,19 @@
-import { chmodSync, mkdirSync, rmSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  closeSync,
+  constants as fsConstants,
+  fstatSync,
+  lchownSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  rmSync,
+} from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import path from "node:path";
+import type { Duplex } from "node:stream";
 import type { Logger } from "../shared/log.ts";
 
 /** Tokens the proxy saw in the model's answers. */
@@ -19,46 +31,108 @@ export interface ModelProxy {
   close(): Promise<void>;
 }
 
+/** Largest request body forwarded. The CLI resends the whole conversation each turn: several MB. */
+export const MAX_BODY_BYTES = 32 * 1024 * 1024;
+/** Request line plus headers, in bytes: node's default, pinned against `--max-http-header-size`. */
+export const MAX_HEADER_BYTES = 16 * 1024;
+/** Headers read per request (node's default); any beyond are dropped, never forwarded. */
+export const MAX_HEADERS = 2000;
+/** Open connections per proxy, i.e. per agent: its CLI and subagents use a handful. */
+export const MAX_CONNECTIONS = 64;
+/** How much of a refused request target goes into the log. */
+const LOGGED_TARGET_CHARS = 200;
+const DEFAULT_UPSTREAM = "https://api.anthropic.com";
+/** Linux's O_PATH (not in fs.constants): names a file without opening what it is. */
+const O_PATH = 0o10000000;
+
+/**
+ * The only request targets forwarded, in origin form exactly as the CLI sends them: the
+ * Messages API and its token counter, with an optional plain query (`?beta=true`). Another host
+ * in any spelling (`//h/x`, `http://h/x`, `h:443`, `*`), dot segments, encoded or back slashes
+ * and userinfo do not match.
+ */
+const FORWARDED_TARGET = /^(\/v1\/messages(?:\/count_tokens)?)(\?[\w.~=&%+-]*)?$/;
+
+/** The path and query to send upstream for a request, or undefined when it is refused. */
+export function forwardedTarget(
+  method: string,
+  target: string,
+): { pathname: string; search: string } | undefined {
+  const m = method === "POST" ? FORWARDED_TARGET.exec(target) : null;
+  return m ? { pathname: m[1]!, search: m[2] ?? "" } : undefined;
+}
+
 const HOP_BY_HOP = new Set([
   "connection",
   "keep-alive",
+  "proxy-connection",
+  "proxy-authorization",
+  "te",
+  "trailer",
   "transfer-encoding",
   "upgrade",
+  "expect",
   "host",
   "content-length",
 ]);
 
 /**
- * Serves the Anthropic API to one agent's container on a Unix socket mounted into it. The
- * AgentHost adds the real API key on the way out, so no key is ever inside a container,
- * and counts the tokens of every answer at this one place.
+ * Serves the Anthropic API to one agent on a Unix socket (mounted into its container). The
+ * AgentHost adds the real API key on the way out, so no key is ever with the agent, and counts
+ * the tokens of every answer at this one place.
+ *
+ * Only `POST /v1/messages` and `POST /v1/messages/count_tokens` (see {@link forwardedTarget})
+ * reach the configured upstream, below its own path prefix; everything else is answered 403
+ * (CONNECT, malformed requests: 4xx) in the Messages API's error shape and logged. The socket
+ * is mode 0600, owned by `owner` when given (the agent's user), else by the service's user.
+ * Bounds: bodies up to {@link MAX_BODY_BYTES} (413 beyond), request line and headers up to
+ * {@link MAX_HEADER_BYTES} (431 beyond), {@link MAX_HEADERS} headers, {@link MAX_CONNECTIONS}
+ * open connections (more are closed at once); node's defaults of 60 s to receive the headers
+ * and 300 s for the whole request.
  */
 export async function startModelProxy(opts: {
   socketPath: string;
   upstream: string;
   apiKey: string;
   log: Logger;
+  owner?: { uid: number; gid: number } | undefined;
 }): Promise<ModelProxy> {
-  const upstream = new URL(opts.upstream || "https://api.anthropic.com");
+  const upstream = parseUpstream(opts.upstream);
+  const prefix = upstream.pathname.replace(/\/+$/, "");
   const client = upstream.protocol === "https:" ? https : http;
+  const agentOpts = { keepAlive: true, maxSockets: MAX_CONNECTIONS };
+  const agent = client === https ? new https.Agent(agentOpts) : new http.Agent(agentOpts);
+  const log = opts.log;
   let usage: MeteredUsage = { inputTokens: 0, outputTokens: 0, requests: 0 };
 
-  const server = http.createServer((req, res) => {
-    const headers: http.OutgoingHttpHeaders = {};
-    for (const [k, v] of Object.entries(req.headers)) {
-      if (!HOP_BY_HOP.has(k) && k !== "x-api-key" && k !== "authorization" && v !== undefined)
-        headers[k] = v;
-    }
-    if (opts.apiKey) headers["x-api-key"] = opts.apiKey;
-    headers["host"] = upstream.host;
-    const target = new URL(req.url ?? "/", upstream);
-    target.pathname = path.posix.join(upstream.pathname, target.pathname.replace(/^\//, "") || "");
+  const refused = (method: string, target: string, status: number) =>
+    log.warn("model proxy: request refused", { method, target: clip(target), status });
+  const refuse = (res: http.ServerResponse, status: number, type: string, message: string) => {
+    const body = errorBody(type, `model proxy: ${message}`);
+    res.writeHead(status, {
+      "content-type": "application/json",
+      "content-length": Buffer.byteLength(body),
+      connection: "close",
+    });
+    res.end(body);
+  };
+
+  const forward = (
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    to: { pathname: string; search: string },
+  ) => {
+    const url = new URL(upstream.href);
+    url.pathname = prefix + to.pathname;
+    url.search = to.search;
+    url.hash = "";
     usage.requests++;
-    const out = client.request(target, { method: req.method, headers }, (up) => {
-      const outHeaders: http.OutgoingHttpHeaders = {};
+    let settled = false; // the answer was cut short here: too large, or the client left
+    const out = client.request(url, { method: "POST", headers: outHeaders(req), agent }, (up) => {
+      const headers: http.OutgoingHttpHeaders = {};
       for (const [k, v] of Object.entries(up.headers))
-        if (!HOP_BY_HOP.has(k) && v !== undefined) outHeaders[k] = v;
-      res.writeHead(up.statusCode ?? 502, outHeaders);
+        if (!HOP_BY_HOP.has(k) && v !== undefined) headers[k] = v;
+      res.writeHead(up.statusCode ?? 502, headers);
       const meter = usageMeter((u) => {
         usage.inputTokens += u.input;
         usage.outputTokens += u.output;
@@ -71,26 +145,128 @@ export async function startModelProxy(opts: {
       up.on("error", () => res.destroy());
     });
     out.on("error", (e) => {
-      opts.log.warn("model proxy: upstream unreachable", { upstream: upstream.origin, error: e });
-      if (!res.headersSent) res.writeHead(502, { "content-type": "application/json" });
-      res.end(
-        JSON.stringify({
-          type: "error",
-          error: { type: "api_error", message: `model proxy: ${e.message}` },
-        }),
-      );
+      if (settled) return;
+      log.warn("model proxy: upstream unreachable", { upstream: upstream.origin, error: e });
+      if (res.headersSent) return void res.destroy();
+      res.writeHead(502, { "content-type": "application/json" });
+      res.end(errorBody("api_error", `model proxy: ${e.message}`));
+    });
+    res.on("close", () => {
+      if (res.writableFinished) return;
+      settled = true;
+      out.destroy();
+    });
+    let received = 0;
+    req.on("data", (chunk: Buffer) => {
+      received += chunk.length;
+      if (received <= MAX_BODY_BYTES || settled) return;
+      settled = true;
+      req.unpipe(out);
+      out.destroy();
+      refused(req.method ?? "", req.url ?? "", 413);
+      if (res.headersSent) return void res.destroy();
+      refuse(res, 413, "request_too_large", `request body over ${MAX_BODY_BYTES} bytes`);
     });
     req.pipe(out);
+  };
+
+  const outHeaders = (req: http.IncomingMessage): http.OutgoingHttpHeaders => {
+    const named = new Set(
+      String(req.headers.connection ?? "")
+        .split(",")
+        .map((h) => h.trim().toLowerCase()),
+    );
+    const headers: http.OutgoingHttpHeaders = {};
+    for (const [k, v] of Object.entries(req.headers)) {
+      if (HOP_BY_HOP.has(k) || named.has(k) || v === undefined) continue;
+      if (k !== "x-api-key" && k !== "authorization") headers[k] = v;
+    }
+    if (opts.apiKey) headers["x-api-key"] = opts.apiKey;
+    headers["host"] = upstream.host;
+    return headers;
+  };
+
+  const handle = (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const method = req.method ?? "";
+    const target = req.url ?? "";
+    const to = forwardedTarget(method, target);
+    if (!to) {
+      refused(method, target, 403);
+      const what = `${method} ${clip(target)}`;
+      return refuse(
+        res,
+        403,
+        "permission_error",
+        `${what} refused: only POST /v1/messages and /v1/messages/count_tokens reach the model API`,
+      );
+    }
+    if (Number(req.headers["content-length"] ?? 0) > MAX_BODY_BYTES) {
+      refused(method, target, 413);
+      return refuse(res, 413, "request_too_large", `request body over ${MAX_BODY_BYTES} bytes`);
+    }
+    // Only now, with the request known to be forwarded, may a waiting client send its body.
+    if (req.headers.expect?.toLowerCase() === "100-continue") res.writeContinue();
+    forward(req, res, to);
+  };
+  // Every request reaches `handle`, so each refusal is answered and logged the same way: none
+  // is turned away by node for a missing Host or an odd Expect header, and a refused client
+  // that asked `Expect: 100-continue` is refused before it sends its body.
+  const server = http.createServer(
+    { maxHeaderSize: MAX_HEADER_BYTES, requireHostHeader: false },
+    handle,
+  );
+  server.on("checkExpectation", handle);
+  server.on("checkContinue", handle);
+  server.maxHeadersCount = MAX_HEADERS;
+  server.maxConnections = MAX_CONNECTIONS;
+  server.on("connect", (req: http.IncomingMessage, socket: Duplex) => {
+    socket.on("error", () => socket.destroy());
+    refused(req.method ?? "", req.url ?? "", 403);
+    socket.end(rawResponse(403, "permission_error", "CONNECT refused: this is not a proxy"));
   });
+  server.on("clientError", (err: Error & { code?: string; rawPacket?: Buffer }, socket: Duplex) => {
+    // As node's own handler: answer unless the peer is gone or an answer is already under way.
+    const busy = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+    if (err.code === "ECONNRESET" || !socket.writable || busy?.headersSent) {
+      socket.destroy();
+      return;
+    }
+    const status =
+      err.code === "HPE_HEADER_OVERFLOW"
+        ? 431
+        : err.code === "ERR_HTTP_REQUEST_TIMEOUT"
+          ? 408
+          : 400;
+    const line = err.rawPacket?.subarray(0, 2 * LOGGED_TARGET_CHARS).toString("latin1") ?? "";
+    const [method = "", target = ""] = (line.split("\r\n")[0] ?? "").split(" ");
+    log.warn("model proxy: malformed request refused", {
+      method: clip(method),
+      target: clip(target),
+      status,
+      error: err.code,
+    });
+    socket.end(rawResponse(status, "invalid_request_error", `malformed request (${err.code})`));
+  });
+  server.on("drop", () =>
+    log.warn("model proxy: connection refused: too many open", { max: MAX_CONNECTIONS }),
+  );
 
   mkdirSync(path.dirname(opts.socketPath), { recursive: true });
   rmSync(opts.socketPath, { force: true });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(opts.socketPath, resolve);
+    server.listen(opts.socketPath, () => {
+      server.off("error", reject);
+      try {
+        restrictSocket(opts.socketPath, opts.owner);
+        resolve();
+      } catch (e) {
+        server.close();
+        reject(e instanceof Error ? e : new Error(String(e)));
+      }
+    });
   });
-  // The container's user (not root) must be able to connect; the folder is the agent's own.
-  chmodSync(opts.socketPath, 0o666);
+  server.on("error", (e) => log.error("model proxy: socket failed", { error: e }));
   return {
     socketPath: opts.socketPath,
     take() {
@@ -102,8 +278,66 @@ export async function startModelProxy(opts: {
       new Promise<void>((resolve) => {
         server.closeAllConnections();
         server.close(() => resolve());
+        agent.destroy();
       }),
   };
+}
+
+/** The upstream base URL, checked once at start; its path is a prefix of every request's. */
+function parseUpstream(raw: string): URL {
+  let url: URL;
+  try {
+    url = new URL(raw || DEFAULT_UPSTREAM);
+  } catch (e) {
+    throw new Error(`model proxy: upstream ${JSON.stringify(raw)} is not a URL`, { cause: e });
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:")
+    throw new Error(`model proxy: upstream ${url.origin} is not http(s)`);
+  return url;
+}
+
+/**
+ * Makes the socket mode 0600 and hands it to `owner`, without following a link: the socket's
+ * folder may be the agent's, and a symlink planted there must not turn this into a chmod or
+ * chown of a host file. On Linux the name is opened O_PATH|O_NOFOLLOW and changed through
+ * /proc/self/fd; elsewhere it is checked with lstat first (a narrow race remains there). Until
+ * then the socket has the umask's mode (0755 under the usual 0022: the service's user alone).
+ */
+function restrictSocket(socketPath: string, owner: { uid: number; gid: number } | undefined) {
+  const replaced = () => new Error(`model proxy: ${socketPath} was replaced while starting`);
+  if (process.platform !== "linux") {
+    if (!lstatSync(socketPath).isSocket()) throw replaced();
+    chmodSync(socketPath, 0o600);
+    if (owner) lchownSync(socketPath, owner.uid, owner.gid);
+    return;
+  }
+  const fd = openSync(socketPath, O_PATH | fsConstants.O_NOFOLLOW);
+  try {
+    if (!fstatSync(fd).isSocket()) throw replaced();
+    chmodSync(`/proc/self/fd/${fd}`, 0o600);
+    if (owner) chownSync(`/proc/self/fd/${fd}`, owner.uid, owner.gid);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** A Messages API error body: `{"type":"error","error":{type,message}}`. */
+function errorBody(type: string, message: string): string {
+  return JSON.stringify({ type: "error", error: { type, message } });
+}
+
+/** A whole HTTP/1.1 error answer, for sockets no response object is attached to. */
+function rawResponse(status: number, type: string, message: string): string {
+  const body = errorBody(type, `model proxy: ${message}`);
+  return (
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? "Error"}\r\n` +
+    `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+    `Connection: close\r\n\r\n${body}`
+  );
+}
+
+function clip(s: string): string {
+  return s.length <= LOGGED_TARGET_CHARS ? s : `${s.slice(0, LOGGED_TARGET_CHARS)}…`;
 }
 
 /**

@@ -51,7 +51,13 @@ describe("broker credentials", () => {
 describe("Broker access control and bad input", () => {
   let b: TestBroker;
   beforeAll(async () => {
-    b = await startTestBroker({ inboxLimit: 5, maxPayloadBytes: 1000 });
+    // One agent may fill a whole inbox here, to reach its limit (see shares.test.ts).
+    b = await startTestBroker({
+      inboxLimit: 5,
+      senderShare: 5,
+      replyReserve: 0,
+      maxPayloadBytes: 1000,
+    });
     await b.register("agent-1", "agent-2", "full");
   });
   afterAll(async () => {
@@ -121,6 +127,7 @@ describe("Broker access control and bad input", () => {
     // A topic send with one full member is refused whole: the other member gets nothing.
     await b.orchestrator().registerAgent({ agentId: "full", topics: ["t-full"] });
     await b.orchestrator().registerAgent({ agentId: "agent-2", topics: ["t-full"] });
+    await b.orchestrator().registerAgent({ agentId: "agent-1", topics: ["t-full"] });
     const fan = await failureOf(
       a1.send({ destination: { case: "topic", value: "t-full" }, payload: "fan" }),
     );
@@ -187,15 +194,17 @@ describe("Broker access control and bad input", () => {
     expect((await b.agent("agent-2").receive({})).messages).toEqual([]);
   });
 
-  it("reaches the Broker through a relay socket (mode 0666) with the same checks", async () => {
+  it("reaches the Broker through a relay socket (mode 0600, the agent's) with the same checks", async () => {
     const relayPath = path.join(b.dir, "agent-run", "broker.sock");
     mkdirSync(path.dirname(relayPath));
     writeFileSync(path.join(path.dirname(relayPath), "broker.sock"), "stale");
     await using relay = await startBrokerRelay({
       socketPath: relayPath,
       brokerSocket: b.socketPath,
+      owner: { uid: 4242, gid: 4243 },
     });
-    expect(statSync(relay.socketPath).mode & 0o777).toBe(0o666);
+    expect(statSync(relay.socketPath).mode & 0o777).toBe(0o600);
+    expect(statSync(relay.socketPath)).toMatchObject({ uid: 4242, gid: 4243 });
     const viaRelay = brokerClient({
       socketPath: relayPath,
       credential: agentCredential(b.secret, "agent-1"),

@@ -1,9 +1,10 @@
 // What an AgentHost (or any other process) needs to give agents the Broker: credentials,
 // the relay socket, the MCP server and its `--mcp-config`, and a client.
-import { chownSync, copyFileSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { BrokerService } from "../../gen/conductor/v1/broker_pb.js";
+import { writeForAgent, type AgentOwner } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 import { unixTransport } from "../shared/transport.ts";
 import { credentialInterceptor } from "./auth.ts";
@@ -110,9 +111,10 @@ export interface AgentBroker {
 }
 
 /**
- * Everything an agent needs to reach the Broker, in its `run` folder: the relay socket, its
- * credential (mode 0600, owned by `owner` when given, e.g. the container's uid:gid) and the
- * MCP server script; then registers the agent (best effort). `nodePath` is the node binary
+ * Everything an agent needs to reach the Broker, in its `run` folder (made by freshRunDir):
+ * the relay socket (the agent's user alone may connect), its credential and the MCP server
+ * script (readable by the agent's group, `owner`, and not writable by it); then registers
+ * the agent (best effort). `nodePath` is the node binary
  * as seen where the CLI runs: process.execPath for the process backend, "node" in an image.
  */
 export async function setUpAgentBroker(opts: {
@@ -121,22 +123,17 @@ export async function setUpAgentBroker(opts: {
   secret: Buffer;
   brokerSocket: string;
   nodePath: string;
-  owner?: { uid: number; gid: number } | undefined;
+  owner?: AgentOwner | undefined;
   log?: Logger;
 }): Promise<AgentBroker> {
   const credentialFile = path.join(opts.runDir, RUN_FILES.credential);
-  writeFileSync(credentialFile, agentCredential(opts.secret, opts.agentId) + "\n", {
-    mode: 0o600,
-  });
+  writeForAgent(credentialFile, agentCredential(opts.secret, opts.agentId) + "\n", opts.owner);
   const serverScript = path.join(opts.runDir, RUN_FILES.script);
-  copyFileSync(MCP_SERVER_SCRIPT, serverScript);
-  if (opts.owner) {
-    chownSync(credentialFile, opts.owner.uid, opts.owner.gid);
-    chownSync(serverScript, opts.owner.uid, opts.owner.gid);
-  }
+  writeForAgent(serverScript, readFileSync(MCP_SERVER_SCRIPT), opts.owner, 0o644);
   const relay = await startBrokerRelay({
     socketPath: path.join(opts.runDir, RUN_FILES.relay),
     brokerSocket: opts.brokerSocket,
+    owner: opts.owner,
   });
   let registered = true;
   try {

@@ -16,7 +16,6 @@ import {
   AlreadyAnsweredError,
   BrokerClosedError,
   CorrelationInUseError,
-  InboxFullError,
   InvalidInputError,
   NoOpenRequestError,
   NotAllowedError,
@@ -24,7 +23,9 @@ import {
   UnknownReceiverError,
 } from "./errors.ts";
 import { Mailroom, type Inbox, type Pending } from "./mailroom.ts";
-import { BrokerStore, type NewMessage } from "./store.ts";
+import { refusal, type InboxLimits } from "./quota.ts";
+import { BrokerStore, type NewMessage, type OpenRequest } from "./store.ts";
+import { Topics } from "./topics.ts";
 import {
   checkAgentId,
   checkCorrelationId,
@@ -35,10 +36,9 @@ import {
 } from "./validate.ts";
 
 /** The Broker's settings, already validated (see Config.broker), durations in ms. */
-export interface BrokerOptions {
+export interface BrokerOptions extends InboxLimits {
   dataDir: string;
   ackTimeoutMs: number;
-  inboxLimit: number;
   ttlMs: number;
   maxPayloadBytes: number;
   requestTimeoutMs: number;
@@ -70,8 +70,10 @@ const MAX_WAIT_MS = 10 * 60_000;
  * Messages between agents (and the Orchestrator), durable and at least once. Every message
  * is in SQLite before Send answers and stays there until its receiver acknowledges it or it
  * expires; the Mailroom decides, in memory, what is delivered to whom and when it is due
- * again. Topic membership is durable: a message to a topic is stored in the inbox of every
- * member but the sender, online or not.
+ * again. Topic membership is durable and granted by the Orchestrator (see topics.ts): a
+ * message to a topic is stored in the inbox of every member but the sender, online or not.
+ * No sender fills another's inbox (see quota.ts), and a request's correlation id is its
+ * requester's own.
  */
 export class Broker {
   readonly store: BrokerStore;
@@ -79,7 +81,7 @@ export class Broker {
   private readonly clock: () => number;
   private readonly mail: Mailroom;
   private readonly known = new Set<string>([ORCHESTRATOR_ID]);
-  private readonly members = new Map<string, Set<string>>();
+  private readonly topics = new Topics();
   private readonly closing = new AbortController();
   private readonly sweeper: NodeJS.Timeout;
 
@@ -94,7 +96,7 @@ export class Broker {
       onExpired: (expired) => this.forget(expired),
     });
     for (const id of this.store.agents()) this.known.add(id);
-    for (const s of this.store.subscriptions()) this.membersOf(s.topic).add(s.agent_id);
+    for (const s of this.store.subscriptions()) this.topics.add(s.agent_id, [s.topic]);
     let restored = 0;
     for (const row of this.store.allMessages()) {
       restored++;
@@ -104,6 +106,7 @@ export class Broker {
           id: row.id,
           receiver: row.receiver,
           sender: row.sender,
+          share: shareOf(row.sender, row.reply === 1),
           correlationId: row.correlation_id,
           expireAt: row.expire_time,
           leaseUntil: 0,
@@ -137,7 +140,8 @@ export class Broker {
     let topic = "";
     if (input.topic !== undefined) {
       topic = checkTopic(input.topic);
-      receivers = [...(this.members.get(topic) ?? [])].filter((a) => a !== caller.id);
+      this.topics.checkMaySend(caller, topic);
+      receivers = [...this.topics.membersOf(topic)].filter((a) => a !== caller.id);
     } else if (input.receiver !== undefined) {
       receivers = [this.knownReceiver(input.receiver)];
     } else {
@@ -151,12 +155,12 @@ export class Broker {
     const openRequests = () => {
       if (type !== MessageType.TASK_REQUEST) return;
       for (const receiver of receivers) {
-        const r = { receiver, correlation_id: correlationId, requester: caller.id };
-        if (!this.store.putOpenRequest({ ...r, expire_time: now + ttlMs })) {
-          throw new CorrelationInUseError(
-            `correlation id "${correlationId}" belongs to another agent's open request to "${receiver}"; leave it empty for a fresh one`,
-          );
-        }
+        this.store.putOpenRequest({
+          receiver,
+          requester: caller.id,
+          correlation_id: correlationId,
+          expire_time: now + ttlMs,
+        });
       }
     };
     await this.put(
@@ -170,6 +174,7 @@ export class Broker {
         correlation_id: correlationId,
         create_time: now,
         expire_time: now + ttlMs,
+        reply: 0,
       },
       openRequests,
     );
@@ -195,8 +200,9 @@ export class Broker {
         `prefetch must be between 0 (default ${DEFAULT_PREFETCH}) and ${MAX_PREFETCH}`,
       );
     }
+    const join = this.topics.toJoin(caller, topics);
     await this.see(caller);
-    await this.join(caller.id, topics);
+    await this.join(caller.id, join);
     const inbox = this.mail.inbox(caller.id);
     const consumer = new StreamConsumer(prefetch);
     const end = () => consumer.queue.end();
@@ -236,8 +242,9 @@ export class Broker {
     if (input.waitMs < 0 || input.waitMs > MAX_WAIT_MS) {
       throw new InvalidInputError(`wait_ms must be between 0 and ${MAX_WAIT_MS}`);
     }
+    const join = this.topics.toJoin(caller, topics);
     await this.see(caller);
-    await this.join(caller.id, topics);
+    await this.join(caller.id, join);
     const inbox = this.mail.inbox(caller.id);
     const consumer = new PullConsumer(max);
     this.mail.attach(inbox, consumer);
@@ -297,12 +304,8 @@ export class Broker {
         );
       }
     }
-    const open = this.store.openRequest(receiver, correlationId);
-    if (open && open.requester !== caller.id) {
-      throw new CorrelationInUseError(
-        `correlation id "${correlationId}" belongs to another agent's open request to "${receiver}"; leave it empty for a fresh one`,
-      );
-    }
+    // The caller's own request with this id, if any: another agent's never matches.
+    const open = this.store.openRequest(receiver, caller.id, correlationId);
     // Asked before with this id: wait for that answer, unless it was answered and read.
     const replyHere = [...inbox.items.values()].some(
       (p) => p.correlationId === correlationId && p.sender === receiver,
@@ -323,14 +326,15 @@ export class Broker {
           correlation_id: correlationId,
           create_time: now,
           expire_time: now + ttlMs,
+          reply: 0,
         };
         await this.put([receiver], m, () => {
-          const r = { receiver, correlation_id: correlationId, requester: caller.id };
-          if (!this.store.putOpenRequest({ ...r, expire_time: now + ttlMs })) {
-            throw new CorrelationInUseError(
-              `correlation id "${correlationId}" belongs to another agent's open request to "${receiver}"`,
-            );
-          }
+          this.store.putOpenRequest({
+            receiver,
+            requester: caller.id,
+            correlation_id: correlationId,
+            expire_time: now + ttlMs,
+          });
         });
       }
       const got = await this.within(waiter.done, timeoutMs, signal, () => {
@@ -345,10 +349,14 @@ export class Broker {
     }
   }
 
-  /** Answers a task_request the caller received; the reply goes to whoever asked. */
+  /**
+   * Answers a task_request the caller received; the reply goes to whoever asked. Only the
+   * agent asked can answer, and when requests from several agents carry the same correlation
+   * id the caller must name the requester: a reply never goes to someone it guessed.
+   */
   async reply(
     caller: Identity,
-    input: { correlationId: string; payload: string; isError: boolean },
+    input: { correlationId: string; payload: string; isError: boolean; requester: string },
   ): Promise<{ messageId: string; receiver: string }> {
     this.assertOpen();
     const correlationId = checkCorrelationId(input.correlationId);
@@ -357,17 +365,13 @@ export class Broker {
         "correlation_id is required: the correlation id of the task_request you answer",
       );
     }
+    const requester = input.requester && checkAgentId(input.requester, "requester");
     checkPayload(input.payload, this.opts.maxPayloadBytes);
     await this.see(caller);
-    const open = this.store.openRequest(caller.id, correlationId);
-    if (!open) {
-      throw new NoOpenRequestError(
-        `no open request with correlation id "${correlationId}" was sent to "${caller.id}" (or it expired)`,
-      );
-    }
+    const open = this.openRequestFor(caller.id, correlationId, requester);
     const answered = () =>
       new AlreadyAnsweredError(
-        `the request with correlation id "${correlationId}" was answered already`,
+        `the request of "${open.requester}" with correlation id "${correlationId}" was answered already`,
       );
     if (open.answered) throw answered();
     const now = this.clock();
@@ -383,24 +387,25 @@ export class Broker {
         correlation_id: correlationId,
         create_time: now,
         expire_time: now + this.opts.ttlMs,
+        reply: 1,
       },
       () => {
-        if (!this.store.markAnswered(caller.id, correlationId)) throw answered();
+        if (!this.store.markAnswered(caller.id, open.requester, correlationId)) throw answered();
       },
     );
     return { messageId: id, receiver: open.requester };
   }
 
-  /** Leaves topics. */
-  async unsubscribe(caller: Identity, topics: string[]): Promise<void> {
+  /** Leaves topics; the Orchestrator may take any agent out of topics. */
+  async unsubscribe(caller: Identity, input: { topics: string[]; agentId: string }): Promise<void> {
     this.assertOpen();
-    const names = checkTopics(topics);
+    const agentId = input.agentId ? checkAgentId(input.agentId, "agent_id") : caller.id;
+    this.topics.checkMayRemove(caller, agentId);
+    const names = checkTopics(input.topics);
     await this.see(caller);
     await this.store.commit(
-      () => this.store.unsubscribe(caller.id, names),
-      () => {
-        for (const t of names) this.members.get(t)?.delete(caller.id);
-      },
+      () => this.store.unsubscribe(agentId, names),
+      () => this.topics.remove(agentId, names),
     );
   }
 
@@ -408,23 +413,23 @@ export class Broker {
   async listAgents(caller: Identity): Promise<BrokerAgent[]> {
     this.assertOpen();
     await this.see(caller);
-    const topicsOf = new Map<string, string[]>();
-    for (const [topic, ids] of this.members) {
-      for (const id of ids) (topicsOf.get(id) ?? topicsOf.set(id, []).get(id)!).push(topic);
-    }
+    const topicsOf = this.topics.byAgent();
     return [...this.known].sort().map((id) => {
       const inbox = this.mail.inbox(id);
       return create(BrokerAgentSchema, {
         id,
         connected: inbox.consumers.size > 0,
         waiting: inbox.items.size,
-        topics: (topicsOf.get(id) ?? []).sort(),
+        topics: topicsOf.get(id) ?? [],
         ...(inbox.lastSeen !== undefined ? { lastSeenTime: timestampFromMs(inbox.lastSeen) } : {}),
       });
     });
   }
 
-  /** Makes an agent known before its first call, and joins it to topics. Orchestrator only. */
+  /**
+   * Makes an agent known before its first call, and a member of topics (the only way an
+   * agent becomes one). Orchestrator only.
+   */
   async register(caller: Identity, agentId: string, topics: string[]): Promise<void> {
     this.assertOpen();
     if (!caller.orchestrator) {
@@ -441,7 +446,7 @@ export class Broker {
       },
       () => {
         this.known.add(id);
-        for (const t of names) this.membersOf(t).add(id);
+        this.topics.add(id, names);
       },
     );
   }
@@ -511,29 +516,41 @@ export class Broker {
     );
   }
 
+  /** Makes the caller a member of topics it named (only the Orchestrator gets here with any). */
   private async join(agentId: string, topics: string[]): Promise<void> {
-    const fresh = topics.filter((t) => !this.members.get(t)?.has(agentId));
-    if (fresh.length === 0) return;
+    if (topics.length === 0) return;
     await this.store.commit(
-      () => this.store.subscribe(agentId, fresh),
-      () => {
-        for (const t of fresh) this.membersOf(t).add(agentId);
-      },
+      () => this.store.subscribe(agentId, topics),
+      () => this.topics.add(agentId, topics),
     );
   }
 
-  private membersOf(topic: string): Set<string> {
-    let set = this.members.get(topic);
-    if (!set) {
-      set = new Set();
-      this.members.set(topic, set);
+  /**
+   * The open request to `receiver` with this correlation id that a Reply answers: the only
+   * one, or the one `requester` made. NOT_FOUND when there is none, INVALID_ARGUMENT naming
+   * the requesters when several agents used the id and the caller named none.
+   */
+  private openRequestFor(receiver: string, correlationId: string, requester: string): OpenRequest {
+    const all = this.store.openRequestsTo(receiver, correlationId);
+    const found = requester ? all.filter((r) => r.requester === requester) : all;
+    if (found.length === 0) {
+      const from = requester ? ` by "${requester}"` : "";
+      throw new NoOpenRequestError(
+        `no open request${from} with correlation id "${correlationId}" was sent to "${receiver}" (or it expired)`,
+      );
     }
-    return set;
+    if (found.length > 1) {
+      throw new InvalidInputError(
+        `requests from ${found.map((r) => `"${r.requester}"`).join(", ")} carry correlation id "${correlationId}": name the one you answer in requester (the request's sender)`,
+      );
+    }
+    return found[0]!;
   }
 
   /**
-   * Stores one message in each receiver's inbox, all or none: a full inbox refuses the whole
-   * send before anything is written. `alsoWrite` runs in the same transaction.
+   * Stores one message in each receiver's inbox, all or none: a receiver without room for it
+   * (see quota.ts) refuses the whole send before anything is written. `alsoWrite` runs in
+   * the same transaction.
    */
   private async put(
     receivers: string[],
@@ -541,8 +558,9 @@ export class Broker {
     alsoWrite?: () => void,
   ): Promise<void> {
     const inboxes = receivers.map((r) => this.mail.inbox(r));
-    for (const inbox of inboxes) this.makeRoom(inbox);
-    for (const inbox of inboxes) inbox.reserved++;
+    const share = shareOf(m.sender, m.reply === 1);
+    for (const inbox of inboxes) this.makeRoom(inbox, share);
+    for (const inbox of inboxes) inbox.reserved.add(share);
     let applied = false;
     try {
       await this.store.commit(
@@ -554,12 +572,13 @@ export class Broker {
           applied = true;
           this.opts.observer?.stored(m.type, seqs.length);
           inboxes.forEach((inbox, i) => {
-            inbox.reserved--;
+            inbox.reserved.remove(share);
             this.mail.add({
               seq: seqs[i]!,
               id: m.id,
               receiver: inbox.agentId,
               sender: m.sender,
+              share,
               correlationId: m.correlation_id,
               expireAt: m.expire_time,
               leaseUntil: 0,
@@ -571,14 +590,14 @@ export class Broker {
         },
       );
     } finally {
-      if (!applied) for (const inbox of inboxes) inbox.reserved--;
+      if (!applied) for (const inbox of inboxes) inbox.reserved.remove(share);
     }
   }
 
-  /** Refuses when an inbox is full (after dropping what expired in it). */
-  private makeRoom(inbox: Inbox): void {
-    const limit = this.opts.inboxLimit;
-    if (inbox.items.size + inbox.reserved < limit) return;
+  /** Refuses a message `inbox` has no room for (after dropping what expired in it). */
+  private makeRoom(inbox: Inbox, share: string | undefined): void {
+    const held = [inbox.stored, inbox.reserved];
+    if (!refusal(this.opts, inbox.agentId, held, share)) return;
     const now = this.clock();
     const expired = [...inbox.items.values()].filter((p) => p.expireAt <= now && !p.acking);
     if (expired.length > 0) {
@@ -588,7 +607,8 @@ export class Broker {
       );
       this.forget(expired);
     }
-    if (inbox.items.size + inbox.reserved >= limit) throw new InboxFullError(inbox.agentId, limit);
+    const refused = refusal(this.opts, inbox.agentId, held, share);
+    if (refused) throw refused;
   }
 
   private async ackIds(receiver: string, ids: string[]): Promise<number> {
@@ -673,4 +693,12 @@ export class Broker {
       cleanup();
     }
   }
+}
+
+/**
+ * Whose share of an inbox a message uses: its sender's, unless it is a reply or the
+ * Orchestrator's message (those take the places kept for them).
+ */
+function shareOf(sender: string, isReply: boolean): string | undefined {
+  return isReply || sender === ORCHESTRATOR_ID ? undefined : sender;
 }

@@ -155,7 +155,7 @@ describe("Broker delivery", () => {
     b = await startTestBroker();
     await b.orchestrator().registerAgent({ agentId: "a", topics: ["group-1"] });
     await b.orchestrator().registerAgent({ agentId: "b", topics: ["group-1"] });
-    await b.agent("c").receive({ topics: ["group-1"] }); // joins by itself
+    await b.orchestrator().registerAgent({ agentId: "c", topics: ["group-1"] });
     const sent = await b.agent("a").send({
       destination: { case: "topic", value: "group-1" },
       type: MessageType.STATUS_UPDATE,

@@ -22,7 +22,7 @@ export class UnknownReceiverError extends Error {
   }
 }
 
-/** A receiver's inbox holds as many unacknowledged messages as it may. */
+/** A receiver's inbox holds as many unacknowledged messages as it may, from everyone. */
 export class InboxFullError extends Error {
   override name = "InboxFullError";
   readonly receiver: string;
@@ -36,6 +36,39 @@ export class InboxFullError extends Error {
   }
 }
 
+/**
+ * Agents' messages fill all of a receiver's inbox they may; the rest is kept for replies
+ * and the Orchestrator's messages.
+ */
+export class AgentPlacesFullError extends Error {
+  override name = "AgentPlacesFullError";
+  readonly receiver: string;
+  readonly places: number;
+  constructor(receiver: string, places: number) {
+    super(
+      `the inbox of "${receiver}" holds ${places} unacknowledged messages from agents, all they may fill (broker.inbox_limit - broker.reply_reserve; the rest is kept for replies and the Orchestrator); nothing was sent, try again once it has read some`,
+    );
+    this.receiver = receiver;
+    this.places = places;
+  }
+}
+
+/** The sender has as many unacknowledged messages in the receiver's inbox as one agent may. */
+export class SenderShareError extends Error {
+  override name = "SenderShareError";
+  readonly sender: string;
+  readonly receiver: string;
+  readonly share: number;
+  constructor(sender: string, receiver: string, share: number) {
+    super(
+      `"${sender}" already has ${share} unacknowledged messages in the inbox of "${receiver}", its whole share (broker.sender_share); nothing was sent: wait until "${receiver}" has read some, or ask an operator to raise broker.sender_share`,
+    );
+    this.sender = sender;
+    this.receiver = receiver;
+    this.share = share;
+  }
+}
+
 /** No open request with that correlation id was addressed to the caller. */
 export class NoOpenRequestError extends Error {
   override name = "NoOpenRequestError";
@@ -46,7 +79,7 @@ export class AlreadyAnsweredError extends Error {
   override name = "AlreadyAnsweredError";
 }
 
-/** The correlation id is taken by another open request. */
+/** The caller already waits for a reply with this correlation id. */
 export class CorrelationInUseError extends Error {
   override name = "CorrelationInUseError";
 }
@@ -70,6 +103,8 @@ const CODES: [new (...args: never[]) => Error, Code][] = [
   [UnknownReceiverError, Code.NotFound],
   [NoOpenRequestError, Code.NotFound],
   [InboxFullError, Code.ResourceExhausted],
+  [AgentPlacesFullError, Code.ResourceExhausted],
+  [SenderShareError, Code.ResourceExhausted],
   [AlreadyAnsweredError, Code.FailedPrecondition],
   [CorrelationInUseError, Code.AlreadyExists],
   [RequestTimeoutError, Code.DeadlineExceeded],

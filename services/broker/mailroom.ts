@@ -1,4 +1,5 @@
 import type { Message } from "../../gen/conductor/v1/broker_pb.js";
+import { Occupancy } from "./quota.ts";
 
 /** A stored, unacknowledged message as the delivery logic sees it (its body stays on disk). */
 export interface Pending {
@@ -6,6 +7,8 @@ export interface Pending {
   id: string;
   receiver: string;
   sender: string;
+  /** The agent whose share of the inbox it uses; undefined for a reply or the Orchestrator's. */
+  share: string | undefined;
   correlationId: string;
   expireAt: number;
   /** Delivered and not acknowledged until then; 0 when free to deliver. */
@@ -35,8 +38,10 @@ export class Inbox {
   readonly agentId: string;
   /** By message id; a Map iterates in insertion order, which is acceptance order. */
   readonly items = new Map<string, Pending>();
-  /** Places taken by sends not yet committed. */
-  reserved = 0;
+  /** Who the messages in `items` are from (see quota.ts). */
+  readonly stored = new Occupancy();
+  /** Places taken by sends not yet committed, by whom. */
+  readonly reserved = new Occupancy();
   readonly consumers = new Set<Consumer>();
   lastSeen: number | undefined;
   /** Where the next round-robin pick starts. */
@@ -44,6 +49,18 @@ export class Inbox {
 
   constructor(agentId: string) {
     this.agentId = agentId;
+  }
+
+  /** Adds a stored message. */
+  store(p: Pending): void {
+    if (this.items.has(p.id)) return;
+    this.items.set(p.id, p);
+    this.stored.add(p.share);
+  }
+
+  /** Removes a message (acknowledged or expired). */
+  drop(p: Pending): void {
+    if (this.items.delete(p.id)) this.stored.remove(p.share);
   }
 }
 
@@ -93,7 +110,7 @@ export class Mailroom {
   /** A newly stored message; offered at once to a consumer that has room. */
   add(p: Pending, dispatch = true): void {
     const inbox = this.inbox(p.receiver);
-    inbox.items.set(p.id, p);
+    inbox.store(p);
     if (dispatch) this.dispatch(inbox);
   }
 
@@ -136,7 +153,7 @@ export class Mailroom {
     for (const id of ids) {
       const p = inbox.items.get(id);
       if (!p) continue;
-      inbox.items.delete(id);
+      inbox.drop(p);
       this.unlease(p);
     }
     this.dispatch(inbox);
@@ -199,7 +216,7 @@ export class Mailroom {
     }
     if (expired.length > 0) {
       for (const p of expired) {
-        inbox.items.delete(p.id);
+        inbox.drop(p);
         this.unlease(p);
       }
       this.opts.onExpired(expired);

@@ -190,14 +190,17 @@ function num(input, key, dflt, max) {
 const TOOLS = {
   send_message: {
     description:
-      "Send a message to another agent (by agent id) or to every agent subscribed to a topic. " +
+      "Send a message to another agent (by agent id) or to every member of a topic you are a member of. " +
       "Delivery is durable: the receiver gets it even if it is busy or not running yet. " +
       "Use type task_request to ask for an answer later (it comes back to your inbox; see read_messages).",
     inputSchema: {
       type: "object",
       properties: {
         to: { type: "string", description: "The receiving agent's id (see list_agents)." },
-        topic: { type: "string", description: "A topic instead of one agent." },
+        topic: {
+          type: "string",
+          description: "A topic you are a member of, instead of one agent (see list_agents).",
+        },
         message: { type: "string", description: "The message text (e.g. plain text or JSON)." },
         type: { type: "string", enum: TYPES, description: "Default: coordination." },
         correlation_id: { type: "string", description: "Ties related messages together." },
@@ -273,7 +276,7 @@ const TOOLS = {
   },
   read_messages: {
     description:
-      "Read the messages waiting in your inbox (they are then removed). " +
+      "Read the messages waiting in your inbox (they are then removed), including those sent to your topics. " +
       "Set wait_seconds to wait for one when none is there yet. Answer a task_request with reply.",
     inputSchema: {
       type: "object",
@@ -286,21 +289,12 @@ const TOOLS = {
           type: "number",
           description: "At most this many (default 10, at most 100).",
         },
-        topics: {
-          type: "array",
-          items: { type: "string" },
-          description: "Topics to subscribe to first (membership lasts until unsubscribed).",
-        },
       },
     },
     async run(input) {
       const waitMs = Math.round(num(input, "wait_seconds", 0, MAX_WAIT_SECONDS) * 1000);
       const max = Math.round(num(input, "max_messages", 10, 100));
-      const topics = input.topics === undefined ? [] : input.topics;
-      if (!Array.isArray(topics) || topics.some((t) => typeof t !== "string")) {
-        throw new BrokerError("invalid_argument", '"topics" must be a list of strings');
-      }
-      const res = await call("Receive", { maxMessages: max, waitMs, topics }, waitMs + 10_000);
+      const res = await call("Receive", { maxMessages: max, waitMs }, waitMs + 10_000);
       const messages = res.messages || [];
       if (messages.length === 0) return text("No messages are waiting.");
       await call("Ack", { messageIds: messages.map((m) => m.id) }, 30_000);
@@ -314,6 +308,11 @@ const TOOLS = {
       type: "object",
       properties: {
         correlation_id: { type: "string", description: "The correlation_id of the request." },
+        to: {
+          type: "string",
+          description:
+            "Who asked (the request's 'from'); needed only when requests from several agents carry the same correlation_id.",
+        },
         message: { type: "string", description: "The answer." },
         is_error: { type: "boolean", description: "Send it as an error (you could not do it)." },
       },
@@ -323,7 +322,12 @@ const TOOLS = {
       const correlationId = str(input, "correlation_id", true);
       const res = await call(
         "Reply",
-        { correlationId, payload: str(input, "message", true), isError: input.is_error === true },
+        {
+          correlationId,
+          requester: str(input, "to", false),
+          payload: str(input, "message", true),
+          isError: input.is_error === true,
+        },
         30_000,
       );
       return text(`Replied to ${res.receiver} (correlation id ${correlationId}).`);

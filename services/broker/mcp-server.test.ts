@@ -141,6 +141,17 @@ describe("the Broker's MCP server", () => {
       ).result as { isError: boolean; content: { text: string }[] };
       expect(bad.isError).toBe(true);
       expect(bad.content[0]?.text).toMatch(/exactly one of "to" or "topic"/);
+      // reply's `to` names the requester: the Broker answers only a request that agent made.
+      const wrongAsker = (
+        await mcp.call("tools/call", {
+          name: "reply",
+          arguments: { correlation_id: "c-x", to: "agent-2", message: "x" },
+        })
+      ).result as { isError: boolean; content: { text: string }[] };
+      expect(wrongAsker.isError).toBe(true);
+      expect(wrongAsker.content[0]?.text).toMatch(
+        /not_found: no open request by "agent-2" with correlation id "c-x" was sent to "agent-1"/,
+      );
       const unknown = await mcp.call("tools/call", { name: "nope", arguments: {} });
       expect(unknown.error).toMatchObject({ code: -32602 });
       expect((await mcp.call("ping")).result).toEqual({});

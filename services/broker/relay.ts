@@ -1,5 +1,6 @@
-import { chmodSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import net from "node:net";
+import { socketForAgent, type AgentOwner } from "../shared/agent-files.ts";
 
 /** A running relay; close() ends its connections and removes nothing but its listener. */
 export interface BrokerRelay extends AsyncDisposable {
@@ -8,7 +9,7 @@ export interface BrokerRelay extends AsyncDisposable {
 }
 
 /**
- * Serves a Unix socket (mode 0666, so a container's non-root user can connect) whose every
+ * Serves a Unix socket (mode 0600, owned by the agent's user `owner`) whose every
  * connection is piped, byte for byte, to the Broker's own socket. It lives in an agent's
  * `run` folder: the container sees only this socket, never the folder holding the other
  * services' sockets, and a Broker restart needs no remount (new connections reach the new
@@ -17,6 +18,7 @@ export interface BrokerRelay extends AsyncDisposable {
 export async function startBrokerRelay(opts: {
   socketPath: string;
   brokerSocket: string;
+  owner?: AgentOwner | undefined;
 }): Promise<BrokerRelay> {
   const open = new Set<net.Socket>();
   const server = net.createServer((client) => {
@@ -45,7 +47,7 @@ export async function startBrokerRelay(opts: {
       resolve();
     });
   });
-  chmodSync(opts.socketPath, 0o666);
+  socketForAgent(opts.socketPath, opts.owner);
   const close = async () => {
     for (const s of open) s.destroy();
     open.clear();

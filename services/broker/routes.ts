@@ -82,12 +82,13 @@ export function brokerRoutes(broker: Broker) {
             correlationId: req.correlationId,
             payload: req.payload,
             isError: req.isError,
+            requester: req.requester,
           }),
         );
       },
       unsubscribe(req, ctx) {
         return edge(async () => {
-          await broker.unsubscribe(callerOf(ctx), req.topics);
+          await broker.unsubscribe(callerOf(ctx), { topics: req.topics, agentId: req.agentId });
           return {};
         });
       },

@@ -25,6 +25,8 @@ export function brokerOptions(config: Config, log: Logger): BrokerOptions {
     dataDir: config.storage.data_dir,
     ackTimeoutMs: b.ack_timeout_seconds * 1000,
     inboxLimit: b.inbox_limit,
+    senderShare: b.sender_share,
+    replyReserve: b.reply_reserve,
     ttlMs: b.ttl_seconds * 1000,
     maxPayloadBytes: b.max_payload_bytes,
     requestTimeoutMs: b.request_timeout_seconds * 1000,

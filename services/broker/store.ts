@@ -15,6 +15,7 @@ CREATE TABLE IF NOT EXISTS messages (
   correlation_id TEXT NOT NULL DEFAULT '',
   create_time INTEGER NOT NULL,
   expire_time INTEGER NOT NULL,
+  reply INTEGER NOT NULL DEFAULT 0,
   UNIQUE (receiver, id)
 );
 CREATE INDEX IF NOT EXISTS messages_expiry ON messages (expire_time);
@@ -29,13 +30,44 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS open_requests (
   receiver TEXT NOT NULL,
-  correlation_id TEXT NOT NULL,
   requester TEXT NOT NULL,
+  correlation_id TEXT NOT NULL,
   answered INTEGER NOT NULL DEFAULT 0,
   expire_time INTEGER NOT NULL,
-  PRIMARY KEY (receiver, correlation_id)
+  PRIMARY KEY (receiver, requester, correlation_id)
 ) WITHOUT ROWID;
 `;
+
+/**
+ * Brings a broker.db made before version 1 up to date, in one transaction: messages get the
+ * `reply` column (older replies count as ordinary messages), and open requests are keyed by
+ * their requester too, so a correlation id belongs to the agent that asked.
+ */
+function migrate(db: DatabaseSync): void {
+  const columns = (table: string) =>
+    db.prepare(`PRAGMA table_info(${table})`).all() as { name: string; pk: number }[];
+  const hasReply = columns("messages").some((c) => c.name === "reply");
+  const requesterInKey = columns("open_requests").some((c) => c.name === "requester" && c.pk > 0);
+  if (hasReply && requesterInKey) return;
+  db.exec("BEGIN IMMEDIATE");
+  try {
+    if (!hasReply) db.exec("ALTER TABLE messages ADD COLUMN reply INTEGER NOT NULL DEFAULT 0");
+    if (!requesterInKey) {
+      db.exec(`
+        ALTER TABLE open_requests RENAME TO open_requests_v0;
+        ${SCHEMA.slice(SCHEMA.indexOf("CREATE TABLE IF NOT EXISTS open_requests"))}
+        INSERT INTO open_requests (receiver, requester, correlation_id, answered, expire_time)
+          SELECT receiver, requester, correlation_id, answered, expire_time FROM open_requests_v0;
+        DROP TABLE open_requests_v0;`);
+    }
+    db.exec("COMMIT");
+  } catch (e) {
+    db.exec("ROLLBACK");
+    throw new Error(`could not bring broker.db up to date (nothing was changed): ${String(e)}`, {
+      cause: e,
+    });
+  }
+}
 
 /** A stored message: one row per inbox it was delivered to. */
 export interface MessageRow {
@@ -49,16 +81,18 @@ export interface MessageRow {
   correlation_id: string;
   create_time: number;
   expire_time: number;
+  /** 1 for the answer to a request (Reply): it uses the inbox's reserved places. */
+  reply: number;
 }
 
 /** What a new message row holds (seq is given by the database). */
 export type NewMessage = Omit<MessageRow, "seq">;
 
-/** A request waiting for its answer. */
+/** A request waiting for its answer; its correlation id is its requester's own. */
 export interface OpenRequest {
   receiver: string;
-  correlation_id: string;
   requester: string;
+  correlation_id: string;
   answered: number;
   expire_time: number;
 }
@@ -66,7 +100,7 @@ export interface OpenRequest {
 /**
  * The Broker's durable state in `<dataDir>/broker.db` (SQLite, WAL, synchronous FULL):
  * every message not yet acknowledged, the known agents, topic memberships and open
- * requests. Writes go through `commit` (group commit): a write has reached the disk when
+ * requests (a database from before is migrated on open). Writes go through `commit` (group commit): a write has reached the disk when
  * its promise resolves.
  */
 export class BrokerStore {
@@ -81,6 +115,7 @@ export class BrokerStore {
       "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
     );
     this.db.exec(SCHEMA);
+    migrate(this.db);
     this.group = new GroupCommit(this.db);
   }
 
@@ -92,8 +127,8 @@ export class BrokerStore {
   /** Inserts one message row (inside a commit) and returns its sequence number. */
   insertMessage(m: NewMessage): number {
     const res = this.stmt(
-      `INSERT INTO messages (id, receiver, sender, topic, type, payload, correlation_id, create_time, expire_time)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO messages (id, receiver, sender, topic, type, payload, correlation_id, create_time, expire_time, reply)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ).run(
       m.id,
       m.receiver,
@@ -104,6 +139,7 @@ export class BrokerStore {
       m.correlation_id,
       m.create_time,
       m.expire_time,
+      m.reply,
     );
     return Number(res.lastInsertRowid);
   }
@@ -132,7 +168,7 @@ export class BrokerStore {
   /** Every stored message, in the order they were accepted (to rebuild inboxes at start). */
   allMessages(): Omit<MessageRow, "payload" | "topic" | "type" | "create_time">[] {
     return this.stmt(
-      "SELECT seq, id, receiver, sender, correlation_id, expire_time FROM messages ORDER BY seq",
+      "SELECT seq, id, receiver, sender, correlation_id, expire_time, reply FROM messages ORDER BY seq",
     ).all() as unknown as MessageRow[];
   }
 
@@ -170,33 +206,39 @@ export class BrokerStore {
     }[];
   }
 
-  openRequest(receiver: string, correlationId: string): OpenRequest | undefined {
-    return this.stmt("SELECT * FROM open_requests WHERE receiver = ? AND correlation_id = ?").get(
-      receiver,
-      correlationId,
-    ) as OpenRequest | undefined;
+  /** The request `requester` made of `receiver` with this correlation id. */
+  openRequest(receiver: string, requester: string, correlationId: string): OpenRequest | undefined {
+    return this.stmt(
+      "SELECT * FROM open_requests WHERE receiver = ? AND requester = ? AND correlation_id = ?",
+    ).get(receiver, requester, correlationId) as OpenRequest | undefined;
+  }
+
+  /** Every request made of `receiver` with this correlation id, whoever asked. */
+  openRequestsTo(receiver: string, correlationId: string): OpenRequest[] {
+    return this.stmt(
+      "SELECT * FROM open_requests WHERE receiver = ? AND correlation_id = ? ORDER BY requester",
+    ).all(receiver, correlationId) as unknown as OpenRequest[];
   }
 
   /**
-   * Records a request (inside a commit). A request with the same receiver and correlation id
-   * from the same requester is replaced; from another requester it is refused (false).
+   * Records a request (inside a commit); asking again with the same receiver and correlation
+   * id opens the same request anew. Another requester's id never clashes with it.
    */
-  putOpenRequest(r: Omit<OpenRequest, "answered">): boolean {
-    const res = this.stmt(
-      `INSERT INTO open_requests (receiver, correlation_id, requester, answered, expire_time)
+  putOpenRequest(r: Omit<OpenRequest, "answered">): void {
+    this.stmt(
+      `INSERT INTO open_requests (receiver, requester, correlation_id, answered, expire_time)
          VALUES (?, ?, ?, 0, ?)
-         ON CONFLICT (receiver, correlation_id) DO UPDATE
-           SET answered = 0, expire_time = excluded.expire_time
-           WHERE open_requests.requester = excluded.requester`,
-    ).run(r.receiver, r.correlation_id, r.requester, r.expire_time);
-    return res.changes === 1;
+         ON CONFLICT (receiver, requester, correlation_id) DO UPDATE
+           SET answered = 0, expire_time = excluded.expire_time`,
+    ).run(r.receiver, r.requester, r.correlation_id, r.expire_time);
   }
 
   /** Marks a request answered (inside a commit); false when it was answered already. */
-  markAnswered(receiver: string, correlationId: string): boolean {
+  markAnswered(receiver: string, requester: string, correlationId: string): boolean {
     const res = this.stmt(
-      "UPDATE open_requests SET answered = 1 WHERE receiver = ? AND correlation_id = ? AND answered = 0",
-    ).run(receiver, correlationId);
+      `UPDATE open_requests SET answered = 1
+         WHERE receiver = ? AND requester = ? AND correlation_id = ? AND answered = 0`,
+    ).run(receiver, requester, correlationId);
     return res.changes === 1;
   }
 

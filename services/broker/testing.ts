@@ -1,6 +1,6 @@
 // A real Broker on a Unix socket in a temp folder, with clients per identity, for tests and
 // benchmarks. restart() closes it and opens it again on the same folder and socket.
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import type { Client } from "@connectrpc/connect";
@@ -30,25 +30,46 @@ export interface TestBroker extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-/** Starts a Broker with small test defaults, overridable. */
+/**
+ * Starts a Broker with small test defaults, overridable; `seed` may put files in the data
+ * folder first (e.g. a broker.db from an older version).
+ */
 export async function startTestBroker(
-  overrides: Partial<BrokerOptions> & { registry?: Registry } = {},
+  overrides: Partial<BrokerOptions> & {
+    registry?: Registry;
+    seed?: (dataDir: string) => void;
+  } = {},
 ): Promise<TestBroker> {
+  const inboxLimit = overrides.inboxLimit ?? 10_000;
   const dir = mkdtempSync(path.join(tmpdir(), "broker-test-"));
   const dataDir = path.join(dir, "data");
   const socketPath = path.join(dir, "run", "broker.sock");
+  const { seed, ...rest } = overrides;
   const options: BrokerOptions & { socketPath: string; registry?: Registry } = {
     dataDir,
     socketPath,
     ackTimeoutMs: 30_000,
-    inboxLimit: 10_000,
+    inboxLimit,
+    // As Config.broker has them by default: a tenth of the inbox each.
+    senderShare: Math.max(1, Math.floor(inboxLimit / 10)),
+    replyReserve: Math.floor(inboxLimit / 10),
     ttlMs: 3_600_000,
     maxPayloadBytes: 65_536,
     requestTimeoutMs: 10_000,
     log: silentLogger,
-    ...overrides,
+    ...rest,
   };
-  let server = await startBrokerServer(options);
+  let server: BrokerServer;
+  try {
+    if (seed) {
+      mkdirSync(dataDir, { recursive: true });
+      seed(dataDir);
+    }
+    server = await startBrokerServer(options);
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
   const secret = loadBrokerSecret(dataDir);
   const clients = new Map<string, Client<typeof BrokerService>>();
   const clientFor = (id: string, credential: string) => {

@@ -2,6 +2,7 @@ import { parseArgs } from "node:util";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ConfigError, loadConfig, type Config } from "../shared/config.ts";
 import { createLogger } from "../shared/log.ts";
+import { privateDataDir } from "../shared/private.ts";
 import { runClientCommand, CLIENT_COMMANDS } from "./client-commands.ts";
 import { startObservability } from "./observe.ts";
 import { startAgentHost, startBroker, startOrchestrator, type Running } from "./services.ts";
@@ -161,6 +162,10 @@ async function serve(
   env: Record<string, string | undefined>,
 ): Promise<number> {
   const log = createLogger(config.observability.log_level, { node: config.orchestrator.node_id });
+  // Everything a service writes (databases, keys, sockets, logs) is its user's alone; what
+  // agents must read is made readable explicitly (services/shared/agent-files.ts).
+  process.umask(0o077);
+  privateDataDir(config.storage.data_dir);
   const observability = await startObservability(command, config, env, log);
   const { obs } = observability;
   const running: Running[] = [];

@@ -80,6 +80,7 @@ export async function startAgentHost(
     },
   });
   if (obs?.registry) registerAgentGauge(obs.registry, () => host.agents());
+  if (backend.name === "process" && config.runtime.process_sandbox === "none") warnUnsandboxed(log);
   try {
     await host.start();
   } catch (e) {
@@ -106,6 +107,19 @@ export async function startAgentHost(
   };
 }
 
+/**
+ * The operator opted out of the process sandbox: say so where nobody can miss it, on every
+ * start (a log line at warn, and a banner on stderr).
+ */
+function warnUnsandboxed(log: Logger): void {
+  const what =
+    "AGENTS ARE NOT SANDBOXED (runtime.process_sandbox: none): every agent runs as this service's user, sees and can change everything it can, and reaches the network";
+  log.warn(what, { runtime: "process", process_sandbox: "none" });
+  process.stderr.write(
+    `\n${"!".repeat(78)}\n!! ${what}.\n!! Remove runtime.process_sandbox: none (install bubblewrap) to contain them.\n${"!".repeat(78)}\n\n`,
+  );
+}
+
 /** Starts the Orchestrator and serves it on its Unix socket. */
 export async function startOrchestrator(
   config: Config,
@@ -126,6 +140,7 @@ export async function startOrchestrator(
     maxPromptBytes: o.max_prompt_bytes,
     rpcTimeoutMs: config.communication.message_timeout * 1000,
     defaultTimeoutMs: o.default_timeout_seconds * 1000,
+    unconfirmedAttemptTimeoutMs: o.unconfirmed_attempt_timeout_seconds * 1000,
     log: log.child({ service: "orchestrator" }),
     observer,
     hostInterceptors: obs?.clientInterceptors ?? [],

@@ -17,6 +17,8 @@ export class HostLink {
   readonly address: string;
   agents: Agent[] = [];
   reachable = false;
+  /** The poll (HostRegistry.generation) whose answer `agents` holds; 0 before any answer. */
+  answeredIn = 0;
 
   constructor(address: string, interceptors: Interceptor[] = []) {
     this.address = address;
@@ -30,6 +32,9 @@ export class HostLink {
  */
 export class HostRegistry {
   readonly links: HostLink[];
+  /** Polls begun so far: an answer from a poll numbered above N was given after poll N began. */
+  generation = 0;
+  private polling: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly log: Logger;
   private readonly timeoutMs: number;
@@ -45,19 +50,37 @@ export class HostRegistry {
     this.log = log;
   }
 
-  /** Polls every intervalMs, calling onChange after each poll. */
+  /** Polls every intervalMs, calling onChange after each poll; a poll still under way is not doubled. */
   start(intervalMs: number, onChange: () => void): void {
-    const poll = () => void this.refresh().then(onChange);
+    const poll = () => {
+      if (this.polling) return;
+      this.refresh()
+        .then(onChange)
+        .catch((e: unknown) => this.log.error("polling the agent hosts failed", { error: e }));
+    };
     poll();
     this.timer = setInterval(poll, intervalMs);
   }
 
-  stop(): void {
+  /** Stops polling; resolves once a poll under way has ended. */
+  async stop(): Promise<void> {
     clearInterval(this.timer);
+    await this.polling;
   }
 
-  /** Asks every host for its agents. */
-  async refresh(): Promise<void> {
+  /** The link to the host at `address`, if it is configured. */
+  link(address: string): HostLink | undefined {
+    return this.links.find((l) => l.address === address);
+  }
+
+  /** Asks every host for its agents (joining a poll already under way). */
+  refresh(): Promise<void> {
+    this.polling ??= this.poll().finally(() => (this.polling = undefined));
+    return this.polling;
+  }
+
+  private async poll(): Promise<void> {
+    const generation = ++this.generation;
     await Promise.all(
       this.links.map(async (link) => {
         try {
@@ -69,6 +92,7 @@ export class HostRegistry {
             });
           link.agents = res.agents;
           link.reachable = true;
+          link.answeredIn = generation;
         } catch (e) {
           if (link.reachable)
             this.log.warn("agent host unreachable", { host: link.address, error: e });

@@ -40,6 +40,17 @@ export interface AttemptEnd {
   result: TaskResult;
 }
 
+/** An attempt whose AgentHost was lost: nothing follows until the host confirms it is over. */
+export interface AttemptUnconfirmed {
+  taskId: string;
+  attempt: number;
+  /** The AgentHost's address. */
+  host: string;
+  /** What happened and what is awaited, as written to the task's events. */
+  reason: string;
+  at: number;
+}
+
 /**
  * What the Orchestrator tells whoever watches it (metrics, traces). The Orchestrator knows
  * nothing of Prometheus or OpenTelemetry; an observer never changes what it does.
@@ -51,6 +62,8 @@ export interface OrchestratorObserver {
   transition(t: Transition): void;
   /** Runs one attempt (its RunTask call and everything after) inside the attempt's context. */
   attempt(a: Attempt, run: () => Promise<void>): Promise<void>;
+  /** Called when an attempt's host is lost, or found unconfirmed after a restart (no transition). */
+  attemptUnconfirmed(e: AttemptUnconfirmed): void;
   /** Called once per attempt that ended with an outcome (usage and cost are in the result). */
   attemptEnded(e: AttemptEnd): void;
 }

@@ -23,6 +23,12 @@ export const FINAL_STATES: ReadonlySet<TaskState> = new Set([
   TaskState.TIMED_OUT,
 ]);
 
+/** Columns added after the first release, with their definitions: added to older databases at open. */
+const ADDED_COLUMNS: [name: string, definition: string][] = [
+  ["trace_parent", "TEXT"], // tracing
+  ["host", "TEXT NOT NULL DEFAULT ''"], // the AgentHost (HostLink.address) of the current attempt
+];
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS tasks (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -44,7 +50,8 @@ CREATE TABLE IF NOT EXISTS tasks (
   input_tokens INTEGER NOT NULL DEFAULT 0,
   output_tokens INTEGER NOT NULL DEFAULT 0,
   cost_usd REAL NOT NULL DEFAULT 0,
-  trace_parent TEXT
+  trace_parent TEXT,
+  host TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (state, priority DESC, seq);
 CREATE TABLE IF NOT EXISTS events (
@@ -73,6 +80,8 @@ interface TaskRow {
 export interface TaskUpdate {
   state?: TaskState;
   agentId?: string;
+  /** The AgentHost running the current attempt ("" when none). */
+  host?: string;
   attempts?: number;
   notBefore?: number;
   startTime?: number | null;
@@ -97,8 +106,9 @@ export class TaskStore {
     );
     this.db.exec(SCHEMA);
     const columns = this.db.prepare("PRAGMA table_info(tasks)").all() as { name: string }[];
-    if (!columns.some((c) => c.name === "trace_parent")) {
-      this.db.exec("ALTER TABLE tasks ADD COLUMN trace_parent TEXT"); // a database from before tracing
+    for (const [name, definition] of ADDED_COLUMNS) {
+      if (!columns.some((c) => c.name === name))
+        this.db.exec(`ALTER TABLE tasks ADD COLUMN ${name} ${definition}`);
     }
   }
 
@@ -176,6 +186,13 @@ export class TaskStore {
     return new Map(rows.map((r) => [r.state as TaskState, r.n]));
   }
 
+  /** The AgentHost (its address) recorded for a task's current attempt; "" when none. */
+  attemptHost(id: string): string {
+    const row = this.db.prepare("SELECT host FROM tasks WHERE id = ?").get(id) as
+      { host: string } | undefined;
+    return row?.host ?? "";
+  }
+
   /** Max attempts stored with a task (the spec's, or the default at submit). */
   maxAttempts(id: string): number {
     const row = this.db.prepare("SELECT max_attempts FROM tasks WHERE id = ?").get(id) as
@@ -193,6 +210,7 @@ export class TaskStore {
     };
     if (update.state !== undefined) put("state", update.state);
     if (update.agentId !== undefined) put("agent_id", update.agentId);
+    if (update.host !== undefined) put("host", update.host);
     if (update.attempts !== undefined) put("attempts", update.attempts);
     if (update.notBefore !== undefined) put("not_before", update.notBefore);
     if (update.startTime !== undefined) put("start_time", update.startTime);

@@ -21,6 +21,10 @@ import type { TaskStore } from "./store.ts";
 export const ATTR_INPUT_TOKENS = "gen_ai.usage.input_tokens";
 export const ATTR_OUTPUT_TOKENS = "gen_ai.usage.output_tokens";
 export const ATTR_COST_USD = "conductor.cost_usd";
+/** Span event on an attempt whose AgentHost was lost, with the host and the reason. */
+export const EVENT_ATTEMPT_UNCONFIRMED = "agent_host_lost";
+export const ATTR_AGENT_HOST = "conductor.agent_host";
+export const ATTR_REASON = "conductor.reason";
 
 /** A task state as a label value: queued, scheduled, running, succeeded, failed, cancelled, timed_out. */
 export function stateLabel(state: TaskState): string {
@@ -135,6 +139,17 @@ export function createOrchestratorObserver(
         span.setAttribute(ATTR_OUTCOME, entry.outcome ?? "interrupted");
         span.end();
       });
+    },
+
+    attemptUnconfirmed(e) {
+      // The attempt's span stays open until the host confirms; after a restart there is none.
+      attempts
+        .get(e.taskId)
+        ?.span?.addEvent(
+          EVENT_ATTEMPT_UNCONFIRMED,
+          { [ATTR_AGENT_HOST]: e.host, [ATTR_REASON]: e.reason },
+          e.at,
+        );
     },
 
     attemptEnded(e) {

@@ -45,4 +45,15 @@ describe("loadConfig", () => {
     expect(config.agent.anthropic_api_key).toBe("sk-test");
     expect(config.agent.anthropic_base_url).toBe("http://127.0.0.1:9");
   });
+
+  it("waits 600 s for a lost agent host unless told otherwise", () => {
+    const key = "CONDUCTOR_ORCHESTRATOR_UNCONFIRMED_ATTEMPT_TIMEOUT_SECONDS";
+    const timeout = (env: Record<string, string>) =>
+      loadConfig({ env }).orchestrator.unconfirmed_attempt_timeout_seconds;
+    expect(timeout({})).toBe(600);
+    expect(timeout({ [key]: "30" })).toBe(30);
+    expect(() => timeout({ [key]: "0" })).toThrow(
+      /"orchestrator.unconfirmed_attempt_timeout_seconds"/,
+    );
+  });
 });

@@ -11,6 +11,18 @@ export class ConfigError extends Error {
 
 const seconds = z.number().positive();
 
+/** A list of strings; one given as a plain string (an environment variable) is comma-separated. */
+const stringList = z.preprocess(
+  (v) =>
+    typeof v === "string"
+      ? v
+          .split(",")
+          .map((s) => s.trim())
+          .filter(Boolean)
+      : v,
+  z.array(z.string().min(1)),
+);
+
 /** The configuration schema: the seed's sections plus runtime, storage and observability. */
 const schema = z
   .object({
@@ -26,7 +38,12 @@ const schema = z
         retry_backoff_seconds: z.number().min(0).default(1),
         max_prompt_bytes: z.number().int().positive().default(100_000),
         /** AgentHost sockets to schedule onto; empty means the one in the socket folder. */
-        agent_hosts: z.array(z.string().min(1)).default([]),
+        agent_hosts: stringList.default([]),
+        /**
+         * An attempt whose AgentHost was lost is retried only once the host confirms it ended,
+         * or after the host has been silent this long (a dead host's runs die with it).
+         */
+        unconfirmed_attempt_timeout_seconds: seconds.default(600),
       })
       .strict()
       .prefault({}),
@@ -85,6 +102,17 @@ const schema = z
         socket: z.string().default(""),
         docker_host: z.string().default(""),
         xdg_runtime_dir: z.string().default(""),
+        /**
+         * How the process runtime contains agents: "bubblewrap" (default) runs every run in its
+         * own sandbox; "none" runs agents as plain local processes with this service's user and
+         * view of the machine — an explicit, unsafe opt-out for hosts where no sandbox can be made.
+         */
+        process_sandbox: z.enum(["bubblewrap", "none"]).default("bubblewrap"),
+        /**
+         * Host folders every process-runtime sandbox sees, read-only, besides the system
+         * (/usr, /etc, …), the CLI's folder and node: e.g. toolchains under /opt.
+         */
+        read_only_paths: stringList.default([]),
         /** none (default), host, or an engine network name. */
         network: z.string().min(1).default("none"),
         /** uid:gid the agent runs as inside containers; never root. */
@@ -109,8 +137,20 @@ const schema = z
         socket_path: z.string().default(""),
         /** A delivered message not acknowledged within this is delivered again. */
         ack_timeout_seconds: seconds.default(30),
-        /** Most unacknowledged messages one inbox holds; more is RESOURCE_EXHAUSTED. */
+        /** Most unacknowledged messages one inbox holds, from everyone; more is RESOURCE_EXHAUSTED. */
         inbox_limit: z.number().int().min(1).max(1_000_000).default(1000),
+        /**
+         * Most unacknowledged messages one agent may have in another's inbox (its direct
+         * messages, requests and topic copies), so no agent can silence others; unset means a
+         * tenth of inbox_limit (at least 1). Replies and the Orchestrator's don't count.
+         */
+        sender_share: z.number().int().min(1).max(1_000_000).optional(),
+        /**
+         * Places of every inbox that only replies and the Orchestrator's messages may take:
+         * agents' other messages fill at most inbox_limit - reply_reserve. Unset means a tenth
+         * of inbox_limit.
+         */
+        reply_reserve: z.number().int().min(0).max(1_000_000).optional(),
         /** A message nobody acknowledges is dropped after this long (and a message's TTL can't be longer). */
         ttl_seconds: seconds.default(86_400),
         max_payload_bytes: z.number().int().min(1).max(3_000_000).default(65_536),
@@ -118,7 +158,8 @@ const schema = z
         request_timeout_seconds: seconds.default(60),
       })
       .strict()
-      .prefault({}),
+      .prefault({})
+      .transform(brokerShares),
     observability: z
       .object({
         log_level: z.enum(["debug", "info", "warn", "error"]).default("info"),
@@ -135,6 +176,37 @@ const schema = z
       .prefault({}),
   })
   .strict();
+
+/**
+ * Fills in the Broker's sender_share and reply_reserve (a tenth of inbox_limit when unset)
+ * and checks they leave every agent room: reply_reserve below inbox_limit, sender_share
+ * within what agents may fill.
+ */
+function brokerShares<
+  B extends {
+    inbox_limit: number;
+    sender_share?: number | undefined;
+    reply_reserve?: number | undefined;
+  },
+>(b: B, ctx: z.RefinementCtx): B & { sender_share: number; reply_reserve: number } {
+  const limit = b.inbox_limit;
+  const reply_reserve = b.reply_reserve ?? Math.floor(limit / 10);
+  const sender_share = b.sender_share ?? Math.max(1, Math.floor(limit / 10));
+  if (reply_reserve >= limit) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["reply_reserve"],
+      message: `must be less than broker.inbox_limit (${limit}), or agents could send nothing`,
+    });
+  } else if (sender_share > limit - reply_reserve) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["sender_share"],
+      message: `must be at most broker.inbox_limit - broker.reply_reserve (${limit - reply_reserve}), the places agents may fill`,
+    });
+  }
+  return { ...b, sender_share, reply_reserve };
+}
 
 /** The validated configuration, with defaults applied and paths made absolute. */
 export type Config = z.infer<typeof schema>;
@@ -196,6 +268,7 @@ function resolvePaths(config: Config, cwd: string): Config {
     ? path.resolve(cwd, b.socket_path)
     : path.join(c.socket_dir, "broker.sock");
   config.storage.data_dir = path.resolve(cwd, config.storage.data_dir);
+  config.runtime.read_only_paths = config.runtime.read_only_paths.map((p) => path.resolve(cwd, p));
   if (config.agent.claude_path)
     config.agent.claude_path = path.resolve(cwd, config.agent.claude_path);
   return config;

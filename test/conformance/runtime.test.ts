@@ -10,7 +10,7 @@
  */
 import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { chmodSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -129,12 +129,57 @@ describe.each(TARGETS)("runtime conformance: $name", (target) => {
   const engineIt = target.engine ? it : () => undefined;
   const processIt = target.engine ? () => undefined : it;
 
-  processIt("says in its fingerprint that it enforces no limits and no isolation", async () => {
-    expect(fp).toMatchObject({
-      healthy: true,
-      capabilities: { limits: false, networkIsolation: false },
-    });
-  });
+  processIt(
+    "says in its fingerprint that it isolates (bubblewrap) but enforces no limits",
+    async () => {
+      expect(fp).toMatchObject({
+        healthy: true,
+        capabilities: { limits: false, networkIsolation: true },
+      });
+      expect(fp.detail).toMatch(/bubblewrap/);
+    },
+  );
+
+  processIt(
+    "isolates: non-root, system read-only, only its mounts, its own processes, no network",
+    async () => {
+      const hidden = mkdtempSync(path.join(tmpdir(), "conformance-hidden-"));
+      chmodSync(hidden, 0o777); // not permissions: only the missing mount may hide it
+      try {
+        const h = await started();
+        const r = await run(
+          b,
+          h,
+          [
+            "id -u",
+            "touch /usr/rootfile 2>/dev/null && echo usr-writable || echo usr-ro",
+            "echo x >/tmp/f && echo tmp-ok",
+            `echo x >${workspace}/from-inside && echo ws-ok`,
+            `ls ${hidden} >/dev/null 2>&1 && echo hidden-visible || echo hidden-absent`,
+            "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status | tr -s '\\t ' ' '",
+            "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+            // Its own sandbox's processes alone: bwrap's init and this pipeline, nothing else.
+            "cat /proc/[0-9]*/comm 2>/dev/null | grep -cvxE 'bwrap|sh|cat|grep'",
+          ].join("; "),
+          workspace,
+        );
+        expect(r.lines, r.stderr).toEqual([
+          "1000",
+          "usr-ro",
+          "tmp-ok",
+          "ws-ok",
+          "hidden-absent",
+          "CapEff: 0000000000000000",
+          "CapBnd: 0000000000000000",
+          "NoNewPrivs: 1",
+          "lo",
+          "0",
+        ]);
+      } finally {
+        rmSync(hidden, { recursive: true, force: true });
+      }
+    },
+  );
 
   beforeAll(async () => {
     b = target.make();
@@ -366,14 +411,16 @@ describe.each(TARGETS)("runtime conformance: $name", (target) => {
     const h = await started({ limits: { memoryBytes: 16_000 * 4096, pids: 64, ulimits: ULIMITS } });
     const ac = new AbortController();
     const waiting = b.waitForExit(h, ac.signal);
-    // Make the container's PID 1 the OOM killer's choice, so the container itself dies.
+    // Make the container's PID 1 (nobody's, so the agent can't) the OOM killer's choice, from
+    // the host, so the container itself dies.
+    const [cli, ...args] = target.engine!.cli as [string, ...string[]];
+    const pid = (
+      await promisify(execFile)(cli, [...args, "inspect", "-f", "{{.State.Pid}}", h.id])
+    ).stdout.trim();
+    writeFileSync(`/proc/${pid}/oom_score_adj`, "1000");
     const hogs =
       "for i in 1 2 3 4; do dd if=/dev/zero of=/dev/null bs=20M count=100000 & done; wait";
-    const hog = await b.exec(h, {
-      argv: ["sh", "-c", `echo 1000 >/proc/1/oom_score_adj && ${hogs}`],
-      cwd: "/tmp",
-      env: {},
-    });
+    const hog = await b.exec(h, { argv: ["sh", "-c", hogs], cwd: "/tmp", env: {} });
     const st = await waiting;
     expect(st).toMatchObject({ running: false, oomKilled: true, reason: "out of memory" });
     await hog.exited; // ends with the container

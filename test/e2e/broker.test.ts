@@ -29,6 +29,8 @@ describe("conductor broker, killed with SIGKILL", () => {
       CONDUCTOR_OBSERVABILITY_LOG_LEVEL: "warn",
       CONDUCTOR_OBSERVABILITY_METRICS_PORT: "-1",
       CONDUCTOR_BROKER_ACK_TIMEOUT_SECONDS: "300",
+      // 150 unread messages from one sender: more than its default share of an inbox.
+      CONDUCTOR_BROKER_SENDER_SHARE: "300",
     };
     const socketPath = path.join(dir, "run", "broker.sock");
     let service = await startService("broker", args, env);

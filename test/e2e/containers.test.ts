@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
+import { writeFileSync } from "node:fs";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
@@ -130,13 +131,18 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
 
     it("reports an OOM kill of an agent's container as out of memory, and replaces the agent", async () => {
       const { client } = conductor;
-      // The container's init (same uid) volunteers as the OOM killer's victim, as the kernel
-      // picks the highest score; then a hog fills the 512 MiB limit.
-      const hog = "echo 1000 > /proc/1/oom_score_adj; head -c 600m /dev/zero | tail";
+      // The containers' PID 1 (nobody's: the agent can't touch it) is made the OOM killer's
+      // victim from the host, as the kernel picks the highest score; then a hog fills the
+      // 512 MiB limit.
+      const hog = "head -c 600m /dev/zero | tail";
       const { agents } = await client.listAgents({});
       const before = new Map(
         await Promise.all(agents.map(async (a) => [a.id, await containerOf(a.id)] as const)),
       );
+      for (const id of before.values()) {
+        const pid = (await engine("inspect", "-f", "{{.State.Pid}}", id)).stdout.trim();
+        writeFileSync(`/proc/${pid}/oom_score_adj`, "1000");
+      }
       const { task } = await client.submitTask({
         spec: spec({
           allowedTools: ["Bash"],

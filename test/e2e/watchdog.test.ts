@@ -1,7 +1,7 @@
-import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { resolveClaudePath } from "../../services/shared/claude-path.ts";
 import { processesWith, scripted, spec, waitForEnd } from "../harness.ts";
@@ -9,9 +9,12 @@ import { useConductor } from "./use-conductor.ts";
 
 /** The watchdog: a CLI that lingers after its result, or goes silent, is ended. */
 describe("the run watchdog", () => {
+  let dir = "";
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const setup = useConductor(() => {
     // A CLI that hangs after printing its result: the real CLI, then a process that never exits.
-    const dir = mkdtempSync(path.join(tmpdir(), "conductor-hang-"));
+    dir = mkdtempSync(path.join(tmpdir(), "conductor-hang-"));
+    chmodSync(dir, 0o755); // the sandbox's user runs the wrapper
     const wrapper = path.join(dir, "claude-then-hang");
     writeFileSync(wrapper, `#!/bin/sh\n"${resolveClaudePath("")}" "$@"\nexec sleep 600\n`);
     chmodSync(wrapper, 0o755);
@@ -19,6 +22,8 @@ describe("the run watchdog", () => {
       agents: 2,
       env: {
         CONDUCTOR_AGENT_CLAUDE_PATH: wrapper,
+        // The wrapper's folder is in the sandbox (the CLI's folder); the real CLI's too.
+        CONDUCTOR_RUNTIME_READ_ONLY_PATHS: path.dirname(resolveClaudePath("")),
         CONDUCTOR_AGENT_IDLE_TIMEOUT_SECONDS: "3",
         CONDUCTOR_AGENT_RESULT_GRACE_SECONDS: "1",
       },

@@ -115,7 +115,8 @@ export declare type SendRequest = Message$1<"conductor.v1.SendRequest"> & {
     case: "receiver";
   } | {
     /**
-     * Every current subscriber of the topic but the sender gets its own copy.
+     * Every current member of the topic but the sender gets its own copy. Only members and
+     * the Orchestrator may send to a topic: PERMISSION_DENIED for anyone else.
      *
      * @generated from field: string topic = 3;
      */
@@ -136,7 +137,8 @@ export declare type SendRequest = Message$1<"conductor.v1.SendRequest"> & {
   payload: string;
 
   /**
-   * For a task_request, empty means the message id.
+   * For a task_request, empty means the message id. A task_request's id is the caller's
+   * own: another agent using the same id makes a separate request.
    *
    * @generated from field: string correlation_id = 6;
    */
@@ -171,7 +173,7 @@ export declare type SendResponse = Message$1<"conductor.v1.SendResponse"> & {
   correlationId: string;
 
   /**
-   * Inboxes it was stored in: 1 for a receiver, the subscriber count for a topic (may be 0).
+   * Inboxes it was stored in: 1 for a receiver, the member count for a topic (may be 0).
    *
    * @generated from field: int32 delivered_to = 3;
    */
@@ -196,7 +198,9 @@ export declare type SubscribeRequest = Message$1<"conductor.v1.SubscribeRequest"
   agentId: string;
 
   /**
-   * Topics to join before streaming; membership is durable until Unsubscribe.
+   * Topics the caller expects to be a member of: PERMISSION_DENIED for one it is not (only
+   * the Orchestrator adds members, with RegisterAgent; the Orchestrator itself joins them).
+   * Members get topic messages in their inbox whether or not they name the topic here.
    *
    * @generated from field: repeated string topics = 2;
    */
@@ -244,7 +248,7 @@ export declare type ReceiveRequest = Message$1<"conductor.v1.ReceiveRequest"> & 
   agentId: string;
 
   /**
-   * Topics to join first; membership is durable until Unsubscribe.
+   * As SubscribeRequest.topics: PERMISSION_DENIED for a topic the caller is not a member of.
    *
    * @generated from field: repeated string topics = 2;
    */
@@ -349,7 +353,8 @@ export declare type RequestRequest = Message$1<"conductor.v1.RequestRequest"> & 
 
   /**
    * Empty means a new one. Asking again with the id of an unanswered request waits for
-   * that request's reply instead of sending it twice.
+   * that request's reply instead of sending it twice. The id is scoped to the caller:
+   * another agent's request with the same id is never answered with this one's reply.
    *
    * @generated from field: string correlation_id = 4;
    */
@@ -414,6 +419,14 @@ export declare type ReplyRequest = Message$1<"conductor.v1.ReplyRequest"> & {
    * @generated from field: bool is_error = 3;
    */
   isError: boolean;
+
+  /**
+   * Who asked (the request's sender). Needed only when requests from more than one agent
+   * to the caller carry this correlation id: INVALID_ARGUMENT names them then.
+   *
+   * @generated from field: string requester = 4;
+   */
+  requester: string;
 };
 
 /**
@@ -453,6 +466,14 @@ export declare type UnsubscribeRequest = Message$1<"conductor.v1.UnsubscribeRequ
    * @generated from field: repeated string topics = 1;
    */
   topics: string[];
+
+  /**
+   * Empty, or the caller's own identity; only the Orchestrator may name another agent, to
+   * take it out of topics.
+   *
+   * @generated from field: string agent_id = 2;
+   */
+  agentId: string;
 };
 
 /**
@@ -553,7 +574,8 @@ export declare type RegisterAgentRequest = Message$1<"conductor.v1.RegisterAgent
   agentId: string;
 
   /**
-   * Topics to join it to (e.g. its task group).
+   * Topics to make it a member of (e.g. its task group); it stays a member until it leaves
+   * or the Orchestrator takes it out (Unsubscribe).
    *
    * @generated from field: repeated string topics = 2;
    */
@@ -635,6 +657,16 @@ export declare const MessageTypeSchema: GenEnum<MessageType>;
  * AgentHost (the Orchestrator's identity is `orchestrator`). The sender of a message is
  * always the caller's own identity, and a caller reads only its own inbox.
  *
+ * Topics have members, and only the Orchestrator adds them (RegisterAgent); a message to a
+ * topic is stored in every member's inbox. Only members and the Orchestrator may send to a
+ * topic; an agent may leave one (Unsubscribe) but never join one itself.
+ *
+ * No sender can fill another's inbox: an inbox holds at most broker.inbox_limit
+ * unacknowledged messages; one agent's messages in another agent's inbox (sent to it, to a
+ * topic, or as requests) may take at most broker.sender_share of those places, and agents
+ * together at most broker.inbox_limit - broker.reply_reserve. Replies (Reply) and the
+ * Orchestrator's messages do not count against any share: the reserved places are theirs.
+ *
  * Delivery is at least once: a message is stored durably before Send answers, stays in the
  * receiver's inbox until the receiver acknowledges it (Ack), and is delivered again when no
  * Ack comes within the ack timeout. Messages from one sender to one receiver are first
@@ -644,8 +676,9 @@ export declare const MessageTypeSchema: GenEnum<MessageType>;
  */
 export declare const BrokerService: GenService<{
   /**
-   * Stores a message for one agent, or for every subscriber of a topic, durably before
-   * answering. RESOURCE_EXHAUSTED when a receiver's inbox is full (nothing is stored then).
+   * Stores a message for one agent, or for every member of a topic, durably before
+   * answering. RESOURCE_EXHAUSTED when the caller's share of a receiver's inbox is used up, or
+   * the inbox is full (nothing is stored then, for any receiver).
    *
    * @generated from rpc conductor.v1.BrokerService.Send
    */
@@ -656,7 +689,7 @@ export declare const BrokerService: GenService<{
   },
   /**
    * Streams the caller's inbox: waiting messages first, then new ones as they arrive, at
-   * most `prefetch` unacknowledged at a time. The topics named are joined (durably) first.
+   * most `prefetch` unacknowledged at a time.
    *
    * @generated from rpc conductor.v1.BrokerService.Subscribe
    */
@@ -667,7 +700,7 @@ export declare const BrokerService: GenService<{
   },
   /**
    * Takes up to `max_messages` waiting messages at once, waiting up to `wait_ms` for the
-   * first; for clients that poll. The topics named are joined (durably) first.
+   * first; for clients that poll.
    *
    * @generated from rpc conductor.v1.BrokerService.Receive
    */
@@ -689,6 +722,8 @@ export declare const BrokerService: GenService<{
   /**
    * Sends a task_request to one agent and waits for the reply with its correlation id.
    * DEADLINE_EXCEEDED when none comes in time; a later reply waits in the caller's inbox.
+   * A correlation id belongs to its requester: another agent's request with the same id is
+   * another request, and only the agent asked can answer it.
    *
    * @generated from rpc conductor.v1.BrokerService.Request
    */
@@ -708,7 +743,7 @@ export declare const BrokerService: GenService<{
     output: typeof ReplyResponseSchema;
   },
   /**
-   * Leaves topics.
+   * Leaves topics (the Orchestrator may also take an agent out of them).
    *
    * @generated from rpc conductor.v1.BrokerService.Unsubscribe
    */
@@ -728,7 +763,8 @@ export declare const BrokerService: GenService<{
     output: typeof BrokerServiceListAgentsResponseSchema;
   },
   /**
-   * Makes an agent known before its first call (and joins it to topics). Orchestrator only.
+   * Makes an agent known before its first call, and makes it a member of topics (the only
+   * way an agent joins one). Orchestrator only.
    *
    * @generated from rpc conductor.v1.BrokerService.RegisterAgent
    */

