@@ -1,19 +1,9 @@
-import {
-  chmodSync,
-  chownSync,
-  closeSync,
-  constants as fsConstants,
-  fstatSync,
-  lchownSync,
-  lstatSync,
-  mkdirSync,
-  openSync,
-  rmSync,
-} from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import path from "node:path";
 import type { Duplex } from "node:stream";
+import { socketForAgent } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 
 /** Tokens the proxy saw in the model's answers. */
@@ -42,8 +32,6 @@ export const MAX_CONNECTIONS = 64;
 /** How much of a refused request target goes into the log. */
 const LOGGED_TARGET_CHARS = 200;
 const DEFAULT_UPSTREAM = "https://api.anthropic.com";
-/** Linux's O_PATH (not in fs.constants): names a file without opening what it is. */
-const O_PATH = 0o10000000;
 
 /**
  * The only request targets forwarded, in origin form exactly as the CLI sends them: the
@@ -258,7 +246,7 @@ export async function startModelProxy(opts: {
     server.listen(opts.socketPath, () => {
       server.off("error", reject);
       try {
-        restrictSocket(opts.socketPath, opts.owner);
+        socketForAgent(opts.socketPath, opts.owner);
         resolve();
       } catch (e) {
         server.close();
@@ -294,31 +282,6 @@ function parseUpstream(raw: string): URL {
   if (url.protocol !== "http:" && url.protocol !== "https:")
     throw new Error(`model proxy: upstream ${url.origin} is not http(s)`);
   return url;
-}
-
-/**
- * Makes the socket mode 0600 and hands it to `owner`, without following a link: the socket's
- * folder may be the agent's, and a symlink planted there must not turn this into a chmod or
- * chown of a host file. On Linux the name is opened O_PATH|O_NOFOLLOW and changed through
- * /proc/self/fd; elsewhere it is checked with lstat first (a narrow race remains there). Until
- * then the socket has the umask's mode (0755 under the usual 0022: the service's user alone).
- */
-function restrictSocket(socketPath: string, owner: { uid: number; gid: number } | undefined) {
-  const replaced = () => new Error(`model proxy: ${socketPath} was replaced while starting`);
-  if (process.platform !== "linux") {
-    if (!lstatSync(socketPath).isSocket()) throw replaced();
-    chmodSync(socketPath, 0o600);
-    if (owner) lchownSync(socketPath, owner.uid, owner.gid);
-    return;
-  }
-  const fd = openSync(socketPath, O_PATH | fsConstants.O_NOFOLLOW);
-  try {
-    if (!fstatSync(fd).isSocket()) throw replaced();
-    chmodSync(`/proc/self/fd/${fd}`, 0o600);
-    if (owner) chownSync(`/proc/self/fd/${fd}`, owner.uid, owner.gid);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /** A Messages API error body: `{"type":"error","error":{type,message}}`. */
