@@ -1,4 +1,4 @@
-import { spawn } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import type { ExecRequest, Execution, ExitStatus } from "../runtime.ts";
@@ -32,6 +32,8 @@ export function execProcess(
     stdio: ["ignore", "pipe", "pipe"],
   });
   const pid = child.pid;
+  // Out of file descriptors (EMFILE) the pipes may not exist; the failure comes as an event.
+  if (!child.stdout || !child.stderr) return unstarted(child);
   let stderr = "";
   child.stderr.setEncoding("utf8");
   child.stderr.on("data", (d: string) => {
@@ -86,6 +88,24 @@ export function execProcess(
       } finally {
         clearTimeout(timer);
       }
+    },
+  };
+}
+
+/** A child whose pipes could not be made: it never runs; exited carries the reason. */
+function unstarted(child: ChildProcess): Execution & { pid: number | undefined } {
+  const exited = new Promise<ExitStatus>((resolve) => {
+    child.once("error", (spawnError) => resolve({ code: null, signal: null, spawnError }));
+    child.once("exit", (code, signal) => resolve({ code, signal }));
+  });
+  return {
+    pid: child.pid,
+    onStdoutLine: () => undefined,
+    stderrTail: () => "",
+    exited,
+    kill: async () => {
+      child.kill("SIGKILL");
+      return exited;
     },
   };
 }

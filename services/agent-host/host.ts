@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { lchownSync, mkdirSync, readdirSync, rmSync } from "node:fs";
+import { mkdirSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { AgentSchema, AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
@@ -13,7 +13,7 @@ import {
   type SandboxHandle,
   type SandboxStatus,
 } from "../../plugins/runtime.ts";
-import { freshRunDir, type AgentOwner } from "../shared/agent-files.ts";
+import { freshRunDir, ownTree, type AgentOwner } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
 import { MCP_ALLOWED_TOOLS, setUpAgentBroker, type AgentBroker } from "../broker/access.ts";
@@ -74,6 +74,8 @@ export interface AgentHostOptions {
   broker?: { secret: Buffer; socketPath: string } | undefined;
 }
 
+/** Agents one AgentHost gives a uid of their own, from runtime.user up (orchestrator.num_agents' bound). */
+const MAX_AGENT_UIDS = 1000;
 /** Inside a container the CLI reaches the model proxy through this loopback forwarder. */
 const FORWARDER_PORT = 8080;
 /** How long a failed run waits for the engine to report its container's death. */
@@ -88,6 +90,8 @@ const PLACEHOLDER_KEY = "sk-conductor-proxy-adds-the-real-key";
  */
 export class AgentHost {
   private readonly slots = new Map<string, AgentSlot>();
+  /** Each agent's offset from runtime.user, by agent id (see userOf). */
+  private readonly uidOffsets = new Map<string, number>();
   private nextIndex = 1;
   private closed = false;
   /** Replacements of agents whose sandbox died, still under way. */
@@ -109,13 +113,31 @@ export class AgentHost {
   }
 
   /**
-   * The user agents run as, when it is not ours: a root AgentHost runs them as runtime.user
-   * (containers and the process sandbox alike); a non-root one as itself.
+   * The uid:gid agent `id` runs as: runtime.user's, plus the agent's place in start order, so
+   * each agent is a user of its own (kernel-level separation from the others, and from any
+   * account on the host when runtime.user's range is unused). A replaced agent keeps its uid.
    */
-  private get owner(): AgentOwner | undefined {
-    if ((process.getuid?.() ?? 0) !== 0) return undefined;
+  private userOf(id: string): AgentOwner {
+    let offset = this.uidOffsets.get(id);
+    if (offset === undefined) {
+      offset = this.uidOffsets.size;
+      if (offset >= MAX_AGENT_UIDS) {
+        throw new Error(
+          `no uid left for agent ${id}: one AgentHost runs at most ${MAX_AGENT_UIDS} agents, from runtime.user ${this.opts.sandbox.user}`,
+        );
+      }
+      this.uidOffsets.set(id, offset);
+    }
     const [uid, gid] = this.opts.sandbox.user.split(":").map(Number);
-    return { uid: uid!, gid: gid ?? uid! };
+    return { uid: uid! + offset, gid: (gid ?? uid!) + offset };
+  }
+
+  /**
+   * Who owns what the agent may write, when it is not us: a root AgentHost runs agents as
+   * userOf(id) (containers and the process sandbox alike); a non-root one as itself.
+   */
+  private ownerOf(id: string): AgentOwner | undefined {
+    return (process.getuid?.() ?? 0) === 0 ? this.userOf(id) : undefined;
   }
 
   /** Reaps what an earlier run of this host left, then starts the configured agents. */
@@ -152,8 +174,8 @@ export class AgentHost {
     for (const d of [workspace, configDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
     // The agent writes in its workspace and config folder; the run folder is ours alone, made
     // anew each time, and mounted read-only: nothing the agent did there is ever followed.
-    const owner = this.owner;
-    if (owner) for (const d of [workspace, configDir]) lchownSync(d, owner.uid, owner.gid);
+    const owner = this.ownerOf(id);
+    if (owner) for (const d of [workspace, configDir]) ownTree(d, owner);
     freshRunDir(runDir, owner);
     let proxy: ModelProxy | undefined;
     let broker: AgentBroker | undefined;
@@ -210,7 +232,7 @@ export class AgentHost {
           ulimits: o.sandbox.ulimits,
         },
         network: o.sandbox.network,
-        user: o.sandbox.user,
+        user: `${this.userOf(id).uid}:${this.userOf(id).gid}`,
       });
       await o.backend.start(sandbox);
     } catch (e) {

@@ -2,13 +2,16 @@
 // has its gRPC code and a message naming what was wrong, and stores nothing.
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
+import net from "node:net";
 import path from "node:path";
 import { Code, createClient } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BrokerService, MessageType } from "../../gen/conductor/v1/broker_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { unixTransport } from "../shared/transport.ts";
+import { eventually } from "../../test/harness.ts";
 import { brokerClient, startBrokerRelay } from "./access.ts";
+import { MAX_RELAY_CONNECTIONS } from "./relay.ts";
 import {
   agentCredential,
   loadBrokerSecret,
@@ -192,6 +195,45 @@ describe("Broker access control and bad input", () => {
       expect(got.message).toMatch(message);
     }
     expect((await b.agent("agent-2").receive({})).messages).toEqual([]);
+  });
+
+  it("holds at most MAX_RELAY_CONNECTIONS connections of one agent, and serves again after", async () => {
+    const relayPath = path.join(b.dir, "flood-run", "broker.sock");
+    mkdirSync(path.dirname(relayPath));
+    await using relay = await startBrokerRelay({
+      socketPath: relayPath,
+      brokerSocket: b.socketPath,
+    });
+    const extra = 8;
+    const sockets = Array.from({ length: MAX_RELAY_CONNECTIONS + extra }, () =>
+      net.connect(relay.socketPath),
+    );
+    const closes = sockets.map(
+      (s) =>
+        new Promise((resolve) => {
+          s.on("error", () => undefined);
+          s.once("close", resolve);
+        }),
+    );
+    // The relay closes the ones past its limit; the rest stay open.
+    await eventually(async () => {
+      const closed = sockets.filter((s) => s.closed).length;
+      return closed === extra ? closed : undefined;
+    }, `${extra} connections closed by the relay`);
+    for (const s of sockets) s.destroy();
+    await Promise.all(closes);
+    const viaRelay = brokerClient({
+      socketPath: relayPath,
+      credential: agentCredential(b.secret, "agent-1"),
+    });
+    await eventually(
+      () =>
+        viaRelay.listAgents({}).then(
+          () => true,
+          () => undefined,
+        ),
+      "the relay serving again",
+    );
   });
 
   it("reaches the Broker through a relay socket (mode 0600, the agent's) with the same checks", async () => {

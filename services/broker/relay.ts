@@ -2,6 +2,13 @@ import { rmSync } from "node:fs";
 import net from "node:net";
 import { socketForAgent, type AgentOwner } from "../shared/agent-files.ts";
 
+/**
+ * Connections one agent may hold open through its relay: its MCP server needs one or two.
+ * Each costs this process three file descriptors, so an agent opening thousands cannot
+ * exhaust them for every other service in the process.
+ */
+export const MAX_RELAY_CONNECTIONS = 32;
+
 /** A running relay; close() ends its connections and removes nothing but its listener. */
 export interface BrokerRelay extends AsyncDisposable {
   socketPath: string;
@@ -13,7 +20,9 @@ export interface BrokerRelay extends AsyncDisposable {
  * connection is piped, byte for byte, to the Broker's own socket. It lives in an agent's
  * `run` folder: the container sees only this socket, never the folder holding the other
  * services' sockets, and a Broker restart needs no remount (new connections reach the new
- * Broker). The relay adds no trust: every call still carries the agent's credential.
+ * Broker). The relay adds no trust: every call still carries the agent's credential. At most
+ * MAX_RELAY_CONNECTIONS at once: more are closed as they come (the kernel's backlog is not
+ * read into descriptors).
  */
 export async function startBrokerRelay(opts: {
   socketPath: string;
@@ -38,6 +47,7 @@ export async function startBrokerRelay(opts: {
     client.pipe(upstream);
     upstream.pipe(client);
   });
+  server.maxConnections = MAX_RELAY_CONNECTIONS;
   // The run folder is the agent's own: a socket file left there by an earlier host is stale.
   rmSync(opts.socketPath, { force: true });
   await new Promise<void>((resolve, reject) => {

@@ -1,6 +1,8 @@
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { AgentHostService } from "../../gen/conductor/v1/agent_host_pb.js";
 import { OrchestratorService } from "../../gen/conductor/v1/orchestrator_pb.js";
+import { loginAccountsAmong } from "../agent-host/accounts.ts";
 import { AgentHost } from "../agent-host/host.ts";
 import { loadBrokerSecret } from "../broker/access.ts";
 import { brokerOptions, startBrokerServer, type BrokerServer } from "../broker/serve.ts";
@@ -81,6 +83,7 @@ export async function startAgentHost(
   });
   if (obs?.registry) registerAgentGauge(obs.registry, () => host.agents());
   if (backend.name === "process" && config.runtime.process_sandbox === "none") warnUnsandboxed(log);
+  else warnSharedUids(config, log);
   try {
     await host.start();
   } catch (e) {
@@ -117,6 +120,29 @@ function warnUnsandboxed(log: Logger): void {
   log.warn(what, { runtime: "process", process_sandbox: "none" });
   process.stderr.write(
     `\n${"!".repeat(78)}\n!! ${what}.\n!! Remove runtime.process_sandbox: none (install bubblewrap) to contain them.\n${"!".repeat(78)}\n\n`,
+  );
+}
+
+/**
+ * Agents run as runtime.user's uid and up (one each): a person who can log in with one of
+ * those uids could enter those agents' sandboxes. Say so at start, naming the accounts.
+ */
+function warnSharedUids(config: Config, log: Logger): void {
+  if ((process.getuid?.() ?? 0) !== 0) return; // agents then run as this service's user
+  const [uid] = config.runtime.user.split(":").map(Number);
+  let passwd = "";
+  try {
+    passwd = readFileSync("/etc/passwd", "utf8");
+  } catch {
+    return; // no user database to compare with
+  }
+  const accounts = loginAccountsAmong(passwd, uid!, config.orchestrator.num_agents);
+  if (accounts.length === 0) return;
+  const who = accounts.map((a) => `${a.name} (uid ${a.uid})`).join(", ");
+  const what = `agents run as uids ${uid}–${uid! + config.orchestrator.num_agents - 1} (runtime.user ${config.runtime.user}), which host accounts that can log in also use: ${who}; they could enter those agents' sandboxes and reach their sockets`;
+  log.warn(what, { runtime_user: config.runtime.user });
+  process.stderr.write(
+    `conductor: WARNING: ${what}. Set runtime.user to a uid range no one logs in as (the default is 61000:61000).\n`,
   );
 }
 

@@ -7,11 +7,14 @@ import {
   fchownSync,
   fstatSync,
   lchownSync,
+  lstatSync,
   mkdirSync,
   openSync,
+  readdirSync,
   rmSync,
   writeFileSync,
 } from "node:fs";
+import path from "node:path";
 
 /** The uid:gid an agent runs as, when the service (root) runs it as another user. */
 export interface AgentOwner {
@@ -31,6 +34,23 @@ export function freshRunDir(dir: string, owner: AgentOwner | undefined): void {
   mkdirSync(dir, { recursive: true, mode: 0o751 });
   lchownSync(dir, process.getuid?.() ?? 0, owner?.gid ?? process.getgid?.() ?? 0);
   chmodSync(dir, 0o751); // made just now, by us: not a link
+}
+
+/**
+ * Gives an agent's own folder (workspace, CLI config) to `owner`. When it belonged to another
+ * user (runtime.user changed), everything in it too: walked without following links, with
+ * nothing of the agent running.
+ */
+export function ownTree(dir: string, owner: AgentOwner): void {
+  const st = lstatSync(dir);
+  if (st.isDirectory() && st.uid !== owner.uid) {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, entry.name);
+      if (entry.isDirectory()) ownTree(p, owner);
+      else lchownSync(p, owner.uid, owner.gid);
+    }
+  }
+  lchownSync(dir, owner.uid, owner.gid);
 }
 
 /**

@@ -115,11 +115,15 @@ const schema = z
         read_only_paths: stringList.default([]),
         /** none (default), host, or an engine network name. */
         network: z.string().min(1).default("none"),
-        /** uid:gid the agent runs as inside containers; never root. */
+        /**
+         * uid:gid of the first agent; agent N runs as uid+N-1:gid+N-1, each a user of its own
+         * (containers and process sandboxes alike, when the AgentHost is root). Never root.
+         * The default is a range no person normally logs in as; `up` warns when one does.
+         */
         user: z
           .string()
-          .regex(/^[1-9][0-9]*(:[0-9]+)?$/, "must be a non-root uid[:gid], e.g. 1000:1000")
-          .default("1000:1000"),
+          .regex(/^[1-9][0-9]*(:[1-9][0-9]*)?$/, "must be a non-root uid[:gid], e.g. 61000:61000")
+          .default("61000:61000"),
         /** Soft=hard ulimits for agent containers, e.g. {nofile: 1024, nproc: 1024} (Podman needs them on some hosts). */
         ulimits: z.record(z.string(), z.number().int().positive()).default({}),
         /** How long a stopping container gets before SIGKILL. */

@@ -206,7 +206,38 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
     expect(statSync(runDir).uid).toBe(0);
     expect(statSync(path.join(runDir, "broker.credential")).mode & 0o777).toBe(0o640);
     expect(statSync(sock).mode & 0o777).toBe(0o600);
-    expect(statSync(sock).uid).toBe(1000);
+    // Each agent is a user of its own, from runtime.user's default range (no login account).
+    expect(statSync(sock).uid).toBe(61000);
+    expect(statSync(path.join(runDirOf("agent-2"), "model.sock")).uid).toBe(61001);
+  });
+
+  it("keeps a local user, and another agent's uid, out of a running agent's sandbox", async () => {
+    const id = await submit([{ bash: "echo in; sleep 4720" }, { text: "never" }]);
+    await waitForState(conductor.client, id, TaskState.RUNNING);
+    const found = await eventually(async () => {
+      const [p] = processesMatching(/^sleep 4720$/);
+      return p;
+    }, "the run's sleep");
+    const pid = found.split(":")[0]!;
+    const agentId = (await conductor.client.getTask({ id })).task!.agentId;
+    const cred = path.join(runDirOf(agentId), "broker.credential");
+    const other = agentId === "agent-1" ? 61001 : 61000;
+    // A login user (uid 1000), and the other agent's uid: neither may enter, read or signal it.
+    for (const uid of [1000, other]) {
+      const probe = await run("setpriv", [
+        `--reuid=${uid}`,
+        `--regid=${uid}`,
+        "--clear-groups",
+        "sh",
+        "-c",
+        `cat /proc/${pid}/root${cred} 2>&1; ls /proc/${pid}/root/ 2>&1; kill -0 ${pid} 2>&1 || echo no-signal`,
+      ]);
+      expect(probe.stdout, `as uid ${uid}`).toMatch(/Permission denied/);
+      expect(probe.stdout).toContain("no-signal");
+      expect(probe.stdout).not.toContain(readFileSync(cred, "utf8").trim());
+    }
+    await conductor.client.cancelTask({ id });
+    await waitForEnd(conductor.client, id);
   });
 
   it("never follows or writes through what an agent planted, when it is replaced", async () => {
