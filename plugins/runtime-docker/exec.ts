@@ -1,7 +1,7 @@
 import { constants } from "node:os";
 import { PassThrough } from "node:stream";
-import { createInterface } from "node:readline";
 import type Docker from "dockerode";
+import { MAX_LINE_BYTES, splitLines } from "../lines.ts";
 import type { ExecRequest, Execution, ExitStatus } from "../runtime.ts";
 
 const STDERR_TAIL = 4096;
@@ -83,9 +83,14 @@ export async function startExec(
     stderrText = (stderrText + d).slice(-STDERR_TAIL);
   });
   const listeners: ((line: string) => void)[] = [];
-  const lines = createInterface({ input: stdout, crlfDelay: Infinity });
-  lines.on("line", (line) => listeners.forEach((fn) => fn(line)));
-  const linesClosed = new Promise<void>((resolve) => lines.once("close", resolve));
+  const linesClosed = splitLines(
+    stdout,
+    (line) => listeners.forEach((fn) => fn(line)),
+    () => {
+      stderrText += `\nconductor: the run printed a line over ${MAX_LINE_BYTES} bytes on stdout and was ended`;
+      void signalTree("KILL");
+    },
+  );
   const streamEnded = new Promise<void>((resolve) => {
     const end = () => {
       stdout.end();

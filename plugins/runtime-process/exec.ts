@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
-import { createInterface } from "node:readline";
+import { MAX_LINE_BYTES, splitLines } from "../lines.ts";
 import type { ExecRequest, Execution, ExitStatus } from "../runtime.ts";
 
 const STDERR_TAIL = 4096;
@@ -39,10 +39,16 @@ export function execProcess(
   child.stderr.on("data", (d: string) => {
     stderr = (stderr + d).slice(-STDERR_TAIL);
   });
-  const lines = createInterface({ input: child.stdout, crlfDelay: Infinity });
   const listeners: ((line: string) => void)[] = [];
-  lines.on("line", (line) => listeners.forEach((fn) => fn(line)));
-  const stdoutClosed = new Promise<void>((resolve) => lines.once("close", resolve));
+  const stdoutClosed = splitLines(
+    child.stdout,
+    (line) => listeners.forEach((fn) => fn(line)),
+    () => {
+      stderr += `\nconductor: the run printed a line over ${MAX_LINE_BYTES} bytes on stdout and was ended`;
+      if (mode.sandboxed) signalPid(pid, "SIGKILL");
+      else sweep("SIGKILL");
+    },
+  );
   const stderrClosed = new Promise<void>((resolve) => child.stderr.once("close", resolve));
 
   const sweep = (signal: NodeJS.Signals) => {

@@ -20,6 +20,7 @@ import { createDockerBackend, socketFromDockerHost } from "../../plugins/runtime
 import { createPodmanBackend, podmanSocketPath } from "../../plugins/runtime-podman/index.ts";
 import { createProcessBackend } from "../../plugins/runtime-process/index.ts";
 import { markedPids } from "../../plugins/runtime-process/exec.ts";
+import { MAX_LINE_BYTES } from "../../plugins/lines.ts";
 import { LABEL_AGENT, LABEL_NODE } from "../../plugins/runtime.ts";
 import type {
   Fingerprint,
@@ -276,6 +277,21 @@ describe.each(TARGETS)("runtime conformance: $name", (target) => {
     } else {
       expect(markedPids(marker)).toEqual([]);
     }
+  });
+
+  it("ends a run that prints a line longer than MAX_LINE_BYTES, and says why", async () => {
+    const h = await started();
+    const x = await b.exec(h, {
+      argv: ["sh", "-c", `head -c ${MAX_LINE_BYTES + 1024} /dev/zero; echo; sleep 1006`],
+      cwd: "/tmp",
+      env: {},
+    });
+    const lines: string[] = [];
+    x.onStdoutLine((l) => lines.push(l));
+    const status = await x.exited;
+    expect(status.code === 0 && status.signal === null).toBe(false);
+    expect(lines).toEqual([]);
+    expect(x.stderrTail()).toMatch(/printed a line over \d+ bytes on stdout and was ended/);
   });
 
   it("labels what it creates and lists by label", async () => {
