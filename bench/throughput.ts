@@ -3,12 +3,13 @@
 // bubblewrap sandbox costs against the same runtime unsandboxed (runtime.process_sandbox:
 // none), measured in the same run. Run: npm run bench [-- --tasks 200 --agents 4]
 import { execFile } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { chownSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { promisify } from "node:util";
 import { TaskState } from "../gen/conductor/v1/task_pb.js";
+import { createProcessBackend } from "../plugins/runtime-process/index.ts";
 import { resolveClaudePath } from "../services/shared/claude-path.ts";
 import { startFakeModel } from "../test/fake-model/server.ts";
 import { scripted, spec, startConductor, waitForEnd } from "../test/harness.ts";
@@ -100,6 +101,33 @@ async function measure(env: Record<string, string>) {
   return { one: median(through), perSecond: TASKS / (totalMs / 1000), submitMs, failed };
 }
 
+/** The sandbox alone: median wall time of one exec of /bin/true on the process runtime. */
+async function sandboxExecMs(sandbox: "bubblewrap" | "none"): Promise<number> {
+  const dir = mkdtempSync(path.join(tmpdir(), "conductor-bench-sandbox-"));
+  const ws = path.join(dir, "ws");
+  mkdirSync(ws);
+  chownSync(ws, 61000, 61000);
+  const backend = createProcessBackend({ stateDir: path.join(dir, "state"), sandbox });
+  const h = await backend.create({
+    ...{ nodeId: "bench", agentId: "a", image: "", mounts: [{ hostPath: ws }], env: {} },
+    ...{ labels: {}, limits: {}, network: "none", user: "61000:61000" },
+  });
+  await backend.start(h);
+  const times: number[] = [];
+  for (let i = 0; i < 30; i++) {
+    const t0 = performance.now();
+    await (
+      await backend.exec(h, { argv: ["/bin/true"], cwd: ws, env: {} })
+    ).exited;
+    times.push(performance.now() - t0);
+  }
+  await backend.destroy(h);
+  rmSync(dir, { recursive: true, force: true });
+  return median(times);
+}
+const execSandboxed = await sandboxExecMs("bubblewrap");
+const execPlain = await sandboxExecMs("none");
+
 const withBroker = await measure({});
 const withoutBroker = await measure({ CONDUCTOR_AGENT_BROKER_TOOLS: "false" });
 const unsandboxed = await measure({ CONDUCTOR_RUNTIME_PROCESS_SANDBOX: "none" });
@@ -120,4 +148,7 @@ for (const [name, m] of [
 }
 console.log(
   `the process sandbox (bubblewrap) costs ${(withBroker.one - unsandboxed.one).toFixed(0)} ms per task (${((withBroker.one / unsandboxed.one - 1) * 100).toFixed(1)} %); throughput ${((withBroker.perSecond / unsandboxed.perSecond) * 100).toFixed(0)} % of unsandboxed`,
+);
+console.log(
+  `one exec of /bin/true on the process runtime: ${execSandboxed.toFixed(1)} ms in a bubblewrap sandbox, ${execPlain.toFixed(1)} ms unsandboxed (median of 30)`,
 );
