@@ -431,7 +431,9 @@ describe("model proxy: what it forwards", () => {
       const res = await raw(
         rig.proxy.socketPath,
         `POST ${target} HTTP/1.1\r\nHost: ${rig.attacker.host}\r\nx-api-key: placeholder\r\n` +
-          `Authorization: Bearer placeholder\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}`,
+          `Authorization: Bearer placeholder\r\nX-Forwarded-Host: ${rig.attacker.host}\r\n` +
+          `Forwarded: host=${rig.attacker.host}\r\n` +
+          `Connection: close\r\nContent-Length: 2\r\n\r\n{}`,
       );
       expect(res.status).toBe(200);
     }
@@ -442,6 +444,8 @@ describe("model proxy: what it forwards", () => {
       expect(r.headers["x-api-key"]).toBe(KEY);
       expect(r.headers["host"]).toBe(rig.upstream.host);
       expect(r.headers["authorization"]).toBeUndefined();
+      expect(r.headers["x-forwarded-host"]).toBeUndefined();
+      expect(r.headers["forwarded"]).toBeUndefined();
     }
     expect(rig.attacker.state.connections).toBe(0);
     expect(rig.warnings()).toEqual([]);

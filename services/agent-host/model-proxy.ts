@@ -65,6 +65,21 @@ const HOP_BY_HOP = new Set([
 ]);
 
 /**
+ * Request headers an agent may not pass upstream: credentials (the proxy adds the key), and
+ * the forwarding headers a gateway in front of the upstream might route or trust by.
+ */
+const AGENT_MAY_NOT_SET = new Set([
+  "x-api-key",
+  "authorization",
+  "forwarded",
+  "x-forwarded-for",
+  "x-forwarded-host",
+  "x-forwarded-proto",
+  "x-forwarded-port",
+  "x-real-ip",
+]);
+
+/**
  * Serves the Anthropic API to one agent on a Unix socket (mounted into its container). The
  * AgentHost adds the real API key on the way out, so no key is ever with the agent, and counts
  * the tokens of every answer at this one place.
@@ -167,7 +182,7 @@ export async function startModelProxy(opts: {
     const headers: http.OutgoingHttpHeaders = {};
     for (const [k, v] of Object.entries(req.headers)) {
       if (HOP_BY_HOP.has(k) || named.has(k) || v === undefined) continue;
-      if (k !== "x-api-key" && k !== "authorization") headers[k] = v;
+      if (!AGENT_MAY_NOT_SET.has(k)) headers[k] = v;
     }
     if (opts.apiKey) headers["x-api-key"] = opts.apiKey;
     headers["host"] = upstream.host;
