@@ -604,3 +604,144 @@ describe("model proxy: its socket", () => {
     }
   });
 });
+
+/**
+ * An upstream that misbehaves as told, one way per request: it answers at the socket level,
+ * so it can send what no HTTP server would.
+ */
+async function startRawUpstream() {
+  const mode: { next: "ok" | "garbage" | "reset" | "drip" | "huge" | "strict" } = { next: "ok" };
+  const sockets = new Set<net.Socket>();
+  const heads: string[] = [];
+  const ok = (body: string) =>
+    `HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`;
+  const server = net.createServer((s) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+    s.on("error", () => undefined);
+    let head = "";
+    s.on("data", (d: Buffer) => {
+      if (head.includes("\r\n\r\n")) return;
+      head += d.toString("latin1");
+      if (!head.includes("\r\n\r\n")) return;
+      heads.push(head.slice(0, head.indexOf("\r\n\r\n")));
+      const what = mode.next;
+      mode.next = "ok";
+      if (what === "ok") s.end(ok('{"type":"message"}'));
+      else if (what === "garbage") s.end("NOT HTTP AT ALL\r\n\r\nmore garbage");
+      else if (what === "reset")
+        s.write("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n", () =>
+          s.resetAndDestroy(),
+        );
+      else if (what === "strict") {
+        // Reads the body by Content-Length, as Python's http.server does; chunked is an error.
+        const cl = /\r\ncontent-length: *(\d+)/i.exec(head)?.[1];
+        s.end(
+          cl ? ok(`{"length":${cl}}`) : "HTTP/1.1 411 Length Required\r\ncontent-length: 0\r\n\r\n",
+        );
+      } else if (what === "drip") {
+        s.write("HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n");
+        let i = 0;
+        const t = setInterval(() => {
+          s.write("abcde"[i]!);
+          if (++i === 5) {
+            clearInterval(t);
+            s.end();
+          }
+        }, 30);
+      } else {
+        const size = 48 * 2 ** 20;
+        s.write(`HTTP/1.1 200 OK\r\ncontent-length: ${size}\r\nconnection: close\r\n\r\n`);
+        const chunk = Buffer.alloc(2 ** 20, 120);
+        let sent = 0;
+        const pump = () => {
+          while (sent < size) {
+            sent += chunk.length;
+            if (!s.write(chunk)) return void s.once("drain", pump);
+          }
+          s.end();
+        };
+        pump();
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    mode,
+    heads,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** Posts `body` through the proxy; resolves with what arrived, or how the answer broke. */
+function exchange(socketPath: string, body: string) {
+  return new Promise<{ status: number; bytes: number; text: string; broken: boolean }>(
+    (resolve) => {
+      const req = http.request(
+        { socketPath, path: "/v1/messages?beta=true", method: "POST" },
+        (res) => {
+          let bytes = 0;
+          let text = "";
+          res.on("data", (d: Buffer) => {
+            bytes += d.length;
+            if (text.length < 1000) text += d.toString("utf8");
+          });
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, bytes, text, broken: false }));
+          res.on("error", () =>
+            resolve({ status: res.statusCode ?? 0, bytes, text, broken: true }),
+          );
+        },
+      );
+      req.on("error", () => resolve({ status: 0, bytes: 0, text: "", broken: true }));
+      req.setHeader("content-length", Buffer.byteLength(body));
+      req.end(body);
+    },
+  );
+}
+
+describe("model proxy: misbehaving upstreams fail their one request, nothing more", () => {
+  it("keeps Content-Length, and survives garbage, a reset, a slow drip and a huge answer", async () => {
+    using dir = tempDir();
+    const up = await startRawUpstream();
+    const proxy = await startModelProxy({
+      socketPath: path.join(dir.path, "m.sock"),
+      upstream: up.url,
+      apiKey: KEY,
+      log: silentLogger,
+    });
+    try {
+      const body = JSON.stringify({ model: "m", messages: [] });
+      up.mode.next = "strict";
+      expect(await exchange(proxy.socketPath, body)).toMatchObject({
+        status: 200,
+        text: `{"length":${Buffer.byteLength(body)}}`,
+      });
+      expect(up.heads.at(-1)).not.toMatch(/transfer-encoding/i);
+      up.mode.next = "garbage";
+      const garbage = await exchange(proxy.socketPath, body);
+      expect(garbage.status).toBe(502);
+      expect(JSON.parse(garbage.text)).toMatchObject({ error: { type: "api_error" } });
+      up.mode.next = "reset";
+      expect((await exchange(proxy.socketPath, body)).broken).toBe(true);
+      up.mode.next = "drip";
+      expect(await exchange(proxy.socketPath, body)).toMatchObject({ status: 200, text: "abcde" });
+      up.mode.next = "huge";
+      expect(await exchange(proxy.socketPath, body)).toMatchObject({
+        status: 200,
+        bytes: 48 * 2 ** 20,
+      });
+
+      // And the proxy still serves.
+      expect(await exchange(proxy.socketPath, body)).toMatchObject({ status: 200 });
+    } finally {
+      await proxy.close();
+      await up.close();
+    }
+  });
+});

@@ -64,6 +64,9 @@ const HOP_BY_HOP = new Set([
   "content-length",
 ]);
 
+/** Longest answer line the token meter reads (usage lines are a few hundred bytes). */
+const MAX_METERED_LINE = 4 * 2 ** 20;
+
 /**
  * Request headers an agent may not pass upstream: credentials (the proxy adds the key), and
  * the forwarding headers a gateway in front of the upstream might route or trust by.
@@ -184,6 +187,13 @@ export async function startModelProxy(opts: {
       if (HOP_BY_HOP.has(k) || named.has(k) || v === undefined) continue;
       if (!AGENT_MAY_NOT_SET.has(k)) headers[k] = v;
     }
+    // The body goes on as it came: with its Content-Length when it had one (some upstreams
+    // and gateways read bodies by it and refuse chunked ones), else chunked.
+    if (
+      req.headers["content-length"] !== undefined &&
+      req.headers["transfer-encoding"] === undefined
+    )
+      headers["content-length"] = req.headers["content-length"];
     if (opts.apiKey) headers["x-api-key"] = opts.apiKey;
     headers["host"] = upstream.host;
     return headers;
@@ -324,29 +334,38 @@ function clip(s: string): string {
  */
 function usageMeter(add: (u: { input: number; output: number }) => void): (chunk: Buffer) => void {
   let buffer = "";
+  let skipping = false; // inside a line longer than MAX_METERED_LINE: not a usage line
+  const take = (line: string) => {
+    const json = line.startsWith("data:") ? line.slice(5).trim() : line.trim();
+    if (!json.startsWith("{") || !json.includes('"usage"')) return;
+    try {
+      const obj = JSON.parse(json) as { type?: string; usage?: Usage; message?: { usage?: Usage } };
+      const u = obj.type === "message_start" ? obj.message?.usage : obj.usage;
+      if (!u) return;
+      // message_start carries input tokens; message_delta carries the final output count.
+      add({
+        input: obj.type === "message_delta" ? 0 : (u.input_tokens ?? 0),
+        output: obj.type === "message_start" ? 0 : (u.output_tokens ?? 0),
+      });
+    } catch {
+      // not a complete JSON line
+    }
+  };
   return (chunk) => {
-    buffer += chunk.toString("utf8");
-    const lines = buffer.split("\n");
-    buffer = lines.pop() ?? "";
-    for (const line of lines) {
-      const json = line.startsWith("data:") ? line.slice(5).trim() : line.trim();
-      if (!json.startsWith("{") || !json.includes('"usage"')) continue;
-      try {
-        const obj = JSON.parse(json) as {
-          type?: string;
-          usage?: Usage;
-          message?: { usage?: Usage };
-        };
-        const u = obj.type === "message_start" ? obj.message?.usage : obj.usage;
-        if (!u) continue;
-        // message_start carries input tokens; message_delta carries the final output count.
-        add({
-          input: obj.type === "message_delta" ? 0 : (u.input_tokens ?? 0),
-          output: obj.type === "message_start" ? 0 : (u.output_tokens ?? 0),
-        });
-      } catch {
-        // not a complete JSON line
-      }
+    const text = chunk.toString("utf8");
+    let start = 0;
+    for (let nl = text.indexOf("\n"); nl !== -1; nl = text.indexOf("\n", start)) {
+      if (!skipping) take(buffer + text.slice(start, nl));
+      buffer = "";
+      skipping = false;
+      start = nl + 1;
+    }
+    if (skipping) return;
+    buffer += text.slice(start);
+    if (buffer.length > MAX_METERED_LINE) {
+      // A huge answer line (no usage line is): skip to its end instead of re-reading it.
+      buffer = "";
+      skipping = true;
     }
   };
 }
