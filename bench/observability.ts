@@ -63,9 +63,10 @@ async function measure(observed: boolean) {
   let scrapes = 0;
   const scraper = metricsUrl
     ? setInterval(() => {
-        void fetch(metricsUrl)
+        fetch(metricsUrl)
           .then((r) => r.text())
-          .then(() => scrapes++);
+          .then(() => scrapes++)
+          .catch(() => undefined); // a missed scrape is not counted
       }, 1000)
     : undefined;
   try {

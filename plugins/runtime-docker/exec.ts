@@ -88,7 +88,7 @@ export async function startExec(
     (line) => listeners.forEach((fn) => fn(line)),
     () => {
       stderrText += `\nconductor: the run printed a line over ${MAX_LINE_BYTES} bytes on stdout and was ended`;
-      void signalTree("KILL");
+      signalTree("KILL").catch(() => undefined); // it reports nothing; exited tells the end
     },
   );
   const streamEnded = new Promise<void>((resolve) => {

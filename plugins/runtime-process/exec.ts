@@ -64,11 +64,12 @@ export function execProcess(
       // The leader is gone; anything it left behind goes too.
       sweep("SIGKILL");
       // Let readline hand over the last lines before reporting the end.
-      void Promise.all([stdoutClosed, stderrClosed]).then(() => {
+      const report = () => {
         if (code === 127 && /launcher: cannot start/.test(stderr)) {
           resolve({ code, signal: null, spawnError: new Error(stderr.trim()) });
         } else resolve({ code, signal });
-      });
+      };
+      Promise.all([stdoutClosed, stderrClosed]).then(report, report);
     });
   });
 

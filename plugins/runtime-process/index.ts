@@ -163,7 +163,8 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
             { sandboxed: false },
           );
       r.execs.add(x);
-      void x.exited.finally(() => r.execs.delete(x));
+      const forget = () => void r.execs.delete(x);
+      x.exited.then(forget, forget);
       return x;
     },
     async stop(h, graceMs) {

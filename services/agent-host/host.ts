@@ -76,6 +76,8 @@ export interface AgentHostOptions {
 
 /** Agents one AgentHost gives a uid of their own, from runtime.user up (orchestrator.num_agents' bound). */
 const MAX_AGENT_UIDS = 1000;
+/** How long after a failed engine call the watch on a sandbox is taken up again. */
+const REWATCH_MS = 1000;
 /** Inside a container the CLI reaches the model proxy through this loopback forwarder. */
 const FORWARDER_PORT = 8080;
 /** How long a failed run waits for the engine to report its container's death. */
@@ -415,12 +417,30 @@ export class AgentHost {
 
   /** Replaces an agent whose sandbox dies by itself (crash, OOM kill, docker kill). */
   private watch(slot: AgentSlot): void {
-    void this.opts.backend.waitForExit(slot.sandbox, slot.unwatch.signal).then((status) => {
-      if (slot.unwatch.signal.aborted || this.closed) return;
-      const replaced = this.replace(slot, status);
-      this.replacing.add(replaced);
-      void replaced.finally(() => this.replacing.delete(replaced));
-    });
+    const gone = () => slot.unwatch.signal.aborted || this.closed;
+    this.opts.backend.waitForExit(slot.sandbox, slot.unwatch.signal).then(
+      (status) => {
+        if (gone()) return;
+        const replaced: Promise<void> = this.replace(slot, status)
+          .catch((e: unknown) => {
+            this.opts.log.error("could not replace the agent", {
+              agent_id: slot.agent.id,
+              error: e,
+            });
+          })
+          .then(() => void this.replacing.delete(replaced));
+        this.replacing.add(replaced);
+      },
+      (e: unknown) => {
+        // The engine could not be asked (its connection failed): ask again, never crash.
+        if (gone()) return;
+        this.opts.log.warn("lost the watch on an agent's sandbox; watching again", {
+          agent_id: slot.agent.id,
+          error: e,
+        });
+        setTimeout(() => gone() || this.watch(slot), REWATCH_MS).unref();
+      },
+    );
   }
 
   private async replace(slot: AgentSlot, status: SandboxStatus): Promise<void> {

@@ -120,7 +120,8 @@ export async function runClaude(opts: {
   const stop = (reason: StopReason) => {
     if (stopReason) return;
     stopReason = reason;
-    void execution.kill();
+    // How it ended is read from execution.exited; a failed kill changes nothing there.
+    execution.kill().catch(() => undefined);
   };
   let idleTimer = setTimeout(() => stop("idle"), s.idleTimeoutMs);
   let graceTimer: NodeJS.Timeout | undefined;

@@ -112,7 +112,10 @@ describe("UnconfirmedAttempts", () => {
   const place = (taskId: string) => ({ taskId, attempt: 1, host: HOST, agentId: "agent-1" });
   const settle = (p: Promise<AttemptEnd>) => {
     const seen: { end?: AttemptEnd } = {};
-    void p.then((end) => (seen.end = end));
+    p.then(
+      (end) => (seen.end = end),
+      () => undefined,
+    );
     return seen;
   };
   const tick = () => new Promise((resolve) => setImmediate(resolve));

@@ -237,7 +237,10 @@ describe.each(TARGETS)("runtime conformance: $name", (target) => {
     const first = await new Promise<string>((resolve) => x.onStdoutLine(resolve));
     expect(first).toBe("first");
     let ended = false;
-    void x.exited.then(() => (ended = true));
+    x.exited.then(
+      () => (ended = true),
+      () => (ended = true),
+    );
     expect(ended).toBe(false);
     await x.kill(500);
     expect(ended).toBe(true);

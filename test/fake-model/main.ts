@@ -32,7 +32,10 @@ const stop = () => {
   if (values.log !== undefined) {
     writeFileSync(values.log, fake.requests.map((r) => JSON.stringify(r) + "\n").join(""));
   }
-  void fake.close().then(() => process.exit(0));
+  fake.close().then(
+    () => process.exit(0),
+    () => process.exit(1),
+  );
 };
 process.on("SIGTERM", stop);
 process.on("SIGINT", stop);
