@@ -195,13 +195,14 @@ export class AgentHost {
         CONDUCTOR_MODEL_SOCKET: proxy.socketPath,
         CONDUCTOR_MODEL_PORT: String(FORWARDER_PORT),
       };
-      if (this.contained) {
+      if (this.contained && owner) {
         // The container ends when this AgentHost does (process sandboxes: --die-with-parent).
+        // Its socket is the container's own user's, which only a root AgentHost can give.
         const [infraUid, infraGid] = SANDBOX_INFRA_USER.split(":").map(Number);
-        lifeline = await startLifeline(
-          path.join(runDir, "lifeline.sock"),
-          owner && { uid: infraUid!, gid: infraGid! },
-        );
+        lifeline = await startLifeline(path.join(runDir, "lifeline.sock"), {
+          uid: infraUid!,
+          gid: infraGid!,
+        });
         env["CONDUCTOR_LIFELINE_SOCKET"] = lifeline.socketPath;
       }
       if (o.broker) {
