@@ -1,14 +1,22 @@
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { RUNTIME_METHODS } from "../../plugins/runtime.ts";
 import { loadConfig } from "../shared/config.ts";
 import { BackendLoadError, loadBackend } from "./backends.ts";
 
+/** Every temp folder the tests make, removed after them. */
+const made: string[] = [];
+afterAll(() => made.forEach((d) => rmSync(d, { recursive: true, force: true })));
+function tempDir(prefix: string): string {
+  const dir = mkdtempSync(path.join(tmpdir(), prefix));
+  made.push(dir);
+  return dir;
+}
+
 function configFor(backend: string) {
-  const dir = mkdtempSync(path.join(tmpdir(), "conductor-backends-"));
-  return loadConfig({ cwd: dir, flags: { "runtime.backend": backend } });
+  return loadConfig({ cwd: tempDir("conductor-backends-"), flags: { "runtime.backend": backend } });
 }
 
 describe("loadBackend", () => {
@@ -19,7 +27,7 @@ describe("loadBackend", () => {
   });
 
   it("loads a third-party plugin module that exports createBackend", async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), "conductor-plugin-"));
+    const dir = tempDir("conductor-plugin-");
     const file = path.join(dir, "plugin.mjs");
     const body = RUNTIME_METHODS.map((m) => `${m}: async () => undefined`).join(", ");
     writeFileSync(
@@ -31,7 +39,7 @@ describe("loadBackend", () => {
   });
 
   it("refuses a module that does not implement the interface, naming what is missing", async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), "conductor-plugin-"));
+    const dir = tempDir("conductor-plugin-");
     const file = path.join(dir, "half.mjs");
     writeFileSync(file, `export default { name: "half", fingerprint() {}, create() {} };\n`);
     const err = await loadBackend(configFor(file)).catch((e: unknown) => e);
