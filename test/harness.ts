@@ -247,6 +247,22 @@ export function processesWith(marker: string): number[] {
   return pids;
 }
 
+/** Live (not zombie) processes anywhere on the machine whose command line matches, as "pid: cmd". */
+export function processesMatching(re: RegExp): string[] {
+  const found: string[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${entry}/cmdline`, "utf8").replaceAll("\0", " ").trim();
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      if (re.test(cmd) && !/\) Z /.test(stat)) found.push(`${entry}: ${cmd}`);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
+}
+
 /** Milliseconds since the epoch of a protobuf timestamp. */
 export function ms(t: { seconds: bigint; nanos: number } | undefined): number {
   return t ? Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6) : NaN;

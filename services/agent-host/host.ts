@@ -176,6 +176,7 @@ export class AgentHost {
     for (const d of [workspace, configDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
     // The agent writes in its workspace and config folder; the run folder is ours alone, made
     // anew each time, and mounted read-only: nothing the agent did there is ever followed.
+    const user = this.userOf(id);
     const owner = this.ownerOf(id);
     if (owner) for (const d of [workspace, configDir]) ownTree(d, owner);
     freshRunDir(runDir, owner);
@@ -235,7 +236,7 @@ export class AgentHost {
           ulimits: o.sandbox.ulimits,
         },
         network: o.sandbox.network,
-        user: `${this.userOf(id).uid}:${this.userOf(id).gid}`,
+        user: `${user.uid}:${user.gid}`,
       });
       await o.backend.start(sandbox);
     } catch (e) {

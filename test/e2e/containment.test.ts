@@ -26,6 +26,7 @@ import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
 import {
   eventually,
+  processesMatching,
   scripted,
   spec,
   startConductor,
@@ -37,22 +38,6 @@ import {
 
 const run = promisify(execFile);
 const API_KEY = `sk-test-${randomUUID()}`;
-
-/** Live (not zombie) processes anywhere on the machine whose command line matches. */
-function processesMatching(re: RegExp): string[] {
-  const found: string[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmd = readFileSync(`/proc/${entry}/cmdline`, "utf8").replaceAll("\0", " ").trim();
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      if (re.test(cmd) && !/\) Z /.test(stat)) found.push(`${entry}: ${cmd}`);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return found;
-}
 
 /** Waits until no process matches (the kernel may take a moment to reap a SIGKILLed one). */
 async function noneLeft(re: RegExp): Promise<void> {
