@@ -101,7 +101,7 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
       const { task } = await client.submitTask({
         spec: spec({
           maxAttempts: 2,
-          prompt: scripted([{ text: "survived", delay_ms: 2000 }]),
+          prompt: scripted([{ text: "survived", delay_ms: 6000 }]), // room for a slow engine kill
         }),
       });
       await waitForState(client, task!.id, TaskState.RUNNING);
