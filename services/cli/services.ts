@@ -95,6 +95,7 @@ export async function startAgentHost(
     services: [AgentHostService],
     routes: agentHostRoutes(host),
     interceptors: obs?.serverInterceptors ?? [],
+    log,
   });
   log.info("agent host serving", {
     socket: server.socketPath,
@@ -178,6 +179,7 @@ export async function startOrchestrator(
     services: [OrchestratorService],
     routes: orchestratorRoutes(orchestrator),
     interceptors: obs?.serverInterceptors ?? [],
+    log,
   });
   log.info("orchestrator serving", {
     socket: server.socketPath,
@@ -203,6 +205,7 @@ export async function startBroker(
     ...brokerOptions(config, log.child({ service: "broker" })),
     socketPath: config.broker.socket_path,
     interceptors: obs?.serverInterceptors ?? [],
+    log,
     registry: obs?.registry,
   });
   log.info("broker serving", { socket: server.socketPath, data_dir: config.storage.data_dir });

@@ -17,6 +17,8 @@ import {
   ATTR_RPC_SYSTEM_NAME,
   RPC_SYSTEM_NAME_VALUE_GRPC,
 } from "@opentelemetry/semantic-conventions";
+import { toStatus } from "./errors.ts";
+import type { Logger } from "./log.ts";
 import type { RpcMetrics } from "./rpc-metrics.ts";
 
 /** gRPC's canonical status names, by code number (what `rpc.status_code` and `code` hold). */
@@ -192,4 +194,39 @@ async function observe(
     },
   };
   return { ...res, message } as AnyResponse;
+}
+
+/**
+ * The error edge every server has, innermost: whatever a handler throws (or a stream ends
+ * with) leaves as `toStatus(error)`. An INTERNAL one is logged with its cause, since the caller
+ * sees only "internal error".
+ */
+export function errorEdge(log?: Logger): Interceptor {
+  const map = (e: unknown): ConnectError => {
+    const status = toStatus(e);
+    if (status.code === Code.Internal && log) {
+      log.error("request failed", { error: status.cause ?? e });
+    }
+    return status;
+  };
+  return (next) => async (req) => {
+    let res: AnyResponse;
+    try {
+      res = await next(req);
+    } catch (e) {
+      throw map(e);
+    }
+    if (!res.stream) return res;
+    const source = res.message;
+    const message: AsyncIterable<unknown> = {
+      async *[Symbol.asyncIterator]() {
+        try {
+          yield* source;
+        } catch (e) {
+          throw map(e);
+        }
+      },
+    };
+    return { ...res, message } as AnyResponse;
+  };
 }

@@ -6,7 +6,9 @@ import type { ConnectRouter, Interceptor, Transport } from "@connectrpc/connect"
 import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import { HealthRegistry, registerHealth } from "./health.ts";
+import type { Logger } from "./log.ts";
 import { registerReflection } from "./reflection.ts";
+import { errorEdge } from "./rpc-interceptors.ts";
 
 /** The largest request a server reads; a bigger one is refused with RESOURCE_EXHAUSTED. */
 export const READ_MAX_BYTES = 4 * 1024 * 1024;
@@ -24,6 +26,8 @@ export interface ServeOptions {
   services: DescService[];
   routes: (router: ConnectRouter) => void;
   interceptors?: Interceptor[];
+  /** Where the error edge logs an INTERNAL failure's cause. */
+  log?: Logger;
   /** Also answer the Connect protocol (unary JSON POSTs), e.g. for dependency-free clients. */
   connect?: boolean;
 }
@@ -38,7 +42,7 @@ export async function serveUnix(opts: ServeOptions): Promise<UnixServer> {
     readMaxBytes: READ_MAX_BYTES,
     connect: opts.connect ?? false,
     grpcWeb: false,
-    interceptors: opts.interceptors ?? [],
+    interceptors: [...(opts.interceptors ?? []), errorEdge(opts.log)],
     routes: (router) => {
       opts.routes(router);
       registerHealth(router, health);
