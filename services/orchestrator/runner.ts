@@ -324,7 +324,10 @@ export class AttemptRunner {
     if (runMs !== undefined)
       this.opts.observer?.attemptEnded({ taskId: id, attempt, state, runMs, result });
     const maxAttempts = store.maxAttempts(id);
-    if (state === TaskState.FAILED && attempt < maxAttempts) {
+    if (state === TaskState.FAILED && outcome.permanent && attempt < maxAttempts) {
+      result.error += `; not retried (attempt ${attempt} of ${maxAttempts}): another attempt cannot succeed`;
+    }
+    if (state === TaskState.FAILED && attempt < maxAttempts && !outcome.permanent) {
       const backoff = Math.min(60_000, this.opts.retryBackoffMs * 2 ** (attempt - 1));
       const update = { state: TaskState.QUEUED, host: "", notBefore: now + backoff, result };
       if (store.transition(id, ACTIVE, update)) {
@@ -365,5 +368,6 @@ function lost(error: string): RunOutcome {
     $typeName: "conductor.v1.RunOutcome",
     state: TaskState.FAILED,
     result: create(TaskResultSchema, { isError: true, error }),
+    permanent: false,
   };
 }
