@@ -52,10 +52,11 @@ export class TaskEvents {
     this.append(id, { case: "stateChange", value: create(StateChangeSchema, change) }, now);
   }
 
-  /** Stores any event (output, result) and tells the watchers. */
-  append(id: string, kind: TaskEvent["kind"], now: number): void {
+  /** Stores any event (output, result) and tells the watchers; returns it as stored. */
+  append(id: string, kind: TaskEvent["kind"], now: number): TaskEvent {
     const event = this.store.appendEvent(id, kind, now);
     for (const fn of this.watchers.get(id) ?? []) fn(event);
+    return event;
   }
 
   /** Streams a task's stored events, then live ones, ending after its final state. */

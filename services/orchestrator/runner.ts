@@ -5,9 +5,11 @@ import type { RunOutcome } from "../../gen/conductor/v1/agent_host_pb.js";
 import { TaskResultSchema, TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
 import type { Logger } from "../shared/log.ts";
 import { neverRan, UnconfirmedAttempts, type AttemptEnd } from "./attempts.ts";
+import type { ArtifactStore } from "./artifacts.ts";
 import type { TaskEvents } from "./events.ts";
 import type { AgentRef, HostRegistry } from "./hosts.ts";
 import type { OrchestratorObserver } from "./observer.ts";
+import { boundOutput, boundResult } from "./output-bounds.ts";
 import type { TaskStore } from "./store.ts";
 
 /** What the AttemptRunner works with. */
@@ -15,6 +17,8 @@ export interface AttemptRunnerOptions {
   store: TaskStore;
   hosts: HostRegistry;
   events: TaskEvents;
+  /** The whole of outputs and results that events carry cut short. */
+  artifacts: ArtifactStore;
   observer?: OrchestratorObserver | undefined;
   log: Logger;
   retryBackoffMs: number;
@@ -257,9 +261,13 @@ export class AttemptRunner {
               now,
             );
             break;
-          case "output":
-            events.append(task.id, { case: "output", value: res.kind.value }, now);
+          case "output": {
+            // A long line is cut to fit any client; its whole is kept for GetTaskOutput.
+            const whole = boundOutput(res.kind.value);
+            const event = events.append(task.id, { case: "output", value: res.kind.value }, now);
+            if (whole !== undefined) this.opts.artifacts.keep(task.id, Number(event.seq), whole);
             break;
+          }
           case "outcome":
             s.outcome = res.kind.value;
             break;
@@ -313,6 +321,8 @@ export class AttemptRunner {
     const { store, events } = this.opts;
     const now = Date.now();
     const result = outcome.result ?? create(TaskResultSchema, {});
+    const whole = boundResult(result);
+    if (whole !== undefined) this.opts.artifacts.keep(id, 0, whole);
     let state = outcome.state;
     if (run.cancelRequested && state !== TaskState.SUCCEEDED) {
       state = TaskState.CANCELLED;
@@ -324,7 +334,10 @@ export class AttemptRunner {
     if (runMs !== undefined)
       this.opts.observer?.attemptEnded({ taskId: id, attempt, state, runMs, result });
     const maxAttempts = store.maxAttempts(id);
-    if (state === TaskState.FAILED && attempt < maxAttempts) {
+    if (state === TaskState.FAILED && outcome.permanent && attempt < maxAttempts) {
+      result.error += `; not retried (attempt ${attempt} of ${maxAttempts}): another attempt cannot succeed`;
+    }
+    if (state === TaskState.FAILED && attempt < maxAttempts && !outcome.permanent) {
       const backoff = Math.min(60_000, this.opts.retryBackoffMs * 2 ** (attempt - 1));
       const update = { state: TaskState.QUEUED, host: "", notBefore: now + backoff, result };
       if (store.transition(id, ACTIVE, update)) {
@@ -365,5 +378,6 @@ function lost(error: string): RunOutcome {
     $typeName: "conductor.v1.RunOutcome",
     state: TaskState.FAILED,
     result: create(TaskResultSchema, { isError: true, error }),
+    permanent: false,
   };
 }
