@@ -16,7 +16,8 @@ import {
 import { freshRunDir, ownTree, type AgentOwner } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
-import { MCP_ALLOWED_TOOLS, setUpAgentBroker, type AgentBroker } from "../broker/access.ts";
+import { setUpAgentBroker, type AgentBroker } from "../broker/access.ts";
+import { brokerToolsForRun, noticeOutput } from "./broker-tools.ts";
 import { startLifeline, type Lifeline } from "./lifeline.ts";
 import { startModelProxy, type ModelProxy } from "./model-proxy.ts";
 import { runClaude, type RunOutcome, type RunSettings } from "./run.ts";
@@ -337,14 +338,26 @@ export class AgentHost {
       // Every runtime reaches the model through the proxy: the key never enters a sandbox.
       apiKey: PLACEHOLDER_KEY,
       baseUrl: `http://127.0.0.1:${FORWARDER_PORT}`,
-      ...(slot.broker
-        ? { alwaysAllowedTools: [MCP_ALLOWED_TOOLS], extraArgs: slot.broker.cliArgs }
-        : {}),
     };
-    const runCli = () =>
-      runClaude({
+    const runCli = async () => {
+      // The Broker's tools only when it answers now; else the run says why it has none.
+      const b = this.opts.broker;
+      const tools =
+        slot.broker && b
+          ? await brokerToolsForRun({
+              broker: slot.broker,
+              brokerSocket: b.socketPath,
+              secret: b.secret,
+              agentId,
+            })
+          : undefined;
+      if (tools && !tools.offered) {
+        log.warn("running without the Broker's tools", { reason: tools.notice });
+        onOutput(noticeOutput(tools.notice));
+      }
+      return runClaude({
         spec,
-        settings,
+        settings: { ...settings, ...(tools?.offered ? tools.settings : {}) },
         place: {
           agentId,
           taskId,
@@ -357,6 +370,7 @@ export class AgentHost {
         signal: abort.signal,
         onOutput,
       }).then((outcome) => this.explainDeath(slot, outcome));
+    };
     const observer = this.opts.observer;
     const done = observer ? observer.cliRun({ taskId, agentId }, runCli) : runCli();
     slot.run = { taskId, abort, done };
