@@ -87,6 +87,11 @@ describe("split mode without a Broker", () => {
 
   it("offers them to the next run once a Broker answers", async () => {
     await startBroker();
+    // Each service's ready line names the socket it serves.
+    const { socketDir, processes } = setup.conductor;
+    expect(broker!.ready["socket"]).toBe(path.join(socketDir, "broker.sock"));
+    expect(processes[0]!.ready["socket"]).toBe(path.join(socketDir, "agent-host.sock"));
+    expect(processes[1]!.ready["socket"]).toBe(path.join(socketDir, "orchestrator.sock"));
     const { client } = setup.conductor;
     const { task } = await client.submitTask({ spec: spec({ prompt: askForAgents }) });
     const ended = await waitForEnd(client, task!.id);
