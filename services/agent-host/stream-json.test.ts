@@ -62,7 +62,19 @@ describe("StreamJsonReader", () => {
       );
     }
     const { result } = reader.read(
-      JSON.stringify({ type: "result", subtype: "success", is_error: false, result: "ok" }),
+      JSON.stringify({
+        type: "result",
+        subtype: "success",
+        is_error: false,
+        result: "ok",
+        // Malformed entries are skipped, known ones completed, new ones past the bound dropped.
+        permission_denials: [
+          null,
+          7,
+          { tool_name: "Write", tool_use_id: "t0" },
+          { tool_use_id: "x" },
+        ],
+      }),
     );
     const denied = result!.deniedToolCalls;
     expect(denied).toHaveLength(MAX_DENIED_CALLS);

@@ -87,15 +87,17 @@ export function parseStreamJsonLine(line: string): ParsedLine {
     error: isError ? text || `the CLI reported ${str(obj["subtype"]) || "an error"}` : "",
     // [{"tool_name","tool_use_id","tool_input"}]: the reasons came on earlier lines.
     deniedToolCalls: (Array.isArray(obj["permission_denials"])
-      ? (obj["permission_denials"] as Record<string, unknown>[])
+      ? (obj["permission_denials"] as unknown[])
       : []
-    ).map((d) =>
-      create(ToolCallSchema, {
-        id: str(d["tool_use_id"]),
-        name: str(d["tool_name"]),
-        inputJson: JSON.stringify(d["tool_input"] ?? {}),
-      }),
-    ),
+    )
+      .filter((d): d is Record<string, unknown> => typeof d === "object" && d !== null)
+      .map((d) =>
+        create(ToolCallSchema, {
+          id: str(d["tool_use_id"]),
+          name: str(d["tool_name"]),
+          inputJson: JSON.stringify(d["tool_input"] ?? {}),
+        }),
+      ),
   });
   return { output, result };
 }
