@@ -5,7 +5,7 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { setUpAgentBroker } from "../broker/access.ts";
 import { startTestBroker } from "../broker/testing.ts";
-import { brokerToolsForRun } from "./broker-tools.ts";
+import { brokerTools } from "./broker-tools.ts";
 
 describe("brokerToolsForRun", () => {
   it("offers the tools while the Broker answers, registering the agent, and says why not once it is gone", async () => {
@@ -20,9 +20,9 @@ describe("brokerToolsForRun", () => {
       nodePath: process.execPath,
     });
     try {
-      const check = { broker: agent, brokerSocket: broker.socketPath, agentId: "agent-7" };
+      const check = brokerTools({ socketPath: broker.socketPath, secret: broker.secret });
 
-      const offered = await brokerToolsForRun({ ...check, secret: broker.secret });
+      const offered = await check(agent, "agent-7");
       expect(offered).toEqual({
         offered: true,
         settings: { alwaysAllowedTools: ["mcp__conductor"], extraArgs: agent.cliArgs },
@@ -30,18 +30,22 @@ describe("brokerToolsForRun", () => {
       const { agents } = await broker.agent("agent-7").listAgents({});
       expect(agents.map((a) => a.id)).toContain("agent-7");
 
-      const wrongKey = await brokerToolsForRun({ ...check, secret: randomBytes(32) });
+      const otherKey = brokerTools({ socketPath: broker.socketPath, secret: randomBytes(32) });
+      const wrongKey = await otherKey(agent, "agent-7");
       expect(wrongKey.offered).toBe(false);
       expect(!wrongKey.offered && wrongKey.notice).toMatch(
         /refuses this AgentHost's key .* must share storage\.data_dir/,
       );
 
       await broker.server.close();
-      const gone = await brokerToolsForRun({ ...check, secret: broker.secret });
+      const gone = await check(agent, "agent-7");
       expect(gone.offered).toBe(false);
       expect(!gone.offered && gone.notice).toMatch(
         new RegExp(`^No Broker answers at ${broker.socketPath} \\(.+\\): .*\`conductor broker\``),
       );
+      // The same check finds the Broker again once it is back.
+      await broker.restart();
+      expect((await check(agent, "agent-7")).offered).toBe(true);
     } finally {
       await agent.close();
     }

@@ -1,7 +1,12 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { AgentOutputSchema, type AgentOutput } from "../../gen/conductor/v1/task_pb.js";
-import { MCP_ALLOWED_TOOLS, registerAgent, type AgentBroker } from "../broker/access.ts";
+import {
+  MCP_ALLOWED_TOOLS,
+  brokerClient,
+  orchestratorCredential,
+  type AgentBroker,
+} from "../broker/access.ts";
 import type { RunSettings } from "./run.ts";
 
 /** How long a run's start waits for the Broker before running without its tools. */
@@ -12,33 +17,39 @@ export type BrokerTools =
   | { offered: true; settings: Pick<RunSettings, "alwaysAllowedTools" | "extraArgs"> }
   | { offered: false; notice: string };
 
+/** Decides for each run whether it gets the Broker's tools; see brokerTools. */
+export type BrokerToolsCheck = (broker: AgentBroker, agentId: string) => Promise<BrokerTools>;
+
 /**
  * Decides at a run's start whether its CLI is offered the Broker's `mcp__conductor__*` tools:
  * only when the Broker answers now and takes this AgentHost's key, proven by (re-)registering
  * the agent — which also makes an agent known to a Broker started after its AgentHost. A run
  * without them gets a notice in Conductor's words instead of tools that fail on every call.
+ * One client (one connection, made again after a Broker restart) serves every check.
  */
-export async function brokerToolsForRun(opts: {
-  broker: AgentBroker;
-  brokerSocket: string;
+export function brokerTools(opts: {
+  socketPath: string;
   secret: Buffer;
-  agentId: string;
   timeoutMs?: number;
-}): Promise<BrokerTools> {
-  try {
-    await registerAgent({
-      brokerSocket: opts.brokerSocket,
-      secret: opts.secret,
-      agentId: opts.agentId,
-      timeoutMs: opts.timeoutMs ?? BROKER_CHECK_MS,
-    });
-  } catch (e) {
-    return { offered: false, notice: whyNot(opts.brokerSocket, ConnectError.from(e)) };
-  }
-  opts.broker.registered = true;
-  return {
-    offered: true,
-    settings: { alwaysAllowedTools: [MCP_ALLOWED_TOOLS], extraArgs: opts.broker.cliArgs },
+}): BrokerToolsCheck {
+  const client = brokerClient({
+    socketPath: opts.socketPath,
+    credential: orchestratorCredential(opts.secret),
+  });
+  return async (broker, agentId) => {
+    try {
+      await client.registerAgent(
+        { agentId, topics: [] },
+        { timeoutMs: opts.timeoutMs ?? BROKER_CHECK_MS },
+      );
+    } catch (e) {
+      return { offered: false, notice: whyNot(opts.socketPath, ConnectError.from(e)) };
+    }
+    broker.registered = true;
+    return {
+      offered: true,
+      settings: { alwaysAllowedTools: [MCP_ALLOWED_TOOLS], extraArgs: broker.cliArgs },
+    };
   };
 }
 

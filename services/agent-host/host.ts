@@ -17,7 +17,7 @@ import { freshRunDir, ownTree, type AgentOwner } from "../shared/agent-files.ts"
 import type { Logger } from "../shared/log.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
 import { setUpAgentBroker, type AgentBroker } from "../broker/access.ts";
-import { brokerToolsForRun, noticeOutput } from "./broker-tools.ts";
+import { brokerTools, noticeOutput, type BrokerToolsCheck } from "./broker-tools.ts";
 import { startLifeline, type Lifeline } from "./lifeline.ts";
 import { startModelProxy, type ModelProxy } from "./model-proxy.ts";
 import { runClaude, type RunOutcome, type RunSettings } from "./run.ts";
@@ -102,9 +102,12 @@ export class AgentHost {
   readonly opts: AgentHostOptions;
   /** Names this AgentHost (by its data folder) on everything it creates. */
   private readonly hostKey: string;
+  /** Whether a run gets the Broker's tools (when a Broker is configured). */
+  private readonly brokerTools: BrokerToolsCheck | undefined;
 
   constructor(opts: AgentHostOptions) {
     this.opts = opts;
+    this.brokerTools = opts.broker ? brokerTools(opts.broker) : undefined;
     this.hostKey = createHash("sha256")
       .update(path.resolve(opts.dataDir))
       .digest("hex")
@@ -341,16 +344,8 @@ export class AgentHost {
     };
     const runCli = async () => {
       // The Broker's tools only when it answers now; else the run says why it has none.
-      const b = this.opts.broker;
       const tools =
-        slot.broker && b
-          ? await brokerToolsForRun({
-              broker: slot.broker,
-              brokerSocket: b.socketPath,
-              secret: b.secret,
-              agentId,
-            })
-          : undefined;
+        slot.broker && this.brokerTools ? await this.brokerTools(slot.broker, agentId) : undefined;
       if (tools && !tools.offered) {
         log.warn("running without the Broker's tools", { reason: tools.notice });
         onOutput(noticeOutput(tools.notice));
