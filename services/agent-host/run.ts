@@ -5,9 +5,10 @@ import {
   type AgentOutput,
   type TaskResult,
   type TaskSpec,
+  type ToolCall,
 } from "../../gen/conductor/v1/task_pb.js";
 import type { ExecRequest, Execution } from "../../plugins/runtime.ts";
-import { parseStreamJsonLine } from "./stream-json.ts";
+import { StreamJsonReader } from "./stream-json.ts";
 
 /** The agent settings a run needs, already validated (see Config.agent). */
 export interface RunSettings {
@@ -132,6 +133,7 @@ export async function runClaude(opts: {
     return outcome;
   }
 
+  const reader = new StreamJsonReader();
   let result: TaskResult | undefined;
   let stopReason: StopReason | undefined;
   const stop = (reason: StopReason) => {
@@ -154,7 +156,7 @@ export async function runClaude(opts: {
     printed = true;
     clearTimeout(idleTimer);
     idleTimer = setTimeout(() => stop("idle"), s.idleTimeoutMs);
-    const parsed = parseStreamJsonLine(line);
+    const parsed = reader.read(line);
     opts.onOutput(parsed.output);
     if (parsed.result && !result) {
       result = parsed.result;
@@ -168,16 +170,19 @@ export async function runClaude(opts: {
   clearTimeout(graceTimer);
   clearTimeout(deadline);
   opts.signal.removeEventListener("abort", onAbort);
+  // Without a result line, the denials seen so far are all there is to report.
+  const denied = reader.deniedToolCalls();
 
-  if (exit.spawnError) return cannotStart(s.claudePath, exit.spawnError, started);
+  if (exit.spawnError) return cannotStart(s.claudePath, exit.spawnError, started, denied);
   if (stopReason === "cancelled")
-    return ended(TaskState.CANCELLED, result, "cancelled while running", started);
+    return ended(TaskState.CANCELLED, result, "cancelled while running", started, denied);
   if (stopReason === "timeout") {
     return ended(
       TaskState.TIMED_OUT,
       result,
       `exceeded its timeout of ${timeoutMs / 1000} s; the CLI was ended`,
       started,
+      denied,
     );
   }
   if (result) {
@@ -188,11 +193,16 @@ export async function runClaude(opts: {
     return failed(
       `the CLI printed nothing for ${s.idleTimeoutMs / 1000} s (agent.idle_timeout_seconds) and was ended`,
       started,
+      denied,
     );
   }
   const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.code}`;
   const stderr = execution.stderrTail().trim().split("\n").slice(-5).join("\n");
-  const outcome = failed(`the CLI ${how} without a result${stderr ? `: ${stderr}` : ""}`, started);
+  const outcome = failed(
+    `the CLI ${how} without a result${stderr ? `: ${stderr}` : ""}`,
+    started,
+    denied,
+  );
   if (!printed && !exit.signal && USAGE_ERROR.test(stderr)) {
     outcome.result.error = `the CLI refused its arguments, so no attempt can succeed: ${stderr}`;
     outcome.permanent = true;
@@ -213,9 +223,18 @@ const USAGE_ERROR =
  * the machine may have again: the argument list too long (E2BIG), the program missing
  * (ENOENT, exit 127 in a container) or an argument no process can take (a NUL) fail again.
  */
-function cannotStart(claudePath: string, cause: unknown, started: number): RunOutcome {
+function cannotStart(
+  claudePath: string,
+  cause: unknown,
+  started: number,
+  denied: ToolCall[] = [],
+): RunOutcome {
   const message = cause instanceof Error ? cause.message : String(cause);
-  const outcome = failed(`cannot start the Claude Code CLI at ${claudePath}: ${message}`, started);
+  const outcome = failed(
+    `cannot start the Claude Code CLI at ${claudePath}: ${message}`,
+    started,
+    denied,
+  );
   outcome.permanent = !TRANSIENT_SPAWN.test(`${errorCode(cause)} ${message}`);
   return outcome;
 }
@@ -225,17 +244,24 @@ function errorCode(cause: unknown): string {
   return typeof code === "string" ? code : "";
 }
 
-function failed(error: string, started: number): RunOutcome {
-  return ended(TaskState.FAILED, undefined, error, started);
+function failed(error: string, started: number, denied: ToolCall[] = []): RunOutcome {
+  return ended(TaskState.FAILED, undefined, error, started, denied);
 }
 
+/** An outcome without a result line, or one the watchdog overrules; `denied` as seen so far. */
 function ended(
   state: TaskState,
   result: TaskResult | undefined,
   error: string,
   started: number,
+  denied: ToolCall[] = [],
 ): RunOutcome {
-  const r = result ?? create(TaskResultSchema, { durationMs: BigInt(Date.now() - started) });
+  const r =
+    result ??
+    create(TaskResultSchema, {
+      durationMs: BigInt(Date.now() - started),
+      deniedToolCalls: denied,
+    });
   r.isError = true;
   r.error = error;
   return { state, result: r };

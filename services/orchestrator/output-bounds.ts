@@ -56,14 +56,17 @@ export function boundOutput(out: AgentOutput): string | undefined {
   out.type = apply(out.type, OUTPUT_LIMITS.typeBytes);
   out.text = apply(out.text, OUTPUT_LIMITS.textBytes);
   out.rawJson = apply(out.rawJson, OUTPUT_LIMITS.rawJsonBytes);
-  if (out.toolCalls.length > OUTPUT_LIMITS.toolCalls) {
-    out.toolCalls = out.toolCalls.slice(0, OUTPUT_LIMITS.toolCalls);
-    cutAny = true;
-  }
-  for (const call of out.toolCalls) {
-    call.id = apply(call.id, OUTPUT_LIMITS.toolNameBytes);
-    call.name = apply(call.name, OUTPUT_LIMITS.toolNameBytes);
-    call.inputJson = apply(call.inputJson, OUTPUT_LIMITS.toolInputBytes);
+  for (const list of ["toolCalls", "deniedToolCalls"] as const) {
+    if (out[list].length > OUTPUT_LIMITS.toolCalls) {
+      out[list] = out[list].slice(0, OUTPUT_LIMITS.toolCalls);
+      cutAny = true;
+    }
+    for (const call of out[list]) {
+      call.id = apply(call.id, OUTPUT_LIMITS.toolNameBytes);
+      call.name = apply(call.name, OUTPUT_LIMITS.toolNameBytes);
+      call.inputJson = apply(call.inputJson, OUTPUT_LIMITS.toolInputBytes);
+      call.denial = apply(call.denial, OUTPUT_LIMITS.textBytes);
+    }
   }
   if (!cutAny) return undefined;
   out.truncated = true;

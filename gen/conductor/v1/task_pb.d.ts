@@ -196,6 +196,18 @@ export declare type TaskResult = Message<"conductor.v1.TaskResult"> & {
    * @generated from field: bool truncated = 9;
    */
   truncated: boolean;
+
+  /**
+   * Tool calls the CLI refused to run because the task's permission_mode and allowed_tools
+   * (or the agent defaults) do not permit them, in the order they were made; each names why
+   * in `denial`. Denials do not change the state: a run whose CLI finished is SUCCEEDED even
+   * when some of its tool calls were denied (the agent was told and carried on), so check
+   * this list when the work needed those tools. At most the first 100; each input_json is cut
+   * to 2,000 characters (ending in "…") here, and is whole in the task's events.
+   *
+   * @generated from field: repeated conductor.v1.ToolCall denied_tool_calls = 10;
+   */
+  deniedToolCalls: ToolCall[];
 };
 
 /**
@@ -353,13 +365,14 @@ export declare type StateChange = Message<"conductor.v1.StateChange"> & {
 export declare const StateChangeSchema: GenMessage<StateChange>;
 
 /**
- * AgentOutput is one line of the CLI's stream-json output.
+ * AgentOutput is one line of the CLI's stream-json output, or a notice from Conductor.
  *
  * @generated from message conductor.v1.AgentOutput
  */
 export declare type AgentOutput = Message<"conductor.v1.AgentOutput"> & {
   /**
-   * The line's `type`: system, assistant, user, result, …
+   * The line's `type`: system, assistant, user, result, …; `conductor` for a notice from
+   * Conductor itself about the run (e.g. why the Broker's tools are not offered), in `text`.
    *
    * @generated from field: string type = 1;
    */
@@ -395,6 +408,13 @@ export declare type AgentOutput = Message<"conductor.v1.AgentOutput"> & {
    * @generated from field: bool truncated = 5;
    */
   truncated: boolean;
+
+  /**
+   * Tool calls the CLI refused to run on this line (its `permission_denied` lines), with why.
+   *
+   * @generated from field: repeated conductor.v1.ToolCall denied_tool_calls = 6;
+   */
+  deniedToolCalls: ToolCall[];
 };
 
 /**
@@ -423,6 +443,13 @@ export declare type ToolCall = Message<"conductor.v1.ToolCall"> & {
    * @generated from field: string input_json = 3;
    */
   inputJson: string;
+
+  /**
+   * Why the CLI refused to run it, in its words; set only on denied tool calls.
+   *
+   * @generated from field: string denial = 4;
+   */
+  denial: string;
 };
 
 /**
