@@ -220,7 +220,7 @@ const schema = z
          */
         reply_reserve: count(0, 1_000_000).optional(),
         /** A message nobody acknowledges is dropped after this long (and a message's TTL can't be longer). */
-        ttl_seconds: seconds(30 * DAY).default(86_400),
+        ttl_seconds: seconds(20 * DAY).default(86_400),
         max_payload_bytes: count(1, 3_000_000).default(65_536),
         /** How long Request waits for a reply when the call names no timeout. */
         request_timeout_seconds: seconds(HOUR).default(60),
