@@ -198,3 +198,15 @@ export const CLIENT_COMMANDS = new Set([
 
 /** The commands that start services. */
 export const SERVICE_COMMANDS = new Set(["up", "orchestrator", "agent-host", "broker"]);
+
+/** The key of the /metrics port of the process a command starts (`up` serves all on one). */
+export function metricsPortKey(
+  command: string,
+):
+  | "observability.metrics_port"
+  | "observability.agent_host_metrics_port"
+  | "observability.broker_metrics_port" {
+  if (command === "agent-host") return "observability.agent_host_metrics_port";
+  if (command === "broker") return "observability.broker_metrics_port";
+  return "observability.metrics_port";
+}

@@ -11,10 +11,8 @@ import {
   type ParsedCommand,
 } from "./args.ts";
 import { runClientCommand } from "./client-commands.ts";
-import { CLIENT_COMMANDS, COMMANDS, SERVICE_COMMANDS } from "./commands.ts";
+import { CLIENT_COMMANDS, COMMANDS, metricsPortKey, SERVICE_COMMANDS } from "./commands.ts";
 import { isNotListening, locateOrchestrator, NotRunningError } from "./locate.ts";
-import { metricsPortKey } from "./observe.ts";
-import { serve } from "./serve.ts";
 
 /** Entry point of the `conductor` command; returns the exit code. */
 export async function main(
@@ -64,13 +62,16 @@ export async function main(
       out(JSON.stringify(redact(config), null, 2) + "\n");
       return 0;
     }
-    if (SERVICE_COMMANDS.has(command.name))
+    if (SERVICE_COMMANDS.has(command.name)) {
+      // Loaded only here: the services and OpenTelemetry would slow every client command.
+      const { serve } = await import("./serve.ts");
       return await serve(command.name, config, {
         env,
         stdout: process.stdout,
         stderr: process.stderr,
         json: parsed.values["json"] === true,
       });
+    }
     if (CLIENT_COMMANDS.has(command.name)) return await client(parsed, config, env);
   } catch (e) {
     if (e instanceof UsageError) {

@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { Registry } from "prom-client";
 import { envName, type Config } from "../shared/config.ts";
+import { metricsPortKey } from "./commands.ts";
 import type { Logger } from "../shared/log.ts";
 import { serveMetrics, type MetricsServer } from "../shared/metrics-server.ts";
 import { createObservability, type Observability } from "../shared/observability.ts";
@@ -59,13 +60,6 @@ export async function startObservability(
       await tracing?.shutdown();
     },
   };
-}
-
-/** The key of the /metrics port of the process a command starts (`up` serves all on one). */
-export function metricsPortKey(command: string): `observability.${MetricsPortField}` {
-  if (command === "agent-host") return "observability.agent_host_metrics_port";
-  if (command === "broker") return "observability.broker_metrics_port";
-  return "observability.metrics_port";
 }
 
 type MetricsPortField = "metrics_port" | "agent_host_metrics_port" | "broker_metrics_port";
