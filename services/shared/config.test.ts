@@ -128,7 +128,7 @@ describe("loadConfig refuses, all at once", () => {
     const cases: [string, string, RegExp][] = [
       ["CONDUCTOR_AGENT_CONTAINER_MEMORY", "5000g", /from 4m to 1024g/],
       ["CONDUCTOR_ORCHESTRATOR_MAX_WORKERS", "1e9", /at most 100000/],
-      ["CONDUCTOR_ORCHESTRATOR_MAX_PROMPT_BYTES", "50000000", /at most 1000000/],
+      ["CONDUCTOR_ORCHESTRATOR_MAX_PROMPT_BYTES", "50000000", /at most 131071/],
       ["CONDUCTOR_AGENT_CONTAINER_PIDS", "99999999", /at most 4194304/],
       [
         "CONDUCTOR_AGENT_ALLOWED_TOOLS",
