@@ -32,6 +32,8 @@ type Orch = Client<typeof OrchestratorService>;
 /** Where a client command writes, and how it reads a prompt from standard input. */
 export interface ClientIO {
   out: (line: string) => void;
+  /** Writes text as it is (no newline added); resolves once it is written. */
+  write: (text: string) => Promise<void>;
   readStdin: () => string;
 }
 
@@ -69,6 +71,14 @@ export async function runClientCommand(
       const { task } = await client.getTask({ id: needId() });
       if (asJson) out(taskJson(task!, true));
       else taskText(task!).forEach((l) => out(l));
+      return 0;
+    }
+    case "output": {
+      const eventSeq = BigInt(int(p, "event"));
+      if (eventSeq < 0n) throw new UsageError(`--event must be an event's seq (1 or more)`);
+      for await (const piece of client.getTaskOutput({ taskId: needId(), eventSeq })) {
+        await io.write(piece.text);
+      }
       return 0;
     }
     case "cancel": {

@@ -160,6 +160,20 @@ With --wait, follows the task like "conductor watch" and exits 0 only if it succ
     flags: where,
   },
   {
+    name: "output",
+    args: "<task-id>",
+    summary: "print the whole of a result or output line that get/watch show cut short",
+    details: `
+A result text over 64 KiB, or an output line over 16 KiB, is cut in GetTask, WatchTask and
+ListTasks (so every response fits a gRPC client's 4 MiB limit) and ends with a
+"[… truncated by conductor …]" marker. This prints the whole, streamed: the result text by
+default, or with --event SEQ the line of that event (SEQ as "watch --json" shows it).`,
+    flags: {
+      event: { type: "string", arg: "SEQ", help: "the output event's seq (default: the result)" },
+      ...where,
+    },
+  },
+  {
     name: "tasks",
     args: "",
     summary: "list tasks, newest first",
@@ -190,6 +204,7 @@ export const CLIENT_COMMANDS = new Set([
   "submit",
   "watch",
   "get",
+  "output",
   "tasks",
   "agents",
   "cancel",

@@ -117,6 +117,10 @@ async function client(
   });
   const io = {
     out: (line: string) => void process.stdout.write(line + "\n"),
+    write: (text: string) =>
+      new Promise<void>((resolve, reject) =>
+        process.stdout.write(text, (e) => (e ? reject(e) : resolve())),
+      ),
     readStdin: () => readFileSync(0, "utf8"),
   };
   try {
