@@ -124,7 +124,16 @@ function attempt(method, body, timeoutMs) {
     req.on("error", (e) => {
       reject(unreachable(e, status === 0 && UNPROCESSED.test(`${e.code} ${e.message}`)));
     });
+    // A connection that closes before the Broker answered (e.g. the relay could not reach it)
+    // ends the stream with no response, or with no end at all: either way the call fails.
+    const cutOff = () =>
+      unreachable(new Error("the connection closed before the Broker answered"), false);
+    req.on("close", () => reject(cutOff())); // no effect once the call has settled
     req.on("end", () => {
+      if (status === 0) {
+        reject(cutOff());
+        return;
+      }
       let json;
       try {
         json = text ? JSON.parse(text) : {};
@@ -386,6 +395,8 @@ async function handle(msg) {
       try {
         return await tool.run(params.arguments || {});
       } catch (e) {
+        if (e instanceof BrokerError && e.code === "unavailable")
+          return failure(`${params.name} failed: ${e.message}; try again shortly`);
         if (e instanceof BrokerError)
           return failure(`The Broker refused ${params.name}: ${e.code}: ${e.message}`);
         return failure(`${params.name} failed: ${e && e.message ? e.message : String(e)}`);
