@@ -84,7 +84,7 @@ describe.skipIf(!isRoot)("the Broker on a full disk", () => {
     expect(refusal?.rawMessage).toContain(
       `the disk holding the Broker's data folder (${disk.path}) is full`,
     );
-    filler(disk.path, "rest"); // not a byte left
+    const rest = filler(disk.path, "rest"); // not a byte left
     const again = await failureOf(
       b
         .agent("a")
@@ -103,6 +103,7 @@ describe.skipIf(!isRoot)("the Broker on a full disk", () => {
     // Space returns: sends work again, and after a restart exactly what was sent and not
     // acknowledged is there.
     rmSync(spare);
+    rmSync(rest);
     const after = await b.agent("a").send({
       destination: { case: "receiver", value: "r" },
       payload: "after",
