@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS open_requests (
 ) WITHOUT ROWID;
 `;
 
+/** SQLite's primary result code for a database another connection holds locked. */
+const SQLITE_BUSY = 5;
+
 /**
  * Brings a broker.db made before version 1 up to date, in one transaction: messages get the
  * `reply` column (older replies count as ordinary messages), and open requests are keyed by
@@ -106,9 +109,10 @@ export interface OpenRequest {
  * commit): a write has reached the disk when its promise resolves; one the disk has no room
  * for fails with StorageFull (RESOURCE_EXHAUSTED naming the folder) and changes nothing.
  *
- * The database is opened in exclusive locking mode: this process alone uses it, and WAL then
- * keeps its index in memory instead of a -shm file, so a Broker restarted on a full disk
- * opens what it stored and serves it (a -shm file could not be made there).
+ * The database is opened in exclusive locking mode: this process alone uses it (a second
+ * Broker on the same folder is refused before it touches anything), and WAL then keeps its
+ * index in memory instead of a -shm file, so a Broker restarted on a full disk opens what it
+ * stored and serves it (a -shm file could not be made there).
  */
 export class BrokerStore {
   private readonly db: DatabaseSync;
@@ -129,7 +133,14 @@ export class BrokerStore {
       migrate(this.db);
     } catch (e) {
       this.db.close();
-      throw isDiskFull(e) ? new StorageFull(this.where, e) : e;
+      if (isDiskFull(e)) throw new StorageFull(this.where, e);
+      if (((e as { errcode?: number }).errcode ?? 0) % 256 === SQLITE_BUSY) {
+        throw new Error(
+          `${path.join(dataDir, "broker.db")} is in use by another running Broker (one Broker per data folder): stop that one, or give this one another storage.data_dir`,
+          { cause: e },
+        );
+      }
+      throw e;
     }
     this.group = new GroupCommit(this.db);
   }
