@@ -45,8 +45,8 @@ function filler(dir: string, name: string, bytes = Infinity): string {
   return file;
 }
 
-function startOn(dataDir: string): Promise<TestBroker> {
-  return startTestBroker({ dataDir, inboxLimit: 100_000, maxPayloadBytes: 65_536 });
+function startOn(dataDir: string, clock?: () => number): Promise<TestBroker> {
+  return startTestBroker({ dataDir, inboxLimit: 100_000, maxPayloadBytes: 65_536, clock });
 }
 
 /** Every message waiting for `agent`, acknowledging each batch read. */
@@ -170,5 +170,41 @@ describe.skipIf(!isRoot)("the Broker on a full disk", () => {
     await b.agent("a").send({ destination: { case: "receiver", value: "r" }, payload: "more" });
     await b.restart();
     expect((await drain(b, "r")).map((m) => m.payload)).toEqual(["more"]);
+  });
+
+  it("expires messages on a full disk, and deletes them for good once space returns", async () => {
+    let now = Date.now();
+    await using disk = smallDisk();
+    await using b = await startOn(disk.path, () => now);
+    await b.register("r");
+    const spare = filler(disk.path, "spare", 500_000);
+    for (let i = 0; i < 100; i++) {
+      const payload = `${i}:`.padEnd(PAYLOAD, "e");
+      const sent = await b
+        .agent("a")
+        .send({
+          destination: { case: "receiver", value: "r" },
+          payload,
+          ttlSeconds: 60,
+        })
+        .then(
+          () => true,
+          () => false,
+        );
+      if (!sent) break;
+    }
+    const rest = filler(disk.path, "rest");
+    now += 61_000;
+    // The sweep cannot write its delete; the messages are gone for readers all the same.
+    await b.server.broker.sweep().catch(() => {});
+    expect((await b.agent("r").receive({})).messages).toEqual([]);
+    rmSync(rest);
+    rmSync(spare);
+    await b.server.broker.sweep();
+    await b.restart();
+    // What is loaded at start is what is on disk: nothing of them is left.
+    const { agents } = await b.orchestrator().listAgents({});
+    expect(agents.find((a) => a.id === "r")?.waiting).toBe(0);
+    expect((await b.agent("r").receive({})).messages).toEqual([]);
   });
 });
