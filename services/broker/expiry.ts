@@ -60,13 +60,6 @@ export class Expiry {
     this.retry ??= setTimeout(() => this.write(), RETRY_MS).unref();
   }
 
-  /** Deletes not yet written (0 once the disk took them all). */
-  get pending(): number {
-    let n = 0;
-    for (const ids of this.unwritten.values()) n += ids.size;
-    return n;
-  }
-
   /** Stops the timers and queues what is unwritten for the store's last commit. */
   close(): void {
     clearInterval(this.sweeper);
