@@ -178,4 +178,28 @@ describe("the Broker with peers that fail", () => {
     const { messages } = await b.agent("agent-1").receive({});
     expect(messages.map((m) => m.payload)).toEqual(["m0", "m1", "m2"]);
   });
+
+  it("frees a Request's correlation id when its caller cancels the wait, and keeps the late reply", async () => {
+    const cancel = new AbortController();
+    const asking = b
+      .agent("agent-1")
+      .request(
+        { receiver: "agent-2", payload: "q", correlationId: "c-1", timeoutMs: 60_000 },
+        { signal: cancel.signal },
+      );
+    const { messages } = await b.agent("agent-2").receive({ waitMs: 10_000 });
+    expect(messages.map((m) => m.correlationId)).toEqual(["c-1"]);
+    cancel.abort();
+    await expect(asking).rejects.toThrow();
+    await eventually(async () => {
+      const { agents } = await b.orchestrator().listAgents({});
+      return agents.find((a) => a.id === "agent-1")?.connected === false || undefined;
+    }, "the Broker to see the Request cancelled");
+    await b.agent("agent-2").reply({ correlationId: "c-1", payload: "late answer" });
+    // Asking again with the same id is not "already waiting", and gets the answer kept for it.
+    const again = await b
+      .agent("agent-1")
+      .request({ receiver: "agent-2", payload: "q", correlationId: "c-1", timeoutMs: 10_000 });
+    expect(again.reply?.payload).toBe("late answer");
+  });
 });

@@ -107,6 +107,8 @@ export class Requests {
           `"${receiver}" did not reply within ${timeoutMs / 1000} s (correlation id "${correlationId}"); the request stays in its inbox until it expires, and a later reply waits in yours`,
         );
       });
+      // A caller gone by now would never see the reply: leave it in the inbox, unacknowledged.
+      if (signal.aborted) throw new Error("the call was cancelled", { cause: signal.reason });
       await this.delivery.ackIds(caller.id, [got.message.id]);
       return { reply: got.message, correlationId };
     } finally {
