@@ -7,11 +7,18 @@ interface Op {
   reject: (error: unknown) => void;
 }
 
+type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
+
 /**
  * Group commit: writes asked for in the same turn of the event loop share one transaction,
  * so one disk sync (synchronous = FULL) makes a whole batch durable. Each write runs in its
  * own savepoint (a failing one is undone alone and rejects alone); `applied` callbacks run
  * after the COMMIT, in the order the writes were asked for, before any promise settles.
+ *
+ * A batch whose transaction cannot be begun or committed, or that SQLite rolls back whole (a
+ * write that spills to a full disk does that), rejects every write of that batch and no
+ * other; `flush` itself never throws, so a failing disk never ends the process. A `write`
+ * must touch only the database: whatever it did is undone when it fails.
  */
 export class GroupCommit {
   private readonly db: DatabaseSync;
@@ -35,42 +42,14 @@ export class GroupCommit {
     });
   }
 
-  /** Commits what is queued now (also called on close). */
+  /** Commits what is queued now (also called on close); every write of it settles. */
   flush(): void {
     if (this.scheduled) clearImmediate(this.scheduled);
     this.scheduled = undefined;
     const batch = this.queue;
     this.queue = [];
     if (batch.length === 0) return;
-    const outcomes: ({ ok: true; value: unknown } | { ok: false; error: unknown })[] = [];
-    try {
-      this.db.exec("BEGIN IMMEDIATE");
-    } catch (error) {
-      for (const op of batch) op.reject(error);
-      return;
-    }
-    for (const op of batch) {
-      this.db.exec("SAVEPOINT op");
-      try {
-        outcomes.push({ ok: true, value: op.write() });
-        this.db.exec("RELEASE op");
-      } catch (error) {
-        this.db.exec("ROLLBACK TO op");
-        this.db.exec("RELEASE op");
-        outcomes.push({ ok: false, error });
-      }
-    }
-    try {
-      this.db.exec("COMMIT");
-    } catch (error) {
-      try {
-        this.db.exec("ROLLBACK");
-      } catch {
-        // the failed COMMIT may have ended the transaction already
-      }
-      for (const op of batch) op.reject(error);
-      return;
-    }
+    const outcomes = this.commit(batch);
     batch.forEach((op, i) => {
       const outcome = outcomes[i]!;
       if (!outcome.ok) return;
@@ -85,5 +64,59 @@ export class GroupCommit {
       if (outcome.ok) op.resolve(outcome.value);
       else op.reject(outcome.error);
     });
+  }
+
+  /** Runs the batch in one transaction; one outcome per write, all failed if it did not commit. */
+  private commit(batch: Op[]): Outcome[] {
+    const failAll = (error: unknown): Outcome[] => batch.map(() => ({ ok: false, error }));
+    try {
+      // A transaction left open by a failed ROLLBACK would refuse every later BEGIN.
+      if (this.db.isTransaction) this.db.exec("ROLLBACK");
+      this.db.exec("BEGIN IMMEDIATE");
+    } catch (error) {
+      return failAll(error);
+    }
+    const outcomes: Outcome[] = [];
+    for (const op of batch) {
+      try {
+        this.db.exec("SAVEPOINT op");
+        outcomes.push({ ok: true, value: op.write() });
+        this.db.exec("RELEASE op");
+      } catch (error) {
+        if (!this.undo()) {
+          // SQLite rolled the whole transaction back: no write of this batch is stored.
+          return failAll(error);
+        }
+        outcomes.push({ ok: false, error });
+      }
+    }
+    try {
+      this.db.exec("COMMIT");
+    } catch (error) {
+      this.rollback();
+      return failAll(error);
+    }
+    return outcomes;
+  }
+
+  /** Undoes the current write's savepoint; false when the transaction is gone. */
+  private undo(): boolean {
+    if (!this.db.isTransaction) return false;
+    try {
+      this.db.exec("ROLLBACK TO op");
+      this.db.exec("RELEASE op");
+      return true;
+    } catch {
+      this.rollback();
+      return false;
+    }
+  }
+
+  private rollback(): void {
+    try {
+      if (this.db.isTransaction) this.db.exec("ROLLBACK");
+    } catch {
+      // nothing more to undo: the next batch rolls back what is left before it begins
+    }
   }
 }

@@ -1,4 +1,5 @@
 import type { Message } from "../../gen/conductor/v1/broker_pb.js";
+import type { Logger } from "../shared/log.ts";
 import { Occupancy } from "./quota.ts";
 
 /** A stored, unacknowledged message as the delivery logic sees it (its body stays on disk). */
@@ -72,7 +73,11 @@ export interface MailroomOptions {
   load: (p: Pending) => Message | undefined;
   /** Messages found expired while delivering (the Broker removes them from disk). */
   onExpired: (expired: Pending[]) => void;
+  log: Logger;
 }
+
+/** How soon delivery is tried again after a message could not be read from disk. */
+const REREAD_MS = 1000;
 
 /**
  * The in-memory side of delivery: which stored messages are free, leased to a consumer, or
@@ -201,7 +206,19 @@ export class Mailroom {
         if (filtered.length === 0 && general.every((c) => c.room() <= 0)) break;
         continue;
       }
-      const message = this.opts.load(p);
+      let message: Message | undefined;
+      try {
+        message = this.opts.load(p);
+      } catch (error) {
+        // Never fatal (this may run from a timer): the message stays and is offered again.
+        this.opts.log.warn("could not read a message to deliver it; trying again", {
+          receiver: p.receiver,
+          message_id: p.id,
+          error,
+        });
+        setTimeout(() => this.dispatch(inbox), REREAD_MS).unref();
+        break;
+      }
       if (!message) {
         expired.push(p);
         continue;

@@ -124,12 +124,16 @@ function attempt(method, body, timeoutMs) {
     req.on("error", (e) => {
       reject(unreachable(e, status === 0 && UNPROCESSED.test(`${e.code} ${e.message}`)));
     });
-    // A connection closed before any answer (e.g. the relay found no Broker behind it).
-    const noAnswer = () =>
-      reject(unreachable(new Error("the connection closed unanswered"), false));
-    req.on("close", noAnswer);
+    // A connection that closes before the Broker answered (e.g. the relay could not reach it)
+    // ends the stream with no response, or with no end at all: either way the call fails.
+    const cutOff = () =>
+      unreachable(new Error("the connection closed before the Broker answered"), false);
+    req.on("close", () => reject(cutOff())); // no effect once the call has settled
     req.on("end", () => {
-      if (status === 0) return noAnswer();
+      if (status === 0) {
+        reject(cutOff());
+        return;
+      }
       let json;
       try {
         json = text ? JSON.parse(text) : {};

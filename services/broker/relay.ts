@@ -57,11 +57,18 @@ export async function startBrokerRelay(opts: {
       resolve();
     });
   });
-  socketForAgent(opts.socketPath, opts.owner);
+  // Once listening, a failed accept is the one connection's loss, never the process's.
+  server.on("error", () => {});
   const close = async () => {
     for (const s of open) s.destroy();
     open.clear();
     await new Promise<void>((resolve) => server.close(() => resolve()));
   };
+  try {
+    socketForAgent(opts.socketPath, opts.owner);
+  } catch (e) {
+    await close();
+    throw e;
+  }
   return { socketPath: opts.socketPath, close, [Symbol.asyncDispose]: close };
 }

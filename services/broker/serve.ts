@@ -61,6 +61,7 @@ export async function startBrokerServer(
       services: [BrokerService],
       routes: brokerRoutes(broker),
       interceptors: [...(opts.interceptors ?? []), authInterceptor(secret)],
+      log: opts.log,
       connect: true,
     });
   } catch (e) {

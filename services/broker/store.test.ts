@@ -4,6 +4,8 @@ import path from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { describe, expect, it } from "vitest";
 import { MessageType } from "../../gen/conductor/v1/broker_pb.js";
+import { silentLogger } from "../shared/log.ts";
+import { startBrokerServer } from "./serve.ts";
 import { startTestBroker } from "./testing.ts";
 
 /** The schema of broker.db before it was migrated (open requests keyed by receiver and id). */
@@ -76,5 +78,29 @@ describe("BrokerStore", () => {
     expect((await b.agent("agent-1").receive({})).messages.map((m) => m.payload)).toEqual([
       "new answer",
     ]);
+  });
+
+  it("refuses a second Broker on the same data folder before it touches anything", async () => {
+    await using b = await startTestBroker();
+    await b.register("agent-1");
+    await expect(
+      startBrokerServer({
+        dataDir: b.dataDir,
+        socketPath: path.join(b.dir, "second.sock"),
+        ackTimeoutMs: 30_000,
+        inboxLimit: 100,
+        senderShare: 10,
+        replyReserve: 10,
+        ttlMs: 60_000,
+        maxPayloadBytes: 1000,
+        requestTimeoutMs: 1000,
+        log: silentLogger,
+      }),
+    ).rejects.toThrow(/broker\.db is in use by another running Broker/);
+    // The first still stores and delivers.
+    await b
+      .orchestrator()
+      .send({ destination: { case: "receiver", value: "agent-1" }, payload: "hi" });
+    expect((await b.agent("agent-1").receive({})).messages.map((m) => m.payload)).toEqual(["hi"]);
   });
 });

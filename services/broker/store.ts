@@ -1,6 +1,8 @@
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
+import { isDiskFull, StorageFull } from "../shared/errors.ts";
+import { BrokerClosedError } from "./errors.ts";
 import { GroupCommit } from "./group-commit.ts";
 
 const SCHEMA = `
@@ -37,6 +39,9 @@ CREATE TABLE IF NOT EXISTS open_requests (
   PRIMARY KEY (receiver, requester, correlation_id)
 ) WITHOUT ROWID;
 `;
+
+/** SQLite's primary result code for a database another connection holds locked. */
+const SQLITE_BUSY = 5;
 
 /**
  * Brings a broker.db made before version 1 up to date, in one transaction: messages get the
@@ -100,28 +105,52 @@ export interface OpenRequest {
 /**
  * The Broker's durable state in `<dataDir>/broker.db` (SQLite, WAL, synchronous FULL):
  * every message not yet acknowledged, the known agents, topic memberships and open
- * requests (a database from before is migrated on open). Writes go through `commit` (group commit): a write has reached the disk when
- * its promise resolves.
+ * requests (a database from before is migrated on open). Writes go through `commit` (group
+ * commit): a write has reached the disk when its promise resolves; one the disk has no room
+ * for fails with StorageFull (RESOURCE_EXHAUSTED naming the folder) and changes nothing.
+ *
+ * The database is opened in exclusive locking mode: this process alone uses it (a second
+ * Broker on the same folder is refused before it touches anything), and WAL then keeps its
+ * index in memory instead of a -shm file, so a Broker restarted on a full disk opens what it
+ * stored and serves it (a -shm file could not be made there).
  */
 export class BrokerStore {
   private readonly db: DatabaseSync;
   private readonly group: GroupCommit;
   private readonly statements = new Map<string, StatementSync>();
+  private readonly where: string;
+  private closed = false;
 
   constructor(dataDir: string) {
     mkdirSync(dataDir, { recursive: true });
+    this.where = `the Broker's data folder (${dataDir})`;
     this.db = new DatabaseSync(path.join(dataDir, "broker.db"));
-    this.db.exec(
-      "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
-    );
-    this.db.exec(SCHEMA);
-    migrate(this.db);
+    try {
+      this.db.exec(
+        "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+      );
+      this.db.exec(SCHEMA);
+      migrate(this.db);
+    } catch (e) {
+      this.db.close();
+      if (isDiskFull(e)) throw new StorageFull(this.where, e);
+      if (((e as { errcode?: number }).errcode ?? 0) % 256 === SQLITE_BUSY) {
+        throw new Error(
+          `${path.join(dataDir, "broker.db")} is in use by another running Broker (one Broker per data folder): stop that one, or give this one another storage.data_dir`,
+          { cause: e },
+        );
+      }
+      throw e;
+    }
     this.group = new GroupCommit(this.db);
   }
 
   /** Runs `write` in the next group-commit batch; see GroupCommit. */
   commit<T>(write: () => T, applied?: (result: T) => void): Promise<T> {
-    return this.group.run(write, applied);
+    if (this.closed) return Promise.reject(new BrokerClosedError());
+    return this.group.run(write, applied).catch((e: unknown) => {
+      throw isDiskFull(e) ? new StorageFull(this.where, e) : e;
+    });
   }
 
   /** Inserts one message row (inside a commit) and returns its sequence number. */
@@ -253,7 +282,9 @@ export class BrokerStore {
 
   /** Writes what is queued and closes the database. */
   close(): void {
+    if (this.closed) return;
     this.group.flush();
+    this.closed = true;
     this.db.close();
   }
 }

@@ -25,8 +25,11 @@ export interface TestBroker extends AsyncDisposable {
   orchestrator(): Client<typeof BrokerService>;
   /** Registers agents (as the Orchestrator) so they can be messaged. */
   register(...ids: string[]): Promise<void>;
-  /** Closes the Broker and starts it again on the same data and socket. */
-  restart(): Promise<void>;
+  /**
+   * Closes the Broker and starts it again on the same data and socket; `whileDown` runs
+   * between the two (e.g. to fill the disk).
+   */
+  restart(whileDown?: () => void): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -42,7 +45,8 @@ export async function startTestBroker(
 ): Promise<TestBroker> {
   const inboxLimit = overrides.inboxLimit ?? 10_000;
   const dir = mkdtempSync(path.join(tmpdir(), "broker-test-"));
-  const dataDir = path.join(dir, "data");
+  // A data folder given (e.g. on a small tmpfs) belongs to the test; the default one to this.
+  const dataDir = overrides.dataDir ?? path.join(dir, "data");
   const socketPath = path.join(dir, "run", "broker.sock");
   const { seed, ...rest } = overrides;
   const options: BrokerOptions & { socketPath: string; registry?: Registry } = {
@@ -93,9 +97,10 @@ export async function startTestBroker(
     async register(...ids) {
       for (const agentId of ids) await t.orchestrator().registerAgent({ agentId });
     },
-    async restart() {
+    async restart(whileDown) {
       await server.close();
       clients.clear(); // as clients of a restarted server do, they connect anew
+      whileDown?.();
       server = await startBrokerServer(options);
     },
     async close() {

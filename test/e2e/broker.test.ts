@@ -1,8 +1,20 @@
-// The Broker end to end: `conductor broker` killed with SIGKILL loses nothing acknowledged;
-// two real Claude Code agents under `conductor up` talk through it while they work.
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+// The Broker end to end: `conductor broker` killed with SIGKILL loses nothing acknowledged,
+// also on a full disk; two real Claude Code agents under `conductor up` talk through it.
+import { execFileSync } from "node:child_process";
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import {
@@ -88,6 +100,92 @@ describe("conductor broker, killed with SIGKILL", () => {
       }
     } finally {
       await service.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+/** Writes `file` until its disk is full. */
+function fill(file: string): void {
+  const fd = openSync(file, "a");
+  try {
+    for (;;) writeSync(fd, Buffer.alloc(16_384));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOSPC") throw e;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+describe.skipIf(process.getuid?.() !== 0)("conductor broker on a full disk", () => {
+  it("refuses sends it cannot store, survives SIGKILL and a restart on the full disk, and recovers", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "broker-e2e-full-"));
+    const data = path.join(dir, "data");
+    mkdirSync(data);
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=3m", "tmpfs", data]);
+    const args = ["--socket-dir", path.join(dir, "run"), "--data-dir", data];
+    const env = {
+      CONDUCTOR_OBSERVABILITY_LOG_LEVEL: "warn",
+      CONDUCTOR_OBSERVABILITY_METRICS_PORT: "-1",
+    };
+    const socketPath = path.join(dir, "run", "broker.sock");
+    let service = await startService("broker", args, env);
+    try {
+      const secret = loadBrokerSecret(data);
+      const client = (id: string) =>
+        brokerClient({
+          socketPath,
+          credential:
+            id === "orchestrator" ? orchestratorCredential(secret) : agentCredential(secret, id),
+        });
+      await client("orchestrator").registerAgent({ agentId: "r" });
+      // What the operator will free: another program's 1 MB on the same disk.
+      const spare = path.join(data, "spare");
+      writeFileSync(spare, Buffer.alloc(1_000_000));
+      const sent = new Set<string>();
+      let refusal: ConnectError | undefined;
+      for (let i = 0; i < 100 && !refusal; i++) {
+        const payload = `${i}:`.padEnd(60_000, "x");
+        await client("orchestrator")
+          .send({ destination: { case: "receiver", value: "r" }, payload })
+          .then((res) => sent.add(res.messageId))
+          .catch((e: unknown) => (refusal = ConnectError.from(e)));
+      }
+      expect(refusal?.code).toBe(Code.ResourceExhausted);
+      expect(refusal?.rawMessage).toContain(
+        `the disk holding the Broker's data folder (${data}) is full`,
+      );
+      const filler = path.join(data, "filler");
+      fill(filler);
+
+      await service.kill9();
+      service = await startService("broker", args, env); // on the full disk
+      const got = new Set<string>();
+      for (let i = 0; i < 100; i++) {
+        const { messages } = await client("r").receive({ maxMessages: 100 });
+        if (messages.length === 0) break;
+        for (const m of messages) got.add(m.id);
+        await client("r").ack({ messageIds: messages.map((m) => m.id) });
+      }
+      expect(got).toEqual(sent);
+      rmSync(filler);
+      rmSync(spare);
+      await client("orchestrator").send({
+        destination: { case: "receiver", value: "r" },
+        payload: "space is back",
+      });
+      const after = await client("r").receive({});
+      expect(after.messages.map((m) => m.payload)).toEqual(["space is back"]);
+
+      // Stopped cleanly, the disk filled while it was down, started again: it serves.
+      await service.stop();
+      fill(filler);
+      service = await startService("broker", args, env);
+      const kept = await client("r").receive({});
+      expect(kept.messages.map((m) => m.payload)).toEqual(["space is back"]);
+    } finally {
+      await service.stop();
+      execFileSync("umount", ["--lazy", data]);
       rmSync(dir, { recursive: true, force: true });
     }
   });
