@@ -44,6 +44,16 @@ const schema = z
          * or after the host has been silent this long (a dead host's runs die with it).
          */
         unconfirmed_attempt_timeout_seconds: seconds.default(600),
+        /**
+         * Most bytes of agent output kept in one task's event history (1 MiB–1 GiB); beyond it
+         * the oldest output events are deleted. State changes and results are always kept.
+         */
+        event_retention_bytes: z
+          .number()
+          .int()
+          .min(1024 ** 2)
+          .max(1024 ** 3)
+          .default(64 * 1024 ** 2),
       })
       .strict()
       .prefault({}),
