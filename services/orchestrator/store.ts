@@ -132,8 +132,11 @@ export class TaskStore {
     mkdirSync(dataDir, { recursive: true });
     this.db = new DatabaseSync(path.join(dataDir, "orchestrator.db"));
     try {
+      // Exclusive locking keeps the WAL index in this process's memory, not in a -shm file: a
+      // database on a full disk then still opens and serves reads (a new -shm cannot be made
+      // there). Only this process uses the file while it runs.
       this.db.exec(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+        "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
       );
       // On a full disk an existing, current database opens without writing: reads keep working.
       this.db.exec(SCHEMA);
