@@ -1,12 +1,18 @@
-import { execFileSync } from "node:child_process";
-import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { OrchestratorService } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { TaskSpecSchema, TaskState } from "../../gen/conductor/v1/task_pb.js";
+import {
+  bigPrompt,
+  canMount,
+  mountSmallDisk,
+  submitUntilRefused,
+  type SmallDisk,
+} from "../../test/full-disk.ts";
 import { startService, type ServiceProcess } from "../../test/harness.ts";
 import {
   FakeAgentHost,
@@ -19,56 +25,19 @@ import {
 import { createLogger } from "../shared/log.ts";
 import { unixTransport } from "../shared/transport.ts";
 
-const isRoot = process.getuid?.() === 0;
-
-/** Fills the file system holding `dir` with one file, 4 KiB at a time (at most 16 MiB). */
-function fill(dir: string): string {
-  const file = path.join(dir, "filler");
-  const fd = openSync(file, "w");
-  const chunk = Buffer.alloc(4096, 1);
-  try {
-    for (let i = 0; i < 4096; i++) writeSync(fd, chunk);
-    throw new Error(`${dir} did not fill up with 16 MiB`);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== "ENOSPC") throw e;
-  } finally {
-    closeSync(fd);
-  }
-  return file;
-}
-
-/** A prompt of about 9 KB, unique to `label`. */
-const bigPrompt = (label: string) => `${label} ${"x".repeat(9_000)}`;
-
-/** Submits large tasks until one is refused (at most 40); returns the refusal and the labels refused. */
-async function submitUntilRefused(client: Client<typeof OrchestratorService>) {
-  for (let i = 0; i < 40; i++) {
-    const label = `while-full-${i}`;
-    try {
-      await client.submitTask({ spec: create(TaskSpecSchema, { prompt: bigPrompt(label) }) });
-    } catch (e) {
-      return { error: ConnectError.from(e), label };
-    }
-  }
-  throw new Error("40 large submits on a full disk were all accepted");
-}
-
-describe.skipIf(!isRoot)("the Orchestrator on a full disk (a 3 MB tmpfs)", () => {
+describe.skipIf(!canMount)("the Orchestrator on a full disk (a 3 MB tmpfs)", () => {
+  let disk: SmallDisk | undefined;
   let mount = "";
   const cleanups: (() => Promise<void> | void)[] = [];
 
   beforeAll(() => {
-    mount = mkdtempSync(path.join(tmpdir(), "conductor-full-"));
-    execFileSync("mount", ["-t", "tmpfs", "-o", "size=3m", "tmpfs", mount]);
+    disk = mountSmallDisk(3);
+    mount = disk.dir;
   });
   afterEach(async () => {
     for (const fn of cleanups.splice(0).reverse()) await fn();
   });
-  afterAll(() => {
-    if (!mount) return;
-    execFileSync("umount", [mount]);
-    rmSync(mount, { recursive: true, force: true });
-  });
+  afterAll(() => disk?.dispose());
 
   it("refuses submits with RESOURCE_EXHAUSTED, keeps serving, and stores a held outcome once space returns", async () => {
     const dataDir = path.join(mount, "held-outcome");
@@ -93,9 +62,8 @@ describe.skipIf(!isRoot)("the Orchestrator on a full disk (a 3 MB tmpfs)", () =>
     await running.watch.waitFor("the run to start", (_r, s) => s === TaskState.RUNNING);
     const queued = await world.submit(1); // waits for the one agent
 
-    const filler = fill(mount);
-    let freed = false;
-    cleanups.push(() => (freed ? undefined : rmSync(filler, { force: true })));
+    const free = disk!.fill();
+    cleanups.push(free);
 
     // Submit: RESOURCE_EXHAUSTED naming the folder, and nothing stored.
     const refused = await submitUntilRefused(world.client);
@@ -117,8 +85,7 @@ describe.skipIf(!isRoot)("the Orchestrator on a full disk (a 3 MB tmpfs)", () =>
     expect((await world.task(queued.id)).state).toBe(TaskState.QUEUED);
 
     // Space returns: the outcome as it was, then the queued task runs.
-    rmSync(filler);
-    freed = true;
+    free();
     await running.watch.ended();
     const done = await world.task(running.id);
     expect(done.state).toBe(TaskState.SUCCEEDED);
@@ -161,9 +128,8 @@ describe.skipIf(!isRoot)("the Orchestrator on a full disk (a 3 MB tmpfs)", () =>
     });
     await proc.stop();
 
-    const filler = fill(mount);
-    let freed = false;
-    cleanups.push(() => (freed ? undefined : rmSync(filler, { force: true })));
+    const free = disk!.fill();
+    cleanups.push(free);
     proc = await startService("orchestrator", args, env);
     expect((await client.getTask({ id: task!.id })).task?.state).toBe(TaskState.QUEUED);
     const refused = await submitUntilRefused(client);
@@ -173,8 +139,7 @@ describe.skipIf(!isRoot)("the Orchestrator on a full disk (a 3 MB tmpfs)", () =>
     expect((await client.getStats({})).tasksByState["TASK_STATE_QUEUED"]).toBe(1n);
     expect(proc.proc.exitCode).toBe(null);
 
-    rmSync(filler);
-    freed = true;
+    free();
     const { task: later } = await client.submitTask({
       spec: create(TaskSpecSchema, { prompt: "after space returned" }),
     });
