@@ -4,6 +4,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
 import type { RunOutcome } from "../../gen/conductor/v1/agent_host_pb.js";
 import {
+  StateChangeSchema,
   TaskResultSchema,
   TaskState,
   type Task,
@@ -52,6 +53,8 @@ interface Streamed {
   error?: ConnectError;
   /** Output events the store refused (a full disk), dropped. */
   dropped: number;
+  /** Why the first of them was refused. */
+  droppedError: string;
 }
 
 const ACTIVE = [TaskState.SCHEDULED, TaskState.RUNNING];
@@ -253,13 +256,20 @@ export class AttemptRunner {
     }
     if (s.dropped > 0)
       log.warn("output the store refused was dropped", { dropped_events: s.dropped });
-    await this.finish(task.id, attempt, outcome, run, s.endedAt - s.startedAt, log);
+    const dropped = { count: s.dropped, error: s.droppedError };
+    await this.finish(task.id, attempt, outcome, run, s.endedAt - s.startedAt, log, dropped);
   }
 
   /** Follows a RunTask stream to its end; never throws (a broken stream is in `error`). */
   private async stream(task: Task, attempt: number, run: ActiveRun, ref: AgentRef) {
     const { events, log } = this.opts;
-    const s: Streamed = { started: false, startedAt: Date.now(), endedAt: 0, dropped: 0 };
+    const s: Streamed = {
+      started: false,
+      startedAt: Date.now(),
+      endedAt: 0,
+      dropped: 0,
+      droppedError: "",
+    };
     try {
       const stream = ref.host.client.runTask(
         { agentId: run.agentId, taskId: task.id, attempt, spec: task.spec! },
@@ -285,8 +295,10 @@ export class AttemptRunner {
               events.append(task.id, { case: "output", value: res.kind.value }, now);
             } catch (e) {
               // Output is not kept in memory for later (it is unbounded): it is dropped, counted.
-              if (s.dropped++ === 0)
+              if (s.dropped++ === 0) {
+                s.droppedError = e instanceof Error ? e.message : String(e);
                 log.warn("could not store the run's output", { task_id: task.id, error: e });
+              }
             }
             break;
           case "outcome":
@@ -334,7 +346,8 @@ export class AttemptRunner {
   /**
    * Records an attempt's outcome: the task ends, or is queued again when attempts are left.
    * `runMs` is undefined for an attempt this process did not see run (found after a restart).
-   * An outcome the store refuses (a full disk) is kept and stored once it can be.
+   * An outcome the store refuses (a full disk) is kept and stored once it can be; `dropped`
+   * output events the store refused are owned up to in a note before it.
    */
   private async finish(
     id: string,
@@ -343,9 +356,23 @@ export class AttemptRunner {
     run: ActiveRun,
     runMs: number | undefined,
     log: Logger,
+    dropped: { count: number; error: string } = { count: 0, error: "" },
   ): Promise<void> {
     const { store, events } = this.opts;
     const now = Date.now();
+    const notes: TaskEvent["kind"][] = [];
+    if (dropped.count > 0) {
+      const reason = `${dropped.count} lines of the agent's output are missing: they could not be stored (${dropped.error})`;
+      notes.push({
+        case: "stateChange",
+        value: create(StateChangeSchema, {
+          state: TaskState.RUNNING,
+          agentId: run.agentId,
+          attempt,
+          reason,
+        }),
+      });
+    }
     const result = outcome.result ?? create(TaskResultSchema, {});
     let state = outcome.state;
     if (run.cancelRequested && state !== TaskState.SUCCEEDED) {
@@ -364,13 +391,13 @@ export class AttemptRunner {
       const reason = `attempt ${attempt} of ${maxAttempts} failed: ${result.error}; retrying in ${backoff / 1000} s`;
       const change = { state: TaskState.QUEUED, attempt, reason };
       await this.durably("the attempt's outcome", log, () => {
-        if (events.transition(id, ACTIVE, update, change, now))
+        if (events.transition(id, ACTIVE, update, change, now, notes))
           log.warn("attempt failed, retrying", { error: result.error, backoff_ms: backoff });
       });
       return;
     }
     const change = { state, agentId: run.agentId, attempt, reason: result.error };
-    const before: TaskEvent["kind"][] = [{ case: "result", value: result }];
+    const before: TaskEvent["kind"][] = [...notes, { case: "result", value: result }];
     await this.durably("the task's outcome", log, () => {
       if (events.transition(id, ACTIVE, { endTime: now, result, runMs }, change, now, before))
         log.info("task ended", {

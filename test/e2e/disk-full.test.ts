@@ -110,6 +110,17 @@ describe.skipIf(!canMount)("the Orchestrator's disk fills up while a task runs",
     }
 
     const done = await waitForEnd(client, first!.id);
+    // What the agent printed while the disk was full is missing, and the events say so.
+    const notes: string[] = [];
+    for await (const { event } of client.watchTask({ id: first!.id }))
+      if (event?.kind.case === "stateChange") notes.push(event.kind.value.reason);
+    expect(notes).toContainEqual(
+      expect.stringMatching(
+        new RegExp(
+          `^\\d+ lines of the agent's output are missing: they could not be stored \\(the disk holding ${orchestratorData} is full`,
+        ),
+      ),
+    );
     expect(done.state).toBe(TaskState.SUCCEEDED);
     expect(done.result?.text).toBe("finished while the disk was full");
     expect(done.attempts).toBe(1);
