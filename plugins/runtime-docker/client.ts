@@ -31,7 +31,7 @@ export interface EngineBackendOptions {
    * so themselves (Podman 4). Asked only when the engine reports no OOM.
    */
   detectOom?: (containerId: string) => boolean;
-  /** Bounds fingerprint's probe of the engine. */
+  /** Bounds fingerprint's probe of the engine (default 15 s: Podman's info can take seconds on a busy machine). */
   probeTimeoutMs?: number;
 }
 
@@ -107,7 +107,7 @@ export function connectEngine(o: EngineBackendOptions): EngineClient {
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(
           () => reject(Object.assign(new Error("no answer"), { code: "ETIMEDOUT" })),
-          o.probeTimeoutMs ?? 5000,
+          o.probeTimeoutMs ?? 15_000,
         );
       });
       try {

@@ -16,7 +16,8 @@ import {
 import { freshRunDir, ownTree, type AgentOwner } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
-import { MCP_ALLOWED_TOOLS, setUpAgentBroker, type AgentBroker } from "../broker/access.ts";
+import { setUpAgentBroker, type AgentBroker } from "../broker/access.ts";
+import { brokerTools, noticeOutput, type BrokerToolsCheck } from "./broker-tools.ts";
 import { startLifeline, type Lifeline } from "./lifeline.ts";
 import { startModelProxy, type ModelProxy } from "./model-proxy.ts";
 import { runClaude, type RunOutcome, type RunSettings } from "./run.ts";
@@ -101,9 +102,12 @@ export class AgentHost {
   readonly opts: AgentHostOptions;
   /** Names this AgentHost (by its data folder) on everything it creates. */
   private readonly hostKey: string;
+  /** Whether a run gets the Broker's tools (when a Broker is configured). */
+  private readonly brokerTools: BrokerToolsCheck | undefined;
 
   constructor(opts: AgentHostOptions) {
     this.opts = opts;
+    this.brokerTools = opts.broker ? brokerTools(opts.broker) : undefined;
     this.hostKey = createHash("sha256")
       .update(path.resolve(opts.dataDir))
       .digest("hex")
@@ -337,14 +341,18 @@ export class AgentHost {
       // Every runtime reaches the model through the proxy: the key never enters a sandbox.
       apiKey: PLACEHOLDER_KEY,
       baseUrl: `http://127.0.0.1:${FORWARDER_PORT}`,
-      ...(slot.broker
-        ? { alwaysAllowedTools: [MCP_ALLOWED_TOOLS], extraArgs: slot.broker.cliArgs }
-        : {}),
     };
-    const runCli = () =>
-      runClaude({
+    const runCli = async () => {
+      // The Broker's tools only when it answers now; else the run says why it has none.
+      const tools =
+        slot.broker && this.brokerTools ? await this.brokerTools(slot.broker, agentId) : undefined;
+      if (tools && !tools.offered) {
+        log.warn("running without the Broker's tools", { reason: tools.notice });
+        onOutput(noticeOutput(tools.notice));
+      }
+      return runClaude({
         spec,
-        settings,
+        settings: { ...settings, ...(tools?.offered ? tools.settings : {}) },
         place: {
           agentId,
           taskId,
@@ -357,6 +365,7 @@ export class AgentHost {
         signal: abort.signal,
         onOutput,
       }).then((outcome) => this.explainDeath(slot, outcome));
+    };
     const observer = this.opts.observer;
     const done = observer ? observer.cliRun({ taskId, agentId }, runCli) : runCli();
     slot.run = { taskId, abort, done };

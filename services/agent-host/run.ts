@@ -5,9 +5,10 @@ import {
   type AgentOutput,
   type TaskResult,
   type TaskSpec,
+  type ToolCall,
 } from "../../gen/conductor/v1/task_pb.js";
 import type { ExecRequest, Execution } from "../../plugins/runtime.ts";
-import { parseStreamJsonLine } from "./stream-json.ts";
+import { StreamJsonReader } from "./stream-json.ts";
 
 /** The agent settings a run needs, already validated (see Config.agent). */
 export interface RunSettings {
@@ -42,24 +43,34 @@ export interface RunPlace {
 export interface RunOutcome {
   state: TaskState;
   result: TaskResult;
+  /** The failure cannot succeed on another attempt (the CLI cannot run with these arguments). */
+  permanent?: boolean;
 }
+
+/** The longest delay setTimeout keeps (about 24.8 days). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Why a run was stopped from outside. */
 export type StopReason = "cancelled" | "timeout" | "idle" | "result-grace";
 
-/** Builds the CLI's command line for a task spec. */
+/**
+ * Builds the CLI's command line for a task spec. Every option's value is joined to it
+ * (`--model=…`), and the prompt comes last after `--`, so nothing a spec holds is ever read
+ * as an option: a prompt like "- fix the failing test" is the prompt.
+ */
 export function claudeArgv(spec: TaskSpec, s: RunSettings): string[] {
-  const argv = [s.claudePath, "-p", spec.prompt, "--output-format", "stream-json", "--verbose"];
+  const argv = [s.claudePath, "-p", "--output-format", "stream-json", "--verbose"];
   const model = spec.model || s.model;
-  if (model) argv.push("--model", model);
-  if (spec.maxTurns > 0) argv.push("--max-turns", String(spec.maxTurns));
-  argv.push("--permission-mode", spec.permissionMode || s.permissionMode);
+  if (model) argv.push(`--model=${model}`);
+  if (spec.maxTurns > 0) argv.push(`--max-turns=${spec.maxTurns}`);
+  argv.push(`--permission-mode=${spec.permissionMode || s.permissionMode}`);
   const tools = [
     ...(spec.allowedTools.length > 0 ? spec.allowedTools : s.allowedTools),
     ...(s.alwaysAllowedTools ?? []),
   ];
-  if (tools.length > 0) argv.push("--allowedTools", tools.join(","));
+  if (tools.length > 0) argv.push(`--allowedTools=${tools.join(",")}`);
   argv.push(...(s.extraArgs ?? []));
+  argv.push("--", spec.prompt);
   return argv;
 }
 
@@ -102,7 +113,11 @@ export async function runClaude(opts: {
 }): Promise<RunOutcome> {
   const { spec, settings: s, place } = opts;
   const started = Date.now();
-  const timeoutMs = spec.timeoutSeconds > 0 ? spec.timeoutSeconds * 1000 : s.defaultTimeoutMs;
+  // A timer past 2^31-1 ms fires at once: no timeout may reach that (submit bounds it far below).
+  const timeoutMs = Math.min(
+    MAX_TIMER_MS,
+    spec.timeoutSeconds > 0 ? spec.timeoutSeconds * 1000 : s.defaultTimeoutMs,
+  );
   let execution: Execution;
   try {
     execution = await opts.exec({
@@ -112,9 +127,13 @@ export async function runClaude(opts: {
       marker: `CONDUCTOR_TASK_ID=${place.taskId}`,
     });
   } catch (cause) {
-    return failed(`cannot start the Claude Code CLI at ${s.claudePath}: ${String(cause)}`, started);
+    // The backend could not exec (its engine, say): permanent only for arguments no process takes.
+    const outcome = cannotStart(s.claudePath, cause, started);
+    outcome.permanent = PERMANENT_EXEC.test(errorCode(cause));
+    return outcome;
   }
 
+  const reader = new StreamJsonReader();
   let result: TaskResult | undefined;
   let stopReason: StopReason | undefined;
   const stop = (reason: StopReason) => {
@@ -131,11 +150,13 @@ export async function runClaude(opts: {
   opts.signal.addEventListener("abort", onAbort);
   opts.onStarted?.();
 
+  let printed = false;
   execution.onStdoutLine((line) => {
     if (!line.trim()) return;
+    printed = true;
     clearTimeout(idleTimer);
     idleTimer = setTimeout(() => stop("idle"), s.idleTimeoutMs);
-    const parsed = parseStreamJsonLine(line);
+    const parsed = reader.read(line);
     opts.onOutput(parsed.output);
     if (parsed.result && !result) {
       result = parsed.result;
@@ -149,21 +170,19 @@ export async function runClaude(opts: {
   clearTimeout(graceTimer);
   clearTimeout(deadline);
   opts.signal.removeEventListener("abort", onAbort);
+  // Without a result line, the denials seen so far are all there is to report.
+  const denied = reader.deniedToolCalls();
 
-  if (exit.spawnError) {
-    return failed(
-      `cannot start the Claude Code CLI at ${s.claudePath}: ${exit.spawnError.message}`,
-      started,
-    );
-  }
+  if (exit.spawnError) return cannotStart(s.claudePath, exit.spawnError, started, denied);
   if (stopReason === "cancelled")
-    return ended(TaskState.CANCELLED, result, "cancelled while running", started);
+    return ended(TaskState.CANCELLED, result, "cancelled while running", started, denied);
   if (stopReason === "timeout") {
     return ended(
       TaskState.TIMED_OUT,
       result,
       `exceeded its timeout of ${timeoutMs / 1000} s; the CLI was ended`,
       started,
+      denied,
     );
   }
   if (result) {
@@ -174,24 +193,75 @@ export async function runClaude(opts: {
     return failed(
       `the CLI printed nothing for ${s.idleTimeoutMs / 1000} s (agent.idle_timeout_seconds) and was ended`,
       started,
+      denied,
     );
   }
   const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.code}`;
   const stderr = execution.stderrTail().trim().split("\n").slice(-5).join("\n");
-  return failed(`the CLI ${how} without a result${stderr ? `: ${stderr}` : ""}`, started);
+  const outcome = failed(
+    `the CLI ${how} without a result${stderr ? `: ${stderr}` : ""}`,
+    started,
+    denied,
+  );
+  if (!printed && !exit.signal && USAGE_ERROR.test(stderr)) {
+    outcome.result.error = `the CLI refused its arguments, so no attempt can succeed: ${stderr}`;
+    outcome.permanent = true;
+  }
+  return outcome;
 }
 
-function failed(error: string, started: number): RunOutcome {
-  return ended(TaskState.FAILED, undefined, error, started);
+/** Errors of a spawn that another attempt could get past (a busy machine), unlike E2BIG or ENOENT. */
+const TRANSIENT_SPAWN = /\b(EAGAIN|EMFILE|ENFILE|ENOMEM|EBUSY|ETXTBSY|EINTR)\b/;
+/** Exec failures that no retry gets past: an argument list too long, an argument with a NUL. */
+const PERMANENT_EXEC = /^(E2BIG|ERR_INVALID_ARG_VALUE|ERR_INVALID_ARG_TYPE)$/;
+/** How the CLI's option parser (commander) refuses a command line, before doing anything. */
+const USAGE_ERROR =
+  /^error: (unknown option|option '[^']*' argument|too many arguments|missing required argument)/m;
+
+/**
+ * The CLI could not be started at all. Permanent (not retried) unless the cause is a resource
+ * the machine may have again: the argument list too long (E2BIG), the program missing
+ * (ENOENT, exit 127 in a container) or an argument no process can take (a NUL) fail again.
+ */
+function cannotStart(
+  claudePath: string,
+  cause: unknown,
+  started: number,
+  denied: ToolCall[] = [],
+): RunOutcome {
+  const message = cause instanceof Error ? cause.message : String(cause);
+  const outcome = failed(
+    `cannot start the Claude Code CLI at ${claudePath}: ${message}`,
+    started,
+    denied,
+  );
+  outcome.permanent = !TRANSIENT_SPAWN.test(`${errorCode(cause)} ${message}`);
+  return outcome;
 }
 
+function errorCode(cause: unknown): string {
+  const code = (cause as NodeJS.ErrnoException | undefined)?.code;
+  return typeof code === "string" ? code : "";
+}
+
+function failed(error: string, started: number, denied: ToolCall[] = []): RunOutcome {
+  return ended(TaskState.FAILED, undefined, error, started, denied);
+}
+
+/** An outcome without a result line, or one the watchdog overrules; `denied` as seen so far. */
 function ended(
   state: TaskState,
   result: TaskResult | undefined,
   error: string,
   started: number,
+  denied: ToolCall[] = [],
 ): RunOutcome {
-  const r = result ?? create(TaskResultSchema, { durationMs: BigInt(Date.now() - started) });
+  const r =
+    result ??
+    create(TaskResultSchema, {
+      durationMs: BigInt(Date.now() - started),
+      deniedToolCalls: denied,
+    });
   r.isError = true;
   r.error = error;
   return { state, result: r };

@@ -6,6 +6,7 @@ import {
   UsageSchema,
   type AgentOutput,
   type TaskResult,
+  type ToolCall,
 } from "../../gen/conductor/v1/task_pb.js";
 
 /** One parsed line of `claude --output-format stream-json`. */
@@ -51,6 +52,16 @@ export function parseStreamJsonLine(line: string): ParsedLine {
       );
     }
   }
+  if (type === "system" && obj["subtype"] === "permission_denied") {
+    // {"type":"system","subtype":"permission_denied","tool_name","tool_use_id","message"}
+    output.deniedToolCalls.push(
+      create(ToolCallSchema, {
+        id: str(obj["tool_use_id"]),
+        name: str(obj["tool_name"]),
+        denial: str(obj["message"]),
+      }),
+    );
+  }
   if (type !== "result") {
     output.text = texts.join("");
     return { output };
@@ -74,8 +85,87 @@ export function parseStreamJsonLine(line: string): ParsedLine {
       cacheReadInputTokens: BigInt(Math.trunc(num(usage["cache_read_input_tokens"]))),
     }),
     error: isError ? text || `the CLI reported ${str(obj["subtype"]) || "an error"}` : "",
+    // [{"tool_name","tool_use_id","tool_input"}]: the reasons came on earlier lines.
+    deniedToolCalls: (Array.isArray(obj["permission_denials"])
+      ? (obj["permission_denials"] as unknown[])
+      : []
+    )
+      .filter((d): d is Record<string, unknown> => typeof d === "object" && d !== null)
+      .map((d) =>
+        create(ToolCallSchema, {
+          id: str(d["tool_use_id"]),
+          name: str(d["tool_name"]),
+          inputJson: JSON.stringify(d["tool_input"] ?? {}),
+        }),
+      ),
   });
   return { output, result };
+}
+
+/** How many of a run's latest tool calls a reader keeps, to fill in a later denial's input. */
+const RECENT_CALLS = 64;
+/** A result lists at most this many denied calls (the first ones), so it stays small. */
+export const MAX_DENIED_CALLS = 100;
+/** A denied call's input_json in a result is cut to this many characters, ending in "…". */
+export const MAX_DENIED_INPUT_CHARS = 2000;
+
+/**
+ * Reads one run's stream-json lines in order and joins what the CLI says about a denied tool
+ * call in three places: the call (its input), the `permission_denied` line (why) and the
+ * result's `permission_denials` (the list). Every denied call then carries all three.
+ */
+export class StreamJsonReader {
+  private readonly recent = new Map<string, ToolCall>();
+  private readonly denied = new Map<string, ToolCall>();
+
+  /** Parses the next line; denied calls on it and on its result come complete. */
+  read(line: string): ParsedLine {
+    const parsed = parseStreamJsonLine(line);
+    for (const call of parsed.output.toolCalls) {
+      this.recent.set(call.id, call);
+      if (this.recent.size > RECENT_CALLS) this.recent.delete(this.recent.keys().next().value!);
+    }
+    for (const d of parsed.output.deniedToolCalls) {
+      d.inputJson ||= this.recent.get(d.id)?.inputJson ?? "";
+      this.remember(d);
+    }
+    if (parsed.result) {
+      for (const d of parsed.result.deniedToolCalls) this.remember(d);
+      parsed.result.deniedToolCalls = this.deniedToolCalls();
+    }
+    return parsed;
+  }
+
+  /** The tool calls denied so far (the first MAX_DENIED_CALLS), in the order they were denied. */
+  deniedToolCalls(): ToolCall[] {
+    return [...this.denied.values()].map((d) => {
+      const copy = copyCall(d);
+      if (copy.inputJson.length > MAX_DENIED_INPUT_CHARS)
+        copy.inputJson = `${copy.inputJson.slice(0, MAX_DENIED_INPUT_CHARS - 1)}…`;
+      return copy;
+    });
+  }
+
+  /** Adds a denied call, or completes the one with its id (the first MAX_DENIED_CALLS). */
+  private remember(d: ToolCall): void {
+    const known = this.denied.get(d.id);
+    if (!known) {
+      if (this.denied.size < MAX_DENIED_CALLS) this.denied.set(d.id, copyCall(d));
+      return;
+    }
+    known.name ||= d.name;
+    known.inputJson ||= d.inputJson;
+    known.denial ||= d.denial;
+  }
+}
+
+function copyCall(c: ToolCall): ToolCall {
+  return create(ToolCallSchema, {
+    id: c.id,
+    name: c.name,
+    inputJson: c.inputJson,
+    denial: c.denial,
+  });
 }
 
 function num(v: unknown): number {

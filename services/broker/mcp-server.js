@@ -124,7 +124,12 @@ function attempt(method, body, timeoutMs) {
     req.on("error", (e) => {
       reject(unreachable(e, status === 0 && UNPROCESSED.test(`${e.code} ${e.message}`)));
     });
+    // A connection closed before any answer (e.g. the relay found no Broker behind it).
+    const noAnswer = () =>
+      reject(unreachable(new Error("the connection closed unanswered"), false));
+    req.on("close", noAnswer);
     req.on("end", () => {
+      if (status === 0) return noAnswer();
       let json;
       try {
         json = text ? JSON.parse(text) : {};
@@ -158,6 +163,16 @@ function formatMessage(m, i) {
   if (m.createTime) lines.push(`sent: ${m.createTime}`);
   lines.push("", m.payload || "");
   return lines.join("\n");
+}
+
+/** A tool's error when no Broker answers (none runs, or it stopped mid-run), in Conductor's words. */
+function noBroker(tool, e) {
+  return (
+    `${tool} failed: no Conductor Broker answers (${e.message}), so messages to and from other ` +
+    "agents cannot be sent or read now. Retrying will not help until it runs again: the Broker is " +
+    "started with `conductor broker` (or runs with every service under `conductor up`). Carry on " +
+    "without messaging and say in your answer that the Broker was not running."
+  );
 }
 
 function text(s) {
@@ -386,6 +401,8 @@ async function handle(msg) {
       try {
         return await tool.run(params.arguments || {});
       } catch (e) {
+        if (e instanceof BrokerError && e.code === "unavailable")
+          return failure(noBroker(params.name, e));
         if (e instanceof BrokerError)
           return failure(`The Broker refused ${params.name}: ${e.code}: ${e.message}`);
         return failure(`${params.name} failed: ${e && e.message ? e.message : String(e)}`);

@@ -158,10 +158,16 @@ function printEvent(e: TaskEvent): void {
   } else if (k.case === "output") {
     const o = k.value;
     if (o.type === "assistant" && o.text) out(`  ${o.text}`);
+    if (o.type === "conductor" && o.text) out(`  ! ${o.text}`);
     for (const t of o.toolCalls) out(`  → ${t.name} ${t.inputJson.slice(0, 120)}`);
+    for (const t of o.deniedToolCalls)
+      out(`  ✗ denied ${t.name} ${t.inputJson.slice(0, 120)}${t.denial ? `: ${t.denial}` : ""}`);
   } else if (k.case === "result") {
     const r = k.value;
     out(`result: ${r.error || r.text}`);
+    const denied = r.deniedToolCalls;
+    if (denied.length > 0)
+      out(`  ✗ ${denied.length} tool call(s) denied: ${denied.map((t) => t.name).join(", ")}`);
     out(
       `  turns=${r.numTurns} tokens in=${r.usage?.inputTokens ?? 0} out=${r.usage?.outputTokens ?? 0} cost=$${r.costUsd.toFixed(4)} duration=${r.durationMs}ms`,
     );

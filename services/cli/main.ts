@@ -5,7 +5,13 @@ import { createLogger } from "../shared/log.ts";
 import { privateDataDir } from "../shared/private.ts";
 import { runClientCommand, CLIENT_COMMANDS } from "./client-commands.ts";
 import { startObservability } from "./observe.ts";
-import { startAgentHost, startBroker, startOrchestrator, type Running } from "./services.ts";
+import {
+  agentHostSocket,
+  startAgentHost,
+  startBroker,
+  startOrchestrator,
+  type Running,
+} from "./services.ts";
 
 const USAGE = `conductor — run many Claude Code agents in parallel behind a durable gRPC task queue
 
@@ -178,7 +184,13 @@ async function serve(
   process.stdout.write(
     JSON.stringify({
       ready: command,
-      socket: config.communication.socket_path,
+      // The socket this process serves (`up`: the Orchestrator's, the one clients use).
+      socket:
+        command === "agent-host"
+          ? agentHostSocket(config)
+          : command === "broker"
+            ? config.broker.socket_path
+            : config.communication.socket_path,
       socket_dir: config.communication.socket_dir,
       broker_socket: config.broker.socket_path,
       metrics: observability.metricsUrl ?? null,

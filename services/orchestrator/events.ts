@@ -87,10 +87,11 @@ export class TaskEvents {
     this.append(id, stateChange(change), now);
   }
 
-  /** Stores any event (output) and wakes the watchers. */
-  append(id: string, kind: TaskEvent["kind"], now: number): void {
-    this.store.appendEvent(id, kind, now);
+  /** Stores any event (output) and wakes the watchers; returns it as stored. */
+  append(id: string, kind: TaskEvent["kind"], now: number): TaskEvent {
+    const event = this.store.appendEvent(id, kind, now);
     this.wake(id);
+    return event;
   }
 
   /**

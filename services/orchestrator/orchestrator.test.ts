@@ -7,10 +7,12 @@ import {
   FakeAgentHost,
   hang,
   refuse,
+  started,
   succeed,
   until,
   Watch,
   World,
+  type Play,
 } from "../../test/orchestrator-world.ts";
 import { TaskStore } from "./store.ts";
 
@@ -248,5 +250,68 @@ describe("a RunTask refused before it started", () => {
     expect(task.attempts).toBe(1);
     expect(back.runs).toHaveLength(1);
     expect(watch.reasons().some((r) => WAITING.test(r))).toBe(false);
+  });
+});
+
+/** Starts, then fails in a way no retry gets past (the CLI could not be started: E2BIG). */
+const failForGood: Play = async function* (req, _ctx, host) {
+  yield started(req, host);
+  host.setAgent("");
+  yield {
+    kind: {
+      case: "outcome",
+      value: {
+        state: TaskState.FAILED,
+        result: { isError: true, error: "cannot start the Claude Code CLI: spawn E2BIG" },
+        permanent: true,
+      },
+    },
+  };
+};
+
+/** Starts, then fails in a way another attempt may get past. */
+const failOnce: Play = async function* (req, _ctx, host) {
+  yield started(req, host);
+  host.setAgent("");
+  yield {
+    kind: {
+      case: "outcome",
+      value: { state: TaskState.FAILED, result: { isError: true, error: "the CLI was killed" } },
+    },
+  };
+};
+
+describe("an attempt's failure", () => {
+  let world: World | undefined;
+  afterEach(async () => {
+    await world?.[Symbol.asyncDispose]();
+    world = undefined;
+  });
+
+  it("that cannot succeed on retry ends the task at once, attempts left or not", async () => {
+    world = new World();
+    const w = world;
+    await w.startOrchestrator();
+    const host = await w.host(w.hostSocket, new FakeAgentHost("", [failForGood, succeed]));
+    const { id, watch } = await w.submit(3);
+    await watch.ended();
+    const task = await w.task(id);
+    expect(task.state).toBe(TaskState.FAILED);
+    expect(task.attempts).toBe(1);
+    expect(host.runs).toHaveLength(1);
+    expect(task.result?.error).toMatch(
+      /spawn E2BIG; not retried \(attempt 1 of 3\): another attempt cannot succeed$/,
+    );
+  });
+
+  it("that may pass is retried as before", async () => {
+    world = new World();
+    const w = world;
+    await w.startOrchestrator();
+    const host = await w.host(w.hostSocket, new FakeAgentHost("", [failOnce, succeed]));
+    const { id, watch } = await w.submit(3);
+    await watch.ended();
+    expect((await w.task(id)).state).toBe(TaskState.SUCCEEDED);
+    expect(host.runs.map((r) => r.req.attempt)).toEqual([1, 2]);
   });
 });

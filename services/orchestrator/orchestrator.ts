@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import type { Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
 import {
   TaskState,
@@ -9,6 +9,7 @@ import {
 } from "../../gen/conductor/v1/task_pb.js";
 import { notFound, precondition } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
+import { ArtifactStore, MAX_TASK_ARTIFACT_BYTES } from "./artifacts.ts";
 import { TaskEvents } from "./events.ts";
 import { HostRegistry } from "./hosts.ts";
 import type { OrchestratorObserver } from "./observer.ts";
@@ -51,6 +52,8 @@ const stateName = (s: TaskState) => `TASK_STATE_${TaskState[s]}`;
 export class Orchestrator {
   readonly store: TaskStore;
   readonly hosts: HostRegistry;
+  /** The whole of long outputs and results (GetTaskOutput). */
+  readonly artifacts: ArtifactStore;
   private readonly events: TaskEvents;
   private readonly runner: AttemptRunner;
   private readonly opts: OrchestratorOptions;
@@ -64,6 +67,7 @@ export class Orchestrator {
         ? { outputRetentionBytes: opts.outputRetentionBytes }
         : {}),
     });
+    this.artifacts = new ArtifactStore(opts.dataDir, opts.log);
     this.hosts = new HostRegistry(
       opts.agentHosts,
       opts.rpcTimeoutMs,
@@ -75,6 +79,7 @@ export class Orchestrator {
       store: this.store,
       hosts: this.hosts,
       events: this.events,
+      artifacts: this.artifacts,
       observer: opts.observer,
       log: opts.log,
       retryBackoffMs: opts.retryBackoffMs,
@@ -116,6 +121,20 @@ export class Orchestrator {
     const task = id ? this.store.get(id) : undefined;
     if (!task) throw notFound("task", id);
     return task;
+  }
+
+  /**
+   * The whole text an event (seq) or the task's result (seq 0) holds cut short, in chunks.
+   * A result never cut is its text; an event whose whole was not kept is NOT_FOUND, saying why.
+   */
+  output(id: string, seq: number): Iterable<string> {
+    const task = this.get(id);
+    if (this.artifacts.has(id, seq)) return this.artifacts.chunks(id, seq);
+    if (seq === 0) return task.result?.text ? [task.result.text] : [];
+    throw new ConnectError(
+      `event ${seq} of task ${id} has no whole output kept: only events marked truncated have one, and not those past the task's ${MAX_TASK_ARTIFACT_BYTES / 1024 / 1024} MiB of kept output; its event holds all there is`,
+      Code.NotFound,
+    );
   }
 
   /** Streams a task's stored events, then live ones, ending after its final state. */
@@ -202,5 +221,6 @@ export class Orchestrator {
     clearTimeout(this.wakeTimer);
     await Promise.all([this.hosts.stop(), this.runner.close()]);
     this.store.close();
+    this.artifacts.close();
   }
 }

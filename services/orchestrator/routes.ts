@@ -1,9 +1,15 @@
+import { toBinary } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { OrchestratorService } from "../../gen/conductor/v1/orchestrator_pb.js";
+import { TaskSchema } from "../../gen/conductor/v1/task_pb.js";
 import { invalid } from "../shared/errors.ts";
 import type { Orchestrator } from "./orchestrator.ts";
 
 const MAX_PAGE = 1000;
+/** Most bytes of tasks in one ListTasks page: half a gRPC client's 4 MiB default. */
+export const MAX_PAGE_BYTES = 2 * 1024 * 1024;
+/** Longest id or page token a request may carry (ids are UUIDs, tokens short numbers). */
+const MAX_ID_BYTES = 64;
 
 /** The OrchestratorService handlers: thin, over the Orchestrator domain object. */
 export function orchestratorRoutes(orch: Orchestrator) {
@@ -13,7 +19,7 @@ export function orchestratorRoutes(orch: Orchestrator) {
         return orch.submit(req.spec);
       },
       getTask(req) {
-        return { task: orch.get(req.id) };
+        return { task: orch.get(shortId("id", req.id)) };
       },
       listTasks(req) {
         if (req.pageSize < 0 || req.pageSize > MAX_PAGE) {
@@ -23,7 +29,7 @@ export function orchestratorRoutes(orch: Orchestrator) {
         }
         let before: number | undefined;
         if (req.pageToken) {
-          before = Number(req.pageToken);
+          before = req.pageToken.length <= MAX_ID_BYTES ? Number(req.pageToken) : NaN;
           if (!Number.isSafeInteger(before) || before <= 0) {
             throw invalid(
               "page_token is not one this server gave out; pass next_page_token unchanged",
@@ -31,10 +37,27 @@ export function orchestratorRoutes(orch: Orchestrator) {
           }
         }
         const page = orch.store.list(req.states, req.pageSize || 100, before);
+        // Stop before the page passes MAX_PAGE_BYTES (always at least one task), and continue
+        // after the last task it holds.
+        let bytes = 0;
+        let count = 0;
+        for (const task of page.tasks) {
+          bytes += toBinary(TaskSchema, task).length + 8;
+          if (count > 0 && bytes > MAX_PAGE_BYTES) break;
+          count++;
+        }
+        const next = count < page.tasks.length ? page.seqs[count - 1] : page.next;
         return {
-          tasks: page.tasks,
-          nextPageToken: page.next !== undefined ? String(page.next) : "",
+          tasks: page.tasks.slice(0, count),
+          nextPageToken: next !== undefined ? String(next) : "",
         };
+      },
+      async *getTaskOutput(req, ctx) {
+        const chunks = orch.output(shortId("task_id", req.taskId), Number(req.eventSeq));
+        for (const text of chunks) {
+          if (ctx.signal.aborted) return;
+          yield { text };
+        }
       },
       async *watchTask(req, ctx) {
         for await (const event of orch.watch(req.id, ctx.signal)) yield { event };
@@ -49,4 +72,14 @@ export function orchestratorRoutes(orch: Orchestrator) {
         return orch.stats();
       },
     });
+}
+
+/** An id as given, refused (quoting a short prefix) when it could not be one this server made. */
+function shortId(field: string, id: string): string {
+  if (Buffer.byteLength(id, "utf8") > MAX_ID_BYTES) {
+    throw invalid(
+      `${field} is ${Buffer.byteLength(id, "utf8")} bytes; task ids are at most ${MAX_ID_BYTES}`,
+    );
+  }
+  return id;
 }

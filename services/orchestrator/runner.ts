@@ -12,9 +12,11 @@ import {
 } from "../../gen/conductor/v1/task_pb.js";
 import type { Logger } from "../shared/log.ts";
 import { neverRan, UnconfirmedAttempts, type AttemptEnd } from "./attempts.ts";
+import type { ArtifactStore } from "./artifacts.ts";
 import type { TaskEvents } from "./events.ts";
 import type { AgentRef, HostRegistry } from "./hosts.ts";
 import type { OrchestratorObserver } from "./observer.ts";
+import { boundOutput, boundResult } from "./output-bounds.ts";
 import type { TaskStore } from "./store.ts";
 
 /** What the AttemptRunner works with. */
@@ -22,6 +24,8 @@ export interface AttemptRunnerOptions {
   store: TaskStore;
   hosts: HostRegistry;
   events: TaskEvents;
+  /** The whole of outputs and results that events carry cut short. */
+  artifacts: ArtifactStore;
   observer?: OrchestratorObserver | undefined;
   log: Logger;
   retryBackoffMs: number;
@@ -290,9 +294,12 @@ export class AttemptRunner {
             }
             break;
           }
-          case "output":
+          case "output": {
+            // A long line is cut to fit any client; its whole is kept for GetTaskOutput.
+            const whole = boundOutput(res.kind.value);
             try {
-              events.append(task.id, { case: "output", value: res.kind.value }, now);
+              const event = events.append(task.id, { case: "output", value: res.kind.value }, now);
+              if (whole !== undefined) this.opts.artifacts.keep(task.id, Number(event.seq), whole);
             } catch (e) {
               // Output is not kept in memory for later (it is unbounded): it is dropped, counted.
               if (s.dropped++ === 0) {
@@ -301,6 +308,7 @@ export class AttemptRunner {
               }
             }
             break;
+          }
           case "outcome":
             s.outcome = res.kind.value;
             break;
@@ -374,6 +382,8 @@ export class AttemptRunner {
       });
     }
     const result = outcome.result ?? create(TaskResultSchema, {});
+    const whole = boundResult(result);
+    if (whole !== undefined) this.opts.artifacts.keep(id, 0, whole);
     let state = outcome.state;
     if (run.cancelRequested && state !== TaskState.SUCCEEDED) {
       state = TaskState.CANCELLED;
@@ -385,7 +395,10 @@ export class AttemptRunner {
     if (runMs !== undefined)
       this.opts.observer?.attemptEnded({ taskId: id, attempt, state, runMs, result });
     const maxAttempts = store.maxAttempts(id);
-    if (state === TaskState.FAILED && attempt < maxAttempts) {
+    if (state === TaskState.FAILED && outcome.permanent && attempt < maxAttempts) {
+      result.error += `; not retried (attempt ${attempt} of ${maxAttempts}): another attempt cannot succeed`;
+    }
+    if (state === TaskState.FAILED && attempt < maxAttempts && !outcome.permanent) {
       const backoff = Math.min(60_000, this.opts.retryBackoffMs * 2 ** (attempt - 1));
       const update = { host: "", notBefore: now + backoff, result };
       const reason = `attempt ${attempt} of ${maxAttempts} failed: ${result.error}; retrying in ${backoff / 1000} s`;
@@ -458,5 +471,6 @@ function lost(error: string): RunOutcome {
     $typeName: "conductor.v1.RunOutcome",
     state: TaskState.FAILED,
     result: create(TaskResultSchema, { isError: true, error }),
+    permanent: false,
   };
 }

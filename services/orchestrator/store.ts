@@ -300,7 +300,7 @@ export class TaskStore {
     states: TaskState[],
     pageSize: number,
     before: number | undefined,
-  ): { tasks: Task[]; next?: number } {
+  ): { tasks: Task[]; seqs: number[]; next?: number } {
     const where: string[] = [];
     const args: number[] = [];
     if (states.length > 0) {
@@ -315,7 +315,8 @@ export class TaskStore {
     const rows = this.db.prepare(sql).all(...args, pageSize + 1) as unknown as TaskRow[];
     const more = rows.length > pageSize;
     const page = rows.slice(0, pageSize);
-    return { tasks: page.map(toTask), ...(more ? { next: page[page.length - 1]!.seq } : {}) };
+    const seqs = page.map((r) => r.seq);
+    return { tasks: page.map(toTask), seqs, ...(more ? { next: seqs[seqs.length - 1]! } : {}) };
   }
 
   /**

@@ -1,5 +1,6 @@
 import type { TaskSpec } from "../../gen/conductor/v1/task_pb.js";
 import { invalid } from "../shared/errors.ts";
+import { quote } from "../shared/quote.ts";
 
 /** Task types the Orchestrator knows. */
 export const TASK_TYPES = [
@@ -19,57 +20,157 @@ export const PERMISSION_MODES = [
   "dontAsk",
 ] as const;
 
-/** Limits a spec is checked against. */
+/**
+ * The upper bound of every size, count and duration in a TaskSpec (documented in task.proto
+ * and the README). Each keeps an accepted task runnable: the prompt is one argument of the
+ * CLI, and Linux refuses a single argument of 128 KiB or more (E2BIG); timers overflow past
+ * 24.8 days; and a stored task must fit a 4 MiB gRPC response with room to spare.
+ */
+export const SPEC_LIMITS = {
+  /** Hard ceiling of the prompt whatever orchestrator.max_prompt_bytes says (MAX_ARG_STRLEN − 1). */
+  promptBytes: 128 * 1024 - 1,
+  timeoutSeconds: 7 * 24 * 3600,
+  maxAttempts: 100,
+  maxTurns: 10_000,
+  idempotencyKeyBytes: 256,
+  modelBytes: 256,
+  allowedTools: 128,
+  toolBytes: 256,
+  labels: 64,
+  labelKeyBytes: 128,
+  labelValueBytes: 1024,
+} as const;
+
+/** Limits a spec is checked against that come from configuration. */
 export interface SpecLimits {
   maxPromptBytes: number;
 }
 
+/** A model name as the CLI's --model takes it (an alias, an id, a Bedrock/Vertex id or ARN). */
+const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:/@[\]+-]*$/;
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f]/;
+
 /**
  * Checks a TaskSpec before anything is stored; each problem is an INVALID_ARGUMENT naming
- * the field and the allowed values.
+ * the field and the bound, quoting at most a short prefix of the bad value. What passes can
+ * be handed to the CLI: anything that could never run is refused here, not on every attempt.
  */
 export function validateSpec(spec: TaskSpec | undefined, limits: SpecLimits): TaskSpec {
   if (!spec) throw invalid("spec is required");
-  if (!spec.prompt.trim())
-    throw invalid("spec.prompt must not be empty: say what the agent should do");
-  const bytes = Buffer.byteLength(spec.prompt, "utf8");
-  if (bytes > limits.maxPromptBytes) {
-    throw invalid(
-      `spec.prompt is ${bytes} bytes, over the limit of ${limits.maxPromptBytes} (orchestrator.max_prompt_bytes); put large inputs in the workspace instead`,
-    );
-  }
+  checkPrompt(spec.prompt, limits);
   if (!Number.isInteger(spec.priority) || spec.priority < 0 || spec.priority > 10) {
     throw invalid(
       `spec.priority must be between 0 and 10 (higher runs first), got ${spec.priority}`,
     );
   }
-  if (spec.timeoutSeconds < 0) {
-    throw invalid(
-      `spec.timeout_seconds must be 0 (the default) or positive, got ${spec.timeoutSeconds}`,
-    );
-  }
-  if (spec.maxAttempts < 0 || spec.maxAttempts > 100) {
-    throw invalid(
-      `spec.max_attempts must be between 0 (the default) and 100, got ${spec.maxAttempts}`,
-    );
-  }
-  if (spec.maxTurns < 0)
-    throw invalid(`spec.max_turns must be 0 (no limit) or positive, got ${spec.maxTurns}`);
+  range("timeout_seconds", spec.timeoutSeconds, SPEC_LIMITS.timeoutSeconds, "the default");
+  range("max_attempts", spec.maxAttempts, SPEC_LIMITS.maxAttempts, "the default");
+  range("max_turns", spec.maxTurns, SPEC_LIMITS.maxTurns, "no limit");
   if (spec.type && !(TASK_TYPES as readonly string[]).includes(spec.type)) {
-    throw invalid(`spec.type "${spec.type}" is unknown; use one of ${TASK_TYPES.join(", ")}`);
+    throw invalid(`spec.type ${quote(spec.type)} is unknown; use one of ${TASK_TYPES.join(", ")}`);
   }
   if (
     spec.permissionMode &&
     !(PERMISSION_MODES as readonly string[]).includes(spec.permissionMode)
   ) {
     throw invalid(
-      `spec.permission_mode "${spec.permissionMode}" is unknown; use one of ${PERMISSION_MODES.join(", ")}`,
+      `spec.permission_mode ${quote(spec.permissionMode)} is unknown; use one of ${PERMISSION_MODES.join(", ")}`,
     );
   }
-  if (spec.idempotencyKey.length > 256)
-    throw invalid("spec.idempotency_key must be at most 256 characters");
-  for (const tool of spec.allowedTools) {
-    if (!tool.trim()) throw invalid("spec.allowed_tools must not contain empty names");
+  text("idempotency_key", spec.idempotencyKey, SPEC_LIMITS.idempotencyKeyBytes);
+  text("model", spec.model, SPEC_LIMITS.modelBytes);
+  if (spec.model && !MODEL_NAME.test(spec.model)) {
+    throw invalid(
+      `spec.model ${quote(spec.model)} is not a model name: use letters, digits and . _ : / @ [ ] + - (e.g. "sonnet" or "claude-sonnet-4-5"), starting with a letter or digit`,
+    );
   }
+  checkTools(spec.allowedTools);
+  checkLabels(spec.labels);
   return spec;
+}
+
+function checkPrompt(prompt: string, limits: SpecLimits) {
+  if (!prompt.trim()) throw invalid("spec.prompt must not be empty: say what the agent should do");
+  const bytes = Buffer.byteLength(prompt, "utf8");
+  const max = Math.min(limits.maxPromptBytes, SPEC_LIMITS.promptBytes);
+  if (bytes > max) {
+    const why =
+      max === limits.maxPromptBytes
+        ? "orchestrator.max_prompt_bytes"
+        : "the most one command-line argument of the CLI may hold";
+    throw invalid(
+      `spec.prompt is ${bytes} bytes, over the limit of ${max} (${why}); put large inputs in the workspace instead`,
+    );
+  }
+  noNul("prompt", prompt);
+}
+
+function range(field: string, value: number, max: number, zero: string) {
+  if (!Number.isInteger(value) || value < 0 || value > max) {
+    throw invalid(`spec.${field} must be between 0 (${zero}) and ${max}, got ${value}`);
+  }
+}
+
+/** A free-form string field: bounded in bytes, and without NUL (no process argument holds one). */
+function text(field: string, value: string, maxBytes: number) {
+  const bytes = Buffer.byteLength(value, "utf8");
+  if (bytes > maxBytes) {
+    throw invalid(
+      `spec.${field} is ${bytes} bytes, over the limit of ${maxBytes}: ${quote(value)}`,
+    );
+  }
+  noNul(field, value);
+}
+
+function noNul(field: string, value: string) {
+  const at = value.indexOf("\0");
+  if (at !== -1) {
+    throw invalid(
+      `spec.${field} contains a NUL character (at offset ${at}), which no program argument can carry; remove it`,
+    );
+  }
+}
+
+function checkTools(tools: string[]) {
+  if (tools.length > SPEC_LIMITS.allowedTools) {
+    throw invalid(
+      `spec.allowed_tools has ${tools.length} entries, over the limit of ${SPEC_LIMITS.allowedTools}`,
+    );
+  }
+  tools.forEach((tool, i) => {
+    const field = `allowed_tools[${i}]`;
+    if (!tool.trim()) throw invalid(`spec.${field} is empty: name a tool, e.g. "Bash"`);
+    text(field, tool, SPEC_LIMITS.toolBytes);
+    if (CONTROL.test(tool)) {
+      throw invalid(`spec.${field} ${quote(tool)} contains a control character (newline, tab, …)`);
+    }
+  });
+}
+
+function checkLabels(labels: Record<string, string>) {
+  const entries = Object.entries(labels);
+  if (entries.length > SPEC_LIMITS.labels) {
+    throw invalid(
+      `spec.labels has ${entries.length} labels, over the limit of ${SPEC_LIMITS.labels}`,
+    );
+  }
+  for (const [key, value] of entries) {
+    if (!key.trim()) throw invalid("spec.labels has an empty key");
+    if (Buffer.byteLength(key, "utf8") > SPEC_LIMITS.labelKeyBytes) {
+      throw invalid(
+        `spec.labels key ${quote(key)} is over the limit of ${SPEC_LIMITS.labelKeyBytes} bytes`,
+      );
+    }
+    if (CONTROL.test(key)) {
+      throw invalid(`spec.labels key ${quote(key)} contains a control character`);
+    }
+    const bytes = Buffer.byteLength(value, "utf8");
+    if (bytes > SPEC_LIMITS.labelValueBytes) {
+      throw invalid(
+        `spec.labels[${quote(key)}] is ${bytes} bytes, over the limit of ${SPEC_LIMITS.labelValueBytes}: ${quote(value)}`,
+      );
+    }
+    noNul(`labels[${quote(key)}]`, value);
+  }
 }

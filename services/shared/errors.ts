@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { quote } from "./quote.ts";
 
 /** Shorthand for the one error type on the wire: a code and a message a person can act on. */
 export function invalid(message: string): ConnectError {
@@ -7,7 +8,7 @@ export function invalid(message: string): ConnectError {
 
 /** NOT_FOUND naming what was looked for. */
 export function notFound(what: string, id: string): ConnectError {
-  return new ConnectError(`${what} "${id}" not found`, Code.NotFound);
+  return new ConnectError(`${what} ${quote(id)} not found`, Code.NotFound);
 }
 
 /** FAILED_PRECONDITION: the request is fine but the thing is not in a state to do it. */

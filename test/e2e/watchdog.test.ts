@@ -24,7 +24,8 @@ describe("the run watchdog", () => {
         CONDUCTOR_AGENT_CLAUDE_PATH: wrapper,
         // The wrapper's folder is in the sandbox (the CLI's folder); the real CLI's too.
         CONDUCTOR_RUNTIME_READ_ONLY_PATHS: path.dirname(resolveClaudePath("")),
-        CONDUCTOR_AGENT_IDLE_TIMEOUT_SECONDS: "3",
+        // Long enough for a CLI to start on a loaded machine, short beside the 30 s silence below.
+        CONDUCTOR_AGENT_IDLE_TIMEOUT_SECONDS: "10",
         CONDUCTOR_AGENT_RESULT_GRACE_SECONDS: "1",
       },
     };
@@ -50,7 +51,7 @@ describe("the run watchdog", () => {
     });
     const ended = await waitForEnd(client, task!.id);
     expect(ended.state).toBe(TaskState.FAILED);
-    expect(ended.result?.error).toMatch(/printed nothing for 3 s/);
+    expect(ended.result?.error).toMatch(/printed nothing for 10 s/);
     expect(processesWith(`CONDUCTOR_TASK_ID=${task!.id}`)).toEqual([]);
   });
 });

@@ -241,6 +241,14 @@ export declare type RunOutcome = Message<"conductor.v1.RunOutcome"> & {
    * @generated from field: conductor.v1.TaskResult result = 2;
    */
   result?: TaskResult | undefined;
+
+  /**
+   * The failure cannot succeed on another attempt (the CLI could not be started with these
+   * arguments: E2BIG, ENOENT, an option it refuses); the Orchestrator does not retry it.
+   *
+   * @generated from field: bool permanent = 3;
+   */
+  permanent: boolean;
 };
 
 /**

@@ -95,14 +95,16 @@ export declare type ListTasksRequest = Message<"conductor.v1.ListTasksRequest"> 
   states: TaskState[];
 
   /**
-   * At most this many (default 100, at most 1000), newest first.
+   * At most this many (default 100, at most 1000), newest first. A page also stops before
+   * it would pass 2 MiB, so it fits any gRPC client's 4 MiB default: it may hold fewer
+   * tasks than asked while more remain.
    *
    * @generated from field: int32 page_size = 2;
    */
   pageSize: number;
 
   /**
-   * From a previous response's next_page_token.
+   * From a previous response's next_page_token (at most 64 bytes).
    *
    * @generated from field: string page_token = 3;
    */
@@ -125,6 +127,8 @@ export declare type ListTasksResponse = Message<"conductor.v1.ListTasksResponse"
   tasks: Task[];
 
   /**
+   * Non-empty while more tasks remain: pass it as page_token for the next page.
+   *
    * @generated from field: string next_page_token = 2;
    */
   nextPageToken: string;
@@ -301,6 +305,47 @@ export declare type GetStatsResponse = Message<"conductor.v1.GetStatsResponse"> 
 export declare const GetStatsResponseSchema: GenMessage<GetStatsResponse>;
 
 /**
+ * @generated from message conductor.v1.GetTaskOutputRequest
+ */
+export declare type GetTaskOutputRequest = Message<"conductor.v1.GetTaskOutputRequest"> & {
+  /**
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * The seq of an output event whose line was truncated; 0 means the task's result text.
+   *
+   * @generated from field: int64 event_seq = 2;
+   */
+  eventSeq: bigint;
+};
+
+/**
+ * Describes the message conductor.v1.GetTaskOutputRequest.
+ * Use `create(GetTaskOutputRequestSchema)` to create a new message.
+ */
+export declare const GetTaskOutputRequestSchema: GenMessage<GetTaskOutputRequest>;
+
+/**
+ * GetTaskOutputResponse is the next piece of the text; the pieces joined are the whole.
+ *
+ * @generated from message conductor.v1.GetTaskOutputResponse
+ */
+export declare type GetTaskOutputResponse = Message<"conductor.v1.GetTaskOutputResponse"> & {
+  /**
+   * @generated from field: string text = 1;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message conductor.v1.GetTaskOutputResponse.
+ * Use `create(GetTaskOutputResponseSchema)` to create a new message.
+ */
+export declare const GetTaskOutputResponseSchema: GenMessage<GetTaskOutputResponse>;
+
+/**
  * OrchestratorService owns the durable task store and schedules tasks onto agents.
  *
  * @generated from service conductor.v1.OrchestratorService
@@ -365,6 +410,17 @@ export declare const OrchestratorService: GenService<{
     methodKind: "unary";
     input: typeof GetStatsRequestSchema;
     output: typeof GetStatsResponseSchema;
+  },
+  /**
+   * Streams, in chunks of at most 1 MiB, the whole of what an event or a result holds only
+   * cut short (AgentOutput.truncated, TaskResult.truncated): no response is over 4 MiB.
+   *
+   * @generated from rpc conductor.v1.OrchestratorService.GetTaskOutput
+   */
+  getTaskOutput: {
+    methodKind: "server_streaming";
+    input: typeof GetTaskOutputRequestSchema;
+    output: typeof GetTaskOutputResponseSchema;
   },
 }>;
 

@@ -12,13 +12,15 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 export declare const file_conductor_v1_task: GenFile;
 
 /**
- * TaskSpec is what a client asks for.
+ * TaskSpec is what a client asks for. Every size, count and duration has an upper bound,
+ * checked at submit (INVALID_ARGUMENT naming the field and the bound); strings hold no NUL.
  *
  * @generated from message conductor.v1.TaskSpec
  */
 export declare type TaskSpec = Message<"conductor.v1.TaskSpec"> & {
   /**
-   * What Claude is asked to do. Required; at most the configured size.
+   * What Claude is asked to do. Required; at most orchestrator.max_prompt_bytes (default
+   * 100000) and never over 131071 bytes (the most one argument of the CLI may hold).
    *
    * @generated from field: string prompt = 1;
    */
@@ -39,35 +41,36 @@ export declare type TaskSpec = Message<"conductor.v1.TaskSpec"> & {
   priority: number;
 
   /**
-   * Wall-clock limit of one attempt; 0 means the configured default.
+   * Wall-clock limit of one attempt, at most 604800 (7 days); 0 means the configured default.
    *
    * @generated from field: int32 timeout_seconds = 4;
    */
   timeoutSeconds: number;
 
   /**
-   * How many attempts a failing task gets; 0 means the configured default.
+   * How many attempts a failing task gets, at most 100; 0 means the configured default.
    *
    * @generated from field: int32 max_attempts = 5;
    */
   maxAttempts: number;
 
   /**
-   * A second submit with the same key returns the first task.
+   * A second submit with the same key returns the first task. At most 256 bytes.
    *
    * @generated from field: string idempotency_key = 6;
    */
   idempotencyKey: string;
 
   /**
-   * The model the CLI is asked to use (--model); empty means the CLI's default.
+   * The model the CLI is asked to use (--model); empty means the CLI's default. At most 256
+   * bytes of letters, digits and . _ : / @ [ ] + -, starting with a letter or digit.
    *
    * @generated from field: string model = 7;
    */
   model: string;
 
   /**
-   * --max-turns; 0 means no limit.
+   * --max-turns, at most 10000; 0 means no limit.
    *
    * @generated from field: int32 max_turns = 8;
    */
@@ -75,20 +78,23 @@ export declare type TaskSpec = Message<"conductor.v1.TaskSpec"> & {
 
   /**
    * Tools the agent may use without asking (--allowedTools); empty means the configured default.
+   * At most 128 names, each at most 256 bytes, without control characters.
    *
    * @generated from field: repeated string allowed_tools = 9;
    */
   allowedTools: string[];
 
   /**
-   * --permission-mode (default, acceptEdits, plan, bypassPermissions); empty means configured default.
+   * --permission-mode (default, acceptEdits, plan, bypassPermissions, dontAsk); empty means
+   * the configured default.
    *
    * @generated from field: string permission_mode = 10;
    */
   permissionMode: string;
 
   /**
-   * Free-form labels, returned as given.
+   * Free-form labels, returned as given. At most 64; a key at most 128 bytes (no control
+   * characters), a value at most 1024 bytes.
    *
    * @generated from field: map<string, string> labels = 11;
    */
@@ -181,6 +187,27 @@ export declare type TaskResult = Message<"conductor.v1.TaskResult"> & {
    * @generated from field: string error = 8;
    */
   error: string;
+
+  /**
+   * text (over 64 KiB) or error (over 8 KiB) was cut to fit any gRPC client's 4 MiB limit,
+   * ending with a "[… truncated by conductor …]" marker; OrchestratorService.GetTaskOutput
+   * with event_seq 0 streams the whole text.
+   *
+   * @generated from field: bool truncated = 9;
+   */
+  truncated: boolean;
+
+  /**
+   * Tool calls the CLI refused to run because the task's permission_mode and allowed_tools
+   * (or the agent defaults) do not permit them, in the order they were made; each names why
+   * in `denial`. Denials do not change the state: a run whose CLI finished is SUCCEEDED even
+   * when some of its tool calls were denied (the agent was told and carried on), so check
+   * this list when the work needed those tools. At most the first 100; each input_json is cut
+   * to 2,000 characters (ending in "…") here, and is whole in the task's events.
+   *
+   * @generated from field: repeated conductor.v1.ToolCall denied_tool_calls = 10;
+   */
+  deniedToolCalls: ToolCall[];
 };
 
 /**
@@ -338,13 +365,14 @@ export declare type StateChange = Message<"conductor.v1.StateChange"> & {
 export declare const StateChangeSchema: GenMessage<StateChange>;
 
 /**
- * AgentOutput is one line of the CLI's stream-json output.
+ * AgentOutput is one line of the CLI's stream-json output, or a notice from Conductor.
  *
  * @generated from message conductor.v1.AgentOutput
  */
 export declare type AgentOutput = Message<"conductor.v1.AgentOutput"> & {
   /**
-   * The line's `type`: system, assistant, user, result, …
+   * The line's `type`: system, assistant, user, result, …; `conductor` for a notice from
+   * Conductor itself about the run (e.g. why the Broker's tools are not offered), in `text`.
    *
    * @generated from field: string type = 1;
    */
@@ -370,6 +398,23 @@ export declare type AgentOutput = Message<"conductor.v1.AgentOutput"> & {
    * @generated from field: string raw_json = 4;
    */
   rawJson: string;
+
+  /**
+   * The line was too large to send whole: text and raw_json were cut to 16 KiB each (and
+   * each tool call's input_json to 4 KiB, at most 64 tool calls), ending with a
+   * "[… truncated by conductor …]" marker. OrchestratorService.GetTaskOutput with this
+   * event's seq streams the whole line as printed.
+   *
+   * @generated from field: bool truncated = 5;
+   */
+  truncated: boolean;
+
+  /**
+   * Tool calls the CLI refused to run on this line (its `permission_denied` lines), with why.
+   *
+   * @generated from field: repeated conductor.v1.ToolCall denied_tool_calls = 6;
+   */
+  deniedToolCalls: ToolCall[];
 };
 
 /**
@@ -398,6 +443,13 @@ export declare type ToolCall = Message<"conductor.v1.ToolCall"> & {
    * @generated from field: string input_json = 3;
    */
   inputJson: string;
+
+  /**
+   * Why the CLI refused to run it, in its words; set only on denied tool calls.
+   *
+   * @generated from field: string denial = 4;
+   */
+  denial: string;
 };
 
 /**

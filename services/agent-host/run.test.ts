@@ -1,0 +1,90 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TaskSpecSchema, TaskState, type TaskSpec } from "../../gen/conductor/v1/task_pb.js";
+import { execProcess } from "../../plugins/runtime-process/exec.ts";
+import { CLAUDE_BIN } from "../../test/fake-model/cli.ts";
+import { startFakeModel, type FakeModel } from "../../test/fake-model/server.ts";
+import { scripted } from "../../test/harness.ts";
+import { claudeArgv, runClaude, type RunSettings } from "./run.ts";
+
+/** The real CLI, run as a plain local process against the fake model. */
+describe("runClaude", () => {
+  let model: FakeModel;
+  let dir: string;
+  beforeAll(async () => {
+    model = await startFakeModel();
+    dir = mkdtempSync(path.join(tmpdir(), "conductor-run-test-"));
+  });
+  afterAll(async () => {
+    await model.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const settings = (over: Partial<RunSettings> = {}): RunSettings => ({
+    claudePath: CLAUDE_BIN,
+    model: "",
+    permissionMode: "acceptEdits",
+    allowedTools: ["Read"],
+    idleTimeoutMs: 30_000,
+    resultGraceMs: 5_000,
+    defaultTimeoutMs: 60_000,
+    apiKey: "sk-test",
+    baseUrl: model.url,
+    maxApiRetries: 0,
+    ...over,
+  });
+  const run = (spec: TaskSpec, s = settings()) =>
+    runClaude({
+      spec,
+      settings: s,
+      place: { agentId: "a", taskId: "t", workspace: dir, configDir: dir, agentDir: dir },
+      exec: async (req) => execProcess(req, { sandboxed: false }),
+      hostPath: process.env["PATH"] ?? "/usr/bin:/bin",
+      signal: new AbortController().signal,
+      onOutput: () => undefined,
+    });
+
+  it("runs a prompt that starts with a dash: it is the prompt, not an option", async () => {
+    const prompt = scripted([{ text: "fixed it" }], "- fix the failing test in foo.py");
+    const spec = create(TaskSpecSchema, { prompt, allowedTools: ["Read", "Write"] });
+    const argv = claudeArgv(spec, settings());
+    expect(argv.slice(-2)).toEqual(["--", prompt]);
+    const outcome = await run(spec);
+    expect(outcome.result.error).toBe("");
+    expect(outcome.state).toBe(TaskState.SUCCEEDED);
+    expect(outcome.result.text).toBe("fixed it");
+  });
+
+  it("marks a run the CLI can never start as permanent: E2BIG, a missing CLI", async () => {
+    // Submit refuses these; the AgentHost still classifies them if a spec gets through.
+    const tooBig = await run(create(TaskSpecSchema, { prompt: "x", model: "m".repeat(200_000) }));
+    expect(tooBig.state).toBe(TaskState.FAILED);
+    expect(tooBig.result.error).toMatch(/E2BIG/);
+    expect(tooBig.permanent).toBe(true);
+    const missing = await run(
+      create(TaskSpecSchema, { prompt: "x" }),
+      settings({ claudePath: path.join(dir, "no-such-claude") }),
+    );
+    expect(missing.result.error).toMatch(/ENOENT/);
+    expect(missing.permanent).toBe(true);
+  });
+
+  it("marks arguments the CLI refuses as permanent, and an ordinary failure as not", async () => {
+    const refused = await run(
+      create(TaskSpecSchema, { prompt: "x" }),
+      settings({ extraArgs: ["--no-such-option"] }),
+    );
+    expect(refused.result.error).toMatch(/the CLI refused its arguments.*unknown option/s);
+    expect(refused.permanent).toBe(true);
+    const apiError = await run(
+      create(TaskSpecSchema, {
+        prompt: scripted([{ error: { status: 500, type: "api_error", message: "down" } }]),
+      }),
+    );
+    expect(apiError.state).toBe(TaskState.FAILED);
+    expect(apiError.permanent).toBeFalsy();
+  });
+});

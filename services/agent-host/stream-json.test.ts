@@ -1,0 +1,86 @@
+/**
+ * The stream-json reader against what the installed Claude Code CLI really prints: a tool call
+ * its permission mode denies must reach the result with its input and the CLI's reason.
+ */
+import { describe, expect, it } from "vitest";
+import { runClaude } from "../../test/fake-model/cli.ts";
+import { startFakeModel } from "../../test/fake-model/server.ts";
+import { MAX_DENIED_CALLS, MAX_DENIED_INPUT_CHARS, StreamJsonReader } from "./stream-json.ts";
+
+describe("StreamJsonReader", () => {
+  it("lists the tool calls the real CLI denied, with input and reason, and only those", async () => {
+    await using fake = await startFakeModel();
+    await using run = await runClaude({
+      fakeUrl: fake.url,
+      prompt: `Work. <fake-script>${JSON.stringify([
+        { bash: "echo hi > b.txt" },
+        { write: { path: "w.txt", content: "written" } },
+        { bash: "echo allowed-output" },
+        { text: "done" },
+      ])}</fake-script>`,
+      // Only `echo allowed-output` may run: the redirect and the Write need approval.
+      args: ["--permission-mode", "default", "--allowedTools", "Bash(echo allowed-output)"],
+    });
+    const reader = new StreamJsonReader();
+    const outputs = run.lines.map((l) => reader.read(JSON.stringify(l.json)));
+    const result = outputs.find((p) => p.result)?.result;
+
+    expect(result?.isError).toBe(false);
+    expect(result?.text).toBe("done");
+    const denied = result!.deniedToolCalls;
+    expect(denied.map((d) => d.name)).toEqual(["Bash", "Write"]);
+    expect(JSON.parse(denied[0]!.inputJson)).toMatchObject({ command: "echo hi > b.txt" });
+    expect(JSON.parse(denied[1]!.inputJson)).toMatchObject({ content: "written" });
+    for (const d of denied) {
+      expect(d.id).toMatch(/^toolu_/);
+      expect(d.denial.length).toBeGreaterThan(10);
+    }
+    expect(denied[0]!.denial).toMatch(/b\.txt/);
+    // Each denial is also marked on the line where it happened, with the call's input.
+    const marked = outputs.flatMap((p) => p.output.deniedToolCalls);
+    expect(marked.map((d) => [d.id, d.inputJson])).toEqual(denied.map((d) => [d.id, d.inputJson]));
+  });
+
+  it("keeps the first denials and cuts long inputs, so a result stays small", () => {
+    const reader = new StreamJsonReader();
+    const big = "x".repeat(MAX_DENIED_INPUT_CHARS * 3);
+    for (let i = 0; i < MAX_DENIED_CALLS + 5; i++) {
+      reader.read(
+        JSON.stringify({
+          type: "assistant",
+          message: { content: [{ type: "tool_use", id: `t${i}`, name: "Write", input: { big } }] },
+        }),
+      );
+      reader.read(
+        JSON.stringify({
+          type: "system",
+          subtype: "permission_denied",
+          tool_name: "Write",
+          tool_use_id: `t${i}`,
+          message: `no ${i}`,
+        }),
+      );
+    }
+    const { result } = reader.read(
+      JSON.stringify({
+        type: "result",
+        subtype: "success",
+        is_error: false,
+        result: "ok",
+        // Malformed entries are skipped, known ones completed, new ones past the bound dropped.
+        permission_denials: [
+          null,
+          7,
+          { tool_name: "Write", tool_use_id: "t0" },
+          { tool_use_id: "x" },
+        ],
+      }),
+    );
+    const denied = result!.deniedToolCalls;
+    expect(denied).toHaveLength(MAX_DENIED_CALLS);
+    expect(denied[0]!.denial).toBe("no 0");
+    expect(denied.at(-1)!.id).toBe(`t${MAX_DENIED_CALLS - 1}`);
+    expect(denied[0]!.inputJson).toHaveLength(MAX_DENIED_INPUT_CHARS);
+    expect(denied[0]!.inputJson.endsWith("…")).toBe(true);
+  });
+});
