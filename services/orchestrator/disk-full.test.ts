@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
-import { Code, createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { OrchestratorService } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { TaskSpecSchema, TaskState } from "../../gen/conductor/v1/task_pb.js";
@@ -83,6 +83,13 @@ describe.skipIf(!canMount)("the Orchestrator on a full disk (a 3 MB tmpfs)", () 
     );
     expect((await world.task(running.id)).state).toBe(TaskState.RUNNING);
     expect((await world.task(queued.id)).state).toBe(TaskState.QUEUED);
+    // Too late to cancel it: said at once, not after the disk frees up.
+    const late = await world.client.cancelTask({ id: running.id }).then(
+      () => undefined,
+      (e: unknown) => ConnectError.from(e),
+    );
+    expect(late?.code).toBe(Code.FailedPrecondition);
+    expect(late?.rawMessage).toMatch(/has already ended on its agent; its outcome waits/);
 
     // Space returns: the outcome as it was, then the queued task runs.
     free();

@@ -10,6 +10,7 @@ import {
   type Task,
   type TaskEvent,
 } from "../../gen/conductor/v1/task_pb.js";
+import { precondition } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
 import { neverRan, UnconfirmedAttempts, type AttemptEnd } from "./attempts.ts";
 import type { ArtifactStore } from "./artifacts.ts";
@@ -45,6 +46,8 @@ interface ActiveRun {
   agentId: string;
   abort: AbortController;
   cancelRequested: boolean;
+  /** Its outcome is decided and waits for the store (a full disk): too late to cancel. */
+  holding: boolean;
   done: Promise<void>;
 }
 
@@ -187,6 +190,11 @@ export class AttemptRunner {
   async cancel(id: string): Promise<void> {
     const run = this.runs.get(id);
     if (!run) return;
+    if (run.holding) {
+      throw precondition(
+        `task ${id} has already ended on its agent; its outcome waits for space on the disk to be stored, and will be (nothing to cancel)`,
+      );
+    }
     run.cancelRequested = true;
     // An attempt waiting for its lost host ends at once (CancelRun goes to the host best effort).
     if (!this.unconfirmed.cancel(id)) {
@@ -217,6 +225,7 @@ export class AttemptRunner {
       agentId,
       abort: new AbortController(),
       cancelRequested: false,
+      holding: false,
       done: Promise.resolve(),
     };
     this.runs.set(id, run);
@@ -403,12 +412,14 @@ export class AttemptRunner {
       const update = { host: "", notBefore: now + backoff, result };
       const reason = `attempt ${attempt} of ${maxAttempts} failed: ${result.error}; retrying in ${backoff / 1000} s`;
       const change = { state: TaskState.QUEUED, attempt, reason };
+      run.holding = true;
       await this.durably("the attempt's outcome", log, () => {
         if (events.transition(id, ACTIVE, update, change, now, notes))
           log.warn("attempt failed, retrying", { error: result.error, backoff_ms: backoff });
       });
       return;
     }
+    run.holding = true;
     const change = { state, agentId: run.agentId, attempt, reason: result.error };
     const before: TaskEvent["kind"][] = [...notes, { case: "result", value: result }];
     await this.durably("the task's outcome", log, () => {
