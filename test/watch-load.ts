@@ -27,7 +27,9 @@ export function writeHistory(
     const now = Date.now();
     store.insert(id, create(TaskSpecSchema, { prompt: "print a lot" }), 1, now);
     const value = create(AgentOutputSchema, { type: "assistant", text: "y".repeat(lineBytes) });
-    for (let i = 0; i < lines; i++) store.appendEvent(id, { case: "output", value }, now);
+    store.tx(() => {
+      for (let i = 0; i < lines; i++) store.appendEvent(id, { case: "output", value }, now);
+    });
     store.transition(id, [TaskState.QUEUED], { state: TaskState.SUCCEEDED, endTime: now });
     store.appendEvent(
       id,
