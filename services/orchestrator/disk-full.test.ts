@@ -16,9 +16,11 @@ import {
 import { startService, type ServiceProcess } from "../../test/harness.ts";
 import {
   FakeAgentHost,
+  hang,
   started,
   succeed,
   until,
+  Watch,
   World,
   type Play,
 } from "../../test/orchestrator-world.ts";
@@ -108,6 +110,46 @@ describe.skipIf(!canMount)("the Orchestrator on a full disk (a 3 MB tmpfs)", () 
     // The refused submit left nothing behind.
     const after = await world.client.listTasks({ pageSize: 100 });
     expect(after.tasks.some((t) => t.spec?.prompt === bigPrompt(refused.label))).toBe(false);
+  });
+
+  it("restarts on a full disk with a run in flight, and records its end once space returns", async () => {
+    const dataDir = path.join(mount, "in-flight");
+    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
+    const lines: string[] = [];
+    const log = createLogger("info", {}, (line) => lines.push(line));
+    const world = new World();
+    cleanups.push(() => world[Symbol.asyncDispose]());
+    await world.startOrchestrator({ dataDir, log, retryBackoffMs: 10 });
+    const host = await world.host(world.hostSocket, new FakeAgentHost("", [hang, succeed]));
+    const { id, watch } = await world.submit(2);
+    await watch.waitFor("the run to start", (_r, s) => s === TaskState.RUNNING);
+    await watch.stop();
+    await world.stopOrchestrator(); // the run lives on on its host
+
+    const free = disk!.fill();
+    cleanups.push(free);
+    await world.startOrchestrator({ dataDir, log, retryBackoffMs: 10 });
+    expect((await world.task(id)).state).toBe(TaskState.RUNNING);
+    host.setAgent(""); // the run ends there: the next poll confirms the attempt is over
+    await until(
+      () => lines.some((l) => l.includes("could not store the attempt's outcome")),
+      "the store to refuse the retry",
+    );
+    const held = await world.task(id);
+    expect(held.state).toBe(TaskState.RUNNING);
+    expect(held.attempts).toBe(1);
+
+    free();
+    const again = new Watch(world.client, id);
+    cleanups.push(() => again.stop());
+    await again.ended();
+    const task = await world.task(id);
+    expect(task.state).toBe(TaskState.SUCCEEDED);
+    expect(task.attempts).toBe(2);
+    expect(host.runs.map((r) => r.req.attempt)).toEqual([1, 2]);
+    expect(again.reasons()).toContainEqual(
+      expect.stringMatching(/^attempt 1 of 2 failed: interrupted: the orchestrator stopped/),
+    );
   });
 
   it("starts on a full disk, serves reads and refuses writes, and takes writes once space returns", async () => {
