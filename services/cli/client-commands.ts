@@ -1,197 +1,256 @@
+import { readFileSync } from "node:fs";
 import { create, toJson } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
-import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
+import { AgentSchema, AgentState } from "../../gen/conductor/v1/agent_pb.js";
 import {
   GetStatsResponseSchema,
   OrchestratorService,
 } from "../../gen/conductor/v1/orchestrator_pb.js";
 import {
+  TaskEventSchema,
   TaskSchema,
   TaskSpecSchema,
   TaskState,
   type Task,
-  type TaskEvent,
 } from "../../gen/conductor/v1/task_pb.js";
-import type { Config } from "../shared/config.ts";
 import { unixTransport } from "../shared/transport.ts";
-import type { Parsed } from "./main.ts";
-
-/** The commands that talk to a running Orchestrator. */
-export const CLIENT_COMMANDS = new Set([
-  "submit",
-  "watch",
-  "get",
-  "tasks",
-  "agents",
-  "cancel",
-  "stats",
-]);
+import { bool, list, str, UsageError, type ParsedCommand } from "./args.ts";
+import {
+  ago,
+  count,
+  duration,
+  eventText,
+  oneLine,
+  stateName,
+  table,
+  taskText,
+  usd,
+} from "./format.ts";
 
 type Orch = Client<typeof OrchestratorService>;
 
-const out = (s: string) => void process.stdout.write(s + "\n");
-const stateName = (s: TaskState) => TaskState[s];
-const taskJson = (t: Task) => JSON.stringify(toJson(TaskSchema, t));
+/** Where a client command writes, and how it reads a prompt from standard input. */
+export interface ClientIO {
+  out: (line: string) => void;
+  /** Writes text as it is (no newline added); resolves once it is written. */
+  write: (text: string) => Promise<void>;
+  readStdin: () => string;
+}
 
-/** Runs one client command against the Orchestrator's socket; returns the exit code. */
+const json = (v: unknown, pretty = false) => JSON.stringify(v, null, pretty ? 2 : undefined);
+const taskJson = (t: Task, pretty = false) => json(toJson(TaskSchema, t), pretty);
+
+/** Runs one client command against the Orchestrator at `socket`; returns the exit code. */
 export async function runClientCommand(
-  command: string,
-  args: string[],
-  parsed: Parsed,
-  config: Config,
+  p: ParsedCommand,
+  socket: string,
+  io: ClientIO,
 ): Promise<number> {
-  const client = createClient(OrchestratorService, unixTransport(config.communication.socket_path));
-  const v = parsed.values;
+  const client = createClient(OrchestratorService, unixTransport(socket));
+  const name = p.command.name;
+  const asJson = bool(p, "json");
+  const out = io.out;
   const needId = () => {
-    if (!args[0]) throw new Error(`usage: conductor ${command} <task-id>`);
-    return args[0];
+    if (p.positionals.length !== 1)
+      throw new UsageError(`usage: conductor ${name} <task-id> (one id; see "conductor tasks")`);
+    return p.positionals[0]!;
   };
-  switch (command) {
+  switch (name) {
     case "submit": {
-      if (args.length !== 1) throw new Error('usage: conductor submit "<prompt>" [flags]');
-      const spec = create(TaskSpecSchema, {
-        prompt: args[0]!,
-        type: v.type ?? "",
-        priority: int(v.priority, "--priority"),
-        timeoutSeconds: int(v.timeout, "--timeout"),
-        maxAttempts: int(v["max-attempts"], "--max-attempts"),
-        model: v.model ?? "",
-        idempotencyKey: v["idempotency-key"] ?? "",
-      });
-      const { task } = await client.submitTask({ spec });
-      if (!v.wait) {
-        out(v.json ? taskJson(task!) : task!.id);
+      const { task } = await client.submitTask({ spec: specOf(p, io) });
+      if (!bool(p, "wait")) {
+        out(asJson ? taskJson(task!) : task!.id);
         return 0;
       }
-      if (!v.json) out(task!.id);
-      return await follow(client, task!.id, !v.json, v.json === true);
+      if (!asJson) out(task!.id);
+      return await follow(client, task!.id, asJson ? "final" : "text", out);
     }
     case "watch":
-      return await follow(client, needId(), true, v.json === true);
+      return await follow(client, needId(), asJson ? "events" : "text", out);
     case "get": {
       const { task } = await client.getTask({ id: needId() });
-      out(JSON.stringify(toJson(TaskSchema, task!), null, 2));
+      if (asJson) out(taskJson(task!, true));
+      else taskText(task!).forEach((l) => out(l));
+      return 0;
+    }
+    case "output": {
+      const eventSeq = BigInt(int(p, "event"));
+      if (eventSeq < 0n) throw new UsageError(`--event must be an event's seq (1 or more)`);
+      for await (const piece of client.getTaskOutput({ taskId: needId(), eventSeq })) {
+        await io.write(piece.text);
+      }
       return 0;
     }
     case "cancel": {
       const { task } = await client.cancelTask({ id: needId() });
-      out(v.json ? taskJson(task!) : `${task!.id} ${stateName(task!.state)}`);
+      out(asJson ? taskJson(task!) : `${task!.id} ${stateName(task!.state)}`);
       return 0;
     }
-    case "tasks": {
-      const states = (v.state ?? []).map(parseState);
-      const { tasks } = await client.listTasks({ states });
-      if (v.json) tasks.forEach((t) => out(taskJson(t)));
-      else {
-        out(pad(["ID", "STATE", "PRI", "AGENT", "ATTEMPTS", "PROMPT"]));
-        for (const t of tasks) {
-          const prompt = (t.spec?.prompt ?? "").replace(/\s+/g, " ").slice(0, 40);
-          out(
-            pad([
-              t.id,
-              stateName(t.state),
-              String(t.spec?.priority ?? 0),
-              t.agentId || "-",
-              String(t.attempts),
-              prompt,
-            ]),
-          );
-        }
-      }
-      return 0;
-    }
+    case "tasks":
+      return await tasks(client, p, out);
     case "agents": {
       const { agents } = await client.listAgents({});
-      out(pad(["ID", "NODE", "STATE", "TASK", "DONE", "WORKSPACE"]));
-      for (const a of agents) {
-        out(
-          pad([
-            a.id,
-            a.nodeId,
-            AgentState[a.state],
-            a.taskId || "-",
-            String(a.tasksCompleted),
-            a.workspace,
-          ]),
-        );
+      if (asJson) agents.forEach((a) => out(json(toJson(AgentSchema, a))));
+      else {
+        const rows = agents.map((a) => [
+          a.id,
+          a.nodeId,
+          (AgentState[a.state] ?? "").toLowerCase(),
+          a.taskId || "-",
+          count(a.tasksCompleted),
+          a.workspace,
+        ]);
+        table(["AGENT", "NODE", "STATE", "TASK", "DONE", "WORKSPACE"], rows).forEach((l) => out(l));
       }
       return 0;
     }
     case "stats": {
-      const stats = await client.getStats({});
-      out(
-        JSON.stringify(
-          toJson(GetStatsResponseSchema, stats, { alwaysEmitImplicit: true }),
-          null,
-          2,
-        ),
-      );
+      const s = await client.getStats({});
+      if (asJson) {
+        out(json(toJson(GetStatsResponseSchema, s, { alwaysEmitImplicit: true }), true));
+        return 0;
+      }
+      const byState = Object.entries(s.tasksByState)
+        .map(([k, v]) => [k.replace(/^TASK_STATE_/, "").toLowerCase(), v] as const)
+        .filter(([, v]) => v > 0n);
+      const rows: [string, string][] = [
+        ["tasks", byState.map(([k, v]) => `${k} ${count(v)}`).join(" · ") || "none yet"],
+        ["agents", `${s.agentsBusy} busy · ${s.agentsIdle} idle`],
+        [
+          "run time",
+          s.durationP50Ms > 0
+            ? `p50 ${duration(s.durationP50Ms)} · p95 ${duration(s.durationP95Ms)} · p99 ${duration(s.durationP99Ms)}`
+            : "-",
+        ],
+        ["tokens", `${count(s.inputTokensTotal)} in · ${count(s.outputTokensTotal)} out`],
+        ["cost", usd(s.costUsdTotal)],
+      ];
+      rows.forEach(([k, v]) => out(`${k.padEnd(10)}${v}`));
       return 0;
     }
   }
-  throw new Error(`unknown command ${command}`);
+  throw new UsageError(`unknown command ${name}`);
 }
 
-/** Prints a task's events until it ends; exit code 0 only if it SUCCEEDED. */
-async function follow(client: Orch, id: string, human: boolean, json: boolean): Promise<number> {
+/** The TaskSpec the submit flags describe; bad values are refused before anything is sent. */
+function specOf(p: ParsedCommand, io: ClientIO) {
+  const file = str(p, "file");
+  const words = p.positionals;
+  let prompt: string;
+  if (file !== undefined) {
+    if (words.length > 0)
+      throw new UsageError(`give the prompt as an argument or with -f FILE, not both`);
+    prompt = file === "-" ? io.readStdin() : readPrompt(file);
+  } else if (words.length === 1) {
+    prompt = words[0] === "-" ? io.readStdin() : words[0]!;
+  } else {
+    throw new UsageError(
+      words.length === 0
+        ? 'usage: conductor submit "<prompt>" [flags] (or -f FILE, or - for standard input)'
+        : `expected one prompt, got ${words.length} words: quote the prompt ("conductor submit \\"fix the tests\\"")`,
+    );
+  }
+  const labels: Record<string, string> = {};
+  for (const l of list(p, "label")) {
+    const eq = l.indexOf("=");
+    if (eq <= 0) throw new UsageError(`--label "${oneLine(l, 40)}": expected KEY=VALUE`);
+    labels[l.slice(0, eq)] = l.slice(eq + 1);
+  }
+  return create(TaskSpecSchema, {
+    prompt,
+    type: str(p, "type") ?? "",
+    priority: int(p, "priority"),
+    timeoutSeconds: int(p, "timeout"),
+    maxAttempts: int(p, "max-attempts"),
+    model: str(p, "model") ?? "",
+    maxTurns: int(p, "max-turns"),
+    allowedTools: list(p, "allowed-tools").flatMap((t) =>
+      t
+        .split(/[\s,]+/)
+        .map((s) => s.trim())
+        .filter(Boolean),
+    ),
+    permissionMode: str(p, "permission-mode") ?? "",
+    labels,
+    idempotencyKey: str(p, "idempotency-key") ?? "",
+  });
+}
+
+function readPrompt(file: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch (e) {
+    throw new UsageError(`cannot read the prompt file ${file}: ${(e as Error).message}`);
+  }
+}
+
+function int(p: ParsedCommand, flag: string): number {
+  const s = str(p, flag);
+  if (s === undefined) return 0;
+  const n = Number(s);
+  if (s.trim() === "" || !Number.isInteger(n) || Math.abs(n) > 2 ** 31 - 1)
+    throw new UsageError(`--${flag} must be a whole number, got "${oneLine(s, 40)}"`);
+  return n;
+}
+
+async function tasks(client: Orch, p: ParsedCommand, out: (l: string) => void): Promise<number> {
+  const states = list(p, "state").map(parseState);
+  const limitText = str(p, "limit");
+  const limit = limitText === undefined ? 20 : Number(limitText);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
+    throw new UsageError(`--limit must be a whole number from 1 to 1000, got "${limitText}"`);
+  const { tasks, nextPageToken } = await client.listTasks({ states, pageSize: limit });
+  if (bool(p, "json")) {
+    tasks.forEach((t) => out(taskJson(t)));
+    return 0;
+  }
+  if (tasks.length === 0) {
+    out(states.length ? "no tasks in that state" : 'no tasks yet: conductor submit "<prompt>"');
+    return 0;
+  }
+  const now = Date.now();
+  const rows = tasks.map((t) => [
+    t.id,
+    stateName(t.state).toLowerCase(),
+    String(t.spec?.priority ?? 0),
+    t.agentId || "-",
+    String(t.attempts),
+    ago(t.createTime, now),
+    oneLine(t.spec?.prompt ?? "", 50),
+  ]);
+  table(["ID", "STATE", "PRI", "AGENT", "TRIES", "CREATED", "PROMPT"], rows).forEach((l) => out(l));
+  if (nextPageToken) out(`… more tasks: --limit ${Math.min(1000, limit * 5)} shows more`);
+  return 0;
+}
+
+/**
+ * Follows a task until it ends: "text" prints each event for a person, "events" one JSON
+ * event per line, "final" only the ended task as JSON. Exit code 0 only if it SUCCEEDED.
+ */
+async function follow(
+  client: Orch,
+  id: string,
+  mode: "text" | "events" | "final",
+  out: (l: string) => void,
+): Promise<number> {
   let final: TaskState | undefined;
   for await (const { event } of client.watchTask({ id })) {
     if (!event) continue;
-    if (human) printEvent(event);
+    if (mode === "text") eventText(event).forEach((l) => out(l));
+    if (mode === "events") out(json(toJson(TaskEventSchema, event)));
     if (event.kind.case === "stateChange" && event.kind.value.state >= TaskState.SUCCEEDED)
       final = event.kind.value.state;
   }
-  if (json) {
-    const { task } = await client.getTask({ id });
-    out(taskJson(task!));
-  }
+  if (mode === "final") out(taskJson((await client.getTask({ id })).task!));
   return final === TaskState.SUCCEEDED ? 0 : 1;
-}
-
-function printEvent(e: TaskEvent): void {
-  const k = e.kind;
-  if (k.case === "stateChange") {
-    const v = k.value;
-    out(
-      `[${stateName(v.state)}]${v.agentId ? ` agent=${v.agentId}` : ""}${v.attempt ? ` attempt=${v.attempt}` : ""}${v.reason ? ` ${v.reason}` : ""}`,
-    );
-  } else if (k.case === "output") {
-    const o = k.value;
-    if (o.type === "assistant" && o.text) out(`  ${o.text}`);
-    if (o.type === "conductor" && o.text) out(`  ! ${o.text}`);
-    for (const t of o.toolCalls) out(`  → ${t.name} ${t.inputJson.slice(0, 120)}`);
-    for (const t of o.deniedToolCalls)
-      out(`  ✗ denied ${t.name} ${t.inputJson.slice(0, 120)}${t.denial ? `: ${t.denial}` : ""}`);
-  } else if (k.case === "result") {
-    const r = k.value;
-    out(`result: ${r.error || r.text}`);
-    const denied = r.deniedToolCalls;
-    if (denied.length > 0)
-      out(`  ✗ ${denied.length} tool call(s) denied: ${denied.map((t) => t.name).join(", ")}`);
-    out(
-      `  turns=${r.numTurns} tokens in=${r.usage?.inputTokens ?? 0} out=${r.usage?.outputTokens ?? 0} cost=$${r.costUsd.toFixed(4)} duration=${r.durationMs}ms`,
-    );
-  }
-}
-
-function int(s: string | undefined, flag: string): number {
-  if (s === undefined) return 0;
-  const n = Number(s);
-  if (!Number.isInteger(n)) throw new Error(`${flag} must be a whole number, got "${s}"`);
-  return n;
 }
 
 function parseState(s: string): TaskState {
   const name = s.toUpperCase().replace(/^TASK_STATE_/, "");
   const value = (TaskState as unknown as Record<string, number>)[name];
   if (value === undefined || value === 0)
-    throw new Error(
-      `unknown state "${s}"; use queued, scheduled, running, succeeded, failed, cancelled or timed_out`,
+    throw new UsageError(
+      `unknown state "${oneLine(s, 40)}"; use queued, scheduled, running, succeeded, failed, cancelled or timed_out`,
     );
   return value;
-}
-
-function pad(cols: string[]): string {
-  const widths = [36, 10, 4, 10, 9, 0];
-  return cols.map((c, i) => (widths[i] ? c.padEnd(widths[i]) : c)).join(" ");
 }

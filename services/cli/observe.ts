@@ -1,7 +1,8 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { Registry } from "prom-client";
-import type { Config } from "../shared/config.ts";
+import { envName, type Config } from "../shared/config.ts";
+import { metricsPortKey } from "./commands.ts";
 import type { Logger } from "../shared/log.ts";
 import { serveMetrics, type MetricsServer } from "../shared/metrics-server.ts";
 import { createObservability, type Observability } from "../shared/observability.ts";
@@ -28,7 +29,8 @@ export async function startObservability(
   log: Logger,
 ): Promise<ProcessObservability> {
   const o = config.observability;
-  const port = metricsPortKey(command, o);
+  const key = metricsPortKey(command);
+  const port = o[key.slice("observability.".length) as MetricsPortField];
   const settings = tracingSettingsFromEnv(env);
   const tracing = createTracing(settings, {
     nodeId: config.orchestrator.node_id,
@@ -37,7 +39,16 @@ export async function startObservability(
   const registry = port >= 0 ? new Registry() : undefined;
   let server: MetricsServer | undefined;
   if (registry) {
-    server = await serveMetrics(registry, o.metrics_host, port);
+    try {
+      server = await serveMetrics(registry, o.metrics_host, port);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EADDRINUSE") throw e;
+      throw new Error(
+        `cannot serve /metrics: port ${port} on ${o.metrics_host} is in use (${key}; another Conductor?). ` +
+          `Choose another with --metrics-port N or ${envName(key)}=N (0 picks a free port, -1 turns /metrics off).`,
+        { cause: e },
+      );
+    }
   }
   if (tracing)
     log.info("exporting traces", { exporters: settings.exporters, url: settings.otlp.url });
@@ -51,12 +62,7 @@ export async function startObservability(
   };
 }
 
-/** The /metrics port of the process a command starts (`up` serves every service on one). */
-function metricsPortKey(command: string, o: Config["observability"]): number {
-  if (command === "agent-host") return o.agent_host_metrics_port;
-  if (command === "broker") return o.broker_metrics_port;
-  return o.metrics_port;
-}
+type MetricsPortField = "metrics_port" | "agent_host_metrics_port" | "broker_metrics_port";
 
 function packageVersion(): string {
   const file = path.join(import.meta.dirname, "..", "..", "package.json");

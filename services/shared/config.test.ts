@@ -1,8 +1,8 @@
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { hostname, tmpdir } from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig } from "./config.ts";
+import { ConfigError, configKeys, envName, loadConfig, NON_CONFIG_VARIABLES } from "./config.ts";
 
 describe("loadConfig", () => {
   it("applies defaults, then file, then environment, then flags", () => {
@@ -57,3 +57,195 @@ describe("loadConfig", () => {
     );
   });
 });
+
+describe("loadConfig refuses, all at once", () => {
+  it("reports every problem, each naming its key and the variable, file or flag it came from", () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "conductor-config-"));
+    try {
+      const file = path.join(dir, "c.yaml");
+      writeFileSync(file, "agent:\n  colour: blue\norchestator:\n  num_agents: 2\n");
+      const e = catchConfigError(() =>
+        loadConfig({
+          file,
+          env: {
+            CONDUCTOR_BOGUS_KEY: "1",
+            CONDUCTOR_ORCHESTRATOR_NUM_AGENT: "3",
+            CONDUCTOR_AGENT_IDLE_TIMEOUT_SECONDS: "3000000",
+          },
+          flags: { "observability.log_level": "loud" },
+          flagNames: { "observability.log_level": "--log-level" },
+        }),
+      );
+      expect(e.problems).toHaveLength(6);
+      expect(e.message).toMatch(/the configuration has 6 problems/);
+      const line = (re: RegExp) => expect(e.problems.find((p) => re.test(p))).toBeDefined();
+      line(/^environment variable CONDUCTOR_BOGUS_KEY is not a configuration key/);
+      line(
+        /CONDUCTOR_ORCHESTRATOR_NUM_AGENT is not .*did you mean CONDUCTOR_ORCHESTRATOR_NUM_AGENTS\?/,
+      );
+      line(
+        /^CONDUCTOR_AGENT_IDLE_TIMEOUT_SECONDS=3000000: configuration key "agent.idle_timeout_seconds": must be at most 86400 s \(1 day\)/,
+      );
+      line(new RegExp(`^${file}: configuration key "agent.colour": unknown key`));
+      line(/"orchestator": unknown section .*did you mean "orchestrator"\?/);
+      line(/^--log-level "loud": configuration key "observability.log_level"/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("lets through the CONDUCTOR_* variables that are not configuration keys", () => {
+    const env = Object.fromEntries([...NON_CONFIG_VARIABLES].map((n) => [n, "x"]));
+    expect(loadConfig({ env }).orchestrator.num_agents).toBe(3);
+  });
+
+  it("never quotes the API key in an error", () => {
+    const e = catchConfigError(() =>
+      loadConfig({
+        env: { ANTHROPIC_API_KEY: "sk-secret", CONDUCTOR_AGENT_MODEL: "" },
+        flags: { "agent.anthropic_api_key": 7 },
+      }),
+    );
+    expect(e.message).not.toContain("sk-secret");
+  });
+
+  it("bounds every duration below what a Node timer can hold", () => {
+    const durations = configKeys().filter((k) => /_seconds$|message_timeout$/.test(k));
+    expect(durations.length).toBeGreaterThanOrEqual(10);
+    for (const key of durations) {
+      const e = catchConfigError(() => loadConfig({ env: { [envName(key)]: "3000000" } }));
+      expect(e.message).toContain(
+        `${envName(key)}=3000000: configuration key "${key}": must be at most`,
+      );
+      // the largest value accepted still fits a timer (2^31-1 ms)
+      const max = Number(/must be at most (\d+) s/.exec(e.message)![1]);
+      expect(max * 1000).toBeLessThan(2 ** 31);
+      expect(() => loadConfig({ env: { [envName(key)]: String(max) } })).not.toThrow();
+    }
+  });
+
+  it("bounds sizes and counts", () => {
+    const cases: [string, string, RegExp][] = [
+      ["CONDUCTOR_AGENT_CONTAINER_MEMORY", "5000g", /from 4m to 1024g/],
+      ["CONDUCTOR_ORCHESTRATOR_MAX_WORKERS", "1e9", /at most 100000/],
+      ["CONDUCTOR_ORCHESTRATOR_MAX_PROMPT_BYTES", "50000000", /at most 131071/],
+      ["CONDUCTOR_AGENT_CONTAINER_PIDS", "99999999", /at most 4194304/],
+      [
+        "CONDUCTOR_AGENT_ALLOWED_TOOLS",
+        Array.from({ length: 101 }, (_, i) => `T${i}`).join(","),
+        /at most 100 entries/,
+      ],
+    ];
+    for (const [name, value, message] of cases) {
+      const e = catchConfigError(() => loadConfig({ env: { [name]: value } }));
+      expect(e.message).toMatch(message);
+      expect(e.message).toContain(name);
+    }
+  });
+});
+
+/**
+ * The README's configuration table against `conductor config print`: every key in one is in the
+ * other, and the default the README gives is the one the configuration has.
+ */
+describe("the README's configuration reference", () => {
+  const readme = readFileSync(path.join(import.meta.dirname, "..", "..", "README.md"), "utf8");
+  const section = readme.slice(
+    readme.indexOf("## Configuration"),
+    readme.indexOf("## Observability"),
+  );
+  const rows = section
+    .split("\n")
+    .filter((l) => l.startsWith("| `"))
+    .map((l) => l.split("|").map((c) => c.trim()));
+  const cwd = "/project";
+  const config = loadConfig({ cwd, env: {} }) as unknown as Record<string, Record<string, unknown>>;
+  const value = (key: string) => {
+    const [s, k] = key.split(".");
+    return config[s!]![k!];
+  };
+  /** Defaults the README says in words, as they are under `cwd` with an empty environment. */
+  const inWords: Record<string, unknown> = {
+    "host name": hostname(),
+    "the npm package's binary": "",
+    "CLI default": "",
+    "`$ANTHROPIC_API_KEY`": "",
+    "`$ANTHROPIC_BASE_URL`": "",
+    "`$DOCKER_HOST`": "",
+    "`$XDG_RUNTIME_DIR`": "",
+    "`$DOCKER_HOST` or the engine's usual socket": "",
+    "-1 (the CLI's default)": -1,
+    "a tenth of `inbox_limit`": 100,
+    "`{}` (podman: nofile 4096, nproc 16384)": {},
+    "Read, Write, Edit, MultiEdit, Glob, Grep, LS": [
+      "Read",
+      "Write",
+      "Edit",
+      "MultiEdit",
+      "Glob",
+      "Grep",
+      "LS",
+    ],
+  };
+  const expected = (text: string): unknown => {
+    if (text in inWords) return inWords[text];
+    const literal = text.replace(/^`|`$/g, "");
+    if (/^-?\d+(\.\d+)?$/.test(literal)) return Number(literal);
+    if (literal === "true" || literal === "false") return literal === "true";
+    if (/^\d+[kmg]$/.test(literal))
+      return Number(literal.slice(0, -1)) * 1024 ** " kmg".indexOf(literal.at(-1)!);
+    if (literal === "[]") return [];
+    const placeholder = /^\[?<socket_dir>\/([^\]]+)\]?$/.exec(literal);
+    if (placeholder) {
+      const p = path.join(cwd, ".conductor/run", placeholder[1]!);
+      return literal.startsWith("[") ? [p] : p;
+    }
+    if (literal.startsWith(".conductor/")) return path.join(cwd, literal);
+    return literal;
+  };
+  const documented = rows.flatMap(([, keys, defaults, maxima]) => {
+    const names = [...keys!.matchAll(/`([a-z_]+\.[a-z_]+)`/g)].map((m) => m[1]!);
+    const each = (text: string) =>
+      names.length > 1 ? text.split(",").map((d) => d.trim()) : [text];
+    const values = each(defaults!);
+    const most = each(maxima!);
+    return names.map((k, i) => [k, values[i]!, most[i] ?? ""] as const);
+  });
+
+  it("lists every key config print shows, and no other", () => {
+    expect(documented.map(([k]) => k).sort()).toEqual(configKeys().sort());
+  });
+
+  it("gives the upper bounds loadConfig enforces", () => {
+    let checked = 0;
+    for (const [key, , most] of documented) {
+      const n = /^(\d+)(g?)(?: \(|$)/.exec(most);
+      if (!n) continue;
+      const max = n[2] ? `${n[1]}g` : n[1]!;
+      const above = n[2] ? `${Number(n[1]) + 1}g` : String(Number(n[1]) + 1);
+      const name = envName(key);
+      const e = catchConfigError(() => loadConfig({ env: { [name]: above } }));
+      expect(e.message).toContain(`"${key}"`);
+      expect(e.message).toContain(name);
+      if (!/sender_share|reply_reserve/.test(key))
+        expect(() => loadConfig({ env: { [name]: max } }), key).not.toThrow();
+      checked++;
+    }
+    expect(checked).toBeGreaterThanOrEqual(25);
+  });
+
+  it("gives the defaults config print shows", () => {
+    for (const [key, text] of documented)
+      expect({ key, value: value(key) }).toEqual({ key, value: expected(text) });
+  });
+});
+
+function catchConfigError(f: () => unknown): ConfigError {
+  try {
+    f();
+  } catch (e) {
+    if (e instanceof ConfigError) return e;
+    throw e;
+  }
+  throw new Error("expected a ConfigError");
+}

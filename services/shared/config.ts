@@ -4,12 +4,55 @@ import path from "node:path";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 
-/** ConfigError names the bad key and says what is wrong with it. */
+/**
+ * ConfigError lists every problem of a configuration at once, each naming the bad key and where
+ * its value came from (the environment variable, the file or the flag).
+ */
 export class ConfigError extends Error {
   override name = "ConfigError";
+  /** One line per problem. */
+  readonly problems: string[];
+  constructor(problems: string | string[], options?: ErrorOptions) {
+    const list = typeof problems === "string" ? [problems] : problems;
+    super(
+      list.length === 1
+        ? list[0]!
+        : `the configuration has ${list.length} problems:\n${list.map((p) => `  - ${p}`).join("\n")}`,
+      options,
+    );
+    this.problems = list;
+  }
 }
 
-const seconds = z.number().positive();
+const MINUTE = 60;
+const HOUR = 3600;
+const DAY = 86_400;
+
+/** "3600 s (1 hour)": a bound as a person reads it. */
+function span(s: number): string {
+  if (s % DAY === 0) return `${s} s (${s / DAY} day${s === DAY ? "" : "s"})`;
+  if (s % HOUR === 0) return `${s} s (${s / HOUR} hour${s === HOUR ? "" : "s"})`;
+  if (s % MINUTE === 0) return `${s} s (${s / MINUTE} minutes)`;
+  return `${s} s`;
+}
+
+/**
+ * A duration in seconds, above 0 and at most `max` (every duration has an upper bound: Node's
+ * timers overflow above 2^31-1 ms, about 24.8 days, and fire at once).
+ */
+const seconds = (max: number) =>
+  z
+    .number()
+    .positive("must be more than 0")
+    .max(max, `must be at most ${span(max)}`);
+
+/** A whole number from `min` to `max`, with the bound said in words. */
+const count = (min: number, max: number) =>
+  z
+    .number()
+    .int("must be a whole number")
+    .min(min, `must be at least ${min}`)
+    .max(max, `must be at most ${max}`);
 
 /** A list of strings; one given as a plain string (an environment variable) is comma-separated. */
 const stringList = z.preprocess(
@@ -22,38 +65,40 @@ const stringList = z.preprocess(
       : v,
   z.array(z.string().min(1)),
 );
+/** A list of at most `max` entries. */
+const listOf = (max: number) =>
+  stringList.pipe(z.array(z.string()).max(max, `must have at most ${max} entries`));
 
 /** The configuration schema: the seed's sections plus runtime, storage and observability. */
 const schema = z
   .object({
     orchestrator: z
       .object({
-        num_agents: z.number().int().min(1).max(1000).default(3),
+        num_agents: count(1, 1000).default(3),
         /** Upper bound on tasks running at once across all agents. */
-        max_workers: z.number().int().min(1).default(1000),
+        max_workers: count(1, 100_000).default(1000),
         node_id: z.string().min(1).default(hostname()),
-        default_timeout_seconds: seconds.default(600),
-        default_max_attempts: z.number().int().min(1).max(100).default(1),
+        default_timeout_seconds: seconds(7 * DAY).default(600),
+        default_max_attempts: count(1, 100).default(1),
         /** First retry waits this long; each further one doubles it (capped at 60 s). */
-        retry_backoff_seconds: z.number().min(0).default(1),
-        max_prompt_bytes: z.number().int().positive().default(100_000),
-        /** AgentHost sockets to schedule onto; empty means the one in the socket folder. */
-        agent_hosts: stringList.default([]),
+        retry_backoff_seconds: z
+          .number()
+          .min(0, "must be 0 or more")
+          .max(HOUR, `must be at most ${span(HOUR)}`)
+          .default(1),
+        max_prompt_bytes: count(1, 131_071).default(100_000),
+        /** AgentHost sockets to schedule onto; empty means agent-host.sock in the socket folder. */
+        agent_hosts: listOf(1000).default([]),
         /**
          * An attempt whose AgentHost was lost is retried only once the host confirms it ended,
          * or after the host has been silent this long (a dead host's runs die with it).
          */
-        unconfirmed_attempt_timeout_seconds: seconds.default(600),
+        unconfirmed_attempt_timeout_seconds: seconds(7 * DAY).default(600),
         /**
-         * Most bytes of agent output kept in one task's event history (1 MiB–1 GiB); beyond it
-         * the oldest output events are deleted. State changes and results are always kept.
+         * Most bytes of agent output kept in one task's event history; beyond it the oldest
+         * output events are deleted. State changes and results are always kept.
          */
-        event_retention_bytes: z
-          .number()
-          .int()
-          .min(1024 ** 2)
-          .max(1024 ** 3)
-          .default(64 * 1024 ** 2),
+        event_retention_bytes: count(1024 ** 2, 1024 ** 3).default(64 * 1024 ** 2),
       })
       .strict()
       .prefault({}),
@@ -65,15 +110,21 @@ const schema = z
         permission_mode: z
           .enum(["default", "acceptEdits", "plan", "bypassPermissions", "dontAsk"])
           .default("acceptEdits"),
-        allowed_tools: z
-          .array(z.string().min(1))
-          .default(["Read", "Write", "Edit", "MultiEdit", "Glob", "Grep", "LS"]),
+        allowed_tools: listOf(100).default([
+          "Read",
+          "Write",
+          "Edit",
+          "MultiEdit",
+          "Glob",
+          "Grep",
+          "LS",
+        ]),
         /** A run printing nothing for this long is ended and failed. */
-        idle_timeout_seconds: seconds.default(300),
+        idle_timeout_seconds: seconds(DAY).default(300),
         /** A CLI still alive this long after its result line is ended (the result is kept). */
-        result_grace_seconds: seconds.default(5),
+        result_grace_seconds: seconds(HOUR).default(5),
         /** CLAUDE_CODE_MAX_RETRIES for the CLI's own API retries; -1 keeps the CLI's default (10). */
-        max_api_retries: z.number().int().min(-1).max(100).default(-1),
+        max_api_retries: count(-1, 100).default(-1),
         anthropic_api_key: z.string().default(""),
         anthropic_base_url: z.string().default(""),
         /** Memory limit of an agent container: bytes or a number with k, m or g. */
@@ -82,9 +133,13 @@ const schema = z
           .transform((v, ctx) => parseBytes(v, ctx))
           .default(2 * 1024 ** 3),
         /** CPUs of an agent container (fractional). */
-        container_cpu: z.coerce.number().positive().default(1),
+        container_cpu: z.coerce
+          .number()
+          .positive("must be more than 0")
+          .max(1024, "must be at most 1024")
+          .default(1),
         /** Most processes in an agent container. */
-        container_pids: z.number().int().positive().default(512),
+        container_pids: count(1, 4_194_304).default(512),
         /** Give every run the Broker's MCP tools (costs one small node process per run). */
         broker_tools: z.boolean().default(true),
         /** Workspaces are kept between tasks ("keep") or emptied before each task ("clean"). */
@@ -98,7 +153,7 @@ const schema = z
         socket_dir: z.string().min(1).default(".conductor/run"),
         /** The Orchestrator's socket; empty means orchestrator.sock in socket_dir. */
         socket_path: z.string().default(""),
-        message_timeout: seconds.default(5),
+        message_timeout: seconds(HOUR).default(5),
       })
       .strict()
       .prefault({}),
@@ -122,7 +177,7 @@ const schema = z
          * Host folders every process-runtime sandbox sees, read-only, besides the system
          * (/usr, /etc, …), the CLI's folder and node: e.g. toolchains under /opt.
          */
-        read_only_paths: stringList.default([]),
+        read_only_paths: listOf(100).default([]),
         /** none (default), host, or an engine network name. */
         network: z.string().min(1).default("none"),
         /**
@@ -135,9 +190,13 @@ const schema = z
           .regex(/^[1-9][0-9]*(:[1-9][0-9]*)?$/, "must be a non-root uid[:gid], e.g. 61000:61000")
           .default("61000:61000"),
         /** Soft=hard ulimits for agent containers, e.g. {nofile: 1024, nproc: 1024} (Podman needs them on some hosts). */
-        ulimits: z.record(z.string(), z.number().int().positive()).default({}),
+        ulimits: z.record(z.string(), count(1, 4_194_304)).default({}),
         /** How long a stopping container gets before SIGKILL. */
-        stop_grace_seconds: z.number().min(0).default(5),
+        stop_grace_seconds: z
+          .number()
+          .min(0, "must be 0 or more")
+          .max(HOUR, `must be at most ${span(HOUR)}`)
+          .default(5),
       })
       .strict()
       .prefault({}),
@@ -150,26 +209,26 @@ const schema = z
         /** The Broker's socket; empty means broker.sock in socket_dir. */
         socket_path: z.string().default(""),
         /** A delivered message not acknowledged within this is delivered again. */
-        ack_timeout_seconds: seconds.default(30),
+        ack_timeout_seconds: seconds(DAY).default(30),
         /** Most unacknowledged messages one inbox holds, from everyone; more is RESOURCE_EXHAUSTED. */
-        inbox_limit: z.number().int().min(1).max(1_000_000).default(1000),
+        inbox_limit: count(1, 1_000_000).default(1000),
         /**
          * Most unacknowledged messages one agent may have in another's inbox (its direct
          * messages, requests and topic copies), so no agent can silence others; unset means a
          * tenth of inbox_limit (at least 1). Replies and the Orchestrator's don't count.
          */
-        sender_share: z.number().int().min(1).max(1_000_000).optional(),
+        sender_share: count(1, 1_000_000).optional(),
         /**
          * Places of every inbox that only replies and the Orchestrator's messages may take:
          * agents' other messages fill at most inbox_limit - reply_reserve. Unset means a tenth
          * of inbox_limit.
          */
-        reply_reserve: z.number().int().min(0).max(1_000_000).optional(),
+        reply_reserve: count(0, 1_000_000).optional(),
         /** A message nobody acknowledges is dropped after this long (and a message's TTL can't be longer). */
-        ttl_seconds: seconds.default(86_400),
-        max_payload_bytes: z.number().int().min(1).max(3_000_000).default(65_536),
+        ttl_seconds: seconds(20 * DAY).default(86_400),
+        max_payload_bytes: count(1, 3_000_000).default(65_536),
         /** How long Request waits for a reply when the call names no timeout. */
-        request_timeout_seconds: seconds.default(60),
+        request_timeout_seconds: seconds(HOUR).default(60),
       })
       .strict()
       .prefault({})
@@ -177,14 +236,16 @@ const schema = z
     observability: z
       .object({
         log_level: z.enum(["debug", "info", "warn", "error"]).default("info"),
+        /** Logs on stderr: "text" for a person, "json" lines; "auto" is text on a terminal. */
+        log_format: z.enum(["auto", "text", "json"]).default("auto"),
         /** Address the /metrics endpoints listen on; 0.0.0.0 to let other hosts scrape. */
         metrics_host: z.string().min(1).default("127.0.0.1"),
         /** /metrics of the Orchestrator (and of `conductor up`); 0 picks a free port, -1 turns it off. */
-        metrics_port: z.number().int().min(-1).max(65535).default(9464),
+        metrics_port: count(-1, 65535).default(9464),
         /** /metrics of an AgentHost run on its own (`conductor agent-host`); 0 free, -1 off. */
-        agent_host_metrics_port: z.number().int().min(-1).max(65535).default(9465),
+        agent_host_metrics_port: count(-1, 65535).default(9465),
         /** /metrics of a Broker run on its own (`conductor broker`); 0 free, -1 off. */
-        broker_metrics_port: z.number().int().min(-1).max(65535).default(9466),
+        broker_metrics_port: count(-1, 65535).default(9466),
       })
       .strict()
       .prefault({}),
@@ -229,46 +290,171 @@ export type Config = z.infer<typeof schema>;
 export interface ConfigSources {
   /** A YAML file; missing keys take defaults. */
   file?: string | undefined;
-  /** Environment: CONDUCTOR_<SECTION>_<KEY> overrides a key; ANTHROPIC_* feed agent.*. */
+  /**
+   * Environment: CONDUCTOR_<SECTION>_<KEY> overrides a key (any other CONDUCTOR_* name but
+   * NON_CONFIG_VARIABLES is refused); ANTHROPIC_* feed agent.*.
+   */
   env?: Record<string, string | undefined>;
   /** Flag values by dotted key, e.g. {"orchestrator.num_agents": 3}. They win over everything. */
   flags?: Record<string, unknown>;
+  /** The flag that set a dotted key, e.g. {"orchestrator.num_agents": "--agents"}, for errors. */
+  flagNames?: Record<string, string>;
   /** Relative paths are resolved against this folder (default: the process's cwd). */
   cwd?: string;
 }
 
 const SECTIONS = Object.keys(schema.shape) as (keyof Config)[];
 
-/** Reads, merges and validates the configuration once, at start. */
+/**
+ * CONDUCTOR_* variables that are not configuration keys, and so are not refused: the CLI's
+ * CONDUCTOR_SOCKET (which Conductor a client command talks to), what an AgentHost sets in every
+ * agent's environment (a `conductor` command run by an agent sees them), the agent image build's
+ * CONDUCTOR_IMAGE, and the test suites' own.
+ */
+export const NON_CONFIG_VARIABLES: ReadonlySet<string> = new Set([
+  "CONDUCTOR_SOCKET",
+  "CONDUCTOR_AGENT_ID",
+  "CONDUCTOR_AGENT_DIR",
+  "CONDUCTOR_TASK_ID",
+  "CONDUCTOR_MODEL_SOCKET",
+  "CONDUCTOR_MODEL_PORT",
+  "CONDUCTOR_LIFELINE_SOCKET",
+  "CONDUCTOR_SANDBOX",
+  "CONDUCTOR_IMAGE",
+  "CONDUCTOR_TEST",
+  "CONDUCTOR_TEST_RUNTIMES",
+  "CONDUCTOR_TEST_IMAGE",
+  "CONDUCTOR_TEST_PODMAN_SOCKET",
+]);
+
+/** Keys whose values an error never quotes. */
+const SECRET_KEYS = new Set(["agent.anthropic_api_key"]);
+
+/** Every configuration key, dotted ("agent.model"), in schema order. */
+export function configKeys(): string[] {
+  return SECTIONS.flatMap((section) => {
+    const inner = unwrap(schema.shape[section]);
+    return Object.keys(inner.shape).map((k) => `${section}.${k}`);
+  });
+}
+
+function unwrap(t: unknown): { shape: Record<string, unknown> } {
+  // A section is an object schema behind .prefault() and, for broker, .transform().
+  let cur = t as { shape?: Record<string, unknown>; def?: { innerType?: unknown; in?: unknown } };
+  while (!cur.shape) cur = (cur.def?.innerType ?? cur.def?.in) as typeof cur;
+  return cur as { shape: Record<string, unknown> };
+}
+
+/** The environment variable of a key: agent.model → CONDUCTOR_AGENT_MODEL. */
+export function envName(key: string): string {
+  return `CONDUCTOR_${key.replace(".", "_").toUpperCase()}`;
+}
+
+/** Where a raw value came from, for error messages. */
+type Origins = Map<string, string>;
+
+/** Reads, merges and validates the configuration once, at start; every problem is reported. */
 export function loadConfig(sources: ConfigSources = {}): Config {
   const raw: Record<string, Record<string, unknown>> = {};
-  if (sources.file) mergeInto(raw, readYaml(sources.file), sources.file);
+  const origins: Origins = new Map();
+  const problems: string[] = [];
+  if (sources.file) mergeInto(raw, origins, readYaml(sources.file), sources.file, problems);
   const env = sources.env ?? {};
-  if (env["ANTHROPIC_API_KEY"]) set(raw, "agent.anthropic_api_key", env["ANTHROPIC_API_KEY"]);
-  if (env["ANTHROPIC_BASE_URL"]) set(raw, "agent.anthropic_base_url", env["ANTHROPIC_BASE_URL"]);
-  if (env["DOCKER_HOST"]) set(raw, "runtime.docker_host", env["DOCKER_HOST"]);
-  if (env["XDG_RUNTIME_DIR"]) set(raw, "runtime.xdg_runtime_dir", env["XDG_RUNTIME_DIR"]);
+  const fromEnv = (name: string, key: string, value: unknown) => {
+    set(raw, key, value);
+    const shown = SECRET_KEYS.has(key) ? "" : `=${quote(String(env[name]))}`;
+    origins.set(key, `${name}${shown}`);
+  };
+  if (env["ANTHROPIC_API_KEY"])
+    fromEnv("ANTHROPIC_API_KEY", "agent.anthropic_api_key", env["ANTHROPIC_API_KEY"]);
+  if (env["ANTHROPIC_BASE_URL"])
+    fromEnv("ANTHROPIC_BASE_URL", "agent.anthropic_base_url", env["ANTHROPIC_BASE_URL"]);
+  if (env["DOCKER_HOST"]) fromEnv("DOCKER_HOST", "runtime.docker_host", env["DOCKER_HOST"]);
+  if (env["XDG_RUNTIME_DIR"])
+    fromEnv("XDG_RUNTIME_DIR", "runtime.xdg_runtime_dir", env["XDG_RUNTIME_DIR"]);
+  const known = new Map(configKeys().map((k) => [envName(k), k]));
   for (const [name, value] of Object.entries(env)) {
-    if (!name.startsWith("CONDUCTOR_") || value === undefined) continue;
-    const rest = name.slice("CONDUCTOR_".length).toLowerCase();
-    const section = SECTIONS.find((s) => rest.startsWith(`${s}_`));
-    if (!section) continue;
-    set(raw, `${section}.${rest.slice(section.length + 1)}`, parseScalar(value), name);
+    if (!name.startsWith("CONDUCTOR_") || value === undefined || NON_CONFIG_VARIABLES.has(name))
+      continue;
+    const key = known.get(name);
+    if (key) fromEnv(name, key, parseScalar(value));
+    else problems.push(unknownVariable(name, [...known.keys()]));
   }
   for (const [key, value] of Object.entries(sources.flags ?? {})) {
-    if (value !== undefined) set(raw, key, value);
+    if (value === undefined) continue;
+    set(raw, key, value);
+    const flag = sources.flagNames?.[key];
+    origins.set(key, flag ? `${flag} ${quote(JSON.stringify(value))}` : "a flag");
   }
   const result = schema.safeParse(raw);
-  if (!result.success) {
-    const issue = result.error.issues[0]!;
-    const key = issue.path.join(".");
-    const unknown =
-      issue.code === "unrecognized_keys" ? ` (unknown key ${issue.keys.join(", ")})` : "";
-    throw new ConfigError(
-      `configuration key "${key || "(top level)"}": ${issue.message}${unknown}`,
-    );
+  if (!result.success) problems.push(...result.error.issues.flatMap((i) => describe(i, origins)));
+  if (problems.length > 0) throw new ConfigError(problems);
+  return resolvePaths(result.data!, sources.cwd ?? process.cwd());
+}
+
+/** One line per bad key of a zod issue (an unknown-keys issue names several). */
+function describe(issue: z.core.$ZodIssue, origins: Origins): string[] {
+  const at = issue.path.map(String);
+  if (issue.code === "unrecognized_keys") {
+    return issue.keys.map((k) => {
+      const key = [...at, k].join(".");
+      const what =
+        at.length === 0 ? `unknown section (sections: ${SECTIONS.join(", ")})` : "unknown key";
+      return `${origin(origins, key)}configuration key "${key}": ${what}${suggest(key)}`;
+    });
   }
-  return resolvePaths(result.data, sources.cwd ?? process.cwd());
+  const key = at.join(".");
+  return [`${origin(origins, key)}configuration key "${key || "(top level)"}": ${issue.message}`];
+}
+
+function origin(origins: Origins, key: string): string {
+  const o = origins.get(key) ?? origins.get(key.split(".")[0]!);
+  return o ? `${o}: ` : "";
+}
+
+function suggest(key: string): string {
+  const near = closest(key, key.includes(".") ? configKeys() : SECTIONS);
+  return near ? `; did you mean "${near}"?` : "";
+}
+
+function unknownVariable(name: string, known: string[]): string {
+  const near = closest(name, known);
+  return (
+    `environment variable ${name} is not a configuration key` +
+    (near ? `; did you mean ${near}?` : "") +
+    " (keys are CONDUCTOR_<SECTION>_<KEY>, e.g. CONDUCTOR_ORCHESTRATOR_NUM_AGENTS; unset it, or see `conductor config print`)"
+  );
+}
+
+/** The candidate nearest to `word` by edit distance, if it is near enough to be a typo. */
+function closest(word: string, candidates: string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Math.max(2, Math.floor(word.length / 4)) + 1;
+  for (const c of candidates) {
+    const d = editDistance(word.toLowerCase(), c.toLowerCase());
+    if (d < bestDistance) [best, bestDistance] = [c, d];
+  }
+  return best;
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++)
+      cur[j] = Math.min(
+        prev[j]! + 1,
+        cur[j - 1]! + 1,
+        prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
+    prev = cur;
+  }
+  return prev[b.length]!;
+}
+
+/** A value as an error shows it: at most 40 characters. */
+function quote(v: string): string {
+  return v.length > 40 ? `${v.slice(0, 40)}…` : v;
 }
 
 function resolvePaths(config: Config, cwd: string): Config {
@@ -281,6 +467,8 @@ function resolvePaths(config: Config, cwd: string): Config {
   b.socket_path = b.socket_path
     ? path.resolve(cwd, b.socket_path)
     : path.join(c.socket_dir, "broker.sock");
+  const o = config.orchestrator;
+  if (o.agent_hosts.length === 0) o.agent_hosts = [path.join(c.socket_dir, "agent-host.sock")];
   config.storage.data_dir = path.resolve(cwd, config.storage.data_dir);
   config.runtime.read_only_paths = config.runtime.read_only_paths.map((p) => path.resolve(cwd, p));
   if (config.agent.claude_path)
@@ -309,35 +497,41 @@ function readYaml(file: string): unknown {
   }
 }
 
-function mergeInto(raw: Record<string, Record<string, unknown>>, doc: unknown, origin: string) {
+function mergeInto(
+  raw: Record<string, Record<string, unknown>>,
+  origins: Origins,
+  doc: unknown,
+  file: string,
+  problems: string[],
+) {
   if (typeof doc !== "object" || doc === null || Array.isArray(doc)) {
-    throw new ConfigError(`configuration file ${origin} must be a mapping of sections`);
+    throw new ConfigError(`configuration file ${file} must be a mapping of sections`);
   }
   for (const [section, body] of Object.entries(doc)) {
+    origins.set(section, file);
     if (typeof body !== "object" || body === null || Array.isArray(body)) {
-      throw new ConfigError(`configuration key "${section}": must be a mapping`);
+      problems.push(`${file}: configuration key "${section}": must be a mapping of keys`);
+      continue;
     }
-    for (const [key, value] of Object.entries(body as Record<string, unknown>))
+    for (const [key, value] of Object.entries(body as Record<string, unknown>)) {
       set(raw, `${section}.${key}`, value);
+      origins.set(`${section}.${key}`, file);
+    }
   }
 }
 
-function set(
-  raw: Record<string, Record<string, unknown>>,
-  dotted: string,
-  value: unknown,
-  origin = dotted,
-) {
+function set(raw: Record<string, Record<string, unknown>>, dotted: string, value: unknown) {
   const [section, key, ...more] = dotted.split(".");
   if (!section || !key || more.length > 0) {
-    throw new ConfigError(`configuration key "${origin}": expected <section>.<key>`);
+    throw new ConfigError(`configuration key "${dotted}": expected <section>.<key>`);
   }
   (raw[section] ??= {})[key] = value;
 }
 
-/** "2g", "512m", "1024k" or a plain number of bytes. */
+const MAX_CONTAINER_MEMORY = 1024 ** 4;
+
+/** "2g", "512m", "1024k" or a plain number of bytes, from 4 MiB to 1 TiB. */
 function parseBytes(v: string | number, ctx: z.RefinementCtx): number {
-  if (typeof v === "number" && Number.isInteger(v) && v > 0) return v;
   const m = /^(\d+(?:\.\d+)?)\s*([kmg]?)b?$/i.exec(String(v).trim());
   if (!m) {
     ctx.addIssue({ code: "custom", message: `"${v}" is not a size; use bytes or e.g. 512m, 2g` });
@@ -346,7 +540,12 @@ function parseBytes(v: string | number, ctx: z.RefinementCtx): number {
   const unit = { "": 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[
     m[2]!.toLowerCase() as "" | "k" | "m" | "g"
   ];
-  return Math.round(Number(m[1]) * unit);
+  const bytes = Math.round(Number(m[1]) * unit);
+  if (bytes < 4 * 1024 ** 2 || bytes > MAX_CONTAINER_MEMORY) {
+    ctx.addIssue({ code: "custom", message: `must be from 4m to 1024g, got "${v}"` });
+    return z.NEVER;
+  }
+  return bytes;
 }
 
 /** Environment values are YAML scalars ("3" is a number); a comma list becomes an array. */

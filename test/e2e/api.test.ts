@@ -202,11 +202,13 @@ describe("the Orchestrator's API", () => {
     };
     expect(task.state).toBe("TASK_STATE_SUCCEEDED");
     expect(task.result.text).toBe("from the cli");
-    const got = await run(process.execPath, [cli, "get", task.id, ...args]);
+    const got = await run(process.execPath, [cli, "get", task.id, "--json", ...args]);
     expect(JSON.parse(got.stdout)).toMatchObject({ id: task.id, spec: { priority: 3 } });
     const list = await run(process.execPath, [cli, "tasks", "--state", "succeeded", ...args]);
     expect(list.stdout).toContain(task.id);
-    const stats = JSON.parse((await run(process.execPath, [cli, "stats", ...args])).stdout) as {
+    const stats = JSON.parse(
+      (await run(process.execPath, [cli, "stats", "--json", ...args])).stdout,
+    ) as {
       tasksByState: Record<string, string>;
       agentsIdle: number;
       agentsBusy: number;

@@ -21,6 +21,7 @@ import { useConductor } from "./use-conductor.ts";
 const run = promisify(execFile);
 const FOUR_MIB = 4 * 1024 * 1024;
 const PY_CLIENT = path.join(ROOT, "test", "clients", "raw_call.py");
+const CLI = path.join(ROOT, "bin", "conductor.js");
 /** Debian's Python, whose python3-grpcio is the client (another python3 on PATH may lack it). */
 const PYTHON = "/usr/bin/python3";
 const SERVICE = "/conductor.v1.OrchestratorService";
@@ -171,6 +172,18 @@ describe("bounds: what is accepted runs, and every response fits any client", ()
         line += text;
       const parsed = JSON.parse(line) as { message: { content: { text?: string }[] } };
       expect(parsed.message.content.map((c) => c.text ?? "").join("")).toBe(whole);
+
+      // The same two from the command line: `conductor output`.
+      const where = ["--socket-dir", setup.conductor.socketDir];
+      const big = { maxBuffer: 64 * 1024 * 1024 };
+      const printed = await run(process.execPath, [CLI, "output", id, ...where], big);
+      expect(printed.stdout).toBe(whole);
+      const printedLine = await run(
+        process.execPath,
+        [CLI, "output", id, "--event", String(long!.seq), ...where],
+        big,
+      );
+      expect(printedLine.stdout).toBe(line);
     },
   );
 

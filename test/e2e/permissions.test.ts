@@ -51,7 +51,11 @@ describe("a denied tool call", () => {
     );
     expect(watched.stdout).toMatch(/1 tool call\(s\) denied: Bash/);
 
-    const got = await run(process.execPath, [CLI, "get", id, ...args]);
+    const shown = await run(process.execPath, [CLI, "get", id, ...args]);
+    expect(shown.stdout).toMatch(
+      /^denied +Bash \{"command":"echo hi > denied\.txt".*: .*denied\.txt/m,
+    );
+    const got = await run(process.execPath, [CLI, "get", id, "--json", ...args]);
     const json = JSON.parse(got.stdout) as {
       state: string;
       result: { deniedToolCalls: { name: string; inputJson: string; denial: string }[] };

@@ -1,0 +1,190 @@
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import {
+  TaskState,
+  type Task,
+  type TaskEvent,
+  type TaskResult,
+} from "../../gen/conductor/v1/task_pb.js";
+
+/** A task state as a person reads it: "SUCCEEDED", "TIMED_OUT". */
+export const stateName = (s: TaskState): string => TaskState[s] ?? `STATE_${s}`;
+
+/** Columns padded to their widest cell (the last one is not padded). */
+export function table(header: string[], rows: string[][]): string[] {
+  const all = [header, ...rows];
+  const widths = header.map((_, i) => Math.max(...all.map((r) => (r[i] ?? "").length)));
+  return all.map((r) =>
+    r
+      .map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!)))
+      .join("  ")
+      .trimEnd(),
+  );
+}
+
+/** US dollars with the digits that matter: $0, $0.00028, $0.0123, $1.23. */
+export function usd(n: number): string {
+  if (n === 0) return "$0";
+  if (Math.abs(n) >= 1) return `$${n.toFixed(2)}`;
+  return `$${Number(n.toPrecision(2))}`;
+}
+
+/** A count with thousands separators: 12,345. */
+export function count(n: number | bigint): string {
+  return n.toLocaleString("en-US");
+}
+
+/** A duration: 850 ms, 1.2 s, 3 min 4 s, 2 h 5 min. */
+export function duration(ms: number): string {
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  const s = ms / 1000;
+  if (s < 60) return `${Number(s.toPrecision(2))} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+  return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+}
+
+/** Milliseconds since the epoch of a timestamp (undefined when unset). */
+export function millis(t: Timestamp | undefined): number | undefined {
+  return t && (t.seconds > 0n || t.nanos > 0)
+    ? Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6)
+    : undefined;
+}
+
+/** How long ago: "just now", "42 s ago", "5 min ago", "3 h ago", "2 d ago". */
+export function ago(t: Timestamp | undefined, now = Date.now()): string {
+  const at = millis(t);
+  if (at === undefined) return "-";
+  const s = Math.max(0, Math.round((now - at) / 1000));
+  if (s < 5) return "just now";
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86_400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86_400)} d ago`;
+}
+
+/** A local date and time with how long ago it was. */
+function when(t: Timestamp | undefined): string {
+  const at = millis(t);
+  if (at === undefined) return "-";
+  const d = new Date(at);
+  const pad = (n: number) => String(n).padStart(2, "0");
+  const local = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  return `${local} (${ago(t)})`;
+}
+
+/** One line, at most `max` characters, for a table cell. */
+export function oneLine(s: string, max: number): string {
+  const flat = s.replace(/\s+/g, " ").trim();
+  return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
+}
+
+/** Whether the model was used at all: turns, tokens or cost (a task cancelled early has none). */
+function used(r: TaskResult): boolean {
+  const u = r.usage;
+  return (
+    r.numTurns > 0 || r.costUsd > 0 || (u !== undefined && u.inputTokens + u.outputTokens > 0n)
+  );
+}
+
+/**
+ * What a run used, "3 turns · 1,234 tokens in, 56 out · $0.00028 · 1.2 s"; only the time when
+ * the model was never used, and nothing when nothing ran.
+ */
+export function usage(r: TaskResult): string | undefined {
+  const took = r.durationMs > 0n ? duration(Number(r.durationMs)) : undefined;
+  if (!used(r)) return took && `ran ${took}`;
+  return [
+    `${r.numTurns} turn${r.numTurns === 1 ? "" : "s"}`,
+    `${count(r.usage?.inputTokens ?? 0n)} tokens in, ${count(r.usage?.outputTokens ?? 0n)} out`,
+    usd(r.costUsd),
+    ...(took ? [took] : []),
+  ].join(" · ");
+}
+
+/** A task as `conductor get` shows it. */
+export function taskText(t: Task): string[] {
+  const s = t.spec;
+  const rows: [string, string][] = [
+    ["id", t.id],
+    ["state", stateName(t.state)],
+    ["agent", t.agentId || "-"],
+    ["attempts", `${t.attempts}${s?.maxAttempts ? ` of ${s.maxAttempts}` : ""}`],
+    ["created", when(t.createTime)],
+    ["started", when(t.startTime)],
+    ["ended", when(t.endTime)],
+    ["type", s?.type || "generic"],
+    ["priority", String(s?.priority ?? 0)],
+  ];
+  if (s?.model) rows.push(["model", s.model]);
+  if (s?.maxTurns) rows.push(["max turns", String(s.maxTurns)]);
+  if (s?.timeoutSeconds) rows.push(["timeout", `${s.timeoutSeconds} s`]);
+  if (s?.permissionMode) rows.push(["permissions", s.permissionMode]);
+  if (s?.allowedTools.length) rows.push(["tools", s.allowedTools.join(", ")]);
+  const labels = Object.entries(s?.labels ?? {});
+  if (labels.length) rows.push(["labels", labels.map(([k, v]) => `${k}=${v}`).join(" ")]);
+  if (s?.idempotencyKey) rows.push(["idempotency", s.idempotencyKey]);
+  const r = t.result;
+  if (r) {
+    if (r.error) rows.push(["error", r.error]);
+    const used = usage(r);
+    if (used) rows.push(["run", used]);
+    if (r.sessionId) rows.push(["session", r.sessionId]);
+    for (const d of r.deniedToolCalls) {
+      rows.push([
+        "denied",
+        `${d.name} ${oneLine(d.inputJson, 120)}${d.denial ? `: ${d.denial}` : ""}`,
+      ]);
+    }
+    if (r.truncated) rows.push(["truncated", "the whole result: GetTaskOutput (event_seq 0)"]);
+  }
+  const width = Math.max(...rows.map(([k]) => k.length)) + 2;
+  const lines = rows.map(([k, v]) => `${k.padEnd(width)}${v}`);
+  lines.push("", "prompt:", indent(s?.prompt ?? ""));
+  if (r?.text) lines.push("", "result:", indent(r.text));
+  return lines;
+}
+
+function indent(text: string): string {
+  return text
+    .split("\n")
+    .map((l) => `  ${l}`)
+    .join("\n");
+}
+
+/** An event as `conductor watch` shows it, as lines (none for lines it has nothing to say about). */
+export function eventText(e: TaskEvent): string[] {
+  const k = e.kind;
+  if (k.case === "stateChange") {
+    const v = k.value;
+    const parts = [`[${stateName(v.state)}]`];
+    if (v.agentId) parts.push(`agent=${v.agentId}`);
+    if (v.attempt) parts.push(`attempt=${v.attempt}`);
+    if (v.reason) parts.push(v.reason);
+    return [parts.join(" ")];
+  }
+  if (k.case === "output") {
+    const o = k.value;
+    const lines: string[] = [];
+    if (o.type === "assistant" && o.text) lines.push(`  ${o.text}`);
+    if (o.type === "conductor" && o.text) lines.push(`  ! ${o.text}`);
+    for (const t of o.toolCalls) lines.push(`  → ${t.name} ${oneLine(t.inputJson, 120)}`);
+    for (const t of o.deniedToolCalls) {
+      const why = t.denial ? `: ${oneLine(t.denial, 200)}` : "";
+      lines.push(`  ✗ denied ${t.name} ${oneLine(t.inputJson, 120)}${why}`);
+    }
+    return lines;
+  }
+  if (k.case === "result") {
+    const r = k.value;
+    const lines = [`result: ${r.error || r.text}`];
+    const denied = r.deniedToolCalls;
+    if (denied.length > 0) {
+      lines.push(
+        `  ✗ ${denied.length} tool call(s) denied: ${denied.map((t) => t.name).join(", ")}`,
+      );
+    }
+    const used = usage(r);
+    if (used) lines.push(`  ${used}`);
+    return lines;
+  }
+  return [];
+}

@@ -1,0 +1,136 @@
+import path from "node:path";
+import type { Config } from "../shared/config.ts";
+import { createLogger, type Logger } from "../shared/log.ts";
+import { privateDataDir } from "../shared/private.ts";
+import { startObservability } from "./observe.ts";
+import {
+  agentHostSocket,
+  startAgentHost,
+  startBroker,
+  startOrchestrator,
+  type Running,
+} from "./services.ts";
+import { textLogWriter } from "./text-log.ts";
+
+/** What a serving command prints to, and whether a person watches it. */
+export interface ServeIO {
+  env: Record<string, string | undefined>;
+  stdout: { write(s: string): unknown; isTTY?: boolean };
+  stderr: { write(s: string): unknown; isTTY?: boolean };
+  /** --json: JSON logs and ready line whatever the terminal. */
+  json: boolean;
+}
+
+/** Runs the services named by `command` until SIGINT/SIGTERM. */
+export async function serve(command: string, config: Config, io: ServeIO): Promise<number> {
+  const format = config.observability.log_format;
+  const text = !io.json && (format === "text" || (format === "auto" && io.stderr.isTTY === true));
+  const write = (s: string) => void io.stderr.write(s);
+  const log = createLogger(
+    config.observability.log_level,
+    { node: config.orchestrator.node_id },
+    text ? textLogWriter(write) : write,
+  );
+  // Everything a service writes (databases, keys, sockets, logs) is its user's alone; what
+  // agents must read is made readable explicitly (services/shared/agent-files.ts).
+  process.umask(0o077);
+  privateDataDir(config.storage.data_dir);
+  const runsAgents = command === "up" || command === "agent-host";
+  if (runsAgents) warnNoApiKey(config, log, io);
+  const observability = await startObservability(command, config, io.env, log);
+  const { obs } = observability;
+  const running: Running[] = [];
+  try {
+    // The Broker first, so the AgentHost can register its agents with it.
+    if (command === "up" || command === "broker") running.push(await startBroker(config, log, obs));
+    if (runsAgents)
+      running.push(await startAgentHost(config, log, io.env["PATH"] ?? "/usr/bin:/bin", obs));
+    if (command === "up" || command === "orchestrator")
+      running.push(await startOrchestrator(config, log, obs));
+  } catch (e) {
+    for (const r of running.reverse()) await r.stop().catch(() => undefined);
+    await observability.stop();
+    throw e;
+  }
+  const ready = readyLine(command, config, observability.metricsUrl);
+  const human = !io.json && format !== "json" && io.stdout.isTTY === true;
+  io.stdout.write(human ? readyText(command, config, ready) : JSON.stringify(ready) + "\n");
+  await new Promise<void>((resolve) => {
+    process.once("SIGINT", resolve);
+    process.once("SIGTERM", resolve);
+  });
+  log.info("shutting down");
+  // The Orchestrator first, so runs end as interrupted rather than failed.
+  for (const r of running.reverse()) await r.stop();
+  await observability.stop();
+  return 0;
+}
+
+/**
+ * The ready line: `socket` is the socket of the service the command runs (up: the
+ * Orchestrator's, which clients use), and `up` names every socket it serves.
+ */
+export function readyLine(
+  command: string,
+  config: Config,
+  metricsUrl: string | undefined,
+): Record<string, unknown> {
+  const own: Record<string, string> = {
+    up: config.communication.socket_path,
+    orchestrator: config.communication.socket_path,
+    "agent-host": agentHostSocket(config),
+    broker: config.broker.socket_path,
+  };
+  return {
+    ready: command,
+    socket: own[command],
+    socket_dir: config.communication.socket_dir,
+    ...(command === "up"
+      ? { agent_host_socket: agentHostSocket(config), broker_socket: config.broker.socket_path }
+      : {}),
+    metrics: metricsUrl ?? null,
+  };
+}
+
+function readyText(command: string, config: Config, ready: Record<string, unknown>): string {
+  const what: Record<string, string> = {
+    up: `Conductor is up: Orchestrator, AgentHost (${config.orchestrator.num_agents} agents, ${config.runtime.backend} runtime) and Broker`,
+    orchestrator: "The Orchestrator is serving",
+    "agent-host": `The AgentHost is serving (${config.orchestrator.num_agents} agents, ${config.runtime.backend} runtime)`,
+    broker: "The Broker is serving",
+  };
+  const rows: [string, unknown][] = [
+    ["socket", ready["socket"]],
+    ["agent host", ready["agent_host_socket"]],
+    ["broker", ready["broker_socket"]],
+    ["metrics", ready["metrics"]],
+    ["data", config.storage.data_dir],
+  ];
+  const lines = rows.filter(([, v]) => v).map(([k, v]) => `  ${k.padEnd(11)}${String(v)}`);
+  const socket = config.communication.socket_path;
+  const home = path.dirname(path.dirname(socket));
+  const found =
+    socket.endsWith(path.join(".conductor", "run", "orchestrator.sock")) &&
+    `from ${path.dirname(home)} or a folder below it`;
+  const hint =
+    command === "up" || command === "orchestrator"
+      ? `\nSubmit a task ${found || `with CONDUCTOR_SOCKET=${socket}`}: npx conductor submit "Say hello" --wait\n`
+      : "";
+  return `${what[command]}.\n${lines.join("\n")}\n${hint}Stop with Ctrl-C.\n`;
+}
+
+/**
+ * Without an API key every run fails with the CLI's own "Not logged in · Please run /login":
+ * say at start, in Conductor's words, what to set.
+ */
+function warnNoApiKey(config: Config, log: Logger, io: ServeIO): void {
+  if (config.agent.anthropic_api_key) return;
+  const what =
+    'no Anthropic API key is set, so every task will fail (the Claude Code CLI answers "Not logged in")';
+  log.warn(what, { key: "agent.anthropic_api_key" });
+  io.stderr.write(
+    `conductor: WARNING: ${what}.\n` +
+      `  Set ANTHROPIC_API_KEY (or agent.anthropic_api_key in the --config file) and start again,\n` +
+      `  e.g. ANTHROPIC_API_KEY=sk-ant-… npx conductor up. ANTHROPIC_BASE_URL names another Messages API.\n`,
+  );
+}
