@@ -40,13 +40,14 @@ export interface ServiceProcess {
   kill9(): Promise<void>;
 }
 
-/** Starts `conductor <command> …` and resolves once it printed its ready line. */
+/** Starts `conductor <command> …` (of `bin`, another checkout's for benches) once it printed its ready line. */
 export async function startService(
   command: string,
   args: string[],
   env: Record<string, string>,
+  bin = BIN,
 ): Promise<ServiceProcess> {
-  const proc = spawn(process.execPath, [BIN, command, ...args], {
+  const proc = spawn(process.execPath, [bin, command, ...args], {
     env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -168,6 +168,7 @@ export async function startOrchestrator(
     rpcTimeoutMs: config.communication.message_timeout * 1000,
     defaultTimeoutMs: o.default_timeout_seconds * 1000,
     unconfirmedAttemptTimeoutMs: o.unconfirmed_attempt_timeout_seconds * 1000,
+    outputRetentionBytes: o.event_retention_bytes,
     log: log.child({ service: "orchestrator" }),
     observer,
     hostInterceptors: obs?.clientInterceptors ?? [],

@@ -33,7 +33,10 @@ export class ArtifactStore {
   constructor(dataDir: string, log: Logger, maxTaskBytes = MAX_TASK_ARTIFACT_BYTES) {
     mkdirSync(dataDir, { recursive: true });
     this.db = new DatabaseSync(path.join(dataDir, "artifacts.db"));
-    this.db.exec("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;");
+    // Exclusive locking, as the task store: no -shm file, so it opens on a full disk too.
+    this.db.exec(
+      "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;",
+    );
     this.db.exec(SCHEMA);
     this.log = log;
     this.maxTaskBytes = maxTaskBytes;

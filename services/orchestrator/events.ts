@@ -1,12 +1,13 @@
 import { create } from "@bufbuild/protobuf";
 import {
   StateChangeSchema,
+  TaskEventSchema,
+  type Task,
   type TaskEvent,
   type TaskState,
 } from "../../gen/conductor/v1/task_pb.js";
-import { AsyncQueue } from "../shared/async-queue.ts";
 import type { OrchestratorObserver } from "./observer.ts";
-import { FINAL_STATES, type TaskStore } from "./store.ts";
+import { FINAL_STATES, type PageLimits, type TaskStore, type TaskUpdate } from "./store.ts";
 
 /** A state change as written to a task's events. */
 export interface Change {
@@ -17,78 +18,170 @@ export interface Change {
 }
 
 /**
- * A task's events: each is stored first, then handed to the task's watchers; state changes
+ * What one WatchTask stream reads from the store at a time: a stream holds at most one such
+ * page (plus the message being written), however long the history or slow the reader.
+ */
+export const WATCH_PAGE: PageLimits = { maxEvents: 256, maxBytes: 1024 * 1024 };
+
+/**
+ * A task's events: each is stored first — a state change in the same transaction as the task's
+ * row, so neither is ever stored without the other — then watchers are woken; state changes
  * also go to the observer (metrics, traces).
  */
 export class TaskEvents {
-  private readonly watchers = new Map<string, Set<(e: TaskEvent) => void>>();
+  /** Wakers of the streams that have read all of a task's stored events, by task. */
+  private readonly sleepers = new Map<string, Set<() => void>>();
   private readonly store: TaskStore;
   private readonly observer: OrchestratorObserver | undefined;
+  private readonly page: PageLimits;
 
-  constructor(store: TaskStore, observer: OrchestratorObserver | undefined) {
+  constructor(
+    store: TaskStore,
+    observer: OrchestratorObserver | undefined,
+    page: PageLimits = WATCH_PAGE,
+  ) {
     this.store = store;
     this.observer = observer;
+    this.page = page;
   }
 
-  /** A durable change of state (the store's row has already changed). */
-  record(id: string, change: Change, now: number): void {
-    const value = create(StateChangeSchema, change);
-    this.append(id, { case: "stateChange", value }, now);
+  /** Stores a new task and its first change (QUEUED) together; a duplicate adds no event. */
+  submitted(
+    insert: () => { task: Task; created: boolean },
+    change: Change,
+    now: number,
+  ): { task: Task; created: boolean } {
+    const out = this.store.tx(() => {
+      const r = insert();
+      if (r.created) this.store.appendEvent(r.task.id, stateChange(change), now);
+      return r;
+    });
+    if (out.created) this.told(out.task.id, change, now);
+    return out;
+  }
+
+  /**
+   * Changes a task still in one of `from` and stores the change, after the events `before`
+   * (e.g. the result), in one transaction. Returns whether the task was in `from`. Throws
+   * (StorageFull on a full disk) with nothing stored.
+   */
+  transition(
+    id: string,
+    from: TaskState[],
+    update: TaskUpdate,
+    change: Change,
+    now: number,
+    before: TaskEvent["kind"][] = [],
+  ): boolean {
+    const changed = this.store.tx(() => {
+      if (!this.store.transition(id, from, { ...update, state: change.state })) return false;
+      this.store.appendEvents(id, [...before, stateChange(change)], now);
+      return true;
+    });
+    if (changed) this.told(id, change, now);
+    return changed;
+  }
+
+  /** A word to watchers about the task's current state (no transition: not counted as one). */
+  note(id: string, change: Change, now: number): void {
+    this.append(id, stateChange(change), now);
+  }
+
+  /** Stores any event (output) and wakes the watchers; returns it as stored. */
+  append(id: string, kind: TaskEvent["kind"], now: number): TaskEvent {
+    const event = this.store.appendEvent(id, kind, now);
+    this.wake(id);
+    return event;
+  }
+
+  /**
+   * Streams a task's events from the store, a page at a time: the next page is read only
+   * once the previous one was taken by the stream (connect writes each message before asking
+   * for the next), so a reader that does not read holds one page. A stream that has read all
+   * there is sleeps until more is stored; it ends after the task's final state. A task that
+   * ended without its final event stored (a database from an older version) gets one made
+   * from its row, so every watch of an ended task ends.
+   */
+  async *watch(id: string, signal: AbortSignal): AsyncGenerator<TaskEvent> {
+    let last = 0n;
+    while (!signal.aborted) {
+      const page = this.store.eventPage(id, last, this.page);
+      for (const e of page) {
+        last = e.seq;
+        yield e;
+        if (isFinal(e)) return;
+      }
+      if (page.length > 0) continue;
+      // All stored events read; nothing can be stored between this check and the sleep.
+      const state = this.store.state(id);
+      if (state === undefined) return;
+      if (FINAL_STATES.has(state)) {
+        const task = this.store.get(id);
+        if (task) yield endFromRow(task, last + 1n);
+        return;
+      }
+      await this.sleep(id, signal);
+    }
+  }
+
+  private told(id: string, change: Change, now: number): void {
+    this.wake(id);
     const meta = this.observer && this.store.meta(id);
     if (!this.observer || !meta) return;
     this.observer.transition({
       ...meta,
       taskId: id,
-      state: value.state,
-      attempt: value.attempt,
-      agentId: value.agentId,
-      reason: value.reason,
+      state: change.state,
+      attempt: change.attempt ?? 0,
+      agentId: change.agentId ?? "",
+      reason: change.reason ?? "",
       at: now,
     });
   }
 
-  /** A word to watchers about the task's current state (no transition: not counted as one). */
-  note(id: string, change: Change, now: number): void {
-    this.append(id, { case: "stateChange", value: create(StateChangeSchema, change) }, now);
+  private wake(id: string): void {
+    const set = this.sleepers.get(id);
+    if (!set) return;
+    this.sleepers.delete(id);
+    for (const fn of set) fn();
   }
 
-  /** Stores any event (output, result) and tells the watchers; returns it as stored. */
-  append(id: string, kind: TaskEvent["kind"], now: number): TaskEvent {
-    const event = this.store.appendEvent(id, kind, now);
-    for (const fn of this.watchers.get(id) ?? []) fn(event);
-    return event;
+  /** Resolves when the next event of the task is stored, or the stream is aborted. */
+  private sleep(id: string, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      const set = this.sleepers.get(id) ?? new Set();
+      const done = () => {
+        signal.removeEventListener("abort", done);
+        set.delete(done);
+        if (set.size === 0 && this.sleepers.get(id) === set) this.sleepers.delete(id);
+        resolve();
+      };
+      set.add(done);
+      this.sleepers.set(id, set);
+      signal.addEventListener("abort", done, { once: true });
+    });
   }
+}
 
-  /** Streams a task's stored events, then live ones, ending after its final state. */
-  async *watch(id: string, signal: AbortSignal): AsyncGenerator<TaskEvent> {
-    const queue = new AsyncQueue<TaskEvent>();
-    const listener = (e: TaskEvent) => queue.push(e);
-    const set = this.watchers.get(id) ?? new Set();
-    set.add(listener);
-    this.watchers.set(id, set);
-    const onAbort = () => queue.end();
-    signal.addEventListener("abort", onAbort);
-    try {
-      let last = 0n;
-      for (const e of this.store.events(id)) {
-        last = e.seq;
-        yield e;
-        if (isFinal(e)) return;
-      }
-      for await (const e of queue) {
-        if (e.seq <= last) continue;
-        last = e.seq;
-        yield e;
-        if (isFinal(e)) return;
-      }
-    } finally {
-      signal.removeEventListener("abort", onAbort);
-      set.delete(listener);
-      if (set.size === 0) this.watchers.delete(id);
-    }
-  }
+function stateChange(change: Change): TaskEvent["kind"] {
+  return { case: "stateChange", value: create(StateChangeSchema, change) };
 }
 
 function isFinal(e: TaskEvent): boolean {
   return e.kind.case === "stateChange" && FINAL_STATES.has(e.kind.value.state);
+}
+
+/** The final state change of an ended task, made from its row (its stored one is missing). */
+function endFromRow(task: Task, seq: bigint): TaskEvent {
+  return create(TaskEventSchema, {
+    taskId: task.id,
+    seq,
+    ...(task.endTime ? { time: task.endTime } : {}),
+    kind: stateChange({
+      state: task.state,
+      agentId: task.agentId,
+      attempt: task.attempts,
+      reason: task.result?.error ?? "",
+    }),
+  });
 }

@@ -28,6 +28,8 @@ export interface OrchestratorOptions {
   rpcTimeoutMs: number;
   defaultTimeoutMs: number;
   pollIntervalMs?: number;
+  /** Most bytes of agent output kept per task (orchestrator.event_retention_bytes). */
+  outputRetentionBytes?: number;
   /**
    * How long an attempt whose AgentHost went silent is waited for before it is taken as over
    * (orchestrator.unconfirmed_attempt_timeout_seconds; default 600 s).
@@ -60,7 +62,11 @@ export class Orchestrator {
 
   constructor(opts: OrchestratorOptions) {
     this.opts = opts;
-    this.store = new TaskStore(opts.dataDir);
+    this.store = new TaskStore(opts.dataDir, {
+      ...(opts.outputRetentionBytes !== undefined
+        ? { outputRetentionBytes: opts.outputRetentionBytes }
+        : {}),
+    });
     this.artifacts = new ArtifactStore(opts.dataDir, opts.log);
     this.hosts = new HostRegistry(
       opts.agentHosts,
@@ -93,21 +99,21 @@ export class Orchestrator {
     });
   }
 
-  /** Stores a task (durably) and queues it; a known idempotency key returns the first task. */
+  /**
+   * Stores a task (durably, with its first event) and queues it; a known idempotency key
+   * returns the first task. A full disk throws StorageFull, with nothing stored.
+   */
   submit(input: TaskSpec | undefined): { task: Task; deduplicated: boolean } {
     const spec = validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes });
     const maxAttempts = spec.maxAttempts || this.opts.defaultMaxAttempts;
     const now = Date.now();
     const traceParent = this.opts.observer?.traceParent();
-    const { task, created } = this.store.insert(randomUUID(), spec, maxAttempts, now, traceParent);
-    if (created) {
-      this.events.record(
-        task.id,
-        { state: TaskState.QUEUED, agentId: "", attempt: 0, reason: "submitted" },
-        now,
-      );
-      queueMicrotask(() => this.schedule());
-    }
+    const { task, created } = this.events.submitted(
+      () => this.store.insert(randomUUID(), spec, maxAttempts, now, traceParent),
+      { state: TaskState.QUEUED, agentId: "", attempt: 0, reason: "submitted" },
+      now,
+    );
+    if (created) queueMicrotask(() => this.schedule());
     return { task, deduplicated: !created };
   }
 
@@ -149,10 +155,8 @@ export class Orchestrator {
       );
     }
     const now = Date.now();
-    if (
-      this.store.transition(id, [TaskState.QUEUED], { state: TaskState.CANCELLED, endTime: now })
-    ) {
-      this.events.record(id, { state: TaskState.CANCELLED, reason: "cancelled while queued" }, now);
+    const change = { state: TaskState.CANCELLED, reason: "cancelled while queued" };
+    if (this.events.transition(id, [TaskState.QUEUED], { endTime: now }, change, now)) {
       return this.get(id);
     }
     await this.runner.cancel(id);
@@ -189,6 +193,15 @@ export class Orchestrator {
    */
   schedule(): void {
     if (this.closed) return;
+    try {
+      this.scheduleNow();
+    } catch (e) {
+      // A store that cannot be read or written now (a full disk): the next poll tries again.
+      this.opts.log.error("scheduling failed; trying again at the next poll", { error: e });
+    }
+  }
+
+  private scheduleNow(): void {
     const held = this.runner.held();
     const free = this.hosts.idle().filter((r) => !held.has(r.key));
     const slots = Math.min(free.length, this.opts.maxWorkers - this.runner.size);

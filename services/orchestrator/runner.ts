@@ -1,8 +1,16 @@
+import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
 import type { RunOutcome } from "../../gen/conductor/v1/agent_host_pb.js";
-import { TaskResultSchema, TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
+import {
+  StateChangeSchema,
+  TaskResultSchema,
+  TaskState,
+  type Task,
+  type TaskEvent,
+} from "../../gen/conductor/v1/task_pb.js";
+import { precondition } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
 import { neverRan, UnconfirmedAttempts, type AttemptEnd } from "./attempts.ts";
 import type { ArtifactStore } from "./artifacts.ts";
@@ -38,6 +46,8 @@ interface ActiveRun {
   agentId: string;
   abort: AbortController;
   cancelRequested: boolean;
+  /** Its outcome is decided and waits for the store (a full disk): too late to cancel. */
+  holding: boolean;
   done: Promise<void>;
 }
 
@@ -48,9 +58,18 @@ interface Streamed {
   endedAt: number;
   outcome?: RunOutcome;
   error?: ConnectError;
+  /** Output events the store refused (a full disk), dropped. */
+  dropped: number;
+  /** Why the first of them was refused. */
+  droppedError: string;
 }
 
 const ACTIVE = [TaskState.SCHEDULED, TaskState.RUNNING];
+
+/** An outcome the store refused (a full disk) is tried again after this, doubling… */
+const STORE_RETRY_FIRST_MS = 250;
+/** …up to this between tries, until it is stored or the Orchestrator stops. */
+const STORE_RETRY_MAX_MS = 10_000;
 
 /**
  * Runs attempts on agents and decides what follows each: the outcome, a retry with backoff,
@@ -62,6 +81,8 @@ export class AttemptRunner {
   private readonly runs = new Map<string, ActiveRun>();
   private readonly unconfirmed: UnconfirmedAttempts;
   private closed = false;
+  /** Aborted by close(): ends the waits between tries to store an outcome. */
+  private readonly stopping = new AbortController();
   private readonly opts: AttemptRunnerOptions;
 
   constructor(opts: AttemptRunnerOptions) {
@@ -90,18 +111,19 @@ export class AttemptRunner {
 
   /** Starts a queued task's next attempt on an agent. */
   dispatch(task: Task, ref: AgentRef, now: number): void {
-    const { store, events, observer } = this.opts;
+    const { store, events, observer, log } = this.opts;
     const attempt = task.attempts + 1;
-    const ok = store.transition(task.id, [TaskState.QUEUED], {
-      state: TaskState.SCHEDULED,
-      agentId: ref.agent.id,
-      host: ref.host.address,
-      attempts: attempt,
-    });
-    if (!ok) return;
+    const update = { agentId: ref.agent.id, host: ref.host.address, attempts: attempt };
+    const change = { state: TaskState.SCHEDULED, agentId: ref.agent.id, attempt };
+    try {
+      if (!events.transition(task.id, [TaskState.QUEUED], update, change, now)) return;
+    } catch (e) {
+      // Nothing was stored: the task stays queued for a later schedule.
+      log.warn("could not schedule the task; it stays queued", { task_id: task.id, error: e });
+      return;
+    }
     ref.agent.state = AgentState.BUSY;
     ref.agent.taskId = task.id;
-    events.record(task.id, { state: TaskState.SCHEDULED, agentId: ref.agent.id, attempt }, now);
     const run = this.track(task.id, ref.host.address, ref.agent.id);
     const execute = () => this.execute(task, attempt, run, ref);
     const info = {
@@ -113,12 +135,16 @@ export class AttemptRunner {
       node: ref.agent.nodeId,
       traceParent: store.meta(task.id)?.traceParent ?? "",
     };
-    run.done = (observer ? observer.attempt(info, execute) : execute()).finally(() => {
-      if (ref.agent.state === AgentState.BUSY) ref.agent.state = AgentState.IDLE;
-      ref.agent.taskId = "";
-      ref.agent.tasksCompleted++;
-      this.release(task.id);
-    });
+    run.done = (observer ? observer.attempt(info, execute) : execute())
+      .catch((e: unknown) =>
+        log.error("the attempt failed unexpectedly", { task_id: task.id, error: e }),
+      )
+      .finally(() => {
+        if (ref.agent.state === AgentState.BUSY) ref.agent.state = AgentState.IDLE;
+        ref.agent.taskId = "";
+        ref.agent.tasksCompleted++;
+        this.release(task.id);
+      });
   }
 
   /**
@@ -147,14 +173,15 @@ export class AttemptRunner {
         ? this.awaitEnd(task.id, task.attempts, run, task.state, `${what}, on agent host ${host}`)
         : Promise.resolve({ kind: "confirmed", reason: "" });
       run.done = ended
-        .then((end) => {
+        .then(async (end) => {
           if (end.kind === "closed") return;
           const error =
             end.kind === "cancelled"
               ? "the run was stopped"
               : `interrupted: ${what}${end.reason ? `; ${end.reason}` : ""}`;
-          this.finish(task.id, task.attempts, lost(error), run, undefined, attemptLog);
+          await this.finish(task.id, task.attempts, lost(error), run, undefined, attemptLog);
         })
+        .catch((e: unknown) => attemptLog.error("recovery failed unexpectedly", { error: e }))
         .finally(() => this.release(task.id));
     }
   }
@@ -163,6 +190,11 @@ export class AttemptRunner {
   async cancel(id: string): Promise<void> {
     const run = this.runs.get(id);
     if (!run) return;
+    if (run.holding) {
+      throw precondition(
+        `task ${id} has already ended on its agent; its outcome waits for space on the disk to be stored, and will be (nothing to cancel)`,
+      );
+    }
     run.cancelRequested = true;
     // An attempt waiting for its lost host ends at once (CancelRun goes to the host best effort).
     if (!this.unconfirmed.cancel(id)) {
@@ -180,6 +212,7 @@ export class AttemptRunner {
   /** Ends every stream and wait; tasks keep their state for recovery on restart. */
   async close(): Promise<void> {
     this.closed = true;
+    this.stopping.abort();
     for (const run of this.runs.values()) run.abort.abort();
     await this.unconfirmed.close();
     await Promise.all([...this.runs.values()].map((r) => r.done));
@@ -192,6 +225,7 @@ export class AttemptRunner {
       agentId,
       abort: new AbortController(),
       cancelRequested: false,
+      holding: false,
       done: Promise.resolve(),
     };
     this.runs.set(id, run);
@@ -215,7 +249,7 @@ export class AttemptRunner {
     let outcome = s.outcome;
     if (!outcome && run.cancelRequested) outcome = lost("the run was stopped");
     if (!outcome && s.error && neverRan(s.error, s.started)) {
-      this.bounce(task.id, attempt, ref, s.error, log);
+      await this.bounce(task.id, attempt, ref, s.error, log);
       return;
     }
     if (!outcome) {
@@ -233,13 +267,22 @@ export class AttemptRunner {
           : `lost the agent host during the run (${why}); ${end.reason}`,
       );
     }
-    this.finish(task.id, attempt, outcome, run, s.endedAt - s.startedAt, log);
+    if (s.dropped > 0)
+      log.warn("output the store refused was dropped", { dropped_events: s.dropped });
+    const dropped = { count: s.dropped, error: s.droppedError };
+    await this.finish(task.id, attempt, outcome, run, s.endedAt - s.startedAt, log, dropped);
   }
 
   /** Follows a RunTask stream to its end; never throws (a broken stream is in `error`). */
   private async stream(task: Task, attempt: number, run: ActiveRun, ref: AgentRef) {
-    const { store, events } = this.opts;
-    const s: Streamed = { started: false, startedAt: Date.now(), endedAt: 0 };
+    const { events, log } = this.opts;
+    const s: Streamed = {
+      started: false,
+      startedAt: Date.now(),
+      endedAt: 0,
+      dropped: 0,
+      droppedError: "",
+    };
     try {
       const stream = ref.host.client.runTask(
         { agentId: run.agentId, taskId: task.id, attempt, spec: task.spec! },
@@ -248,24 +291,31 @@ export class AttemptRunner {
       for await (const res of stream) {
         const now = Date.now();
         switch (res.kind.case) {
-          case "started":
+          case "started": {
             s.started = true;
             s.startedAt = now;
-            store.transition(task.id, [TaskState.SCHEDULED], {
-              state: TaskState.RUNNING,
-              startTime: now,
-            });
-            events.record(
-              task.id,
-              { state: TaskState.RUNNING, agentId: run.agentId, attempt },
-              now,
-            );
+            const change = { state: TaskState.RUNNING, agentId: run.agentId, attempt };
+            try {
+              events.transition(task.id, [TaskState.SCHEDULED], { startTime: now }, change, now);
+            } catch (e) {
+              // The run goes on; its outcome is what must be stored (finish() insists).
+              log.warn("could not store that the run started", { task_id: task.id, error: e });
+            }
             break;
+          }
           case "output": {
             // A long line is cut to fit any client; its whole is kept for GetTaskOutput.
             const whole = boundOutput(res.kind.value);
-            const event = events.append(task.id, { case: "output", value: res.kind.value }, now);
-            if (whole !== undefined) this.opts.artifacts.keep(task.id, Number(event.seq), whole);
+            try {
+              const event = events.append(task.id, { case: "output", value: res.kind.value }, now);
+              if (whole !== undefined) this.opts.artifacts.keep(task.id, Number(event.seq), whole);
+            } catch (e) {
+              // Output is not kept in memory for later (it is unbounded): it is dropped, counted.
+              if (s.dropped++ === 0) {
+                s.droppedError = e instanceof Error ? e.message : String(e);
+                log.warn("could not store the run's output", { task_id: task.id, error: e });
+              }
+            }
             break;
           }
           case "outcome":
@@ -294,7 +344,11 @@ export class AttemptRunner {
   ): Promise<AttemptEnd> {
     const now = Date.now();
     const reason = `${what}; waiting for it to confirm the attempt has ended before retrying`;
-    this.opts.events.note(id, { state, agentId: run.agentId, attempt, reason }, now);
+    try {
+      this.opts.events.note(id, { state, agentId: run.agentId, attempt, reason }, now);
+    } catch (e) {
+      this.opts.log.warn("could not store the notice to watchers", { task_id: id, error: e });
+    }
     this.opts.observer?.attemptUnconfirmed({
       taskId: id,
       attempt,
@@ -309,17 +363,33 @@ export class AttemptRunner {
   /**
    * Records an attempt's outcome: the task ends, or is queued again when attempts are left.
    * `runMs` is undefined for an attempt this process did not see run (found after a restart).
+   * An outcome the store refuses (a full disk) is kept and stored once it can be; `dropped`
+   * output events the store refused are owned up to in a note before it.
    */
-  private finish(
+  private async finish(
     id: string,
     attempt: number,
     outcome: RunOutcome,
     run: ActiveRun,
     runMs: number | undefined,
     log: Logger,
-  ) {
+    dropped: { count: number; error: string } = { count: 0, error: "" },
+  ): Promise<void> {
     const { store, events } = this.opts;
     const now = Date.now();
+    const notes: TaskEvent["kind"][] = [];
+    if (dropped.count > 0) {
+      const reason = `${dropped.count} lines of the agent's output are missing: they could not be stored (${dropped.error})`;
+      notes.push({
+        case: "stateChange",
+        value: create(StateChangeSchema, {
+          state: TaskState.RUNNING,
+          agentId: run.agentId,
+          attempt,
+          reason,
+        }),
+      });
+    }
     const result = outcome.result ?? create(TaskResultSchema, {});
     const whole = boundResult(result);
     if (whole !== undefined) this.opts.artifacts.keep(id, 0, whole);
@@ -339,37 +409,71 @@ export class AttemptRunner {
     }
     if (state === TaskState.FAILED && attempt < maxAttempts && !outcome.permanent) {
       const backoff = Math.min(60_000, this.opts.retryBackoffMs * 2 ** (attempt - 1));
-      const update = { state: TaskState.QUEUED, host: "", notBefore: now + backoff, result };
-      if (store.transition(id, ACTIVE, update)) {
-        const reason = `attempt ${attempt} of ${maxAttempts} failed: ${result.error}; retrying in ${backoff / 1000} s`;
-        log.warn("attempt failed, retrying", { error: result.error, backoff_ms: backoff });
-        events.record(id, { state: TaskState.QUEUED, attempt, reason }, now);
-      }
+      const update = { host: "", notBefore: now + backoff, result };
+      const reason = `attempt ${attempt} of ${maxAttempts} failed: ${result.error}; retrying in ${backoff / 1000} s`;
+      const change = { state: TaskState.QUEUED, attempt, reason };
+      run.holding = true;
+      await this.durably("the attempt's outcome", log, () => {
+        if (events.transition(id, ACTIVE, update, change, now, notes))
+          log.warn("attempt failed, retrying", { error: result.error, backoff_ms: backoff });
+      });
       return;
     }
-    if (store.transition(id, ACTIVE, { state, endTime: now, result, runMs })) {
-      events.append(id, { case: "result", value: result }, now);
-      events.record(id, { state, agentId: run.agentId, attempt, reason: result.error }, now);
-      log.info("task ended", {
-        state: `TASK_STATE_${TaskState[state]}`,
-        error: result.error || undefined,
-      });
+    run.holding = true;
+    const change = { state, agentId: run.agentId, attempt, reason: result.error };
+    const before: TaskEvent["kind"][] = [...notes, { case: "result", value: result }];
+    await this.durably("the task's outcome", log, () => {
+      if (events.transition(id, ACTIVE, { endTime: now, result, runMs }, change, now, before))
+        log.info("task ended", {
+          state: `TASK_STATE_${TaskState[state]}`,
+          error: result.error || undefined,
+        });
+    });
+  }
+
+  /**
+   * Runs a store write until it succeeds, waiting between tries (bounded backoff): an
+   * outcome is kept while the disk is full and stored once space returns, never replaced by
+   * another. Only a stop ends the tries; recovery then decides on restart.
+   */
+  private async durably(what: string, log: Logger, write: () => void): Promise<void> {
+    for (let tries = 1, wait = STORE_RETRY_FIRST_MS; ; tries++) {
+      try {
+        write();
+        if (tries > 1) log.info(`stored ${what} after ${tries} tries`);
+        return;
+      } catch (e) {
+        if (this.closed) {
+          log.error(`could not store ${what}; stopping, so recovery decides on restart`, {
+            error: e,
+          });
+          return;
+        }
+        if (tries === 1)
+          log.error(`could not store ${what}; keeping it and trying again`, { error: e });
+      }
+      try {
+        await delay(wait, undefined, { signal: this.stopping.signal });
+      } catch {
+        // stopping: one last try, then give up (above)
+      }
+      wait = Math.min(wait * 2, STORE_RETRY_MAX_MS);
     }
   }
 
   /** Puts a task the agent refused back in the queue, and keeps the agent out until the next poll. */
-  private bounce(id: string, attempt: number, ref: AgentRef, err: ConnectError, log: Logger) {
+  private async bounce(id: string, attempt: number, ref: AgentRef, err: ConnectError, log: Logger) {
     ref.agent.state = AgentState.FAILED;
     log.warn("agent did not take the task; requeued", {
       code: Code[err.code],
       error: err.rawMessage,
     });
-    const update = { state: TaskState.QUEUED, host: "", attempts: attempt - 1 };
-    if (this.opts.store.transition(id, [TaskState.SCHEDULED], update)) {
-      const reason = `agent ${ref.agent.id} could not start it (${err.rawMessage}); requeued`;
-      const change = { state: TaskState.QUEUED, attempt: attempt - 1, reason };
-      this.opts.events.record(id, change, Date.now());
-    }
+    const update = { host: "", attempts: attempt - 1 };
+    const reason = `agent ${ref.agent.id} could not start it (${err.rawMessage}); requeued`;
+    const change = { state: TaskState.QUEUED, attempt: attempt - 1, reason };
+    await this.durably("the requeue", log, () => {
+      this.opts.events.transition(id, [TaskState.SCHEDULED], update, change, Date.now());
+    });
   }
 }
 

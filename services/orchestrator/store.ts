@@ -3,6 +3,7 @@ import path from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { StorageFull, isDiskFull } from "../shared/errors.ts";
 import {
   TaskEventSchema,
   TaskResultSchema,
@@ -24,10 +25,20 @@ export const FINAL_STATES: ReadonlySet<TaskState> = new Set([
 ]);
 
 /** Columns added after the first release, with their definitions: added to older databases at open. */
-const ADDED_COLUMNS: [name: string, definition: string][] = [
-  ["trace_parent", "TEXT"], // tracing
-  ["host", "TEXT NOT NULL DEFAULT ''"], // the AgentHost (HostLink.address) of the current attempt
+const ADDED_COLUMNS: [table: string, name: string, definition: string][] = [
+  ["tasks", "trace_parent", "TEXT"], // tracing
+  ["tasks", "host", "TEXT NOT NULL DEFAULT ''"], // the AgentHost (HostLink.address) of the current attempt
+  // The size of an output event's body (0 for other events and for rows from before): what the
+  // output retention counts and trims.
+  ["events", "output_bytes", "INTEGER NOT NULL DEFAULT 0"],
 ];
+
+/** Bounds of one page of a task's events (WatchTask reads history in such pages). */
+export interface PageLimits {
+  maxEvents: number;
+  /** Stop after the event that reaches this many bytes (a page holds at least one event). */
+  maxBytes: number;
+}
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS tasks (
@@ -58,6 +69,7 @@ CREATE TABLE IF NOT EXISTS events (
   task_id TEXT NOT NULL,
   seq INTEGER NOT NULL,
   body BLOB NOT NULL,
+  output_bytes INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (task_id, seq)
 ) WITHOUT ROWID;
 `;
@@ -90,25 +102,54 @@ export interface TaskUpdate {
   runMs?: number;
 }
 
+/** Options of a TaskStore. */
+export interface TaskStoreOptions {
+  /**
+   * Most bytes of agent output kept in one task's events (orchestrator.event_retention_bytes):
+   * beyond it the oldest output events are deleted; state changes and results are always kept.
+   */
+  outputRetentionBytes?: number;
+}
+
+/** Output retention when none is configured (the config's default). */
+export const DEFAULT_OUTPUT_RETENTION_BYTES = 64 * 1024 ** 2;
+
 /**
  * The Orchestrator's durable state: tasks and their events in SQLite (WAL, synchronous
- * FULL: a write has reached the disk when a call returns).
+ * FULL: a write has reached the disk when a call returns). A write that fails leaves nothing
+ * behind (one transaction); one that fails for want of disk space throws StorageFull.
  */
 export class TaskStore {
   private readonly db: DatabaseSync;
-  private readonly eventSeq = new Map<string, number>();
+  private readonly dataDir: string;
+  private readonly retentionBytes: number;
+  /** Output bytes kept per task with a live attempt (forgotten when it ends). */
+  private readonly outputBytes = new Map<string, number>();
 
-  constructor(dataDir: string) {
+  constructor(dataDir: string, opts: TaskStoreOptions = {}) {
+    this.dataDir = dataDir;
+    this.retentionBytes = opts.outputRetentionBytes ?? DEFAULT_OUTPUT_RETENTION_BYTES;
     mkdirSync(dataDir, { recursive: true });
     this.db = new DatabaseSync(path.join(dataDir, "orchestrator.db"));
-    this.db.exec(
-      "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
-    );
-    this.db.exec(SCHEMA);
-    const columns = this.db.prepare("PRAGMA table_info(tasks)").all() as { name: string }[];
-    for (const [name, definition] of ADDED_COLUMNS) {
-      if (!columns.some((c) => c.name === name))
-        this.db.exec(`ALTER TABLE tasks ADD COLUMN ${name} ${definition}`);
+    try {
+      // Exclusive locking keeps the WAL index in this process's memory, not in a -shm file: a
+      // database on a full disk then still opens and serves reads (a new -shm cannot be made
+      // there). Only this process uses the file while it runs.
+      this.db.exec(
+        "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+      );
+      // On a full disk an existing, current database opens without writing: reads keep working.
+      this.db.exec(SCHEMA);
+      for (const [table, name, definition] of ADDED_COLUMNS) {
+        const columns = this.db.prepare(`PRAGMA table_info(${table})`).all() as {
+          name: string;
+        }[];
+        if (!columns.some((c) => c.name === name))
+          this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${name} ${definition}`);
+      }
+    } catch (e) {
+      this.db.close();
+      throw isDiskFull(e) ? new StorageFull(dataDir, e) : e;
     }
   }
 
@@ -223,10 +264,8 @@ export class TaskStore {
       put("cost_usd", update.result.costUsd);
     }
     const marks = from.map(() => "?").join(",");
-    const res = this.db
-      .prepare(`UPDATE tasks SET ${sets.join(", ")} WHERE id = ? AND state IN (${marks})`)
-      .run(...args, id, ...from);
-    return res.changes === 1;
+    const sql = `UPDATE tasks SET ${sets.join(", ")} WHERE id = ? AND state IN (${marks})`;
+    return this.tx(() => this.db.prepare(sql).run(...args, id, ...from).changes === 1);
   }
 
   /** Queued tasks that may start now: highest priority first, FIFO within a priority. */
@@ -280,30 +319,92 @@ export class TaskStore {
     return { tasks: page.map(toTask), seqs, ...(more ? { next: seqs[seqs.length - 1]! } : {}) };
   }
 
-  /** Appends an event to a task's log and returns it with its sequence number. */
-  appendEvent(taskId: string, kind: TaskEvent["kind"], now: number): TaskEvent {
-    let seq = this.eventSeq.get(taskId);
-    if (seq === undefined) {
+  /**
+   * Appends events to a task's log, in one transaction (joining the caller's, if any), and
+   * returns them with their sequence numbers. Output beyond the retention limit pushes the
+   * task's oldest output out; the newest event is always kept, so sequence numbers only grow.
+   */
+  appendEvents(taskId: string, kinds: TaskEvent["kind"][], now: number): TaskEvent[] {
+    return this.tx(() => {
       const row = this.db
         .prepare("SELECT MAX(seq) AS s FROM events WHERE task_id = ?")
         .get(taskId) as { s: number | null };
-      seq = row.s ?? 0;
-    }
-    seq++;
-    const event = create(TaskEventSchema, {
-      taskId,
-      seq: BigInt(seq),
-      time: timestampFromMs(now),
-      kind,
+      let seq = row.s ?? 0;
+      const insert = this.db.prepare(
+        "INSERT INTO events (task_id, seq, body, output_bytes) VALUES (?, ?, ?, ?)",
+      );
+      return kinds.map((kind) => {
+        seq++;
+        const event = create(TaskEventSchema, {
+          taskId,
+          seq: BigInt(seq),
+          time: timestampFromMs(now),
+          kind,
+        });
+        const body = toBinary(TaskEventSchema, event);
+        const output = kind.case === "output" ? body.byteLength : 0;
+        insert.run(taskId, seq, body, output);
+        if (output > 0) this.retainOutput(taskId, seq, output);
+        return event;
+      });
     });
-    this.db
-      .prepare("INSERT INTO events (task_id, seq, body) VALUES (?, ?, ?)")
-      .run(taskId, seq, toBinary(TaskEventSchema, event));
-    this.eventSeq.set(taskId, seq);
-    return event;
   }
 
-  /** A task's events after `afterSeq`, in order. */
+  /** Appends one event (see appendEvents). */
+  appendEvent(taskId: string, kind: TaskEvent["kind"], now: number): TaskEvent {
+    return this.appendEvents(taskId, [kind], now)[0]!;
+  }
+
+  /** Counts an output event just stored and deletes the oldest output beyond the retention. */
+  private retainOutput(taskId: string, newest: number, bytes: number): void {
+    let total = this.outputBytes.get(taskId);
+    if (total === undefined) {
+      const row = this.db
+        .prepare("SELECT COALESCE(SUM(output_bytes), 0) AS b FROM events WHERE task_id = ?")
+        .get(taskId) as { b: number };
+      total = row.b; // includes the event just inserted
+    } else {
+      total += bytes;
+    }
+    if (total > this.retentionBytes) {
+      let last = 0;
+      const oldest = this.db.prepare(
+        "SELECT seq, output_bytes FROM events WHERE task_id = ? AND output_bytes > 0 AND seq < ? ORDER BY seq",
+      );
+      for (const r of oldest.iterate(taskId, newest)) {
+        const { seq, output_bytes } = r as { seq: number; output_bytes: number };
+        last = seq;
+        total -= output_bytes;
+        if (total <= this.retentionBytes) break;
+      }
+      if (last > 0)
+        this.db
+          .prepare("DELETE FROM events WHERE task_id = ? AND output_bytes > 0 AND seq <= ?")
+          .run(taskId, last);
+    }
+    this.outputBytes.set(taskId, total);
+  }
+
+  /**
+   * A page of a task's events after `afterSeq`, in order, within `limits` (at least one event
+   * when there is one): what a reader holds at a time, however long the history.
+   */
+  eventPage(taskId: string, afterSeq: bigint, limits: PageLimits): TaskEvent[] {
+    const rows = this.db
+      .prepare("SELECT body FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+      .iterate(taskId, afterSeq, limits.maxEvents);
+    const page: TaskEvent[] = [];
+    let bytes = 0;
+    for (const r of rows) {
+      const body = (r as { body: Uint8Array }).body;
+      page.push(fromBinary(TaskEventSchema, body));
+      bytes += body.byteLength;
+      if (bytes >= limits.maxBytes) break;
+    }
+    return page;
+  }
+
+  /** A task's events after `afterSeq`, in order (all of them: for tests and small logs). */
   events(taskId: string, afterSeq = 0): TaskEvent[] {
     return this.db
       .prepare("SELECT body FROM events WHERE task_id = ? AND seq > ? ORDER BY seq")
@@ -311,9 +412,16 @@ export class TaskStore {
       .map((r) => fromBinary(TaskEventSchema, (r as { body: Uint8Array }).body));
   }
 
-  /** Forgets cached event counters of ended tasks (memory stays bounded). */
+  /** A task's state, without decoding it; undefined for an unknown task. */
+  state(id: string): TaskState | undefined {
+    const row = this.db.prepare("SELECT state FROM tasks WHERE id = ?").get(id) as
+      { state: number } | undefined;
+    return row?.state;
+  }
+
+  /** Forgets what is cached of a task whose attempt let go (memory stays bounded). */
   forgetEvents(taskId: string): void {
-    this.eventSeq.delete(taskId);
+    this.outputBytes.delete(taskId);
   }
 
   /** Counts by state, run-time percentiles and token/cost totals. */
@@ -360,16 +468,22 @@ export class TaskStore {
     };
   }
 
-  /** Runs fn in one transaction. */
+  /**
+   * Runs fn in one transaction; inside another, fn joins it (all commits or nothing does).
+   * A failure rolls everything back; a full disk throws StorageFull naming the data folder.
+   */
   tx<T>(fn: () => T): T {
-    this.db.exec("BEGIN IMMEDIATE");
+    if (this.db.isTransaction) return fn();
     try {
+      this.db.exec("BEGIN IMMEDIATE");
       const out = fn();
       this.db.exec("COMMIT");
       return out;
     } catch (e) {
-      this.db.exec("ROLLBACK");
-      throw e;
+      // SQLite may have rolled back already (SQLITE_FULL during COMMIT does).
+      if (this.db.isTransaction) this.db.exec("ROLLBACK");
+      this.outputBytes.clear(); // counts may include rolled-back rows: recount on next use
+      throw isDiskFull(e) ? new StorageFull(this.dataDir, e) : e;
     }
   }
 

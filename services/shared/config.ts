@@ -94,6 +94,11 @@ const schema = z
          * or after the host has been silent this long (a dead host's runs die with it).
          */
         unconfirmed_attempt_timeout_seconds: seconds(7 * DAY).default(600),
+        /**
+         * Most bytes of agent output kept in one task's event history; beyond it the oldest
+         * output events are deleted. State changes and results are always kept.
+         */
+        event_retention_bytes: count(1024 ** 2, 1024 ** 3).default(64 * 1024 ** 2),
       })
       .strict()
       .prefault({}),
