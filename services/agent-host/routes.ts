@@ -4,9 +4,11 @@ import {
   AgentHostService,
   RunOutcomeSchema,
   type RunTaskResponse,
+  WholePieceSchema,
 } from "../../gen/conductor/v1/agent_host_pb.js";
 import { AsyncQueue } from "../shared/async-queue.ts";
 import { invalid, notFound } from "../shared/errors.ts";
+import { boundOutput, boundResult, pieces } from "../shared/output-bounds.ts";
 import { AgentBusyError, UnknownAgentError, type AgentHost } from "./host.ts";
 import type { RunOutcome } from "./run.ts";
 import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
@@ -18,6 +20,17 @@ function toConnect(e: unknown): unknown {
   if (e instanceof AgentBusyError)
     return new ConnectError(e.message, Code.FailedPrecondition, undefined, undefined, e);
   return e;
+}
+
+/**
+ * A line or result cut to fit a 4 MiB client (`boundOutput`/`boundResult`) is preceded by its
+ * whole, in pieces of at most 1 MiB, for the Orchestrator to keep (GetTaskOutput).
+ */
+function sendWhole(queue: AsyncQueue<RunTaskResponse["kind"]>, whole: string | undefined): void {
+  if (whole === undefined) return;
+  for (const text of pieces(whole)) {
+    queue.push({ case: "wholePiece", value: create(WholePieceSchema, { text }) });
+  }
 }
 
 /** The AgentHostService handlers: thin, over the AgentHost domain object. */
@@ -54,15 +67,18 @@ export function agentHostRoutes(host: AgentHost) {
         const queue = new AsyncQueue<RunTaskResponse["kind"]>();
         let running: Promise<RunOutcome>;
         try {
-          running = host.run(req.agentId, req.taskId, req.spec, ctx.signal, (output) =>
-            queue.push({ case: "output", value: output }),
-          );
+          running = host.run(req.agentId, req.taskId, req.spec, ctx.signal, (output) => {
+            sendWhole(queue, boundOutput(output));
+            queue.push({ case: "output", value: output });
+          });
         } catch (e) {
           throw toConnect(e);
         }
         const done = running.then(
           (outcome) => {
-            queue.push({ case: "outcome", value: create(RunOutcomeSchema, outcome) });
+            const value = create(RunOutcomeSchema, outcome);
+            if (value.result) sendWhole(queue, boundResult(value.result));
+            queue.push({ case: "outcome", value });
             queue.end();
           },
           (e: unknown) => queue.fail(toConnect(e)),

@@ -13,11 +13,11 @@ import {
 import { precondition } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
 import { neverRan, UnconfirmedAttempts, type AttemptEnd } from "./attempts.ts";
-import type { ArtifactStore } from "./artifacts.ts";
+import { MAX_TASK_ARTIFACT_BYTES, type ArtifactStore } from "./artifacts.ts";
 import type { TaskEvents } from "./events.ts";
 import type { AgentRef, HostRegistry } from "./hosts.ts";
 import type { OrchestratorObserver } from "./observer.ts";
-import { boundOutput, boundResult } from "./output-bounds.ts";
+import { boundOutput, boundResult } from "../shared/output-bounds.ts";
 import type { TaskStore } from "./store.ts";
 
 /** What the AttemptRunner works with. */
@@ -288,9 +288,28 @@ export class AttemptRunner {
         { agentId: run.agentId, taskId: task.id, attempt, spec: task.spec! },
         { signal: run.abort.signal },
       );
+      // The whole of the next output or outcome, when the host sent it cut (bounded per task).
+      let whole: string[] = [];
+      let wholeChars = 0;
+      const takeWhole = (cutHere: string | undefined) => {
+        // A whole over the per-task bound was never going to be kept: none of it is.
+        const taken =
+          wholeChars > MAX_TASK_ARTIFACT_BYTES
+            ? undefined
+            : whole.length > 0
+              ? whole.join("")
+              : cutHere;
+        whole = [];
+        wholeChars = 0;
+        return taken;
+      };
       for await (const res of stream) {
         const now = Date.now();
         switch (res.kind.case) {
+          case "wholePiece":
+            wholeChars += res.kind.value.text.length;
+            if (wholeChars <= MAX_TASK_ARTIFACT_BYTES) whole.push(res.kind.value.text);
+            break;
           case "started": {
             s.started = true;
             s.startedAt = now;
@@ -304,11 +323,12 @@ export class AttemptRunner {
             break;
           }
           case "output": {
-            // A long line is cut to fit any client; its whole is kept for GetTaskOutput.
-            const whole = boundOutput(res.kind.value);
+            // A long line is cut to fit any client (by the host, and again here in case it
+            // did not); its whole is kept for GetTaskOutput.
+            const kept = takeWhole(boundOutput(res.kind.value));
             try {
               const event = events.append(task.id, { case: "output", value: res.kind.value }, now);
-              if (whole !== undefined) this.opts.artifacts.keep(task.id, Number(event.seq), whole);
+              if (kept !== undefined) this.opts.artifacts.keep(task.id, Number(event.seq), kept);
             } catch (e) {
               // Output is not kept in memory for later (it is unbounded): it is dropped, counted.
               if (s.dropped++ === 0) {
@@ -318,9 +338,12 @@ export class AttemptRunner {
             }
             break;
           }
-          case "outcome":
+          case "outcome": {
             s.outcome = res.kind.value;
+            const kept = takeWhole(undefined);
+            if (kept !== undefined) this.opts.artifacts.keep(task.id, 0, kept);
             break;
+          }
         }
       }
     } catch (e) {

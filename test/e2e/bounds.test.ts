@@ -188,6 +188,49 @@ describe("bounds: what is accepted runs, and every response fits any client", ()
   );
 
   it(
+    "sends a 5 MB line from the AgentHost's RunTask cut, its whole in pieces a grpc-js client takes",
+    { timeout: 180_000 },
+    async () => {
+      const { client } = setup.conductor;
+      const { agents } = await client.listAgents({});
+      const host = grpcJsAgentHost(path.join(setup.conductor.socketDir, "agent-host.sock"));
+      try {
+        const steps = [
+          { bash: "yes bbbbbbbbb | head -c 29000" },
+          { text: "{{last_tool_result}}".repeat(180) },
+        ];
+        const got = await new Promise<JsRunStep[]>((resolve, reject) => {
+          const all: JsRunStep[] = [];
+          const stream = host.RunTask({
+            agentId: agents[0]!.id,
+            taskId: `direct-${process.pid}`,
+            attempt: 1,
+            spec: { prompt: scripted(steps), allowedTools: ["Bash"] },
+          });
+          stream.on("data", (r: JsRunStep) => all.push(r));
+          stream.on("end", () => resolve(all));
+          stream.on("error", reject);
+        });
+        expect(got.at(-1)?.outcome?.state).toBe("TASK_STATE_SUCCEEDED");
+        // The cut assistant line comes after the pieces of its whole.
+        const at = got.findIndex((r) => r.output?.truncated && r.output.type === "assistant");
+        expect(at).toBeGreaterThan(0);
+        let first = at;
+        while (got[first - 1]?.wholePiece) first--;
+        const whole = got.slice(first, at).map((r) => r.wholePiece!.text);
+        expect(whole.length).toBeGreaterThan(1);
+        const line = JSON.parse(whole.join("")) as { message: { content: { text?: string }[] } };
+        const text = line.message.content.map((c) => c.text ?? "").join("");
+        expect(text.length).toBeGreaterThan(5_000_000);
+        expect(text.replace(/[b\n]/g, "")).toBe("");
+        expect(got.at(-1)?.outcome?.result?.truncated).toBe(true);
+      } finally {
+        host.close();
+      }
+    },
+  );
+
+  it(
     "pages ListTasks by bytes: 45 tasks of 98 KB fit grpc-js, grpcio and buf curl, every task once",
     { timeout: 180_000 },
     async () => {
@@ -264,6 +307,41 @@ interface JsEvent {
   seq: string;
   stateChange?: { state: string };
   output?: { type: string; text: string; rawJson: string; truncated: boolean };
+}
+
+/** A RunTaskResponse as @grpc/proto-loader decodes it (only what the test reads). */
+interface JsRunStep {
+  output?: { type: string; truncated: boolean };
+  wholePiece?: { text: string };
+  outcome?: { state: string; result?: { truncated: boolean } };
+}
+
+/** A grpc-js client of an AgentHost at grpc-js's default limits. */
+function grpcJsAgentHost(socket: string) {
+  const def = protoLoader.loadSync("conductor/v1/agent_host.proto", {
+    includeDirs: [path.join(ROOT, "proto")],
+    longs: String,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+  });
+  type Host = grpc.Client & {
+    RunTask(req: {
+      agentId: string;
+      taskId: string;
+      attempt: number;
+      spec: { prompt: string; allowedTools: string[] };
+    }): grpc.ClientReadableStream<JsRunStep>;
+  };
+  const pkg = grpc.loadPackageDefinition(def) as unknown as {
+    conductor: {
+      v1: { AgentHostService: new (address: string, creds: grpc.ChannelCredentials) => Host };
+    };
+  };
+  return new pkg.conductor.v1.AgentHostService(
+    `unix://${socket}`,
+    grpc.credentials.createInsecure(),
+  );
 }
 
 type Callback<T> = (err: grpc.ServiceError | null, res: T) => void;

@@ -199,6 +199,17 @@ export declare type RunTaskResponse = Message<"conductor.v1.RunTaskResponse"> & 
      */
     value: RunOutcome;
     case: "outcome";
+  } | {
+    /**
+     * A piece of the whole of the next `output` or `outcome`, sent before it when that one
+     * had to be cut to fit a gRPC client's 4 MiB limit (its `truncated` is set). The pieces,
+     * each at most 1 MiB, joined are the whole line as the CLI printed it (for an output) or
+     * the whole result text (for an outcome).
+     *
+     * @generated from field: conductor.v1.WholePiece whole_piece = 4;
+     */
+    value: WholePiece;
+    case: "wholePiece";
   } | { case: undefined; value?: undefined };
 };
 
@@ -207,6 +218,24 @@ export declare type RunTaskResponse = Message<"conductor.v1.RunTaskResponse"> & 
  * Use `create(RunTaskResponseSchema)` to create a new message.
  */
 export declare const RunTaskResponseSchema: GenMessage<RunTaskResponse>;
+
+/**
+ * WholePiece is part of a long line or result, see RunTaskResponse.whole_piece.
+ *
+ * @generated from message conductor.v1.WholePiece
+ */
+export declare type WholePiece = Message<"conductor.v1.WholePiece"> & {
+  /**
+   * @generated from field: string text = 1;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message conductor.v1.WholePiece.
+ * Use `create(WholePieceSchema)` to create a new message.
+ */
+export declare const WholePieceSchema: GenMessage<WholePiece>;
 
 /**
  * @generated from message conductor.v1.RunStarted

@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { AgentOutputSchema, TaskResultSchema } from "../../gen/conductor/v1/task_pb.js";
-import { boundOutput, boundResult, cut, OUTPUT_LIMITS } from "./output-bounds.ts";
+import { boundOutput, boundResult, cut, OUTPUT_LIMITS, pieces } from "./output-bounds.ts";
 
 describe("output bounds", () => {
   it("cuts by UTF-8 bytes, never inside a character, and says how large the whole was", () => {
@@ -50,5 +50,20 @@ describe("output bounds", () => {
     const fine = create(TaskResultSchema, { text: "ok" });
     expect(boundResult(fine)).toBeUndefined();
     expect(fine.truncated).toBe(false);
+  });
+});
+
+describe("pieces", () => {
+  it("splits a whole into pieces of at most 1 MiB that join to it, never inside a character", () => {
+    // 4-byte characters (surrogate pairs) straddling every possible boundary.
+    const whole = "a" + "😀".repeat(400_000) + "é".repeat(300_000);
+    const parts = [...pieces(whole)];
+    expect(parts.length).toBeGreaterThan(2);
+    expect(parts.join("")).toBe(whole);
+    for (const p of parts) {
+      expect(Buffer.byteLength(p, "utf8")).toBeLessThanOrEqual(1024 * 1024);
+      expect(Buffer.from(p, "utf8").toString("utf8")).toBe(p); // no lone surrogate
+    }
+    expect([...pieces("")]).toEqual([]);
   });
 });

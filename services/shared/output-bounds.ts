@@ -90,3 +90,20 @@ export function boundResult(result: TaskResult): string | undefined {
   // A failed CLI's error is its result text; an error cut on its own is kept instead.
   return text !== undefined ? whole : wholeError;
 }
+
+/** UTF-16 code units per piece: at most 3 UTF-8 bytes each (4 per surrogate pair), under 1 MiB. */
+const PIECE_UNITS = 256 * 1024;
+
+/**
+ * `whole` in pieces of at most 1 MiB of UTF-8 each, never splitting a surrogate pair; the
+ * pieces joined are `whole`. For sending a whole that would not fit one message.
+ */
+export function* pieces(whole: string): Generator<string> {
+  for (let from = 0; from < whole.length;) {
+    let to = Math.min(whole.length, from + PIECE_UNITS);
+    const last = whole.charCodeAt(to - 1);
+    if (to < whole.length && last >= 0xd800 && last <= 0xdbff) to--; // keep the pair whole
+    yield whole.slice(from, to);
+    from = to;
+  }
+}
