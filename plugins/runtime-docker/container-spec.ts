@@ -1,5 +1,5 @@
 import type Docker from "dockerode";
-import { LABEL_AGENT, LABEL_NODE, SANDBOX_INFRA_USER } from "../runtime.ts";
+import { LABEL_AGENT, LABEL_HOST, LABEL_NODE, SANDBOX_INFRA_USER } from "../runtime.ts";
 import type { SandboxSpec, SandboxStatus } from "../runtime.ts";
 
 /** What the engine-specific wrapper decides beyond the spec. */
@@ -28,9 +28,15 @@ export function checkUser(user: string): void {
   }
 }
 
-/** A container name the engine accepts, readable in `docker ps`. */
+/**
+ * A container name the engine accepts, readable in `docker ps`, and unique per AgentHost
+ * instance (its LABEL_HOST), so two AgentHosts on one engine never collide:
+ * conductor-<node>-<host>-<agent>.
+ */
 export function containerName(spec: SandboxSpec): string {
-  return `conductor-${spec.nodeId}-${spec.agentId}`.replace(/[^a-zA-Z0-9_.-]/g, "_");
+  const host = spec.labels[LABEL_HOST]?.slice(0, 12);
+  const parts = ["conductor", spec.nodeId, ...(host ? [host] : []), spec.agentId];
+  return parts.join("-").replace(/[^a-zA-Z0-9_.-]/g, "_");
 }
 
 /** Translates a sandbox spec into the engine's create request (Docker API, Podman compat). */

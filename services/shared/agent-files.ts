@@ -25,15 +25,29 @@ export interface AgentOwner {
 /**
  * Makes an agent's `run` folder anew: owned by this service's user, mode 0751, its group the
  * agent's, so the agent can read what is in it and connect to its sockets but can neither
- * replace nor add anything; others (a container's own user, which holds the lifeline) may
- * pass through to a socket made theirs, but not list or read. Whatever was there (links an agent planted included) is removed
- * first, without following links.
+ * replace nor add anything; others may pass through to a socket made theirs, but not list or
+ * read. Whatever was in it (links an agent planted included) is removed first, without
+ * following links. A folder that is already ours is emptied rather than replaced: a container
+ * re-adopted after a restart bind-mounts this very folder, and sees what is made in it anew.
  */
 export function freshRunDir(dir: string, owner: AgentOwner | undefined): void {
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true, mode: 0o751 });
-  lchownSync(dir, process.getuid?.() ?? 0, owner?.gid ?? process.getgid?.() ?? 0);
-  chmodSync(dir, 0o751); // made just now, by us: not a link
+  const me = process.getuid?.() ?? 0;
+  let ours = false;
+  try {
+    const st = lstatSync(dir);
+    ours = st.isDirectory() && st.uid === me;
+  } catch {
+    // not there yet
+  }
+  if (ours) {
+    for (const name of readdirSync(dir))
+      rmSync(path.join(dir, name), { recursive: true, force: true });
+  } else {
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true, mode: 0o751 });
+  }
+  lchownSync(dir, me, owner?.gid ?? process.getgid?.() ?? 0);
+  chmodSync(dir, 0o751); // a folder of ours (lstat above, or made just now): not a link
 }
 
 /**
