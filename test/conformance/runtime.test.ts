@@ -12,6 +12,7 @@ import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -381,6 +382,71 @@ describe.each(TARGETS)("runtime conformance: $name", (target) => {
       "lo",
     ]);
     expect(readFileSync(path.join(workspace, "from-inside"), "utf8")).toBe("x\n");
+  });
+
+  it("ends a run when its lifeline closes, and keeps the sandbox (capabilities.runLifeline)", async (ctx) => {
+    if (!fp.capabilities.runLifeline) return ctx.skip();
+    const dir = mkdtempSync(path.join(tmpdir(), "conformance-lifeline-"));
+    const sock = path.join(dir, "lifeline.sock");
+    const held = new Set<net.Socket>();
+    let holding: () => void = () => undefined;
+    const server = net.createServer((s) => {
+      s.on("error", () => s.destroy());
+      held.add(s);
+      s.resume();
+      holding();
+    });
+    await new Promise<void>((resolve) => server.listen(sock, resolve));
+    chmodSync(dir, 0o755);
+    chmodSync(sock, 0o666);
+    try {
+      const h = await started({
+        mounts: [{ hostPath: workspace }, { hostPath: dir }],
+        env: { CONDUCTOR_RUN_LIFELINE: sock },
+      });
+      // A graceful kill stays graceful: the lifeline's holder is spared the TERM.
+      const polite = await b.exec(h, {
+        argv: ["sh", "-c", "trap 'echo term; exit 0' TERM; echo up; sleep 1010 & wait"],
+        cwd: "/tmp",
+        env: {},
+      });
+      const politeLines: string[] = [];
+      await new Promise<void>((resolve) =>
+        polite.onStdoutLine((l) => (politeLines.push(l), resolve())),
+      );
+      await polite.kill(5000);
+      expect(politeLines).toEqual(["up", "term"]);
+      // Cutting the lifeline ends the run and all it started; the sandbox stays.
+      held.clear();
+      const connected = new Promise<void>((resolve) => (holding = resolve));
+      const x = await b.exec(h, {
+        argv: ["sh", "-c", "sleep 1008 & echo up; sleep 1009"],
+        cwd: "/tmp",
+        env: {},
+      });
+      await new Promise<void>((resolve) => x.onStdoutLine(() => resolve()));
+      await connected;
+      for (const s of held) s.destroy();
+      const status = await x.exited;
+      expect(status.code === 0 && status.signal === null).toBe(false);
+      expect((await processesInside(b, h)).filter((l) => /sleep 10(08|09|10)/.test(l))).toEqual([]);
+      expect((await b.inspect(h)).running).toBe(true);
+    } finally {
+      for (const s of held) s.destroy();
+      await new Promise((resolve) => server.close(resolve));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("declares its capabilities in the fingerprint", () => {
+    const c = fp.capabilities;
+    expect(c).toEqual({
+      limits: expect.any(Boolean) as boolean,
+      networkIsolation: expect.any(Boolean) as boolean,
+      image: Boolean(target.engine),
+      runLifeline: Boolean(target.engine),
+      recover: true,
+    });
   });
 
   it("recovers after a restart: a new backend finds the sandbox and execs in it", async () => {
