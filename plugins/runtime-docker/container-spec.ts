@@ -39,6 +39,22 @@ export function containerName(spec: SandboxSpec): string {
   return parts.join("-").replace(/[^a-zA-Z0-9_.-]/g, "_");
 }
 
+/**
+ * The main process of a container whose runs have a lifeline (CONDUCTOR_RUN_LIFELINE), as the
+ * container's own user: it idles while an AgentHost listens on that socket (a restarted one
+ * re-adopts the container), and ends the container once none has for
+ * CONDUCTOR_ORPHAN_GRACE_SECONDS (default 600), so an AgentHost killed and never restarted
+ * leaves no running container. `wait` is interruptible, so TERM ends it at once; as PID 1 it
+ * reaps what is handed to it.
+ */
+export const IDLE_WHILE_HOSTED = `trap 'exit 0' TERM INT
+g=\${CONDUCTOR_ORPHAN_GRACE_SECONDS:-600}; t=0
+while [ "$t" -lt "$g" ]; do
+  socat -u "UNIX-CONNECT:$CONDUCTOR_RUN_LIFELINE" OPEN:/dev/null 2>/dev/null &
+  if wait $!; then t=0; else t=$((t+5)); fi
+  sleep 5 & wait $!
+done`;
+
 /** Translates a sandbox spec into the engine's create request (Docker API, Podman compat). */
 export function createOptions(
   spec: SandboxSpec,
@@ -50,6 +66,7 @@ export function createOptions(
   return {
     name: containerName(spec),
     Image: image,
+    ...(spec.env["CONDUCTOR_RUN_LIFELINE"] ? { Cmd: ["/bin/sh", "-c", IDLE_WHILE_HOSTED] } : {}),
     User: INFRA_USER,
     Env: Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
     Labels: {

@@ -274,10 +274,15 @@ export class AgentHost {
     onOutput: (o: AgentOutput) => void,
   ): Promise<RunOutcome> {
     const slot = this.slot(agentId);
+    if (slot.lost) {
+      throw new Unreachable(
+        `the ${this.opts.backend.name} engine of agent ${agentId}`,
+        new Error(slot.lost),
+      );
+    }
     if (slot.run || slot.agent.state !== AgentState.IDLE) {
-      const lost = slot.lost ? `, lost: ${slot.lost}` : "";
       throw new AgentBusyError(
-        `agent ${agentId} is not idle (${AgentState[slot.agent.state]}${slot.agent.taskId ? `, task ${slot.agent.taskId}` : ""}${lost})`,
+        `agent ${agentId} is not idle (${AgentState[slot.agent.state]}${slot.agent.taskId ? `, task ${slot.agent.taskId}` : ""})`,
       );
     }
     slot.agent.state = AgentState.BUSY;

@@ -1,4 +1,5 @@
 import net from "node:net";
+import { SANDBOX_INFRA_USER } from "../../plugins/runtime.ts";
 import { socketForAgent, type AgentOwner } from "../shared/agent-files.ts";
 
 /** A listening lifeline for one agent's runs. */
@@ -24,8 +25,9 @@ const MAX_CONNECTIONS = 16;
  * wrapper ends every process of the agent's user in the container. So no run outlives its
  * AgentHost, as bubblewrap's --die-with-parent gives the process runtime, and the AgentHost
  * can end a run without its container engine (an engine that went away). The container
- * itself stays, idle, for a restarted AgentHost to re-adopt. Reachable by `owner` (the
- * agent's user) alone.
+ * itself stays, idle, for a restarted AgentHost to re-adopt; its main process (the container's
+ * own user, SANDBOX_INFRA_USER) watches this socket and ends the container when no AgentHost has
+ * listened on it for a while. Reachable by `owner` (the agent's user) and that user's group.
  */
 export async function startLifeline(
   socketPath: string,
@@ -51,7 +53,9 @@ export async function startLifeline(
       resolve();
     });
   });
-  socketForAgent(socketPath, owner);
+  // The agent's user holds it for its runs; the container's own user (its group) watches it.
+  const infraGid = Number(SANDBOX_INFRA_USER.split(":")[1]);
+  socketForAgent(socketPath, owner && { uid: owner.uid, gid: infraGid }, 0o660);
   const cut = () => {
     armed = false;
     for (const s of open) s.destroy();

@@ -93,17 +93,21 @@ const O_PATH = 0o10000000;
 
 /**
  * Makes a socket this service listens on reachable by the agent's user alone (and this
- * service): mode 0600, owned by `owner` (left to this service's user without one). Never
+ * service): mode 0600 (or `mode`, for the owner's group too), owned by `owner` (left to this service's user without one). Never
  * follows a link: the name is opened O_PATH|O_NOFOLLOW, checked to be a socket and changed
  * through /proc/self/fd, so a link planted where the socket was cannot turn this into a chmod
  * or chown of a host file. Until then the socket has the umask's mode (0700 under the
  * services' 077).
  */
-export function socketForAgent(socketPath: string, owner: AgentOwner | undefined): void {
+export function socketForAgent(
+  socketPath: string,
+  owner: AgentOwner | undefined,
+  mode = 0o600,
+): void {
   const fd = openSync(socketPath, O_PATH | constants.O_NOFOLLOW);
   try {
     if (!fstatSync(fd).isSocket()) throw new Error(`${socketPath} was replaced while starting`);
-    chmodSync(`/proc/self/fd/${fd}`, 0o600);
+    chmodSync(`/proc/self/fd/${fd}`, mode);
     if (owner) chownSync(`/proc/self/fd/${fd}`, owner.uid, owner.gid);
   } finally {
     closeSync(fd);
