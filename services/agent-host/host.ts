@@ -2,10 +2,8 @@ import { mkdirSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { AgentSchema, AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
-import { TaskState, type AgentOutput, type TaskSpec } from "../../gen/conductor/v1/task_pb.js";
+import type { AgentOutput, TaskSpec } from "../../gen/conductor/v1/task_pb.js";
 import {
-  LABEL_HOST,
-  LABEL_NODE,
   isEngineUnreachable,
   type Capabilities,
   type Fingerprint,
@@ -13,39 +11,28 @@ import {
   type SandboxHandle,
   type SandboxStatus,
 } from "../../plugins/runtime.ts";
-import { MCP_ALLOWED_TOOLS } from "../broker/access.ts";
 import { Unreachable } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
 import { AgentBusyError, UnknownAgentError } from "./errors.ts";
 import {
-  FORWARDER_PORT,
   agentPaths,
   hostKeyOf,
   provision,
   release,
-  sameSpec,
   sandboxSpec,
   type AgentParts,
   type ProvisionContext,
   type SandboxSettings,
 } from "./provision.ts";
-import { runClaude, type RunOutcome, type RunSettings } from "./run.ts";
-import { Supervisor, type Watched } from "./supervise.ts";
+import type { RunOutcome, RunSettings } from "./run.ts";
+import { executeRun, type AgentSlot } from "./runs.ts";
+import { settle, takeUpLeftovers } from "./readopt.ts";
+import { Supervisor } from "./supervise.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
 import { AgentUids } from "./uids.ts";
 
 export { AgentBusyError, UnknownAgentError } from "./errors.ts";
 export type { SandboxSettings } from "./provision.ts";
-
-interface AgentSlot extends Watched, AgentParts {
-  agent: Agent;
-  dir: string;
-  run?: {
-    taskId: string;
-    abort: AbortController;
-    done: Promise<RunOutcome>;
-  };
-}
 
 /** What an AgentHost is configured with. */
 export interface AgentHostOptions {
@@ -71,11 +58,6 @@ export interface AgentHostOptions {
 /** After a failed engine call, how long until an agent's sandbox is looked at again. */
 const RECHECK_MS = 1000;
 const HEALTH_INTERVAL_MS = 5000;
-/** How long a failed run waits for the engine to report its container's death. */
-const DEATH_NOTICE_MS = 2000;
-/** The CLI insists on some key; the real one is added by the proxy, outside the container. */
-const PLACEHOLDER_KEY = "sk-conductor-proxy-adds-the-real-key";
-
 /**
  * One node's agent pool: each agent is a long-lived sandbox from the runtime backend (a
  * container, warm between tasks, or a folder for the process backend) with its own
@@ -138,46 +120,21 @@ export class AgentHost {
     const wanted = Array.from({ length: o.numAgents }, (_, i) => `agent-${i + 1}`);
     for (const id of wanted) this.uids.userOf(id); // uids in start order, as before the restart
     this.nextIndex = o.numAgents + 1;
-    const kept = await this.recoverLeftovers(new Set(wanted));
+    const kept = await takeUpLeftovers({
+      backend: o.backend,
+      log: o.log,
+      nodeId: o.nodeId,
+      hostKey: this.hostKey,
+      recover: this.caps.recover,
+      wanted: new Set(wanted),
+      specOf: (id) => sandboxSpec(this.ctx, id, this.uids.userOf(id), this.lifelined(id)),
+    });
     const agentsDir = path.join(o.dataDir, "agents");
     mkdirSync(agentsDir, { recursive: true, mode: 0o700 });
     for (const id of readdirSync(agentsDir))
       if (!kept.has(id)) rmSync(path.join(agentsDir, id, "run"), { recursive: true, force: true });
     for (const id of wanted) await this.startAgent(id, kept.get(id));
     this.supervisor.start(() => this.slots.values());
-  }
-
-  /** This host's leftovers (another AgentHost on the machine may share the node name): kept or reaped. */
-  private async recoverLeftovers(wanted: Set<string>): Promise<Map<string, SandboxHandle>> {
-    const { backend, log } = this.opts;
-    const kept = new Map<string, SandboxHandle>();
-    const found = await backend.list({
-      [LABEL_NODE]: this.opts.nodeId,
-      [LABEL_HOST]: this.hostKey,
-    });
-    for (const h of found) {
-      const id = h.agentId;
-      let back: SandboxHandle | undefined;
-      if (this.caps?.recover && wanted.has(id) && !kept.has(id)) {
-        const user = this.uids.userOf(id);
-        const spec = sandboxSpec(this.ctx, id, user, this.lifelined(id));
-        if (sameSpec(h, spec)) back = await backend.recover(h).catch(() => undefined);
-      }
-      if (back) {
-        kept.set(id, back);
-        log.info("re-adopting an agent sandbox left by an earlier agent host", {
-          sandbox: h.id,
-          agent_id: id,
-        });
-      } else {
-        log.warn("reaping an agent sandbox left by an earlier agent host", {
-          sandbox: h.id,
-          agent_id: id,
-        });
-        await backend.destroy(h);
-      }
-    }
-    return kept;
   }
 
   private lifelined(id: string): boolean {
@@ -191,12 +148,13 @@ export class AgentHost {
   async startAgent(id = `agent-${this.nextIndex++}`, adopted?: SandboxHandle): Promise<Agent> {
     const user = this.uids.userOf(id);
     const owner = this.uids.ownerOf(id);
-    let parts: AgentParts;
+    let parts: AgentParts | undefined;
     try {
       parts = await provision(this.ctx, id, user, owner, adopted);
-      if (adopted) await this.settle(parts);
+      if (adopted) await settle(this.opts.backend, parts);
     } catch (e) {
       if (adopted) {
+        if (parts) await release(this.opts.backend, parts, false);
         // Not healthy after all: reaped, and made anew.
         this.opts.log.warn("a re-adopted sandbox failed; replacing it", { agent_id: id, error: e });
         await this.opts.backend.destroy(adopted).catch(() => undefined);
@@ -221,19 +179,6 @@ export class AgentHost {
     this.slots.set(id, slot);
     this.supervisor.watch(slot);
     return agent;
-  }
-
-  /** Runs `true` in an adopted sandbox: it answers, and (the exec's end) nothing of an earlier run is left. */
-  private async settle(parts: AgentParts): Promise<void> {
-    parts.lifeline?.arm();
-    try {
-      const x = await this.opts.backend.exec(parts.sandbox, { argv: ["true"], cwd: "/", env: {} });
-      const status = await x.exited;
-      if (status.code !== 0)
-        throw new Error(`exec of true ended with ${status.code ?? status.signal}`);
-    } finally {
-      parts.lifeline?.cut();
-    }
   }
 
   /** Stops an agent, ending its running task first, and removes its sandbox. */
@@ -287,78 +232,25 @@ export class AgentHost {
     }
     slot.agent.state = AgentState.BUSY;
     slot.agent.taskId = taskId;
-    return this.execute(slot, taskId, spec, signal, onOutput);
-  }
-
-  private async execute(
-    slot: AgentSlot,
-    taskId: string,
-    spec: TaskSpec,
-    signal: AbortSignal,
-    onOutput: (o: AgentOutput) => void,
-  ): Promise<RunOutcome> {
-    const agentId = slot.agent.id;
-    const workspace = slot.agent.workspace;
-    if (this.opts.workspacePolicy === "clean") {
-      for (const entry of readdirSync(workspace))
-        rmSync(path.join(workspace, entry), { recursive: true, force: true });
-    }
-    const abort = new AbortController();
-    const onAbort = () => abort.abort();
-    signal.addEventListener("abort", onAbort);
-    slot.proxy.take();
-    const log = this.opts.log.child({ agent_id: agentId, task_id: taskId });
-    log.info("run started");
-    const settings: RunSettings = {
-      ...this.opts.settings,
-      // Every runtime reaches the model through the proxy: the key never enters a sandbox.
-      apiKey: PLACEHOLDER_KEY,
-      baseUrl: `http://127.0.0.1:${FORWARDER_PORT}`,
-      ...(slot.broker
-        ? { alwaysAllowedTools: [MCP_ALLOWED_TOOLS], extraArgs: slot.broker.cliArgs }
-        : {}),
-    };
-    slot.lifeline?.arm();
-    const runCli = () =>
-      runClaude({
-        spec,
-        settings,
-        place: {
-          agentId,
-          taskId,
-          workspace,
-          configDir: path.join(slot.dir, "claude-config"),
-          agentDir: slot.dir,
-        },
-        exec: (req) => this.opts.backend.exec(slot.sandbox, req),
-        hostPath: this.caps?.image ? "/usr/local/bin:/usr/bin:/bin" : this.opts.hostPath,
-        signal: abort.signal,
-        onOutput,
-      }).then((outcome) => {
-        // Nothing of the run outlives it, whatever the engine says (or cannot).
-        slot.lifeline?.cut();
-        return this.explainDeath(slot, outcome);
-      });
-    const observer = this.opts.observer;
-    const done = observer ? observer.cliRun({ taskId, agentId }, runCli) : runCli();
-    slot.run = { taskId, abort, done };
-    try {
-      const outcome = await done;
-      const metered = slot.proxy.take();
-      log.info("run ended", {
-        state: TaskState[outcome.state],
-        error: outcome.result.error || undefined,
-        proxy_usage: metered,
-      });
-      return outcome;
-    } finally {
-      slot.lifeline?.cut();
-      signal.removeEventListener("abort", onAbort);
-      slot.run = undefined;
-      slot.agent.tasksCompleted++;
-      slot.agent.taskId = "";
-      if (slot.agent.state === AgentState.BUSY) slot.agent.state = AgentState.IDLE;
-    }
+    const caps = this.caps!;
+    const o = this.opts;
+    return executeRun(
+      {
+        backend: o.backend,
+        caps,
+        settings: o.settings,
+        hostPath: o.hostPath,
+        workspacePolicy: o.workspacePolicy,
+        log: o.log,
+        observer: o.observer,
+        engineFailed: (s, e) => this.supervisor.failed(s, e),
+      },
+      slot,
+      taskId,
+      spec,
+      signal,
+      onOutput,
+    );
   }
 
   /** Ends the run of a task, if this host has it; resolves when its CLI is gone. */
@@ -387,37 +279,6 @@ export class AgentHost {
       ),
     );
     await this.opts.backend.close();
-  }
-
-  /**
-   * A failed run in a sandbox that died says why the sandbox died (e.g. out of memory); one
-   * whose engine could not be reached says so, and that the run was ended all the same.
-   */
-  private async explainDeath(slot: AgentSlot, outcome: RunOutcome): Promise<RunOutcome> {
-    if (outcome.state !== TaskState.FAILED || !this.caps?.image) return outcome;
-    let status: SandboxStatus | undefined;
-    try {
-      status = await this.opts.backend.inspect(slot.sandbox);
-      if (status.running && !outcome.result.sessionId) {
-        // The CLI vanished without a result: the engine may not have noticed its container's end yet.
-        status = await this.opts.backend
-          .waitForExit(slot.sandbox, AbortSignal.timeout(DEATH_NOTICE_MS))
-          .catch(() => status);
-      }
-    } catch (e) {
-      this.supervisor.failed(slot, e);
-    }
-    if (slot.lost) {
-      const ended = slot.lifeline ? "; the run was ended through its lifeline" : "";
-      outcome.result.error = `the container engine could not be reached during the run${ended}: ${slot.lost}`;
-      return outcome;
-    }
-    if (!status || status.running) return outcome;
-    const why = status.oomKilled
-      ? "out of memory (the container was OOM-killed)"
-      : (status.reason ?? "it stopped");
-    outcome.result.error = `the agent's container died during the run: ${why}`;
-    return outcome;
   }
 
   /** Replaces an agent whose sandbox died by itself (crash, OOM kill, docker kill). */

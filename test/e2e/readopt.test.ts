@@ -10,7 +10,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
-import { scripted, spec, testRuntimes, waitForEnd } from "../harness.ts";
+import { runtimeEnv, scripted, spec, startService, testRuntimes, waitForEnd } from "../harness.ts";
 import { useConductor } from "./use-conductor.ts";
 
 describe.each(testRuntimes())("an AgentHost restarted on %s", (runtime) => {
@@ -59,5 +59,41 @@ describe.each(testRuntimes())("an AgentHost restarted on %s", (runtime) => {
     const ws = path.join(conductor.dataDir, "agents", "agent-1", "workspace");
     expect(readFileSync(path.join(ws, "before.txt"), "utf8")).toBe("before");
     expect(readFileSync(path.join(ws, "after.txt"), "utf8")).toBe("after");
+  });
+
+  it("reaps a sandbox made from other settings, and makes the agent anew", async () => {
+    const { conductor, model } = setup;
+    const before = await container();
+    await conductor.processes[0]!.kill9();
+    // The same folders, another memory limit: the sandbox left is not what it would make now.
+    conductor.processes[0] = await startService(
+      "agent-host",
+      [
+        ...["--runtime", runtime, "--agents", "1"],
+        ...["--socket-dir", conductor.socketDir, "--data-dir", conductor.dataDir],
+      ],
+      {
+        ANTHROPIC_BASE_URL: model.url,
+        ANTHROPIC_API_KEY: "sk-test-key",
+        CONDUCTOR_OBSERVABILITY_LOG_LEVEL: "info",
+        CONDUCTOR_OBSERVABILITY_AGENT_HOST_METRICS_PORT: "0",
+        CONDUCTOR_ORCHESTRATOR_NODE_ID: node,
+        CONDUCTOR_AGENT_CONTAINER_MEMORY: "768m",
+        ...runtimeEnv(),
+      },
+    );
+    const log = conductor.processes[0].stderr();
+    expect(log).toMatch(/reaping an agent sandbox.*"agent_id":"agent-1"/);
+    expect(log).not.toMatch(/re-adopting an agent sandbox/);
+    if (before !== undefined) {
+      const now = await container();
+      expect(now).not.toBe("");
+      expect(now).not.toBe(before);
+    }
+    const { task } = await conductor.client.submitTask({
+      spec: spec({ prompt: scripted([{ text: "anew" }]) }),
+    });
+    const ended = await waitForEnd(conductor.client, task!.id);
+    expect(ended.state, ended.result?.error).toBe(TaskState.SUCCEEDED);
   });
 });
