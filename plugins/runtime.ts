@@ -8,8 +8,13 @@
 /** Labels every backend puts on what it creates, so a restart can find and reap it. */
 export const LABEL_NODE = "dev.conductor.node";
 export const LABEL_AGENT = "dev.conductor.agent";
-/** Which AgentHost instance (of possibly several on one node) created it. */
+/**
+ * Which AgentHost instance (of possibly several on one machine or engine) created it. Container
+ * backends put it in the container's name too, so two AgentHosts on one engine never collide.
+ */
 export const LABEL_HOST = "dev.conductor.host";
+/** A digest of the spec it was made from: a restarted AgentHost re-adopts only an unchanged one. */
+export const LABEL_SPEC = "dev.conductor.spec";
 
 /**
  * The uid:gid a container's own processes (its main process, idling and holding the
@@ -24,12 +29,51 @@ export interface Fingerprint {
   healthy: boolean;
   /** Engine version, or why it is unhealthy (naming the socket and how to start it). */
   detail: string;
-  capabilities: {
-    /** Memory/CPU/pids limits are enforced. */
-    limits: boolean;
-    /** Network isolation (network mode none) is possible. */
-    networkIsolation: boolean;
-  };
+  capabilities: Capabilities;
+}
+
+/** What a backend can do; the AgentHost reads these, never the backend's name. */
+export interface Capabilities {
+  /** Memory/CPU/pids limits are enforced. */
+  limits: boolean;
+  /** Network isolation (network mode none) is possible. */
+  networkIsolation: boolean;
+  /**
+   * Agents run in an image's file system: the CLI and node are the image's (on its PATH), not
+   * this machine's, and a sandbox can die by itself (crash, OOM, killed from outside).
+   */
+  image: boolean;
+  /**
+   * A run does not end with the AgentHost by itself (an engine keeps exec'd processes when its
+   * client goes): the AgentHost hands each run a lifeline socket (CONDUCTOR_RUN_LIFELINE in the
+   * sandbox's env) and the run ends when its connection to it closes.
+   */
+  runLifeline: boolean;
+  /** A sandbox outlives its AgentHost and recover() re-attaches it after a restart. */
+  recover: boolean;
+}
+
+/**
+ * The engine behind a backend cannot be reached (its socket is gone, refuses, or does not
+ * answer). Backends throw it (or a subclass) so the AgentHost can tell an engine that is away
+ * from a call that failed, and report the agents lost rather than dead.
+ */
+export class EngineUnreachableError extends Error {
+  override name = "EngineUnreachableError";
+  /** Where the engine was looked for (a socket path), for messages. */
+  readonly where: string;
+  constructor(message: string, where: string, cause?: unknown) {
+    super(message, { cause });
+    this.where = where;
+  }
+}
+
+/** Whether e says the engine cannot be reached (by class, or by name from another copy of it). */
+export function isEngineUnreachable(e: unknown): e is EngineUnreachableError {
+  return (
+    e instanceof EngineUnreachableError ||
+    (e instanceof Error && e.name === "EngineUnreachableError")
+  );
 }
 
 /** A folder shared into the sandbox at the same absolute path. */
@@ -49,7 +93,8 @@ export interface SandboxSpec {
   /**
    * Environment of the sandbox itself (never secrets). Understood by the backends:
    * CONDUCTOR_MODEL_SOCKET (the model proxy: each run reaches it on a loopback port,
-   * ANTHROPIC_BASE_URL), CONDUCTOR_LIFELINE_SOCKET (containers end when it closes).
+   * ANTHROPIC_BASE_URL), CONDUCTOR_RUN_LIFELINE (runtimes with capabilities.runLifeline: each
+   * run holds a connection to it and ends when that closes).
    */
   env: Record<string, string>;
   labels: Record<string, string>;

@@ -8,6 +8,9 @@ import {
   isUnreachable,
 } from "./errors.ts";
 
+/** How long fingerprint waits for the engine: Podman's info takes seconds on a busy machine. */
+const PROBE_TIMEOUT_MS = 15_000;
+
 /** The command that builds the agent image on a machine with no registry. */
 export const IMAGE_BUILD_COMMAND = "bash deploy/agent-image/build-offline.sh";
 
@@ -31,8 +34,10 @@ export interface EngineBackendOptions {
    * so themselves (Podman 4). Asked only when the engine reports no OOM.
    */
   detectOom?: (containerId: string) => boolean;
-  /** Bounds fingerprint's probe of the engine (default 15 s: Podman's info can take seconds on a busy machine). */
+  /** Bounds fingerprint's probe of the engine. */
   probeTimeoutMs?: number;
+  /** How long waitForExit waits before reading the container's state again (default 30 s). */
+  waitRoundMs?: number;
 }
 
 /** The engine connection and the calls every backend method shares. */
@@ -48,14 +53,20 @@ export interface EngineClient {
   fingerprint: () => Promise<Fingerprint>;
 }
 
+/** A call ended by its own timeout (an AbortSignal.timeout), not by the engine's answer. */
+function isTimeout(e: unknown): boolean {
+  const o = e as { name?: unknown; cause?: { name?: unknown } } | undefined;
+  return o?.name === "TimeoutError" || o?.cause?.name === "TimeoutError";
+}
+
 /** Connects (lazily: dockerode dials per request) to the engine at o.socketPath. */
 export function connectEngine(o: EngineBackendOptions): EngineClient {
   const docker = new Docker({ socketPath: o.socketPath });
   let initBinary: Promise<boolean> | undefined;
 
   const fail = (e: unknown, what: string, hint = ""): never => {
-    if (isUnreachable(e)) {
-      const code = engineFailure(e).code ?? "unreachable";
+    if (isUnreachable(e) || isTimeout(e)) {
+      const code = isTimeout(e) ? "no answer in time" : (engineFailure(e).code ?? "unreachable");
       throw new EngineUnreachableError(
         `cannot reach ${o.engineLabel} at ${o.socketPath} (${code}): ${o.startHint}`,
         o.socketPath,
@@ -102,12 +113,18 @@ export function connectEngine(o: EngineBackendOptions): EngineClient {
     useInit,
     findImage,
     async fingerprint(): Promise<Fingerprint> {
-      const caps = { limits: true, networkIsolation: true };
+      const caps = {
+        limits: true,
+        networkIsolation: true,
+        image: true,
+        runLifeline: true,
+        recover: true,
+      };
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(
           () => reject(Object.assign(new Error("no answer"), { code: "ETIMEDOUT" })),
-          o.probeTimeoutMs ?? 15_000,
+          o.probeTimeoutMs ?? PROBE_TIMEOUT_MS,
         );
       });
       try {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type Docker from "dockerode";
-import { LABEL_AGENT, LABEL_NODE } from "../runtime.ts";
+import { LABEL_AGENT, LABEL_HOST, LABEL_NODE } from "../runtime.ts";
 import type { SandboxSpec } from "../runtime.ts";
 import {
   INFRA_USER,
@@ -84,6 +84,12 @@ describe("checkUser / containerName / socketFromDockerHost", () => {
   });
   it("makes names the engine accepts", () => {
     expect(containerName({ ...spec, nodeId: "a b", agentId: "c:d" })).toBe("conductor-a_b-c_d");
+  });
+  it("names the AgentHost instance, so two on one engine never collide", () => {
+    const of = (host: string) =>
+      containerName({ ...spec, agentId: "agent-1", labels: { [LABEL_HOST]: host } });
+    expect(of("0123456789abcdef")).toBe("conductor-node-1-0123456789ab-agent-1");
+    expect(of("fedcba9876543210")).not.toBe(of("0123456789abcdef"));
   });
   it("reads unix:// DOCKER_HOST values and refuses others", () => {
     expect(socketFromDockerHost(undefined)).toBeUndefined();

@@ -1,5 +1,5 @@
 import type Docker from "dockerode";
-import { LABEL_AGENT, LABEL_NODE, SANDBOX_INFRA_USER } from "../runtime.ts";
+import { LABEL_AGENT, LABEL_HOST, LABEL_NODE, SANDBOX_INFRA_USER } from "../runtime.ts";
 import type { SandboxSpec, SandboxStatus } from "../runtime.ts";
 
 /** What the engine-specific wrapper decides beyond the spec. */
@@ -28,10 +28,32 @@ export function checkUser(user: string): void {
   }
 }
 
-/** A container name the engine accepts, readable in `docker ps`. */
+/**
+ * A container name the engine accepts, readable in `docker ps`, and unique per AgentHost
+ * instance (its LABEL_HOST), so two AgentHosts on one engine never collide:
+ * conductor-<node>-<host>-<agent>.
+ */
 export function containerName(spec: SandboxSpec): string {
-  return `conductor-${spec.nodeId}-${spec.agentId}`.replace(/[^a-zA-Z0-9_.-]/g, "_");
+  const host = spec.labels[LABEL_HOST]?.slice(0, 12);
+  const parts = ["conductor", spec.nodeId, ...(host ? [host] : []), spec.agentId];
+  return parts.join("-").replace(/[^a-zA-Z0-9_.-]/g, "_");
 }
+
+/**
+ * The main process of a container whose runs have a lifeline (CONDUCTOR_RUN_LIFELINE), as the
+ * container's own user: it idles while an AgentHost listens on that socket (a restarted one
+ * re-adopts the container), and ends the container once none has for
+ * CONDUCTOR_ORPHAN_GRACE_SECONDS (default 600), so an AgentHost killed and never restarted
+ * leaves no running container. `wait` is interruptible, so TERM ends it at once; as PID 1 it
+ * reaps what is handed to it.
+ */
+export const IDLE_WHILE_HOSTED = `trap 'exit 0' TERM INT
+g=\${CONDUCTOR_ORPHAN_GRACE_SECONDS:-600}; t=0
+while [ "$t" -lt "$g" ]; do
+  socat -u "UNIX-CONNECT:$CONDUCTOR_RUN_LIFELINE" OPEN:/dev/null 2>/dev/null &
+  if wait $!; then t=0; else t=$((t+5)); fi
+  sleep 5 & wait $!
+done`;
 
 /** Translates a sandbox spec into the engine's create request (Docker API, Podman compat). */
 export function createOptions(
@@ -44,6 +66,7 @@ export function createOptions(
   return {
     name: containerName(spec),
     Image: image,
+    ...(spec.env["CONDUCTOR_RUN_LIFELINE"] ? { Cmd: ["/bin/sh", "-c", IDLE_WHILE_HOSTED] } : {}),
     User: INFRA_USER,
     Env: Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
     Labels: {

@@ -7,11 +7,26 @@ import type { EngineBackendOptions } from "./client.ts";
 import { engineFailure, isNotFound } from "./errors.ts";
 import { startExec } from "./exec.ts";
 
+/** How long one call that should answer at once (inspect, list, remove…) may take. */
+const CALL_TIMEOUT_MS = 30_000;
+/**
+ * How long one round of waiting on a container lasts before its state is read again: a wait
+ * whose connection closed silently (the engine's socket went away mid-answer: dockerode then
+ * neither resolves nor rejects) is never waited on for longer, and an engine that cannot be
+ * reached any more is reported (rejected) rather than waited for.
+ */
+const WAIT_ROUND_MS = 30_000;
+
 /** A RuntimeBackend over any engine speaking the Docker Engine API, through dockerode. */
 export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
   const client = connectEngine(o);
   const { docker, fail } = client;
   const closing = new AbortController();
+  const waitRoundMs = o.waitRoundMs ?? WAIT_ROUND_MS;
+  /** An abort signal for one quick call: its timeout, or this backend closing. */
+  const quick = () => ({
+    abortSignal: AbortSignal.any([AbortSignal.timeout(CALL_TIMEOUT_MS), closing.signal]),
+  });
 
   const container = (h: SandboxHandle) => docker.getContainer(h.id);
   const backend: RuntimeBackend = {
@@ -83,7 +98,7 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
 
     async destroy(h) {
       try {
-        await container(h).remove({ force: true, v: true });
+        await container(h).remove({ force: true, v: true, ...quick() });
       } catch (e) {
         const f = engineFailure(e);
         // Missing, or already being removed: either way it is going.
@@ -95,7 +110,7 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
 
     async inspect(h): Promise<SandboxStatus> {
       try {
-        const info = await container(h).inspect();
+        const info = await container(h).inspect(quick());
         const st = statusOf(info);
         if (!st.running && !st.oomKilled && st.exitCode === 137 && o.detectOom?.(info.Id)) {
           return { ...st, oomKilled: true, reason: "out of memory" };
@@ -109,7 +124,7 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
 
     async stats(h) {
       try {
-        const s = await container(h).stats({ stream: false });
+        const s = await container(h).stats({ stream: false, ...quick() });
         const m = s.memory_stats as { usage?: number; stats?: Record<string, number> };
         // As `docker stats` shows it: usage less the page cache the kernel can drop.
         const cache = m.stats?.["total_inactive_file"] ?? m.stats?.["inactive_file"] ?? 0;
@@ -127,6 +142,7 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
         const found = await docker.listContainers({
           all: true,
           filters: { label: Object.entries(labels).map(([k, v]) => `${k}=${v}`) },
+          ...quick(),
         });
         return found.map((c) => ({
           id: c.Id,
@@ -140,7 +156,7 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
 
     async recover(h) {
       try {
-        const info = await container(h).inspect();
+        const info = await container(h).inspect(quick());
         if (!info.State.Running) return undefined;
         return { id: info.Id, agentId: h.agentId, labels: info.Config.Labels ?? h.labels };
       } catch (e) {
@@ -150,14 +166,19 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
     },
 
     async waitForExit(h, signal) {
-      const abortSignal = AbortSignal.any([signal, closing.signal]);
-      try {
-        await container(h).wait({ abortSignal });
-      } catch (e) {
-        // Aborted, or the container is gone: report what the engine knows now.
-        if (!abortSignal.aborted && !isNotFound(e)) fail(e, `waiting for container ${h.id}`);
+      const stopped = AbortSignal.any([signal, closing.signal]);
+      for (;;) {
+        const round = AbortSignal.any([stopped, AbortSignal.timeout(waitRoundMs)]);
+        try {
+          await container(h).wait({ abortSignal: round });
+        } catch (e) {
+          // Aborted (by the caller or the round's end), or the container is gone: read its state.
+          if (!round.aborted && !isNotFound(e)) fail(e, `waiting for container ${h.id}`);
+        }
+        // Rejects when the engine cannot be reached: the caller learns at once, not never.
+        const st = await backend.inspect(h);
+        if (!st.running || stopped.aborted) return st;
       }
-      return backend.inspect(h);
     },
 
     async close() {

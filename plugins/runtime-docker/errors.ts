@@ -1,9 +1,10 @@
+import { EngineUnreachableError as ContractUnreachable } from "../runtime.ts";
+
 /** The engine could not be reached at its socket; says where and how to start it. */
-export class EngineUnreachableError extends Error {
-  override name = "EngineUnreachableError";
+export class EngineUnreachableError extends ContractUnreachable {
   readonly socketPath: string;
   constructor(message: string, socketPath: string, cause: unknown) {
-    super(message, { cause });
+    super(message, socketPath, cause);
     this.socketPath = socketPath;
   }
 }
@@ -44,6 +45,7 @@ const UNREACHABLE = new Set([
   "ECONNRESET",
   "EPIPE",
   "ENOTSOCK",
+  "ETIMEDOUT",
 ]);
 
 /** True when the failure is the socket, not the engine's answer. */

@@ -13,9 +13,16 @@ const STDERR_TAIL = 4096;
  * itself and PID 1, which is nobody's) before exiting with the program's status. Whatever the
  * run started — a new session, a clean environment, a double fork — is the agent's user's,
  * so it ends with the run. TERM (the first step of kill()) is the program's: the wrapper
- * waits on. Needs sh, grep, kill and socat in the image (busybox's or Debian's).
+ * waits on. With CONDUCTOR_RUN_LIFELINE in the container's env it first connects to that
+ * socket of its AgentHost and, when the connection closes (the AgentHost died, or cut it to end
+ * the run without the engine), kills every process of the agent's user: no run outlives its
+ * AgentHost or its say. The holder ignores TERM (the killer spares it: see KILLER), so a graceful
+ * stop stays graceful. Needs sh, grep, kill and socat in the image (busybox's or Debian's).
  */
-const WRAPPER = `if [ -n "\${CONDUCTOR_MODEL_SOCKET:-}" ]; then
+const WRAPPER = `if [ -n "\${CONDUCTOR_RUN_LIFELINE:-}" ]; then
+  (trap '' TERM INT HUP; socat -u "UNIX-CONNECT:$CONDUCTOR_RUN_LIFELINE" OPEN:/dev/null; kill -KILL -1) </dev/null >/dev/null 2>&1 &
+fi
+if [ -n "\${CONDUCTOR_MODEL_SOCKET:-}" ]; then
   port=\${CONDUCTOR_MODEL_PORT:-8080}
   socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$CONDUCTOR_MODEL_SOCKET" </dev/null >/dev/null 2>&1 &
   hex=$(printf '%04X' "$port"); i=0
@@ -29,25 +36,49 @@ while kill -0 "$c" 2>/dev/null; do wait "$c"; rc=$?; done
 kill -KILL -1 2>/dev/null
 exit "$rc"`;
 
-/** Signals every process of the agent's user in the container but itself (kill -1). */
-const KILLER = `kill -"$1" -1 2>/dev/null; exit 0`;
+/**
+ * Signals every process of the agent's user in the container but itself: KILL all at once
+ * (kill -1); TERM each but a run's lifeline holder, which must stay to the end.
+ */
+const KILLER = `if [ "$1" = KILL ]; then kill -KILL -1 2>/dev/null; exit 0; fi
+for d in /proc/[0-9]*; do
+  p=\${d#/proc/}
+  [ "$p" = "$$" ] && continue
+  case "$(tr '\\0' ' ' <"$d/cmdline" 2>/dev/null)" in
+    "socat -u UNIX-CONNECT:"*) ;;
+    *) kill -"$1" "$p" 2>/dev/null ;;
+  esac
+done
+exit 0`;
+
+/** How long an engine call made while ending an exec may take. */
+const CALL_TIMEOUT_MS = 5000;
 
 /** Runs one short command in the container and waits for it (for the killer). */
 async function runQuiet(container: Docker.Container, cmd: string[], user: string): Promise<void> {
-  const ex = await container.exec({ Cmd: cmd, User: user, AttachStdout: true, AttachStderr: true });
+  const abortSignal = AbortSignal.timeout(CALL_TIMEOUT_MS);
+  const ex = await container.exec({
+    Cmd: cmd,
+    User: user,
+    AttachStdout: true,
+    AttachStderr: true,
+    abortSignal,
+  });
   const stream = await ex.start({ hijack: true, stdin: false });
   stream.resume();
   await new Promise<void>((resolve) => {
-    stream.once("end", resolve);
-    stream.once("close", resolve);
-    stream.once("error", () => resolve());
+    const timer = setTimeout(() => (stream.destroy(), resolve()), CALL_TIMEOUT_MS);
+    const done = () => (clearTimeout(timer), resolve());
+    stream.once("end", done);
+    stream.once("close", done);
+    stream.on("error", done);
   });
 }
 
 /** The exit code an exec reports once the engine has recorded it (bounded poll). */
 async function exitCodeOf(ex: Docker.Exec): Promise<number | null> {
   for (let i = 0; i < 40; i++) {
-    const info = await ex.inspect();
+    const info = await ex.inspect({ abortSignal: AbortSignal.timeout(CALL_TIMEOUT_MS) });
     if (!info.Running) return info.ExitCode ?? null;
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
@@ -99,7 +130,7 @@ export async function startExec(
     };
     stream.once("end", end);
     stream.once("close", end);
-    stream.once("error", end);
+    stream.on("error", end); // every error, not the first: a second one must not go unhandled
   });
 
   let killedWith: NodeJS.Signals | undefined;
@@ -150,7 +181,17 @@ export async function startExec(
       });
       const over = await Promise.race([exited.then(() => false), graceOver]);
       clearTimeout(timer);
-      if (over) await signalTree("KILL");
+      if (!over) return exited;
+      await signalTree("KILL");
+      // An engine that does not answer may never end the stream: stop reading it after a while.
+      const ended = await Promise.race([
+        exited.then(() => true),
+        new Promise<boolean>((resolve) => {
+          timer = setTimeout(() => resolve(false), graceMs);
+        }),
+      ]);
+      clearTimeout(timer);
+      if (!ended) stream.destroy();
       return exited;
     },
   };

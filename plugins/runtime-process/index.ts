@@ -104,7 +104,15 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
   return {
     name: "process",
     async fingerprint(): Promise<Fingerprint> {
-      const capabilities = { limits: false, networkIsolation: sandboxed };
+      // Runs end with the AgentHost by themselves (bubblewrap's --die-with-parent); a sandbox
+      // is a folder and its record, which recover() takes up again.
+      const capabilities = {
+        limits: false,
+        networkIsolation: sandboxed,
+        image: false,
+        runLifeline: false,
+        recover: true,
+      };
       if (!sandboxed) {
         return {
           runtime: "process",

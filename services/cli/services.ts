@@ -20,6 +20,7 @@ import { resolveClaudePath } from "../shared/claude-path.ts";
 import type { Config } from "../shared/config.ts";
 import type { Logger } from "../shared/log.ts";
 import type { Observability } from "../shared/observability.ts";
+import { lockService, type ServiceLock } from "../shared/lock.ts";
 import { serveUnix, type UnixServer } from "../shared/transport.ts";
 
 /** A started service: stop() ends it cleanly. */
@@ -39,12 +40,32 @@ export async function startAgentHost(
   hostPath: string,
   obs?: Observability,
 ): Promise<Running & { host: AgentHost; server: UnixServer }> {
+  // Before anything else: a second AgentHost on this folder would reap the live agents.
+  const lock = await lockService("agent-host", config.storage.data_dir);
+  try {
+    return await serveAgentHost(config, log, hostPath, lock, obs);
+  } catch (e) {
+    await lock.release();
+    throw e;
+  }
+}
+
+async function serveAgentHost(
+  config: Config,
+  log: Logger,
+  hostPath: string,
+  lock: ServiceLock,
+  obs?: Observability,
+): Promise<Running & { host: AgentHost; server: UnixServer }> {
   const a = config.agent;
   const telemetry = { ...obs, nodeId: config.orchestrator.node_id };
   const backend = observeBackend(await loadBackend(config), telemetry);
-  const contained = backend.name !== "process";
+  const fingerprint = await backend.fingerprint();
+  // In an image the CLI is the image's; else the npm package's on this machine.
+  const contained = fingerprint.capabilities.image;
   const host = new AgentHost({
     backend,
+    fingerprint,
     sandbox: {
       image: config.runtime.image,
       network: config.runtime.network,
@@ -68,7 +89,6 @@ export async function startAgentHost(
       ? createAgentHostObserver({ ...telemetry, runtime: backend.name })
       : undefined,
     settings: {
-      // Inside an agent image the CLI is on PATH; on the process backend it is the npm package's.
       claudePath: contained ? a.claude_path || "claude" : resolveClaudePath(a.claude_path),
       model: a.model,
       permissionMode: a.permission_mode,
@@ -107,6 +127,7 @@ export async function startAgentHost(
     stop: async () => {
       await host.close();
       await server.close();
+      await lock.release();
     },
   };
 }
@@ -153,6 +174,21 @@ export async function startOrchestrator(
   log: Logger,
   obs?: Observability,
 ): Promise<Running & { orchestrator: Orchestrator; server: UnixServer }> {
+  const lock = await lockService("orchestrator", config.storage.data_dir);
+  try {
+    return await serveOrchestrator(config, log, lock, obs);
+  } catch (e) {
+    await lock.release();
+    throw e;
+  }
+}
+
+async function serveOrchestrator(
+  config: Config,
+  log: Logger,
+  lock: ServiceLock,
+  obs?: Observability,
+): Promise<Running & { orchestrator: Orchestrator; server: UnixServer }> {
   const o = config.orchestrator;
   const observer =
     obs && (obs.tracer || obs.registry)
@@ -192,6 +228,7 @@ export async function startOrchestrator(
     stop: async () => {
       await server.close();
       await orchestrator.close();
+      await lock.release();
     },
   };
 }
@@ -202,13 +239,26 @@ export async function startBroker(
   log: Logger,
   obs?: Observability,
 ): Promise<Running & { broker: BrokerServer }> {
-  const server = await startBrokerServer({
-    ...brokerOptions(config, log.child({ service: "broker" })),
-    socketPath: config.broker.socket_path,
-    interceptors: obs?.serverInterceptors ?? [],
-    log,
-    registry: obs?.registry,
-  });
+  const lock = await lockService("broker", config.storage.data_dir);
+  let server: BrokerServer;
+  try {
+    server = await startBrokerServer({
+      ...brokerOptions(config, log.child({ service: "broker" })),
+      socketPath: config.broker.socket_path,
+      interceptors: obs?.serverInterceptors ?? [],
+      log,
+      registry: obs?.registry,
+    });
+  } catch (e) {
+    await lock.release();
+    throw e;
+  }
   log.info("broker serving", { socket: server.socketPath, data_dir: config.storage.data_dir });
-  return { broker: server, stop: () => server.close() };
+  return {
+    broker: server,
+    stop: async () => {
+      await server.close();
+      await lock.release();
+    },
+  };
 }

@@ -25,15 +25,29 @@ export interface AgentOwner {
 /**
  * Makes an agent's `run` folder anew: owned by this service's user, mode 0751, its group the
  * agent's, so the agent can read what is in it and connect to its sockets but can neither
- * replace nor add anything; others (a container's own user, which holds the lifeline) may
- * pass through to a socket made theirs, but not list or read. Whatever was there (links an agent planted included) is removed
- * first, without following links.
+ * replace nor add anything; others may pass through to a socket made theirs, but not list or
+ * read. Whatever was in it (links an agent planted included) is removed first, without
+ * following links. A folder that is already ours is emptied rather than replaced: a container
+ * re-adopted after a restart bind-mounts this very folder, and sees what is made in it anew.
  */
 export function freshRunDir(dir: string, owner: AgentOwner | undefined): void {
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true, mode: 0o751 });
-  lchownSync(dir, process.getuid?.() ?? 0, owner?.gid ?? process.getgid?.() ?? 0);
-  chmodSync(dir, 0o751); // made just now, by us: not a link
+  const me = process.getuid?.() ?? 0;
+  let ours = false;
+  try {
+    const st = lstatSync(dir);
+    ours = st.isDirectory() && st.uid === me;
+  } catch {
+    // not there yet
+  }
+  if (ours) {
+    for (const name of readdirSync(dir))
+      rmSync(path.join(dir, name), { recursive: true, force: true });
+  } else {
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true, mode: 0o751 });
+  }
+  lchownSync(dir, me, owner?.gid ?? process.getgid?.() ?? 0);
+  chmodSync(dir, 0o751); // a folder of ours (lstat above, or made just now): not a link
 }
 
 /**
@@ -79,17 +93,21 @@ const O_PATH = 0o10000000;
 
 /**
  * Makes a socket this service listens on reachable by the agent's user alone (and this
- * service): mode 0600, owned by `owner` (left to this service's user without one). Never
+ * service): mode 0600 (or `mode`, for the owner's group too), owned by `owner` (left to this service's user without one). Never
  * follows a link: the name is opened O_PATH|O_NOFOLLOW, checked to be a socket and changed
  * through /proc/self/fd, so a link planted where the socket was cannot turn this into a chmod
  * or chown of a host file. Until then the socket has the umask's mode (0700 under the
  * services' 077).
  */
-export function socketForAgent(socketPath: string, owner: AgentOwner | undefined): void {
+export function socketForAgent(
+  socketPath: string,
+  owner: AgentOwner | undefined,
+  mode = 0o600,
+): void {
   const fd = openSync(socketPath, O_PATH | constants.O_NOFOLLOW);
   try {
     if (!fstatSync(fd).isSocket()) throw new Error(`${socketPath} was replaced while starting`);
-    chmodSync(`/proc/self/fd/${fd}`, 0o600);
+    chmodSync(`/proc/self/fd/${fd}`, mode);
     if (owner) chownSync(`/proc/self/fd/${fd}`, owner.uid, owner.gid);
   } finally {
     closeSync(fd);

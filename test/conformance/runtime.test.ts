@@ -12,6 +12,7 @@ import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -21,6 +22,7 @@ import { createPodmanBackend, podmanSocketPath } from "../../plugins/runtime-pod
 import { createProcessBackend } from "../../plugins/runtime-process/index.ts";
 import { markedPids } from "../../plugins/runtime-process/exec.ts";
 import { MAX_LINE_BYTES } from "../../plugins/lines.ts";
+import { startLifeline } from "../../services/agent-host/lifeline.ts";
 import { LABEL_AGENT, LABEL_NODE } from "../../plugins/runtime.ts";
 import type {
   Fingerprint,
@@ -381,6 +383,94 @@ describe.each(TARGETS)("runtime conformance: $name", (target) => {
       "lo",
     ]);
     expect(readFileSync(path.join(workspace, "from-inside"), "utf8")).toBe("x\n");
+  });
+
+  it("ends a run when its lifeline closes, and keeps the sandbox (capabilities.runLifeline)", async (ctx) => {
+    if (!fp.capabilities.runLifeline) return ctx.skip();
+    const dir = mkdtempSync(path.join(tmpdir(), "conformance-lifeline-"));
+    const lifeline = await startLifeline(path.join(dir, "lifeline.sock"), undefined);
+    chmodSync(dir, 0o755);
+    chmodSync(lifeline.socketPath, 0o666); // the sandbox's uid 1000 connects
+    try {
+      const h = await started({
+        mounts: [{ hostPath: workspace }, { hostPath: dir }],
+        env: { CONDUCTOR_RUN_LIFELINE: lifeline.socketPath },
+      });
+      lifeline.arm();
+      // A graceful kill stays graceful: the lifeline's holder is spared the TERM.
+      const polite = await b.exec(h, {
+        argv: ["sh", "-c", "trap 'echo term; exit 0' TERM; echo up; sleep 1010 & wait"],
+        cwd: "/tmp",
+        env: {},
+      });
+      const politeLines: string[] = [];
+      await new Promise<void>((resolve) =>
+        polite.onStdoutLine((l) => (politeLines.push(l), resolve())),
+      );
+      await polite.kill(5000);
+      expect(politeLines).toEqual(["up", "term"]);
+      // Cutting the lifeline ends the run and all it started; the sandbox stays.
+      const x = await b.exec(h, {
+        argv: ["sh", "-c", "sleep 1008 & echo up; sleep 1009"],
+        cwd: "/tmp",
+        env: {},
+      });
+      await new Promise<void>((resolve) => x.onStdoutLine(() => resolve()));
+      lifeline.cut();
+      const status = await x.exited;
+      expect(status.code === 0 && status.signal === null).toBe(false);
+      lifeline.arm(); // for the look inside
+      expect((await processesInside(b, h)).filter((l) => /sleep 10(08|09|10)/.test(l))).toEqual([]);
+      expect((await b.inspect(h)).running).toBe(true);
+    } finally {
+      await lifeline.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("ends a sandbox whose lifeline nobody has listened on for the grace period (capabilities.runLifeline)", async (ctx) => {
+    if (!fp.capabilities.runLifeline) return ctx.skip();
+    const dir = mkdtempSync(path.join(tmpdir(), "conformance-orphan-"));
+    const sock = path.join(dir, "lifeline.sock");
+    const held = new Set<net.Socket>();
+    let watched: () => void = () => undefined;
+    const watching = new Promise<void>((resolve) => (watched = resolve));
+    const server = net.createServer((s) => {
+      s.on("error", () => s.destroy());
+      held.add(s);
+      s.resume();
+      watched();
+    });
+    await new Promise<void>((resolve) => server.listen(sock, resolve));
+    chmodSync(dir, 0o755);
+    chmodSync(sock, 0o666);
+    try {
+      const h = await started({
+        mounts: [{ hostPath: workspace }, { hostPath: dir }],
+        env: { CONDUCTOR_RUN_LIFELINE: sock, CONDUCTOR_ORPHAN_GRACE_SECONDS: "5" },
+      });
+      await watching; // the container's main process holds on while a host listens
+      expect((await b.inspect(h)).running).toBe(true);
+      for (const s of held) s.destroy();
+      await new Promise((resolve) => server.close(resolve));
+      const st = await b.waitForExit(h, AbortSignal.timeout(45_000));
+      expect(st.running).toBe(false);
+    } finally {
+      for (const s of held) s.destroy();
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("declares its capabilities in the fingerprint", () => {
+    const c = fp.capabilities;
+    expect(c).toEqual({
+      limits: expect.any(Boolean) as boolean,
+      networkIsolation: expect.any(Boolean) as boolean,
+      image: Boolean(target.engine),
+      runLifeline: Boolean(target.engine),
+      recover: true,
+    });
   });
 
   it("recovers after a restart: a new backend finds the sandbox and execs in it", async () => {

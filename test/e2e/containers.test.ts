@@ -163,3 +163,52 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
     });
   },
 );
+
+/** Two Conductors (two data folders) on one engine, with the same node name: no collision. */
+describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
+  "two Conductors on one %s engine",
+  (runtime) => {
+    const node = `twin-${randomUUID().slice(0, 8)}`;
+    const engine = (...args: string[]) => run(runtime, args);
+    const containers = async () =>
+      (
+        await engine("ps", "-q", "--no-trunc", "--filter", `label=dev.conductor.node=${node}`)
+      ).stdout
+        .split("\n")
+        .filter(Boolean)
+        .sort();
+
+    afterAll(async () => {
+      const left = (await engine("ps", "-aq", "--filter", `label=dev.conductor.node=${node}`))
+        .stdout;
+      expect(left.trim()).toBe("");
+    });
+
+    it("run side by side, and each removes only its own containers", async () => {
+      await using model = await startFakeModel();
+      const options = { agents: 1, runtime, modelUrl: model.url };
+      const env = { CONDUCTOR_ORCHESTRATOR_NODE_ID: node };
+      await using first = await startConductor({ ...options, env });
+      const own = await containers();
+      expect(own).toHaveLength(1);
+      {
+        await using second = await startConductor({ ...options, env });
+        expect(await containers()).toHaveLength(2);
+        for (const { client } of [first, second]) {
+          const { task } = await client.submitTask({
+            spec: spec({ prompt: scripted([{ text: "side by side" }]) }),
+          });
+          const ended = await waitForEnd(client, task!.id);
+          expect(ended.state, ended.result?.error).toBe(TaskState.SUCCEEDED);
+        }
+      }
+      // The second one is gone with its container; the first one's runs on, and works.
+      expect(await containers()).toEqual(own);
+      const { task } = await first.client.submitTask({
+        spec: spec({ prompt: scripted([{ text: "still mine" }]) }),
+      });
+      const ended = await waitForEnd(first.client, task!.id);
+      expect(ended.state, ended.result?.error).toBe(TaskState.SUCCEEDED);
+    }, 180_000); // two whole Conductors: Podman's API takes seconds a call on a busy machine
+  },
+);

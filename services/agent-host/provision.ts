@@ -1,0 +1,198 @@
+import { createHash } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import {
+  LABEL_AGENT,
+  LABEL_HOST,
+  LABEL_NODE,
+  LABEL_SPEC,
+  type Capabilities,
+  type RuntimeBackend,
+  type SandboxHandle,
+  type SandboxSpec,
+} from "../../plugins/runtime.ts";
+import { setUpAgentBroker, type AgentBroker } from "../broker/access.ts";
+import { freshRunDir, ownTree, type AgentOwner } from "../shared/agent-files.ts";
+import type { Logger } from "../shared/log.ts";
+import { startLifeline, type Lifeline } from "./lifeline.ts";
+import { startModelProxy, type ModelProxy } from "./model-proxy.ts";
+
+/** Inside a container the CLI reaches the model proxy through this loopback forwarder. */
+export const FORWARDER_PORT = 8080;
+
+/** Container settings for agents (ignored by the process backend). */
+export interface SandboxSettings {
+  image: string;
+  network: string;
+  user: string;
+  memoryBytes: number;
+  cpus: number;
+  pids: number;
+  ulimits: Record<string, number>;
+  stopGraceMs: number;
+}
+
+/** What making an agent's sandbox takes: the host's settings and who the agent is. */
+export interface ProvisionContext {
+  nodeId: string;
+  dataDir: string;
+  /** Names this AgentHost instance on everything it creates (LABEL_HOST). */
+  hostKey: string;
+  backend: RuntimeBackend;
+  caps: Capabilities;
+  sandbox: SandboxSettings;
+  /** The model API the proxy forwards to, and the key it adds. */
+  model: { baseUrl: string; apiKey: string };
+  broker?: { secret: Buffer; socketPath: string } | undefined;
+  log: Logger;
+}
+
+/** An agent's running parts: its sandbox and the sockets this AgentHost serves it. */
+export interface AgentParts {
+  sandbox: SandboxHandle;
+  proxy: ModelProxy;
+  /** Runtimes with capabilities.runLifeline, when the agent's user can be given it (root). */
+  lifeline?: Lifeline;
+  /** The agent's way to the Broker (relay socket, credential, MCP server), when one is configured. */
+  broker?: AgentBroker;
+}
+
+/** Where an agent's folders are. */
+export function agentPaths(dataDir: string, id: string) {
+  const dir = path.join(dataDir, "agents", id);
+  return {
+    dir,
+    workspace: path.join(dir, "workspace"),
+    configDir: path.join(dir, "claude-config"),
+    runDir: path.join(dir, "run"),
+  };
+}
+
+/** Names an AgentHost by its data folder: stable across its restarts, distinct between instances. */
+export function hostKeyOf(dataDir: string): string {
+  return createHash("sha256").update(path.resolve(dataDir)).digest("hex").slice(0, 16);
+}
+
+/**
+ * The sandbox agent `id` runs in, the same each time for the same settings (its sockets at
+ * fixed paths in its run folder), labelled with a digest of itself: a restarted AgentHost
+ * re-adopts a sandbox only when the digest matches what it would create now.
+ */
+export function sandboxSpec(
+  c: ProvisionContext,
+  id: string,
+  user: AgentOwner,
+  lifeline: boolean,
+): SandboxSpec {
+  const { workspace, configDir, runDir } = agentPaths(c.dataDir, id);
+  const env: Record<string, string> = {
+    CONDUCTOR_MODEL_SOCKET: path.join(runDir, "model.sock"),
+    CONDUCTOR_MODEL_PORT: String(FORWARDER_PORT),
+  };
+  if (lifeline) env["CONDUCTOR_RUN_LIFELINE"] = path.join(runDir, "lifeline.sock");
+  const spec: SandboxSpec = {
+    nodeId: c.nodeId,
+    agentId: id,
+    image: c.sandbox.image,
+    mounts: [
+      { hostPath: workspace },
+      { hostPath: configDir },
+      { hostPath: runDir, readOnly: true },
+    ],
+    env,
+    labels: { [LABEL_NODE]: c.nodeId, [LABEL_AGENT]: id, [LABEL_HOST]: c.hostKey },
+    limits: {
+      memoryBytes: c.sandbox.memoryBytes,
+      cpus: c.sandbox.cpus,
+      pids: c.sandbox.pids,
+      ulimits: c.sandbox.ulimits,
+    },
+    network: c.sandbox.network,
+    user: `${user.uid}:${user.gid}`,
+  };
+  const digest = createHash("sha256")
+    .update(JSON.stringify({ ...spec, labels: undefined }))
+    .digest("hex")
+    .slice(0, 16);
+  spec.labels[LABEL_SPEC] = digest;
+  return spec;
+}
+
+/**
+ * Makes agent `id` ready: its folders, its model proxy, lifeline and Broker relay, and its
+ * sandbox — created and started, or `adopted` (one found running after a restart, made from
+ * the same spec: its run folder is the same folder, so it sees the new sockets). On failure
+ * everything made here is undone.
+ */
+export async function provision(
+  c: ProvisionContext,
+  id: string,
+  user: AgentOwner,
+  owner: AgentOwner | undefined,
+  adopted?: SandboxHandle,
+): Promise<AgentParts> {
+  const { workspace, configDir, runDir } = agentPaths(c.dataDir, id);
+  for (const d of [workspace, configDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
+  // The agent writes in its workspace and config folder; the run folder is ours alone, its
+  // content made anew each time, and mounted read-only: nothing the agent did there is followed.
+  if (owner) for (const d of [workspace, configDir]) ownTree(d, owner);
+  freshRunDir(runDir, owner);
+  // A lifeline only where the agent's user can be given it (a root AgentHost); otherwise every
+  // run would end at once.
+  const spec = sandboxSpec(c, id, user, c.caps.runLifeline && owner !== undefined);
+  const log = c.log.child({ agent_id: id });
+  const made: Partial<AgentParts> = {};
+  try {
+    made.proxy = await startModelProxy({
+      socketPath: spec.env["CONDUCTOR_MODEL_SOCKET"]!,
+      upstream: c.model.baseUrl,
+      apiKey: c.model.apiKey,
+      owner,
+      log,
+    });
+    const lifelineSocket = spec.env["CONDUCTOR_RUN_LIFELINE"];
+    if (lifelineSocket) made.lifeline = await startLifeline(lifelineSocket, owner);
+    if (c.broker) {
+      made.broker = await setUpAgentBroker({
+        runDir,
+        agentId: id,
+        secret: c.broker.secret,
+        brokerSocket: c.broker.socketPath,
+        // Inside an agent image node is on PATH; locally it is the node running us.
+        nodePath: c.caps.image ? "node" : process.execPath,
+        owner,
+        log: c.log,
+      });
+    }
+    if (adopted) {
+      made.sandbox = adopted;
+    } else {
+      made.sandbox = await c.backend.create(spec);
+      await c.backend.start(made.sandbox);
+    }
+    return made as AgentParts;
+  } catch (e) {
+    await release(c.backend, made, !adopted);
+    throw e;
+  }
+}
+
+/** Closes an agent's sockets and, when `destroy`, removes its sandbox (errors logged by the caller). */
+export async function release(
+  backend: RuntimeBackend,
+  parts: Partial<AgentParts>,
+  destroy: boolean,
+): Promise<void> {
+  try {
+    if (destroy && parts.sandbox) await backend.destroy(parts.sandbox);
+  } finally {
+    await parts.proxy?.close();
+    await parts.broker?.close();
+    await parts.lifeline?.close();
+  }
+}
+
+/** Whether a sandbox found after a restart was made from the spec this AgentHost would make now. */
+export function sameSpec(h: SandboxHandle, spec: SandboxSpec): boolean {
+  return h.labels[LABEL_SPEC] !== undefined && h.labels[LABEL_SPEC] === spec.labels[LABEL_SPEC];
+}

@@ -1,0 +1,178 @@
+import { AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
+import {
+  isEngineUnreachable,
+  type RuntimeBackend,
+  type SandboxHandle,
+  type SandboxStatus,
+} from "../../plugins/runtime.ts";
+import type { Logger } from "../shared/log.ts";
+
+/** What the supervisor watches of an agent. */
+export interface Watched {
+  agent: Agent;
+  sandbox: SandboxHandle;
+  /** Aborted when the agent is stopped on purpose: no more watching. */
+  unwatch: AbortController;
+  /** The watch under way (replaced by the next). */
+  watching?: AbortController;
+  /** Why its engine cannot be reached, while it cannot. */
+  lost?: string;
+}
+
+/**
+ * What the AgentHost does when a sandbox dies. (A lost agent's run goes on while its exec
+ * stream does: an engine that went away ends it, the idle watchdog one that hangs.)
+ */
+export interface SupervisorHooks<S extends Watched> {
+  /** The sandbox stopped by itself (crash, OOM kill, killed from outside). */
+  died(slot: S, status: SandboxStatus): void;
+}
+
+/** Timings, in ms. */
+export interface SupervisorTimings {
+  /** After a failed engine call, how long until the sandbox is looked at again. */
+  recheckMs: number;
+  /** How often the engine is probed (fingerprint), so its loss is seen soon. */
+  healthIntervalMs: number;
+}
+
+/** Probes in a row that must fail before the agents are marked lost: a slow engine is not a lost one. */
+const PROBES_TO_LOSE = 3;
+
+/**
+ * Watches every agent's sandbox: one that stops by itself is reported dead; an engine that
+ * cannot be reached (its call fails, or the periodic probe) marks the agents lost — never an
+ * error that ends the service — and when it answers again each lost agent is looked at: back
+ * to IDLE if its sandbox still runs, reported dead if not.
+ */
+export class Supervisor<S extends Watched> {
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+  private probing = false;
+  private failedProbes = 0;
+  private readonly backend: RuntimeBackend;
+  private readonly log: Logger;
+  private readonly hooks: SupervisorHooks<S>;
+  private readonly t: SupervisorTimings;
+
+  constructor(
+    backend: RuntimeBackend,
+    log: Logger,
+    hooks: SupervisorHooks<S>,
+    t: SupervisorTimings,
+  ) {
+    this.backend = backend;
+    this.log = log;
+    this.hooks = hooks;
+    this.t = t;
+  }
+
+  /** Probes the engine every healthIntervalMs; `slots` gives the agents of the moment. */
+  start(slots: () => Iterable<S>): void {
+    this.timer = setInterval(() => {
+      if (this.probing) return;
+      this.probing = true;
+      this.probe(slots).then(
+        () => (this.probing = false),
+        (e: unknown) => {
+          this.probing = false;
+          this.log.warn("probing the container engine failed", { error: e });
+        },
+      );
+    }, this.t.healthIntervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    this.closed = true;
+    clearInterval(this.timer);
+  }
+
+  /** Waits for the sandbox's end (replacing a watch under way). */
+  watch(slot: S): void {
+    slot.watching?.abort();
+    const mine = new AbortController();
+    slot.watching = mine;
+    const signal = AbortSignal.any([mine.signal, slot.unwatch.signal]);
+    const over = () => signal.aborted || this.closed;
+    this.backend.waitForExit(slot.sandbox, signal).then(
+      (status) => {
+        if (!over()) this.hooks.died(slot, status);
+      },
+      (e: unknown) => {
+        if (over()) return;
+        this.failed(slot, e);
+        this.later(slot);
+      },
+    );
+  }
+
+  /** Marks an agent lost when `e` says its engine cannot be reached; logs any other failure. */
+  failed(slot: S, e: unknown): void {
+    if (!isEngineUnreachable(e)) {
+      this.log.warn("lost the watch on an agent's sandbox; watching again", {
+        agent_id: slot.agent.id,
+        error: e,
+      });
+      return;
+    }
+    if (slot.lost) return;
+    slot.lost = e.message;
+    slot.agent.state = AgentState.FAILED;
+    this.log.warn("agent lost: its container engine cannot be reached", {
+      agent_id: slot.agent.id,
+      error: e,
+    });
+  }
+
+  /** Looks at the sandbox again: still running (back, if it was lost), stopped, or unreachable. */
+  async recheck(slot: S): Promise<void> {
+    if (slot.unwatch.signal.aborted || this.closed) return;
+    let status: SandboxStatus;
+    try {
+      status = await this.backend.inspect(slot.sandbox);
+    } catch (e) {
+      this.failed(slot, e);
+      this.later(slot);
+      return;
+    }
+    if (slot.unwatch.signal.aborted || this.closed) return;
+    if (!status.running) {
+      slot.watching?.abort();
+      this.hooks.died(slot, status);
+      return;
+    }
+    if (slot.lost) {
+      this.log.info("agent back: its container engine answers again", { agent_id: slot.agent.id });
+      slot.lost = undefined;
+      if (slot.agent.state === AgentState.FAILED) slot.agent.state = AgentState.IDLE;
+    }
+    this.watch(slot);
+  }
+
+  private later(slot: S): void {
+    const again = () => {
+      this.recheck(slot).catch((e: unknown) =>
+        this.log.warn("looking at an agent's sandbox failed", {
+          agent_id: slot.agent.id,
+          error: e,
+        }),
+      );
+    };
+    setTimeout(again, this.t.recheckMs).unref();
+  }
+
+  private async probe(slots: () => Iterable<S>): Promise<void> {
+    const fp = await this.backend.fingerprint().catch(() => undefined);
+    if (this.closed) return;
+    this.failedProbes = fp?.healthy ? 0 : this.failedProbes + 1;
+    for (const slot of slots()) {
+      if (this.failedProbes >= PROBES_TO_LOSE && !slot.lost) {
+        const why = fp?.detail ?? "its fingerprint failed";
+        this.failed(slot, Object.assign(new Error(why), { name: "EngineUnreachableError" }));
+      } else if (fp?.healthy && slot.lost) {
+        await this.recheck(slot);
+      }
+    }
+  }
+}

@@ -1,0 +1,157 @@
+/**
+ * A container engine that disappears while an agent's container is being waited on (and a
+ * task runs in it) must not end the service: the affected agents are reported lost, the run
+ * ends (in the container too), AgentHost calls that need the engine answer UNAVAILABLE naming
+ * it, and when the engine is back the agents are too. The engine is reached through a socat
+ * relay of the test's own, which the test cuts and restores.
+ */
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AgentHostService } from "../../gen/conductor/v1/agent_host_pb.js";
+import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
+import { TaskState } from "../../gen/conductor/v1/task_pb.js";
+import { unixTransport } from "../../services/shared/transport.ts";
+import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
+import {
+  eventually,
+  scripted,
+  spec,
+  startConductor,
+  testRuntimes,
+  waitForEnd,
+  waitForState,
+  type Conductor,
+} from "../harness.ts";
+
+const ENGINE_SOCKETS: Record<string, string> = {
+  docker: "/var/run/docker.sock",
+  podman: "/run/podman/podman.sock",
+};
+const containerRuntimes = testRuntimes().filter((r) => r in ENGINE_SOCKETS);
+
+/** A socat relay in front of an engine's socket that a test can cut (with every connection) and restore. */
+class Relay {
+  private proc: ChildProcess | undefined;
+  readonly socketPath: string;
+  private readonly target: string;
+  constructor(socketPath: string, target: string) {
+    this.socketPath = socketPath;
+    this.target = target;
+  }
+
+  async start(): Promise<void> {
+    rmSync(this.socketPath, { force: true });
+    // Its own process group: cutting it ends the forked children holding open connections.
+    this.proc = spawn(
+      "socat",
+      [`UNIX-LISTEN:${this.socketPath},fork,mode=600`, `UNIX-CONNECT:${this.target}`],
+      { detached: true, stdio: "ignore" },
+    );
+    await eventually(async () => (existsSync(this.socketPath) ? true : undefined), "the relay");
+  }
+
+  async cut(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const exited = new Promise((resolve) => p.once("exit", resolve));
+    process.kill(-p.pid!, "SIGKILL");
+    await exited;
+    rmSync(this.socketPath, { force: true });
+  }
+}
+
+describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
+  "the %s engine lost and back",
+  (runtime) => {
+    const dir = mkdtempSync(path.join(tmpdir(), "conductor-engine-loss-"));
+    const relay = new Relay(path.join(dir, "engine.sock"), ENGINE_SOCKETS[runtime]!);
+    const node = `loss-${randomUUID().slice(0, 8)}`;
+    const engine = (...args: string[]) => promisify(execFile)(runtime, args);
+    let model: FakeModel;
+    let conductor: Conductor;
+
+    beforeAll(async () => {
+      await relay.start();
+      model = await startFakeModel();
+      conductor = await startConductor({
+        agents: 1,
+        runtime,
+        modelUrl: model.url,
+        env: {
+          CONDUCTOR_RUNTIME_SOCKET: relay.socketPath,
+          CONDUCTOR_ORCHESTRATOR_NODE_ID: node,
+        },
+      });
+    });
+    afterAll(async () => {
+      await relay.start(); // the engine back, so the services can remove their containers
+      await conductor?.close();
+      await model?.close();
+      await relay.cut();
+      rmSync(dir, { recursive: true, force: true });
+      const left = (await engine("ps", "-aq", "--filter", `label=dev.conductor.node=${node}`))
+        .stdout;
+      expect(left.trim()).toBe("");
+    });
+
+    it("keeps the service up, reports the agent lost, ends its run, and recovers", async () => {
+      const { client } = conductor;
+      const up = conductor.processes[0]!;
+      const { task } = await client.submitTask({
+        spec: spec({ maxAttempts: 1, prompt: scripted([{ text: "never", delay_ms: 120_000 }]) }),
+      });
+      await waitForState(client, task!.id, TaskState.RUNNING);
+      const container = (
+        await engine("ps", "-q", "--filter", `label=dev.conductor.node=${node}`)
+      ).stdout.trim();
+      expect(container).not.toBe("");
+
+      await relay.cut();
+
+      // The run ends, and says why, instead of hanging for the model's two minutes.
+      const ended = await waitForEnd(client, task!.id, 60_000);
+      expect(ended.state).toBe(TaskState.FAILED);
+      expect(ended.result?.error).toMatch(
+        /engine could not be reached .*cannot reach .* at .*engine\.sock/,
+      );
+      // Nothing of the run goes on inside the container (seen through the engine's own socket).
+      const top = (await engine("top", container)).stdout;
+      expect(top).not.toMatch(/claude/);
+      // The agent is reported lost, and the AgentHost answers UNAVAILABLE naming the engine.
+      await eventually(async () => {
+        const { agents } = await client.listAgents({});
+        return agents.length === 1 && agents[0]!.state === AgentState.FAILED ? true : undefined;
+      }, "the agent reported lost");
+      const host = createClient(
+        AgentHostService,
+        unixTransport(path.join(conductor.socketDir, "agent-host.sock")),
+      );
+      const refused = await host.startAgent({}).then(
+        () => undefined,
+        (e: unknown) => ConnectError.from(e),
+      );
+      expect(refused?.code).toBe(Code.Unavailable);
+      expect(refused?.rawMessage).toContain(relay.socketPath);
+      expect(up.proc.exitCode).toBeNull();
+
+      await relay.start();
+
+      await eventually(async () => {
+        const { agents } = await client.listAgents({});
+        return agents.length === 1 && agents[0]!.state === AgentState.IDLE ? true : undefined;
+      }, "the agent back");
+      const again = await client.submitTask({
+        spec: spec({ prompt: scripted([{ text: "back" }]) }),
+      });
+      const done = await waitForEnd(client, again.task!.id);
+      expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
+      expect(up.proc.exitCode).toBeNull();
+    });
+  },
+);
