@@ -167,6 +167,12 @@ export interface ExitStatus {
 /** A running exec: output lines, its end, and a way to end it with everything it started. */
 export interface Execution {
   onStdoutLine(fn: (line: string) => void): void;
+  /**
+   * Flow control for a consumer that falls behind: pause() stops reading its output (the
+   * program blocks once its pipe is full), resume() reads on. kill() resumes by itself.
+   */
+  pause(): void;
+  resume(): void;
   /** The last few KiB of stderr, for error messages. */
   stderrTail(): string;
   /** Resolves when it and everything it started have ended. */

@@ -170,9 +170,12 @@ export async function startExec(
 
   return {
     onStdoutLine: (fn) => void listeners.push(fn),
+    pause: () => void stream.pause(),
+    resume: () => void stream.resume(),
     stderrTail: () => stderrText,
     exited,
     kill: async (graceMs = 2000) => {
+      stream.resume(); // its end is read from the stream
       if (done) return exited;
       await signalTree("TERM");
       let timer: NodeJS.Timeout | undefined;

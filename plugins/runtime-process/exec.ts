@@ -76,9 +76,12 @@ export function execProcess(
   return {
     pid,
     onStdoutLine: (fn) => void listeners.push(fn),
+    pause: () => void child.stdout?.pause(),
+    resume: () => void child.stdout?.resume(),
     stderrTail: () => stderr,
     exited,
     kill: async (graceMs = 2000) => {
+      child.stdout?.resume(); // its end is read from the stream
       if (done) return exited;
       if (mode.sandboxed) {
         // TERM for everything the run started (not bwrap itself, which would end it at once);
@@ -108,6 +111,8 @@ function unstarted(child: ChildProcess): Execution & { pid: number | undefined }
   return {
     pid: child.pid,
     onStdoutLine: () => undefined,
+    pause: () => undefined,
+    resume: () => undefined,
     stderrTail: () => "",
     exited,
     kill: async () => {

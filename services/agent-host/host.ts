@@ -25,7 +25,7 @@ import {
   type ProvisionContext,
   type SandboxSettings,
 } from "./provision.ts";
-import type { RunOutcome, RunSettings } from "./run.ts";
+import type { OutputFlow, RunOutcome, RunSettings } from "./run.ts";
 import { executeRun, type AgentSlot } from "./runs.ts";
 import { settle, takeUpLeftovers } from "./readopt.ts";
 import { Supervisor } from "./supervise.ts";
@@ -222,6 +222,7 @@ export class AgentHost {
     spec: TaskSpec,
     signal: AbortSignal,
     onOutput: (o: AgentOutput) => void,
+    flow?: OutputFlow,
   ): Promise<RunOutcome> {
     const slot = this.slot(agentId);
     if (slot.lost) {
@@ -256,6 +257,7 @@ export class AgentHost {
       spec,
       signal,
       onOutput,
+      flow,
     );
   }
 

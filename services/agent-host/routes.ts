@@ -23,6 +23,19 @@ function toConnect(e: unknown): unknown {
 }
 
 /**
+ * Output a run may have waiting for its reader (UTF-16 units of text, about bytes) before its
+ * CLI is paused: a slow reader costs this much memory at most, plus one line.
+ */
+export const RUN_BUFFER_BYTES = 8 * 1024 * 1024;
+
+/** About how much memory a step of a run holds: its text. */
+function bytesOf(kind: RunTaskResponse["kind"]): number {
+  if (kind.case === "output") return kind.value.rawJson.length + kind.value.text.length;
+  if (kind.case === "wholePiece") return kind.value.text.length;
+  return 0;
+}
+
+/**
  * A line or result cut to fit a 4 MiB client (`boundOutput`/`boundResult`) is preceded by its
  * whole, in pieces of at most 1 MiB, for the Orchestrator to keep (GetTaskOutput).
  */
@@ -64,13 +77,25 @@ export function agentHostRoutes(host: AgentHost) {
         if (!req.agentId) throw invalid("agent_id is required");
         if (!req.taskId) throw invalid("task_id is required");
         if (!req.spec?.prompt) throw invalid("spec.prompt is required");
-        const queue = new AsyncQueue<RunTaskResponse["kind"]>();
+        const queue = new AsyncQueue<RunTaskResponse["kind"]>(bytesOf);
+        // A reader that falls behind holds the CLI, not this process's memory.
+        const flow = {
+          full: () => queue.size > RUN_BUFFER_BYTES,
+          drained: () => queue.drained(RUN_BUFFER_BYTES / 2),
+        };
         let running: Promise<RunOutcome>;
         try {
-          running = host.run(req.agentId, req.taskId, req.spec, ctx.signal, (output) => {
-            sendWhole(queue, boundOutput(output));
-            queue.push({ case: "output", value: output });
-          });
+          running = host.run(
+            req.agentId,
+            req.taskId,
+            req.spec,
+            ctx.signal,
+            (output) => {
+              sendWhole(queue, boundOutput(output));
+              queue.push({ case: "output", value: output });
+            },
+            flow,
+          );
         } catch (e) {
           throw toConnect(e);
         }

@@ -97,6 +97,15 @@ export function claudeEnv(
 }
 
 /**
+ * Back-pressure from whoever reads a run's output: while `full()`, the CLI's output is not
+ * read (it blocks on its next write) until `drained()` resolves; the idle watchdog waits too.
+ */
+export interface OutputFlow {
+  full(): boolean;
+  drained(): Promise<void>;
+}
+
+/**
  * Runs one task through the Claude Code CLI: every stream-json line goes to `onOutput`,
  * and the promise gives the outcome. A watchdog ends a run that is silent for the idle
  * limit, or still alive a grace period after its result line (keeping the result).
@@ -110,6 +119,7 @@ export async function runClaude(opts: {
   signal: AbortSignal;
   onStarted?: () => void;
   onOutput: (out: AgentOutput) => void;
+  flow?: OutputFlow | undefined;
 }): Promise<RunOutcome> {
   const { spec, settings: s, place } = opts;
   const started = Date.now();
@@ -151,6 +161,13 @@ export async function runClaude(opts: {
   opts.onStarted?.();
 
   let printed = false;
+  let paused = false;
+  const resume = () => {
+    paused = false;
+    if (stopReason || result) return;
+    idleTimer = setTimeout(() => stop("idle"), s.idleTimeoutMs);
+    execution.resume();
+  };
   execution.onStdoutLine((line) => {
     if (!line.trim()) return;
     printed = true;
@@ -158,6 +175,13 @@ export async function runClaude(opts: {
     idleTimer = setTimeout(() => stop("idle"), s.idleTimeoutMs);
     const parsed = reader.read(line);
     opts.onOutput(parsed.output);
+    if (opts.flow?.full() && !paused && !stopReason) {
+      // The reader is behind: the CLI waits (and is not idle) until it has caught up.
+      paused = true;
+      clearTimeout(idleTimer);
+      execution.pause();
+      opts.flow.drained().then(resume, resume);
+    }
     if (parsed.result && !result) {
       result = parsed.result;
       clearTimeout(idleTimer);

@@ -6,7 +6,7 @@ import type { Capabilities, RuntimeBackend, SandboxStatus } from "../../plugins/
 import type { Logger } from "../shared/log.ts";
 import { FORWARDER_PORT, type AgentParts } from "./provision.ts";
 import { noticeOutput, type BrokerToolsCheck } from "./broker-tools.ts";
-import { runClaude, type RunOutcome, type RunSettings } from "./run.ts";
+import { runClaude, type OutputFlow, type RunOutcome, type RunSettings } from "./run.ts";
 import type { Watched } from "./supervise.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
 
@@ -50,6 +50,7 @@ export async function executeRun(
   spec: TaskSpec,
   signal: AbortSignal,
   onOutput: (o: AgentOutput) => void,
+  flow?: OutputFlow,
 ): Promise<RunOutcome> {
   const agentId = slot.agent.id;
   const workspace = slot.agent.workspace;
@@ -92,6 +93,7 @@ export async function executeRun(
       hostPath: c.caps.image ? "/usr/local/bin:/usr/bin:/bin" : c.hostPath,
       signal: abort.signal,
       onOutput,
+      flow,
     }).then((outcome) => {
       // Nothing of the run outlives it, whatever the engine says (or cannot).
       slot.lifeline?.cut();

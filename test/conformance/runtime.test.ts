@@ -248,6 +248,38 @@ describe.each(TARGETS)("runtime conformance: $name", (target) => {
     expect(ended).toBe(true);
   });
 
+  it("holds a program's output while paused, and hands over all of it once resumed", async () => {
+    const h = await started();
+    // 20,000 lines of 1,000 bytes (20 MB), then a last line once all of them were taken.
+    const script = 'yes "$(head -c 999 /dev/zero | tr "\\0" a)" | head -n 20000; echo written';
+    const x = await b.exec(h, { argv: ["sh", "-c", script], cwd: "/tmp", env: {} });
+    const lines: string[] = [];
+    let ended = false;
+    x.exited.then(
+      () => (ended = true),
+      () => (ended = true),
+    );
+    const first = new Promise<void>((resolve) =>
+      x.onStdoutLine((l) => {
+        if (lines.push(l) === 1) {
+          x.pause();
+          resolve();
+        }
+      }),
+    );
+    await first;
+    // Time for the whole 20 MB to pass, had it not been paused (an observation, not a wait
+    // for an event: the point is that nothing comes).
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(ended).toBe(false);
+    expect(lines.length).toBeLessThan(2000);
+    x.resume();
+    const status = await x.exited;
+    expect(status.code).toBe(0);
+    expect(lines.length).toBe(20_001);
+    expect(lines.at(-1)).toBe("written");
+  });
+
   it("kill ends the exec and everything it started (group, escaped session, TERM-deaf)", async () => {
     const h = await started();
     const marker = `CONDUCTOR_TASK=${randomUUID()}`;

@@ -16,6 +16,7 @@ import {
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { ROOT, scripted, spec, waitForEnd } from "../harness.ts";
 import { failureOf } from "../rpc-errors.ts";
+import { grpcJsAgentHost, type JsRunStep } from "../grpc-js-clients.ts";
 import { useConductor } from "./use-conductor.ts";
 
 const run = promisify(execFile);
@@ -307,41 +308,6 @@ interface JsEvent {
   seq: string;
   stateChange?: { state: string };
   output?: { type: string; text: string; rawJson: string; truncated: boolean };
-}
-
-/** A RunTaskResponse as @grpc/proto-loader decodes it (only what the test reads). */
-interface JsRunStep {
-  output?: { type: string; truncated: boolean };
-  wholePiece?: { text: string };
-  outcome?: { state: string; result?: { truncated: boolean } };
-}
-
-/** A grpc-js client of an AgentHost at grpc-js's default limits. */
-function grpcJsAgentHost(socket: string) {
-  const def = protoLoader.loadSync("conductor/v1/agent_host.proto", {
-    includeDirs: [path.join(ROOT, "proto")],
-    longs: String,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-  });
-  type Host = grpc.Client & {
-    RunTask(req: {
-      agentId: string;
-      taskId: string;
-      attempt: number;
-      spec: { prompt: string; allowedTools: string[] };
-    }): grpc.ClientReadableStream<JsRunStep>;
-  };
-  const pkg = grpc.loadPackageDefinition(def) as unknown as {
-    conductor: {
-      v1: { AgentHostService: new (address: string, creds: grpc.ChannelCredentials) => Host };
-    };
-  };
-  return new pkg.conductor.v1.AgentHostService(
-    `unix://${socket}`,
-    grpc.credentials.createInsecure(),
-  );
 }
 
 type Callback<T> = (err: grpc.ServiceError | null, res: T) => void;
