@@ -120,9 +120,16 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
       expect(ended.result?.error).toMatch(
         /engine could not be reached .*cannot reach .* at .*engine\.sock/,
       );
-      // Nothing of the run goes on inside the container (seen through the engine's own socket).
-      const top = (await engine("top", container)).stdout;
-      expect(top).not.toMatch(/claude/);
+      // Nothing of the run goes on inside the container (seen through the engine's own socket):
+      // its lifeline was cut as it ended, and what is left of it dies of that within moments.
+      await eventually(
+        async () => {
+          const top = (await engine("top", container)).stdout;
+          return /claude/.test(top) ? undefined : true;
+        },
+        "the run's processes gone from the container",
+        15_000,
+      );
       // The agent is reported lost, and the AgentHost answers UNAVAILABLE naming the engine.
       await eventually(async () => {
         const { agents } = await client.listAgents({});
