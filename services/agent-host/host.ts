@@ -91,6 +91,9 @@ export class AgentHost {
       opts.log,
       {
         died: (slot, status) => this.replaceLater(slot, status),
+        // A run on an engine that does not answer cannot be followed: it is ended (its
+        // lifeline is cut as it ends), and fails saying why (runs.ts).
+        lost: (slot) => slot.run?.abort.abort(),
       },
       { recheckMs: RECHECK_MS, healthIntervalMs: opts.healthIntervalMs ?? HEALTH_INTERVAL_MS },
     );

@@ -96,6 +96,25 @@ export function claudeEnv(
   return env;
 }
 
+/** `p`'s value, or undefined once `signal` is aborted first. */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T | undefined> {
+  if (signal.aborted) return Promise.resolve(undefined);
+  return new Promise<T | undefined>((resolve, reject) => {
+    const onAbort = () => resolve(undefined);
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e instanceof Error ? e : new Error(String(e)));
+      },
+    );
+  });
+}
+
 /**
  * Back-pressure from whoever reads a run's output: while `full()`, the CLI's output is not
  * read (it blocks on its next write) until `drained()` resolves; the idle watchdog waits too.
@@ -130,12 +149,25 @@ export async function runClaude(opts: {
   );
   let execution: Execution;
   try {
-    execution = await opts.exec({
+    const starting = opts.exec({
       argv: claudeArgv(spec, s),
       cwd: place.workspace,
       env: claudeEnv(place, s, opts.hostPath),
       marker: `CONDUCTOR_TASK_ID=${place.taskId}`,
     });
+    const begun = await untilAborted(starting, opts.signal);
+    if (!begun) {
+      // Stopped while the backend was still starting it (an engine that does not answer):
+      // an exec that begins after all is ended at once.
+      starting
+        .then(
+          (late) => late.kill(),
+          () => undefined,
+        )
+        .catch(() => undefined);
+      return ended(TaskState.CANCELLED, undefined, "cancelled while starting", started);
+    }
+    execution = begun;
   } catch (cause) {
     // The backend could not exec (its engine, say): permanent only for arguments no process takes.
     const outcome = cannotStart(s.claudePath, cause, started);

@@ -97,6 +97,10 @@ export async function executeRun(
     }).then((outcome) => {
       // Nothing of the run outlives it, whatever the engine says (or cannot).
       slot.lifeline?.cut();
+      // Ended because its engine was lost (not cancelled by its caller): that is a failure.
+      if (slot.lost && !signal.aborted && outcome.state === TaskState.CANCELLED) {
+        outcome.state = TaskState.FAILED;
+      }
       return explainDeath(c, slot, outcome);
     });
   };

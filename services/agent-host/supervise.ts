@@ -19,13 +19,12 @@ export interface Watched {
   lost?: string;
 }
 
-/**
- * What the AgentHost does when a sandbox dies. (A lost agent's run goes on while its exec
- * stream does: an engine that went away ends it, the idle watchdog one that hangs.)
- */
+/** What the AgentHost does when a sandbox dies, or its engine cannot be reached. */
 export interface SupervisorHooks<S extends Watched> {
   /** The sandbox stopped by itself (crash, OOM kill, killed from outside). */
   died(slot: S, status: SandboxStatus): void;
+  /** Its engine cannot be reached: a run on it cannot be followed, and is ended. */
+  lost(slot: S): void;
 }
 
 /** Timings, in ms. */
@@ -123,6 +122,7 @@ export class Supervisor<S extends Watched> {
       agent_id: slot.agent.id,
       error: e,
     });
+    this.hooks.lost(slot);
   }
 
   /** Looks at the sandbox again: still running (back, if it was lost), stopped, or unreachable. */

@@ -46,13 +46,21 @@ class Relay {
   }
 
   async start(): Promise<void> {
+    await this.listen(`UNIX-CONNECT:${this.target}`);
+  }
+
+  /** An engine that takes every connection and never answers (at most 180 s). */
+  async blackHole(): Promise<void> {
+    await this.listen("EXEC:sleep 180");
+  }
+
+  private async listen(to: string): Promise<void> {
     rmSync(this.socketPath, { force: true });
     // Its own process group: cutting it ends the forked children holding open connections.
-    this.proc = spawn(
-      "socat",
-      [`UNIX-LISTEN:${this.socketPath},fork,mode=600`, `UNIX-CONNECT:${this.target}`],
-      { detached: true, stdio: "ignore" },
-    );
+    this.proc = spawn("socat", [`UNIX-LISTEN:${this.socketPath},fork,mode=600`, to], {
+      detached: true,
+      stdio: "ignore",
+    });
     await eventually(async () => (existsSync(this.socketPath) ? true : undefined), "the relay");
   }
 
@@ -160,5 +168,45 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
       expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
       expect(up.proc.exitCode).toBeNull();
     });
+
+    // One engine is enough: the AgentHost's handling is the same for both (about 90 s each).
+    it.runIf(runtime === containerRuntimes[0])(
+      "fails a run on an engine that stops answering, instead of leaving it RUNNING",
+      {
+        timeout: 300_000,
+      },
+      async () => {
+        const { client } = conductor;
+        const up = conductor.processes[0]!;
+        await relay.cut();
+        await relay.blackHole();
+        try {
+          const { task } = await client.submitTask({
+            spec: spec({ maxAttempts: 1, prompt: scripted([{ text: "never seen" }]) }),
+          });
+          // Lost after the engine's probes time out (3 × 15 s), and the run ended with it.
+          const ended = await waitForEnd(client, task!.id, 150_000);
+          expect(ended.state).toBe(TaskState.FAILED);
+          expect(ended.result?.error).toMatch(/engine could not be reached/);
+          expect(up.proc.exitCode).toBeNull();
+        } finally {
+          await relay.cut();
+          await relay.start();
+        }
+        await eventually(
+          async () => {
+            const { agents } = await client.listAgents({});
+            return agents.length === 1 && agents[0]!.state === AgentState.IDLE ? true : undefined;
+          },
+          "the agent back",
+          60_000,
+        );
+        const again = await client.submitTask({
+          spec: spec({ prompt: scripted([{ text: "back again" }]) }),
+        });
+        const done = await waitForEnd(client, again.task!.id);
+        expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
+      },
+    );
   },
 );
