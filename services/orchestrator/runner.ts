@@ -20,6 +20,9 @@ import type { OrchestratorObserver } from "./observer.ts";
 import { boundOutput, boundResult } from "../shared/output-bounds.ts";
 import type { TaskStore } from "./store.ts";
 
+/** How often a store that refuses to schedule is logged, at most. */
+const REFUSED_LOG_INTERVAL_MS = 60_000;
+
 /** What the AttemptRunner works with. */
 export interface AttemptRunnerOptions {
   store: TaskStore;
@@ -94,6 +97,10 @@ export class AttemptRunner {
     });
   }
 
+  /** Schedules the store refused since the last time that was logged, and when that was. */
+  private refusedSchedules = 0;
+  private refusedLoggedAt = -Infinity;
+
   /** Attempts followed now (running, or waiting for their host's word). */
   get size(): number {
     return this.runs.size;
@@ -118,8 +125,18 @@ export class AttemptRunner {
     try {
       if (!events.transition(task.id, [TaskState.QUEUED], update, change, now)) return;
     } catch (e) {
-      // Nothing was stored: the task stays queued for a later schedule.
-      log.warn("could not schedule the task; it stays queued", { task_id: task.id, error: e });
+      // Nothing was stored: the task stays queued for a later schedule. Said once a minute at
+      // most (a full disk fails every schedule, every second), with how often it happened.
+      this.refusedSchedules++;
+      if (now - this.refusedLoggedAt >= REFUSED_LOG_INTERVAL_MS) {
+        log.warn("could not schedule tasks; they stay queued", {
+          task_id: task.id,
+          error: e,
+          times_since_last_said: this.refusedSchedules,
+        });
+        this.refusedLoggedAt = now;
+        this.refusedSchedules = 0;
+      }
       return;
     }
     ref.agent.state = AgentState.BUSY;
