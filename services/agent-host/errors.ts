@@ -1,16 +1,8 @@
 import { Code } from "@connectrpc/connect";
-import { DomainError } from "../shared/errors.ts";
+import { withCode } from "../shared/errors.ts";
 
 /** The agent does not exist: NOT_FOUND. */
-export class UnknownAgentError extends DomainError {
-  constructor(message: string) {
-    super(message, Code.NotFound);
-  }
-}
+export class UnknownAgentError extends withCode(Code.NotFound) {}
 
 /** The agent is running a task, or is not ready (starting, lost, stopping): FAILED_PRECONDITION. */
-export class AgentBusyError extends DomainError {
-  constructor(message: string) {
-    super(message, Code.FailedPrecondition);
-  }
-}
+export class AgentBusyError extends withCode(Code.FailedPrecondition) {}

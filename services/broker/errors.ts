@@ -2,21 +2,13 @@
 // (services/shared/rpc-interceptors.ts `errorEdge`) turns it into the status on the wire,
 // keeping the cause, so no Broker code maps errors itself.
 import { Code } from "@connectrpc/connect";
-import { DomainError } from "../shared/errors.ts";
+import { DomainError, withCode } from "../shared/errors.ts";
 
 /** Bad input: a missing or malformed field, a payload over the limit. */
-export class InvalidInputError extends DomainError {
-  constructor(message: string) {
-    super(message, Code.InvalidArgument);
-  }
-}
+export class InvalidInputError extends withCode(Code.InvalidArgument) {}
 
 /** The caller may not do this as the identity it is (send as another, read another's inbox). */
-export class NotAllowedError extends DomainError {
-  constructor(message: string) {
-    super(message, Code.PermissionDenied);
-  }
-}
+export class NotAllowedError extends withCode(Code.PermissionDenied) {}
 
 /** A receiver the Broker has never heard of. */
 export class UnknownReceiverError extends DomainError {
@@ -78,32 +70,16 @@ export class SenderShareError extends DomainError {
 }
 
 /** No open request with that correlation id was addressed to the caller. */
-export class NoOpenRequestError extends DomainError {
-  constructor(message: string) {
-    super(message, Code.NotFound);
-  }
-}
+export class NoOpenRequestError extends withCode(Code.NotFound) {}
 
 /** The request was answered already. */
-export class AlreadyAnsweredError extends DomainError {
-  constructor(message: string) {
-    super(message, Code.FailedPrecondition);
-  }
-}
+export class AlreadyAnsweredError extends withCode(Code.FailedPrecondition) {}
 
 /** The caller already waits for a reply with this correlation id. */
-export class CorrelationInUseError extends DomainError {
-  constructor(message: string) {
-    super(message, Code.AlreadyExists);
-  }
-}
+export class CorrelationInUseError extends withCode(Code.AlreadyExists) {}
 
 /** No reply came within the request's timeout. */
-export class RequestTimeoutError extends DomainError {
-  constructor(message: string) {
-    super(message, Code.DeadlineExceeded);
-  }
-}
+export class RequestTimeoutError extends withCode(Code.DeadlineExceeded) {}
 
 /** The Broker is shutting down. */
 export class BrokerClosedError extends DomainError {

@@ -47,6 +47,18 @@ export class DomainError extends Error {
   }
 }
 
+/**
+ * A DomainError class with one gRPC code, for errors that need nothing but a message:
+ * `class NotAllowedError extends withCode(Code.PermissionDenied) {}`.
+ */
+export function withCode(code: Code) {
+  return class extends DomainError {
+    constructor(message: string, options?: { cause?: unknown }) {
+      super(message, code, options);
+    }
+  };
+}
+
 /** The disk under a store is full: RESOURCE_EXHAUSTED, naming the folder. Retry after freeing space. */
 export class StorageFull extends DomainError {
   constructor(where: string, cause?: unknown) {
