@@ -197,13 +197,15 @@ async function tasks(client: Orch, p: ParsedCommand, out: (l: string) => void): 
   const states = list(p, "state").map(parseState);
   const limitText = str(p, "limit");
   const limit = limitText === undefined ? 20 : Number(limitText);
-  if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
-    throw new UsageError(`--limit must be a whole number from 1 to 1000, got "${limitText}"`);
-  const { tasks, nextPageToken } = await client.listTasks({ states, pageSize: limit });
-  if (bool(p, "json")) {
-    tasks.forEach((t) => out(taskJson(t)));
-    return 0;
-  }
+  if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LIMIT)
+    throw new UsageError(
+      `--limit must be a whole number from 1 to ${MAX_LIMIT}, got "${oneLine(limitText ?? "", 40)}"`,
+    );
+  const asJson = bool(p, "json");
+  const { tasks, more } = await listUpTo(client, states, limit, (page) => {
+    if (asJson) page.forEach((t) => out(taskJson(t)));
+  });
+  if (asJson) return 0;
   if (tasks.length === 0) {
     out(states.length ? "no tasks in that state" : 'no tasks yet: conductor submit "<prompt>"');
     return 0;
@@ -219,8 +221,43 @@ async function tasks(client: Orch, p: ParsedCommand, out: (l: string) => void): 
     oneLine(t.spec?.prompt ?? "", 50),
   ]);
   table(["ID", "STATE", "PRI", "AGENT", "TRIES", "CREATED", "PROMPT"], rows).forEach((l) => out(l));
-  if (nextPageToken) out(`… more tasks: --limit ${Math.min(1000, limit * 5)} shows more`);
+  if (more) {
+    out(
+      limit < MAX_LIMIT
+        ? `… more tasks: --limit ${Math.min(MAX_LIMIT, limit * 5)} shows more`
+        : `… more tasks than ${MAX_LIMIT}: --state S shows those in one state`,
+    );
+  }
   return 0;
+}
+
+/** Most tasks `conductor tasks` lists. */
+const MAX_LIMIT = 1000;
+
+/**
+ * Up to `limit` tasks, newest first, following ListTasks page tokens (a page stops at 2 MiB of
+ * tasks, so one page may hold fewer than asked for); `onPage` sees each page as it arrives.
+ * `more` says whether tasks remain past those returned.
+ */
+async function listUpTo(
+  client: Orch,
+  states: TaskState[],
+  limit: number,
+  onPage: (tasks: Task[]) => void,
+): Promise<{ tasks: Task[]; more: boolean }> {
+  const all: Task[] = [];
+  let pageToken = "";
+  // Every page holds at least one task, so this ends within `limit` pages.
+  while (all.length < limit) {
+    const page = await client.listTasks({ states, pageSize: limit - all.length, pageToken });
+    all.push(...page.tasks);
+    onPage(page.tasks);
+    pageToken = page.nextPageToken;
+    if (!pageToken || page.tasks.length === 0) return { tasks: all, more: false };
+  }
+  // A token only says there may be more: look.
+  const next = await client.listTasks({ states, pageSize: 1, pageToken });
+  return { tasks: all, more: next.tasks.length > 0 };
 }
 
 /**

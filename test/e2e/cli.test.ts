@@ -1,4 +1,4 @@
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -24,7 +24,11 @@ function conductor(
     const child = execFile(
       process.execPath,
       [CLI, ...args],
-      { cwd: opts.cwd ?? ROOT, env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...opts.env } },
+      {
+        cwd: opts.cwd ?? ROOT,
+        env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...opts.env },
+        maxBuffer: 64 * 1024 * 1024,
+      },
       (error, stdout, stderr) => {
         const code = error ? (typeof error.code === "number" ? error.code : -1) : 0;
         if (error && code === -1)
@@ -33,6 +37,32 @@ function conductor(
       },
     );
     child.stdin?.end(opts.stdin ?? "");
+  });
+}
+
+/**
+ * Runs the real `conductor` binary with its stdout on a pipe whose reader goes away after the
+ * first chunk, as `conductor … | head -c 10` does.
+ */
+function conductorIntoHead(
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number | null; stderr: string; first: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      cwd: ROOT,
+      env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let first = "";
+    let stderr = "";
+    child.stdout.once("data", (chunk: Buffer) => {
+      first = chunk.toString();
+      child.stdout.destroy();
+    });
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, stderr, first }));
   });
 }
 
@@ -270,6 +300,64 @@ describe("the conductor CLI beside a running Conductor", () => {
           : text.split("\n");
       for (const v of values)
         expect(() => JSON.parse(v) as unknown, `${args.join(" ")}: ${v}`).not.toThrow();
+    }
+  });
+  it("writes all of a large output to a pipe, follows pages, and stops quietly when the reader goes", async () => {
+    const { client } = setup.conductor;
+    // A result of 90,000 characters: more than a pipe holds, and cut in GetTask.
+    const big = "y".repeat(90_000);
+    const done = await client.submitTask({ spec: { prompt: scripted([{ text: big }]) } });
+    await waitForEnd(client, done.task!.id);
+    const output = await conductor(["output", done.task!.id], { env });
+    expect(output.code).toBe(0);
+    expect(output.stdout.length).toBe(big.length);
+    expect(output.stdout).toBe(big);
+
+    // The one agent busy, then 30 tasks of 90 KB prompts: about 2.7 MB, over a 2 MiB page.
+    const busy = await client.submitTask({ spec: { prompt: scripted([{ hang: true }]) } });
+    await waitForState(client, busy.task!.id, TaskState.RUNNING);
+    const queued: string[] = [];
+    for (let i = 0; i < 30; i++) {
+      const { task } = await client.submitTask({
+        spec: { prompt: `queued ${i} ${"q".repeat(90_000)}` },
+      });
+      queued.push(task!.id);
+    }
+    try {
+      let total = 0;
+      for (let token = "", first = true; first || token; first = false) {
+        const page = await client.listTasks({ pageSize: 1000, pageToken: token });
+        total += page.tasks.length;
+        token = page.nextPageToken;
+      }
+      expect(total).toBeGreaterThan(31);
+      expect(total).toBeLessThan(1000);
+
+      const json = await conductor(["tasks", "--json", "-n", "1000"], { env });
+      expect(json.code).toBe(0);
+      const lines = json.stdout.trimEnd().split("\n");
+      expect(json.stdout.length).toBeGreaterThan(2.7e6);
+      expect(lines).toHaveLength(total);
+      const ids = lines.map((l) => (JSON.parse(l) as { id: string }).id);
+      expect(ids.slice(0, 30)).toEqual([...queued].reverse());
+
+      const all = await conductor(["tasks", "-n", "1000"], { env });
+      const rows = all.stdout.trimEnd().split("\n");
+      expect(rows).toHaveLength(total + 1); // the header, no hint: nothing more
+      expect(all.stdout).not.toMatch(/more tasks/);
+      const some = await conductor(["tasks", "-n", "31"], { env });
+      const shown = some.stdout.trimEnd().split("\n");
+      expect(shown).toHaveLength(1 + 31 + 1);
+      expect(shown.at(-1)).toBe("… more tasks: --limit 155 shows more");
+
+      // The text is small enough for a pipe's buffer; the JSON is not.
+      const head = await conductorIntoHead(["tasks", "--json", "-n", "1000"], env);
+      expect(head.first.length).toBeGreaterThan(0);
+      expect(head.stderr).toBe("");
+      expect(head.code).toBe(141);
+    } finally {
+      for (const id of [...queued, busy.task!.id]) await client.cancelTask({ id });
+      await waitForEnd(client, busy.task!.id);
     }
   });
 });
