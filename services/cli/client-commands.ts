@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { create, toJson } from "@bufbuild/protobuf";
-import { createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { AgentSchema, AgentState } from "../../gen/conductor/v1/agent_pb.js";
 import {
   GetStatsResponseSchema,
@@ -14,7 +14,7 @@ import {
   type Task,
 } from "../../gen/conductor/v1/task_pb.js";
 import { unixTransport } from "../shared/transport.ts";
-import { bool, list, str, UsageError, type ParsedCommand } from "./args.ts";
+import { bool, list, shellQuote, str, UsageError, type ParsedCommand } from "./args.ts";
 import {
   ago,
   count,
@@ -76,8 +76,15 @@ export async function runClientCommand(
     case "output": {
       const eventSeq = BigInt(int(p, "event"));
       if (eventSeq < 0n) throw new UsageError(`--event must be an event's seq (1 or more)`);
-      for await (const piece of client.getTaskOutput({ taskId: needId(), eventSeq })) {
-        await io.write(piece.text);
+      const taskId = needId();
+      try {
+        for await (const piece of client.getTaskOutput({ taskId, eventSeq })) {
+          await io.write(asJson ? json({ text: piece.text }) + "\n" : piece.text);
+        }
+      } catch (e) {
+        if (eventSeq > 0n && ConnectError.from(e).code === Code.NotFound)
+          await noSuchEvent(client, taskId, eventSeq);
+        throw e;
       }
       return 0;
     }
@@ -144,10 +151,17 @@ function specOf(p: ParsedCommand, io: ClientIO) {
   } else if (words.length === 1) {
     prompt = words[0] === "-" ? io.readStdin() : words[0]!;
   } else {
+    if (words.length === 0)
+      throw new UsageError(
+        'usage: conductor submit "<prompt>" [flags] (or -f FILE, or - for standard input)',
+      );
+    const flags = words.filter((w) => isFlagOf(p, w));
+    const prompt = words.find((w) => !isFlagOf(p, w)) ?? "<prompt>";
     throw new UsageError(
-      words.length === 0
-        ? 'usage: conductor submit "<prompt>" [flags] (or -f FILE, or - for standard input)'
-        : `expected one prompt, got ${words.length} words: quote the prompt ("conductor submit \\"fix the tests\\"")`,
+      `expected one prompt, got ${words.length} arguments: ` +
+        (flags.length > 0
+          ? `${flags.map((f) => shellQuote(f)).join(", ")} came after "--", which makes every word a prompt; flags go before "--": conductor submit ${flags.map((f) => shellQuote(f)).join(" ")} -- ${shellQuote(oneLine(prompt, 60))}`
+          : 'quote the prompt as one argument ("conductor submit \\"fix the tests\\"")'),
     );
   }
   const labels: Record<string, string> = {};
@@ -174,6 +188,34 @@ function specOf(p: ParsedCommand, io: ClientIO) {
     labels,
     idempotencyKey: str(p, "idempotency-key") ?? "",
   });
+}
+
+/** Whether `word` is one of the command's flags (`--wait`, `-w`, `--priority=3`). */
+function isFlagOf(p: ParsedCommand, word: string): boolean {
+  const long = /^--([^=]+)/.exec(word)?.[1];
+  if (long) return long in p.command.flags;
+  return (
+    /^-[A-Za-z]$/.test(word) && Object.values(p.command.flags).some((f) => `-${f.short}` === word)
+  );
+}
+
+/**
+ * Throws the NOT_FOUND of `output --event SEQ` for an event the task does not have: the
+ * Orchestrator's message then speaks of an event whose whole was not kept. Only an ended task's
+ * events are all known; otherwise this returns and the Orchestrator's answer stands.
+ */
+async function noSuchEvent(client: Orch, id: string, seq: bigint): Promise<void> {
+  const { task } = await client.getTask({ id });
+  if (!task || task.state < TaskState.SUCCEEDED) return;
+  let last = 0n;
+  for await (const { event } of client.watchTask({ id })) {
+    if (event?.seq === seq) return;
+    if (event && event.seq > last) last = event.seq;
+  }
+  throw new ConnectError(
+    `task ${id} has no event ${seq}: its events are 1 to ${last} ("conductor watch --json ${id}" shows them with their seq)`,
+    Code.NotFound,
+  );
 }
 
 function readPrompt(file: string): string {

@@ -133,6 +133,36 @@ describe("the conductor CLI without a running Conductor", () => {
     expect(command.stderr).toMatch(/unknown command "sumbit"/);
   });
 
+  it("lists for each service command only the flags that apply to it", async () => {
+    const helps = await Promise.all(
+      ["up", "agent-host", "orchestrator", "broker", "config"].map(
+        async (c) => [c, (await conductor(["help", c])).stdout] as const,
+      ),
+    );
+    for (const [command, help] of helps) {
+      const runsAgents = command === "up" || command === "agent-host";
+      expect(help.includes("--agents N"), command).toBe(runsAgents);
+      expect(help.includes("--runtime R"), command).toBe(runsAgents);
+      expect(help.includes("--metrics-port N"), command).toBe(command !== "config");
+    }
+  });
+
+  it("says how to submit a prompt that starts with -, quoting it whole, and where flags go", async () => {
+    const dash = await conductor(["submit", "- fix foo"]);
+    expect(dash.code).toBe(2);
+    expect(dash.stderr).toBe(
+      'conductor: "- fix foo" starts with "-", so it reads as flags; put it after "--", as in: conductor submit -- "- fix foo"\n',
+    );
+    const after = await conductor(["submit", "--", "fix the tests", "--wait"]);
+    expect(after.code).toBe(2);
+    expect(after.stderr).toMatch(/expected one prompt, got 2 arguments: --wait came after "--"/);
+    expect(after.stderr).toContain(
+      'flags go before "--": conductor submit --wait -- "fix the tests"',
+    );
+    const words = await conductor(["submit", "fix", "it"]);
+    expect(words.stderr).toMatch(/got 2 arguments: quote the prompt as one argument/);
+  });
+
   it("reports every configuration problem at once, naming the variables", async () => {
     const r = await conductor(["config", "print"], {
       cwd: dir,
@@ -312,6 +342,20 @@ describe("the conductor CLI beside a running Conductor", () => {
     expect(output.code).toBe(0);
     expect(output.stdout.length).toBe(big.length);
     expect(output.stdout).toBe(big);
+    const asJson = await conductor(["output", done.task!.id, "--json"], { env });
+    expect(asJson.code).toBe(0);
+    const pieces = asJson.stdout
+      .trimEnd()
+      .split("\n")
+      .map((l) => (JSON.parse(l) as { text: string }).text);
+    expect(pieces.join("")).toBe(big);
+    const missing = await conductor(["output", done.task!.id, "--event", "9999"], { env });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(
+      new RegExp(
+        `task ${done.task!.id} has no event 9999: its events are 1 to \\d+ .*\\[NotFound\\]`,
+      ),
+    );
 
     // The one agent busy, then 30 tasks of 90 KB prompts: about 2.7 MB, over a 2 MiB page.
     const busy = await client.submitTask({ spec: { prompt: scripted([{ hang: true }]) } });
@@ -417,5 +461,36 @@ describe("the conductor services as a person starts them", () => {
     await json.stop();
     for (const l of json.stderr().trim().split("\n"))
       expect(() => JSON.parse(l) as unknown).not.toThrow();
+  });
+
+  it("takes --metrics-port -1 as documented, and greets a terminal with its agents counted right", async () => {
+    for (const command of ["broker", "orchestrator"]) {
+      const args = [...base(`off-${command}`).slice(0, 4), "--metrics-port", "-1"];
+      const service = await startService(command, args, {});
+      await service.stop();
+      expect(service.ready["metrics"], command).toBeNull();
+    }
+    // On a terminal (script(1) gives it one) the AgentHost greets a person; Ctrl-C stops it.
+    const args = [...base("tty").slice(0, 4), "--metrics-port", "-1", "--agents", "1"];
+    const command = [process.execPath, CLI, "agent-host", ...args].map((a) => `'${a}'`).join(" ");
+    const tty = spawn("script", ["-qec", command, "/dev/null"], {
+      env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin" },
+      stdio: ["pipe", "pipe", "inherit"],
+    });
+    let seen = "";
+    let stopped = false;
+    const exited = new Promise<number | null>((resolve) => tty.on("close", resolve));
+    tty.stdout.on("data", (chunk: Buffer) => {
+      seen += chunk.toString();
+      if (stopped || !seen.includes("Stop with Ctrl-C.")) return;
+      stopped = true;
+      tty.stdin.end("\x03");
+    });
+    const code = await exited;
+    expect(seen).toContain("The AgentHost is serving (1 agent, process runtime).");
+    expect(seen).not.toMatch(/1 agents|metrics +http/);
+    // It stopped on Ctrl-C (script(1) may report the interrupt as 130).
+    expect([0, 130], seen).toContain(code);
+    expect(seen).toMatch(/shutting down/);
   });
 });
