@@ -57,7 +57,7 @@ export function parseCommandLine(
   const name = argv[at]!;
   const command = commands.find((c) => c.name === name);
   if (!command) throw new UsageError(`unknown command "${name}"; run "conductor help"`);
-  const args = [...argv.slice(0, at), ...argv.slice(at + 1)];
+  const args = negativeValues([...argv.slice(0, at), ...argv.slice(at + 1)], command.flags);
   try {
     const { values, positionals } = parseArgs({
       args,
@@ -67,10 +67,46 @@ export function parseCommandLine(
     });
     return { command, positionals, values };
   } catch (e) {
+    const end = args.indexOf("--");
+    const prompt = (end < 0 ? args : args.slice(0, end)).find(
+      (w) => /^-[^-]/.test(w) && /\s/.test(w),
+    );
+    if ((e as NodeJS.ErrnoException).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" && prompt) {
+      throw new UsageError(
+        `${shellQuote(prompt)} starts with "-", so it reads as flags; put it after "--", as in: conductor ${name} -- ${shellQuote(prompt)}`,
+      );
+    }
     throw new UsageError(
       `${(e as Error).message.replace(/\.$/, "")}. Run "conductor help ${name}" for its flags.`,
     );
   }
+}
+
+/**
+ * Joins a string flag and a negative number after it (`--metrics-port -1`) into one word
+ * (`--metrics-port=-1`): parseArgs would take "-1" for a flag and call the value ambiguous.
+ */
+function negativeValues(args: string[], flags: Record<string, Flag>): string[] {
+  const byShort = new Map(Object.entries(flags).map(([n, f]) => [f.short && `-${f.short}`, n]));
+  const joined: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const word = args[i]!;
+    const next = args[i + 1];
+    if (word === "--") return [...joined, ...args.slice(i)];
+    const name = word.startsWith("--") ? word.slice(2) : byShort.get(word);
+    if (name && flags[name]?.type === "string" && next && /^-\d+(\.\d+)?$/.test(next)) {
+      joined.push(`--${name}=${next}`);
+      i++;
+    } else joined.push(word);
+  }
+  return joined;
+}
+
+/** A word as a shell takes it back: bare when safe, else in double or single quotes. */
+export function shellQuote(word: string): string {
+  if (/^[\w./:=@%+,-]+$/.test(word)) return word;
+  if (!/["$`\\!]/.test(word)) return `"${word}"`;
+  return `'${word.replaceAll("'", `'\\''`)}'`;
 }
 
 /** The help of one command. */

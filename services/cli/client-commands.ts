@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { create, toJson } from "@bufbuild/protobuf";
-import { createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { AgentSchema, AgentState } from "../../gen/conductor/v1/agent_pb.js";
 import {
   GetStatsResponseSchema,
@@ -14,7 +14,7 @@ import {
   type Task,
 } from "../../gen/conductor/v1/task_pb.js";
 import { unixTransport } from "../shared/transport.ts";
-import { bool, list, str, UsageError, type ParsedCommand } from "./args.ts";
+import { bool, list, shellQuote, str, UsageError, type ParsedCommand } from "./args.ts";
 import {
   ago,
   count,
@@ -76,8 +76,15 @@ export async function runClientCommand(
     case "output": {
       const eventSeq = BigInt(int(p, "event"));
       if (eventSeq < 0n) throw new UsageError(`--event must be an event's seq (1 or more)`);
-      for await (const piece of client.getTaskOutput({ taskId: needId(), eventSeq })) {
-        await io.write(piece.text);
+      const taskId = needId();
+      try {
+        for await (const piece of client.getTaskOutput({ taskId, eventSeq })) {
+          await io.write(asJson ? json({ text: piece.text }) + "\n" : piece.text);
+        }
+      } catch (e) {
+        if (eventSeq > 0n && ConnectError.from(e).code === Code.NotFound)
+          await noSuchEvent(client, taskId, eventSeq);
+        throw e;
       }
       return 0;
     }
@@ -144,10 +151,17 @@ function specOf(p: ParsedCommand, io: ClientIO) {
   } else if (words.length === 1) {
     prompt = words[0] === "-" ? io.readStdin() : words[0]!;
   } else {
+    if (words.length === 0)
+      throw new UsageError(
+        'usage: conductor submit "<prompt>" [flags] (or -f FILE, or - for standard input)',
+      );
+    const flags = words.filter((w) => isFlagOf(p, w));
+    const prompt = words.find((w) => !isFlagOf(p, w)) ?? "<prompt>";
     throw new UsageError(
-      words.length === 0
-        ? 'usage: conductor submit "<prompt>" [flags] (or -f FILE, or - for standard input)'
-        : `expected one prompt, got ${words.length} words: quote the prompt ("conductor submit \\"fix the tests\\"")`,
+      `expected one prompt, got ${words.length} arguments: ` +
+        (flags.length > 0
+          ? `${flags.map((f) => shellQuote(f)).join(", ")} came after "--", which makes every word a prompt; flags go before "--": conductor submit ${flags.map((f) => shellQuote(f)).join(" ")} -- ${shellQuote(oneLine(prompt, 60))}`
+          : 'quote the prompt as one argument ("conductor submit \\"fix the tests\\"")'),
     );
   }
   const labels: Record<string, string> = {};
@@ -176,6 +190,34 @@ function specOf(p: ParsedCommand, io: ClientIO) {
   });
 }
 
+/** Whether `word` is one of the command's flags (`--wait`, `-w`, `--priority=3`). */
+function isFlagOf(p: ParsedCommand, word: string): boolean {
+  const long = /^--([^=]+)/.exec(word)?.[1];
+  if (long) return long in p.command.flags;
+  return (
+    /^-[A-Za-z]$/.test(word) && Object.values(p.command.flags).some((f) => `-${f.short}` === word)
+  );
+}
+
+/**
+ * Throws the NOT_FOUND of `output --event SEQ` for an event the task does not have: the
+ * Orchestrator's message then speaks of an event whose whole was not kept. Only an ended task's
+ * events are all known; otherwise this returns and the Orchestrator's answer stands.
+ */
+async function noSuchEvent(client: Orch, id: string, seq: bigint): Promise<void> {
+  const { task } = await client.getTask({ id });
+  if (!task || task.state < TaskState.SUCCEEDED) return;
+  let last = 0n;
+  for await (const { event } of client.watchTask({ id })) {
+    if (event?.seq === seq) return;
+    if (event && event.seq > last) last = event.seq;
+  }
+  throw new ConnectError(
+    `task ${id} has no event ${seq}: its events are 1 to ${last} ("conductor watch --json ${id}" shows them with their seq)`,
+    Code.NotFound,
+  );
+}
+
 function readPrompt(file: string): string {
   try {
     return readFileSync(file, "utf8");
@@ -197,13 +239,15 @@ async function tasks(client: Orch, p: ParsedCommand, out: (l: string) => void): 
   const states = list(p, "state").map(parseState);
   const limitText = str(p, "limit");
   const limit = limitText === undefined ? 20 : Number(limitText);
-  if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
-    throw new UsageError(`--limit must be a whole number from 1 to 1000, got "${limitText}"`);
-  const { tasks, nextPageToken } = await client.listTasks({ states, pageSize: limit });
-  if (bool(p, "json")) {
-    tasks.forEach((t) => out(taskJson(t)));
-    return 0;
-  }
+  if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LIMIT)
+    throw new UsageError(
+      `--limit must be a whole number from 1 to ${MAX_LIMIT}, got "${oneLine(limitText ?? "", 40)}"`,
+    );
+  const asJson = bool(p, "json");
+  const { tasks, more } = await listUpTo(client, states, limit, (page) => {
+    if (asJson) page.forEach((t) => out(taskJson(t)));
+  });
+  if (asJson) return 0;
   if (tasks.length === 0) {
     out(states.length ? "no tasks in that state" : 'no tasks yet: conductor submit "<prompt>"');
     return 0;
@@ -219,8 +263,43 @@ async function tasks(client: Orch, p: ParsedCommand, out: (l: string) => void): 
     oneLine(t.spec?.prompt ?? "", 50),
   ]);
   table(["ID", "STATE", "PRI", "AGENT", "TRIES", "CREATED", "PROMPT"], rows).forEach((l) => out(l));
-  if (nextPageToken) out(`… more tasks: --limit ${Math.min(1000, limit * 5)} shows more`);
+  if (more) {
+    out(
+      limit < MAX_LIMIT
+        ? `… more tasks: --limit ${Math.min(MAX_LIMIT, limit * 5)} shows more`
+        : `… more tasks than ${MAX_LIMIT}: --state S shows those in one state`,
+    );
+  }
   return 0;
+}
+
+/** Most tasks `conductor tasks` lists. */
+const MAX_LIMIT = 1000;
+
+/**
+ * Up to `limit` tasks, newest first, following ListTasks page tokens (a page stops at 2 MiB of
+ * tasks, so one page may hold fewer than asked for); `onPage` sees each page as it arrives.
+ * `more` says whether tasks remain past those returned.
+ */
+async function listUpTo(
+  client: Orch,
+  states: TaskState[],
+  limit: number,
+  onPage: (tasks: Task[]) => void,
+): Promise<{ tasks: Task[]; more: boolean }> {
+  const all: Task[] = [];
+  let pageToken = "";
+  // Every page holds at least one task, so this ends within `limit` pages.
+  while (all.length < limit) {
+    const page = await client.listTasks({ states, pageSize: limit - all.length, pageToken });
+    all.push(...page.tasks);
+    onPage(page.tasks);
+    pageToken = page.nextPageToken;
+    if (!pageToken || page.tasks.length === 0) return { tasks: all, more: false };
+  }
+  // A token only says there may be more: look.
+  const next = await client.listTasks({ states, pageSize: 1, pageToken });
+  return { tasks: all, more: next.tasks.length > 0 };
 }
 
 /**

@@ -24,9 +24,8 @@ const where: Record<string, Flag> = {
   json,
 };
 
-/** Flags of the commands that start services. */
-const serving: Record<string, Flag> = {
-  ...where,
+/** Flags of the services that run agents (`up`, `agent-host`). */
+const agentFlags: Record<string, Flag> = {
   agents: {
     type: "string",
     arg: "N",
@@ -37,6 +36,11 @@ const serving: Record<string, Flag> = {
     arg: "R",
     help: "runtime.backend: process (default), docker, podman, or a plugin module",
   },
+};
+
+/** Flags of every command that starts a service. */
+const serving: Record<string, Flag> = {
+  ...where,
   "log-level": {
     type: "string",
     arg: "L",
@@ -68,7 +72,7 @@ export const COMMANDS: readonly Command[] = [
     args: "",
     summary: "Orchestrator, AgentHost and Broker in one process",
     details: serviceDetails,
-    flags: serving,
+    flags: { ...serving, ...agentFlags },
   },
   {
     name: "orchestrator",
@@ -82,7 +86,7 @@ export const COMMANDS: readonly Command[] = [
     args: "",
     summary: "an AgentHost alone (the agents; serves <socket_dir>/agent-host.sock)",
     details: serviceDetails,
-    flags: serving,
+    flags: { ...serving, ...agentFlags },
   },
   {
     name: "broker",
@@ -95,7 +99,7 @@ export const COMMANDS: readonly Command[] = [
     name: "config",
     args: "print",
     summary: "print the effective configuration (defaults, file, environment, flags)",
-    flags: serving,
+    flags: where,
   },
   {
     name: "submit",
@@ -167,10 +171,15 @@ With --wait, follows the task like "conductor watch" and exits 0 only if it succ
 A result text over 64 KiB, or an output line over 16 KiB, is cut in GetTask, WatchTask and
 ListTasks (so every response fits a gRPC client's 4 MiB limit) and ends with a
 "[… truncated by conductor …]" marker. This prints the whole, streamed: the result text by
-default, or with --event SEQ the line of that event (SEQ as "watch --json" shows it).`,
+default, or with --event SEQ the line of that event (SEQ as "watch --json" shows it).
+With --json, the text comes as JSON lines {"text": "…"}: joined in order, they are the text.`,
     flags: {
       event: { type: "string", arg: "SEQ", help: "the output event's seq (default: the result)" },
       ...where,
+      json: {
+        type: "boolean",
+        help: 'print JSON lines {"text": "…"}, pieces of the text in order',
+      },
     },
   },
   {

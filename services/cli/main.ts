@@ -12,6 +12,7 @@ import {
 } from "./args.ts";
 import { runClientCommand } from "./client-commands.ts";
 import { CLIENT_COMMANDS, COMMANDS, metricsPortKey, SERVICE_COMMANDS } from "./commands.ts";
+import { isReaderGone, READER_GONE } from "./stdout.ts";
 import { isNotListening, locateOrchestrator, NotRunningError } from "./locate.ts";
 
 /** Entry point of the `conductor` command; returns the exit code. */
@@ -74,6 +75,8 @@ export async function main(
     }
     if (CLIENT_COMMANDS.has(command.name)) return await client(parsed, config, env);
   } catch (e) {
+    // The reader went away (`conductor output ID | head -c 10`): stop quietly, as Unix commands do.
+    if (isReaderGone(e)) return READER_GONE;
     if (e instanceof UsageError) {
       err(`conductor ${command.name}: ${e.message}\n`);
       return 2;

@@ -92,11 +92,14 @@ export function readyLine(
   };
 }
 
-function readyText(command: string, config: Config, ready: Record<string, unknown>): string {
+/** The ready banner a person sees on a terminal. */
+export function readyText(command: string, config: Config, ready: Record<string, unknown>): string {
+  const n = config.orchestrator.num_agents;
+  const agents = `${n} agent${n === 1 ? "" : "s"}, ${config.runtime.backend} runtime`;
   const what: Record<string, string> = {
-    up: `Conductor is up: Orchestrator, AgentHost (${config.orchestrator.num_agents} agents, ${config.runtime.backend} runtime) and Broker`,
+    up: `Conductor is up: Orchestrator, AgentHost (${agents}) and Broker`,
     orchestrator: "The Orchestrator is serving",
-    "agent-host": `The AgentHost is serving (${config.orchestrator.num_agents} agents, ${config.runtime.backend} runtime)`,
+    "agent-host": `The AgentHost is serving (${agents})`,
     broker: "The Broker is serving",
   };
   const rows: [string, unknown][] = [

@@ -124,6 +124,61 @@ describe("loadConfig refuses, all at once", () => {
     }
   });
 
+  it("refuses a node id that cannot name a container, and a default model or tools no task could name", () => {
+    const cases: [Record<string, string>, RegExp][] = [
+      [
+        { CONDUCTOR_ORCHESTRATOR_NODE_ID: "n".repeat(5000) },
+        /CONDUCTOR_ORCHESTRATOR_NODE_ID=n{40}…: configuration key "orchestrator.node_id": must be 1 to 63 letters/,
+      ],
+      [
+        { CONDUCTOR_ORCHESTRATOR_NODE_ID: "a b" },
+        /"orchestrator.node_id": must be 1 to 63 letters, digits, "\.", "_" or "-"/,
+      ],
+      [
+        { CONDUCTOR_AGENT_ALLOWED_TOOLS: ",," },
+        /CONDUCTOR_AGENT_ALLOWED_TOOLS=,,: configuration key "agent.allowed_tools": entry 1 of 3 is empty/,
+      ],
+      [
+        { CONDUCTOR_AGENT_ALLOWED_TOOLS: "Read,,Bash" },
+        /"agent.allowed_tools": entry 2 of 3 is empty/,
+      ],
+      [
+        { CONDUCTOR_AGENT_ALLOWED_TOOLS: "Read,Ba\tsh" },
+        /"agent.allowed_tools": allowed_tools\[1\] "Ba\\tsh" contains a control character/,
+      ],
+      [
+        { CONDUCTOR_AGENT_MODEL: "--evil" },
+        /CONDUCTOR_AGENT_MODEL=--evil: configuration key "agent.model": model "--evil" is not a model name/,
+      ],
+    ];
+    for (const [env, message] of cases) {
+      expect(() => loadConfig({ env }), JSON.stringify(env).slice(0, 80)).toThrow(message);
+    }
+    const fine = loadConfig({
+      env: {
+        CONDUCTOR_ORCHESTRATOR_NODE_ID: `node-1.eu_west.${"x".repeat(48)}`,
+        CONDUCTOR_AGENT_MODEL: "claude-sonnet-4-5@20250929",
+        CONDUCTOR_AGENT_ALLOWED_TOOLS: " Read , Bash(git log:*) ",
+        CONDUCTOR_ORCHESTRATOR_AGENT_HOSTS: "",
+      },
+    });
+    expect(fine.orchestrator.node_id).toHaveLength(63);
+    expect(fine.agent.allowed_tools).toEqual(["Read", "Bash(git log:*)"]);
+    expect(loadConfig({}).orchestrator.node_id).toMatch(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/);
+  });
+
+  it("takes fractions of a second in every duration, as the README says", () => {
+    const durations = configKeys().filter((k) => /_seconds$|message_timeout$/.test(k));
+    expect(durations).toContain("runtime.stop_grace_seconds");
+    for (const key of durations) {
+      const [section, name] = key.split(".") as [keyof ReturnType<typeof loadConfig>, string];
+      const config = loadConfig({ env: { [envName(key)]: "1.5" } });
+      expect((config[section] as Record<string, unknown>)[name], key).toBe(1.5);
+    }
+    const readme = readFileSync(path.join(import.meta.dirname, "..", "..", "README.md"), "utf8");
+    expect(readme).toContain("durations in seconds; fractions such as 1.5 are fine");
+  });
+
   it("bounds sizes and counts", () => {
     const cases: [string, string, RegExp][] = [
       ["CONDUCTOR_AGENT_CONTAINER_MEMORY", "5000g", /from 4m to 1024g/],

@@ -1,8 +1,12 @@
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import path from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { ConnectError } from "@connectrpc/connect";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
+import { TaskSpecSchema } from "../../gen/conductor/v1/task_pb.js";
+import { validateSpec } from "../orchestrator/validate.ts";
 
 /**
  * ConfigError lists every problem of a configuration at once, each naming the bad key and where
@@ -54,20 +58,56 @@ const count = (min: number, max: number) =>
     .min(min, `must be at least ${min}`)
     .max(max, `must be at most ${max}`);
 
-/** A list of strings; one given as a plain string (an environment variable) is comma-separated. */
+/**
+ * A list of strings; one given as a plain string (an environment variable) is comma-separated,
+ * and a blank one is the empty list. An empty entry (",,") is refused, not dropped.
+ */
 const stringList = z.preprocess(
-  (v) =>
-    typeof v === "string"
-      ? v
-          .split(",")
-          .map((s) => s.trim())
-          .filter(Boolean)
-      : v,
-  z.array(z.string().min(1)),
+  (v) => (typeof v === "string" ? (v.trim() === "" ? [] : v.split(",").map((s) => s.trim())) : v),
+  z.array(z.string()).superRefine((list, ctx) => {
+    const at = list.findIndex((s) => s.trim() === "");
+    if (at !== -1)
+      ctx.addIssue({
+        code: "custom",
+        message: `entry ${at + 1} of ${list.length} is empty: name each entry, separated by commas`,
+      });
+  }),
 );
 /** A list of at most `max` entries. */
 const listOf = (max: number) =>
   stringList.pipe(z.array(z.string()).max(max, `must have at most ${max} entries`));
+
+/**
+ * Checks a default of a TaskSpec field (agent.model, agent.allowed_tools) with the very rule
+ * SubmitTask applies to that field, so that a configured default is one a task could name.
+ */
+function likeSpecField(field: "model" | "allowedTools") {
+  return (value: string | string[], ctx: z.RefinementCtx) => {
+    try {
+      validateSpec(create(TaskSpecSchema, { prompt: "-", [field]: value }), {
+        maxPromptBytes: 1,
+      });
+    } catch (e) {
+      if (!(e instanceof ConnectError)) throw e;
+      ctx.addIssue({ code: "custom", message: e.rawMessage.replace(/^spec\./, "") });
+    }
+  };
+}
+
+/**
+ * A node id names this Conductor's containers and processes, so it is what a container name
+ * may hold: 1–63 letters, digits, ".", "_" or "-", starting with a letter or digit.
+ */
+const NODE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+/** The host's name as a node id (characters a node id may not hold become "-"). */
+function defaultNodeId(): string {
+  const id = hostname()
+    .replace(/[^A-Za-z0-9._-]/g, "-")
+    .replace(/^[^A-Za-z0-9]+/, "")
+    .slice(0, 63);
+  return id || "conductor";
+}
 
 /** The configuration schema: the seed's sections plus runtime, storage and observability. */
 const schema = z
@@ -77,7 +117,13 @@ const schema = z
         num_agents: count(1, 1000).default(3),
         /** Upper bound on tasks running at once across all agents. */
         max_workers: count(1, 100_000).default(1000),
-        node_id: z.string().min(1).default(hostname()),
+        node_id: z
+          .string()
+          .regex(
+            NODE_ID,
+            `must be 1 to 63 letters, digits, ".", "_" or "-", starting with a letter or digit (it goes into container names)`,
+          )
+          .default(defaultNodeId()),
         default_timeout_seconds: seconds(7 * DAY).default(600),
         default_max_attempts: count(1, 100).default(1),
         /** First retry waits this long; each further one doubles it (capped at 60 s). */
@@ -106,19 +152,14 @@ const schema = z
       .object({
         /** The Claude Code CLI; empty means the one from @anthropic-ai/claude-code. */
         claude_path: z.string().default(""),
-        model: z.string().default(""),
+        /** The model when a task names none; empty: the CLI's default. */
+        model: z.string().superRefine(likeSpecField("model")).default(""),
         permission_mode: z
           .enum(["default", "acceptEdits", "plan", "bypassPermissions", "dontAsk"])
           .default("acceptEdits"),
-        allowed_tools: listOf(100).default([
-          "Read",
-          "Write",
-          "Edit",
-          "MultiEdit",
-          "Glob",
-          "Grep",
-          "LS",
-        ]),
+        allowed_tools: listOf(100)
+          .superRefine(likeSpecField("allowedTools"))
+          .default(["Read", "Write", "Edit", "MultiEdit", "Glob", "Grep", "LS"]),
         /** A run printing nothing for this long is ended and failed. */
         idle_timeout_seconds: seconds(DAY).default(300),
         /** A CLI still alive this long after its result line is ended (the result is kept). */

@@ -1,4 +1,4 @@
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -24,7 +24,11 @@ function conductor(
     const child = execFile(
       process.execPath,
       [CLI, ...args],
-      { cwd: opts.cwd ?? ROOT, env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...opts.env } },
+      {
+        cwd: opts.cwd ?? ROOT,
+        env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...opts.env },
+        maxBuffer: 64 * 1024 * 1024,
+      },
       (error, stdout, stderr) => {
         const code = error ? (typeof error.code === "number" ? error.code : -1) : 0;
         if (error && code === -1)
@@ -33,6 +37,32 @@ function conductor(
       },
     );
     child.stdin?.end(opts.stdin ?? "");
+  });
+}
+
+/**
+ * Runs the real `conductor` binary with its stdout on a pipe whose reader goes away after the
+ * first chunk, as `conductor … | head -c 10` does.
+ */
+function conductorIntoHead(
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number | null; stderr: string; first: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      cwd: ROOT,
+      env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let first = "";
+    let stderr = "";
+    child.stdout.once("data", (chunk: Buffer) => {
+      first = chunk.toString();
+      child.stdout.destroy();
+    });
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, stderr, first }));
   });
 }
 
@@ -101,6 +131,36 @@ describe("the conductor CLI without a running Conductor", () => {
     const command = await conductor(["sumbit", "hi"]);
     expect(command.code).toBe(2);
     expect(command.stderr).toMatch(/unknown command "sumbit"/);
+  });
+
+  it("lists for each service command only the flags that apply to it", async () => {
+    const helps = await Promise.all(
+      ["up", "agent-host", "orchestrator", "broker", "config"].map(
+        async (c) => [c, (await conductor(["help", c])).stdout] as const,
+      ),
+    );
+    for (const [command, help] of helps) {
+      const runsAgents = command === "up" || command === "agent-host";
+      expect(help.includes("--agents N"), command).toBe(runsAgents);
+      expect(help.includes("--runtime R"), command).toBe(runsAgents);
+      expect(help.includes("--metrics-port N"), command).toBe(command !== "config");
+    }
+  });
+
+  it("says how to submit a prompt that starts with -, quoting it whole, and where flags go", async () => {
+    const dash = await conductor(["submit", "- fix foo"]);
+    expect(dash.code).toBe(2);
+    expect(dash.stderr).toBe(
+      'conductor: "- fix foo" starts with "-", so it reads as flags; put it after "--", as in: conductor submit -- "- fix foo"\n',
+    );
+    const after = await conductor(["submit", "--", "fix the tests", "--wait"]);
+    expect(after.code).toBe(2);
+    expect(after.stderr).toMatch(/expected one prompt, got 2 arguments: --wait came after "--"/);
+    expect(after.stderr).toContain(
+      'flags go before "--": conductor submit --wait -- "fix the tests"',
+    );
+    const words = await conductor(["submit", "fix", "it"]);
+    expect(words.stderr).toMatch(/got 2 arguments: quote the prompt as one argument/);
   });
 
   it("reports every configuration problem at once, naming the variables", async () => {
@@ -272,6 +332,78 @@ describe("the conductor CLI beside a running Conductor", () => {
         expect(() => JSON.parse(v) as unknown, `${args.join(" ")}: ${v}`).not.toThrow();
     }
   });
+  it("writes all of a large output to a pipe, follows pages, and stops quietly when the reader goes", async () => {
+    const { client } = setup.conductor;
+    // A result of 90,000 characters: more than a pipe holds, and cut in GetTask.
+    const big = "y".repeat(90_000);
+    const done = await client.submitTask({ spec: { prompt: scripted([{ text: big }]) } });
+    await waitForEnd(client, done.task!.id);
+    const output = await conductor(["output", done.task!.id], { env });
+    expect(output.code).toBe(0);
+    expect(output.stdout.length).toBe(big.length);
+    expect(output.stdout).toBe(big);
+    const asJson = await conductor(["output", done.task!.id, "--json"], { env });
+    expect(asJson.code).toBe(0);
+    const pieces = asJson.stdout
+      .trimEnd()
+      .split("\n")
+      .map((l) => (JSON.parse(l) as { text: string }).text);
+    expect(pieces.join("")).toBe(big);
+    const missing = await conductor(["output", done.task!.id, "--event", "9999"], { env });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(
+      new RegExp(
+        `task ${done.task!.id} has no event 9999: its events are 1 to \\d+ .*\\[NotFound\\]`,
+      ),
+    );
+
+    // The one agent busy, then 30 tasks of 90 KB prompts: about 2.7 MB, over a 2 MiB page.
+    const busy = await client.submitTask({ spec: { prompt: scripted([{ hang: true }]) } });
+    await waitForState(client, busy.task!.id, TaskState.RUNNING);
+    const queued: string[] = [];
+    for (let i = 0; i < 30; i++) {
+      const { task } = await client.submitTask({
+        spec: { prompt: `queued ${i} ${"q".repeat(90_000)}` },
+      });
+      queued.push(task!.id);
+    }
+    try {
+      let total = 0;
+      for (let token = "", first = true; first || token; first = false) {
+        const page = await client.listTasks({ pageSize: 1000, pageToken: token });
+        total += page.tasks.length;
+        token = page.nextPageToken;
+      }
+      expect(total).toBeGreaterThan(31);
+      expect(total).toBeLessThan(1000);
+
+      const json = await conductor(["tasks", "--json", "-n", "1000"], { env });
+      expect(json.code).toBe(0);
+      const lines = json.stdout.trimEnd().split("\n");
+      expect(json.stdout.length).toBeGreaterThan(2.7e6);
+      expect(lines).toHaveLength(total);
+      const ids = lines.map((l) => (JSON.parse(l) as { id: string }).id);
+      expect(ids.slice(0, 30)).toEqual([...queued].reverse());
+
+      const all = await conductor(["tasks", "-n", "1000"], { env });
+      const rows = all.stdout.trimEnd().split("\n");
+      expect(rows).toHaveLength(total + 1); // the header, no hint: nothing more
+      expect(all.stdout).not.toMatch(/more tasks/);
+      const some = await conductor(["tasks", "-n", "31"], { env });
+      const shown = some.stdout.trimEnd().split("\n");
+      expect(shown).toHaveLength(1 + 31 + 1);
+      expect(shown.at(-1)).toBe("… more tasks: --limit 155 shows more");
+
+      // The text is small enough for a pipe's buffer; the JSON is not.
+      const head = await conductorIntoHead(["tasks", "--json", "-n", "1000"], env);
+      expect(head.first.length).toBeGreaterThan(0);
+      expect(head.stderr).toBe("");
+      expect(head.code).toBe(141);
+    } finally {
+      for (const id of [...queued, busy.task!.id]) await client.cancelTask({ id });
+      await waitForEnd(client, busy.task!.id);
+    }
+  });
 });
 
 describe("the conductor services as a person starts them", () => {
@@ -329,5 +461,36 @@ describe("the conductor services as a person starts them", () => {
     await json.stop();
     for (const l of json.stderr().trim().split("\n"))
       expect(() => JSON.parse(l) as unknown).not.toThrow();
+  });
+
+  it("takes --metrics-port -1 as documented, and greets a terminal with its agents counted right", async () => {
+    for (const command of ["broker", "orchestrator"]) {
+      const args = [...base(`off-${command}`).slice(0, 4), "--metrics-port", "-1"];
+      const service = await startService(command, args, {});
+      await service.stop();
+      expect(service.ready["metrics"], command).toBeNull();
+    }
+    // On a terminal (script(1) gives it one) the AgentHost greets a person; Ctrl-C stops it.
+    const args = [...base("tty").slice(0, 4), "--metrics-port", "-1", "--agents", "1"];
+    const command = [process.execPath, CLI, "agent-host", ...args].map((a) => `'${a}'`).join(" ");
+    const tty = spawn("script", ["-qec", command, "/dev/null"], {
+      env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin" },
+      stdio: ["pipe", "pipe", "inherit"],
+    });
+    let seen = "";
+    let stopped = false;
+    const exited = new Promise<number | null>((resolve) => tty.on("close", resolve));
+    tty.stdout.on("data", (chunk: Buffer) => {
+      seen += chunk.toString();
+      if (stopped || !seen.includes("Stop with Ctrl-C.")) return;
+      stopped = true;
+      tty.stdin.end("\x03");
+    });
+    const code = await exited;
+    expect(seen).toContain("The AgentHost is serving (1 agent, process runtime).");
+    expect(seen).not.toMatch(/1 agents|metrics +http/);
+    // It stopped on Ctrl-C (script(1) may report the interrupt as 130).
+    expect([0, 130], seen).toContain(code);
+    expect(seen).toMatch(/shutting down/);
   });
 });
