@@ -131,6 +131,13 @@ export class Orchestrator {
     const task = this.get(id);
     if (this.artifacts.has(id, seq)) return this.artifacts.chunks(id, seq);
     if (seq === 0) return task.result?.text ? [task.result.text] : [];
+    const [event] = this.store.eventPage(id, BigInt(seq - 1), { maxEvents: 1, maxBytes: 1 });
+    if (event?.seq !== BigInt(seq)) {
+      throw new ConnectError(
+        `task ${id} has no event ${seq} (dropped by event retention, or not yet happened)`,
+        Code.NotFound,
+      );
+    }
     throw new ConnectError(
       `event ${seq} of task ${id} has no whole output kept: only events marked truncated have one, and not those past the task's ${MAX_TASK_ARTIFACT_BYTES / 1024 / 1024} MiB of kept output; its event holds all there is`,
       Code.NotFound,
