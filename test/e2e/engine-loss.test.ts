@@ -55,6 +55,7 @@ class Relay {
   }
 
   private async listen(to: string): Promise<void> {
+    await this.cut(); // one relay at a time: a second would outlive the test
     rmSync(this.socketPath, { force: true });
     // Its own process group: cutting it ends the forked children holding open connections.
     this.proc = spawn("socat", [`UNIX-LISTEN:${this.socketPath},fork,mode=600`, to], {
