@@ -114,15 +114,14 @@ export async function startConductor(opts: ConductorOptions): Promise<Conductor>
   const dir = mkdtempSync(path.join(tmpdir(), "conductor-e2e-"));
   const socketDir = path.join(dir, "run");
   const dataDir = path.join(dir, "data");
+  // Where everything is, for every service; what the agents are, for those that run them.
+  const where = ["--socket-dir", socketDir, "--data-dir", dataDir];
   const args = [
+    ...where,
     "--runtime",
     opts.runtime ?? "process",
     "--agents",
     String(opts.agents ?? 3),
-    "--socket-dir",
-    socketDir,
-    "--data-dir",
-    dataDir,
   ];
   const env = {
     ANTHROPIC_BASE_URL: opts.modelUrl,
@@ -148,7 +147,7 @@ export async function startConductor(opts: ConductorOptions): Promise<Conductor>
       if (opts.mode === "split") {
         c.processes = [
           await startService("agent-host", args, env),
-          await startService("orchestrator", args, env),
+          await startService("orchestrator", where, env),
         ];
       } else {
         c.processes = [await startService("up", args, env)];

@@ -56,8 +56,9 @@ describe.skipIf(!canMount || !testRuntimes().includes("process"))(
         CONDUCTOR_AGENT_BROKER_TOOLS: "false",
         ...runtimeEnv(),
       };
-      const common = ["--socket-dir", socketDir, "--runtime", "process", "--agents", "1"];
-      processes.push(await startService("agent-host", [...common, "--data-dir", agentData], env));
+      const common = ["--socket-dir", socketDir];
+      const host = [...common, "--runtime", "process", "--agents", "1", "--data-dir", agentData];
+      processes.push(await startService("agent-host", host, env));
       const orchestrator = await startService(
         "orchestrator",
         [...common, "--data-dir", orchestratorData],

@@ -23,14 +23,7 @@ describe("a second instance beside a running up", () => {
     await waitForState(client, task!.id, TaskState.RUNNING);
     const runDir = path.join(conductor.dataDir, "agents", "agent-1", "run");
     const sockets = ["model.sock", "broker.sock"].map((f) => statSync(path.join(runDir, f)).ino);
-    const args = [
-      "--agents",
-      "1",
-      "--socket-dir",
-      conductor.socketDir,
-      "--data-dir",
-      conductor.dataDir,
-    ];
+    const args = ["--socket-dir", conductor.socketDir, "--data-dir", conductor.dataDir];
     const env = {
       ANTHROPIC_BASE_URL: setup.model.url,
       CONDUCTOR_OBSERVABILITY_METRICS_PORT: "0",
