@@ -14,7 +14,7 @@ import { useConductor } from "./use-conductor.ts";
 describe.each(testRuntimes())("restart after SIGKILL on the %s runtime", (runtime) => {
   const setup = useConductor(() => ({ agents: 2, runtime }));
 
-  it("keeps every acknowledged task and ends each exactly once", async () => {
+  it("keeps every acknowledged task and ends each exactly once", { timeout: 120_000 }, async () => {
     const { client } = setup.conductor;
     const slow = (name: string) =>
       scripted([
