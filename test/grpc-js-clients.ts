@@ -12,30 +12,39 @@ export interface JsRunStep {
   outcome?: { state: string; result?: { truncated: boolean } };
 }
 
-/** A grpc-js client of an AgentHost at grpc-js's default limits. */
-export function grpcJsAgentHost(socket: string) {
-  const def = protoLoader.loadSync("conductor/v1/agent_host.proto", {
+/**
+ * A grpc-js client of `service` (in package conductor.v1) from `protoFile`, on a Unix socket,
+ * at grpc-js's default limits; `oneofs` adds the name of each oneof's set case.
+ */
+export function grpcJsClient<T extends grpc.Client>(
+  protoFile: string,
+  service: string,
+  socket: string,
+  oneofs = false,
+): T {
+  const def = protoLoader.loadSync(protoFile, {
     includeDirs: [path.join(ROOT, "proto")],
     longs: String,
     enums: String,
     defaults: true,
-    oneofs: true,
+    oneofs,
   });
-  type Host = grpc.Client & {
-    RunTask(req: {
-      agentId: string;
-      taskId: string;
-      attempt: number;
-      spec: { prompt: string; allowedTools: string[] };
-    }): grpc.ClientReadableStream<JsRunStep>;
-  };
   const pkg = grpc.loadPackageDefinition(def) as unknown as {
-    conductor: {
-      v1: { AgentHostService: new (address: string, creds: grpc.ChannelCredentials) => Host };
-    };
+    conductor: { v1: Record<string, new (address: string, creds: grpc.ChannelCredentials) => T> };
   };
-  return new pkg.conductor.v1.AgentHostService(
-    `unix://${socket}`,
-    grpc.credentials.createInsecure(),
-  );
+  return new pkg.conductor.v1[service]!(`unix://${socket}`, grpc.credentials.createInsecure());
+}
+
+/** A grpc-js client of an AgentHost at grpc-js's default limits. */
+export function grpcJsAgentHost(socket: string) {
+  return grpcJsClient<
+    grpc.Client & {
+      RunTask(req: {
+        agentId: string;
+        taskId: string;
+        attempt: number;
+        spec: { prompt: string; allowedTools: string[] };
+      }): grpc.ClientReadableStream<JsRunStep>;
+    }
+  >("conductor/v1/agent_host.proto", "AgentHostService", socket, true);
 }

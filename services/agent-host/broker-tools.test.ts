@@ -1,24 +1,13 @@
 // Whether a run is offered the Broker's tools, decided against a real Broker on a Unix socket.
 import { randomBytes } from "node:crypto";
-import { mkdirSync } from "node:fs";
-import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { setUpAgentBroker } from "../broker/access.ts";
 import { startTestBroker } from "../broker/testing.ts";
 import { brokerTools } from "./broker-tools.ts";
 
 describe("brokerToolsForRun", () => {
   it("offers the tools while the Broker answers, registering the agent, and says why not once it is gone", async () => {
     await using broker = await startTestBroker();
-    const runDir = path.join(broker.dir, "agents", "agent-7", "run");
-    mkdirSync(runDir, { recursive: true });
-    const agent = await setUpAgentBroker({
-      runDir,
-      agentId: "agent-7",
-      secret: broker.secret,
-      brokerSocket: broker.socketPath,
-      nodePath: process.execPath,
-    });
+    const agent = await broker.agentWay("agent-7");
     try {
       const check = brokerTools({ socketPath: broker.socketPath, secret: broker.secret });
 

@@ -5,7 +5,7 @@ import { Delivery } from "./delivery.ts";
 import { Directory } from "./directory.ts";
 import { Expiry } from "./expiry.ts";
 import { Mailroom } from "./mailroom.ts";
-import { Requests } from "./requests.ts";
+import { Requests, type RequestInput } from "./requests.ts";
 import { Postbox, type SendInput } from "./sending.ts";
 import { BrokerStore } from "./store.ts";
 
@@ -101,13 +101,7 @@ export class Broker {
   /** Sends a task_request and waits for its reply (see Requests.request). */
   request(
     caller: Identity,
-    input: {
-      sender: string;
-      receiver: string;
-      payload: string;
-      correlationId: string;
-      timeoutMs: number;
-    },
+    input: RequestInput,
     signal: AbortSignal,
   ): Promise<{ reply: Message; correlationId: string }> {
     return this.requests.request(caller, input, signal);

@@ -1,14 +1,12 @@
 // Peers that misbehave or vanish: none of them may end the Broker, its relay or an agent's
 // MCP server, wedge a call, or lose or store anything it should not.
 import { spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
 import http2 from "node:http2";
 import net from "node:net";
-import path from "node:path";
 import { createInterface } from "node:readline";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { eventually } from "../../test/harness.ts";
-import { agentCredential, setUpAgentBroker, type AgentBroker } from "./access.ts";
+import { agentCredential, type AgentBroker } from "./access.ts";
 import { startTestBroker, type TestBroker } from "./testing.ts";
 
 /** An agent's MCP server, spoken to as JSON-RPC over its stdio; close() ends it. */
@@ -68,15 +66,7 @@ describe("the Broker with peers that fail", () => {
   beforeEach(async () => {
     b = await startTestBroker();
     await b.register("agent-1", "agent-2");
-    const runDir = path.join(b.dir, "agents", "agent-1", "run");
-    mkdirSync(runDir, { recursive: true });
-    agent = await setUpAgentBroker({
-      runDir,
-      agentId: "agent-1",
-      secret: b.secret,
-      brokerSocket: b.socketPath,
-      nodePath: process.execPath,
-    });
+    agent = await b.agentWay("agent-1");
   });
   afterEach(async () => {
     await agent?.close();

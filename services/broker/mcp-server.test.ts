@@ -1,14 +1,14 @@
 // The MCP server: its protocol over stdio, then the REAL Claude Code CLI calling the Broker
 // tools (scripted by the fake model) against a running Broker, through an agent's relay.
 import { spawn } from "node:child_process";
-import { mkdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { MessageType } from "../../gen/conductor/v1/broker_pb.js";
 import { runClaude, type ClaudeRun } from "../../test/fake-model/cli.ts";
 import { startFakeModel, type FakeModel } from "../../test/fake-model/server.ts";
-import { MCP_ALLOWED_TOOLS, setUpAgentBroker, type AgentBroker } from "./access.ts";
+import { MCP_ALLOWED_TOOLS, type AgentBroker } from "./access.ts";
 import { startTestBroker, type TestBroker } from "./testing.ts";
 
 const script = (steps: unknown[]) => `Work.\n<fake-script>${JSON.stringify(steps)}</fake-script>`;
@@ -77,15 +77,7 @@ describe("the Broker's MCP server", () => {
     fake = await startFakeModel();
     await broker.register("agent-2");
     // agent-1's run folder, as an AgentHost prepares it: relay, credential, the script.
-    const runDir = path.join(broker.dir, "agents", "agent-1", "run");
-    mkdirSync(runDir, { recursive: true });
-    agent1 = await setUpAgentBroker({
-      runDir,
-      agentId: "agent-1",
-      secret: broker.secret,
-      brokerSocket: broker.socketPath,
-      nodePath: process.execPath,
-    });
+    agent1 = await broker.agentWay("agent-1");
   });
   afterAll(async () => {
     await agent1?.close();

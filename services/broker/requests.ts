@@ -17,6 +17,15 @@ import type { Postbox } from "./sending.ts";
 import type { NewMessage, OpenRequest } from "./store.ts";
 import { checkAgentId, checkCorrelationId, checkPayload, checkSelf } from "./validate.ts";
 
+/** What Request asks: a task_request from `sender` to `receiver`, and how long to wait (ms). */
+export interface RequestInput {
+  sender: string;
+  receiver: string;
+  payload: string;
+  correlationId: string;
+  timeoutMs: number;
+}
+
 /**
  * Request/reply over the inboxes: a task_request opens a request (durable, until it expires),
  * only the agent asked may answer it, and the answer goes to whoever asked. A request's
@@ -41,13 +50,7 @@ export class Requests {
    */
   async request(
     caller: Identity,
-    input: {
-      sender: string;
-      receiver: string;
-      payload: string;
-      correlationId: string;
-      timeoutMs: number;
-    },
+    input: RequestInput,
     signal: AbortSignal,
   ): Promise<{ reply: Message; correlationId: string }> {
     const { opts, store, mail } = this.core;

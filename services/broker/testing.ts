@@ -7,7 +7,7 @@ import type { Client } from "@connectrpc/connect";
 import type { Registry } from "prom-client";
 import type { BrokerService } from "../../gen/conductor/v1/broker_pb.js";
 import { silentLogger } from "../shared/log.ts";
-import { brokerClient } from "./access.ts";
+import { brokerClient, setUpAgentBroker, type AgentBroker } from "./access.ts";
 import type { BrokerOptions } from "./broker.ts";
 import { agentCredential, loadBrokerSecret, orchestratorCredential } from "./credentials.ts";
 import { startBrokerServer, type BrokerServer } from "./serve.ts";
@@ -23,6 +23,8 @@ export interface TestBroker extends AsyncDisposable {
   agent(id: string): Client<typeof BrokerService>;
   /** A client calling as the Orchestrator. */
   orchestrator(): Client<typeof BrokerService>;
+  /** Agent `id`'s way to the Broker (relay, credential, MCP script), as an AgentHost makes it. */
+  agentWay(id: string): Promise<AgentBroker>;
   /** Registers agents (as the Orchestrator) so they can be messaged. */
   register(...ids: string[]): Promise<void>;
   /**
@@ -94,6 +96,17 @@ export async function startTestBroker(
     },
     agent: (id) => clientFor(id, agentCredential(secret, id)),
     orchestrator: () => clientFor("orchestrator", orchestratorCredential(secret)),
+    async agentWay(agentId) {
+      const runDir = path.join(dir, "agents", agentId, "run");
+      mkdirSync(runDir, { recursive: true });
+      return setUpAgentBroker({
+        runDir,
+        agentId,
+        secret,
+        brokerSocket: socketPath,
+        nodePath: process.execPath,
+      });
+    },
     async register(...ids) {
       for (const agentId of ids) await t.orchestrator().registerAgent({ agentId });
     },

@@ -4,13 +4,13 @@ import http2 from "node:http2";
 import net from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
-import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
+import type * as grpc from "@grpc/grpc-js";
 import { Code } from "@connectrpc/connect";
 import { beforeAll, describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { ROOT, scripted, spec, waitForEnd } from "../harness.ts";
 import { useConductor } from "./use-conductor.ts";
+import { grpcJsClient } from "../grpc-js-clients.ts";
 import { failureOf } from "../rpc-errors.ts";
 
 const run = promisify(execFile);
@@ -108,25 +108,10 @@ describe("the Orchestrator's API", () => {
   });
 
   it("serves a @grpc/grpc-js client over the Unix socket: submit, then watch to the end", async () => {
-    const def = protoLoader.loadSync("conductor/v1/orchestrator.proto", {
-      includeDirs: [path.join(ROOT, "proto")],
-      longs: String,
-      enums: String,
-      defaults: true,
-    });
-    const pkg = grpc.loadPackageDefinition(def) as unknown as {
-      conductor: {
-        v1: {
-          OrchestratorService: new (
-            address: string,
-            creds: grpc.ChannelCredentials,
-          ) => GrpcJsOrchestrator;
-        };
-      };
-    };
-    const client = new pkg.conductor.v1.OrchestratorService(
-      `unix://${socket}`,
-      grpc.credentials.createInsecure(),
+    const client = grpcJsClient<GrpcJsOrchestrator>(
+      "conductor/v1/orchestrator.proto",
+      "OrchestratorService",
+      socket,
     );
     try {
       const submitted = await new Promise<{ task: { id: string } }>((resolve, reject) =>

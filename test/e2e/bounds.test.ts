@@ -4,8 +4,7 @@ import { promisify } from "node:util";
 import { fromBinary, toBinary, type DescMessage, type MessageInitShape } from "@bufbuild/protobuf";
 import { create } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
-import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
+import type * as grpc from "@grpc/grpc-js";
 import { beforeAll, describe, expect, it } from "vitest";
 import {
   GetTaskRequestSchema,
@@ -16,7 +15,7 @@ import {
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { ROOT, scripted, spec, waitForEnd } from "../harness.ts";
 import { failureOf } from "../rpc-errors.ts";
-import { grpcJsAgentHost, type JsRunStep } from "../grpc-js-clients.ts";
+import { grpcJsAgentHost, grpcJsClient, type JsRunStep } from "../grpc-js-clients.ts";
 import { useConductor } from "./use-conductor.ts";
 
 const run = promisify(execFile);
@@ -38,7 +37,11 @@ describe("bounds: what is accepted runs, and every response fits any client", ()
 
   beforeAll(() => {
     socket = path.join(setup.conductor.socketDir, "orchestrator.sock");
-    js = grpcJsClient(socket);
+    js = grpcJsClient<GrpcJsOrchestrator>(
+      "conductor/v1/orchestrator.proto",
+      "OrchestratorService",
+      socket,
+    );
     return () => js.close();
   });
 
@@ -323,30 +326,6 @@ interface GrpcJsOrchestrator extends grpc.Client {
   GetTaskOutput(req: { taskId: string; eventSeq: string }): grpc.ClientReadableStream<{
     text: string;
   }>;
-}
-
-/** A grpc-js client of the Orchestrator, from the .proto files, at grpc-js's default limits. */
-function grpcJsClient(socket: string): GrpcJsOrchestrator {
-  const def = protoLoader.loadSync("conductor/v1/orchestrator.proto", {
-    includeDirs: [path.join(ROOT, "proto")],
-    longs: String,
-    enums: String,
-    defaults: true,
-  });
-  const pkg = grpc.loadPackageDefinition(def) as unknown as {
-    conductor: {
-      v1: {
-        OrchestratorService: new (
-          address: string,
-          creds: grpc.ChannelCredentials,
-        ) => GrpcJsOrchestrator;
-      };
-    };
-  };
-  return new pkg.conductor.v1.OrchestratorService(
-    `unix://${socket}`,
-    grpc.credentials.createInsecure(),
-  );
 }
 
 function unary<T>(call: (cb: Callback<T>) => void): Promise<T> {
