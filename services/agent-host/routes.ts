@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import type { ConnectRouter } from "@connectrpc/connect";
 import {
   AgentHostService,
   RunOutcomeSchema,
@@ -9,18 +9,8 @@ import {
 import { AsyncQueue } from "../shared/async-queue.ts";
 import { invalid, notFound } from "../shared/errors.ts";
 import { boundOutput, boundResult, pieces } from "../shared/output-bounds.ts";
-import { AgentBusyError, UnknownAgentError, type AgentHost } from "./host.ts";
-import type { RunOutcome } from "./run.ts";
+import type { AgentHost } from "./host.ts";
 import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
-
-/** Maps AgentHost domain errors onto gRPC codes. */
-function toConnect(e: unknown): unknown {
-  if (e instanceof UnknownAgentError)
-    return new ConnectError(e.message, Code.NotFound, undefined, undefined, e);
-  if (e instanceof AgentBusyError)
-    return new ConnectError(e.message, Code.FailedPrecondition, undefined, undefined, e);
-  return e;
-}
 
 /**
  * Output a run may have waiting for its reader (UTF-16 units of text, about bytes) before its
@@ -66,11 +56,7 @@ export function agentHostRoutes(host: AgentHost) {
         return { agent: await host.startAgent() };
       },
       async stopAgent(req) {
-        try {
-          await host.stopAgent(req.agentId);
-        } catch (e) {
-          throw toConnect(e);
-        }
+        await host.stopAgent(req.agentId);
         return {};
       },
       async *runTask(req, ctx) {
@@ -83,22 +69,17 @@ export function agentHostRoutes(host: AgentHost) {
           full: () => queue.size > RUN_BUFFER_BYTES,
           drained: () => queue.drained(RUN_BUFFER_BYTES / 2),
         };
-        let running: Promise<RunOutcome>;
-        try {
-          running = host.run(
-            req.agentId,
-            req.taskId,
-            req.spec,
-            ctx.signal,
-            (output) => {
-              sendWhole(queue, boundOutput(output));
-              queue.push({ case: "output", value: output });
-            },
-            flow,
-          );
-        } catch (e) {
-          throw toConnect(e);
-        }
+        const running = host.run(
+          req.agentId,
+          req.taskId,
+          req.spec,
+          ctx.signal,
+          (output) => {
+            sendWhole(queue, boundOutput(output));
+            queue.push({ case: "output", value: output });
+          },
+          flow,
+        );
         const done = running.then(
           (outcome) => {
             const value = create(RunOutcomeSchema, outcome);
@@ -106,7 +87,7 @@ export function agentHostRoutes(host: AgentHost) {
             queue.push({ case: "outcome", value });
             queue.end();
           },
-          (e: unknown) => queue.fail(toConnect(e)),
+          (e: unknown) => queue.fail(e),
         );
         yield { kind: { case: "started", value: { agentId: req.agentId } } };
         for await (const kind of queue) yield { kind };

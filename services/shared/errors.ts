@@ -16,24 +16,6 @@ export function precondition(message: string): ConnectError {
   return new ConnectError(message, Code.FailedPrecondition);
 }
 
-/** Translates a Node system error (from a socket, a spawn, a file) into a ConnectError, keeping the cause. */
-export function fromSystemError(cause: unknown, context: string): ConnectError {
-  const code = (cause as NodeJS.ErrnoException | undefined)?.code;
-  const message = `${context}: ${(cause as Error | undefined)?.message ?? String(cause)}`;
-  switch (code) {
-    case "ECONNREFUSED":
-    case "ENOENT":
-    case "ECONNRESET":
-    case "EPIPE":
-      return new ConnectError(message, Code.Unavailable, undefined, undefined, cause);
-    case "EACCES":
-    case "EPERM":
-      return new ConnectError(message, Code.PermissionDenied, undefined, undefined, cause);
-    default:
-      return ConnectError.from(cause, Code.Internal);
-  }
-}
-
 /**
  * A named failure a service raises where the cause is known. The error edge (`errorEdge`)
  * turns it into its gRPC status with this message, keeping the cause for logs and traces.
