@@ -120,21 +120,21 @@ export function connectEngine(o: EngineBackendOptions): EngineClient {
         runLifeline: true,
         recover: true,
       };
-      let timer: NodeJS.Timeout | undefined;
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(Object.assign(new Error("no answer"), { code: "ETIMEDOUT" })),
-          o.probeTimeoutMs ?? PROBE_TIMEOUT_MS,
-        );
-      });
+      // Aborted, not just raced, at the bound: a probe of an engine that never answers must
+      // not leave its connection open (one every probe, for as long as the engine is away).
+      const abortSignal = AbortSignal.timeout(o.probeTimeoutMs ?? PROBE_TIMEOUT_MS);
       try {
-        const [v, info] = (await Promise.race([
-          Promise.all([docker.version(), docker.info()]),
-          timeout,
-        ])) as [
-          Docker.DockerVersion,
-          { MemoryLimit?: boolean; PidsLimit?: boolean; CgroupVersion?: string },
-        ];
+        // dockerode takes abortSignal here too; its types leave it out.
+        const ask = docker as unknown as {
+          version(o: { abortSignal: AbortSignal }): Promise<Docker.DockerVersion>;
+          info(o: {
+            abortSignal: AbortSignal;
+          }): Promise<{ MemoryLimit?: boolean; PidsLimit?: boolean; CgroupVersion?: string }>;
+        };
+        const [v, info] = await Promise.all([
+          ask.version({ abortSignal }),
+          ask.info({ abortSignal }),
+        ]);
         const limits = info.MemoryLimit !== false && info.PidsLimit !== false;
         return {
           runtime: o.runtimeName,
@@ -143,15 +143,15 @@ export function connectEngine(o: EngineBackendOptions): EngineClient {
           capabilities: { ...caps, limits },
         };
       } catch (e) {
-        const code = engineFailure(e).code ?? engineFailure(e).message;
+        const code = abortSignal.aborted
+          ? "ETIMEDOUT"
+          : (engineFailure(e).code ?? engineFailure(e).message);
         return {
           runtime: o.runtimeName,
           healthy: false,
           detail: `cannot reach ${o.engineLabel} at ${o.socketPath} (${code}): ${o.startHint}`,
           capabilities: caps,
         };
-      } finally {
-        clearTimeout(timer);
       }
     },
   };
