@@ -5,7 +5,7 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 import type { Agent } from "./agent_pb.js";
-import type { AgentOutput, TaskResult, TaskSpec, TaskState } from "./task_pb.js";
+import type { AgentOutput, TaskResult, TaskSpec, TaskState, Workspace } from "./task_pb.js";
 
 /**
  * Describes the file conductor/v1/agent_host.proto.
@@ -162,6 +162,14 @@ export declare type RunTaskRequest = Message<"conductor.v1.RunTaskRequest"> & {
    * @generated from field: conductor.v1.TaskSpec spec = 4;
    */
   spec?: TaskSpec | undefined;
+
+  /**
+   * The result of the task's previous attempt, if any: a failed check there makes this
+   * attempt resume that Claude session, told what failed.
+   *
+   * @generated from field: conductor.v1.TaskResult previous_result = 5;
+   */
+  previousResult?: TaskResult | undefined;
 };
 
 /**
@@ -321,6 +329,84 @@ export declare type CancelRunResponse = Message<"conductor.v1.CancelRunResponse"
 export declare const CancelRunResponseSchema: GenMessage<CancelRunResponse>;
 
 /**
+ * @generated from message conductor.v1.CheckWorkspaceRequest
+ */
+export declare type CheckWorkspaceRequest = Message<"conductor.v1.CheckWorkspaceRequest"> & {
+  /**
+   * @generated from field: conductor.v1.Workspace workspace = 1;
+   */
+  workspace?: Workspace | undefined;
+};
+
+/**
+ * Describes the message conductor.v1.CheckWorkspaceRequest.
+ * Use `create(CheckWorkspaceRequestSchema)` to create a new message.
+ */
+export declare const CheckWorkspaceRequestSchema: GenMessage<CheckWorkspaceRequest>;
+
+/**
+ * @generated from message conductor.v1.CheckWorkspaceResponse
+ */
+export declare type CheckWorkspaceResponse = Message<"conductor.v1.CheckWorkspaceResponse"> & {
+  /**
+   * For a git workspace, the commit its ref resolves to now.
+   *
+   * @generated from field: string commit = 1;
+   */
+  commit: string;
+};
+
+/**
+ * Describes the message conductor.v1.CheckWorkspaceResponse.
+ * Use `create(CheckWorkspaceResponseSchema)` to create a new message.
+ */
+export declare const CheckWorkspaceResponseSchema: GenMessage<CheckWorkspaceResponse>;
+
+/**
+ * @generated from message conductor.v1.GetPatchRequest
+ */
+export declare type GetPatchRequest = Message<"conductor.v1.GetPatchRequest"> & {
+  /**
+   * @generated from field: string repository = 1;
+   */
+  repository: string;
+
+  /**
+   * @generated from field: string base_commit = 2;
+   */
+  baseCommit: string;
+
+  /**
+   * @generated from field: string head_commit = 3;
+   */
+  headCommit: string;
+};
+
+/**
+ * Describes the message conductor.v1.GetPatchRequest.
+ * Use `create(GetPatchRequestSchema)` to create a new message.
+ */
+export declare const GetPatchRequestSchema: GenMessage<GetPatchRequest>;
+
+/**
+ * GetPatchResponse is the next piece of the patch.
+ *
+ * @generated from message conductor.v1.GetPatchResponse
+ */
+export declare type GetPatchResponse = Message<"conductor.v1.GetPatchResponse"> & {
+  /**
+   * @generated from field: bytes chunk = 1;
+   */
+  chunk: Uint8Array;
+};
+
+/**
+ * Describes the message conductor.v1.GetPatchResponse.
+ * Use `create(GetPatchResponseSchema)` to create a new message.
+ */
+export declare const GetPatchResponseSchema: GenMessage<GetPatchResponse>;
+
+/**
  * AgentHostService runs one node's agents through a container backend and drives
  * the Claude Code CLI in them.
  *
@@ -384,6 +470,29 @@ export declare const AgentHostService: GenService<{
     methodKind: "unary";
     input: typeof CancelRunRequestSchema;
     output: typeof CancelRunResponseSchema;
+  },
+  /**
+   * Checks that a workspace can be used on this node (a repository that exists and is git, a
+   * ref that resolves, a branch name git accepts, a host path this node allows): INVALID_ARGUMENT
+   * or FAILED_PRECONDITION naming what is wrong. Changes nothing of the source.
+   *
+   * @generated from rpc conductor.v1.AgentHostService.CheckWorkspace
+   */
+  checkWorkspace: {
+    methodKind: "unary";
+    input: typeof CheckWorkspaceRequestSchema;
+    output: typeof CheckWorkspaceResponseSchema;
+  },
+  /**
+   * Streams `git format-patch` output of base..head from this node's cached clone of a
+   * repository, in chunks of at most 1 MiB.
+   *
+   * @generated from rpc conductor.v1.AgentHostService.GetPatch
+   */
+  getPatch: {
+    methodKind: "server_streaming";
+    input: typeof GetPatchRequestSchema;
+    output: typeof GetPatchResponseSchema;
   },
 }>;
 

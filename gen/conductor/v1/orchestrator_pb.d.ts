@@ -346,6 +346,40 @@ export declare type GetTaskOutputResponse = Message<"conductor.v1.GetTaskOutputR
 export declare const GetTaskOutputResponseSchema: GenMessage<GetTaskOutputResponse>;
 
 /**
+ * @generated from message conductor.v1.GetTaskPatchRequest
+ */
+export declare type GetTaskPatchRequest = Message<"conductor.v1.GetTaskPatchRequest"> & {
+  /**
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+};
+
+/**
+ * Describes the message conductor.v1.GetTaskPatchRequest.
+ * Use `create(GetTaskPatchRequestSchema)` to create a new message.
+ */
+export declare const GetTaskPatchRequestSchema: GenMessage<GetTaskPatchRequest>;
+
+/**
+ * GetTaskPatchResponse is the next piece of the patch; the pieces joined are the whole.
+ *
+ * @generated from message conductor.v1.GetTaskPatchResponse
+ */
+export declare type GetTaskPatchResponse = Message<"conductor.v1.GetTaskPatchResponse"> & {
+  /**
+   * @generated from field: bytes chunk = 1;
+   */
+  chunk: Uint8Array;
+};
+
+/**
+ * Describes the message conductor.v1.GetTaskPatchResponse.
+ * Use `create(GetTaskPatchResponseSchema)` to create a new message.
+ */
+export declare const GetTaskPatchResponseSchema: GenMessage<GetTaskPatchResponse>;
+
+/**
  * OrchestratorService owns the durable task store and schedules tasks onto agents.
  *
  * @generated from service conductor.v1.OrchestratorService
@@ -421,6 +455,19 @@ export declare const OrchestratorService: GenService<{
     methodKind: "server_streaming";
     input: typeof GetTaskOutputRequestSchema;
     output: typeof GetTaskOutputResponseSchema;
+  },
+  /**
+   * Streams the change of a task on a git workspace as `git format-patch` output (base..head
+   * of its result, so `git am` applies it with authorship), in chunks of at most 1 MiB.
+   * NOT_FOUND for an unknown task; FAILED_PRECONDITION when the task has no change (no git
+   * workspace, not run yet) or the node holding it cannot be reached.
+   *
+   * @generated from rpc conductor.v1.OrchestratorService.GetTaskPatch
+   */
+  getTaskPatch: {
+    methodKind: "server_streaming";
+    input: typeof GetTaskPatchRequestSchema;
+    output: typeof GetTaskPatchResponseSchema;
   },
 }>;
 

@@ -99,6 +99,21 @@ export declare type TaskSpec = Message<"conductor.v1.TaskSpec"> & {
    * @generated from field: map<string, string> labels = 11;
    */
   labels: { [key: string]: string };
+
+  /**
+   * Where the agent works; unset means the agent's own scratch folder (kept between its tasks).
+   *
+   * @generated from field: conductor.v1.Workspace workspace = 12;
+   */
+  workspace?: Workspace | undefined;
+
+  /**
+   * Commands run in the workspace after the CLI succeeds, in order, inside the same sandbox
+   * and limits; the first that fails fails the attempt. At most 16.
+   *
+   * @generated from field: repeated conductor.v1.Check checks = 13;
+   */
+  checks: Check[];
 };
 
 /**
@@ -106,6 +121,302 @@ export declare type TaskSpec = Message<"conductor.v1.TaskSpec"> & {
  * Use `create(TaskSpecSchema)` to create a new message.
  */
 export declare const TaskSpecSchema: GenMessage<TaskSpec>;
+
+/**
+ * Workspace is the folder a task's agent works in. A task's workspace is its own: two tasks
+ * never share a working tree.
+ *
+ * @generated from message conductor.v1.Workspace
+ */
+export declare type Workspace = Message<"conductor.v1.Workspace"> & {
+  /**
+   * @generated from oneof conductor.v1.Workspace.kind
+   */
+  kind: {
+    /**
+     * @generated from field: conductor.v1.GitWorkspace git = 1;
+     */
+    value: GitWorkspace;
+    case: "git";
+  } | {
+    /**
+     * @generated from field: conductor.v1.HostPathWorkspace host_path = 2;
+     */
+    value: HostPathWorkspace;
+    case: "hostPath";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message conductor.v1.Workspace.
+ * Use `create(WorkspaceSchema)` to create a new message.
+ */
+export declare const WorkspaceSchema: GenMessage<Workspace>;
+
+/**
+ * GitWorkspace: each attempt works in its own `git worktree` of a clone the AgentHost's node
+ * caches per repository; whatever the agent changed is committed on `branch` when the attempt
+ * ends, however it ends.
+ *
+ * @generated from message conductor.v1.GitWorkspace
+ */
+export declare type GitWorkspace = Message<"conductor.v1.GitWorkspace"> & {
+  /**
+   * A git repository or bare repository on the AgentHost's node (an absolute path), or a URL
+   * the node can fetch: file://, git://, ssh://, https://. At most 4096 bytes.
+   *
+   * @generated from field: string repository = 1;
+   */
+  repository: string;
+
+  /**
+   * Branch, tag or commit to start from; empty means the repository's HEAD. At most 256 bytes.
+   *
+   * @generated from field: string ref = 2;
+   */
+  ref: string;
+
+  /**
+   * The result branch; empty means `conductor/<task id>`. Must be a name git accepts
+   * (git check-ref-format --branch). At most 256 bytes.
+   *
+   * @generated from field: string branch = 3;
+   */
+  branch: string;
+
+  /**
+   * Push the result branch to the source repository after each attempt (fast-forward only).
+   *
+   * @generated from field: bool push = 4;
+   */
+  push: boolean;
+};
+
+/**
+ * Describes the message conductor.v1.GitWorkspace.
+ * Use `create(GitWorkspaceSchema)` to create a new message.
+ */
+export declare const GitWorkspaceSchema: GenMessage<GitWorkspace>;
+
+/**
+ * HostPathWorkspace: an existing folder on the AgentHost's node, under one of the node's
+ * agent.allowed_host_paths, worked in as it is (no copy, no commit).
+ *
+ * @generated from message conductor.v1.HostPathWorkspace
+ */
+export declare type HostPathWorkspace = Message<"conductor.v1.HostPathWorkspace"> & {
+  /**
+   * Absolute path, at most 4096 bytes.
+   *
+   * @generated from field: string path = 1;
+   */
+  path: string;
+
+  /**
+   * Mount it read-only (a review of a working copy).
+   *
+   * @generated from field: bool read_only = 2;
+   */
+  readOnly: boolean;
+};
+
+/**
+ * Describes the message conductor.v1.HostPathWorkspace.
+ * Use `create(HostPathWorkspaceSchema)` to create a new message.
+ */
+export declare const HostPathWorkspaceSchema: GenMessage<HostPathWorkspace>;
+
+/**
+ * Check is a command that verifies an attempt's work, run with `sh -c` in the workspace.
+ *
+ * @generated from message conductor.v1.Check
+ */
+export declare type Check = Message<"conductor.v1.Check"> & {
+  /**
+   * At most 4096 bytes, no NUL.
+   *
+   * @generated from field: string command = 1;
+   */
+  command: string;
+
+  /**
+   * Wall-clock limit in seconds, at most 86400; 0 means agent.check_timeout_seconds.
+   *
+   * @generated from field: int32 timeout_seconds = 2;
+   */
+  timeoutSeconds: number;
+};
+
+/**
+ * Describes the message conductor.v1.Check.
+ * Use `create(CheckSchema)` to create a new message.
+ */
+export declare const CheckSchema: GenMessage<Check>;
+
+/**
+ * CheckResult is how one check ended.
+ *
+ * @generated from message conductor.v1.CheckResult
+ */
+export declare type CheckResult = Message<"conductor.v1.CheckResult"> & {
+  /**
+   * @generated from field: string command = 1;
+   */
+  command: string;
+
+  /**
+   * Exit code; -1 when it was killed (timed out, cancelled) or could not start.
+   *
+   * @generated from field: int32 exit_code = 2;
+   */
+  exitCode: number;
+
+  /**
+   * @generated from field: int64 duration_ms = 3;
+   */
+  durationMs: bigint;
+
+  /**
+   * The last 4 KiB of its output (stdout and stderr together).
+   *
+   * @generated from field: string output_tail = 4;
+   */
+  outputTail: string;
+
+  /**
+   * @generated from field: bool timed_out = 5;
+   */
+  timedOut: boolean;
+
+  /**
+   * @generated from field: bool passed = 6;
+   */
+  passed: boolean;
+};
+
+/**
+ * Describes the message conductor.v1.CheckResult.
+ * Use `create(CheckResultSchema)` to create a new message.
+ */
+export declare const CheckResultSchema: GenMessage<CheckResult>;
+
+/**
+ * FileChange is one file of a change.
+ *
+ * @generated from message conductor.v1.FileChange
+ */
+export declare type FileChange = Message<"conductor.v1.FileChange"> & {
+  /**
+   * @generated from field: string path = 1;
+   */
+  path: string;
+
+  /**
+   * The path before a rename; empty otherwise.
+   *
+   * @generated from field: string old_path = 2;
+   */
+  oldPath: string;
+
+  /**
+   * @generated from field: conductor.v1.FileStatus status = 3;
+   */
+  status: FileStatus;
+
+  /**
+   * Lines added and deleted; 0 for binary files.
+   *
+   * @generated from field: int64 additions = 4;
+   */
+  additions: bigint;
+
+  /**
+   * @generated from field: int64 deletions = 5;
+   */
+  deletions: bigint;
+
+  /**
+   * @generated from field: bool binary = 6;
+   */
+  binary: boolean;
+};
+
+/**
+ * Describes the message conductor.v1.FileChange.
+ * Use `create(FileChangeSchema)` to create a new message.
+ */
+export declare const FileChangeSchema: GenMessage<FileChange>;
+
+/**
+ * WorkspaceChange is what a task on a git workspace changed, from its base to its branch.
+ *
+ * @generated from message conductor.v1.WorkspaceChange
+ */
+export declare type WorkspaceChange = Message<"conductor.v1.WorkspaceChange"> & {
+  /**
+   * @generated from field: string repository = 1;
+   */
+  repository: string;
+
+  /**
+   * The commit the task's first attempt started from.
+   *
+   * @generated from field: string base_commit = 2;
+   */
+  baseCommit: string;
+
+  /**
+   * The result branch's head after the last attempt; equals base_commit when nothing changed.
+   *
+   * @generated from field: string head_commit = 3;
+   */
+  headCommit: string;
+
+  /**
+   * @generated from field: string branch = 4;
+   */
+  branch: string;
+
+  /**
+   * base..head, renames detected. At most the first 1000 files; files_total counts them all.
+   *
+   * @generated from field: repeated conductor.v1.FileChange files = 5;
+   */
+  files: FileChange[];
+
+  /**
+   * @generated from field: int32 files_total = 6;
+   */
+  filesTotal: number;
+
+  /**
+   * The last attempt made a commit (false: it changed nothing).
+   *
+   * @generated from field: bool committed = 7;
+   */
+  committed: boolean;
+
+  /**
+   * The branch was pushed to the source.
+   *
+   * @generated from field: bool pushed = 8;
+   */
+  pushed: boolean;
+
+  /**
+   * The attempt ended before the CLI finished (timed out, cancelled, failed, cut short by a
+   * restart): the work it had done is on the branch all the same.
+   *
+   * @generated from field: bool partial = 9;
+   */
+  partial: boolean;
+};
+
+/**
+ * Describes the message conductor.v1.WorkspaceChange.
+ * Use `create(WorkspaceChangeSchema)` to create a new message.
+ */
+export declare const WorkspaceChangeSchema: GenMessage<WorkspaceChange>;
 
 /**
  * Usage counts tokens as the model reported them.
@@ -208,6 +519,21 @@ export declare type TaskResult = Message<"conductor.v1.TaskResult"> & {
    * @generated from field: repeated conductor.v1.ToolCall denied_tool_calls = 10;
    */
   deniedToolCalls: ToolCall[];
+
+  /**
+   * For a git workspace: the result branch and what it changes (conductor diff / apply, or
+   * OrchestratorService.GetTaskPatch, give the patch itself).
+   *
+   * @generated from field: conductor.v1.WorkspaceChange change = 11;
+   */
+  change?: WorkspaceChange | undefined;
+
+  /**
+   * The task's checks that ran, in order; a failed one fails the attempt.
+   *
+   * @generated from field: repeated conductor.v1.CheckResult checks = 12;
+   */
+  checks: CheckResult[];
 };
 
 /**
@@ -517,4 +843,48 @@ export enum TaskState {
  * Describes the enum conductor.v1.TaskState.
  */
 export declare const TaskStateSchema: GenEnum<TaskState>;
+
+/**
+ * FileStatus is how a file differs between a change's base and head.
+ *
+ * @generated from enum conductor.v1.FileStatus
+ */
+export enum FileStatus {
+  /**
+   * @generated from enum value: FILE_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: FILE_STATUS_ADDED = 1;
+   */
+  ADDED = 1,
+
+  /**
+   * @generated from enum value: FILE_STATUS_MODIFIED = 2;
+   */
+  MODIFIED = 2,
+
+  /**
+   * @generated from enum value: FILE_STATUS_DELETED = 3;
+   */
+  DELETED = 3,
+
+  /**
+   * @generated from enum value: FILE_STATUS_RENAMED = 4;
+   */
+  RENAMED = 4,
+
+  /**
+   * A file became a link or the other way round.
+   *
+   * @generated from enum value: FILE_STATUS_TYPE_CHANGED = 5;
+   */
+  TYPE_CHANGED = 5,
+}
+
+/**
+ * Describes the enum conductor.v1.FileStatus.
+ */
+export declare const FileStatusSchema: GenEnum<FileStatus>;
 

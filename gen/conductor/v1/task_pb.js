@@ -9,7 +9,7 @@ import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
  * Describes the file conductor/v1/task.proto.
  */
 export const file_conductor_v1_task = /*@__PURE__*/
-  fileDesc("Chdjb25kdWN0b3IvdjEvdGFzay5wcm90bxIMY29uZHVjdG9yLnYxIrcCCghUYXNrU3BlYxIOCgZwcm9tcHQYASABKAkSDAoEdHlwZRgCIAEoCRIQCghwcmlvcml0eRgDIAEoBRIXCg90aW1lb3V0X3NlY29uZHMYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgFEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRINCgVtb2RlbBgHIAEoCRIRCgltYXhfdHVybnMYCCABKAUSFQoNYWxsb3dlZF90b29scxgJIAMoCRIXCg9wZXJtaXNzaW9uX21vZGUYCiABKAkSMgoGbGFiZWxzGAsgAygLMiIuY29uZHVjdG9yLnYxLlRhc2tTcGVjLkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiegoFVXNhZ2USFAoMaW5wdXRfdG9rZW5zGAEgASgDEhUKDW91dHB1dF90b2tlbnMYAiABKAMSIwobY2FjaGVfY3JlYXRpb25faW5wdXRfdG9rZW5zGAMgASgDEh8KF2NhY2hlX3JlYWRfaW5wdXRfdG9rZW5zGAQgASgDIvMBCgpUYXNrUmVzdWx0EgwKBHRleHQYASABKAkSEAoIaXNfZXJyb3IYAiABKAgSEgoKc2Vzc2lvbl9pZBgDIAEoCRIRCgludW1fdHVybnMYBCABKAUSIgoFdXNhZ2UYBSABKAsyEy5jb25kdWN0b3IudjEuVXNhZ2USEAoIY29zdF91c2QYBiABKAESEwoLZHVyYXRpb25fbXMYByABKAMSDQoFZXJyb3IYCCABKAkSEQoJdHJ1bmNhdGVkGAkgASgIEjEKEWRlbmllZF90b29sX2NhbGxzGAogAygLMhYuY29uZHVjdG9yLnYxLlRvb2xDYWxsIr0CCgRUYXNrEgoKAmlkGAEgASgJEiYKBXN0YXRlGAIgASgOMhcuY29uZHVjdG9yLnYxLlRhc2tTdGF0ZRIkCgRzcGVjGAMgASgLMhYuY29uZHVjdG9yLnYxLlRhc2tTcGVjEhAKCGFnZW50X2lkGAQgASgJEhAKCGF0dGVtcHRzGAUgASgFEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoGcmVzdWx0GAkgASgLMhguY29uZHVjdG9yLnYxLlRhc2tSZXN1bHQi5wEKCVRhc2tFdmVudBIPCgd0YXNrX2lkGAEgASgJEgsKA3NlcRgCIAEoAxIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCgxzdGF0ZV9jaGFuZ2UYBCABKAsyGS5jb25kdWN0b3IudjEuU3RhdGVDaGFuZ2VIABIrCgZvdXRwdXQYBSABKAsyGS5jb25kdWN0b3IudjEuQWdlbnRPdXRwdXRIABIqCgZyZXN1bHQYBiABKAsyGC5jb25kdWN0b3IudjEuVGFza1Jlc3VsdEgAQgYKBGtpbmQiaAoLU3RhdGVDaGFuZ2USJgoFc3RhdGUYASABKA4yFy5jb25kdWN0b3IudjEuVGFza1N0YXRlEhAKCGFnZW50X2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSDgoGcmVhc29uGAQgASgJIq0BCgtBZ2VudE91dHB1dBIMCgR0eXBlGAEgASgJEgwKBHRleHQYAiABKAkSKgoKdG9vbF9jYWxscxgDIAMoCzIWLmNvbmR1Y3Rvci52MS5Ub29sQ2FsbBIQCghyYXdfanNvbhgEIAEoCRIRCgl0cnVuY2F0ZWQYBSABKAgSMQoRZGVuaWVkX3Rvb2xfY2FsbHMYBiADKAsyFi5jb25kdWN0b3IudjEuVG9vbENhbGwiSAoIVG9vbENhbGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRISCgppbnB1dF9qc29uGAMgASgJEg4KBmRlbmlhbBgEIAEoCSrVAQoJVGFza1N0YXRlEhoKFlRBU0tfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFUQVNLX1NUQVRFX1FVRVVFRBABEhgKFFRBU0tfU1RBVEVfU0NIRURVTEVEEAISFgoSVEFTS19TVEFURV9SVU5OSU5HEAMSGAoUVEFTS19TVEFURV9TVUNDRUVERUQQBBIVChFUQVNLX1NUQVRFX0ZBSUxFRBAFEhgKFFRBU0tfU1RBVEVfQ0FOQ0VMTEVEEAYSGAoUVEFTS19TVEFURV9USU1FRF9PVVQQB2IGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Chdjb25kdWN0b3IvdjEvdGFzay5wcm90bxIMY29uZHVjdG9yLnYxIogDCghUYXNrU3BlYxIOCgZwcm9tcHQYASABKAkSDAoEdHlwZRgCIAEoCRIQCghwcmlvcml0eRgDIAEoBRIXCg90aW1lb3V0X3NlY29uZHMYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgFEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRINCgVtb2RlbBgHIAEoCRIRCgltYXhfdHVybnMYCCABKAUSFQoNYWxsb3dlZF90b29scxgJIAMoCRIXCg9wZXJtaXNzaW9uX21vZGUYCiABKAkSMgoGbGFiZWxzGAsgAygLMiIuY29uZHVjdG9yLnYxLlRhc2tTcGVjLkxhYmVsc0VudHJ5EioKCXdvcmtzcGFjZRgMIAEoCzIXLmNvbmR1Y3Rvci52MS5Xb3Jrc3BhY2USIwoGY2hlY2tzGA0gAygLMhMuY29uZHVjdG9yLnYxLkNoZWNrGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEidAoJV29ya3NwYWNlEikKA2dpdBgBIAEoCzIaLmNvbmR1Y3Rvci52MS5HaXRXb3Jrc3BhY2VIABI0Cglob3N0X3BhdGgYAiABKAsyHy5jb25kdWN0b3IudjEuSG9zdFBhdGhXb3Jrc3BhY2VIAEIGCgRraW5kIk0KDEdpdFdvcmtzcGFjZRISCgpyZXBvc2l0b3J5GAEgASgJEgsKA3JlZhgCIAEoCRIOCgZicmFuY2gYAyABKAkSDAoEcHVzaBgEIAEoCCI0ChFIb3N0UGF0aFdvcmtzcGFjZRIMCgRwYXRoGAEgASgJEhEKCXJlYWRfb25seRgCIAEoCCIxCgVDaGVjaxIPCgdjb21tYW5kGAEgASgJEhcKD3RpbWVvdXRfc2Vjb25kcxgCIAEoBSJ+CgtDaGVja1Jlc3VsdBIPCgdjb21tYW5kGAEgASgJEhEKCWV4aXRfY29kZRgCIAEoBRITCgtkdXJhdGlvbl9tcxgDIAEoAxITCgtvdXRwdXRfdGFpbBgEIAEoCRIRCgl0aW1lZF9vdXQYBSABKAgSDgoGcGFzc2VkGAYgASgIIowBCgpGaWxlQ2hhbmdlEgwKBHBhdGgYASABKAkSEAoIb2xkX3BhdGgYAiABKAkSKAoGc3RhdHVzGAMgASgOMhguY29uZHVjdG9yLnYxLkZpbGVTdGF0dXMSEQoJYWRkaXRpb25zGAQgASgDEhEKCWRlbGV0aW9ucxgFIAEoAxIOCgZiaW5hcnkYBiABKAgi0QEKD1dvcmtzcGFjZUNoYW5nZRISCgpyZXBvc2l0b3J5GAEgASgJEhMKC2Jhc2VfY29tbWl0GAIgASgJEhMKC2hlYWRfY29tbWl0GAMgASgJEg4KBmJyYW5jaBgEIAEoCRInCgVmaWxlcxgFIAMoCzIYLmNvbmR1Y3Rvci52MS5GaWxlQ2hhbmdlEhMKC2ZpbGVzX3RvdGFsGAYgASgFEhEKCWNvbW1pdHRlZBgHIAEoCBIOCgZwdXNoZWQYCCABKAgSDwoHcGFydGlhbBgJIAEoCCJ6CgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAMSFQoNb3V0cHV0X3Rva2VucxgCIAEoAxIjChtjYWNoZV9jcmVhdGlvbl9pbnB1dF90b2tlbnMYAyABKAMSHwoXY2FjaGVfcmVhZF9pbnB1dF90b2tlbnMYBCABKAMizQIKClRhc2tSZXN1bHQSDAoEdGV4dBgBIAEoCRIQCghpc19lcnJvchgCIAEoCBISCgpzZXNzaW9uX2lkGAMgASgJEhEKCW51bV90dXJucxgEIAEoBRIiCgV1c2FnZRgFIAEoCzITLmNvbmR1Y3Rvci52MS5Vc2FnZRIQCghjb3N0X3VzZBgGIAEoARITCgtkdXJhdGlvbl9tcxgHIAEoAxINCgVlcnJvchgIIAEoCRIRCgl0cnVuY2F0ZWQYCSABKAgSMQoRZGVuaWVkX3Rvb2xfY2FsbHMYCiADKAsyFi5jb25kdWN0b3IudjEuVG9vbENhbGwSLQoGY2hhbmdlGAsgASgLMh0uY29uZHVjdG9yLnYxLldvcmtzcGFjZUNoYW5nZRIpCgZjaGVja3MYDCADKAsyGS5jb25kdWN0b3IudjEuQ2hlY2tSZXN1bHQivQIKBFRhc2sSCgoCaWQYASABKAkSJgoFc3RhdGUYAiABKA4yFy5jb25kdWN0b3IudjEuVGFza1N0YXRlEiQKBHNwZWMYAyABKAsyFi5jb25kdWN0b3IudjEuVGFza1NwZWMSEAoIYWdlbnRfaWQYBCABKAkSEAoIYXR0ZW1wdHMYBSABKAUSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgZyZXN1bHQYCSABKAsyGC5jb25kdWN0b3IudjEuVGFza1Jlc3VsdCLnAQoJVGFza0V2ZW50Eg8KB3Rhc2tfaWQYASABKAkSCwoDc2VxGAIgASgDEigKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDHN0YXRlX2NoYW5nZRgEIAEoCzIZLmNvbmR1Y3Rvci52MS5TdGF0ZUNoYW5nZUgAEisKBm91dHB1dBgFIAEoCzIZLmNvbmR1Y3Rvci52MS5BZ2VudE91dHB1dEgAEioKBnJlc3VsdBgGIAEoCzIYLmNvbmR1Y3Rvci52MS5UYXNrUmVzdWx0SABCBgoEa2luZCJoCgtTdGF0ZUNoYW5nZRImCgVzdGF0ZRgBIAEoDjIXLmNvbmR1Y3Rvci52MS5UYXNrU3RhdGUSEAoIYWdlbnRfaWQYAiABKAkSDwoHYXR0ZW1wdBgDIAEoBRIOCgZyZWFzb24YBCABKAkirQEKC0FnZW50T3V0cHV0EgwKBHR5cGUYASABKAkSDAoEdGV4dBgCIAEoCRIqCgp0b29sX2NhbGxzGAMgAygLMhYuY29uZHVjdG9yLnYxLlRvb2xDYWxsEhAKCHJhd19qc29uGAQgASgJEhEKCXRydW5jYXRlZBgFIAEoCBIxChFkZW5pZWRfdG9vbF9jYWxscxgGIAMoCzIWLmNvbmR1Y3Rvci52MS5Ub29sQ2FsbCJICghUb29sQ2FsbBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhIKCmlucHV0X2pzb24YAyABKAkSDgoGZGVuaWFsGAQgASgJKtUBCglUYXNrU3RhdGUSGgoWVEFTS19TVEFURV9VTlNQRUNJRklFRBAAEhUKEVRBU0tfU1RBVEVfUVVFVUVEEAESGAoUVEFTS19TVEFURV9TQ0hFRFVMRUQQAhIWChJUQVNLX1NUQVRFX1JVTk5JTkcQAxIYChRUQVNLX1NUQVRFX1NVQ0NFRURFRBAEEhUKEVRBU0tfU1RBVEVfRkFJTEVEEAUSGAoUVEFTS19TVEFURV9DQU5DRUxMRUQQBhIYChRUQVNLX1NUQVRFX1RJTUVEX09VVBAHKqoBCgpGaWxlU3RhdHVzEhsKF0ZJTEVfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFQoRRklMRV9TVEFUVVNfQURERUQQARIYChRGSUxFX1NUQVRVU19NT0RJRklFRBACEhcKE0ZJTEVfU1RBVFVTX0RFTEVURUQQAxIXChNGSUxFX1NUQVRVU19SRU5BTUVEEAQSHAoYRklMRV9TVEFUVVNfVFlQRV9DSEFOR0VEEAViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Describes the message conductor.v1.TaskSpec.
@@ -19,53 +19,102 @@ export const TaskSpecSchema = /*@__PURE__*/
   messageDesc(file_conductor_v1_task, 0);
 
 /**
+ * Describes the message conductor.v1.Workspace.
+ * Use `create(WorkspaceSchema)` to create a new message.
+ */
+export const WorkspaceSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_task, 1);
+
+/**
+ * Describes the message conductor.v1.GitWorkspace.
+ * Use `create(GitWorkspaceSchema)` to create a new message.
+ */
+export const GitWorkspaceSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_task, 2);
+
+/**
+ * Describes the message conductor.v1.HostPathWorkspace.
+ * Use `create(HostPathWorkspaceSchema)` to create a new message.
+ */
+export const HostPathWorkspaceSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_task, 3);
+
+/**
+ * Describes the message conductor.v1.Check.
+ * Use `create(CheckSchema)` to create a new message.
+ */
+export const CheckSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_task, 4);
+
+/**
+ * Describes the message conductor.v1.CheckResult.
+ * Use `create(CheckResultSchema)` to create a new message.
+ */
+export const CheckResultSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_task, 5);
+
+/**
+ * Describes the message conductor.v1.FileChange.
+ * Use `create(FileChangeSchema)` to create a new message.
+ */
+export const FileChangeSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_task, 6);
+
+/**
+ * Describes the message conductor.v1.WorkspaceChange.
+ * Use `create(WorkspaceChangeSchema)` to create a new message.
+ */
+export const WorkspaceChangeSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_task, 7);
+
+/**
  * Describes the message conductor.v1.Usage.
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_task, 1);
+  messageDesc(file_conductor_v1_task, 8);
 
 /**
  * Describes the message conductor.v1.TaskResult.
  * Use `create(TaskResultSchema)` to create a new message.
  */
 export const TaskResultSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_task, 2);
+  messageDesc(file_conductor_v1_task, 9);
 
 /**
  * Describes the message conductor.v1.Task.
  * Use `create(TaskSchema)` to create a new message.
  */
 export const TaskSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_task, 3);
+  messageDesc(file_conductor_v1_task, 10);
 
 /**
  * Describes the message conductor.v1.TaskEvent.
  * Use `create(TaskEventSchema)` to create a new message.
  */
 export const TaskEventSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_task, 4);
+  messageDesc(file_conductor_v1_task, 11);
 
 /**
  * Describes the message conductor.v1.StateChange.
  * Use `create(StateChangeSchema)` to create a new message.
  */
 export const StateChangeSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_task, 5);
+  messageDesc(file_conductor_v1_task, 12);
 
 /**
  * Describes the message conductor.v1.AgentOutput.
  * Use `create(AgentOutputSchema)` to create a new message.
  */
 export const AgentOutputSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_task, 6);
+  messageDesc(file_conductor_v1_task, 13);
 
 /**
  * Describes the message conductor.v1.ToolCall.
  * Use `create(ToolCallSchema)` to create a new message.
  */
 export const ToolCallSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_task, 7);
+  messageDesc(file_conductor_v1_task, 14);
 
 /**
  * Describes the enum conductor.v1.TaskState.
@@ -82,4 +131,18 @@ export const TaskStateSchema = /*@__PURE__*/
  */
 export const TaskState = /*@__PURE__*/
   tsEnum(TaskStateSchema);
+
+/**
+ * Describes the enum conductor.v1.FileStatus.
+ */
+export const FileStatusSchema = /*@__PURE__*/
+  enumDesc(file_conductor_v1_task, 1);
+
+/**
+ * FileStatus is how a file differs between a change's base and head.
+ *
+ * @generated from enum conductor.v1.FileStatus
+ */
+export const FileStatus = /*@__PURE__*/
+  tsEnum(FileStatusSchema);
 
