@@ -51,6 +51,11 @@ export interface Capabilities {
   runLifeline: boolean;
   /** A sandbox outlives its AgentHost and recover() re-attaches it after a restart. */
   recover: boolean;
+  /**
+   * exec() binds ExecRequest.mounts for that exec alone. Without it a sandbox sees only the
+   * mounts it was created with, and an exec's folders must lie under one of them.
+   */
+  execMounts: boolean;
 }
 
 /**
@@ -154,6 +159,11 @@ export interface ExecRequest {
   env: Record<string, string>;
   /** "KEY=value" unique to this exec, in env too; lets the backend end strays. */
   marker?: string;
+  /**
+   * Folders bound at the same path for this exec alone (a task's worktree or host folder),
+   * honoured by backends with capabilities.execMounts; others ignore them.
+   */
+  mounts?: Mount[];
 }
 
 /** How an exec ended. */

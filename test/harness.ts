@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
 import { OrchestratorService } from "../gen/conductor/v1/orchestrator_pb.js";
 import {
@@ -24,7 +24,7 @@ export function scripted(steps: unknown[], words = "Do the scripted work."): str
 }
 
 /** A TaskSpec with defaults for tests. */
-export function spec(fields: Partial<Omit<TaskSpec, "$typeName">>): TaskSpec {
+export function spec(fields: MessageInitShape<typeof TaskSpecSchema>): TaskSpec {
   return create(TaskSpecSchema, fields);
 }
 

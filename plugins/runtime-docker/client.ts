@@ -119,6 +119,7 @@ export function connectEngine(o: EngineBackendOptions): EngineClient {
         image: true,
         runLifeline: true,
         recover: true,
+        execMounts: false,
       };
       // Aborted, not just raced, at the bound: a probe of an engine that never answers must
       // not leave its connection open (one every probe, for as long as the engine is away).

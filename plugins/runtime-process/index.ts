@@ -112,6 +112,7 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
         image: false,
         runLifeline: false,
         recover: true,
+        execMounts: true,
       };
       if (!sandboxed) {
         return {
@@ -158,7 +159,7 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
             {
               ...req,
               argv: bwrapArgv({
-                mounts: [...r.spec.mounts, ...readOnly],
+                mounts: [...r.spec.mounts, ...readOnly, ...(req.mounts ?? [])],
                 cwd: req.cwd,
                 user: runAs(r.spec.user),
                 argv,

@@ -2,7 +2,7 @@ import { mkdirSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { AgentSchema, AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
-import type { AgentOutput, TaskSpec } from "../../gen/conductor/v1/task_pb.js";
+import type { AgentOutput, Workspace } from "../../gen/conductor/v1/task_pb.js";
 import {
   isEngineUnreachable,
   type Capabilities,
@@ -26,7 +26,9 @@ import {
   type SandboxSettings,
 } from "./provision.ts";
 import type { OutputFlow, RunOutcome, RunSettings } from "./run.ts";
-import { executeRun, type AgentSlot } from "./runs.ts";
+import { executeRun, type AgentSlot, type Attempt } from "./runs.ts";
+import { checkWorkspace, type PlaceContext } from "./task-place.ts";
+import { Workspaces } from "./workspace/index.ts";
 import { settle, takeUpLeftovers } from "./readopt.ts";
 import { Supervisor } from "./supervise.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
@@ -54,6 +56,12 @@ export interface AgentHostOptions {
   broker?: { secret: Buffer; socketPath: string } | undefined;
   /** How often the engine is probed, so agents are reported lost at once (default 5 s). */
   healthIntervalMs?: number;
+  /** Task workspaces: git commits' author, host folders allowed, checks' default timeout. */
+  workspaces: {
+    author: { name: string; email: string };
+    allowedHostPaths: string[];
+    checkTimeoutMs: number;
+  };
 }
 
 /** After a failed engine call, how long until an agent's sandbox is looked at again. */
@@ -80,11 +88,18 @@ export class AgentHost {
 
   /** Whether a run gets the Broker's tools (when a Broker is configured). */
   private readonly brokerTools: BrokerToolsCheck | undefined;
+  /** This node's git worktrees of tasks, on cached clones of their repositories. */
+  readonly workspaces: Workspaces;
 
   constructor(opts: AgentHostOptions) {
     this.opts = opts;
     this.brokerTools = opts.broker ? brokerTools(opts.broker) : undefined;
     this.hostKey = hostKeyOf(opts.dataDir);
+    this.workspaces = new Workspaces({
+      dataDir: opts.dataDir,
+      author: opts.workspaces.author,
+      log: opts.log.child({ component: "workspaces" }),
+    });
     this.uids = new AgentUids(opts.sandbox.user);
     this.supervisor = new Supervisor<AgentSlot>(
       opts.backend,
@@ -139,10 +154,29 @@ export class AgentHost {
     });
     const agentsDir = path.join(o.dataDir, "agents");
     mkdirSync(agentsDir, { recursive: true, mode: 0o700 });
+    // Work a killed AgentHost left in worktrees goes onto its tasks' branches first.
+    for (const r of await this.workspaces.recover()) {
+      if (r.error) o.log.error("could not save a task's work left by the last run", { task_id: r.taskId, error: r.error });
+      else o.log.info("saved a task's work left by the last run", { task_id: r.taskId, head: r.change?.headCommit });
+    }
     for (const id of readdirSync(agentsDir))
       if (!kept.has(id)) rmSync(path.join(agentsDir, id, "run"), { recursive: true, force: true });
     for (const id of wanted) await this.startAgent(id, kept.get(id));
     this.supervisor.start(() => this.slots.values());
+  }
+
+  /** How runs open their workspaces on this node. */
+  private get place(): PlaceContext {
+    return {
+      workspaces: this.workspaces,
+      allowedHostPaths: this.opts.workspaces.allowedHostPaths,
+      execMounts: Boolean(this.caps?.execMounts),
+    };
+  }
+
+  /** Whether a workspace can be used on this node (CheckWorkspace); a git one's commit. */
+  checkWorkspace(ws: Workspace | undefined, signal?: AbortSignal): Promise<string> {
+    return checkWorkspace(this.place, ws, signal);
   }
 
   private lifelined(id: string): boolean {
@@ -182,6 +216,7 @@ export class AgentHost {
       ...parts,
       agent,
       dir: agentPaths(this.opts.dataDir, id).dir,
+      owner,
       unwatch: new AbortController(),
     };
     this.slots.set(id, slot);
@@ -221,8 +256,7 @@ export class AgentHost {
    */
   run(
     agentId: string,
-    taskId: string,
-    spec: TaskSpec,
+    attempt: Attempt,
     signal: AbortSignal,
     onOutput: (o: AgentOutput) => void,
     flow?: OutputFlow,
@@ -240,7 +274,7 @@ export class AgentHost {
       );
     }
     slot.agent.state = AgentState.BUSY;
-    slot.agent.taskId = taskId;
+    slot.agent.taskId = attempt.taskId;
     const caps = this.caps!;
     const o = this.opts;
     return executeRun(
@@ -254,10 +288,12 @@ export class AgentHost {
         observer: o.observer,
         brokerTools: this.brokerTools,
         engineFailed: (s, e) => this.supervisor.failed(s, e),
+        place: this.place,
+        agentsDir: path.join(o.dataDir, "agents"),
+        checkTimeoutMs: o.workspaces.checkTimeoutMs,
       },
       slot,
-      taskId,
-      spec,
+      attempt,
       signal,
       onOutput,
       flow,

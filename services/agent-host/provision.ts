@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { mkdirSync } from "node:fs";
+import { chmodSync, lchownSync, lstatSync, mkdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import {
   LABEL_AGENT,
@@ -65,6 +65,11 @@ export function agentPaths(dataDir: string, id: string) {
     workspace: path.join(dir, "workspace"),
     configDir: path.join(dir, "claude-config"),
     runDir: path.join(dir, "run"),
+    /**
+     * Holds the worktree of the agent's current task (task-place.ts). Ours, not the agent's:
+     * the agent writes in the worktree but can neither replace it nor add beside it.
+     */
+    taskDir: path.join(dir, "task"),
   };
 }
 
@@ -84,7 +89,7 @@ export function sandboxSpec(
   user: AgentOwner,
   lifeline: boolean,
 ): SandboxSpec {
-  const { workspace, configDir, runDir } = agentPaths(c.dataDir, id);
+  const { workspace, configDir, runDir, taskDir } = agentPaths(c.dataDir, id);
   const env: Record<string, string> = {
     CONDUCTOR_MODEL_SOCKET: path.join(runDir, "model.sock"),
     CONDUCTOR_MODEL_PORT: String(FORWARDER_PORT),
@@ -98,6 +103,8 @@ export function sandboxSpec(
       { hostPath: workspace },
       { hostPath: configDir },
       { hostPath: runDir, readOnly: true },
+      // Where execs cannot bind a task's worktree themselves, the folder holding it is bound.
+      ...(c.caps.execMounts ? [] : [{ hostPath: taskDir }]),
     ],
     env,
     labels: { [LABEL_NODE]: c.nodeId, [LABEL_AGENT]: id, [LABEL_HOST]: c.hostKey },
@@ -131,8 +138,9 @@ export async function provision(
   owner: AgentOwner | undefined,
   adopted?: SandboxHandle,
 ): Promise<AgentParts> {
-  const { workspace, configDir, runDir } = agentPaths(c.dataDir, id);
+  const { workspace, configDir, runDir, taskDir } = agentPaths(c.dataDir, id);
   for (const d of [workspace, configDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
+  ourFolder(taskDir);
   // The agent writes in its workspace and config folder; the run folder is ours alone, its
   // content made anew each time, and mounted read-only: nothing the agent did there is followed.
   if (owner) for (const d of [workspace, configDir]) ownTree(d, owner);
@@ -175,6 +183,18 @@ export async function provision(
     await release(c.backend, made, !adopted);
     throw e;
   }
+}
+
+/** Makes `dir` a folder of this service's user, mode 0755 (what else is there, a link say, goes). */
+function ourFolder(dir: string): void {
+  try {
+    if (!lstatSync(dir).isDirectory()) rmSync(dir, { force: true });
+  } catch {
+    // not there yet
+  }
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  lchownSync(dir, process.getuid?.() ?? 0, process.getgid?.() ?? 0);
+  chmodSync(dir, 0o755);
 }
 
 /** Closes an agent's sockets and, when `destroy`, removes its sandbox (errors logged by the caller). */

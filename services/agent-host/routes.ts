@@ -36,6 +36,18 @@ function sendWhole(queue: AsyncQueue<RunTaskResponse["kind"]>, whole: string | u
   }
 }
 
+/** Largest chunk of a streamed patch. */
+export const PATCH_CHUNK_BYTES = 1024 * 1024;
+
+/** git's output re-cut into chunks of at most PATCH_CHUNK_BYTES. */
+async function* patchChunks(source: AsyncIterable<Buffer>) {
+  for await (const buf of source) {
+    for (let at = 0; at < buf.length; at += PATCH_CHUNK_BYTES) {
+      yield { chunk: buf.subarray(at, at + PATCH_CHUNK_BYTES) };
+    }
+  }
+}
+
 /** The AgentHostService handlers: thin, over the AgentHost domain object. */
 export function agentHostRoutes(host: AgentHost) {
   return (router: ConnectRouter) =>
@@ -71,8 +83,12 @@ export function agentHostRoutes(host: AgentHost) {
         };
         const running = host.run(
           req.agentId,
-          req.taskId,
-          req.spec,
+          {
+            taskId: req.taskId,
+            attempt: req.attempt,
+            spec: req.spec,
+            previous: req.previousResult,
+          },
           ctx.signal,
           (output) => {
             sendWhole(queue, boundOutput(output));
@@ -92,6 +108,17 @@ export function agentHostRoutes(host: AgentHost) {
         yield { kind: { case: "started", value: { agentId: req.agentId } } };
         for await (const kind of queue) yield { kind };
         await done;
+      },
+      async checkWorkspace(req, ctx) {
+        return { commit: await host.checkWorkspace(req.workspace, ctx.signal) };
+      },
+      async *getPatch(req, ctx) {
+        if (!req.repository || !req.baseCommit || !req.headCommit) {
+          throw invalid("repository, base_commit and head_commit are required");
+        }
+        yield* patchChunks(
+          host.workspaces.patch(req.repository, req.baseCommit, req.headCommit, ctx.signal),
+        );
       },
       async cancelRun(req) {
         if (!req.taskId) throw invalid("task_id is required");

@@ -7,7 +7,7 @@ import {
   type TaskSpec,
   type ToolCall,
 } from "../../gen/conductor/v1/task_pb.js";
-import type { ExecRequest, Execution } from "../../plugins/runtime.ts";
+import type { ExecRequest, Execution, Mount } from "../../plugins/runtime.ts";
 import { StreamJsonReader } from "./stream-json.ts";
 
 /** The agent settings a run needs, already validated (see Config.agent). */
@@ -37,6 +37,14 @@ export interface RunPlace {
   configDir: string;
   /** The agent's own folder; every process of its runs carries it (CONDUCTOR_AGENT_DIR). */
   agentDir: string;
+  /** Folders the run's execs bind besides the sandbox's own (the task's worktree or host folder). */
+  mounts?: Mount[];
+}
+
+/** Carry on with an earlier attempt's Claude session (`--resume`), told this instead of the prompt. */
+export interface Resume {
+  sessionId: string;
+  prompt: string;
 }
 
 /** How a run ended: a final task state and the result to record. */
@@ -58,8 +66,9 @@ export type StopReason = "cancelled" | "timeout" | "idle" | "result-grace";
  * (`--model=…`), and the prompt comes last after `--`, so nothing a spec holds is ever read
  * as an option: a prompt like "- fix the failing test" is the prompt.
  */
-export function claudeArgv(spec: TaskSpec, s: RunSettings): string[] {
+export function claudeArgv(spec: TaskSpec, s: RunSettings, resume?: Resume): string[] {
   const argv = [s.claudePath, "-p", "--output-format", "stream-json", "--verbose"];
+  if (resume) argv.push(`--resume=${resume.sessionId}`);
   const model = spec.model || s.model;
   if (model) argv.push(`--model=${model}`);
   if (spec.maxTurns > 0) argv.push(`--max-turns=${spec.maxTurns}`);
@@ -70,7 +79,7 @@ export function claudeArgv(spec: TaskSpec, s: RunSettings): string[] {
   ];
   if (tools.length > 0) argv.push(`--allowedTools=${tools.join(",")}`);
   argv.push(...(s.extraArgs ?? []));
-  argv.push("--", spec.prompt);
+  argv.push("--", resume ? resume.prompt : spec.prompt);
   return argv;
 }
 
@@ -139,6 +148,7 @@ export async function runClaude(opts: {
   onStarted?: () => void;
   onOutput: (out: AgentOutput) => void;
   flow?: OutputFlow | undefined;
+  resume?: Resume | undefined;
 }): Promise<RunOutcome> {
   const { spec, settings: s, place } = opts;
   const started = Date.now();
@@ -150,10 +160,11 @@ export async function runClaude(opts: {
   let execution: Execution;
   try {
     const starting = opts.exec({
-      argv: claudeArgv(spec, s),
+      argv: claudeArgv(spec, s, opts.resume),
       cwd: place.workspace,
       env: claudeEnv(place, s, opts.hostPath),
       marker: `CONDUCTOR_TASK_ID=${place.taskId}`,
+      ...(place.mounts ? { mounts: place.mounts } : {}),
     });
     const begun = await untilAborted(starting, opts.signal);
     if (!begun) {

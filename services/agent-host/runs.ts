@@ -1,12 +1,37 @@
 import { readdirSync, rmSync } from "node:fs";
 import path from "node:path";
+import { create } from "@bufbuild/protobuf";
 import { AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
-import { TaskState, type AgentOutput, type TaskSpec } from "../../gen/conductor/v1/task_pb.js";
+import {
+  TaskResultSchema,
+  TaskState,
+  type AgentOutput,
+  type TaskResult,
+  type TaskSpec,
+} from "../../gen/conductor/v1/task_pb.js";
 import type { Capabilities, RuntimeBackend, SandboxStatus } from "../../plugins/runtime.ts";
+import type { AgentOwner } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
+import { checkFailure, fixPrompt, MAX_CHECK_RESULTS, runChecks } from "./checks.ts";
 import { FORWARDER_PORT, type AgentParts } from "./provision.ts";
 import { noticeOutput, type BrokerToolsCheck } from "./broker-tools.ts";
-import { runClaude, type OutputFlow, type RunOutcome, type RunSettings } from "./run.ts";
+import {
+  claudeEnv,
+  runClaude,
+  type OutputFlow,
+  type Resume,
+  type RunOutcome,
+  type RunPlace,
+  type RunSettings,
+} from "./run.ts";
+import { carrySession } from "./sessions.ts";
+import {
+  changeProto,
+  openPlace,
+  placeErrorPermanent,
+  type PlaceContext,
+  type TaskPlace,
+} from "./task-place.ts";
 import type { Watched } from "./supervise.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
 
@@ -14,6 +39,8 @@ import type { AgentHostObserver } from "./telemetry.ts";
 export interface AgentSlot extends Watched, AgentParts {
   agent: Agent;
   dir: string;
+  /** Who owns what the agent may write, when not this service's user. */
+  owner: AgentOwner | undefined;
   run?: { taskId: string; abort: AbortController; done: Promise<RunOutcome> };
 }
 
@@ -31,6 +58,21 @@ export interface RunContext {
   brokerTools?: BrokerToolsCheck | undefined;
   /** Told of an engine call that failed while a failed run was being explained. */
   engineFailed(slot: AgentSlot, e: unknown): void;
+  /** Task workspaces (git worktrees, host folders) of this node. */
+  place: PlaceContext;
+  /** Where the agents' folders are (a resumed session may come from any of them). */
+  agentsDir: string;
+  /** A check naming no timeout of its own gets this long. */
+  checkTimeoutMs: number;
+}
+
+/** One attempt of a task, as RunTask asks for it. */
+export interface Attempt {
+  taskId: string;
+  attempt: number;
+  spec: TaskSpec;
+  /** The previous attempt's result: a failed check there makes this one resume its session. */
+  previous?: TaskResult | undefined;
 }
 
 /** How long a failed run waits for the engine to report its container's death. */
@@ -46,17 +88,17 @@ const PLACEHOLDER_KEY = "sk-conductor-proxy-adds-the-real-key";
 export async function executeRun(
   c: RunContext,
   slot: AgentSlot,
-  taskId: string,
-  spec: TaskSpec,
+  attempt: Attempt,
   signal: AbortSignal,
   onOutput: (o: AgentOutput) => void,
   flow?: OutputFlow,
 ): Promise<RunOutcome> {
+  const { taskId, spec } = attempt;
   const agentId = slot.agent.id;
-  const workspace = slot.agent.workspace;
-  if (c.workspacePolicy === "clean") {
-    for (const entry of readdirSync(workspace))
-      rmSync(path.join(workspace, entry), { recursive: true, force: true });
+  const scratch = slot.agent.workspace;
+  if (c.workspacePolicy === "clean" && !spec.workspace?.kind.case) {
+    for (const entry of readdirSync(scratch))
+      rmSync(path.join(scratch, entry), { recursive: true, force: true });
   }
   const abort = new AbortController();
   const onAbort = () => abort.abort();
@@ -70,8 +112,48 @@ export async function executeRun(
     apiKey: PLACEHOLDER_KEY,
     baseUrl: `http://127.0.0.1:${FORWARDER_PORT}`,
   };
-  slot.lifeline?.arm();
-  const runCli = async () => {
+  const runCli = async (): Promise<RunOutcome> => {
+    const started = Date.now();
+    let taskPlace: TaskPlace;
+    try {
+      taskPlace = await openPlace(
+        c.place,
+        { agentId, agentDir: slot.dir, scratch, owner: slot.owner },
+        taskId,
+        attempt.attempt,
+        spec,
+        abort.signal,
+      );
+    } catch (e) {
+      log.warn("the task's workspace could not be opened", { error: e });
+      return placeFailed(e, started);
+    }
+    const place: RunPlace = {
+      agentId,
+      taskId,
+      workspace: taskPlace.cwd,
+      configDir: path.join(slot.dir, "claude-config"),
+      agentDir: slot.dir,
+      mounts: taskPlace.mounts,
+    };
+    slot.lifeline?.arm();
+    let outcome: RunOutcome;
+    try {
+      outcome = await runInPlace(place, taskPlace);
+    } finally {
+      // Nothing of the run outlives it, whatever the engine says (or cannot).
+      slot.lifeline?.cut();
+    }
+    // Ended because its engine was lost (not cancelled by its caller): that is a failure.
+    if (slot.lost && !signal.aborted && outcome.state === TaskState.CANCELLED) {
+      outcome.state = TaskState.FAILED;
+    }
+    outcome = await explainDeath(c, slot, outcome);
+    if (taskPlace.prepared) await keepWork(c, taskPlace, spec, outcome, cliEnded, log);
+    return outcome;
+  };
+  let cliEnded = TaskState.UNSPECIFIED;
+  const runInPlace = async (place: RunPlace, taskPlace: TaskPlace): Promise<RunOutcome> => {
     // The Broker's tools only when it answers now; else the run says why it has none.
     const tools =
       slot.broker && c.brokerTools ? await c.brokerTools(slot.broker, agentId) : undefined;
@@ -79,30 +161,49 @@ export async function executeRun(
       log.warn("running without the Broker's tools", { reason: tools.notice });
       onOutput(noticeOutput(tools.notice));
     }
-    return runClaude({
+    const resume = resumeOf(c, slot, attempt, taskPlace.cwd);
+    if (resume) log.info("resuming the previous attempt's session", { session_id: resume.sessionId });
+    const hostPath = c.caps.image ? "/usr/local/bin:/usr/bin:/bin" : c.hostPath;
+    const exec = (req: Parameters<RuntimeBackend["exec"]>[1]) => c.backend.exec(slot.sandbox, req);
+    const outcome = await runClaude({
       spec,
       settings: { ...settings, ...(tools?.offered ? tools.settings : {}) },
-      place: {
-        agentId,
-        taskId,
-        workspace,
-        configDir: path.join(slot.dir, "claude-config"),
-        agentDir: slot.dir,
-      },
-      exec: (req) => c.backend.exec(slot.sandbox, req),
-      hostPath: c.caps.image ? "/usr/local/bin:/usr/bin:/bin" : c.hostPath,
+      place,
+      exec,
+      hostPath,
       signal: abort.signal,
       onOutput,
       flow,
-    }).then((outcome) => {
-      // Nothing of the run outlives it, whatever the engine says (or cannot).
-      slot.lifeline?.cut();
-      // Ended because its engine was lost (not cancelled by its caller): that is a failure.
-      if (slot.lost && !signal.aborted && outcome.state === TaskState.CANCELLED) {
-        outcome.state = TaskState.FAILED;
-      }
-      return explainDeath(c, slot, outcome);
+      resume,
     });
+    cliEnded = outcome.state;
+    // Earlier attempts' checks stay in the result, before this one's.
+    const earlier = (attempt.previous?.checks ?? []).filter((c) => c.attempt < attempt.attempt);
+    outcome.result.checks = earlier;
+    if (outcome.state !== TaskState.SUCCEEDED || spec.checks.length === 0) return outcome;
+    const env = claudeEnv(place, { ...settings, apiKey: "", baseUrl: "" }, hostPath);
+    const ran = await runChecks({
+      checks: spec.checks,
+      exec: (req) => exec({ ...req, ...(place.mounts ? { mounts: place.mounts } : {}) }),
+      cwd: place.workspace,
+      env,
+      defaultTimeoutMs: c.checkTimeoutMs,
+      marker: `CONDUCTOR_TASK_ID=${taskId}`,
+      signal: abort.signal,
+      attempt: attempt.attempt,
+    });
+    outcome.result.checks = [...earlier, ...ran].slice(-MAX_CHECK_RESULTS);
+    const failure = checkFailure(ran);
+    if (abort.signal.aborted) {
+      outcome.state = TaskState.CANCELLED;
+      outcome.result.isError = true;
+      outcome.result.error = "cancelled while its checks ran";
+    } else if (failure) {
+      outcome.state = TaskState.FAILED;
+      outcome.result.isError = true;
+      outcome.result.error = failure;
+    }
+    return outcome;
   };
   const done = c.observer ? c.observer.cliRun({ taskId, agentId }, runCli) : runCli();
   slot.run = { taskId, abort, done };
@@ -122,6 +223,73 @@ export async function executeRun(
     slot.agent.tasksCompleted++;
     slot.agent.taskId = "";
     if (slot.agent.state === AgentState.BUSY) slot.agent.state = AgentState.IDLE;
+  }
+}
+
+/** A run whose workspace could not be opened: FAILED, permanent when no retry can help. */
+function placeFailed(e: unknown, started: number): RunOutcome {
+  const result = create(TaskResultSchema, {
+    isError: true,
+    error: `the task's workspace could not be opened: ${(e as Error).message}`,
+    durationMs: BigInt(Date.now() - started),
+  });
+  return { state: TaskState.FAILED, result, permanent: placeErrorPermanent(e) };
+}
+
+/**
+ * Resumes the previous attempt's session when a check failed there: its transcript is made
+ * available to this agent for this folder (copied from the agent that ran it), and the CLI
+ * is told what failed. Undefined when there is nothing to resume.
+ */
+function resumeOf(c: RunContext, slot: AgentSlot, a: Attempt, cwd: string): Resume | undefined {
+  const prev = a.previous;
+  const prompt = prev ? fixPrompt(prev.checks) : undefined;
+  if (!prev?.sessionId || !prompt) return undefined;
+  const configDir = path.join(slot.dir, "claude-config");
+  try {
+    if (!carrySession(c.agentsDir, prev.sessionId, configDir, cwd, slot.owner)) return undefined;
+  } catch (e) {
+    c.log.warn("the previous session could not be carried over; starting a new one", { error: e });
+    return undefined;
+  }
+  return { sessionId: prev.sessionId, prompt };
+}
+
+/** Words for how an attempt ended, in its commit's message. */
+const ENDED: Partial<Record<TaskState, string>> = {
+  [TaskState.SUCCEEDED]: "succeeded",
+  [TaskState.FAILED]: "failed",
+  [TaskState.CANCELLED]: "cancelled",
+  [TaskState.TIMED_OUT]: "timed out",
+};
+
+/**
+ * Commits what the attempt changed onto the task's branch (pushed, when asked), and removes
+ * its worktree; the change goes into the result. Work that cannot be saved fails the attempt
+ * (its worktree stays, for the next attempt or the next start to save).
+ */
+async function keepWork(
+  c: RunContext,
+  taskPlace: TaskPlace,
+  spec: TaskSpec,
+  outcome: RunOutcome,
+  cliEnded: TaskState,
+  log: Logger,
+): Promise<void> {
+  const prepared = taskPlace.prepared!;
+  const repository = spec.workspace?.kind.case === "git" ? spec.workspace.kind.value.repository : "";
+  try {
+    const change = await c.place.workspaces.finish(prepared, {
+      sessionId: outcome.result.sessionId,
+      outcome: ENDED[outcome.state] ?? "ended",
+    });
+    outcome.result.change = changeProto(repository, change, cliEnded !== TaskState.SUCCEEDED);
+  } catch (e) {
+    log.error("the attempt's work could not be saved on its branch", { error: e });
+    outcome.state = TaskState.FAILED;
+    outcome.permanent = false;
+    outcome.result.isError = true;
+    outcome.result.error = `the work could not be saved on branch ${prepared.branch}: ${(e as Error).message}${outcome.result.error ? ` (and before that: ${outcome.result.error})` : ""}`;
   }
 }
 

@@ -80,6 +80,11 @@ async function serveAgentHost(
     numAgents: config.orchestrator.num_agents,
     dataDir: config.storage.data_dir,
     workspacePolicy: a.workspace_policy,
+    workspaces: {
+      author: { name: a.git_author_name, email: a.git_author_email },
+      allowedHostPaths: a.allowed_host_paths,
+      checkTimeoutMs: a.check_timeout_seconds * 1000,
+    },
     hostPath,
     log: log.child({ service: "agent-host" }),
     broker: a.broker_tools

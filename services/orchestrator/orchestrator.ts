@@ -16,6 +16,7 @@ import type { OrchestratorObserver } from "./observer.ts";
 import { AttemptRunner } from "./runner.ts";
 import { FINAL_STATES, TaskStore } from "./store.ts";
 import { validateSpec } from "./validate.ts";
+import { checkAtSubmit, patchOf } from "./workspaces.ts";
 
 /** What the Orchestrator is configured with (from Config, durations in ms). */
 export interface OrchestratorOptions {
@@ -115,6 +116,25 @@ export class Orchestrator {
     );
     if (created) queueMicrotask(() => this.schedule());
     return { task, deduplicated: !created };
+  }
+
+  /**
+   * submit() after a node has checked the task's workspace (repository, ref, branch, host
+   * path): a bad one is INVALID_ARGUMENT / FAILED_PRECONDITION in the node's words.
+   */
+  async submitChecked(
+    input: TaskSpec | undefined,
+    signal?: AbortSignal,
+  ): Promise<{ task: Task; deduplicated: boolean }> {
+    const spec = validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes });
+    await checkAtSubmit(this.hosts, spec, signal);
+    return this.submit(spec);
+  }
+
+  /** A task's change as `git format-patch` output, in chunks, from the node holding it. */
+  patch(id: string, signal: AbortSignal): AsyncGenerator<Uint8Array> {
+    const task = this.get(id);
+    return patchOf(this.hosts, task, this.store.attemptHost(id), signal);
   }
 
   get(id: string): Task {

@@ -15,8 +15,8 @@ const MAX_ID_BYTES = 64;
 export function orchestratorRoutes(orch: Orchestrator) {
   return (router: ConnectRouter) =>
     router.service(OrchestratorService, {
-      submitTask(req) {
-        return orch.submit(req.spec);
+      submitTask(req, ctx) {
+        return orch.submitChecked(req.spec, ctx.signal);
       },
       getTask(req) {
         return { task: orch.get(shortId("id", req.id)) };
@@ -57,6 +57,11 @@ export function orchestratorRoutes(orch: Orchestrator) {
         for (const text of chunks) {
           if (ctx.signal.aborted) return;
           yield { text };
+        }
+      },
+      async *getTaskPatch(req, ctx) {
+        for await (const chunk of orch.patch(shortId("task_id", req.taskId), ctx.signal)) {
+          yield { chunk };
         }
       },
       async *watchTask(req, ctx) {

@@ -302,7 +302,14 @@ export class AttemptRunner {
     };
     try {
       const stream = ref.host.client.runTask(
-        { agentId: run.agentId, taskId: task.id, attempt, spec: task.spec! },
+        {
+          agentId: run.agentId,
+          taskId: task.id,
+          attempt,
+          spec: task.spec!,
+          // A check that failed there makes the host resume that attempt's session.
+          ...(task.result ? { previousResult: task.result } : {}),
+        },
         { signal: run.abort.signal },
       );
       // The whole of the next output or outcome, when the host sent it cut (bounded per task).

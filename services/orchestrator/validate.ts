@@ -1,4 +1,4 @@
-import type { TaskSpec } from "../../gen/conductor/v1/task_pb.js";
+import type { Check, TaskSpec, Workspace } from "../../gen/conductor/v1/task_pb.js";
 import { invalid } from "../shared/errors.ts";
 import { quote } from "../shared/quote.ts";
 
@@ -39,6 +39,11 @@ export const SPEC_LIMITS = {
   labels: 64,
   labelKeyBytes: 128,
   labelValueBytes: 1024,
+  pathBytes: 4096,
+  refBytes: 256,
+  checks: 16,
+  checkCommandBytes: 4096,
+  checkTimeoutSeconds: 24 * 3600,
 } as const;
 
 /** Limits a spec is checked against that come from configuration. */
@@ -87,7 +92,85 @@ export function validateSpec(spec: TaskSpec | undefined, limits: SpecLimits): Ta
   }
   checkTools(spec.allowedTools);
   checkLabels(spec.labels);
+  checkWorkspace(spec.workspace);
+  checkChecks(spec.checks);
   return spec;
+}
+
+/** URL schemes a git workspace may name (git's own transports; `ext::` and helpers are refused). */
+const GIT_URL = /^(file|git|ssh|https):\/\/[^\s]+$/;
+/** scp-like ssh addresses: `user@host:path`. */
+const SCP_LIKE = /^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+$/;
+
+/** The workspace's fields as far as they can be judged without the node (which checks the rest). */
+function checkWorkspace(ws: Workspace | undefined) {
+  switch (ws?.kind.case) {
+    case "git": {
+      const g = ws.kind.value;
+      if (!g.repository) {
+        throw invalid("spec.workspace.git.repository is required: a path on the node, or a URL");
+      }
+      text("workspace.git.repository", g.repository, SPEC_LIMITS.pathBytes);
+      if (CONTROL.test(g.repository) || g.repository.startsWith("-")) {
+        throw invalid(
+          `spec.workspace.git.repository ${quote(g.repository)} is not a path or URL (it starts with "-" or holds a control character)`,
+        );
+      }
+      if (
+        !g.repository.startsWith("/") &&
+        !GIT_URL.test(g.repository) &&
+        !SCP_LIKE.test(g.repository)
+      ) {
+        throw invalid(
+          `spec.workspace.git.repository ${quote(g.repository)} is neither an absolute path nor a file://, git://, ssh:// or https:// URL`,
+        );
+      }
+      gitName("workspace.git.ref", g.ref);
+      gitName("workspace.git.branch", g.branch);
+      return;
+    }
+    case "hostPath": {
+      const p = ws.kind.value.path;
+      text("workspace.host_path.path", p, SPEC_LIMITS.pathBytes);
+      if (!p.startsWith("/") || CONTROL.test(p)) {
+        throw invalid(
+          `spec.workspace.host_path.path ${quote(p)} must be an absolute path on the node, without control characters`,
+        );
+      }
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+/**
+ * A ref or branch as git could take it (git-check-ref-format(1), rules 3–10): the node asks
+ * git itself, this refuses early what git never would.
+ */
+function gitName(field: string, name: string) {
+  if (!name) return;
+  text(field, name, SPEC_LIMITS.refBytes);
+  if (
+    name.startsWith("-") ||
+    CONTROL.test(name) ||
+    /[\s~^:?*[\\]|\.\.|@\{|\/\/|^\/|\/$|\.$|\.lock$|^@$/.test(name)
+  ) {
+    throw invalid(
+      `spec.${field} ${quote(name)} is not a name git accepts (see git check-ref-format): no spaces, ~ ^ : ? * [ \\, "..", "@{", leading "-" or "/", trailing "/", "." or ".lock"`,
+    );
+  }
+}
+
+function checkChecks(checks: Check[]) {
+  if (checks.length > SPEC_LIMITS.checks) {
+    throw invalid(`spec.checks has ${checks.length} entries, over the limit of ${SPEC_LIMITS.checks}`);
+  }
+  checks.forEach((c, i) => {
+    if (!c.command.trim()) throw invalid(`spec.checks[${i}].command is empty: give a command, e.g. "npm test"`);
+    text(`checks[${i}].command`, c.command, SPEC_LIMITS.checkCommandBytes);
+    range(`checks[${i}].timeout_seconds`, c.timeoutSeconds, SPEC_LIMITS.checkTimeoutSeconds, "agent.check_timeout_seconds");
+  });
 }
 
 function checkPrompt(prompt: string, limits: SpecLimits) {

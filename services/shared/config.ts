@@ -185,6 +185,21 @@ const schema = z
         broker_tools: z.boolean().default(true),
         /** Workspaces are kept between tasks ("keep") or emptied before each task ("clean"). */
         workspace_policy: z.enum(["keep", "clean"]).default("keep"),
+        /**
+         * Host folders a task's host_path workspace may be (or be under), absolute; empty (the
+         * default) refuses every host_path task until an operator allows a folder.
+         */
+        allowed_host_paths: listOf(100)
+          .superRefine((paths, ctx) => {
+            for (const p of paths)
+              if (!path.isAbsolute(p)) ctx.addIssue({ code: "custom", message: `${p} is not absolute` });
+          })
+          .default([]),
+        /** Author and committer of the commits that hold a task's work on its result branch. */
+        git_author_name: z.string().min(1).max(256).default("Conductor"),
+        git_author_email: z.string().min(1).max(256).default("conductor@localhost"),
+        /** A task's check that names no timeout of its own is ended after this long. */
+        check_timeout_seconds: seconds(DAY).default(600),
       })
       .strict()
       .prefault({}),

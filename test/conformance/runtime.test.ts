@@ -417,6 +417,31 @@ describe.each(TARGETS)("runtime conformance: $name", (target) => {
     expect(readFileSync(path.join(workspace, "from-inside"), "utf8")).toBe("x\n");
   });
 
+  it("binds an exec's own folders for that exec alone (capabilities.execMounts)", async (ctx) => {
+    if (!fp.capabilities.execMounts) return ctx.skip();
+    const extra = mkdtempSync(path.join(tmpdir(), "conformance-exec-mount-"));
+    chmodSync(extra, 0o777);
+    try {
+      const h = await started();
+      const x = await b.exec(h, {
+        argv: ["sh", "-c", "echo inside > task.txt && pwd"],
+        cwd: extra,
+        env: { PATH: "/usr/local/bin:/usr/bin:/bin" },
+        mounts: [{ hostPath: extra }],
+      });
+      const lines: string[] = [];
+      x.onStdoutLine((l) => lines.push(l));
+      expect((await x.exited).code).toBe(0);
+      expect(lines).toEqual([extra]);
+      expect(readFileSync(path.join(extra, "task.txt"), "utf8")).toBe("inside\n");
+      // The next exec, without it, does not see it.
+      const after = await run(b, h, `test -e ${extra}/task.txt && echo seen || echo unseen`);
+      expect(after.lines).toEqual(["unseen"]);
+    } finally {
+      rmSync(extra, { recursive: true, force: true });
+    }
+  });
+
   it("ends a run when its lifeline closes, and keeps the sandbox (capabilities.runLifeline)", async (ctx) => {
     if (!fp.capabilities.runLifeline) return ctx.skip();
     const dir = mkdtempSync(path.join(tmpdir(), "conformance-lifeline-"));
@@ -502,6 +527,7 @@ describe.each(TARGETS)("runtime conformance: $name", (target) => {
       image: Boolean(target.engine),
       runLifeline: Boolean(target.engine),
       recover: true,
+      execMounts: !target.engine,
     });
   });
 

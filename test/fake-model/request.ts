@@ -87,6 +87,27 @@ export function countToolResults(body: MessagesBody): number {
 }
 
 /**
+ * How many prompts the user gave after the first: a resumed session (`--resume`) sends its
+ * whole history and then the new prompt, and each such prompt moves the script on one step,
+ * like a tool turn does. A user message counts when it holds text that is not a
+ * `<system-reminder>` and no tool result.
+ */
+export function countFollowUps(body: MessagesBody): number {
+  const users = messagesOf(body).filter((m) => m.role === "user");
+  return users.slice(1).filter((m) => {
+    const blocks = blocksOf(m.content);
+    if (blocks.some((b) => b.type === "tool_result")) return false;
+    return blocks.some(
+      (b) =>
+        b.type === "text" &&
+        typeof b.text === "string" &&
+        b.text.trim() !== "" &&
+        !b.text.trimStart().startsWith("<system-reminder>"),
+    );
+  }).length;
+}
+
+/**
  * The text of the conversation's latest tool result (its text blocks joined), or "" when
  * there is none yet. Lets a step use what an earlier tool returned (see fillToolResult).
  */

@@ -5,6 +5,7 @@ import { createInterface } from "node:readline";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import {
   classify,
+  countFollowUps,
   countToolResults,
   resolveScriptPath,
   scriptOf,
@@ -36,6 +37,9 @@ describe("request reading", () => {
   it("counts tool results across messages", () => {
     expect(countToolResults({ messages: [user("hi")] })).toBe(0);
     expect(countToolResults({ messages: [user("hi"), ...toolTurn, ...toolTurn] })).toBe(2);
+    // A resumed session's new prompt moves the script on; reminders do not.
+    const resumed = { messages: [user("hi"), ...toolTurn, user("<system-reminder>x"), user("fix it")] };
+    expect(countFollowUps(resumed)).toBe(1);
   });
 
   it("reads the script from the prompt, not from reminders or tool results", () => {

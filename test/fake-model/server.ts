@@ -6,6 +6,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import {
   asMessagesBody,
   classify,
+  countFollowUps,
   countToolResults,
   lastToolResult,
   scriptOf,
@@ -155,7 +156,7 @@ export async function startFakeModel(opts: FakeModelOptions = {}): Promise<FakeM
     if (steps === undefined) {
       return sendReply(rec, res, textReply(DEFAULT_MAIN_TEXT, DEFAULT_USAGE), model, stream);
     }
-    const index = countToolResults(body);
+    const index = countToolResults(body) + countFollowUps(body);
     rec.step = index;
     notify(rec);
     const step = steps[index];

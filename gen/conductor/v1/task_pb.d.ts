@@ -292,6 +292,13 @@ export declare type CheckResult = Message<"conductor.v1.CheckResult"> & {
    * @generated from field: bool passed = 6;
    */
   passed: boolean;
+
+  /**
+   * The attempt it ran in: a task's result lists the checks of every attempt, in order.
+   *
+   * @generated from field: int32 attempt = 7;
+   */
+  attempt: number;
 };
 
 /**
@@ -529,7 +536,8 @@ export declare type TaskResult = Message<"conductor.v1.TaskResult"> & {
   change?: WorkspaceChange | undefined;
 
   /**
-   * The task's checks that ran, in order; a failed one fails the attempt.
+   * The task's checks that ran, in every attempt so far, in order; a failed one fails its
+   * attempt. At most the last 64.
    *
    * @generated from field: repeated conductor.v1.CheckResult checks = 12;
    */

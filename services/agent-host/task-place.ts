@@ -1,0 +1,217 @@
+import { existsSync, mkdirSync, realpathSync, statSync } from "node:fs";
+import path from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
+import {
+  FileChangeSchema,
+  FileStatus,
+  WorkspaceChangeSchema,
+  type TaskSpec,
+  type Workspace,
+  type WorkspaceChange,
+} from "../../gen/conductor/v1/task_pb.js";
+import type { Mount } from "../../plugins/runtime.ts";
+import type { AgentOwner } from "../shared/agent-files.ts";
+import { DomainError } from "../shared/errors.ts";
+import { quote } from "../shared/quote.ts";
+import { WorkspaceError, type Change, type Prepared, type Workspaces } from "./workspace/index.ts";
+
+/** Files of a change listed in a result; the rest are counted (WorkspaceChange.files_total). */
+export const MAX_RESULT_FILES = 1000;
+
+/** What opening a task's workspace takes from its AgentHost. */
+export interface PlaceContext {
+  workspaces: Workspaces;
+  /** Host folders a host_path workspace may be under (agent.allowed_host_paths), absolute. */
+  allowedHostPaths: readonly string[];
+  /** Whether an exec can bind folders of its own (capabilities.execMounts). */
+  execMounts: boolean;
+}
+
+/** Where one attempt works: its folder, the folders its execs bind, and how it is closed. */
+export interface TaskPlace {
+  cwd: string;
+  mounts: Mount[];
+  /** The git workspace's attempt, when the task has one. */
+  prepared?: Prepared;
+}
+
+/** A workspace that cannot be used here; `permanent` when no retry can help. */
+export class PlaceError extends DomainError {
+  readonly permanent: boolean;
+  constructor(message: string, code: Code, permanent: boolean, cause?: unknown) {
+    super(message, code, { cause });
+    this.permanent = permanent;
+  }
+}
+
+/**
+ * The folder of an agent that holds the worktree of its current task, bound into its
+ * sandbox at creation where execs cannot bind folders of their own (containers).
+ */
+export function taskDirOf(agentDir: string): string {
+  return path.join(agentDir, "task");
+}
+
+/** The worktree's name: the repository's, from its path or URL ("~/src/app.git" → "app"). */
+export function repoName(repository: string): string {
+  const last = repository.replace(/[/\\]+$/, "").split(/[/:\\]/).pop() ?? "";
+  const name = last.replace(/\.git$/, "").replace(/[^A-Za-z0-9._-]/g, "-").replace(/^[.-]+/, "");
+  return name.slice(0, 64) || "repository";
+}
+
+/**
+ * Checks a host folder against the allowed ones: it must exist, be a folder, and its real
+ * path lie in (or be) one of `allowed`'s real paths. Returns the real path.
+ */
+export function allowedHostPath(p: string, allowed: readonly string[]): string {
+  if (!path.isAbsolute(p)) {
+    throw new PlaceError(`host path ${quote(p)} is not absolute`, Code.InvalidArgument, true);
+  }
+  if (allowed.length === 0) {
+    throw new PlaceError(
+      `host path ${quote(p)} is not allowed: this node allows no host folders (set agent.allowed_host_paths in its config)`,
+      Code.FailedPrecondition,
+      true,
+    );
+  }
+  let real: string;
+  try {
+    real = realpathSync(p);
+    if (!statSync(real).isDirectory()) throw new Error("not a folder");
+  } catch {
+    throw new PlaceError(
+      `host path ${quote(p)} does not exist or is not a folder on this node`,
+      Code.FailedPrecondition,
+      true,
+    );
+  }
+  const roots = allowed.filter((a) => existsSync(a)).map((a) => realpathSync(a));
+  if (!roots.some((r) => real === r || real.startsWith(`${r}/`))) {
+    throw new PlaceError(
+      `host path ${quote(p)} is not under agent.allowed_host_paths (${allowed.join(", ")}) on this node`,
+      Code.FailedPrecondition,
+      true,
+    );
+  }
+  return real;
+}
+
+/** Checks a workspace can be used on this node; for a git one returns the commit its ref names now. */
+export async function checkWorkspace(
+  c: PlaceContext,
+  ws: Workspace | undefined,
+  signal?: AbortSignal,
+): Promise<string> {
+  switch (ws?.kind.case) {
+    case "git": {
+      const g = ws.kind.value;
+      const { commit } = await c.workspaces.check(
+        { repository: g.repository, ref: g.ref, branch: g.branch },
+        signal,
+      );
+      return commit;
+    }
+    case "hostPath":
+      allowedHostPath(ws.kind.value.path, c.allowedHostPaths);
+      if (!c.execMounts) throw containersCannotMount();
+      return "";
+    default:
+      return "";
+  }
+}
+
+function containersCannotMount(): PlaceError {
+  return new PlaceError(
+    "host_path workspaces need a runtime that binds a folder per run (the process runtime); this node's runtime starts its agents' containers ahead of their tasks",
+    Code.FailedPrecondition,
+    true,
+  );
+}
+
+/**
+ * Opens the workspace of one attempt on an agent: a git worktree made in the agent's task
+ * folder (bound into its sandbox), a host folder, or the agent's own scratch folder.
+ */
+export async function openPlace(
+  c: PlaceContext,
+  a: { agentId: string; agentDir: string; scratch: string; owner: AgentOwner | undefined },
+  taskId: string,
+  attempt: number,
+  spec: TaskSpec,
+  signal: AbortSignal,
+): Promise<TaskPlace> {
+  const ws = spec.workspace;
+  switch (ws?.kind.case) {
+    case "git": {
+      const g = ws.kind.value;
+      const taskDir = taskDirOf(a.agentDir);
+      mkdirSync(taskDir, { recursive: true, mode: 0o755 });
+      const worktree = path.join(taskDir, repoName(g.repository));
+      const prepared = await c.workspaces.prepare(
+        {
+          taskId,
+          attempt,
+          agentId: a.agentId,
+          repository: g.repository,
+          ref: g.ref,
+          branch: g.branch,
+          push: g.push,
+        },
+        worktree,
+        a.owner,
+        signal,
+      );
+      return {
+        cwd: worktree,
+        mounts: c.execMounts ? [{ hostPath: worktree }] : [],
+        prepared,
+      };
+    }
+    case "hostPath": {
+      const real = allowedHostPath(ws.kind.value.path, c.allowedHostPaths);
+      if (!c.execMounts) throw containersCannotMount();
+      return { cwd: real, mounts: [{ hostPath: real, readOnly: ws.kind.value.readOnly }] };
+    }
+    default:
+      return { cwd: a.scratch, mounts: [] };
+  }
+}
+
+/** Whether an error opening a workspace can pass on another attempt. */
+export function placeErrorPermanent(e: unknown): boolean {
+  if (e instanceof PlaceError || e instanceof WorkspaceError) return e.permanent;
+  return false;
+}
+
+const STATUS: Record<string, FileStatus> = {
+  added: FileStatus.ADDED,
+  modified: FileStatus.MODIFIED,
+  deleted: FileStatus.DELETED,
+  renamed: FileStatus.RENAMED,
+  type_changed: FileStatus.TYPE_CHANGED,
+};
+
+/** A change as TaskResult.change holds it: at most MAX_RESULT_FILES files listed. */
+export function changeProto(repository: string, ch: Change, partial: boolean): WorkspaceChange {
+  return create(WorkspaceChangeSchema, {
+    repository,
+    baseCommit: ch.baseCommit,
+    headCommit: ch.headCommit,
+    branch: ch.branch,
+    files: ch.files.slice(0, MAX_RESULT_FILES).map((f) =>
+      create(FileChangeSchema, {
+        path: f.path,
+        oldPath: f.oldPath,
+        status: STATUS[f.status] ?? FileStatus.UNSPECIFIED,
+        additions: BigInt(f.additions),
+        deletions: BigInt(f.deletions),
+        binary: f.binary,
+      }),
+    ),
+    filesTotal: ch.files.length,
+    committed: ch.committed,
+    pushed: ch.pushed,
+    partial,
+  });
+}

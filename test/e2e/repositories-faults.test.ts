@@ -1,0 +1,438 @@
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { afterAll, describe, expect, it } from "vitest";
+import { TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
+import { grpcJsClient } from "../grpc-js-clients.ts";
+import { eventually, ROOT, scripted, spec, testRuntimes, waitForEnd } from "../harness.ts";
+import { cacheOf, fingerprint, git, makeRepository } from "../repositories.ts";
+import type * as grpc from "@grpc/grpc-js";
+import { useConductor } from "./use-conductor.ts";
+
+/** A free TCP port on loopback (asked of the kernel, then released). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** `git daemon` serving the bare repositories under `base` on loopback, pushes allowed. */
+async function gitDaemon(base: string): Promise<{ url: string; proc: ChildProcess }> {
+  const port = await freePort();
+  const proc = spawn(
+    "git",
+    [
+      "daemon",
+      "--reuseaddr",
+      "--export-all",
+      "--enable=receive-pack",
+      `--base-path=${base}`,
+      "--listen=127.0.0.1",
+      `--port=${port}`,
+      base,
+    ],
+    { stdio: "ignore" },
+  );
+  const url = `git://127.0.0.1:${port}`;
+  // Ready when it answers (bounded: about 10 s).
+  await eventually(
+    () =>
+      new Promise<true | undefined>((resolve) =>
+        execFile("git", ["ls-remote", `${url}/app.git`], (e) => resolve(e ? undefined : true)),
+      ),
+    `git daemon on ${url}`,
+    10_000,
+  );
+  return { url, proc };
+}
+
+/** Submits; the gRPC error it gets. */
+async function refusal(
+  client: ReturnType<typeof useConductor>["conductor"]["client"],
+  fields: Parameters<typeof spec>[0],
+): Promise<ConnectError> {
+  try {
+    await client.submitTask({ spec: spec(fields) });
+  } catch (e) {
+    return ConnectError.from(e);
+  }
+  throw new Error("the submit was accepted");
+}
+
+const gitWorkspace = (
+  repository: string,
+  more: { ref?: string; branch?: string; push?: boolean } = {},
+) => ({ kind: { case: "git", value: { repository, ...more } } }) as const;
+
+describe.each(testRuntimes())("repository tasks across faults on the %s runtime", (runtime) => {
+  const allowed = { dir: "" };
+  const setup = useConductor(() => {
+    allowed.dir = mkdtempSync(path.join(tmpdir(), "conductor-allowed-"));
+    return {
+      agents: 2,
+      runtime,
+      env: {
+        CONDUCTOR_ORCHESTRATOR_RETRY_BACKOFF_SECONDS: "5",
+        CONDUCTOR_AGENT_ALLOWED_HOST_PATHS: JSON.stringify([allowed.dir]),
+      },
+    };
+  });
+  afterAll(() => rmSync(allowed.dir, { recursive: true, force: true }));
+  let daemon: ChildProcess | undefined;
+  afterAll(() => void daemon?.kill());
+
+  it(
+    "a failing check fails attempt 1; attempt 2 resumes its session on the other agent, fixes it and succeeds",
+    { timeout: 150_000 },
+    async () => {
+      const { client, dir } = setup.conductor;
+      const repo = path.join(dir, "src", "checked");
+      makeRepository(repo);
+      const check = "grep -qx good value.txt";
+      const { task } = await client.submitTask({
+        spec: spec({
+          prompt: scripted([
+            { write: { path: "value.txt", content: "bad\n" } },
+            { text: "wrote the value" },
+            // The resumed session goes on from here, told what failed.
+            { write: { path: "value.txt", content: "good\n" } },
+            { text: "fixed the value" },
+          ]),
+          maxAttempts: 2,
+          workspace: gitWorkspace(repo),
+          checks: [{ command: check }],
+        }),
+      });
+      const done = await waitForEnd(client, task!.id, 120_000);
+      expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
+      expect(done.attempts).toBe(2);
+      expect(done.result!.text).toBe("fixed the value");
+      expect(
+        done.result!.checks.map((c) => ({ a: c.attempt, passed: c.passed, exit: c.exitCode })),
+      ).toEqual([
+        { a: 1, passed: false, exit: 1 },
+        { a: 2, passed: true, exit: 0 },
+      ]);
+      // Attempt 2 ran on the other agent, in the first attempt's session.
+      const runs: { agent: string; session?: string }[] = [];
+      for await (const { event } of client.watchTask({ id: task!.id })) {
+        const k = event!.kind;
+        if (k.case === "stateChange" && k.value.state === TaskState.RUNNING)
+          runs.push({ agent: k.value.agentId });
+        if (k.case === "output" && k.value.type === "system" && runs.length > 0) {
+          const line = JSON.parse(k.value.rawJson) as { subtype?: string; session_id?: string };
+          if (line.subtype === "init") runs.at(-1)!.session = line.session_id;
+        }
+      }
+      expect(runs).toHaveLength(2);
+      expect(runs[1]!.agent).not.toBe(runs[0]!.agent);
+      expect(runs[1]!.session).toBe(runs[0]!.session);
+      expect(done.result!.sessionId).toBe(runs[0]!.session);
+      const told = setup.model.requests.find((r) =>
+        JSON.stringify(r.body).includes(`check \`${check}\` failed (exit 1)`),
+      );
+      expect(told, "the resumed session was told what failed").toBeDefined();
+      // Both attempts' work is on the branch: the bad value, then the fix.
+      const cache = cacheOf(setup.conductor.dataDir, repo);
+      const change = done.result!.change!;
+      expect(git(cache, "show", `${change.headCommit}:value.txt`)).toBe("good\n");
+      expect(git(cache, "rev-list", "--count", `${change.baseCommit}..${change.headCommit}`)).toBe(
+        "2\n",
+      );
+    },
+  );
+
+  it(
+    "kill -9 mid-run: the partial work is committed and pushed at restart, the retry starts from it, and the pushed branch is one",
+    { timeout: 150_000 },
+    async () => {
+      const { client, dir, dataDir } = setup.conductor;
+      const served = path.join(dir, "served");
+      mkdirSync(served, { recursive: true });
+      makeRepository(path.join(dir, "src", "pushed"));
+      git(
+        dir,
+        "clone",
+        "-q",
+        "--bare",
+        path.join(dir, "src", "pushed"),
+        path.join(served, "app.git"),
+      );
+      const d = await gitDaemon(served);
+      daemon = d.proc;
+      const { task } = await client.submitTask({
+        spec: spec({
+          prompt: scripted([
+            { bash: "cat partial.txt > seen-at-start.txt 2>&1; true" },
+            { write: { path: "partial.txt", content: "partial work\n" } },
+            { hang: true },
+          ]),
+          allowedTools: ["Write", "Bash"],
+          maxAttempts: 2,
+          workspace: gitWorkspace(`${d.url}/app.git`, { push: true }),
+        }),
+      });
+      await setup.model.waitFor((r) => r.kind === "main" && r.step === 2);
+      await setup.conductor.processes[0]!.kill9();
+      const restarted = Date.now();
+      await setup.conductor.restart();
+
+      // At restart, before the retry (5 s of backoff): the work is on the branch, pushed,
+      // and no worktree is left.
+      const cache = cacheOf(dataDir, `${d.url}/app.git`);
+      const branch = `conductor/${task!.id}`;
+      expect(git(cache, "show", `${branch}:partial.txt`)).toBe("partial work\n");
+      expect(git(cache, "log", "-1", "--format=%B", branch)).toMatch(/recovered after a restart/);
+      expect(git(cache, "worktree", "list", "--porcelain").match(/^worktree /gm)).toHaveLength(1);
+      const remote = path.join(served, "app.git");
+      expect(git(remote, "rev-parse", branch)).toBe(git(cache, "rev-parse", branch));
+
+      // The retry starts from the partial work, then hangs again: cancel it.
+      await setup.model.waitFor(
+        (r) => r.kind === "main" && r.step === 2 && r.receivedAt > restarted,
+      );
+      await client.cancelTask({ id: task!.id });
+      const done = await waitForEnd(client, task!.id);
+      expect(done.state).toBe(TaskState.CANCELLED);
+      expect(done.attempts).toBe(2);
+      const change = done.result!.change!;
+      expect(change.partial).toBe(true);
+      expect(change.pushed).toBe(true);
+      expect(git(cache, "show", `${change.headCommit}:seen-at-start.txt`)).toBe("partial work\n");
+      // One branch on the remote, at the final head, its history base → partial → retry.
+      expect(git(remote, "for-each-ref", "--format=%(refname)", "refs/heads/conductor/")).toBe(
+        `refs/heads/${branch}\n`,
+      );
+      expect(git(remote, "rev-parse", branch).trim()).toBe(change.headCommit);
+      expect(git(remote, "rev-list", "--count", `${change.baseCommit}..${branch}`)).toBe("2\n");
+    },
+  );
+
+  it(
+    "host_path: a folder under agent.allowed_host_paths only, and only where the runtime can bind it per run",
+    { timeout: 60_000 },
+    async () => {
+      const { client, dir } = setup.conductor;
+      const outside = path.join(dir, "outside");
+      mkdirSync(outside, { recursive: true });
+      const refused = await refusal(client, {
+        prompt: "review",
+        workspace: { kind: { case: "hostPath", value: { path: outside } } },
+      });
+      expect(refused.code).toBe(Code.FailedPrecondition);
+      expect(refused.rawMessage).toMatch(/is not under agent\.allowed_host_paths/);
+      const inside = { kind: { case: "hostPath", value: { path: allowed.dir } } } as const;
+      if (runtime === "process") {
+        const { task } = await client.submitTask({
+          spec: spec({ prompt: "look", workspace: inside }),
+        });
+        expect((await waitForEnd(client, task!.id)).state).toBe(TaskState.SUCCEEDED);
+      } else {
+        const e = await refusal(client, { prompt: "look", workspace: inside });
+        expect(e.code).toBe(Code.FailedPrecondition);
+        expect(e.rawMessage).toMatch(/need a runtime that binds a folder per run/);
+      }
+    },
+  );
+});
+
+describe("repository tasks: host folders, big patches and bad input (process runtime)", () => {
+  const allowedRoot = { dir: "" };
+  const setup = useConductor(() => {
+    allowedRoot.dir = mkdtempSync(path.join(tmpdir(), "conductor-allowed-"));
+    return {
+      agents: 2,
+      runtime: "process",
+      env: { CONDUCTOR_AGENT_ALLOWED_HOST_PATHS: JSON.stringify([allowedRoot.dir]) },
+    };
+  });
+  afterAll(() => rmSync(allowedRoot.dir, { recursive: true, force: true }));
+
+  it(
+    "works in an allowed host folder as it is, read-write or read-only",
+    { timeout: 60_000 },
+    async () => {
+      const { client } = setup.conductor;
+      const folder = path.join(allowedRoot.dir, "copy");
+      mkdirSync(folder, { recursive: true });
+      writeFileSync(path.join(folder, "README"), "as it is\n");
+      const write = scripted([
+        { bash: "cat README > seen.txt; echo written > review.txt" },
+        { text: "done" },
+      ]);
+      const rw = await client.submitTask({
+        spec: spec({
+          prompt: write,
+          allowedTools: ["Bash"],
+          workspace: { kind: { case: "hostPath", value: { path: folder } } },
+        }),
+      });
+      const rwDone = await waitForEnd(client, rw.task!.id);
+      expect(rwDone.state, rwDone.result?.error).toBe(TaskState.SUCCEEDED);
+      expect(readFileSync(path.join(folder, "seen.txt"), "utf8")).toBe("as it is\n");
+      expect(rwDone.result?.change).toBeUndefined();
+
+      const ro = await client.submitTask({
+        spec: spec({
+          prompt: scripted([{ bash: "echo x > ro.txt" }, { text: "{{last_tool_result}}" }]),
+          allowedTools: ["Bash"],
+          workspace: { kind: { case: "hostPath", value: { path: folder, readOnly: true } } },
+        }),
+      });
+      const roDone = await waitForEnd(client, ro.task!.id);
+      expect(roDone.state, roDone.result?.error).toBe(TaskState.SUCCEEDED);
+      expect(roDone.result!.text).toMatch(/Read-only file system/);
+      expect(existsSync(path.join(folder, "ro.txt"))).toBe(false);
+    },
+  );
+
+  it(
+    "streams a 50 MB patch whole through GetTaskPatch to grpc-js and buf curl",
+    { timeout: 180_000 },
+    async () => {
+      const { client, dir, socketDir, dataDir } = setup.conductor;
+      const repo = path.join(dir, "src", "big");
+      makeRepository(repo);
+      const { task } = await client.submitTask({
+        spec: spec({
+          prompt: scripted([
+            { bash: "head -c 37500000 /dev/zero | tr '\\0' 'x' | fold -w 100 > big.txt" },
+            { text: "wrote 50 MB" },
+          ]),
+          allowedTools: ["Bash"],
+          workspace: gitWorkspace(repo),
+        }),
+      });
+      const done = await waitForEnd(client, task!.id, 150_000);
+      expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
+      const change = done.result!.change!;
+      const expected = await new Promise<{ bytes: number; sha: string }>((resolve, reject) => {
+        const h = createHash("sha256");
+        let bytes = 0;
+        const p = spawn(
+          "git",
+          [
+            "format-patch",
+            "--stdout",
+            "--binary",
+            "-M",
+            `${change.baseCommit}..${change.headCommit}`,
+          ],
+          { cwd: cacheOf(dataDir, repo) },
+        );
+        p.stdout.on("data", (b: Buffer) => {
+          bytes += b.length;
+          h.update(b);
+        });
+        p.once("error", reject);
+        p.once("close", () => resolve({ bytes, sha: h.digest("hex") }));
+      });
+      expect(expected.bytes).toBeGreaterThan(37_500_000);
+
+      const socket = path.join(socketDir, "orchestrator.sock");
+      const js = grpcJsClient<
+        grpc.Client & {
+          GetTaskPatch(req: { taskId: string }): grpc.ClientReadableStream<{ chunk: Buffer }>;
+        }
+      >("conductor/v1/orchestrator.proto", "OrchestratorService", socket);
+      const got = await new Promise<{ bytes: number; sha: string; biggest: number }>(
+        (resolve, reject) => {
+          const h = createHash("sha256");
+          let bytes = 0;
+          let biggest = 0;
+          const stream = js.GetTaskPatch({ taskId: task!.id });
+          stream.on("data", (m: { chunk: Buffer }) => {
+            bytes += m.chunk.length;
+            biggest = Math.max(biggest, m.chunk.length);
+            h.update(m.chunk);
+          });
+          stream.once("error", reject);
+          stream.once("end", () => resolve({ bytes, sha: h.digest("hex"), biggest }));
+        },
+      );
+      js.close();
+      expect({ bytes: got.bytes, sha: got.sha }).toEqual(expected);
+      expect(got.biggest).toBeLessThanOrEqual(1024 * 1024);
+
+      // buf curl, by reflection: each message one JSON object with a base64 chunk.
+      const buf = path.join(ROOT, "node_modules", ".bin", "buf");
+      const out = await new Promise<string>((resolve, reject) =>
+        execFile(
+          buf,
+          [
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "--unix-socket",
+            socket,
+            "-d",
+            JSON.stringify({ taskId: task!.id }),
+            "http://localhost/conductor.v1.OrchestratorService/GetTaskPatch",
+          ],
+          { maxBuffer: 512 * 1024 * 1024 },
+          (e, stdout, stderr) =>
+            e ? reject(new Error(`${e.message}: ${stderr}`)) : resolve(stdout),
+        ),
+      );
+      const h = createHash("sha256");
+      let bytes = 0;
+      for (const m of out.matchAll(/"chunk":\s*"([^"]*)"/g)) {
+        const b = Buffer.from(m[1]!, "base64");
+        bytes += b.length;
+        h.update(b);
+      }
+      expect({ bytes, sha: h.digest("hex") }).toEqual(expected);
+    },
+  );
+
+  it(
+    "refuses bad workspaces at submit with a code and a message, and leaves the source as it was",
+    { timeout: 60_000 },
+    async () => {
+      const { client, dir } = setup.conductor;
+      const repo = path.join(dir, "src", "untouched");
+      makeRepository(repo);
+      const plain = path.join(dir, "plain");
+      mkdirSync(plain, { recursive: true });
+      const before = fingerprint(repo);
+      const closed = await freePort();
+      const cases: [Parameters<typeof spec>[0]["workspace"], Code, RegExp][] = [
+        [gitWorkspace(path.join(dir, "no-such-repo")), Code.FailedPrecondition, /no-such-repo/],
+        [gitWorkspace(plain), Code.FailedPrecondition, /not a git repository/],
+        [gitWorkspace(repo, { ref: "no-such-branch" }), Code.InvalidArgument, /no-such-branch/],
+        [gitWorkspace(repo, { branch: "bad..name" }), Code.InvalidArgument, /bad\.\.name/],
+        [gitWorkspace(repo, { branch: "topic/.hidden" }), Code.InvalidArgument, /topic\/\.hidden/],
+        [
+          gitWorkspace(`git://127.0.0.1:${closed}/app.git`),
+          Code.FailedPrecondition,
+          /127\.0\.0\.1/,
+        ],
+        [gitWorkspace("ext::sh -c touch% /tmp/pwned"), Code.InvalidArgument, /ext::/],
+        [gitWorkspace("relative/path"), Code.InvalidArgument, /absolute path/],
+        [
+          { kind: { case: "hostPath", value: { path: dir } } },
+          Code.FailedPrecondition,
+          /allowed_host_paths/,
+        ],
+      ];
+      for (const [workspace, code, message] of cases) {
+        const e = await refusal(client, { prompt: "work", workspace });
+        expect({ code: Code[e.code], message: e.rawMessage }).toMatchObject({ code: Code[code] });
+        expect(e.rawMessage).toMatch(message);
+      }
+      expect(fingerprint(repo)).toBe(before);
+      const { tasks } = await client.listTasks({});
+      expect(tasks.filter((t: Task) => t.spec?.prompt === "work")).toEqual([]);
+    },
+  );
+});
