@@ -1,5 +1,4 @@
-import { readFileSync } from "node:fs";
-import { create, toJson } from "@bufbuild/protobuf";
+import { toJson } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
 import { AgentSchema, AgentState } from "../../gen/conductor/v1/agent_pb.js";
 import {
@@ -9,32 +8,29 @@ import {
 import {
   TaskEventSchema,
   TaskSchema,
-  TaskSpecSchema,
   TaskState,
   type Task,
 } from "../../gen/conductor/v1/task_pb.js";
 import { unixTransport } from "../shared/transport.ts";
-import { bool, list, shellQuote, str, UsageError, type ParsedCommand } from "./args.ts";
-import {
-  ago,
-  count,
-  duration,
-  eventText,
-  oneLine,
-  stateName,
-  table,
-  taskText,
-  usd,
-} from "./format.ts";
+import { apply } from "./apply.ts";
+import { bool, list, str, UsageError, type ParsedCommand } from "./args.ts";
+import { diff } from "./diff.ts";
+import { ago, count, duration, oneLine, stateName, table, usd } from "./format.ts";
+import { int, taskSpecOf } from "./submit-spec.ts";
+import { eventText, taskText } from "./task-text.ts";
 
 type Orch = Client<typeof OrchestratorService>;
 
-/** Where a client command writes, and how it reads a prompt from standard input. */
+/** Where a client command writes, and what it reads besides the command line. */
 export interface ClientIO {
   out: (line: string) => void;
-  /** Writes text as it is (no newline added); resolves once it is written. */
-  write: (text: string) => Promise<void>;
+  /** Writes text or bytes as they are (no newline added); resolves once written. */
+  write: (data: string | Uint8Array) => Promise<void>;
   readStdin: () => string;
+  /** The current folder: relative paths of submit, and the repository `apply` works in. */
+  cwd: string;
+  /** What `~` stands for in paths. */
+  home: string;
 }
 
 const json = (v: unknown, pretty = false) => JSON.stringify(v, null, pretty ? 2 : undefined);
@@ -57,7 +53,7 @@ export async function runClientCommand(
   };
   switch (name) {
     case "submit": {
-      const { task } = await client.submitTask({ spec: specOf(p, io) });
+      const { task } = await client.submitTask({ spec: taskSpecOf(p, io) });
       if (!bool(p, "wait")) {
         out(asJson ? taskJson(task!) : task!.id);
         return 0;
@@ -74,7 +70,7 @@ export async function runClientCommand(
       return 0;
     }
     case "output": {
-      const eventSeq = BigInt(int(p, "event"));
+      const eventSeq = BigInt(int(p, "event") ?? 0);
       if (eventSeq < 0n) throw new UsageError(`--event must be an event's seq (1 or more)`);
       const taskId = needId();
       for await (const piece of client.getTaskOutput({ taskId, eventSeq })) {
@@ -82,6 +78,10 @@ export async function runClientCommand(
       }
       return 0;
     }
+    case "diff":
+      return await diff(client, needId(), { stat: bool(p, "stat"), json: asJson }, io);
+    case "apply":
+      return await apply(client, needId(), { threeWay: bool(p, "3way"), json: asJson }, io);
     case "cancel": {
       const { task } = await client.cancelTask({ id: needId() });
       out(asJson ? taskJson(task!) : `${task!.id} ${stateName(task!.state)}`);
@@ -131,83 +131,6 @@ export async function runClientCommand(
     }
   }
   throw new UsageError(`unknown command ${name}`);
-}
-
-/** The TaskSpec the submit flags describe; bad values are refused before anything is sent. */
-function specOf(p: ParsedCommand, io: ClientIO) {
-  const file = str(p, "file");
-  const words = p.positionals;
-  let prompt: string;
-  if (file !== undefined) {
-    if (words.length > 0)
-      throw new UsageError(`give the prompt as an argument or with -f FILE, not both`);
-    prompt = file === "-" ? io.readStdin() : readPrompt(file);
-  } else if (words.length === 1) {
-    prompt = words[0] === "-" ? io.readStdin() : words[0]!;
-  } else {
-    if (words.length === 0)
-      throw new UsageError(
-        'usage: conductor submit "<prompt>" [flags] (or -f FILE, or - for standard input)',
-      );
-    const flags = words.filter((w) => isFlagOf(p, w));
-    const prompt = words.find((w) => !isFlagOf(p, w)) ?? "<prompt>";
-    throw new UsageError(
-      `expected one prompt, got ${words.length} arguments: ` +
-        (flags.length > 0
-          ? `${flags.map((f) => shellQuote(f)).join(", ")} came after "--", which makes every word a prompt; flags go before "--": conductor submit ${flags.map((f) => shellQuote(f)).join(" ")} -- ${shellQuote(oneLine(prompt, 60))}`
-          : 'quote the prompt as one argument ("conductor submit \\"fix the tests\\"")'),
-    );
-  }
-  const labels: Record<string, string> = {};
-  for (const l of list(p, "label")) {
-    const eq = l.indexOf("=");
-    if (eq <= 0) throw new UsageError(`--label "${oneLine(l, 40)}": expected KEY=VALUE`);
-    labels[l.slice(0, eq)] = l.slice(eq + 1);
-  }
-  return create(TaskSpecSchema, {
-    prompt,
-    type: str(p, "type") ?? "",
-    priority: int(p, "priority"),
-    timeoutSeconds: int(p, "timeout"),
-    maxAttempts: int(p, "max-attempts"),
-    model: str(p, "model") ?? "",
-    maxTurns: int(p, "max-turns"),
-    allowedTools: list(p, "allowed-tools").flatMap((t) =>
-      t
-        .split(/[\s,]+/)
-        .map((s) => s.trim())
-        .filter(Boolean),
-    ),
-    permissionMode: str(p, "permission-mode") ?? "",
-    labels,
-    idempotencyKey: str(p, "idempotency-key") ?? "",
-  });
-}
-
-/** Whether `word` is one of the command's flags (`--wait`, `-w`, `--priority=3`). */
-function isFlagOf(p: ParsedCommand, word: string): boolean {
-  const long = /^--([^=]+)/.exec(word)?.[1];
-  if (long) return long in p.command.flags;
-  return (
-    /^-[A-Za-z]$/.test(word) && Object.values(p.command.flags).some((f) => `-${f.short}` === word)
-  );
-}
-
-function readPrompt(file: string): string {
-  try {
-    return readFileSync(file, "utf8");
-  } catch (e) {
-    throw new UsageError(`cannot read the prompt file ${file}: ${(e as Error).message}`);
-  }
-}
-
-function int(p: ParsedCommand, flag: string): number {
-  const s = str(p, flag);
-  if (s === undefined) return 0;
-  const n = Number(s);
-  if (s.trim() === "" || !Number.isInteger(n) || Math.abs(n) > 2 ** 31 - 1)
-    throw new UsageError(`--${flag} must be a whole number, got "${oneLine(s, 40)}"`);
-  return n;
 }
 
 async function tasks(client: Orch, p: ParsedCommand, out: (l: string) => void): Promise<number> {

@@ -108,13 +108,44 @@ export const COMMANDS: readonly Command[] = [
     details: `
 The prompt is the argument, or the contents of FILE (-f FILE), or standard input ("-" or
 -f -). A prompt that starts with "-" goes after "--": conductor submit -- "- fix foo.py".
-With --wait, follows the task like "conductor watch" and exits 0 only if it succeeded.`,
+With --wait, follows the task like "conductor watch" and exits 0 only if it succeeded.
+
+Where the agent works (default: a scratch folder of its own):
+  --repo REPO   a git repository: each attempt works in a worktree of its own, starting at
+                --ref (default REPO's HEAD), and what it changed is committed on --branch
+                (default conductor/<task id>), however the attempt ends; --push pushes that
+                branch to REPO. "conductor diff" shows the change, "conductor apply" puts its
+                commits on your branch. REPO is a path here (relative paths and ~ are made
+                absolute; it is read on the AgentHost's machine) or a URL that machine can
+                fetch: file://, git://, ssh://, https://, or host:path.
+  --path DIR    a host folder, worked in as it is (no copy, no commit); it must be under one
+                of the AgentHost's agent.allowed_host_paths. --read-only mounts it read-only,
+                e.g. for a review.
+
+Checks: each --check CMD runs with "sh -c" in the workspace after the agent succeeds, in the
+order given; the first that fails fails the attempt (retried like any failure). --check-timeout
+is the time limit of each (default agent.check_timeout_seconds).
+
+A FILE ending in .yaml, .yml or .json is a whole task spec instead of a prompt: TaskSpec
+fields by their proto names, a check as a command or {command, timeout_seconds}, paths
+relative to the file's folder; flags and a prompt argument override what it says:
+  prompt: Add input validation to the signup form
+  priority: 5
+  workspace: { git: { repository: ~/src/app, ref: main, branch: signup-validation } }
+  checks: ["npm test", { command: npm run e2e, timeout_seconds: 900 }]
+
+Examples:
+  conductor submit --repo ~/src/app --check "npm test" "Add input validation to the signup form"
+  conductor submit --repo git@github.com:acme/app.git --ref release-2 --branch fix-42 --push \\
+    "Fix issue 42"
+  conductor submit --path ~/src/app --read-only --type code_review "Review the error handling"
+  conductor submit -f task.yaml --priority 9`,
     flags: {
       file: {
         type: "string",
         short: "f",
         arg: "FILE",
-        help: 'read the prompt from FILE ("-": stdin)',
+        help: 'read the prompt from FILE ("-": stdin); FILE.yaml/.yml/.json: a whole task spec',
       },
       type: {
         type: "string",
@@ -147,6 +178,39 @@ With --wait, follows the task like "conductor watch" and exits 0 only if it succ
         arg: "K",
         help: "a second submit with K returns the first task",
       },
+      repo: {
+        type: "string",
+        arg: "REPO",
+        help: "work on a git repository (a path, or a URL); the change comes back as a branch",
+      },
+      ref: {
+        type: "string",
+        arg: "REF",
+        help: "with --repo: branch, tag or commit to start from (default: REPO's HEAD)",
+      },
+      branch: {
+        type: "string",
+        arg: "B",
+        help: "with --repo: the branch the change is committed on (default conductor/<id>)",
+      },
+      push: { type: "boolean", help: "with --repo: push the branch to REPO after each attempt" },
+      path: {
+        type: "string",
+        arg: "DIR",
+        help: "work in the host folder DIR as it is (not with --repo)",
+      },
+      "read-only": { type: "boolean", help: "with --path: mount DIR read-only" },
+      check: {
+        type: "string",
+        multiple: true,
+        arg: "CMD",
+        help: 'a command that must pass after the agent, e.g. "npm test"; run in order',
+      },
+      "check-timeout": {
+        type: "string",
+        arg: "S",
+        help: "seconds each --check may run (default agent.check_timeout_seconds)",
+      },
       wait: { type: "boolean", short: "w", help: "follow the task until it ends" },
       ...where,
     },
@@ -162,6 +226,49 @@ With --wait, follows the task like "conductor watch" and exits 0 only if it succ
     args: "<task-id>",
     summary: "show one task: state, timing, result, tokens and cost",
     flags: where,
+  },
+  {
+    name: "diff",
+    args: "<task-id>",
+    summary: "print the patch of a task's change (its git workspace's branch)",
+    details: `
+A task submitted with --repo works on a branch of its own; this prints its commits from the
+task's base to the branch's head as "git format-patch" does (mail-formatted, one commit after
+another, as "git am" takes them), streamed as it comes: save it with
+"conductor diff <id> > task.patch", or read it with "conductor diff <id> | less".
+--stat prints a summary instead, as "git diff --stat" does: a line per file, the totals, the
+branch and base..head. --json prints the change (files, counts, branch, commits) as JSON.
+A task with no git workspace, or none of whose attempts has ended yet, has no change: exit 1.`,
+    flags: {
+      stat: { type: "boolean", help: "a summary: files, lines added and deleted, the branch" },
+      ...where,
+      json: { type: "boolean", help: "print the change (WorkspaceChange) as JSON" },
+    },
+  },
+  {
+    name: "apply",
+    args: "<task-id>",
+    summary: "apply a task's commits to the git repository here (git am)",
+    details: `
+Applies the commits of a task's change (see "conductor diff") onto the current branch of the
+git repository of the current folder with "git am", keeping their messages and authors, and
+says how many it applied and what they changed. The repository has to be ready: no
+uncommitted changes to tracked files (commit or "git stash" them), no am or rebase in
+progress. When a commit does not apply, "git am --abort" puts the repository back as it was,
+and it exits 1 saying what did not apply; --3way then merges where the files differ from the
+task's base (as "git am --3way", which needs the base commit in this repository).
+If the task pushed its branch (--push), "git fetch" and "git merge" of that branch do the same.`,
+    flags: {
+      "3way": {
+        type: "boolean",
+        help: "merge where the files differ from the task's base (git am --3way)",
+      },
+      ...where,
+      json: {
+        type: "boolean",
+        help: "print what it applied as JSON: task, branch, from, to, commits, files, insertions, deletions",
+      },
+    },
   },
   {
     name: "output",
@@ -213,6 +320,8 @@ export const CLIENT_COMMANDS = new Set([
   "submit",
   "watch",
   "get",
+  "diff",
+  "apply",
   "output",
   "tasks",
   "agents",

@@ -1,10 +1,5 @@
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import {
-  TaskState,
-  type Task,
-  type TaskEvent,
-  type TaskResult,
-} from "../../gen/conductor/v1/task_pb.js";
+import { TaskState, type TaskResult } from "../../gen/conductor/v1/task_pb.js";
 
 /** A task state as a person reads it: "SUCCEEDED", "TIMED_OUT". */
 export const stateName = (s: TaskState): string => TaskState[s] ?? `STATE_${s}`;
@@ -62,7 +57,7 @@ export function ago(t: Timestamp | undefined, now = Date.now()): string {
 }
 
 /** A local date and time with how long ago it was. */
-function when(t: Timestamp | undefined): string {
+export function when(t: Timestamp | undefined): string {
   const at = millis(t);
   if (at === undefined) return "-";
   const d = new Date(at);
@@ -98,93 +93,4 @@ export function usage(r: TaskResult): string | undefined {
     usd(r.costUsd),
     ...(took ? [took] : []),
   ].join(" · ");
-}
-
-/** A task as `conductor get` shows it. */
-export function taskText(t: Task): string[] {
-  const s = t.spec;
-  const rows: [string, string][] = [
-    ["id", t.id],
-    ["state", stateName(t.state)],
-    ["agent", t.agentId || "-"],
-    ["attempts", `${t.attempts}${s?.maxAttempts ? ` of ${s.maxAttempts}` : ""}`],
-    ["created", when(t.createTime)],
-    ["started", when(t.startTime)],
-    ["ended", when(t.endTime)],
-    ["type", s?.type || "generic"],
-    ["priority", String(s?.priority ?? 0)],
-  ];
-  if (s?.model) rows.push(["model", s.model]);
-  if (s?.maxTurns) rows.push(["max turns", String(s.maxTurns)]);
-  if (s?.timeoutSeconds) rows.push(["timeout", `${s.timeoutSeconds} s`]);
-  if (s?.permissionMode) rows.push(["permissions", s.permissionMode]);
-  if (s?.allowedTools.length) rows.push(["tools", s.allowedTools.join(", ")]);
-  const labels = Object.entries(s?.labels ?? {});
-  if (labels.length) rows.push(["labels", labels.map(([k, v]) => `${k}=${v}`).join(" ")]);
-  if (s?.idempotencyKey) rows.push(["idempotency", s.idempotencyKey]);
-  const r = t.result;
-  if (r) {
-    if (r.error) rows.push(["error", r.error]);
-    const used = usage(r);
-    if (used) rows.push(["run", used]);
-    if (r.sessionId) rows.push(["session", r.sessionId]);
-    for (const d of r.deniedToolCalls) {
-      rows.push([
-        "denied",
-        `${d.name} ${oneLine(d.inputJson, 120)}${d.denial ? `: ${d.denial}` : ""}`,
-      ]);
-    }
-    if (r.truncated) rows.push(["truncated", "the whole result: GetTaskOutput (event_seq 0)"]);
-  }
-  const width = Math.max(...rows.map(([k]) => k.length)) + 2;
-  const lines = rows.map(([k, v]) => `${k.padEnd(width)}${v}`);
-  lines.push("", "prompt:", indent(s?.prompt ?? ""));
-  if (r?.text) lines.push("", "result:", indent(r.text));
-  return lines;
-}
-
-function indent(text: string): string {
-  return text
-    .split("\n")
-    .map((l) => `  ${l}`)
-    .join("\n");
-}
-
-/** An event as `conductor watch` shows it, as lines (none for lines it has nothing to say about). */
-export function eventText(e: TaskEvent): string[] {
-  const k = e.kind;
-  if (k.case === "stateChange") {
-    const v = k.value;
-    const parts = [`[${stateName(v.state)}]`];
-    if (v.agentId) parts.push(`agent=${v.agentId}`);
-    if (v.attempt) parts.push(`attempt=${v.attempt}`);
-    if (v.reason) parts.push(v.reason);
-    return [parts.join(" ")];
-  }
-  if (k.case === "output") {
-    const o = k.value;
-    const lines: string[] = [];
-    if (o.type === "assistant" && o.text) lines.push(`  ${o.text}`);
-    if (o.type === "conductor" && o.text) lines.push(`  ! ${o.text}`);
-    for (const t of o.toolCalls) lines.push(`  → ${t.name} ${oneLine(t.inputJson, 120)}`);
-    for (const t of o.deniedToolCalls) {
-      const why = t.denial ? `: ${oneLine(t.denial, 200)}` : "";
-      lines.push(`  ✗ denied ${t.name} ${oneLine(t.inputJson, 120)}${why}`);
-    }
-    return lines;
-  }
-  if (k.case === "result") {
-    const r = k.value;
-    const lines = [`result: ${r.error || r.text}`];
-    const denied = r.deniedToolCalls;
-    if (denied.length > 0) {
-      lines.push(
-        `  ✗ ${denied.length} tool call(s) denied: ${denied.map((t) => t.name).join(", ")}`,
-      );
-    }
-    const used = usage(r);
-    if (used) lines.push(`  ${used}`);
-    return lines;
-  }
-  return [];
 }

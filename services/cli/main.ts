@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { homedir } from "node:os";
 import path from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ConfigError, loadConfig, type Config } from "../shared/config.ts";
@@ -120,11 +121,13 @@ async function client(
   });
   const io = {
     out: (line: string) => void process.stdout.write(line + "\n"),
-    write: (text: string) =>
+    write: (text: string | Uint8Array) =>
       new Promise<void>((resolve, reject) =>
         process.stdout.write(text, (e) => (e ? reject(e) : resolve())),
       ),
     readStdin: () => readFileSync(0, "utf8"),
+    cwd,
+    home: homedir(),
   };
   try {
     return await runClientCommand(parsed, located.socket, io);

@@ -1,0 +1,64 @@
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { fromJson, type JsonValue } from "@bufbuild/protobuf";
+import { parse as parseYaml } from "yaml";
+import { TaskSpecSchema, type TaskSpec } from "../../gen/conductor/v1/task_pb.js";
+import { UsageError } from "./args.ts";
+import { localPath, repositoryOf } from "./workspace-flags.ts";
+
+/** Whether `submit -f FILE` reads a whole task spec (YAML or JSON) rather than a prompt. */
+export function isSpecFile(file: string): boolean {
+  return /\.(ya?ml|json)$/i.test(file);
+}
+
+/**
+ * Reads a task spec from a YAML (or JSON) file: the TaskSpec's fields by their proto names
+ * (`max_attempts`) or JSON names (`maxAttempts`), e.g.
+ *
+ *     prompt: Add input validation to the signup form
+ *     workspace: { git: { repository: ., branch: signup-validation } }
+ *     checks: ["npm test", { command: npm run e2e, timeout_seconds: 900 }]
+ *
+ * A check may be a plain command. Local paths of the workspace are relative to the file's
+ * folder (`~` is `home`). Errors name the file and the field.
+ */
+export function readSpecFile(file: string, home: string): TaskSpec {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    throw new UsageError(`cannot read the spec file ${file}: ${(e as Error).message}`, {
+      cause: e,
+    });
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (e) {
+    throw new UsageError(`${file} is not valid YAML: ${(e as Error).message}`, { cause: e });
+  }
+  if (doc === null || typeof doc !== "object" || Array.isArray(doc))
+    throw new UsageError(
+      `${file} should hold a task spec: a mapping of TaskSpec fields (prompt, workspace, checks, priority, …)`,
+    );
+  const fields = { ...(doc as Record<string, unknown>) };
+  // A check may be given as its command alone.
+  if (Array.isArray(fields["checks"]))
+    fields["checks"] = fields["checks"].map((c: unknown) =>
+      typeof c === "string" ? { command: c } : c,
+    );
+  let spec: TaskSpec;
+  try {
+    spec = fromJson(TaskSpecSchema, fields as JsonValue);
+  } catch (e) {
+    const why = (e as Error).message.replaceAll("conductor.v1.", "");
+    throw new UsageError(`${file}: ${why}`, { cause: e });
+  }
+  const base = { cwd: path.dirname(path.resolve(file)), home };
+  const kind = spec.workspace?.kind;
+  if (kind?.case === "git" && kind.value.repository)
+    kind.value.repository = repositoryOf(kind.value.repository, base);
+  if (kind?.case === "hostPath" && kind.value.path)
+    kind.value.path = localPath(kind.value.path, base);
+  return spec;
+}
