@@ -117,6 +117,8 @@ describe("the conductor CLI without a running Conductor", () => {
       prompt: "--file",
       timeout_seconds: "--timeout",
       labels: "--label",
+      workspace: "--repo",
+      checks: "--check",
     };
     for (const field of TaskSpecSchema.fields) {
       const flag = flagOf[field.name] ?? `--${field.name.replaceAll("_", "-")}`;
