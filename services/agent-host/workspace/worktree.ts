@@ -1,0 +1,135 @@
+import { lchown, lstat, readdir, readFile, realpath, rm } from "node:fs/promises";
+import path from "node:path";
+import { Code } from "@connectrpc/connect";
+import type { AgentOwner } from "../../shared/agent-files.ts";
+import type { Logger } from "../../shared/log.ts";
+import { quote } from "../../shared/quote.ts";
+import type { Cache } from "./cache.ts";
+import { notReady, WorkspaceError } from "./errors.ts";
+import type { Git, GitCall } from "./git.ts";
+import type { Prepared } from "./types.ts";
+
+/**
+ * A git call on a worktree: GIT_DIR is the admin dir recorded before the agent ran and
+ * GIT_WORK_TREE the worktree, both explicit; the worktree's own `.git` (the agent's) is never
+ * read. Runs in the admin dir (ours); git enters the worktree itself.
+ */
+export function onWorktree(
+  p: Pick<Prepared, "adminDir" | "worktree">,
+  signal?: AbortSignal,
+): GitCall {
+  return { gitDir: p.adminDir, workTree: p.worktree, signal };
+}
+
+/**
+ * Registers a detached worktree of `commit` at `worktree` (under the cache's mutex; its files
+ * are checked out later, outside it) and returns its admin dir, read from the `.git` file git
+ * just wrote and checked to lie in `<cache>/worktrees/`.
+ */
+export async function addWorktree(
+  git: Git,
+  cache: Cache,
+  worktree: string,
+  commit: string,
+  signal?: AbortSignal,
+): Promise<string> {
+  await cache.mutex.run(
+    () =>
+      git.run(
+        ["worktree", "add", "--quiet", "--no-checkout", "--detach", worktree, commit],
+        cache.call(signal),
+      ),
+    signal,
+  );
+  const text = await readFile(path.join(worktree, ".git"), "utf8");
+  const named = /^gitdir: (.+)$/m.exec(text)?.[1]?.trim() ?? "";
+  const admin = await realpath(path.resolve(worktree, named));
+  if (!(await isAdminDirOf(cache.dir, admin)))
+    throw new WorkspaceError(
+      `git registered the worktree ${worktree} at ${admin}, outside ${cache.dir}/worktrees`,
+      Code.Internal,
+    );
+  return admin;
+}
+
+/** Checks the worktree's files out at its HEAD (no hooks, no submodules). */
+export async function checkout(git: Git, p: Prepared, signal?: AbortSignal): Promise<void> {
+  await git.run(
+    ["reset", "--quiet", "--hard", "--no-recurse-submodules", "HEAD"],
+    onWorktree(p, signal),
+  );
+}
+
+/** Gives the worktree and everything in it to `owner`, never following a link. */
+export async function ownWorktree(dir: string, owner: AgentOwner): Promise<void> {
+  const entries = await readdir(dir, { withFileTypes: true });
+  for (let i = 0; i < entries.length; i += 64) {
+    await Promise.all(
+      entries.slice(i, i + 64).map(async (e) => {
+        const p = path.join(dir, e.name);
+        if (e.isDirectory()) await ownWorktree(p, owner);
+        else await lchown(p, owner.uid, owner.gid);
+      }),
+    );
+  }
+  await lchown(dir, owner.uid, owner.gid);
+}
+
+/**
+ * Stages everything in the worktree (`git add -A`: new, changed, deleted, links as links; the
+ * repository's .gitignore honoured) and returns the tree id. Fails (FAILED_PRECONDITION) when
+ * the worktree's root is no longer a real folder: nothing is read through a link.
+ */
+export async function snapshot(git: Git, p: Prepared, log: Logger): Promise<string> {
+  await mustBeFolder(p.worktree);
+  // --ignore-errors: a path git cannot add (an unreadable file, an empty nested repository)
+  // is reported and skipped instead of losing everything else.
+  const r = await git.run(["add", "--all", "--ignore-errors"], { ...onWorktree(p), ok: [0, 1] });
+  if (r.code !== 0)
+    log.warn("some paths of the worktree could not be committed", {
+      taskId: p.taskId,
+      worktree: p.worktree,
+      errors: r.stderr
+        .split("\n")
+        .filter((l) => l.startsWith("error:"))
+        .slice(0, 20),
+    });
+  await mustBeFolder(p.worktree);
+  return git.text(["write-tree"], onWorktree(p));
+}
+
+async function mustBeFolder(dir: string): Promise<void> {
+  const st = await lstat(dir).catch(() => undefined);
+  if (!st?.isDirectory())
+    throw notReady(
+      `the worktree ${quote(dir)} is ${st ? "no longer a folder (it was replaced, e.g. by a link)" : "gone"}: nothing of it can be committed`,
+      true,
+    );
+}
+
+/** The worktree exists as a real folder. */
+export async function isFolder(dir: string): Promise<boolean> {
+  return (await lstat(dir).catch(() => undefined))?.isDirectory() === true;
+}
+
+/**
+ * Removes the worktree (a link in its place is removed, not followed; fs.rm never follows
+ * links inside) and its admin dir: `git worktree prune` of this one worktree alone.
+ */
+export async function removeWorktree(
+  p: Pick<Prepared, "worktree" | "adminDir" | "cache">,
+): Promise<void> {
+  await rm(p.worktree, { recursive: true, force: true });
+  if (p.adminDir !== "" && (await isAdminDirOf(p.cache, p.adminDir)))
+    await rm(p.adminDir, { recursive: true, force: true });
+}
+
+/** `admin` is a folder directly in `<cache>/worktrees/` (compared by real paths). */
+async function isAdminDirOf(cache: string, admin: string): Promise<boolean> {
+  try {
+    const home = path.join(await realpath(cache), "worktrees");
+    return path.dirname(await realpath(admin)) === home;
+  } catch {
+    return false;
+  }
+}
