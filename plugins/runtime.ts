@@ -81,10 +81,15 @@ export function isEngineUnreachable(e: unknown): e is EngineUnreachableError {
   );
 }
 
-/** A folder shared into the sandbox at the same absolute path. */
+/** A folder shared into the sandbox, at the same absolute path unless `sandboxPath` says otherwise. */
 export interface Mount {
   hostPath: string;
   readOnly?: boolean;
+  /**
+   * Where it appears inside, when not at hostPath: honoured by the backends with
+   * capabilities.image, in the mounts a sandbox is created with.
+   */
+  sandboxPath?: string;
 }
 
 /** What one agent's sandbox needs. */

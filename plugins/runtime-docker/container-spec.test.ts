@@ -16,7 +16,11 @@ const spec: SandboxSpec = {
   nodeId: "node-1",
   agentId: "agent/7",
   image: "conductor-agent:dev",
-  mounts: [{ hostPath: "/work/ws" }, { hostPath: "/run/sock", readOnly: true }],
+  mounts: [
+    { hostPath: "/work/ws" },
+    { hostPath: "/run/sock", readOnly: true },
+    { hostPath: "/data/agents/a/task", sandboxPath: "/data/worktrees" },
+  ],
   env: { A: "1" },
   labels: { team: "x" },
   limits: { memoryBytes: 512 * 2 ** 20, cpus: 1.5, pids: 100, ulimits: { nofile: 2048 } },
@@ -45,6 +49,7 @@ describe("createOptions", () => {
       Mounts: [
         { Type: "bind", Source: "/work/ws", Target: "/work/ws", ReadOnly: false },
         { Type: "bind", Source: "/run/sock", Target: "/run/sock", ReadOnly: true },
+        { Type: "bind", Source: "/data/agents/a/task", Target: "/data/worktrees", ReadOnly: false },
       ],
       Memory: 512 * 2 ** 20,
       MemorySwap: 512 * 2 ** 20,

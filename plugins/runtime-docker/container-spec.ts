@@ -79,7 +79,7 @@ export function createOptions(
       Mounts: spec.mounts.map((m) => ({
         Type: "bind" as const,
         Source: m.hostPath,
-        Target: m.hostPath,
+        Target: m.sandboxPath ?? m.hostPath,
         ReadOnly: m.readOnly ?? false,
       })),
       ...(memoryBytes !== undefined ? { Memory: memoryBytes, MemorySwap: memoryBytes } : {}),

@@ -38,7 +38,7 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
       checkUser(spec.user);
       const image = await client.findImage(spec.image);
       // Writable scratch on the read-only root: /tmp and the image's HOME, unless mounted.
-      const mounted = new Set(spec.mounts.map((m) => path.resolve(m.hostPath)));
+      const mounted = new Set(spec.mounts.map((m) => path.resolve(m.sandboxPath ?? m.hostPath)));
       const tmpfs = ["/tmp", image.home ?? "/"].filter(
         (p, i, all) => p !== "/" && all.indexOf(p) === i && !mounted.has(p),
       );

@@ -1,9 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import {
-  CheckResultSchema,
-  type Check,
-  type CheckResult,
-} from "../../gen/conductor/v1/task_pb.js";
+import { CheckResultSchema, type Check, type CheckResult } from "../../gen/conductor/v1/task_pb.js";
 import type { ExecRequest, Execution } from "../../plugins/runtime.ts";
 
 /** Bytes of a check's output kept for its result (the end of it). */
@@ -84,7 +80,8 @@ async function runCheck(r: CheckRun, check: Check): Promise<CheckResult> {
   r.signal.addEventListener("abort", stop);
   try {
     const exit = await x.exited;
-    if (exit.spawnError) tail.push(`conductor: the check could not be started: ${exit.spawnError.message}`);
+    if (exit.spawnError)
+      tail.push(`conductor: the check could not be started: ${exit.spawnError.message}`);
     if (timedOut) tail.push(`conductor: ended after its timeout of ${timeoutMs / 1000} s`);
     return result(exit.code ?? -1, timedOut || r.signal.aborted);
   } finally {
@@ -105,7 +102,8 @@ class Tail {
     const l = line.length > MAX_LINE ? `${line.slice(0, MAX_LINE)}…` : line;
     this.lines.push(l);
     this.size += l.length + 1;
-    while (this.size > this.max && this.lines.length > 1) this.size -= this.lines.shift()!.length + 1;
+    while (this.size > this.max && this.lines.length > 1)
+      this.size -= this.lines.shift()!.length + 1;
   }
   text(): string {
     return this.lines.join("\n");

@@ -19,6 +19,7 @@ import {
   agentPaths,
   hostKeyOf,
   provision,
+  worktreesDir,
   release,
   sandboxSpec,
   type AgentParts,
@@ -27,7 +28,7 @@ import {
 } from "./provision.ts";
 import type { OutputFlow, RunOutcome, RunSettings } from "./run.ts";
 import { executeRun, type AgentSlot, type Attempt } from "./runs.ts";
-import { checkWorkspace, type PlaceContext } from "./task-place.ts";
+import { checkWorkspace, sweepEmpty, taskDirOf, type PlaceContext } from "./task-place.ts";
 import { Workspaces } from "./workspace/index.ts";
 import { settle, takeUpLeftovers } from "./readopt.ts";
 import { Supervisor } from "./supervise.ts";
@@ -156,9 +157,19 @@ export class AgentHost {
     mkdirSync(agentsDir, { recursive: true, mode: 0o700 });
     // Work a killed AgentHost left in worktrees goes onto its tasks' branches first.
     for (const r of await this.workspaces.recover()) {
-      if (r.error) o.log.error("could not save a task's work left by the last run", { task_id: r.taskId, error: r.error });
-      else o.log.info("saved a task's work left by the last run", { task_id: r.taskId, head: r.change?.headCommit });
+      if (r.error)
+        o.log.error("could not save a task's work left by the last run", {
+          task_id: r.taskId,
+          error: r.error,
+        });
+      else
+        o.log.info("saved a task's work left by the last run", {
+          task_id: r.taskId,
+          head: r.change?.headCommit,
+        });
     }
+    sweepEmpty(worktreesDir(o.dataDir));
+    for (const id of readdirSync(agentsDir)) sweepEmpty(taskDirOf(path.join(agentsDir, id)));
     for (const id of readdirSync(agentsDir))
       if (!kept.has(id)) rmSync(path.join(agentsDir, id, "run"), { recursive: true, force: true });
     for (const id of wanted) await this.startAgent(id, kept.get(id));
@@ -168,6 +179,7 @@ export class AgentHost {
   /** How runs open their workspaces on this node. */
   private get place(): PlaceContext {
     return {
+      dataDir: this.opts.dataDir,
       workspaces: this.workspaces,
       allowedHostPaths: this.opts.workspaces.allowedHostPaths,
       execMounts: Boolean(this.caps?.execMounts),

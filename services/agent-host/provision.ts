@@ -73,6 +73,15 @@ export function agentPaths(dataDir: string, id: string) {
   };
 }
 
+/**
+ * Where a task's worktree is inside every sandbox, whichever agent runs it:
+ * `<data>/worktrees/<task id>/<repository name>` (task-place.ts). The same path on every agent
+ * keeps a resumed session's file paths right on another agent.
+ */
+export function worktreesDir(dataDir: string): string {
+  return path.join(dataDir, "worktrees");
+}
+
 /** Names an AgentHost by its data folder: stable across its restarts, distinct between instances. */
 export function hostKeyOf(dataDir: string): string {
   return createHash("sha256").update(path.resolve(dataDir)).digest("hex").slice(0, 16);
@@ -103,8 +112,9 @@ export function sandboxSpec(
       { hostPath: workspace },
       { hostPath: configDir },
       { hostPath: runDir, readOnly: true },
-      // Where execs cannot bind a task's worktree themselves, the folder holding it is bound.
-      ...(c.caps.execMounts ? [] : [{ hostPath: taskDir }]),
+      // Where execs cannot bind a task's worktree themselves, the agent's folder holding it is
+      // bound where every agent sees its task's worktree (task-place.ts).
+      ...(c.caps.execMounts ? [] : [{ hostPath: taskDir, sandboxPath: worktreesDir(c.dataDir) }]),
     ],
     env,
     labels: { [LABEL_NODE]: c.nodeId, [LABEL_AGENT]: id, [LABEL_HOST]: c.hostKey },

@@ -29,6 +29,7 @@ import {
   changeProto,
   openPlace,
   placeErrorPermanent,
+  rmEmpty,
   type PlaceContext,
   type TaskPlace,
 } from "./task-place.ts";
@@ -162,7 +163,8 @@ export async function executeRun(
       onOutput(noticeOutput(tools.notice));
     }
     const resume = resumeOf(c, slot, attempt, taskPlace.cwd);
-    if (resume) log.info("resuming the previous attempt's session", { session_id: resume.sessionId });
+    if (resume)
+      log.info("resuming the previous attempt's session", { session_id: resume.sessionId });
     const hostPath = c.caps.image ? "/usr/local/bin:/usr/bin:/bin" : c.hostPath;
     const exec = (req: Parameters<RuntimeBackend["exec"]>[1]) => c.backend.exec(slot.sandbox, req);
     const outcome = await runClaude({
@@ -277,13 +279,15 @@ async function keepWork(
   log: Logger,
 ): Promise<void> {
   const prepared = taskPlace.prepared!;
-  const repository = spec.workspace?.kind.case === "git" ? spec.workspace.kind.value.repository : "";
+  const repository =
+    spec.workspace?.kind.case === "git" ? spec.workspace.kind.value.repository : "";
   try {
     const change = await c.place.workspaces.finish(prepared, {
       sessionId: outcome.result.sessionId,
       outcome: ENDED[outcome.state] ?? "ended",
     });
     outcome.result.change = changeProto(repository, change, cliEnded !== TaskState.SUCCEEDED);
+    if (taskPlace.parent) rmEmpty(taskPlace.parent);
   } catch (e) {
     log.error("the attempt's work could not be saved on its branch", { error: e });
     outcome.state = TaskState.FAILED;

@@ -66,7 +66,11 @@ export function carrySession(
     try {
       const buf = Buffer.alloc(1024 * 1024);
       let copied = 0;
-      for (let n = readSync(from, buf); n > 0 && copied < MAX_SESSION_BYTES; n = readSync(from, buf)) {
+      for (
+        let n = readSync(from, buf);
+        n > 0 && copied < MAX_SESSION_BYTES;
+        n = readSync(from, buf)
+      ) {
         writeSync(to, buf, 0, n);
         copied += n;
       }

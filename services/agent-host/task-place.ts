@@ -1,4 +1,12 @@
-import { existsSync, mkdirSync, realpathSync, statSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  realpathSync,
+  rmdirSync,
+  statSync,
+} from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
@@ -14,6 +22,7 @@ import type { Mount } from "../../plugins/runtime.ts";
 import type { AgentOwner } from "../shared/agent-files.ts";
 import { DomainError } from "../shared/errors.ts";
 import { quote } from "../shared/quote.ts";
+import { worktreesDir } from "./provision.ts";
 import { WorkspaceError, type Change, type Prepared, type Workspaces } from "./workspace/index.ts";
 
 /** Files of a change listed in a result; the rest are counted (WorkspaceChange.files_total). */
@@ -21,6 +30,7 @@ export const MAX_RESULT_FILES = 1000;
 
 /** What opening a task's workspace takes from its AgentHost. */
 export interface PlaceContext {
+  dataDir: string;
   workspaces: Workspaces;
   /** Host folders a host_path workspace may be under (agent.allowed_host_paths), absolute. */
   allowedHostPaths: readonly string[];
@@ -34,6 +44,8 @@ export interface TaskPlace {
   mounts: Mount[];
   /** The git workspace's attempt, when the task has one. */
   prepared?: Prepared;
+  /** The folder of ours holding the worktree, removed with it. */
+  parent?: string;
 }
 
 /** A workspace that cannot be used here; `permanent` when no retry can help. */
@@ -55,8 +67,15 @@ export function taskDirOf(agentDir: string): string {
 
 /** The worktree's name: the repository's, from its path or URL ("~/src/app.git" → "app"). */
 export function repoName(repository: string): string {
-  const last = repository.replace(/[/\\]+$/, "").split(/[/:\\]/).pop() ?? "";
-  const name = last.replace(/\.git$/, "").replace(/[^A-Za-z0-9._-]/g, "-").replace(/^[.-]+/, "");
+  const last =
+    repository
+      .replace(/[/\\]+$/, "")
+      .split(/[/:\\]/)
+      .pop() ?? "";
+  const name = last
+    .replace(/\.git$/, "")
+    .replace(/[^A-Za-z0-9._-]/g, "-")
+    .replace(/^[.-]+/, "");
   return name.slice(0, 64) || "repository";
 }
 
@@ -145,9 +164,14 @@ export async function openPlace(
   switch (ws?.kind.case) {
     case "git": {
       const g = ws.kind.value;
-      const taskDir = taskDirOf(a.agentDir);
-      mkdirSync(taskDir, { recursive: true, mode: 0o755 });
-      const worktree = path.join(taskDir, repoName(g.repository));
+      // Inside, the same path on every agent; outside, in the agent's task folder where the
+      // sandbox sees that folder (containers), else bound at that very path for each exec.
+      const inside = path.join(worktreesDir(c.dataDir), taskId);
+      const parent = c.execMounts ? inside : path.join(taskDirOf(a.agentDir), taskId);
+      await clearTaskDir(c, a.agentDir, taskId);
+      mkdirSync(parent, { recursive: true, mode: 0o755 });
+      chmodSync(parent, 0o755); // the agent's user walks through it to its worktree
+      const name = repoName(g.repository);
       const prepared = await c.workspaces.prepare(
         {
           taskId,
@@ -158,15 +182,12 @@ export async function openPlace(
           branch: g.branch,
           push: g.push,
         },
-        worktree,
+        path.join(parent, name),
         a.owner,
         signal,
       );
-      return {
-        cwd: worktree,
-        mounts: c.execMounts ? [{ hostPath: worktree }] : [],
-        prepared,
-      };
+      const cwd = path.join(inside, name);
+      return { cwd, mounts: c.execMounts ? [{ hostPath: cwd }] : [], prepared, parent };
     }
     case "hostPath": {
       const real = allowedHostPath(ws.kind.value.path, c.allowedHostPaths);
@@ -175,6 +196,43 @@ export async function openPlace(
     }
     default:
       return { cwd: a.scratch, mounts: [] };
+  }
+}
+
+/**
+ * Makes sure a container agent's task folder holds nothing of another task (its sandbox sees
+ * the whole folder): a worktree whose work could not be saved before is saved now; one that
+ * still cannot be fails this run rather than be shown to another task.
+ */
+async function clearTaskDir(c: PlaceContext, agentDir: string, taskId: string): Promise<void> {
+  if (c.execMounts) return;
+  const dir = taskDirOf(agentDir);
+  const others = () => readdirSync(dir).filter((name) => name !== taskId);
+  if (others().length === 0) return;
+  await c.workspaces.recover();
+  for (const name of others()) rmEmpty(path.join(dir, name));
+  const left = others();
+  if (left.length > 0) {
+    throw new PlaceError(
+      `the agent's task folder still holds the worktree of task ${left[0]}, whose work could not be saved yet; another agent or a later attempt will take this task`,
+      Code.Unavailable,
+      false,
+    );
+  }
+}
+
+/** Removes the empty folders in `dir` (task folders whose worktree is gone). */
+export function sweepEmpty(dir: string): void {
+  if (!existsSync(dir)) return;
+  for (const name of readdirSync(dir)) rmEmpty(path.join(dir, name));
+}
+
+/** Removes a folder if it is empty (or gone); anything else stays. */
+export function rmEmpty(dir: string): void {
+  try {
+    rmdirSync(dir);
+  } catch {
+    // not empty, or gone
   }
 }
 

@@ -164,12 +164,20 @@ function gitName(field: string, name: string) {
 
 function checkChecks(checks: Check[]) {
   if (checks.length > SPEC_LIMITS.checks) {
-    throw invalid(`spec.checks has ${checks.length} entries, over the limit of ${SPEC_LIMITS.checks}`);
+    throw invalid(
+      `spec.checks has ${checks.length} entries, over the limit of ${SPEC_LIMITS.checks}`,
+    );
   }
   checks.forEach((c, i) => {
-    if (!c.command.trim()) throw invalid(`spec.checks[${i}].command is empty: give a command, e.g. "npm test"`);
+    if (!c.command.trim())
+      throw invalid(`spec.checks[${i}].command is empty: give a command, e.g. "npm test"`);
     text(`checks[${i}].command`, c.command, SPEC_LIMITS.checkCommandBytes);
-    range(`checks[${i}].timeout_seconds`, c.timeoutSeconds, SPEC_LIMITS.checkTimeoutSeconds, "agent.check_timeout_seconds");
+    range(
+      `checks[${i}].timeout_seconds`,
+      c.timeoutSeconds,
+      SPEC_LIMITS.checkTimeoutSeconds,
+      "agent.check_timeout_seconds",
+    );
   });
 }
 

@@ -192,7 +192,8 @@ const schema = z
         allowed_host_paths: listOf(100)
           .superRefine((paths, ctx) => {
             for (const p of paths)
-              if (!path.isAbsolute(p)) ctx.addIssue({ code: "custom", message: `${p} is not absolute` });
+              if (!path.isAbsolute(p))
+                ctx.addIssue({ code: "custom", message: `${p} is not absolute` });
           })
           .default([]),
         /** Author and committer of the commits that hold a task's work on its result branch. */

@@ -1,6 +1,14 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -169,6 +177,7 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
       );
       const d = await gitDaemon(served);
       daemon = d.proc;
+      const submitted = Date.now();
       const { task } = await client.submitTask({
         spec: spec({
           prompt: scripted([
@@ -181,7 +190,10 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
           workspace: gitWorkspace(`${d.url}/app.git`, { push: true }),
         }),
       });
-      await setup.model.waitFor((r) => r.kind === "main" && r.step === 2);
+      // This suite's model served other tasks before: wait for this one's hang.
+      await setup.model.waitFor(
+        (r) => r.kind === "main" && r.step === 2 && r.receivedAt >= submitted,
+      );
       await setup.conductor.processes[0]!.kill9();
       const restarted = Date.now();
       await setup.conductor.restart();
@@ -264,6 +276,8 @@ describe("repository tasks: host folders, big patches and bad input (process run
       const { client } = setup.conductor;
       const folder = path.join(allowedRoot.dir, "copy");
       mkdirSync(folder, { recursive: true });
+      // The agent works as its own user: the folder must let it write (as the README says).
+      chmodSync(folder, 0o777);
       writeFileSync(path.join(folder, "README"), "as it is\n");
       const write = scripted([
         { bash: "cat README > seen.txt; echo written > review.txt" },
@@ -409,7 +423,7 @@ describe("repository tasks: host folders, big patches and bad input (process run
       const cases: [Parameters<typeof spec>[0]["workspace"], Code, RegExp][] = [
         [gitWorkspace(path.join(dir, "no-such-repo")), Code.FailedPrecondition, /no-such-repo/],
         [gitWorkspace(plain), Code.FailedPrecondition, /not a git repository/],
-        [gitWorkspace(repo, { ref: "no-such-branch" }), Code.InvalidArgument, /no-such-branch/],
+        [gitWorkspace(repo, { ref: "no-such-branch" }), Code.FailedPrecondition, /no-such-branch/],
         [gitWorkspace(repo, { branch: "bad..name" }), Code.InvalidArgument, /bad\.\.name/],
         [gitWorkspace(repo, { branch: "topic/.hidden" }), Code.InvalidArgument, /topic\/\.hidden/],
         [

@@ -38,7 +38,9 @@ describe("request reading", () => {
     expect(countToolResults({ messages: [user("hi")] })).toBe(0);
     expect(countToolResults({ messages: [user("hi"), ...toolTurn, ...toolTurn] })).toBe(2);
     // A resumed session's new prompt moves the script on; reminders do not.
-    const resumed = { messages: [user("hi"), ...toolTurn, user("<system-reminder>x"), user("fix it")] };
+    const resumed = {
+      messages: [user("hi"), ...toolTurn, user("<system-reminder>x"), user("fix it")],
+    };
     expect(countFollowUps(resumed)).toBe(1);
   });
 
