@@ -183,6 +183,17 @@ export async function executeRun(
     const earlier = (attempt.previous?.checks ?? []).filter((c) => c.attempt < attempt.attempt);
     outcome.result.checks = earlier;
     if (outcome.state !== TaskState.SUCCEEDED || spec.checks.length === 0) return outcome;
+    if (taskPlace.prepared) {
+      // The agent's work is committed before the checks run: what they leave is not its work.
+      try {
+        await c.place.workspaces.save(taskPlace.prepared, {
+          sessionId: outcome.result.sessionId,
+          outcome: "before its checks",
+        });
+      } catch (e) {
+        return unsaved(outcome, taskPlace.prepared.branch, e, log);
+      }
+    }
     const env = claudeEnv(place, { ...settings, apiKey: "", baseUrl: "" }, hostPath);
     const ran = await runChecks({
       checks: spec.checks,
@@ -289,12 +300,19 @@ async function keepWork(
     outcome.result.change = changeProto(repository, change, cliEnded !== TaskState.SUCCEEDED);
     if (taskPlace.parent) rmEmpty(taskPlace.parent);
   } catch (e) {
-    log.error("the attempt's work could not be saved on its branch", { error: e });
-    outcome.state = TaskState.FAILED;
-    outcome.permanent = false;
-    outcome.result.isError = true;
-    outcome.result.error = `the work could not be saved on branch ${prepared.branch}: ${(e as Error).message}${outcome.result.error ? ` (and before that: ${outcome.result.error})` : ""}`;
+    unsaved(outcome, prepared.branch, e, log);
   }
+}
+
+/** The attempt fails (and may be retried) because its work could not be committed or pushed. */
+function unsaved(outcome: RunOutcome, branch: string, e: unknown, log: Logger): RunOutcome {
+  log.error("the attempt's work could not be saved on its branch", { error: e });
+  const before = outcome.result.error ? ` (and before that: ${outcome.result.error})` : "";
+  outcome.state = TaskState.FAILED;
+  outcome.permanent = false;
+  outcome.result.isError = true;
+  outcome.result.error = `the work could not be saved on branch ${branch}: ${(e as Error).message}${before}`;
+  return outcome;
 }
 
 /**

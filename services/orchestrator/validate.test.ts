@@ -1,12 +1,14 @@
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
 import { TaskSpecSchema, type TaskSpec } from "../../gen/conductor/v1/task_pb.js";
 import { SPEC_LIMITS, validateSpec } from "./validate.ts";
 
 const limits = { maxPromptBytes: 100_000 };
-const spec = (fields: Partial<Omit<TaskSpec, "$typeName">>) =>
+const spec = (fields: MessageInitShape<typeof TaskSpecSchema>) =>
   create(TaskSpecSchema, { prompt: "do it", ...fields });
+const git = (repository: string, more: { ref?: string; branch?: string } = {}) =>
+  ({ kind: { case: "git", value: { repository, ...more } } }) as const;
 
 /** The INVALID_ARGUMENT a spec is refused with (fails the test when it is accepted). */
 function refusal(s: TaskSpec, l = limits): ConnectError {
@@ -21,6 +23,61 @@ function refusal(s: TaskSpec, l = limits): ConnectError {
 }
 
 const big = (n: number) => "x".repeat(n);
+
+describe("validateSpec: workspaces and checks", () => {
+  it("accepts paths, git's URLs and scp-like addresses, refs and branches git takes", () => {
+    for (const repository of [
+      "/src/app",
+      "file:///src/app.git",
+      "git://127.0.0.1:9418/app.git",
+      "ssh://git@example.com/acme/app.git",
+      "https://example.com/acme/app.git",
+      "git@github.com:acme/app.git",
+      "build-box:repos/app.git",
+    ]) {
+      expect(() => validateSpec(spec({ workspace: git(repository) }), limits)).not.toThrow();
+    }
+    const s = spec({
+      workspace: git("/src/app", { ref: "release/2.1", branch: "fix/issue-42" }),
+      checks: Array.from({ length: SPEC_LIMITS.checks }, () => ({
+        command: "npm test",
+        timeoutSeconds: SPEC_LIMITS.checkTimeoutSeconds,
+      })),
+    });
+    expect(validateSpec(s, limits)).toBe(s);
+  });
+
+  it.each([
+    [git(""), /repository is required/],
+    [
+      git("relative/dir"),
+      /neither an absolute path nor a file:\/\/, git:\/\/, ssh:\/\/ or https:\/\/ URL/,
+    ],
+    [git("ext::sh -c touch% /tmp/x"), /neither an absolute path/],
+    [git("ext::sh"), /neither an absolute path/],
+    [git("-uhack"), /starts with "-"/],
+    [git("/src/app", { ref: "--upload-pack=touch" }), /ref .* is not a name git accepts/],
+    [git("/src/app", { branch: "a..b" }), /branch .* is not a name git accepts/],
+    [git("/src/app", { branch: "has space" }), /not a name git accepts/],
+    [git("/src/app", { branch: "x.lock" }), /not a name git accepts/],
+    [
+      { kind: { case: "hostPath", value: { path: "relative" } } } as const,
+      /must be an absolute path/,
+    ],
+  ])("refuses workspace %j", (workspace, message) => {
+    expect(refusal(spec({ workspace })).rawMessage).toMatch(message);
+  });
+
+  it("bounds the checks: count, command and timeout", () => {
+    const many = Array.from({ length: SPEC_LIMITS.checks + 1 }, () => ({ command: "true" }));
+    expect(refusal(spec({ checks: many })).rawMessage).toMatch(/over the limit of 16/);
+    expect(refusal(spec({ checks: [{ command: " " }] })).rawMessage).toMatch(/command is empty/);
+    expect(refusal(spec({ checks: [{ command: "a\0b" }] })).rawMessage).toMatch(/NUL/);
+    expect(
+      refusal(spec({ checks: [{ command: "true", timeoutSeconds: 86_401 }] })).rawMessage,
+    ).toMatch(/timeout_seconds must be between 0 .* and 86400/);
+  });
+});
 
 describe("validateSpec", () => {
   it("accepts a spec at every bound", () => {

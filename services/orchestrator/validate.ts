@@ -99,8 +99,8 @@ export function validateSpec(spec: TaskSpec | undefined, limits: SpecLimits): Ta
 
 /** URL schemes a git workspace may name (git's own transports; `ext::` and helpers are refused). */
 const GIT_URL = /^(file|git|ssh|https):\/\/[^\s]+$/;
-/** scp-like ssh addresses: `user@host:path`. */
-const SCP_LIKE = /^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+$/;
+/** scp-like ssh addresses, as git reads them: `[user@]host:path` (never `ext::…`). */
+const SCP_LIKE = /^([A-Za-z0-9._-]+@)?[A-Za-z0-9][A-Za-z0-9.-]*:(?!:)\S+$/;
 
 /** The workspace's fields as far as they can be judged without the node (which checks the rest). */
 function checkWorkspace(ws: Workspace | undefined) {

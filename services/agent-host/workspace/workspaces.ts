@@ -196,6 +196,30 @@ export class Workspaces {
   }
 
   /**
+   * Commits (and pushes, when asked) what the attempt's worktree holds now, and keeps the
+   * worktree for more to run in it (the task's checks); whatever changes after is not
+   * committed: finish() then only removes it. Errors as finish().
+   */
+  async save(p: Prepared, info: { sessionId: string; outcome: string }): Promise<void> {
+    await this.tasks.run(p.taskId, async () => {
+      const rec = await this.records.read(p.taskId);
+      if (!rec || rec.attempt !== p.attempt || rec.worktree !== p.worktree)
+        throw notReady(
+          `attempt ${p.attempt} of task ${p.taskId} has no workspace on this node (finished already?)`,
+          true,
+        );
+      if (rec.phase !== "ready") return;
+      await this.commitReady(
+        this.cacheOf(parseSource(rec.repository)),
+        rec,
+        info.sessionId,
+        info.outcome,
+        false,
+      );
+    });
+  }
+
+  /**
    * At start: every worktree a killed AgentHost left gets its content committed (outcome
    * "recovered after a restart"), pushed when asked, and is removed; a record whose worktree is
    * gone is cleaned up. Errors are reported per task, never thrown for the whole.
@@ -251,22 +275,7 @@ export class Workspaces {
       await this.discard(rec);
       return undefined;
     }
-    if (rec.phase === "ready") {
-      if (!(await isFolder(rec.worktree))) {
-        await this.discard(rec);
-        throw notReady(
-          `the worktree ${quote(rec.worktree)} of task ${rec.taskId} was replaced (by a link?): nothing of it was committed, and it was removed`,
-          true,
-        );
-      }
-      const tree = await snapshot(this.git, rec, this.log);
-      const message = commitMessage(rec, sessionId, outcome);
-      const done = await commitTree(this.git, cache, rec, tree, this.author, message);
-      const pushed = await this.pushed(cache, rec, done, lenientPush);
-      rec.phase = "removing";
-      rec.result = { ...done, pushed };
-      await this.records.write(rec);
-    }
+    if (rec.phase === "ready") await this.commitReady(cache, rec, sessionId, outcome, lenientPush);
     const result = rec.result ?? { head: rec.startCommit, committed: false, pushed: false };
     const change: Change = {
       baseCommit: rec.baseCommit,
@@ -284,6 +293,33 @@ export class Workspaces {
       ...result,
     });
     return change;
+  }
+
+  /**
+   * Commits what a ready worktree holds onto the branch, pushes it when asked, and records that
+   * (phase "removing"): from then on only removal is left, and nothing more is committed.
+   */
+  private async commitReady(
+    cache: Cache,
+    rec: WorkspaceRecord,
+    sessionId: string,
+    outcome: string,
+    lenientPush: boolean,
+  ): Promise<void> {
+    if (!(await isFolder(rec.worktree))) {
+      await this.discard(rec);
+      throw notReady(
+        `the worktree ${quote(rec.worktree)} of task ${rec.taskId} was replaced (by a link?): nothing of it was committed, and it was removed`,
+        true,
+      );
+    }
+    const tree = await snapshot(this.git, rec, this.log);
+    const message = commitMessage(rec, sessionId, outcome);
+    const done = await commitTree(this.git, cache, rec, tree, this.author, message);
+    const pushed = await this.pushed(cache, rec, done, lenientPush);
+    rec.phase = "removing";
+    rec.result = { ...done, pushed };
+    await this.records.write(rec);
   }
 
   private async pushed(
