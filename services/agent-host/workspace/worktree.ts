@@ -55,7 +55,8 @@ export async function addWorktree(
 /** Checks the worktree's files out at its HEAD (no hooks, no submodules). */
 export async function checkout(git: Git, p: Prepared, signal?: AbortSignal): Promise<void> {
   await git.run(
-    ["reset", "--quiet", "--hard", "--no-recurse-submodules", "HEAD"],
+    // (checkout.workers=0: one worker per core, which matters on slow file systems)
+    ["-c", "checkout.workers=0", "reset", "--quiet", "--hard", "--no-recurse-submodules", "HEAD"],
     onWorktree(p, signal),
   );
 }
