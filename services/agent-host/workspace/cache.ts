@@ -20,8 +20,10 @@ const ORIGIN_HEAD = "refs/conductor/origin-head";
 export class Cache {
   readonly dir: string;
   readonly mutex = new Mutex();
+  /** Fetch tickets: the last one asked for, the last one a fetch covered, and failed. */
   private asked = 0;
   private fetched = 0;
+  private failed: { covers: number; error: unknown } | undefined;
 
   readonly source: Source;
   private readonly git: Git;
@@ -46,16 +48,24 @@ export class Cache {
 
   /**
    * Makes the clone if it is missing, then fetches the source's branches, tags and HEAD. Callers
-   * asking while a fetch runs share the next one: each gets a fetch that began after it asked.
+   * asking while a fetch runs share the next one: each gets a fetch that began after it asked,
+   * and its failure (20 tasks of an unreachable source wait for one timeout, not 20).
    */
   async refresh(signal?: AbortSignal): Promise<void> {
     const ticket = ++this.asked;
     await this.mutex.run(async () => {
       if (this.fetched >= ticket) return;
+      if (this.failed && this.failed.covers >= ticket) throw this.failed.error;
       const covers = this.asked;
-      if (await this.exists()) await this.fetch(this.dir, signal);
-      else await this.create(signal);
-      this.fetched = covers;
+      try {
+        if (await this.exists()) await this.fetch(this.dir, signal);
+        else await this.create(signal);
+        this.fetched = covers;
+      } catch (e) {
+        // (a fetch stopped by this caller's own signal says nothing to the others)
+        if (!signal?.aborted) this.failed = { covers, error: e };
+        throw e;
+      }
     }, signal);
   }
 
@@ -108,9 +118,12 @@ export class Cache {
     }
   }
 
-  /** The names `ref` may stand for, in order: a branch of the source, a tag, a commit id. */
+  /**
+   * The names `ref` may stand for, in order: a branch of the source, a tag, a commit id ("" and
+   * "HEAD": the source's HEAD).
+   */
   static candidates(ref: string): string[] {
-    if (ref === "") return [ORIGIN_HEAD];
+    if (ref === "" || ref === "HEAD") return [ORIGIN_HEAD];
     return [
       `refs/remotes/origin/${ref.replace(/^refs\/heads\//, "")}`,
       ref.startsWith("refs/tags/") ? ref : `refs/tags/${ref}`,
@@ -135,7 +148,7 @@ export class Cache {
   /** FAILED_PRECONDITION (permanent): `ref` names nothing in the source; some branches named. */
   async unresolved(ref: string, signal?: AbortSignal): Promise<WorkspaceError> {
     const where = `repository ${quote(this.source.display)}`;
-    if (ref === "")
+    if (ref === "" || ref === "HEAD")
       return notReady(
         `${where} has no commit at HEAD (it is empty, or HEAD names a missing branch): name a branch, tag or commit`,
         true,

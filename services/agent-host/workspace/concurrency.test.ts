@@ -1,7 +1,9 @@
 import { readdirSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { fingerprint, git, request, TestRepos, write } from "./test-repos.ts";
+import { createLogger } from "../../shared/log.ts";
+import { WorkspaceError } from "./index.ts";
+import { fingerprint, freePort, git, request, TestRepos, write } from "./test-repos.ts";
 
 describe("Workspaces under concurrency", () => {
   it("prepares and finishes 20 tasks of one repository at once, each on its own branch", async () => {
@@ -34,5 +36,28 @@ describe("Workspaces under concurrency", () => {
     expect(readdirSync(parent)).toEqual([]);
     expect(readdirSync(path.join(cache, "worktrees"))).toEqual([]);
     expect(fingerprint(src)).toBe(before);
+  });
+
+  it("shares one failed fetch among the tasks that waited for it", async () => {
+    await using t = new TestRepos();
+    const lines: string[] = [];
+    const ws = t.workspaces({ log: createLogger("debug", {}, (l) => lines.push(l)) });
+    const url = `git://127.0.0.1:${await freePort()}/gone.git`;
+    const parent = t.dir("wt");
+    const results = await Promise.allSettled(
+      Array.from({ length: 20 }, (_, i) =>
+        ws.prepare(request(url, `t${i}`), path.join(parent, `${i}`)),
+      ),
+    );
+    for (const r of results) {
+      expect(r.status).toBe("rejected");
+      const e = (r as PromiseRejectedResult).reason as WorkspaceError;
+      expect(e).toBeInstanceOf(WorkspaceError);
+      expect(e.message).toMatch(/cannot be reached/);
+    }
+    const fetches = lines.filter((l) => (JSON.parse(l) as { args?: string }).args === "fetch");
+    expect(fetches.length).toBeLessThan(5); // one, plus any that asked after it had begun
+    expect(readdirSync(parent)).toEqual([]);
+    expect(await ws.recover()).toEqual([]);
   });
 });

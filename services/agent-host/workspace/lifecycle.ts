@@ -62,7 +62,10 @@ export async function create(
     rec.phase = "ready";
     await c.records.write(rec);
   } catch (e) {
-    await discard(c, rec); // the agent never ran: nothing to keep
+    // The agent never ran: nothing to keep.
+    await discard(c, rec).catch((e2: unknown) =>
+      c.log.warn("a worktree not made could not be removed", { taskId: rec.taskId, error: e2 }),
+    );
     throw e;
   }
 }
