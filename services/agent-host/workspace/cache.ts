@@ -2,9 +2,10 @@ import { mkdir, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "../../shared/log.ts";
 import { quote } from "../../shared/quote.ts";
-import { badInput, notReady, WorkspaceError } from "./errors.ts";
-import { GitFailure, lastLine, type Git, type GitCall } from "./git.ts";
+import { notReady, type WorkspaceError } from "./errors.ts";
+import { GitFailure, type Git, type GitCall } from "./git.ts";
 import { Mutex } from "./mutex.ts";
+import { sourceError } from "./source-error.ts";
 import type { Source } from "./source.ts";
 
 /** Where the source's HEAD is kept after each fetch (outside refs/remotes: --prune would drop it). */
@@ -19,8 +20,10 @@ const ORIGIN_HEAD = "refs/conductor/origin-head";
 export class Cache {
   readonly dir: string;
   readonly mutex = new Mutex();
+  /** Fetch tickets: the last one asked for, the last one a fetch covered, and failed. */
   private asked = 0;
   private fetched = 0;
+  private failed: { covers: number; error: unknown } | undefined;
 
   readonly source: Source;
   private readonly git: Git;
@@ -45,16 +48,24 @@ export class Cache {
 
   /**
    * Makes the clone if it is missing, then fetches the source's branches, tags and HEAD. Callers
-   * asking while a fetch runs share the next one: each gets a fetch that began after it asked.
+   * asking while a fetch runs share the next one: each gets a fetch that began after it asked,
+   * and its failure (20 tasks of an unreachable source wait for one timeout, not 20).
    */
   async refresh(signal?: AbortSignal): Promise<void> {
     const ticket = ++this.asked;
     await this.mutex.run(async () => {
       if (this.fetched >= ticket) return;
+      if (this.failed && this.failed.covers >= ticket) throw this.failed.error;
       const covers = this.asked;
-      if (await this.exists()) await this.fetch(this.dir, signal);
-      else await this.create(signal);
-      this.fetched = covers;
+      try {
+        if (await this.exists()) await this.fetch(this.dir, signal);
+        else await this.create(signal);
+        this.fetched = covers;
+      } catch (e) {
+        // (a fetch stopped by this caller's own signal says nothing to the others)
+        if (!signal?.aborted) this.failed = { covers, error: e };
+        throw e;
+      }
     }, signal);
   }
 
@@ -107,9 +118,12 @@ export class Cache {
     }
   }
 
-  /** The names `ref` may stand for, in order: a branch of the source, a tag, a commit id. */
+  /**
+   * The names `ref` may stand for, in order: a branch of the source, a tag, a commit id ("" and
+   * "HEAD": the source's HEAD).
+   */
   static candidates(ref: string): string[] {
-    if (ref === "") return [ORIGIN_HEAD];
+    if (ref === "" || ref === "HEAD") return [ORIGIN_HEAD];
     return [
       `refs/remotes/origin/${ref.replace(/^refs\/heads\//, "")}`,
       ref.startsWith("refs/tags/") ? ref : `refs/tags/${ref}`,
@@ -134,7 +148,7 @@ export class Cache {
   /** FAILED_PRECONDITION (permanent): `ref` names nothing in the source; some branches named. */
   async unresolved(ref: string, signal?: AbortSignal): Promise<WorkspaceError> {
     const where = `repository ${quote(this.source.display)}`;
-    if (ref === "")
+    if (ref === "" || ref === "HEAD")
       return notReady(
         `${where} has no commit at HEAD (it is empty, or HEAD names a missing branch): name a branch, tag or commit`,
         true,
@@ -179,59 +193,4 @@ export class Cache {
   async setRef(ref: string, value: string, old: string, signal?: AbortSignal): Promise<void> {
     await this.git.run(["update-ref", "--no-deref", ref, value, old], this.call(signal));
   }
-}
-
-/**
- * A failed fetch as a person can act on it: the source is not git, does not exist, refuses us
- * or cannot be reached.
- */
-export function sourceError(source: Source, e: unknown): WorkspaceError {
-  if (e instanceof WorkspaceError) return e;
-  if (!(e instanceof GitFailure)) throw e;
-  const where = `repository ${quote(source.display)}`;
-  const why = lastLine(e.stderr).replace(/^(fatal|error):\s*/i, "");
-  const s = e.stderr;
-  if (/transport '.*' not allowed|unsupported protocol/i.test(s))
-    return badInput(
-      `${where} uses a transport that is not allowed: use file://, git://, ssh:// or https://`,
-    );
-  if (/dubious ownership|unsafe repository/i.test(s))
-    return notReady(
-      `${where} belongs to another user and git refuses to read it: add it to safe.directory in the global git config of the AgentHost's user, or give a repository of that user`,
-      true,
-      e,
-    );
-  if (/does not appear to be a git repository|not a git repository/i.test(s) && source.local)
-    return notReady(
-      `${where} is not a git repository: give the path of a repository or bare repository`,
-      true,
-      e,
-    );
-  if (/not found|does not exist|not exported|No such file or directory/i.test(s))
-    return notReady(`${where} does not exist (${why}): check the path or URL`, true, e);
-  if (
-    /Authentication failed|Permission denied|could not read Username|terminal prompts disabled/i.test(
-      s,
-    )
-  )
-    return notReady(
-      `${where} refused this node (${why}): give the AgentHost's user access to it`,
-      false,
-      e,
-    );
-  if (
-    /unable to connect|Connection refused|Could not resolve|timed out|unreachable|Could not read from remote/i.test(
-      s,
-    )
-  )
-    return notReady(
-      `${where} cannot be reached (${why}): check the URL, and that its server is up and reachable from this node`,
-      false,
-      e,
-    );
-  return notReady(
-    `fetching ${where} failed (${why}): check that it is a git repository this node can read`,
-    false,
-    e,
-  );
 }

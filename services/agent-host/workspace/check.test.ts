@@ -32,6 +32,7 @@ describe("Workspaces.check and bad input", () => {
     const commit = async (ref: string) =>
       (await ws.check({ repository: src, ref, branch: "" })).commit;
     expect(await commit("")).toBe(second);
+    expect(await commit("HEAD")).toBe(second);
     expect(await commit("main")).toBe(second);
     expect(await commit("refs/heads/main")).toBe(second);
     expect(await commit("dev")).toBe(first);

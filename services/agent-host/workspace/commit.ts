@@ -1,7 +1,8 @@
 import { quote } from "../../shared/quote.ts";
-import { sourceError, type Cache } from "./cache.ts";
+import type { Cache } from "./cache.ts";
 import { notReady, WorkspaceError, type WorkspaceCode } from "./errors.ts";
 import { GitFailure, lastLine, type Git } from "./git.ts";
+import { sourceError } from "./source-error.ts";
 import { oneLine } from "./source.ts";
 import type { Prepared } from "./types.ts";
 

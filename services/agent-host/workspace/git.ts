@@ -3,23 +3,11 @@ import { setTimeout as delay } from "node:timers/promises";
 import { Code } from "@connectrpc/connect";
 import type { Logger } from "../../shared/log.ts";
 import { WorkspaceError } from "./errors.ts";
+import { gitEnv, SAFE_CONFIG, type GitCall } from "./git-env.ts";
+import { GitFailure, isLockContention, subcommand } from "./git-failure.ts";
 
-/** Where and how one git command runs. */
-export interface GitCall {
-  /** GIT_DIR: always given, never discovered (a worktree's `.git` is the agent's). */
-  gitDir: string;
-  /** GIT_WORK_TREE, for commands on a worktree. */
-  workTree?: string;
-  /** Extra environment (author and committer). */
-  env?: Record<string, string>;
-  /** Written to git's stdin. */
-  input?: string;
-  /** Talks to the source: the operator's global git config (credentials, ssh, proxies) applies. */
-  network?: boolean;
-  /** Exit codes that are not failures (default [0]). */
-  ok?: number[];
-  signal?: AbortSignal | undefined;
-}
+export type { GitCall } from "./git-env.ts";
+export { asWorkspaceError, GitFailure, isLockContention, lastLine } from "./git-failure.ts";
 
 /** What a finished git command printed. */
 export interface GitResult {
@@ -28,62 +16,9 @@ export interface GitResult {
   stderr: string;
 }
 
-/** A git command failed, timed out, or was aborted; `stderr` is its last 64 KiB. */
-export class GitFailure extends Error {
-  override name = "GitFailure";
-  readonly args: readonly string[];
-  readonly code: number | null;
-  readonly stderr: string;
-  readonly timedOut: boolean;
-  readonly stdout: string;
-  constructor(
-    args: readonly string[],
-    code: number | null,
-    stderr: string,
-    timedOut: boolean,
-    stdout = "",
-  ) {
-    super(
-      `git ${subcommand(args)} ${timedOut ? "timed out" : `exited ${code}`}: ${lastLine(stderr)}`,
-    );
-    this.args = args;
-    this.code = code;
-    this.stderr = stderr;
-    this.timedOut = timedOut;
-    this.stdout = stdout;
-  }
-}
-
-/** Settings that keep host-side git from running anything a repository or worktree names. */
-const SAFE_CONFIG = [
-  "core.hooksPath=/dev/null",
-  "core.fsmonitor=false",
-  "core.untrackedCache=false",
-  "core.attributesFile=/dev/null",
-  "core.excludesFile=/dev/null",
-  "core.symlinks=true",
-  "core.sparseCheckout=false",
-  "submodule.recurse=false",
-  "protocol.allow=never",
-  "protocol.file.allow=always",
-  "protocol.git.allow=always",
-  "protocol.ssh.allow=always",
-  "protocol.https.allow=always",
-].flatMap((kv) => ["-c", kv]);
-
-/** Transport settings of the operator kept for commands that reach the source. */
-const KEPT_ENV = new Set(["GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSH_VARIANT"]);
-
-/** "Unable to create '….lock': File exists", "cannot lock ref" (not "is at X but expected Y"). */
-export function isLockContention(stderr: string): boolean {
-  if (/but expected|reference already exists/.test(stderr)) return false;
-  return /Unable to create '[^']*\.lock': File exists|cannot lock ref|could not lock config file|Another git process seems to be running/.test(
-    stderr,
-  );
-}
-
 const RETRIES = 8;
-const MAX_STDERR = 64 * 1024;
+/** How much of git's stderr (and of a failure's stdout) is kept. */
+const MAX_OUTPUT = 64 * 1024;
 const KILL_GRACE_MS = 5_000;
 
 /**
@@ -115,7 +50,7 @@ export class Git {
         r.code,
         r.stderr,
         false,
-        r.stdout.toString("utf8").slice(-MAX_STDERR),
+        r.stdout.toString("utf8").slice(-MAX_OUTPUT),
       );
     }
   }
@@ -163,7 +98,7 @@ export class Git {
     let stderr = "";
     child.stderr!.setEncoding("utf8");
     child.stderr!.on("data", (d: string) => {
-      stderr = (stderr + d).slice(-MAX_STDERR);
+      stderr = (stderr + d).slice(-MAX_OUTPUT);
     });
     let timedOut = false;
     const timer = setTimeout(() => {
@@ -209,28 +144,6 @@ export class Git {
   }
 }
 
-function gitEnv(call: GitCall): NodeJS.ProcessEnv {
-  // A child inherits this process's environment as any child does, without its GIT_* settings.
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!k.startsWith("GIT_") || (call.network && KEPT_ENV.has(k))) env[k] = v;
-  }
-  Object.assign(env, {
-    GIT_DIR: call.gitDir,
-    GIT_CONFIG_NOSYSTEM: "1",
-    GIT_ATTR_NOSYSTEM: "1",
-    GIT_ALLOW_PROTOCOL: "file:git:ssh:https",
-    GIT_TERMINAL_PROMPT: "0",
-    GIT_NO_REPLACE_OBJECTS: "1",
-    LC_ALL: "C",
-    LANGUAGE: "",
-    ...(call.network ? {} : { GIT_CONFIG_GLOBAL: "/dev/null" }),
-    ...(call.workTree ? { GIT_WORK_TREE: call.workTree } : {}),
-    ...call.env,
-  });
-  return env;
-}
-
 /** Stops git and whatever it started: SIGTERM (git removes its lock files), SIGKILL later. */
 function kill(child: ChildProcess): void {
   const group = (sig: NodeJS.Signals) => {
@@ -249,27 +162,8 @@ function kill(child: ChildProcess): void {
 
 function timeout(args: readonly string[], stderr: string, ms: number): WorkspaceError {
   return new WorkspaceError(
-    `git ${subcommand(args)} took longer than ${Math.round(ms / 1000)} s and was stopped; retry, or raise the git timeout if the repository is large or the network slow`,
+    `git ${subcommand(args)} took longer than ${ms < 10_000 ? `${ms} ms` : `${Math.round(ms / 1000)} s`} and was stopped; retry, or raise the git timeout if the repository is large or the network slow`,
     Code.Unavailable,
     { cause: new GitFailure(args, null, stderr, true) },
   );
-}
-
-/** The git subcommand of an argument list (after any `-c k=v`). */
-export function subcommand(args: readonly string[]): string {
-  for (let i = 0; i < args.length; i++) {
-    if (args[i] === "-c") i++;
-    else return args[i] ?? "";
-  }
-  return "";
-}
-
-/** The last line git wrote that says why it failed ("fatal: …", "error: …"), else its last line. */
-export function lastLine(stderr: string): string {
-  const lines = stderr
-    .split("\n")
-    .map((l) => l.trim())
-    .filter((l) => l !== "" && !l.startsWith("hint:"));
-  const why = lines.filter((l) => /^(fatal|error|remote: error|ERROR):?/i.test(l));
-  return (why.at(-1) ?? lines.at(-1) ?? "").slice(0, 300);
 }

@@ -53,7 +53,7 @@ export class Records {
     syncDir(this.dir);
   }
 
-  /** The task ids that have a record (temporary files of an interrupted write are dropped). */
+  /** The task ids that have a record (a temporary file an interrupted write left is not one). */
   async list(): Promise<string[]> {
     let names: string[];
     try {
@@ -62,8 +62,6 @@ export class Records {
       if ((e as NodeJS.ErrnoException).code === "ENOENT") return [];
       throw e;
     }
-    for (const n of names.filter((n) => n.endsWith(".json.tmp")))
-      await rm(path.join(this.dir, n), { force: true });
     return names
       .filter((n) => n.endsWith(".json"))
       .map((n) => n.slice(0, -".json".length))

@@ -12,13 +12,31 @@ import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Readable } from "node:stream";
 import { describe, expect, it } from "vitest";
-import { RECOVERED } from "./index.ts";
 import { fingerprint, git, request, TestRepos, treeOf, write } from "./test-repos.ts";
 
 const lines = (n: number, tag: string) =>
   Array.from({ length: n }, (_, i) => `${tag} line ${i}\n`).join("");
 
 describe("Workspaces", () => {
+  it("save() commits the work so far; what changes after (a check's output) is not committed", async () => {
+    await using t = new TestRepos();
+    const src = t.source({ "a.txt": "a\n" });
+    const ws = t.workspaces();
+    const wt = path.join(t.dir("wt"), "task-s");
+    const p = await ws.prepare(request(src, "task-s"), wt, undefined);
+    write(wt, { "a.txt": "the agent's\n" });
+    await ws.save(p, { sessionId: "s", outcome: "before its checks" });
+    write(wt, { "coverage.txt": "a check wrote this\n", "a.txt": "a check changed this\n" });
+    const change = await ws.finish(p, { sessionId: "s", outcome: "failed" });
+    expect(change.committed).toBe(true);
+    expect(change.files.map((f) => f.path)).toEqual(["a.txt"]);
+    expect(git(p.cache, "show", `${change.headCommit}:a.txt`)).toBe("the agent's");
+    expect(git(p.cache, "log", "-1", "--format=%s", change.headCommit)).toMatch(
+      /before its checks/,
+    );
+    expect(existsSync(wt)).toBe(false);
+  });
+
   it("commits what the agent changed onto the result branch, and patch() reproduces it with git am", async () => {
     await using t = new TestRepos();
     const src = t.source({
@@ -180,60 +198,6 @@ describe("Workspaces", () => {
     expect(git(p2.cache, "log", "-1", "--format=%s", c2.headCommit)).toBe(
       "conductor: task t2, attempt 2 (succeeded)",
     );
-  });
-
-  it("recovers a worktree a killed AgentHost left: the work is on the branch, the worktree gone", async () => {
-    await using t = new TestRepos();
-    const src = t.source({ "a.txt": "a\n" });
-    const dataDir = t.path("data");
-    const parent = t.dir("wt");
-    const killed = t.workspaces({ dataDir });
-    const p = await killed.prepare(request(src, "crash"), path.join(parent, "crash"));
-    write(p.worktree, { "partial.txt": "half done\n" });
-    const idle = await killed.prepare(request(src, "idle"), path.join(parent, "idle"));
-    // (killed is dropped here without finish, as by kill -9)
-
-    const ws = t.workspaces({ dataDir });
-    const recovered = await ws.recover();
-    expect(recovered.map((r) => r.taskId)).toEqual(["crash", "idle"]);
-    const [crash, never] = recovered;
-    expect(crash?.error).toBeUndefined();
-    expect(crash?.change).toMatchObject({ committed: true, branch: "conductor/crash" });
-    expect(crash?.change?.files.map((f) => f.path)).toEqual(["partial.txt"]);
-    expect(git(p.cache, "log", "-1", "--format=%s", "conductor/crash")).toBe(
-      `conductor: task crash, attempt 1 (${RECOVERED})`,
-    );
-    expect(never?.change?.committed).toBe(false);
-    expect(existsSync(p.worktree)).toBe(false);
-    expect(existsSync(idle.worktree)).toBe(false);
-    expect(readdirSync(path.join(dataDir, "workspaces"))).toEqual([]);
-    expect(readdirSync(path.join(p.cache, "worktrees")).length).toBe(0);
-    expect(await ws.recover()).toEqual([]);
-
-    // The next attempt goes on from the recovered work.
-    const p2 = await ws.prepare(
-      request(src, "crash", { attempt: 2 }),
-      path.join(parent, "crash-2"),
-    );
-    expect(readFileSync(path.join(p2.worktree, "partial.txt"), "utf8")).toBe("half done\n");
-    await ws.finish(p2, { sessionId: "s", outcome: "succeeded" });
-  });
-
-  it("prepare() first commits and removes what an attempt cut short left", async () => {
-    await using t = new TestRepos();
-    const src = t.source({ "a.txt": "a\n" });
-    const ws = t.workspaces();
-    const parent = t.dir("wt");
-    const p1 = await ws.prepare(request(src, "cut"), path.join(parent, "1"));
-    write(p1.worktree, { "kept.txt": "kept\n" });
-    const p2 = await ws.prepare(request(src, "cut", { attempt: 2 }), path.join(parent, "2"));
-    expect(existsSync(p1.worktree)).toBe(false);
-    expect(p2.startCommit).not.toBe(p2.baseCommit);
-    expect(readFileSync(path.join(p2.worktree, "kept.txt"), "utf8")).toBe("kept\n");
-    await expect(ws.finish(p1, { sessionId: "", outcome: "late" })).rejects.toThrow(/no workspace/);
-    const c = await ws.finish(p2, { sessionId: "s", outcome: "succeeded" });
-    expect(c.committed).toBe(false);
-    expect(c.headCommit).toBe(p2.startCommit);
   });
 
   it.runIf(process.getuid?.() === 0)(

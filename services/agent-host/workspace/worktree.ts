@@ -1,4 +1,4 @@
-import { lchown, lstat, readdir, readFile, realpath, rm } from "node:fs/promises";
+import { chmod, lchown, lstat, readdir, readFile, realpath, rm } from "node:fs/promises";
 import path from "node:path";
 import { Code } from "@connectrpc/connect";
 import type { AgentOwner } from "../../shared/agent-files.ts";
@@ -55,7 +55,8 @@ export async function addWorktree(
 /** Checks the worktree's files out at its HEAD (no hooks, no submodules). */
 export async function checkout(git: Git, p: Prepared, signal?: AbortSignal): Promise<void> {
   await git.run(
-    ["reset", "--quiet", "--hard", "--no-recurse-submodules", "HEAD"],
+    // (checkout.workers=0: one worker per core, which matters on slow file systems)
+    ["-c", "checkout.workers=0", "reset", "--quiet", "--hard", "--no-recurse-submodules", "HEAD"],
     onWorktree(p, signal),
   );
 }
@@ -119,9 +120,31 @@ export async function isFolder(dir: string): Promise<boolean> {
 export async function removeWorktree(
   p: Pick<Prepared, "worktree" | "adminDir" | "cache">,
 ): Promise<void> {
-  await rm(p.worktree, { recursive: true, force: true });
+  await removeTree(p.worktree);
   if (p.adminDir !== "" && (await isAdminDirOf(p.cache, p.adminDir)))
     await rm(p.adminDir, { recursive: true, force: true });
+}
+
+/**
+ * fs.rm, and where a folder the agent closed (mode 000) stops it and this service is not root,
+ * the folders opened to us first (each checked to be a folder, not a link, before chmod).
+ */
+async function removeTree(dir: string): Promise<void> {
+  try {
+    await rm(dir, { recursive: true, force: true });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== "EACCES" && code !== "EPERM") throw e;
+    await openUp(dir);
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function openUp(dir: string): Promise<void> {
+  if (!(await isFolder(dir))) return;
+  await chmod(dir, 0o700);
+  for (const e of await readdir(dir, { withFileTypes: true }))
+    if (e.isDirectory()) await openUp(path.join(dir, e.name));
 }
 
 /** `admin` is a folder directly in `<cache>/worktrees/` (compared by real paths). */

@@ -1,0 +1,192 @@
+import { lstat, readFile } from "node:fs/promises";
+import path from "node:path";
+import type { AgentOwner } from "../../shared/agent-files.ts";
+import type { Logger } from "../../shared/log.ts";
+import { quote } from "../../shared/quote.ts";
+import type { Cache } from "./cache.ts";
+import type { Caches } from "./caches.ts";
+import { changedFiles } from "./change.ts";
+import { commitMessage, commitTree, pushBranch, type Author, type Committed } from "./commit.ts";
+import { notReady } from "./errors.ts";
+import type { Git } from "./git.ts";
+import type { Records, WorkspaceRecord } from "./record.ts";
+import { parseSource } from "./source.ts";
+import type { Change } from "./types.ts";
+import {
+  addWorktree,
+  checkout,
+  isFolder,
+  onWorktree,
+  ownWorktree,
+  removeWorktree,
+  snapshot,
+} from "./worktree.ts";
+
+// A workspace record's life: `preparing` (made before the worktree, the agent has not run),
+// `ready` (the agent may have changed it), `removing` (committed and pushed), then gone.
+
+/** What the life of a record needs. */
+export interface LifeContext {
+  git: Git;
+  caches: Caches;
+  records: Records;
+  author: Author;
+  log: Logger;
+}
+
+/**
+ * Makes the worktree of a new record: the record first (durably), then `git worktree add`,
+ * the admin dir into the record (read before the agent ever runs), the checkout, the files
+ * given to `owner`, and the record `ready`. On failure everything made is removed.
+ */
+export async function create(
+  c: LifeContext,
+  cache: Cache,
+  rec: WorkspaceRecord,
+  owner: AgentOwner | undefined,
+  signal?: AbortSignal,
+): Promise<void> {
+  await c.records.write(rec);
+  try {
+    rec.adminDir = await addWorktree(c.git, cache, rec.worktree, rec.startCommit, signal);
+    await c.records.write(rec);
+    await checkout(c.git, rec, signal);
+    if (owner) {
+      await ownWorktree(rec.worktree, owner);
+      // chown changed every file's ctime: refresh the index so finish does not rehash all
+      await c.git.run(["update-index", "-q", "--refresh"], {
+        ...onWorktree(rec, signal),
+        ok: [0, 1],
+      });
+    }
+    rec.phase = "ready";
+    await c.records.write(rec);
+  } catch (e) {
+    // The agent never ran: nothing to keep.
+    await discard(c, rec).catch((e2: unknown) =>
+      c.log.warn("a worktree not made could not be removed", { taskId: rec.taskId, error: e2 }),
+    );
+    throw e;
+  }
+}
+
+/**
+ * Brings a record to its end: commits and pushes what the worktree holds when the agent may
+ * have run (`ready`), then removes the worktree and the record, in that order, so no work is
+ * lost to a crash on the way (each step can be done again). Returns undefined when the agent
+ * never ran or the worktree is gone. With `lenientPush` a failed push is logged, not thrown
+ * (the commit is safe on the branch; the next attempt's push carries it).
+ */
+export async function settle(
+  c: LifeContext,
+  rec: WorkspaceRecord,
+  sessionId: string,
+  outcome: string,
+  lenientPush: boolean,
+): Promise<Change | undefined> {
+  const cache = c.caches.of(parseSource(rec.repository));
+  const there = await lstat(rec.worktree).catch(() => undefined);
+  if (rec.phase === "preparing" || (rec.phase === "ready" && !there)) {
+    await discard(c, rec);
+    return undefined;
+  }
+  if (rec.phase === "ready") await commitReady(c, rec, sessionId, outcome, lenientPush);
+  const result = rec.result ?? { head: rec.startCommit, committed: false, pushed: false };
+  const change: Change = {
+    baseCommit: rec.baseCommit,
+    headCommit: result.head,
+    branch: rec.branch,
+    files: await changedFiles(c.git, cache, rec.baseCommit, result.head),
+    committed: result.committed,
+    pushed: result.pushed,
+  };
+  await discard(c, rec);
+  c.log.info("workspace finished", {
+    taskId: rec.taskId,
+    attempt: rec.attempt,
+    outcome,
+    ...result,
+  });
+  return change;
+}
+
+/**
+ * Commits what a ready worktree holds onto the branch, pushes it when asked, and records that
+ * (phase "removing"): from then on only its removal is left, and nothing more is committed.
+ */
+export async function commitReady(
+  c: LifeContext,
+  rec: WorkspaceRecord,
+  sessionId: string,
+  outcome: string,
+  lenientPush: boolean,
+): Promise<void> {
+  const cache = c.caches.of(parseSource(rec.repository));
+  if (!(await isFolder(rec.worktree))) {
+    await discard(c, rec);
+    throw notReady(
+      `the worktree ${quote(rec.worktree)} of task ${rec.taskId} was replaced (by a link?): nothing of it was committed, and it was removed`,
+      true,
+    );
+  }
+  const tree = await snapshot(c.git, rec, c.log);
+  const message = commitMessage(rec, sessionId, outcome);
+  const done = await commitTree(c.git, cache, rec, tree, c.author, message);
+  const pushed = await push(c, cache, rec, done, lenientPush);
+  rec.phase = "removing";
+  rec.result = { ...done, pushed };
+  await c.records.write(rec);
+}
+
+/** Pushes the result branch when asked and there is one; false when not pushed. */
+async function push(
+  c: LifeContext,
+  cache: Cache,
+  rec: WorkspaceRecord,
+  done: Committed,
+  lenient: boolean,
+): Promise<boolean> {
+  if (!rec.push) return false;
+  if (!done.committed && (await cache.commitOf(`refs/heads/${rec.branch}`)) === "") return false;
+  try {
+    await pushBranch(c.git, cache, rec.branch);
+    return true;
+  } catch (e) {
+    if (!lenient) throw e;
+    c.log.warn("result branch not pushed; the next attempt pushes it", {
+      taskId: rec.taskId,
+      error: e,
+    });
+    return false;
+  }
+}
+
+/**
+ * The record of an attempt cut short (prepare was called again without finish): its work is
+ * committed onto the branch before the next attempt starts from there. A worktree that cannot
+ * be committed because it was replaced is gone with its record: the next attempt goes on.
+ */
+export async function settleLeft(c: LifeContext, left: WorkspaceRecord): Promise<void> {
+  try {
+    await settle(c, left, "", "cut short", true);
+  } catch (e) {
+    if (await c.records.read(left.taskId)) throw e;
+    c.log.warn("the worktree of an attempt cut short was not committed", {
+      taskId: left.taskId,
+      attempt: left.attempt,
+      error: e,
+    });
+  }
+}
+
+/** Removes the worktree (not following links), its admin dir, then the record. */
+export async function discard(c: LifeContext, rec: WorkspaceRecord): Promise<void> {
+  let adminDir = rec.adminDir;
+  if (adminDir === "" && rec.phase === "preparing" && (await isFolder(rec.worktree))) {
+    // Cut short right after `git worktree add`: its `.git` is git's (the agent never ran).
+    const text = await readFile(path.join(rec.worktree, ".git"), "utf8").catch(() => "");
+    adminDir = /^gitdir: (.+)$/m.exec(text)?.[1]?.trim() ?? "";
+  }
+  await removeWorktree({ ...rec, adminDir });
+  await c.records.remove(rec.taskId);
+}
