@@ -155,7 +155,11 @@ export class AgentHost {
     });
     const agentsDir = path.join(o.dataDir, "agents");
     mkdirSync(agentsDir, { recursive: true, mode: 0o700 });
-    // Work a killed AgentHost left in worktrees goes onto its tasks' branches first.
+    for (const id of readdirSync(agentsDir))
+      if (!kept.has(id)) rmSync(path.join(agentsDir, id, "run"), { recursive: true, force: true });
+    for (const id of wanted) await this.startAgent(id, kept.get(id));
+    // Work a killed AgentHost left in worktrees goes onto its tasks' branches, once nothing of
+    // its agents runs any more (re-adopted sandboxes were settled) and before any task runs.
     for (const r of await this.workspaces.recover()) {
       if (r.error)
         o.log.error("could not save a task's work left by the last run", {
@@ -170,9 +174,7 @@ export class AgentHost {
     }
     sweepEmpty(worktreesDir(o.dataDir));
     for (const id of readdirSync(agentsDir)) sweepEmpty(taskDirOf(path.join(agentsDir, id)));
-    for (const id of readdirSync(agentsDir))
-      if (!kept.has(id)) rmSync(path.join(agentsDir, id, "run"), { recursive: true, force: true });
-    for (const id of wanted) await this.startAgent(id, kept.get(id));
+
     this.supervisor.start(() => this.slots.values());
   }
 
