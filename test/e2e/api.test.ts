@@ -8,6 +8,7 @@ import type * as grpc from "@grpc/grpc-js";
 import { Code } from "@connectrpc/connect";
 import { beforeAll, describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
+import { bufCurl } from "../buf-curl.ts";
 import { ROOT, scripted, spec, waitForEnd } from "../harness.ts";
 import { useConductor } from "./use-conductor.ts";
 import { grpcJsClient } from "../grpc-js-clients.ts";
@@ -153,17 +154,7 @@ describe("the Orchestrator's API", () => {
         "grpc.reflection.v1.ServerReflection",
       ]),
     );
-    const health = await run(buf, [
-      "curl",
-      "--protocol",
-      "grpc",
-      "--http2-prior-knowledge",
-      "--unix-socket",
-      socket,
-      "-d",
-      "{}",
-      "http://localhost/grpc.health.v1.Health/Check",
-    ]);
+    const health = { stdout: await bufCurl(socket, "/grpc.health.v1.Health/Check", {}) };
     expect(JSON.parse(health.stdout)).toEqual({ status: "SERVING" });
   });
 

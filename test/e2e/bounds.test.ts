@@ -13,6 +13,7 @@ import {
   ListTasksResponseSchema,
 } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
+import { bufCurl } from "../buf-curl.ts";
 import { ROOT, scripted, spec, waitForEnd } from "../harness.ts";
 import { failureOf } from "../rpc-errors.ts";
 import { grpcJsAgentHost, grpcJsClient, type JsRunStep } from "../grpc-js-clients.ts";
@@ -279,22 +280,7 @@ describe("bounds: what is accepted runs, and every response fits any client", ()
         }
 
         // buf curl (reflection, its default limit).
-        const buf = path.join(ROOT, "node_modules", ".bin", "buf");
-        const out = await run(
-          buf,
-          [
-            "curl",
-            "--protocol",
-            "grpc",
-            "--http2-prior-knowledge",
-            "--unix-socket",
-            socket,
-            "-d",
-            '{"pageSize":45}',
-            `http://localhost${SERVICE}/ListTasks`,
-          ],
-          { maxBuffer: 64 * 1024 * 1024 },
-        );
+        const out = { stdout: await bufCurl(socket, `${SERVICE}/ListTasks`, { pageSize: 45 }) };
         expect(out.stdout.length).toBeLessThan(FOUR_MIB);
         const first = JSON.parse(out.stdout) as { tasks: { id: string }[]; nextPageToken: string };
         expect(first.tasks.map((t) => t.id)).toEqual(seen.slice(0, first.tasks.length));

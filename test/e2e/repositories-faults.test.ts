@@ -1,4 +1,4 @@
-import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
   chmodSync,
@@ -9,59 +9,18 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, describe, expect, it } from "vitest";
 import { TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
 import { grpcJsClient } from "../grpc-js-clients.ts";
-import { eventually, ROOT, scripted, spec, testRuntimes, waitForEnd } from "../harness.ts";
+import { freePort, startDaemon } from "../../services/agent-host/workspace/test-repos.ts";
+import { bufCurl } from "../buf-curl.ts";
+import { scripted, spec, testRuntimes, waitForEnd } from "../harness.ts";
 import { cacheOf, fingerprint, git, makeRepository } from "../repositories.ts";
 import type * as grpc from "@grpc/grpc-js";
 import { useConductor } from "./use-conductor.ts";
-
-/** A free TCP port on loopback (asked of the kernel, then released). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/** `git daemon` serving the bare repositories under `base` on loopback, pushes allowed. */
-async function gitDaemon(base: string): Promise<{ url: string; proc: ChildProcess }> {
-  const port = await freePort();
-  const proc = spawn(
-    "git",
-    [
-      "daemon",
-      "--reuseaddr",
-      "--export-all",
-      "--enable=receive-pack",
-      `--base-path=${base}`,
-      "--listen=127.0.0.1",
-      `--port=${port}`,
-      base,
-    ],
-    { stdio: "ignore" },
-  );
-  const url = `git://127.0.0.1:${port}`;
-  // Ready when it answers (bounded: about 10 s).
-  await eventually(
-    () =>
-      new Promise<true | undefined>((resolve) =>
-        execFile("git", ["ls-remote", `${url}/app.git`], (e) => resolve(e ? undefined : true)),
-      ),
-    `git daemon on ${url}`,
-    10_000,
-  );
-  return { url, proc };
-}
 
 /** Submits; the gRPC error it gets. */
 async function refusal(
@@ -95,8 +54,6 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
     };
   });
   afterAll(() => rmSync(allowed.dir, { recursive: true, force: true }));
-  let daemon: ChildProcess | undefined;
-  afterAll(() => void daemon?.kill());
 
   it(
     "a failing check fails attempt 1; attempt 2 resumes its session on the other agent, fixes it and succeeds",
@@ -175,8 +132,7 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
         path.join(dir, "src", "pushed"),
         path.join(served, "app.git"),
       );
-      const d = await gitDaemon(served);
-      daemon = d.proc;
+      await using d = await startDaemon(served);
       const submitted = Date.now();
       const { task } = await client.submitTask({
         spec: spec({
@@ -378,25 +334,11 @@ describe("repository tasks: host folders, big patches and bad input (process run
       expect(got.biggest).toBeLessThanOrEqual(1024 * 1024);
 
       // buf curl, by reflection: each message one JSON object with a base64 chunk.
-      const buf = path.join(ROOT, "node_modules", ".bin", "buf");
-      const out = await new Promise<string>((resolve, reject) =>
-        execFile(
-          buf,
-          [
-            "curl",
-            "--protocol",
-            "grpc",
-            "--http2-prior-knowledge",
-            "--unix-socket",
-            socket,
-            "-d",
-            JSON.stringify({ taskId: task!.id }),
-            "http://localhost/conductor.v1.OrchestratorService/GetTaskPatch",
-          ],
-          { maxBuffer: 512 * 1024 * 1024 },
-          (e, stdout, stderr) =>
-            e ? reject(new Error(`${e.message}: ${stderr}`)) : resolve(stdout),
-        ),
+      const out = await bufCurl(
+        socket,
+        "/conductor.v1.OrchestratorService/GetTaskPatch",
+        { taskId: task!.id },
+        512 * 1024 * 1024,
       );
       const h = createHash("sha256");
       let bytes = 0;

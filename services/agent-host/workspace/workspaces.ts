@@ -155,24 +155,15 @@ export class Workspaces {
    * Call it once nothing of the agent runs any more.
    */
   async finish(p: Prepared, info: { sessionId: string; outcome: string }): Promise<Change> {
-    const doing = `finishing attempt ${p.attempt} of task ${p.taskId}`;
-    return this.tasks.run(p.taskId, () =>
-      guard(doing, async () => {
-        const rec = await this.c.records.read(p.taskId);
-        if (!rec || rec.attempt !== p.attempt || rec.worktree !== p.worktree)
-          throw notReady(
-            `attempt ${p.attempt} of task ${p.taskId} has no workspace on this node (finished already?)`,
-            true,
-          );
-        const change = await settle(this.c, rec, info.sessionId, info.outcome, false);
-        if (!change)
-          throw notReady(
-            `the worktree ${quote(p.worktree)} of task ${p.taskId} is gone: nothing was committed`,
-            true,
-          );
-        return change;
-      }),
-    );
+    return this.withRecord(p, "finishing", async (rec) => {
+      const change = await settle(this.c, rec, info.sessionId, info.outcome, false);
+      if (!change)
+        throw notReady(
+          `the worktree ${quote(p.worktree)} of task ${p.taskId} is gone: nothing was committed`,
+          true,
+        );
+      return change;
+    });
   }
 
   /**
@@ -181,17 +172,27 @@ export class Workspaces {
    * committed, and finish() then only removes it. Errors as finish().
    */
   async save(p: Prepared, info: { sessionId: string; outcome: string }): Promise<void> {
-    const doing = `saving attempt ${p.attempt} of task ${p.taskId}`;
-    await this.tasks.run(p.taskId, () =>
-      guard(doing, async () => {
+    await this.withRecord(p, "saving", async (rec) => {
+      if (rec.phase === "ready")
+        await commitReady(this.c, rec, info.sessionId, info.outcome, false);
+    });
+  }
+
+  /** Runs `fn` on the record of attempt `p`, alone for its task; none (finished?) is an error. */
+  private withRecord<T>(
+    p: Prepared,
+    doing: string,
+    fn: (rec: WorkspaceRecord) => Promise<T>,
+  ): Promise<T> {
+    return this.tasks.run(p.taskId, () =>
+      guard(`${doing} attempt ${p.attempt} of task ${p.taskId}`, async () => {
         const rec = await this.c.records.read(p.taskId);
         if (!rec || rec.attempt !== p.attempt || rec.worktree !== p.worktree)
           throw notReady(
             `attempt ${p.attempt} of task ${p.taskId} has no workspace on this node (finished already?)`,
             true,
           );
-        if (rec.phase === "ready")
-          await commitReady(this.c, rec, info.sessionId, info.outcome, false);
+        return fn(rec);
       }),
     );
   }
