@@ -80,10 +80,12 @@ async function runCheck(r: CheckRun, check: Check): Promise<CheckResult> {
   r.signal.addEventListener("abort", stop);
   try {
     const exit = await x.exited;
-    if (exit.spawnError)
+    // (A container's exec reports exit 127 as a spawn error: the shell ran, and said why.)
+    if (exit.spawnError && tail.text() === "")
       tail.push(`conductor: the check could not be started: ${exit.spawnError.message}`);
     if (timedOut) tail.push(`conductor: ended after its timeout of ${timeoutMs / 1000} s`);
-    return result(exit.code ?? -1, timedOut || r.signal.aborted);
+    else if (r.signal.aborted) tail.push("conductor: ended, the task was cancelled");
+    return result(exit.code ?? -1, timedOut);
   } finally {
     clearTimeout(timer);
     r.signal.removeEventListener("abort", stop);

@@ -62,6 +62,8 @@ export interface AgentHostOptions {
     author: { name: string; email: string };
     allowedHostPaths: string[];
     checkTimeoutMs: number;
+    /** Conductor's folders besides the data folder (the sockets'): no workspace may touch one. */
+    protectedPaths: string[];
   };
 }
 
@@ -182,6 +184,7 @@ export class AgentHost {
   private get place(): PlaceContext {
     return {
       dataDir: this.opts.dataDir,
+      protectedPaths: [this.opts.dataDir, ...this.opts.workspaces.protectedPaths],
       workspaces: this.workspaces,
       allowedHostPaths: this.opts.workspaces.allowedHostPaths,
       execMounts: Boolean(this.caps?.execMounts),

@@ -127,7 +127,10 @@ export async function executeRun(
       );
     } catch (e) {
       log.warn("the task's workspace could not be opened", { error: e });
-      return placeFailed(e, started);
+      const outcome = placeFailed(e, started);
+      // The change of the attempts before stays the task's (diff, apply).
+      if (attempt.previous?.change) outcome.result.change = attempt.previous.change;
+      return outcome;
     }
     const place: RunPlace = {
       agentId,
@@ -301,17 +304,24 @@ async function keepWork(
     if (taskPlace.parent) rmEmpty(taskPlace.parent);
   } catch (e) {
     unsaved(outcome, prepared.branch, e, log);
+    // What the branch holds is still the task's change: diff and apply can reach it.
+    const held = await c.place.workspaces.changeOn(prepared);
+    if (held) outcome.result.change = changeProto(repository, held, true);
   }
 }
 
 /** The attempt fails (and may be retried) because its work could not be committed or pushed. */
 function unsaved(outcome: RunOutcome, branch: string, e: unknown, log: Logger): RunOutcome {
   log.error("the attempt's work could not be saved on its branch", { error: e });
-  const before = outcome.result.error ? ` (and before that: ${outcome.result.error})` : "";
+  const why = (e as Error).message;
+  const earlier = outcome.result.error;
+  const before = earlier && !earlier.includes(why) ? ` (and before that: ${earlier})` : "";
   outcome.state = TaskState.FAILED;
   outcome.permanent = false;
   outcome.result.isError = true;
-  outcome.result.error = `the work could not be saved on branch ${branch}: ${(e as Error).message}${before}`;
+  outcome.result.error = earlier?.includes(why)
+    ? earlier
+    : `the work could not be saved on branch ${branch}: ${why}${before}`;
   return outcome;
 }
 

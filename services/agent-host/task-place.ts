@@ -31,6 +31,8 @@ export const MAX_RESULT_FILES = 1000;
 /** What opening a task's workspace takes from its AgentHost. */
 export interface PlaceContext {
   dataDir: string;
+  /** Conductor's own folders (data, sockets): no workspace may be in one or hold one. */
+  protectedPaths: readonly string[];
   workspaces: Workspaces;
   /** Host folders a host_path workspace may be under (agent.allowed_host_paths), absolute. */
   allowedHostPaths: readonly string[];
@@ -83,7 +85,11 @@ export function repoName(repository: string): string {
  * Checks a host folder against the allowed ones: it must exist, be a folder, and its real
  * path lie in (or be) one of `allowed`'s real paths. Returns the real path.
  */
-export function allowedHostPath(p: string, allowed: readonly string[]): string {
+export function allowedHostPath(
+  p: string,
+  allowed: readonly string[],
+  protectedPaths: readonly string[] = [],
+): string {
   if (!path.isAbsolute(p)) {
     throw new PlaceError(`host path ${quote(p)} is not absolute`, Code.InvalidArgument, true);
   }
@@ -105,6 +111,7 @@ export function allowedHostPath(p: string, allowed: readonly string[]): string {
       true,
     );
   }
+  ownFolders(p, real, protectedPaths, "host path");
   const roots = allowed.filter((a) => existsSync(a)).map((a) => realpathSync(a));
   if (!roots.some((r) => real === r || real.startsWith(`${r}/`))) {
     throw new PlaceError(
@@ -125,6 +132,7 @@ export async function checkWorkspace(
   switch (ws?.kind.case) {
     case "git": {
       const g = ws.kind.value;
+      localRepository(g.repository, c.protectedPaths);
       const { commit } = await c.workspaces.check(
         { repository: g.repository, ref: g.ref, branch: g.branch },
         signal,
@@ -132,12 +140,49 @@ export async function checkWorkspace(
       return commit;
     }
     case "hostPath":
-      allowedHostPath(ws.kind.value.path, c.allowedHostPaths);
+      allowedHostPath(ws.kind.value.path, c.allowedHostPaths, c.protectedPaths);
       if (!c.execMounts) throw containersCannotMount();
       return "";
     default:
       return "";
   }
+}
+
+/**
+ * Refuses a folder that is one of Conductor's own (its data: the clones holding every task's
+ * results, the stores, the Broker's secret; its sockets) or holds one: no task may work there.
+ */
+function ownFolders(given: string, real: string, protectedPaths: readonly string[], what: string) {
+  // A repository is only read (fetched): one holding Conductor's folders is fine (a
+  // `conductor up` run in it). A host folder is bound into the sandbox, with all it holds.
+  const holdsToo = what === "host path";
+  for (const p of protectedPaths) {
+    const mine = existsSync(p) ? realpathSync(p) : path.resolve(p);
+    const holds = holdsToo && mine.startsWith(`${real}/`);
+    if (real === mine || real.startsWith(`${mine}/`) || holds) {
+      throw new PlaceError(
+        `${what} ${quote(given)} is or holds Conductor's own folder ${mine}; no task may work there`,
+        Code.InvalidArgument,
+        true,
+      );
+    }
+  }
+}
+
+/** A repository given as a local path (or file:// URL) must not be in Conductor's folders. */
+function localRepository(repository: string, protectedPaths: readonly string[]) {
+  let local: string | undefined;
+  if (repository.startsWith("/")) local = repository;
+  else if (repository.startsWith("file://")) {
+    try {
+      local = decodeURIComponent(new URL(repository).pathname);
+    } catch {
+      return; // not a URL: the workspace module says so
+    }
+  }
+  if (!local) return;
+  const real = existsSync(local) ? realpathSync(local) : path.resolve(local);
+  ownFolders(repository, real, protectedPaths, "repository");
 }
 
 function containersCannotMount(): PlaceError {
@@ -164,6 +209,7 @@ export async function openPlace(
   switch (ws?.kind.case) {
     case "git": {
       const g = ws.kind.value;
+      localRepository(g.repository, c.protectedPaths);
       // Inside, the same path on every agent; outside, in the agent's task folder where the
       // sandbox sees that folder (containers), else bound at that very path for each exec.
       const inside = path.join(worktreesDir(c.dataDir), taskId);
@@ -190,7 +236,7 @@ export async function openPlace(
       return { cwd, mounts: c.execMounts ? [{ hostPath: cwd }] : [], prepared, parent };
     }
     case "hostPath": {
-      const real = allowedHostPath(ws.kind.value.path, c.allowedHostPaths);
+      const real = allowedHostPath(ws.kind.value.path, c.allowedHostPaths, c.protectedPaths);
       if (!c.execMounts) throw containersCannotMount();
       return { cwd: real, mounts: [{ hostPath: real, readOnly: ws.kind.value.readOnly }] };
     }

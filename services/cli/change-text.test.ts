@@ -6,6 +6,7 @@ import {
   WorkspaceChangeSchema,
 } from "../../gen/conductor/v1/task_pb.js";
 import { changeLines, checkLines, diffStat, filePath } from "./change-text.ts";
+import { printable } from "./format.ts";
 
 const BASE = "1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d";
 const HEAD = "5d6e7f8091a2b3c4d1a2b3c4d5e6f708192a3b4c";
@@ -163,5 +164,22 @@ describe("checkLines", () => {
       timedOut: true,
     });
     expect(checkLines([timedOut])).toEqual(["✗ sleep 99  timed out after 1 min 0 s"]);
+  });
+});
+
+describe("text an agent wrote, on a terminal", () => {
+  it("quotes file names holding control characters, as git does", () => {
+    expect(filePath({ path: "x\n  ✓ npm test  exit 0", oldPath: "" })).toBe(
+      '"x\\n  ✓ npm test  exit 0"',
+    );
+    expect(filePath({ path: "plain/ü.txt", oldPath: "" })).toBe("plain/ü.txt");
+  });
+
+  it("writes escape sequences as \\u escapes, keeping newlines, tabs and JSON valid", () => {
+    const evil = "evil\u001b[2J\u001b]0;PWNED\u0007\r\u009bx\tend\nnext";
+    const safe = printable(evil);
+    expect(safe).toBe("evil\\u001b[2J\\u001b]0;PWNED\\u0007\\u000d\\u009bx\tend\nnext");
+    const asJson = JSON.stringify({ text: "a\u007fb\u0085c" });
+    expect(JSON.parse(printable(asJson))).toEqual({ text: "a\u007fb\u0085c" });
   });
 });

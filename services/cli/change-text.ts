@@ -4,7 +4,7 @@ import {
   type FileChange,
   type WorkspaceChange,
 } from "../../gen/conductor/v1/task_pb.js";
-import { count, duration, oneLine } from "./format.ts";
+import { count, duration, oneLine, pathText } from "./format.ts";
 
 /** A commit as git abbreviates it by default: its first 7 hex digits ("-" when unset). */
 export const shortCommit = (sha: string): string => sha.slice(0, 7) || "-";
@@ -23,7 +23,7 @@ export function statusLetter(s: FileStatus): string {
 
 /** A file's path, a rename as git shows it: `src/{old.ts => new.ts}`, or `old => new`. */
 export function filePath(f: Pick<FileChange, "path" | "oldPath">): string {
-  const [a, b] = [f.oldPath, f.path];
+  const [a, b] = [pathText(f.oldPath), pathText(f.path)];
   if (!a || a === b) return b;
   // The common folder before, and the common "/…" after, as git's pprint_rename keeps them.
   let pre = 0;

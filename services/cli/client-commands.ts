@@ -12,6 +12,7 @@ import {
   type Task,
 } from "../../gen/conductor/v1/task_pb.js";
 import { unixTransport } from "../shared/transport.ts";
+import { localPath } from "./workspace-flags.ts";
 import { apply } from "./apply.ts";
 import { bool, list, str, UsageError, type ParsedCommand } from "./args.ts";
 import { diff } from "./diff.ts";
@@ -80,8 +81,11 @@ export async function runClientCommand(
     }
     case "diff":
       return await diff(client, needId(), { stat: bool(p, "stat"), json: asJson }, io);
-    case "apply":
-      return await apply(client, needId(), { threeWay: bool(p, "3way"), json: asJson }, io);
+    case "apply": {
+      const into = typeof p.values["into"] === "string" ? p.values["into"] : undefined;
+      const target = into ? { ...io, cwd: localPath(into, io) } : io;
+      return await apply(client, needId(), { threeWay: bool(p, "3way"), json: asJson }, target);
+    }
     case "cancel": {
       const { task } = await client.cancelTask({ id: needId() });
       out(asJson ? taskJson(task!) : `${task!.id} ${stateName(task!.state)}`);

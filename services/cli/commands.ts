@@ -257,11 +257,19 @@ uncommitted changes to tracked files (commit or "git stash" them), no am or reba
 progress. When a commit does not apply, "git am --abort" puts the repository back as it was,
 and it exits 1 saying what did not apply; --3way then merges where the files differ from the
 task's base (as "git am --3way", which needs the base commit in this repository).
-If the task pushed its branch (--push), "git fetch" and "git merge" of that branch do the same.`,
+If the task pushed its branch (--push), "git fetch" and "git merge" of that branch do the same.
+-C DIR applies to the repository in DIR instead, as "git -C DIR" would: run from where
+Conductor is, e.g. conductor apply <task-id> -C ~/src/app.`,
     flags: {
       "3way": {
         type: "boolean",
         help: "merge where the files differ from the task's base (git am --3way)",
+      },
+      into: {
+        type: "string",
+        short: "C",
+        arg: "DIR",
+        help: "apply to the repository in DIR (default: the current folder)",
       },
       ...where,
       json: {

@@ -67,6 +67,25 @@ export function when(t: Timestamp | undefined): string {
 }
 
 /** One line, at most `max` characters, for a table cell. */
+/**
+ * Text made safe for a terminal: every control character but newline and tab (ESC, CR,
+ * backspace, BEL, DEL, the C1 range) written as a `\u00XX` escape, so nothing an agent wrote
+ * (its text, a file name) can move the cursor, clear the screen or retitle the window. In JSON
+ * text that escape is the same character, so JSON stays valid and unchanged in meaning.
+ */
+export function printable(s: string): string {
+  return s.replace(UNPRINTABLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+// eslint-disable-next-line no-control-regex
+const UNPRINTABLE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
+
+/** A file path as one line: quoted like git does (`"a\nb"`) when it holds a control character or a quote. */
+export function pathText(p: string): string {
+  // eslint-disable-next-line no-control-regex
+  return /[\u0000-\u001f\u007f-\u009f"\\]/.test(p) ? JSON.stringify(p) : p;
+}
+
 export function oneLine(s: string, max: number): string {
   const flat = s.replace(/\s+/g, " ").trim();
   return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;

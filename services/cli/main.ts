@@ -14,6 +14,7 @@ import {
 import { runClientCommand } from "./client-commands.ts";
 import { CLIENT_COMMANDS, COMMANDS, metricsPortKey, SERVICE_COMMANDS } from "./commands.ts";
 import { isReaderGone, READER_GONE } from "./stdout.ts";
+import { printable } from "./format.ts";
 import { isNotListening, locateOrchestrator, NotRunningError } from "./locate.ts";
 
 /** Entry point of the `conductor` command; returns the exit code. */
@@ -120,7 +121,8 @@ async function client(
     cwd,
   });
   const io = {
-    out: (line: string) => void process.stdout.write(line + "\n"),
+    // Nothing the agent wrote reaches the terminal as a control sequence.
+    out: (line: string) => void process.stdout.write(printable(line) + "\n"),
     write: (text: string | Uint8Array) =>
       new Promise<void>((resolve, reject) =>
         process.stdout.write(text, (e) => (e ? reject(e) : resolve())),

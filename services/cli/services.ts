@@ -84,6 +84,7 @@ async function serveAgentHost(
       author: { name: a.git_author_name, email: a.git_author_email },
       allowedHostPaths: a.allowed_host_paths,
       checkTimeoutMs: a.check_timeout_seconds * 1000,
+      protectedPaths: [config.communication.socket_dir, path.dirname(config.broker.socket_path)],
     },
     hostPath,
     log: log.child({ service: "agent-host" }),

@@ -42,7 +42,7 @@ describe("get and watch with a git workspace and checks", () => {
         result,
       }),
     ).join("\n");
-    expect(text).toContain("workspace  git /src/app at main → conductor/<task id>\n");
+    expect(text).toContain("workspace  git /src/app at main → conductor/t-1\n");
     expect(text).toContain("check      npm run lint (timeout 60 s)\n");
     expect(text).toContain(
       [

@@ -24,7 +24,7 @@ export function taskText(t: Task): string[] {
   const labels = Object.entries(s?.labels ?? {});
   if (labels.length) rows.push(["labels", labels.map(([k, v]) => `${k}=${v}`).join(" ")]);
   if (s?.idempotencyKey) rows.push(["idempotency", s.idempotencyKey]);
-  if (s) rows.push(...workspaceRows(s));
+  if (s) rows.push(...workspaceRows(s, t.id));
   const r = t.result;
   if (r) {
     if (r.error) rows.push(["error", r.error]);
@@ -52,13 +52,13 @@ export function taskText(t: Task): string[] {
 }
 
 /** Where a task's agent works and the checks it asked for, as rows of `get`. */
-function workspaceRows(s: TaskSpec): [string, string][] {
+function workspaceRows(s: TaskSpec, id: string): [string, string][] {
   const rows: [string, string][] = [];
   const w = s.workspace?.kind;
   if (w?.case === "git") {
     const g = w.value;
     const at = g.ref ? ` at ${g.ref}` : "";
-    const onto = `${g.branch || "conductor/<task id>"}${g.push ? ", pushed" : ""}`;
+    const onto = `${g.branch || `conductor/${id || "<task id>"}`}${g.push ? ", pushed" : ""}`;
     rows.push(["workspace", `git ${g.repository}${at} → ${onto}`]);
   } else if (w?.case === "hostPath") {
     rows.push(["workspace", `${w.value.path}${w.value.readOnly ? " (read-only)" : ""}`]);

@@ -156,8 +156,11 @@ function gitName(field: string, name: string) {
     CONTROL.test(name) ||
     /[\s~^:?*[\\]|\.\.|@\{|\/\/|^\/|\/$|\.$|\.lock$|^@$/.test(name)
   ) {
+    const what = field.endsWith(".ref")
+      ? "is not a branch, tag or commit id (revision expressions such as HEAD~1 are not taken: give the commit id)"
+      : "is not a name git accepts (see git check-ref-format)";
     throw invalid(
-      `spec.${field} ${quote(name)} is not a name git accepts (see git check-ref-format): no spaces, ~ ^ : ? * [ \\, "..", "@{", leading "-" or "/", trailing "/", "." or ".lock"`,
+      `spec.${field} ${quote(name)} ${what}: no spaces, ~ ^ : ? * [ \\, "..", "@{", leading "-" or "/", trailing "/", "." or ".lock"`,
     );
   }
 }

@@ -355,7 +355,7 @@ describe("repository tasks: host folders, big patches and bad input (process run
     "refuses bad workspaces at submit with a code and a message, and leaves the source as it was",
     { timeout: 60_000 },
     async () => {
-      const { client, dir } = setup.conductor;
+      const { client, dir, dataDir } = setup.conductor;
       const repo = path.join(dir, "src", "untouched");
       makeRepository(repo);
       const plain = path.join(dir, "plain");
@@ -375,10 +375,19 @@ describe("repository tasks: host folders, big patches and bad input (process run
         ],
         [gitWorkspace("ext::sh -c touch% /tmp/pwned"), Code.InvalidArgument, /ext::/],
         [gitWorkspace("relative/path"), Code.InvalidArgument, /absolute path/],
+        // Conductor's own clones (every task's results) are no task's repository.
+        [gitWorkspace(path.join(dataDir, "repos")), Code.InvalidArgument, /Conductor's own folder/],
+        [gitWorkspace(`file://${dataDir}/repos`), Code.InvalidArgument, /Conductor's own folder/],
         [
-          { kind: { case: "hostPath", value: { path: dir } } },
+          { kind: { case: "hostPath", value: { path: plain } } },
           Code.FailedPrecondition,
           /allowed_host_paths/,
+        ],
+        // A folder holding Conductor's data (its clones, stores, secrets) is never bound in.
+        [
+          { kind: { case: "hostPath", value: { path: dir } } },
+          Code.InvalidArgument,
+          /Conductor's own folder/,
         ],
       ];
       for (const [workspace, code, message] of cases) {

@@ -79,9 +79,10 @@ describe.each(testRuntimes())("tasks on a git repository, on the %s runtime", (r
       git(dir, "clone", "-q", repo(), clone);
       git(clone, "config", "user.name", "Someone");
       git(clone, "config", "user.email", "someone@example.com");
+      // Run from elsewhere, as from Conductor's folder: -C names the repository.
       const applied = await conductor(
-        ["apply", task!.id, "--socket", path.join(socketDir, "orchestrator.sock")],
-        clone,
+        ["apply", task!.id, "-C", clone, "--socket", path.join(socketDir, "orchestrator.sock")],
+        dir,
       );
       expect(applied.code, applied.stderr).toBe(0);
       expect(applied.stdout).toMatch(/applied 1 commit/);

@@ -136,13 +136,37 @@ export class Cache {
    * the source's HEAD. FAILED_PRECONDITION (permanent) when it names none.
    */
   async resolve(ref: string, signal?: AbortSignal): Promise<string> {
+    const names = Cache.candidates(ref);
     const found = await this.lookup(
-      Cache.candidates(ref).map((n) => `${n}^{commit}`),
+      names.map((n) => `${n}^{commit}`),
       signal,
     );
-    const commit = found.find((c) => c !== "");
-    if (commit === undefined) throw await this.unresolved(ref, signal);
+    const at = found.findIndex((c) => c !== "");
+    const commit = found[at];
+    if (commit === undefined || !(await this.fromSource(names[at]!, commit, signal)))
+      throw await this.unresolved(ref, signal);
     return commit;
+  }
+
+  /**
+   * Whether what `name` resolved to is the source's: a branch or tag of it is; a commit id only
+   * when one of its branches or tags holds that commit — not one only this node's clone has
+   * (another task's result), which no task may start from.
+   */
+  async fromSource(name: string, commit: string, signal?: AbortSignal): Promise<boolean> {
+    if (name.startsWith("refs/")) return true;
+    const holders = await this.git.text(
+      [
+        "for-each-ref",
+        "--count=1",
+        `--contains=${commit}`,
+        "--format=%(refname)",
+        "refs/remotes/origin/",
+        "refs/tags/",
+      ],
+      this.call(signal),
+    );
+    return holders.trim() !== "";
   }
 
   /** FAILED_PRECONDITION (permanent): `ref` names nothing in the source; some branches named. */

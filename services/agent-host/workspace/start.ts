@@ -50,7 +50,8 @@ export async function startOf(
         : { baseCommit: base, startCommit: base, startTree: baseTree, branchWas: "" };
     // The first attempt: the base is what `ref` names now, and stays the task's.
     const at = ids.findIndex((id, i) => i >= 4 && i % 2 === 0 && id !== "");
-    if (at < 0) throw await cache.unresolved(req.ref, signal);
+    if (at < 0 || !(await cache.fromSource(names[at / 2]!, ids[at]!, signal)))
+      throw await cache.unresolved(req.ref, signal);
     const [commit = "", tree = ""] = ids.slice(at, at + 2);
     if (was !== "") {
       const r = await git.run(

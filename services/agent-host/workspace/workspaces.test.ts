@@ -7,6 +7,7 @@ import {
   renameSync,
   rmSync,
   statSync,
+  writeFileSync,
 } from "node:fs";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
@@ -18,6 +19,27 @@ const lines = (n: number, tag: string) =>
   Array.from({ length: n }, (_, i) => `${tag} line ${i}\n`).join("");
 
 describe("Workspaces", () => {
+  it("starts from commits of the source only, never from another task's result the clone holds", async () => {
+    await using t = new TestRepos();
+    const src = t.source({ "a.txt": "a\n" });
+    const base = git(src, "rev-parse", "HEAD");
+    const ws = t.workspaces();
+    const p = await ws.prepare(request(src, "secret"), path.join(t.dir("wt"), "w"), undefined);
+    write(p.worktree, { "secret.txt": "another task's work\n" });
+    const { headCommit } = await ws.finish(p, { sessionId: "s", outcome: "succeeded" });
+    expect(await ws.check({ repository: src, ref: base.slice(0, 7), branch: "" })).toEqual({
+      commit: base,
+    });
+    for (const ref of [headCommit, headCommit.slice(0, 4), `conductor/secret`]) {
+      await expect(ws.check({ repository: src, ref, branch: "" })).rejects.toThrow(
+        /is not a branch, tag or commit of repository/,
+      );
+      await expect(
+        ws.prepare({ ...request(src, "thief"), ref }, path.join(t.dir("wt2"), "w"), undefined),
+      ).rejects.toThrow(/is not a branch, tag or commit/);
+    }
+  });
+
   it("save() commits the work so far; what changes after (a check's output) is not committed", async () => {
     await using t = new TestRepos();
     const src = t.source({ "a.txt": "a\n" });
@@ -224,6 +246,28 @@ describe("Workspaces", () => {
           binary: false,
         },
       ]);
+    },
+  );
+
+  it.runIf(process.getuid?.() === 0)(
+    "works on a repository whose file names are not UTF-8 (a Latin-1 name), owned by the agent",
+    async () => {
+      await using t = new TestRepos();
+      const src = t.source({ "a.txt": "a\n" });
+      const latin1 = Buffer.from([0x63, 0x61, 0x66, 0xe9, 0x2e, 0x74, 0x78, 0x74]); // "caf\xe9.txt"
+      writeFileSync(Buffer.concat([Buffer.from(`${src}/`), latin1]), "x\n");
+      git(src, "add", "-A");
+      git(src, "commit", "-q", "-m", "latin-1");
+      const ws = t.workspaces();
+      const owner = { uid: 4242, gid: 4243 };
+      const p = await ws.prepare(request(src, "latin"), path.join(t.dir("wt"), "w"), owner);
+      const inside = Buffer.concat([Buffer.from(`${p.worktree}/`), latin1]);
+      expect(lstatSync(inside)).toMatchObject({ uid: 4242 });
+      writeFileSync(inside, "changed\n");
+      const c = await ws.finish(p, { sessionId: "s", outcome: "succeeded" });
+      expect(c.committed).toBe(true);
+      expect(c.files).toHaveLength(1);
+      expect(existsSync(p.worktree)).toBe(false);
     },
   );
 });

@@ -4,6 +4,7 @@ import type { AgentOwner } from "../../shared/agent-files.ts";
 import type { Logger } from "../../shared/log.ts";
 import { quote } from "../../shared/quote.ts";
 import { Caches } from "./caches.ts";
+import { changedFiles } from "./change.ts";
 import type { Author } from "./commit.ts";
 import { badInput, notReady } from "./errors.ts";
 import { asWorkspaceError, Git } from "./git.ts";
@@ -176,6 +177,30 @@ export class Workspaces {
       if (rec.phase === "ready")
         await commitReady(this.c, rec, info.sessionId, info.outcome, false);
     });
+  }
+
+  /**
+   * What the task's branch holds now (base..branch head), for a result when finish() failed
+   * after work was committed (a refused push, say); undefined when the branch has nothing.
+   * Never throws.
+   */
+  async changeOn(p: Prepared): Promise<Change | undefined> {
+    try {
+      const cache = this.c.caches.of(parseSource(p.repository));
+      const head = await cache.commitOf(`refs/heads/${p.branch}`);
+      if (head === "") return undefined;
+      const files = await changedFiles(this.c.git, cache, p.baseCommit, head);
+      return {
+        baseCommit: p.baseCommit,
+        headCommit: head,
+        branch: p.branch,
+        files,
+        committed: head !== p.startCommit,
+        pushed: false,
+      };
+    } catch {
+      return undefined;
+    }
   }
 
   /** Runs `fn` on the record of attempt `p`, alone for its task; none (finished?) is an error. */

@@ -61,13 +61,16 @@ export async function checkout(git: Git, p: Prepared, signal?: AbortSignal): Pro
   );
 }
 
-/** Gives the worktree and everything in it to `owner`, never following a link. */
-export async function ownWorktree(dir: string, owner: AgentOwner): Promise<void> {
-  const entries = await readdir(dir, { withFileTypes: true });
+/**
+ * Gives the worktree and everything in it to `owner`, never following a link. Names are
+ * handled as bytes: a file name that is not UTF-8 (Latin-1, say) is a name like any other.
+ */
+export async function ownWorktree(dir: string | Buffer, owner: AgentOwner): Promise<void> {
+  const entries = await readdir(dir, { withFileTypes: true, encoding: "buffer" });
   for (let i = 0; i < entries.length; i += 64) {
     await Promise.all(
       entries.slice(i, i + 64).map(async (e) => {
-        const p = path.join(dir, e.name);
+        const p = Buffer.concat([Buffer.from(dir), Buffer.from("/"), e.name]);
         if (e.isDirectory()) await ownWorktree(p, owner);
         else await lchown(p, owner.uid, owner.gid);
       }),
@@ -140,11 +143,12 @@ async function removeTree(dir: string): Promise<void> {
   }
 }
 
-async function openUp(dir: string): Promise<void> {
-  if (!(await isFolder(dir))) return;
+async function openUp(dir: string | Buffer): Promise<void> {
+  const st = await lstat(dir).catch(() => undefined);
+  if (!st?.isDirectory()) return;
   await chmod(dir, 0o700);
-  for (const e of await readdir(dir, { withFileTypes: true }))
-    if (e.isDirectory()) await openUp(path.join(dir, e.name));
+  for (const e of await readdir(dir, { withFileTypes: true, encoding: "buffer" }))
+    if (e.isDirectory()) await openUp(Buffer.concat([Buffer.from(dir), Buffer.from("/"), e.name]));
 }
 
 /** `admin` is a folder directly in `<cache>/worktrees/` (compared by real paths). */
