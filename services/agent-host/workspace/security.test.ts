@@ -111,7 +111,8 @@ describe("Workspaces facing a hostile agent", () => {
       ".gitattributes": "100644",
       "a.txt": "100644",
       "data.txt": "100644",
-      nested: "160000", // git's own way with a nested repository: a gitlink
+      // a nested repository: its files, not a gitlink (its .git kept out)
+      "nested/file.txt": "100644",
       passwd: "120000", // a link, not /etc/passwd's content
     });
     expect(git(p.cache, "cat-file", "-p", `${change.headCommit}:passwd`)).toBe("/etc/passwd");

@@ -19,6 +19,37 @@ const lines = (n: number, tag: string) =>
   Array.from({ length: n }, (_, i) => `${tag} line ${i}\n`).join("");
 
 describe("Workspaces", () => {
+  it("commits the files of a repository the agent made inside (git init, git clone), not a gitlink", async () => {
+    await using t = new TestRepos();
+    const src = t.source({ "a.txt": "a\n" });
+    const ws = t.workspaces();
+    const p = await ws.prepare(request(src, "nested"), path.join(t.dir("wt"), "w"), undefined);
+    for (const dir of ["app", "app/vendor/lib"]) {
+      write(p.worktree, { [`${dir}/file.txt`]: `${dir}\n` });
+      git(path.join(p.worktree, dir), "init", "-q");
+      git(path.join(p.worktree, dir), "add", "file.txt");
+      git(
+        path.join(p.worktree, dir),
+        "-c",
+        "user.name=a",
+        "-c",
+        "user.email=a@b",
+        "commit",
+        "-qm",
+        "x",
+      );
+    }
+    const change = await ws.finish(p, { sessionId: "s", outcome: "succeeded" });
+    const tree = git(p.cache, "ls-tree", "-r", change.headCommit);
+    expect(tree).not.toMatch(/^160000/m);
+    expect(
+      tree
+        .split("\n")
+        .map((l) => l.split("\t")[1])
+        .sort(),
+    ).toEqual(["a.txt", "app/file.txt", "app/vendor/lib/file.txt"]);
+  });
+
   it("starts from commits of the source only, never from another task's result the clone holds", async () => {
     await using t = new TestRepos();
     const src = t.source({ "a.txt": "a\n" });

@@ -1,4 +1,4 @@
-import { chmod, lchown, lstat, readdir, readFile, realpath, rm } from "node:fs/promises";
+import { chmod, lchown, lstat, readdir, readFile, realpath, rename, rm } from "node:fs/promises";
 import path from "node:path";
 import { Code } from "@connectrpc/connect";
 import type { AgentOwner } from "../../shared/agent-files.ts";
@@ -86,9 +86,17 @@ export async function ownWorktree(dir: string | Buffer, owner: AgentOwner): Prom
  */
 export async function snapshot(git: Git, p: Prepared, log: Logger): Promise<string> {
   await mustBeFolder(p.worktree);
-  // --ignore-errors: a path git cannot add (an unreadable file, an empty nested repository)
-  // is reported and skipped instead of losing everything else.
-  const r = await git.run(["add", "--all", "--ignore-errors"], { ...onWorktree(p), ok: [0, 1] });
+  // A repository the agent made inside (git init, git clone, a scaffolder) would go in as a
+  // gitlink to a commit nobody has: its files are committed instead, its .git kept out.
+  const hidden = await hideNestedRepositories(git, p);
+  let r: Awaited<ReturnType<Git["run"]>>;
+  try {
+    // --ignore-errors: a path git cannot add (an unreadable file, an empty nested repository)
+    // is reported and skipped instead of losing everything else.
+    r = await git.run(["add", "--all", "--ignore-errors"], { ...onWorktree(p), ok: [0, 1] });
+  } finally {
+    for (const [at, to] of hidden.reverse()) await rename(to, at).catch(() => undefined);
+  }
   if (r.code !== 0)
     log.warn("some paths of the worktree could not be committed", {
       taskId: p.taskId,
@@ -100,6 +108,47 @@ export async function snapshot(git: Git, p: Prepared, log: Logger): Promise<stri
     });
   await mustBeFolder(p.worktree);
   return git.text(["write-tree"], onWorktree(p));
+}
+
+/** Most nested repositories (and levels of them) whose files are committed. */
+const MAX_NESTED = 1000;
+const MAX_NESTED_DEPTH = 8;
+
+/**
+ * Moves the `.git` of every repository nested in the worktree (git lists one as an untracked
+ * `dir/`) out of it, beside it in the worktree's parent (ours, on the same file system), so
+ * `git add` takes its files; returns [where it was, where it is] to move them back. Nothing of
+ * the agent runs meanwhile. Names are handled as bytes.
+ */
+async function hideNestedRepositories(git: Git, p: Prepared): Promise<Array<[Buffer, Buffer]>> {
+  const moved: Array<[Buffer, Buffer]> = [];
+  const parent = path.dirname(p.worktree);
+  for (let depth = 0; depth < MAX_NESTED_DEPTH && moved.length < MAX_NESTED; depth++) {
+    const out = await git.run(["ls-files", "--others", "--exclude-standard", "-z"], onWorktree(p));
+    const nested = splitZ(out.stdout).filter((n) => n.at(-1) === 0x2f); // "dir/"
+    if (nested.length === 0) break;
+    for (const dir of nested.slice(0, MAX_NESTED - moved.length)) {
+      const at = Buffer.concat([Buffer.from(`${p.worktree}/`), dir, Buffer.from(".git")]);
+      const to = Buffer.from(path.join(parent, `.nested-git-${moved.length}`));
+      if (!(await lstat(at).catch(() => undefined))) continue;
+      await rm(to, { recursive: true, force: true });
+      await rename(at, to);
+      moved.push([at, to]);
+    }
+  }
+  return moved;
+}
+
+/** NUL-separated entries of git's -z output, as bytes. */
+function splitZ(b: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  for (let at = 0; at < b.length;) {
+    const end = b.indexOf(0, at);
+    const stop = end < 0 ? b.length : end;
+    if (stop > at) out.push(b.subarray(at, stop));
+    at = stop + 1;
+  }
+  return out;
 }
 
 async function mustBeFolder(dir: string): Promise<void> {
