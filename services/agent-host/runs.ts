@@ -128,6 +128,10 @@ export async function executeRun(
     } catch (e) {
       log.warn("the task's workspace could not be opened", { error: e });
       const outcome = placeFailed(e, started);
+      if (abort.signal.aborted) {
+        outcome.state = TaskState.CANCELLED;
+        outcome.result.error = "cancelled while its workspace was being prepared";
+      }
       // The change of the attempts before stays the task's (diff, apply).
       if (attempt.previous?.change) outcome.result.change = attempt.previous.change;
       return outcome;
