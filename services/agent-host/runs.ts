@@ -310,7 +310,8 @@ async function keepWork(
     unsaved(outcome, prepared.branch, e, log);
     // What the branch holds is still the task's change: diff and apply can reach it.
     const held = await c.place.workspaces.changeOn(prepared);
-    if (held) outcome.result.change = changeProto(repository, held, true);
+    if (held)
+      outcome.result.change = changeProto(repository, held, cliEnded !== TaskState.SUCCEEDED);
   }
 }
 

@@ -2,7 +2,9 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { allowedHostPath, repoName } from "./task-place.ts";
+import { execFileSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { allowedHostPath, localRepository, repoName } from "./task-place.ts";
 
 describe("host folders of tasks", () => {
   const root = mkdtempSync(path.join(tmpdir(), "task-place-"));
@@ -46,4 +48,53 @@ describe("repoName", () => {
     ["https://example.com/a/b%20c", "b-20c"],
     ["/", "repository"],
   ])("%s → %s", (repo, name) => expect(repoName(repo)).toBe(name));
+});
+
+describe("repositories in Conductor's own folders", () => {
+  const root = mkdtempSync(path.join(tmpdir(), "task-place-repo-"));
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+  const data = path.join(root, "data");
+  const cache = path.join(data, "repos", "c.git");
+  const git = (...args: string[]) => execFileSync("git", args, { stdio: "ignore" });
+  git("init", "-q", "--bare", cache);
+  const user = path.join(root, "user");
+  git("init", "-q", user);
+
+  it("takes the user's repository", async () => {
+    await expect(localRepository(user, [data])).resolves.toBeUndefined();
+  });
+
+  it.each([
+    ["the clone itself", () => cache],
+    ["the clone as a file:// URL", () => `file://${cache}`],
+    [
+      "a folder whose .git file names the clone",
+      () => {
+        const d = path.join(root, "gitfile");
+        mkdirSync(d);
+        writeFileSync(path.join(d, ".git"), `gitdir: ${cache}\n`);
+        return d;
+      },
+    ],
+    [
+      "a folder whose .git links to the clone",
+      () => {
+        const d = path.join(root, "linked");
+        mkdirSync(d);
+        symlinkSync(cache, path.join(d, ".git"));
+        return d;
+      },
+    ],
+    [
+      "a repository borrowing the clone's objects",
+      () => {
+        const d = path.join(root, "borrower.git");
+        git("init", "-q", "--bare", d);
+        writeFileSync(path.join(d, "objects", "info", "alternates"), `${cache}/objects\n`);
+        return d;
+      },
+    ],
+  ])("refuses %s", async (_, make) => {
+    await expect(localRepository(make(), [data])).rejects.toThrow(/Conductor's own folder/);
+  });
 });

@@ -1,13 +1,16 @@
+import { execFile } from "node:child_process";
 import {
   chmodSync,
   existsSync,
   mkdirSync,
   readdirSync,
+  readFileSync,
   realpathSync,
   rmdirSync,
   statSync,
 } from "node:fs";
 import path from "node:path";
+import { promisify } from "node:util";
 import { create } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import {
@@ -23,7 +26,15 @@ import type { AgentOwner } from "../shared/agent-files.ts";
 import { DomainError } from "../shared/errors.ts";
 import { quote } from "../shared/quote.ts";
 import { worktreesDir } from "./provision.ts";
-import { WorkspaceError, type Change, type Prepared, type Workspaces } from "./workspace/index.ts";
+import {
+  discoveryEnv,
+  WorkspaceError,
+  type Change,
+  type Prepared,
+  type Workspaces,
+} from "./workspace/index.ts";
+
+const run = promisify(execFile);
 
 /** Files of a change listed in a result; the rest are counted (WorkspaceChange.files_total). */
 export const MAX_RESULT_FILES = 1000;
@@ -132,7 +143,7 @@ export async function checkWorkspace(
   switch (ws?.kind.case) {
     case "git": {
       const g = ws.kind.value;
-      localRepository(g.repository, c.protectedPaths);
+      await localRepository(g.repository, c.protectedPaths);
       const { commit } = await c.workspaces.check(
         { repository: g.repository, ref: g.ref, branch: g.branch },
         signal,
@@ -169,8 +180,13 @@ function ownFolders(given: string, real: string, protectedPaths: readonly string
   }
 }
 
-/** A repository given as a local path (or file:// URL) must not be in Conductor's folders. */
-function localRepository(repository: string, protectedPaths: readonly string[]) {
+/**
+ * A repository given as a local path (or file:// URL) must not be in Conductor's folders —
+ * neither itself nor the git folders it uses: its `.git` (a link or a `gitdir:` file), their
+ * common folder, and the object stores it borrows from (objects/info/alternates), as git
+ * itself resolves them. What git cannot read there is left for the workspace's own check.
+ */
+export async function localRepository(repository: string, protectedPaths: readonly string[]) {
   let local: string | undefined;
   if (repository.startsWith("/")) local = repository;
   else if (repository.startsWith("file://")) {
@@ -183,6 +199,36 @@ function localRepository(repository: string, protectedPaths: readonly string[]) 
   if (!local) return;
   const real = existsSync(local) ? realpathSync(local) : path.resolve(local);
   ownFolders(repository, real, protectedPaths, "repository");
+  for (const dir of await gitFoldersOf(real))
+    ownFolders(repository, dir, protectedPaths, "repository");
+}
+
+/** The real paths of the git folders a repository at `dir` uses; [] when git finds none. */
+async function gitFoldersOf(dir: string): Promise<string[]> {
+  let out: string;
+  try {
+    ({ stdout: out } = await run(
+      "git",
+      ["rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir"],
+      {
+        cwd: dir,
+        timeout: 10_000,
+        env: discoveryEnv(path.dirname(dir)),
+      },
+    ));
+  } catch {
+    return [];
+  }
+  const dirs = out.split("\n").filter(Boolean);
+  for (const gitDir of [...dirs]) {
+    const alternates = path.join(gitDir, "objects", "info", "alternates");
+    if (!existsSync(alternates)) continue;
+    for (const line of readFileSync(alternates, "utf8").split("\n")) {
+      const alt = line.trim();
+      if (alt && !alt.startsWith("#")) dirs.push(path.resolve(path.join(gitDir, "objects"), alt));
+    }
+  }
+  return dirs.map((d) => (existsSync(d) ? realpathSync(d) : path.resolve(d)));
 }
 
 function containersCannotMount(): PlaceError {
@@ -209,7 +255,7 @@ export async function openPlace(
   switch (ws?.kind.case) {
     case "git": {
       const g = ws.kind.value;
-      localRepository(g.repository, c.protectedPaths);
+      await localRepository(g.repository, c.protectedPaths);
       // Inside, the same path on every agent; outside, in the agent's task folder where the
       // sandbox sees that folder (containers), else bound at that very path for each exec.
       const inside = path.join(worktreesDir(c.dataDir), taskId);

@@ -61,3 +61,15 @@ export function gitEnv(call: GitCall): NodeJS.ProcessEnv {
   });
   return env;
 }
+
+/**
+ * The environment of a git command that finds a repository itself (from its working
+ * directory, no higher than `ceiling`): gitEnv's without GIT_DIR, global config or network.
+ */
+export function discoveryEnv(ceiling: string): NodeJS.ProcessEnv {
+  const env = gitEnv({ gitDir: "" });
+  delete env["GIT_DIR"];
+  env["GIT_CONFIG_GLOBAL"] = "/dev/null";
+  env["GIT_CEILING_DIRECTORIES"] = ceiling;
+  return env;
+}

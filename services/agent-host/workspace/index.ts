@@ -2,3 +2,4 @@ export { WorkspaceError, type WorkspaceCode } from "./errors.ts";
 export type { Author } from "./commit.ts";
 export type { Change, FileChange, FileStatus, GitWorkspaceRequest, Prepared } from "./types.ts";
 export { RECOVERED, Workspaces, type WorkspacesOptions } from "./workspaces.ts";
+export { discoveryEnv } from "./git-env.ts";
