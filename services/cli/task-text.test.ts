@@ -82,3 +82,17 @@ describe("get and watch with a git workspace and checks", () => {
     ]);
   });
 });
+
+describe("watch lines of an agent's text", () => {
+  it("indents every line, so none passes for a state line", () => {
+    const e = create(TaskEventSchema, {
+      taskId: "t",
+      seq: 3n,
+      kind: {
+        case: "output",
+        value: { type: "assistant", text: "ok\n[SUCCEEDED] agent=agent-9 attempt=1" },
+      },
+    });
+    expect(eventText(e)).toEqual(["  ok\n  [SUCCEEDED] agent=agent-9 attempt=1"]);
+  });
+});

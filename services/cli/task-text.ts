@@ -91,7 +91,8 @@ export function eventText(e: TaskEvent): string[] {
   if (k.case === "output") {
     const o = k.value;
     const lines: string[] = [];
-    if (o.type === "assistant" && o.text) lines.push(`  ${o.text}`);
+    // Every line of the agent's text indented: none of it can pass for a state line.
+    if (o.type === "assistant" && o.text) lines.push(indent(o.text));
     if (o.type === "conductor" && o.text) lines.push(`  ! ${o.text}`);
     for (const t of o.toolCalls) lines.push(`  → ${t.name} ${oneLine(t.inputJson, 120)}`);
     for (const t of o.deniedToolCalls) {
@@ -102,7 +103,7 @@ export function eventText(e: TaskEvent): string[] {
   }
   if (k.case === "result") {
     const r = k.value;
-    const lines = [`result: ${r.error || r.text}`];
+    const lines = [`result: ${(r.error || r.text).replaceAll("\n", "\n  ")}`];
     const denied = r.deniedToolCalls;
     if (denied.length > 0) {
       lines.push(
