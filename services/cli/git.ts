@@ -1,4 +1,5 @@
 import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
 
 /** How one git command ended. */
 export interface GitResult {
@@ -22,7 +23,13 @@ export function git(cwd: string, args: string[]): Promise<GitResult> {
     execFile("git", args, { cwd, maxBuffer: 64 << 20 }, (error, stdout, stderr) => {
       const code = (error as { code?: unknown } | null)?.code;
       if (error && typeof code !== "number") {
-        const why = code === "ENOENT" ? "git is not installed (or not on PATH)" : error.message;
+        // spawn says ENOENT for a missing working folder too.
+        const why =
+          code !== "ENOENT"
+            ? error.message
+            : existsSync(cwd)
+              ? "git is not installed (or not on PATH)"
+              : `there is no folder ${cwd}`;
         return reject(new GitMissingError(`cannot run git: ${why}`, { cause: error }));
       }
       resolve({ code: error ? (code as number) : 0, stdout, stderr });

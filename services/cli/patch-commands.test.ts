@@ -174,6 +174,12 @@ describe("conductor apply", () => {
     expect(git(work, "status", "--porcelain")).toBe("");
   });
 
+  it("says so when the repository's folder (-C DIR) does not exist", async () => {
+    await expect(run("t-1", false, false, path.join(root, "no-such-folder"))).rejects.toThrow(
+      /there is no folder .*no-such-folder/,
+    );
+  });
+
   it("prints what it applied as JSON with --json", async () => {
     const r = await run("t-1", false, true);
     expect(JSON.parse(r.lines[0]!)).toMatchObject({

@@ -396,6 +396,16 @@ describe("repository tasks: host folders, big patches and bad input (process run
         expect(e.rawMessage).toMatch(message);
       }
       expect(fingerprint(repo)).toBe(before);
+      // A patch of no task at all.
+      const noId = await (async () => {
+        try {
+          for await (const _ of client.getTaskPatch({ taskId: "" })) break;
+        } catch (e) {
+          return ConnectError.from(e);
+        }
+        return undefined;
+      })();
+      expect(noId?.code).toBe(Code.InvalidArgument);
       const { tasks } = await client.listTasks({});
       expect(tasks.filter((t: Task) => t.spec?.prompt === "work")).toEqual([]);
     },
