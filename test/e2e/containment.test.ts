@@ -153,7 +153,7 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
     const probes = targets
       .map(
         (t) =>
-          `exec 3<>/dev/tcp/127.0.0.1/$p; printf 'POST ${t} HTTP/1.1\\r\\nHost: 127.0.0.1:${port}\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\n{}' >&3; timeout 5 cat <&3 | head -1; exec 3>&-`,
+          `exec 3<>/dev/tcp/127.0.0.1/$p; printf 'POST ${t} HTTP/1.1\\r\\nHost: 127.0.0.1:${port}\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\n{}' >&3; timeout 15 cat <&3 | head -1; exec 3>&-`,
       )
       .join("; ");
     const id = await submit([
