@@ -146,8 +146,9 @@ export async function executeRun(
     };
     slot.lifeline?.arm();
     let outcome: RunOutcome;
+    let cliEnded: TaskState;
     try {
-      outcome = await runInPlace(place, taskPlace);
+      ({ outcome, cliEnded } = await runInPlace(place, taskPlace));
     } finally {
       // Nothing of the run outlives it, whatever the engine says (or cannot).
       slot.lifeline?.cut();
@@ -160,8 +161,11 @@ export async function executeRun(
     if (taskPlace.prepared) await keepWork(c, taskPlace, spec, outcome, cliEnded, log);
     return outcome;
   };
-  let cliEnded = TaskState.UNSPECIFIED;
-  const runInPlace = async (place: RunPlace, taskPlace: TaskPlace): Promise<RunOutcome> => {
+  /** The CLI, then the checks; `cliEnded` is how the CLI itself ended. */
+  const runInPlace = async (
+    place: RunPlace,
+    taskPlace: TaskPlace,
+  ): Promise<{ outcome: RunOutcome; cliEnded: TaskState }> => {
     // The Broker's tools only when it answers now; else the run says why it has none.
     const tools =
       slot.broker && c.brokerTools ? await c.brokerTools(slot.broker, agentId) : undefined;
@@ -185,11 +189,12 @@ export async function executeRun(
       flow,
       resume,
     });
-    cliEnded = outcome.state;
+    const cliEnded = outcome.state;
     // Earlier attempts' checks stay in the result, before this one's.
     const earlier = (attempt.previous?.checks ?? []).filter((c) => c.attempt < attempt.attempt);
     outcome.result.checks = earlier;
-    if (outcome.state !== TaskState.SUCCEEDED || spec.checks.length === 0) return outcome;
+    if (outcome.state !== TaskState.SUCCEEDED || spec.checks.length === 0)
+      return { outcome, cliEnded };
     if (taskPlace.prepared) {
       // The agent's work is committed before the checks run: what they leave is not its work.
       try {
@@ -198,7 +203,7 @@ export async function executeRun(
           outcome: "before its checks",
         });
       } catch (e) {
-        return unsaved(outcome, taskPlace.prepared.branch, e, log);
+        return { outcome: unsaved(outcome, taskPlace.prepared.branch, e, log), cliEnded };
       }
     }
     const env = claudeEnv(place, { ...settings, apiKey: "", baseUrl: "" }, hostPath);
@@ -223,7 +228,7 @@ export async function executeRun(
       outcome.result.isError = true;
       outcome.result.error = failure;
     }
-    return outcome;
+    return { outcome, cliEnded };
   };
   const done = c.observer ? c.observer.cliRun({ taskId, agentId }, runCli) : runCli();
   slot.run = { taskId, abort, done };

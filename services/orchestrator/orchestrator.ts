@@ -105,7 +105,11 @@ export class Orchestrator {
    * returns the first task. A full disk throws StorageFull, with nothing stored.
    */
   submit(input: TaskSpec | undefined): { task: Task; deduplicated: boolean } {
-    const spec = validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes });
+    return this.enqueue(validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes }));
+  }
+
+  /** Stores a validated spec with its first event, and queues it. */
+  private enqueue(spec: TaskSpec): { task: Task; deduplicated: boolean } {
     const maxAttempts = spec.maxAttempts || this.opts.defaultMaxAttempts;
     const now = Date.now();
     const traceParent = this.opts.observer?.traceParent();
@@ -128,7 +132,7 @@ export class Orchestrator {
   ): Promise<{ task: Task; deduplicated: boolean }> {
     const spec = validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes });
     await checkAtSubmit(this.hosts, spec, signal);
-    return this.submit(spec);
+    return this.enqueue(spec);
   }
 
   /** A task's change as `git format-patch` output, in chunks, from the node holding it. */

@@ -17,23 +17,17 @@ import { TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
 import { grpcJsClient } from "../grpc-js-clients.ts";
 import { freePort, startDaemon } from "../../services/agent-host/workspace/test-repos.ts";
 import { bufCurl } from "../buf-curl.ts";
+import { failureOf } from "../rpc-errors.ts";
 import { scripted, spec, testRuntimes, waitForEnd } from "../harness.ts";
 import { cacheOf, fingerprint, git, makeRepository } from "../repositories.ts";
 import type * as grpc from "@grpc/grpc-js";
 import { useConductor } from "./use-conductor.ts";
 
-/** Submits; the gRPC error it gets. */
-async function refusal(
+/** Submits; the gRPC code and message it is refused with. */
+const refusal = (
   client: ReturnType<typeof useConductor>["conductor"]["client"],
   fields: Parameters<typeof spec>[0],
-): Promise<ConnectError> {
-  try {
-    await client.submitTask({ spec: spec(fields) });
-  } catch (e) {
-    return ConnectError.from(e);
-  }
-  throw new Error("the submit was accepted");
-}
+) => failureOf(client.submitTask({ spec: spec(fields) }));
 
 const gitWorkspace = (
   repository: string,
@@ -197,7 +191,7 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
         workspace: { kind: { case: "hostPath", value: { path: outside } } },
       });
       expect(refused.code).toBe(Code.FailedPrecondition);
-      expect(refused.rawMessage).toMatch(/is not under agent\.allowed_host_paths/);
+      expect(refused.message).toMatch(/is not under agent\.allowed_host_paths/);
       const inside = { kind: { case: "hostPath", value: { path: allowed.dir } } } as const;
       if (runtime === "process") {
         const { task } = await client.submitTask({
@@ -207,7 +201,7 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
       } else {
         const e = await refusal(client, { prompt: "look", workspace: inside });
         expect(e.code).toBe(Code.FailedPrecondition);
-        expect(e.rawMessage).toMatch(/need a runtime that binds a folder per run/);
+        expect(e.message).toMatch(/need a runtime that binds a folder per run/);
       }
     },
   );
@@ -392,8 +386,8 @@ describe("repository tasks: host folders, big patches and bad input (process run
       ];
       for (const [workspace, code, message] of cases) {
         const e = await refusal(client, { prompt: "work", workspace });
-        expect({ code: Code[e.code], message: e.rawMessage }).toMatchObject({ code: Code[code] });
-        expect(e.rawMessage).toMatch(message);
+        expect({ code: Code[e.code], message: e.message }).toMatchObject({ code: Code[code] });
+        expect(e.message).toMatch(message);
       }
       expect(fingerprint(repo)).toBe(before);
       // A patch of no task at all.
