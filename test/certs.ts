@@ -4,7 +4,8 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { parseCommandLine } from "../services/cli/args.ts";
-import { caPaths, leafExtensions, runCertsCommand } from "../services/cli/certs.ts";
+import { runCertsCommand } from "../services/cli/certs-command.ts";
+import { caPaths, leafExtensions } from "../services/cli/certs.ts";
 import { COMMANDS } from "../services/cli/commands.ts";
 import { openssl } from "../services/cli/openssl.ts";
 import { spiffeId, type Role } from "../services/shared/spiffe.ts";

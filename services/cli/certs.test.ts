@@ -180,6 +180,15 @@ describe("conductor certs init and issue", () => {
     );
   });
 
+  it("a --dir that is a file is refused", async () => {
+    const file = path.join(root, "a-file");
+    writeFileSync(file, "");
+    await expect(certsCli(["init", "--dir", file])).rejects.toThrow(`${file} is not a folder`);
+    await expect(certsCli(["init", "--dir", path.join(file, "x")])).rejects.toThrow(
+      /is not a folder \(a file, or under one\)/,
+    );
+  });
+
   it("a CA file that is not a certificate is reported as such", async () => {
     const dir = fresh();
     await certsCli(["init", "--dir", dir]);

@@ -1,35 +1,18 @@
 // `conductor certs`: the cluster's CA and the certificates of its services and clients, made by
 // the system's openssl. A certificate names its holder as spiffe://conductor/<role>/<name>.
 import { randomBytes, X509Certificate } from "node:crypto";
-import {
-  closeSync,
-  existsSync,
-  fchmodSync,
-  fsyncSync,
-  linkSync,
-  mkdirSync,
-  mkdtempSync,
-  openSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  statSync,
-  writeSync,
-} from "node:fs";
+import { existsSync, linkSync, readFileSync, renameSync, rmSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { isRole, nameProblem, NAME_PATTERN, ROLES, spiffeId } from "../shared/spiffe.ts";
-import { bool, list, str, UsageError, type ParsedCommand } from "./args.ts";
+import { UsageError } from "./args.ts";
+import { CERT_MODE, inScratch, KEY_MODE, writeNew } from "./cert-files.ts";
 import { openssl } from "./openssl.ts";
 
 /** Default lifetimes, in days: the CA's, and a certificate's (rotate them yearly). */
 export const CA_DAYS = 3650;
 export const CERT_DAYS = 365;
 const MAX_DAYS = 36500;
-
-/** Private keys are their owner's alone; certificates are public. */
-const KEY_MODE = 0o600;
-const CERT_MODE = 0o644;
 
 /** The CA's files in a certificate folder. */
 export function caPaths(dir: string): { cert: string; key: string } {
@@ -85,7 +68,6 @@ export async function initCa(dir: string, days = CA_DAYS): Promise<Written> {
       throw new CertsError(
         `${f} already exists: ${dir} has a CA, and making another would leave every certificate it signed untrusted. Issue certificates with it ("conductor certs issue --dir ${dir}"); to start over, move ca.crt and ca.key away first`,
       );
-  makeDir(dir);
   return inScratch(dir, async (scratch) => {
     const key = path.join(scratch, "ca.key");
     writeNew(key, await newKey(), KEY_MODE);
@@ -255,94 +237,4 @@ function serial(): string {
 function described(pem: string): { notAfter: Date; fingerprint: string } {
   const c = new X509Certificate(pem);
   return { notAfter: c.validToDate, fingerprint: c.fingerprint256 };
-}
-
-/** Makes `dir` (0700) when missing; CertsError when it is something else. */
-function makeDir(dir: string) {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  if (!statSync(dir).isDirectory()) throw new CertsError(`${dir} is not a folder`);
-}
-
-/** Runs `work` in a private scratch folder inside `dir` (so renames from it are atomic), then removes it. */
-async function inScratch<T>(dir: string, work: (scratch: string) => Promise<T>): Promise<T> {
-  makeDir(dir);
-  const scratch = mkdtempSync(path.join(dir, ".certs-"));
-  try {
-    return await work(scratch);
-  } finally {
-    rmSync(scratch, { recursive: true, force: true });
-  }
-}
-
-/** Writes a new file created with `mode` (never readable by others, even for a moment), synced. */
-function writeNew(file: string, text: string, mode: number) {
-  const fd = openSync(file, "wx", mode);
-  try {
-    if (mode === CERT_MODE) fchmodSync(fd, mode); // public whatever the umask
-    writeSync(fd, text);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** Runs `conductor certs init|issue`; returns the exit code. */
-export async function runCertsCommand(
-  p: ParsedCommand,
-  out: (line: string) => void,
-): Promise<number> {
-  const [action, ...extra] = p.positionals;
-  if ((action !== "init" && action !== "issue") || extra.length > 0)
-    throw new UsageError(
-      `expected "conductor certs init --dir DIR" or "conductor certs issue --dir DIR --name NAME --role ROLE"`,
-    );
-  const dir = str(p, "dir");
-  if (!dir)
-    throw new UsageError(
-      `--dir is required: the folder of the CA and certificates, e.g. --dir /etc/conductor/tls`,
-    );
-  const daysText = str(p, "days");
-  const days = daysText === undefined ? undefined : Number(daysText.trim() || NaN);
-  if (days !== undefined && !Number.isInteger(days))
-    throw new UsageError(`--days must be a whole number of days, got "${daysText}"`);
-  const asJson = bool(p, "json");
-  if (action === "init") {
-    for (const flag of ["name", "role", "dns", "ip"])
-      if (p.values[flag] !== undefined)
-        throw new UsageError(`--${flag} is for "conductor certs issue"; init makes the CA alone`);
-    const ca = await initCa(path.resolve(dir), days);
-    if (asJson) out(JSON.stringify({ ca }));
-    else {
-      out(`wrote ${ca.cert} (the CA certificate: every service and client trusts it)`);
-      out(`wrote ${ca.key} (the CA key, 0600: keep it secret, it signs every certificate)`);
-      out(
-        `valid until ${ca.notAfter.toISOString()}; next: conductor certs issue --dir ${dir} --name NAME --role ROLE`,
-      );
-    }
-    return 0;
-  }
-  const name = str(p, "name");
-  const role = str(p, "role");
-  if (!name || !role)
-    throw new UsageError(
-      `--name and --role are required, e.g. conductor certs issue --dir ${dir} --name broker-1 --role broker`,
-    );
-  const issued = await issueCert({
-    dir: path.resolve(dir),
-    name,
-    role,
-    dns: list(p, "dns"),
-    ips: list(p, "ip"),
-    days,
-  });
-  if (asJson) out(JSON.stringify(issued));
-  else {
-    out(`wrote ${issued.cert} (${issued.replaced ? "replaced; " : ""}identity ${issued.spiffeId})`);
-    out(`wrote ${issued.key} (its private key, 0600)`);
-    const names = [...issued.dns, ...issued.ips];
-    out(
-      `valid until ${issued.notAfter.toISOString()}${names.length ? `; also for ${names.join(", ")}` : ""}`,
-    );
-  }
-  return 0;
 }

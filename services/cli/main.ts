@@ -11,7 +11,7 @@ import {
   UsageError,
   type ParsedCommand,
 } from "./args.ts";
-import { runCertsCommand } from "./certs.ts";
+import { runCertsCommand } from "./certs-command.ts";
 import { runClientCommand } from "./client-commands.ts";
 import { CLIENT_COMMANDS, COMMANDS, metricsPortKey, SERVICE_COMMANDS } from "./commands.ts";
 import { isReaderGone, READER_GONE } from "./stdout.ts";
