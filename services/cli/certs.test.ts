@@ -233,6 +233,11 @@ describe("conductor certs refuses bad input (a usage error: exit code 2)", () =>
       /--ip "10.0.0.300" is not an IP address/,
     ],
     [
+      "an IPv6 zone",
+      issue("--name", "a", "--role", "broker", "--ip", "fe80::1%eth0"),
+      /--ip "fe80::1%eth0": a certificate holds no zone/,
+    ],
+    [
       "a bad DNS name",
       issue("--name", "a", "--role", "broker", "--dns", "a b"),
       /--dns "a b" is not a DNS name/,
@@ -277,6 +282,24 @@ describe("conductor certs refuses bad input (a usage error: exit code 2)", () =>
       expect(readdirSync(dir).sort()).toEqual(["ca.crt", "ca.key"]); // nothing written
     });
   }
+
+  it("a CA that expires within a day issues nothing", async () => {
+    const short = fresh();
+    await certsCli(["init", "--dir", short, "--days", "1"]);
+    const failure = certsCli([
+      "issue",
+      "--dir",
+      short,
+      "--name",
+      "a",
+      "--role",
+      "client",
+      "--days",
+      "1",
+    ]);
+    await expect(failure).rejects.toThrow(CertsError);
+    await expect(failure).rejects.toThrow(/expires on .*, within a day: make a new CA/);
+  });
 
   it("the binary exits 2 with the message on stderr", async () => {
     const bad = await conductor(["certs", "issue", "--dir", dir, "--name", "a", "--role", "x"]);

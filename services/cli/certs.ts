@@ -63,11 +63,11 @@ export class CertsError extends Error {
 export async function initCa(dir: string, days = CA_DAYS): Promise<Written> {
   checkDays(days);
   const ca = caPaths(dir);
-  for (const f of [ca.cert, ca.key])
-    if (existsSync(f))
-      throw new CertsError(
-        `${f} already exists: ${dir} has a CA, and making another would leave every certificate it signed untrusted. Issue certificates with it ("conductor certs issue --dir ${dir}"); to start over, move ca.crt and ca.key away first`,
-      );
+  const exists = (f: string) =>
+    new CertsError(
+      `${f} already exists: ${dir} has a CA, and making another would leave every certificate it signed untrusted. Issue certificates with it ("conductor certs issue --dir ${dir}"); to start over, move ca.crt and ca.key away first`,
+    );
+  for (const f of [ca.cert, ca.key]) if (existsSync(f)) throw exists(f);
   return inScratch(dir, async (scratch) => {
     const key = path.join(scratch, "ca.key");
     writeNew(key, await newKey(), KEY_MODE);
@@ -87,8 +87,9 @@ export async function initCa(dir: string, days = CA_DAYS): Promise<Written> {
       try {
         linkSync(from, to);
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === "EEXIST" && to === ca.cert) rmSync(ca.key);
-        throw e;
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+        if (to === ca.cert) rmSync(ca.key); // ours, linked a moment ago
+        throw exists(to);
       }
     }
     return { ...ca, ...described(pem) };
@@ -111,16 +112,26 @@ export async function issueCert(o: IssueOptions): Promise<Issued> {
   checkDays(days);
   const id = checkIdentity(role, name);
   for (const d of dns) if (!isDnsName(d)) throw new UsageError(dnsProblem(d));
-  for (const ip of ips)
+  for (const ip of ips) {
     if (net.isIP(ip) === 0)
       throw new UsageError(`--ip "${ip}" is not an IP address, e.g. 10.0.0.5 or fd00::5`);
+    if (ip.includes("%"))
+      throw new UsageError(
+        `--ip "${ip}": a certificate holds no zone (%…); give the address alone`,
+      );
+  }
   const ca = caPaths(dir);
   const caCert = readCa(dir);
   const ends = Date.now() + days * 86_400_000;
   if (ends > caCert.validToDate.getTime()) {
+    const until = caCert.validToDate.toISOString();
     const left = Math.floor((caCert.validToDate.getTime() - Date.now()) / 86_400_000);
+    if (left < 1)
+      throw new CertsError(
+        `the CA in ${dir} expires on ${until}, within a day: make a new CA in another folder and issue every certificate again with it`,
+      );
     throw new UsageError(
-      `--days ${days} would outlive the CA, which expires on ${caCert.validToDate.toISOString()}: give --days ${left} or fewer, or make a new CA`,
+      `--days ${days} would outlive the CA, which expires on ${until}: give --days ${left} or fewer, or make a new CA`,
     );
   }
   const files = { cert: path.join(dir, `${name}.crt`), key: path.join(dir, `${name}.key`) };
