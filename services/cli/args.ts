@@ -132,6 +132,7 @@ export function overview(commands: readonly Command[]): string {
   const width = Math.max(...commands.map((c) => c.name.length)) + 2;
   const line = (c: Command) => `  ${c.name.padEnd(width)}${c.summary}`;
   const services = new Set(["up", "orchestrator", "agent-host", "broker", "config"]);
+  const setup = new Set(["certs"]);
   return `conductor — run many Claude Code agents in parallel behind a durable gRPC task queue
 
 Start Conductor (in your project folder; sockets in .conductor/run, data in .conductor/data):
@@ -143,7 +144,13 @@ ${commands
 Work with a running Conductor (found in .conductor/ here or in a folder above, or at
 $CONDUCTOR_SOCKET, or --socket PATH):
 ${commands
-  .filter((c) => !services.has(c.name) && c.name !== "help")
+  .filter((c) => !services.has(c.name) && !setup.has(c.name) && c.name !== "help")
+  .map(line)
+  .join("\n")}
+
+Set up mutual TLS (a CA, and a certificate for each service and client):
+${commands
+  .filter((c) => setup.has(c.name))
   .map(line)
   .join("\n")}
 

@@ -320,6 +320,64 @@ With --json, the text comes as JSON lines {"text": "…"}: joined in order, they
     summary: "tasks by state, run-time percentiles, tokens and cost",
     flags: where,
   },
+  {
+    name: "certs",
+    args: "init | issue",
+    summary: "make the cluster's CA and the certificates of its services and clients (mTLS)",
+    details: `
+"certs init" makes the cluster's CA in DIR: ca.crt, which every service and client trusts, and
+ca.key, which signs their certificates (keep it secret; it is 0600). It refuses a DIR that has
+a CA already. "certs issue" makes NAME.key and NAME.crt in DIR, signed by that CA, naming the
+holder spiffe://conductor/ROLE/NAME; give a service every --dns name and --ip address it is
+reached at. Issuing an existing NAME again replaces its files atomically: that is how a
+certificate is rotated, and a running service picks the new one up without a restart.
+Keys are made by the system's openssl (3.0 or later): EC P-256, files 0600; DIR is made 0700.
+
+Examples:
+  conductor certs init --dir /etc/conductor/tls
+  conductor certs issue --dir /etc/conductor/tls --name orch-1 --role orchestrator \\
+    --dns orch-1.internal --ip 10.0.0.5
+  conductor certs issue --dir /etc/conductor/tls --name alice --role client --days 30`,
+    flags: {
+      dir: {
+        type: "string",
+        arg: "DIR",
+        help: "the folder of the CA and the certificates (made 0700 when missing)",
+      },
+      name: {
+        type: "string",
+        arg: "NAME",
+        help: 'issue: whose certificate: 1–63 letters, digits, ".", "_", "-"',
+      },
+      role: {
+        type: "string",
+        arg: "ROLE",
+        help: "issue: orchestrator, agent-host, broker or client",
+      },
+      dns: {
+        type: "string",
+        multiple: true,
+        arg: "NAME",
+        help: "issue: a DNS name the holder is reached at",
+      },
+      ip: {
+        type: "string",
+        multiple: true,
+        arg: "ADDR",
+        help: "issue: an IP address the holder is reached at",
+      },
+      days: {
+        type: "string",
+        arg: "N",
+        help: "days it is valid (init: default 3650; issue: default 365)",
+      },
+      help,
+      json: {
+        type: "boolean",
+        help: "print what it wrote as JSON (paths, identity, notAfter, fingerprint)",
+      },
+    },
+  },
   { name: "help", args: "[command]", summary: "show help", flags: { help, json } },
 ];
 

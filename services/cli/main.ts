@@ -11,6 +11,7 @@ import {
   UsageError,
   type ParsedCommand,
 } from "./args.ts";
+import { runCertsCommand } from "./certs-command.ts";
 import { runClientCommand } from "./client-commands.ts";
 import { CLIENT_COMMANDS, COMMANDS, metricsPortKey, SERVICE_COMMANDS } from "./commands.ts";
 import { isReaderGone, READER_GONE } from "./stdout.ts";
@@ -43,6 +44,11 @@ export async function main(
     return 0;
   }
   if (command.name === "help") return help(parsed.positionals[0], out, err);
+  if (command.name === "certs") {
+    // No configuration: certificates are made before any service is set up.
+    const certs = parsed;
+    return failureCode(command.name, err, () => runCertsCommand(certs, (l) => out(l + "\n")));
+  }
   if (command.name === "config" && parsed.positionals[0] !== "print") {
     err(`conductor config: expected "conductor config print"\n`);
     return 2;
@@ -60,7 +66,7 @@ export async function main(
     err(`conductor: ${e.message}\n`);
     return 2;
   }
-  try {
+  return failureCode(command.name, err, async () => {
     if (command.name === "config") {
       out(JSON.stringify(redact(config), null, 2) + "\n");
       return 0;
@@ -76,20 +82,34 @@ export async function main(
       });
     }
     if (CLIENT_COMMANDS.has(command.name)) return await client(parsed, config, env);
+    err(`conductor: "${command.name}" does nothing yet\n`);
+    return 2;
+  });
+}
+
+/**
+ * Runs a command and turns how it failed into the exit code: 2 for a usage error, 141 when the
+ * reader went away, 1 for anything else, each but the second with a message on stderr.
+ */
+async function failureCode(
+  name: string,
+  err: (s: string) => void,
+  run: () => Promise<number>,
+): Promise<number> {
+  try {
+    return await run();
   } catch (e) {
     // The reader went away (`conductor output ID | head -c 10`): stop quietly, as Unix commands do.
     if (isReaderGone(e)) return READER_GONE;
     if (e instanceof UsageError) {
-      err(`conductor ${command.name}: ${e.message}\n`);
+      err(`conductor ${name}: ${e.message}\n`);
       return 2;
     }
     const message = e instanceof ConnectError ? e.rawMessage : (e as Error).message;
     const code = e instanceof ConnectError ? ` [${Code[e.code]}]` : "";
-    err(`conductor ${command.name}: ${message}${code}\n`);
+    err(`conductor ${name}: ${message}${code}\n`);
     return 1;
   }
-  err(`conductor: "${command.name}" does nothing yet\n`);
-  return 2;
 }
 
 function help(name: string | undefined, out: (s: string) => void, err: (s: string) => void) {

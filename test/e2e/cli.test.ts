@@ -96,7 +96,17 @@ describe("the conductor CLI without a running Conductor", () => {
   it("has help for every command, from --help and from help <command>", async () => {
     const overview = await conductor(["help"]);
     expect(overview.code).toBe(0);
-    const commands = ["up", "submit", "watch", "get", "tasks", "agents", "cancel", "stats"];
+    const commands = [
+      "up",
+      "submit",
+      "watch",
+      "get",
+      "tasks",
+      "agents",
+      "cancel",
+      "stats",
+      "certs",
+    ];
     const helps = await Promise.all(
       commands.map(
         async (c) => [c, await conductor([c, "--help"]), await conductor(["help", c])] as const,
