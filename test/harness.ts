@@ -40,14 +40,18 @@ export interface ServiceProcess {
   kill9(): Promise<void>;
 }
 
-/** Starts `conductor <command> …` (of `bin`, another checkout's for benches) once it printed its ready line. */
+/**
+ * Starts `conductor <command> …` (of `bin`, another checkout's for benches) once it printed its
+ * ready line; `spawnWith` starts it elsewhere (inside a test network's namespace).
+ */
 export async function startService(
   command: string,
   args: string[],
   env: Record<string, string>,
   bin = BIN,
+  spawnWith: typeof spawn = spawn,
 ): Promise<ServiceProcess> {
-  const proc = spawn(process.execPath, [bin, command, ...args], {
+  const proc = spawnWith(process.execPath, [bin, command, ...args], {
     env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -14,7 +14,7 @@ import {
 import { Unreachable } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
 import { brokerTools, type BrokerToolsCheck } from "./broker-tools.ts";
-import { AgentBusyError, UnknownAgentError } from "./errors.ts";
+import { AgentBusyError, FencedError, UnknownAgentError } from "./errors.ts";
 import {
   agentPaths,
   hostKeyOf,
@@ -38,10 +38,22 @@ import { AgentUids } from "./uids.ts";
 export { AgentBusyError, UnknownAgentError } from "./errors.ts";
 export type { SandboxSettings } from "./provision.ts";
 
+/** What a node offers tasks, and its labels (agent_host.*). */
+export interface NodeOffer {
+  version: string;
+  labels: Record<string, string>;
+  cpus: number;
+  memoryBytes: bigint;
+}
+
 /** What an AgentHost is configured with. */
 export interface AgentHostOptions {
   nodeId: string;
   numAgents: number;
+  /** Put before every agent's id ("node-a:" makes agent-1 node-a:agent-1): a joined node's name. */
+  agentIdPrefix?: string;
+  /** What the node offers tasks and is labelled (GetCapacity, RegisterNode). */
+  offer?: NodeOffer;
   dataDir: string;
   workspacePolicy: "keep" | "clean";
   backend: RuntimeBackend;
@@ -81,6 +93,8 @@ export class AgentHost {
   private readonly uids: AgentUids;
   private nextIndex = 1;
   private closed = false;
+  /** Why this node takes no task now (its lease may have lapsed); undefined: it does. */
+  private fenced: string | undefined;
   /** Replacements of agents whose sandbox died, still under way. */
   private readonly replacing = new Set<Promise<void>>();
   readonly opts: AgentHostOptions;
@@ -143,7 +157,7 @@ export class AgentHost {
     const fp = o.fingerprint ?? (await o.backend.fingerprint());
     if (!fp.healthy) throw new Error(`runtime ${fp.runtime} is not usable: ${fp.detail}`);
     this.caps = fp.capabilities;
-    const wanted = Array.from({ length: o.numAgents }, (_, i) => `agent-${i + 1}`);
+    const wanted = Array.from({ length: o.numAgents }, (_, i) => this.agentId(i + 1));
     for (const id of wanted) this.uids.userOf(id); // uids in start order, as before the restart
     this.nextIndex = o.numAgents + 1;
     const kept = await takeUpLeftovers({
@@ -204,7 +218,7 @@ export class AgentHost {
    * Adds one agent: its folders, its model proxy and its sandbox, started (or `adopted`: one
    * found after a restart, first made to end whatever of the agent's user still runs in it).
    */
-  async startAgent(id = `agent-${this.nextIndex++}`, adopted?: SandboxHandle): Promise<Agent> {
+  async startAgent(id = this.agentId(this.nextIndex++), adopted?: SandboxHandle): Promise<Agent> {
     const user = this.uids.userOf(id);
     const owner = this.uids.ownerOf(id);
     let parts: AgentParts | undefined;
@@ -279,6 +293,11 @@ export class AgentHost {
     flow?: OutputFlow,
   ): Promise<RunOutcome> {
     const slot = this.slot(agentId);
+    if (this.fenced) {
+      throw new FencedError(
+        `node ${this.opts.nodeId} takes no task now: ${this.fenced} (it takes work again once it holds its lease)`,
+      );
+    }
     if (slot.lost) {
       throw new Unreachable(
         `the ${this.opts.backend.name} engine of agent ${agentId}`,
@@ -315,6 +334,28 @@ export class AgentHost {
       onOutput,
       flow,
     );
+  }
+
+  /** The id of the agent started n-th. */
+  private agentId(n: number): string {
+    return `${this.opts.agentIdPrefix ?? ""}agent-${n}`;
+  }
+
+  /** Every run under way: its task and attempt (a joined node's heartbeat reports them). */
+  runs(): { taskId: string; attempt: number }[] {
+    return [...this.slots.values()].flatMap((s) =>
+      s.run ? [{ taskId: s.run.taskId, attempt: s.run.attempt }] : [],
+    );
+  }
+
+  /**
+   * Self-fencing (a joined node whose lease may have lapsed): ends every run, and refuses new
+   * ones with `reason` until unfenced (`undefined`). Resolves once every CLI is gone.
+   */
+  async fence(reason: string | undefined): Promise<void> {
+    this.fenced = reason;
+    if (reason === undefined) return;
+    await Promise.all(this.runs().map((r) => this.cancel(r.taskId)));
   }
 
   /** Ends the run of a task, if this host has it; resolves when its CLI is gone. */

@@ -3,6 +3,7 @@ import type { ConnectRouter } from "@connectrpc/connect";
 import {
   AgentHostService,
   RunOutcomeSchema,
+  type RunOutcome,
   type RunTaskResponse,
   WholePieceSchema,
 } from "../../gen/conductor/v1/agent_host_pb.js";
@@ -48,8 +49,13 @@ async function* patchChunks(source: AsyncIterable<Buffer>) {
   }
 }
 
+/** Takes the outcome of a run whose RunTask stream was gone by its end (a joined node's). */
+export interface OutcomeKeeper {
+  keepOutcome(taskId: string, attempt: number, outcome: RunOutcome): void;
+}
+
 /** The AgentHostService handlers: thin, over the AgentHost domain object. */
-export function agentHostRoutes(host: AgentHost) {
+export function agentHostRoutes(host: AgentHost, keeper?: OutcomeKeeper) {
   return (router: ConnectRouter) =>
     router.service(AgentHostService, {
       getCapacity() {
@@ -59,6 +65,7 @@ export function agentHostRoutes(host: AgentHost) {
           runtime: host.opts.backend.name,
           agentsTotal: agents.length,
           agentsIdle: agents.filter((a) => a.state === AgentState.IDLE).length,
+          ...host.opts.offer,
         };
       },
       listAgents() {
@@ -99,6 +106,7 @@ export function agentHostRoutes(host: AgentHost) {
         const done = running.then(
           (outcome) => {
             const value = create(RunOutcomeSchema, outcome);
+            if (ctx.signal.aborted) keeper?.keepOutcome(req.taskId, req.attempt, value);
             if (value.result) sendWhole(queue, boundResult(value.result));
             queue.push({ case: "outcome", value });
             queue.end();

@@ -42,7 +42,7 @@ export interface AgentSlot extends Watched, AgentParts {
   dir: string;
   /** Who owns what the agent may write, when not this service's user. */
   owner: AgentOwner | undefined;
-  run?: { taskId: string; abort: AbortController; done: Promise<RunOutcome> };
+  run?: { taskId: string; attempt: number; abort: AbortController; done: Promise<RunOutcome> };
 }
 
 /** What running a task on an agent takes from its AgentHost. */
@@ -231,7 +231,7 @@ export async function executeRun(
     return { outcome, cliEnded };
   };
   const done = c.observer ? c.observer.cliRun({ taskId, agentId }, runCli) : runCli();
-  slot.run = { taskId, abort, done };
+  slot.run = { taskId, attempt: attempt.attempt, abort, done };
   try {
     const outcome = await done;
     const metered = slot.proxy.take();

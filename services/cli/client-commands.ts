@@ -16,6 +16,7 @@ import { localPath } from "./workspace-flags.ts";
 import { apply } from "./apply.ts";
 import { bool, list, str, UsageError, type ParsedCommand } from "./args.ts";
 import { diff } from "./diff.ts";
+import { nodes } from "./nodes.ts";
 import { ago, count, duration, oneLine, stateName, table, usd } from "./format.ts";
 import { int, taskSpecOf } from "./submit-spec.ts";
 import { eventText, taskText } from "./task-text.ts";
@@ -109,6 +110,8 @@ export async function runClientCommand(
       }
       return 0;
     }
+    case "nodes":
+      return await nodes(client, p, asJson, out);
     case "stats": {
       const s = await client.getStats({});
       if (asJson) {

@@ -38,6 +38,13 @@ const agentFlags: Record<string, Flag> = {
   },
 };
 
+/** Also listen on TCP with mutual TLS. */
+const listen: Flag = {
+  type: "string",
+  arg: "HOST:PORT",
+  help: "communication.listen: also serve TCP with mutual TLS (tls.*), e.g. 0.0.0.0:7443",
+};
+
 /** Flags of every command that starts a service. */
 const serving: Record<string, Flag> = {
   ...where,
@@ -72,21 +79,34 @@ export const COMMANDS: readonly Command[] = [
     args: "",
     summary: "Orchestrator, AgentHost and Broker in one process",
     details: serviceDetails,
-    flags: { ...serving, ...agentFlags },
+    flags: { ...serving, ...agentFlags, listen },
   },
   {
     name: "orchestrator",
     args: "",
     summary: "the Orchestrator alone (task store, scheduler)",
     details: serviceDetails,
-    flags: serving,
+    flags: { ...serving, listen },
   },
   {
     name: "agent-host",
     args: "",
     summary: "an AgentHost alone (the agents; serves <socket_dir>/agent-host.sock)",
-    details: serviceDetails,
-    flags: { ...serving, ...agentFlags },
+    details: `${serviceDetails}
+
+With --join HOST:PORT (agent_host.join) it joins the Orchestrator listening there over TCP with
+mutual TLS (tls.ca_file, tls.cert_file, tls.key_file: an agent-host certificate from
+"conductor certs issue"), dialling out: the node needs no inbound port. Its name is its
+certificate's; agent_host.labels, agent_host.cpus and agent_host.memory say what it offers.`,
+    flags: {
+      ...serving,
+      ...agentFlags,
+      join: {
+        type: "string",
+        arg: "HOST:PORT",
+        help: "agent_host.join: the Orchestrator's TCP listener to join (mutual TLS)",
+      },
+    },
   },
   {
     name: "broker",
@@ -313,6 +333,18 @@ With --json, the text comes as JSON lines {"text": "…"}: joined in order, they
     },
   },
   { name: "agents", args: "", summary: "list the agents and what they run", flags: where },
+  {
+    name: "nodes",
+    args: "[drain|undrain <name>]",
+    summary: "list the nodes (capacity, use, labels, lease); drain or undrain one",
+    details: `
+Lists every node: those joined over TCP (agent-host --join) and local ones (Unix sockets),
+with their state (ready, draining, lost), agents, CPUs and memory offered and asked for by
+running tasks, labels and, for joined nodes, when the lease lapses unless renewed.
+"nodes drain NAME" stops giving NAME new tasks (its running ones finish); "nodes undrain
+NAME" lets it take tasks again. Draining is kept across Orchestrator restarts.`,
+    flags: where,
+  },
   { name: "cancel", args: "<task-id>", summary: "cancel a task", flags: where },
   {
     name: "stats",
@@ -391,6 +423,7 @@ export const CLIENT_COMMANDS = new Set([
   "output",
   "tasks",
   "agents",
+  "nodes",
   "cancel",
   "stats",
 ]);

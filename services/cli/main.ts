@@ -168,6 +168,8 @@ const FLAG_NAMES = (command: string): Record<string, string> => ({
   "observability.log_level": "--log-level",
   "observability.log_format": "--log-format",
   "runtime.backend": "--runtime",
+  "communication.listen": "--listen",
+  "agent_host.join": "--join",
   [metricsPortKey(command)]: "--metrics-port",
 });
 

@@ -1,8 +1,7 @@
-import { readFileSync } from "node:fs";
-import path from "node:path";
 import { Registry } from "prom-client";
 import { envName, type Config } from "../shared/config.ts";
 import { metricsPortKey } from "./commands.ts";
+import { conductorVersion } from "../shared/version.ts";
 import type { Logger } from "../shared/log.ts";
 import { serveMetrics, type MetricsServer } from "../shared/metrics-server.ts";
 import { createObservability, type Observability } from "../shared/observability.ts";
@@ -34,7 +33,7 @@ export async function startObservability(
   const settings = tracingSettingsFromEnv(env);
   const tracing = createTracing(settings, {
     nodeId: config.orchestrator.node_id,
-    version: packageVersion(),
+    version: conductorVersion(),
   });
   const registry = port >= 0 ? new Registry() : undefined;
   let server: MetricsServer | undefined;
@@ -63,8 +62,3 @@ export async function startObservability(
 }
 
 type MetricsPortField = "metrics_port" | "agent_host_metrics_port" | "broker_metrics_port";
-
-function packageVersion(): string {
-  const file = path.join(import.meta.dirname, "..", "..", "package.json");
-  return (JSON.parse(readFileSync(file, "utf8")) as { version: string }).version;
-}

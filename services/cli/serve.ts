@@ -46,13 +46,19 @@ export async function serve(command: string, config: Config, io: ServeIO): Promi
     if (runsAgents)
       running.push(await startAgentHost(config, log, io.env["PATH"] ?? "/usr/bin:/bin", obs));
     if (command === "up" || command === "orchestrator")
-      running.push(await startOrchestrator(config, log, obs));
+      running.push(await startOrchestrator(config, log, obs, command === "up"));
   } catch (e) {
     for (const r of running.reverse()) await r.stop().catch(() => undefined);
     await observability.stop();
     throw e;
   }
-  const ready = readyLine(command, config, observability.metricsUrl);
+  const tcp = running.map((r) => r.tcp).find((t) => t !== undefined);
+  const ready = {
+    ...readyLine(command, config, observability.metricsUrl),
+    ...(tcp
+      ? { listen: `${tcp.host.includes(":") ? `[${tcp.host}]` : tcp.host}:${tcp.port}` }
+      : {}),
+  };
   const human = !io.json && format !== "json" && io.stdout.isTTY === true;
   io.stdout.write(human ? readyText(command, config, ready) : JSON.stringify(ready) + "\n");
   await new Promise<void>((resolve) => {
@@ -104,6 +110,7 @@ export function readyText(command: string, config: Config, ready: Record<string,
   };
   const rows: [string, unknown][] = [
     ["socket", ready["socket"]],
+    ["listen", ready["listen"]],
     ["agent host", ready["agent_host_socket"]],
     ["broker", ready["broker_socket"]],
     ["metrics", ready["metrics"]],

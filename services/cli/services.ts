@@ -22,10 +22,47 @@ import type { Logger } from "../shared/log.ts";
 import type { Observability } from "../shared/observability.ts";
 import { lockService, type ServiceLock } from "../shared/lock.ts";
 import { serveUnix, type UnixServer } from "../shared/transport.ts";
+import { serveTls, type TcpServer } from "../shared/tcp.ts";
+import { TlsMaterial, type Role } from "../shared/tls.ts";
+import { conductorVersion } from "../shared/version.ts";
+import { Membership } from "../agent-host/join.ts";
+import { NodeService } from "../../gen/conductor/v1/node_pb.js";
+import { nodeRoutes } from "../orchestrator/routes.ts";
+import { availableParallelism, totalmem } from "node:os";
+import { create } from "@bufbuild/protobuf";
+import { ResourcesSchema } from "../../gen/conductor/v1/task_pb.js";
 
 /** A started service: stop() ends it cleanly. */
 export interface Running {
   stop(): Promise<void>;
+  /** Its TCP listener, when it has one (communication.listen). */
+  tcp?: TcpServer | undefined;
+}
+
+/**
+ * The TLS material of a service that listens on TCP or joins over it (tls.*), which must hold
+ * a certificate of `role`. Throws naming what is missing or wrong.
+ */
+export function tlsMaterial(config: Config, role: Role, why: string, log: Logger): TlsMaterial {
+  const t = config.tls;
+  const missing = (["ca_file", "cert_file", "key_file"] as const).filter((k) => !t[k]);
+  if (missing.length > 0) {
+    throw new Error(
+      `${why} needs ${missing.map((k) => `tls.${k}`).join(", ")} (make them with \`conductor certs init\` and \`conductor certs issue --role ${role}\`)`,
+    );
+  }
+  const material = TlsMaterial.load(
+    { caFile: t.ca_file, certFile: t.cert_file, keyFile: t.key_file },
+    log,
+  );
+  const id = material.current().identity;
+  if (id.role !== role) {
+    material.close();
+    throw new Error(
+      `${t.cert_file} is a certificate of ${id.spiffeId}; ${why} needs one of role ${role} (conductor certs issue --role ${role})`,
+    );
+  }
+  return material;
 }
 
 /** The AgentHost's socket in the socket folder. */
@@ -58,7 +95,13 @@ async function serveAgentHost(
   obs?: Observability,
 ): Promise<Running & { host: AgentHost; server: UnixServer }> {
   const a = config.agent;
-  const telemetry = { ...obs, nodeId: config.orchestrator.node_id };
+  const joining = config.agent_host.join;
+  const material = joining
+    ? tlsMaterial(config, "agent-host", `agent_host.join (${joining})`, log)
+    : undefined;
+  // A joined node is named by its certificate, and so are its agents, fleet-wide.
+  const nodeId = material ? material.current().identity.name : config.orchestrator.node_id;
+  const telemetry = { ...obs, nodeId };
   const backend = observeBackend(await loadBackend(config), telemetry);
   const fingerprint = await backend.fingerprint();
   // In an image the CLI is the image's; else the npm package's on this machine.
@@ -76,8 +119,15 @@ async function serveAgentHost(
       ulimits: config.runtime.ulimits,
       stopGraceMs: config.runtime.stop_grace_seconds * 1000,
     },
-    nodeId: config.orchestrator.node_id,
+    nodeId,
     numAgents: config.orchestrator.num_agents,
+    ...(material ? { agentIdPrefix: `${nodeId}:` } : {}),
+    offer: {
+      version: conductorVersion(),
+      labels: config.agent_host.labels,
+      cpus: config.agent_host.cpus || availableParallelism(),
+      memoryBytes: BigInt(config.agent_host.memory || totalmem()),
+    },
     dataDir: config.storage.data_dir,
     workspacePolicy: a.workspace_policy,
     workspaces: {
@@ -127,10 +177,32 @@ async function serveAgentHost(
     socket: server.socketPath,
     agents: config.orchestrator.num_agents,
   });
+  const membership = material
+    ? new Membership({
+        address: joining,
+        material,
+        host,
+        info: {
+          runtime: backend.name,
+          version: conductorVersion(),
+          labels: config.agent_host.labels,
+          capacity: create(ResourcesSchema, {
+            cpus: config.agent_host.cpus || availableParallelism(),
+            memoryBytes: BigInt(config.agent_host.memory || totalmem()),
+          }),
+          agentsTotal: config.orchestrator.num_agents,
+        },
+        interceptors: obs?.clientInterceptors ?? [],
+        log: log.child({ service: "agent-host" }),
+      })
+    : undefined;
+  membership?.start();
   return {
     host,
     server,
     stop: async () => {
+      await membership?.close();
+      material?.close();
       await host.close();
       await server.close();
       await lock.release();
@@ -179,10 +251,11 @@ export async function startOrchestrator(
   config: Config,
   log: Logger,
   obs?: Observability,
-): Promise<Running & { orchestrator: Orchestrator; server: UnixServer }> {
+  withLocalHost = true,
+): Promise<Running & { orchestrator: Orchestrator; server: UnixServer; tcp?: TcpServer }> {
   const lock = await lockService("orchestrator", config.storage.data_dir);
   try {
-    return await serveOrchestrator(config, log, lock, obs);
+    return await serveOrchestrator(config, log, lock, obs, withLocalHost);
   } catch (e) {
     await lock.release();
     throw e;
@@ -193,16 +266,25 @@ async function serveOrchestrator(
   config: Config,
   log: Logger,
   lock: ServiceLock,
-  obs?: Observability,
-): Promise<Running & { orchestrator: Orchestrator; server: UnixServer }> {
+  obs: Observability | undefined,
+  withLocalHost: boolean,
+): Promise<Running & { orchestrator: Orchestrator; server: UnixServer; tcp?: TcpServer }> {
   const o = config.orchestrator;
+  const listen = config.communication.listen;
+  const material = listen
+    ? tlsMaterial(config, "orchestrator", `communication.listen (${listen})`, log)
+    : undefined;
+  // Listening on TCP without a local AgentHost: nodes join; the default socket is not dialled.
+  const onlyDefault = o.agent_hosts.length === 1 && o.agent_hosts[0] === agentHostSocket(config);
+  const hosts = listen && !withLocalHost && onlyDefault ? [] : o.agent_hosts;
   const observer =
     obs && (obs.tracer || obs.registry)
       ? createOrchestratorObserver({ ...obs, defaultModel: config.agent.model })
       : undefined;
   const orchestrator = new Orchestrator({
     dataDir: config.storage.data_dir,
-    agentHosts: o.agent_hosts.length > 0 ? o.agent_hosts : [agentHostSocket(config)],
+    agentHosts: hosts,
+    nodeLeaseMs: o.node_lease_seconds * 1000,
     maxWorkers: o.max_workers,
     defaultMaxAttempts: o.default_max_attempts,
     retryBackoffMs: o.retry_backoff_seconds * 1000,
@@ -224,14 +306,40 @@ async function serveOrchestrator(
     interceptors: obs?.serverInterceptors ?? [],
     log,
   });
+  let tcp: TcpServer | undefined;
+  if (material) {
+    try {
+      tcp = await serveTls({
+        listen,
+        material,
+        services: [OrchestratorService, NodeService],
+        routes: (router) => {
+          orchestratorRoutes(orchestrator)(router);
+          nodeRoutes(orchestrator)(router);
+        },
+        interceptors: obs?.serverInterceptors ?? [],
+        onTunnel: (socket, peer) => orchestrator.fleet.tunnel(socket, peer.identity),
+        log,
+      });
+    } catch (e) {
+      await server.close();
+      await orchestrator.close();
+      material.close();
+      throw e;
+    }
+  }
   log.info("orchestrator serving", {
     socket: server.socketPath,
+    listen: tcp ? `${tcp.host}:${tcp.port}` : undefined,
     data_dir: config.storage.data_dir,
   });
   return {
     orchestrator,
     server,
+    ...(tcp ? { tcp } : {}),
     stop: async () => {
+      await tcp?.close();
+      material?.close();
       await server.close();
       await orchestrator.close();
       await lock.release();

@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import type { RunOutcome } from "../../gen/conductor/v1/agent_host_pb.js";
 import type { Logger } from "../shared/log.ts";
 import type { HostRegistry } from "./hosts.ts";
 
@@ -34,6 +35,8 @@ export type HostView =
   | { kind: "unconfigured" }
   /** The host did not answer the latest poll. */
   | { kind: "silent" }
+  /** A joined node whose lease lapsed: it ended its own runs before that (self-fencing). */
+  | { kind: "lost" }
   /** The host answers, but not yet to a poll begun after the attempt was lost. */
   | { kind: "stale" }
   /** The host answered and one of its agents reports the task. */
@@ -66,6 +69,11 @@ export function nextStep(
         kind: "over",
         reason: `agent host ${host} confirmed that no agent runs it any more`,
       };
+    case "lost":
+      return {
+        kind: "over",
+        reason: `node ${host} lost: its lease lapsed (orchestrator.node_lease_seconds), and a node ends its own runs before that`,
+      };
     case "runs-it":
       return { kind: "cancel-run" };
     case "stale":
@@ -93,6 +101,8 @@ function formatSeconds(ms: number): string {
 /** How the wait for an unconfirmed attempt ended. */
 export type AttemptEnd =
   | { kind: "confirmed"; reason: string }
+  /** The node reported how the run ended (NodeService.ReportOutcome). */
+  | { kind: "reported"; outcome: RunOutcome }
   /** The task was cancelled meanwhile (it ends CANCELLED; no retry). */
   | { kind: "cancelled" }
   /** The Orchestrator is stopping: recovery decides on restart. */
@@ -171,6 +181,17 @@ export class UnconfirmedAttempts {
     }
   }
 
+  /**
+   * A node's report of how an attempt it ran ended: ends that attempt's wait. False when no
+   * wait is for that attempt on that host.
+   */
+  report(host: string, taskId: string, attempt: number, outcome: RunOutcome): boolean {
+    const p = this.pending.get(taskId);
+    if (!p || p.host !== host || p.attempt !== attempt) return false;
+    this.end(p, { kind: "reported", outcome });
+    return true;
+  }
+
   /** Ends the wait of a cancelled task at once, asking its host (best effort) to end the run. */
   cancel(taskId: string): boolean {
     const p = this.pending.get(taskId);
@@ -194,6 +215,7 @@ export class UnconfirmedAttempts {
   private view(p: Pending): HostView {
     const link = this.hosts.link(p.host);
     if (!link) return { kind: "unconfigured" };
+    if (link.lost) return { kind: "lost" };
     if (!link.reachable) return { kind: "silent" };
     if (link.answeredIn <= p.generation) return { kind: "stale" };
     return link.agents.some((a) => a.taskId === p.taskId) ? { kind: "runs-it" } : { kind: "idle" };

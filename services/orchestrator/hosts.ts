@@ -1,8 +1,31 @@
-import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import type tls from "node:tls";
+import { createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { AgentHostService } from "../../gen/conductor/v1/agent_host_pb.js";
 import { AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
 import type { Logger } from "../shared/log.ts";
+import { deadSocket, tunnelTransport } from "../shared/tcp.ts";
 import { unixTransport } from "../shared/transport.ts";
+
+/** What a node says of itself (a joined node at RegisterNode, a local one at GetCapacity). */
+export interface NodeInfo {
+  name: string;
+  runtime: string;
+  version: string;
+  labels: Record<string, string>;
+  cpus: number;
+  memoryBytes: bigint;
+  agentsTotal: number;
+}
+
+/** A node that joined over TCP: its lease and its tunnel. */
+export interface Joined {
+  /** When the lease lapses unless renewed (ms since the epoch). */
+  leaseExpires: number;
+  lastSeen: number;
+  /** The tunnel the node dialled; calls go over it. */
+  socket?: tls.TLSSocket | undefined;
+}
 
 /** An agent as the Orchestrator sees it: where it lives and what it reported last. */
 export interface AgentRef {
@@ -11,18 +34,51 @@ export interface AgentRef {
   agent: Agent;
 }
 
-/** One AgentHost the Orchestrator schedules onto, reached over its Unix socket. */
+/**
+ * One AgentHost the Orchestrator schedules onto: a local one reached over its Unix socket
+ * (`address` is the socket), or a node that joined over TCP (`address` is its name, and
+ * calls go over the tunnel it dialled).
+ */
 export class HostLink {
-  readonly client: Client<typeof AgentHostService>;
+  client: Client<typeof AgentHostService>;
   readonly address: string;
   agents: Agent[] = [];
   reachable = false;
   /** The poll (HostRegistry.generation) whose answer `agents` holds; 0 before any answer. */
   answeredIn = 0;
+  /** What the node says of itself; undefined until a local node first answers GetCapacity. */
+  info: NodeInfo | undefined;
+  /** Set for a node that joined over TCP. */
+  joined: Joined | undefined;
+  /** A joined node whose lease lapsed: its attempts were ended; it takes nothing until it rejoins. */
+  lost = false;
+  /** Takes no new task (`conductor nodes drain`). */
+  drained = false;
+  private readonly interceptors: Interceptor[];
 
-  constructor(address: string, interceptors: Interceptor[] = []) {
+  constructor(address: string, interceptors: Interceptor[] = [], transport?: Transport) {
     this.address = address;
-    this.client = createClient(AgentHostService, unixTransport(address, interceptors));
+    this.interceptors = interceptors;
+    this.client = createClient(AgentHostService, transport ?? unixTransport(address, interceptors));
+  }
+
+  /** The node's name: a joined node's from its certificate, a local one's node id once known. */
+  get name(): string {
+    return this.joined ? this.address : (this.info?.name ?? this.address);
+  }
+
+  /** Whether new tasks may go here. */
+  get schedulable(): boolean {
+    return this.reachable && !this.lost && !this.drained;
+  }
+
+  /** Calls go over `socket` from now on (a joined node dialled again); the old tunnel ends. */
+  useTunnel(socket: tls.TLSSocket): void {
+    const joined = this.joined!;
+    const old = joined.socket;
+    joined.socket = socket;
+    this.client = createClient(AgentHostService, tunnelTransport(socket, this.interceptors));
+    old?.destroy();
   }
 }
 
@@ -38,6 +94,7 @@ export class HostRegistry {
   private timer: NodeJS.Timeout | undefined;
   private readonly log: Logger;
   private readonly timeoutMs: number;
+  private readonly interceptors: Interceptor[];
 
   constructor(
     addresses: string[],
@@ -48,6 +105,67 @@ export class HostRegistry {
     this.links = addresses.map((a) => new HostLink(a, interceptors));
     this.timeoutMs = timeoutMs;
     this.log = log;
+    this.interceptors = interceptors;
+  }
+
+  /**
+   * A node joins (or rejoins) with a lease of `ttlMs`: known again, not lost, its tunnel to come.
+   * A name that is a local host's is refused (the caller says so).
+   */
+  join(info: NodeInfo, now: number, ttlMs: number): HostLink {
+    let link = this.link(info.name);
+    if (!link) {
+      link = new HostLink(info.name, this.interceptors, closedTransport());
+      this.links.push(link);
+    }
+    if (!link.joined) link.joined = { leaseExpires: 0, lastSeen: 0 };
+    if (link.lost) this.log.info("node rejoined", { node: info.name });
+    link.lost = false;
+    link.info = info;
+    link.joined.leaseExpires = now + ttlMs;
+    link.joined.lastSeen = now;
+    return link;
+  }
+
+  /** Renews a joined node's lease; false when it is unknown or lost (it must register again). */
+  renew(name: string, now: number, ttlMs: number): HostLink | undefined {
+    const link = this.link(name);
+    if (!link?.joined || link.lost) return undefined;
+    link.joined.leaseExpires = now + ttlMs;
+    link.joined.lastSeen = now;
+    return link;
+  }
+
+  /** A joined node's tunnel arrived: calls go over it. False for a node that did not register. */
+  attachTunnel(name: string, socket: tls.TLSSocket): boolean {
+    const link = this.link(name);
+    if (!link?.joined || link.lost) return false;
+    link.useTunnel(socket);
+    socket.once("close", () => {
+      if (link.joined?.socket !== socket) return;
+      link.joined.socket = undefined;
+      link.reachable = false;
+      link.agents = [];
+    });
+    return true;
+  }
+
+  /**
+   * Joined nodes whose lease lapsed by `now` become lost: their tunnel is cut (streams over it
+   * end) and they take nothing until they register again. Returns their names.
+   */
+  expire(now: number): string[] {
+    const lost: string[] = [];
+    for (const link of this.links) {
+      if (!link.joined || link.lost || link.joined.leaseExpires > now) continue;
+      link.lost = true;
+      link.reachable = false;
+      link.agents = [];
+      link.joined.socket?.destroy();
+      link.joined.socket = undefined;
+      lost.push(link.address);
+    }
+    return lost;
   }
 
   /** Polls every intervalMs, calling onChange after each poll; a poll still under way is not doubled. */
@@ -68,7 +186,7 @@ export class HostRegistry {
     await this.polling;
   }
 
-  /** The link to the host at `address`, if it is configured. */
+  /** The link to the host at `address` (a socket, or a joined node's name), if known. */
   link(address: string): HostLink | undefined {
     return this.links.find((l) => l.address === address);
   }
@@ -83,8 +201,10 @@ export class HostRegistry {
     const generation = ++this.generation;
     await Promise.all(
       this.links.map(async (link) => {
+        if (link.joined && (link.lost || !link.joined.socket)) return; // nothing to ask over
         try {
           const res = await link.client.listAgents({}, { timeoutMs: this.timeoutMs });
+          if (!link.reachable && !link.joined) await this.describe(link);
           if (!link.reachable)
             this.log.info("agent host reachable", {
               host: link.address,
@@ -103,6 +223,27 @@ export class HostRegistry {
     );
   }
 
+  /**
+   * A local node says what it is (capacity, labels) each time it comes back; one that cannot
+   * (an older AgentHost) keeps what it said before, or nothing: it is then held to no limits.
+   */
+  private async describe(link: HostLink): Promise<void> {
+    try {
+      const cap = await link.client.getCapacity({}, { timeoutMs: this.timeoutMs });
+      link.info = {
+        name: cap.nodeId,
+        runtime: cap.runtime,
+        version: cap.version,
+        labels: cap.labels,
+        cpus: cap.cpus,
+        memoryBytes: cap.memoryBytes,
+        agentsTotal: cap.agentsTotal,
+      };
+    } catch (e) {
+      this.log.debug("agent host did not say what it offers", { host: link.address, error: e });
+    }
+  }
+
   /** Every agent on every reachable host. */
   all(): AgentRef[] {
     return this.links.flatMap((host) =>
@@ -110,13 +251,21 @@ export class HostRegistry {
     );
   }
 
-  /** Agents their host reports idle, least used first. */
+  /** Agents their host reports idle on nodes that take new tasks, least used first. */
   idle(): AgentRef[] {
     return this.all()
-      .filter((r) => r.agent.state === AgentState.IDLE)
+      .filter((r) => r.agent.state === AgentState.IDLE && r.host.schedulable)
       .sort(
         (a, b) =>
           Number(a.agent.tasksCompleted - b.agent.tasksCompleted) || a.key.localeCompare(b.key),
       );
   }
+}
+
+/** A transport for a joined node before its tunnel arrives: every call is UNAVAILABLE. */
+function closedTransport(): Transport {
+  return createGrpcTransport({
+    baseUrl: "http://tunnel",
+    nodeOptions: { createConnection: () => deadSocket("the node's tunnel is not open yet") },
+  });
 }

@@ -12,6 +12,8 @@ import type { Logger } from "../shared/log.ts";
 import { ArtifactStore, MAX_TASK_ARTIFACT_BYTES } from "./artifacts.ts";
 import { TaskEvents } from "./events.ts";
 import { HostRegistry } from "./hosts.ts";
+import { Fleet } from "./nodes.ts";
+import { checkPlaceable, place } from "./placement.ts";
 import type { OrchestratorObserver } from "./observer.ts";
 import { AttemptRunner } from "./runner.ts";
 import { FINAL_STATES, TaskStore } from "./store.ts";
@@ -41,7 +43,12 @@ export interface OrchestratorOptions {
   observer?: OrchestratorObserver | undefined;
   /** Interceptors of the calls to AgentHosts (tracing, metrics). */
   hostInterceptors?: Interceptor[];
+  /** A joined node's lease (orchestrator.node_lease_seconds; default 15 s). */
+  nodeLeaseMs?: number;
 }
+
+/** Most queued tasks one schedule looks at. */
+const MAX_SCHEDULE_SCAN = 1000;
 
 const stateName = (s: TaskState) => `TASK_STATE_${TaskState[s]}`;
 
@@ -55,6 +62,8 @@ export class Orchestrator {
   readonly hosts: HostRegistry;
   /** The whole of long outputs and results (GetTaskOutput). */
   readonly artifacts: ArtifactStore;
+  /** The nodes: joined ones' leases and tunnels, draining. */
+  readonly fleet: Fleet;
   private readonly events: TaskEvents;
   private readonly runner: AttemptRunner;
   private readonly opts: OrchestratorOptions;
@@ -88,14 +97,28 @@ export class Orchestrator {
       unconfirmedAttemptTimeoutMs: opts.unconfirmedAttemptTimeoutMs ?? 600_000,
       onRelease: () => this.schedule(),
     });
+    this.fleet = new Fleet({
+      hosts: this.hosts,
+      store: this.store,
+      leaseTtlMs: opts.nodeLeaseMs ?? 15_000,
+      log: opts.log,
+      report: (node, run, outcome) => this.runner.reported(node, run.taskId, run.attempt, outcome),
+      used: (node) => this.runner.usedOn(node),
+    });
   }
 
   /** Takes up interrupted tasks, then starts watching hosts and scheduling. */
   start(): void {
+    this.fleet.awaitRejoin(Date.now());
     this.runner.recover();
     this.hosts.start(this.opts.pollIntervalMs ?? 1000, () => {
       if (this.closed) return;
-      this.runner.checkUnconfirmed(Date.now());
+      const now = Date.now();
+      for (const node of this.hosts.expire(now))
+        this.opts.log.warn("node lost: its lease lapsed; its attempts end and are retried", {
+          node,
+        });
+      this.runner.checkUnconfirmed(now);
       this.schedule();
     });
   }
@@ -105,7 +128,9 @@ export class Orchestrator {
    * returns the first task. A full disk throws StorageFull, with nothing stored.
    */
   submit(input: TaskSpec | undefined): { task: Task; deduplicated: boolean } {
-    return this.enqueue(validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes }));
+    const spec = validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes });
+    checkPlaceable(this.hosts.links, spec);
+    return this.enqueue(spec);
   }
 
   /** Stores a validated spec with its first event, and queues it. */
@@ -131,6 +156,7 @@ export class Orchestrator {
     signal?: AbortSignal,
   ): Promise<{ task: Task; deduplicated: boolean }> {
     const spec = validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes });
+    checkPlaceable(this.hosts.links, spec);
     await checkAtSubmit(this.hosts, spec, signal);
     return this.enqueue(spec);
   }
@@ -238,8 +264,10 @@ export class Orchestrator {
     const slots = Math.min(free.length, this.opts.maxWorkers - this.runner.size);
     const now = Date.now();
     if (slots > 0) {
-      const tasks = this.store.nextQueued(slots, now);
-      tasks.forEach((task, i) => this.runner.dispatch(task, free[i]!, now));
+      // Tasks that fit no free agent now wait; those after them are looked at (bounded).
+      const tasks = this.store.nextQueued(Math.min(MAX_SCHEDULE_SCAN, slots * 8 + 16), now);
+      const pairs = place(tasks, free, (host) => this.runner.usedOn(host)).slice(0, slots);
+      for (const [task, ref] of pairs) this.runner.dispatch(task, ref, now);
     }
     clearTimeout(this.wakeTimer);
     const wake = this.store.nextWakeup(now);

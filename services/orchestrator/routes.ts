@@ -1,5 +1,6 @@
 import { toBinary } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
+import { NodeService } from "../../gen/conductor/v1/node_pb.js";
 import { OrchestratorService } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { TaskSchema } from "../../gen/conductor/v1/task_pb.js";
 import { invalid } from "../shared/errors.ts";
@@ -77,6 +78,15 @@ export function orchestratorRoutes(orch: Orchestrator) {
       getStats() {
         return orch.stats();
       },
+      listNodes() {
+        return { nodes: orch.fleet.list() };
+      },
+      drainNode(req) {
+        return { node: orch.fleet.drain(shortId("name", req.name), true) };
+      },
+      undrainNode(req) {
+        return { node: orch.fleet.drain(shortId("name", req.name), false) };
+      },
     });
 }
 
@@ -84,8 +94,28 @@ export function orchestratorRoutes(orch: Orchestrator) {
 function shortId(field: string, id: string): string {
   if (Buffer.byteLength(id, "utf8") > MAX_ID_BYTES) {
     throw invalid(
-      `${field} is ${Buffer.byteLength(id, "utf8")} bytes; task ids are at most ${MAX_ID_BYTES}`,
+      `${field} is ${Buffer.byteLength(id, "utf8")} bytes; ids and names are at most ${MAX_ID_BYTES}`,
     );
   }
   return id;
+}
+
+/**
+ * The NodeService handlers, for AgentHosts that joined over TCP. The authorisation interceptor
+ * has checked that the caller's certificate names the node each request speaks for.
+ */
+export function nodeRoutes(orch: Orchestrator) {
+  return (router: ConnectRouter) =>
+    router.service(NodeService, {
+      registerNode(req) {
+        return orch.fleet.register(req, Date.now());
+      },
+      heartbeat(req) {
+        return orch.fleet.heartbeat(req, Date.now());
+      },
+      reportOutcome(req) {
+        orch.fleet.reportOutcome(req.name, req.run, req.outcome);
+        return {};
+      },
+    });
 }

@@ -47,6 +47,9 @@ interface ActiveRun {
   /** The AgentHost's address (HostLink.address). */
   host: string;
   agentId: string;
+  /** What the attempt's task asked of its node (TaskSpec.resources). */
+  cpus: number;
+  memoryBytes: bigint;
   abort: AbortController;
   cancelRequested: boolean;
   /** Its outcome is decided and waits for the store (a full disk): too late to cancel. */
@@ -111,6 +114,23 @@ export class AttemptRunner {
     return new Set([...this.runs.values()].map((r) => r.key));
   }
 
+  /** Resources the attempts on a host (HostLink.address) asked for, together. */
+  usedOn(host: string): { cpus: number; memoryBytes: bigint } {
+    let cpus = 0;
+    let memoryBytes = 0n;
+    for (const r of this.runs.values()) {
+      if (r.host !== host) continue;
+      cpus += r.cpus;
+      memoryBytes += r.memoryBytes;
+    }
+    return { cpus, memoryBytes };
+  }
+
+  /** A node's report of how an attempt whose stream was gone ended; false if none waited. */
+  reported(host: string, taskId: string, attempt: number, outcome: RunOutcome): boolean {
+    return this.unconfirmed.report(host, taskId, attempt, outcome);
+  }
+
   /** Decides unconfirmed attempts from the latest poll of the hosts; call after each poll. */
   checkUnconfirmed(now: number): void {
     if (!this.closed) this.unconfirmed.check(now);
@@ -141,7 +161,7 @@ export class AttemptRunner {
     }
     ref.agent.state = AgentState.BUSY;
     ref.agent.taskId = task.id;
-    const run = this.track(task.id, ref.host.address, ref.agent.id);
+    const run = this.track(task.id, ref.host.address, ref.agent.id, task);
     const execute = () => this.execute(task, attempt, run, ref);
     const info = {
       taskId: task.id,
@@ -180,7 +200,7 @@ export class AttemptRunner {
         attempts: task.attempts,
         host: host || undefined,
       });
-      const run = this.track(task.id, host, task.agentId);
+      const run = this.track(task.id, host, task.agentId, task);
       const attemptLog = log.child({
         task_id: task.id,
         agent_id: task.agentId,
@@ -192,11 +212,15 @@ export class AttemptRunner {
       run.done = ended
         .then(async (end) => {
           if (end.kind === "closed") return;
-          const error =
-            end.kind === "cancelled"
-              ? "the run was stopped"
-              : `interrupted: ${what}${end.reason ? `; ${end.reason}` : ""}`;
-          await this.finish(task.id, task.attempts, lost(error), run, undefined, attemptLog);
+          const outcome =
+            end.kind === "reported"
+              ? end.outcome
+              : lost(
+                  end.kind === "cancelled"
+                    ? "the run was stopped"
+                    : `interrupted: ${what}${end.reason ? `; ${end.reason}` : ""}`,
+                );
+          await this.finish(task.id, task.attempts, outcome, run, undefined, attemptLog);
         })
         .catch((e: unknown) => attemptLog.error("recovery failed unexpectedly", { error: e }))
         .finally(() => this.release(task.id));
@@ -235,11 +259,13 @@ export class AttemptRunner {
     await Promise.all([...this.runs.values()].map((r) => r.done));
   }
 
-  private track(id: string, host: string, agentId: string): ActiveRun {
+  private track(id: string, host: string, agentId: string, task: Task): ActiveRun {
     const run: ActiveRun = {
       key: `${host}#${agentId}`,
       host,
       agentId,
+      cpus: task.spec?.resources?.cpus ?? 0,
+      memoryBytes: task.spec?.resources?.memoryBytes ?? 0n,
       abort: new AbortController(),
       cancelRequested: false,
       holding: false,
@@ -278,11 +304,14 @@ export class AttemptRunner {
       log.warn("lost the agent host during the run", { host: run.host, error: why });
       const end = await this.awaitEnd(task.id, attempt, run, state, what);
       if (end.kind === "closed") return;
-      outcome = lost(
-        end.kind === "cancelled"
-          ? "the run was stopped"
-          : `lost the agent host during the run (${why}); ${end.reason}`,
-      );
+      outcome =
+        end.kind === "reported"
+          ? end.outcome
+          : lost(
+              end.kind === "cancelled"
+                ? "the run was stopped"
+                : `lost the agent host during the run (${why}); ${end.reason}`,
+            );
     }
     if (s.dropped > 0)
       log.warn("output the store refused was dropped", { dropped_events: s.dropped });

@@ -72,6 +72,9 @@ CREATE TABLE IF NOT EXISTS events (
   output_bytes INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (task_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS drained_nodes (
+  name TEXT PRIMARY KEY
+) WITHOUT ROWID;
 `;
 
 interface TaskRow {
@@ -225,6 +228,23 @@ export class TaskStore {
       n: number;
     }[];
     return new Map(rows.map((r) => [r.state as TaskState, r.n]));
+  }
+
+  /** Names of the nodes drained (`conductor nodes drain`): kept across restarts. */
+  drainedNodes(): Set<string> {
+    const rows = this.db.prepare("SELECT name FROM drained_nodes").all() as { name: string }[];
+    return new Set(rows.map((r) => r.name));
+  }
+
+  /** Records that a node is drained, or no longer is. */
+  setDrained(name: string, drained: boolean): void {
+    this.db
+      .prepare(
+        drained
+          ? "INSERT OR IGNORE INTO drained_nodes (name) VALUES (?)"
+          : "DELETE FROM drained_nodes WHERE name = ?",
+      )
+      .run(name);
   }
 
   /** The AgentHost (its address) recorded for a task's current attempt; "" when none. */

@@ -37,6 +37,10 @@ export const SPEC_LIMITS = {
   allowedTools: 128,
   toolBytes: 256,
   labels: 64,
+  /** Labels a node_selector may name. */
+  nodeSelector: 16,
+  /** Most CPUs a task may ask for. */
+  cpus: 100_000,
   labelKeyBytes: 128,
   labelValueBytes: 1024,
   pathBytes: 4096,
@@ -92,6 +96,7 @@ export function validateSpec(spec: TaskSpec | undefined, limits: SpecLimits): Ta
   }
   checkTools(spec.allowedTools);
   checkLabels(spec.labels);
+  checkResources(spec);
   checkWorkspace(spec.workspace);
   checkChecks(spec.checks);
   return spec;
@@ -242,29 +247,45 @@ function checkTools(tools: string[]) {
   });
 }
 
-function checkLabels(labels: Record<string, string>) {
+function checkLabels(
+  labels: Record<string, string>,
+  field = "labels",
+  most: number = SPEC_LIMITS.labels,
+) {
   const entries = Object.entries(labels);
-  if (entries.length > SPEC_LIMITS.labels) {
-    throw invalid(
-      `spec.labels has ${entries.length} labels, over the limit of ${SPEC_LIMITS.labels}`,
-    );
+  if (entries.length > most) {
+    throw invalid(`spec.${field} has ${entries.length} labels, over the limit of ${most}`);
   }
   for (const [key, value] of entries) {
-    if (!key.trim()) throw invalid("spec.labels has an empty key");
+    if (!key.trim()) throw invalid(`spec.${field} has an empty key`);
     if (Buffer.byteLength(key, "utf8") > SPEC_LIMITS.labelKeyBytes) {
       throw invalid(
-        `spec.labels key ${quote(key)} is over the limit of ${SPEC_LIMITS.labelKeyBytes} bytes`,
+        `spec.${field} key ${quote(key)} is over the limit of ${SPEC_LIMITS.labelKeyBytes} bytes`,
       );
     }
     if (CONTROL.test(key)) {
-      throw invalid(`spec.labels key ${quote(key)} contains a control character`);
+      throw invalid(`spec.${field} key ${quote(key)} contains a control character`);
     }
     const bytes = Buffer.byteLength(value, "utf8");
     if (bytes > SPEC_LIMITS.labelValueBytes) {
       throw invalid(
-        `spec.labels[${quote(key)}] is ${bytes} bytes, over the limit of ${SPEC_LIMITS.labelValueBytes}: ${quote(value)}`,
+        `spec.${field}[${quote(key)}] is ${bytes} bytes, over the limit of ${SPEC_LIMITS.labelValueBytes}: ${quote(value)}`,
       );
     }
-    noNul(`labels[${quote(key)}]`, value);
+    noNul(`${field}[${quote(key)}]`, value);
   }
+}
+
+/** What a task asks of its node: finite, not negative, bounded. */
+function checkResources(spec: TaskSpec) {
+  const r = spec.resources;
+  if (r) {
+    if (!Number.isFinite(r.cpus) || r.cpus < 0 || r.cpus > SPEC_LIMITS.cpus) {
+      throw invalid(`spec.resources.cpus must be from 0 to ${SPEC_LIMITS.cpus}, got ${r.cpus}`);
+    }
+    if (r.memoryBytes < 0n) {
+      throw invalid(`spec.resources.memory_bytes must be 0 or more, got ${r.memoryBytes}`);
+    }
+  }
+  checkLabels(spec.nodeSelector, "node_selector", SPEC_LIMITS.nodeSelector);
 }

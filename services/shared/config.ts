@@ -7,6 +7,7 @@ import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { TaskSpecSchema } from "../../gen/conductor/v1/task_pb.js";
 import { validateSpec } from "../orchestrator/validate.ts";
+import { parseHostPort } from "./host-port.ts";
 
 /**
  * ConfigError lists every problem of a configuration at once, each naming the bad key and where
@@ -98,6 +99,11 @@ function likeSpecField(field: "model" | "allowedTools") {
  * A node id names this Conductor's containers and processes, so it is what a container name
  * may hold: 1–63 letters, digits, ".", "_" or "-", starting with a letter or digit.
  */
+/** A node label's key: what Kubernetes allows in a label name, prefix included. */
+const LABEL_KEY = /^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$/;
+const LABEL_KEY_RULE =
+  "a label key is 1 to 128 letters, digits, '.', '_', '/' or '-', starting and ending with a letter or digit";
+
 const NODE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
 /** The host's name as a node id (characters a node id may not hold become "-"). */
@@ -145,6 +151,11 @@ const schema = z
          * output events are deleted. State changes and results are always kept.
          */
         event_retention_bytes: count(1024 ** 2, 1024 ** 3).default(64 * 1024 ** 2),
+        /**
+         * A joined node's lease: a node not heard from for this long is lost (its attempts end
+         * FAILED, "node NAME lost", and are retried elsewhere). It ends its own runs after half.
+         */
+        node_lease_seconds: seconds(HOUR).default(15),
       })
       .strict()
       .prefault({}),
@@ -211,6 +222,21 @@ const schema = z
         /** The Orchestrator's socket; empty means orchestrator.sock in socket_dir. */
         socket_path: z.string().default(""),
         message_timeout: seconds(HOUR).default(5),
+        /**
+         * host:port to also listen on TCP with mutual TLS (tls.*), e.g. 0.0.0.0:7443; empty (the
+         * default) listens on the Unix socket only. Port 0 picks a free port.
+         */
+        listen: z
+          .string()
+          .superRefine((v, ctx) => {
+            if (v === "") return;
+            try {
+              parseHostPort(v);
+            } catch (e) {
+              ctx.addIssue({ code: "custom", message: (e as Error).message });
+            }
+          })
+          .default(""),
       })
       .strict()
       .prefault({}),
@@ -254,6 +280,44 @@ const schema = z
           .min(0, "must be 0 or more")
           .max(HOUR, `must be at most ${span(HOUR)}`)
           .default(5),
+      })
+      .strict()
+      .prefault({}),
+    /** Mutual TLS across nodes: PEM files made by `conductor certs`. */
+    tls: z
+      .object({
+        ca_file: z.string().default(""),
+        cert_file: z.string().default(""),
+        key_file: z.string().default(""),
+      })
+      .strict()
+      .prefault({}),
+    agent_host: z
+      .object({
+        /** host:port of an Orchestrator's TCP listener to join (dialling out, mutual TLS). */
+        join: z
+          .string()
+          .superRefine((v, ctx) => {
+            if (v === "") return;
+            try {
+              parseHostPort(v);
+            } catch (e) {
+              ctx.addIssue({ code: "custom", message: (e as Error).message });
+            }
+          })
+          .default(""),
+        /** This node's labels, which a task's node_selector must match (at most 64). */
+        labels: z
+          .record(z.string().regex(LABEL_KEY, LABEL_KEY_RULE), z.string().max(256))
+          .refine((r) => Object.keys(r).length <= 64, "must have at most 64 labels")
+          .default({}),
+        /** CPUs this node offers tasks; 0 (the default) means the machine's. */
+        cpus: z.coerce.number().min(0, "must be 0 or more").max(100_000).default(0),
+        /** Memory this node offers tasks (bytes, or a number with k, m or g); 0: the machine's. */
+        memory: z
+          .union([z.string(), z.number()])
+          .transform((v, ctx) => (v === 0 || v === "0" ? 0 : parseBytes(v, ctx)))
+          .default(0),
       })
       .strict()
       .prefault({}),
@@ -526,6 +590,9 @@ function resolvePaths(config: Config, cwd: string): Config {
     : path.join(c.socket_dir, "broker.sock");
   const o = config.orchestrator;
   if (o.agent_hosts.length === 0) o.agent_hosts = [path.join(c.socket_dir, "agent-host.sock")];
+  const t = config.tls;
+  for (const k of ["ca_file", "cert_file", "key_file"] as const)
+    if (t[k]) t[k] = path.resolve(cwd, t[k]);
   config.storage.data_dir = path.resolve(cwd, config.storage.data_dir);
   config.runtime.read_only_paths = config.runtime.read_only_paths.map((p) => path.resolve(cwd, p));
   if (config.agent.claude_path)

@@ -2,10 +2,18 @@ import { chmodSync, lstatSync, mkdirSync, rmSync } from "node:fs";
 import http2 from "node:http2";
 import net from "node:net";
 import path from "node:path";
-import type { ConnectRouter, Interceptor, Transport } from "@connectrpc/connect";
+import type http from "node:http";
+import {
+  createContextValues,
+  type ConnectRouter,
+  type ContextValues,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import { HealthRegistry, registerHealth } from "./health.ts";
+import { authorize, PEER } from "./authz.ts";
 import type { Logger } from "./log.ts";
 import { registerReflection } from "./reflection.ts";
 import { errorEdge } from "./rpc-interceptors.ts";
@@ -30,6 +38,8 @@ export interface ServeOptions {
   log?: Logger;
   /** Also answer the Connect protocol (unary JSON POSTs), e.g. for dependency-free clients. */
   connect?: boolean;
+  /** Also answer gRPC-Web (browsers). */
+  grpcWeb?: boolean;
 }
 
 /**
@@ -38,17 +48,7 @@ export interface ServeOptions {
  */
 export async function serveUnix(opts: ServeOptions): Promise<UnixServer> {
   const health = new HealthRegistry();
-  const handler = connectNodeAdapter({
-    readMaxBytes: READ_MAX_BYTES,
-    connect: opts.connect ?? false,
-    grpcWeb: false,
-    interceptors: [...(opts.interceptors ?? []), errorEdge(opts.log)],
-    routes: (router) => {
-      opts.routes(router);
-      registerHealth(router, health);
-      registerReflection(router, opts.services);
-    },
-  });
+  const handler = rpcHandler(opts, health, () => createContextValues().set(PEER, { kind: "unix" }));
   const server = http2.createServer(handler);
   const sessions = new Set<http2.ServerHttp2Session>();
   server.on("session", (s) => {
@@ -73,6 +73,30 @@ export async function serveUnix(opts: ServeOptions): Promise<UnixServer> {
     await new Promise<void>((resolve) => server.close(() => resolve()));
   };
   return { socketPath: opts.socketPath, health, close, [Symbol.asyncDispose]: close };
+}
+
+/**
+ * The request handler of a server: the services with health and reflection beside them, the
+ * given interceptors, the authorisation interceptor and the error edge. `peer` tells every call
+ * who is calling (authz.ts).
+ */
+export function rpcHandler(
+  opts: Omit<ServeOptions, "socketPath">,
+  health: HealthRegistry,
+  peer: (req: http2.Http2ServerRequest | http.IncomingMessage) => ContextValues,
+) {
+  return connectNodeAdapter({
+    readMaxBytes: READ_MAX_BYTES,
+    connect: opts.connect ?? false,
+    grpcWeb: opts.grpcWeb ?? false,
+    contextValues: peer,
+    interceptors: [...(opts.interceptors ?? []), authorize(), errorEdge(opts.log)],
+    routes: (router) => {
+      opts.routes(router);
+      registerHealth(router, health);
+      registerReflection(router, opts.services);
+    },
+  });
 }
 
 /** A socket file left by a process that died is removed; a live one is an error. */

@@ -106,6 +106,7 @@ describe("the conductor CLI without a running Conductor", () => {
       "cancel",
       "stats",
       "certs",
+      "nodes",
     ];
     const helps = await Promise.all(
       commands.map(

@@ -47,6 +47,32 @@ export declare type GetCapacityResponse = Message<"conductor.v1.GetCapacityRespo
    * @generated from field: int32 agents_idle = 4;
    */
   agentsIdle: number;
+
+  /**
+   * Conductor's version on the node.
+   *
+   * @generated from field: string version = 5;
+   */
+  version: string;
+
+  /**
+   * The node's labels (agent_host.labels), which tasks' node_selector match.
+   *
+   * @generated from field: map<string, string> labels = 6;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * What the node offers tasks (agent_host.cpus, agent_host.memory; by default the machine's).
+   *
+   * @generated from field: double cpus = 7;
+   */
+  cpus: number;
+
+  /**
+   * @generated from field: int64 memory_bytes = 8;
+   */
+  memoryBytes: bigint;
 };
 
 /**

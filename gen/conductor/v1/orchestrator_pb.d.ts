@@ -6,6 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import type { Message } from "@bufbuild/protobuf";
 import type { Task, TaskEvent, TaskSpec, TaskState } from "./task_pb.js";
 import type { Agent } from "./agent_pb.js";
+import type { Node } from "./node_pb.js";
 
 /**
  * Describes the file conductor/v1/orchestrator.proto.
@@ -380,6 +381,98 @@ export declare type GetTaskPatchResponse = Message<"conductor.v1.GetTaskPatchRes
 export declare const GetTaskPatchResponseSchema: GenMessage<GetTaskPatchResponse>;
 
 /**
+ * @generated from message conductor.v1.ListNodesRequest
+ */
+export declare type ListNodesRequest = Message<"conductor.v1.ListNodesRequest"> & {
+};
+
+/**
+ * Describes the message conductor.v1.ListNodesRequest.
+ * Use `create(ListNodesRequestSchema)` to create a new message.
+ */
+export declare const ListNodesRequestSchema: GenMessage<ListNodesRequest>;
+
+/**
+ * @generated from message conductor.v1.ListNodesResponse
+ */
+export declare type ListNodesResponse = Message<"conductor.v1.ListNodesResponse"> & {
+  /**
+   * @generated from field: repeated conductor.v1.Node nodes = 1;
+   */
+  nodes: Node[];
+};
+
+/**
+ * Describes the message conductor.v1.ListNodesResponse.
+ * Use `create(ListNodesResponseSchema)` to create a new message.
+ */
+export declare const ListNodesResponseSchema: GenMessage<ListNodesResponse>;
+
+/**
+ * @generated from message conductor.v1.DrainNodeRequest
+ */
+export declare type DrainNodeRequest = Message<"conductor.v1.DrainNodeRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message conductor.v1.DrainNodeRequest.
+ * Use `create(DrainNodeRequestSchema)` to create a new message.
+ */
+export declare const DrainNodeRequestSchema: GenMessage<DrainNodeRequest>;
+
+/**
+ * @generated from message conductor.v1.DrainNodeResponse
+ */
+export declare type DrainNodeResponse = Message<"conductor.v1.DrainNodeResponse"> & {
+  /**
+   * @generated from field: conductor.v1.Node node = 1;
+   */
+  node?: Node | undefined;
+};
+
+/**
+ * Describes the message conductor.v1.DrainNodeResponse.
+ * Use `create(DrainNodeResponseSchema)` to create a new message.
+ */
+export declare const DrainNodeResponseSchema: GenMessage<DrainNodeResponse>;
+
+/**
+ * @generated from message conductor.v1.UndrainNodeRequest
+ */
+export declare type UndrainNodeRequest = Message<"conductor.v1.UndrainNodeRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message conductor.v1.UndrainNodeRequest.
+ * Use `create(UndrainNodeRequestSchema)` to create a new message.
+ */
+export declare const UndrainNodeRequestSchema: GenMessage<UndrainNodeRequest>;
+
+/**
+ * @generated from message conductor.v1.UndrainNodeResponse
+ */
+export declare type UndrainNodeResponse = Message<"conductor.v1.UndrainNodeResponse"> & {
+  /**
+   * @generated from field: conductor.v1.Node node = 1;
+   */
+  node?: Node | undefined;
+};
+
+/**
+ * Describes the message conductor.v1.UndrainNodeResponse.
+ * Use `create(UndrainNodeResponseSchema)` to create a new message.
+ */
+export declare const UndrainNodeResponseSchema: GenMessage<UndrainNodeResponse>;
+
+/**
  * OrchestratorService owns the durable task store and schedules tasks onto agents.
  *
  * @generated from service conductor.v1.OrchestratorService
@@ -468,6 +561,36 @@ export declare const OrchestratorService: GenService<{
     methodKind: "server_streaming";
     input: typeof GetTaskPatchRequestSchema;
     output: typeof GetTaskPatchResponseSchema;
+  },
+  /**
+   * Every node (joined over TCP or local), its capacity, use, labels and lease.
+   *
+   * @generated from rpc conductor.v1.OrchestratorService.ListNodes
+   */
+  listNodes: {
+    methodKind: "unary";
+    input: typeof ListNodesRequestSchema;
+    output: typeof ListNodesResponseSchema;
+  },
+  /**
+   * Stops giving a node new tasks; its running tasks finish. NOT_FOUND for an unknown node.
+   *
+   * @generated from rpc conductor.v1.OrchestratorService.DrainNode
+   */
+  drainNode: {
+    methodKind: "unary";
+    input: typeof DrainNodeRequestSchema;
+    output: typeof DrainNodeResponseSchema;
+  },
+  /**
+   * Lets a drained node take new tasks again.
+   *
+   * @generated from rpc conductor.v1.OrchestratorService.UndrainNode
+   */
+  undrainNode: {
+    methodKind: "unary";
+    input: typeof UndrainNodeRequestSchema;
+    output: typeof UndrainNodeResponseSchema;
   },
 }>;
 

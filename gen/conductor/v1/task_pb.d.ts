@@ -114,6 +114,22 @@ export declare type TaskSpec = Message<"conductor.v1.TaskSpec"> & {
    * @generated from field: repeated conductor.v1.Check checks = 13;
    */
   checks: Check[];
+
+  /**
+   * What one attempt needs of its node: only a node whose capacity minus what its running
+   * tasks asked for holds this takes it. Unset asks for nothing. A task no node of the fleet
+   * could ever hold is refused at submit (FAILED_PRECONDITION).
+   *
+   * @generated from field: conductor.v1.Resources resources = 14;
+   */
+  resources?: Resources | undefined;
+
+  /**
+   * Labels the node must have, each with exactly this value (`agent_host.labels`). At most 16.
+   *
+   * @generated from field: map<string, string> node_selector = 15;
+   */
+  nodeSelector: { [key: string]: string };
 };
 
 /**
@@ -121,6 +137,33 @@ export declare type TaskSpec = Message<"conductor.v1.TaskSpec"> & {
  * Use `create(TaskSpecSchema)` to create a new message.
  */
 export declare const TaskSpecSchema: GenMessage<TaskSpec>;
+
+/**
+ * Resources are what a node has, or a task needs.
+ *
+ * @generated from message conductor.v1.Resources
+ */
+export declare type Resources = Message<"conductor.v1.Resources"> & {
+  /**
+   * CPUs, fractional; 0 means none asked (or none said, for a node).
+   *
+   * @generated from field: double cpus = 1;
+   */
+  cpus: number;
+
+  /**
+   * Memory in bytes; 0 means none asked.
+   *
+   * @generated from field: int64 memory_bytes = 2;
+   */
+  memoryBytes: bigint;
+};
+
+/**
+ * Describes the message conductor.v1.Resources.
+ * Use `create(ResourcesSchema)` to create a new message.
+ */
+export declare const ResourcesSchema: GenMessage<Resources>;
 
 /**
  * Workspace is the folder a task's agent works in. A task's workspace is its own: two tasks

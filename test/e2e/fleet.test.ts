@@ -1,0 +1,466 @@
+// Many machines: an Orchestrator and two AgentHosts, each in a network namespace of its own
+// (test/netns.ts), joined over TCP with mutual TLS from `conductor certs`. Everything that
+// crosses the network runs inside those namespaces; the test process reads the Orchestrator's
+// Unix socket (a file, not a network address) and the nodes' files.
+import type { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { fromBinary, toBinary, create } from "@bufbuild/protobuf";
+import { Code, createClient, type Client } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import {
+  HeartbeatRequestSchema,
+  NodeState,
+  RegisterNodeRequestSchema,
+  ReportOutcomeRequestSchema,
+} from "../../gen/conductor/v1/node_pb.js";
+import {
+  OrchestratorService,
+  SubmitTaskRequestSchema,
+  SubmitTaskResponseSchema,
+  WatchTaskRequestSchema,
+  WatchTaskResponseSchema,
+} from "../../gen/conductor/v1/orchestrator_pb.js";
+import { RunOutcomeSchema } from "../../gen/conductor/v1/agent_host_pb.js";
+import { TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
+import { unixTransport } from "../../services/shared/transport.ts";
+import { expiredCert, foreignCa, makeCerts, type TestCerts } from "../certs.ts";
+import {
+  processesWith,
+  ROOT,
+  runtimeEnv,
+  scripted,
+  spec,
+  startService,
+  waitForEnd,
+  waitForState,
+  type ServiceProcess,
+} from "../harness.ts";
+import { makeNet, type NetHost, type TestNet } from "../netns.ts";
+
+const BIN = path.join(ROOT, "bin", "conductor.js");
+const RAW_CALL = path.join(ROOT, "test", "clients", "raw_call.py");
+const BUF = path.join(ROOT, "node_modules", ".bin", "buf");
+/** Debian's python3, which has grpcio (python3-grpcio). */
+const PYTHON = "/usr/bin/python3";
+const LEASE_SECONDS = 4;
+
+let net: TestNet;
+let dir: string;
+let certs: TestCerts;
+let orch: ServiceProcess;
+const nodes = new Map<string, { host: NetHost; proc: ServiceProcess; dataDir: string }>();
+let orchAddr: string;
+let client: Client<typeof OrchestratorService>;
+
+/** A fake Messages API inside a namespace, on its loopback. */
+async function fakeModelIn(host: NetHost): Promise<string> {
+  const proc = host.spawn(process.execPath, [path.join(ROOT, "test", "fake-model", "main.ts")], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const line = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: proc.stdout! }).once("line", resolve);
+    proc.once("exit", (code: number | null) => reject(new Error(`fake model exited with ${code}`)));
+  });
+  return (JSON.parse(line) as { url: string }).url;
+}
+
+function tlsEnv(name: string): Record<string, string> {
+  const f = certs.files(name);
+  return {
+    CONDUCTOR_TLS_CA_FILE: f.caFile,
+    CONDUCTOR_TLS_CERT_FILE: f.certFile,
+    CONDUCTOR_TLS_KEY_FILE: f.keyFile,
+  };
+}
+
+const quiet = {
+  CONDUCTOR_OBSERVABILITY_LOG_LEVEL: "info",
+  CONDUCTOR_OBSERVABILITY_METRICS_PORT: "0",
+  CONDUCTOR_OBSERVABILITY_AGENT_HOST_METRICS_PORT: "0",
+  CONDUCTOR_OBSERVABILITY_BROKER_METRICS_PORT: "0",
+};
+
+async function startNode(name: string, host: NetHost, labels: Record<string, string>) {
+  const base = path.join(dir, name);
+  const config = path.join(dir, `${name}.yaml`);
+  writeFileSync(config, JSON.stringify({ agent_host: { labels } }));
+  const proc = await startService(
+    "agent-host",
+    [
+      ...["--config", config, "--socket-dir", path.join(base, "run")],
+      ...["--data-dir", path.join(base, "data"), "--agents", "2", "--join", orchAddr],
+    ],
+    {
+      ...quiet,
+      ...runtimeEnv(),
+      ...tlsEnv(name),
+      ANTHROPIC_API_KEY: "sk-test-key",
+      ANTHROPIC_BASE_URL: await fakeModelIn(host),
+      // Agents use the process runtime (bubblewrap) whatever the suite's runtimes are.
+      CONDUCTOR_RUNTIME_BACKEND: "process",
+    },
+    BIN,
+    host.spawn.bind(host) as typeof spawn,
+  );
+  nodes.set(name, { host, proc, dataDir: path.join(base, "data") });
+}
+
+/** One call from Python's grpcio over TCP with the certificate of `name` (run inside `from`). */
+async function pythonCall(
+  from: NetHost,
+  name: string,
+  method: string,
+  request: Uint8Array,
+  kind: "unary" | "stream" = "unary",
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const f = certs.files(name);
+  return from.exec(PYTHON, [
+    RAW_CALL,
+    ...["--tls", `${f.caFile},${f.certFile},${f.keyFile}`],
+    ...[orchAddr, method, Buffer.from(request).toString("base64"), kind],
+  ]);
+}
+
+async function nodeStates(): Promise<Record<string, NodeState>> {
+  const { nodes: list } = await client.listNodes({});
+  return Object.fromEntries(list.map((n) => [n.name, n.state]));
+}
+
+/** The node a task's agent is on (joined nodes' agent ids are `<node>:agent-N`). */
+function nodeOf(task: Task): string {
+  return task.agentId.split(":")[0]!;
+}
+
+beforeAll(async () => {
+  net = await makeNet(3);
+  const [o, a, b] = net.hosts as [NetHost, NetHost, NetHost];
+  dir = mkdtempSync(path.join(tmpdir(), "conductor-fleet-"));
+  certs = await makeCerts(path.join(dir, "certs"), [
+    { role: "orchestrator", name: "orch", ips: [o.address] },
+    { role: "agent-host", name: "node-a" },
+    { role: "agent-host", name: "node-b" },
+    { role: "client", name: "alice" },
+  ]);
+  orch = await startService(
+    "orchestrator",
+    [
+      ...[
+        "--socket-dir",
+        path.join(dir, "orch", "run"),
+        "--data-dir",
+        path.join(dir, "orch", "data"),
+      ],
+      ...["--listen", "0.0.0.0:0"],
+    ],
+    {
+      ...quiet,
+      ...tlsEnv("orch"),
+      CONDUCTOR_ORCHESTRATOR_NODE_LEASE_SECONDS: String(LEASE_SECONDS),
+    },
+    BIN,
+    o.spawn.bind(o) as typeof spawn,
+  );
+  const port = String(orch.ready["listen"]).split(":").pop();
+  orchAddr = `${o.address}:${port}`;
+  client = createClient(
+    OrchestratorService,
+    unixTransport(path.join(dir, "orch", "run", "orchestrator.sock")),
+  );
+  await startNode("node-a", a, { zone: "a" });
+  await startNode("node-b", b, { zone: "b", gpu: "true" });
+  await vi.waitFor(
+    async () => {
+      const states = await nodeStates();
+      expect(states).toEqual({ "node-a": NodeState.READY, "node-b": NodeState.READY });
+    },
+    { timeout: 60_000, interval: 100 },
+  );
+}, 180_000);
+
+afterAll(async () => {
+  for (const n of nodes.values()) await n.proc.stop().catch(() => undefined);
+  await orch?.stop().catch(() => undefined);
+  await net?.close();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+}, 60_000);
+
+describe("a fleet joined over TCP with mutual TLS", () => {
+  it("spreads 12 tasks over both nodes, with agent ids unique across the fleet", async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 12; i++) {
+      const { task } = await client.submitTask({
+        spec: spec({
+          prompt: scripted([{ bash: "sleep 1" }, { text: `done ${i}` }]),
+          allowedTools: ["Bash"],
+        }),
+      });
+      ids.push(task!.id);
+    }
+    const ended = await Promise.all(ids.map((id) => waitForEnd(client, id, 120_000)));
+    expect(ended.map((t) => TaskState[t.state])).toEqual(Array(12).fill("SUCCEEDED"));
+    expect(new Set(ended.map(nodeOf))).toEqual(new Set(["node-a", "node-b"]));
+    const { agents } = await client.listAgents({});
+    const agentIds = agents.map((a) => a.id).sort();
+    expect(agentIds).toEqual([
+      "node-a:agent-1",
+      "node-a:agent-2",
+      "node-b:agent-1",
+      "node-b:agent-2",
+    ]);
+  }, 180_000);
+
+  it("serves a Python grpcio client, buf curl and curl --cert with JSON over TCP", async () => {
+    const b = nodes.get("node-b")!.host;
+    const submit = create(SubmitTaskRequestSchema, {
+      spec: spec({ prompt: scripted([{ text: "from python" }]) }),
+    });
+    const sent = await pythonCall(
+      b,
+      "alice",
+      "/conductor.v1.OrchestratorService/SubmitTask",
+      toBinary(SubmitTaskRequestSchema, submit),
+    );
+    expect(sent.stderr).toBe("");
+    const id = fromBinary(SubmitTaskResponseSchema, Buffer.from(sent.stdout.trim(), "base64")).task!
+      .id;
+    const watched = await pythonCall(
+      b,
+      "alice",
+      "/conductor.v1.OrchestratorService/WatchTask",
+      toBinary(WatchTaskRequestSchema, create(WatchTaskRequestSchema, { id })),
+      "stream",
+    );
+    expect(watched.code).toBe(0);
+    const events = watched.stdout
+      .trim()
+      .split("\n")
+      .map((l) => fromBinary(WatchTaskResponseSchema, Buffer.from(l, "base64")).event!);
+    const last = events.at(-1)!;
+    expect(last.kind.case === "stateChange" && last.kind.value.state).toBe(TaskState.SUCCEEDED);
+
+    const f = certs.files("alice");
+    const url = `https://${orchAddr}/conductor.v1.OrchestratorService/GetStats`;
+    const curl = await b.exec("curl", [
+      ...[
+        "-sS",
+        "--fail-with-body",
+        "--cacert",
+        f.caFile,
+        "--cert",
+        f.certFile,
+        "--key",
+        f.keyFile,
+      ],
+      ...["-H", "Content-Type: application/json", "-d", "{}", url],
+    ]);
+    expect(curl.stderr).toBe("");
+    expect(Number(stats(curl.stdout)["TASK_STATE_SUCCEEDED"])).toBeGreaterThanOrEqual(13);
+
+    const buf = await b.exec(BUF, [
+      ...["curl", "--protocol", "grpc", "--reflect", "--cacert", f.caFile],
+      ...["--cert", f.certFile, "--key", f.keyFile, "-d", "{}", url],
+    ]);
+    expect(buf.stderr).toBe("");
+    expect(Number(stats(buf.stdout)["TASK_STATE_SUCCEEDED"])).toBeGreaterThanOrEqual(13);
+  }, 120_000);
+
+  it("refuses connections without a good certificate, and calls a role may not make", async () => {
+    const b = nodes.get("node-b")!.host;
+    const ca = certs.caFile;
+    const url = `https://${orchAddr}/conductor.v1.OrchestratorService/GetStats`;
+    const curl = (extra: string[]) =>
+      b.exec("curl", [
+        "-sS",
+        "--cacert",
+        ca,
+        ...extra,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        "{}",
+        url,
+      ]);
+    // No client certificate, another CA's, an expired one: the handshake fails, nothing answers.
+    const none = await curl([]);
+    expect(none.code).not.toBe(0);
+    expect(none.stdout).toBe("");
+    const other = await foreignCa(path.join(dir, "other-ca"), "client", "mallory");
+    const foreign = await curl(["--cert", other.certFile, "--key", other.keyFile]);
+    expect(foreign.code).not.toBe(0);
+    expect(foreign.stdout).toBe("");
+    const old = await expiredCert(path.join(dir, "expired"), certs.dir, "client", "old");
+    const expired = await curl(["--cert", old.certFile, "--key", old.keyFile]);
+    expect(expired.code).not.toBe(0);
+    expect(expired.stdout).toBe("");
+
+    // An agent host registering as another node.
+    const asOther = await pythonCall(
+      b,
+      "node-a",
+      "/conductor.v1.NodeService/RegisterNode",
+      toBinary(RegisterNodeRequestSchema, create(RegisterNodeRequestSchema, { name: "node-b" })),
+    );
+    expect(asOther.stderr).toMatch(
+      /^ERROR PERMISSION_DENIED .*agent-host\/node-a may speak only for node "node-a", not for "node-b"/m,
+    );
+    // A client calling the node API.
+    const clientAsNode = await pythonCall(
+      b,
+      "alice",
+      "/conductor.v1.NodeService/Heartbeat",
+      toBinary(HeartbeatRequestSchema, create(HeartbeatRequestSchema, { name: "alice" })),
+    );
+    expect(clientAsNode.stderr).toMatch(
+      /^ERROR PERMISSION_DENIED spiffe:\/\/conductor\/client\/alice may not call conductor.v1.NodeService\/Heartbeat/m,
+    );
+    // An agent host reporting a result for a task it was not assigned.
+    const { task } = await client.submitTask({
+      spec: spec({ prompt: scripted([{ text: "on b" }]), nodeSelector: { zone: "b" } }),
+    });
+    const done = await waitForEnd(client, task!.id, 60_000);
+    expect(nodeOf(done)).toBe("node-b");
+    const report = create(ReportOutcomeRequestSchema, {
+      name: "node-a",
+      run: { taskId: done.id, attempt: 1 },
+      outcome: create(RunOutcomeSchema, { state: TaskState.SUCCEEDED }),
+    });
+    const forged = await pythonCall(
+      b,
+      "node-a",
+      "/conductor.v1.NodeService/ReportOutcome",
+      toBinary(ReportOutcomeRequestSchema, report),
+    );
+    expect(forged.stderr).toMatch(/^ERROR (PERMISSION_DENIED|FAILED_PRECONDITION) /m);
+    expect((await client.getTask({ id: done.id })).task!.result!.text).toBe(done.result!.text);
+  }, 120_000);
+
+  it("schedules by node_selector and resources, and not onto a drained node", async () => {
+    const { task } = await client.submitTask({
+      spec: spec({ prompt: scripted([{ text: "gpu" }]), nodeSelector: { gpu: "true" } }),
+    });
+    expect(nodeOf(await waitForEnd(client, task!.id, 60_000))).toBe("node-b");
+    const big = client.submitTask({
+      spec: spec({ prompt: "too big", resources: { memoryBytes: 1n << 60n } }),
+    });
+    await expect(big).rejects.toMatchObject({ code: Code.FailedPrecondition });
+    await expect(big).rejects.toThrow(/no node .*memory/);
+
+    await client.drainNode({ name: "node-b" });
+    try {
+      expect((await nodeStates())["node-b"]).toBe(NodeState.DRAINING);
+      const ids = [];
+      for (let i = 0; i < 4; i++) {
+        const { task: t } = await client.submitTask({
+          spec: spec({ prompt: scripted([{ text: `d${i}` }]) }),
+        });
+        ids.push(t!.id);
+      }
+      const ended = await Promise.all(ids.map((id) => waitForEnd(client, id, 60_000)));
+      expect(ended.map(nodeOf)).toEqual(["node-a", "node-a", "node-a", "node-a"]);
+    } finally {
+      await client.undrainNode({ name: "node-b" });
+    }
+  }, 120_000);
+
+  it("a node cut off mid-task ends its own run; the task is retried on the other node, never running twice at once", async () => {
+    const marker = `fleet-cut-${net.id}`;
+    // Each second, a line with the time (ms) in the workspace, for up to 60 s.
+    const loop = `for i in $(seq 1 600); do echo "$(date +%s%3N) ${marker}" >> beats.txt; sleep 0.1; done`;
+    const { task } = await client.submitTask({
+      spec: spec({
+        prompt: scripted([{ bash: loop }, { text: "beat" }]),
+        allowedTools: ["Bash"],
+        maxAttempts: 2,
+        timeoutSeconds: 300,
+      }),
+    });
+    await waitForState(client, task!.id, TaskState.RUNNING, 60_000);
+    const running = (await client.getTask({ id: task!.id })).task!;
+    const first = nodeOf(running);
+    const other = first === "node-a" ? "node-b" : "node-a";
+    const cut = nodes.get(first)!;
+    const beats = (node: string) => {
+      const files = workspaceFiles(nodes.get(node)!.dataDir, "beats.txt");
+      return files.flatMap((f) =>
+        readFileSync(f, "utf8")
+          .trim()
+          .split("\n")
+          .map((l) => Number(l.split(" ")[0])),
+      );
+    };
+    await vi.waitFor(() => expect(beats(first).length).toBeGreaterThan(3), {
+      timeout: 30_000,
+      interval: 100,
+    });
+    await cut.host.linkDown();
+    const cutAt = Date.now();
+    try {
+      const retried = await vi.waitFor(
+        async () => {
+          const t = (await client.getTask({ id: task!.id })).task!;
+          expect(t.attempts).toBe(2);
+          expect(t.state).toBe(TaskState.RUNNING);
+          return t;
+        },
+        { timeout: 60_000, interval: 100 },
+      );
+      expect(nodeOf(retried)).toBe(other);
+      // The lost node ended its run itself: no process of it left, nothing written after its
+      // lease could have lapsed (the Orchestrator's lease, counted from the cut).
+      const runOnCut = (pid: number) =>
+        processesWith(`CONDUCTOR_AGENT_ID=${running.agentId}`).includes(pid);
+      await vi.waitFor(
+        () => expect(processesWith(`CONDUCTOR_TASK_ID=${task!.id}`).filter(runOnCut)).toEqual([]),
+        { timeout: 30_000, interval: 100 },
+      );
+      const lastOnCut = Math.max(...beats(first));
+      expect(lastOnCut).toBeLessThan(cutAt + LEASE_SECONDS * 1000);
+      await vi.waitFor(() => expect(beats(other).length).toBeGreaterThan(0), {
+        timeout: 30_000,
+        interval: 100,
+      });
+      expect(Math.min(...beats(other))).toBeGreaterThan(lastOnCut);
+      const events = [];
+      for await (const r of client.watchTask({ id: task!.id })) {
+        events.push(r.event!);
+        if (r.event!.kind.case === "stateChange" && r.event!.kind.value.attempt === 2) break;
+      }
+      const reasons = events.map((e) => (e.kind.case === "stateChange" ? e.kind.value.reason : ""));
+      expect(reasons.join("\n")).toContain(`node ${first} lost`);
+    } finally {
+      await cut.host.linkUp();
+    }
+    await client.cancelTask({ id: task!.id }).catch(() => undefined);
+    // Back on the network it joins again, and takes new work.
+    await vi.waitFor(async () => expect((await nodeStates())[first]).toBe(NodeState.READY), {
+      timeout: 60_000,
+      interval: 100,
+    });
+    await client.drainNode({ name: other });
+    try {
+      const { task: t } = await client.submitTask({
+        spec: spec({ prompt: scripted([{ text: "back" }]) }),
+      });
+      expect(nodeOf(await waitForEnd(client, t!.id, 60_000))).toBe(first);
+    } finally {
+      await client.undrainNode({ name: other });
+    }
+  }, 240_000);
+});
+
+/** GetStats' tasks by state, from its JSON (int64 counts are strings in JSON). */
+function stats(json: string): Record<string, string> {
+  return (JSON.parse(json) as { tasksByState: Record<string, string> }).tasksByState;
+}
+
+/** Files named `name` in any agent's workspace under a node's data folder. */
+function workspaceFiles(dataDir: string, name: string): string[] {
+  const agents = path.join(dataDir, "agents");
+  if (!existsSync(agents)) return [];
+  return readdirSync(agents)
+    .map((a) => path.join(agents, a, "workspace", name))
+    .filter((f) => existsSync(f));
+}
