@@ -43,6 +43,15 @@ export async function certsCli(args: string[]): Promise<Record<string, unknown>>
 }
 
 /** Makes a CA in `dir` with `conductor certs init` and issues each of `specs`. */
+/** The environment that points a service at TLS files (tls.ca_file, cert_file, key_file). */
+export function tlsEnv(f: TlsFiles): Record<string, string> {
+  return {
+    CONDUCTOR_TLS_CA_FILE: f.caFile,
+    CONDUCTOR_TLS_CERT_FILE: f.certFile,
+    CONDUCTOR_TLS_KEY_FILE: f.keyFile,
+  };
+}
+
 export async function makeCerts(dir: string, specs: CertSpec[]): Promise<TestCerts> {
   await certsCli(["init", "--dir", dir]);
   const files = (name: string): TlsFiles => ({

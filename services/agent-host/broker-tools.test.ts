@@ -1,6 +1,7 @@
 // Whether a run is offered the Broker's tools, decided against a real Broker on a Unix socket.
 import { randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
+import { localBroker } from "../broker/access.ts";
 import { startTestBroker } from "../broker/testing.ts";
 import { brokerTools } from "./broker-tools.ts";
 
@@ -9,7 +10,7 @@ describe("brokerToolsForRun", () => {
     await using broker = await startTestBroker();
     const agent = await broker.agentWay("agent-7");
     try {
-      const check = brokerTools({ socketPath: broker.socketPath, secret: broker.secret });
+      const check = brokerTools(localBroker(broker.secret, broker.socketPath));
 
       const offered = await check(agent, "agent-7");
       expect(offered).toEqual({
@@ -19,7 +20,7 @@ describe("brokerToolsForRun", () => {
       const { agents } = await broker.agent("agent-7").listAgents({});
       expect(agents.map((a) => a.id)).toContain("agent-7");
 
-      const otherKey = brokerTools({ socketPath: broker.socketPath, secret: randomBytes(32) });
+      const otherKey = brokerTools(localBroker(randomBytes(32), broker.socketPath));
       const wrongKey = await otherKey(agent, "agent-7");
       expect(wrongKey.offered).toBe(false);
       expect(!wrongKey.offered && wrongKey.notice).toMatch(

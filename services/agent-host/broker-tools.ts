@@ -1,12 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { AgentOutputSchema, type AgentOutput } from "../../gen/conductor/v1/task_pb.js";
-import {
-  MCP_ALLOWED_TOOLS,
-  brokerClient,
-  orchestratorCredential,
-  type AgentBroker,
-} from "../broker/access.ts";
+import { MCP_ALLOWED_TOOLS, type AgentBroker, type BrokerAccess } from "../broker/access.ts";
 import type { RunSettings } from "./run.ts";
 
 /** How long a run's start waits for the Broker before running without its tools. */
@@ -27,23 +22,15 @@ export type BrokerToolsCheck = (broker: AgentBroker, agentId: string) => Promise
  * without them gets a notice in Conductor's words instead of tools that fail on every call.
  * One client (one connection, made again after a Broker restart) serves every check.
  */
-export function brokerTools(opts: {
-  socketPath: string;
-  secret: Buffer;
-  timeoutMs?: number;
-}): BrokerToolsCheck {
-  const client = brokerClient({
-    socketPath: opts.socketPath,
-    credential: orchestratorCredential(opts.secret),
-  });
+export function brokerTools(access: BrokerAccess, timeoutMs = BROKER_CHECK_MS): BrokerToolsCheck {
   return async (broker, agentId) => {
     try {
-      await client.registerAgent(
-        { agentId, topics: [] },
-        { timeoutMs: opts.timeoutMs ?? BROKER_CHECK_MS },
-      );
+      // An agent set up while a remote Broker did not answer gets its credential now.
+      if (!broker.registered)
+        await broker.writeCredential(await access.credential(agentId, timeoutMs));
+      await access.register(agentId, timeoutMs);
     } catch (e) {
-      return { offered: false, notice: whyNot(opts.socketPath, ConnectError.from(e)) };
+      return { offered: false, notice: whyNot(access.where, ConnectError.from(e)) };
     }
     broker.registered = true;
     return {

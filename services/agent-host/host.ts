@@ -14,6 +14,7 @@ import {
 import { Unreachable } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
 import { brokerTools, type BrokerToolsCheck } from "./broker-tools.ts";
+import type { BrokerAccess } from "../broker/access.ts";
 import { AgentBusyError, FencedError, UnknownAgentError } from "./errors.ts";
 import {
   agentPaths,
@@ -66,7 +67,8 @@ export interface AgentHostOptions {
   /** Told of every CLI run (traces); optional. */
   observer?: AgentHostObserver | undefined;
   /** The Broker agents talk to (each gets its own credential and the MCP tools); optional. */
-  broker?: { secret: Buffer; socketPath: string } | undefined;
+  /** How agents reach the Broker; unset: no Broker tools. */
+  broker?: BrokerAccess | undefined;
   /** How often the engine is probed, so agents are reported lost at once (default 5 s). */
   healthIntervalMs?: number;
   /** Task workspaces: git commits' author, host folders allowed, checks' default timeout. */

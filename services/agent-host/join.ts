@@ -1,5 +1,12 @@
 import { setTimeout as delay } from "node:timers/promises";
-import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import type tls from "node:tls";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  type Client,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { AgentHostService } from "../../gen/conductor/v1/agent_host_pb.js";
 import { NodeService, type RegisterNodeRequest } from "../../gen/conductor/v1/node_pb.js";
 import type { RunOutcome } from "../../gen/conductor/v1/agent_host_pb.js";
@@ -39,7 +46,12 @@ export interface MembershipOptions {
 export class Membership {
   private readonly opts: MembershipOptions;
   private readonly name: string;
-  private readonly node;
+  private node: Client<typeof NodeService>;
+  private stopWatching: () => void = () => {};
+  /** The tunnel open now, if any. */
+  private tunnelSocket: tls.TLSSocket | undefined;
+  /** The certificate changed: the tunnel is to be opened again once idle. */
+  private rotateTunnel = false;
   private readonly stop = new AbortController();
   private loops: Promise<unknown>[] = [];
   private registered = false;
@@ -56,14 +68,28 @@ export class Membership {
   constructor(opts: MembershipOptions) {
     this.opts = opts;
     this.name = opts.material.current().identity.name;
-    this.node = createClient(
+    this.node = this.nodeClient();
+  }
+
+  /** A NodeService client on a connection of its own (made with the material's files now). */
+  private nodeClient(): Client<typeof NodeService> {
+    const o = this.opts;
+    return createClient(
       NodeService,
-      tlsTransport(opts.address, opts.material, "orchestrator", opts.interceptors ?? []),
+      tlsTransport(o.address, o.material, "orchestrator", o.interceptors ?? []),
     );
   }
 
   /** Starts joining; returns at once (the node takes work once registered). */
   start(): void {
+    // New certificate files: the heartbeats' connection is made again with them at once, the
+    // tunnel once no run uses it (closing it would end them).
+    this.stopWatching = this.opts.material.onChange(() => {
+      this.opts.log.info("certificate files changed; reconnecting with the new certificate");
+      this.node = this.nodeClient();
+      this.rotateTunnel = true;
+      this.rotateWhenIdle();
+    });
     this.loops = [this.leaseLoop(), this.tunnelLoop()];
     this.fenceTimer = setInterval(() => this.checkLease(), 100);
     this.fenced = true;
@@ -72,6 +98,7 @@ export class Membership {
 
   /** Leaves: stops heartbeats and the tunnel (the lease then lapses on its own). */
   async close(): Promise<void> {
+    this.stopWatching();
     this.stop.abort();
     clearInterval(this.fenceTimer);
     this.wakeTunnel();
@@ -106,6 +133,7 @@ export class Membership {
           this.opts.log.info("holding the lease again; taking work", { node: this.name });
         }
         await this.sendReports();
+        this.rotateWhenIdle();
         wait = RETRY_FIRST_MS;
         await this.pause(this.intervalMs);
       } catch (e) {
@@ -174,6 +202,13 @@ export class Membership {
     }
   }
 
+  /** Opens the tunnel again with the new certificate, once no run uses the old one. */
+  private rotateWhenIdle(): void {
+    if (!this.rotateTunnel || this.opts.host.runs().length > 0) return;
+    this.rotateTunnel = false;
+    this.tunnelSocket?.destroy();
+  }
+
   /** Self-fencing: half the lease without a renewal ends every run here. */
   private checkLease(): void {
     if (this.fenced || !this.registered || this.leaseTtlMs === 0) return;
@@ -209,6 +244,7 @@ export class Membership {
 
   private async tunnel(): Promise<void> {
     const socket = dialTls(this.opts.address, this.opts.material, "orchestrator", [TUNNEL_ALPN]);
+    this.tunnelSocket = socket;
     const onAbort = () => socket.destroy();
     this.signal.addEventListener("abort", onAbort);
     try {

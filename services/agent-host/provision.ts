@@ -11,7 +11,7 @@ import {
   type SandboxHandle,
   type SandboxSpec,
 } from "../../plugins/runtime.ts";
-import { setUpAgentBroker, type AgentBroker } from "../broker/access.ts";
+import { setUpAgentBroker, type AgentBroker, type BrokerAccess } from "../broker/access.ts";
 import { freshRunDir, ownTree, type AgentOwner } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 import { startLifeline, type Lifeline } from "./lifeline.ts";
@@ -43,7 +43,7 @@ export interface ProvisionContext {
   sandbox: SandboxSettings;
   /** The model API the proxy forwards to, and the key it adds. */
   model: { baseUrl: string; apiKey: string };
-  broker?: { secret: Buffer; socketPath: string } | undefined;
+  broker?: BrokerAccess | undefined;
   log: Logger;
 }
 
@@ -174,8 +174,7 @@ export async function provision(
       made.broker = await setUpAgentBroker({
         runDir,
         agentId: id,
-        secret: c.broker.secret,
-        brokerSocket: c.broker.socketPath,
+        access: c.broker,
         // Inside an agent image node is on PATH; locally it is the node running us.
         nodePath: c.caps.image ? "node" : process.execPath,
         owner,

@@ -202,7 +202,7 @@ describe("Broker access control and bad input", () => {
     mkdirSync(path.dirname(relayPath));
     await using relay = await startBrokerRelay({
       socketPath: relayPath,
-      brokerSocket: b.socketPath,
+      connect: () => net.connect(b.socketPath),
     });
     const extra = 8;
     const sockets = Array.from({ length: MAX_RELAY_CONNECTIONS + extra }, () =>
@@ -242,7 +242,7 @@ describe("Broker access control and bad input", () => {
     writeFileSync(path.join(path.dirname(relayPath), "broker.sock"), "stale");
     await using relay = await startBrokerRelay({
       socketPath: relayPath,
-      brokerSocket: b.socketPath,
+      connect: () => net.connect(b.socketPath),
       owner: { uid: 4242, gid: 4243 },
     });
     expect(statSync(relay.socketPath).mode & 0o777).toBe(0o600);

@@ -2,8 +2,12 @@
 // the relay socket, the MCP server and its `--mcp-config`, and a client.
 import { readFileSync } from "node:fs";
 import path from "node:path";
+import net from "node:net";
+import type { Duplex } from "node:stream";
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
-import { BrokerService } from "../../gen/conductor/v1/broker_pb.js";
+import { BrokerNodeService, BrokerService } from "../../gen/conductor/v1/broker_pb.js";
+import { dialTls, tlsTransport } from "../shared/tcp.ts";
+import type { TlsMaterial } from "../shared/tls.ts";
 import { writeForAgent, type AgentOwner } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 import { unixTransport } from "../shared/transport.ts";
@@ -77,24 +81,49 @@ export function brokerClient(opts: {
 }
 
 /**
- * Makes an agent known to the Broker before it first calls (so others can message it at
- * once), as the Orchestrator's identity. Throws when the Broker can't be reached in time.
+ * How an AgentHost reaches the Broker for its agents: on this machine (its Unix socket, and the
+ * key in the shared data folder), or across the network (a joined node: mutual TLS, and
+ * credentials the Broker issues to the node for its own agents).
  */
-export async function registerAgent(opts: {
-  brokerSocket: string;
-  secret: Buffer;
-  agentId: string;
-  topics?: string[];
-  timeoutMs?: number;
-}): Promise<void> {
-  const client = brokerClient({
-    socketPath: opts.brokerSocket,
-    credential: orchestratorCredential(opts.secret),
-  });
-  await client.registerAgent(
-    { agentId: opts.agentId, topics: opts.topics ?? [] },
-    { timeoutMs: opts.timeoutMs ?? 5000 },
-  );
+export interface BrokerAccess {
+  /** Where the Broker is, for notices. */
+  where: string;
+  /** A new connection to the Broker: the relay pipes an agent's connection into it. */
+  connect(): Duplex;
+  /** An agent's credential. */
+  credential(agentId: string, timeoutMs?: number): Promise<string>;
+  /** Makes an agent known to the Broker; throws when the Broker does not answer or take us. */
+  register(agentId: string, timeoutMs?: number): Promise<void>;
+}
+
+/** The Broker on this machine: its socket, and the key in the shared data folder. */
+export function localBroker(secret: Buffer, socketPath: string): BrokerAccess {
+  const client = brokerClient({ socketPath, credential: orchestratorCredential(secret) });
+  return {
+    where: socketPath,
+    connect: () => net.connect(socketPath),
+    credential: (agentId) => Promise.resolve(agentCredential(secret, agentId)),
+    register: async (agentId, timeoutMs = 5000) => {
+      await client.registerAgent({ agentId, topics: [] }, { timeoutMs });
+    },
+  };
+}
+
+/**
+ * A Broker on another machine (broker.listen there), reached over mutual TLS with this node's
+ * certificate; the Broker issues this node's agents' credentials (BrokerNodeService), which
+ * also registers them.
+ */
+export function remoteBroker(address: string, material: TlsMaterial): BrokerAccess {
+  const client = createClient(BrokerNodeService, tlsTransport(address, material, "broker"));
+  const issue = async (agentId: string, timeoutMs = 5000) =>
+    (await client.issueAgentCredential({ agentId }, { timeoutMs })).credential;
+  return {
+    where: address,
+    connect: () => dialTls(address, material, "broker"),
+    credential: issue,
+    register: async (agentId, timeoutMs) => void (await issue(agentId, timeoutMs)),
+  };
 }
 
 /** What an agent's `run` folder holds once the Broker is set up for it. */
@@ -107,6 +136,8 @@ export interface AgentBroker {
   cliArgs: string[];
   /** Whether registerAgent succeeded (if not, the agent becomes known on its first call). */
   registered: boolean;
+  /** Puts the agent's credential in its credential file (one got late from a remote Broker). */
+  writeCredential(credential: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -120,34 +151,42 @@ export interface AgentBroker {
 export async function setUpAgentBroker(opts: {
   runDir: string;
   agentId: string;
-  secret: Buffer;
-  brokerSocket: string;
+  access: BrokerAccess;
   nodePath: string;
   owner?: AgentOwner | undefined;
   log?: Logger;
 }): Promise<AgentBroker> {
   const credentialFile = path.join(opts.runDir, RUN_FILES.credential);
-  writeForAgent(credentialFile, agentCredential(opts.secret, opts.agentId) + "\n", opts.owner);
+  let credential = "";
+  let registered = true;
+  try {
+    credential = await opts.access.credential(opts.agentId);
+  } catch (e) {
+    // A remote Broker not answering yet: the agent gets its credential at its first run's check.
+    registered = false;
+    opts.log?.warn("could not get the agent's Broker credential yet", {
+      agent_id: opts.agentId,
+      error: e,
+    });
+  }
+  writeForAgent(credentialFile, credential + "\n", opts.owner);
   const serverScript = path.join(opts.runDir, RUN_FILES.script);
   writeForAgent(serverScript, readFileSync(MCP_SERVER_SCRIPT), opts.owner, 0o644);
   const relay = await startBrokerRelay({
     socketPath: path.join(opts.runDir, RUN_FILES.relay),
-    brokerSocket: opts.brokerSocket,
+    connect: () => opts.access.connect(),
     owner: opts.owner,
   });
-  let registered = true;
-  try {
-    await registerAgent({
-      brokerSocket: opts.brokerSocket,
-      secret: opts.secret,
-      agentId: opts.agentId,
-    });
-  } catch (e) {
-    registered = false;
-    opts.log?.warn("could not register the agent with the Broker; it registers on first use", {
-      agent_id: opts.agentId,
-      error: e,
-    });
+  if (registered) {
+    try {
+      await opts.access.register(opts.agentId);
+    } catch (e) {
+      registered = false;
+      opts.log?.warn("could not register the agent with the Broker; it registers on first use", {
+        agent_id: opts.agentId,
+        error: e,
+      });
+    }
   }
   const json = mcpConfig({
     nodePath: opts.nodePath,
@@ -162,6 +201,7 @@ export async function setUpAgentBroker(opts: {
     serverScript,
     cliArgs: ["--mcp-config", json, "--strict-mcp-config"],
     registered,
+    writeCredential: (c) => Promise.resolve(writeForAgent(credentialFile, c + "\n", opts.owner)),
     close: () => relay.close(),
   };
 }

@@ -5,6 +5,7 @@ import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import net from "node:net";
 import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { MCP_SERVER_SCRIPT, startBrokerRelay, type BrokerRelay } from "./access.ts";
@@ -41,7 +42,7 @@ describe("the MCP server without a Broker", () => {
     // An agent's relay whose Broker socket has nothing listening.
     relay = await startBrokerRelay({
       socketPath: path.join(dir, "relay.sock"),
-      brokerSocket: path.join(dir, "broker.sock"),
+      connect: () => net.connect(path.join(dir, "broker.sock")),
     });
   });
   afterAll(async () => {

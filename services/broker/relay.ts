@@ -1,5 +1,6 @@
 import { rmSync } from "node:fs";
 import net from "node:net";
+import type { Duplex } from "node:stream";
 import { socketForAgent, type AgentOwner } from "../shared/agent-files.ts";
 
 /**
@@ -26,12 +27,13 @@ export interface BrokerRelay extends AsyncDisposable {
  */
 export async function startBrokerRelay(opts: {
   socketPath: string;
-  brokerSocket: string;
+  /** A new connection to the Broker (its Unix socket, or TLS to a remote one). */
+  connect: () => Duplex;
   owner?: AgentOwner | undefined;
 }): Promise<BrokerRelay> {
-  const open = new Set<net.Socket>();
+  const open = new Set<Duplex>();
   const server = net.createServer((client) => {
-    const upstream = net.connect(opts.brokerSocket);
+    const upstream = opts.connect();
     open.add(client);
     open.add(upstream);
     const end = () => {

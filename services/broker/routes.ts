@@ -1,7 +1,9 @@
-import type { ConnectRouter } from "@connectrpc/connect";
-import { BrokerService } from "../../gen/conductor/v1/broker_pb.js";
+import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import { BrokerNodeService, BrokerService } from "../../gen/conductor/v1/broker_pb.js";
+import { PEER } from "../shared/authz.ts";
 import { callerOf } from "./auth.ts";
 import type { Broker } from "./broker.ts";
+import { agentCredential, ORCHESTRATOR_ID } from "./credentials.ts";
 
 /**
  * The BrokerService handlers: thin, over the Broker domain object. Auth is an interceptor;
@@ -73,6 +75,35 @@ export function brokerRoutes(broker: Broker) {
       async registerAgent(req, ctx) {
         await broker.register(callerOf(ctx), req.agentId, req.topics);
         return {};
+      },
+    });
+}
+
+/**
+ * The BrokerNodeService handler: a joined node's agents' credentials, for an `agent-host`
+ * identity over mutual TLS and only for agents named `<its name>:…`; the agent is registered.
+ */
+export function brokerNodeRoutes(broker: Broker, secret: Buffer) {
+  return (router: ConnectRouter) =>
+    router.service(BrokerNodeService, {
+      async issueAgentCredential(req, ctx) {
+        const peer = ctx.values.get(PEER);
+        if (peer.kind !== "tls" || peer.identity.role !== "agent-host") {
+          throw new ConnectError(
+            "agent credentials are issued only to an agent-host identity over mutual TLS (a node on this machine reads broker.key)",
+            Code.PermissionDenied,
+          );
+        }
+        const prefix = `${peer.identity.name}:`;
+        if (!req.agentId.startsWith(prefix) || req.agentId.length === prefix.length) {
+          throw new ConnectError(
+            `${peer.identity.spiffeId} may have credentials only for its own agents ("${prefix}…"), not for "${req.agentId.slice(0, 200)}"`,
+            Code.PermissionDenied,
+          );
+        }
+        const credential = agentCredential(secret, req.agentId);
+        await broker.register({ id: ORCHESTRATOR_ID, orchestrator: true }, req.agentId, []);
+        return { credential };
       },
     });
 }

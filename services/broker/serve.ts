@@ -1,19 +1,23 @@
 import type { Interceptor } from "@connectrpc/connect";
 import type { Registry } from "prom-client";
-import { BrokerService } from "../../gen/conductor/v1/broker_pb.js";
+import { BrokerNodeService, BrokerService } from "../../gen/conductor/v1/broker_pb.js";
 import type { Config } from "../shared/config.ts";
 import type { Logger } from "../shared/log.ts";
+import { serveTls, type TcpServer } from "../shared/tcp.ts";
+import type { TlsMaterial } from "../shared/tls.ts";
 import { serveUnix, type UnixServer } from "../shared/transport.ts";
 import { authInterceptor } from "./auth.ts";
 import { Broker, type BrokerOptions } from "./broker.ts";
 import { loadBrokerSecret } from "./credentials.ts";
 import { createBrokerMetrics } from "./metrics.ts";
-import { brokerRoutes } from "./routes.ts";
+import { brokerNodeRoutes, brokerRoutes } from "./routes.ts";
 
 /** A Broker serving on its Unix socket; close() ends streams, then the database. */
 export interface BrokerServer extends AsyncDisposable {
   broker: Broker;
   server: UnixServer;
+  /** The TCP listener (broker.listen), for joined nodes' agents. */
+  tcp?: TcpServer | undefined;
   socketPath: string;
   close(): Promise<void>;
 }
@@ -46,6 +50,8 @@ export async function startBrokerServer(
     interceptors?: Interceptor[];
     /** Where the Broker's metrics go (conductor_broker_*); none when undefined. */
     registry?: Registry | undefined;
+    /** Also serve on TCP with mutual TLS (broker.listen), for joined nodes' agents. */
+    tls?: { listen: string; material: TlsMaterial } | undefined;
   },
 ): Promise<BrokerServer> {
   const secret = loadBrokerSecret(opts.dataDir);
@@ -68,9 +74,37 @@ export async function startBrokerServer(
     broker.close();
     throw e;
   }
+  let tcp: TcpServer | undefined;
+  if (opts.tls) {
+    try {
+      tcp = await serveTls({
+        listen: opts.tls.listen,
+        material: opts.tls.material,
+        services: [BrokerService, BrokerNodeService],
+        routes: (router) => {
+          brokerRoutes(broker)(router);
+          brokerNodeRoutes(broker, secret)(router);
+        },
+        interceptors: [...(opts.interceptors ?? []), authInterceptor(secret)],
+        log: opts.log,
+      });
+    } catch (e) {
+      await server.close();
+      broker.close();
+      throw e;
+    }
+  }
   const close = async () => {
+    await tcp?.close();
     await server.close();
     broker.close();
   };
-  return { broker, server, socketPath: opts.socketPath, close, [Symbol.asyncDispose]: close };
+  return {
+    broker,
+    server,
+    ...(tcp ? { tcp } : {}),
+    socketPath: opts.socketPath,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
 }

@@ -7,7 +7,7 @@ import type { Client } from "@connectrpc/connect";
 import type { Registry } from "prom-client";
 import type { BrokerService } from "../../gen/conductor/v1/broker_pb.js";
 import { silentLogger } from "../shared/log.ts";
-import { brokerClient, setUpAgentBroker, type AgentBroker } from "./access.ts";
+import { brokerClient, localBroker, setUpAgentBroker, type AgentBroker } from "./access.ts";
 import type { BrokerOptions } from "./broker.ts";
 import { agentCredential, loadBrokerSecret, orchestratorCredential } from "./credentials.ts";
 import { startBrokerServer, type BrokerServer } from "./serve.ts";
@@ -102,8 +102,7 @@ export async function startTestBroker(
       return setUpAgentBroker({
         runDir,
         agentId,
-        secret,
-        brokerSocket: socketPath,
+        access: localBroker(secret, socketPath),
         nodePath: process.execPath,
       });
     },

@@ -193,6 +193,18 @@ Examples:
         help: "default, acceptEdits, plan, bypassPermissions, dontAsk",
       },
       label: { type: "string", multiple: true, arg: "K=V", help: "a label, returned as given" },
+      "node-selector": {
+        type: "string",
+        multiple: true,
+        arg: "K=V",
+        help: "run only on a node labelled K=V (agent_host.labels); repeat for more",
+      },
+      cpus: { type: "string", arg: "N", help: "CPUs the task needs of its node (resources)" },
+      memory: {
+        type: "string",
+        arg: "SIZE",
+        help: "memory the task needs of its node, e.g. 4g (resources)",
+      },
       "idempotency-key": {
         type: "string",
         arg: "K",

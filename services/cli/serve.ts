@@ -52,13 +52,11 @@ export async function serve(command: string, config: Config, io: ServeIO): Promi
     await observability.stop();
     throw e;
   }
-  const tcp = running.map((r) => r.tcp).find((t) => t !== undefined);
   const ready = {
     ...readyLine(command, config, observability.metricsUrl),
-    ...(tcp
-      ? { listen: `${tcp.host.includes(":") ? `[${tcp.host}]` : tcp.host}:${tcp.port}` }
-      : {}),
-  };
+    ...Object.assign({}, ...running.map((r) => r.listens ?? {})),
+  } as Record<string, unknown>;
+
   const human = !io.json && format !== "json" && io.stdout.isTTY === true;
   io.stdout.write(human ? readyText(command, config, ready) : JSON.stringify(ready) + "\n");
   await new Promise<void>((resolve) => {
@@ -111,6 +109,7 @@ export function readyText(command: string, config: Config, ready: Record<string,
   const rows: [string, unknown][] = [
     ["socket", ready["socket"]],
     ["listen", ready["listen"]],
+    ["broker tcp", ready["broker_listen"]],
     ["agent host", ready["agent_host_socket"]],
     ["broker", ready["broker_socket"]],
     ["metrics", ready["metrics"]],

@@ -4,7 +4,7 @@ import { AgentHostService } from "../../gen/conductor/v1/agent_host_pb.js";
 import { OrchestratorService } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { loginAccountsAmong } from "../agent-host/accounts.ts";
 import { AgentHost } from "../agent-host/host.ts";
-import { loadBrokerSecret } from "../broker/access.ts";
+import { loadBrokerSecret, localBroker, remoteBroker } from "../broker/access.ts";
 import { brokerOptions, startBrokerServer, type BrokerServer } from "../broker/serve.ts";
 import { loadBackend } from "../agent-host/backends.ts";
 import { agentHostRoutes } from "../agent-host/routes.ts";
@@ -35,20 +35,26 @@ import { ResourcesSchema } from "../../gen/conductor/v1/task_pb.js";
 /** A started service: stop() ends it cleanly. */
 export interface Running {
   stop(): Promise<void>;
-  /** Its TCP listener, when it has one (communication.listen). */
-  tcp?: TcpServer | undefined;
+  /** Its TCP listeners' addresses by ready-line key (listen, broker_listen). */
+  listens?: Record<string, string>;
 }
 
 /**
  * The TLS material of a service that listens on TCP or joins over it (tls.*), which must hold
  * a certificate of `role`. Throws naming what is missing or wrong.
  */
-export function tlsMaterial(config: Config, role: Role, why: string, log: Logger): TlsMaterial {
+export function tlsMaterial(
+  config: Config,
+  role: Role | Role[],
+  why: string,
+  log: Logger,
+): TlsMaterial {
+  const roles = typeof role === "string" ? [role] : role;
   const t = config.tls;
   const missing = (["ca_file", "cert_file", "key_file"] as const).filter((k) => !t[k]);
   if (missing.length > 0) {
     throw new Error(
-      `${why} needs ${missing.map((k) => `tls.${k}`).join(", ")} (make them with \`conductor certs init\` and \`conductor certs issue --role ${role}\`)`,
+      `${why} needs ${missing.map((k) => `tls.${k}`).join(", ")} (make them with \`conductor certs init\` and \`conductor certs issue --role ${roles[0]}\`)`,
     );
   }
   const material = TlsMaterial.load(
@@ -56,13 +62,18 @@ export function tlsMaterial(config: Config, role: Role, why: string, log: Logger
     log,
   );
   const id = material.current().identity;
-  if (id.role !== role) {
+  if (!roles.includes(id.role)) {
     material.close();
     throw new Error(
-      `${t.cert_file} is a certificate of ${id.spiffeId}; ${why} needs one of role ${role} (conductor certs issue --role ${role})`,
+      `${t.cert_file} is a certificate of ${id.spiffeId}; ${why} needs one of role ${roles.join(" or ")} (conductor certs issue --role ${roles[0]})`,
     );
   }
   return material;
+}
+
+/** A TCP listener's address as host:port (IPv6 in brackets). */
+function hostPort(tcp: TcpServer): string {
+  return `${tcp.host.includes(":") ? `[${tcp.host}]` : tcp.host}:${tcp.port}`;
 }
 
 /** The AgentHost's socket in the socket folder. */
@@ -138,9 +149,11 @@ async function serveAgentHost(
     },
     hostPath,
     log: log.child({ service: "agent-host" }),
-    broker: a.broker_tools
-      ? { secret: loadBrokerSecret(config.storage.data_dir), socketPath: config.broker.socket_path }
-      : undefined,
+    broker: !a.broker_tools
+      ? undefined
+      : material && config.agent_host.broker
+        ? remoteBroker(config.agent_host.broker, material)
+        : localBroker(loadBrokerSecret(config.storage.data_dir), config.broker.socket_path),
     observer: obs?.tracer
       ? createAgentHostObserver({ ...telemetry, runtime: backend.name })
       : undefined,
@@ -336,7 +349,7 @@ async function serveOrchestrator(
   return {
     orchestrator,
     server,
-    ...(tcp ? { tcp } : {}),
+    ...(tcp ? { tcp, listens: { listen: hostPort(tcp) } } : {}),
     stop: async () => {
       await tcp?.close();
       material?.close();
@@ -355,23 +368,33 @@ export async function startBroker(
 ): Promise<Running & { broker: BrokerServer }> {
   const lock = await lockService("broker", config.storage.data_dir);
   let server: BrokerServer;
+  const listen = config.broker.listen;
+  let material: TlsMaterial | undefined;
   try {
+    // `up` serves the Broker with the Orchestrator's certificate (one tls.* per process).
+    material = listen
+      ? tlsMaterial(config, ["broker", "orchestrator"], `broker.listen (${listen})`, log)
+      : undefined;
     server = await startBrokerServer({
       ...brokerOptions(config, log.child({ service: "broker" })),
       socketPath: config.broker.socket_path,
+      tls: material ? { listen, material } : undefined,
       interceptors: obs?.serverInterceptors ?? [],
       log,
       registry: obs?.registry,
     });
   } catch (e) {
+    material?.close();
     await lock.release();
     throw e;
   }
   log.info("broker serving", { socket: server.socketPath, data_dir: config.storage.data_dir });
   return {
     broker: server,
+    ...(server.tcp ? { listens: { broker_listen: hostPort(server.tcp) } } : {}),
     stop: async () => {
       await server.close();
+      material?.close();
       await lock.release();
     },
   };

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { create } from "@bufbuild/protobuf";
-import { TaskSpecSchema, type TaskSpec } from "../../gen/conductor/v1/task_pb.js";
+import { ResourcesSchema, TaskSpecSchema, type TaskSpec } from "../../gen/conductor/v1/task_pb.js";
 import { list, shellQuote, str, UsageError, type ParsedCommand } from "./args.ts";
 import { oneLine } from "./format.ts";
 import { isSpecFile, readSpecFile } from "./spec-file.ts";
@@ -40,9 +40,38 @@ export function taskSpecOf(p: ParsedCommand, from: SpecSources): TaskSpec {
     if (eq <= 0) throw new UsageError(`--label "${oneLine(l, 40)}": expected KEY=VALUE`);
     spec.labels[l.slice(0, eq)] = l.slice(eq + 1);
   }
+  for (const l of list(p, "node-selector")) {
+    const eq = l.indexOf("=");
+    if (eq <= 0) throw new UsageError(`--node-selector "${oneLine(l, 40)}": expected KEY=VALUE`);
+    spec.nodeSelector[l.slice(0, eq)] = l.slice(eq + 1);
+  }
+  const cpus = text("cpus");
+  const memory = text("memory");
+  if (cpus !== undefined || memory !== undefined) {
+    spec.resources ??= create(ResourcesSchema);
+    if (cpus !== undefined) {
+      const n = Number(cpus);
+      if (cpus.trim() === "" || !Number.isFinite(n) || n < 0)
+        throw new UsageError(
+          `--cpus "${oneLine(cpus, 40)}": expected a number of CPUs, e.g. 2 or 0.5`,
+        );
+      spec.resources.cpus = n;
+    }
+    if (memory !== undefined) spec.resources.memoryBytes = bytesOf("--memory", memory);
+  }
   spec.idempotencyKey = text("idempotency-key") ?? spec.idempotencyKey;
   applyWorkspaceFlags(spec, p, from);
   return spec;
+}
+
+/** A size in bytes, or with k, m or g (powers of 1024), e.g. 512m. */
+function bytesOf(flag: string, value: string): bigint {
+  const m = /^(\d+)([kmg]?)$/i.exec(value.trim());
+  if (!m)
+    throw new UsageError(
+      `${flag} "${oneLine(value, 40)}": expected bytes, or a number with k, m or g (e.g. 4g)`,
+    );
+  return BigInt(m[1]!) * 1024n ** BigInt(" kmg".indexOf((m[2] || " ").toLowerCase()));
 }
 
 /**

@@ -5,6 +5,7 @@ import { AgentHostService } from "../../gen/conductor/v1/agent_host_pb.js";
 import { AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
 import type { Logger } from "../shared/log.ts";
 import { deadSocket, tunnelTransport } from "../shared/tcp.ts";
+import { peerCertificate } from "../shared/tls.ts";
 import { unixTransport } from "../shared/transport.ts";
 
 /** What a node says of itself (a joined node at RegisterNode, a local one at GetCapacity). */
@@ -25,6 +26,8 @@ export interface Joined {
   lastSeen: number;
   /** The tunnel the node dialled; calls go over it. */
   socket?: tls.TLSSocket | undefined;
+  /** When the certificate of that tunnel expires (ms since the epoch). */
+  certificateExpires?: number | undefined;
 }
 
 /** An agent as the Orchestrator sees it: where it lives and what it reported last. */
@@ -141,6 +144,8 @@ export class HostRegistry {
     const link = this.link(name);
     if (!link?.joined || link.lost) return false;
     link.useTunnel(socket);
+    const cert = peerCertificate(socket);
+    link.joined.certificateExpires = cert ? Date.parse(cert.validTo) : undefined;
     socket.once("close", () => {
       if (link.joined?.socket !== socket) return;
       link.joined.socket = undefined;

@@ -220,6 +220,9 @@ export class Fleet {
         ? {
             leaseExpireTime: timestampFromMs(l.joined.leaseExpires),
             lastSeenTime: timestampFromMs(l.joined.lastSeen),
+            ...(l.joined.certificateExpires
+              ? { certificateExpireTime: timestampFromMs(l.joined.certificateExpires) }
+              : {}),
           }
         : {}),
     });

@@ -20,7 +20,11 @@ const OPEN_SERVICES = new Set([
 /** What each role may call over TCP: whole services by name. */
 const GRANTS: Record<Role, ReadonlySet<string>> = {
   client: new Set(["conductor.v1.OrchestratorService"]),
-  "agent-host": new Set(["conductor.v1.NodeService", "conductor.v1.BrokerService"]),
+  "agent-host": new Set([
+    "conductor.v1.NodeService",
+    "conductor.v1.BrokerService",
+    "conductor.v1.BrokerNodeService",
+  ]),
   orchestrator: new Set(["conductor.v1.AgentHostService", "conductor.v1.BrokerService"]),
   broker: new Set(),
 };

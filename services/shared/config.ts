@@ -99,6 +99,20 @@ function likeSpecField(field: "model" | "allowedTools") {
  * A node id names this Conductor's containers and processes, so it is what a container name
  * may hold: 1–63 letters, digits, ".", "_" or "-", starting with a letter or digit.
  */
+/** A `host:port` key (listen, join), empty when unset. */
+const hostPortKey = () =>
+  z
+    .string()
+    .superRefine((v, ctx) => {
+      if (v === "") return;
+      try {
+        parseHostPort(v);
+      } catch (e) {
+        ctx.addIssue({ code: "custom", message: (e as Error).message });
+      }
+    })
+    .default("");
+
 /** A node label's key: what Kubernetes allows in a label name, prefix included. */
 const LABEL_KEY = /^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$/;
 const LABEL_KEY_RULE =
@@ -226,17 +240,7 @@ const schema = z
          * host:port to also listen on TCP with mutual TLS (tls.*), e.g. 0.0.0.0:7443; empty (the
          * default) listens on the Unix socket only. Port 0 picks a free port.
          */
-        listen: z
-          .string()
-          .superRefine((v, ctx) => {
-            if (v === "") return;
-            try {
-              parseHostPort(v);
-            } catch (e) {
-              ctx.addIssue({ code: "custom", message: (e as Error).message });
-            }
-          })
-          .default(""),
+        listen: hostPortKey(),
       })
       .strict()
       .prefault({}),
@@ -295,17 +299,12 @@ const schema = z
     agent_host: z
       .object({
         /** host:port of an Orchestrator's TCP listener to join (dialling out, mutual TLS). */
-        join: z
-          .string()
-          .superRefine((v, ctx) => {
-            if (v === "") return;
-            try {
-              parseHostPort(v);
-            } catch (e) {
-              ctx.addIssue({ code: "custom", message: (e as Error).message });
-            }
-          })
-          .default(""),
+        join: hostPortKey(),
+        /**
+         * host:port of a Broker on another machine (its broker.listen), for this joined node's
+         * agents; empty: the Broker on this machine (its socket and the shared broker.key).
+         */
+        broker: hostPortKey(),
         /** This node's labels, which a task's node_selector must match (at most 64). */
         labels: z
           .record(z.string().regex(LABEL_KEY, LABEL_KEY_RULE), z.string().max(256))
@@ -329,6 +328,8 @@ const schema = z
       .object({
         /** The Broker's socket; empty means broker.sock in socket_dir. */
         socket_path: z.string().default(""),
+        /** host:port to also listen on TCP with mutual TLS (tls.*), for joined nodes' agents. */
+        listen: hostPortKey(),
         /** A delivered message not acknowledged within this is delivered again. */
         ack_timeout_seconds: seconds(DAY).default(30),
         /** Most unacknowledged messages one inbox holds, from everyone; more is RESOURCE_EXHAUSTED. */

@@ -130,6 +130,7 @@ describe("the conductor CLI without a running Conductor", () => {
       labels: "--label",
       workspace: "--repo",
       checks: "--check",
+      resources: "--cpus",
     };
     for (const field of TaskSpecSchema.fields) {
       const flag = flagOf[field.name] ?? `--${field.name.replaceAll("_", "-")}`;

@@ -24,10 +24,12 @@ import {
   WatchTaskResponseSchema,
 } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { RunOutcomeSchema } from "../../gen/conductor/v1/agent_host_pb.js";
+import { IssueAgentCredentialRequestSchema } from "../../gen/conductor/v1/broker_pb.js";
 import { TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
 import { unixTransport } from "../../services/shared/transport.ts";
-import { expiredCert, foreignCa, makeCerts, type TestCerts } from "../certs.ts";
+import { expiredCert, foreignCa, makeCerts, tlsEnv, type TestCerts } from "../certs.ts";
 import {
+  ms,
   processesWith,
   ROOT,
   runtimeEnv,
@@ -51,6 +53,8 @@ let net: TestNet;
 let dir: string;
 let certs: TestCerts;
 let orch: ServiceProcess;
+let broker: ServiceProcess;
+let brokerAddr: string;
 const nodes = new Map<string, { host: NetHost; proc: ServiceProcess; dataDir: string }>();
 let orchAddr: string;
 let client: Client<typeof OrchestratorService>;
@@ -67,14 +71,7 @@ async function fakeModelIn(host: NetHost): Promise<string> {
   return (JSON.parse(line) as { url: string }).url;
 }
 
-function tlsEnv(name: string): Record<string, string> {
-  const f = certs.files(name);
-  return {
-    CONDUCTOR_TLS_CA_FILE: f.caFile,
-    CONDUCTOR_TLS_CERT_FILE: f.certFile,
-    CONDUCTOR_TLS_KEY_FILE: f.keyFile,
-  };
-}
+const tlsOf = (name: string) => tlsEnv(certs.files(name));
 
 const quiet = {
   CONDUCTOR_OBSERVABILITY_LOG_LEVEL: "info",
@@ -86,7 +83,7 @@ const quiet = {
 async function startNode(name: string, host: NetHost, labels: Record<string, string>) {
   const base = path.join(dir, name);
   const config = path.join(dir, `${name}.yaml`);
-  writeFileSync(config, JSON.stringify({ agent_host: { labels } }));
+  writeFileSync(config, JSON.stringify({ agent_host: { labels, broker: brokerAddr } }));
   const proc = await startService(
     "agent-host",
     [
@@ -96,7 +93,7 @@ async function startNode(name: string, host: NetHost, labels: Record<string, str
     {
       ...quiet,
       ...runtimeEnv(),
-      ...tlsEnv(name),
+      ...tlsOf(name),
       ANTHROPIC_API_KEY: "sk-test-key",
       ANTHROPIC_BASE_URL: await fakeModelIn(host),
       // Agents use the process runtime (bubblewrap) whatever the suite's runtimes are.
@@ -140,6 +137,7 @@ beforeAll(async () => {
   dir = mkdtempSync(path.join(tmpdir(), "conductor-fleet-"));
   certs = await makeCerts(path.join(dir, "certs"), [
     { role: "orchestrator", name: "orch", ips: [o.address] },
+    { role: "broker", name: "broker", ips: [o.address] },
     { role: "agent-host", name: "node-a" },
     { role: "agent-host", name: "node-b" },
     { role: "client", name: "alice" },
@@ -157,7 +155,7 @@ beforeAll(async () => {
     ],
     {
       ...quiet,
-      ...tlsEnv("orch"),
+      ...tlsOf("orch"),
       CONDUCTOR_ORCHESTRATOR_NODE_LEASE_SECONDS: String(LEASE_SECONDS),
     },
     BIN,
@@ -165,6 +163,17 @@ beforeAll(async () => {
   );
   const port = String(orch.ready["listen"]).split(":").pop();
   orchAddr = `${o.address}:${port}`;
+  broker = await startService(
+    "broker",
+    [
+      ...["--socket-dir", path.join(dir, "broker", "run")],
+      ...["--data-dir", path.join(dir, "broker", "data")],
+    ],
+    { ...quiet, ...tlsOf("broker"), CONDUCTOR_BROKER_LISTEN: "0.0.0.0:0" },
+    BIN,
+    o.spawn.bind(o) as typeof spawn,
+  );
+  brokerAddr = `${o.address}:${String(broker.ready["broker_listen"]).split(":").pop()}`;
   client = createClient(
     OrchestratorService,
     unixTransport(path.join(dir, "orch", "run", "orchestrator.sock")),
@@ -183,6 +192,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const n of nodes.values()) await n.proc.stop().catch(() => undefined);
   await orch?.stop().catch(() => undefined);
+  await broker?.stop().catch(() => undefined);
   await net?.close();
   if (dir) rmSync(dir, { recursive: true, force: true });
 }, 60_000);
@@ -364,6 +374,104 @@ describe("a fleet joined over TCP with mutual TLS", () => {
       await client.undrainNode({ name: "node-b" });
     }
   }, 120_000);
+
+  it("lets an agent on one node and an agent on the other exchange messages through the Broker", async () => {
+    const tools = ["Write", "mcp__conductor"];
+    const b = await client.submitTask({
+      spec: spec({
+        allowedTools: tools,
+        nodeSelector: { zone: "b" },
+        prompt: scripted([
+          { tool: { name: "mcp__conductor__read_messages", input: { wait_seconds: 60 } } },
+          {
+            tool: {
+              name: "mcp__conductor__reply",
+              input: { correlation_id: "fleet-1", message: "pong from node b" },
+            },
+          },
+          { text: "B answered" },
+        ]),
+      }),
+    });
+    await waitForState(client, b.task!.id, TaskState.RUNNING, 60_000);
+    const agentB = (await client.getTask({ id: b.task!.id })).task!.agentId;
+    expect(agentB).toMatch(/^node-b:/);
+    const a = await client.submitTask({
+      spec: spec({
+        allowedTools: tools,
+        nodeSelector: { zone: "a" },
+        prompt: scripted([
+          {
+            tool: {
+              name: "mcp__conductor__request",
+              input: {
+                to: agentB,
+                message: "ping from node a",
+                correlation_id: "fleet-1",
+                timeout_seconds: 60,
+              },
+            },
+          },
+          { write: { path: "reply.txt", content: "{{last_tool_result}}" } },
+          { text: "A got the reply" },
+        ]),
+      }),
+    });
+    const [endedA, endedB] = await Promise.all([
+      waitForEnd(client, a.task!.id, 120_000),
+      waitForEnd(client, b.task!.id, 120_000),
+    ]);
+    expect(endedB.state, endedB.result?.error).toBe(TaskState.SUCCEEDED);
+    expect(endedA.state, endedA.result?.error).toBe(TaskState.SUCCEEDED);
+    expect(nodeOf(endedA)).toBe("node-a");
+    const reply = readFileSync(
+      path.join(nodes.get("node-a")!.dataDir, "agents", endedA.agentId, "workspace", "reply.txt"),
+      "utf8",
+    );
+    expect(reply).toBe(`Reply from ${agentB} (correlation id fleet-1):\npong from node b`);
+  }, 180_000);
+
+  it("refuses a node credentials for another node's agents", async () => {
+    const b = nodes.get("node-b")!.host;
+    const f = certs.files("node-b");
+    const ask = (agentId: string) =>
+      b.exec(PYTHON, [
+        RAW_CALL,
+        ...["--tls", `${f.caFile},${f.certFile},${f.keyFile}`, brokerAddr],
+        "/conductor.v1.BrokerNodeService/IssueAgentCredential",
+        Buffer.from(
+          toBinary(
+            IssueAgentCredentialRequestSchema,
+            create(IssueAgentCredentialRequestSchema, { agentId }),
+          ),
+        ).toString("base64"),
+        "unary",
+      ]);
+    expect((await ask("node-b:agent-1")).code).toBe(0);
+    expect((await ask("node-a:agent-1")).stderr).toMatch(
+      /^ERROR PERMISSION_DENIED .*only for its own agents/m,
+    );
+  }, 60_000);
+
+  it("picks up a node's replaced certificate files without a restart", async () => {
+    const node = nodes.get("node-a")!;
+    const expiry = async () => {
+      const { nodes: list } = await client.listNodes({});
+      return ms(list.find((n) => n.name === "node-a")!.certificateExpireTime);
+    };
+    const DAY = 86_400_000;
+    expect(await expiry()).toBeGreaterThan(Date.now() + 300 * DAY);
+    await certs.issue({ role: "agent-host", name: "node-a", days: 30 });
+    await vi.waitFor(async () => expect(await expiry()).toBeLessThan(Date.now() + 31 * DAY), {
+      timeout: 30_000,
+      interval: 100,
+    });
+    expect(node.proc.proc.exitCode).toBeNull();
+    await vi.waitFor(async () => expect((await nodeStates())["node-a"]).toBe(NodeState.READY), {
+      timeout: 30_000,
+      interval: 100,
+    });
+  }, 60_000);
 
   it("a node cut off mid-task ends its own run; the task is retried on the other node, never running twice at once", async () => {
     const marker = `fleet-cut-${net.id}`;

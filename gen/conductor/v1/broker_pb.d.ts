@@ -601,6 +601,38 @@ export declare type RegisterAgentResponse = Message$1<"conductor.v1.RegisterAgen
 export declare const RegisterAgentResponseSchema: GenMessage<RegisterAgentResponse>;
 
 /**
+ * @generated from message conductor.v1.IssueAgentCredentialRequest
+ */
+export declare type IssueAgentCredentialRequest = Message$1<"conductor.v1.IssueAgentCredentialRequest"> & {
+  /**
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+};
+
+/**
+ * Describes the message conductor.v1.IssueAgentCredentialRequest.
+ * Use `create(IssueAgentCredentialRequestSchema)` to create a new message.
+ */
+export declare const IssueAgentCredentialRequestSchema: GenMessage<IssueAgentCredentialRequest>;
+
+/**
+ * @generated from message conductor.v1.IssueAgentCredentialResponse
+ */
+export declare type IssueAgentCredentialResponse = Message$1<"conductor.v1.IssueAgentCredentialResponse"> & {
+  /**
+   * @generated from field: string credential = 1;
+   */
+  credential: string;
+};
+
+/**
+ * Describes the message conductor.v1.IssueAgentCredentialResponse.
+ * Use `create(IssueAgentCredentialResponseSchema)` to create a new message.
+ */
+export declare const IssueAgentCredentialResponseSchema: GenMessage<IssueAgentCredentialResponse>;
+
+/**
  * MessageType says what a message is for.
  *
  * @generated from enum conductor.v1.MessageType
@@ -772,6 +804,28 @@ export declare const BrokerService: GenService<{
     methodKind: "unary";
     input: typeof RegisterAgentRequestSchema;
     output: typeof RegisterAgentResponseSchema;
+  },
+}>;
+
+/**
+ * BrokerNodeService gives a joined node (`agent-host --join`, on another machine, without the
+ * Broker's key) its agents' credentials. Only an `agent-host` identity over mutual TLS may call
+ * it, and only for agents named after itself (`<node>:<agent>`); anything else is
+ * PERMISSION_DENIED.
+ *
+ * @generated from service conductor.v1.BrokerNodeService
+ */
+export declare const BrokerNodeService: GenService<{
+  /**
+   * The credential of one of the caller's agents (as BrokerService expects it), and the agent
+   * made known to the Broker.
+   *
+   * @generated from rpc conductor.v1.BrokerNodeService.IssueAgentCredential
+   */
+  issueAgentCredential: {
+    methodKind: "unary";
+    input: typeof IssueAgentCredentialRequestSchema;
+    output: typeof IssueAgentCredentialResponseSchema;
   },
 }>;
 

@@ -91,6 +91,14 @@ export declare type Node = Message<"conductor.v1.Node"> & {
    * @generated from field: google.protobuf.Timestamp last_seen_time = 12;
    */
   lastSeenTime?: Timestamp | undefined;
+
+  /**
+   * When the certificate the node's tunnel was opened with expires (joined nodes only): a
+   * node whose certificate files are replaced opens its tunnel again with the new one.
+   *
+   * @generated from field: google.protobuf.Timestamp certificate_expire_time = 13;
+   */
+  certificateExpireTime?: Timestamp | undefined;
 };
 
 /**
