@@ -287,9 +287,14 @@ async function serveOrchestrator(
   const material = listen
     ? tlsMaterial(config, "orchestrator", `communication.listen (${listen})`, log)
     : undefined;
-  // Listening on TCP without a local AgentHost: nodes join; the default socket is not dialled.
-  const onlyDefault = o.agent_hosts.length === 1 && o.agent_hosts[0] === agentHostSocket(config);
-  const hosts = listen && !withLocalHost && onlyDefault ? [] : o.agent_hosts;
+  // None named: the local AgentHost's socket; but listening on TCP without a local AgentHost,
+  // nodes join and no socket is dialled.
+  const hosts =
+    o.agent_hosts.length > 0
+      ? o.agent_hosts
+      : listen && !withLocalHost
+        ? []
+        : [agentHostSocket(config)];
   const observer =
     obs && (obs.tracer || obs.registry)
       ? createOrchestratorObserver({ ...obs, defaultModel: config.agent.model })

@@ -590,7 +590,7 @@ function resolvePaths(config: Config, cwd: string): Config {
     ? path.resolve(cwd, b.socket_path)
     : path.join(c.socket_dir, "broker.sock");
   const o = config.orchestrator;
-  if (o.agent_hosts.length === 0) o.agent_hosts = [path.join(c.socket_dir, "agent-host.sock")];
+  o.agent_hosts = o.agent_hosts.map((p) => path.resolve(cwd, p));
   const t = config.tls;
   for (const k of ["ca_file", "cert_file", "key_file"] as const)
     if (t[k]) t[k] = path.resolve(cwd, t[k]);
