@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import { mkdirSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -337,6 +338,9 @@ export class AgentHost {
       flow,
     );
   }
+
+  /** Names this run of the AgentHost (a joined node's registration and tunnel carry it). */
+  readonly instanceId = randomUUID();
 
   /** The id of the agent started n-th. */
   private agentId(n: number): string {

@@ -31,7 +31,7 @@ export interface MembershipOptions {
   material: TlsMaterial;
   host: AgentHost;
   /** What the node says of itself at RegisterNode (name is its certificate's). */
-  info: Omit<RegisterNodeRequest, "$typeName" | "name">;
+  info: Omit<RegisterNodeRequest, "$typeName" | "name" | "instanceId">;
   interceptors?: Interceptor[];
   log: Logger;
 }
@@ -140,7 +140,7 @@ export class Membership {
         const err = ConnectError.from(e);
         if (this.signal.aborted) return;
         if (err.code === Code.FailedPrecondition) this.registered = false;
-        if (err.code === Code.PermissionDenied || err.code === Code.Unauthenticated)
+        if ([Code.PermissionDenied, Code.Unauthenticated, Code.AlreadyExists].includes(err.code))
           this.opts.log.error("the orchestrator refused this node", { error: err.rawMessage });
         else this.opts.log.debug("could not renew the lease", { error: err.rawMessage });
         await this.pause(wait);
@@ -151,12 +151,14 @@ export class Membership {
 
   private async register(): Promise<void> {
     const res = await this.node.registerNode(
-      { ...this.opts.info, name: this.name },
+      { ...this.opts.info, name: this.name, instanceId: this.opts.host.instanceId },
       { timeoutMs: RETRY_MAX_MS, signal: this.signal },
     );
     this.leaseTtlMs = Number(res.leaseTtlMs);
     this.intervalMs = Math.max(50, Number(res.heartbeatIntervalMs));
     this.registered = true;
+    // A tunnel from before (the Orchestrator restarted, or took this node as lost) is stale.
+    this.tunnelSocket?.destroy();
     this.opts.log.info("joined the fleet", {
       orchestrator: this.opts.address,
       node: this.name,
@@ -168,7 +170,7 @@ export class Membership {
   private async heartbeat(): Promise<void> {
     const runs = this.opts.host.runs();
     const res = await this.node.heartbeat(
-      { name: this.name, runs },
+      { name: this.name, runs, instanceId: this.opts.host.instanceId },
       { timeoutMs: Math.max(this.intervalMs, 1000), signal: this.signal },
     );
     this.leaseTtlMs = Number(res.leaseTtlMs);

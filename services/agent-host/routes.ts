@@ -66,6 +66,7 @@ export function agentHostRoutes(host: AgentHost, keeper?: OutcomeKeeper) {
           agentsTotal: agents.length,
           agentsIdle: agents.filter((a) => a.state === AgentState.IDLE).length,
           ...host.opts.offer,
+          instanceId: host.instanceId,
         };
       },
       listAgents() {

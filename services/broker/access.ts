@@ -1,6 +1,6 @@
 // What an AgentHost (or any other process) needs to give agents the Broker: credentials,
 // the relay socket, the MCP server and its `--mcp-config`, and a client.
-import { readFileSync } from "node:fs";
+import { readFileSync, renameSync, rmSync } from "node:fs";
 import path from "node:path";
 import net from "node:net";
 import type { Duplex } from "node:stream";
@@ -136,8 +136,10 @@ export interface AgentBroker {
   cliArgs: string[];
   /** Whether registerAgent succeeded (if not, the agent becomes known on its first call). */
   registered: boolean;
+  /** Whether its credential file holds its credential (a remote Broker may not have answered). */
+  hasCredential: boolean;
   /** Puts the agent's credential in its credential file (one got late from a remote Broker). */
-  writeCredential(credential: string): Promise<void>;
+  writeCredential(credential: string): void;
   close(): Promise<void>;
 }
 
@@ -195,13 +197,22 @@ export async function setUpAgentBroker(opts: {
     credentialFile,
     agentId: opts.agentId,
   });
-  return {
+  const broker: AgentBroker = {
     relay,
     credentialFile,
     serverScript,
     cliArgs: ["--mcp-config", json, "--strict-mcp-config"],
     registered,
-    writeCredential: (c) => Promise.resolve(writeForAgent(credentialFile, c + "\n", opts.owner)),
+    hasCredential: credential !== "",
+    writeCredential(c) {
+      // A new file put in place: the old one is replaced, never written through.
+      const next = `${credentialFile}.next`;
+      rmSync(next, { force: true });
+      writeForAgent(next, c + "\n", opts.owner);
+      renameSync(next, credentialFile);
+      broker.hasCredential = true;
+    },
     close: () => relay.close(),
   };
+  return broker;
 }

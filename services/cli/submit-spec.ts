@@ -71,7 +71,9 @@ function bytesOf(flag: string, value: string): bigint {
     throw new UsageError(
       `${flag} "${oneLine(value, 40)}": expected bytes, or a number with k, m or g (e.g. 4g)`,
     );
-  return BigInt(m[1]!) * 1024n ** BigInt(" kmg".indexOf((m[2] || " ").toLowerCase()));
+  const n = BigInt(m[1]!) * 1024n ** BigInt(" kmg".indexOf((m[2] || " ").toLowerCase()));
+  if (n > 2n ** 63n - 1n) throw new UsageError(`${flag} "${oneLine(value, 40)}": too large`);
+  return n;
 }
 
 /**

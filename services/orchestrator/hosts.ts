@@ -1,10 +1,9 @@
 import type tls from "node:tls";
 import { createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
 import { AgentHostService } from "../../gen/conductor/v1/agent_host_pb.js";
 import { AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
 import type { Logger } from "../shared/log.ts";
-import { deadSocket, tunnelTransport } from "../shared/tcp.ts";
+import { closedTransport, tunnelTransport } from "../shared/tcp.ts";
 import { peerCertificate } from "../shared/tls.ts";
 import { unixTransport } from "../shared/transport.ts";
 
@@ -26,6 +25,8 @@ export interface Joined {
   lastSeen: number;
   /** The tunnel the node dialled; calls go over it. */
   socket?: tls.TLSSocket | undefined;
+  /** The AgentHost run holding the lease (RegisterNodeRequest.instance_id). */
+  instance: string;
   /** When the certificate of that tunnel expires (ms since the epoch). */
   certificateExpires?: number | undefined;
 }
@@ -75,12 +76,12 @@ export class HostLink {
     return this.reachable && !this.lost && !this.drained;
   }
 
-  /** Calls go over `socket` from now on (a joined node dialled again); the old tunnel ends. */
-  useTunnel(socket: tls.TLSSocket): void {
+  /** Calls go over `socket` (by `client`) from now on; the old tunnel ends. */
+  useTunnel(socket: tls.TLSSocket, client: Client<typeof AgentHostService>): void {
     const joined = this.joined!;
     const old = joined.socket;
     joined.socket = socket;
-    this.client = createClient(AgentHostService, tunnelTransport(socket, this.interceptors));
+    this.client = client;
     old?.destroy();
   }
 }
@@ -115,13 +116,18 @@ export class HostRegistry {
    * A node joins (or rejoins) with a lease of `ttlMs`: known again, not lost, its tunnel to come.
    * A name that is a local host's is refused (the caller says so).
    */
-  join(info: NodeInfo, now: number, ttlMs: number): HostLink {
+  join(info: NodeInfo, instance: string, now: number, ttlMs: number): HostLink {
     let link = this.link(info.name);
     if (!link) {
-      link = new HostLink(info.name, this.interceptors, closedTransport());
+      link = new HostLink(
+        info.name,
+        this.interceptors,
+        closedTransport("the node's tunnel is not open yet"),
+      );
       this.links.push(link);
     }
-    if (!link.joined) link.joined = { leaseExpires: 0, lastSeen: 0 };
+    link.joined ??= { leaseExpires: 0, lastSeen: 0, instance };
+    link.joined.instance = instance;
     if (link.lost) this.log.info("node rejoined", { node: info.name });
     link.lost = false;
     link.info = info;
@@ -139,11 +145,23 @@ export class HostRegistry {
     return link;
   }
 
-  /** A joined node's tunnel arrived: calls go over it. False for a node that did not register. */
-  attachTunnel(name: string, socket: tls.TLSSocket): boolean {
+  /**
+   * A joined node's tunnel arrived: once it answers as the AgentHost run that holds the lease,
+   * calls go over it. Resolves to why it was refused (then closed), or undefined.
+   */
+  async attachTunnel(name: string, socket: tls.TLSSocket): Promise<string | undefined> {
     const link = this.link(name);
-    if (!link?.joined || link.lost) return false;
-    link.useTunnel(socket);
+    if (!link?.joined || link.lost) return "not registered";
+    const client = createClient(AgentHostService, tunnelTransport(socket, this.interceptors));
+    let instance = "";
+    try {
+      instance = (await client.getCapacity({}, { timeoutMs: this.timeoutMs })).instanceId;
+    } catch (e) {
+      return `it did not answer (${e instanceof Error ? e.message : String(e)})`;
+    }
+    if (!link.joined || link.lost || instance !== link.joined.instance)
+      return `it is not the AgentHost run that holds the lease (${instance || "none"})`;
+    link.useTunnel(socket, client);
     const cert = peerCertificate(socket);
     link.joined.certificateExpires = cert ? Date.parse(cert.validTo) : undefined;
     socket.once("close", () => {
@@ -152,7 +170,7 @@ export class HostRegistry {
       link.reachable = false;
       link.agents = [];
     });
-    return true;
+    return undefined;
   }
 
   /**
@@ -265,12 +283,4 @@ export class HostRegistry {
           Number(a.agent.tasksCompleted - b.agent.tasksCompleted) || a.key.localeCompare(b.key),
       );
   }
-}
-
-/** A transport for a joined node before its tunnel arrives: every call is UNAVAILABLE. */
-function closedTransport(): Transport {
-  return createGrpcTransport({
-    baseUrl: "http://tunnel",
-    nodeOptions: { createConnection: () => deadSocket("the node's tunnel is not open yet") },
-  });
 }

@@ -20,6 +20,7 @@ import type { Logger } from "../shared/log.ts";
 import type { Identity } from "../shared/tls.ts";
 import type { HostLink, HostRegistry } from "./hosts.ts";
 import type { TaskStore } from "./store.ts";
+import { CONTROL } from "./validate.ts";
 
 /** Most labels a node may have, and their sizes (as a task's labels). */
 const MAX_LABELS = 64;
@@ -70,6 +71,7 @@ export class Fleet {
       if (!name || hosts.link(name) || name.includes("/")) continue; // a local socket, or known
       hosts.join(
         { name, runtime: "", version: "", labels: {}, cpus: 0, memoryBytes: 0n, agentsTotal: 0 },
+        "",
         now,
         this.opts.leaseTtlMs,
       );
@@ -78,11 +80,24 @@ export class Fleet {
 
   /** RegisterNode: the caller's certificate names it `req.name` (the interceptor checked). */
   register(req: RegisterNodeRequest, now: number): RegisterNodeResponse {
-    checkLabels(req.labels);
+    checkNode(req);
     const existing = this.opts.hosts.link(req.name);
     if (existing && !existing.joined) {
       throw precondition(
         `node name "${req.name}" is a local agent host's socket here; issue the joining node a certificate with another name`,
+      );
+    }
+    const held = existing?.joined;
+    if (
+      held &&
+      !existing.lost &&
+      held.instance &&
+      held.instance !== req.instanceId &&
+      held.leaseExpires > now
+    ) {
+      throw new ConnectError(
+        `node ${req.name} is already joined by another AgentHost (its lease runs ${Math.ceil((held.leaseExpires - now) / 1000)} s more): two AgentHosts may not use one certificate; issue this one its own name`,
+        Code.AlreadyExists,
       );
     }
     const link = this.opts.hosts.join(
@@ -95,6 +110,7 @@ export class Fleet {
         memoryBytes: req.capacity?.memoryBytes ?? 0n,
         agentsTotal: req.agentsTotal,
       },
+      req.instanceId,
       now,
       this.opts.leaseTtlMs,
     );
@@ -119,7 +135,11 @@ export class Fleet {
   heartbeat(req: HeartbeatRequest, now: number): HeartbeatResponse {
     if (req.runs.length > MAX_HEARTBEAT_RUNS)
       throw invalid(`runs lists ${req.runs.length} runs; at most ${MAX_HEARTBEAT_RUNS}`);
-    const link = this.opts.hosts.renew(req.name, now, this.opts.leaseTtlMs);
+    const current = this.opts.hosts.link(req.name)?.joined?.instance;
+    const link =
+      current === req.instanceId
+        ? this.opts.hosts.renew(req.name, now, this.opts.leaseTtlMs)
+        : undefined;
     if (!link) {
       throw precondition(
         `node ${req.name} holds no lease (never registered, or its lease lapsed): register again`,
@@ -151,18 +171,24 @@ export class Fleet {
     }
   }
 
-  /** A node dialled its tunnel: calls to it go over that connection from now on. */
+  /**
+   * A node dialled its tunnel: once it answers as the AgentHost run that holds the node's
+   * lease, calls to it go over that connection.
+   */
   tunnel(socket: tls.TLSSocket, identity: Identity): void {
-    if (identity.role !== "agent-host" || !this.opts.hosts.attachTunnel(identity.name, socket)) {
-      this.opts.log.warn("refused a node tunnel", {
-        identity: identity.spiffeId,
-        why: identity.role !== "agent-host" ? "not an agent host" : "not registered",
-      });
+    const refuse = (why: string) => {
+      this.opts.log.warn("refused a node tunnel", { identity: identity.spiffeId, why });
       socket.destroy();
-      return;
-    }
-    this.opts.log.info("node tunnel open", { node: identity.name });
-    this.opts.hosts.refresh().catch(() => undefined); // the next poll asks again
+    };
+    if (identity.role !== "agent-host") return refuse("not an agent host");
+    this.opts.hosts.attachTunnel(identity.name, socket).then(
+      (why) => {
+        if (why) return refuse(why);
+        this.opts.log.info("node tunnel open", { node: identity.name });
+        this.opts.hosts.refresh().catch(() => undefined); // the next poll asks again
+      },
+      (e: unknown) => refuse(String(e)),
+    );
   }
 
   /** Why a run a node reports is not the current attempt on it (undefined when it is). */
@@ -229,14 +255,47 @@ export class Fleet {
   }
 }
 
+/** Longest runtime, version or instance id a node may give. */
+const MAX_NODE_TEXT = 128;
+/** Most CPUs and bytes of memory a node may say it offers (as agent_host.cpus and memory). */
+const MAX_NODE_CPUS = 100_000;
+const MAX_NODE_MEMORY = 1024n ** 5n;
+
+/** What a registering node says of itself must be sane: bounded, no control characters. */
+function checkNode(req: RegisterNodeRequest): void {
+  for (const [field, text] of [
+    ["runtime", req.runtime],
+    ["version", req.version],
+    ["instance_id", req.instanceId],
+  ] as const) {
+    if (Buffer.byteLength(text) > MAX_NODE_TEXT || CONTROL.test(text))
+      throw invalid(`${field} must be at most ${MAX_NODE_TEXT} bytes, without control characters`);
+  }
+  if (!req.instanceId) throw invalid("instance_id is required (a random id of this AgentHost run)");
+  const c = req.capacity;
+  if (c && (!Number.isFinite(c.cpus) || c.cpus < 0 || c.cpus > MAX_NODE_CPUS))
+    throw invalid(`capacity.cpus must be from 0 to ${MAX_NODE_CPUS}, got ${c.cpus}`);
+  if (c && (c.memoryBytes < 0n || c.memoryBytes > MAX_NODE_MEMORY))
+    throw invalid(
+      `capacity.memory_bytes must be from 0 to ${MAX_NODE_MEMORY} (1 PiB), got ${c.memoryBytes}`,
+    );
+  if (req.agentsTotal < 0 || req.agentsTotal > 1000)
+    throw invalid(`agents_total must be from 0 to 1000, got ${req.agentsTotal}`);
+  checkLabels(req.labels);
+}
+
 function checkLabels(labels: Record<string, string>): void {
   const entries = Object.entries(labels);
   if (entries.length > MAX_LABELS)
     throw invalid(`labels has ${entries.length} entries; at most ${MAX_LABELS}`);
   for (const [k, v] of entries) {
-    if (k === "" || Buffer.byteLength(k) > MAX_LABEL_KEY_BYTES)
-      throw invalid(`label key "${k.slice(0, 40)}" must be 1 to ${MAX_LABEL_KEY_BYTES} bytes`);
-    if (Buffer.byteLength(v) > MAX_LABEL_VALUE_BYTES)
-      throw invalid(`label "${k}" is over ${MAX_LABEL_VALUE_BYTES} bytes`);
+    if (k === "" || Buffer.byteLength(k) > MAX_LABEL_KEY_BYTES || CONTROL.test(k))
+      throw invalid(
+        `label key ${JSON.stringify(k.slice(0, 40))} must be 1 to ${MAX_LABEL_KEY_BYTES} bytes, without control characters`,
+      );
+    if (Buffer.byteLength(v) > MAX_LABEL_VALUE_BYTES || CONTROL.test(v))
+      throw invalid(
+        `label ${JSON.stringify(k)} must be at most ${MAX_LABEL_VALUE_BYTES} bytes, without control characters`,
+      );
   }
 }

@@ -58,7 +58,7 @@ export interface SpecLimits {
 /** A model name as the CLI's --model takes it (an alias, an id, a Bedrock/Vertex id or ARN). */
 const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:/@[\]+-]*$/;
 // eslint-disable-next-line no-control-regex
-const CONTROL = /[\u0000-\u001f\u007f]/;
+export const CONTROL = /[\u0000-\u001f\u007f]/;
 
 /**
  * Checks a TaskSpec before anything is stored; each problem is an INVALID_ARGUMENT naming

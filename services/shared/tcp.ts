@@ -3,7 +3,13 @@ import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import tls from "node:tls";
-import { createContextValues, type Interceptor, type Transport } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createContextValues,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { PEER, type Peer } from "./authz.ts";
 import { HealthRegistry } from "./health.ts";
@@ -64,6 +70,7 @@ export async function serveTls(opts: TlsServeOptions): Promise<TcpServer> {
   const h2 = http2.createServer({}, handler);
   const h1 = http.createServer(handler);
   const open = new Set<tls.TLSSocket>();
+  const handshakes = new WeakMap<net.Socket, NodeJS.Timeout>();
   const material = opts.material.current();
   const server = tls.createServer({
     ca: material.ca,
@@ -77,7 +84,16 @@ export async function serveTls(opts: TlsServeOptions): Promise<TcpServer> {
   });
   server.maxConnections = MAX_TCP_CONNECTIONS;
   const stopWatching = keepServerCurrent(server, opts.material);
+  // A connection has HANDSHAKE_TIMEOUT_MS to finish its handshake (a client that sends a
+  // partial hello, or nothing, is not held open).
+  server.on("connection", (raw: net.Socket) => {
+    const timer = setTimeout(() => raw.destroy(), HANDSHAKE_TIMEOUT_MS);
+    raw.once("close", () => clearTimeout(timer));
+    handshakes.set(raw, timer);
+  });
   server.on("secureConnection", (socket: tls.TLSSocket) => {
+    const raw = (socket as tls.TLSSocket & { _parent?: net.Socket })._parent;
+    if (raw) clearTimeout(handshakes.get(raw));
     const identity = socket.authorized ? peerIdentity(socket) : undefined;
     if (!identity) {
       opts.log.warn("refused a tls connection: its certificate holds no Conductor identity", {
@@ -185,36 +201,47 @@ export function tlsTransport(
 
 /**
  * A gRPC client transport over a node's tunnel (the Orchestrator's side): every call goes over
- * that one connection; once it is gone, calls fail UNAVAILABLE until the node dials again (and
- * a new transport is made for the new connection).
+ * that one connection's HTTP/2 session; once it is gone, calls fail UNAVAILABLE until the node
+ * dials again (and a new transport is made for the new connection). Never reconnects by itself,
+ * so it holds no state that a connection lost mid-handshake could leave stuck.
  */
 export function tunnelTransport(
   socket: tls.TLSSocket,
   interceptors: Interceptor[] = [],
 ): Transport {
-  let used = false;
+  const session = http2.connect("http://tunnel", { createConnection: () => socket });
+  session.on("error", () => undefined); // each call sees its own stream's error
+  socket.once("close", () => session.destroy());
   return createGrpcTransport({
     baseUrl: "http://tunnel",
     interceptors,
-    ...PING,
-    idleConnectionTimeoutMs: 2 ** 31 - 1,
-    nodeOptions: {
-      createConnection: () => {
-        if (!used) {
-          used = true;
-          return socket;
+    sessionManager: {
+      authority: "http://tunnel",
+      request(method, path, headers, options) {
+        if (session.closed || session.destroyed || socket.destroyed) {
+          return Promise.reject(
+            new ConnectError("the node's tunnel is closed; it dials again", Code.Unavailable),
+          );
         }
-        return deadSocket("the node's tunnel is closed");
+        return Promise.resolve(
+          session.request({ ...headers, ":method": method, ":path": path }, options),
+        );
       },
+      notifyResponseByteRead: () => undefined,
     },
   });
 }
 
-/** A socket that fails at once with `reason`: a call made on it is UNAVAILABLE. */
-export function deadSocket(reason: string): net.Socket {
-  const gone = new net.Socket();
-  process.nextTick(() => gone.destroy(new Error(reason)));
-  return gone;
+/** A transport whose every call is UNAVAILABLE with `reason` (a joined node before its tunnel). */
+export function closedTransport(reason: string): Transport {
+  return createGrpcTransport({
+    baseUrl: "http://tunnel",
+    sessionManager: {
+      authority: "http://tunnel",
+      request: () => Promise.reject(new ConnectError(reason, Code.Unavailable)),
+      notifyResponseByteRead: () => undefined,
+    },
+  });
 }
 
 /**

@@ -316,6 +316,35 @@ describe("a fleet joined over TCP with mutual TLS", () => {
     expect(asOther.stderr).toMatch(
       /^ERROR PERMISSION_DENIED .*agent-host\/node-a may speak only for node "node-a", not for "node-b"/m,
     );
+    // A second AgentHost with node-a's certificate while node-a holds its lease.
+    const twin = await pythonCall(
+      b,
+      "node-a",
+      "/conductor.v1.NodeService/RegisterNode",
+      toBinary(
+        RegisterNodeRequestSchema,
+        create(RegisterNodeRequestSchema, { name: "node-a", instanceId: "a-twin" }),
+      ),
+    );
+    expect(twin.stderr).toMatch(
+      /^ERROR ALREADY_EXISTS node node-a is already joined by another AgentHost/m,
+    );
+    // A node claiming impossible resources.
+    const absurd = await pythonCall(
+      b,
+      "node-a",
+      "/conductor.v1.NodeService/RegisterNode",
+      toBinary(
+        RegisterNodeRequestSchema,
+        create(RegisterNodeRequestSchema, {
+          name: "node-a",
+          instanceId: "x",
+          capacity: { cpus: -5 },
+        }),
+      ),
+    );
+    expect(absurd.stderr).toMatch(/^ERROR INVALID_ARGUMENT capacity.cpus must be from 0/m);
+    expect((await nodeStates())["node-a"]).toBe(NodeState.READY);
     // A client calling the node API.
     const clientAsNode = await pythonCall(
       b,

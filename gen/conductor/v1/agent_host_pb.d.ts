@@ -73,6 +73,13 @@ export declare type GetCapacityResponse = Message<"conductor.v1.GetCapacityRespo
    * @generated from field: int64 memory_bytes = 8;
    */
   memoryBytes: bigint;
+
+  /**
+   * A joined node's RegisterNodeRequest.instance_id (its tunnel is checked against it).
+   *
+   * @generated from field: string instance_id = 9;
+   */
+  instanceId: string;
 };
 
 /**

@@ -142,6 +142,14 @@ export declare type RegisterNodeRequest = Message<"conductor.v1.RegisterNodeRequ
    * @generated from field: int32 agents_total = 6;
    */
   agentsTotal: number;
+
+  /**
+   * Names this run of the AgentHost (random, at its start): while one holds the node's lease,
+   * another with the same certificate is refused (ALREADY_EXISTS).
+   *
+   * @generated from field: string instance_id = 7;
+   */
+  instanceId: string;
 };
 
 /**
@@ -214,6 +222,13 @@ export declare type HeartbeatRequest = Message<"conductor.v1.HeartbeatRequest"> 
    * @generated from field: repeated conductor.v1.RunRef runs = 2;
    */
   runs: RunRef[];
+
+  /**
+   * RegisterNodeRequest.instance_id: another's heartbeat is FAILED_PRECONDITION.
+   *
+   * @generated from field: string instance_id = 3;
+   */
+  instanceId: string;
 };
 
 /**
