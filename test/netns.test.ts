@@ -8,7 +8,7 @@ import { promisify } from "node:util";
 import { beforeAll, describe, expect, it } from "vitest";
 import { eventually, ROOT } from "./harness.ts";
 import { makeNet, type NetHost, type TestNet } from "./netns.ts";
-import { makeCerts, type TestCerts } from "./tls-certs.ts";
+import { makeCerts } from "./certs.ts";
 
 const NODE = process.execPath;
 /** Debian's Python, whose python3-grpcio is the client (another python3 on PATH may lack it). */
@@ -121,12 +121,12 @@ describe("test network: hosts in network namespaces of their own", () => {
 
   describe("raw_call.py", () => {
     let dir: string;
-    let certs: TestCerts;
+    let certs: EchoCerts;
     let tls: string;
 
     beforeAll(async () => {
       dir = mkdtempSync(path.join(tmpdir(), "conductor-netns-"));
-      certs = await makeCerts(dir, "echo.conductor.test");
+      certs = await echoCerts(path.join(dir, "ca"), "echo.conductor.test");
       tls = [certs.ca, certs.clientCert, certs.clientKey].join(",");
       return () => rmSync(dir, { recursive: true, force: true });
     });
@@ -160,7 +160,7 @@ describe("test network: hosts in network namespaces of their own", () => {
       expect(mismatch.stderr).toMatch(/^ERROR UNAVAILABLE .*is not in peer certificate/m);
       // Mutual: the server refuses a client certificate its CA never signed, and the client a
       // server certificate its CA never signed (grpc core logs the handshake before our line).
-      const stranger = await makeCerts(mkdtempSync(path.join(dir, "other-")), "x");
+      const stranger = await echoCerts(path.join(dir, "other-ca"), "x.conductor.test");
       for (const files of [
         [certs.ca, stranger.clientCert, stranger.clientKey],
         [stranger.ca, certs.clientCert, certs.clientKey],
@@ -259,4 +259,30 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** A CA's file, and a server's (named `serverName`) and a client's certificate and key. */
+interface EchoCerts {
+  ca: string;
+  serverCert: string;
+  serverKey: string;
+  clientCert: string;
+  clientKey: string;
+}
+
+/** Certificates for the echo server and its client, made by `conductor certs` (test/certs.ts). */
+async function echoCerts(dir: string, serverName: string): Promise<EchoCerts> {
+  const made = await makeCerts(dir, [
+    { role: "orchestrator", name: "echo", dns: [serverName] },
+    { role: "client", name: "client" },
+  ]);
+  const server = made.files("echo");
+  const client = made.files("client");
+  return {
+    ca: made.caFile,
+    serverCert: server.certFile,
+    serverKey: server.keyFile,
+    clientCert: client.certFile,
+    clientKey: client.keyFile,
+  };
 }

@@ -113,6 +113,13 @@ async function serveAgentHost(
   // A joined node is named by its certificate, and so are its agents, fleet-wide.
   const nodeId = material ? material.current().identity.name : config.orchestrator.node_id;
   const telemetry = { ...obs, nodeId };
+  // What this node offers tasks (GetCapacity, RegisterNode): agent_host.*, else the machine's.
+  const offer = {
+    version: conductorVersion(),
+    labels: config.agent_host.labels,
+    cpus: config.agent_host.cpus || availableParallelism(),
+    memoryBytes: BigInt(config.agent_host.memory || totalmem()),
+  };
   const backend = observeBackend(await loadBackend(config), telemetry);
   const fingerprint = await backend.fingerprint();
   // In an image the CLI is the image's; else the npm package's on this machine.
@@ -133,12 +140,7 @@ async function serveAgentHost(
     nodeId,
     numAgents: config.orchestrator.num_agents,
     ...(material ? { agentIdPrefix: `${nodeId}:` } : {}),
-    offer: {
-      version: conductorVersion(),
-      labels: config.agent_host.labels,
-      cpus: config.agent_host.cpus || availableParallelism(),
-      memoryBytes: BigInt(config.agent_host.memory || totalmem()),
-    },
+    offer,
     dataDir: config.storage.data_dir,
     workspacePolicy: a.workspace_policy,
     workspaces: {
@@ -197,12 +199,9 @@ async function serveAgentHost(
         host,
         info: {
           runtime: backend.name,
-          version: conductorVersion(),
-          labels: config.agent_host.labels,
-          capacity: create(ResourcesSchema, {
-            cpus: config.agent_host.cpus || availableParallelism(),
-            memoryBytes: BigInt(config.agent_host.memory || totalmem()),
-          }),
+          version: offer.version,
+          labels: offer.labels,
+          capacity: create(ResourcesSchema, { cpus: offer.cpus, memoryBytes: offer.memoryBytes }),
           agentsTotal: config.orchestrator.num_agents,
         },
         interceptors: obs?.clientInterceptors ?? [],

@@ -58,11 +58,9 @@ export class HostLink {
   lost = false;
   /** Takes no new task (`conductor nodes drain`). */
   drained = false;
-  private readonly interceptors: Interceptor[];
 
   constructor(address: string, interceptors: Interceptor[] = [], transport?: Transport) {
     this.address = address;
-    this.interceptors = interceptors;
     this.client = createClient(AgentHostService, transport ?? unixTransport(address, interceptors));
   }
 
