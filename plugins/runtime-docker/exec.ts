@@ -16,11 +16,15 @@ const STDERR_TAIL = 4096;
  * waits on. With CONDUCTOR_RUN_LIFELINE in the container's env it first connects to that
  * socket of its AgentHost and, when the connection closes (the AgentHost died, or cut it to end
  * the run without the engine), kills every process of the agent's user: no run outlives its
- * AgentHost or its say. The holder ignores TERM (the killer spares it: see KILLER), so a graceful
+ * AgentHost or its say. With CONDUCTOR_RUN_LIFELINE_IDLE_MS in the exec's env (a joined node's
+ * runs) the same happens once the AgentHost has sent nothing on it for that long (socat -T): a
+ * frozen AgentHost holds the connection open but ticks no more. The holder ignores TERM (the killer spares it: see KILLER), so a graceful
  * stop stays graceful. Needs sh, grep, kill and socat in the image (busybox's or Debian's).
  */
 const WRAPPER = `if [ -n "\${CONDUCTOR_RUN_LIFELINE:-}" ]; then
-  (trap '' TERM INT HUP; socat -u "UNIX-CONNECT:$CONDUCTOR_RUN_LIFELINE" OPEN:/dev/null; kill -KILL -1) </dev/null >/dev/null 2>&1 &
+  t=; i=\${CONDUCTOR_RUN_LIFELINE_IDLE_MS:-}
+  case "$i" in ""|*[!0-9]*) ;; *) t="-T $((i / 1000)).$(printf %03d $((i % 1000)))" ;; esac
+  (trap '' TERM INT HUP; socat -u $t "UNIX-CONNECT:$CONDUCTOR_RUN_LIFELINE" OPEN:/dev/null; kill -KILL -1) </dev/null >/dev/null 2>&1 &
 fi
 if [ -n "\${CONDUCTOR_MODEL_SOCKET:-}" ]; then
   port=\${CONDUCTOR_MODEL_PORT:-8080}
@@ -45,7 +49,7 @@ for d in /proc/[0-9]*; do
   p=\${d#/proc/}
   [ "$p" = "$$" ] && continue
   case "$(tr '\\0' ' ' <"$d/cmdline" 2>/dev/null)" in
-    "socat -u UNIX-CONNECT:"*) ;;
+    "socat -u "*"UNIX-CONNECT:"*) ;;
     *) kill -"$1" "$p" 2>/dev/null ;;
   esac
 done

@@ -16,7 +16,7 @@ import {
 import { bwrapArgv, probeSandbox, type SandboxProbe } from "./bwrap.ts";
 import { descendants, execProcess, killMarked, markedPids } from "./exec.ts";
 
-/** The program every run starts with when the agent has a model socket (see launcher.ts). */
+/** The program every run starts with when the agent has a model socket or a lifeline. */
 export const LAUNCHER = path.join(import.meta.dirname, "launcher.ts");
 
 /** How process-runtime runs are contained (`runtime.process_sandbox`). */
@@ -63,6 +63,23 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
     { hostPath: path.dirname(nodePath), readOnly: true },
     { hostPath: LAUNCHER, readOnly: true },
   ];
+  /**
+   * A run's argv: through the launcher when the sandbox has a model socket or a lifeline
+   * (CONDUCTOR_RUN_LIFELINE; the exec's CONDUCTOR_RUN_LIFELINE_IDLE_MS bounds its silence).
+   */
+  const launched = (env: Record<string, string>, req: ExecRequest): string[] => {
+    const model = env["CONDUCTOR_MODEL_SOCKET"];
+    const lifeline = env["CONDUCTOR_RUN_LIFELINE"];
+    if (!model && !lifeline) return req.argv;
+    const idle = req.env["CONDUCTOR_RUN_LIFELINE_IDLE_MS"];
+    return [
+      ...[nodePath, LAUNCHER],
+      ...(model ? ["--model", model] : []),
+      ...(lifeline ? ["--lifeline", lifeline] : []),
+      ...(lifeline && idle && /^\d+$/.test(idle) ? ["--idle-ms", idle] : []),
+      ...["--", ...req.argv],
+    ];
+  };
   const records = new Map<string, Record_>();
   const exits = new Map<string, () => void>();
   let probe: Promise<SandboxProbe> | undefined;
@@ -104,13 +121,14 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
   return {
     name: "process",
     async fingerprint(): Promise<Fingerprint> {
-      // Runs end with the AgentHost by themselves (bubblewrap's --die-with-parent); a sandbox
+      // Runs end with the AgentHost by themselves (bubblewrap's --die-with-parent); the
+      // lifeline also ends them when a frozen AgentHost stops ticking (launcher.ts). A sandbox
       // is a folder and its record, which recover() takes up again.
       const capabilities = {
         limits: false,
         networkIsolation: sandboxed,
         image: false,
-        runLifeline: false,
+        runLifeline: true,
         recover: true,
         execMounts: true,
       };
@@ -152,8 +170,7 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
     async exec(h: SandboxHandle, req: ExecRequest): Promise<Execution> {
       const r = get(h);
       if (!r.running) throw new Error(`process sandbox ${h.id} is not running`);
-      const modelSocket = r.spec.env["CONDUCTOR_MODEL_SOCKET"];
-      const argv = modelSocket ? [nodePath, LAUNCHER, modelSocket, "--", ...req.argv] : req.argv;
+      const argv = launched(r.spec.env, req);
       const x = sandboxed
         ? execProcess(
             {

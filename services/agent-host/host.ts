@@ -20,6 +20,7 @@ import { AgentBusyError, FencedError, UnknownAgentError } from "./errors.ts";
 import {
   agentPaths,
   hostKeyOf,
+  lifelined,
   provision,
   worktreesDir,
   release,
@@ -170,7 +171,13 @@ export class AgentHost {
       hostKey: this.hostKey,
       recover: this.caps.recover,
       wanted: new Set(wanted),
-      specOf: (id) => sandboxSpec(this.ctx, id, this.uids.userOf(id), this.lifelined(id)),
+      specOf: (id) =>
+        sandboxSpec(
+          this.ctx,
+          id,
+          this.uids.userOf(id),
+          this.caps !== undefined && lifelined(this.caps, this.uids.ownerOf(id)),
+        ),
     });
     const agentsDir = path.join(o.dataDir, "agents");
     mkdirSync(agentsDir, { recursive: true, mode: 0o700 });
@@ -211,10 +218,6 @@ export class AgentHost {
   /** Whether a workspace can be used on this node (CheckWorkspace); a git one's commit. */
   checkWorkspace(ws: Workspace | undefined, signal?: AbortSignal): Promise<string> {
     return checkWorkspace(this.place, ws, signal);
-  }
-
-  private lifelined(id: string): boolean {
-    return Boolean(this.caps?.runLifeline) && this.uids.ownerOf(id) !== undefined;
   }
 
   /**
@@ -330,6 +333,7 @@ export class AgentHost {
         place: this.place,
         agentsDir: path.join(o.dataDir, "agents"),
         checkTimeoutMs: o.workspaces.checkTimeoutMs,
+        lifelineIdleMs: this.lifelineIdleMs,
       },
       slot,
       attempt,
@@ -345,6 +349,17 @@ export class AgentHost {
   /** The id of the agent started n-th. */
   private agentId(n: number): string {
     return `${this.opts.agentIdPrefix ?? ""}agent-${n}`;
+  }
+
+  /**
+   * Set by a joined node (join.ts): its runs end by themselves once their lifelines get no
+   * tick for this long (ms), so a frozen AgentHost's runs end before its lease lapses.
+   */
+  lifelineIdleMs: number | undefined;
+
+  /** Tells every run this AgentHost still holds it (see lifelineIdleMs). */
+  tickLifelines(): void {
+    for (const s of this.slots.values()) s.lifeline?.tick();
   }
 
   /** Every run under way: its task and attempt (a joined node's heartbeat reports them). */

@@ -18,6 +18,11 @@ import { agentHostRoutes } from "./routes.ts";
 
 /** A node ends its own runs once this share of its lease has passed without a renewal. */
 const FENCE_AT = 0.5;
+/**
+ * A run whose lifeline gets no tick for this share of the lease ends by itself: ticks stop at
+ * FENCE_AT at the latest (or when this process freezes), so its run is gone by 0.8 of the lease.
+ */
+const RUN_IDLE_AT = 0.3;
 /** Waits between tries to reach the Orchestrator: from the first, doubling, up to the last. */
 const RETRY_FIRST_MS = 250;
 const RETRY_MAX_MS = 5_000;
@@ -156,6 +161,7 @@ export class Membership {
     );
     this.leaseTtlMs = Number(res.leaseTtlMs);
     this.intervalMs = Math.max(50, Number(res.heartbeatIntervalMs));
+    this.opts.host.lifelineIdleMs = Math.max(100, Math.round(this.leaseTtlMs * RUN_IDLE_AT));
     this.registered = true;
     // A tunnel from before (the Orchestrator restarted, or took this node as lost) is stale.
     this.tunnelSocket?.destroy();
@@ -211,10 +217,16 @@ export class Membership {
     this.tunnelSocket?.destroy();
   }
 
-  /** Self-fencing: half the lease without a renewal ends every run here. */
+  /**
+   * Self-fencing: half the lease without a renewal ends every run here. Until then the runs'
+   * lifelines are ticked (a run whose ticks stop ends by itself: this process may be frozen).
+   */
   private checkLease(): void {
     if (this.fenced || !this.registered || this.leaseTtlMs === 0) return;
-    if (Date.now() - this.renewedAt < this.leaseTtlMs * FENCE_AT) return;
+    if (Date.now() - this.renewedAt < this.leaseTtlMs * FENCE_AT) {
+      this.opts.host.tickLifelines();
+      return;
+    }
     this.fenced = true;
     this.registered = false;
     const why = `its lease could not be renewed for ${Math.round(this.leaseTtlMs * FENCE_AT)} ms`;

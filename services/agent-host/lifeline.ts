@@ -9,6 +9,11 @@ export interface Lifeline {
   arm(): void;
   /** Closes every connection — the run holding one ends — and refuses new ones until arm(). */
   cut(): void;
+  /**
+   * Sends one byte to every connection: runs started with CONDUCTOR_RUN_LIFELINE_IDLE_MS end
+   * when that long passes without one (a frozen AgentHost ticks no more).
+   */
+  tick(): void;
   close(): Promise<void>;
 }
 
@@ -17,6 +22,7 @@ export interface Lifeline {
  * same user) so that it cannot starve the next run's holder while the last run's close is seen.
  */
 const MAX_CONNECTIONS = 16;
+const TICK = Buffer.from("\n");
 
 /**
  * The socket each run in an agent's container holds a connection to (CONDUCTOR_RUN_LIFELINE;
@@ -28,6 +34,11 @@ const MAX_CONNECTIONS = 16;
  * itself stays, idle, for a restarted AgentHost to re-adopt; its main process (the container's
  * own user, SANDBOX_INFRA_USER) watches this socket and ends the container when no AgentHost has
  * listened on it for a while. Reachable by `owner` (the agent's user) and that user's group.
+ *
+ * A connection only closes when this process dies or lets go; one that is frozen (SIGSTOP, a
+ * stalled VM) holds it. So a joined node's runs also get CONDUCTOR_RUN_LIFELINE_IDLE_MS and the
+ * AgentHost tick()s while it holds its lease: the holder ends the run once the ticks stop for
+ * that long, before the Orchestrator's lease runs out (services/agent-host/join.ts).
  */
 export async function startLifeline(
   socketPath: string,
@@ -64,6 +75,9 @@ export async function startLifeline(
     socketPath,
     arm: () => void (armed = true),
     cut,
+    tick: () => {
+      for (const s of open) if (s.writableLength === 0) s.write(TICK);
+    },
     close: async () => {
       cut();
       await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -155,9 +155,7 @@ export async function provision(
   // content made anew each time, and mounted read-only: nothing the agent did there is followed.
   if (owner) for (const d of [workspace, configDir]) ownTree(d, owner);
   freshRunDir(runDir, owner);
-  // A lifeline only where the agent's user can be given it (a root AgentHost); otherwise every
-  // run would end at once.
-  const spec = sandboxSpec(c, id, user, c.caps.runLifeline && owner !== undefined);
+  const spec = sandboxSpec(c, id, user, lifelined(c.caps, owner));
   const log = c.log.child({ agent_id: id });
   const made: Partial<AgentParts> = {};
   try {
@@ -192,6 +190,15 @@ export async function provision(
     await release(c.backend, made, !adopted);
     throw e;
   }
+}
+
+/**
+ * Whether agent runs hold a lifeline: where the runtime has them, and the agent's user can be
+ * given the socket — a root AgentHost's agents, or a process sandbox's run as this user. An
+ * image's own user could not reach a non-root AgentHost's socket: every run would end at once.
+ */
+export function lifelined(caps: Capabilities, owner: AgentOwner | undefined): boolean {
+  return caps.runLifeline && (owner !== undefined || !caps.image);
 }
 
 /** Makes `dir` a folder of this service's user, mode 0755 (what else is there, a link say, goes). */

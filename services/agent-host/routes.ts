@@ -84,9 +84,15 @@ export function agentHostRoutes(host: AgentHost, keeper?: OutcomeKeeper) {
         if (!req.taskId) throw invalid("task_id is required");
         if (!req.spec?.prompt) throw invalid("spec.prompt is required");
         const queue = new AsyncQueue<RunTaskResponse["kind"]>(bytesOf);
+        // A joined node's run outlives its stream (a tunnel that broke, an Orchestrator that
+        // restarted): it goes on while the node holds its lease (CancelRun, a heartbeat or
+        // self-fencing end it), what it prints meanwhile is dropped, and its outcome is
+        // reported (ReportOutcome). A local AgentHost's run ends with its stream.
+        const detached = () => keeper !== undefined && ctx.signal.aborted;
+        if (keeper) ctx.signal.addEventListener("abort", () => queue.end(), { once: true });
         // A reader that falls behind holds the CLI, not this process's memory.
         const flow = {
-          full: () => queue.size > RUN_BUFFER_BYTES,
+          full: () => !detached() && queue.size > RUN_BUFFER_BYTES,
           drained: () => queue.drained(RUN_BUFFER_BYTES / 2),
         };
         const running = host.run(
@@ -97,7 +103,7 @@ export function agentHostRoutes(host: AgentHost, keeper?: OutcomeKeeper) {
             spec: req.spec,
             previous: req.previousResult,
           },
-          ctx.signal,
+          keeper ? new AbortController().signal : ctx.signal,
           (output) => {
             sendWhole(queue, boundOutput(output));
             queue.push({ case: "output", value: output });

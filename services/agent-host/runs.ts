@@ -65,7 +65,15 @@ export interface RunContext {
   agentsDir: string;
   /** A check naming no timeout of its own gets this long. */
   checkTimeoutMs: number;
+  /**
+   * A joined node's: a run whose lifeline gets no tick for this long ends by itself
+   * (CONDUCTOR_RUN_LIFELINE_IDLE_MS; lifeline.ts). Undefined: only its closing ends it.
+   */
+  lifelineIdleMs?: number | undefined;
 }
+
+/** Exec environment naming how long a run's lifeline may stay silent (see RunContext). */
+export const LIFELINE_IDLE_VARIABLE = "CONDUCTOR_RUN_LIFELINE_IDLE_MS";
 
 /** One attempt of a task, as RunTask asks for it. */
 export interface Attempt {
@@ -177,7 +185,12 @@ export async function executeRun(
     if (resume)
       log.info("resuming the previous attempt's session", { session_id: resume.sessionId });
     const hostPath = c.caps.image ? "/usr/local/bin:/usr/bin:/bin" : c.hostPath;
-    const exec = (req: Parameters<RuntimeBackend["exec"]>[1]) => c.backend.exec(slot.sandbox, req);
+    const idle: Record<string, string> =
+      slot.lifeline && c.lifelineIdleMs
+        ? { [LIFELINE_IDLE_VARIABLE]: String(c.lifelineIdleMs) }
+        : {};
+    const exec = (req: Parameters<RuntimeBackend["exec"]>[1]) =>
+      c.backend.exec(slot.sandbox, { ...req, env: { ...req.env, ...idle } });
     const outcome = await runClaude({
       spec,
       settings: { ...settings, ...(tools?.offered ? tools.settings : {}) },

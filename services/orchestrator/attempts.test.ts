@@ -2,6 +2,8 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
 import { AgentSchema, AgentState } from "../../gen/conductor/v1/agent_pb.js";
+import { RunOutcomeSchema } from "../../gen/conductor/v1/agent_host_pb.js";
+import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { silentLogger } from "../shared/log.ts";
 import { neverRan, nextStep, UnconfirmedAttempts, type AttemptEnd } from "./attempts.ts";
 import { HostRegistry } from "./hosts.ts";
@@ -154,6 +156,75 @@ describe("UnconfirmedAttempts", () => {
     unconfirmed.check(1900);
     await tick();
     expect(seen.end?.kind).toBe("confirmed");
+    await unconfirmed.close();
+  });
+
+  it("waits for a joined node that still lists the run, however long, while it holds its lease", async () => {
+    const hosts = new HostRegistry([], 200, silentLogger);
+    const link = hosts.join(
+      {
+        name: "node-a",
+        runtime: "",
+        version: "",
+        labels: {},
+        cpus: 0,
+        memoryBytes: 0n,
+        agentsTotal: 1,
+      },
+      "i1",
+      0,
+      4000,
+    );
+    const unconfirmed = new UnconfirmedAttempts(hosts, {
+      timeoutMs: 1000,
+      reportGraceMs: 300,
+      rpcTimeoutMs: 200,
+      log: silentLogger,
+    });
+    const at = { taskId: "t5", attempt: 1, host: "node-a", agentId: "node-a:agent-1" };
+    const beat = (runs: string[]) => {
+      link.joined!.beats++;
+      link.joined!.runs = new Set(runs);
+    };
+    link.joined!.runs = new Set(["t5#1"]);
+    const seen = settle(unconfirmed.wait(at, 0));
+    link.reachable = false; // its tunnel is down: not a sign the run is over
+    unconfirmed.check(5_000); // no heartbeat since: its lease decides
+    beat(["t5#1"]);
+    unconfirmed.check(60_000); // listed: it goes on
+    await tick();
+    expect(seen.end).toBeUndefined();
+    beat([]); // ended there: its report follows
+    unconfirmed.check(60_100);
+    await tick();
+    expect(seen.end).toBeUndefined();
+    const outcome = create(RunOutcomeSchema, { state: TaskState.SUCCEEDED });
+    expect(unconfirmed.report("node-a", "t5", 2, outcome)).toBe(false); // not its attempt
+    expect(unconfirmed.report("node-a", "t5", 1, outcome)).toBe(true);
+    await tick();
+    expect(seen.end).toEqual({ kind: "reported", outcome });
+    // A node that no longer lists a run and never reports it: over after the grace.
+    const silent = settle(unconfirmed.wait({ ...at, taskId: "t6" }, 60_000));
+    beat([]);
+    unconfirmed.check(60_200);
+    await tick();
+    expect(silent.end).toBeUndefined();
+    unconfirmed.check(60_400);
+    await tick();
+    expect(silent.end?.kind === "confirmed" && silent.end.reason).toMatch(
+      /^node node-a no longer runs it and reported no outcome for 0.4 s/,
+    );
+    // A report that came before the wait began ends the wait as it begins.
+    unconfirmed.keepEarly("node-a", "t7", 1, outcome);
+    const early = settle(unconfirmed.wait({ ...at, taskId: "t7" }, 61_000));
+    await tick();
+    expect(early.end).toEqual({ kind: "reported", outcome });
+    // The node's lease lapsed: over at once.
+    const lapsed = settle(unconfirmed.wait({ ...at, taskId: "t8" }, 61_000));
+    link.lost = true;
+    unconfirmed.check(61_001);
+    await tick();
+    expect(lapsed.end?.kind === "confirmed" && lapsed.end.reason).toMatch(/^node node-a lost/);
     await unconfirmed.close();
   });
 

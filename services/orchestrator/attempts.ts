@@ -1,7 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { RunOutcome } from "../../gen/conductor/v1/agent_host_pb.js";
 import type { Logger } from "../shared/log.ts";
-import type { HostRegistry } from "./hosts.ts";
+import { runKey, type HostRegistry } from "./hosts.ts";
 
 /** Codes with which an AgentHost refuses a RunTask before running anything. */
 const REFUSALS: ReadonlySet<Code> = new Set([
@@ -37,6 +37,10 @@ export type HostView =
   | { kind: "silent" }
   /** A joined node whose lease lapsed: it ended its own runs before that (self-fencing). */
   | { kind: "lost" }
+  /** A joined node holding its lease listed the run in a heartbeat since: it reports its end. */
+  | { kind: "leased-run" }
+  /** A joined node's heartbeat since does not list the run: its report is on its way. */
+  | { kind: "leased-idle" }
   /** The host answers, but not yet to a poll begun after the attempt was lost. */
   | { kind: "stale" }
   /** The host answered and one of its agents reports the task. */
@@ -54,7 +58,9 @@ export type NextStep =
 /**
  * Decides the next step for an attempt whose host has not confirmed its end: over once the
  * host answers without it, or once the host has been silent for `timeoutMs` (an AgentHost's
- * runs end with it); otherwise wait. Pure: the caller passes the view and the clock.
+ * runs end with it); otherwise wait. A joined node's run goes on without its stream while the
+ * node holds its lease: waited for until the node reports its outcome, or for `reportGraceMs`
+ * once its heartbeats no longer list it. Pure: the caller passes the view and the clock.
  */
 export function nextStep(
   host: string,
@@ -62,6 +68,7 @@ export function nextStep(
   view: HostView,
   now: number,
   timeoutMs: number,
+  reportGraceMs = timeoutMs,
 ): NextStep {
   switch (view.kind) {
     case "idle":
@@ -76,6 +83,16 @@ export function nextStep(
       };
     case "runs-it":
       return { kind: "cancel-run" };
+    case "leased-run":
+      return { kind: "wait" };
+    case "leased-idle": {
+      const waited = now - silentSince;
+      if (waited < reportGraceMs) return { kind: "wait" };
+      return {
+        kind: "over",
+        reason: `node ${host} no longer runs it and reported no outcome for ${formatSeconds(waited)}`,
+      };
+    }
     case "stale":
       return { kind: "wait" };
     case "silent":
@@ -108,6 +125,9 @@ export type AttemptEnd =
   /** The Orchestrator is stopping: recovery decides on restart. */
   | { kind: "closed" };
 
+/** Reports kept for waits not begun yet (see keepEarly); the oldest go first. */
+const MAX_EARLY_REPORTS = 1000;
+
 /** Where an unconfirmed attempt ran. */
 export interface AttemptPlace {
   taskId: string;
@@ -120,6 +140,8 @@ export interface AttemptPlace {
 interface Pending extends AttemptPlace {
   /** The host's poll generation when the attempt was lost: only later answers count. */
   generation: number;
+  /** A joined node's heartbeats (Joined.beats) when the attempt was lost: only later ones count. */
+  beats: number;
   /** Since when the host has said nothing of the attempt. */
   silentSince: number;
   cancelRun: "no" | "sending" | "sent";
@@ -130,6 +152,11 @@ interface Pending extends AttemptPlace {
 export interface UnconfirmedAttemptsOptions {
   /** How long a silent host is waited for before its attempts are taken as over. */
   timeoutMs: number;
+  /**
+   * How long a joined node that no longer lists a run is waited for to report its outcome
+   * (the report follows that heartbeat at once; default timeoutMs).
+   */
+  reportGraceMs?: number | undefined;
   /** Deadline of CancelRun calls. */
   rpcTimeoutMs: number;
   log: Logger;
@@ -142,6 +169,10 @@ export interface UnconfirmedAttemptsOptions {
  */
 export class UnconfirmedAttempts {
   private readonly pending = new Map<string, Pending>();
+  private readonly early = new Map<
+    string,
+    { host: string; attempt: number; outcome: RunOutcome }
+  >();
   private readonly calls = new Set<Promise<void>>();
   private readonly hosts: HostRegistry;
   private readonly opts: UnconfirmedAttemptsOptions;
@@ -153,11 +184,17 @@ export class UnconfirmedAttempts {
 
   /** Starts waiting for an attempt's end; resolves once it is known (see AttemptEnd). */
   wait(place: AttemptPlace, now: number): Promise<AttemptEnd> {
+    const early = this.early.get(place.taskId);
+    if (early && early.host === place.host && early.attempt === place.attempt) {
+      this.early.delete(place.taskId);
+      return Promise.resolve({ kind: "reported", outcome: early.outcome });
+    }
     return new Promise((resolve) => {
       this.pending.get(place.taskId)?.resolve({ kind: "closed" });
       this.pending.set(place.taskId, {
         ...place,
         generation: this.hosts.generation,
+        beats: this.hosts.link(place.host)?.joined?.beats ?? 0,
         silentSince: now,
         cancelRun: "no",
         resolve,
@@ -174,8 +211,9 @@ export class UnconfirmedAttempts {
   check(now: number): void {
     for (const p of [...this.pending.values()]) {
       const view = this.view(p);
-      if (view.kind === "runs-it" || view.kind === "stale") p.silentSince = now;
-      const step = nextStep(p.host, p.silentSince, view, now, this.opts.timeoutMs);
+      if (["runs-it", "stale", "leased-run"].includes(view.kind)) p.silentSince = now;
+      const o = this.opts;
+      const step = nextStep(p.host, p.silentSince, view, now, o.timeoutMs, o.reportGraceMs);
       if (step.kind === "over") this.end(p, { kind: "confirmed", reason: step.reason });
       else if (step.kind === "cancel-run" && p.cancelRun === "no") this.sendCancelRun(p);
     }
@@ -190,6 +228,19 @@ export class UnconfirmedAttempts {
     if (!p || p.host !== host || p.attempt !== attempt) return false;
     this.end(p, { kind: "reported", outcome });
     return true;
+  }
+
+  /**
+   * Keeps a node's report of an attempt whose wait has not begun (its stream is broken, but
+   * not yet seen so): the wait, when it begins, ends with it.
+   */
+  keepEarly(host: string, taskId: string, attempt: number, outcome: RunOutcome): void {
+    this.early.delete(taskId);
+    this.early.set(taskId, { host, attempt, outcome });
+    for (const key of this.early.keys()) {
+      if (this.early.size <= MAX_EARLY_REPORTS) break;
+      this.early.delete(key);
+    }
   }
 
   /** Ends the wait of a cancelled task at once, asking its host (best effort) to end the run. */
@@ -216,6 +267,13 @@ export class UnconfirmedAttempts {
     const link = this.hosts.link(p.host);
     if (!link) return { kind: "unconfigured" };
     if (link.lost) return { kind: "lost" };
+    // A joined node's heartbeats say what runs there, tunnel or not; until one comes after the
+    // loss, its lease decides.
+    if (link.joined) {
+      if (link.joined.beats <= p.beats) return { kind: "stale" };
+      const listed = link.joined.runs.has(runKey(p.taskId, p.attempt));
+      return listed ? { kind: "leased-run" } : { kind: "leased-idle" };
+    }
     if (!link.reachable) return { kind: "silent" };
     if (link.answeredIn <= p.generation) return { kind: "stale" };
     return link.agents.some((a) => a.taskId === p.taskId) ? { kind: "runs-it" } : { kind: "idle" };

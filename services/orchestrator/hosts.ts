@@ -29,6 +29,15 @@ export interface Joined {
   instance: string;
   /** When the certificate of that tunnel expires (ms since the epoch). */
   certificateExpires?: number | undefined;
+  /** Heartbeats taken from it so far (from this Orchestrator's start). */
+  beats: number;
+  /** The runs its latest heartbeat listed, as `runKey`s. */
+  runs: Set<string>;
+}
+
+/** A run's key in Joined.runs. */
+export function runKey(taskId: string, attempt: number): string {
+  return `${taskId}#${attempt}`;
 }
 
 /** An agent as the Orchestrator sees it: where it lives and what it reported last. */
@@ -124,7 +133,7 @@ export class HostRegistry {
       );
       this.links.push(link);
     }
-    link.joined ??= { leaseExpires: 0, lastSeen: 0, instance };
+    link.joined ??= { leaseExpires: 0, lastSeen: 0, instance, beats: 0, runs: new Set() };
     link.joined.instance = instance;
     if (link.lost) this.log.info("node rejoined", { node: info.name });
     link.lost = false;

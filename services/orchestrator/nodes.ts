@@ -18,7 +18,7 @@ import { ResourcesSchema, TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { invalid, notFound, precondition } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
 import type { Identity } from "../shared/tls.ts";
-import type { HostLink, HostRegistry } from "./hosts.ts";
+import { runKey, type HostLink, type HostRegistry } from "./hosts.ts";
 import type { TaskStore } from "./store.ts";
 import { CONTROL } from "./validate.ts";
 
@@ -145,6 +145,8 @@ export class Fleet {
         `node ${req.name} holds no lease (never registered, or its lease lapsed): register again`,
       );
     }
+    link.joined!.beats++;
+    link.joined!.runs = new Set(req.runs.map((r) => runKey(r.taskId, r.attempt)));
     const endRuns = req.runs.filter((r) => this.staleness(req.name, r) !== undefined);
     return {
       $typeName: "conductor.v1.HeartbeatResponse",

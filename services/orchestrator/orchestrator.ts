@@ -95,6 +95,7 @@ export class Orchestrator {
       retryBackoffMs: opts.retryBackoffMs,
       rpcTimeoutMs: opts.rpcTimeoutMs,
       unconfirmedAttemptTimeoutMs: opts.unconfirmedAttemptTimeoutMs ?? 600_000,
+      reportGraceMs: opts.nodeLeaseMs ?? 15_000,
       onRelease: () => this.schedule(),
     });
     this.fleet = new Fleet({

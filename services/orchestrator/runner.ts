@@ -36,6 +36,8 @@ export interface AttemptRunnerOptions {
   rpcTimeoutMs: number;
   /** How long an attempt whose AgentHost is silent is waited for before it is taken as over. */
   unconfirmedAttemptTimeoutMs: number;
+  /** How long a joined node is waited for to report a run it no longer lists (its lease). */
+  reportGraceMs?: number | undefined;
   /** Called whenever an attempt lets go of its agent (the scheduler looks for work). */
   onRelease: () => void;
 }
@@ -95,6 +97,7 @@ export class AttemptRunner {
     this.opts = opts;
     this.unconfirmed = new UnconfirmedAttempts(opts.hosts, {
       timeoutMs: opts.unconfirmedAttemptTimeoutMs,
+      reportGraceMs: opts.reportGraceMs,
       rpcTimeoutMs: opts.rpcTimeoutMs,
       log: opts.log,
     });
@@ -128,7 +131,13 @@ export class AttemptRunner {
 
   /** A node's report of how an attempt whose stream was gone ended; false if none waited. */
   reported(host: string, taskId: string, attempt: number, outcome: RunOutcome): boolean {
-    return this.unconfirmed.report(host, taskId, attempt, outcome);
+    if (this.unconfirmed.report(host, taskId, attempt, outcome)) return true;
+    // The node's end of the stream broke before this one saw it break: the report ends it.
+    const run = this.runs.get(taskId);
+    if (!run || run.host !== host || run.holding) return false;
+    this.unconfirmed.keepEarly(host, taskId, attempt, outcome);
+    run.abort.abort();
+    return true;
   }
 
   /** Decides unconfirmed attempts from the latest poll of the hosts; call after each poll. */

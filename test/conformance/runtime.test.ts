@@ -485,8 +485,52 @@ describe.each(TARGETS)("runtime conformance: $name", (target) => {
     }
   });
 
-  it("ends a sandbox whose lifeline nobody has listened on for the grace period (capabilities.runLifeline)", async (ctx) => {
+  it("ends a run whose lifeline gets no tick for CONDUCTOR_RUN_LIFELINE_IDLE_MS, not while it does (capabilities.runLifeline)", async (ctx) => {
     if (!fp.capabilities.runLifeline) return ctx.skip();
+    const dir = mkdtempSync(path.join(tmpdir(), "conformance-idle-"));
+    const lifeline = await startLifeline(path.join(dir, "lifeline.sock"), undefined);
+    chmodSync(dir, 0o755);
+    chmodSync(lifeline.socketPath, 0o666); // the sandbox's uid 1000 connects
+    const ticker = setInterval(() => lifeline.tick(), 100);
+    try {
+      const h = await started({
+        mounts: [{ hostPath: workspace }, { hostPath: dir }],
+        env: { CONDUCTOR_RUN_LIFELINE: lifeline.socketPath },
+      });
+      lifeline.arm();
+      // One line every 100 ms: how long the run lived shows in how many came.
+      const x = await b.exec(h, {
+        argv: ["sh", "-c", "sleep 1012 & while :; do echo beat; sleep 0.1; done"],
+        cwd: "/tmp",
+        env: { CONDUCTOR_RUN_LIFELINE_IDLE_MS: "800" },
+      });
+      let beats = 0;
+      let beatsWhenStopped = 0;
+      x.onStdoutLine(() => {
+        beats++;
+        // 3 s of ticks (nearly four idle periods) kept it running; now they stop.
+        if (beats === 30) {
+          clearInterval(ticker);
+          beatsWhenStopped = beats;
+        }
+      });
+      const status = await x.exited;
+      expect(status.code === 0 && status.signal === null).toBe(false);
+      expect(beatsWhenStopped).toBe(30);
+      // Ended within a few idle periods of the last tick.
+      expect(beats - beatsWhenStopped).toBeLessThan(30);
+      lifeline.arm(); // for the look inside
+      expect((await processesInside(b, h)).filter((l) => /sleep 1012/.test(l))).toEqual([]);
+    } finally {
+      clearInterval(ticker);
+      await lifeline.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("ends a sandbox whose lifeline nobody has listened on for the grace period (capabilities.runLifeline, image)", async (ctx) => {
+    // A process sandbox is a folder: nothing of it runs between runs.
+    if (!fp.capabilities.runLifeline || !fp.capabilities.image) return ctx.skip();
     const dir = mkdtempSync(path.join(tmpdir(), "conformance-orphan-"));
     const sock = path.join(dir, "lifeline.sock");
     const held = new Set<net.Socket>();

@@ -55,7 +55,12 @@ let certs: TestCerts;
 let orch: ServiceProcess;
 let broker: ServiceProcess;
 let brokerAddr: string;
-const nodes = new Map<string, { host: NetHost; proc: ServiceProcess; dataDir: string }>();
+interface FleetNode {
+  host: NetHost;
+  proc: ServiceProcess;
+  dataDir: string;
+}
+const nodes = new Map<string, FleetNode>();
 let orchAddr: string;
 let client: Client<typeof OrchestratorService>;
 
@@ -502,90 +507,141 @@ describe("a fleet joined over TCP with mutual TLS", () => {
     });
   }, 60_000);
 
-  it("a node cut off mid-task ends its own run; the task is retried on the other node, never running twice at once", async () => {
-    const marker = `fleet-cut-${net.id}`;
-    // Each second, a line with the time (ms) in the workspace, for up to 60 s.
-    const loop = `for i in $(seq 1 600); do echo "$(date +%s%3N) ${marker}" >> beats.txt; sleep 0.1; done`;
-    const { task } = await client.submitTask({
-      spec: spec({
-        prompt: scripted([{ bash: loop }, { text: "beat" }]),
-        allowedTools: ["Bash"],
-        maxAttempts: 2,
-        timeoutSeconds: 300,
-      }),
-    });
-    await waitForState(client, task!.id, TaskState.RUNNING, 60_000);
-    const running = (await client.getTask({ id: task!.id })).task!;
-    const first = nodeOf(running);
-    const other = first === "node-a" ? "node-b" : "node-a";
-    const cut = nodes.get(first)!;
-    const beats = (node: string) => {
-      const files = workspaceFiles(nodes.get(node)!.dataDir, "beats.txt");
-      return files.flatMap((f) =>
-        readFileSync(f, "utf8")
-          .trim()
-          .split("\n")
-          .map((l) => Number(l.split(" ")[0])),
-      );
-    };
-    await vi.waitFor(() => expect(beats(first).length).toBeGreaterThan(3), {
-      timeout: 30_000,
-      interval: 100,
-    });
-    await cut.host.linkDown();
-    const cutAt = Date.now();
-    try {
-      const retried = await vi.waitFor(
-        async () => {
-          const t = (await client.getTask({ id: task!.id })).task!;
-          expect(t.attempts).toBe(2);
-          expect(t.state).toBe(TaskState.RUNNING);
-          return t;
-        },
-        { timeout: 60_000, interval: 100 },
-      );
-      expect(nodeOf(retried)).toBe(other);
-      // The lost node ended its run itself: no process of it left, nothing written after its
-      // lease could have lapsed (the Orchestrator's lease, counted from the cut).
-      const runOnCut = (pid: number) =>
-        processesWith(`CONDUCTOR_AGENT_ID=${running.agentId}`).includes(pid);
-      await vi.waitFor(
-        () => expect(processesWith(`CONDUCTOR_TASK_ID=${task!.id}`).filter(runOnCut)).toEqual([]),
-        { timeout: 30_000, interval: 100 },
-      );
-      const lastOnCut = Math.max(...beats(first));
-      expect(lastOnCut).toBeLessThan(cutAt + LEASE_SECONDS * 1000);
-      await vi.waitFor(() => expect(beats(other).length).toBeGreaterThan(0), {
+  /** How a node is taken out of the fleet mid-task, and brought back. */
+  const outages = {
+    "cut off (link down)": {
+      file: "beats-cut.txt",
+      cut: (n: FleetNode) => n.host.linkDown(),
+      restore: (n: FleetNode) => n.host.linkUp(),
+    },
+    // Frozen, it cannot fence itself: its runs' lifelines go silent and end them.
+    "frozen (SIGSTOP)": {
+      file: "beats-frozen.txt",
+      cut: async (n: FleetNode) => void n.proc.proc.kill("SIGSTOP"),
+      restore: async (n: FleetNode) => void n.proc.proc.kill("SIGCONT"),
+    },
+  };
+
+  for (const [how, outage] of Object.entries(outages)) {
+    it(`a node ${how} mid-task has its run ended before its lease lapses; the task is retried on the other node, never running twice at once`, async () => {
+      const marker = `fleet-cut-${net.id}`;
+      // Ten lines a second with the time (ms) in the workspace, for up to 60 s.
+      const loop = `for i in $(seq 1 600); do echo "$(date +%s%3N) ${marker}" >> ${outage.file}; sleep 0.1; done`;
+      const { task } = await client.submitTask({
+        spec: spec({
+          prompt: scripted([{ bash: loop }, { text: "beat" }]),
+          allowedTools: ["Bash"],
+          maxAttempts: 2,
+          timeoutSeconds: 300,
+        }),
+      });
+      await waitForState(client, task!.id, TaskState.RUNNING, 60_000);
+      const running = (await client.getTask({ id: task!.id })).task!;
+      const first = nodeOf(running);
+      const other = first === "node-a" ? "node-b" : "node-a";
+      const cut = nodes.get(first)!;
+      const beats = (node: string) => {
+        const files = workspaceFiles(nodes.get(node)!.dataDir, outage.file);
+        return files.flatMap((f) =>
+          readFileSync(f, "utf8")
+            .trim()
+            .split("\n")
+            .map((l) => Number(l.split(" ")[0])),
+        );
+      };
+      await vi.waitFor(() => expect(beats(first).length).toBeGreaterThan(3), {
         timeout: 30_000,
         interval: 100,
       });
-      expect(Math.min(...beats(other))).toBeGreaterThan(lastOnCut);
-      const events = [];
-      for await (const r of client.watchTask({ id: task!.id })) {
-        events.push(r.event!);
-        if (r.event!.kind.case === "stateChange" && r.event!.kind.value.attempt === 2) break;
+      await outage.cut(cut);
+      try {
+        const retried = await vi.waitFor(
+          async () => {
+            const t = (await client.getTask({ id: task!.id })).task!;
+            expect(t.attempts).toBe(2);
+            expect(t.state).toBe(TaskState.RUNNING);
+            return t;
+          },
+          { timeout: 60_000, interval: 100 },
+        );
+        expect(nodeOf(retried)).toBe(other);
+        // The lost node's run ended there, with nothing of it left (even while its AgentHost
+        // is still frozen) ...
+        const runOnCut = (pid: number) =>
+          processesWith(`CONDUCTOR_AGENT_ID=${running.agentId}`).includes(pid);
+        await vi.waitFor(
+          () => expect(processesWith(`CONDUCTOR_TASK_ID=${task!.id}`).filter(runOnCut)).toEqual([]),
+          { timeout: 30_000, interval: 100 },
+        );
+        // ... and before the Orchestrator took the node as lost: nothing written after that.
+        const events = [];
+        for await (const r of client.watchTask({ id: task!.id })) {
+          events.push(r.event!);
+          if (r.event!.kind.case === "stateChange" && r.event!.kind.value.attempt === 2) break;
+        }
+        const lostAt = events.find(
+          (e) =>
+            e.kind.case === "stateChange" && e.kind.value.reason.includes(`node ${first} lost`),
+        );
+        expect(lostAt).toBeDefined();
+        const lastOnCut = Math.max(...beats(first));
+        expect(lastOnCut).toBeLessThan(ms(lostAt!.time));
+        await vi.waitFor(() => expect(beats(other).length).toBeGreaterThan(0), {
+          timeout: 30_000,
+          interval: 100,
+        });
+        expect(Math.min(...beats(other))).toBeGreaterThan(lastOnCut);
+      } finally {
+        await outage.restore(cut);
       }
-      const reasons = events.map((e) => (e.kind.case === "stateChange" ? e.kind.value.reason : ""));
-      expect(reasons.join("\n")).toContain(`node ${first} lost`);
-    } finally {
-      await cut.host.linkUp();
-    }
-    await client.cancelTask({ id: task!.id }).catch(() => undefined);
-    // Back on the network it joins again, and takes new work.
-    await vi.waitFor(async () => expect((await nodeStates())[first]).toBe(NodeState.READY), {
-      timeout: 60_000,
-      interval: 100,
-    });
-    await client.drainNode({ name: other });
-    try {
-      const { task: t } = await client.submitTask({
-        spec: spec({ prompt: scripted([{ text: "back" }]) }),
+      await client.cancelTask({ id: task!.id }).catch(() => undefined);
+      // Back, it joins again, and takes new work.
+      await vi.waitFor(async () => expect((await nodeStates())[first]).toBe(NodeState.READY), {
+        timeout: 60_000,
+        interval: 100,
       });
-      expect(nodeOf(await waitForEnd(client, t!.id, 60_000))).toBe(first);
-    } finally {
-      await client.undrainNode({ name: other });
-    }
-  }, 240_000);
+      await client.drainNode({ name: other });
+      try {
+        const { task: t } = await client.submitTask({
+          spec: spec({ prompt: scripted([{ text: "back" }]) }),
+        });
+        expect(nodeOf(await waitForEnd(client, t!.id, 60_000))).toBe(first);
+      } finally {
+        await client.undrainNode({ name: other });
+      }
+    }, 240_000);
+  }
+
+  it("a node's connections broken mid-task do not end its run: it goes on and reports how it ended", async () => {
+    const { task } = await client.submitTask({
+      spec: spec({
+        prompt: scripted([
+          { bash: "for i in $(seq 1 40); do echo $i >> broken.txt; sleep 0.1; done" },
+          { text: "finished across the break" },
+        ]),
+        allowedTools: ["Bash"],
+        maxAttempts: 2,
+      }),
+    });
+    await waitForState(client, task!.id, TaskState.RUNNING, 60_000);
+    const node = nodes.get(nodeOf((await client.getTask({ id: task!.id })).task!))!;
+    await vi.waitFor(
+      () => expect(workspaceFiles(node.dataDir, "broken.txt").length).toBeGreaterThan(0),
+      { timeout: 30_000, interval: 100 },
+    );
+    // Every TCP connection of the node to the Orchestrator — its heartbeats and the tunnel
+    // the run's stream is on — is reset (the socket-destroy of the node's own kernel).
+    const [host, port] = orchAddr.split(":") as [string, string];
+    const killed = await node.host.exec("/usr/bin/ss", ["-K", "dst", host, "dport", "=", port]);
+    expect(killed.code).toBe(0);
+    expect(killed.stdout.split("\n").filter((l) => l.startsWith("tcp")).length).toBeGreaterThan(1);
+    const ended = await waitForEnd(client, task!.id, 60_000);
+    expect(TaskState[ended.state]).toBe("SUCCEEDED");
+    expect(ended.attempts).toBe(1);
+    expect(ended.result?.text).toBe("finished across the break");
+    const lines = readFileSync(workspaceFiles(node.dataDir, "broken.txt")[0]!, "utf8");
+    expect(lines.trim().split("\n").length).toBe(40);
+  }, 120_000);
 });
 
 /** GetStats' tasks by state, from its JSON (int64 counts are strings in JSON). */
