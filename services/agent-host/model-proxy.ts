@@ -11,7 +11,11 @@ export interface MeteredUsage {
   inputTokens: number;
   outputTokens: number;
   requests: number;
+  /** HTTP status of the last answer that was an error (4xx, 5xx; 502 when unreachable), else 0. */
+  errorStatus: number;
 }
+
+const NO_USAGE: MeteredUsage = { inputTokens: 0, outputTokens: 0, requests: 0, errorStatus: 0 };
 
 /** One agent's model proxy: a Unix socket that reaches the real Messages API. */
 export interface ModelProxy {
@@ -109,7 +113,7 @@ export async function startModelProxy(opts: {
   const agentOpts = { keepAlive: true, maxSockets: MAX_CONNECTIONS };
   const agent = client === https ? new https.Agent(agentOpts) : new http.Agent(agentOpts);
   const log = opts.log;
-  let usage: MeteredUsage = { inputTokens: 0, outputTokens: 0, requests: 0 };
+  let usage: MeteredUsage = { ...NO_USAGE };
 
   const refused = (method: string, target: string, status: number) =>
     log.warn("model proxy: request refused", { method, target: clip(target), status });
@@ -138,7 +142,9 @@ export async function startModelProxy(opts: {
       const headers: http.OutgoingHttpHeaders = {};
       for (const [k, v] of Object.entries(up.headers))
         if (!HOP_BY_HOP.has(k) && v !== undefined) headers[k] = v;
-      res.writeHead(up.statusCode ?? 502, headers);
+      const status = up.statusCode ?? 502;
+      if (status >= 400) usage.errorStatus = status;
+      res.writeHead(status, headers);
       const meter = usageMeter((u) => {
         usage.inputTokens += u.input;
         usage.outputTokens += u.output;
@@ -154,6 +160,7 @@ export async function startModelProxy(opts: {
       if (settled) return;
       log.warn("model proxy: upstream unreachable", { upstream: upstream.origin, error: e });
       if (res.headersSent) return void res.destroy();
+      usage.errorStatus = 502;
       res.writeHead(502, { "content-type": "application/json" });
       res.end(errorBody("api_error", `model proxy: ${e.message}`));
     });
@@ -284,7 +291,7 @@ export async function startModelProxy(opts: {
     socketPath: opts.socketPath,
     take() {
       const u = usage;
-      usage = { inputTokens: 0, outputTokens: 0, requests: 0 };
+      usage = { ...NO_USAGE };
       return u;
     },
     close: () =>

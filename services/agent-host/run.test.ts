@@ -3,12 +3,18 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { TaskSpecSchema, TaskState, type TaskSpec } from "../../gen/conductor/v1/task_pb.js";
+import {
+  ErrorKind,
+  TaskSpecSchema,
+  TaskState,
+  type TaskSpec,
+} from "../../gen/conductor/v1/task_pb.js";
 import { execProcess } from "../../plugins/runtime-process/exec.ts";
 import { CLAUDE_BIN } from "../../test/fake-model/cli.ts";
 import { startFakeModel, type FakeModel } from "../../test/fake-model/server.ts";
 import { scripted } from "../../test/harness.ts";
 import { claudeArgv, runClaude, type RunSettings } from "./run.ts";
+import { apiErrorKind } from "./runs.ts";
 
 /** The real CLI, run as a plain local process against the fake model. */
 describe("runClaude", () => {
@@ -86,5 +92,26 @@ describe("runClaude", () => {
     );
     expect(apiError.state).toBe(TaskState.FAILED);
     expect(apiError.permanent).toBeFalsy();
+  });
+});
+
+describe("apiErrorKind", () => {
+  it("takes a refused request as permanent, and limits, overloads and server errors as transient", () => {
+    const kinds = [400, 401, 403, 404, 413, 408, 409, 429, 500, 502, 529].map(
+      (s) => `${s} ${ErrorKind[apiErrorKind(s)]}`,
+    );
+    expect(kinds).toEqual([
+      "400 INVALID_REQUEST",
+      "401 INVALID_REQUEST",
+      "403 INVALID_REQUEST",
+      "404 INVALID_REQUEST",
+      "413 INVALID_REQUEST",
+      "408 API_ERROR",
+      "409 API_ERROR",
+      "429 API_ERROR",
+      "500 API_ERROR",
+      "502 API_ERROR",
+      "529 API_ERROR",
+    ]);
   });
 });

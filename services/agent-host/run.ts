@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import {
   TaskResultSchema,
+  ErrorKind,
   TaskState,
   type AgentOutput,
   type TaskResult,
@@ -176,7 +177,14 @@ export async function runClaude(opts: {
           () => undefined,
         )
         .catch(() => undefined);
-      return ended(TaskState.CANCELLED, undefined, "cancelled while starting", started);
+      return ended(
+        TaskState.CANCELLED,
+        undefined,
+        "cancelled while starting",
+        started,
+        [],
+        ErrorKind.CANCELLED,
+      );
     }
     execution = begun;
   } catch (cause) {
@@ -242,7 +250,14 @@ export async function runClaude(opts: {
 
   if (exit.spawnError) return cannotStart(s.claudePath, exit.spawnError, started, denied);
   if (stopReason === "cancelled")
-    return ended(TaskState.CANCELLED, result, "cancelled while running", started, denied);
+    return ended(
+      TaskState.CANCELLED,
+      result,
+      "cancelled while running",
+      started,
+      denied,
+      ErrorKind.CANCELLED,
+    );
   if (stopReason === "timeout") {
     return ended(
       TaskState.TIMED_OUT,
@@ -250,18 +265,23 @@ export async function runClaude(opts: {
       `exceeded its timeout of ${timeoutMs / 1000} s; the CLI was ended`,
       started,
       denied,
+      ErrorKind.TIMEOUT,
     );
   }
   if (result) {
     // A result line is the CLI's own verdict, also when the watchdog had to end it afterwards.
+    // What kind of error it was the model proxy knows better (runs.ts): it saw the API's answers.
+    if (result.isError) result.errorKind = ErrorKind.CLI_ERROR;
     return { state: result.isError ? TaskState.FAILED : TaskState.SUCCEEDED, result };
   }
   if (stopReason === "idle") {
-    return failed(
+    const outcome = failed(
       `the CLI printed nothing for ${s.idleTimeoutMs / 1000} s (agent.idle_timeout_seconds) and was ended`,
       started,
       denied,
     );
+    outcome.result.errorKind = ErrorKind.TIMEOUT;
+    return outcome;
   }
   const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.code}`;
   const stderr = execution.stderrTail().trim().split("\n").slice(-5).join("\n");
@@ -272,6 +292,7 @@ export async function runClaude(opts: {
   );
   if (!printed && !exit.signal && USAGE_ERROR.test(stderr)) {
     outcome.result.error = `the CLI refused its arguments, so no attempt can succeed: ${stderr}`;
+    outcome.result.errorKind = ErrorKind.INVALID_REQUEST;
     outcome.permanent = true;
   }
   return outcome;
@@ -303,6 +324,7 @@ function cannotStart(
     denied,
   );
   outcome.permanent = !TRANSIENT_SPAWN.test(`${errorCode(cause)} ${message}`);
+  outcome.result.errorKind = ErrorKind.INFRASTRUCTURE;
   return outcome;
 }
 
@@ -322,6 +344,7 @@ function ended(
   error: string,
   started: number,
   denied: ToolCall[] = [],
+  errorKind = ErrorKind.CLI_ERROR,
 ): RunOutcome {
   const r =
     result ??
@@ -331,5 +354,6 @@ function ended(
     });
   r.isError = true;
   r.error = error;
+  r.errorKind = errorKind;
   return { state, result: r };
 }

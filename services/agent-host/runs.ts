@@ -3,6 +3,7 @@ import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
 import {
+  ErrorKind,
   TaskResultSchema,
   TaskState,
   type AgentOutput,
@@ -139,6 +140,7 @@ export async function executeRun(
       if (abort.signal.aborted) {
         outcome.state = TaskState.CANCELLED;
         outcome.result.error = "cancelled while its workspace was being prepared";
+        outcome.result.errorKind = ErrorKind.CANCELLED;
       }
       // The change of the attempts before stays the task's (diff, apply).
       if (attempt.previous?.change) outcome.result.change = attempt.previous.change;
@@ -164,6 +166,7 @@ export async function executeRun(
     // Ended because its engine was lost (not cancelled by its caller): that is a failure.
     if (slot.lost && !signal.aborted && outcome.state === TaskState.CANCELLED) {
       outcome.state = TaskState.FAILED;
+      outcome.result.errorKind = ErrorKind.INFRASTRUCTURE;
     }
     outcome = await explainDeath(c, slot, outcome);
     if (taskPlace.prepared) await keepWork(c, taskPlace, spec, outcome, cliEnded, log);
@@ -236,10 +239,12 @@ export async function executeRun(
       outcome.state = TaskState.CANCELLED;
       outcome.result.isError = true;
       outcome.result.error = "cancelled while its checks ran";
+      outcome.result.errorKind = ErrorKind.CANCELLED;
     } else if (failure) {
       outcome.state = TaskState.FAILED;
       outcome.result.isError = true;
       outcome.result.error = failure;
+      outcome.result.errorKind = ErrorKind.CHECK_FAILED;
     }
     return { outcome, cliEnded };
   };
@@ -248,6 +253,12 @@ export async function executeRun(
   try {
     const outcome = await done;
     const metered = slot.proxy.take();
+    // The CLI's own error: what the model API answered (seen by the proxy, not told by the
+    // sandbox) says whether another attempt can get past it.
+    if (outcome.result.errorKind === ErrorKind.CLI_ERROR && metered.errorStatus) {
+      outcome.result.errorKind = apiErrorKind(metered.errorStatus);
+      if (outcome.result.errorKind === ErrorKind.INVALID_REQUEST) outcome.permanent = true;
+    }
     log.info("run ended", {
       state: TaskState[outcome.state],
       error: outcome.result.error || undefined,
@@ -264,6 +275,15 @@ export async function executeRun(
   }
 }
 
+/**
+ * The kind of a model API error by its HTTP status: the request itself refused (4xx but 408
+ * request timeout, 409 conflict and 429 rate limit) fails again; the rest may pass.
+ */
+export function apiErrorKind(status: number): ErrorKind {
+  const transient = status === 408 || status === 409 || status === 429 || status >= 500;
+  return transient ? ErrorKind.API_ERROR : ErrorKind.INVALID_REQUEST;
+}
+
 /** A run whose workspace could not be opened: FAILED, permanent when no retry can help. */
 function placeFailed(e: unknown, started: number): RunOutcome {
   const result = create(TaskResultSchema, {
@@ -271,7 +291,10 @@ function placeFailed(e: unknown, started: number): RunOutcome {
     error: `the task's workspace could not be opened: ${(e as Error).message}`,
     durationMs: BigInt(Date.now() - started),
   });
-  return { state: TaskState.FAILED, result, permanent: placeErrorPermanent(e) };
+  // One that can never be opened (no such repository or ref) is the request's fault.
+  const permanent = placeErrorPermanent(e);
+  result.errorKind = permanent ? ErrorKind.INVALID_REQUEST : ErrorKind.INFRASTRUCTURE;
+  return { state: TaskState.FAILED, result, permanent };
 }
 
 /**
@@ -342,6 +365,7 @@ function unsaved(outcome: RunOutcome, branch: string, e: unknown, log: Logger): 
   outcome.state = TaskState.FAILED;
   outcome.permanent = false;
   outcome.result.isError = true;
+  outcome.result.errorKind = ErrorKind.INFRASTRUCTURE;
   outcome.result.error = earlier?.includes(why)
     ? earlier
     : `the work could not be saved on branch ${branch}: ${why}${before}`;
@@ -373,6 +397,7 @@ async function explainDeath(
   if (slot.lost) {
     const ended = slot.lifeline ? "; the run was ended through its lifeline" : "";
     outcome.result.error = `the container engine could not be reached during the run${ended}: ${slot.lost}`;
+    outcome.result.errorKind = ErrorKind.INFRASTRUCTURE;
     return outcome;
   }
   if (!status || status.running) return outcome;
@@ -380,5 +405,6 @@ async function explainDeath(
     ? "out of memory (the container was OOM-killed)"
     : (status.reason ?? "it stopped");
   outcome.result.error = `the agent's container died during the run: ${why}`;
+  outcome.result.errorKind = ErrorKind.INFRASTRUCTURE;
   return outcome;
 }

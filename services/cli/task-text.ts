@@ -1,4 +1,9 @@
-import type { Task, TaskEvent, TaskSpec } from "../../gen/conductor/v1/task_pb.js";
+import {
+  ErrorKind,
+  type Task,
+  type TaskEvent,
+  type TaskSpec,
+} from "../../gen/conductor/v1/task_pb.js";
 import { changeLines, checkLines } from "./change-text.ts";
 import { oneLine, stateName, usage, when } from "./format.ts";
 
@@ -28,6 +33,7 @@ export function taskText(t: Task): string[] {
   const r = t.result;
   if (r) {
     if (r.error) rows.push(["error", r.error]);
+    if (r.errorKind) rows.push(["error kind", ErrorKind[r.errorKind] ?? String(r.errorKind)]);
     const used = usage(r);
     if (used) rows.push(["run", used]);
     if (r.sessionId) rows.push(["session", r.sessionId]);

@@ -4,6 +4,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
 import type { RunOutcome } from "../../gen/conductor/v1/agent_host_pb.js";
 import {
+  ErrorKind,
   StateChangeSchema,
   TaskResultSchema,
   TaskState,
@@ -482,20 +483,24 @@ export class AttemptRunner {
     if (run.cancelRequested && state !== TaskState.SUCCEEDED) {
       state = TaskState.CANCELLED;
       result.error = "cancelled while running";
+      result.errorKind = ErrorKind.CANCELLED;
     } else if (state === TaskState.CANCELLED) {
       state = TaskState.FAILED;
       result.error = "the run was stopped on the agent host (agent stopped)";
+      result.errorKind = ErrorKind.INFRASTRUCTURE;
     }
     if (runMs !== undefined)
       this.opts.observer?.attemptEnded({ taskId: id, attempt, state, runMs, result });
     const maxAttempts = store.maxAttempts(id);
-    if (state === TaskState.FAILED && outcome.permanent && attempt < maxAttempts) {
-      result.error += `; not retried (attempt ${attempt} of ${maxAttempts}): another attempt cannot succeed`;
+    const permanent = outcome.permanent || NOT_RETRIED.has(result.errorKind);
+    const kind = result.errorKind ? ` (${ErrorKind[result.errorKind]})` : "";
+    if (state === TaskState.FAILED && permanent && attempt < maxAttempts) {
+      result.error += `; not retried (attempt ${attempt} of ${maxAttempts}): another attempt cannot succeed${kind}`;
     }
-    if (state === TaskState.FAILED && attempt < maxAttempts && !outcome.permanent) {
+    if (state === TaskState.FAILED && attempt < maxAttempts && !permanent) {
       const backoff = Math.min(60_000, this.opts.retryBackoffMs * 2 ** (attempt - 1));
       const update = { host: "", notBefore: now + backoff, result };
-      const reason = `attempt ${attempt} of ${maxAttempts} failed: ${result.error}; retrying in ${backoff / 1000} s`;
+      const reason = `attempt ${attempt} of ${maxAttempts} failed: ${result.error}; retrying in ${backoff / 1000} s${kind}`;
       const change = { state: TaskState.QUEUED, attempt, reason };
       run.holding = true;
       await this.durably("the attempt's outcome", log, () => {
@@ -562,11 +567,24 @@ export class AttemptRunner {
   }
 }
 
+/** Failures of these kinds are not retried: the same request fails again (TaskResult.error_kind). */
+const NOT_RETRIED: ReadonlySet<ErrorKind> = new Set([
+  ErrorKind.INVALID_REQUEST,
+  ErrorKind.BUDGET,
+  ErrorKind.DEPENDENCY,
+  ErrorKind.CANCELLED,
+]);
+
+/** An attempt that ended without its outcome (its host or node lost, or stopped). */
 function lost(error: string): RunOutcome {
   return {
     $typeName: "conductor.v1.RunOutcome",
     state: TaskState.FAILED,
-    result: create(TaskResultSchema, { isError: true, error }),
+    result: create(TaskResultSchema, {
+      isError: true,
+      error,
+      errorKind: ErrorKind.INFRASTRUCTURE,
+    }),
     permanent: false,
   };
 }

@@ -569,7 +569,7 @@ describe.each(TARGETS)("runtime conformance: $name", (target) => {
       limits: expect.any(Boolean) as boolean,
       networkIsolation: expect.any(Boolean) as boolean,
       image: Boolean(target.engine),
-      runLifeline: Boolean(target.engine),
+      runLifeline: true,
       recover: true,
       execMounts: !target.engine,
     });

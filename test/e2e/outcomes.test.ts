@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { TaskState } from "../../gen/conductor/v1/task_pb.js";
+import { ErrorKind, TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { processesWith, scripted, spec, testRuntimes, waitForEnd } from "../harness.ts";
 import { useConductor } from "./use-conductor.ts";
 
@@ -35,6 +35,7 @@ describe.each(testRuntimes())("task outcomes on the %s runtime", (runtime) => {
     expect(processesWith(marker).length).toBeGreaterThan(0);
     const { task: cancelled } = await client.cancelTask({ id: task!.id });
     expect(cancelled!.state).toBe(TaskState.CANCELLED);
+    expect(ErrorKind[cancelled!.result!.errorKind]).toBe("CANCELLED");
     expect(processesWith(marker)).toEqual([]);
   });
 
@@ -50,13 +51,15 @@ describe.each(testRuntimes())("task outcomes on the %s runtime", (runtime) => {
     const ended = await waitForEnd(client, task!.id);
     expect(ended.state).toBe(TaskState.TIMED_OUT);
     expect(ended.result?.error).toMatch(/timeout of 2 s/);
+    expect(ErrorKind[ended.result!.errorKind]).toBe("TIMEOUT");
     expect(processesWith(`CONDUCTOR_TASK_ID=${task!.id}`)).toEqual([]);
   });
 
-  it("fails a task on a model API error, with the error text", async () => {
+  it("fails a task on a model API error, with the error text, and does not retry a 400", async () => {
     const { client } = setup.conductor;
     const { task } = await client.submitTask({
       spec: spec({
+        maxAttempts: 3,
         prompt: scripted([
           {
             error: {
@@ -72,18 +75,23 @@ describe.each(testRuntimes())("task outcomes on the %s runtime", (runtime) => {
     expect(ended.state).toBe(TaskState.FAILED);
     expect(ended.attempts).toBe(1);
     expect(ended.result?.error).toMatch(/scripted failure: prompt rejected/);
+    expect(ended.result?.error).toMatch(/not retried \(attempt 1 of 3\)/);
+    expect(ErrorKind[ended.result!.errorKind]).toBe("INVALID_REQUEST");
   });
 
-  it("retries a failed attempt when max_attempts allows", async () => {
+  it.each([
+    [500, "api_error"],
+    [529, "overloaded_error"],
+  ])("retries an attempt failed by an HTTP %i when max_attempts allows", async (status, type) => {
     const { client } = setup.conductor;
     const { task } = await client.submitTask({
       spec: spec({
         maxAttempts: 3,
         prompt: scripted([
           {
-            id: `retry-${Date.now()}`,
+            id: `retry-${status}-${Date.now()}`,
             fail_times: 1,
-            error: { status: 500, type: "api_error", message: "scripted failure: try again" },
+            error: { status, type, message: "scripted failure: try again" },
             text: "second time lucky",
           },
         ]),
@@ -98,5 +106,7 @@ describe.each(testRuntimes())("task outcomes on the %s runtime", (runtime) => {
       if (event?.kind.case === "stateChange") reasons.push(event.kind.value.reason);
     }
     expect(reasons.some((r) => /attempt 1 of 3 failed: .*try again.*retrying/.test(r))).toBe(true);
+    // The failed attempt said what kind of failure it was.
+    expect(reasons.some((r) => r.endsWith("(API_ERROR)"))).toBe(true);
   });
 });

@@ -585,6 +585,14 @@ export declare type TaskResult = Message<"conductor.v1.TaskResult"> & {
    * @generated from field: repeated conductor.v1.CheckResult checks = 12;
    */
   checks: CheckResult[];
+
+  /**
+   * What kind of failure ended the attempt; UNSPECIFIED on success. Kinds no retry can help
+   * (INVALID_REQUEST, BUDGET, DEPENDENCY, CANCELLED) are never retried.
+   *
+   * @generated from field: conductor.v1.ErrorKind error_kind = 13;
+   */
+  errorKind: ErrorKind;
 };
 
 /**
@@ -938,4 +946,88 @@ export enum FileStatus {
  * Describes the enum conductor.v1.FileStatus.
  */
 export declare const FileStatusSchema: GenEnum<FileStatus>;
+
+/**
+ * ErrorKind sorts failures, so clients and the retry policy can tell transient ones from
+ * permanent ones.
+ *
+ * @generated from enum conductor.v1.ErrorKind
+ */
+export enum ErrorKind {
+  /**
+   * @generated from enum value: ERROR_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The task's timeout_seconds passed, or the CLI printed nothing for agent.idle_timeout_seconds.
+   *
+   * @generated from enum value: ERROR_KIND_TIMEOUT = 1;
+   */
+  TIMEOUT = 1,
+
+  /**
+   * CancelTask, or the run was stopped on its agent host.
+   *
+   * @generated from enum value: ERROR_KIND_CANCELLED = 2;
+   */
+  CANCELLED = 2,
+
+  /**
+   * The task's budget was spent: the model proxy refused the next request. Not retried.
+   *
+   * @generated from enum value: ERROR_KIND_BUDGET = 3;
+   */
+  BUDGET = 3,
+
+  /**
+   * One of the task's checks failed.
+   *
+   * @generated from enum value: ERROR_KIND_CHECK_FAILED = 4;
+   */
+  CHECK_FAILED = 4,
+
+  /**
+   * The model API failed in a way that may pass: HTTP 429, 5xx, 529 overloaded. Retried.
+   *
+   * @generated from enum value: ERROR_KIND_API_ERROR = 5;
+   */
+  API_ERROR = 5,
+
+  /**
+   * The model API refused the request itself (HTTP 4xx other than 408, 409 and 429), or the CLI
+   * refused its arguments: the same request fails again. Not retried.
+   *
+   * @generated from enum value: ERROR_KIND_INVALID_REQUEST = 6;
+   */
+  INVALID_REQUEST = 6,
+
+  /**
+   * The CLI ended in error for a reason of its own (its result line says is_error, no model
+   * API error was seen), or without a result.
+   *
+   * @generated from enum value: ERROR_KIND_CLI_ERROR = 7;
+   */
+  CLI_ERROR = 7,
+
+  /**
+   * Conductor's side: a node or agent host lost, a sandbox or engine that failed, a workspace
+   * that could not be opened, the CLI that could not be started.
+   *
+   * @generated from enum value: ERROR_KIND_INFRASTRUCTURE = 8;
+   */
+  INFRASTRUCTURE = 8,
+
+  /**
+   * A task it depends on did not succeed. Not retried.
+   *
+   * @generated from enum value: ERROR_KIND_DEPENDENCY = 9;
+   */
+  DEPENDENCY = 9,
+}
+
+/**
+ * Describes the enum conductor.v1.ErrorKind.
+ */
+export declare const ErrorKindSchema: GenEnum<ErrorKind>;
 
