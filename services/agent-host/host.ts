@@ -30,7 +30,7 @@ import {
   type SandboxSettings,
 } from "./provision.ts";
 import type { OutputFlow, RunOutcome, RunSettings } from "./run.ts";
-import { executeRun, type AgentSlot, type Attempt } from "./runs.ts";
+import { executeRun, RunEnded, type AgentSlot, type Attempt } from "./runs.ts";
 import { checkWorkspace, sweepEmpty, taskDirOf, type PlaceContext } from "./task-place.ts";
 import { Workspaces } from "./workspace/index.ts";
 import { settle, takeUpLeftovers } from "./readopt.ts";
@@ -376,14 +376,18 @@ export class AgentHost {
   async fence(reason: string | undefined): Promise<void> {
     this.fenced = reason;
     if (reason === undefined) return;
-    await Promise.all(this.runs().map((r) => this.cancel(r.taskId)));
+    const why = new RunEnded(`node ${this.opts.nodeId} fenced itself: ${reason}`);
+    await Promise.all(this.runs().map((r) => this.cancel(r.taskId, why)));
   }
 
-  /** Ends the run of a task, if this host has it; resolves when its CLI is gone. */
-  async cancel(taskId: string): Promise<boolean> {
+  /**
+   * Ends the run of a task, if this host has it; resolves when its CLI is gone. With `why` the
+   * run fails saying so (it was not cancelled by its caller).
+   */
+  async cancel(taskId: string, why?: RunEnded): Promise<boolean> {
     for (const slot of this.slots.values()) {
       if (slot.run?.taskId === taskId) {
-        slot.run.abort.abort();
+        slot.run.abort.abort(why);
         await slot.run.done;
         return true;
       }

@@ -145,7 +145,12 @@ export class Membership {
         const err = ConnectError.from(e);
         if (this.signal.aborted) return;
         if (err.code === Code.FailedPrecondition) this.registered = false;
-        if ([Code.PermissionDenied, Code.Unauthenticated, Code.AlreadyExists].includes(err.code))
+        if (err.code === Code.AlreadyExists)
+          this.opts.log.warn(
+            "another AgentHost run holds this node's lease (an earlier run of this one, or a twin with its certificate); trying again until it lapses",
+            { error: err.rawMessage },
+          );
+        else if ([Code.PermissionDenied, Code.Unauthenticated].includes(err.code))
           this.opts.log.error("the orchestrator refused this node", { error: err.rawMessage });
         else this.opts.log.debug("could not renew the lease", { error: err.rawMessage });
         await this.pause(wait);

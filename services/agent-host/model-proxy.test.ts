@@ -339,8 +339,18 @@ describe("model proxy", () => {
       const seen = model.requests.at(-1)!;
       expect(seen.headers["x-api-key"]).toBe(KEY);
       expect(JSON.stringify(seen.headers)).not.toContain("placeholder-from-container");
-      expect(proxy.take()).toEqual({ inputTokens: 42, outputTokens: 7, requests: 1 });
-      expect(proxy.take()).toEqual({ inputTokens: 0, outputTokens: 0, requests: 0 });
+      expect(proxy.take()).toEqual({
+        inputTokens: 42,
+        outputTokens: 7,
+        requests: 1,
+        errorStatus: 0,
+      });
+      expect(proxy.take()).toEqual({
+        inputTokens: 0,
+        outputTokens: 0,
+        requests: 0,
+        errorStatus: 0,
+      });
     } finally {
       await proxy.close();
     }
@@ -358,6 +368,8 @@ describe("model proxy", () => {
       const res = await postOverSocket(proxy.socketPath, { messages: [] }, "x");
       expect(res.status).toBe(502);
       expect(JSON.parse(res.text)).toMatchObject({ type: "error", error: { type: "api_error" } });
+      // The run's failure is told apart by what the proxy saw (runs.ts apiErrorKind).
+      expect(proxy.take().errorStatus).toBe(502);
     } finally {
       await proxy.close();
     }
@@ -449,7 +461,12 @@ describe("model proxy: what it forwards", () => {
     }
     expect(rig.attacker.state.connections).toBe(0);
     expect(rig.warnings()).toEqual([]);
-    expect(rig.proxy.take()).toEqual({ inputTokens: 12, outputTokens: 8, requests: 4 });
+    expect(rig.proxy.take()).toEqual({
+      inputTokens: 12,
+      outputTokens: 8,
+      requests: 4,
+      errorStatus: 0,
+    });
   });
 
   it("lets a client that expects 100-continue send its body once the request is allowed", async () => {

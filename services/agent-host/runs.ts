@@ -76,6 +76,9 @@ export interface RunContext {
 /** Exec environment naming how long a run's lifeline may stay silent (see RunContext). */
 export const LIFELINE_IDLE_VARIABLE = "CONDUCTOR_RUN_LIFELINE_IDLE_MS";
 
+/** Why an AgentHost ended a run itself (not its caller's cancel): the run fails with it. */
+export class RunEnded extends Error {}
+
 /** One attempt of a task, as RunTask asks for it. */
 export interface Attempt {
   taskId: string;
@@ -166,6 +169,13 @@ export async function executeRun(
     // Ended because its engine was lost (not cancelled by its caller): that is a failure.
     if (slot.lost && !signal.aborted && outcome.state === TaskState.CANCELLED) {
       outcome.state = TaskState.FAILED;
+      outcome.result.errorKind = ErrorKind.INFRASTRUCTURE;
+    }
+    // Ended by its AgentHost for a reason of its own (self-fencing): a failure, saying why.
+    const ended: unknown = abort.signal.reason;
+    if (ended instanceof RunEnded && outcome.state === TaskState.CANCELLED) {
+      outcome.state = TaskState.FAILED;
+      outcome.result.error = ended.message;
       outcome.result.errorKind = ErrorKind.INFRASTRUCTURE;
     }
     outcome = await explainDeath(c, slot, outcome);

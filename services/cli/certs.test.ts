@@ -158,6 +158,19 @@ describe("conductor certs init and issue", () => {
     expect(readdirSync(dir).sort()).toEqual(["ca.crt", "ca.key", "orch.crt", "orch.key"]);
   });
 
+  it("re-issuing a name for another role is refused, and the first role's key stays", async () => {
+    const dir = fresh();
+    await certsCli(["init", "--dir", dir]);
+    await certsCli(["issue", "--dir", dir, "--name", "node-a", "--role", "agent-host"]);
+    const key = readFileSync(path.join(dir, "node-a.key"), "utf8");
+    const other = certsCli(["issue", "--dir", dir, "--name", "node-a", "--role", "client"]);
+    await expect(other).rejects.toThrow(UsageError);
+    await expect(other).rejects.toThrow(
+      /holds spiffe:\/\/conductor\/agent-host\/node-a; a client certificate named "node-a" would replace that agent-host's key/,
+    );
+    expect(readFileSync(path.join(dir, "node-a.key"), "utf8")).toBe(key);
+  });
+
   it("init refuses a folder that has a CA, and changes nothing", async () => {
     const dir = fresh();
     await certsCli(["init", "--dir", dir]);

@@ -4,7 +4,15 @@ import { randomBytes, X509Certificate } from "node:crypto";
 import { existsSync, linkSync, readFileSync, renameSync, rmSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { isRole, nameProblem, NAME_PATTERN, ROLES, spiffeId } from "../shared/spiffe.ts";
+import {
+  identityOf,
+  isRole,
+  nameProblem,
+  NAME_PATTERN,
+  ROLES,
+  spiffeId,
+  type Identity,
+} from "../shared/spiffe.ts";
 import { UsageError } from "./args.ts";
 import { CERT_MODE, inScratch, KEY_MODE, writeNew } from "./cert-files.ts";
 import { openssl } from "./openssl.ts";
@@ -96,6 +104,15 @@ export async function initCa(dir: string, days = CA_DAYS): Promise<Written> {
   });
 }
 
+/** The identity in the certificate at `file`, if there is a readable one. */
+function heldIdentity(file: string): Identity | undefined {
+  try {
+    return identityOf(new X509Certificate(readFileSync(file)));
+  } catch {
+    return undefined; // none, or not a certificate: replaced as before
+  }
+}
+
 /**
  * Issues `name`'s certificate with the CA in `dir`: NAME.key (EC P-256, 0600) and NAME.crt
  * (0644), CN=NAME, CA:FALSE, keyUsage digitalSignature, extendedKeyUsage serverAuth and
@@ -136,6 +153,12 @@ export async function issueCert(o: IssueOptions): Promise<Issued> {
   }
   const files = { cert: path.join(dir, `${name}.crt`), key: path.join(dir, `${name}.key`) };
   const replaced = existsSync(files.cert) || existsSync(files.key);
+  const held = heldIdentity(files.cert);
+  if (held && held.role !== role) {
+    throw new UsageError(
+      `${files.cert} holds ${held.spiffeId}; a ${role} certificate named "${name}" would replace that ${held.role}'s key: give it another --name (or remove ${name}.crt and ${name}.key first)`,
+    );
+  }
   return inScratch(dir, async (scratch) => {
     const key = path.join(scratch, "key.pem");
     writeNew(key, await newKey(), KEY_MODE);

@@ -100,7 +100,7 @@ export async function startAgentHost(
 
 async function serveAgentHost(
   config: Config,
-  log: Logger,
+  serviceLog: Logger,
   hostPath: string,
   lock: ServiceLock,
   obs?: Observability,
@@ -108,10 +108,11 @@ async function serveAgentHost(
   const a = config.agent;
   const joining = config.agent_host.join;
   const material = joining
-    ? tlsMaterial(config, "agent-host", `agent_host.join (${joining})`, log)
+    ? tlsMaterial(config, "agent-host", `agent_host.join (${joining})`, serviceLog)
     : undefined;
-  // A joined node is named by its certificate, and so are its agents, fleet-wide.
+  // A joined node is named by its certificate, and so are its agents and its logs, fleet-wide.
   const nodeId = material ? material.current().identity.name : config.orchestrator.node_id;
+  const log = serviceLog.child({ node: nodeId });
   const telemetry = { ...obs, nodeId };
   // What this node offers tasks (GetCapacity, RegisterNode): agent_host.*, else the machine's.
   const offer = {
@@ -355,6 +356,9 @@ async function serveOrchestrator(
     server,
     ...(tcp ? { tcp, listens: { listen: hostPort(tcp) } } : {}),
     stop: async () => {
+      // Work first (a stopping Orchestrator schedules nothing and lets its tunnels go), then the
+      // listeners, then the store.
+      await orchestrator.stopWork();
       await tcp?.close();
       material?.close();
       await server.close();

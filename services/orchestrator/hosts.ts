@@ -211,8 +211,10 @@ export class HostRegistry {
   }
 
   /** Stops polling; resolves once a poll under way has ended. */
+  /** Stops polling and cuts every joined node's tunnel (the nodes dial again, elsewhere or later). */
   async stop(): Promise<void> {
     clearInterval(this.timer);
+    for (const link of this.links) link.joined?.socket?.destroy();
     await this.polling;
   }
 

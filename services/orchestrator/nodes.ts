@@ -19,7 +19,7 @@ import { invalid, notFound, precondition } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
 import type { Identity } from "../shared/tls.ts";
 import { runKey, type HostLink, type HostRegistry } from "./hosts.ts";
-import type { TaskStore } from "./store.ts";
+import { FINAL_STATES, type TaskStore } from "./store.ts";
 import { CONTROL } from "./validate.ts";
 
 /** Most labels a node may have, and their sizes (as a task's labels). */
@@ -136,10 +136,12 @@ export class Fleet {
     if (req.runs.length > MAX_HEARTBEAT_RUNS)
       throw invalid(`runs lists ${req.runs.length} runs; at most ${MAX_HEARTBEAT_RUNS}`);
     const current = this.opts.hosts.link(req.name)?.joined?.instance;
-    const link =
-      current === req.instanceId
-        ? this.opts.hosts.renew(req.name, now, this.opts.leaseTtlMs)
-        : undefined;
+    if (current && current !== req.instanceId) {
+      throw precondition(
+        `node ${req.name}'s lease is held by another AgentHost run (instance ${current}), not ${JSON.stringify(req.instanceId.slice(0, 64))}: register again`,
+      );
+    }
+    const link = current ? this.opts.hosts.renew(req.name, now, this.opts.leaseTtlMs) : undefined;
     if (!link) {
       throw precondition(
         `node ${req.name} holds no lease (never registered, or its lease lapsed): register again`,
@@ -162,6 +164,10 @@ export class Fleet {
    */
   reportOutcome(name: string, run: RunRef | undefined, outcome: RunOutcome | undefined): void {
     if (!run?.taskId || !outcome) throw invalid("run.task_id and outcome are required");
+    if (!FINAL_STATES.has(outcome.state))
+      throw invalid(
+        `outcome.state must be an end (SUCCEEDED, FAILED, CANCELLED or TIMED_OUT), got ${TaskState[outcome.state] ?? outcome.state}`,
+      );
     const why = this.staleness(name, run);
     if (why) throw why;
     if (!this.opts.report(name, run, outcome)) {
@@ -197,7 +203,7 @@ export class Fleet {
   private staleness(name: string, run: RunRef): ConnectError | undefined {
     const task = this.opts.store.get(run.taskId);
     const host = task ? this.opts.store.attemptHost(run.taskId) : "";
-    if (!task || (host !== name && run.attempt >= task.attempts)) {
+    if (!task || run.attempt > task.attempts || (host !== name && run.attempt === task.attempts)) {
       return new ConnectError(
         `task ${run.taskId} attempt ${run.attempt} is not assigned to node ${name}`,
         Code.PermissionDenied,

@@ -275,11 +275,21 @@ export class Orchestrator {
     if (wake !== undefined) this.wakeTimer = setTimeout(() => this.schedule(), wake - now);
   }
 
-  /** Stops scheduling and ends every run's stream; the store stays consistent. */
-  async close(): Promise<void> {
+  /**
+   * Stops scheduling, ends every run's stream and cuts the nodes' tunnels, at once: a joined
+   * node's runs go on under its lease, for a restarted Orchestrator to take up. The API still
+   * answers (from the store) until close().
+   */
+  async stopWork(): Promise<void> {
+    if (this.closed) return;
     this.closed = true;
     clearTimeout(this.wakeTimer);
     await Promise.all([this.hosts.stop(), this.runner.close()]);
+  }
+
+  /** stopWork(), then closes the store; the store stays consistent. */
+  async close(): Promise<void> {
+    await this.stopWork();
     this.store.close();
     this.artifacts.close();
   }

@@ -19,7 +19,7 @@ import type { TaskEvents } from "./events.ts";
 import type { AgentRef, HostRegistry } from "./hosts.ts";
 import type { OrchestratorObserver } from "./observer.ts";
 import { boundOutput, boundResult } from "../shared/output-bounds.ts";
-import type { TaskStore } from "./store.ts";
+import { FINAL_STATES, type TaskStore } from "./store.ts";
 
 /** How often a store that refuses to schedule is logged, at most. */
 const REFUSED_LOG_INTERVAL_MS = 60_000;
@@ -310,7 +310,10 @@ export class AttemptRunner {
         ? `${Code[s.error.code]}: ${s.error.rawMessage}`
         : "the run ended without an outcome";
       const state = s.started ? TaskState.RUNNING : TaskState.SCHEDULED;
-      const what = `lost agent host ${run.host} during attempt ${attempt} (${why})`;
+      const joined = this.opts.hosts.link(run.host)?.joined !== undefined;
+      const what = joined
+        ? `the stream from node ${run.host} broke during attempt ${attempt} (${why}); the run goes on there while the node holds its lease`
+        : `lost agent host ${run.host} during attempt ${attempt} (${why})`;
       log.warn("lost the agent host during the run", { host: run.host, error: why });
       const end = await this.awaitEnd(task.id, attempt, run, state, what);
       if (end.kind === "closed") return;
@@ -429,7 +432,10 @@ export class AttemptRunner {
     what: string,
   ): Promise<AttemptEnd> {
     const now = Date.now();
-    const reason = `${what}; waiting for it to confirm the attempt has ended before retrying`;
+    const joined = this.opts.hosts.link(run.host)?.joined !== undefined;
+    const reason = joined
+      ? `${what}; waiting for the node to report how it ends`
+      : `${what}; waiting for it to confirm the attempt has ended before retrying`;
     try {
       this.opts.events.note(id, { state, agentId: run.agentId, attempt, reason }, now);
     } catch (e) {
@@ -480,6 +486,13 @@ export class AttemptRunner {
     const whole = boundResult(result);
     if (whole !== undefined) this.opts.artifacts.keep(id, 0, whole);
     let state = outcome.state;
+    if (!FINAL_STATES.has(state)) {
+      // An AgentHost's outcome is not trusted to be one: a run that "ended" RUNNING failed.
+      result.isError = true;
+      result.error = `the agent host reported the attempt ended in state ${TaskState[state] ?? state}, which is not an end`;
+      result.errorKind = ErrorKind.INFRASTRUCTURE;
+      state = TaskState.FAILED;
+    }
     if (run.cancelRequested && state !== TaskState.SUCCEEDED) {
       state = TaskState.CANCELLED;
       result.error = "cancelled while running";

@@ -47,7 +47,8 @@ const RAW_CALL = path.join(ROOT, "test", "clients", "raw_call.py");
 const BUF = path.join(ROOT, "node_modules", ".bin", "buf");
 /** Debian's python3, which has grpcio (python3-grpcio). */
 const PYTHON = "/usr/bin/python3";
-const LEASE_SECONDS = 4;
+const LEASE_SECONDS = 8;
+const ORCH_PORT = 7443;
 
 let net: TestNet;
 let dir: string;
@@ -110,6 +111,29 @@ async function startNode(name: string, host: NetHost, labels: Record<string, str
   nodes.set(name, { host, proc, dataDir: path.join(base, "data") });
 }
 
+/**
+ * The Orchestrator, in the first namespace, on a fixed port there (the namespace is this run's
+ * alone): a restarted one is found where the nodes knew it.
+ */
+function startOrchestrator(): Promise<ServiceProcess> {
+  const o = net.hosts[0]!;
+  return startService(
+    "orchestrator",
+    [
+      ...["--socket-dir", path.join(dir, "orch", "run")],
+      ...["--data-dir", path.join(dir, "orch", "data")],
+      ...["--listen", `0.0.0.0:${ORCH_PORT}`],
+    ],
+    {
+      ...quiet,
+      ...tlsOf("orch"),
+      CONDUCTOR_ORCHESTRATOR_NODE_LEASE_SECONDS: String(LEASE_SECONDS),
+    },
+    BIN,
+    o.spawn.bind(o) as typeof spawn,
+  );
+}
+
 /** One call from Python's grpcio over TCP with the certificate of `name` (run inside `from`). */
 async function pythonCall(
   from: NetHost,
@@ -147,27 +171,8 @@ beforeAll(async () => {
     { role: "agent-host", name: "node-b" },
     { role: "client", name: "alice" },
   ]);
-  orch = await startService(
-    "orchestrator",
-    [
-      ...[
-        "--socket-dir",
-        path.join(dir, "orch", "run"),
-        "--data-dir",
-        path.join(dir, "orch", "data"),
-      ],
-      ...["--listen", "0.0.0.0:0"],
-    ],
-    {
-      ...quiet,
-      ...tlsOf("orch"),
-      CONDUCTOR_ORCHESTRATOR_NODE_LEASE_SECONDS: String(LEASE_SECONDS),
-    },
-    BIN,
-    o.spawn.bind(o) as typeof spawn,
-  );
-  const port = String(orch.ready["listen"]).split(":").pop();
-  orchAddr = `${o.address}:${port}`;
+  orch = await startOrchestrator();
+  orchAddr = `${o.address}:${ORCH_PORT}`;
   broker = await startService(
     "broker",
     [
@@ -379,6 +384,19 @@ describe("a fleet joined over TCP with mutual TLS", () => {
     );
     expect(forged.stderr).toMatch(/^ERROR (PERMISSION_DENIED|FAILED_PRECONDITION) /m);
     expect((await client.getTask({ id: done.id })).task!.result!.text).toBe(done.result!.text);
+    // An "outcome" that is no end (RUNNING), even from the node that ran it.
+    const notAnEnd = create(ReportOutcomeRequestSchema, {
+      name: "node-b",
+      run: { taskId: done.id, attempt: 1 },
+      outcome: create(RunOutcomeSchema, { state: TaskState.RUNNING }),
+    });
+    const running = await pythonCall(
+      b,
+      "node-b",
+      "/conductor.v1.NodeService/ReportOutcome",
+      toBinary(ReportOutcomeRequestSchema, notAnEnd),
+    );
+    expect(running.stderr).toMatch(/^ERROR INVALID_ARGUMENT outcome.state must be an end/m);
   }, 120_000);
 
   it("schedules by node_selector and resources, and not onto a drained node", async () => {
@@ -611,6 +629,34 @@ describe("a fleet joined over TCP with mutual TLS", () => {
       }
     }, 240_000);
   }
+
+  it("an Orchestrator restarted mid-task takes up a joined node's run, which goes on and succeeds", async () => {
+    const { task } = await client.submitTask({
+      spec: spec({
+        prompt: scripted([
+          { bash: "for i in $(seq 1 50); do echo $i >> restart.txt; sleep 0.1; done" },
+          { text: "finished across the restart" },
+        ]),
+        allowedTools: ["Bash"],
+        maxAttempts: 2,
+      }),
+    });
+    await waitForState(client, task!.id, TaskState.RUNNING, 60_000);
+    const node = nodes.get(nodeOf((await client.getTask({ id: task!.id })).task!))!;
+    await vi.waitFor(
+      () => expect(workspaceFiles(node.dataDir, "restart.txt").length).toBeGreaterThan(0),
+      { timeout: 30_000, interval: 100 },
+    );
+    const stopping = Date.now();
+    await orch.stop();
+    // A stopping Orchestrator lets its work go at once: the node's lease outlives the restart.
+    expect(Date.now() - stopping).toBeLessThan((LEASE_SECONDS * 1000) / 4);
+    orch = await startOrchestrator();
+    const ended = await waitForEnd(client, task!.id, 60_000);
+    expect(TaskState[ended.state]).toBe("SUCCEEDED");
+    expect(ended.attempts).toBe(1);
+    expect(ended.result?.text).toBe("finished across the restart");
+  }, 120_000);
 
   it("a node's connections broken mid-task do not end its run: it goes on and reports how it ended", async () => {
     const { task } = await client.submitTask({
