@@ -154,7 +154,7 @@ export async function issueCert(o: IssueOptions): Promise<Issued> {
   const files = { cert: path.join(dir, `${name}.crt`), key: path.join(dir, `${name}.key`) };
   const replaced = existsSync(files.cert) || existsSync(files.key);
   const held = heldIdentity(files.cert);
-  if (held && held.role !== role) {
+  if (held && held.name === name && held.role !== role) {
     throw new UsageError(
       `${files.cert} holds ${held.spiffeId}; a ${role} certificate named "${name}" would replace that ${held.role}'s key: give it another --name (or remove ${name}.crt and ${name}.key first)`,
     );

@@ -199,6 +199,12 @@ Examples:
         arg: "K=V",
         help: "run only on a node labelled K=V (agent_host.labels); repeat for more",
       },
+      "depends-on": {
+        type: "string",
+        multiple: true,
+        arg: "ID",
+        help: "run only after task ID succeeded ({{deps.ID.result}} in the prompt is its result); repeat for more",
+      },
       cpus: { type: "string", arg: "N", help: "CPUs the task needs of its node (resources)" },
       memory: {
         type: "string",

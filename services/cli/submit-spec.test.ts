@@ -79,6 +79,15 @@ describe("submit flags → TaskSpec", () => {
     });
   });
 
+  it("maps each --depends-on to depends_on, after a file's", () => {
+    expect(spec("--depends-on", "t1", "--depends-on", "t2", "go")["dependsOn"]).toEqual([
+      "t1",
+      "t2",
+    ]);
+    const f = file("deps.yaml", "prompt: go\ndepends_on: [t0]\n");
+    expect(spec("-f", f, "--depends-on", "t1")["dependsOn"]).toEqual(["t0", "t1"]);
+  });
+
   it("maps --path and --read-only to a host folder made absolute", () => {
     expect(spec("--path", "src", "--read-only", "review")).toEqual({
       prompt: "review",

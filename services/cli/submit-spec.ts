@@ -45,6 +45,8 @@ export function taskSpecOf(p: ParsedCommand, from: SpecSources): TaskSpec {
     if (eq <= 0) throw new UsageError(`--node-selector "${oneLine(l, 40)}": expected KEY=VALUE`);
     spec.nodeSelector[l.slice(0, eq)] = l.slice(eq + 1);
   }
+  const deps = list(p, "depends-on");
+  if (deps.length > 0) spec.dependsOn = [...spec.dependsOn, ...deps];
   const cpus = text("cpus");
   const memory = text("memory");
   if (cpus !== undefined || memory !== undefined) {

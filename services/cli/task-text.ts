@@ -29,6 +29,7 @@ export function taskText(t: Task): string[] {
   const labels = Object.entries(s?.labels ?? {});
   if (labels.length) rows.push(["labels", labels.map(([k, v]) => `${k}=${v}`).join(" ")]);
   if (s?.idempotencyKey) rows.push(["idempotency", s.idempotencyKey]);
+  if (s?.dependsOn.length) rows.push(["depends on", s.dependsOn.join(" ")]);
   if (s) rows.push(...workspaceRows(s, t.id));
   const r = t.result;
   if (r) {

@@ -1,10 +1,12 @@
 import { create } from "@bufbuild/protobuf";
 import {
+  ErrorKind,
   StateChangeSchema,
   TaskEventSchema,
+  TaskResultSchema,
+  TaskState,
   type Task,
   type TaskEvent,
-  type TaskState,
 } from "../../gen/conductor/v1/task_pb.js";
 import type { OrchestratorObserver } from "./observer.ts";
 import { FINAL_STATES, type PageLimits, type TaskStore, type TaskUpdate } from "./store.ts";
@@ -15,6 +17,21 @@ export interface Change {
   agentId?: string;
   attempt?: number;
   reason?: string;
+}
+
+/**
+ * How a task ends whose dependency `depId` ended in `state` (not SUCCEEDED); `cause` says why
+ * that one ended, when it too was ended by a dependency. `what` is the cause for the next.
+ */
+export function dependencyFailed(depId: string, state: TaskState, cause = "") {
+  const what = `${depId} ended ${TaskState[state]}${cause ? ` (${cause})` : ""}`;
+  const error = `dependency ${what}, so this task cannot run`;
+  const result = create(TaskResultSchema, {
+    isError: true,
+    error,
+    errorKind: ErrorKind.DEPENDENCY,
+  });
+  return { result, change: { state: TaskState.CANCELLED, reason: error }, what };
 }
 
 /**
@@ -73,13 +90,45 @@ export class TaskEvents {
     now: number,
     before: TaskEvent["kind"][] = [],
   ): boolean {
+    let cancelled: { id: string; change: Change }[] = [];
     const changed = this.store.tx(() => {
       if (!this.store.transition(id, from, { ...update, state: change.state })) return false;
       this.store.appendEvents(id, [...before, stateChange(change)], now);
+      if (FINAL_STATES.has(change.state)) cancelled = this.settleDependents(id, change.state, now);
       return true;
     });
     if (changed) this.told(id, change, now);
+    for (const c of cancelled) this.told(c.id, c.change, now);
     return changed;
+  }
+
+  /**
+   * In the transaction that ended task `id` in `state`: its queued dependents wait for one
+   * less if it SUCCEEDED; otherwise they end CANCELLED (error_kind DEPENDENCY) naming it, and
+   * so, in turn, do theirs. Returns the cancelled ones, to tell their watchers.
+   */
+  private settleDependents(id: string, state: TaskState, now: number) {
+    if (state === TaskState.SUCCEEDED) {
+      this.store.dependencySucceeded(this.store.queuedDependents(id));
+      return [];
+    }
+    const cancelled: { id: string; change: Change }[] = [];
+    const ended = [{ id, state, cause: "" }];
+    for (let next = ended.pop(); next; next = ended.pop()) {
+      for (const dependent of this.store.queuedDependents(next.id)) {
+        const { result, change, what } = dependencyFailed(next.id, next.state, next.cause);
+        const update = { state: TaskState.CANCELLED, endTime: now, result };
+        if (!this.store.transition(dependent, [TaskState.QUEUED], update)) continue;
+        this.store.appendEvents(
+          dependent,
+          [{ case: "result", value: result }, stateChange(change)],
+          now,
+        );
+        cancelled.push({ id: dependent, change });
+        ended.push({ id: dependent, state: TaskState.CANCELLED, cause: what });
+      }
+    }
+    return cancelled;
   }
 
   /** A word to watchers about the task's current state (no transition: not counted as one). */

@@ -10,7 +10,7 @@ import {
 import { notFound, precondition } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
 import { ArtifactStore, MAX_TASK_ARTIFACT_BYTES } from "./artifacts.ts";
-import { TaskEvents } from "./events.ts";
+import { dependencyFailed, TaskEvents } from "./events.ts";
 import { HostRegistry } from "./hosts.ts";
 import { Fleet } from "./nodes.ts";
 import { checkPlaceable, place } from "./placement.ts";
@@ -112,6 +112,7 @@ export class Orchestrator {
   start(): void {
     this.fleet.awaitRejoin(Date.now());
     this.runner.recover();
+    this.settleWaiting(this.store.waitingTasks());
     this.hosts.start(this.opts.pollIntervalMs ?? 1000, () => {
       if (this.closed) return;
       const now = Date.now();
@@ -134,8 +135,29 @@ export class Orchestrator {
     return this.enqueue(spec);
   }
 
+  /**
+   * Tasks waiting for dependencies, as they stand now (after a restart, or at submit): one
+   * whose dependency ended otherwise than SUCCEEDED ends CANCELLED naming it; the rest wait for
+   * as many as have not succeeded.
+   */
+  private settleWaiting(waiting: ReturnType<TaskStore["waitingTasks"]>): void {
+    const now = Date.now();
+    for (const w of waiting) {
+      if (!w.failed) {
+        this.store.setWaiting(w.id, w.waiting);
+        continue;
+      }
+      const { result, change } = dependencyFailed(w.failed.id, w.failed.state);
+      const update = { endTime: now, result };
+      const before = [{ case: "result" as const, value: result }];
+      this.events.transition(w.id, [TaskState.QUEUED], update, change, now, before);
+    }
+  }
+
   /** Stores a validated spec with its first event, and queues it. */
   private enqueue(spec: TaskSpec): { task: Task; deduplicated: boolean } {
+    for (const d of spec.dependsOn)
+      if (this.store.state(d) === undefined) throw notFound("dependency task", d);
     const maxAttempts = spec.maxAttempts || this.opts.defaultMaxAttempts;
     const now = Date.now();
     const traceParent = this.opts.observer?.traceParent();
@@ -144,8 +166,12 @@ export class Orchestrator {
       { state: TaskState.QUEUED, agentId: "", attempt: 0, reason: "submitted" },
       now,
     );
+    if (created && spec.dependsOn.length > 0) {
+      // A dependency that already failed ends it at once (it waits for the others otherwise).
+      this.settleWaiting(this.store.waitingTasks(task.id));
+    }
     if (created) queueMicrotask(() => this.schedule());
-    return { task, deduplicated: !created };
+    return { task: created ? this.get(task.id) : task, deduplicated: !created };
   }
 
   /**

@@ -10,6 +10,7 @@ import {
   TaskState,
   type Task,
   type TaskEvent,
+  type TaskSpec,
 } from "../../gen/conductor/v1/task_pb.js";
 import { precondition } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
@@ -20,6 +21,7 @@ import type { AgentRef, HostRegistry } from "./hosts.ts";
 import type { OrchestratorObserver } from "./observer.ts";
 import { boundOutput, boundResult } from "../shared/output-bounds.ts";
 import { FINAL_STATES, type TaskStore } from "./store.ts";
+import { DEP_RESULT } from "./validate.ts";
 
 /** How often a store that refuses to schedule is logged, at most. */
 const REFUSED_LOG_INTERVAL_MS = 60_000;
@@ -348,7 +350,7 @@ export class AttemptRunner {
           agentId: run.agentId,
           taskId: task.id,
           attempt,
-          spec: task.spec!,
+          spec: withDependencyResults(task.spec!, (id) => this.opts.store.get(id)?.result?.text),
           // A check that failed there makes the host resume that attempt's session.
           ...(task.result ? { previousResult: task.result } : {}),
         },
@@ -578,6 +580,24 @@ export class AttemptRunner {
       this.opts.events.transition(id, [TaskState.SCHEDULED], update, change, Date.now());
     });
   }
+}
+
+/** Most characters of one dependency's result put into a prompt ({{deps.ID.result}}). */
+const MAX_DEP_RESULT_CHARS = 64 * 1024;
+
+/**
+ * The spec with every `{{deps.ID.result}}` in its prompt replaced by that dependency's result
+ * text (at most MAX_DEP_RESULT_CHARS of it; empty for one without a result).
+ */
+export function withDependencyResults(
+  spec: TaskSpec,
+  resultOf: (id: string) => string | undefined,
+): TaskSpec {
+  if (spec.dependsOn.length === 0 || !spec.prompt.includes("{{deps.")) return spec;
+  const prompt = spec.prompt.replace(DEP_RESULT, (_, id: string) =>
+    (resultOf(id) ?? "").slice(0, MAX_DEP_RESULT_CHARS),
+  );
+  return { ...spec, prompt };
 }
 
 /** Failures of these kinds are not retried: the same request fails again (TaskResult.error_kind). */

@@ -31,6 +31,8 @@ const ADDED_COLUMNS: [table: string, name: string, definition: string][] = [
   // The size of an output event's body (0 for other events and for rows from before): what the
   // output retention counts and trims.
   ["events", "output_bytes", "INTEGER NOT NULL DEFAULT 0"],
+  // Dependencies of a queued task not yet SUCCEEDED (spec.depends_on): it is scheduled at 0.
+  ["tasks", "waiting", "INTEGER NOT NULL DEFAULT 0"],
 ];
 
 /** Bounds of one page of a task's events (WatchTask reads history in such pages). */
@@ -74,6 +76,11 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS drained_nodes (
   name TEXT PRIMARY KEY
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS task_deps (
+  dep_id TEXT NOT NULL,
+  task_id TEXT NOT NULL,
+  PRIMARY KEY (dep_id, task_id)
 ) WITHOUT ROWID;
 `;
 
@@ -170,10 +177,11 @@ export class TaskStore {
         const row = this.db.prepare("SELECT * FROM tasks WHERE idempotency_key = ?").get(key);
         if (row) return { task: toTask(row as unknown as TaskRow), created: false };
       }
+      const waiting = spec.dependsOn.filter((d) => this.state(d) !== TaskState.SUCCEEDED).length;
       this.db
         .prepare(
-          `INSERT INTO tasks (id, idempotency_key, state, priority, type, spec, max_attempts, create_time, trace_parent)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          `INSERT INTO tasks (id, idempotency_key, state, priority, type, spec, max_attempts, create_time, trace_parent, waiting)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         )
         .run(
           id,
@@ -185,7 +193,10 @@ export class TaskStore {
           maxAttempts,
           now,
           traceParent || null,
+          waiting,
         );
+      const dep = this.db.prepare("INSERT INTO task_deps (dep_id, task_id) VALUES (?, ?)");
+      for (const d of spec.dependsOn) dep.run(d, id);
       return { task: this.get(id)!, created: true };
     });
   }
@@ -292,7 +303,7 @@ export class TaskStore {
   nextQueued(limit: number, now: number): Task[] {
     const rows = this.db
       .prepare(
-        `SELECT * FROM tasks WHERE state = ? AND not_before <= ? ORDER BY priority DESC, seq ASC LIMIT ?`,
+        `SELECT * FROM tasks WHERE state = ? AND waiting = 0 AND not_before <= ? ORDER BY priority DESC, seq ASC LIMIT ?`,
       )
       .all(TaskState.QUEUED, now, limit);
     return rows.map((r) => toTask(r as unknown as TaskRow));
@@ -301,9 +312,60 @@ export class TaskStore {
   /** When the earliest backed-off queued task becomes eligible, if any is waiting. */
   nextWakeup(now: number): number | undefined {
     const row = this.db
-      .prepare("SELECT MIN(not_before) AS t FROM tasks WHERE state = ? AND not_before > ?")
+      .prepare(
+        "SELECT MIN(not_before) AS t FROM tasks WHERE state = ? AND waiting = 0 AND not_before > ?",
+      )
       .get(TaskState.QUEUED, now) as { t: number | null };
     return row.t ?? undefined;
+  }
+
+  /** Queued tasks that depend on `id` (spec.depends_on). */
+  queuedDependents(id: string): string[] {
+    const rows = this.db
+      .prepare(
+        `SELECT t.id FROM task_deps d JOIN tasks t ON t.id = d.task_id WHERE d.dep_id = ? AND t.state = ?`,
+      )
+      .all(id, TaskState.QUEUED) as { id: string }[];
+    return rows.map((r) => r.id);
+  }
+
+  /** One dependency of each of `ids` succeeded: one less to wait for. */
+  dependencySucceeded(ids: string[]): void {
+    const stmt = this.db.prepare("UPDATE tasks SET waiting = MAX(waiting - 1, 0) WHERE id = ?");
+    for (const id of ids) stmt.run(id);
+  }
+
+  /**
+   * Queued tasks still waiting for dependencies (or the one `only`), each with its count recomputed from the
+   * dependencies' states now (after a restart) and the first dependency that ended otherwise
+   * than SUCCEEDED, if any.
+   */
+  waitingTasks(
+    only?: string,
+  ): { id: string; waiting: number; failed?: { id: string; state: TaskState } }[] {
+    const rows = (
+      only === undefined
+        ? this.db
+            .prepare("SELECT id, spec FROM tasks WHERE state = ? AND waiting > 0")
+            .all(TaskState.QUEUED)
+        : this.db
+            .prepare("SELECT id, spec FROM tasks WHERE state = ? AND waiting > 0 AND id = ?")
+            .all(TaskState.QUEUED, only)
+    ) as { id: string; spec: Uint8Array }[];
+    return rows.map((r) => {
+      const deps = fromBinary(TaskSpecSchema, r.spec).dependsOn;
+      const states = deps.map((d) => ({ id: d, state: this.state(d) ?? TaskState.UNSPECIFIED }));
+      const failed = states.find(
+        (d) => FINAL_STATES.has(d.state) && d.state !== TaskState.SUCCEEDED,
+      );
+      const waiting = states.filter((d) => d.state !== TaskState.SUCCEEDED).length;
+      return { id: r.id, waiting, ...(failed ? { failed } : {}) };
+    });
+  }
+
+  /** Sets how many dependencies a queued task waits for. */
+  setWaiting(id: string, waiting: number): void {
+    this.db.prepare("UPDATE tasks SET waiting = ? WHERE id = ?").run(waiting, id);
   }
 
   /** Tasks in the given states, in submit order. */

@@ -46,6 +46,8 @@ export const SPEC_LIMITS = {
   pathBytes: 4096,
   refBytes: 256,
   checks: 16,
+  dependsOn: 64,
+  taskIdBytes: 128,
   checkCommandBytes: 4096,
   checkTimeoutSeconds: 24 * 3600,
 } as const;
@@ -99,7 +101,36 @@ export function validateSpec(spec: TaskSpec | undefined, limits: SpecLimits): Ta
   checkResources(spec);
   checkWorkspace(spec.workspace);
   checkChecks(spec.checks);
+  checkDependsOn(spec);
   return spec;
+}
+
+/** `{{deps.ID.result}}` in a prompt: replaced by that dependency's result when an attempt starts. */
+export const DEP_RESULT = /\{\{deps\.([^{}\s]+?)\.result\}\}/g;
+
+function checkDependsOn(spec: TaskSpec) {
+  const deps = spec.dependsOn;
+  if (deps.length > SPEC_LIMITS.dependsOn) {
+    throw invalid(
+      `spec.depends_on has ${deps.length} entries, over the limit of ${SPEC_LIMITS.dependsOn}`,
+    );
+  }
+  deps.forEach((id, i) => {
+    if (!id) throw invalid(`spec.depends_on[${i}] is empty: give a task id`);
+    text(`depends_on[${i}]`, id, SPEC_LIMITS.taskIdBytes);
+  });
+  const seen = new Set<string>();
+  for (const id of deps) {
+    if (seen.has(id)) throw invalid(`spec.depends_on names ${quote(id)} twice`);
+    seen.add(id);
+  }
+  for (const [, id] of spec.prompt.matchAll(DEP_RESULT)) {
+    if (!seen.has(id!)) {
+      throw invalid(
+        `spec.prompt refers to {{deps.${id!.slice(0, 64)}.result}}, but depends_on does not name that task`,
+      );
+    }
+  }
 }
 
 /** URL schemes a git workspace may name (git's own transports; `ext::` and helpers are refused). */

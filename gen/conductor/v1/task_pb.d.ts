@@ -130,6 +130,16 @@ export declare type TaskSpec = Message<"conductor.v1.TaskSpec"> & {
    * @generated from field: map<string, string> node_selector = 15;
    */
   nodeSelector: { [key: string]: string };
+
+  /**
+   * Ids of tasks that must SUCCEED before this one is scheduled (it stays QUEUED until then).
+   * If one of them ends otherwise, this task ends CANCELLED, error_kind DEPENDENCY, naming it.
+   * The prompt may hold `{{deps.ID.result}}`, replaced when an attempt starts by that
+   * dependency's result text (at most 64 KiB of it). At most 64; an unknown id is NOT_FOUND.
+   *
+   * @generated from field: repeated string depends_on = 16;
+   */
+  dependsOn: string[];
 };
 
 /**
