@@ -145,7 +145,11 @@ export class AgentHost {
       backend: o.backend,
       caps: this.caps,
       sandbox: o.sandbox,
-      model: { baseUrl: o.settings.baseUrl, apiKey: o.settings.apiKey },
+      model: {
+        baseUrl: o.settings.baseUrl,
+        apiKey: o.settings.apiKey,
+        prices: o.settings.prices,
+      },
       broker: o.broker,
       log: o.log,
     };

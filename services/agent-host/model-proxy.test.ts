@@ -1,3 +1,4 @@
+import { DEFAULT_PRICES, priceOf } from "../shared/prices.ts";
 import { spawn, spawnSync } from "node:child_process";
 import {
   chmodSync,
@@ -344,13 +345,71 @@ describe("model proxy", () => {
         outputTokens: 7,
         requests: 1,
         errorStatus: 0,
+        costUsd: (42 * 15 + 7 * 75) / 1e6, // model "m" is priced at the default (Opus)
+        budgetExhausted: "",
       });
       expect(proxy.take()).toEqual({
         inputTokens: 0,
         outputTokens: 0,
         requests: 0,
         errorStatus: 0,
+        costUsd: 0,
+        budgetExhausted: "",
       });
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it("refuses a request once the run's budget is spent, before it reaches the API", async () => {
+    await using model = await startFakeModel();
+    using dir = tempDir();
+    const proxy = await startModelProxy({
+      socketPath: path.join(dir.path, "model.sock"),
+      upstream: model.url,
+      apiKey: KEY,
+      log: silentLogger,
+      prices: { "claude-sonnet-4": { input: 3, output: 15 } },
+    });
+    try {
+      const ask = () =>
+        postOverSocket(
+          proxy.socketPath,
+          {
+            model: "claude-sonnet-4-5",
+            max_tokens: 10,
+            tools: [{ name: "Write", input_schema: { type: "object" } }],
+            messages: [
+              {
+                role: "user",
+                content: `<fake-script>[{"text":"hi","usage":{"input_tokens":1000,"output_tokens":100}}]</fake-script>`,
+              },
+            ],
+          },
+          "x",
+        );
+      // Earlier attempts spent $0.004; this one may spend up to $0.005 in all.
+      proxy.limit({
+        maxUsd: 0.005,
+        maxInputTokens: 0,
+        maxOutputTokens: 0,
+        spent: { usd: 0.004, inputTokens: 0, outputTokens: 0 },
+      });
+      expect((await ask()).status).toBe(200); // $0.0045 spent: under the cap
+      const refused = await ask();
+      expect(refused.status).toBe(400);
+      expect(JSON.parse(refused.text)).toMatchObject({
+        error: {
+          type: "invalid_request_error",
+          message: expect.stringMatching(/budget exhausted: \$0\.0085 of \$0\.0050/) as string,
+        },
+      });
+      expect(model.requests).toHaveLength(1);
+      const m = proxy.take();
+      expect(m.budgetExhausted).toBe("$0.0085 of $0.0050");
+      expect(m.costUsd).toBeCloseTo((1000 * 3 + 100 * 15) / 1e6, 12);
+      proxy.limit(undefined);
+      expect((await ask()).status).toBe(200);
     } finally {
       await proxy.close();
     }
@@ -461,7 +520,7 @@ describe("model proxy: what it forwards", () => {
     }
     expect(rig.attacker.state.connections).toBe(0);
     expect(rig.warnings()).toEqual([]);
-    expect(rig.proxy.take()).toEqual({
+    expect(rig.proxy.take()).toMatchObject({
       inputTokens: 12,
       outputTokens: 8,
       requests: 4,
@@ -760,5 +819,20 @@ describe("model proxy: misbehaving upstreams fail their one request, nothing mor
       await proxy.close();
       await up.close();
     }
+  });
+});
+
+describe("priceOf", () => {
+  it("takes the model's own entry, else its longest prefix, else the default", () => {
+    const table = {
+      "claude-sonnet-4": { input: 3, output: 15 },
+      "claude-sonnet-4-5-x": { input: 1, output: 1 },
+      default: { input: 9, output: 9 },
+    };
+    expect(priceOf("claude-sonnet-4-5-x", table)).toEqual({ input: 1, output: 1 });
+    expect(priceOf("claude-sonnet-4-5-20250929", table)).toEqual({ input: 3, output: 15 });
+    expect(priceOf("gpt-x", table)).toEqual({ input: 9, output: 9 });
+    expect(priceOf("gpt-x", {})).toEqual(DEFAULT_PRICES["default"]);
+    expect(priceOf("claude-haiku-4-5", DEFAULT_PRICES)).toEqual({ input: 1, output: 5 });
   });
 });

@@ -5,6 +5,7 @@ import path from "node:path";
 import type { Duplex } from "node:stream";
 import { socketForAgent } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
+import { costOf, DEFAULT_PRICES, type ModelPrice } from "../shared/prices.ts";
 
 /** Tokens the proxy saw in the model's answers. */
 export interface MeteredUsage {
@@ -13,15 +14,36 @@ export interface MeteredUsage {
   requests: number;
   /** HTTP status of the last answer that was an error (4xx, 5xx; 502 when unreachable), else 0. */
   errorStatus: number;
+  /** US dollars the metered tokens cost, priced per model by the price table. */
+  costUsd: number;
+  /** Why a request was refused for the budget ("$0.0120 of $0.0100"), else "". */
+  budgetExhausted: string;
 }
 
-const NO_USAGE: MeteredUsage = { inputTokens: 0, outputTokens: 0, requests: 0, errorStatus: 0 };
+const NO_USAGE: MeteredUsage = {
+  inputTokens: 0,
+  outputTokens: 0,
+  requests: 0,
+  errorStatus: 0,
+  costUsd: 0,
+  budgetExhausted: "",
+};
+
+/** What a run may spend, and what its task spent before it (earlier attempts). 0: no cap. */
+export interface RunBudget {
+  maxUsd: number;
+  maxInputTokens: number;
+  maxOutputTokens: number;
+  spent: { usd: number; inputTokens: number; outputTokens: number };
+}
 
 /** One agent's model proxy: a Unix socket that reaches the real Messages API. */
 export interface ModelProxy {
   socketPath: string;
   /** Tokens since the last take(); resets the count (one task's usage). */
   take(): MeteredUsage;
+  /** Caps what the requests from now on may spend (undefined: no cap), until changed. */
+  limit(budget: RunBudget | undefined): void;
   close(): Promise<void>;
 }
 
@@ -106,7 +128,25 @@ export async function startModelProxy(opts: {
   apiKey: string;
   log: Logger;
   owner?: { uid: number; gid: number } | undefined;
+  /** USD per million tokens by model (agent.prices); DEFAULT_PRICES when not given. */
+  prices?: Readonly<Record<string, ModelPrice>> | undefined;
 }): Promise<ModelProxy> {
+  const prices = opts.prices ?? DEFAULT_PRICES;
+  let budget: RunBudget | undefined;
+  /** Why the next request would overspend, or undefined while the budget holds. */
+  const overBudget = (): string | undefined => {
+    if (!budget) return undefined;
+    const usd = budget.spent.usd + usage.costUsd;
+    const input = budget.spent.inputTokens + usage.inputTokens;
+    const output = budget.spent.outputTokens + usage.outputTokens;
+    if (budget.maxUsd > 0 && usd >= budget.maxUsd)
+      return `$${usd.toFixed(4)} of $${budget.maxUsd.toFixed(4)}`;
+    if (budget.maxInputTokens > 0 && input >= budget.maxInputTokens)
+      return `${input} input tokens of ${budget.maxInputTokens}`;
+    if (budget.maxOutputTokens > 0 && output >= budget.maxOutputTokens)
+      return `${output} output tokens of ${budget.maxOutputTokens}`;
+    return undefined;
+  };
   const upstream = parseUpstream(opts.upstream);
   const prefix = upstream.pathname.replace(/\/+$/, "");
   const client = upstream.protocol === "https:" ? https : http;
@@ -148,12 +188,16 @@ export async function startModelProxy(opts: {
       const meter = usageMeter((u) => {
         usage.inputTokens += u.input;
         usage.outputTokens += u.output;
+        usage.costUsd += costOf(u.model, u.input, u.output, prices);
       });
       up.on("data", (chunk: Buffer) => {
         meter(chunk);
         res.write(chunk);
       });
-      up.on("end", () => res.end());
+      up.on("end", () => {
+        meter(Buffer.from("\n")); // a JSON answer's last line has no newline of its own
+        res.end();
+      });
       up.on("error", () => res.destroy());
     });
     out.on("error", (e) => {
@@ -223,6 +267,17 @@ export async function startModelProxy(opts: {
     if (Number(req.headers["content-length"] ?? 0) > MAX_BODY_BYTES) {
       refused(method, target, 413);
       return refuse(res, 413, "request_too_large", `request body over ${MAX_BODY_BYTES} bytes`);
+    }
+    const over = overBudget();
+    if (over) {
+      refused(method, target, 400);
+      usage.budgetExhausted = over;
+      return refuse(
+        res,
+        400,
+        "invalid_request_error",
+        `budget exhausted: ${over} (the task's budget; no further model call is made)`,
+      );
     }
     // Only now, with the request known to be forwarded, may a waiting client send its body.
     if (req.headers.expect?.toLowerCase() === "100-continue") res.writeContinue();
@@ -294,6 +349,9 @@ export async function startModelProxy(opts: {
       usage = { ...NO_USAGE };
       return u;
     },
+    limit(b) {
+      budget = b;
+    },
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
@@ -339,20 +397,30 @@ function clip(s: string): string {
  * Reads usage numbers out of a Messages API answer as it streams by: SSE message_start /
  * message_delta events or a JSON body's usage. Tolerates chunks split anywhere.
  */
-function usageMeter(add: (u: { input: number; output: number }) => void): (chunk: Buffer) => void {
+function usageMeter(
+  add: (u: { input: number; output: number; model: string }) => void,
+): (chunk: Buffer) => void {
   let buffer = "";
+  let model = ""; // the answer's model, from message_start (or the JSON body)
   let skipping = false; // inside a line longer than MAX_METERED_LINE: not a usage line
   const take = (line: string) => {
     const json = line.startsWith("data:") ? line.slice(5).trim() : line.trim();
     if (!json.startsWith("{") || !json.includes('"usage"')) return;
     try {
-      const obj = JSON.parse(json) as { type?: string; usage?: Usage; message?: { usage?: Usage } };
+      const obj = JSON.parse(json) as {
+        type?: string;
+        model?: string;
+        usage?: Usage;
+        message?: { model?: string; usage?: Usage };
+      };
       const u = obj.type === "message_start" ? obj.message?.usage : obj.usage;
+      model = String((obj.type === "message_start" ? obj.message?.model : obj.model) ?? model);
       if (!u) return;
       // message_start carries input tokens; message_delta carries the final output count.
       add({
         input: obj.type === "message_delta" ? 0 : (u.input_tokens ?? 0),
         output: obj.type === "message_start" ? 0 : (u.output_tokens ?? 0),
+        model,
       });
     } catch {
       // not a complete JSON line

@@ -16,6 +16,7 @@ import { freshRunDir, ownTree, type AgentOwner } from "../shared/agent-files.ts"
 import type { Logger } from "../shared/log.ts";
 import { startLifeline, type Lifeline } from "./lifeline.ts";
 import { startModelProxy, type ModelProxy } from "./model-proxy.ts";
+import type { RunSettings } from "./run.ts";
 
 /** Inside a container the CLI reaches the model proxy through this loopback forwarder. */
 export const FORWARDER_PORT = 8080;
@@ -42,7 +43,7 @@ export interface ProvisionContext {
   caps: Capabilities;
   sandbox: SandboxSettings;
   /** The model API the proxy forwards to, and the key it adds. */
-  model: { baseUrl: string; apiKey: string };
+  model: { baseUrl: string; apiKey: string; prices?: RunSettings["prices"] };
   broker?: BrokerAccess | undefined;
   log: Logger;
 }
@@ -163,6 +164,7 @@ export async function provision(
       socketPath: spec.env["CONDUCTOR_MODEL_SOCKET"]!,
       upstream: c.model.baseUrl,
       apiKey: c.model.apiKey,
+      prices: c.model.prices,
       owner,
       log,
     });

@@ -9,6 +9,7 @@ import {
   type ToolCall,
 } from "../../gen/conductor/v1/task_pb.js";
 import type { ExecRequest, Execution, Mount } from "../../plugins/runtime.ts";
+import type { ModelPrice } from "../shared/prices.ts";
 import { StreamJsonReader } from "./stream-json.ts";
 
 /** The agent settings a run needs, already validated (see Config.agent). */
@@ -24,6 +25,8 @@ export interface RunSettings {
   baseUrl: string;
   /** The CLI's own API retries (CLAUDE_CODE_MAX_RETRIES); negative keeps its default. */
   maxApiRetries: number;
+  /** USD per million tokens by model, for the model proxy's metering (agent.prices). */
+  prices?: Readonly<Record<string, ModelPrice>> | undefined;
   /** Tools always allowed on top of the spec's or the default list (e.g. the Broker's MCP tools). */
   alwaysAllowedTools?: string[];
   /** Arguments appended after all others (e.g. --mcp-config for the Broker tools). */

@@ -6,6 +6,7 @@ import {
   ErrorKind,
   TaskResultSchema,
   TaskState,
+  UsageSchema,
   type AgentOutput,
   type TaskResult,
   type TaskSpec,
@@ -14,6 +15,7 @@ import type { Capabilities, RuntimeBackend, SandboxStatus } from "../../plugins/
 import type { AgentOwner } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 import { checkFailure, fixPrompt, MAX_CHECK_RESULTS, runChecks } from "./checks.ts";
+import type { MeteredUsage, RunBudget } from "./model-proxy.ts";
 import { FORWARDER_PORT, type AgentParts } from "./provision.ts";
 import { noticeOutput, type BrokerToolsCheck } from "./broker-tools.ts";
 import {
@@ -117,6 +119,7 @@ export async function executeRun(
   const onAbort = () => abort.abort();
   signal.addEventListener("abort", onAbort);
   slot.proxy.take();
+  slot.proxy.limit(runBudget(spec, attempt.previous));
   const log = c.log.child({ agent_id: agentId, task_id: taskId });
   log.info("run started");
   const settings: RunSettings = {
@@ -263,6 +266,8 @@ export async function executeRun(
   try {
     const outcome = await done;
     const metered = slot.proxy.take();
+    slot.proxy.limit(undefined);
+    meteredInto(outcome, metered, attempt.previous);
     // The CLI's own error: what the model API answered (seen by the proxy, not told by the
     // sandbox) says whether another attempt can get past it.
     if (outcome.result.errorKind === ErrorKind.CLI_ERROR && metered.errorStatus) {
@@ -283,6 +288,40 @@ export async function executeRun(
     slot.agent.taskId = "";
     if (slot.agent.state === AgentState.BUSY) slot.agent.state = AgentState.IDLE;
   }
+}
+
+/** What this attempt may spend: the task's budget less what its earlier attempts spent. */
+function runBudget(spec: TaskSpec, previous: TaskResult | undefined): RunBudget | undefined {
+  const b = spec.budget;
+  if (!b || (b.maxUsd <= 0 && b.maxInputTokens <= 0n && b.maxOutputTokens <= 0n)) return undefined;
+  return {
+    maxUsd: b.maxUsd,
+    maxInputTokens: Number(b.maxInputTokens),
+    maxOutputTokens: Number(b.maxOutputTokens),
+    spent: {
+      usd: previous?.costUsd ?? 0,
+      inputTokens: Number(previous?.usage?.inputTokens ?? 0n),
+      outputTokens: Number(previous?.usage?.outputTokens ?? 0n),
+    },
+  };
+}
+
+/**
+ * The result records what the model proxy metered (not what the CLI said), added to what the
+ * task's earlier attempts spent; a run the budget stopped fails with error_kind BUDGET.
+ */
+function meteredInto(outcome: RunOutcome, m: MeteredUsage, previous: TaskResult | undefined) {
+  const r = outcome.result;
+  r.usage ??= create(UsageSchema);
+  r.usage.inputTokens = (previous?.usage?.inputTokens ?? 0n) + BigInt(m.inputTokens);
+  r.usage.outputTokens = (previous?.usage?.outputTokens ?? 0n) + BigInt(m.outputTokens);
+  r.costUsd = (previous?.costUsd ?? 0) + m.costUsd;
+  if (!m.budgetExhausted || outcome.state === TaskState.CANCELLED) return;
+  outcome.state = TaskState.FAILED;
+  outcome.permanent = true;
+  r.isError = true;
+  r.error = `budget exhausted: ${m.budgetExhausted}`;
+  r.errorKind = ErrorKind.BUDGET;
 }
 
 /**

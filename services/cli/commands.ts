@@ -205,6 +205,11 @@ Examples:
         arg: "ID",
         help: "run only after task ID succeeded ({{deps.ID.result}} in the prompt is its result); repeat for more",
       },
+      budget: {
+        type: "string",
+        arg: "USD",
+        help: "most US dollars the task may spend on the model (budget.max_usd), e.g. 0.50",
+      },
       cpus: { type: "string", arg: "N", help: "CPUs the task needs of its node (resources)" },
       memory: {
         type: "string",

@@ -171,6 +171,7 @@ async function serveAgentHost(
       apiKey: a.anthropic_api_key,
       baseUrl: a.anthropic_base_url,
       maxApiRetries: a.max_api_retries,
+      prices: a.prices,
     },
   });
   if (obs?.registry) registerAgentGauge(obs.registry, () => host.agents());

@@ -88,6 +88,11 @@ describe("submit flags → TaskSpec", () => {
     expect(spec("-f", f, "--depends-on", "t1")["dependsOn"]).toEqual(["t0", "t1"]);
   });
 
+  it("maps --budget to budget.max_usd, and refuses what is not an amount", () => {
+    expect(spec("--budget", "$0.50", "go")["budget"]).toEqual({ maxUsd: 0.5 });
+    expect(() => spec("--budget", "lots", "go")).toThrow(/--budget "lots": expected US dollars/);
+  });
+
   it("maps --path and --read-only to a host folder made absolute", () => {
     expect(spec("--path", "src", "--read-only", "review")).toEqual({
       prompt: "review",

@@ -1,6 +1,11 @@
 import { readFileSync } from "node:fs";
 import { create } from "@bufbuild/protobuf";
-import { ResourcesSchema, TaskSpecSchema, type TaskSpec } from "../../gen/conductor/v1/task_pb.js";
+import {
+  BudgetSchema,
+  ResourcesSchema,
+  TaskSpecSchema,
+  type TaskSpec,
+} from "../../gen/conductor/v1/task_pb.js";
 import { list, shellQuote, str, UsageError, type ParsedCommand } from "./args.ts";
 import { oneLine } from "./format.ts";
 import { isSpecFile, readSpecFile } from "./spec-file.ts";
@@ -44,6 +49,14 @@ export function taskSpecOf(p: ParsedCommand, from: SpecSources): TaskSpec {
     const eq = l.indexOf("=");
     if (eq <= 0) throw new UsageError(`--node-selector "${oneLine(l, 40)}": expected KEY=VALUE`);
     spec.nodeSelector[l.slice(0, eq)] = l.slice(eq + 1);
+  }
+  const budget = text("budget");
+  if (budget !== undefined) {
+    const usd = Number(budget.replace(/^\$/, ""));
+    if (budget.trim() === "" || !Number.isFinite(usd) || usd <= 0)
+      throw new UsageError(`--budget "${oneLine(budget, 40)}": expected US dollars, e.g. 0.50`);
+    spec.budget ??= create(BudgetSchema);
+    spec.budget.maxUsd = usd;
   }
   const deps = list(p, "depends-on");
   if (deps.length > 0) spec.dependsOn = [...spec.dependsOn, ...deps];

@@ -47,6 +47,7 @@ export const SPEC_LIMITS = {
   refBytes: 256,
   checks: 16,
   dependsOn: 64,
+  budgetUsd: 1_000_000,
   taskIdBytes: 128,
   checkCommandBytes: 4096,
   checkTimeoutSeconds: 24 * 3600,
@@ -102,7 +103,24 @@ export function validateSpec(spec: TaskSpec | undefined, limits: SpecLimits): Ta
   checkWorkspace(spec.workspace);
   checkChecks(spec.checks);
   checkDependsOn(spec);
+  checkBudget(spec);
   return spec;
+}
+
+function checkBudget(spec: TaskSpec) {
+  const b = spec.budget;
+  if (!b) return;
+  if (!Number.isFinite(b.maxUsd) || b.maxUsd < 0 || b.maxUsd > SPEC_LIMITS.budgetUsd)
+    throw invalid(
+      `spec.budget.max_usd must be from 0 (no cap) to ${SPEC_LIMITS.budgetUsd}, got ${b.maxUsd}`,
+    );
+  for (const [field, v] of [
+    ["max_input_tokens", b.maxInputTokens],
+    ["max_output_tokens", b.maxOutputTokens],
+  ] as const) {
+    if (v < 0n || v > BigInt(Number.MAX_SAFE_INTEGER))
+      throw invalid(`spec.budget.${field} must be from 0 (no cap) to 2^53 - 1, got ${v}`);
+  }
 }
 
 /** `{{deps.ID.result}}` in a prompt: replaced by that dependency's result when an attempt starts. */

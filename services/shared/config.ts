@@ -8,6 +8,7 @@ import { z } from "zod";
 import { TaskSpecSchema } from "../../gen/conductor/v1/task_pb.js";
 import { validateSpec } from "../orchestrator/validate.ts";
 import { parseHostPort } from "./host-port.ts";
+import { DEFAULT_PRICES } from "./prices.ts";
 
 /**
  * ConfigError lists every problem of a configuration at once, each naming the bad key and where
@@ -191,6 +192,23 @@ const schema = z
         result_grace_seconds: seconds(HOUR).default(5),
         /** CLAUDE_CODE_MAX_RETRIES for the CLI's own API retries; -1 keeps the CLI's default (10). */
         max_api_retries: count(-1, 100).default(-1),
+        /**
+         * USD per million input and output tokens, by model id or id prefix (`default` for the
+         * rest): what the model proxy prices metered usage and budgets with.
+         */
+        prices: z
+          .record(
+            z.string().min(1).max(256),
+            z.strictObject({
+              input: z.number().min(0).max(1_000_000),
+              output: z.number().min(0).max(1_000_000),
+            }),
+          )
+          .superRefine((v, ctx) => {
+            if (Object.keys(v).length > 256)
+              ctx.addIssue({ code: "custom", message: "at most 256 models" });
+          })
+          .default(DEFAULT_PRICES),
         anthropic_api_key: z.string().default(""),
         anthropic_base_url: z.string().default(""),
         /** Memory limit of an agent container: bytes or a number with k, m or g. */

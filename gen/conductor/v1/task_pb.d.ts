@@ -140,6 +140,14 @@ export declare type TaskSpec = Message<"conductor.v1.TaskSpec"> & {
    * @generated from field: repeated string depends_on = 16;
    */
   dependsOn: string[];
+
+  /**
+   * Most the task may spend on the model, counted by the AgentHost's model proxy from the API's
+   * own answers (not the CLI's report), over all its attempts. Unset: no limit.
+   *
+   * @generated from field: conductor.v1.Budget budget = 17;
+   */
+  budget?: Budget | undefined;
 };
 
 /**
@@ -147,6 +155,38 @@ export declare type TaskSpec = Message<"conductor.v1.TaskSpec"> & {
  * Use `create(TaskSpecSchema)` to create a new message.
  */
 export declare const TaskSpecSchema: GenMessage<TaskSpec>;
+
+/**
+ * Budget caps what a task spends. A request made once a cap is reached is refused by the
+ * model proxy before it reaches the API, and the attempt ends FAILED with error_kind BUDGET
+ * ("budget exhausted: $0.52 of $0.50"), not retried. 0 means no cap.
+ *
+ * @generated from message conductor.v1.Budget
+ */
+export declare type Budget = Message<"conductor.v1.Budget"> & {
+  /**
+   * US dollars, priced by the AgentHost's price table per model (agent.prices).
+   *
+   * @generated from field: double max_usd = 1;
+   */
+  maxUsd: number;
+
+  /**
+   * @generated from field: int64 max_input_tokens = 2;
+   */
+  maxInputTokens: bigint;
+
+  /**
+   * @generated from field: int64 max_output_tokens = 3;
+   */
+  maxOutputTokens: bigint;
+};
+
+/**
+ * Describes the message conductor.v1.Budget.
+ * Use `create(BudgetSchema)` to create a new message.
+ */
+export declare const BudgetSchema: GenMessage<Budget>;
 
 /**
  * Resources are what a node has, or a task needs.
@@ -538,6 +578,10 @@ export declare type TaskResult = Message<"conductor.v1.TaskResult"> & {
   numTurns: number;
 
   /**
+   * Tokens and US dollars the task spent, over all its attempts so far, as the AgentHost's
+   * model proxy metered them from the API's answers and priced them (agent.prices); an
+   * attempt whose node was lost adds nothing.
+   *
    * @generated from field: conductor.v1.Usage usage = 5;
    */
   usage?: Usage | undefined;

@@ -1,0 +1,45 @@
+/** What a model's tokens cost, in US dollars per million tokens. */
+export interface ModelPrice {
+  input: number;
+  output: number;
+}
+
+/**
+ * Prices when agent.prices names none, by model id prefix (USD per million input / output
+ * tokens, from Anthropic's published price list, https://docs.anthropic.com/en/docs/about-claude/pricing).
+ * `default` prices a model no key matches as the dearest family, so a budget is never
+ * overspent for want of a price.
+ */
+export const DEFAULT_PRICES: Readonly<Record<string, ModelPrice>> = {
+  "claude-opus-4": { input: 15, output: 75 },
+  "claude-sonnet-4": { input: 3, output: 15 },
+  "claude-3-7-sonnet": { input: 3, output: 15 },
+  "claude-3-5-sonnet": { input: 3, output: 15 },
+  "claude-haiku-4": { input: 1, output: 5 },
+  "claude-3-5-haiku": { input: 0.8, output: 4 },
+  default: { input: 15, output: 75 },
+};
+
+/**
+ * The price of `model`: the table's entry for the id itself, else for the longest key the id
+ * starts with, else `default` (else DEFAULT_PRICES' default).
+ */
+export function priceOf(model: string, table: Readonly<Record<string, ModelPrice>>): ModelPrice {
+  if (table[model]) return table[model];
+  let best: string | undefined;
+  for (const key of Object.keys(table)) {
+    if (key !== "default" && model.startsWith(key) && key.length > (best?.length ?? 0)) best = key;
+  }
+  return (best && table[best]) || table["default"] || DEFAULT_PRICES["default"]!;
+}
+
+/** US dollars for `input` and `output` tokens of `model`. */
+export function costOf(
+  model: string,
+  input: number,
+  output: number,
+  table: Readonly<Record<string, ModelPrice>>,
+): number {
+  const p = priceOf(model, table);
+  return (input * p.input + output * p.output) / 1_000_000;
+}
