@@ -3,6 +3,7 @@ import { hostname, tmpdir } from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { ConfigError, configKeys, envName, loadConfig, NON_CONFIG_VARIABLES } from "./config.ts";
+import { DEFAULT_PRICES } from "./prices.ts";
 
 describe("loadConfig", () => {
   it("applies defaults, then file, then environment, then flags", () => {
@@ -235,6 +236,7 @@ describe("the README's configuration reference", () => {
     "-1 (the CLI's default)": -1,
     "a tenth of `inbox_limit`": 100,
     "`{}` (podman: nofile 4096, nproc 16384)": {},
+    "Anthropic's list prices by model family; unknown models at Opus prices": DEFAULT_PRICES,
     "Read, Write, Edit, MultiEdit, Glob, Grep, LS": [
       "Read",
       "Write",
