@@ -21,6 +21,7 @@ import {
   forwardedTarget,
   MAX_BODY_BYTES,
   MAX_CONNECTIONS,
+  NO_USAGE,
   startModelProxy,
   type ModelProxy,
 } from "./model-proxy.ts";
@@ -341,21 +342,13 @@ describe("model proxy", () => {
       expect(seen.headers["x-api-key"]).toBe(KEY);
       expect(JSON.stringify(seen.headers)).not.toContain("placeholder-from-container");
       expect(proxy.take()).toEqual({
+        ...NO_USAGE,
         inputTokens: 42,
         outputTokens: 7,
         requests: 1,
-        errorStatus: 0,
         costUsd: (42 * 15 + 7 * 75) / 1e6, // model "m" is priced at the default (Opus)
-        budgetExhausted: "",
       });
-      expect(proxy.take()).toEqual({
-        inputTokens: 0,
-        outputTokens: 0,
-        requests: 0,
-        errorStatus: 0,
-        costUsd: 0,
-        budgetExhausted: "",
-      });
+      expect(proxy.take()).toEqual(NO_USAGE);
     } finally {
       await proxy.close();
     }

@@ -20,7 +20,8 @@ export interface MeteredUsage {
   budgetExhausted: string;
 }
 
-const NO_USAGE: MeteredUsage = {
+/** Nothing metered yet (what take() gives after a take()). */
+export const NO_USAGE: Readonly<MeteredUsage> = {
   inputTokens: 0,
   outputTokens: 0,
   requests: 0,

@@ -166,12 +166,12 @@ export class Orchestrator {
       { state: TaskState.QUEUED, agentId: "", attempt: 0, reason: "submitted" },
       now,
     );
-    if (created && spec.dependsOn.length > 0) {
-      // A dependency that already failed ends it at once (it waits for the others otherwise).
-      this.settleWaiting(this.store.waitingTasks(task.id));
-    }
-    if (created) queueMicrotask(() => this.schedule());
-    return { task: created ? this.get(task.id) : task, deduplicated: !created };
+    if (!created) return { task, deduplicated: true };
+    queueMicrotask(() => this.schedule());
+    if (spec.dependsOn.length === 0) return { task, deduplicated: false };
+    // A dependency that already failed ends it at once (it waits for the others otherwise).
+    this.settleWaiting(this.store.waitingTasks(task.id));
+    return { task: this.get(task.id), deduplicated: false };
   }
 
   /**
