@@ -16,6 +16,8 @@ import { localPath } from "./workspace-flags.ts";
 import { apply } from "./apply.ts";
 import { bool, list, str, UsageError, type ParsedCommand } from "./args.ts";
 import { diff } from "./diff.ts";
+import { group, groupOfSubmit } from "./groups.ts";
+import { TaskGroupSchema } from "../../gen/conductor/v1/group_pb.js";
 import { nodes } from "./nodes.ts";
 import { ago, count, duration, oneLine, stateName, table, usd } from "./format.ts";
 import { int, taskSpecOf } from "./submit-spec.ts";
@@ -55,6 +57,12 @@ export async function runClientCommand(
   };
   switch (name) {
     case "submit": {
+      if (str(p, "group") !== undefined || list(p, "each").length > 0) {
+        const spec = groupOfSubmit(p, taskSpecOf(p, io));
+        const { group: g } = await client.submitTaskGroup({ spec });
+        out(asJson ? json(toJson(TaskGroupSchema, g!)) : g!.id);
+        return 0;
+      }
       const { task } = await client.submitTask({ spec: taskSpecOf(p, io) });
       if (!bool(p, "wait")) {
         out(asJson ? taskJson(task!) : task!.id);
@@ -94,6 +102,8 @@ export async function runClientCommand(
     }
     case "tasks":
       return await tasks(client, p, out);
+    case "group":
+      return await group(client, p, io.home, out);
     case "agents": {
       const { agents } = await client.listAgents({});
       if (asJson) agents.forEach((a) => out(json(toJson(AgentSchema, a))));

@@ -255,6 +255,24 @@ Examples:
         help: "seconds each --check may run (default agent.check_timeout_seconds)",
       },
       wait: { type: "boolean", short: "w", help: "follow the task until it ends" },
+      group: {
+        type: "string",
+        arg: "NAME",
+        help: "submit a task group named NAME instead: the task is the template of --each",
+      },
+      each: {
+        type: "string",
+        multiple: true,
+        arg: "P=V1,V2",
+        help: "with --group: one member per value of P ({{P}} in the prompt); repeat for more",
+      },
+      "max-parallel": { type: "string", arg: "N", help: "with --group: most members at once" },
+      "fail-fast": { type: "boolean", help: "with --group: the first failure cancels the rest" },
+      reduce: {
+        type: "string",
+        arg: "PROMPT",
+        help: "with --group: a last task given every member's outcome ({{members}})",
+      },
       ...where,
     },
   },
@@ -370,6 +388,34 @@ NAME" lets it take tasks again. Draining is kept across Orchestrator restarts.`,
   },
   { name: "cancel", args: "<task-id>", summary: "cancel a task", flags: where },
   {
+    name: "group",
+    args: "submit -f FILE | get <id> | watch <id> | cancel <id> | list",
+    summary: "submit, follow and cancel task groups (campaigns of many tasks)",
+    details: `
+A group is many tasks submitted, bounded, watched and ended as one: a list of members, or a
+template whose {{PARAM}}s a matrix fills (one member per combination of values), at most
+max_parallel running at once, fail_fast cutting the rest at the first failure, a budget for
+the whole, and an optional reduce step given every member's outcome ({{members}}) whose
+result is the group's. "group submit -f FILE" reads the group from YAML or JSON, e.g.
+
+  name: review-campaign
+  max_parallel: 3
+  template:
+    prompt: Review the error handling of {{service}}
+    workspace: { git: { repository: "/srv/git/{{service}}.git" } }
+  matrix: { service: [billing, search, auth] }
+  reduce: { prompt: "Rank these reviews by severity: {{members}}" }
+
+Members may be listed instead, each its name beside its task spec's fields, and may name
+other members in depends_on. "group watch" follows it until it ends (exit 0 only if it
+SUCCEEDED); "submit --group NAME --each PARAM=V1,V2" is the same for one command line.`,
+    flags: {
+      file: { type: "string", short: "f", arg: "FILE", help: "with submit: the group (YAML/JSON)" },
+      wait: { type: "boolean", short: "w", help: "with submit: follow the group until it ends" },
+      ...where,
+    },
+  },
+  {
     name: "stats",
     args: "",
     summary: "tasks by state, run-time percentiles, tokens and cost",
@@ -449,6 +495,7 @@ export const CLIENT_COMMANDS = new Set([
   "nodes",
   "cancel",
   "stats",
+  "group",
 ]);
 
 /** The commands that start services. */

@@ -23,6 +23,16 @@ export function isSpecFile(file: string): boolean {
  * folder (`~` is `home`). Errors name the file and the field.
  */
 export function readSpecFile(file: string, home: string): TaskSpec {
+  const doc = readYamlFile(file);
+  if (doc === null || typeof doc !== "object" || Array.isArray(doc))
+    throw new UsageError(
+      `${file} should hold a task spec: a mapping of TaskSpec fields (prompt, workspace, checks, priority, …)`,
+    );
+  return specOfFields(doc as Record<string, unknown>, file, "", home);
+}
+
+/** A YAML (or JSON) file's document; errors name the file. */
+export function readYamlFile(file: string): unknown {
   let text: string;
   try {
     text = readFileSync(file, "utf8");
@@ -31,17 +41,25 @@ export function readSpecFile(file: string, home: string): TaskSpec {
       cause: e,
     });
   }
-  let doc: unknown;
   try {
-    doc = parseYaml(text);
+    return parseYaml(text);
   } catch (e) {
     throw new UsageError(`${file} is not valid YAML: ${(e as Error).message}`, { cause: e });
   }
-  if (doc === null || typeof doc !== "object" || Array.isArray(doc))
-    throw new UsageError(
-      `${file} should hold a task spec: a mapping of TaskSpec fields (prompt, workspace, checks, priority, …)`,
-    );
-  const fields = { ...(doc as Record<string, unknown>) };
+}
+
+/**
+ * A TaskSpec from a mapping of its fields as a spec file gives them (`where` names it in
+ * errors, after the file): checks may be plain commands, and local workspace paths are made
+ * absolute from the file's folder — except those holding a `{{PARAM}}` of a group's matrix.
+ */
+export function specOfFields(
+  doc: Record<string, unknown>,
+  file: string,
+  where: string,
+  home: string,
+): TaskSpec {
+  const fields = { ...doc };
   // A check may be given as its command alone.
   if (Array.isArray(fields["checks"]))
     fields["checks"] = fields["checks"].map((c: unknown) =>
@@ -52,13 +70,14 @@ export function readSpecFile(file: string, home: string): TaskSpec {
     spec = fromJson(TaskSpecSchema, fields as JsonValue);
   } catch (e) {
     const why = (e as Error).message.replaceAll("conductor.v1.", "");
-    throw new UsageError(`${file}: ${why}`, { cause: e });
+    throw new UsageError(`${file}${where ? ` (${where})` : ""}: ${why}`, { cause: e });
   }
   const base = { cwd: path.dirname(path.resolve(file)), home };
   const kind = spec.workspace?.kind;
-  if (kind?.case === "git" && kind.value.repository)
+  const templated = (s: string) => s.includes("{{");
+  if (kind?.case === "git" && kind.value.repository && !templated(kind.value.repository))
     kind.value.repository = repositoryOf(kind.value.repository, base);
-  if (kind?.case === "hostPath" && kind.value.path)
+  if (kind?.case === "hostPath" && kind.value.path && !templated(kind.value.path))
     kind.value.path = localPath(kind.value.path, base);
   return spec;
 }

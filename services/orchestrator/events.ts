@@ -51,6 +51,8 @@ export class TaskEvents {
   private readonly store: TaskStore;
   private readonly observer: OrchestratorObserver | undefined;
   private readonly page: PageLimits;
+  /** Told of every state change once it is stored (task groups). */
+  private readonly listeners: ((id: string, change: Change, now: number) => void)[] = [];
 
   constructor(
     store: TaskStore,
@@ -62,18 +64,34 @@ export class TaskEvents {
     this.page = page;
   }
 
+  /** Calls `fn` with every state change, once it is stored. */
+  listen(fn: (id: string, change: Change, now: number) => void): void {
+    this.listeners.push(fn);
+  }
+
   /** Stores a new task and its first change (QUEUED) together; a duplicate adds no event. */
   submitted(
     insert: () => { task: Task; created: boolean },
     change: Change,
     now: number,
   ): { task: Task; created: boolean } {
+    const [out] = this.submittedAll(() => [insert()], change, now);
+    return out!;
+  }
+
+  /** submitted() for many tasks, all stored in one transaction or none. */
+  submittedAll(
+    insert: () => { task: Task; created: boolean }[],
+    change: Change,
+    now: number,
+  ): { task: Task; created: boolean }[] {
     const out = this.store.tx(() => {
-      const r = insert();
-      if (r.created) this.store.appendEvent(r.task.id, stateChange(change), now);
-      return r;
+      const all = insert();
+      for (const r of all)
+        if (r.created) this.store.appendEvent(r.task.id, stateChange(change), now);
+      return all;
     });
-    if (out.created) this.told(out.task.id, change, now);
+    for (const r of out) if (r.created) this.told(r.task.id, change, now);
     return out;
   }
 
@@ -108,14 +126,16 @@ export class TaskEvents {
    * so, in turn, do theirs. Returns the cancelled ones, to tell their watchers.
    */
   private settleDependents(id: string, state: TaskState, now: number) {
-    if (state === TaskState.SUCCEEDED) {
-      this.store.dependencySucceeded(this.store.queuedDependents(id));
-      return [];
-    }
     const cancelled: { id: string; change: Change }[] = [];
     const ended = [{ id, state, cause: "" }];
     for (let next = ended.pop(); next; next = ended.pop()) {
-      for (const dependent of this.store.queuedDependents(next.id)) {
+      const dependents = this.store.queuedDependents(next.id);
+      // Those waiting for it to end, and all of them when it succeeded, wait for one less.
+      const through = dependents.filter((d) => d.ends || next.state === TaskState.SUCCEEDED);
+      this.store.dependencySucceeded(through.map((d) => d.id));
+      if (next.state === TaskState.SUCCEEDED) continue;
+      for (const { id: dependent, ends } of dependents) {
+        if (ends) continue;
         const { result, change, what } = dependencyFailed(next.id, next.state, next.cause);
         const update = { state: TaskState.CANCELLED, endTime: now, result };
         if (!this.store.transition(dependent, [TaskState.QUEUED], update)) continue;
@@ -175,6 +195,7 @@ export class TaskEvents {
 
   private told(id: string, change: Change, now: number): void {
     this.wake(id);
+    for (const fn of this.listeners) fn(id, change, now);
     const meta = this.observer && this.store.meta(id);
     if (!this.observer || !meta) return;
     this.observer.transition({

@@ -1,23 +1,27 @@
 import { randomUUID } from "node:crypto";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { toJson } from "@bufbuild/protobuf";
 import { AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
 import {
   TaskState,
+  WorkspaceSchema,
   type Task,
   type TaskEvent,
   type TaskSpec,
 } from "../../gen/conductor/v1/task_pb.js";
-import { notFound, precondition } from "../shared/errors.ts";
+import { invalid, notFound, precondition } from "../shared/errors.ts";
 import type { Logger } from "../shared/log.ts";
 import { ArtifactStore, MAX_TASK_ARTIFACT_BYTES } from "./artifacts.ts";
 import { dependencyFailed, TaskEvents } from "./events.ts";
+import { expandGroup, Groups, linkMembers, REDUCE } from "./groups.ts";
 import { HostRegistry } from "./hosts.ts";
 import { Fleet } from "./nodes.ts";
 import { checkPlaceable, place } from "./placement.ts";
 import type { OrchestratorObserver } from "./observer.ts";
-import { AttemptRunner } from "./runner.ts";
+import { AttemptRunner, withDependencyResults } from "./runner.ts";
 import { FINAL_STATES, TaskStore } from "./store.ts";
 import { validateSpec } from "./validate.ts";
+import type { TaskGroup, TaskGroupSpec } from "../../gen/conductor/v1/group_pb.js";
 import { checkAtSubmit, patchOf } from "./workspaces.ts";
 
 /** What the Orchestrator is configured with (from Config, durations in ms). */
@@ -64,6 +68,8 @@ export class Orchestrator {
   readonly artifacts: ArtifactStore;
   /** The nodes: joined ones' leases and tunnels, draining. */
   readonly fleet: Fleet;
+  /** Task groups: their aggregate, limits, cuts and watchers. */
+  readonly groups: Groups;
   private readonly events: TaskEvents;
   private readonly runner: AttemptRunner;
   private readonly opts: OrchestratorOptions;
@@ -85,6 +91,19 @@ export class Orchestrator {
       opts.hostInterceptors,
     );
     this.events = new TaskEvents(this.store, opts.observer);
+    this.groups = new Groups({
+      store: this.store,
+      events: this.events,
+      cancelTask: (id) => this.cancel(id),
+      log: opts.log,
+    });
+    this.events.listen((id, change, now) => {
+      try {
+        this.groups.changed(id, change, now);
+      } catch (e) {
+        opts.log.error("could not update the task's group", { task_id: id, error: e });
+      }
+    });
     this.runner = new AttemptRunner({
       store: this.store,
       hosts: this.hosts,
@@ -97,6 +116,11 @@ export class Orchestrator {
       unconfirmedAttemptTimeoutMs: opts.unconfirmedAttemptTimeoutMs ?? 600_000,
       reportGraceMs: opts.nodeLeaseMs ?? 15_000,
       onRelease: () => this.schedule(),
+      prepare: (task) =>
+        this.groups.prepare(
+          task,
+          withDependencyResults(task.spec!, (id) => this.store.get(id)?.result?.text),
+        ),
     });
     this.fleet = new Fleet({
       hosts: this.hosts,
@@ -113,6 +137,7 @@ export class Orchestrator {
     this.fleet.awaitRejoin(Date.now());
     this.runner.recover();
     this.settleWaiting(this.store.waitingTasks());
+    this.groups.recover(Date.now());
     this.hosts.start(this.opts.pollIntervalMs ?? 1000, () => {
       if (this.closed) return;
       const now = Date.now();
@@ -186,6 +211,93 @@ export class Orchestrator {
     checkPlaceable(this.hosts.links, spec);
     await checkAtSubmit(this.hosts, spec, signal);
     return this.enqueue(spec);
+  }
+
+  /**
+   * Stores a group: its members (and reduce step), each checked as SubmitTask checks a spec
+   * (errors name the member), in one transaction with the group; a known idempotency key
+   * returns the first group.
+   */
+  async submitGroup(
+    input: TaskGroupSpec | undefined,
+    signal?: AbortSignal,
+  ): Promise<{ group: TaskGroup; deduplicated: boolean }> {
+    if (!input) throw invalid("spec is required");
+    const known = this.groups.byKey(input.idempotencyKey);
+    if (known) return { group: known, deduplicated: true };
+    const limits = { maxPromptBytes: this.opts.maxPromptBytes };
+    const members = linkMembers(expandGroup(input));
+    const checked = new Set<string>();
+    const check = async (where: string, spec: TaskSpec) => {
+      try {
+        validateSpec(spec, limits);
+        checkPlaceable(this.hosts.links, spec);
+        const ws = spec.workspace ? JSON.stringify(toJson(WorkspaceSchema, spec.workspace)) : "";
+        if (ws && !checked.has(ws)) {
+          checked.add(ws);
+          await checkAtSubmit(this.hosts, spec, signal);
+        }
+      } catch (e) {
+        if (e instanceof ConnectError)
+          throw new ConnectError(`${where}: ${e.rawMessage}`, e.code, undefined, undefined, e);
+        throw e;
+      }
+    };
+    for (const [i, m] of members.entries())
+      await check(`member ${m.name} (spec.members[${i}])`, m.spec);
+    if (input.reduce) {
+      if (input.reduce.dependsOn.length > 0)
+        throw invalid("spec.reduce.depends_on: the reduce step waits for every member; name none");
+      await check("the reduce step (spec.reduce)", input.reduce);
+    }
+    const ids = new Set(members.map((m) => m.id));
+    for (const m of members)
+      for (const d of m.spec.dependsOn)
+        if (!ids.has(d) && this.store.state(d) === undefined)
+          throw notFound(
+            `task (member ${m.name}'s depends_on names neither a member nor a task)`,
+            d,
+          );
+    const groupId = randomUUID();
+    const reduceId = input.reduce ? randomUUID() : "";
+    const now = Date.now();
+    const traceParent = this.opts.observer?.traceParent();
+    const maxAttempts = (spec: TaskSpec) => spec.maxAttempts || this.opts.defaultMaxAttempts;
+    let dedup: TaskGroup | undefined;
+    this.events.submittedAll(
+      () => {
+        // Checked again inside the transaction: two submits with one key race.
+        dedup = this.groups.byKey(input.idempotencyKey);
+        if (dedup) return [];
+        this.store.insertGroup({ id: groupId, spec: input, now, reduceTaskId: reduceId });
+        const out = members.map((m) =>
+          this.store.insert(m.id, m.spec, maxAttempts(m.spec), now, traceParent, {
+            groupId,
+            member: m.name,
+          }),
+        );
+        if (input.reduce) {
+          const reduce = input.reduce;
+          out.push(
+            this.store.insert(reduceId, reduce, maxAttempts(reduce), now, traceParent, {
+              groupId,
+              member: REDUCE,
+              after: [...ids],
+            }),
+          );
+        }
+        return out;
+      },
+      { state: TaskState.QUEUED, agentId: "", attempt: 0, reason: "submitted in a group" },
+      now,
+    );
+    if (dedup) return { group: dedup, deduplicated: true };
+    // A member whose dependency outside the group already failed ends at once.
+    for (const m of members)
+      if (m.spec.dependsOn.some((d) => !ids.has(d)))
+        this.settleWaiting(this.store.waitingTasks(m.id));
+    queueMicrotask(() => this.schedule());
+    return { group: this.groups.get(groupId), deduplicated: false };
   }
 
   /** A task's change as `git format-patch` output, in chunks, from the node holding it. */
@@ -292,7 +404,11 @@ export class Orchestrator {
     const now = Date.now();
     if (slots > 0) {
       // Tasks that fit no free agent now wait; those after them are looked at (bounded).
-      const tasks = this.store.nextQueued(Math.min(MAX_SCHEDULE_SCAN, slots * 8 + 16), now);
+      // Groups at their max_parallel are passed over, and the rest take only their room.
+      const room = this.store.groupRoom();
+      const full = [...room].filter(([, n]) => n === 0).map(([id]) => id);
+      const queued = this.store.nextQueued(Math.min(MAX_SCHEDULE_SCAN, slots * 8 + 16), now, full);
+      const tasks = this.groups.admit(queued, room, now);
       const pairs = place(tasks, free, (host) => this.runner.usedOn(host)).slice(0, slots);
       for (const [task, ref] of pairs) this.runner.dispatch(task, ref, now);
     }

@@ -28,16 +28,7 @@ export function orchestratorRoutes(orch: Orchestrator) {
             `page_size must be between 0 (default 100) and ${MAX_PAGE}, got ${req.pageSize}`,
           );
         }
-        let before: number | undefined;
-        if (req.pageToken) {
-          before = req.pageToken.length <= MAX_ID_BYTES ? Number(req.pageToken) : NaN;
-          if (!Number.isSafeInteger(before) || before <= 0) {
-            throw invalid(
-              "page_token is not one this server gave out; pass next_page_token unchanged",
-            );
-          }
-        }
-        const page = orch.store.list(req.states, req.pageSize || 100, before);
+        const page = orch.store.list(req.states, req.pageSize || 100, pageToken(req.pageToken));
         // Stop before the page passes MAX_PAGE_BYTES (always at least one task), and continue
         // after the last task it holds.
         let bytes = 0;
@@ -87,7 +78,41 @@ export function orchestratorRoutes(orch: Orchestrator) {
       undrainNode(req) {
         return { node: orch.fleet.drain(shortId("name", req.name), false) };
       },
+      submitTaskGroup(req, ctx) {
+        return orch.submitGroup(req.spec, ctx.signal);
+      },
+      getTaskGroup(req) {
+        return { group: orch.groups.get(shortId("id", req.id)) };
+      },
+      listTaskGroups(req) {
+        if (req.pageSize < 0 || req.pageSize > MAX_PAGE) {
+          throw invalid(
+            `page_size must be between 0 (default 100) and ${MAX_PAGE}, got ${req.pageSize}`,
+          );
+        }
+        const page = orch.groups.list(req.pageSize || 100, pageToken(req.pageToken));
+        return {
+          groups: page.groups,
+          nextPageToken: page.next !== undefined ? String(page.next) : "",
+        };
+      },
+      async *watchTaskGroup(req, ctx) {
+        yield* orch.groups.watch(shortId("id", req.id), ctx.signal);
+      },
+      async cancelTaskGroup(req) {
+        return { group: await orch.groups.cancel(shortId("id", req.id)) };
+      },
     });
+}
+
+/** A page token as given out (a row's sequence number); undefined for the first page. */
+function pageToken(token: string): number | undefined {
+  if (!token) return undefined;
+  const before = token.length <= MAX_ID_BYTES ? Number(token) : NaN;
+  if (!Number.isSafeInteger(before) || before <= 0) {
+    throw invalid("page_token is not one this server gave out; pass next_page_token unchanged");
+  }
+  return before;
 }
 
 /** An id as given, refused (quoting a short prefix) when it could not be one this server made. */

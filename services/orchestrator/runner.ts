@@ -43,6 +43,11 @@ export interface AttemptRunnerOptions {
   reportGraceMs?: number | undefined;
   /** Called whenever an attempt lets go of its agent (the scheduler looks for work). */
   onRelease: () => void;
+  /**
+   * The spec an attempt of the task runs (its dependencies' results filled in, its group's
+   * limits applied); the task's own spec when not given.
+   */
+  prepare?: (task: Task) => TaskSpec;
 }
 
 /** An attempt being followed: its stream, or its wait for confirmation; it holds its agent. */
@@ -350,7 +355,7 @@ export class AttemptRunner {
           agentId: run.agentId,
           taskId: task.id,
           attempt,
-          spec: withDependencyResults(task.spec!, (id) => this.opts.store.get(id)?.result?.text),
+          spec: this.opts.prepare ? this.opts.prepare(task) : task.spec!,
           // A check that failed there makes the host resume that attempt's session.
           ...(task.result ? { previousResult: task.result } : {}),
         },

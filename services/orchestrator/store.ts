@@ -15,6 +15,7 @@ import {
   type TaskResult,
   type TaskSpec,
 } from "../../gen/conductor/v1/task_pb.js";
+import { TaskGroupSpecSchema, type TaskGroupSpec } from "../../gen/conductor/v1/group_pb.js";
 
 /** Task states from which nothing more happens. */
 export const FINAL_STATES: ReadonlySet<TaskState> = new Set([
@@ -33,7 +34,17 @@ const ADDED_COLUMNS: [table: string, name: string, definition: string][] = [
   ["events", "output_bytes", "INTEGER NOT NULL DEFAULT 0"],
   // Dependencies of a queued task not yet SUCCEEDED (spec.depends_on): it is scheduled at 0.
   ["tasks", "waiting", "INTEGER NOT NULL DEFAULT 0"],
+  // The task group (groups.id) it belongs to, and its name there ('' for a task on its own).
+  ["tasks", "group_id", "TEXT NOT NULL DEFAULT ''"],
+  ["tasks", "member", "TEXT NOT NULL DEFAULT ''"],
+  // 1: the task waits for dep_id to end, however it ends (a group's reduce step); 0: to succeed.
+  ["task_deps", "ends", "INTEGER NOT NULL DEFAULT 0"],
 ];
+
+/** Indexes on added columns: made after those columns are. */
+const ADDED_INDEXES = `
+CREATE INDEX IF NOT EXISTS tasks_group ON tasks (group_id, state) WHERE group_id != '';
+`;
 
 /** Bounds of one page of a task's events (WatchTask reads history in such pages). */
 export interface PageLimits {
@@ -77,6 +88,20 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS drained_nodes (
   name TEXT PRIMARY KEY
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS groups (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  idempotency_key TEXT UNIQUE,
+  spec BLOB NOT NULL,
+  create_time INTEGER NOT NULL,
+  max_parallel INTEGER NOT NULL DEFAULT 0,
+  fail_fast INTEGER NOT NULL DEFAULT 0,
+  budget_usd REAL NOT NULL DEFAULT 0,
+  reduce_task_id TEXT NOT NULL DEFAULT '',
+  cancelled INTEGER NOT NULL DEFAULT 0,
+  reason TEXT NOT NULL DEFAULT '',
+  end_time INTEGER
+);
 CREATE TABLE IF NOT EXISTS task_deps (
   dep_id TEXT NOT NULL,
   task_id TEXT NOT NULL,
@@ -96,6 +121,16 @@ interface TaskRow {
   start_time: number | null;
   end_time: number | null;
   result: Uint8Array | null;
+  group_id: string;
+  member: string;
+}
+
+/** Where a new task sits in a group, and what it waits for beyond its spec's depends_on. */
+export interface Membership {
+  groupId: string;
+  member: string;
+  /** Tasks it waits to end, however they end (a reduce step's members). */
+  after?: string[];
 }
 
 /** A field update of a task row; only the given fields change. */
@@ -157,6 +192,7 @@ export class TaskStore {
         if (!columns.some((c) => c.name === name))
           this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${name} ${definition}`);
       }
+      this.db.exec(ADDED_INDEXES);
     } catch (e) {
       this.db.close();
       throw isDiskFull(e) ? new StorageFull(dataDir, e) : e;
@@ -170,6 +206,7 @@ export class TaskStore {
     maxAttempts: number,
     now: number,
     traceParent = "",
+    membership?: Membership,
   ): { task: Task; created: boolean } {
     const key = spec.idempotencyKey || null;
     return this.tx(() => {
@@ -177,11 +214,14 @@ export class TaskStore {
         const row = this.db.prepare("SELECT * FROM tasks WHERE idempotency_key = ?").get(key);
         if (row) return { task: toTask(row as unknown as TaskRow), created: false };
       }
-      const waiting = spec.dependsOn.filter((d) => this.state(d) !== TaskState.SUCCEEDED).length;
+      const after = membership?.after ?? [];
+      const waiting =
+        spec.dependsOn.filter((d) => this.state(d) !== TaskState.SUCCEEDED).length +
+        after.filter((d) => !FINAL_STATES.has(this.state(d) ?? TaskState.QUEUED)).length;
       this.db
         .prepare(
-          `INSERT INTO tasks (id, idempotency_key, state, priority, type, spec, max_attempts, create_time, trace_parent, waiting)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          `INSERT INTO tasks (id, idempotency_key, state, priority, type, spec, max_attempts, create_time, trace_parent, waiting, group_id, member)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         )
         .run(
           id,
@@ -194,9 +234,12 @@ export class TaskStore {
           now,
           traceParent || null,
           waiting,
+          membership?.groupId ?? "",
+          membership?.member ?? "",
         );
-      const dep = this.db.prepare("INSERT INTO task_deps (dep_id, task_id) VALUES (?, ?)");
-      for (const d of spec.dependsOn) dep.run(d, id);
+      const dep = this.db.prepare("INSERT INTO task_deps (dep_id, task_id, ends) VALUES (?, ?, ?)");
+      for (const d of spec.dependsOn) dep.run(d, id, 0);
+      for (const d of after) dep.run(d, id, 1);
       return { task: this.get(id)!, created: true };
     });
   }
@@ -299,13 +342,16 @@ export class TaskStore {
     return this.tx(() => this.db.prepare(sql).run(...args, id, ...from).changes === 1);
   }
 
-  /** Queued tasks that may start now: highest priority first, FIFO within a priority. */
-  nextQueued(limit: number, now: number): Task[] {
+  /**
+   * Queued tasks that may start now: highest priority first, FIFO within a priority; none of
+   * the groups in `full` (at their max_parallel).
+   */
+  nextQueued(limit: number, now: number, full: string[] = []): Task[] {
     const rows = this.db
       .prepare(
-        `SELECT * FROM tasks WHERE state = ? AND waiting = 0 AND not_before <= ? ORDER BY priority DESC, seq ASC LIMIT ?`,
+        `SELECT * FROM tasks WHERE state = ? AND waiting = 0 AND not_before <= ?${full.length ? " AND group_id NOT IN (SELECT value FROM json_each(?))" : ""} ORDER BY priority DESC, seq ASC LIMIT ?`,
       )
-      .all(TaskState.QUEUED, now, limit);
+      .all(TaskState.QUEUED, now, ...(full.length ? [JSON.stringify(full)] : []), limit);
     return rows.map((r) => toTask(r as unknown as TaskRow));
   }
 
@@ -319,17 +365,20 @@ export class TaskStore {
     return row.t ?? undefined;
   }
 
-  /** Queued tasks that depend on `id` (spec.depends_on). */
-  queuedDependents(id: string): string[] {
+  /**
+   * Queued tasks that wait for `id`: to succeed (spec.depends_on), or, with `ends`, to end
+   * however it ends (a group's reduce step).
+   */
+  queuedDependents(id: string): { id: string; ends: boolean }[] {
     const rows = this.db
       .prepare(
-        `SELECT t.id FROM task_deps d JOIN tasks t ON t.id = d.task_id WHERE d.dep_id = ? AND t.state = ?`,
+        `SELECT t.id, d.ends FROM task_deps d JOIN tasks t ON t.id = d.task_id WHERE d.dep_id = ? AND t.state = ?`,
       )
-      .all(id, TaskState.QUEUED) as { id: string }[];
-    return rows.map((r) => r.id);
+      .all(id, TaskState.QUEUED) as { id: string; ends: number }[];
+    return rows.map((r) => ({ id: r.id, ends: r.ends === 1 }));
   }
 
-  /** One dependency of each of `ids` succeeded: one less to wait for. */
+  /** One dependency of each of `ids` is through: one less to wait for. */
   dependencySucceeded(ids: string[]): void {
     const stmt = this.db.prepare("UPDATE tasks SET waiting = MAX(waiting - 1, 0) WHERE id = ?");
     for (const id of ids) stmt.run(id);
@@ -343,24 +392,179 @@ export class TaskStore {
   waitingTasks(
     only?: string,
   ): { id: string; waiting: number; failed?: { id: string; state: TaskState } }[] {
-    const rows = (
-      only === undefined
-        ? this.db
-            .prepare("SELECT id, spec FROM tasks WHERE state = ? AND waiting > 0")
-            .all(TaskState.QUEUED)
-        : this.db
-            .prepare("SELECT id, spec FROM tasks WHERE state = ? AND waiting > 0 AND id = ?")
-            .all(TaskState.QUEUED, only)
-    ) as { id: string; spec: Uint8Array }[];
-    return rows.map((r) => {
-      const deps = fromBinary(TaskSpecSchema, r.spec).dependsOn;
-      const states = deps.map((d) => ({ id: d, state: this.state(d) ?? TaskState.UNSPECIFIED }));
-      const failed = states.find(
-        (d) => FINAL_STATES.has(d.state) && d.state !== TaskState.SUCCEEDED,
+    const rows = this.db
+      .prepare(
+        `SELECT d.task_id AS id, d.dep_id AS dep, d.ends, COALESCE(t.state, 0) AS state
+         FROM tasks w JOIN task_deps d ON d.task_id = w.id LEFT JOIN tasks t ON t.id = d.dep_id
+         WHERE w.state = ? AND w.waiting > 0 ${only === undefined ? "" : "AND w.id = ?"}
+         ORDER BY w.seq`,
+      )
+      .all(...(only === undefined ? [TaskState.QUEUED] : [TaskState.QUEUED, only])) as {
+      id: string;
+      dep: string;
+      ends: number;
+      state: TaskState;
+    }[];
+    const out = new Map<
+      string,
+      { id: string; waiting: number; failed?: { id: string; state: TaskState } }
+    >();
+    for (const r of rows) {
+      const w = out.get(r.id) ?? { id: r.id, waiting: 0 };
+      out.set(r.id, w);
+      const ended = FINAL_STATES.has(r.state);
+      if (r.ends === 1) {
+        if (!ended) w.waiting++;
+        continue;
+      }
+      if (r.state !== TaskState.SUCCEEDED) w.waiting++;
+      if (ended && r.state !== TaskState.SUCCEEDED && !w.failed)
+        w.failed = { id: r.dep, state: r.state };
+    }
+    return [...out.values()];
+  }
+
+  /** Stores a new group's row (its tasks are inserted in the same transaction by the caller). */
+  insertGroup(g: { id: string; spec: TaskGroupSpec; now: number; reduceTaskId: string }): void {
+    this.db
+      .prepare(
+        `INSERT INTO groups (id, idempotency_key, spec, create_time, max_parallel, fail_fast, budget_usd, reduce_task_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        g.id,
+        g.spec.idempotencyKey || null,
+        toBinary(TaskGroupSpecSchema, g.spec),
+        g.now,
+        g.spec.maxParallel,
+        g.spec.failFast ? 1 : 0,
+        g.spec.budget?.maxUsd ?? 0,
+        g.reduceTaskId,
       );
-      const waiting = states.filter((d) => d.state !== TaskState.SUCCEEDED).length;
-      return { id: r.id, waiting, ...(failed ? { failed } : {}) };
-    });
+  }
+
+  /** A group's row by id, or by its idempotency key. */
+  group(by: { id: string } | { key: string }): GroupRow | undefined {
+    const row =
+      "id" in by
+        ? this.db.prepare("SELECT * FROM groups WHERE id = ?").get(by.id)
+        : this.db.prepare("SELECT * FROM groups WHERE idempotency_key = ?").get(by.key);
+    return row ? toGroupRow(row as unknown as RawGroupRow) : undefined;
+  }
+
+  /** A page of groups, newest first; the cursor is the last row's sequence number. */
+  groups(pageSize: number, before?: number): { groups: GroupRow[]; next?: number } {
+    const rows = this.db
+      .prepare(`SELECT * FROM groups WHERE seq < ? ORDER BY seq DESC LIMIT ?`)
+      .all(before ?? Number.MAX_SAFE_INTEGER, pageSize + 1) as unknown as RawGroupRow[];
+    const page = rows.slice(0, pageSize).map(toGroupRow);
+    return rows.length > pageSize
+      ? { groups: page, next: page[page.length - 1]!.seq }
+      : { groups: page };
+  }
+
+  /** Groups not yet ended (their end_time unset). */
+  openGroups(): GroupRow[] {
+    return (
+      this.db
+        .prepare("SELECT * FROM groups WHERE end_time IS NULL")
+        .all() as unknown as RawGroupRow[]
+    ).map(toGroupRow);
+  }
+
+  /** Marks a group cut short (fail_fast, its budget, or cancelled: `cancelled`), once. */
+  cutGroup(id: string, reason: string, cancelled: boolean): boolean {
+    return (
+      this.db
+        .prepare(
+          "UPDATE groups SET reason = ?, cancelled = ? WHERE id = ? AND reason = '' AND end_time IS NULL",
+        )
+        .run(reason, cancelled ? 1 : 0, id).changes === 1
+    );
+  }
+
+  /** Records that a group's last task ended. */
+  endGroup(id: string, now: number): void {
+    this.db
+      .prepare("UPDATE groups SET end_time = ? WHERE id = ? AND end_time IS NULL")
+      .run(now, id);
+  }
+
+  /** A group's tasks by state, with their summed usage, cost and run time. */
+  groupTotals(id: string): GroupTotals {
+    const rows = this.db
+      .prepare(
+        `SELECT state, COUNT(*) AS n, SUM(input_tokens) AS i, SUM(output_tokens) AS o,
+                SUM(cost_usd) AS c, COALESCE(SUM(run_ms), 0) AS ms, MAX(end_time) AS last
+         FROM tasks WHERE group_id = ? GROUP BY state`,
+      )
+      .all(id) as {
+      state: TaskState;
+      n: number;
+      i: number;
+      o: number;
+      c: number;
+      ms: number;
+      last: number | null;
+    }[];
+    const totals: GroupTotals = {
+      byState: new Map(),
+      count: 0,
+      inputTokens: 0,
+      outputTokens: 0,
+      costUsd: 0,
+      runMs: 0,
+      lastEnd: 0,
+    };
+    for (const r of rows) {
+      totals.byState.set(r.state, r.n);
+      totals.count += r.n;
+      totals.inputTokens += r.i;
+      totals.outputTokens += r.o;
+      totals.costUsd += r.c;
+      totals.runMs += r.ms;
+      totals.lastEnd = Math.max(totals.lastEnd, r.last ?? 0);
+    }
+    return totals;
+  }
+
+  /** A group's tasks, in the order they were given (the reduce step last). */
+  groupTasks(id: string): Task[] {
+    return this.db
+      .prepare("SELECT * FROM tasks WHERE group_id = ? ORDER BY seq")
+      .all(id)
+      .map((r) => toTask(r as unknown as TaskRow));
+  }
+
+  /** Ids of a group's tasks in these states. */
+  groupTaskIds(id: string, states: TaskState[]): string[] {
+    const marks = states.map(() => "?").join(",");
+    return (
+      this.db
+        .prepare(`SELECT id FROM tasks WHERE group_id = ? AND state IN (${marks}) ORDER BY seq`)
+        .all(id, ...states) as { id: string }[]
+    ).map((r) => r.id);
+  }
+
+  /** The group a task belongs to ('' for none). */
+  groupOf(taskId: string): string {
+    const row = this.db.prepare("SELECT group_id FROM tasks WHERE id = ?").get(taskId) as
+      { group_id: string } | undefined;
+    return row?.group_id ?? "";
+  }
+
+  /**
+   * Open groups with max_parallel whose running (scheduled or running) tasks reach it, and
+   * how many more each may start now.
+   */
+  groupRoom(): Map<string, number> {
+    const rows = this.db
+      .prepare(
+        `SELECT g.id, g.max_parallel - (SELECT COUNT(*) FROM tasks t WHERE t.group_id = g.id AND t.state IN (?, ?)) AS room
+         FROM groups g WHERE g.end_time IS NULL AND g.max_parallel > 0`,
+      )
+      .all(TaskState.SCHEDULED, TaskState.RUNNING) as { id: string; room: number }[];
+    return new Map(rows.map((r) => [r.id, Math.max(0, r.room)]));
   }
 
   /** Sets how many dependencies a queued task waits for. */
@@ -574,6 +778,63 @@ export class TaskStore {
   }
 }
 
+/** A group's stored row. */
+export interface GroupRow {
+  seq: number;
+  id: string;
+  spec: TaskGroupSpec;
+  createTime: number;
+  maxParallel: number;
+  failFast: boolean;
+  budgetUsd: number;
+  reduceTaskId: string;
+  cancelled: boolean;
+  reason: string;
+  endTime: number | undefined;
+}
+
+interface RawGroupRow {
+  seq: number;
+  id: string;
+  spec: Uint8Array;
+  create_time: number;
+  max_parallel: number;
+  fail_fast: number;
+  budget_usd: number;
+  reduce_task_id: string;
+  cancelled: number;
+  reason: string;
+  end_time: number | null;
+}
+
+/** A group's tasks summed (TaskStore.groupTotals). */
+export interface GroupTotals {
+  byState: Map<TaskState, number>;
+  count: number;
+  inputTokens: number;
+  outputTokens: number;
+  costUsd: number;
+  runMs: number;
+  /** The latest end time of its tasks (0 when none ended). */
+  lastEnd: number;
+}
+
+function toGroupRow(r: RawGroupRow): GroupRow {
+  return {
+    seq: r.seq,
+    id: r.id,
+    spec: fromBinary(TaskGroupSpecSchema, r.spec),
+    createTime: r.create_time,
+    maxParallel: r.max_parallel,
+    failFast: r.fail_fast === 1,
+    budgetUsd: r.budget_usd,
+    reduceTaskId: r.reduce_task_id,
+    cancelled: r.cancelled === 1,
+    reason: r.reason,
+    endTime: r.end_time ?? undefined,
+  };
+}
+
 function toTask(row: TaskRow): Task {
   return create(TaskSchema, {
     id: row.id,
@@ -585,5 +846,7 @@ function toTask(row: TaskRow): Task {
     ...(row.start_time !== null ? { startTime: timestampFromMs(row.start_time) } : {}),
     ...(row.end_time !== null ? { endTime: timestampFromMs(row.end_time) } : {}),
     ...(row.result ? { result: fromBinary(TaskResultSchema, row.result) } : {}),
+    groupId: row.group_id,
+    member: row.member,
   });
 }

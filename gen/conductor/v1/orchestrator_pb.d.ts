@@ -4,6 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
+import type { GroupAggregate, GroupMemberChange, TaskGroup, TaskGroupSpec } from "./group_pb.js";
 import type { Task, TaskEvent, TaskSpec, TaskState } from "./task_pb.js";
 import type { Agent } from "./agent_pb.js";
 import type { Node } from "./node_pb.js";
@@ -12,6 +13,200 @@ import type { Node } from "./node_pb.js";
  * Describes the file conductor/v1/orchestrator.proto.
  */
 export declare const file_conductor_v1_orchestrator: GenFile;
+
+/**
+ * @generated from message conductor.v1.SubmitTaskGroupRequest
+ */
+export declare type SubmitTaskGroupRequest = Message<"conductor.v1.SubmitTaskGroupRequest"> & {
+  /**
+   * @generated from field: conductor.v1.TaskGroupSpec spec = 1;
+   */
+  spec?: TaskGroupSpec | undefined;
+};
+
+/**
+ * Describes the message conductor.v1.SubmitTaskGroupRequest.
+ * Use `create(SubmitTaskGroupRequestSchema)` to create a new message.
+ */
+export declare const SubmitTaskGroupRequestSchema: GenMessage<SubmitTaskGroupRequest>;
+
+/**
+ * @generated from message conductor.v1.SubmitTaskGroupResponse
+ */
+export declare type SubmitTaskGroupResponse = Message<"conductor.v1.SubmitTaskGroupResponse"> & {
+  /**
+   * @generated from field: conductor.v1.TaskGroup group = 1;
+   */
+  group?: TaskGroup | undefined;
+
+  /**
+   * True when the idempotency key matched an existing group, which is returned instead.
+   *
+   * @generated from field: bool deduplicated = 2;
+   */
+  deduplicated: boolean;
+};
+
+/**
+ * Describes the message conductor.v1.SubmitTaskGroupResponse.
+ * Use `create(SubmitTaskGroupResponseSchema)` to create a new message.
+ */
+export declare const SubmitTaskGroupResponseSchema: GenMessage<SubmitTaskGroupResponse>;
+
+/**
+ * @generated from message conductor.v1.GetTaskGroupRequest
+ */
+export declare type GetTaskGroupRequest = Message<"conductor.v1.GetTaskGroupRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message conductor.v1.GetTaskGroupRequest.
+ * Use `create(GetTaskGroupRequestSchema)` to create a new message.
+ */
+export declare const GetTaskGroupRequestSchema: GenMessage<GetTaskGroupRequest>;
+
+/**
+ * @generated from message conductor.v1.GetTaskGroupResponse
+ */
+export declare type GetTaskGroupResponse = Message<"conductor.v1.GetTaskGroupResponse"> & {
+  /**
+   * @generated from field: conductor.v1.TaskGroup group = 1;
+   */
+  group?: TaskGroup | undefined;
+};
+
+/**
+ * Describes the message conductor.v1.GetTaskGroupResponse.
+ * Use `create(GetTaskGroupResponseSchema)` to create a new message.
+ */
+export declare const GetTaskGroupResponseSchema: GenMessage<GetTaskGroupResponse>;
+
+/**
+ * @generated from message conductor.v1.ListTaskGroupsRequest
+ */
+export declare type ListTaskGroupsRequest = Message<"conductor.v1.ListTaskGroupsRequest"> & {
+  /**
+   * At most this many (default 100, at most 1000), newest first.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page; empty for the first.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message conductor.v1.ListTaskGroupsRequest.
+ * Use `create(ListTaskGroupsRequestSchema)` to create a new message.
+ */
+export declare const ListTaskGroupsRequestSchema: GenMessage<ListTaskGroupsRequest>;
+
+/**
+ * @generated from message conductor.v1.ListTaskGroupsResponse
+ */
+export declare type ListTaskGroupsResponse = Message<"conductor.v1.ListTaskGroupsResponse"> & {
+  /**
+   * @generated from field: repeated conductor.v1.TaskGroup groups = 1;
+   */
+  groups: TaskGroup[];
+
+  /**
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message conductor.v1.ListTaskGroupsResponse.
+ * Use `create(ListTaskGroupsResponseSchema)` to create a new message.
+ */
+export declare const ListTaskGroupsResponseSchema: GenMessage<ListTaskGroupsResponse>;
+
+/**
+ * @generated from message conductor.v1.WatchTaskGroupRequest
+ */
+export declare type WatchTaskGroupRequest = Message<"conductor.v1.WatchTaskGroupRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message conductor.v1.WatchTaskGroupRequest.
+ * Use `create(WatchTaskGroupRequestSchema)` to create a new message.
+ */
+export declare const WatchTaskGroupRequestSchema: GenMessage<WatchTaskGroupRequest>;
+
+/**
+ * WatchTaskGroupResponse holds either the whole group (the first message, the last, and
+ * after a watcher fell behind) or one change with the aggregate after it.
+ *
+ * @generated from message conductor.v1.WatchTaskGroupResponse
+ */
+export declare type WatchTaskGroupResponse = Message<"conductor.v1.WatchTaskGroupResponse"> & {
+  /**
+   * @generated from field: conductor.v1.TaskGroup group = 1;
+   */
+  group?: TaskGroup | undefined;
+
+  /**
+   * @generated from field: conductor.v1.GroupMemberChange change = 2;
+   */
+  change?: GroupMemberChange | undefined;
+
+  /**
+   * @generated from field: conductor.v1.GroupAggregate aggregate = 3;
+   */
+  aggregate?: GroupAggregate | undefined;
+};
+
+/**
+ * Describes the message conductor.v1.WatchTaskGroupResponse.
+ * Use `create(WatchTaskGroupResponseSchema)` to create a new message.
+ */
+export declare const WatchTaskGroupResponseSchema: GenMessage<WatchTaskGroupResponse>;
+
+/**
+ * @generated from message conductor.v1.CancelTaskGroupRequest
+ */
+export declare type CancelTaskGroupRequest = Message<"conductor.v1.CancelTaskGroupRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message conductor.v1.CancelTaskGroupRequest.
+ * Use `create(CancelTaskGroupRequestSchema)` to create a new message.
+ */
+export declare const CancelTaskGroupRequestSchema: GenMessage<CancelTaskGroupRequest>;
+
+/**
+ * @generated from message conductor.v1.CancelTaskGroupResponse
+ */
+export declare type CancelTaskGroupResponse = Message<"conductor.v1.CancelTaskGroupResponse"> & {
+  /**
+   * @generated from field: conductor.v1.TaskGroup group = 1;
+   */
+  group?: TaskGroup | undefined;
+};
+
+/**
+ * Describes the message conductor.v1.CancelTaskGroupResponse.
+ * Use `create(CancelTaskGroupResponseSchema)` to create a new message.
+ */
+export declare const CancelTaskGroupResponseSchema: GenMessage<CancelTaskGroupResponse>;
 
 /**
  * @generated from message conductor.v1.SubmitTaskRequest
@@ -591,6 +786,58 @@ export declare const OrchestratorService: GenService<{
     methodKind: "unary";
     input: typeof UndrainNodeRequestSchema;
     output: typeof UndrainNodeResponseSchema;
+  },
+  /**
+   * Stores a group's members (and reduce step) durably, in one transaction, and queues them.
+   * INVALID_ARGUMENT for a bad spec (naming the member and field), a cycle among members'
+   * depends_on, or more than 1000 members; NOT_FOUND for a depends_on naming no task.
+   *
+   * @generated from rpc conductor.v1.OrchestratorService.SubmitTaskGroup
+   */
+  submitTaskGroup: {
+    methodKind: "unary";
+    input: typeof SubmitTaskGroupRequestSchema;
+    output: typeof SubmitTaskGroupResponseSchema;
+  },
+  /**
+   * @generated from rpc conductor.v1.OrchestratorService.GetTaskGroup
+   */
+  getTaskGroup: {
+    methodKind: "unary";
+    input: typeof GetTaskGroupRequestSchema;
+    output: typeof GetTaskGroupResponseSchema;
+  },
+  /**
+   * Groups, newest first, without their members' list.
+   *
+   * @generated from rpc conductor.v1.OrchestratorService.ListTaskGroups
+   */
+  listTaskGroups: {
+    methodKind: "unary";
+    input: typeof ListTaskGroupsRequestSchema;
+    output: typeof ListTaskGroupsResponseSchema;
+  },
+  /**
+   * Streams the group as it stands, then each state change of its tasks with the aggregate
+   * after it, and the group once more when it has ended; then ends.
+   *
+   * @generated from rpc conductor.v1.OrchestratorService.WatchTaskGroup
+   */
+  watchTaskGroup: {
+    methodKind: "server_streaming";
+    input: typeof WatchTaskGroupRequestSchema;
+    output: typeof WatchTaskGroupResponseSchema;
+  },
+  /**
+   * Cancels every task of the group not yet ended (a running one once its CLI has ended).
+   * FAILED_PRECONDITION when the group has already ended.
+   *
+   * @generated from rpc conductor.v1.OrchestratorService.CancelTaskGroup
+   */
+  cancelTaskGroup: {
+    methodKind: "unary";
+    input: typeof CancelTaskGroupRequestSchema;
+    output: typeof CancelTaskGroupResponseSchema;
   },
 }>;
 

@@ -4,6 +4,7 @@
 
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_conductor_v1_agent } from "./agent_pb.js";
+import { file_conductor_v1_group } from "./group_pb.js";
 import { file_conductor_v1_node } from "./node_pb.js";
 import { file_conductor_v1_task } from "./task_pb.js";
 
@@ -11,175 +12,245 @@ import { file_conductor_v1_task } from "./task_pb.js";
  * Describes the file conductor/v1/orchestrator.proto.
  */
 export const file_conductor_v1_orchestrator = /*@__PURE__*/
-  fileDesc("Ch9jb25kdWN0b3IvdjEvb3JjaGVzdHJhdG9yLnByb3RvEgxjb25kdWN0b3IudjEiOQoRU3VibWl0VGFza1JlcXVlc3QSJAoEc3BlYxgBIAEoCzIWLmNvbmR1Y3Rvci52MS5UYXNrU3BlYyJMChJTdWJtaXRUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmNvbmR1Y3Rvci52MS5UYXNrEhQKDGRlZHVwbGljYXRlZBgCIAEoCCIcCg5HZXRUYXNrUmVxdWVzdBIKCgJpZBgBIAEoCSIzCg9HZXRUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmNvbmR1Y3Rvci52MS5UYXNrImIKEExpc3RUYXNrc1JlcXVlc3QSJwoGc3RhdGVzGAEgAygOMhcuY29uZHVjdG9yLnYxLlRhc2tTdGF0ZRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJPChFMaXN0VGFza3NSZXNwb25zZRIhCgV0YXNrcxgBIAMoCzISLmNvbmR1Y3Rvci52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIeChBXYXRjaFRhc2tSZXF1ZXN0EgoKAmlkGAEgASgJIjsKEVdhdGNoVGFza1Jlc3BvbnNlEiYKBWV2ZW50GAEgASgLMhcuY29uZHVjdG9yLnYxLlRhc2tFdmVudCIfChFDYW5jZWxUYXNrUmVxdWVzdBIKCgJpZBgBIAEoCSI2ChJDYW5jZWxUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmNvbmR1Y3Rvci52MS5UYXNrIhMKEUxpc3RBZ2VudHNSZXF1ZXN0IjkKEkxpc3RBZ2VudHNSZXNwb25zZRIjCgZhZ2VudHMYASADKAsyEy5jb25kdWN0b3IudjEuQWdlbnQiEQoPR2V0U3RhdHNSZXF1ZXN0ItcCChBHZXRTdGF0c1Jlc3BvbnNlEkgKDnRhc2tzX2J5X3N0YXRlGAEgAygLMjAuY29uZHVjdG9yLnYxLkdldFN0YXRzUmVzcG9uc2UuVGFza3NCeVN0YXRlRW50cnkSFwoPZHVyYXRpb25fcDUwX21zGAIgASgBEhcKD2R1cmF0aW9uX3A5NV9tcxgDIAEoARIXCg9kdXJhdGlvbl9wOTlfbXMYBCABKAESGgoSaW5wdXRfdG9rZW5zX3RvdGFsGAUgASgDEhsKE291dHB1dF90b2tlbnNfdG90YWwYBiABKAMSFgoOY29zdF91c2RfdG90YWwYByABKAESEwoLYWdlbnRzX2J1c3kYCCABKAUSEwoLYWdlbnRzX2lkbGUYCSABKAUaMwoRVGFza3NCeVN0YXRlRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASI6ChRHZXRUYXNrT3V0cHV0UmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCWV2ZW50X3NlcRgCIAEoAyIlChVHZXRUYXNrT3V0cHV0UmVzcG9uc2USDAoEdGV4dBgBIAEoCSImChNHZXRUYXNrUGF0Y2hSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiJQoUR2V0VGFza1BhdGNoUmVzcG9uc2USDQoFY2h1bmsYASABKAwiEgoQTGlzdE5vZGVzUmVxdWVzdCI2ChFMaXN0Tm9kZXNSZXNwb25zZRIhCgVub2RlcxgBIAMoCzISLmNvbmR1Y3Rvci52MS5Ob2RlIiAKEERyYWluTm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSI1ChFEcmFpbk5vZGVSZXNwb25zZRIgCgRub2RlGAEgASgLMhIuY29uZHVjdG9yLnYxLk5vZGUiIgoSVW5kcmFpbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNwoTVW5kcmFpbk5vZGVSZXNwb25zZRIgCgRub2RlGAEgASgLMhIuY29uZHVjdG9yLnYxLk5vZGUy3gcKE09yY2hlc3RyYXRvclNlcnZpY2USTwoKU3VibWl0VGFzaxIfLmNvbmR1Y3Rvci52MS5TdWJtaXRUYXNrUmVxdWVzdBogLmNvbmR1Y3Rvci52MS5TdWJtaXRUYXNrUmVzcG9uc2USRgoHR2V0VGFzaxIcLmNvbmR1Y3Rvci52MS5HZXRUYXNrUmVxdWVzdBodLmNvbmR1Y3Rvci52MS5HZXRUYXNrUmVzcG9uc2USTAoJTGlzdFRhc2tzEh4uY29uZHVjdG9yLnYxLkxpc3RUYXNrc1JlcXVlc3QaHy5jb25kdWN0b3IudjEuTGlzdFRhc2tzUmVzcG9uc2USTgoJV2F0Y2hUYXNrEh4uY29uZHVjdG9yLnYxLldhdGNoVGFza1JlcXVlc3QaHy5jb25kdWN0b3IudjEuV2F0Y2hUYXNrUmVzcG9uc2UwARJPCgpDYW5jZWxUYXNrEh8uY29uZHVjdG9yLnYxLkNhbmNlbFRhc2tSZXF1ZXN0GiAuY29uZHVjdG9yLnYxLkNhbmNlbFRhc2tSZXNwb25zZRJPCgpMaXN0QWdlbnRzEh8uY29uZHVjdG9yLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiAuY29uZHVjdG9yLnYxLkxpc3RBZ2VudHNSZXNwb25zZRJJCghHZXRTdGF0cxIdLmNvbmR1Y3Rvci52MS5HZXRTdGF0c1JlcXVlc3QaHi5jb25kdWN0b3IudjEuR2V0U3RhdHNSZXNwb25zZRJaCg1HZXRUYXNrT3V0cHV0EiIuY29uZHVjdG9yLnYxLkdldFRhc2tPdXRwdXRSZXF1ZXN0GiMuY29uZHVjdG9yLnYxLkdldFRhc2tPdXRwdXRSZXNwb25zZTABElcKDEdldFRhc2tQYXRjaBIhLmNvbmR1Y3Rvci52MS5HZXRUYXNrUGF0Y2hSZXF1ZXN0GiIuY29uZHVjdG9yLnYxLkdldFRhc2tQYXRjaFJlc3BvbnNlMAESTAoJTGlzdE5vZGVzEh4uY29uZHVjdG9yLnYxLkxpc3ROb2Rlc1JlcXVlc3QaHy5jb25kdWN0b3IudjEuTGlzdE5vZGVzUmVzcG9uc2USTAoJRHJhaW5Ob2RlEh4uY29uZHVjdG9yLnYxLkRyYWluTm9kZVJlcXVlc3QaHy5jb25kdWN0b3IudjEuRHJhaW5Ob2RlUmVzcG9uc2USUgoLVW5kcmFpbk5vZGUSIC5jb25kdWN0b3IudjEuVW5kcmFpbk5vZGVSZXF1ZXN0GiEuY29uZHVjdG9yLnYxLlVuZHJhaW5Ob2RlUmVzcG9uc2ViBnByb3RvMw", [file_conductor_v1_agent, file_conductor_v1_node, file_conductor_v1_task]);
+  fileDesc("Ch9jb25kdWN0b3IvdjEvb3JjaGVzdHJhdG9yLnByb3RvEgxjb25kdWN0b3IudjEiQwoWU3VibWl0VGFza0dyb3VwUmVxdWVzdBIpCgRzcGVjGAEgASgLMhsuY29uZHVjdG9yLnYxLlRhc2tHcm91cFNwZWMiVwoXU3VibWl0VGFza0dyb3VwUmVzcG9uc2USJgoFZ3JvdXAYASABKAsyFy5jb25kdWN0b3IudjEuVGFza0dyb3VwEhQKDGRlZHVwbGljYXRlZBgCIAEoCCIhChNHZXRUYXNrR3JvdXBSZXF1ZXN0EgoKAmlkGAEgASgJIj4KFEdldFRhc2tHcm91cFJlc3BvbnNlEiYKBWdyb3VwGAEgASgLMhcuY29uZHVjdG9yLnYxLlRhc2tHcm91cCI+ChVMaXN0VGFza0dyb3Vwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiWgoWTGlzdFRhc2tHcm91cHNSZXNwb25zZRInCgZncm91cHMYASADKAsyFy5jb25kdWN0b3IudjEuVGFza0dyb3VwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIjChVXYXRjaFRhc2tHcm91cFJlcXVlc3QSCgoCaWQYASABKAkiogEKFldhdGNoVGFza0dyb3VwUmVzcG9uc2USJgoFZ3JvdXAYASABKAsyFy5jb25kdWN0b3IudjEuVGFza0dyb3VwEi8KBmNoYW5nZRgCIAEoCzIfLmNvbmR1Y3Rvci52MS5Hcm91cE1lbWJlckNoYW5nZRIvCglhZ2dyZWdhdGUYAyABKAsyHC5jb25kdWN0b3IudjEuR3JvdXBBZ2dyZWdhdGUiJAoWQ2FuY2VsVGFza0dyb3VwUmVxdWVzdBIKCgJpZBgBIAEoCSJBChdDYW5jZWxUYXNrR3JvdXBSZXNwb25zZRImCgVncm91cBgBIAEoCzIXLmNvbmR1Y3Rvci52MS5UYXNrR3JvdXAiOQoRU3VibWl0VGFza1JlcXVlc3QSJAoEc3BlYxgBIAEoCzIWLmNvbmR1Y3Rvci52MS5UYXNrU3BlYyJMChJTdWJtaXRUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmNvbmR1Y3Rvci52MS5UYXNrEhQKDGRlZHVwbGljYXRlZBgCIAEoCCIcCg5HZXRUYXNrUmVxdWVzdBIKCgJpZBgBIAEoCSIzCg9HZXRUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmNvbmR1Y3Rvci52MS5UYXNrImIKEExpc3RUYXNrc1JlcXVlc3QSJwoGc3RhdGVzGAEgAygOMhcuY29uZHVjdG9yLnYxLlRhc2tTdGF0ZRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJPChFMaXN0VGFza3NSZXNwb25zZRIhCgV0YXNrcxgBIAMoCzISLmNvbmR1Y3Rvci52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIeChBXYXRjaFRhc2tSZXF1ZXN0EgoKAmlkGAEgASgJIjsKEVdhdGNoVGFza1Jlc3BvbnNlEiYKBWV2ZW50GAEgASgLMhcuY29uZHVjdG9yLnYxLlRhc2tFdmVudCIfChFDYW5jZWxUYXNrUmVxdWVzdBIKCgJpZBgBIAEoCSI2ChJDYW5jZWxUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmNvbmR1Y3Rvci52MS5UYXNrIhMKEUxpc3RBZ2VudHNSZXF1ZXN0IjkKEkxpc3RBZ2VudHNSZXNwb25zZRIjCgZhZ2VudHMYASADKAsyEy5jb25kdWN0b3IudjEuQWdlbnQiEQoPR2V0U3RhdHNSZXF1ZXN0ItcCChBHZXRTdGF0c1Jlc3BvbnNlEkgKDnRhc2tzX2J5X3N0YXRlGAEgAygLMjAuY29uZHVjdG9yLnYxLkdldFN0YXRzUmVzcG9uc2UuVGFza3NCeVN0YXRlRW50cnkSFwoPZHVyYXRpb25fcDUwX21zGAIgASgBEhcKD2R1cmF0aW9uX3A5NV9tcxgDIAEoARIXCg9kdXJhdGlvbl9wOTlfbXMYBCABKAESGgoSaW5wdXRfdG9rZW5zX3RvdGFsGAUgASgDEhsKE291dHB1dF90b2tlbnNfdG90YWwYBiABKAMSFgoOY29zdF91c2RfdG90YWwYByABKAESEwoLYWdlbnRzX2J1c3kYCCABKAUSEwoLYWdlbnRzX2lkbGUYCSABKAUaMwoRVGFza3NCeVN0YXRlRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASI6ChRHZXRUYXNrT3V0cHV0UmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCWV2ZW50X3NlcRgCIAEoAyIlChVHZXRUYXNrT3V0cHV0UmVzcG9uc2USDAoEdGV4dBgBIAEoCSImChNHZXRUYXNrUGF0Y2hSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiJQoUR2V0VGFza1BhdGNoUmVzcG9uc2USDQoFY2h1bmsYASABKAwiEgoQTGlzdE5vZGVzUmVxdWVzdCI2ChFMaXN0Tm9kZXNSZXNwb25zZRIhCgVub2RlcxgBIAMoCzISLmNvbmR1Y3Rvci52MS5Ob2RlIiAKEERyYWluTm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSI1ChFEcmFpbk5vZGVSZXNwb25zZRIgCgRub2RlGAEgASgLMhIuY29uZHVjdG9yLnYxLk5vZGUiIgoSVW5kcmFpbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNwoTVW5kcmFpbk5vZGVSZXNwb25zZRIgCgRub2RlGAEgASgLMhIuY29uZHVjdG9yLnYxLk5vZGUysQsKE09yY2hlc3RyYXRvclNlcnZpY2USTwoKU3VibWl0VGFzaxIfLmNvbmR1Y3Rvci52MS5TdWJtaXRUYXNrUmVxdWVzdBogLmNvbmR1Y3Rvci52MS5TdWJtaXRUYXNrUmVzcG9uc2USRgoHR2V0VGFzaxIcLmNvbmR1Y3Rvci52MS5HZXRUYXNrUmVxdWVzdBodLmNvbmR1Y3Rvci52MS5HZXRUYXNrUmVzcG9uc2USTAoJTGlzdFRhc2tzEh4uY29uZHVjdG9yLnYxLkxpc3RUYXNrc1JlcXVlc3QaHy5jb25kdWN0b3IudjEuTGlzdFRhc2tzUmVzcG9uc2USTgoJV2F0Y2hUYXNrEh4uY29uZHVjdG9yLnYxLldhdGNoVGFza1JlcXVlc3QaHy5jb25kdWN0b3IudjEuV2F0Y2hUYXNrUmVzcG9uc2UwARJPCgpDYW5jZWxUYXNrEh8uY29uZHVjdG9yLnYxLkNhbmNlbFRhc2tSZXF1ZXN0GiAuY29uZHVjdG9yLnYxLkNhbmNlbFRhc2tSZXNwb25zZRJPCgpMaXN0QWdlbnRzEh8uY29uZHVjdG9yLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiAuY29uZHVjdG9yLnYxLkxpc3RBZ2VudHNSZXNwb25zZRJJCghHZXRTdGF0cxIdLmNvbmR1Y3Rvci52MS5HZXRTdGF0c1JlcXVlc3QaHi5jb25kdWN0b3IudjEuR2V0U3RhdHNSZXNwb25zZRJaCg1HZXRUYXNrT3V0cHV0EiIuY29uZHVjdG9yLnYxLkdldFRhc2tPdXRwdXRSZXF1ZXN0GiMuY29uZHVjdG9yLnYxLkdldFRhc2tPdXRwdXRSZXNwb25zZTABElcKDEdldFRhc2tQYXRjaBIhLmNvbmR1Y3Rvci52MS5HZXRUYXNrUGF0Y2hSZXF1ZXN0GiIuY29uZHVjdG9yLnYxLkdldFRhc2tQYXRjaFJlc3BvbnNlMAESTAoJTGlzdE5vZGVzEh4uY29uZHVjdG9yLnYxLkxpc3ROb2Rlc1JlcXVlc3QaHy5jb25kdWN0b3IudjEuTGlzdE5vZGVzUmVzcG9uc2USTAoJRHJhaW5Ob2RlEh4uY29uZHVjdG9yLnYxLkRyYWluTm9kZVJlcXVlc3QaHy5jb25kdWN0b3IudjEuRHJhaW5Ob2RlUmVzcG9uc2USUgoLVW5kcmFpbk5vZGUSIC5jb25kdWN0b3IudjEuVW5kcmFpbk5vZGVSZXF1ZXN0GiEuY29uZHVjdG9yLnYxLlVuZHJhaW5Ob2RlUmVzcG9uc2USXgoPU3VibWl0VGFza0dyb3VwEiQuY29uZHVjdG9yLnYxLlN1Ym1pdFRhc2tHcm91cFJlcXVlc3QaJS5jb25kdWN0b3IudjEuU3VibWl0VGFza0dyb3VwUmVzcG9uc2USVQoMR2V0VGFza0dyb3VwEiEuY29uZHVjdG9yLnYxLkdldFRhc2tHcm91cFJlcXVlc3QaIi5jb25kdWN0b3IudjEuR2V0VGFza0dyb3VwUmVzcG9uc2USWwoOTGlzdFRhc2tHcm91cHMSIy5jb25kdWN0b3IudjEuTGlzdFRhc2tHcm91cHNSZXF1ZXN0GiQuY29uZHVjdG9yLnYxLkxpc3RUYXNrR3JvdXBzUmVzcG9uc2USXQoOV2F0Y2hUYXNrR3JvdXASIy5jb25kdWN0b3IudjEuV2F0Y2hUYXNrR3JvdXBSZXF1ZXN0GiQuY29uZHVjdG9yLnYxLldhdGNoVGFza0dyb3VwUmVzcG9uc2UwARJeCg9DYW5jZWxUYXNrR3JvdXASJC5jb25kdWN0b3IudjEuQ2FuY2VsVGFza0dyb3VwUmVxdWVzdBolLmNvbmR1Y3Rvci52MS5DYW5jZWxUYXNrR3JvdXBSZXNwb25zZWIGcHJvdG8z", [file_conductor_v1_agent, file_conductor_v1_group, file_conductor_v1_node, file_conductor_v1_task]);
+
+/**
+ * Describes the message conductor.v1.SubmitTaskGroupRequest.
+ * Use `create(SubmitTaskGroupRequestSchema)` to create a new message.
+ */
+export const SubmitTaskGroupRequestSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_orchestrator, 0);
+
+/**
+ * Describes the message conductor.v1.SubmitTaskGroupResponse.
+ * Use `create(SubmitTaskGroupResponseSchema)` to create a new message.
+ */
+export const SubmitTaskGroupResponseSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_orchestrator, 1);
+
+/**
+ * Describes the message conductor.v1.GetTaskGroupRequest.
+ * Use `create(GetTaskGroupRequestSchema)` to create a new message.
+ */
+export const GetTaskGroupRequestSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_orchestrator, 2);
+
+/**
+ * Describes the message conductor.v1.GetTaskGroupResponse.
+ * Use `create(GetTaskGroupResponseSchema)` to create a new message.
+ */
+export const GetTaskGroupResponseSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_orchestrator, 3);
+
+/**
+ * Describes the message conductor.v1.ListTaskGroupsRequest.
+ * Use `create(ListTaskGroupsRequestSchema)` to create a new message.
+ */
+export const ListTaskGroupsRequestSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_orchestrator, 4);
+
+/**
+ * Describes the message conductor.v1.ListTaskGroupsResponse.
+ * Use `create(ListTaskGroupsResponseSchema)` to create a new message.
+ */
+export const ListTaskGroupsResponseSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_orchestrator, 5);
+
+/**
+ * Describes the message conductor.v1.WatchTaskGroupRequest.
+ * Use `create(WatchTaskGroupRequestSchema)` to create a new message.
+ */
+export const WatchTaskGroupRequestSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_orchestrator, 6);
+
+/**
+ * Describes the message conductor.v1.WatchTaskGroupResponse.
+ * Use `create(WatchTaskGroupResponseSchema)` to create a new message.
+ */
+export const WatchTaskGroupResponseSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_orchestrator, 7);
+
+/**
+ * Describes the message conductor.v1.CancelTaskGroupRequest.
+ * Use `create(CancelTaskGroupRequestSchema)` to create a new message.
+ */
+export const CancelTaskGroupRequestSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_orchestrator, 8);
+
+/**
+ * Describes the message conductor.v1.CancelTaskGroupResponse.
+ * Use `create(CancelTaskGroupResponseSchema)` to create a new message.
+ */
+export const CancelTaskGroupResponseSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_orchestrator, 9);
 
 /**
  * Describes the message conductor.v1.SubmitTaskRequest.
  * Use `create(SubmitTaskRequestSchema)` to create a new message.
  */
 export const SubmitTaskRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 0);
+  messageDesc(file_conductor_v1_orchestrator, 10);
 
 /**
  * Describes the message conductor.v1.SubmitTaskResponse.
  * Use `create(SubmitTaskResponseSchema)` to create a new message.
  */
 export const SubmitTaskResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 1);
+  messageDesc(file_conductor_v1_orchestrator, 11);
 
 /**
  * Describes the message conductor.v1.GetTaskRequest.
  * Use `create(GetTaskRequestSchema)` to create a new message.
  */
 export const GetTaskRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 2);
+  messageDesc(file_conductor_v1_orchestrator, 12);
 
 /**
  * Describes the message conductor.v1.GetTaskResponse.
  * Use `create(GetTaskResponseSchema)` to create a new message.
  */
 export const GetTaskResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 3);
+  messageDesc(file_conductor_v1_orchestrator, 13);
 
 /**
  * Describes the message conductor.v1.ListTasksRequest.
  * Use `create(ListTasksRequestSchema)` to create a new message.
  */
 export const ListTasksRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 4);
+  messageDesc(file_conductor_v1_orchestrator, 14);
 
 /**
  * Describes the message conductor.v1.ListTasksResponse.
  * Use `create(ListTasksResponseSchema)` to create a new message.
  */
 export const ListTasksResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 5);
+  messageDesc(file_conductor_v1_orchestrator, 15);
 
 /**
  * Describes the message conductor.v1.WatchTaskRequest.
  * Use `create(WatchTaskRequestSchema)` to create a new message.
  */
 export const WatchTaskRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 6);
+  messageDesc(file_conductor_v1_orchestrator, 16);
 
 /**
  * Describes the message conductor.v1.WatchTaskResponse.
  * Use `create(WatchTaskResponseSchema)` to create a new message.
  */
 export const WatchTaskResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 7);
+  messageDesc(file_conductor_v1_orchestrator, 17);
 
 /**
  * Describes the message conductor.v1.CancelTaskRequest.
  * Use `create(CancelTaskRequestSchema)` to create a new message.
  */
 export const CancelTaskRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 8);
+  messageDesc(file_conductor_v1_orchestrator, 18);
 
 /**
  * Describes the message conductor.v1.CancelTaskResponse.
  * Use `create(CancelTaskResponseSchema)` to create a new message.
  */
 export const CancelTaskResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 9);
+  messageDesc(file_conductor_v1_orchestrator, 19);
 
 /**
  * Describes the message conductor.v1.ListAgentsRequest.
  * Use `create(ListAgentsRequestSchema)` to create a new message.
  */
 export const ListAgentsRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 10);
+  messageDesc(file_conductor_v1_orchestrator, 20);
 
 /**
  * Describes the message conductor.v1.ListAgentsResponse.
  * Use `create(ListAgentsResponseSchema)` to create a new message.
  */
 export const ListAgentsResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 11);
+  messageDesc(file_conductor_v1_orchestrator, 21);
 
 /**
  * Describes the message conductor.v1.GetStatsRequest.
  * Use `create(GetStatsRequestSchema)` to create a new message.
  */
 export const GetStatsRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 12);
+  messageDesc(file_conductor_v1_orchestrator, 22);
 
 /**
  * Describes the message conductor.v1.GetStatsResponse.
  * Use `create(GetStatsResponseSchema)` to create a new message.
  */
 export const GetStatsResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 13);
+  messageDesc(file_conductor_v1_orchestrator, 23);
 
 /**
  * Describes the message conductor.v1.GetTaskOutputRequest.
  * Use `create(GetTaskOutputRequestSchema)` to create a new message.
  */
 export const GetTaskOutputRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 14);
+  messageDesc(file_conductor_v1_orchestrator, 24);
 
 /**
  * Describes the message conductor.v1.GetTaskOutputResponse.
  * Use `create(GetTaskOutputResponseSchema)` to create a new message.
  */
 export const GetTaskOutputResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 15);
+  messageDesc(file_conductor_v1_orchestrator, 25);
 
 /**
  * Describes the message conductor.v1.GetTaskPatchRequest.
  * Use `create(GetTaskPatchRequestSchema)` to create a new message.
  */
 export const GetTaskPatchRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 16);
+  messageDesc(file_conductor_v1_orchestrator, 26);
 
 /**
  * Describes the message conductor.v1.GetTaskPatchResponse.
  * Use `create(GetTaskPatchResponseSchema)` to create a new message.
  */
 export const GetTaskPatchResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 17);
+  messageDesc(file_conductor_v1_orchestrator, 27);
 
 /**
  * Describes the message conductor.v1.ListNodesRequest.
  * Use `create(ListNodesRequestSchema)` to create a new message.
  */
 export const ListNodesRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 18);
+  messageDesc(file_conductor_v1_orchestrator, 28);
 
 /**
  * Describes the message conductor.v1.ListNodesResponse.
  * Use `create(ListNodesResponseSchema)` to create a new message.
  */
 export const ListNodesResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 19);
+  messageDesc(file_conductor_v1_orchestrator, 29);
 
 /**
  * Describes the message conductor.v1.DrainNodeRequest.
  * Use `create(DrainNodeRequestSchema)` to create a new message.
  */
 export const DrainNodeRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 20);
+  messageDesc(file_conductor_v1_orchestrator, 30);
 
 /**
  * Describes the message conductor.v1.DrainNodeResponse.
  * Use `create(DrainNodeResponseSchema)` to create a new message.
  */
 export const DrainNodeResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 21);
+  messageDesc(file_conductor_v1_orchestrator, 31);
 
 /**
  * Describes the message conductor.v1.UndrainNodeRequest.
  * Use `create(UndrainNodeRequestSchema)` to create a new message.
  */
 export const UndrainNodeRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 22);
+  messageDesc(file_conductor_v1_orchestrator, 32);
 
 /**
  * Describes the message conductor.v1.UndrainNodeResponse.
  * Use `create(UndrainNodeResponseSchema)` to create a new message.
  */
 export const UndrainNodeResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 23);
+  messageDesc(file_conductor_v1_orchestrator, 33);
 
 /**
  * OrchestratorService owns the durable task store and schedules tasks onto agents.

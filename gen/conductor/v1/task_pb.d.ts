@@ -709,6 +709,20 @@ export declare type Task = Message<"conductor.v1.Task"> & {
    * @generated from field: conductor.v1.TaskResult result = 9;
    */
   result?: TaskResult | undefined;
+
+  /**
+   * The group it is a member (or the reduce step) of; empty for a task on its own.
+   *
+   * @generated from field: string group_id = 11;
+   */
+  groupId: string;
+
+  /**
+   * Its name in the group; `reduce` for the group's reduce step.
+   *
+   * @generated from field: string member = 12;
+   */
+  member: string;
 };
 
 /**
