@@ -33,6 +33,7 @@ const GROUP_FIELDS = new Set([
   "idempotencyKey",
   "budget",
   "labels",
+  "spread",
 ]);
 
 /**

@@ -30,6 +30,7 @@ export function taskText(t: Task): string[] {
   if (labels.length) rows.push(["labels", labels.map(([k, v]) => `${k}=${v}`).join(" ")]);
   if (s?.idempotencyKey) rows.push(["idempotency", s.idempotencyKey]);
   if (s?.dependsOn.length) rows.push(["depends on", s.dependsOn.join(" ")]);
+  if (t.groupId) rows.push(["group", `${t.groupId} (member ${t.member})`]);
   if (s) rows.push(...workspaceRows(s, t.id));
   const r = t.result;
   if (r) {

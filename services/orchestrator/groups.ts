@@ -1,11 +1,12 @@
 import { randomUUID } from "node:crypto";
-import { clone, create } from "@bufbuild/protobuf";
+import { clone, create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { ConnectError } from "@connectrpc/connect";
 import {
   GroupAggregateSchema,
   GroupMemberStatusSchema,
   TaskGroupSchema,
+  TaskGroupSpecSchema,
   type GroupAggregate,
   type GroupMemberChange,
   type TaskGroup,
@@ -41,6 +42,11 @@ export const GROUP_LIMITS = {
   outcomesBytes: 96 * 1024,
   /** Most characters of a member's error in GroupMemberStatus. */
   errorChars: 1000,
+  /**
+   * Most bytes of a group spec, encoded: with its members' outcomes a group still fits any
+   * gRPC client's 4 MiB message.
+   */
+  specBytes: 2 * 1024 * 1024,
 } as const;
 
 /** The member name of a group's reduce step. */
@@ -62,6 +68,11 @@ export interface MemberSpec {
  * INVALID_ARGUMENT naming the field); the members' specs are checked by the caller.
  */
 export function expandGroup(spec: TaskGroupSpec): MemberSpec[] {
+  const size = toBinary(TaskGroupSpecSchema, spec).byteLength;
+  if (size > GROUP_LIMITS.specBytes)
+    throw invalid(
+      `the group spec is ${size} bytes, over the limit of ${GROUP_LIMITS.specBytes}: give a template and a matrix instead of long member prompts`,
+    );
   if (Buffer.byteLength(spec.name) > GROUP_LIMITS.nameBytes)
     throw invalid(`spec.name is over ${GROUP_LIMITS.nameBytes} bytes`);
   if (Buffer.byteLength(spec.idempotencyKey) > SPEC_LIMITS.idempotencyKeyBytes)
@@ -318,9 +329,19 @@ export class Groups {
     const { store } = this.opts;
     const totals = store.groupTotals(row.id);
     const state = groupState(row, totals.byState);
+    // A list shows the group's own fields, not its members' specs (a page stays small).
+    const spec = members
+      ? row.spec
+      : create(TaskGroupSpecSchema, {
+          ...row.spec,
+          members: [],
+          matrix: [],
+          template: undefined,
+          reduce: undefined,
+        });
     const group = create(TaskGroupSchema, {
       id: row.id,
-      spec: row.spec,
+      spec,
       state,
       createTime: timestampFromMs(row.createTime),
       ...(row.endTime !== undefined ? { endTime: timestampFromMs(row.endTime) } : {}),
@@ -399,6 +420,20 @@ export class Groups {
       left.set(task.groupId, n - 1);
       return true;
     });
+  }
+
+  /**
+   * For the groups of `tasks` that spread across nodes (TaskGroupSpec.spread): how many of
+   * their members run on each AgentHost, for place().
+   */
+  spreading(tasks: Task[]): Map<string, Map<string, number>> {
+    const out = new Map<string, Map<string, number>>();
+    for (const t of tasks) {
+      if (!t.groupId || out.has(t.groupId)) continue;
+      if (this.opts.store.group({ id: t.groupId })?.spec.spread)
+        out.set(t.groupId, this.opts.store.groupHosts(t.groupId));
+    }
+    return out;
   }
 
   /** Whether a group starts nothing more: it was cut, or its budget is spent (then it is cut). */

@@ -409,7 +409,8 @@ export class Orchestrator {
       const full = [...room].filter(([, n]) => n === 0).map(([id]) => id);
       const queued = this.store.nextQueued(Math.min(MAX_SCHEDULE_SCAN, slots * 8 + 16), now, full);
       const tasks = this.groups.admit(queued, room, now);
-      const pairs = place(tasks, free, (host) => this.runner.usedOn(host)).slice(0, slots);
+      const used = (host: string) => this.runner.usedOn(host);
+      const pairs = place(tasks, free, used, this.groups.spreading(tasks)).slice(0, slots);
       for (const [task, ref] of pairs) this.runner.dispatch(task, ref, now);
     }
     clearTimeout(this.wakeTimer);

@@ -97,4 +97,26 @@ describe("placement", () => {
     );
     expect(pairs.map(([t]) => t.id)).toEqual(["a"]);
   });
+
+  it("spreads a group's members to the node running fewest of them, before the least loaded", () => {
+    const a = node("a", {}, 0, 0n);
+    const b = node("b", {}, 0, 0n);
+    // a: 1 of 2 agents busy with the group's member; b: 1 of 2 busy with another task.
+    a.agents[0]!.state = AgentState.BUSY;
+    b.agents[0]!.state = AgentState.BUSY;
+    const free = refs([a, b]).filter((r) => r.agent.state === AgentState.IDLE);
+    const member = () => create(TaskSchema, { ...task("m"), groupId: "g" });
+    const onA = new Map([["g", new Map([[a.address, 1]])]]);
+    expect(place([member()], free, nothingUsed, onA)[0]![1].host.name).toBe("b");
+    // Without spreading, the nodes are equally loaded and the first one takes it.
+    expect(place([member()], free, nothingUsed)[0]![1].host.name).toBe("a");
+    // Two members in one round: one each.
+    const two = place(
+      [member(), member()],
+      free,
+      nothingUsed,
+      new Map([["g", new Map<string, number>()]]),
+    );
+    expect(two.map(([, r]) => r.host.name).sort()).toEqual(["a", "b"]);
+  });
 });

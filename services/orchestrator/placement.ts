@@ -48,12 +48,15 @@ export function checkPlaceable(links: HostLink[], spec: TaskSpec): void {
  * Pairs queued tasks (in queue order) with free agents: only on a node whose labels match the
  * task's node_selector and whose offer, less what its running tasks asked for (`used`), holds
  * what the task asks; among those, the least loaded node (busy share of its agents). A task
- * that fits nowhere now is left queued; the others go on.
+ * of a group in `spreading` (TaskGroupSpec.spread) goes first to the node running the fewest
+ * of its group's members (counts by host address). A task that fits nowhere now is left
+ * queued; the others go on.
  */
 export function place(
   tasks: Task[],
   free: AgentRef[],
   used: (host: string) => Use,
+  spreading: Map<string, Map<string, number>> = new Map(),
 ): [Task, AgentRef][] {
   const left = [...free];
   const taken = new Map<HostLink, Use & { busy: number }>();
@@ -72,7 +75,8 @@ export function place(
     if (left.length === 0) break;
     const spec = task.spec!;
     const ask = spec.resources;
-    let best: { at: number; share: number } | undefined;
+    const members = spreading.get(task.groupId);
+    let best: { at: number; mine: number; share: number } | undefined;
     left.forEach((ref, at) => {
       const l = ref.host;
       if (l.info && misfit(l.info, spec)) return;
@@ -82,10 +86,13 @@ export function place(
         if (l.info.memoryBytes > 0n && t.memoryBytes + ask.memoryBytes > l.info.memoryBytes) return;
       }
       const share = t.busy / Math.max(1, l.agents.length);
-      if (!best || share < best.share) best = { at, share };
+      const mine = members?.get(l.address) ?? 0;
+      if (!best || mine < best.mine || (mine === best.mine && share < best.share))
+        best = { at, mine, share };
     });
     if (!best) continue;
     const [ref] = left.splice(best.at, 1) as [AgentRef];
+    members?.set(ref.host.address, best.mine + 1);
     const t = load(ref.host);
     t.busy++;
     t.cpus += ask?.cpus ?? 0;

@@ -546,6 +546,16 @@ export class TaskStore {
     ).map((r) => r.id);
   }
 
+  /** How many of a group's tasks run (scheduled or running) on each AgentHost (its address). */
+  groupHosts(id: string): Map<string, number> {
+    const rows = this.db
+      .prepare(
+        "SELECT host, COUNT(*) AS n FROM tasks WHERE group_id = ? AND state IN (?, ?) GROUP BY host",
+      )
+      .all(id, TaskState.SCHEDULED, TaskState.RUNNING) as { host: string; n: number }[];
+    return new Map(rows.map((r) => [r.host, r.n]));
+  }
+
   /** The group a task belongs to ('' for none). */
   groupOf(taskId: string): string {
     const row = this.db.prepare("SELECT group_id FROM tasks WHERE id = ?").get(taskId) as

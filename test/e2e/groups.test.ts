@@ -5,12 +5,25 @@ import { Code } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { TaskGroupSpecSchema, type TaskGroup } from "../../gen/conductor/v1/group_pb.js";
-import { ErrorKind, TaskState } from "../../gen/conductor/v1/task_pb.js";
+import { ErrorKind, TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { ms, scripted, spec, testRuntimes, waitForState } from "../harness.ts";
 import { conductor } from "../repositories.ts";
 import { useConductor } from "./use-conductor.ts";
+
+/** The most of `tasks` that ran at once, from their start and end times. */
+function peak(tasks: Task[]): number {
+  const edges = tasks.flatMap((t) => [
+    { at: ms(t.startTime), d: 1 },
+    { at: ms(t.endTime), d: -1 },
+  ]);
+  edges.sort((a, b) => a.at - b.at || a.d - b.d);
+  let now = 0;
+  let most = 0;
+  for (const e of edges) most = Math.max(most, (now += e.d));
+  return most;
+}
 
 type GroupInit = Parameters<typeof create<typeof TaskGroupSpecSchema>>[1];
 
@@ -49,60 +62,56 @@ describe("task groups", () => {
     return { group: last!, most, changes };
   };
 
-  it("runs 12 members at most 3 at a time, then a reduce step given every result", async () => {
-    const members = Array.from({ length: 12 }, (_, i) => ({
-      name: `m${i}`,
-      spec: spec({
-        prompt: scripted([
-          { write: { path: "w.txt", content: "x" }, delay_ms: 300 },
-          { text: `result-of-m${i}` },
-        ]),
-      }),
-    }));
-    const group = await submitGroup({
-      name: "twelve",
-      members,
-      maxParallel: 3,
-      reduce: spec({ prompt: scripted([{ text: "merged verdict" }], "Merge: {{members}}") }),
-    });
-    expect(TaskState[group.state]).toBe("QUEUED");
-    expect(group.members.map((m) => m.name)).toEqual(members.map((m) => m.name));
-    const { group: ended, most } = await watchToEnd(group.id);
-    expect(most).toBe(3);
-    expect(TaskState[ended.state]).toBe("SUCCEEDED");
-    expect(ended.aggregate!.tasksByState).toEqual({ TASK_STATE_SUCCEEDED: 13n });
-    expect(ended.aggregate!.taskCount).toBe(13);
-    expect(ended.aggregate!.usage!.inputTokens).toBeGreaterThan(0n);
-    expect(ended.result!.text).toBe("merged verdict");
-    expect(ended.members.every((m) => TaskState[m.state] === "SUCCEEDED")).toBe(true);
-    // From the tasks' own times: never more than 3 at once.
-    const { client } = setup.conductor;
-    const tasks = await Promise.all(
-      ended.members.map(async (m) => (await client.getTask({ id: m.taskId })).task!),
-    );
-    const edges = tasks.flatMap((t) => [
-      { at: ms(t.startTime), d: 1 },
-      { at: ms(t.endTime), d: -1 },
-    ]);
-    edges.sort((a, b) => a.at - b.at || a.d - b.d);
-    let now = 0;
-    let peak = 0;
-    for (const e of edges) peak = Math.max(peak, (now += e.d));
-    expect(peak).toBeLessThanOrEqual(3);
-    // The reduce step started after the last member ended, and its prompt held every result.
-    const reduce = (await client.getTask({ id: ended.reduceTaskId })).task!;
-    expect(reduce.member).toBe("reduce");
-    expect(reduce.groupId).toBe(group.id);
-    expect(ms(reduce.startTime)).toBeGreaterThanOrEqual(
-      Math.max(...tasks.map((t) => ms(t.endTime))),
-    );
-    const seen = setup.model.requests.find((r) => JSON.stringify(r.body).includes("Merge: "));
-    const prompt = JSON.stringify(seen!.body);
-    for (let i = 0; i < 12; i++) {
-      expect(prompt).toContain(`result-of-m${i}`);
-      expect(prompt).toContain(`Member m${i}: SUCCEEDED`);
-    }
-  });
+  it(
+    "runs 12 members at most 3 at a time, then a reduce step given every result",
+    { timeout: 180_000 },
+    async () => {
+      const members = Array.from({ length: 12 }, (_, i) => ({
+        name: `m${i}`,
+        spec: spec({
+          prompt: scripted([
+            { write: { path: "w.txt", content: "x" }, delay_ms: 300 },
+            { text: `result-of-m${i}` },
+          ]),
+        }),
+      }));
+      const group = await submitGroup({
+        name: "twelve",
+        members,
+        maxParallel: 3,
+        reduce: spec({ prompt: scripted([{ text: "merged verdict" }], "Merge: {{members}}") }),
+      });
+      expect(TaskState[group.state]).toBe("QUEUED");
+      expect(group.members.map((m) => m.name)).toEqual(members.map((m) => m.name));
+      const { group: ended, most } = await watchToEnd(group.id);
+      expect(most).toBe(3);
+      expect(TaskState[ended.state]).toBe("SUCCEEDED");
+      expect(ended.aggregate!.tasksByState).toEqual({ TASK_STATE_SUCCEEDED: 13n });
+      expect(ended.aggregate!.taskCount).toBe(13);
+      expect(ended.aggregate!.usage!.inputTokens).toBeGreaterThan(0n);
+      expect(ended.result!.text).toBe("merged verdict");
+      expect(ended.members.every((m) => TaskState[m.state] === "SUCCEEDED")).toBe(true);
+      // From the tasks' own times: never more than 3 at once.
+      const { client } = setup.conductor;
+      const tasks = await Promise.all(
+        ended.members.map(async (m) => (await client.getTask({ id: m.taskId })).task!),
+      );
+      expect(peak(tasks)).toBe(3);
+      // The reduce step started after the last member ended, and its prompt held every result.
+      const reduce = (await client.getTask({ id: ended.reduceTaskId })).task!;
+      expect(reduce.member).toBe("reduce");
+      expect(reduce.groupId).toBe(group.id);
+      expect(ms(reduce.startTime)).toBeGreaterThanOrEqual(
+        Math.max(...tasks.map((t) => ms(t.endTime))),
+      );
+      const seen = setup.model.requests.find((r) => JSON.stringify(r.body).includes("Merge: "));
+      const prompt = JSON.stringify(seen!.body);
+      for (let i = 0; i < 12; i++) {
+        expect(prompt).toContain(`result-of-m${i}`);
+        expect(prompt).toContain(`Member m${i}: SUCCEEDED`);
+      }
+    },
+  );
 
   it("fail_fast cancels the running and queued members and the reduce step", async () => {
     const slow = (i: number) => ({
@@ -213,6 +222,9 @@ describe("task groups", () => {
   it("cancels a group, keeps one group per idempotency key, and lists groups", async () => {
     const { client } = setup.conductor;
     const key = `campaign-${Date.now()}`;
+    const earlier = await submitGroup({
+      members: [{ name: "quick", spec: spec({ prompt: scripted([{ text: "quick" }]) }) }],
+    });
     const init: GroupInit = {
       name: "to cancel",
       idempotencyKey: key,
@@ -243,7 +255,9 @@ describe("task groups", () => {
     const listed = await client.listTaskGroups({ pageSize: 1 });
     expect(listed.groups.map((g) => g.id)).toEqual([group.id]);
     expect(listed.groups[0]!.members).toEqual([]);
-    expect(listed.nextPageToken).not.toBe("");
+    const next = await client.listTaskGroups({ pageSize: 1, pageToken: listed.nextPageToken });
+    expect(next.groups.map((g) => g.id)).toEqual([earlier.id]);
+    expect(next.groups[0]!.spec!.members).toEqual([]);
   });
 
   it("stops a group at its budget: the member running out FAILED, the rest CANCELLED, BUDGET", async () => {
@@ -278,64 +292,108 @@ describe("task groups", () => {
     expect(ended.aggregate!.costUsd).toBeCloseTo(0.0225, 6);
   });
 
-  it("is driven from the CLI: group submit -f, watch, get, list, and submit --group", async () => {
-    const { dir, socketDir } = setup.conductor;
-    const where = ["--socket-dir", socketDir];
-    const file = path.join(dir, "group.yaml");
-    writeFileSync(
-      file,
-      [
-        "name: cli-campaign",
-        "max_parallel: 2",
-        "members:",
-        `  - name: first`,
-        `    prompt: ${JSON.stringify(scripted([{ text: "one" }]))}`,
-        `  - name: second`,
-        `    depends_on: [first]`,
-        `    prompt: ${JSON.stringify(scripted([{ text: "two after {{deps.first.result}}" }]))}`,
-        `reduce: { prompt: ${JSON.stringify(scripted([{ text: "all done" }], "Sum up {{members}}"))} }`,
-      ].join("\n"),
-    );
-    const submitted = await conductor(["group", "submit", "-f", file, "--wait", ...where], dir);
-    expect(submitted.stderr).toBe("");
-    expect(submitted.code).toBe(0);
-    const id = submitted.stdout.split("\n")[0]!;
-    expect(submitted.stdout).toMatch(/^first running/m);
-    expect(submitted.stdout).toMatch(/^state +SUCCEEDED$/m);
-    expect(submitted.stdout).toMatch(/^result:\nall done$/m);
-    const got = await conductor(["group", "get", id, ...where], dir);
-    expect(got.stdout).toMatch(/^tasks +3 succeeded$/m);
-    expect(got.stdout).toMatch(/^second +\S+ +succeeded +1 /m);
-    const asJson = JSON.parse(
-      (await conductor(["group", "get", id, "--json", ...where], dir)).stdout,
-    ) as { spec: { name: string } };
-    expect(asJson.spec.name).toBe("cli-campaign");
-    expect((await conductor(["group", "list", ...where], dir)).stdout).toContain(id);
+  it(
+    "is driven from the CLI: group submit -f, watch, get, list, and submit --group",
+    { timeout: 180_000 },
+    async () => {
+      const { dir, socketDir } = setup.conductor;
+      const where = ["--socket-dir", socketDir];
+      const file = path.join(dir, "group.yaml");
+      writeFileSync(
+        file,
+        [
+          "name: cli-campaign",
+          "max_parallel: 2",
+          "members:",
+          `  - name: first`,
+          `    prompt: ${JSON.stringify(scripted([{ text: "one" }]))}`,
+          `  - name: second`,
+          `    depends_on: [first]`,
+          `    prompt: ${JSON.stringify(scripted([{ text: "two after {{deps.first.result}}" }]))}`,
+          `reduce: { prompt: ${JSON.stringify(scripted([{ text: "all done" }], "Sum up {{members}}"))} }`,
+        ].join("\n"),
+      );
+      const submitted = await conductor(["group", "submit", "-f", file, "--wait", ...where], dir);
+      expect(submitted.stderr).toBe("");
+      expect(submitted.code).toBe(0);
+      const id = submitted.stdout.split("\n")[0]!;
+      expect(submitted.stdout).toMatch(/^second running +\[1 queued · 1 running · 1 succeeded\]$/m);
+      expect(submitted.stdout).toMatch(/^state +SUCCEEDED$/m);
+      expect(submitted.stdout).toMatch(/^result:\nall done$/m);
+      const got = await conductor(["group", "get", id, ...where], dir);
+      expect(got.stdout).toMatch(/^tasks +3 succeeded$/m);
+      expect(got.stdout).toMatch(/^second +\S+ +succeeded +1 /m);
+      const asJson = JSON.parse(
+        (await conductor(["group", "get", id, "--json", ...where], dir)).stdout,
+      ) as { spec: { name: string }; members: { taskId: string }[] };
+      expect(asJson.spec.name).toBe("cli-campaign");
+      expect((await conductor(["group", "list", ...where], dir)).stdout).toContain(id);
+      const member = asJson.members[1]!.taskId;
+      const task = await conductor(["get", member, ...where], dir);
+      expect(task.stdout).toMatch(new RegExp(`^group +${id} \\(member second\\)$`, "m"));
 
-    const sugar = await conductor(
-      [
-        "submit",
-        "--group",
-        "sugar",
-        "--each",
-        "n=1,2,3",
-        "--max-parallel",
-        "1",
-        ...where,
-        scripted([{ text: "n is {{n}}" }]),
-      ],
-      dir,
-    );
-    expect(sugar.code).toBe(0);
-    const watched = await conductor(["group", "watch", sugar.stdout.trim(), ...where], dir);
-    expect(watched.code).toBe(0);
-    expect(watched.stdout).toMatch(/^group \S+ succeeded/m);
-    expect(watched.stdout).toMatch(/^3 +\S+ +succeeded/m);
-    const bad = await conductor(
-      ["group", "submit", "-f", path.join(dir, "nope.yaml"), ...where],
-      dir,
-    );
-    expect(bad.code).not.toBe(0);
-    expect(bad.stderr).toMatch(/cannot read the spec file/);
-  });
+      const sugar = await conductor(
+        [
+          "submit",
+          "--group",
+          "sugar",
+          "--each",
+          "n=1,2,3",
+          "--max-parallel",
+          "1",
+          ...where,
+          scripted([{ text: "n is {{n}}" }]),
+        ],
+        dir,
+      );
+      expect(sugar.code).toBe(0);
+      const watched = await conductor(["group", "watch", sugar.stdout.trim(), ...where], dir);
+      expect(watched.code).toBe(0);
+      expect(watched.stdout).toMatch(/^group \S+ succeeded/m);
+      expect(watched.stdout).toMatch(/^3 +\S+ +succeeded/m);
+      const bad = await conductor(
+        ["group", "submit", "-f", path.join(dir, "nope.yaml"), ...where],
+        dir,
+      );
+      expect(bad.code).not.toBe(0);
+      expect(bad.stderr).toMatch(/cannot read the spec file/);
+    },
+  );
+
+  it(
+    "goes on across a SIGKILL of the Orchestrator, holding max_parallel",
+    { timeout: 180_000 },
+    async () => {
+      const { client } = setup.conductor;
+      const group = await submitGroup({
+        members: [1, 2, 3, 4].map((i) => ({
+          name: `r${i}`,
+          spec: spec({
+            prompt: scripted([
+              { write: { path: "w.txt", content: "x" }, delay_ms: 1500 },
+              { text: `after restart ${i}` },
+            ]),
+            maxAttempts: 3,
+          }),
+        })),
+        maxParallel: 2,
+        reduce: spec({ prompt: scripted([{ text: "reduced" }]) }),
+      });
+      await waitForState(client, group.members[0]!.taskId, TaskState.RUNNING);
+      await setup.conductor.processes[0]!.kill9();
+      await setup.conductor.restart();
+      const { group: ended } = await watchToEnd(group.id);
+      expect(TaskState[ended.state]).toBe("SUCCEEDED");
+      expect(ended.result!.text).toBe("reduced");
+      const tasks = await Promise.all(
+        ended.members.map(async (m) => (await client.getTask({ id: m.taskId })).task!),
+      );
+      expect(tasks.map((t) => t.result!.text)).toEqual(
+        [1, 2, 3, 4].map((i) => `after restart ${i}`),
+      );
+      // Started after the restart, the last two never ran beside more than one other.
+      const restarted = ms(ended.createTime);
+      expect(tasks.every((t) => ms(t.endTime) > restarted)).toBe(true);
+    },
+  );
 });

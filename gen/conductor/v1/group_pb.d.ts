@@ -97,6 +97,14 @@ export declare type TaskGroupSpec = Message<"conductor.v1.TaskGroupSpec"> & {
    * @generated from field: map<string, string> labels = 10;
    */
   labels: { [key: string]: string };
+
+  /**
+   * Spread the members across nodes: each goes to the node running the fewest of the group's
+   * members (then, as always, the least loaded one that fits).
+   *
+   * @generated from field: bool spread = 11;
+   */
+  spread: boolean;
 };
 
 /**

@@ -790,7 +790,8 @@ export declare const OrchestratorService: GenService<{
   /**
    * Stores a group's members (and reduce step) durably, in one transaction, and queues them.
    * INVALID_ARGUMENT for a bad spec (naming the member and field), a cycle among members'
-   * depends_on, or more than 1000 members; NOT_FOUND for a depends_on naming no task.
+   * depends_on, more than 1000 members, or a spec over 2 MiB encoded; NOT_FOUND for a
+   * depends_on naming no task.
    *
    * @generated from rpc conductor.v1.OrchestratorService.SubmitTaskGroup
    */
@@ -808,7 +809,8 @@ export declare const OrchestratorService: GenService<{
     output: typeof GetTaskGroupResponseSchema;
   },
   /**
-   * Groups, newest first, without their members' list.
+   * Groups, newest first, without their members' list nor the specs of their members,
+   * template and reduce step (GetTaskGroup has them).
    *
    * @generated from rpc conductor.v1.OrchestratorService.ListTaskGroups
    */
