@@ -103,6 +103,18 @@ describe("spend limits", () => {
     expect(limits.nextRelease(T0 + 5000)).toBe(T0 + 6000);
   });
 
+  it("waits for as much to leave the window as brings it below the limit", () => {
+    const { store } = open();
+    spent(store, "a", {}, [[T0, 0.01]]);
+    spent(store, "b", {}, [[T0 + 1000, 0.01]]);
+    spent(store, "c", {}, [[T0 + 2000, 0.01]]);
+    // 0.03 against 0.015: T0's leaving leaves 0.02, T0 + 1000's 0.01.
+    const limits = new SpendLimits([{ usdPerHour: 0.015, labels: {}, windowMs: HOUR }], store);
+    expect(limits.nextRelease(T0 + 3000)).toBe(T0 + 1000 + HOUR);
+    expect(limits.holdsAll(T0 + HOUR)).toBe(true);
+    expect(limits.holdsAll(T0 + 1000 + HOUR)).toBe(false);
+  });
+
   it("keeps spend across a restart", () => {
     const { store, dir } = open();
     spent(store, "a", {}, [[T0, 0.5]]);
