@@ -4,6 +4,7 @@ import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { afterEach, describe, expect, it } from "vitest";
 import { TaskResultSchema, TaskSpecSchema, TaskState } from "../../gen/conductor/v1/task_pb.js";
+import { FakeAgentHost, started, until, World, type Play } from "../../test/orchestrator-world.ts";
 import { heldReason, SpendLimits, type SpendLimit } from "./spend-limits.ts";
 import { TaskStore } from "./store.ts";
 
@@ -124,5 +125,48 @@ describe("spend limits", () => {
     const limits = new SpendLimits([{ usdPerHour: 0.5, labels: {}, windowMs: HOUR }], again);
     expect(limits.holdsAll(T0 + 1000)).toBe(true);
     expect(limits.states(T0 + 1000)[0]!.spent).toBeCloseTo(0.5, 12);
+  });
+});
+
+/** Starts and succeeds, the attempt having cost $0.02. */
+const costly: Play = async function* (req, _ctx, host) {
+  yield started(req, host);
+  host.setAgent("");
+  const result = { text: "spent", costUsd: 0.02 };
+  yield { kind: { case: "outcome", value: { state: TaskState.SUCCEEDED, result } } };
+};
+
+describe("the scheduler under a reached spend limit", () => {
+  let world: World | undefined;
+  afterEach(async () => {
+    await world?.[Symbol.asyncDispose]();
+    world = undefined;
+  });
+
+  it("passes over the tasks it holds, however high their priority, and starts the rest", async () => {
+    world = new World();
+    const w = world;
+    const teamA = { usdPerHour: 0.01, labels: { team: "a" }, windowMs: 60_000 };
+    await w.startOrchestrator({ spendLimits: [teamA] });
+    await w.host(w.hostSocket, new FakeAgentHost("", [costly]));
+    const submit = async (labels: Record<string, string>, priority = 0, dependsOn: string[] = []) =>
+      (await w.client.submitTask({ spec: { prompt: "p", labels, priority, dependsOn } })).task!.id;
+    const first = await submit({ team: "a" });
+    await until(() => w.orch.store.state(first) === TaskState.SUCCEEDED, "the first task to end");
+    const held = await submit({ team: "a" }, 10);
+    const after = await submit({ team: "a" }, 0, [held]);
+    const other = await submit({ team: "b" });
+    await until(() => w.orch.store.state(other) === TaskState.SUCCEEDED, "team b's task to run");
+    await w.polls(3);
+    const h = await w.task(held);
+    expect(h.state).toBe(TaskState.QUEUED);
+    expect(h.attempts).toBe(0);
+    expect(h.queueReason).toMatch(
+      /^spend limit \$0\.0100 per 60 s for labels team=a reached \(\$0\.0200 in the last 60 s\); starts when the window allows, about \d\d:\d\d:\d\d UTC$/,
+    );
+    expect((await w.task(after)).queueReason).toBe(
+      `waiting for 1 dependency to succeed: ${held} (QUEUED)`,
+    );
+    expect((await w.task(other)).queueReason).toBe("");
   });
 });
