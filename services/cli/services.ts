@@ -15,7 +15,11 @@ import {
 } from "../agent-host/telemetry.ts";
 import { Orchestrator } from "../orchestrator/orchestrator.ts";
 import { orchestratorRoutes } from "../orchestrator/routes.ts";
-import { createOrchestratorObserver, registerTaskGauges } from "../orchestrator/telemetry.ts";
+import {
+  createOrchestratorObserver,
+  registerSpendGauges,
+  registerTaskGauges,
+} from "../orchestrator/telemetry.ts";
 import { resolveClaudePath } from "../shared/claude-path.ts";
 import type { Config } from "../shared/config.ts";
 import type { Logger } from "../shared/log.ts";
@@ -312,11 +316,19 @@ async function serveOrchestrator(
     defaultTimeoutMs: o.default_timeout_seconds * 1000,
     unconfirmedAttemptTimeoutMs: o.unconfirmed_attempt_timeout_seconds * 1000,
     outputRetentionBytes: o.event_retention_bytes,
+    spendLimits: o.spend_limits.map((l) => ({
+      usdPerHour: l.usd_per_hour,
+      labels: l.labels,
+      windowMs: l.window_seconds * 1000,
+    })),
     log: log.child({ service: "orchestrator" }),
     observer,
     hostInterceptors: obs?.clientInterceptors ?? [],
   });
-  if (obs?.registry) registerTaskGauges(obs.registry, orchestrator.store);
+  if (obs?.registry) {
+    registerTaskGauges(obs.registry, orchestrator.store);
+    registerSpendGauges(obs.registry, orchestrator.spendLimits);
+  }
   orchestrator.start();
   const server = await serveUnix({
     socketPath: config.communication.socket_path,

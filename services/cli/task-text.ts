@@ -13,6 +13,7 @@ export function taskText(t: Task): string[] {
   const rows: [string, string][] = [
     ["id", t.id],
     ["state", stateName(t.state)],
+    ...(t.queueReason ? [["held", t.queueReason] as [string, string]] : []),
     ["agent", t.agentId || "-"],
     ["attempts", `${t.attempts}${s?.maxAttempts ? ` of ${s.maxAttempts}` : ""}`],
     ["created", when(t.createTime)],

@@ -110,7 +110,7 @@ export class TaskEvents {
   ): boolean {
     let cancelled: { id: string; change: Change }[] = [];
     const changed = this.store.tx(() => {
-      if (!this.store.transition(id, from, { ...update, state: change.state })) return false;
+      if (!this.store.transition(id, from, { ...update, state: change.state }, now)) return false;
       this.store.appendEvents(id, [...before, stateChange(change)], now);
       if (FINAL_STATES.has(change.state)) cancelled = this.settleDependents(id, change.state, now);
       return true;

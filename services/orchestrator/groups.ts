@@ -422,6 +422,17 @@ export class Groups {
     });
   }
 
+  /** Why the group holds back its queued members now ("" when it does not). */
+  holdReason(id: string): string {
+    const row = this.opts.store.group({ id });
+    if (!row) return "";
+    if (row.reason) return `the group was cut short: ${row.reason}`;
+    const room = this.opts.store.groupRoom().get(id);
+    return room === 0
+      ? `the group runs its max_parallel of ${row.maxParallel} members; starts when one ends`
+      : "";
+  }
+
   /**
    * For the groups of `tasks` that spread across nodes (TaskGroupSpec.spread): how many of
    * their members run on each AgentHost, for place().

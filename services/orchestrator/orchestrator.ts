@@ -19,6 +19,7 @@ import { Fleet } from "./nodes.ts";
 import { checkPlaceable, place } from "./placement.ts";
 import type { OrchestratorObserver } from "./observer.ts";
 import { AttemptRunner, withDependencyResults } from "./runner.ts";
+import { heldReason, SpendLimits, type SpendLimit } from "./spend-limits.ts";
 import { FINAL_STATES, TaskStore } from "./store.ts";
 import { validateSpec } from "./validate.ts";
 import type { TaskGroup, TaskGroupSpec } from "../../gen/conductor/v1/group_pb.js";
@@ -49,6 +50,8 @@ export interface OrchestratorOptions {
   hostInterceptors?: Interceptor[];
   /** A joined node's lease (orchestrator.node_lease_seconds; default 15 s). */
   nodeLeaseMs?: number;
+  /** Fleet-wide spend limits (orchestrator.spend_limits); none by default. */
+  spendLimits?: SpendLimit[];
 }
 
 /** Most queued tasks one schedule looks at. */
@@ -70,6 +73,8 @@ export class Orchestrator {
   readonly fleet: Fleet;
   /** Task groups: their aggregate, limits, cuts and watchers. */
   readonly groups: Groups;
+  /** Fleet-wide spend limits: which queued tasks they hold, and until when. */
+  readonly spendLimits: SpendLimits;
   private readonly events: TaskEvents;
   private readonly runner: AttemptRunner;
   private readonly opts: OrchestratorOptions;
@@ -82,7 +87,9 @@ export class Orchestrator {
       ...(opts.outputRetentionBytes !== undefined
         ? { outputRetentionBytes: opts.outputRetentionBytes }
         : {}),
+      spendRetentionMs: Math.max(0, ...(opts.spendLimits ?? []).map((l) => l.windowMs)),
     });
+    this.spendLimits = new SpendLimits(opts.spendLimits ?? [], this.store);
     this.artifacts = new ArtifactStore(opts.dataDir, opts.log);
     this.hosts = new HostRegistry(
       opts.agentHosts,
@@ -306,10 +313,38 @@ export class Orchestrator {
     return patchOf(this.hosts, task, this.store.attemptHost(id), signal);
   }
 
+  /** A task as stored; a queued one says what holds it (queue_reason). */
   get(id: string): Task {
     const task = id ? this.store.get(id) : undefined;
     if (!task) throw notFound("task", id);
+    if (task.state === TaskState.QUEUED) task.queueReason = this.queueReason(task, Date.now());
     return task;
+  }
+
+  /**
+   * Why a queued task is not starting now, as far as the Orchestrator knows without looking at
+   * agents: dependencies not yet SUCCEEDED, a retry's backoff, a reached spend limit; "" else.
+   */
+  private queueReason(task: Task, now: number): string {
+    const info = this.store.queueInfo(task.id);
+    if (info && info.waiting > 0 && task.member === REDUCE) {
+      return `the group's reduce step: waiting for ${info.waiting} of its members to end`;
+    }
+    if (info && info.waiting > 0) {
+      const deps = (task.spec?.dependsOn ?? [])
+        .map((d) => ({ id: d, state: this.store.state(d) }))
+        .filter((d) => d.state !== TaskState.SUCCEEDED)
+        .map((d) => `${d.id} (${d.state !== undefined ? TaskState[d.state] : "unknown"})`);
+      const n = deps.length;
+      return `waiting for ${n} ${n === 1 ? "dependency" : "dependencies"} to succeed: ${deps.join(", ")}`;
+    }
+    if (info && info.notBefore > now) {
+      const time = new Date(info.notBefore).toISOString().slice(11, 19);
+      return `retrying after a failed attempt: not before ${time} UTC`;
+    }
+    const held = this.spendLimits.holding(task.spec?.labels ?? {}, now);
+    if (held.length > 0) return heldReason(held);
+    return task.groupId ? this.groups.holdReason(task.groupId) : "";
   }
 
   /**
@@ -402,20 +437,27 @@ export class Orchestrator {
     const free = this.hosts.idle().filter((r) => !held.has(r.key));
     const slots = Math.min(free.length, this.opts.maxWorkers - this.runner.size);
     const now = Date.now();
-    if (slots > 0) {
-      // Tasks that fit no free agent now wait; those after them are looked at (bounded).
-      // Groups at their max_parallel are passed over, and the rest take only their room.
+    if (slots > 0 && !this.spendLimits.holdsAll(now)) {
+      // Tasks that fit no free agent, or that a reached spend limit covers, wait; those after
+      // them are looked at (bounded). Groups at their max_parallel are passed over, and the
+      // rest take only their room.
       const room = this.store.groupRoom();
       const full = [...room].filter(([, n]) => n === 0).map(([id]) => id);
       const queued = this.store.nextQueued(Math.min(MAX_SCHEDULE_SCAN, slots * 8 + 16), now, full);
-      const tasks = this.groups.admit(queued, room, now);
+      const unheld = queued.filter(
+        (t) => this.spendLimits.holding(t.spec?.labels ?? {}, now).length === 0,
+      );
+      const tasks = this.groups.admit(unheld, room, now);
       const used = (host: string) => this.runner.usedOn(host);
       const pairs = place(tasks, free, used, this.groups.spreading(tasks)).slice(0, slots);
       for (const [task, ref] of pairs) this.runner.dispatch(task, ref, now);
     }
     clearTimeout(this.wakeTimer);
-    const wake = this.store.nextWakeup(now);
-    if (wake !== undefined) this.wakeTimer = setTimeout(() => this.schedule(), wake - now);
+    // The next retry's backoff ends, or a reached spend limit's window allows again.
+    const wakes = [this.store.nextWakeup(now), this.spendLimits.nextRelease(now)];
+    const wake = Math.min(...wakes.filter((w) => w !== undefined));
+    if (wake !== Infinity)
+      this.wakeTimer = setTimeout(() => this.schedule(), Math.max(0, wake - now));
   }
 
   /**

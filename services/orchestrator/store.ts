@@ -102,6 +102,13 @@ CREATE TABLE IF NOT EXISTS groups (
   reason TEXT NOT NULL DEFAULT '',
   end_time INTEGER
 );
+CREATE TABLE IF NOT EXISTS spend (
+  at INTEGER NOT NULL,
+  task_id TEXT NOT NULL,
+  usd REAL NOT NULL,
+  labels TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS spend_at ON spend (at);
 CREATE TABLE IF NOT EXISTS task_deps (
   dep_id TEXT NOT NULL,
   task_id TEXT NOT NULL,
@@ -154,6 +161,18 @@ export interface TaskStoreOptions {
    * beyond it the oldest output events are deleted; state changes and results are always kept.
    */
   outputRetentionBytes?: number;
+  /**
+   * How long a record of spend is kept (the longest spend limit window; an hour at least): what
+   * an attempt added to its task's cost, with the task's labels, for spend limits.
+   */
+  spendRetentionMs?: number;
+}
+
+/** What the tasks a set of labels covers spent in a window (spend limits). */
+export interface WindowSpend {
+  usd: number;
+  /** When the oldest spend in the window was recorded (undefined when there is none). */
+  oldest?: number;
 }
 
 /** Output retention when none is configured (the config's default). */
@@ -170,10 +189,14 @@ export class TaskStore {
   private readonly retentionBytes: number;
   /** Output bytes kept per task with a live attempt (forgotten when it ends). */
   private readonly outputBytes = new Map<string, number>();
+  private readonly spendRetentionMs: number;
+  /** Bumped whenever spend is recorded: spend limits read the window again after. */
+  spendVersion = 0;
 
   constructor(dataDir: string, opts: TaskStoreOptions = {}) {
     this.dataDir = dataDir;
     this.retentionBytes = opts.outputRetentionBytes ?? DEFAULT_OUTPUT_RETENTION_BYTES;
+    this.spendRetentionMs = Math.max(3_600_000, opts.spendRetentionMs ?? 0);
     mkdirSync(dataDir, { recursive: true });
     this.db = new DatabaseSync(path.join(dataDir, "orchestrator.db"));
     try {
@@ -315,8 +338,12 @@ export class TaskStore {
     return row?.max_attempts ?? 1;
   }
 
-  /** Changes a task only if it is still in `from` (one of them); returns whether it did. */
-  transition(id: string, from: TaskState[], update: TaskUpdate): boolean {
+  /**
+   * Changes a task only if it is still in `from` (one of them); returns whether it did. A
+   * result that costs more than the task's stored one records the difference as spend at `now`
+   * (what the attempt added: a result's cost covers all attempts), in the same transaction.
+   */
+  transition(id: string, from: TaskState[], update: TaskUpdate, now = Date.now()): boolean {
     const sets: string[] = [];
     const args: (string | number | null | Uint8Array)[] = [];
     const put = (col: string, v: string | number | null | Uint8Array) => {
@@ -339,7 +366,64 @@ export class TaskStore {
     }
     const marks = from.map(() => "?").join(",");
     const sql = `UPDATE tasks SET ${sets.join(", ")} WHERE id = ? AND state IN (${marks})`;
-    return this.tx(() => this.db.prepare(sql).run(...args, id, ...from).changes === 1);
+    const result = update.result;
+    return this.tx(() => {
+      const before =
+        result && result.costUsd > 0
+          ? (this.db.prepare("SELECT cost_usd, spec FROM tasks WHERE id = ?").get(id) as
+              { cost_usd: number; spec: Uint8Array } | undefined)
+          : undefined;
+      if (this.db.prepare(sql).run(...args, id, ...from).changes !== 1) return false;
+      if (before && result!.costUsd > before.cost_usd) {
+        const labels = fromBinary(TaskSpecSchema, before.spec).labels;
+        this.recordSpend(id, result!.costUsd - before.cost_usd, labels, now);
+      }
+      return true;
+    });
+  }
+
+  /** Records spend (and forgets what is older than any window needs). */
+  private recordSpend(id: string, usd: number, labels: Record<string, string>, now: number): void {
+    this.db
+      .prepare("INSERT INTO spend (at, task_id, usd, labels) VALUES (?, ?, ?, ?)")
+      .run(now, id, usd, JSON.stringify(labels));
+    this.db.prepare("DELETE FROM spend WHERE at <= ?").run(now - this.spendRetentionMs);
+    this.spendVersion++;
+  }
+
+  /**
+   * What tasks whose labels include all of `labels` spent after `since` (ms), and when the
+   * oldest of it was recorded: one indexed query over the window's records.
+   */
+  windowSpend(labels: Record<string, string>, since: number): WindowSpend {
+    const { where, args } = spendFilter(labels);
+    const row = this.db
+      .prepare(`SELECT COALESCE(SUM(usd), 0) AS usd, MIN(at) AS oldest FROM spend WHERE ${where}`)
+      .get(since, ...args) as { usd: number; oldest: number | null };
+    return { usd: row.usd, ...(row.oldest !== null ? { oldest: row.oldest } : {}) };
+  }
+
+  /**
+   * The time of the oldest spend after `since` (among tasks whose labels include `labels`)
+   * whose leaving the window brings what is left in it below `limit`: the window allows again
+   * one window after it (asked when what is in the window is at or over the limit).
+   */
+  spendReleasedBy(
+    labels: Record<string, string>,
+    since: number,
+    limit: number,
+  ): number | undefined {
+    const { where, args } = spendFilter(labels);
+    // `newer`: what was spent after each record (records of the same ms leave together).
+    const row = this.db
+      .prepare(
+        `SELECT MIN(at) AS at FROM (
+           SELECT at, COALESCE(SUM(usd) OVER (ORDER BY at DESC RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS newer
+           FROM spend WHERE ${where}
+         ) WHERE newer < ?`,
+      )
+      .get(since, ...args, limit) as { at: number | null };
+    return row.at ?? undefined;
   }
 
   /**
@@ -363,6 +447,13 @@ export class TaskStore {
       )
       .get(TaskState.QUEUED, now) as { t: number | null };
     return row.t ?? undefined;
+  }
+
+  /** What keeps a task queued that its row holds: dependencies to wait for, a retry's backoff. */
+  queueInfo(id: string): { waiting: number; notBefore: number } | undefined {
+    const row = this.db.prepare("SELECT waiting, not_before FROM tasks WHERE id = ?").get(id) as
+      { waiting: number; not_before: number } | undefined;
+    return row && { waiting: row.waiting, notBefore: row.not_before };
   }
 
   /**
@@ -842,6 +933,16 @@ function toGroupRow(r: RawGroupRow): GroupRow {
     cancelled: r.cancelled === 1,
     reason: r.reason,
     endTime: r.end_time ?? undefined,
+  };
+}
+
+/** The WHERE clause of spend records after a time (the first argument) for a set of labels. */
+function spendFilter(labels: Record<string, string>): { where: string; args: string[] } {
+  const entries = Object.entries(labels);
+  const has = "EXISTS (SELECT 1 FROM json_each(spend.labels) WHERE key = ? AND value = ?)";
+  return {
+    where: ["at > ?", ...entries.map(() => has)].join(" AND "),
+    args: entries.flat(),
   };
 }
 

@@ -15,6 +15,7 @@ import {
   SPAN_TASK_SCHEDULED,
 } from "../shared/tracing.ts";
 import type { Attempt, OrchestratorObserver, Transition } from "./observer.ts";
+import { labelsText, type SpendLimits } from "./spend-limits.ts";
 import type { TaskStore } from "./store.ts";
 
 /** Token usage and cost on a task's attempt span (OpenTelemetry's gen_ai names where they exist). */
@@ -288,6 +289,34 @@ export function registerTaskGauges(registry: Registry, store: TaskStore): void {
     collect() {
       const counts = store.countByState();
       for (const s of STATES) this.set({ state: stateLabel(s) }, counts.get(s) ?? 0);
+    },
+  });
+}
+
+/**
+ * Registers the gauges of the spend limits (orchestrator.spend_limits), read at scrape time: each
+ * limit and what the tasks it covers spent in its window, by the limit's labels ("k=v,…"; "*" for
+ * the one covering every task).
+ */
+export function registerSpendGauges(registry: Registry, limits: SpendLimits): void {
+  if (limits.limits.length === 0) return;
+  const name = (l: Record<string, string>) => labelsText(l) || "*";
+  new Gauge({
+    name: "conductor_spend_limit_usd",
+    help: "Each spend limit: USD its tasks may spend in its window (an hour unless configured), by its labels.",
+    labelNames: ["limit"],
+    registers: [registry],
+    collect() {
+      for (const l of limits.limits) this.set({ limit: name(l.labels) }, l.usdPerHour);
+    },
+  });
+  new Gauge({
+    name: "conductor_spend_window_usd",
+    help: "USD the tasks a spend limit covers spent in its window, as recorded when attempts end; at or over conductor_spend_limit_usd, its new tasks stay queued.",
+    labelNames: ["limit"],
+    registers: [registry],
+    collect() {
+      for (const s of limits.states(Date.now())) this.set({ limit: name(s.limit.labels) }, s.spent);
     },
   });
 }

@@ -59,6 +59,30 @@ describe("loadConfig", () => {
   });
 });
 
+describe("orchestrator.spend_limits", () => {
+  const limits = (value: string) =>
+    loadConfig({ env: { CONDUCTOR_ORCHESTRATOR_SPEND_LIMITS: value } }).orchestrator.spend_limits;
+
+  it("takes limits with or without labels, an hour's window unless told", () => {
+    expect(
+      limits("[{usd_per_hour: 20}, {usd_per_hour: 5, labels: {team: a}, window_seconds: 60}]"),
+    ).toEqual([
+      { usd_per_hour: 20, labels: {}, window_seconds: 3600 },
+      { usd_per_hour: 5, labels: { team: "a" }, window_seconds: 60 },
+    ]);
+  });
+
+  it("names the bad entry: no limit, two limits for the same labels", () => {
+    expect(() => limits("[{usd_per_hour: 0}]")).toThrow(
+      /"orchestrator\.spend_limits\.0\.usd_per_hour": must be more than 0/,
+    );
+    expect(() =>
+      limits("[{usd_per_hour: 1, labels: {a: b}}, {usd_per_hour: 2, labels: {a: b}}]"),
+    ).toThrow(/"orchestrator\.spend_limits\.1\.labels": entry 2 has the labels of entry 1/);
+    expect(() => limits("[{usd_per_hour: 1, colour: red}]")).toThrow(/colour/);
+  });
+});
+
 describe("loadConfig refuses, all at once", () => {
   it("reports every problem, each naming its key and the variable, file or flag it came from", () => {
     const dir = mkdtempSync(path.join(tmpdir(), "conductor-config-"));

@@ -171,6 +171,42 @@ const schema = z
          * FAILED, "node NAME lost", and are retried elsewhere). It ends its own runs after half.
          */
         node_lease_seconds: seconds(HOUR).default(15),
+        /**
+         * Fleet-wide admission control: while what the tasks a limit covers spent in its window
+         * (the last hour) is at or over usd_per_hour, new tasks it covers stay QUEUED, saying why.
+         * A limit without labels covers every task; one with labels, the tasks whose labels
+         * include all of them. window_seconds shortens or lengthens the hour (tests).
+         */
+        spend_limits: z
+          .array(
+            z.strictObject({
+              usd_per_hour: z
+                .number()
+                .positive("must be more than 0")
+                .max(1_000_000, "must be at most 1000000"),
+              labels: z
+                .record(z.string().min(1).max(128), z.string().max(1024))
+                .refine((r) => Object.keys(r).length <= 64, "must have at most 64 labels")
+                .default({}),
+              window_seconds: seconds(DAY).default(HOUR),
+            }),
+          )
+          .max(100, "must have at most 100 entries")
+          .superRefine((limits, ctx) => {
+            const seen = new Map<string, number>();
+            limits.forEach((l, i) => {
+              const key = JSON.stringify(Object.entries(l.labels).sort());
+              const first = seen.get(key);
+              if (first !== undefined)
+                ctx.addIssue({
+                  code: "custom",
+                  path: [i, "labels"],
+                  message: `entry ${i + 1} has the labels of entry ${first + 1}: one limit per set of labels`,
+                });
+              else seen.set(key, i);
+            });
+          })
+          .default([]),
       })
       .strict()
       .prefault({}),

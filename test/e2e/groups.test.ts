@@ -238,7 +238,11 @@ describe("task groups", () => {
     const again = await client.submitTaskGroup({ spec: create(TaskGroupSpecSchema, init) });
     expect(again.deduplicated).toBe(true);
     expect(again.group!.id).toBe(group.id);
-    await waitForState(client, group.members[0]!.taskId, TaskState.RUNNING);
+    await waitForState(client, group.members[1]!.taskId, TaskState.RUNNING);
+    const held = (await client.getTask({ id: group.members[2]!.taskId })).task!;
+    expect(held.queueReason).toBe(
+      "the group runs its max_parallel of 2 members; starts when one ends",
+    );
     const cancelled = (await client.cancelTaskGroup({ id: group.id })).group!;
     expect(TaskState[cancelled.state]).toBe("CANCELLED");
     expect(cancelled.members.map((m) => TaskState[m.state])).toEqual([

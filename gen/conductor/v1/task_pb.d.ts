@@ -711,6 +711,17 @@ export declare type Task = Message<"conductor.v1.Task"> & {
   result?: TaskResult | undefined;
 
   /**
+   * Why a QUEUED task is not starting now, in words; empty when nothing holds it but a free
+   * agent (and for tasks in other states). E.g. "spend limit $5.00/hour for labels team=a
+   * reached ($5.02 in the last hour); starts when the window allows, about 12:41:07 UTC", or
+   * "waiting for 1 dependency to succeed: 5f0c… (RUNNING)". Worked out when GetTask reads the
+   * task (not stored; ListTasks and WatchTask leave it empty).
+   *
+   * @generated from field: string queue_reason = 10;
+   */
+  queueReason: string;
+
+  /**
    * The group it is a member (or the reduce step) of; empty for a task on its own.
    *
    * @generated from field: string group_id = 11;
