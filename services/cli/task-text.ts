@@ -30,6 +30,8 @@ export function taskText(t: Task): string[] {
   if (labels.length) rows.push(["labels", labels.map(([k, v]) => `${k}=${v}`).join(" ")]);
   if (s?.idempotencyKey) rows.push(["idempotency", s.idempotencyKey]);
   if (s?.dependsOn.length) rows.push(["depends on", s.dependsOn.join(" ")]);
+  const params = Object.entries(s?.params ?? {});
+  if (params.length) rows.push(["params", params.map(([k, v]) => `${k}=${v}`).join(" ")]);
   if (s) rows.push(...workspaceRows(s, t.id));
   const r = t.result;
   if (r) {
@@ -54,7 +56,8 @@ export function taskText(t: Task): string[] {
     lines.push("", "checks:", ...checkLines(r.checks, planned).map((l) => `  ${l}`));
   }
   lines.push("", "prompt:", indent(s?.prompt ?? ""));
-  if (r?.text) lines.push("", "result:", indent(r.text));
+  if (r?.structured) lines.push("", "structured:", indent(JSON.stringify(r.structured, null, 2)));
+  else if (r?.text) lines.push("", "result:", indent(r.text));
   return lines;
 }
 

@@ -17,6 +17,8 @@ import { checkPlaceable, place } from "./placement.ts";
 import type { OrchestratorObserver } from "./observer.ts";
 import { AttemptRunner } from "./runner.ts";
 import { FINAL_STATES, TaskStore } from "./store.ts";
+import { taskTypeRegistry } from "./load-task-types.ts";
+import type { TaskTypeRegistry } from "./task-types.ts";
 import { validateSpec } from "./validate.ts";
 import { checkAtSubmit, patchOf } from "./workspaces.ts";
 
@@ -45,6 +47,8 @@ export interface OrchestratorOptions {
   hostInterceptors?: Interceptor[];
   /** A joined node's lease (orchestrator.node_lease_seconds; default 15 s). */
   nodeLeaseMs?: number;
+  /** The task types tasks may name (loadTaskTypes); default: the built-ins. */
+  types?: TaskTypeRegistry;
 }
 
 /** Most queued tasks one schedule looks at. */
@@ -64,6 +68,8 @@ export class Orchestrator {
   readonly artifacts: ArtifactStore;
   /** The nodes: joined ones' leases and tunnels, draining. */
   readonly fleet: Fleet;
+  /** The task types: what a spec's type and params mean. */
+  readonly types: TaskTypeRegistry;
   private readonly events: TaskEvents;
   private readonly runner: AttemptRunner;
   private readonly opts: OrchestratorOptions;
@@ -72,6 +78,7 @@ export class Orchestrator {
 
   constructor(opts: OrchestratorOptions) {
     this.opts = opts;
+    this.types = opts.types ?? taskTypeRegistry();
     this.store = new TaskStore(opts.dataDir, {
       ...(opts.outputRetentionBytes !== undefined
         ? { outputRetentionBytes: opts.outputRetentionBytes }
@@ -90,6 +97,7 @@ export class Orchestrator {
       hosts: this.hosts,
       events: this.events,
       artifacts: this.artifacts,
+      types: this.types,
       observer: opts.observer,
       log: opts.log,
       retryBackoffMs: opts.retryBackoffMs,
@@ -130,9 +138,16 @@ export class Orchestrator {
    * returns the first task. A full disk throws StorageFull, with nothing stored.
    */
   submit(input: TaskSpec | undefined): { task: Task; deduplicated: boolean } {
-    const spec = validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes });
+    const spec = this.validate(input);
     checkPlaceable(this.hosts.links, spec);
     return this.enqueue(spec);
+  }
+
+  /** A spec's own fields, then its type and params: INVALID_ARGUMENT naming what is wrong. */
+  private validate(input: TaskSpec | undefined): TaskSpec {
+    const spec = validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes });
+    this.types.check(spec, this.opts.maxPromptBytes);
+    return spec;
   }
 
   /**
@@ -182,7 +197,7 @@ export class Orchestrator {
     input: TaskSpec | undefined,
     signal?: AbortSignal,
   ): Promise<{ task: Task; deduplicated: boolean }> {
-    const spec = validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes });
+    const spec = this.validate(input);
     checkPlaceable(this.hosts.links, spec);
     await checkAtSubmit(this.hosts, spec, signal);
     return this.enqueue(spec);

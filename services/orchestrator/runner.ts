@@ -21,6 +21,7 @@ import type { AgentRef, HostRegistry } from "./hosts.ts";
 import type { OrchestratorObserver } from "./observer.ts";
 import { boundOutput, boundResult } from "../shared/output-bounds.ts";
 import { FINAL_STATES, type TaskStore } from "./store.ts";
+import type { PreparedSpec, TaskTypeRegistry } from "./task-types.ts";
 import { DEP_RESULT } from "./validate.ts";
 
 /** How often a store that refuses to schedule is logged, at most. */
@@ -33,6 +34,8 @@ export interface AttemptRunnerOptions {
   events: TaskEvents;
   /** The whole of outputs and results that events carry cut short. */
   artifacts: ArtifactStore;
+  /** Builds what each attempt runs from the task's type and params. */
+  types: TaskTypeRegistry;
   observer?: OrchestratorObserver | undefined;
   log: Logger;
   retryBackoffMs: number;
@@ -344,13 +347,26 @@ export class AttemptRunner {
       dropped: 0,
       droppedError: "",
     };
+    let prepared: PreparedSpec;
+    try {
+      // Dependencies' results go into the prompt first, then the type builds on it.
+      const spec = withDependencyResults(task.spec!, (id) => this.opts.store.get(id)?.result?.text);
+      prepared = this.opts.types.prepare(spec);
+    } catch (e) {
+      // Checked at submit: only a type configured away since (a restart) gets here.
+      const why = e instanceof ConnectError ? e.rawMessage : String(e);
+      s.outcome = unpreparable(`the task's type cannot build its attempt: ${why}`);
+      s.endedAt = Date.now();
+      return s;
+    }
     try {
       const stream = ref.host.client.runTask(
         {
           agentId: run.agentId,
           taskId: task.id,
           attempt,
-          spec: withDependencyResults(task.spec!, (id) => this.opts.store.get(id)?.result?.text),
+          spec: prepared.spec,
+          resultSchema: prepared.resultSchema,
           // A check that failed there makes the host resume that attempt's session.
           ...(task.result ? { previousResult: task.result } : {}),
         },
@@ -607,6 +623,20 @@ const NOT_RETRIED: ReadonlySet<ErrorKind> = new Set([
   ErrorKind.DEPENDENCY,
   ErrorKind.CANCELLED,
 ]);
+
+/** An attempt that cannot be built (its type is gone): failed, not retried. */
+function unpreparable(error: string): RunOutcome {
+  return {
+    $typeName: "conductor.v1.RunOutcome",
+    state: TaskState.FAILED,
+    result: create(TaskResultSchema, {
+      isError: true,
+      error,
+      errorKind: ErrorKind.INVALID_REQUEST,
+    }),
+    permanent: true,
+  };
+}
 
 /** An attempt that ended without its outcome (its host or node lost, or stopped). */
 function lost(error: string): RunOutcome {
