@@ -424,6 +424,7 @@ export class AttemptRunner {
           }
           case "outcome": {
             s.outcome = res.kind.value;
+            if (prepared.resultSchema) unanswered(s.outcome);
             const kept = takeWhole(undefined);
             if (kept !== undefined) this.opts.artifacts.keep(task.id, 0, kept);
             break;
@@ -623,6 +624,20 @@ const NOT_RETRIED: ReadonlySet<ErrorKind> = new Set([
   ErrorKind.DEPENDENCY,
   ErrorKind.CANCELLED,
 ]);
+
+/**
+ * Fails a success without the structured answer its type's schema asks for: an AgentHost of a
+ * version before task types runs the CLI without the schema and never checks one.
+ */
+function unanswered(outcome: RunOutcome): void {
+  if (outcome.state !== TaskState.SUCCEEDED || outcome.result?.structured !== undefined) return;
+  outcome.state = TaskState.FAILED;
+  outcome.result ??= create(TaskResultSchema, {});
+  outcome.result.isError = true;
+  outcome.result.error =
+    "the agent host gave no structured answer, which the task's type asks for (is it a version without task types? upgrade it)";
+  outcome.result.errorKind = ErrorKind.INFRASTRUCTURE;
+}
 
 /** An attempt that cannot be built (its type is gone): failed, not retried. */
 function unpreparable(error: string): RunOutcome {
