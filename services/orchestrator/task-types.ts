@@ -70,13 +70,13 @@ export interface PreparedSpec {
 }
 
 /** The most parameters a spec may give, and their sizes. */
-export const PARAM_LIMITS = { count: 64, keyBytes: 128, valueBytes: 16 * 1024 } as const;
+export const PARAM_LIMITS = { count: 64, valueBytes: 16 * 1024 } as const;
 
 const NAME = /^[a-z][a-z0-9_]{0,63}$/;
 
 /**
  * Task types by name: the built-ins and the configured ones, registered in one place
- * (loadTaskTypes). Checks a spec's type and parameters at submit and builds what each attempt
+ * (taskTypeRegistry in load-task-types.ts). Checks a spec's type and parameters at submit and builds what each attempt
  * runs; knows nothing of gRPC beyond the INVALID_ARGUMENT it refuses a spec with.
  */
 export class TaskTypeRegistry {
@@ -137,7 +137,7 @@ export class TaskTypeRegistry {
    * `maxPromptBytes`: INVALID_ARGUMENT naming the type or the parameter.
    */
   check(spec: TaskSpec, maxPromptBytes: number): void {
-    const built = this.build(spec).spec.prompt;
+    const built = this.prepare(spec).spec.prompt;
     const bytes = Buffer.byteLength(built, "utf8");
     const max = Math.min(maxPromptBytes, SPEC_LIMITS.promptBytes);
     if (bytes > max)
@@ -148,12 +148,11 @@ export class TaskTypeRegistry {
       throw invalid(`the prompt type ${quote(spec.type)} builds holds a NUL character`);
   }
 
-  /** What an attempt runs: the prompt built, the type's tools and permission mode as defaults. */
+  /**
+   * What an attempt runs: the prompt built, the type's tools and permission mode as defaults;
+   * INVALID_ARGUMENT as check() says.
+   */
   prepare(spec: TaskSpec): PreparedSpec {
-    return this.build(spec);
-  }
-
-  private build(spec: TaskSpec): PreparedSpec {
     const reg = this.get(spec.type);
     if (!reg)
       throw invalid(

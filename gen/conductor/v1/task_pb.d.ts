@@ -156,7 +156,7 @@ export declare type TaskSpec = Message<"conductor.v1.TaskSpec"> & {
    * The type's parameters, each a string: an integer in decimal ("42"), a boolean "true" or
    * "false", an enum one of its values, a list its items separated by commas ("a.ts,b.ts").
    * A parameter the type does not declare, a required one missing or a value of the wrong
-   * kind is INVALID_ARGUMENT naming it. At most 64; a key at most 128 bytes, a value 16 KiB.
+   * kind is INVALID_ARGUMENT naming it. At most 64; a value at most 16 KiB.
    *
    * @generated from field: map<string, string> params = 18;
    */
