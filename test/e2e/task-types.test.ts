@@ -79,7 +79,7 @@ describe.each(runtimes)("task types on the %s runtime", (runtime) => {
     env: { CONDUCTOR_ORCHESTRATOR_TASK_TYPES: `${AUDIT},${TRANSLATE}` },
   }));
 
-  it("a YAML type: checks its parameters, builds its prompt, delivers its structured answer", async () => {
+  it("a YAML type: checks its parameters, builds its prompt, delivers a structured answer, fails one off its schema", async () => {
     const { client } = setup.conductor;
     const bad = await failureOf(
       client.submitTask({ spec: spec({ prompt: "x", type: "audit", params: { depth: "3" } }) }),
@@ -115,9 +115,23 @@ describe.each(runtimes)("task types on the %s runtime", (runtime) => {
     expect(tools.find((t) => t.name === "StructuredOutput")?.input_schema).toMatchObject({
       required: ["passed", "problems"],
     });
+
+    const { task: off } = await client.submitTask({
+      spec: spec({
+        prompt: scripted([answer({ passed: "yes" })], "Audit it."),
+        type: "audit",
+        params: { component: "login" },
+      }),
+    });
+    const failed = await waitForEnd(client, off!.id);
+    expect(TaskState[failed.state]).toBe("FAILED");
+    expect(ErrorKind[failed.result!.errorKind]).toBe("CLI_ERROR");
+    expect(failed.result!.error).toMatch(
+      /^the answer does not match the result schema of the task's type: .*passed/,
+    );
   });
 
-  it("a module type: checks its parameters, builds its prompt, fails an answer off its schema", async () => {
+  it("a module type: checks its parameters, builds its prompt, delivers a structured answer, fails one off its schema", async () => {
     const { client } = setup.conductor;
     const bad = await failureOf(
       client.submitTask({
@@ -136,6 +150,17 @@ describe.each(runtimes)("task types on the %s runtime", (runtime) => {
     expect(unknown.message).toBe(
       'spec.params["tone"] is not a parameter of type translate; it takes language, files',
     );
+
+    const { task: good } = await client.submitTask({
+      spec: spec({
+        prompt: scripted([answer({ translated: 2 })], "Go."),
+        type: "translate",
+        params: { language: "fr" },
+      }),
+    });
+    const done = await waitForEnd(client, good!.id);
+    expect(TaskState[done.state], done.result?.error).toBe("SUCCEEDED");
+    expect(done.result!.structured).toEqual({ translated: 2 });
 
     const marker = `translate-${runtime}-${Date.now()}`;
     const { task } = await client.submitTask({
