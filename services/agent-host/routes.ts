@@ -102,6 +102,7 @@ export function agentHostRoutes(host: AgentHost, keeper?: OutcomeKeeper) {
             attempt: req.attempt,
             spec: req.spec,
             previous: req.previousResult,
+            resultSchema: req.resultSchema,
           },
           keeper ? new AbortController().signal : ctx.signal,
           (output) => {

@@ -13,6 +13,7 @@ import { execProcess } from "../../plugins/runtime-process/exec.ts";
 import { CLAUDE_BIN } from "../../test/fake-model/cli.ts";
 import { startFakeModel, type FakeModel } from "../../test/fake-model/server.ts";
 import { scripted } from "../../test/harness.ts";
+import { compileResultSchema } from "../shared/result-schema.ts";
 import { claudeArgv, runClaude, type RunSettings } from "./run.ts";
 import { apiErrorKind } from "./runs.ts";
 
@@ -42,9 +43,10 @@ describe("runClaude", () => {
     maxApiRetries: 0,
     ...over,
   });
-  const run = (spec: TaskSpec, s = settings()) =>
+  const run = (spec: TaskSpec, s = settings(), resultSchema = "") =>
     runClaude({
       spec,
+      resultSchema,
       settings: s,
       place: { agentId: "a", taskId: "t", workspace: dir, configDir: dir, agentDir: dir },
       exec: async (req) => execProcess(req, { sandboxed: false }),
@@ -62,6 +64,26 @@ describe("runClaude", () => {
     expect(outcome.result.error).toBe("");
     expect(outcome.state).toBe(TaskState.SUCCEEDED);
     expect(outcome.result.text).toBe("fixed it");
+  });
+
+  it("asks the CLI for a structured answer with --json-schema, and delivers it checked", async () => {
+    const schema = { type: "object", properties: { n: { type: "integer" } }, required: ["n"] };
+    const json = JSON.stringify(schema);
+    const spec = create(TaskSpecSchema, {
+      prompt: scripted([{ tool: { name: "StructuredOutput", input: { n: 7 } } }]),
+    });
+    expect(claudeArgv(spec, settings(), undefined, compileResultSchema(json)).slice(-3)).toEqual([
+      `--json-schema=${json}`,
+      "--",
+      spec.prompt,
+    ]);
+    const outcome = await run(spec, settings(), json);
+    expect(outcome.state, outcome.result.error).toBe(TaskState.SUCCEEDED);
+    expect(outcome.result.structured).toEqual({ n: 7 });
+    const refused = await run(spec, settings(), '{"type":"array"}');
+    expect(refused.state).toBe(TaskState.FAILED);
+    expect(refused.permanent).toBe(true);
+    expect(refused.result.error).toMatch(/^the task's result schema cannot be used: .*"object"/);
   });
 
   it("marks a run the CLI can never start as permanent: E2BIG, a missing CLI", async () => {

@@ -10,6 +10,7 @@ import {
 } from "../../gen/conductor/v1/task_pb.js";
 import type { ExecRequest, Execution, Mount } from "../../plugins/runtime.ts";
 import type { ModelPrice } from "../shared/prices.ts";
+import { compileResultSchema, type ResultSchema } from "../shared/result-schema.ts";
 import { StreamJsonReader } from "./stream-json.ts";
 
 /** The agent settings a run needs, already validated (see Config.agent). */
@@ -70,7 +71,12 @@ export type StopReason = "cancelled" | "timeout" | "idle" | "result-grace";
  * (`--model=…`), and the prompt comes last after `--`, so nothing a spec holds is ever read
  * as an option: a prompt like "- fix the failing test" is the prompt.
  */
-export function claudeArgv(spec: TaskSpec, s: RunSettings, resume?: Resume): string[] {
+export function claudeArgv(
+  spec: TaskSpec,
+  s: RunSettings,
+  resume?: Resume,
+  resultSchema?: ResultSchema,
+): string[] {
   const argv = [s.claudePath, "-p", "--output-format", "stream-json", "--verbose"];
   if (resume) argv.push(`--resume=${resume.sessionId}`);
   const model = spec.model || s.model;
@@ -82,6 +88,8 @@ export function claudeArgv(spec: TaskSpec, s: RunSettings, resume?: Resume): str
     ...(s.alwaysAllowedTools ?? []),
   ];
   if (tools.length > 0) argv.push(`--allowedTools=${tools.join(",")}`);
+  // The CLI gives the agent a StructuredOutput tool of this input schema, and checks its answer.
+  if (resultSchema) argv.push(`--json-schema=${resultSchema.json}`);
   argv.push(...(s.extraArgs ?? []));
   argv.push("--", resume ? resume.prompt : spec.prompt);
   return argv;
@@ -144,6 +152,8 @@ export interface OutputFlow {
  */
 export async function runClaude(opts: {
   spec: TaskSpec;
+  /** JSON Schema (JSON text) the answer must match; empty or undefined: a free answer. */
+  resultSchema?: string | undefined;
   settings: RunSettings;
   place: RunPlace;
   exec: (req: ExecRequest) => Promise<Execution>;
@@ -161,10 +171,22 @@ export async function runClaude(opts: {
     MAX_TIMER_MS,
     spec.timeoutSeconds > 0 ? spec.timeoutSeconds * 1000 : s.defaultTimeoutMs,
   );
+  let schema: ResultSchema | undefined;
+  try {
+    schema = opts.resultSchema ? compileResultSchema(opts.resultSchema) : undefined;
+  } catch (e) {
+    const outcome = failed(
+      `the task's result schema cannot be used: ${(e as Error).message}`,
+      started,
+    );
+    outcome.result.errorKind = ErrorKind.INVALID_REQUEST;
+    outcome.permanent = true;
+    return outcome;
+  }
   let execution: Execution;
   try {
     const starting = opts.exec({
-      argv: claudeArgv(spec, s, opts.resume),
+      argv: claudeArgv(spec, s, opts.resume, schema),
       cwd: place.workspace,
       env: claudeEnv(place, s, opts.hostPath),
       marker: `CONDUCTOR_TASK_ID=${place.taskId}`,
@@ -275,6 +297,7 @@ export async function runClaude(opts: {
     // A result line is the CLI's own verdict, also when the watchdog had to end it afterwards.
     // What kind of error it was the model proxy knows better (runs.ts): it saw the API's answers.
     if (result.isError) result.errorKind = ErrorKind.CLI_ERROR;
+    if (schema) checkStructured(result, schema, reader.refusal);
     return { state: result.isError ? TaskState.FAILED : TaskState.SUCCEEDED, result };
   }
   if (stopReason === "idle") {
@@ -300,6 +323,36 @@ export async function runClaude(opts: {
   }
   return outcome;
 }
+
+/** Most bytes of a structured answer, as JSON: a result must fit any gRPC client's 4 MiB. */
+export const MAX_STRUCTURED_BYTES = 1024 * 1024;
+
+/**
+ * Fails a result whose structured answer is missing or does not match the task type's schema
+ * (the CLI checks the StructuredOutput tool's input, but lets an agent that never gives one
+ * finish). CLI_ERROR, so retried: another attempt may answer as asked. `refusal` is why the
+ * CLI refused the agent's last structured answer, if it did.
+ */
+export function checkStructured(result: TaskResult, schema: ResultSchema, refusal: string): void {
+  const refused = refusal ? `; the CLI refused its last one: ${refusal.slice(0, 1000)}` : "";
+  let why: string | undefined;
+  if (result.structured === undefined) why = `the agent gave no structured answer${refused}`;
+  else if (Buffer.byteLength(JSON.stringify(result.structured)) > MAX_STRUCTURED_BYTES)
+    why = `the structured answer is over ${MAX_STRUCTURED_BYTES} bytes as JSON`;
+  else why = schema.mismatch(result.structured);
+  if (!why) return;
+  delete result.structured;
+  if (result.isError) {
+    // Failed already: say so only when the answer is why (the CLI ran out of schema retries).
+    if (refusal) result.error = `${MISMATCH}${why} (the CLI: ${result.error})`;
+    return;
+  }
+  result.isError = true;
+  result.error = `${MISMATCH}${why}`;
+  result.errorKind = ErrorKind.CLI_ERROR;
+}
+
+const MISMATCH = "the answer does not match the result schema of the task's type: ";
 
 /** Errors of a spawn that another attempt could get past (a busy machine), unlike E2BIG or ENOENT. */
 const TRANSIENT_SPAWN = /\b(EAGAIN|EMFILE|ENFILE|ENOMEM|EBUSY|ETXTBSY|EINTR)\b/;

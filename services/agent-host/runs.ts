@@ -88,6 +88,8 @@ export interface Attempt {
   spec: TaskSpec;
   /** The previous attempt's result: a failed check there makes this one resume its session. */
   previous?: TaskResult | undefined;
+  /** JSON Schema (JSON text) the answer must match (RunTaskRequest.result_schema); empty: none. */
+  resultSchema?: string | undefined;
 }
 
 /** How long a failed run waits for the engine to report its container's death. */
@@ -209,6 +211,7 @@ export async function executeRun(
       c.backend.exec(slot.sandbox, { ...req, env: { ...req.env, ...idle } });
     const outcome = await runClaude({
       spec,
+      resultSchema: attempt.resultSchema,
       settings: { ...settings, ...(tools?.offered ? tools.settings : {}) },
       place,
       exec,

@@ -5,7 +5,15 @@
 import { describe, expect, it } from "vitest";
 import { runClaude } from "../../test/fake-model/cli.ts";
 import { startFakeModel } from "../../test/fake-model/server.ts";
-import { MAX_DENIED_CALLS, MAX_DENIED_INPUT_CHARS, StreamJsonReader } from "./stream-json.ts";
+import { ErrorKind } from "../../gen/conductor/v1/task_pb.js";
+import { compileResultSchema } from "../shared/result-schema.ts";
+import { checkStructured } from "./run.ts";
+import {
+  MAX_DENIED_CALLS,
+  MAX_DENIED_INPUT_CHARS,
+  STRUCTURED_OUTPUT_TOOL,
+  StreamJsonReader,
+} from "./stream-json.ts";
 
 describe("StreamJsonReader", () => {
   it("lists the tool calls the real CLI denied, with input and reason, and only those", async () => {
@@ -82,5 +90,52 @@ describe("StreamJsonReader", () => {
     expect(denied.at(-1)!.id).toBe(`t${MAX_DENIED_CALLS - 1}`);
     expect(denied[0]!.inputJson).toHaveLength(MAX_DENIED_INPUT_CHARS);
     expect(denied[0]!.inputJson.endsWith("…")).toBe(true);
+  });
+});
+
+describe("a run with a result schema", () => {
+  const schema = compileResultSchema({
+    type: "object",
+    properties: { n: { type: "integer" } },
+    required: ["n"],
+  });
+  const resultLine = (extra: Record<string, unknown>) =>
+    JSON.stringify({ type: "result", subtype: "success", is_error: false, result: "", ...extra });
+
+  it("takes the CLI's structured_output into the result, and passes one that matches", () => {
+    const reader = new StreamJsonReader();
+    const { result } = reader.read(resultLine({ structured_output: { n: 3 } }));
+    expect(result!.structured).toEqual({ n: 3 });
+    checkStructured(result!, schema, reader.refusal);
+    expect(result!.isError).toBe(false);
+    expect(result!.structured).toEqual({ n: 3 });
+  });
+
+  it("fails a result without an answer, saying why the CLI refused the agent's last one", () => {
+    const reader = new StreamJsonReader();
+    const call = { type: "tool_use", id: "toolu_1", name: STRUCTURED_OUTPUT_TOOL, input: {} };
+    reader.read(JSON.stringify({ type: "assistant", message: { content: [call] } }));
+    const refusal = {
+      type: "tool_result",
+      tool_use_id: "toolu_1",
+      is_error: true,
+      content: "Output does not match required schema: root: must have required property 'n'",
+    };
+    reader.read(JSON.stringify({ type: "user", message: { content: [refusal] } }));
+    const { result } = reader.read(resultLine({ result: "done" }));
+    checkStructured(result!, schema, reader.refusal);
+    expect(result!.isError).toBe(true);
+    expect(ErrorKind[result!.errorKind]).toBe("CLI_ERROR");
+    expect(result!.error).toBe(
+      "the answer does not match the result schema of the task's type: the agent gave no structured answer; the CLI refused its last one: Output does not match required schema: root: must have required property 'n'",
+    );
+  });
+
+  it("fails an answer that does not match, naming where", () => {
+    const { result } = new StreamJsonReader().read(resultLine({ structured_output: { n: "3" } }));
+    checkStructured(result!, schema, "");
+    expect(result!.isError).toBe(true);
+    expect(result!.error).toMatch(/^the answer does not match .*: n: /);
+    expect(result!.structured).toBeUndefined();
   });
 });

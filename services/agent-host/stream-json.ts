@@ -1,4 +1,4 @@
-import { create } from "@bufbuild/protobuf";
+import { create, type JsonObject } from "@bufbuild/protobuf";
 import {
   AgentOutputSchema,
   TaskResultSchema,
@@ -14,6 +14,8 @@ export interface ParsedLine {
   output: AgentOutput;
   /** Present on the final `result` line. */
   result?: TaskResult;
+  /** Tool results on this line that are errors: the call's id and the error's text. */
+  toolErrors?: { id: string; text: string }[];
 }
 
 interface ContentBlock {
@@ -23,6 +25,8 @@ interface ContentBlock {
   name?: string;
   input?: unknown;
   content?: unknown;
+  is_error?: unknown;
+  tool_use_id?: unknown;
 }
 
 /** Turns one stream-json line into an AgentOutput (and a TaskResult for the `result` line). */
@@ -40,7 +44,10 @@ export function parseStreamJsonLine(line: string): ParsedLine {
   const message = obj["message"] as { content?: unknown } | undefined;
   const blocks = Array.isArray(message?.content) ? (message.content as ContentBlock[]) : [];
   const texts: string[] = [];
+  const toolErrors: { id: string; text: string }[] = [];
   for (const b of blocks) {
+    if (b.type === "tool_result" && b.is_error === true)
+      toolErrors.push({ id: str(b.tool_use_id), text: blockText(b.content) });
     if (b.type === "text" && typeof b.text === "string") texts.push(b.text);
     if (b.type === "tool_use") {
       output.toolCalls.push(
@@ -64,15 +71,20 @@ export function parseStreamJsonLine(line: string): ParsedLine {
   }
   if (type !== "result") {
     output.text = texts.join("");
-    return { output };
+    return toolErrors.length > 0 ? { output, toolErrors } : { output };
   }
   const text = typeof obj["result"] === "string" ? obj["result"] : "";
   output.text = text;
   const usage = (obj["usage"] ?? {}) as Record<string, unknown>;
   const isError =
     obj["is_error"] === true || (obj["subtype"] !== undefined && obj["subtype"] !== "success");
+  const structured = obj["structured_output"];
   const result = create(TaskResultSchema, {
     text,
+    // --json-schema's answer: the StructuredOutput tool's input, as the CLI accepted it.
+    ...(typeof structured === "object" && structured !== null && !Array.isArray(structured)
+      ? { structured: structured as JsonObject }
+      : {}),
     isError,
     sessionId: str(obj["session_id"]),
     numTurns: num(obj["num_turns"]),
@@ -102,6 +114,9 @@ export function parseStreamJsonLine(line: string): ParsedLine {
   return { output, result };
 }
 
+/** The tool the CLI's --json-schema gives the agent for its structured answer. */
+export const STRUCTURED_OUTPUT_TOOL = "StructuredOutput";
+
 /** How many of a run's latest tool calls a reader keeps, to fill in a later denial's input. */
 const RECENT_CALLS = 64;
 /** A result lists at most this many denied calls (the first ones), so it stays small. */
@@ -118,6 +133,9 @@ export class StreamJsonReader {
   private readonly recent = new Map<string, ToolCall>();
   private readonly denied = new Map<string, ToolCall>();
 
+  /** Why the CLI refused the agent's latest structured answer (its schema check), if it did. */
+  refusal = "";
+
   /** Parses the next line; denied calls on it and on its result come complete. */
   read(line: string): ParsedLine {
     const parsed = parseStreamJsonLine(line);
@@ -129,6 +147,8 @@ export class StreamJsonReader {
       d.inputJson ||= this.recent.get(d.id)?.inputJson ?? "";
       this.remember(d);
     }
+    for (const e of parsed.toolErrors ?? [])
+      if (this.recent.get(e.id)?.name === STRUCTURED_OUTPUT_TOOL) this.refusal = e.text;
     if (parsed.result) {
       for (const d of parsed.result.deniedToolCalls) this.remember(d);
       parsed.result.deniedToolCalls = this.deniedToolCalls();
@@ -166,6 +186,15 @@ function copyCall(c: ToolCall): ToolCall {
     inputJson: c.inputJson,
     denial: c.denial,
   });
+}
+
+/** A tool result's content as text: a string, or its text blocks joined. */
+function blockText(content: unknown): string {
+  if (typeof content === "string") return content;
+  if (!Array.isArray(content)) return "";
+  return content
+    .map((c: unknown) => (typeof c === "object" && c !== null ? str((c as ContentBlock).text) : ""))
+    .join("");
 }
 
 function num(v: unknown): number {

@@ -4,6 +4,8 @@ import { AgentSchema, AgentState } from "../../gen/conductor/v1/agent_pb.js";
 import {
   GetStatsResponseSchema,
   OrchestratorService,
+  TaskTypeSchema,
+  type TaskTypeParameter,
 } from "../../gen/conductor/v1/orchestrator_pb.js";
 import {
   TaskEventSchema,
@@ -120,6 +122,8 @@ export async function runClientCommand(
       }
       return 0;
     }
+    case "types":
+      return await types(client, asJson, out);
     case "nodes":
       return await nodes(client, p, asJson, out);
     case "stats": {
@@ -247,4 +251,36 @@ function parseState(s: string): TaskState {
       `unknown state "${oneLine(s, 40)}"; use queued, scheduled, running, succeeded, failed, cancelled or timed_out`,
     );
   return value;
+}
+
+/** `conductor types`: each task type, then its parameters one a line. */
+async function types(client: Orch, asJson: boolean, out: (line: string) => void): Promise<number> {
+  const { types } = await client.listTaskTypes({});
+  if (asJson) {
+    types.forEach((t) => out(json(toJson(TaskTypeSchema, t))));
+    return 0;
+  }
+  const rows = types.map((t) => [
+    t.name,
+    t.defaultTools.join(",") || "(agent's)",
+    t.permissionMode || "(agent's)",
+    t.resultSchema ? "structured" : "text",
+    t.source,
+  ]);
+  const lines = table(["TYPE", "TOOLS", "PERMISSIONS", "ANSWER", "SOURCE"], rows);
+  out(lines[0]!);
+  types.forEach((t, i) => {
+    out(lines[i + 1]!);
+    if (t.description) out(`    ${t.description}`);
+    for (const p of t.parameters) out(`    --param ${p.name}=${paramShape(p)}`);
+  });
+  return 0;
+}
+
+/** A parameter's kind and rule, as `types` shows it. */
+function paramShape(p: TaskTypeParameter): string {
+  const kind =
+    p.kind === "enum" ? p.values.join("|") : p.kind === "list" ? "a,b,…" : p.kind.toUpperCase();
+  const rule = p.required ? "required" : p.defaultValue ? `default ${p.defaultValue}` : "optional";
+  return `${kind}  (${rule})${p.description ? `  ${p.description}` : ""}`;
 }

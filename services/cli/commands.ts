@@ -159,6 +159,8 @@ Examples:
   conductor submit --repo git@github.com:acme/app.git --ref release-2 --branch fix-42 --push \\
     "Fix issue 42"
   conductor submit --path ~/src/app --read-only --type code_review "Review the error handling"
+  conductor submit --type code_review --param focus=security --param paths=src/auth,src/api \\
+    --path ~/src/app "Review the login flow"
   conductor submit -f task.yaml --priority 9`,
     flags: {
       file: {
@@ -170,7 +172,13 @@ Examples:
       type: {
         type: "string",
         arg: "T",
-        help: "generic (default), code_review, refactor, test_generation, analysis",
+        help: 'the task type: generic (default), code_review, refactor, test_generation, analysis, or a configured one ("conductor types")',
+      },
+      param: {
+        type: "string",
+        multiple: true,
+        arg: "K=V",
+        help: "a parameter of the task type (a list: comma-separated); repeat for more",
       },
       priority: { type: "string", short: "p", arg: "N", help: "0–10, higher first (default 0)" },
       timeout: {
@@ -375,6 +383,18 @@ With --json, the text comes as JSON lines {"text": "…"}: joined in order, they
   },
   { name: "agents", args: "", summary: "list the agents and what they run", flags: where },
   {
+    name: "types",
+    args: "",
+    summary: "list the task types (built-in and configured) and their parameters",
+    details: `
+Lists every task type the Orchestrator knows: the built-ins and those of
+orchestrator.task_types, each with its parameters (kind, required or default, enum values),
+default tools and permission mode, and whether it answers with a structured result (a result
+schema; --json prints it). Give a type with "submit --type T" and its parameters with
+"--param K=V".`,
+    flags: where,
+  },
+  {
     name: "nodes",
     args: "[drain|undrain <name>]",
     summary: "list the nodes (capacity, use, labels, lease); drain or undrain one",
@@ -492,6 +512,7 @@ export const CLIENT_COMMANDS = new Set([
   "output",
   "tasks",
   "agents",
+  "types",
   "nodes",
   "cancel",
   "stats",

@@ -13,6 +13,7 @@ import {
   observeBackend,
   registerAgentGauge,
 } from "../agent-host/telemetry.ts";
+import { loadTaskTypes } from "../orchestrator/load-task-types.ts";
 import { Orchestrator } from "../orchestrator/orchestrator.ts";
 import { orchestratorRoutes } from "../orchestrator/routes.ts";
 import {
@@ -304,7 +305,10 @@ async function serveOrchestrator(
     obs && (obs.tracer || obs.registry)
       ? createOrchestratorObserver({ ...obs, defaultModel: config.agent.model })
       : undefined;
+  // Every type file is read, and each problem named with its file, before anything is served.
+  const types = await loadTaskTypes(o.task_types);
   const orchestrator = new Orchestrator({
+    types,
     dataDir: config.storage.data_dir,
     agentHosts: hosts,
     nodeLeaseMs: o.node_lease_seconds * 1000,

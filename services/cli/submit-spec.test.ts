@@ -88,6 +88,20 @@ describe("submit flags → TaskSpec", () => {
     expect(spec("-f", f, "--depends-on", "t1")["dependsOn"]).toEqual(["t0", "t1"]);
   });
 
+  it("maps --type and each --param K=V to type and params, over a file's", () => {
+    const f = file(
+      "params.yaml",
+      "prompt: go\ntype: code_review\nparams: { focus: a, paths: x }\n",
+    );
+    expect(
+      spec("-f", f, "--param", "focus=error handling", "--param", "paths=a.ts,b=c.ts"),
+    ).toMatchObject({
+      type: "code_review",
+      params: { focus: "error handling", paths: "a.ts,b=c.ts" },
+    });
+    expect(() => spec("--param", "focus", "go")).toThrow(/--param "focus": expected KEY=VALUE/);
+  });
+
   it("maps --budget to budget.max_usd, and refuses what is not an amount", () => {
     expect(spec("--budget", "$0.50", "go")["budget"]).toEqual({ maxUsd: 0.5 });
     expect(() => spec("--budget", "lots", "go")).toThrow(/--budget "lots": expected US dollars/);

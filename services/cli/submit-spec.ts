@@ -45,6 +45,11 @@ export function taskSpecOf(p: ParsedCommand, from: SpecSources): TaskSpec {
     if (eq <= 0) throw new UsageError(`--label "${oneLine(l, 40)}": expected KEY=VALUE`);
     spec.labels[l.slice(0, eq)] = l.slice(eq + 1);
   }
+  for (const kv of list(p, "param")) {
+    const eq = kv.indexOf("=");
+    if (eq <= 0) throw new UsageError(`--param "${oneLine(kv, 40)}": expected KEY=VALUE`);
+    spec.params[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
   for (const l of list(p, "node-selector")) {
     const eq = l.indexOf("=");
     if (eq <= 0) throw new UsageError(`--node-selector "${oneLine(l, 40)}": expected KEY=VALUE`);

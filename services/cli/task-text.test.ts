@@ -83,6 +83,23 @@ describe("get and watch with a git workspace and checks", () => {
   });
 });
 
+describe("get of a task of a type with a result schema", () => {
+  it("shows its params, and its structured answer in place of the text", () => {
+    const text = taskText(
+      create(TaskSchema, {
+        id: "t-2",
+        state: TaskState.SUCCEEDED,
+        spec: { prompt: "p", type: "code_review", params: { focus: "auth" } },
+        result: { text: '{"findings":[]}', structured: { findings: [] } },
+      }),
+    ).join("\n");
+    expect(text).toMatch(/^type +code_review$/m);
+    expect(text).toMatch(/^params +focus=auth$/m);
+    expect(text).toMatch(/\n\nstructured:\n {2}\{\n {4}"findings": \[\]\n {2}\}$/);
+    expect(text).not.toContain("result:");
+  });
+});
+
 describe("watch lines of an agent's text", () => {
   it("indents every line, so none passes for a state line", () => {
     const e = create(TaskEventSchema, {

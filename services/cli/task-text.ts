@@ -32,6 +32,8 @@ export function taskText(t: Task): string[] {
   if (s?.idempotencyKey) rows.push(["idempotency", s.idempotencyKey]);
   if (s?.dependsOn.length) rows.push(["depends on", s.dependsOn.join(" ")]);
   if (t.groupId) rows.push(["group", `${t.groupId} (member ${t.member})`]);
+  const params = Object.entries(s?.params ?? {});
+  if (params.length) rows.push(["params", params.map(([k, v]) => `${k}=${v}`).join(" ")]);
   if (s) rows.push(...workspaceRows(s, t.id));
   const r = t.result;
   if (r) {
@@ -56,7 +58,8 @@ export function taskText(t: Task): string[] {
     lines.push("", "checks:", ...checkLines(r.checks, planned).map((l) => `  ${l}`));
   }
   lines.push("", "prompt:", indent(s?.prompt ?? ""));
-  if (r?.text) lines.push("", "result:", indent(r.text));
+  if (r?.structured) lines.push("", "structured:", indent(JSON.stringify(r.structured, null, 2)));
+  else if (r?.text) lines.push("", "result:", indent(r.text));
   return lines;
 }
 

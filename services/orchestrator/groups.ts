@@ -157,13 +157,17 @@ function fromMatrix(spec: TaskGroupSpec): MemberSpec[] {
   });
 }
 
-/** The template with each `{{PARAM}}` of its prompt, labels' values and workspace replaced. */
+/**
+ * The template with each `{{PARAM}}` of its prompt, labels' and params' values and workspace
+ * replaced.
+ */
 function fillTemplate(template: TaskSpec, values: Record<string, string>): TaskSpec {
   const fill = (s: string) =>
     s.replace(/\{\{([A-Za-z][A-Za-z0-9_]*)\}\}/g, (all, name: string) => values[name] ?? all);
   const spec = clone(TaskSpecSchema, template);
   spec.prompt = fill(spec.prompt);
   for (const k of Object.keys(spec.labels)) spec.labels[k] = fill(spec.labels[k]!);
+  for (const k of Object.keys(spec.params)) spec.params[k] = fill(spec.params[k]!);
   const ws = spec.workspace?.kind;
   if (ws?.case === "git") {
     ws.value.repository = fill(ws.value.repository);

@@ -315,3 +315,58 @@ describe("an attempt's failure", () => {
     expect(host.runs.map((r) => r.req.attempt)).toEqual([1, 2]);
   });
 });
+
+describe("a task of a type", () => {
+  let world: World | undefined;
+  afterEach(async () => {
+    await world?.[Symbol.asyncDispose]();
+    world = undefined;
+  });
+
+  /** Submits a code_review task and waits for it to end. */
+  async function review(w: World) {
+    const spec = create(TaskSpecSchema, {
+      prompt: "Look at auth.",
+      type: "code_review",
+      params: { focus: "secrets" },
+      maxAttempts: 1,
+    });
+    const { task } = await w.client.submitTask({ spec });
+    const watch = new Watch(w.client, task!.id);
+    await watch.ended();
+    await watch.stop();
+    return w.task(task!.id);
+  }
+
+  it("runs what its type built, and keeps the spec as given", async () => {
+    world = new World();
+    const w = world;
+    await w.startOrchestrator();
+    const answered: Play = async function* (req, _ctx, host) {
+      yield started(req, host);
+      host.setAgent("");
+      const result = { text: "{}", structured: { findings: [] } };
+      yield { kind: { case: "outcome", value: { state: TaskState.SUCCEEDED, result } } };
+    };
+    const host = await w.host(w.hostSocket, new FakeAgentHost("", [answered]));
+    const task = await review(w);
+    expect(task.state).toBe(TaskState.SUCCEEDED);
+    expect(task.result?.structured).toEqual({ findings: [] });
+    expect(task.spec?.prompt).toBe("Look at auth.");
+    const { req } = host.runs[0]!;
+    expect(req.spec?.prompt).toMatch(/Look at auth\.[\s\S]*Focus above all on: secrets\./);
+    expect(req.spec?.allowedTools).toEqual(["Read", "Glob", "Grep", "LS"]);
+    expect(req.spec?.permissionMode).toBe("default");
+    expect(JSON.parse(req.resultSchema)).toMatchObject({ required: ["findings"] });
+  });
+
+  it("fails when a host's success lacks the structured answer its type asks for", async () => {
+    world = new World();
+    const w = world;
+    await w.startOrchestrator();
+    await w.host(w.hostSocket, new FakeAgentHost("", [succeed]));
+    const task = await review(w);
+    expect(task.state).toBe(TaskState.FAILED);
+    expect(task.result?.error).toMatch(/^the agent host gave no structured answer/);
+  });
+});

@@ -21,6 +21,8 @@ import type { OrchestratorObserver } from "./observer.ts";
 import { AttemptRunner, withDependencyResults } from "./runner.ts";
 import { heldReason, SpendLimits, type SpendLimit } from "./spend-limits.ts";
 import { FINAL_STATES, TaskStore } from "./store.ts";
+import { taskTypeRegistry } from "./load-task-types.ts";
+import type { TaskTypeRegistry } from "./task-types.ts";
 import { validateSpec } from "./validate.ts";
 import type { TaskGroup, TaskGroupSpec } from "../../gen/conductor/v1/group_pb.js";
 import { checkAtSubmit, patchOf } from "./workspaces.ts";
@@ -52,6 +54,8 @@ export interface OrchestratorOptions {
   nodeLeaseMs?: number;
   /** Fleet-wide spend limits (orchestrator.spend_limits); none by default. */
   spendLimits?: SpendLimit[];
+  /** The task types tasks may name (loadTaskTypes); default: the built-ins. */
+  types?: TaskTypeRegistry;
 }
 
 /** Most queued tasks one schedule looks at. */
@@ -75,6 +79,8 @@ export class Orchestrator {
   readonly groups: Groups;
   /** Fleet-wide spend limits: which queued tasks they hold, and until when. */
   readonly spendLimits: SpendLimits;
+  /** The task types: what a spec's type and params mean. */
+  readonly types: TaskTypeRegistry;
   private readonly events: TaskEvents;
   private readonly runner: AttemptRunner;
   private readonly opts: OrchestratorOptions;
@@ -83,6 +89,7 @@ export class Orchestrator {
 
   constructor(opts: OrchestratorOptions) {
     this.opts = opts;
+    this.types = opts.types ?? taskTypeRegistry();
     this.store = new TaskStore(opts.dataDir, {
       ...(opts.outputRetentionBytes !== undefined
         ? { outputRetentionBytes: opts.outputRetentionBytes }
@@ -116,6 +123,7 @@ export class Orchestrator {
       hosts: this.hosts,
       events: this.events,
       artifacts: this.artifacts,
+      types: this.types,
       observer: opts.observer,
       log: opts.log,
       retryBackoffMs: opts.retryBackoffMs,
@@ -162,9 +170,16 @@ export class Orchestrator {
    * returns the first task. A full disk throws StorageFull, with nothing stored.
    */
   submit(input: TaskSpec | undefined): { task: Task; deduplicated: boolean } {
-    const spec = validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes });
+    const spec = this.validate(input);
     checkPlaceable(this.hosts.links, spec);
     return this.enqueue(spec);
+  }
+
+  /** A spec's own fields, then its type and params: INVALID_ARGUMENT naming what is wrong. */
+  private validate(input: TaskSpec | undefined): TaskSpec {
+    const spec = validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes });
+    this.types.check(spec, this.opts.maxPromptBytes);
+    return spec;
   }
 
   /**
@@ -214,7 +229,7 @@ export class Orchestrator {
     input: TaskSpec | undefined,
     signal?: AbortSignal,
   ): Promise<{ task: Task; deduplicated: boolean }> {
-    const spec = validateSpec(input, { maxPromptBytes: this.opts.maxPromptBytes });
+    const spec = this.validate(input);
     checkPlaceable(this.hosts.links, spec);
     await checkAtSubmit(this.hosts, spec, signal);
     return this.enqueue(spec);
@@ -232,12 +247,11 @@ export class Orchestrator {
     if (!input) throw invalid("spec is required");
     const known = this.groups.byKey(input.idempotencyKey);
     if (known) return { group: known, deduplicated: true };
-    const limits = { maxPromptBytes: this.opts.maxPromptBytes };
     const members = linkMembers(expandGroup(input));
     const checked = new Set<string>();
     const check = async (where: string, spec: TaskSpec) => {
       try {
-        validateSpec(spec, limits);
+        this.validate(spec);
         checkPlaceable(this.hosts.links, spec);
         const ws = spec.workspace ? JSON.stringify(toJson(WorkspaceSchema, spec.workspace)) : "";
         if (ws && !checked.has(ws)) {

@@ -1,10 +1,14 @@
-import { toBinary } from "@bufbuild/protobuf";
+import { toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { NodeService } from "../../gen/conductor/v1/node_pb.js";
-import { OrchestratorService } from "../../gen/conductor/v1/orchestrator_pb.js";
+import {
+  OrchestratorService,
+  type TaskTypeSchema,
+} from "../../gen/conductor/v1/orchestrator_pb.js";
 import { TaskSchema } from "../../gen/conductor/v1/task_pb.js";
 import { invalid } from "../shared/errors.ts";
 import type { Orchestrator } from "./orchestrator.ts";
+import type { RegisteredType } from "./task-types.ts";
 
 const MAX_PAGE = 1000;
 /** Most bytes of tasks in one ListTasks page: half a gRPC client's 4 MiB default. */
@@ -102,6 +106,9 @@ export function orchestratorRoutes(orch: Orchestrator) {
       async cancelTaskGroup(req) {
         return { group: await orch.groups.cancel(shortId("id", req.id)) };
       },
+      listTaskTypes() {
+        return { types: orch.types.list().map(typeMessage) };
+      },
     });
 }
 
@@ -113,6 +120,30 @@ function pageToken(token: string): number | undefined {
     throw invalid("page_token is not one this server gave out; pass next_page_token unchanged");
   }
   return before;
+}
+
+/** A registered task type as ListTaskTypes gives it. */
+function typeMessage({
+  type,
+  source,
+  schema,
+}: RegisteredType): MessageInitShape<typeof TaskTypeSchema> {
+  return {
+    name: type.name,
+    description: type.description ?? "",
+    parameters: (type.parameters ?? []).map((p) => ({
+      name: p.name,
+      kind: p.kind,
+      description: p.description ?? "",
+      required: p.required ?? false,
+      defaultValue: p.default ?? "",
+      values: [...(p.values ?? [])],
+    })),
+    defaultTools: [...(type.tools ?? [])],
+    permissionMode: type.permissionMode ?? "",
+    resultSchema: schema?.json ?? "",
+    source,
+  };
 }
 
 /** An id as given, refused (quoting a short prefix) when it could not be one this server made. */

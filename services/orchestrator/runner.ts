@@ -21,6 +21,7 @@ import type { AgentRef, HostRegistry } from "./hosts.ts";
 import type { OrchestratorObserver } from "./observer.ts";
 import { boundOutput, boundResult } from "../shared/output-bounds.ts";
 import { FINAL_STATES, type TaskStore } from "./store.ts";
+import type { PreparedSpec, TaskTypeRegistry } from "./task-types.ts";
 import { DEP_RESULT } from "./validate.ts";
 
 /** How often a store that refuses to schedule is logged, at most. */
@@ -33,6 +34,8 @@ export interface AttemptRunnerOptions {
   events: TaskEvents;
   /** The whole of outputs and results that events carry cut short. */
   artifacts: ArtifactStore;
+  /** Builds what each attempt runs from the task's type and params. */
+  types: TaskTypeRegistry;
   observer?: OrchestratorObserver | undefined;
   log: Logger;
   retryBackoffMs: number;
@@ -349,13 +352,29 @@ export class AttemptRunner {
       dropped: 0,
       droppedError: "",
     };
+    let prepared: PreparedSpec;
+    try {
+      // Dependencies' results (and a group's members' outcomes and budget) go into the spec
+      // first, then the type builds on it.
+      const spec = this.opts.prepare
+        ? this.opts.prepare(task)
+        : withDependencyResults(task.spec!, (id) => this.opts.store.get(id)?.result?.text);
+      prepared = this.opts.types.prepare(spec);
+    } catch (e) {
+      // Checked at submit: only a type configured away since (a restart) gets here.
+      const why = e instanceof ConnectError ? e.rawMessage : String(e);
+      s.outcome = unpreparable(`the task's type cannot build its attempt: ${why}`);
+      s.endedAt = Date.now();
+      return s;
+    }
     try {
       const stream = ref.host.client.runTask(
         {
           agentId: run.agentId,
           taskId: task.id,
           attempt,
-          spec: this.opts.prepare ? this.opts.prepare(task) : task.spec!,
+          spec: prepared.spec,
+          resultSchema: prepared.resultSchema,
           // A check that failed there makes the host resume that attempt's session.
           ...(task.result ? { previousResult: task.result } : {}),
         },
@@ -413,6 +432,7 @@ export class AttemptRunner {
           }
           case "outcome": {
             s.outcome = res.kind.value;
+            if (prepared.resultSchema) unanswered(s.outcome);
             const kept = takeWhole(undefined);
             if (kept !== undefined) this.opts.artifacts.keep(task.id, 0, kept);
             break;
@@ -612,6 +632,34 @@ const NOT_RETRIED: ReadonlySet<ErrorKind> = new Set([
   ErrorKind.DEPENDENCY,
   ErrorKind.CANCELLED,
 ]);
+
+/**
+ * Fails a success without the structured answer its type's schema asks for: an AgentHost of a
+ * version before task types runs the CLI without the schema and never checks one.
+ */
+function unanswered(outcome: RunOutcome): void {
+  if (outcome.state !== TaskState.SUCCEEDED || outcome.result?.structured !== undefined) return;
+  outcome.state = TaskState.FAILED;
+  outcome.result ??= create(TaskResultSchema, {});
+  outcome.result.isError = true;
+  outcome.result.error =
+    "the agent host gave no structured answer, which the task's type asks for (is it a version without task types? upgrade it)";
+  outcome.result.errorKind = ErrorKind.INFRASTRUCTURE;
+}
+
+/** An attempt that cannot be built (its type is gone): failed, not retried. */
+function unpreparable(error: string): RunOutcome {
+  return {
+    $typeName: "conductor.v1.RunOutcome",
+    state: TaskState.FAILED,
+    result: create(TaskResultSchema, {
+      isError: true,
+      error,
+      errorKind: ErrorKind.INVALID_REQUEST,
+    }),
+    permanent: true,
+  };
+}
 
 /** An attempt that ended without its outcome (its host or node lost, or stopped). */
 function lost(error: string): RunOutcome {

@@ -2,15 +2,6 @@ import type { Check, TaskSpec, Workspace } from "../../gen/conductor/v1/task_pb.
 import { invalid } from "../shared/errors.ts";
 import { quote } from "../shared/quote.ts";
 
-/** Task types the Orchestrator knows. */
-export const TASK_TYPES = [
-  "generic",
-  "code_review",
-  "refactor",
-  "test_generation",
-  "analysis",
-] as const;
-
 /** Permission modes the CLI accepts. */
 export const PERMISSION_MODES = [
   "default",
@@ -64,7 +55,7 @@ const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:/@[\]+-]*$/;
 export const CONTROL = /[\u0000-\u001f\u007f]/;
 
 /**
- * Checks a TaskSpec before anything is stored; each problem is an INVALID_ARGUMENT naming
+ * Checks a TaskSpec's own fields before anything is stored; each problem is an INVALID_ARGUMENT naming
  * the field and the bound, quoting at most a short prefix of the bad value. What passes can
  * be handed to the CLI: anything that could never run is refused here, not on every attempt.
  */
@@ -79,9 +70,7 @@ export function validateSpec(spec: TaskSpec | undefined, limits: SpecLimits): Ta
   range("timeout_seconds", spec.timeoutSeconds, SPEC_LIMITS.timeoutSeconds, "the default");
   range("max_attempts", spec.maxAttempts, SPEC_LIMITS.maxAttempts, "the default");
   range("max_turns", spec.maxTurns, SPEC_LIMITS.maxTurns, "no limit");
-  if (spec.type && !(TASK_TYPES as readonly string[]).includes(spec.type)) {
-    throw invalid(`spec.type ${quote(spec.type)} is unknown; use one of ${TASK_TYPES.join(", ")}`);
-  }
+  // The type and its params are the task type registry's to check (TaskTypeRegistry.check).
   if (
     spec.permissionMode &&
     !(PERMISSION_MODES as readonly string[]).includes(spec.permissionMode)

@@ -207,6 +207,20 @@ const schema = z
             });
           })
           .default([]),
+        /**
+         * Files of custom task types, registered after the built-ins: `.yaml`/`.yml` declare one,
+         * `.js`/`.mjs`/`.ts` modules export one as their default.
+         */
+        task_types: listOf(100)
+          .superRefine((files, ctx) => {
+            for (const f of files)
+              if (!/\.(ya?ml|m?js|ts)$/i.test(f))
+                ctx.addIssue({
+                  code: "custom",
+                  message: `${f} is neither YAML (.yaml, .yml) nor a module (.js, .mjs, .ts)`,
+                });
+          })
+          .default([]),
       })
       .strict()
       .prefault({}),
@@ -646,6 +660,7 @@ function resolvePaths(config: Config, cwd: string): Config {
     : path.join(c.socket_dir, "broker.sock");
   const o = config.orchestrator;
   o.agent_hosts = o.agent_hosts.map((p) => path.resolve(cwd, p));
+  o.task_types = o.task_types.map((p) => path.resolve(cwd, p));
   const t = config.tls;
   for (const k of ["ca_file", "cert_file", "key_file"] as const)
     if (t[k]) t[k] = path.resolve(cwd, t[k]);

@@ -147,6 +147,7 @@ describe("reflection via grpc-js", () => {
     });
     expect(fileNames(byName)).toEqual([
       "conductor/v1/task.proto",
+      "google/protobuf/struct.proto", // TaskResult.structured
       "google/protobuf/timestamp.proto",
     ]);
   });

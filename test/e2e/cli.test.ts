@@ -107,6 +107,7 @@ describe("the conductor CLI without a running Conductor", () => {
       "stats",
       "certs",
       "nodes",
+      "types",
     ];
     const helps = await Promise.all(
       commands.map(
@@ -131,6 +132,7 @@ describe("the conductor CLI without a running Conductor", () => {
       workspace: "--repo",
       checks: "--check",
       resources: "--cpus",
+      params: "--param",
     };
     for (const field of TaskSpecSchema.fields) {
       const flag = flagOf[field.name] ?? `--${field.name.replaceAll("_", "-")}`;

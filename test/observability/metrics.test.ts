@@ -48,7 +48,11 @@ describe.each(["up", "split"] as const)(
       const ids = await Promise.all(
         Array.from({ length: TASKS }, async (_, i) => {
           const prompt = scripted([
-            { text: `task ${i}`, usage: { input_tokens: 100 + i, output_tokens: 7 } },
+            // code_review answers with findings, through the CLI's StructuredOutput tool.
+            {
+              tool: { name: "StructuredOutput", input: { findings: [], summary: `task ${i}` } },
+              usage: { input_tokens: 100 + i, output_tokens: 7 },
+            },
           ]);
           return (
             await client.submitTask({

@@ -203,6 +203,16 @@ export declare type RunTaskRequest = Message<"conductor.v1.RunTaskRequest"> & {
    * @generated from field: conductor.v1.TaskResult previous_result = 5;
    */
   previousResult?: TaskResult | undefined;
+
+  /**
+   * A JSON Schema (as JSON text, its root of type object) the agent's final answer must
+   * match: the CLI is run with --json-schema, and the answer goes to TaskResult.structured.
+   * Empty: a free answer. The spec's prompt, tools and permission mode are those the task's
+   * type built.
+   *
+   * @generated from field: string result_schema = 6;
+   */
+  resultSchema: string;
 };
 
 /**

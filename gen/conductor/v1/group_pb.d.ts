@@ -36,8 +36,9 @@ export declare type TaskGroupSpec = Message<"conductor.v1.TaskGroupSpec"> & {
   members: GroupMember[];
 
   /**
-   * A spec each matrix member is made from: every `{{PARAM}}` in its prompt, labels' values
-   * and workspace (repository, ref, branch, path) is replaced by the member's value of PARAM.
+   * A spec each matrix member is made from: every `{{PARAM}}` in its prompt, labels' and
+   * params' values and workspace (repository, ref, branch, path) is replaced by the member's
+   * value of PARAM.
    *
    * @generated from field: conductor.v1.TaskSpec template = 3;
    */

@@ -668,6 +668,140 @@ export declare type UndrainNodeResponse = Message<"conductor.v1.UndrainNodeRespo
 export declare const UndrainNodeResponseSchema: GenMessage<UndrainNodeResponse>;
 
 /**
+ * @generated from message conductor.v1.ListTaskTypesRequest
+ */
+export declare type ListTaskTypesRequest = Message<"conductor.v1.ListTaskTypesRequest"> & {
+};
+
+/**
+ * Describes the message conductor.v1.ListTaskTypesRequest.
+ * Use `create(ListTaskTypesRequestSchema)` to create a new message.
+ */
+export declare const ListTaskTypesRequestSchema: GenMessage<ListTaskTypesRequest>;
+
+/**
+ * @generated from message conductor.v1.ListTaskTypesResponse
+ */
+export declare type ListTaskTypesResponse = Message<"conductor.v1.ListTaskTypesResponse"> & {
+  /**
+   * By name.
+   *
+   * @generated from field: repeated conductor.v1.TaskType types = 1;
+   */
+  types: TaskType[];
+};
+
+/**
+ * Describes the message conductor.v1.ListTaskTypesResponse.
+ * Use `create(ListTaskTypesResponseSchema)` to create a new message.
+ */
+export declare const ListTaskTypesResponseSchema: GenMessage<ListTaskTypesResponse>;
+
+/**
+ * TaskType is one kind of task: how its prompt is built, what it may use, what it answers.
+ *
+ * @generated from message conductor.v1.TaskType
+ */
+export declare type TaskType = Message<"conductor.v1.TaskType"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * @generated from field: repeated conductor.v1.TaskTypeParameter parameters = 3;
+   */
+  parameters: TaskTypeParameter[];
+
+  /**
+   * The tools and permission mode a task of this type gets when its spec names none; empty:
+   * the agent's defaults (agent.allowed_tools, agent.permission_mode).
+   *
+   * @generated from field: repeated string default_tools = 4;
+   */
+  defaultTools: string[];
+
+  /**
+   * @generated from field: string permission_mode = 5;
+   */
+  permissionMode: string;
+
+  /**
+   * The JSON Schema (as JSON text) its answer must match (TaskResult.structured); empty: none.
+   *
+   * @generated from field: string result_schema = 6;
+   */
+  resultSchema: string;
+
+  /**
+   * "builtin", or the file it was loaded from.
+   *
+   * @generated from field: string source = 7;
+   */
+  source: string;
+};
+
+/**
+ * Describes the message conductor.v1.TaskType.
+ * Use `create(TaskTypeSchema)` to create a new message.
+ */
+export declare const TaskTypeSchema: GenMessage<TaskType>;
+
+/**
+ * TaskTypeParameter is one parameter a type takes (TaskSpec.params).
+ *
+ * @generated from message conductor.v1.TaskTypeParameter
+ */
+export declare type TaskTypeParameter = Message<"conductor.v1.TaskTypeParameter"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * string, integer, boolean, enum or list.
+   *
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * @generated from field: string description = 3;
+   */
+  description: string;
+
+  /**
+   * @generated from field: bool required = 4;
+   */
+  required: boolean;
+
+  /**
+   * Used when the spec gives none; empty when it has none.
+   *
+   * @generated from field: string default_value = 5;
+   */
+  defaultValue: string;
+
+  /**
+   * An enum's values.
+   *
+   * @generated from field: repeated string values = 6;
+   */
+  values: string[];
+};
+
+/**
+ * Describes the message conductor.v1.TaskTypeParameter.
+ * Use `create(TaskTypeParameterSchema)` to create a new message.
+ */
+export declare const TaskTypeParameterSchema: GenMessage<TaskTypeParameter>;
+
+/**
  * OrchestratorService owns the durable task store and schedules tasks onto agents.
  *
  * @generated from service conductor.v1.OrchestratorService
@@ -840,6 +974,16 @@ export declare const OrchestratorService: GenService<{
     methodKind: "unary";
     input: typeof CancelTaskGroupRequestSchema;
     output: typeof CancelTaskGroupResponseSchema;
+  },
+  /**
+   * The task types this Orchestrator knows (built-in and configured), with their parameters.
+   *
+   * @generated from rpc conductor.v1.OrchestratorService.ListTaskTypes
+   */
+  listTaskTypes: {
+    methodKind: "unary";
+    input: typeof ListTaskTypesRequestSchema;
+    output: typeof ListTaskTypesResponseSchema;
   },
 }>;
 

@@ -3,7 +3,7 @@
 /* eslint-disable */
 
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import type { Message } from "@bufbuild/protobuf";
+import type { JsonObject, Message } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
 /**
@@ -27,7 +27,10 @@ export declare type TaskSpec = Message<"conductor.v1.TaskSpec"> & {
   prompt: string;
 
   /**
-   * generic, code_review, refactor, test_generation, analysis. Empty means generic.
+   * The task type (OrchestratorService.ListTaskTypes): the built-ins generic, code_review,
+   * refactor, test_generation, analysis, or one configured (orchestrator.task_types). Empty
+   * means generic. The type builds the prompt the CLI gets from `prompt` and `params`, gives
+   * default tools and permission mode, and may require a structured answer (result schema).
    *
    * @generated from field: string type = 2;
    */
@@ -148,6 +151,16 @@ export declare type TaskSpec = Message<"conductor.v1.TaskSpec"> & {
    * @generated from field: conductor.v1.Budget budget = 17;
    */
   budget?: Budget | undefined;
+
+  /**
+   * The type's parameters, each a string: an integer in decimal ("42"), a boolean "true" or
+   * "false", an enum one of its values, a list its items separated by commas ("a.ts,b.ts").
+   * A parameter the type does not declare, a required one missing or a value of the wrong
+   * kind is INVALID_ARGUMENT naming it. At most 64; a value at most 16 KiB.
+   *
+   * @generated from field: map<string, string> params = 18;
+   */
+  params: { [key: string]: string };
 };
 
 /**
@@ -647,6 +660,15 @@ export declare type TaskResult = Message<"conductor.v1.TaskResult"> & {
    * @generated from field: conductor.v1.ErrorKind error_kind = 13;
    */
   errorKind: ErrorKind;
+
+  /**
+   * The agent's structured answer, for a task whose type has a result schema: the JSON object
+   * it gave, checked against that schema (an answer that does not match fails the attempt,
+   * error_kind CLI_ERROR, retried). Unset for types without one.
+   *
+   * @generated from field: google.protobuf.Struct structured = 14;
+   */
+  structured?: JsonObject | undefined;
 };
 
 /**
