@@ -489,31 +489,31 @@ export class Groups {
     if (b) {
       const t = store.groupTotals(row.id);
       const own = task.result;
-      const mine = (cap: number, used: number, ownUsed: number, asked: number) => {
+      // What is left, never 0 (which would mean no cap): a group spent meanwhile lets the
+      // attempt make one model call at most.
+      const mine = (cap: number, used: number, ownUsed: number, asked: number, least: number) => {
         if (cap <= 0) return asked;
-        const left = Math.max(0, cap - used) + ownUsed;
+        const left = Math.max(least, cap - used) + ownUsed;
         return asked > 0 ? Math.min(asked, left) : left;
       };
+      const tokens = (cap: bigint, used: number, ownUsed = 0n, asked = 0n) =>
+        BigInt(Math.ceil(mine(Number(cap), used, Number(ownUsed), Number(asked), 1)));
       const asked = spec.budget;
       out = {
         ...out,
         budget: create(BudgetSchema, {
-          maxUsd: mine(b.maxUsd, t.costUsd, own?.costUsd ?? 0, asked?.maxUsd ?? 0),
-          maxInputTokens: BigInt(
-            mine(
-              Number(b.maxInputTokens),
-              t.inputTokens,
-              Number(own?.usage?.inputTokens ?? 0n),
-              Number(asked?.maxInputTokens ?? 0n),
-            ),
+          maxUsd: mine(b.maxUsd, t.costUsd, own?.costUsd ?? 0, asked?.maxUsd ?? 0, 1e-9),
+          maxInputTokens: tokens(
+            b.maxInputTokens,
+            t.inputTokens,
+            own?.usage?.inputTokens,
+            asked?.maxInputTokens,
           ),
-          maxOutputTokens: BigInt(
-            mine(
-              Number(b.maxOutputTokens),
-              t.outputTokens,
-              Number(own?.usage?.outputTokens ?? 0n),
-              Number(asked?.maxOutputTokens ?? 0n),
-            ),
+          maxOutputTokens: tokens(
+            b.maxOutputTokens,
+            t.outputTokens,
+            own?.usage?.outputTokens,
+            asked?.maxOutputTokens,
           ),
         }),
       };

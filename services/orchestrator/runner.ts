@@ -649,28 +649,20 @@ function unanswered(outcome: RunOutcome): void {
 
 /** An attempt that cannot be built (its type is gone): failed, not retried. */
 function unpreparable(error: string): RunOutcome {
-  return {
-    $typeName: "conductor.v1.RunOutcome",
-    state: TaskState.FAILED,
-    result: create(TaskResultSchema, {
-      isError: true,
-      error,
-      errorKind: ErrorKind.INVALID_REQUEST,
-    }),
-    permanent: true,
-  };
+  return failed(error, ErrorKind.INVALID_REQUEST, true);
 }
 
 /** An attempt that ended without its outcome (its host or node lost, or stopped). */
 function lost(error: string): RunOutcome {
+  return failed(error, ErrorKind.INFRASTRUCTURE, false);
+}
+
+/** A FAILED outcome the Orchestrator decided itself, saying why. */
+function failed(error: string, errorKind: ErrorKind, permanent: boolean): RunOutcome {
   return {
     $typeName: "conductor.v1.RunOutcome",
     state: TaskState.FAILED,
-    result: create(TaskResultSchema, {
-      isError: true,
-      error,
-      errorKind: ErrorKind.INFRASTRUCTURE,
-    }),
-    permanent: false,
+    result: create(TaskResultSchema, { isError: true, error, errorKind }),
+    permanent,
   };
 }
