@@ -57,12 +57,14 @@ export async function serve(command: string, config: Config, io: ServeIO): Promi
     ...Object.assign({}, ...running.map((r) => r.listens ?? {})),
   } as Record<string, unknown>;
 
-  const human = !io.json && format !== "json" && io.stdout.isTTY === true;
-  io.stdout.write(human ? readyText(command, config, ready) : JSON.stringify(ready) + "\n");
-  await new Promise<void>((resolve) => {
+  // Listening for the signals before saying it is ready: a Ctrl-C right after is a stop.
+  const stop = new Promise<void>((resolve) => {
     process.once("SIGINT", resolve);
     process.once("SIGTERM", resolve);
   });
+  const human = !io.json && format !== "json" && io.stdout.isTTY === true;
+  io.stdout.write(human ? readyText(command, config, ready) : JSON.stringify(ready) + "\n");
+  await stop;
   log.info("shutting down");
   // The Orchestrator first, so runs end as interrupted rather than failed.
   for (const r of running.reverse()) await r.stop();

@@ -488,7 +488,9 @@ describe("the conductor services as a person starts them", () => {
     }
     // On a terminal (script(1) gives it one) the AgentHost greets a person; Ctrl-C stops it.
     const args = [...base("tty").slice(0, 4), "--metrics-port", "-1", "--agents", "1"];
-    const command = [process.execPath, CLI, "agent-host", ...args].map((a) => `'${a}'`).join(" ");
+    // exec: the AgentHost itself takes the terminal's Ctrl-C, not a shell that would die of
+    // it at once and end the session before the AgentHost has said it is stopping.
+    const command = `exec ${[process.execPath, CLI, "agent-host", ...args].map((a) => `'${a}'`).join(" ")}`;
     const tty = spawn("script", ["-qec", command, "/dev/null"], {
       env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin" },
       stdio: ["pipe", "pipe", "inherit"],
@@ -500,13 +502,16 @@ describe("the conductor services as a person starts them", () => {
       seen += chunk.toString();
       if (stopped || !seen.includes("Stop with Ctrl-C.")) return;
       stopped = true;
-      tty.stdin.end("\x03");
+      // Ctrl-C alone: closing script(1)'s stdin too may hang up the session before the
+      // interrupt is handled (the service then dies of SIGHUP, saying nothing).
+      tty.stdin.write("\x03");
     });
     const code = await exited;
+    tty.stdin.destroy();
     expect(seen).toContain("The AgentHost is serving (1 agent, process runtime).");
     expect(seen).not.toMatch(/1 agents|metrics +http/);
     // It stopped on Ctrl-C (script(1) may report the interrupt as 130).
     expect([0, 130], seen).toContain(code);
-    expect(seen).toMatch(/shutting down/);
+    expect(seen, `exit code ${code}`).toMatch(/shutting down/);
   });
 });
