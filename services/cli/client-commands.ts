@@ -18,7 +18,7 @@ import { localPath } from "./workspace-flags.ts";
 import { apply } from "./apply.ts";
 import { bool, list, str, UsageError, type ParsedCommand } from "./args.ts";
 import { diff } from "./diff.ts";
-import { group, groupOfSubmit } from "./groups.ts";
+import { group, groupOfSubmit, watchGroup } from "./groups.ts";
 import { TaskGroupSchema } from "../../gen/conductor/v1/group_pb.js";
 import { nodes } from "./nodes.ts";
 import { ago, count, duration, oneLine, stateName, table, usd } from "./format.ts";
@@ -59,12 +59,17 @@ export async function runClientCommand(
   };
   switch (name) {
     case "submit": {
-      if (str(p, "group") !== undefined || list(p, "each").length > 0) {
+      if (str(p, "group") !== undefined) {
         const spec = groupOfSubmit(p, taskSpecOf(p, io));
         const { group: g } = await client.submitTaskGroup({ spec });
         out(asJson ? json(toJson(TaskGroupSchema, g!)) : g!.id);
-        return 0;
+        return bool(p, "wait") ? await watchGroup(client, g!.id, asJson, out) : 0;
       }
+      const groupOnly = ["each", "max-parallel", "fail-fast", "reduce"].find(
+        (f) => list(p, f).length > 0 || bool(p, f),
+      );
+      if (groupOnly)
+        throw new UsageError(`--${groupOnly} makes a task group: give --group NAME as well`);
       const { task } = await client.submitTask({ spec: taskSpecOf(p, io) });
       if (!bool(p, "wait")) {
         out(asJson ? taskJson(task!) : task!.id);
@@ -123,7 +128,7 @@ export async function runClientCommand(
       return 0;
     }
     case "types":
-      return await types(client, asJson, out);
+      return await types(client, p.positionals, asJson, out);
     case "nodes":
       return await nodes(client, p, asJson, out);
     case "stats": {
@@ -254,8 +259,19 @@ function parseState(s: string): TaskState {
 }
 
 /** `conductor types`: each task type, then its parameters one a line. */
-async function types(client: Orch, asJson: boolean, out: (line: string) => void): Promise<number> {
-  const { types } = await client.listTaskTypes({});
+async function types(
+  client: Orch,
+  names: string[],
+  asJson: boolean,
+  out: (line: string) => void,
+): Promise<number> {
+  if (names.length > 1) throw new UsageError("usage: conductor types [type]");
+  const all = (await client.listTaskTypes({})).types;
+  const types = names.length ? all.filter((t) => t.name === names[0]) : all;
+  if (types.length === 0)
+    throw new UsageError(
+      `no task type ${oneLine(names[0]!, 64)}; the types are ${all.map((t) => t.name).join(", ")}`,
+    );
   if (asJson) {
     types.forEach((t) => out(json(toJson(TaskTypeSchema, t))));
     return 0;

@@ -384,7 +384,7 @@ With --json, the text comes as JSON lines {"text": "…"}: joined in order, they
   { name: "agents", args: "", summary: "list the agents and what they run", flags: where },
   {
     name: "types",
-    args: "",
+    args: "[type]",
     summary: "list the task types (built-in and configured) and their parameters",
     details: `
 Lists every task type the Orchestrator knows: the built-ins and those of

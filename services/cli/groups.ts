@@ -214,7 +214,7 @@ export async function group(
 }
 
 /** Follows a group to its end; exits 0 only if it SUCCEEDED. */
-async function watchGroup(
+export async function watchGroup(
   client: Orch,
   id: string,
   asJson: boolean,

@@ -23,7 +23,7 @@ describe("a group's members", () => {
     const members = expandGroup(
       group({
         template: create(TaskSpecSchema, {
-          prompt: "Port {{repo}} to {{lang}}; {{other}} stays",
+          prompt: "Port {{repo}} to {{lang}}; {{deps.x.result}} stays",
           workspace: { kind: { case: "git", value: { repository: "/srv/{{repo}}.git" } } },
         }),
         matrix: [
@@ -33,7 +33,7 @@ describe("a group's members", () => {
       }),
     );
     expect(members.map((m) => m.name)).toEqual(["api,ts", "api,go", "web,ts", "web,go"]);
-    expect(members[1]!.spec.prompt).toBe("Port api to go; {{other}} stays");
+    expect(members[1]!.spec.prompt).toBe("Port api to go; {{deps.x.result}} stays");
     const ws = members[2]!.spec.workspace!.kind;
     expect(ws.case === "git" && ws.value.repository).toBe("/srv/web.git");
   });
@@ -62,6 +62,20 @@ describe("a group's members", () => {
       /gives a value twice/,
     );
     expect(refused({ members: [{ name: "a b", spec: t }] })).toMatch(/is not a member name/);
+    const unfilled = create(TaskSpecSchema, { prompt: "x {{q}}" });
+    expect(refused({ template: unfilled, matrix: [{ name: "p", values: ["1"] }] })).toBe(
+      "spec.template refers to {{q}}, which no matrix parameter fills (the matrix has p)",
+    );
+    expect(refused({ members: [{ name: "a", spec: t }], budget: { maxUsd: NaN } })).toMatch(
+      /^spec\.budget\.max_usd must be from 0/,
+    );
+    expect(refused({ members: [{ name: "a", spec: t }], name: "x\u001b" })).toMatch(
+      /control character/,
+    );
+    const tooMany = Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`k${i}`, "v"]));
+    expect(refused({ members: [{ name: "a", spec: t }], labels: tooMany })).toMatch(
+      /over the limit of 64/,
+    );
     expect(refused({ members: [{ name: "reduce", spec: t }] })).toMatch(/the reduce step's/);
     expect(
       refused({
@@ -71,6 +85,11 @@ describe("a group's members", () => {
       }),
     ).toMatch(/members have none of their own/);
     expect(refused({ members: [{ name: "a", spec: t }], maxParallel: -1 })).toMatch(/max_parallel/);
+    const big99k = create(TaskSpecSchema, { prompt: "y {{v}}".repeat(14_000) });
+    const values = Array.from({ length: 1000 }, (_, i) => String(i));
+    expect(refused({ template: big99k, matrix: [{ name: "v", values }] })).toMatch(
+      /^the group's members' specs are \d+ bytes in all, over the limit of 33554432/,
+    );
     const long = create(TaskSpecSchema, { prompt: "x".repeat(100_000) });
     const big = Array.from({ length: 30 }, (_, i) => ({ name: `m${i}`, spec: long }));
     expect(refused({ members: big })).toMatch(

@@ -28,7 +28,7 @@ import type { Logger } from "../shared/log.ts";
 import { quote } from "../shared/quote.ts";
 import type { Change, TaskEvents } from "./events.ts";
 import { FINAL_STATES, type GroupRow, type TaskStore } from "./store.ts";
-import { DEP_RESULT, SPEC_LIMITS } from "./validate.ts";
+import { checkBudget, checkLabels, CONTROL, DEP_RESULT, SPEC_LIMITS } from "./validate.ts";
 
 /** Bounds of a group spec (documented in group.proto and the README). */
 export const GROUP_LIMITS = {
@@ -38,6 +38,8 @@ export const GROUP_LIMITS = {
   matrixParameters: 8,
   parameterNameBytes: 64,
   valueBytes: 4096,
+  /** Most bytes of all members' specs together, encoded (what is stored). */
+  membersBytes: 32 * 1024 * 1024,
   /** Most bytes of the members' outcomes a reduce step's prompt is given. */
   outcomesBytes: 96 * 1024,
   /** Most characters of a member's error in GroupMemberStatus. */
@@ -75,6 +77,10 @@ export function expandGroup(spec: TaskGroupSpec): MemberSpec[] {
     );
   if (Buffer.byteLength(spec.name) > GROUP_LIMITS.nameBytes)
     throw invalid(`spec.name is over ${GROUP_LIMITS.nameBytes} bytes`);
+  if (CONTROL.test(spec.name))
+    throw invalid(`spec.name ${quote(spec.name)} contains a control character`);
+  checkBudget(spec.budget);
+  checkLabels(spec.labels);
   if (Buffer.byteLength(spec.idempotencyKey) > SPEC_LIMITS.idempotencyKeyBytes)
     throw invalid(`spec.idempotency_key is over ${SPEC_LIMITS.idempotencyKeyBytes} bytes`);
   if (!Number.isInteger(spec.maxParallel) || spec.maxParallel < 0 || spec.maxParallel > 10_000)
@@ -87,6 +93,14 @@ export function expandGroup(spec: TaskGroupSpec): MemberSpec[] {
   if (members.length > GROUP_LIMITS.members)
     throw invalid(
       `the group has ${members.length} members, over the limit of ${GROUP_LIMITS.members}`,
+    );
+  const total = members.reduce(
+    (n, m) => n + (m.spec ? toBinary(TaskSpecSchema, m.spec).byteLength : 0),
+    0,
+  );
+  if (total > GROUP_LIMITS.membersBytes)
+    throw invalid(
+      `the group's members' specs are ${total} bytes in all, over the limit of ${GROUP_LIMITS.membersBytes}: shorten the prompt, or split the group`,
     );
   const seen = new Set<string>();
   return members.map((m, i) => {
@@ -141,6 +155,13 @@ function fromMatrix(spec: TaskGroupSpec): MemberSpec[] {
     if (count > GROUP_LIMITS.members)
       throw invalid(`spec.matrix makes over ${GROUP_LIMITS.members} members (the limit)`);
   });
+  const unknown = templateStrings(template)
+    .flatMap((t) => [...t.matchAll(PLACEHOLDER)].map((m) => m[1]!))
+    .find((name) => !names.has(name));
+  if (unknown !== undefined)
+    throw invalid(
+      `spec.template refers to {{${unknown}}}, which no matrix parameter fills (the matrix has ${[...names].join(", ")})`,
+    );
   const combos: Record<string, string>[] = [{}];
   for (const p of spec.matrix) {
     const next: Record<string, string>[] = [];
@@ -157,13 +178,27 @@ function fromMatrix(spec: TaskGroupSpec): MemberSpec[] {
   });
 }
 
+/** `{{PARAM}}` in a template: a matrix parameter's name. */
+const PLACEHOLDER = /\{\{([A-Za-z][A-Za-z0-9_]*)\}\}/g;
+
+/** The strings of a template that may hold `{{PARAM}}`. */
+function templateStrings(t: TaskSpec): string[] {
+  const ws = t.workspace?.kind;
+  return [
+    t.prompt,
+    ...Object.values(t.labels),
+    ...Object.values(t.params),
+    ...(ws?.case === "git" ? [ws.value.repository, ws.value.ref, ws.value.branch] : []),
+    ...(ws?.case === "hostPath" ? [ws.value.path] : []),
+  ];
+}
+
 /**
  * The template with each `{{PARAM}}` of its prompt, labels' and params' values and workspace
  * replaced.
  */
 function fillTemplate(template: TaskSpec, values: Record<string, string>): TaskSpec {
-  const fill = (s: string) =>
-    s.replace(/\{\{([A-Za-z][A-Za-z0-9_]*)\}\}/g, (all, name: string) => values[name] ?? all);
+  const fill = (s: string) => s.replace(PLACEHOLDER, (all, name: string) => values[name] ?? all);
   const spec = clone(TaskSpecSchema, template);
   spec.prompt = fill(spec.prompt);
   for (const k of Object.keys(spec.labels)) spec.labels[k] = fill(spec.labels[k]!);
@@ -309,7 +344,8 @@ export class Groups {
 
   /** A group as it stands; `members` lists each member's outcome. NOT_FOUND for none. */
   get(id: string, members = true): TaskGroup {
-    const row = id ? this.opts.store.group({ id }) : undefined;
+    if (!id) throw invalid("id is required: the id SubmitTaskGroup gave the group");
+    const row = this.opts.store.group({ id });
     if (!row) throw notFound("task group", id);
     return this.view(row, members);
   }
@@ -320,11 +356,15 @@ export class Groups {
     return row && this.view(row, true);
   }
 
-  /** A page of groups, newest first, without their members' lists. */
-  list(pageSize: number, before?: number): { groups: TaskGroup[]; next?: number } {
+  /**
+   * A page of groups, newest first, without their members' lists, with each one's cursor
+   * (`seqs`); `next` continues after the last.
+   */
+  list(pageSize: number, before?: number): { groups: TaskGroup[]; seqs: number[]; next?: number } {
     const page = this.opts.store.groups(pageSize, before);
     return {
       groups: page.groups.map((r) => this.view(r, false)),
+      seqs: page.groups.map((r) => r.seq),
       ...(page.next !== undefined ? { next: page.next } : {}),
     };
   }
@@ -579,7 +619,8 @@ export class Groups {
 
   /** CancelTaskGroup: cuts the group; resolves when its running tasks have ended. */
   async cancel(id: string): Promise<TaskGroup> {
-    const row = id ? this.opts.store.group({ id }) : undefined;
+    if (!id) throw invalid("id is required: the id SubmitTaskGroup gave the group");
+    const row = this.opts.store.group({ id });
     if (!row) throw notFound("task group", id);
     if (row.endTime !== undefined)
       throw precondition(`task group ${id} has already ended; nothing to cancel`);

@@ -1,4 +1,7 @@
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
+
+/** Most bytes of a YAML type file: a schema is at most 64 KiB, a prompt at most 128 KiB. */
+const MAX_TYPE_FILE_BYTES = 1024 * 1024;
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { parse as parseYaml } from "yaml";
@@ -48,6 +51,9 @@ export async function loadTypeFile(file: string): Promise<TaskType> {
   if (ext === ".yaml" || ext === ".yml") {
     let text: string;
     try {
+      const bytes = (await stat(file)).size;
+      if (bytes > MAX_TYPE_FILE_BYTES)
+        throw new Error(`it is ${bytes} bytes, over the limit of ${MAX_TYPE_FILE_BYTES}`);
       text = await readFile(file, "utf8");
     } catch (e) {
       throw fail(`cannot be read: ${(e as Error).message}`, e);

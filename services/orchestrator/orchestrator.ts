@@ -10,6 +10,7 @@ import {
   type TaskSpec,
 } from "../../gen/conductor/v1/task_pb.js";
 import { invalid, notFound, precondition } from "../shared/errors.ts";
+import { quote } from "../shared/quote.ts";
 import type { Logger } from "../shared/log.ts";
 import { ArtifactStore, MAX_TASK_ARTIFACT_BYTES } from "./artifacts.ts";
 import { dependencyFailed, TaskEvents } from "./events.ts";
@@ -259,13 +260,15 @@ export class Orchestrator {
           await checkAtSubmit(this.hosts, spec, signal);
         }
       } catch (e) {
-        if (e instanceof ConnectError)
-          throw new ConnectError(`${where}: ${e.rawMessage}`, e.code, undefined, undefined, e);
-        throw e;
+        if (!(e instanceof ConnectError)) throw e;
+        // Members' ids stand for their names in depends_on and placeholders: say the names.
+        let why = e.rawMessage;
+        for (const m of members) why = why.replaceAll(m.id, m.name);
+        throw new ConnectError(`${where}: ${why}`, e.code, undefined, undefined, e);
       }
     };
-    for (const [i, m] of members.entries())
-      await check(`member ${m.name} (spec.members[${i}])`, m.spec);
+    const form = input.template ? "matrix combination" : "spec.members";
+    for (const [i, m] of members.entries()) await check(`member ${m.name} (${form}[${i}])`, m.spec);
     if (input.reduce) {
       if (input.reduce.dependsOn.length > 0)
         throw invalid("spec.reduce.depends_on: the reduce step waits for every member; name none");
@@ -275,9 +278,9 @@ export class Orchestrator {
     for (const m of members)
       for (const d of m.spec.dependsOn)
         if (!ids.has(d) && this.store.state(d) === undefined)
-          throw notFound(
-            `task (member ${m.name}'s depends_on names neither a member nor a task)`,
-            d,
+          throw new ConnectError(
+            `member ${m.name}'s depends_on names ${quote(d)}, which is neither a member of the group nor a task`,
+            Code.NotFound,
           );
     const groupId = randomUUID();
     const reduceId = input.reduce ? randomUUID() : "";

@@ -1,4 +1,6 @@
-import { toBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { toBinary, type Message, type MessageInitShape } from "@bufbuild/protobuf";
+import type { GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { TaskGroupSchema } from "../../gen/conductor/v1/group_pb.js";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { NodeService } from "../../gen/conductor/v1/node_pb.js";
 import {
@@ -33,15 +35,7 @@ export function orchestratorRoutes(orch: Orchestrator) {
           );
         }
         const page = orch.store.list(req.states, req.pageSize || 100, pageToken(req.pageToken));
-        // Stop before the page passes MAX_PAGE_BYTES (always at least one task), and continue
-        // after the last task it holds.
-        let bytes = 0;
-        let count = 0;
-        for (const task of page.tasks) {
-          bytes += toBinary(TaskSchema, task).length + 8;
-          if (count > 0 && bytes > MAX_PAGE_BYTES) break;
-          count++;
-        }
+        const count = fitting(page.tasks, TaskSchema);
         const next = count < page.tasks.length ? page.seqs[count - 1] : page.next;
         return {
           tasks: page.tasks.slice(0, count),
@@ -95,9 +89,11 @@ export function orchestratorRoutes(orch: Orchestrator) {
           );
         }
         const page = orch.groups.list(req.pageSize || 100, pageToken(req.pageToken));
+        const count = fitting(page.groups, TaskGroupSchema);
+        const next = count < page.groups.length ? page.seqs[count - 1] : page.next;
         return {
-          groups: page.groups,
-          nextPageToken: page.next !== undefined ? String(page.next) : "",
+          groups: page.groups.slice(0, count),
+          nextPageToken: next !== undefined ? String(next) : "",
         };
       },
       async *watchTaskGroup(req, ctx) {
@@ -110,6 +106,21 @@ export function orchestratorRoutes(orch: Orchestrator) {
         return { types: orch.types.list().map(typeMessage) };
       },
     });
+}
+
+/**
+ * How many of `items` (at least one) a page holds before it passes MAX_PAGE_BYTES, so it fits
+ * any gRPC client's 4 MiB limit.
+ */
+function fitting<T extends Message>(items: T[], schema: GenMessage<T>): number {
+  let bytes = 0;
+  let count = 0;
+  for (const item of items) {
+    bytes += toBinary(schema, item).length + 8;
+    if (count > 0 && bytes > MAX_PAGE_BYTES) break;
+    count++;
+  }
+  return count;
 }
 
 /** A page token as given out (a row's sequence number); undefined for the first page. */

@@ -43,7 +43,7 @@ const ADDED_COLUMNS: [table: string, name: string, definition: string][] = [
 
 /** Indexes on added columns: made after those columns are. */
 const ADDED_INDEXES = `
-CREATE INDEX IF NOT EXISTS tasks_group ON tasks (group_id, state) WHERE group_id != '';
+CREATE INDEX IF NOT EXISTS tasks_by_group ON tasks (group_id, state);
 `;
 
 /** Bounds of one page of a task's events (WatchTask reads history in such pages). */
@@ -529,7 +529,7 @@ export class TaskStore {
         g.now,
         g.spec.maxParallel,
         g.spec.failFast ? 1 : 0,
-        g.spec.budget?.maxUsd ?? 0,
+        Number.isFinite(g.spec.budget?.maxUsd) ? g.spec.budget!.maxUsd : 0,
         g.reduceTaskId,
       );
   }
@@ -921,10 +921,14 @@ export interface GroupTotals {
 }
 
 function toGroupRow(r: RawGroupRow): GroupRow {
+  let spec: TaskGroupSpec | undefined;
   return {
     seq: r.seq,
     id: r.id,
-    spec: fromBinary(TaskGroupSpecSchema, r.spec),
+    // Decoded when asked for: a group's state changes need its columns, not its members' specs.
+    get spec() {
+      return (spec ??= fromBinary(TaskGroupSpecSchema, r.spec));
+    },
     createTime: r.create_time,
     maxParallel: r.max_parallel,
     failFast: r.fail_fast === 1,

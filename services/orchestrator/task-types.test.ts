@@ -5,7 +5,9 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, describe, expect, it } from "vitest";
 import { TaskSpecSchema } from "../../gen/conductor/v1/task_pb.js";
-import { compileResultSchema } from "../shared/result-schema.ts";
+import { fromBinary, fromJson, toBinary, type JsonObject } from "@bufbuild/protobuf";
+import { StructSchema } from "@bufbuild/protobuf/wkt";
+import { compileResultSchema, MAX_ANSWER_DEPTH } from "../shared/result-schema.ts";
 import { FINDINGS_SCHEMA } from "./builtin-types.ts";
 import { loadTaskTypes, renderTemplate, taskTypeRegistry } from "./load-task-types.ts";
 import type { TaskTypeRegistry } from "./task-types.ts";
@@ -118,6 +120,23 @@ describe("the task type registry", () => {
     expect(s.mismatch({ findings: [{ ...finding, line: "3" }] })).toMatch(/findings\.0\.line/);
     expect(s.mismatch({ findings: "none" })).toMatch(/^findings: /);
     expect(s.mismatch({})).toMatch(/^findings: /);
+  });
+
+  it("refuses an answer nested deeper than the Orchestrator can decode", () => {
+    const s = compileResultSchema({ type: "object" });
+    const nest = (n: number) => {
+      let v: unknown = 1;
+      for (let i = 0; i < n; i++) v = { a: v };
+      return v;
+    };
+    expect(s.mismatch(nest(MAX_ANSWER_DEPTH))).toBeUndefined();
+    expect(s.mismatch(nest(60))).toBe(
+      `(the answer): nested deeper than ${MAX_ANSWER_DEPTH} levels, the most Conductor delivers`,
+    );
+    // What passes decodes: as a Struct, within protobuf-es's recursion limit.
+    const struct = fromJson(StructSchema, nest(MAX_ANSWER_DEPTH) as JsonObject);
+    const bytes = toBinary(StructSchema, struct);
+    expect(() => fromBinary(StructSchema, bytes)).not.toThrow();
   });
 });
 

@@ -1,4 +1,4 @@
-import type { Check, TaskSpec, Workspace } from "../../gen/conductor/v1/task_pb.js";
+import type { Budget, Check, TaskSpec, Workspace } from "../../gen/conductor/v1/task_pb.js";
 import { invalid } from "../shared/errors.ts";
 import { quote } from "../shared/quote.ts";
 
@@ -92,12 +92,12 @@ export function validateSpec(spec: TaskSpec | undefined, limits: SpecLimits): Ta
   checkWorkspace(spec.workspace);
   checkChecks(spec.checks);
   checkDependsOn(spec);
-  checkBudget(spec);
+  checkBudget(spec.budget);
   return spec;
 }
 
-function checkBudget(spec: TaskSpec) {
-  const b = spec.budget;
+/** A budget's caps: finite, not negative, bounded (a task's, or a group's). */
+export function checkBudget(b: Budget | undefined) {
   if (!b) return;
   if (!Number.isFinite(b.maxUsd) || b.maxUsd < 0 || b.maxUsd > SPEC_LIMITS.budgetUsd)
     throw invalid(
@@ -285,7 +285,7 @@ function checkTools(tools: string[]) {
   });
 }
 
-function checkLabels(
+export function checkLabels(
   labels: Record<string, string>,
   field = "labels",
   most: number = SPEC_LIMITS.labels,

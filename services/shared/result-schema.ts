@@ -3,6 +3,21 @@ import { z } from "zod";
 /** Most bytes of a result schema as JSON text: it is one argument of the CLI (--json-schema). */
 export const MAX_RESULT_SCHEMA_BYTES = 64 * 1024;
 
+/**
+ * Deepest nesting an answer may have: what reaches the Orchestrator as a
+ * google.protobuf.Struct must decode within protobuf-es's recursion limit of 100 (each JSON
+ * level is two or three messages), with room for the messages around it.
+ */
+export const MAX_ANSWER_DEPTH = 24;
+
+/** How deep a JSON value nests (a scalar is 0); stops counting past `most`. */
+function depth(v: unknown, most: number): number {
+  if (typeof v !== "object" || v === null || most < 0) return 0;
+  let d = 0;
+  for (const x of Object.values(v)) d = Math.max(d, depth(x, most - 1));
+  return d + 1;
+}
+
 /** A JSON Schema a task's answer must match, compiled once (zod reads JSON Schema itself). */
 export interface ResultSchema {
   /** The schema as JSON text, as RunTaskRequest.result_schema and ListTaskTypes carry it. */
@@ -39,6 +54,8 @@ export function compileResultSchema(schema: unknown): ResultSchema {
   return {
     json,
     mismatch(answer) {
+      if (depth(answer, MAX_ANSWER_DEPTH + 1) > MAX_ANSWER_DEPTH)
+        return `(the answer): nested deeper than ${MAX_ANSWER_DEPTH} levels, the most Conductor delivers`;
       const r = compiled.safeParse(answer);
       if (r.success) return undefined;
       return r.error.issues

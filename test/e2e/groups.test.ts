@@ -355,6 +355,9 @@ describe("task groups", () => {
       expect(watched.code).toBe(0);
       expect(watched.stdout).toMatch(/^group \S+ succeeded/m);
       expect(watched.stdout).toMatch(/^3 +\S+ +succeeded/m);
+      const lone = await conductor(["submit", "--each", "p=a,b", ...where, "x {{p}}"], dir);
+      expect(lone.code).toBe(2);
+      expect(lone.stderr).toMatch(/--each makes a task group: give --group NAME as well/);
       const bad = await conductor(
         ["group", "submit", "-f", path.join(dir, "nope.yaml"), ...where],
         dir,

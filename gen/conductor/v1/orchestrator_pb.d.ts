@@ -944,7 +944,8 @@ export declare const OrchestratorService: GenService<{
   },
   /**
    * Groups, newest first, without their members' list nor the specs of their members,
-   * template and reduce step (GetTaskGroup has them).
+   * template and reduce step (GetTaskGroup has them). A page also stops before it would pass
+   * 2 MiB, so it may hold fewer groups than asked while more remain.
    *
    * @generated from rpc conductor.v1.OrchestratorService.ListTaskGroups
    */
