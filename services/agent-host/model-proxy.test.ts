@@ -313,16 +313,26 @@ const REFUSED: [name: string, request: (a: string) => string, status: number][] 
   ["a lower-case method", () => `post /v1/messages HTTP/1.1\r\nHost: x\r\n\r\n`, 400],
 ];
 
+/** A proxy on `<dir>/model.sock` to `upstream`, with the test key and a silent log. */
+function proxyTo(
+  upstream: string,
+  dir: string,
+  more: Partial<Parameters<typeof startModelProxy>[0]> = {},
+) {
+  return startModelProxy({
+    socketPath: path.join(dir, "model.sock"),
+    upstream,
+    apiKey: KEY,
+    log: silentLogger,
+    ...more,
+  });
+}
+
 describe("model proxy", () => {
   it("adds the real key on the way out and meters the tokens of streamed answers", async () => {
     await using model = await startFakeModel();
     using dir = tempDir();
-    const proxy = await startModelProxy({
-      socketPath: path.join(dir.path, "model.sock"),
-      upstream: model.url,
-      apiKey: KEY,
-      log: silentLogger,
-    });
+    const proxy = await proxyTo(model.url, dir.path);
     try {
       const prompt = `<fake-script>[{"text":"hi","usage":{"input_tokens":42,"output_tokens":7}}]</fake-script>`;
       const res = await postOverSocket(
@@ -357,11 +367,7 @@ describe("model proxy", () => {
   it("refuses a request once the run's budget is spent, before it reaches the API", async () => {
     await using model = await startFakeModel();
     using dir = tempDir();
-    const proxy = await startModelProxy({
-      socketPath: path.join(dir.path, "model.sock"),
-      upstream: model.url,
-      apiKey: KEY,
-      log: silentLogger,
+    const proxy = await proxyTo(model.url, dir.path, {
       prices: { "claude-sonnet-4": { input: 3, output: 15 } },
     });
     try {
@@ -778,12 +784,7 @@ describe("model proxy: misbehaving upstreams fail their one request, nothing mor
   it("keeps Content-Length, and survives garbage, a reset, a slow drip and a huge answer", async () => {
     using dir = tempDir();
     const up = await startRawUpstream();
-    const proxy = await startModelProxy({
-      socketPath: path.join(dir.path, "m.sock"),
-      upstream: up.url,
-      apiKey: KEY,
-      log: silentLogger,
-    });
+    const proxy = await proxyTo(up.url, dir.path);
     try {
       const body = JSON.stringify({ model: "m", messages: [] });
       up.mode.next = "strict";

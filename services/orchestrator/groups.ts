@@ -389,7 +389,7 @@ export class Groups {
       state,
       createTime: timestampFromMs(row.createTime),
       ...(row.endTime !== undefined ? { endTime: timestampFromMs(row.endTime) } : {}),
-      aggregate: this.aggregate(row),
+      aggregate: this.aggregate(row, totals),
       reduceTaskId: row.reduceTaskId,
       reason: row.reason,
     });
@@ -419,8 +419,7 @@ export class Groups {
     return group;
   }
 
-  private aggregate(row: GroupRow): GroupAggregate {
-    const t = this.opts.store.groupTotals(row.id);
+  private aggregate(row: GroupRow, t = this.opts.store.groupTotals(row.id)): GroupAggregate {
     const tasksByState: Record<string, bigint> = {};
     for (const [state, n] of t.byState) tasksByState[stateName(state)] = BigInt(n);
     const end = row.endTime ?? Date.now();

@@ -96,7 +96,6 @@ CREATE TABLE IF NOT EXISTS groups (
   create_time INTEGER NOT NULL,
   max_parallel INTEGER NOT NULL DEFAULT 0,
   fail_fast INTEGER NOT NULL DEFAULT 0,
-  budget_usd REAL NOT NULL DEFAULT 0,
   reduce_task_id TEXT NOT NULL DEFAULT '',
   cancelled INTEGER NOT NULL DEFAULT 0,
   reason TEXT NOT NULL DEFAULT '',
@@ -519,8 +518,8 @@ export class TaskStore {
   insertGroup(g: { id: string; spec: TaskGroupSpec; now: number; reduceTaskId: string }): void {
     this.db
       .prepare(
-        `INSERT INTO groups (id, idempotency_key, spec, create_time, max_parallel, fail_fast, budget_usd, reduce_task_id)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO groups (id, idempotency_key, spec, create_time, max_parallel, fail_fast, reduce_task_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?)`,
       )
       .run(
         g.id,
@@ -529,7 +528,6 @@ export class TaskStore {
         g.now,
         g.spec.maxParallel,
         g.spec.failFast ? 1 : 0,
-        Number.isFinite(g.spec.budget?.maxUsd) ? g.spec.budget!.maxUsd : 0,
         g.reduceTaskId,
       );
   }
@@ -887,7 +885,6 @@ export interface GroupRow {
   createTime: number;
   maxParallel: number;
   failFast: boolean;
-  budgetUsd: number;
   reduceTaskId: string;
   cancelled: boolean;
   reason: string;
@@ -901,7 +898,6 @@ interface RawGroupRow {
   create_time: number;
   max_parallel: number;
   fail_fast: number;
-  budget_usd: number;
   reduce_task_id: string;
   cancelled: number;
   reason: string;
@@ -932,7 +928,6 @@ function toGroupRow(r: RawGroupRow): GroupRow {
     createTime: r.create_time,
     maxParallel: r.max_parallel,
     failFast: r.fail_fast === 1,
-    budgetUsd: r.budget_usd,
     reduceTaskId: r.reduce_task_id,
     cancelled: r.cancelled === 1,
     reason: r.reason,
