@@ -3,7 +3,7 @@ import path from "node:path";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { isDiskFull, StorageFull } from "../shared/errors.ts";
 import { BrokerClosedError } from "./errors.ts";
-import { GroupCommit } from "./group-commit.ts";
+import { GroupCommit } from "../shared/group-commit.ts";
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS messages (

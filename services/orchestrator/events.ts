@@ -69,30 +69,36 @@ export class TaskEvents {
     this.listeners.push(fn);
   }
 
-  /** Stores a new task and its first change (QUEUED) together; a duplicate adds no event. */
-  submitted(
+  /**
+   * Stores a new task and its first change (QUEUED) together, in the next group commit (see
+   * TaskStore.commit); resolves once both are on disk. A duplicate adds no event.
+   */
+  async submitted(
     insert: () => { task: Task; created: boolean },
     change: Change,
     now: number,
-  ): { task: Task; created: boolean } {
-    const [out] = this.submittedAll(() => [insert()], change, now);
+  ): Promise<{ task: Task; created: boolean }> {
+    const [out] = await this.submittedAll(() => [insert()], change, now);
     return out!;
   }
 
   /** submitted() for many tasks, all stored in one transaction or none. */
-  submittedAll(
+  async submittedAll(
     insert: () => { task: Task; created: boolean }[],
     change: Change,
     now: number,
-  ): { task: Task; created: boolean }[] {
-    const out = this.store.tx(() => {
-      const all = insert();
-      for (const r of all)
-        if (r.created) this.store.appendEvent(r.task.id, stateChange(change), now);
-      return all;
-    });
-    for (const r of out) if (r.created) this.told(r.task.id, change, now);
-    return out;
+  ): Promise<{ task: Task; created: boolean }[]> {
+    return this.store.commit(
+      () => {
+        const all = insert();
+        for (const r of all)
+          if (r.created) this.store.appendEvent(r.task.id, stateChange(change), now);
+        return all;
+      },
+      (all) => {
+        for (const r of all) if (r.created) this.told(r.task.id, change, now);
+      },
+    );
   }
 
   /**
@@ -108,16 +114,56 @@ export class TaskEvents {
     now: number,
     before: TaskEvent["kind"][] = [],
   ): boolean {
-    let cancelled: { id: string; change: Change }[] = [];
-    const changed = this.store.tx(() => {
-      if (!this.store.transition(id, from, { ...update, state: change.state }, now)) return false;
-      this.store.appendEvents(id, [...before, stateChange(change)], now);
-      if (FINAL_STATES.has(change.state)) cancelled = this.settleDependents(id, change.state, now);
-      return true;
-    });
-    if (changed) this.told(id, change, now);
-    for (const c of cancelled) this.told(c.id, c.change, now);
-    return changed;
+    const done = this.store.tx(() => this.change(id, from, update, change, now, before));
+    this.toldOf(id, change, now, done);
+    return done.changed;
+  }
+
+  /**
+   * transition() in the next group commit (see TaskStore.commit): resolves once the change
+   * is on disk, with whether the task was in `from`; watchers hear of it only then.
+   */
+  transitionBatched(
+    id: string,
+    from: TaskState[],
+    update: TaskUpdate,
+    change: Change,
+    now: number,
+    before: TaskEvent["kind"][] = [],
+  ): Promise<boolean> {
+    return this.store
+      .commit(
+        () => this.change(id, from, update, change, now, before),
+        (done) => this.toldOf(id, change, now, done),
+      )
+      .then((done) => done.changed);
+  }
+
+  private change(
+    id: string,
+    from: TaskState[],
+    update: TaskUpdate,
+    change: Change,
+    now: number,
+    before: TaskEvent["kind"][],
+  ): { changed: boolean; cancelled: { id: string; change: Change }[] } {
+    if (!this.store.transition(id, from, { ...update, state: change.state }, now))
+      return { changed: false, cancelled: [] };
+    this.store.appendEvents(id, [...before, stateChange(change)], now);
+    const cancelled = FINAL_STATES.has(change.state)
+      ? this.settleDependents(id, change.state, now)
+      : [];
+    return { changed: true, cancelled };
+  }
+
+  private toldOf(
+    id: string,
+    change: Change,
+    now: number,
+    done: { changed: boolean; cancelled: { id: string; change: Change }[] },
+  ): void {
+    if (done.changed) this.told(id, change, now);
+    for (const c of done.cancelled) this.told(c.id, c.change, now);
   }
 
   /**
@@ -161,6 +207,14 @@ export class TaskEvents {
     const event = this.store.appendEvent(id, kind, now);
     this.wake(id);
     return event;
+  }
+
+  /** append() in the next group commit: resolves once the event is on disk, watchers woken. */
+  appendBatched(id: string, kind: TaskEvent["kind"], now: number): Promise<TaskEvent> {
+    return this.store.commit(
+      () => this.store.appendEvent(id, kind, now),
+      () => this.wake(id),
+    );
   }
 
   /**

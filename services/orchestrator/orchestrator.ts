@@ -86,6 +86,7 @@ export class Orchestrator {
   private readonly runner: AttemptRunner;
   private readonly opts: OrchestratorOptions;
   private wakeTimer: NodeJS.Timeout | undefined;
+  private scheduling: NodeJS.Immediate | undefined;
   private closed = false;
 
   constructor(opts: OrchestratorOptions) {
@@ -170,7 +171,7 @@ export class Orchestrator {
    * Stores a task (durably, with its first event) and queues it; a known idempotency key
    * returns the first task. A full disk throws StorageFull, with nothing stored.
    */
-  submit(input: TaskSpec | undefined): { task: Task; deduplicated: boolean } {
+  submit(input: TaskSpec | undefined): Promise<{ task: Task; deduplicated: boolean }> {
     const spec = this.validate(input);
     checkPlaceable(this.hosts.links, spec);
     return this.enqueue(spec);
@@ -202,20 +203,20 @@ export class Orchestrator {
     }
   }
 
-  /** Stores a validated spec with its first event, and queues it. */
-  private enqueue(spec: TaskSpec): { task: Task; deduplicated: boolean } {
+  /** Stores a validated spec with its first event (group commit), and queues it. */
+  private async enqueue(spec: TaskSpec): Promise<{ task: Task; deduplicated: boolean }> {
     for (const d of spec.dependsOn)
       if (this.store.state(d) === undefined) throw notFound("dependency task", d);
     const maxAttempts = spec.maxAttempts || this.opts.defaultMaxAttempts;
     const now = Date.now();
     const traceParent = this.opts.observer?.traceParent();
-    const { task, created } = this.events.submitted(
+    const { task, created } = await this.events.submitted(
       () => this.store.insert(randomUUID(), spec, maxAttempts, now, traceParent),
       { state: TaskState.QUEUED, agentId: "", attempt: 0, reason: "submitted" },
       now,
     );
     if (!created) return { task, deduplicated: true };
-    queueMicrotask(() => this.schedule());
+    this.scheduleSoon();
     if (spec.dependsOn.length === 0) return { task, deduplicated: false };
     // A dependency that already failed ends it at once (it waits for the others otherwise).
     this.settleWaiting(this.store.waitingTasks(task.id));
@@ -288,7 +289,7 @@ export class Orchestrator {
     const traceParent = this.opts.observer?.traceParent();
     const maxAttempts = (spec: TaskSpec) => spec.maxAttempts || this.opts.defaultMaxAttempts;
     let dedup: TaskGroup | undefined;
-    this.events.submittedAll(
+    await this.events.submittedAll(
       () => {
         // Checked again inside the transaction: two submits with one key race.
         dedup = this.groups.byKey(input.idempotencyKey);
@@ -320,7 +321,7 @@ export class Orchestrator {
     for (const m of members)
       if (m.spec.dependsOn.some((d) => !ids.has(d)))
         this.settleWaiting(this.store.waitingTasks(m.id));
-    queueMicrotask(() => this.schedule());
+    this.scheduleSoon();
     return { group: this.groups.get(groupId), deduplicated: false };
   }
 
@@ -449,6 +450,14 @@ export class Orchestrator {
     }
   }
 
+  /** schedule() once, after what else this turn of the event loop brings (many submits). */
+  private scheduleSoon(): void {
+    this.scheduling ??= setImmediate(() => {
+      this.scheduling = undefined;
+      this.schedule();
+    });
+  }
+
   private scheduleNow(): void {
     const held = this.runner.held();
     const free = this.hosts.idle().filter((r) => !held.has(r.key));
@@ -486,6 +495,7 @@ export class Orchestrator {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.wakeTimer);
+    clearImmediate(this.scheduling);
     await Promise.all([this.hosts.stop(), this.runner.close()]);
   }
 

@@ -81,6 +81,8 @@ interface Streamed {
   dropped: number;
   /** Why the first of them was refused. */
   droppedError: string;
+  /** The last store write the stream asked for; it settles after all the ones before it. */
+  lastWrite: Promise<unknown>;
 }
 
 const ACTIVE = [TaskState.SCHEDULED, TaskState.RUNNING];
@@ -336,6 +338,7 @@ export class AttemptRunner {
                 : `lost the agent host during the run (${why}); ${end.reason}`,
             );
     }
+    await s.lastWrite; // every write asked for during the stream has settled (in order)
     if (s.dropped > 0)
       log.warn("output the store refused was dropped", { dropped_events: s.dropped });
     const dropped = { count: s.dropped, error: s.droppedError };
@@ -351,6 +354,7 @@ export class AttemptRunner {
       endedAt: 0,
       dropped: 0,
       droppedError: "",
+      lastWrite: Promise.resolve(),
     };
     let prepared: PreparedSpec;
     try {
@@ -406,28 +410,34 @@ export class AttemptRunner {
             s.started = true;
             s.startedAt = now;
             const change = { state: TaskState.RUNNING, agentId: run.agentId, attempt };
-            try {
-              events.transition(task.id, [TaskState.SCHEDULED], { startTime: now }, change, now);
-            } catch (e) {
-              // The run goes on; its outcome is what must be stored (finish() insists).
-              log.warn("could not store that the run started", { task_id: task.id, error: e });
-            }
+            s.lastWrite = events
+              .transitionBatched(task.id, [TaskState.SCHEDULED], { startTime: now }, change, now)
+              .catch((e: unknown) => {
+                // The run goes on; its outcome is what must be stored (finish() insists).
+                log.warn("could not store that the run started", { task_id: task.id, error: e });
+              });
             break;
           }
           case "output": {
             // A long line is cut to fit any client (by the host, and again here in case it
             // did not); its whole is kept for GetTaskOutput.
             const kept = takeWhole(boundOutput(res.kind.value));
-            try {
-              const event = events.append(task.id, { case: "output", value: res.kind.value }, now);
-              if (kept !== undefined) this.opts.artifacts.keep(task.id, Number(event.seq), kept);
-            } catch (e) {
-              // Output is not kept in memory for later (it is unbounded): it is dropped, counted.
-              if (s.dropped++ === 0) {
-                s.droppedError = e instanceof Error ? e.message : String(e);
-                log.warn("could not store the run's output", { task_id: task.id, error: e });
-              }
-            }
+            // Stored in the next group commit, in order; watchers see it once it is on disk.
+            s.lastWrite = events
+              .appendBatched(task.id, { case: "output", value: res.kind.value }, now)
+              .then(
+                (event) => {
+                  if (kept !== undefined)
+                    this.opts.artifacts.keep(task.id, Number(event.seq), kept);
+                },
+                (e: unknown) => {
+                  // Output is not kept in memory for later (it is unbounded): dropped, counted.
+                  if (s.dropped++ === 0) {
+                    s.droppedError = e instanceof Error ? e.message : String(e);
+                    log.warn("could not store the run's output", { task_id: task.id, error: e });
+                  }
+                },
+              );
             break;
           }
           case "outcome": {
@@ -543,8 +553,8 @@ export class AttemptRunner {
       const reason = `attempt ${attempt} of ${maxAttempts} failed: ${result.error}; retrying in ${backoff / 1000} s${kind}`;
       const change = { state: TaskState.QUEUED, attempt, reason };
       run.holding = true;
-      await this.durably("the attempt's outcome", log, () => {
-        if (events.transition(id, ACTIVE, update, change, now, notes))
+      await this.durably("the attempt's outcome", log, async () => {
+        if (await events.transitionBatched(id, ACTIVE, update, change, now, notes))
           log.warn("attempt failed, retrying", { error: result.error, backoff_ms: backoff });
       });
       return;
@@ -552,8 +562,9 @@ export class AttemptRunner {
     run.holding = true;
     const change = { state, agentId: run.agentId, attempt, reason: result.error };
     const before: TaskEvent["kind"][] = [...notes, { case: "result", value: result }];
-    await this.durably("the task's outcome", log, () => {
-      if (events.transition(id, ACTIVE, { endTime: now, result, runMs }, change, now, before))
+    await this.durably("the task's outcome", log, async () => {
+      const update = { endTime: now, result, runMs };
+      if (await events.transitionBatched(id, ACTIVE, update, change, now, before))
         log.info("task ended", {
           state: `TASK_STATE_${TaskState[state]}`,
           error: result.error || undefined,
@@ -566,10 +577,14 @@ export class AttemptRunner {
    * outcome is kept while the disk is full and stored once space returns, never replaced by
    * another. Only a stop ends the tries; recovery then decides on restart.
    */
-  private async durably(what: string, log: Logger, write: () => void): Promise<void> {
+  private async durably(
+    what: string,
+    log: Logger,
+    write: () => void | Promise<void>,
+  ): Promise<void> {
     for (let tries = 1, wait = STORE_RETRY_FIRST_MS; ; tries++) {
       try {
-        write();
+        await write();
         if (tries > 1) log.info(`stored ${what} after ${tries} tries`);
         return;
       } catch (e) {

@@ -4,7 +4,13 @@ import path from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { afterEach, describe, expect, it } from "vitest";
-import { TaskSpecSchema, TaskState } from "../../gen/conductor/v1/task_pb.js";
+import { TaskGroupSpecSchema } from "../../gen/conductor/v1/group_pb.js";
+import {
+  AgentOutputSchema,
+  TaskResultSchema,
+  TaskSpecSchema,
+  TaskState,
+} from "../../gen/conductor/v1/task_pb.js";
 import { TaskStore } from "./store.ts";
 
 /** The tasks table as the first release wrote it (no trace_parent, no host). */
@@ -62,6 +68,8 @@ describe("TaskStore", () => {
         true,
       );
       expect(store.attemptHost("old")).toBe("/run/agent-host.sock");
+      // The counts GetStats reads are made from the tasks already there.
+      expect(store.countByState()).toEqual(new Map([[TaskState.RUNNING, 1]]));
     } finally {
       store.close();
     }
@@ -74,25 +82,129 @@ describe("TaskStore", () => {
     }
   });
 
-  it("finds a group's tasks by index, however many other tasks the store holds", () => {
-    const dir = tempDir();
-    new TaskStore(dir).close();
-    const db = new DatabaseSync(path.join(dir, "orchestrator.db"));
+  it("answers every query the scheduler and the API run by index: none reads every task", async () => {
+    const store = new TaskStore(tempDir());
     try {
-      // A partial index (WHERE group_id != '') is never used for `group_id = ?`: a cancel of a
-      // 300-member group scanned every task once per member.
-      const plan = (sql: string) =>
-        (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all("g") as { detail: string }[])
-          .map((r) => r.detail)
-          .join("; ");
-      expect(plan("SELECT id FROM tasks WHERE group_id = ? AND state IN (1, 2)")).toMatch(
-        /USING INDEX tasks_by_group \(group_id=\? AND state=\?\)/,
+      const spec = (
+        over: { priority?: number; dependsOn?: string[]; idempotencyKey?: string } = {},
+      ) => create(TaskSpecSchema, { prompt: "work", ...over });
+      const groupSpec = create(TaskGroupSpecSchema, { name: "g", maxParallel: 2 });
+      // Enough rows that SQLite's planner sees a real table (it may scan a tiny one).
+      store.tx(() => {
+        store.insertGroup({ id: "g", spec: groupSpec, now: 1, reduceTaskId: "r" });
+        for (let i = 0; i < 2000; i++)
+          store.insert(`t${i}`, spec({ priority: i % 3 }), 3, i, "", {
+            groupId: i % 10 === 0 ? "g" : "",
+            member: i % 10 === 0 ? `m${i}` : "",
+          });
+        store.insert("dep", spec({ dependsOn: ["t1"] }), 3, 1);
+        store.insert("r", spec(), 1, 1, "", { groupId: "g", member: "reduce", after: ["t0"] });
+      });
+      await store.commit(() => store.insert("late", spec({ idempotencyKey: "k" }), 1, 5));
+      store.insert("again", spec({ idempotencyKey: "k" }), 1, 5);
+      // What the scheduler does each time it runs, and what a task's attempt stores.
+      store.groupRoom();
+      store.nextQueued(40, 10, ["g"]);
+      store.nextQueued(40, 10);
+      store.nextWakeup(10);
+      store.transition("t1", [TaskState.QUEUED], { state: TaskState.SCHEDULED, attempts: 1 });
+      store.transition("t1", [TaskState.SCHEDULED], { state: TaskState.RUNNING, startTime: 2 });
+      store.appendEvent(
+        "t1",
+        { case: "output", value: create(AgentOutputSchema, { text: "x" }) },
+        3,
       );
-      expect(plan("SELECT state, COUNT(*) FROM tasks WHERE group_id = ? GROUP BY state")).toMatch(
-        /USING COVERING INDEX tasks_by_group/,
+      const result = create(TaskResultSchema, { text: "ok", costUsd: 0.5 });
+      store.transition(
+        "t1",
+        [TaskState.RUNNING],
+        { state: TaskState.SUCCEEDED, result, runMs: 7 },
+        4,
       );
+      store.dependencySucceeded(store.queuedDependents("t1").map((d) => d.id));
+      store.waitingTasks();
+      store.waitingTasks("dep");
+      store.queueInfo("dep");
+      store.maxAttempts("t1");
+      store.attemptHost("t1");
+      store.meta("t1");
+      store.groupOf("t0");
+      store.windowSpend({}, 0);
+      store.spendReleasedBy({}, 0, 0.1);
+      // What the API reads: GetStats, the gauges, ListTasks by state, a task's events, a group.
+      store.stats();
+      store.queuedByPriority();
+      store.list([TaskState.QUEUED], 100, undefined);
+      store.list([TaskState.QUEUED], 100, 1500);
+      store.eventPage("t1", 0n, { maxEvents: 10, maxBytes: 1024 });
+      store.groupTotals("g");
+      store.groupTaskIds("g", [TaskState.QUEUED]);
+      store.groupHosts("g");
+      store.inStates([TaskState.SCHEDULED, TaskState.RUNNING]);
+
+      // A whole-table read of tasks, events or dependencies grows with the queue. Allowed: the
+      // newest-first page walk of all tasks (it stops after one page), small tables.
+      const allowed = [/^SELECT \* FROM tasks\s+ORDER BY seq DESC LIMIT \?$/];
+      const plans = store.queryPlans();
+      expect(plans.size).toBeGreaterThan(30);
+      const scans = [...plans]
+        .filter(([sql]) => !allowed.some((re) => re.test(sql.trim())))
+        .filter(
+          ([, plan]) =>
+            /SCAN (tasks|events|task_deps|t|w|d)\b(?! USING INTEGER PRIMARY KEY)/.test(plan) ||
+            /SCAN (tasks|t|w) USING (COVERING )?INDEX/.test(plan),
+        )
+        .map(([sql, plan]) => `${sql.replace(/\s+/g, " ")}\n    => ${plan}`);
+      expect(scans).toEqual([]);
+      // The queries the queue depends on use the indexes made for them.
+      const planOf = (fragment: string) =>
+        [...plans].find(([sql]) => sql.includes(fragment))?.[1] ?? "(not run)";
+      expect(planOf("MIN(not_before)")).toMatch(/tasks_backoff/);
+      const next = planOf("ORDER BY priority DESC, seq ASC");
+      expect(next).toMatch(/tasks_ready \(state=\? AND waiting=\?\)/);
+      expect(next).not.toMatch(/TEMP B-TREE/); // walks the index in order, stops at the limit
+      expect(planOf("WHERE group_id = ? AND state IN")).toMatch(/tasks_by_group/);
+      expect(planOf("FROM task_counts")).not.toMatch(/\btasks\b/);
     } finally {
-      db.close();
+      store.close();
+    }
+  });
+
+  it("keeps the counts GetStats reads equal to the tasks' own, across changes and a reopen", async () => {
+    const dir = tempDir();
+    const store = new TaskStore(dir);
+    const spec = create(TaskSpecSchema, { prompt: "work" });
+    for (let i = 0; i < 5; i++) await store.commit(() => store.insert(`t${i}`, spec, 1, i));
+    const result = create(TaskResultSchema, {
+      text: "ok",
+      costUsd: 0.25,
+      usage: { inputTokens: 10n, outputTokens: 3n },
+    });
+    store.transition("t0", [TaskState.QUEUED], { state: TaskState.RUNNING });
+    store.transition("t0", [TaskState.RUNNING], { state: TaskState.SUCCEEDED, result });
+    store.transition("t1", [TaskState.QUEUED], { state: TaskState.CANCELLED });
+    // A write that fails takes its counts with it.
+    await expect(
+      store.commit(() => {
+        store.insert("t9", spec, 1, 9);
+        throw new Error("refused");
+      }),
+    ).rejects.toThrow("refused");
+    const expected = new Map([
+      [TaskState.QUEUED, 3],
+      [TaskState.SUCCEEDED, 1],
+      [TaskState.CANCELLED, 1],
+    ]);
+    expect(store.countByState()).toEqual(expected);
+    expect(store.queuedByPriority()).toEqual(new Map([[0, 3]]));
+    const stats = store.stats();
+    expect([stats.inputTokens, stats.outputTokens, stats.costUsd]).toEqual([10, 3, 0.25]);
+    store.close();
+    const again = new TaskStore(dir);
+    try {
+      expect(again.countByState()).toEqual(expected);
+    } finally {
+      again.close();
     }
   });
 });

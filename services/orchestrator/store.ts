@@ -1,9 +1,10 @@
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { DatabaseSync } from "node:sqlite";
+import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { StorageFull, isDiskFull } from "../shared/errors.ts";
+import { GroupCommit } from "../shared/group-commit.ts";
 import {
   TaskEventSchema,
   TaskResultSchema,
@@ -44,7 +45,59 @@ const ADDED_COLUMNS: [table: string, name: string, definition: string][] = [
 /** Indexes on added columns: made after those columns are. */
 const ADDED_INDEXES = `
 CREATE INDEX IF NOT EXISTS tasks_by_group ON tasks (group_id, state);
+DROP INDEX IF EXISTS tasks_queue;
+CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (state, waiting, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, seq);
+CREATE INDEX IF NOT EXISTS tasks_backoff ON tasks (state, waiting, not_before);
+CREATE INDEX IF NOT EXISTS tasks_run_ms ON tasks (run_ms) WHERE run_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS task_deps_by_task ON task_deps (task_id);
 `;
+
+/**
+ * Counts and totals GetStats and the gauges read, kept by triggers in the transaction of each
+ * change to a task: reading them costs the same with 100 tasks or 100,000 (no scan).
+ */
+const COUNTS = `
+CREATE TABLE task_counts (
+  state INTEGER NOT NULL,
+  priority INTEGER NOT NULL,
+  n INTEGER NOT NULL,
+  PRIMARY KEY (state, priority)
+) WITHOUT ROWID;
+CREATE TABLE task_totals (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  input_tokens INTEGER NOT NULL,
+  output_tokens INTEGER NOT NULL,
+  cost_usd REAL NOT NULL
+);
+INSERT INTO task_counts (state, priority, n) SELECT state, priority, COUNT(*) FROM tasks GROUP BY state, priority;
+INSERT INTO task_totals SELECT 1, COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_usd), 0) FROM tasks;
+CREATE TRIGGER tasks_count_insert AFTER INSERT ON tasks BEGIN
+  INSERT INTO task_counts (state, priority, n) VALUES (new.state, new.priority, 1)
+    ON CONFLICT (state, priority) DO UPDATE SET n = n + 1;
+  UPDATE task_totals SET input_tokens = input_tokens + new.input_tokens,
+    output_tokens = output_tokens + new.output_tokens, cost_usd = cost_usd + new.cost_usd;
+END;
+CREATE TRIGGER tasks_count_delete AFTER DELETE ON tasks BEGIN
+  UPDATE task_counts SET n = n - 1 WHERE state = old.state AND priority = old.priority;
+  UPDATE task_totals SET input_tokens = input_tokens - old.input_tokens,
+    output_tokens = output_tokens - old.output_tokens, cost_usd = cost_usd - old.cost_usd;
+END;
+CREATE TRIGGER tasks_count_state AFTER UPDATE OF state, priority ON tasks
+  WHEN old.state IS NOT new.state OR old.priority IS NOT new.priority BEGIN
+  UPDATE task_counts SET n = n - 1 WHERE state = old.state AND priority = old.priority;
+  INSERT INTO task_counts (state, priority, n) VALUES (new.state, new.priority, 1)
+    ON CONFLICT (state, priority) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER tasks_count_usage AFTER UPDATE OF input_tokens, output_tokens, cost_usd ON tasks BEGIN
+  UPDATE task_totals SET input_tokens = input_tokens + new.input_tokens - old.input_tokens,
+    output_tokens = output_tokens + new.output_tokens - old.output_tokens,
+    cost_usd = cost_usd + new.cost_usd - old.cost_usd;
+END;
+`;
+
+/** Prepared statements kept per store: more distinct SQL than this (IN lists) starts over. */
+const MAX_STATEMENTS = 256;
 
 /** Bounds of one page of a task's events (WatchTask reads history in such pages). */
 export interface PageLimits {
@@ -77,7 +130,6 @@ CREATE TABLE IF NOT EXISTS tasks (
   trace_parent TEXT,
   host TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (state, priority DESC, seq);
 CREATE TABLE IF NOT EXISTS events (
   task_id TEXT NOT NULL,
   seq INTEGER NOT NULL,
@@ -191,6 +243,8 @@ export class TaskStore {
   private readonly spendRetentionMs: number;
   /** Bumped whenever spend is recorded: spend limits read the window again after. */
   spendVersion = 0;
+  private readonly statements = new Map<string, StatementSync>();
+  private readonly batches: GroupCommit;
 
   constructor(dataDir: string, opts: TaskStoreOptions = {}) {
     this.dataDir = dataDir;
@@ -208,17 +262,59 @@ export class TaskStore {
       // On a full disk an existing, current database opens without writing: reads keep working.
       this.db.exec(SCHEMA);
       for (const [table, name, definition] of ADDED_COLUMNS) {
-        const columns = this.db.prepare(`PRAGMA table_info(${table})`).all() as {
+        const columns = this.sql(`PRAGMA table_info(${table})`).all() as {
           name: string;
         }[];
         if (!columns.some((c) => c.name === name))
           this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${name} ${definition}`);
       }
       this.db.exec(ADDED_INDEXES);
+      // Counted once, from the tasks as they are, in the transaction that adds the counters.
+      if (!this.sql("SELECT 1 FROM sqlite_master WHERE name = 'task_totals'").get())
+        this.db.exec(`BEGIN IMMEDIATE; ${COUNTS} COMMIT;`);
     } catch (e) {
       this.db.close();
       throw isDiskFull(e) ? new StorageFull(dataDir, e) : e;
     }
+    this.batches = new GroupCommit(this.db);
+  }
+
+  /** The prepared statement of `sql`, made once (SQLite parses and plans it then). */
+  private sql(sql: string): StatementSync {
+    let stmt = this.statements.get(sql);
+    if (!stmt) {
+      if (this.statements.size >= MAX_STATEMENTS) this.statements.clear();
+      stmt = this.db.prepare(sql);
+      this.statements.set(sql, stmt);
+    }
+    return stmt;
+  }
+
+  /**
+   * The query plan (EXPLAIN QUERY PLAN, details joined by "; ") of each statement this store
+   * has run since it opened: what the test of the scheduler's queries reads.
+   */
+  queryPlans(): Map<string, string> {
+    const plans = new Map<string, string>();
+    for (const sql of this.statements.keys()) {
+      if (!/^\s*(SELECT|UPDATE|DELETE|INSERT)/i.test(sql)) continue;
+      const rows = this.db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all() as { detail: string }[];
+      plans.set(sql, rows.map((r) => r.detail).join("; "));
+    }
+    return plans;
+  }
+
+  /**
+   * Runs `write` in the next group commit: the writes asked for in one turn of the event loop
+   * share one transaction and one disk sync. Resolves once its batch is on disk, after
+   * `applied`; rejects with what `write` threw (nothing of it stored), or StorageFull when
+   * the batch could not be committed for want of disk space.
+   */
+  commit<T>(write: () => T, applied?: (result: T) => void): Promise<T> {
+    return this.batches.run(write, applied).catch((e: unknown) => {
+      this.outputBytes.clear(); // counts may include rolled-back rows: recount on next use
+      throw isDiskFull(e) ? new StorageFull(this.dataDir, e) : e;
+    });
   }
 
   /** Inserts a new QUEUED task, or returns the existing one with the same idempotency key. */
@@ -233,33 +329,31 @@ export class TaskStore {
     const key = spec.idempotencyKey || null;
     return this.tx(() => {
       if (key) {
-        const row = this.db.prepare("SELECT * FROM tasks WHERE idempotency_key = ?").get(key);
+        const row = this.sql("SELECT * FROM tasks WHERE idempotency_key = ?").get(key);
         if (row) return { task: toTask(row as unknown as TaskRow), created: false };
       }
       const after = membership?.after ?? [];
       const waiting =
         spec.dependsOn.filter((d) => this.state(d) !== TaskState.SUCCEEDED).length +
         after.filter((d) => !FINAL_STATES.has(this.state(d) ?? TaskState.QUEUED)).length;
-      this.db
-        .prepare(
-          `INSERT INTO tasks (id, idempotency_key, state, priority, type, spec, max_attempts, create_time, trace_parent, waiting, group_id, member)
+      this.sql(
+        `INSERT INTO tasks (id, idempotency_key, state, priority, type, spec, max_attempts, create_time, trace_parent, waiting, group_id, member)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-        )
-        .run(
-          id,
-          key,
-          TaskState.QUEUED,
-          spec.priority,
-          spec.type || "generic",
-          toBinary(TaskSpecSchema, spec),
-          maxAttempts,
-          now,
-          traceParent || null,
-          waiting,
-          membership?.groupId ?? "",
-          membership?.member ?? "",
-        );
-      const dep = this.db.prepare("INSERT INTO task_deps (dep_id, task_id, ends) VALUES (?, ?, ?)");
+      ).run(
+        id,
+        key,
+        TaskState.QUEUED,
+        spec.priority,
+        spec.type || "generic",
+        toBinary(TaskSpecSchema, spec),
+        maxAttempts,
+        now,
+        traceParent || null,
+        waiting,
+        membership?.groupId ?? "",
+        membership?.member ?? "",
+      );
+      const dep = this.sql("INSERT INTO task_deps (dep_id, task_id, ends) VALUES (?, ?, ?)");
       for (const d of spec.dependsOn) dep.run(d, id, 0);
       for (const d of after) dep.run(d, id, 1);
       return { task: this.get(id)!, created: true };
@@ -267,7 +361,7 @@ export class TaskStore {
   }
 
   get(id: string): Task | undefined {
-    const row = this.db.prepare("SELECT * FROM tasks WHERE id = ?").get(id);
+    const row = this.sql("SELECT * FROM tasks WHERE id = ?").get(id);
     return row ? toTask(row as unknown as TaskRow) : undefined;
   }
 
@@ -275,9 +369,9 @@ export class TaskStore {
   meta(
     id: string,
   ): { type: string; priority: number; createdAt: number; traceParent: string } | undefined {
-    const row = this.db
-      .prepare("SELECT type, priority, create_time, trace_parent FROM tasks WHERE id = ?")
-      .get(id) as
+    const row = this.sql(
+      "SELECT type, priority, create_time, trace_parent FROM tasks WHERE id = ?",
+    ).get(id) as
       | { type: string; priority: number; create_time: number; trace_parent: string | null }
       | undefined;
     if (!row) return undefined;
@@ -291,48 +385,45 @@ export class TaskStore {
 
   /** Queued tasks by priority (what the queue-depth gauge shows). */
   queuedByPriority(): Map<number, number> {
-    const rows = this.db
-      .prepare("SELECT priority, COUNT(*) AS n FROM tasks WHERE state = ? GROUP BY priority")
-      .all(TaskState.QUEUED) as { priority: number; n: number }[];
+    const rows = this.sql("SELECT priority, n FROM task_counts WHERE state = ? AND n > 0").all(
+      TaskState.QUEUED,
+    ) as { priority: number; n: number }[];
     return new Map(rows.map((r) => [r.priority, r.n]));
   }
 
   /** Tasks by state, now. */
   countByState(): Map<TaskState, number> {
-    const rows = this.db.prepare("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state").all() as {
-      state: number;
-      n: number;
-    }[];
+    const rows = this.sql(
+      "SELECT state, SUM(n) AS n FROM task_counts GROUP BY state HAVING SUM(n) > 0",
+    ).all() as { state: number; n: number }[];
     return new Map(rows.map((r) => [r.state as TaskState, r.n]));
   }
 
   /** Names of the nodes drained (`conductor nodes drain`): kept across restarts. */
   drainedNodes(): Set<string> {
-    const rows = this.db.prepare("SELECT name FROM drained_nodes").all() as { name: string }[];
+    const rows = this.sql("SELECT name FROM drained_nodes").all() as { name: string }[];
     return new Set(rows.map((r) => r.name));
   }
 
   /** Records that a node is drained, or no longer is. */
   setDrained(name: string, drained: boolean): void {
-    this.db
-      .prepare(
-        drained
-          ? "INSERT OR IGNORE INTO drained_nodes (name) VALUES (?)"
-          : "DELETE FROM drained_nodes WHERE name = ?",
-      )
-      .run(name);
+    this.sql(
+      drained
+        ? "INSERT OR IGNORE INTO drained_nodes (name) VALUES (?)"
+        : "DELETE FROM drained_nodes WHERE name = ?",
+    ).run(name);
   }
 
   /** The AgentHost (its address) recorded for a task's current attempt; "" when none. */
   attemptHost(id: string): string {
-    const row = this.db.prepare("SELECT host FROM tasks WHERE id = ?").get(id) as
+    const row = this.sql("SELECT host FROM tasks WHERE id = ?").get(id) as
       { host: string } | undefined;
     return row?.host ?? "";
   }
 
   /** Max attempts stored with a task (the spec's, or the default at submit). */
   maxAttempts(id: string): number {
-    const row = this.db.prepare("SELECT max_attempts FROM tasks WHERE id = ?").get(id) as
+    const row = this.sql("SELECT max_attempts FROM tasks WHERE id = ?").get(id) as
       { max_attempts: number } | undefined;
     return row?.max_attempts ?? 1;
   }
@@ -369,10 +460,10 @@ export class TaskStore {
     return this.tx(() => {
       const before =
         result && result.costUsd > 0
-          ? (this.db.prepare("SELECT cost_usd, spec FROM tasks WHERE id = ?").get(id) as
+          ? (this.sql("SELECT cost_usd, spec FROM tasks WHERE id = ?").get(id) as
               { cost_usd: number; spec: Uint8Array } | undefined)
           : undefined;
-      if (this.db.prepare(sql).run(...args, id, ...from).changes !== 1) return false;
+      if (this.sql(sql).run(...args, id, ...from).changes !== 1) return false;
       if (before && result!.costUsd > before.cost_usd) {
         const labels = fromBinary(TaskSpecSchema, before.spec).labels;
         this.recordSpend(id, result!.costUsd - before.cost_usd, labels, now);
@@ -383,10 +474,13 @@ export class TaskStore {
 
   /** Records spend (and forgets what is older than any window needs). */
   private recordSpend(id: string, usd: number, labels: Record<string, string>, now: number): void {
-    this.db
-      .prepare("INSERT INTO spend (at, task_id, usd, labels) VALUES (?, ?, ?, ?)")
-      .run(now, id, usd, JSON.stringify(labels));
-    this.db.prepare("DELETE FROM spend WHERE at <= ?").run(now - this.spendRetentionMs);
+    this.sql("INSERT INTO spend (at, task_id, usd, labels) VALUES (?, ?, ?, ?)").run(
+      now,
+      id,
+      usd,
+      JSON.stringify(labels),
+    );
+    this.sql("DELETE FROM spend WHERE at <= ?").run(now - this.spendRetentionMs);
     this.spendVersion++;
   }
 
@@ -396,9 +490,9 @@ export class TaskStore {
    */
   windowSpend(labels: Record<string, string>, since: number): WindowSpend {
     const { where, args } = spendFilter(labels);
-    const row = this.db
-      .prepare(`SELECT COALESCE(SUM(usd), 0) AS usd, MIN(at) AS oldest FROM spend WHERE ${where}`)
-      .get(since, ...args) as { usd: number; oldest: number | null };
+    const row = this.sql(
+      `SELECT COALESCE(SUM(usd), 0) AS usd, MIN(at) AS oldest FROM spend WHERE ${where}`,
+    ).get(since, ...args) as { usd: number; oldest: number | null };
     return { usd: row.usd, ...(row.oldest !== null ? { oldest: row.oldest } : {}) };
   }
 
@@ -414,43 +508,38 @@ export class TaskStore {
   ): number | undefined {
     const { where, args } = spendFilter(labels);
     // `newer`: what was spent after each record (records of the same ms leave together).
-    const row = this.db
-      .prepare(
-        `SELECT MIN(at) AS at FROM (
+    const row = this.sql(
+      `SELECT MIN(at) AS at FROM (
            SELECT at, COALESCE(SUM(usd) OVER (ORDER BY at DESC RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS newer
            FROM spend WHERE ${where}
          ) WHERE newer < ?`,
-      )
-      .get(since, ...args, limit) as { at: number | null };
+    ).get(since, ...args, limit) as { at: number | null };
     return row.at ?? undefined;
   }
 
   /**
    * Queued tasks that may start now: highest priority first, FIFO within a priority; none of
-   * the groups in `full` (at their max_parallel).
+   * the groups in `full` (at their max_parallel). Walks tasks_ready in its order and stops at
+   * `limit` (named: the planner would otherwise pick tasks_backoff and sort every queued task).
    */
   nextQueued(limit: number, now: number, full: string[] = []): Task[] {
-    const rows = this.db
-      .prepare(
-        `SELECT * FROM tasks WHERE state = ? AND waiting = 0 AND not_before <= ?${full.length ? " AND group_id NOT IN (SELECT value FROM json_each(?))" : ""} ORDER BY priority DESC, seq ASC LIMIT ?`,
-      )
-      .all(TaskState.QUEUED, now, ...(full.length ? [JSON.stringify(full)] : []), limit);
+    const rows = this.sql(
+      `SELECT * FROM tasks INDEXED BY tasks_ready WHERE state = ? AND waiting = 0 AND not_before <= ?${full.length ? " AND group_id NOT IN (SELECT value FROM json_each(?))" : ""} ORDER BY priority DESC, seq ASC LIMIT ?`,
+    ).all(TaskState.QUEUED, now, ...(full.length ? [JSON.stringify(full)] : []), limit);
     return rows.map((r) => toTask(r as unknown as TaskRow));
   }
 
   /** When the earliest backed-off queued task becomes eligible, if any is waiting. */
   nextWakeup(now: number): number | undefined {
-    const row = this.db
-      .prepare(
-        "SELECT MIN(not_before) AS t FROM tasks WHERE state = ? AND waiting = 0 AND not_before > ?",
-      )
-      .get(TaskState.QUEUED, now) as { t: number | null };
+    const row = this.sql(
+      "SELECT MIN(not_before) AS t FROM tasks WHERE state = ? AND waiting = 0 AND not_before > ?",
+    ).get(TaskState.QUEUED, now) as { t: number | null };
     return row.t ?? undefined;
   }
 
   /** What keeps a task queued that its row holds: dependencies to wait for, a retry's backoff. */
   queueInfo(id: string): { waiting: number; notBefore: number } | undefined {
-    const row = this.db.prepare("SELECT waiting, not_before FROM tasks WHERE id = ?").get(id) as
+    const row = this.sql("SELECT waiting, not_before FROM tasks WHERE id = ?").get(id) as
       { waiting: number; not_before: number } | undefined;
     return row && { waiting: row.waiting, notBefore: row.not_before };
   }
@@ -460,17 +549,15 @@ export class TaskStore {
    * however it ends (a group's reduce step).
    */
   queuedDependents(id: string): { id: string; ends: boolean }[] {
-    const rows = this.db
-      .prepare(
-        `SELECT t.id, d.ends FROM task_deps d JOIN tasks t ON t.id = d.task_id WHERE d.dep_id = ? AND t.state = ?`,
-      )
-      .all(id, TaskState.QUEUED) as { id: string; ends: number }[];
+    const rows = this.sql(
+      `SELECT t.id, d.ends FROM task_deps d JOIN tasks t ON t.id = d.task_id WHERE d.dep_id = ? AND t.state = ?`,
+    ).all(id, TaskState.QUEUED) as { id: string; ends: number }[];
     return rows.map((r) => ({ id: r.id, ends: r.ends === 1 }));
   }
 
   /** One dependency of each of `ids` is through: one less to wait for. */
   dependencySucceeded(ids: string[]): void {
-    const stmt = this.db.prepare("UPDATE tasks SET waiting = MAX(waiting - 1, 0) WHERE id = ?");
+    const stmt = this.sql("UPDATE tasks SET waiting = MAX(waiting - 1, 0) WHERE id = ?");
     for (const id of ids) stmt.run(id);
   }
 
@@ -482,14 +569,12 @@ export class TaskStore {
   waitingTasks(
     only?: string,
   ): { id: string; waiting: number; failed?: { id: string; state: TaskState } }[] {
-    const rows = this.db
-      .prepare(
-        `SELECT d.task_id AS id, d.dep_id AS dep, d.ends, COALESCE(t.state, 0) AS state
+    const rows = this.sql(
+      `SELECT d.task_id AS id, d.dep_id AS dep, d.ends, COALESCE(t.state, 0) AS state
          FROM tasks w JOIN task_deps d ON d.task_id = w.id LEFT JOIN tasks t ON t.id = d.dep_id
          WHERE w.state = ? AND w.waiting > 0 ${only === undefined ? "" : "AND w.id = ?"}
          ORDER BY w.seq`,
-      )
-      .all(...(only === undefined ? [TaskState.QUEUED] : [TaskState.QUEUED, only])) as {
+    ).all(...(only === undefined ? [TaskState.QUEUED] : [TaskState.QUEUED, only])) as {
       id: string;
       dep: string;
       ends: number;
@@ -516,36 +601,35 @@ export class TaskStore {
 
   /** Stores a new group's row (its tasks are inserted in the same transaction by the caller). */
   insertGroup(g: { id: string; spec: TaskGroupSpec; now: number; reduceTaskId: string }): void {
-    this.db
-      .prepare(
-        `INSERT INTO groups (id, idempotency_key, spec, create_time, max_parallel, fail_fast, reduce_task_id)
+    this.sql(
+      `INSERT INTO groups (id, idempotency_key, spec, create_time, max_parallel, fail_fast, reduce_task_id)
          VALUES (?, ?, ?, ?, ?, ?, ?)`,
-      )
-      .run(
-        g.id,
-        g.spec.idempotencyKey || null,
-        toBinary(TaskGroupSpecSchema, g.spec),
-        g.now,
-        g.spec.maxParallel,
-        g.spec.failFast ? 1 : 0,
-        g.reduceTaskId,
-      );
+    ).run(
+      g.id,
+      g.spec.idempotencyKey || null,
+      toBinary(TaskGroupSpecSchema, g.spec),
+      g.now,
+      g.spec.maxParallel,
+      g.spec.failFast ? 1 : 0,
+      g.reduceTaskId,
+    );
   }
 
   /** A group's row by id, or by its idempotency key. */
   group(by: { id: string } | { key: string }): GroupRow | undefined {
     const row =
       "id" in by
-        ? this.db.prepare("SELECT * FROM groups WHERE id = ?").get(by.id)
-        : this.db.prepare("SELECT * FROM groups WHERE idempotency_key = ?").get(by.key);
+        ? this.sql("SELECT * FROM groups WHERE id = ?").get(by.id)
+        : this.sql("SELECT * FROM groups WHERE idempotency_key = ?").get(by.key);
     return row ? toGroupRow(row as unknown as RawGroupRow) : undefined;
   }
 
   /** A page of groups, newest first; the cursor is the last row's sequence number. */
   groups(pageSize: number, before?: number): { groups: GroupRow[]; next?: number } {
-    const rows = this.db
-      .prepare(`SELECT * FROM groups WHERE seq < ? ORDER BY seq DESC LIMIT ?`)
-      .all(before ?? Number.MAX_SAFE_INTEGER, pageSize + 1) as unknown as RawGroupRow[];
+    const rows = this.sql(`SELECT * FROM groups WHERE seq < ? ORDER BY seq DESC LIMIT ?`).all(
+      before ?? Number.MAX_SAFE_INTEGER,
+      pageSize + 1,
+    ) as unknown as RawGroupRow[];
     const page = rows.slice(0, pageSize).map(toGroupRow);
     return rows.length > pageSize
       ? { groups: page, next: page[page.length - 1]!.seq }
@@ -555,39 +639,31 @@ export class TaskStore {
   /** Groups not yet ended (their end_time unset). */
   openGroups(): GroupRow[] {
     return (
-      this.db
-        .prepare("SELECT * FROM groups WHERE end_time IS NULL")
-        .all() as unknown as RawGroupRow[]
+      this.sql("SELECT * FROM groups WHERE end_time IS NULL").all() as unknown as RawGroupRow[]
     ).map(toGroupRow);
   }
 
   /** Marks a group cut short (fail_fast, its budget, or cancelled: `cancelled`), once. */
   cutGroup(id: string, reason: string, cancelled: boolean): boolean {
     return (
-      this.db
-        .prepare(
-          "UPDATE groups SET reason = ?, cancelled = ? WHERE id = ? AND reason = '' AND end_time IS NULL",
-        )
-        .run(reason, cancelled ? 1 : 0, id).changes === 1
+      this.sql(
+        "UPDATE groups SET reason = ?, cancelled = ? WHERE id = ? AND reason = '' AND end_time IS NULL",
+      ).run(reason, cancelled ? 1 : 0, id).changes === 1
     );
   }
 
   /** Records that a group's last task ended. */
   endGroup(id: string, now: number): void {
-    this.db
-      .prepare("UPDATE groups SET end_time = ? WHERE id = ? AND end_time IS NULL")
-      .run(now, id);
+    this.sql("UPDATE groups SET end_time = ? WHERE id = ? AND end_time IS NULL").run(now, id);
   }
 
   /** A group's tasks by state, with their summed usage, cost and run time. */
   groupTotals(id: string): GroupTotals {
-    const rows = this.db
-      .prepare(
-        `SELECT state, COUNT(*) AS n, SUM(input_tokens) AS i, SUM(output_tokens) AS o,
+    const rows = this.sql(
+      `SELECT state, COUNT(*) AS n, SUM(input_tokens) AS i, SUM(output_tokens) AS o,
                 SUM(cost_usd) AS c, COALESCE(SUM(run_ms), 0) AS ms, MAX(end_time) AS last
          FROM tasks WHERE group_id = ? GROUP BY state`,
-      )
-      .all(id) as {
+    ).all(id) as {
       state: TaskState;
       n: number;
       i: number;
@@ -619,8 +695,7 @@ export class TaskStore {
 
   /** A group's tasks, in the order they were given (the reduce step last). */
   groupTasks(id: string): Task[] {
-    return this.db
-      .prepare("SELECT * FROM tasks WHERE group_id = ? ORDER BY seq")
+    return this.sql("SELECT * FROM tasks WHERE group_id = ? ORDER BY seq")
       .all(id)
       .map((r) => toTask(r as unknown as TaskRow));
   }
@@ -629,25 +704,24 @@ export class TaskStore {
   groupTaskIds(id: string, states: TaskState[]): string[] {
     const marks = states.map(() => "?").join(",");
     return (
-      this.db
-        .prepare(`SELECT id FROM tasks WHERE group_id = ? AND state IN (${marks}) ORDER BY seq`)
-        .all(id, ...states) as { id: string }[]
+      this.sql(`SELECT id FROM tasks WHERE group_id = ? AND state IN (${marks}) ORDER BY seq`).all(
+        id,
+        ...states,
+      ) as { id: string }[]
     ).map((r) => r.id);
   }
 
   /** How many of a group's tasks run (scheduled or running) on each AgentHost (its address). */
   groupHosts(id: string): Map<string, number> {
-    const rows = this.db
-      .prepare(
-        "SELECT host, COUNT(*) AS n FROM tasks WHERE group_id = ? AND state IN (?, ?) GROUP BY host",
-      )
-      .all(id, TaskState.SCHEDULED, TaskState.RUNNING) as { host: string; n: number }[];
+    const rows = this.sql(
+      "SELECT host, COUNT(*) AS n FROM tasks WHERE group_id = ? AND state IN (?, ?) GROUP BY host",
+    ).all(id, TaskState.SCHEDULED, TaskState.RUNNING) as { host: string; n: number }[];
     return new Map(rows.map((r) => [r.host, r.n]));
   }
 
   /** The group a task belongs to ('' for none). */
   groupOf(taskId: string): string {
-    const row = this.db.prepare("SELECT group_id FROM tasks WHERE id = ?").get(taskId) as
+    const row = this.sql("SELECT group_id FROM tasks WHERE id = ?").get(taskId) as
       { group_id: string } | undefined;
     return row?.group_id ?? "";
   }
@@ -657,25 +731,22 @@ export class TaskStore {
    * how many more each may start now.
    */
   groupRoom(): Map<string, number> {
-    const rows = this.db
-      .prepare(
-        `SELECT g.id, g.max_parallel - (SELECT COUNT(*) FROM tasks t WHERE t.group_id = g.id AND t.state IN (?, ?)) AS room
+    const rows = this.sql(
+      `SELECT g.id, g.max_parallel - (SELECT COUNT(*) FROM tasks t WHERE t.group_id = g.id AND t.state IN (?, ?)) AS room
          FROM groups g WHERE g.end_time IS NULL AND g.max_parallel > 0`,
-      )
-      .all(TaskState.SCHEDULED, TaskState.RUNNING) as { id: string; room: number }[];
+    ).all(TaskState.SCHEDULED, TaskState.RUNNING) as { id: string; room: number }[];
     return new Map(rows.map((r) => [r.id, Math.max(0, r.room)]));
   }
 
   /** Sets how many dependencies a queued task waits for. */
   setWaiting(id: string, waiting: number): void {
-    this.db.prepare("UPDATE tasks SET waiting = ? WHERE id = ?").run(waiting, id);
+    this.sql("UPDATE tasks SET waiting = ? WHERE id = ?").run(waiting, id);
   }
 
   /** Tasks in the given states, in submit order. */
   inStates(states: TaskState[]): Task[] {
     const marks = states.map(() => "?").join(",");
-    return this.db
-      .prepare(`SELECT * FROM tasks WHERE state IN (${marks}) ORDER BY seq`)
+    return this.sql(`SELECT * FROM tasks WHERE state IN (${marks}) ORDER BY seq`)
       .all(...states)
       .map((r) => toTask(r as unknown as TaskRow));
   }
@@ -697,7 +768,7 @@ export class TaskStore {
       args.push(before);
     }
     const sql = `SELECT * FROM tasks ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY seq DESC LIMIT ?`;
-    const rows = this.db.prepare(sql).all(...args, pageSize + 1) as unknown as TaskRow[];
+    const rows = this.sql(sql).all(...args, pageSize + 1) as unknown as TaskRow[];
     const more = rows.length > pageSize;
     const page = rows.slice(0, pageSize);
     const seqs = page.map((r) => r.seq);
@@ -711,11 +782,11 @@ export class TaskStore {
    */
   appendEvents(taskId: string, kinds: TaskEvent["kind"][], now: number): TaskEvent[] {
     return this.tx(() => {
-      const row = this.db
-        .prepare("SELECT MAX(seq) AS s FROM events WHERE task_id = ?")
-        .get(taskId) as { s: number | null };
+      const row = this.sql("SELECT MAX(seq) AS s FROM events WHERE task_id = ?").get(taskId) as {
+        s: number | null;
+      };
       let seq = row.s ?? 0;
-      const insert = this.db.prepare(
+      const insert = this.sql(
         "INSERT INTO events (task_id, seq, body, output_bytes) VALUES (?, ?, ?, ?)",
       );
       return kinds.map((kind) => {
@@ -744,16 +815,16 @@ export class TaskStore {
   private retainOutput(taskId: string, newest: number, bytes: number): void {
     let total = this.outputBytes.get(taskId);
     if (total === undefined) {
-      const row = this.db
-        .prepare("SELECT COALESCE(SUM(output_bytes), 0) AS b FROM events WHERE task_id = ?")
-        .get(taskId) as { b: number };
+      const row = this.sql(
+        "SELECT COALESCE(SUM(output_bytes), 0) AS b FROM events WHERE task_id = ?",
+      ).get(taskId) as { b: number };
       total = row.b; // includes the event just inserted
     } else {
       total += bytes;
     }
     if (total > this.retentionBytes) {
       let last = 0;
-      const oldest = this.db.prepare(
+      const oldest = this.sql(
         "SELECT seq, output_bytes FROM events WHERE task_id = ? AND output_bytes > 0 AND seq < ? ORDER BY seq",
       );
       for (const r of oldest.iterate(taskId, newest)) {
@@ -775,9 +846,9 @@ export class TaskStore {
    * when there is one): what a reader holds at a time, however long the history.
    */
   eventPage(taskId: string, afterSeq: bigint, limits: PageLimits): TaskEvent[] {
-    const rows = this.db
-      .prepare("SELECT body FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?")
-      .iterate(taskId, afterSeq, limits.maxEvents);
+    const rows = this.sql(
+      "SELECT body FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+    ).iterate(taskId, afterSeq, limits.maxEvents);
     const page: TaskEvent[] = [];
     let bytes = 0;
     for (const r of rows) {
@@ -791,15 +862,14 @@ export class TaskStore {
 
   /** A task's events after `afterSeq`, in order (all of them: for tests and small logs). */
   events(taskId: string, afterSeq = 0): TaskEvent[] {
-    return this.db
-      .prepare("SELECT body FROM events WHERE task_id = ? AND seq > ? ORDER BY seq")
+    return this.sql("SELECT body FROM events WHERE task_id = ? AND seq > ? ORDER BY seq")
       .all(taskId, afterSeq)
       .map((r) => fromBinary(TaskEventSchema, (r as { body: Uint8Array }).body));
   }
 
   /** A task's state, without decoding it; undefined for an unknown task. */
   state(id: string): TaskState | undefined {
-    const row = this.db.prepare("SELECT state FROM tasks WHERE id = ?").get(id) as
+    const row = this.sql("SELECT state FROM tasks WHERE id = ?").get(id) as
       { state: number } | undefined;
     return row?.state;
   }
@@ -817,31 +887,21 @@ export class TaskStore {
     outputTokens: number;
     costUsd: number;
   } {
-    const byState = new Map<TaskState, number>();
-    for (const r of this.db
-      .prepare("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
-      .all()) {
-      const row = r as { state: number; n: number };
-      byState.set(row.state, row.n);
-    }
-    const totals = this.db
-      .prepare(
-        "SELECT COALESCE(SUM(input_tokens),0) AS i, COALESCE(SUM(output_tokens),0) AS o, COALESCE(SUM(cost_usd),0) AS c FROM tasks",
-      )
-      .get() as { i: number; o: number; c: number };
+    const byState = this.countByState();
+    const totals = this.sql(
+      "SELECT input_tokens AS i, output_tokens AS o, cost_usd AS c FROM task_totals",
+    ).get() as { i: number; o: number; c: number };
     const count = (
-      this.db.prepare("SELECT COUNT(*) AS n FROM tasks WHERE run_ms IS NOT NULL").get() as {
+      this.sql("SELECT COUNT(*) AS n FROM tasks WHERE run_ms IS NOT NULL").get() as {
         n: number;
       }
     ).n;
     const pct = (p: number) => {
       if (count === 0) return 0;
       const offset = Math.min(count - 1, Math.ceil((p / 100) * count) - 1);
-      const row = this.db
-        .prepare(
-          "SELECT run_ms FROM tasks WHERE run_ms IS NOT NULL ORDER BY run_ms LIMIT 1 OFFSET ?",
-        )
-        .get(Math.max(0, offset)) as { run_ms: number };
+      const row = this.sql(
+        "SELECT run_ms FROM tasks WHERE run_ms IS NOT NULL ORDER BY run_ms LIMIT 1 OFFSET ?",
+      ).get(Math.max(0, offset)) as { run_ms: number };
       return row.run_ms;
     };
     return {
@@ -854,11 +914,14 @@ export class TaskStore {
   }
 
   /**
-   * Runs fn in one transaction; inside another, fn joins it (all commits or nothing does).
+   * Runs fn in one transaction, after the writes already waiting for a group commit; inside
+   * another, fn joins it (all commits or nothing does).
    * A failure rolls everything back; a full disk throws StorageFull naming the data folder.
    */
   tx<T>(fn: () => T): T {
     if (this.db.isTransaction) return fn();
+    // Writes are stored in the order they were asked for, batched (commit) or not.
+    this.batches.flush();
     try {
       this.db.exec("BEGIN IMMEDIATE");
       const out = fn();
@@ -873,6 +936,8 @@ export class TaskStore {
   }
 
   close(): void {
+    this.batches.flush();
+    this.statements.clear();
     this.db.close();
   }
 }

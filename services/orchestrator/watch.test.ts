@@ -43,7 +43,7 @@ describe("task events", () => {
     for (const fn of cleanups.splice(0).reverse()) await fn();
   });
 
-  it("stores a state change only with its events: when an event cannot be stored, nothing is", () => {
+  it("stores a state change only with its events: when an event cannot be stored, nothing is", async () => {
     const dir = tempDir();
     new TaskStore(dir).close(); // makes the schema
     const db = new DatabaseSync(path.join(dir, "orchestrator.db"));
@@ -58,9 +58,9 @@ describe("task events", () => {
 
     // A submit whose first event is refused stores no task.
     const queued = { state: TaskState.QUEUED, reason: "submitted" };
-    expect(() => events.submitted(() => store.insert("doomed", spec, 1, 1), queued, 1)).toThrow(
-      /refused/,
-    );
+    await expect(
+      events.submitted(() => store.insert("doomed", spec, 1, 1), queued, 1),
+    ).rejects.toThrow(/refused/);
     expect(store.get("doomed")).toBeUndefined();
 
     // A final transition whose events are refused leaves the task as it was, without a result.
@@ -80,7 +80,7 @@ describe("task events", () => {
     expect(store.events("doomed")).toEqual([]);
 
     // Another task's transition and events are stored together.
-    events.submitted(() => store.insert("fine", spec, 1, 1), queued, 1);
+    await events.submitted(() => store.insert("fine", spec, 1, 1), queued, 1);
     expect(
       events.transition("fine", [TaskState.QUEUED], {}, { state: TaskState.CANCELLED }, 2),
     ).toBe(true);
@@ -162,14 +162,18 @@ describe("task events", () => {
     ]);
   });
 
-  it("keeps at most the retention of a task's output: the oldest goes, state changes and the result stay", () => {
+  it("keeps at most the retention of a task's output: the oldest goes, state changes and the result stay", async () => {
     const dir = tempDir();
     const KiB = 1024;
     const store = new TaskStore(dir, { outputRetentionBytes: 100 * KiB });
     cleanups.push(() => store.close());
     const events = new TaskEvents(store, undefined);
     const spec = create(TaskSpecSchema, { prompt: "print" });
-    events.submitted(() => store.insert("chatty", spec, 1, 1), { state: TaskState.QUEUED }, 1);
+    await events.submitted(
+      () => store.insert("chatty", spec, 1, 1),
+      { state: TaskState.QUEUED },
+      1,
+    );
     for (let i = 0; i < 30; i++) events.append("chatty", output(`${i} ${"z".repeat(10 * KiB)}`), 2);
     const result = create(TaskResultSchema, { text: "said a lot" });
     events.transition("chatty", [TaskState.QUEUED], { result }, { state: TaskState.SUCCEEDED }, 3, [
