@@ -130,7 +130,9 @@ const READ_CONCURRENCY = 16;
 /**
  * Every live descendant of `root` at least `minDepth` generations below it (at most MAX_TREE),
  * read from each process's /proc/PID/task/TID/children: only the run's own tree is read, never
- * the whole of /proc, and off the event loop.
+ * the whole of /proc, and off the event loop. A kernel without those files (no
+ * CONFIG_PROC_CHILDREN) gives none: a sandboxed kill() then skips SIGTERM and ends the sandbox
+ * after its grace, as bubblewrap's death ends everything in it.
  */
 export async function descendants(root: number | undefined, minDepth = 1): Promise<number[]> {
   if (!root) return [];
