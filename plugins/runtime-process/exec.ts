@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdir, readFile } from "node:fs/promises";
 import { MAX_LINE_BYTES, splitLines } from "../lines.ts";
 import type { ExecRequest, Execution, ExitStatus } from "../runtime.ts";
 
@@ -46,30 +46,30 @@ export function execProcess(
     () => {
       stderr += `\nconductor: the run printed a line over ${MAX_LINE_BYTES} bytes on stdout and was ended`;
       if (mode.sandboxed) signalPid(pid, "SIGKILL");
-      else sweep("SIGKILL");
+      else sweep("SIGKILL").catch(() => undefined);
     },
   );
   const stderrClosed = new Promise<void>((resolve) => child.stderr.once("close", resolve));
 
-  const sweep = (signal: NodeJS.Signals) => {
+  const sweep = async (signal: NodeJS.Signals) => {
     if (mode.sandboxed) return;
     killGroup(pid, signal);
-    if (spec.marker) killMarked(spec.marker, signal);
+    if (spec.marker) await killMarked(spec.marker, signal);
   };
   let done = false;
   const exited = new Promise<ExitStatus>((resolve) => {
     child.once("error", (spawnError) => resolve({ code: null, signal: null, spawnError }));
     child.once("exit", (code, signal) => {
       done = true;
-      // The leader is gone; anything it left behind goes too.
-      sweep("SIGKILL");
+      // The leader is gone; anything it left behind goes too (before the end is reported).
+      const swept = sweep("SIGKILL").catch(() => undefined);
       // Let readline hand over the last lines before reporting the end.
       const report = () => {
         if (code === 127 && /launcher: cannot start/.test(stderr)) {
           resolve({ code, signal: null, spawnError: new Error(stderr.trim()) });
         } else resolve({ code, signal });
       };
-      Promise.all([stdoutClosed, stderrClosed]).then(report, report);
+      Promise.all([stdoutClosed, stderrClosed, swept]).then(report, report);
     });
   });
 
@@ -87,11 +87,11 @@ export function execProcess(
         // TERM for everything the run started (not bwrap itself, which would end it at once);
         // then bwrap's death takes the namespace with it.
         // Depth 1 is bwrap's init inside the namespace: it, too, is left to the end.
-        for (const p of descendants(pid, 2)) signalPid(p, "SIGTERM");
-      } else sweep("SIGTERM");
+        for (const p of await descendants(pid, 2)) signalPid(p, "SIGTERM");
+      } else await sweep("SIGTERM").catch(() => undefined);
       const timer = setTimeout(() => {
         if (mode.sandboxed) signalPid(pid, "SIGKILL");
-        else sweep("SIGKILL");
+        else sweep("SIGKILL").catch(() => undefined);
       }, graceMs);
       try {
         return await exited;
@@ -122,31 +122,43 @@ function unstarted(child: ChildProcess): Execution & { pid: number | undefined }
   };
 }
 
-/** Every live descendant of `root` at least `minDepth` generations below it, from /proc. */
-export function descendants(root: number | undefined, minDepth = 1): number[] {
+/** Most processes descendants() walks: a run forking without end is ended by other means. */
+const MAX_TREE = 4096;
+/** Most /proc files read at once while looking for marked processes. */
+const READ_CONCURRENCY = 16;
+
+/**
+ * Every live descendant of `root` at least `minDepth` generations below it (at most MAX_TREE),
+ * read from each process's /proc/PID/task/TID/children: only the run's own tree is read, never
+ * the whole of /proc, and off the event loop. A kernel without those files (no
+ * CONFIG_PROC_CHILDREN) gives none: a sandboxed kill() then skips SIGTERM and ends the sandbox
+ * after its grace, as bubblewrap's death ends everything in it.
+ */
+export async function descendants(root: number | undefined, minDepth = 1): Promise<number[]> {
   if (!root) return [];
-  const children = new Map<number, number[]>();
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      // "pid (comm) state ppid …": comm may hold spaces and parentheses.
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      const list = children.get(ppid) ?? [];
-      list.push(Number(entry));
-      children.set(ppid, list);
-    } catch {
-      // ended meanwhile
-    }
-  }
   const out: number[] = [];
-  const stack: (readonly [number, number])[] = (children.get(root) ?? []).map((p) => [p, 1]);
-  while (stack.length > 0) {
-    const [p, depth] = stack.pop()!;
-    if (depth >= minDepth) out.push(p);
-    stack.push(...(children.get(p) ?? []).map((c) => [c, depth + 1] as const));
+  let level = [root];
+  let seen = 0;
+  for (let depth = 1; level.length > 0 && seen < MAX_TREE; depth++) {
+    const next = (await Promise.all(level.map(childrenOf))).flat().slice(0, MAX_TREE - seen);
+    seen += next.length;
+    if (depth >= minDepth) out.push(...next);
+    level = next;
   }
   return out;
+}
+
+/** The children of every thread of `pid` (empty once it is gone). */
+async function childrenOf(pid: number): Promise<number[]> {
+  try {
+    const tasks = await readdir(`/proc/${pid}/task`);
+    const lists = await Promise.all(
+      tasks.map((t) => readFile(`/proc/${pid}/task/${t}/children`, "utf8").catch(() => "")),
+    );
+    return lists.flatMap((l) => l.split(" ").filter(Boolean).map(Number));
+  } catch {
+    return []; // ended meanwhile
+  }
 }
 
 function signalPid(pid: number | undefined, signal: NodeJS.Signals): void {
@@ -168,25 +180,31 @@ export function killGroup(pgid: number | undefined, signal: NodeJS.Signals): voi
   }
 }
 
-/** Live processes whose environment holds `marker` ("KEY=value"). */
-export function markedPids(marker: string): number[] {
+/**
+ * Live processes whose environment holds `marker` ("KEY=value"). Reads every process's
+ * environment, READ_CONCURRENCY at a time and off the event loop: a run's end never blocks it.
+ */
+export async function markedPids(marker: string): Promise<number[]> {
+  const entries = (await readdir("/proc")).filter(
+    (e) => /^\d+$/.test(e) && Number(e) !== process.pid,
+  );
   const pids: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    try {
-      if (readFileSync(`/proc/${entry}/environ`, "utf8").split("\0").includes(marker)) {
-        pids.push(Number(entry));
-      }
-    } catch {
-      // gone, or not ours to read
-    }
+  for (let i = 0; i < entries.length; i += READ_CONCURRENCY) {
+    const batch = entries.slice(i, i + READ_CONCURRENCY);
+    const envs = await Promise.all(
+      // gone, or not ours to read: ""
+      batch.map((e) => readFile(`/proc/${e}/environ`, "utf8").catch(() => "")),
+    );
+    envs.forEach((env, j) => {
+      if (env.split("\0").includes(marker)) pids.push(Number(batch[j]));
+    });
   }
   return pids;
 }
 
-/** Signals every process whose environment holds `marker`; returns how many it found. */
-export function killMarked(marker: string, signal: NodeJS.Signals): number {
-  const pids = markedPids(marker);
+/** Signals every process whose environment holds `marker`; resolves to how many it found. */
+export async function killMarked(marker: string, signal: NodeJS.Signals): Promise<number> {
+  const pids = await markedPids(marker);
   for (const pid of pids) signalPid(pid, signal);
   return pids.length;
 }

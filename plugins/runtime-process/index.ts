@@ -197,18 +197,18 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
       const r = records.get(h.id);
       if (r) r.running = false;
       await endAll(r, graceMs);
-      if (!sandboxed && killMarked(marker(h.id), "SIGTERM") > 0) {
+      if (!sandboxed && (await killMarked(marker(h.id), "SIGTERM")) > 0) {
         const deadline = Date.now() + graceMs;
-        while (markedPids(marker(h.id)).length > 0 && Date.now() < deadline) {
+        while ((await markedPids(marker(h.id))).length > 0 && Date.now() < deadline) {
           await new Promise((resolve) => setTimeout(resolve, 50));
         }
-        killMarked(marker(h.id), "SIGKILL");
+        await killMarked(marker(h.id), "SIGKILL");
       }
       exits.get(h.id)?.();
     },
     async destroy(h) {
       await endAll(records.get(h.id), 0);
-      if (!sandboxed) killMarked(marker(h.id), "SIGKILL");
+      if (!sandboxed) await killMarked(marker(h.id), "SIGKILL");
       records.delete(h.id);
       rmSync(file(h.id), { force: true });
       exits.get(h.id)?.();
@@ -217,11 +217,14 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
       return status(records.get(h.id), h);
     },
     async stats(h): Promise<SandboxStats> {
+      const execs = [...(records.get(h.id)?.execs ?? [])];
       const pids = sandboxed
-        ? [...(records.get(h.id)?.execs ?? [])].flatMap((x) =>
-            x.pid ? [x.pid, ...descendants(x.pid)] : [],
-          )
-        : markedPids(marker(h.id));
+        ? (
+            await Promise.all(
+              execs.map(async (x) => (x.pid ? [x.pid, ...(await descendants(x.pid))] : [])),
+            )
+          ).flat()
+        : await markedPids(marker(h.id));
       let memoryBytes = 0;
       for (const pid of pids) {
         try {
@@ -245,7 +248,7 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
     async recover(h) {
       // Sandboxed runs died with their AgentHost (--die-with-parent); unsandboxed strays are
       // ended here. The folder and its record stay.
-      if (!sandboxed) killMarked(marker(h.id), "SIGKILL");
+      if (!sandboxed) await killMarked(marker(h.id), "SIGKILL");
       let r: Record_;
       try {
         r = load(path.basename(file(h.id)));

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -9,7 +9,7 @@ import {
   TaskState,
   type TaskSpec,
 } from "../../gen/conductor/v1/task_pb.js";
-import { execProcess } from "../../plugins/runtime-process/exec.ts";
+import { execProcess, markedPids } from "../../plugins/runtime-process/exec.ts";
 import { CLAUDE_BIN } from "../../test/fake-model/cli.ts";
 import { startFakeModel, type FakeModel } from "../../test/fake-model/server.ts";
 import { scripted } from "../../test/harness.ts";
@@ -84,6 +84,27 @@ describe("runClaude", () => {
     expect(refused.state).toBe(TaskState.FAILED);
     expect(refused.permanent).toBe(true);
     expect(refused.result.error).toMatch(/^the task's result schema cannot be used: .*"object"/);
+  });
+
+  it("ends the run at its result line when the CLI lingers after it, leaving nothing", async () => {
+    // The real CLI, then a hang: neither its exit nor the result grace is waited for.
+    const lingering = path.join(dir, "claude-then-hang");
+    writeFileSync(lingering, `#!/bin/sh\n"${CLAUDE_BIN}" "$@"\nexec sleep 4733\n`);
+    chmodSync(lingering, 0o755);
+    let resultAt = 0;
+    const outcome = await runClaude({
+      spec: create(TaskSpecSchema, { prompt: scripted([{ text: "all done" }]) }),
+      settings: settings({ claudePath: lingering, resultGraceMs: 600_000 }),
+      place: { agentId: "a", taskId: "lingers", workspace: dir, configDir: dir, agentDir: dir },
+      exec: async (req) => execProcess(req, { sandboxed: false }),
+      hostPath: process.env["PATH"] ?? "/usr/bin:/bin",
+      signal: new AbortController().signal,
+      onOutput: (o) => void (o.type === "result" && (resultAt = Date.now())),
+    });
+    expect(outcome.state, outcome.result.error).toBe(TaskState.SUCCEEDED);
+    expect(outcome.result.text).toBe("all done");
+    expect(Date.now() - resultAt).toBeLessThan(5_000);
+    expect(await markedPids("CONDUCTOR_TASK_ID=lingers")).toEqual([]);
   });
 
   it("marks a run the CLI can never start as permanent: E2BIG, a missing CLI", async () => {

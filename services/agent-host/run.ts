@@ -20,6 +20,10 @@ export interface RunSettings {
   permissionMode: string;
   allowedTools: string[];
   idleTimeoutMs: number;
+  /**
+   * Once the result line is in, what of the run still runs gets SIGTERM at once and SIGKILL this
+   * many ms later (agent.result_grace_seconds).
+   */
   resultGraceMs: number;
   defaultTimeoutMs: number;
   apiKey: string;
@@ -64,7 +68,7 @@ export interface RunOutcome {
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Why a run was stopped from outside. */
-export type StopReason = "cancelled" | "timeout" | "idle" | "result-grace";
+export type StopReason = "cancelled" | "timeout" | "idle" | "result";
 
 /**
  * Builds the CLI's command line for a task spec. Every option's value is joined to it
@@ -147,8 +151,11 @@ export interface OutputFlow {
 
 /**
  * Runs one task through the Claude Code CLI: every stream-json line goes to `onOutput`,
- * and the promise gives the outcome. A watchdog ends a run that is silent for the idle
- * limit, or still alive a grace period after its result line (keeping the result).
+ * and the promise gives the outcome. Its first `result` line fixes the outcome and ends the
+ * run at once: whatever of it still runs (a CLI that lingers, a background child holding its
+ * stdout) is ended (SIGTERM, SIGKILL after resultGraceMs), and the promise resolves once it is
+ * all gone, never waiting for the CLI's own exit. A watchdog ends a run that is silent for the
+ * idle limit.
  */
 export async function runClaude(opts: {
   spec: TaskSpec;
@@ -222,14 +229,14 @@ export async function runClaude(opts: {
   const reader = new StreamJsonReader();
   let result: TaskResult | undefined;
   let stopReason: StopReason | undefined;
-  const stop = (reason: StopReason) => {
+  let killing: Promise<unknown> | undefined;
+  const stop = (reason: StopReason, graceMs?: number) => {
     if (stopReason) return;
     stopReason = reason;
     // How it ended is read from execution.exited; a failed kill changes nothing there.
-    execution.kill().catch(() => undefined);
+    killing = execution.kill(graceMs).catch(() => undefined);
   };
   let idleTimer = setTimeout(() => stop("idle"), s.idleTimeoutMs);
-  let graceTimer: NodeJS.Timeout | undefined;
   const deadline = setTimeout(() => stop("timeout"), timeoutMs);
   const onAbort = () => stop("cancelled");
   if (opts.signal.aborted) onAbort();
@@ -259,15 +266,18 @@ export async function runClaude(opts: {
       opts.flow.drained().then(resume, resume);
     }
     if (parsed.result && !result) {
+      // The run is over: its outcome is this line's (trusted as before: the first result line,
+      // usage and cost metered by the proxy, the answer checked), and nothing of it may linger.
       result = parsed.result;
       clearTimeout(idleTimer);
-      graceTimer = setTimeout(() => stop("result-grace"), s.resultGraceMs);
+      stop("result", s.resultGraceMs);
     }
   });
 
   const exit = await execution.exited;
+  // A kill still under way (an engine call) must not reach the agent's next run.
+  await killing;
   clearTimeout(idleTimer);
-  clearTimeout(graceTimer);
   clearTimeout(deadline);
   opts.signal.removeEventListener("abort", onAbort);
   // Without a result line, the denials seen so far are all there is to report.
@@ -294,7 +304,7 @@ export async function runClaude(opts: {
     );
   }
   if (result) {
-    // A result line is the CLI's own verdict, also when the watchdog had to end it afterwards.
+    // A result line is the CLI's own verdict, though the run was ended after it.
     // What kind of error it was the model proxy knows better (runs.ts): it saw the API's answers.
     if (result.isError) result.errorKind = ErrorKind.CLI_ERROR;
     if (schema) checkStructured(result, schema, reader.refusal);

@@ -238,8 +238,11 @@ const schema = z
           .default(["Read", "Write", "Edit", "MultiEdit", "Glob", "Grep", "LS"]),
         /** A run printing nothing for this long is ended and failed. */
         idle_timeout_seconds: seconds(DAY).default(300),
-        /** A CLI still alive this long after its result line is ended (the result is kept). */
-        result_grace_seconds: seconds(HOUR).default(5),
+        /**
+         * A run is ended at its result line (the result is kept): what of it ignores SIGTERM is
+         * killed this long after.
+         */
+        result_grace_seconds: seconds(HOUR).default(2),
         /** CLAUDE_CODE_MAX_RETRIES for the CLI's own API retries; -1 keeps the CLI's default (10). */
         max_api_retries: count(-1, 100).default(-1),
         /**

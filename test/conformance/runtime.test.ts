@@ -294,7 +294,7 @@ describe.each(TARGETS)("runtime conformance: $name", (target) => {
       // Neither the sleeps nor the wrapper whose command line holds them.
       expect((await processesInside(b, h)).filter((l) => /sleep 100[1-4]/.test(l))).toEqual([]);
     } else {
-      expect(markedPids(marker)).toEqual([]);
+      expect(await markedPids(marker)).toEqual([]);
     }
   });
 
@@ -312,7 +312,7 @@ describe.each(TARGETS)("runtime conformance: $name", (target) => {
     if (target.engine) {
       expect((await processesInside(b, h)).filter((l) => l.includes("sleep 1005"))).toEqual([]);
     } else {
-      expect(markedPids(marker)).toEqual([]);
+      expect(await markedPids(marker)).toEqual([]);
     }
   });
 

@@ -4,7 +4,7 @@ import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { resolveClaudePath } from "../../services/shared/claude-path.ts";
-import { processesWith, scripted, spec, waitForEnd } from "../harness.ts";
+import { ms, processesMatching, processesWith, scripted, spec, waitForEnd } from "../harness.ts";
 import { useConductor } from "./use-conductor.ts";
 
 /** The watchdog: a CLI that lingers after its result, or goes silent, is ended. */
@@ -16,7 +16,7 @@ describe("the run watchdog", () => {
     dir = mkdtempSync(path.join(tmpdir(), "conductor-hang-"));
     chmodSync(dir, 0o755); // the sandbox's user runs the wrapper
     const wrapper = path.join(dir, "claude-then-hang");
-    writeFileSync(wrapper, `#!/bin/sh\n"${resolveClaudePath("")}" "$@"\nexec sleep 600\n`);
+    writeFileSync(wrapper, `#!/bin/sh\n"${resolveClaudePath("")}" "$@"\nexec sleep 4732\n`);
     chmodSync(wrapper, 0o755);
     return {
       agents: 2,
@@ -26,22 +26,39 @@ describe("the run watchdog", () => {
         CONDUCTOR_RUNTIME_READ_ONLY_PATHS: path.dirname(resolveClaudePath("")),
         // Long enough for a CLI to start on a loaded machine, short beside the 30 s silence below.
         CONDUCTOR_AGENT_IDLE_TIMEOUT_SECONDS: "10",
-        CONDUCTOR_AGENT_RESULT_GRACE_SECONDS: "1",
+        // Far beyond the test's bounds: the run ends at its result line, not after this.
+        CONDUCTOR_AGENT_RESULT_GRACE_SECONDS: "600",
       },
     };
   });
 
-  it("keeps the result of a CLI that hangs after printing it, and ends the CLI", async () => {
+  it("records the outcome when the result line arrives though the CLI lingers, and ends it all", async () => {
     const { client } = setup.conductor;
-    const started = Date.now();
+    // The CLI hangs after its result (the wrapper), and a child of the agent's holds its stdout.
     const { task } = await client.submitTask({
-      spec: spec({ prompt: scripted([{ text: "all done" }]) }),
+      spec: spec({
+        prompt: scripted([
+          { bash: "sleep 4731 > /proc/$PPID/fd/1 2>&1 < /dev/null & echo started" },
+          { text: "all done" },
+        ]),
+        allowedTools: ["Bash"],
+      }),
     });
-    const ended = await waitForEnd(client, task!.id);
-    expect(ended.state).toBe(TaskState.SUCCEEDED);
+    const times = { result: NaN, ended: NaN };
+    const signal = AbortSignal.timeout(60_000);
+    for await (const { event } of client.watchTask({ id: task!.id }, { signal })) {
+      if (event?.kind.case === "output" && event.kind.value.type === "result")
+        times.result = ms(event.time);
+      if (event?.kind.case === "stateChange" && event.kind.value.state === TaskState.SUCCEEDED)
+        times.ended = ms(event.time);
+    }
+    const ended = (await client.getTask({ id: task!.id })).task!;
+    expect(ended.state, ended.result?.error).toBe(TaskState.SUCCEEDED);
     expect(ended.result?.text).toBe("all done");
-    expect(Date.now() - started).toBeLessThan(20_000);
+    // Neither the CLI's own exit (never) nor the result grace (600 s) was waited for.
+    expect(times.ended - times.result).toBeLessThan(5_000);
     expect(processesWith(`CONDUCTOR_TASK_ID=${task!.id}`)).toEqual([]);
+    expect(processesMatching(/^sleep 473[12]$/)).toEqual([]);
   });
 
   it("fails a run that goes silent, with the reason", async () => {
