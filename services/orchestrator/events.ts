@@ -123,14 +123,8 @@ export class TaskEvents {
    * transition() in the next group commit (see TaskStore.commit): resolves once the change
    * is on disk, with whether the task was in `from`; watchers hear of it only then.
    */
-  transitionBatched(
-    id: string,
-    from: TaskState[],
-    update: TaskUpdate,
-    change: Change,
-    now: number,
-    before: TaskEvent["kind"][] = [],
-  ): Promise<boolean> {
+  transitionBatched(...args: Parameters<TaskEvents["transition"]>): Promise<boolean> {
+    const [id, from, update, change, now, before = []] = args;
     return this.store
       .commit(
         () => this.change(id, from, update, change, now, before),
