@@ -86,8 +86,9 @@ export function execProcess(
       if (mode.sandboxed) {
         // TERM for everything the run started (not bwrap itself, which would end it at once);
         // then bwrap's death takes the namespace with it.
-        // Depth 1 is bwrap's init inside the namespace: it, too, is left to the end.
-        for (const p of descendants(pid, 2)) signalPid(p, "SIGTERM");
+        // Depth 1 is bwrap's init inside the namespace: it, too, is left to the end, and so
+        // are the launcher's socat (its lifeline and model: index.ts SANDBOX_LAUNCHER).
+        for (const p of descendants(pid, 2)) if (!isSocat(p)) signalPid(p, "SIGTERM");
       } else sweep("SIGTERM");
       const timer = setTimeout(() => {
         if (mode.sandboxed) signalPid(pid, "SIGKILL");
@@ -147,6 +148,15 @@ export function descendants(root: number | undefined, minDepth = 1): number[] {
     stack.push(...(children.get(p) ?? []).map((c) => [c, depth + 1] as const));
   }
   return out;
+}
+
+/** Whether `pid` runs socat (a program that names itself so is spared a TERM, not the KILL). */
+function isSocat(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, "utf8") === "socat\n";
+  } catch {
+    return false;
+  }
 }
 
 function signalPid(pid: number | undefined, signal: NodeJS.Signals): void {
