@@ -35,6 +35,9 @@ export const LAUNCHER = path.join(import.meta.dirname, "launcher.ts");
 export const SANDBOX_LAUNCHER = `umask 022
 m=$1 l=$2 t=$3
 shift 3
+if [ -n "$m" ]; then
+  socat TCP-LISTEN:8080,bind=127.0.0.1,fork,reuseaddr "UNIX-CONNECT:$m" </dev/null >/dev/null &
+fi
 if [ -n "$l" ]; then
   (trap '' TERM INT HUP
     socat -u \${t:+-T "$t"} "UNIX-CONNECT:$l" OPEN:/dev/null
@@ -42,12 +45,11 @@ if [ -n "$l" ]; then
     kill -KILL 0) </dev/null >/dev/null &
 fi
 if [ -n "$m" ]; then
-  socat TCP-LISTEN:8080,bind=127.0.0.1,fork,reuseaddr "UNIX-CONNECT:$m" </dev/null >/dev/null &
   listening() {
     while read -r _ a _ s _; do [ "$a $s" = "0100007F:1F90 0A" ] && return 0; done </proc/net/tcp
     return 1
   }
-  i=0
+  i=0 # the lifeline's start gave socat time to listen
   until listening; do
     i=$((i + 1))
     [ $i -le 1000 ] || { echo "launcher: cannot start the model forwarder (socat)" >&2; exit 127; }
