@@ -102,6 +102,8 @@ function systemBind(dir: string): string[] {
   return ["--ro-bind", dir, dir];
 }
 
+const NO_SOCAT = "socat is not installed: apt-get install socat";
+
 /** Whether a sandbox can be made here; `detail` says why not and what to do. */
 export interface SandboxProbe {
   ok: boolean;
@@ -109,15 +111,16 @@ export interface SandboxProbe {
 }
 
 /**
- * Makes one sandbox exactly as runs get it and runs `true` in it. Fails with the reason
- * (bwrap missing, namespaces not allowed, setpriv missing) and the fix.
+ * Makes one sandbox exactly as runs get it and runs `socat -V` in it (the sandboxed runs'
+ * launcher needs socat: index.ts). Fails with the reason (bwrap missing, namespaces not
+ * allowed, setpriv or socat missing) and the fix.
  */
 export async function probeSandbox(user: BwrapPlan["user"]): Promise<SandboxProbe> {
   const [cmd, ...args] = bwrapArgv({
     mounts: [],
     cwd: "/tmp",
     user,
-    argv: ["/bin/sh", "-c", "true"],
+    argv: ["/bin/sh", "-c", `command -v socat >/dev/null || { echo "${NO_SOCAT}" >&2; exit 1; }`],
   });
   try {
     const { stdout } = await promisify(execFile)(BWRAP, ["--version"], { timeout: 5000 });
@@ -125,10 +128,13 @@ export async function probeSandbox(user: BwrapPlan["user"]): Promise<SandboxProb
     return { ok: true, detail: stdout.trim() };
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { stderr?: string };
+    const said = (err.stderr ?? err.message).trim();
     const why =
       err.code === "ENOENT"
         ? "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
-        : `bubblewrap cannot make a sandbox here: ${(err.stderr ?? err.message).trim()}`;
+        : said === NO_SOCAT
+          ? said
+          : `bubblewrap cannot make a sandbox here: ${said}`;
     return { ok: false, detail: why };
   }
 }

@@ -86,8 +86,9 @@ export function execProcess(
       if (mode.sandboxed) {
         // TERM for everything the run started (not bwrap itself, which would end it at once);
         // then bwrap's death takes the namespace with it.
-        // Depth 1 is bwrap's init inside the namespace: it, too, is left to the end.
-        for (const p of await descendants(pid, 2)) signalPid(p, "SIGTERM");
+        // Depth 1 is bwrap's init inside the namespace: it, too, is left to the end, and so
+        // are the launcher's socat (its lifeline and model: index.ts SANDBOX_LAUNCHER).
+        for (const p of await descendants(pid, 2)) if (!(await isSocat(p))) signalPid(p, "SIGTERM");
       } else await sweep("SIGTERM").catch(() => undefined);
       const timer = setTimeout(() => {
         if (mode.sandboxed) signalPid(pid, "SIGKILL");
@@ -158,6 +159,15 @@ async function childrenOf(pid: number): Promise<number[]> {
     return lists.flatMap((l) => l.split(" ").filter(Boolean).map(Number));
   } catch {
     return []; // ended meanwhile
+  }
+}
+
+/** Whether `pid` runs socat (a program that names itself so is spared a TERM, not the KILL). */
+async function isSocat(pid: number): Promise<boolean> {
+  try {
+    return (await readFile(`/proc/${pid}/comm`, "utf8")) === "socat\n";
+  } catch {
+    return false;
   }
 }
 

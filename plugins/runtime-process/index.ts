@@ -16,8 +16,49 @@ import {
 import { bwrapArgv, probeSandbox, type SandboxProbe } from "./bwrap.ts";
 import { descendants, execProcess, killMarked, markedPids } from "./exec.ts";
 
-/** The program every run starts with when the agent has a model socket or a lifeline. */
+/** The program an unsandboxed run starts with when the agent has a model socket or a lifeline. */
 export const LAUNCHER = path.join(import.meta.dirname, "launcher.ts");
+
+/**
+ * The first program of a sandboxed run with a model socket or a lifeline, as launcher.ts is
+ * unsandboxed, without a Node start per run: `sh -c SANDBOX_LAUNCHER conductor-run MODEL_SOCK
+ * LIFELINE_SOCK IDLE_SECONDS program [args…]` (empty strings for what the run has not). With a
+ * lifeline it holds a connection to it (socat; with IDLE_SECONDS, socat -T ends the hold after
+ * that long without a tick) and, when that ends, kills its process group — the program is its
+ * leader, and its exit ends the sandbox's pid namespace. With a model socket it forwards
+ * 127.0.0.1:8080 of the sandbox's own network namespace to it and waits until that listens, so
+ * the API key stays outside (the proxy adds it). Then it execs the program, which so is the
+ * sandbox's first process: its exit status is the run's, TERM is its own, and its end ends
+ * every other process of the run. The two socat processes are spared kill()'s TERM (exec.ts),
+ * so a graceful stop keeps its lifeline and its model. Needs socat (Debian's) under /usr.
+ */
+export const SANDBOX_LAUNCHER = `umask 022
+m=$1 l=$2 t=$3
+shift 3
+if [ -n "$m" ]; then
+  socat TCP-LISTEN:8080,bind=127.0.0.1,fork,reuseaddr "UNIX-CONNECT:$m" </dev/null >/dev/null &
+fi
+if [ -n "$l" ]; then
+  (trap '' TERM INT HUP
+    socat -u \${t:+-T "$t"} "UNIX-CONNECT:$l" OPEN:/dev/null
+    echo "launcher: the run's lifeline closed or went silent; ending the run" >&2
+    kill -KILL 0) </dev/null >/dev/null &
+fi
+if [ -n "$m" ]; then
+  listening() {
+    while read -r _ a _ s _; do [ "$a $s" = "0100007F:1F90 0A" ] && return 0; done </proc/net/tcp
+    return 1
+  }
+  i=0 # the lifeline's start gave socat time to listen
+  until listening; do
+    i=$((i + 1))
+    [ $i -le 1000 ] || { echo "launcher: cannot start the model forwarder (socat)" >&2; exit 127; }
+    sleep 0.005
+  done
+  export ANTHROPIC_BASE_URL=http://127.0.0.1:8080
+fi
+command -v "$1" >/dev/null || { echo "launcher: cannot start $1: not found" >&2; exit 127; }
+exec "$@"`;
 
 /** How process-runtime runs are contained (`runtime.process_sandbox`). */
 export type ProcessSandbox = "bubblewrap" | "none";
@@ -61,22 +102,37 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
   const readOnly: Mount[] = [
     ...(opts.readOnlyPaths ?? []).map((p) => ({ hostPath: realpathSync(p), readOnly: true })),
     { hostPath: path.dirname(nodePath), readOnly: true },
-    { hostPath: LAUNCHER, readOnly: true },
   ];
   /**
-   * A run's argv: through the launcher when the sandbox has a model socket or a lifeline
+   * A run's argv: through a launcher when the sandbox has a model socket or a lifeline
    * (CONDUCTOR_RUN_LIFELINE; the exec's CONDUCTOR_RUN_LIFELINE_IDLE_MS bounds its silence).
+   * Sandboxed it is SANDBOX_LAUNCHER (sh and socat: a few ms of CPU); unsandboxed, where no
+   * network namespace of its own gives it a free port, the node launcher (~40 ms of CPU).
    */
   const launched = (env: Record<string, string>, req: ExecRequest): string[] => {
     const model = env["CONDUCTOR_MODEL_SOCKET"];
     const lifeline = env["CONDUCTOR_RUN_LIFELINE"];
     if (!model && !lifeline) return req.argv;
     const idle = req.env["CONDUCTOR_RUN_LIFELINE_IDLE_MS"];
+    const idleMs = lifeline && idle && /^\d+$/.test(idle) ? Number(idle) : 0;
+    if (sandboxed) {
+      const seconds = idleMs > 0 ? String(idleMs / 1000) : "";
+      return [
+        "/bin/sh",
+        "-c",
+        SANDBOX_LAUNCHER,
+        "conductor-run",
+        model ?? "",
+        lifeline ?? "",
+        seconds,
+        ...req.argv,
+      ];
+    }
     return [
       ...[nodePath, LAUNCHER],
       ...(model ? ["--model", model] : []),
       ...(lifeline ? ["--lifeline", lifeline] : []),
-      ...(lifeline && idle && /^\d+$/.test(idle) ? ["--idle-ms", idle] : []),
+      ...(idleMs > 0 ? ["--idle-ms", String(idleMs)] : []),
       ...["--", ...req.argv],
     ];
   };

@@ -1,0 +1,77 @@
+// Prints what one run costs on the process runtime: N runs one after another of an instant fake
+// CLI (sh printing a stream-json `system` and `result` line) through the bubblewrap backend, with
+// a model socket and a lifeline as the AgentHost gives every run. Wall per run, runs/s, and the
+// CPU this process (the AgentHost's part: spawning, pipes) spends per run. The CPU of all the
+// run's processes (bwrap, its launcher, the program) is the task-clock of
+//   perf stat -e task-clock node bench/process-runs.ts --runs N
+// less that of --runs 0, divided by N. Run as root (the sandbox drops to uid 61000).
+// Run: node bench/process-runs.ts [--runs 50]
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { createProcessBackend } from "../plugins/runtime-process/index.ts";
+
+const { values } = parseArgs({ options: { runs: { type: "string", default: "50" } } });
+const RUNS = Number(values.runs);
+if (!Number.isInteger(RUNS) || RUNS < 0 || RUNS > 100_000) throw new Error("--runs: 0 to 100000");
+const CLI = `echo '{"type":"system","subtype":"init"}'; echo '{"type":"result","subtype":"success"}'`;
+
+const dir = mkdtempSync(path.join(tmpdir(), "conductor-bench-runs-"));
+const ws = path.join(dir, "ws");
+const runDir = path.join(dir, "run");
+mkdirSync(ws);
+chownSync(ws, 61000, 61000);
+mkdirSync(runDir, { mode: 0o755 });
+const held = new Set<net.Socket>();
+const listen = async (name: string, onConnection: (s: net.Socket) => void) => {
+  const socketPath = path.join(runDir, name);
+  const server = net.createServer(onConnection);
+  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  chmodSync(socketPath, 0o666);
+  return { socketPath, server };
+};
+const lifeline = await listen("lifeline.sock", (s) => {
+  held.add(s);
+  s.on("close", () => held.delete(s));
+  s.on("error", () => s.destroy());
+});
+const model = await listen("model.sock", (s) => s.end());
+const backend = createProcessBackend({ stateDir: path.join(dir, "state") });
+const h = await backend.create({
+  ...{ nodeId: "bench", agentId: "a", image: "", labels: {}, limits: {}, network: "none" },
+  mounts: [{ hostPath: ws }, { hostPath: runDir, readOnly: true }],
+  env: { CONDUCTOR_MODEL_SOCKET: model.socketPath, CONDUCTOR_RUN_LIFELINE: lifeline.socketPath },
+  user: "61000:61000",
+});
+await backend.start(h);
+
+const walls: number[] = [];
+const cpu0 = process.cpuUsage();
+const t0 = performance.now();
+for (let i = 0; i < RUNS; i++) {
+  const t = performance.now();
+  const x = await backend.exec(h, { argv: ["/bin/sh", "-c", CLI], cwd: ws, env: {} });
+  let lines = 0;
+  x.onStdoutLine(() => lines++);
+  const status = await x.exited;
+  if (status.code !== 0 || lines !== 2) {
+    throw new Error(`run ${i} failed: ${JSON.stringify(status)} ${x.stderrTail()}`);
+  }
+  walls.push(performance.now() - t);
+}
+const elapsed = performance.now() - t0;
+const cpu = process.cpuUsage(cpu0);
+await backend.destroy(h);
+for (const s of held) s.destroy();
+lifeline.server.close();
+model.server.close();
+rmSync(dir, { recursive: true, force: true });
+if (RUNS > 0) {
+  const sorted = walls.sort((a, b) => a - b);
+  const ms = (v: number) => v.toFixed(1);
+  console.log(
+    `${RUNS} runs of an instant fake CLI, one at a time: wall per run p50 ${ms(sorted[Math.floor(RUNS / 2)]!)} ms, p90 ${ms(sorted[Math.floor(RUNS * 0.9)]!)} ms; ${((RUNS / elapsed) * 1000).toFixed(1)} runs/s; this process's CPU ${ms((cpu.user + cpu.system) / 1000 / RUNS)} ms per run`,
+  );
+}
