@@ -89,14 +89,19 @@ export async function submits(client: Orchestrator, n: number, c: number): Promi
   return n / ((performance.now() - t0) / 1000);
 }
 
-/** When (performance.now()) the task ended, followed through WatchTask. */
+/** When (performance.now()) the task ended, followed through WatchTask; throws unless it SUCCEEDED. */
 export async function ended(
   client: Orchestrator,
   id: string,
   signal: AbortSignal,
 ): Promise<number> {
-  for await (const _ of client.watchTask({ id }, { signal })) {
-    // the stream ends when the task does
+  let last: TaskState | undefined;
+  for await (const { event } of client.watchTask({ id }, { signal })) {
+    if (event?.kind.case === "stateChange") last = event.kind.value.state;
+  }
+  if (last !== TaskState.SUCCEEDED) {
+    const { task } = await client.getTask({ id });
+    throw new Error(`task ${id} ended ${TaskState[last ?? 0]}: ${task?.result?.error ?? ""}`);
   }
   return performance.now();
 }

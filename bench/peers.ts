@@ -15,6 +15,7 @@ import {
   bullStartLatencies,
   checkRedisInstalled,
   startRedis,
+  type Redis,
 } from "./peers-bullmq.ts";
 import { median, pct, progress, writeFakeCli } from "./peers-common.ts";
 import {
@@ -41,6 +42,7 @@ const { values } = parseArgs({
     slice: { type: "string", default: "300" },
     probe: { type: "string", default: "200" },
     fill: { type: "string", default: "store" },
+    only: { type: "string", default: "" },
   },
 });
 /** A positive integer flag, at most `max`; anything else is a usage error. */
@@ -65,6 +67,13 @@ if (FILL !== "store" && FILL !== "submit") {
   process.stderr.write("bench:peers: --fill is store (straight into the store) or submit\n");
   process.exit(2);
 }
+const ONLY = values.only;
+if (ONLY !== "" && ONLY !== "peers" && ONLY !== "queued") {
+  process.stderr.write(
+    "bench:peers: --only is peers (against BullMQ) or queued (100,000 queued)\n",
+  );
+  process.exit(2);
+}
 /** Completions not counted at the start of a drain (the AgentHost and its agents starting). */
 const WARM = Math.min(50, Math.floor(SMALL / 4));
 const SLICE = Math.min(count("slice", 100_000), Math.floor((SMALL - WARM) / RUNS));
@@ -72,17 +81,30 @@ const SLICE = Math.min(count("slice", 100_000), Math.floor((SMALL - WARM) / RUNS
 const PHASE_MS = 15 * 60_000;
 const QUERIES = 10;
 
-try {
-  checkRedisInstalled();
-} catch (e) {
-  process.stderr.write(`bench:peers: ${(e as Error).message}\n`);
-  process.exit(1);
+if (ONLY !== "queued") {
+  try {
+    checkRedisInstalled();
+  } catch (e) {
+    process.stderr.write(`bench:peers: ${(e as Error).message}\n`);
+    process.exit(1);
+  }
 }
 const fakeCli = writeFakeCli();
 const rows: Row[] = [];
 try {
-  await using redis = await startRedis();
+  if (ONLY !== "queued") {
+    await using redis = await startRedis();
+    rows.push(...(await peerRows(redis)));
+  }
+  if (ONLY !== "peers") rows.push(...(await queuedRows()));
+} finally {
+  rmSync(path.dirname(fakeCli), { recursive: true, force: true });
+}
+printTable(rows);
 
+/** Figures 1–3: Conductor against BullMQ, run by run. */
+async function peerRows(redis: Redis): Promise<Row[]> {
+  const rows: Row[] = [];
   // 1. Durable submits acknowledged: a fresh Conductor (no agents) and a fresh queue per run.
   const sub = { c: [] as number[], b: [] as number[] };
   for (let r = 0; r < RUNS; r++) {
@@ -138,11 +160,15 @@ try {
     latencyRow("submit → running p99, ms", lat.c99, lat.b99, 5),
   );
 
-  // 4. Conductor at QUEUED queued tasks against itself at SMALL.
+  return rows;
+}
+
+/** Figure 4: Conductor at QUEUED queued tasks against itself at SMALL. */
+async function queuedRows(): Promise<Row[]> {
   const small = await atQueued(SMALL);
   const big = await atQueued(QUEUED);
   const at = `at ${QUEUED.toLocaleString("en")} vs ${SMALL.toLocaleString("en")} queued`;
-  rows.push(
+  return [
     flatRow(`submits /s ${at}`, big.submits, small.submits, "rate"),
     flatRow(`drain (completions /s) ${at}`, big.drain, small.drain, "rate"),
     flatRow(`GetStats, ms ${at}`, big.stats, small.stats, "time"),
@@ -155,15 +181,13 @@ try {
       target: "≤ 200 MiB",
       pass: big.rss <= 200,
     },
-  );
-} finally {
-  rmSync(path.dirname(fakeCli), { recursive: true, force: true });
+  ];
 }
-printTable(rows);
 
 /** Conductor's figures with `n` tasks queued: submit rate, query latencies, RSS, drain rate. */
 async function atQueued(n: number) {
   progress(`${n.toLocaleString("en")} queued: filling (${FILL})`);
+  const filling = performance.now();
   let ids: string[] = [];
   const fill =
     FILL === "store" ? (dataDir: string) => void (ids = fillStore(dataDir, n)) : undefined;
@@ -172,6 +196,11 @@ async function atQueued(n: number) {
     ids = await fillBySubmit(c.client, n, 64, (k) =>
       progress(`  ${k.toLocaleString("en")} submitted`),
     );
+  // Warm-up (the Orchestrator's first calls of each kind compile and load its store).
+  await c.client.getStats({});
+  await c.client.listTasks({ states: [TaskState.QUEUED] });
+  await submits(c.client, 20, CALLERS);
+  progress(`  filled in ${((performance.now() - filling) / 1000).toFixed(0)} s`);
   const stats: number[] = [];
   const list: number[] = [];
   const rates: number[] = [];
