@@ -29,6 +29,7 @@ import {
   startLatencies,
   submits,
 } from "./peers-conductor.ts";
+import { flatRow, latencyRow, printTable, ratioRow, type Row } from "./peers-table.ts";
 
 const { values } = parseArgs({
   options: {
@@ -100,7 +101,17 @@ try {
 } finally {
   rmSync(path.dirname(fakeCli), { recursive: true, force: true });
 }
-printTable(rows);
+printTable(
+  [
+    `bench:peers — ${availableParallelism()} CPUs, load ${loadavg()
+      .map((l) => l.toFixed(1))
+      .join(
+        " ",
+      )}; median of ${RUNS}; ${TASKS} tasks, ${CALLERS} callers, ${AGENTS} agents; fill: ${FILL}`,
+    "peer: BullMQ on redis-server (AOF, appendfsync always, Unix socket) for the first rows; Conductor itself at fewer queued for the last",
+  ],
+  rows,
+);
 
 /** Figures 1–3: Conductor against BullMQ, run by run. */
 async function peerRows(redis: Redis): Promise<Row[]> {
@@ -200,7 +211,7 @@ async function atQueued(n: number) {
   await c.client.getStats({});
   await c.client.listTasks({ states: [TaskState.QUEUED] });
   await submits(c.client, 20, CALLERS);
-  progress(`  filled in ${((performance.now() - filling) / 1000).toFixed(0)} s`);
+  progress(`  filled and warmed up in ${((performance.now() - filling) / 1000).toFixed(0)} s`);
   const stats: number[] = [];
   const list: number[] = [];
   const rates: number[] = [];
@@ -229,85 +240,4 @@ async function atQueued(n: number) {
     return SLICE / ((to - from) / 1000);
   });
   return { stats, list, submits: rates, drain: drains, rss };
-}
-
-interface Row {
-  figure: string;
-  conductor: number;
-  peer: number;
-  ratio: number;
-  target: string;
-  pass: boolean | undefined;
-}
-
-/** Conductor's median against the peer's: higher is better, the ratio at least `min`. */
-function ratioRow(figure: string, c: number[], b: number[], target: string, min: number): Row {
-  const ratio = median(c) / median(b);
-  return {
-    figure,
-    conductor: median(c),
-    peer: median(b),
-    ratio,
-    target,
-    pass: target ? ratio >= min : undefined,
-  };
-}
-
-/** A latency: Conductor's median of runs against the peer's; passes at most `maxMs`. */
-function latencyRow(figure: string, c: number[], b: number[], maxMs: number): Row {
-  const ok = Number.isFinite(maxMs);
-  return {
-    figure,
-    conductor: median(c),
-    peer: median(b),
-    ratio: median(c) / median(b),
-    target: ok ? `≤ ${maxMs} ms` : "",
-    pass: ok ? median(c) <= maxMs : undefined,
-  };
-}
-
-/** Conductor at many queued (conductor) against few (peer): the slowdown at most 1.2×. */
-function flatRow(figure: string, big: number[], small: number[], kind: "rate" | "time"): Row {
-  const slowdown = kind === "rate" ? median(small) / median(big) : median(big) / median(small);
-  return {
-    figure,
-    conductor: median(big),
-    peer: median(small),
-    ratio: slowdown,
-    target: "slowdown ≤ 1.2×",
-    pass: slowdown <= 1.2,
-  };
-}
-
-function printTable(rows: Row[]): void {
-  const num = (x: number) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
-  const table = [
-    ["figure", "Conductor", "peer", "ratio", "target", ""],
-    ...rows.map((r) => [
-      r.figure,
-      num(r.conductor),
-      num(r.peer),
-      `${num(r.ratio)}×`,
-      r.target,
-      r.pass === undefined ? "" : r.pass ? "PASS" : "FAIL",
-    ]),
-  ];
-  const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
-  const line = (row: string[]) =>
-    row
-      .map((cell, i) => (i === 0 || i >= 4 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!)))
-      .join("  ")
-      .trimEnd();
-  console.log(
-    `\nbench:peers — ${availableParallelism()} CPUs, load ${loadavg()
-      .map((l) => l.toFixed(1))
-      .join(
-        " ",
-      )}; median of ${RUNS}; ${TASKS} tasks, ${CALLERS} callers, ${AGENTS} agents; fill: ${FILL}`,
-  );
-  console.log(
-    "peer: BullMQ on redis-server (AOF, appendfsync always, Unix socket) for the first rows; Conductor itself at fewer queued for the last",
-  );
-  console.log(line(table[0]!));
-  for (const row of table.slice(1)) console.log(line(row));
 }
