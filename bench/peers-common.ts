@@ -1,0 +1,86 @@
+// What both sides of bench/peers.ts share: the instant fake CLI, concurrent callers, statistics.
+import { spawn } from "node:child_process";
+import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+
+/** The two lines the Claude Code CLI prints first and last with --output-format stream-json. */
+const LINES = [
+  {
+    type: "system",
+    subtype: "init",
+    session_id: "peers",
+    tools: [],
+    mcp_servers: [],
+    model: "fake",
+  },
+  {
+    type: "result",
+    subtype: "success",
+    is_error: false,
+    result: "ok",
+    session_id: "peers",
+    num_turns: 1,
+    duration_ms: 0,
+    total_cost_usd: 0,
+    usage: { input_tokens: 0, output_tokens: 0 },
+  },
+].map((l) => JSON.stringify(l));
+
+/**
+ * Writes an instant fake CLI (a /bin/sh script printing the `system` init line and a
+ * `result` line, then exiting 0) into a fresh temp folder readable by every uid (the agents
+ * run as their own), and returns its path.
+ */
+export function writeFakeCli(): string {
+  const dir = mkdtempSync(path.join(tmpdir(), "peers-cli-"));
+  chmodSync(dir, 0o755);
+  const file = path.join(dir, "claude");
+  writeFileSync(file, `#!/bin/sh\nprintf '%s\\n' '${LINES.join("' '")}'\n`, { mode: 0o755 });
+  return file;
+}
+
+/** Runs the fake CLI as a child process (as a worker running the real one would), to its exit. */
+export function runFakeCli(file: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, ["-p", "--output-format", "stream-json", "--", "ok"], {
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    child.stdout.resume();
+    child.once("error", reject);
+    child.once("close", (code) =>
+      code === 0 ? resolve() : reject(new Error(`fake CLI exited ${code}`)),
+    );
+  });
+}
+
+/** Calls fn(0) … fn(n - 1) from `c` concurrent callers, each calling the next when it is done. */
+export async function callers(
+  n: number,
+  c: number,
+  fn: (i: number) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(c, n) }, async () => {
+      while (next < n) await fn(next++);
+    }),
+  );
+}
+
+/** The p-th percentile (0–100, nearest rank) of xs; NaN when empty. */
+export function pct(xs: number[], p: number): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
+}
+
+/** The median of xs (the lower one of an even count). */
+export const median = (xs: number[]): number => pct(xs, 50);
+
+const t0 = performance.now();
+
+/** Progress on stderr, with seconds since the bench started. */
+export function progress(what: string): void {
+  process.stderr.write(`[peers ${((performance.now() - t0) / 1000).toFixed(0)}s] ${what}\n`);
+}

@@ -1,0 +1,243 @@
+// Conductor against its peer, side by side in one run, median of --runs: durable submits,
+// completions end to end with an instant fake CLI, submit → running latency, each against
+// BullMQ on a redis-server started here (AOF, fsync always, Unix socket); and Conductor at
+// --queued tasks against itself at --small (submits, drain, GetStats, ListTasks, RSS).
+//   npm run bench:peers [-- --tasks 2000 --callers 32 --agents 16 --runs 3 --queued 100000]
+//   quick: npm run bench:peers -- --queued 20000 --runs 1
+import { rmSync } from "node:fs";
+import { availableParallelism, loadavg } from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { TaskState } from "../gen/conductor/v1/task_pb.js";
+import {
+  bullAdds,
+  bullCompletions,
+  bullStartLatencies,
+  checkRedisInstalled,
+  startRedis,
+  type Redis,
+} from "./peers-bullmq.ts";
+import { median, pct, progress, writeFakeCli } from "./peers-common.ts";
+import {
+  completions,
+  ended,
+  fillBySubmit,
+  fillStore,
+  latency,
+  rssMiB,
+  startBenchConductor,
+  startLatencies,
+  submits,
+} from "./peers-conductor.ts";
+import { flatRow, latencyRow, printTable, ratioRow, type Row } from "./peers-table.ts";
+
+const { values } = parseArgs({
+  options: {
+    tasks: { type: "string", default: "2000" },
+    callers: { type: "string", default: "32" },
+    agents: { type: "string", default: "16" },
+    runs: { type: "string", default: "3" },
+    samples: { type: "string", default: "200" },
+    queued: { type: "string", default: "100000" },
+    small: { type: "string", default: "1000" },
+    slice: { type: "string", default: "300" },
+    probe: { type: "string", default: "200" },
+    fill: { type: "string", default: "store" },
+    only: { type: "string", default: "" },
+  },
+});
+/** A positive integer flag, at most `max`; anything else is a usage error. */
+function count(name: keyof typeof values, max: number): number {
+  const n = Number(values[name]);
+  if (!Number.isInteger(n) || n < 1 || n > max) {
+    process.stderr.write(`bench:peers: --${name} must be a whole number from 1 to ${max}\n`);
+    process.exit(2);
+  }
+  return n;
+}
+const TASKS = count("tasks", 100_000);
+const CALLERS = count("callers", 1_000);
+const AGENTS = count("agents", 256);
+const RUNS = count("runs", 20);
+const SAMPLES = count("samples", 10_000);
+const QUEUED = count("queued", 1_000_000);
+const SMALL = count("small", QUEUED);
+const PROBE = count("probe", 10_000);
+const FILL = values.fill;
+if (FILL !== "store" && FILL !== "submit") {
+  process.stderr.write("bench:peers: --fill is store (straight into the store) or submit\n");
+  process.exit(2);
+}
+const ONLY = values.only;
+if (ONLY !== "" && ONLY !== "peers" && ONLY !== "queued") {
+  process.stderr.write(
+    "bench:peers: --only is peers (against BullMQ) or queued (100,000 queued)\n",
+  );
+  process.exit(2);
+}
+/** Completions not counted at the start of a drain (the AgentHost and its agents starting). */
+const WARM = Math.min(50, Math.floor(SMALL / 4));
+const SLICE = Math.min(count("slice", 100_000), Math.floor((SMALL - WARM) / RUNS));
+/** The longest any one phase may take. */
+const PHASE_MS = 15 * 60_000;
+const QUERIES = 10;
+
+if (ONLY !== "queued") {
+  try {
+    checkRedisInstalled();
+  } catch (e) {
+    process.stderr.write(`bench:peers: ${(e as Error).message}\n`);
+    process.exit(1);
+  }
+}
+const fakeCli = writeFakeCli();
+const rows: Row[] = [];
+try {
+  if (ONLY !== "queued") {
+    await using redis = await startRedis();
+    rows.push(...(await peerRows(redis)));
+  }
+  if (ONLY !== "peers") rows.push(...(await queuedRows()));
+} finally {
+  rmSync(path.dirname(fakeCli), { recursive: true, force: true });
+}
+printTable(
+  [
+    `bench:peers — ${availableParallelism()} CPUs, load ${loadavg()
+      .map((l) => l.toFixed(1))
+      .join(
+        " ",
+      )}; median of ${RUNS}; ${TASKS} tasks, ${CALLERS} callers, ${AGENTS} agents; fill: ${FILL}`,
+    "peer: BullMQ on redis-server (AOF, appendfsync always, Unix socket) for the first rows; Conductor itself at fewer queued for the last",
+  ],
+  rows,
+);
+
+/** Figures 1–3: Conductor against BullMQ, run by run. */
+async function peerRows(redis: Redis): Promise<Row[]> {
+  const rows: Row[] = [];
+  // 1. Durable submits acknowledged: a fresh Conductor (no agents) and a fresh queue per run.
+  const sub = { c: [] as number[], b: [] as number[] };
+  for (let r = 0; r < RUNS; r++) {
+    progress(`run ${r + 1}/${RUNS}: ${TASKS} submits from ${CALLERS} callers`);
+    {
+      await using c = await startBenchConductor({ fakeCli, agents: AGENTS });
+      await submits(c.client, 50, CALLERS); // warm-up
+      sub.c.push(await submits(c.client, TASKS, CALLERS));
+    }
+    await bullAdds(redis, 50, CALLERS); // warm-up
+    sub.b.push(await bullAdds(redis, TASKS, CALLERS));
+  }
+  rows.push(ratioRow("durable submits acknowledged /s", sub.c, sub.b, "≥ 1.5×", 1.5));
+
+  // 2. and 3. One Conductor with its agents; BullMQ with a worker of as many.
+  const done = { c: [] as number[], noop: [] as number[], spawn: [] as number[] };
+  const lat = {
+    c50: [] as number[],
+    c99: [] as number[],
+    b50: [] as number[],
+    b99: [] as number[],
+  };
+  {
+    await using c = await startBenchConductor({ fakeCli, agents: AGENTS });
+    progress(`starting ${AGENTS} agents`);
+    await c.startAgents();
+    await completions(c.client, { n: 50, callers: CALLERS, timeoutMs: PHASE_MS }); // warm-up
+    for (let r = 0; r < RUNS; r++) {
+      progress(`run ${r + 1}/${RUNS}: ${TASKS} tasks end to end on ${AGENTS} agents`);
+      done.c.push(await completions(c.client, { n: TASKS, callers: CALLERS, timeoutMs: PHASE_MS }));
+      const bull = { n: TASKS, callers: CALLERS, concurrency: AGENTS, timeoutMs: PHASE_MS };
+      done.noop.push(await bullCompletions(redis, bull));
+      done.spawn.push(await bullCompletions(redis, { ...bull, fakeCli }));
+      progress(`run ${r + 1}/${RUNS}: ${SAMPLES} submits → running, one at a time`);
+      const cl = await startLatencies(c.client, SAMPLES);
+      const bl = await bullStartLatencies(redis, SAMPLES);
+      lat.c50.push(pct(cl, 50));
+      lat.c99.push(pct(cl, 99));
+      lat.b50.push(pct(bl, 50));
+      lat.b99.push(pct(bl, 99));
+    }
+  }
+  rows.push(
+    ratioRow(
+      "tasks completed end to end /s, vs BullMQ spawning the fake CLI",
+      done.c,
+      done.spawn,
+      "≥ 1.5×",
+      1.5,
+    ),
+    ratioRow("tasks completed end to end /s, vs BullMQ no-op jobs", done.c, done.noop, "", 0),
+    latencyRow("submit → running p50, ms", lat.c50, lat.b50, Infinity),
+    latencyRow("submit → running p99, ms", lat.c99, lat.b99, 5),
+  );
+
+  return rows;
+}
+
+/** Figure 4: Conductor at QUEUED queued tasks against itself at SMALL. */
+async function queuedRows(): Promise<Row[]> {
+  const small = await atQueued(SMALL);
+  const big = await atQueued(QUEUED);
+  const at = `at ${QUEUED.toLocaleString("en")} vs ${SMALL.toLocaleString("en")} queued`;
+  return [
+    flatRow(`submits /s ${at}`, big.submits, small.submits, "rate"),
+    flatRow(`drain (completions /s) ${at}`, big.drain, small.drain, "rate"),
+    flatRow(`GetStats, ms ${at}`, big.stats, small.stats, "time"),
+    flatRow(`ListTasks(QUEUED) first page, ms ${at}`, big.list, small.list, "time"),
+    {
+      figure: `Orchestrator RSS, MiB, at ${QUEUED.toLocaleString("en")} (peer: at ${SMALL.toLocaleString("en")}) queued`,
+      conductor: big.rss,
+      peer: small.rss,
+      ratio: big.rss / small.rss,
+      target: "≤ 200 MiB",
+      pass: big.rss <= 200,
+    },
+  ];
+}
+
+/** Conductor's figures with `n` tasks queued: submit rate, query latencies, RSS, drain rate. */
+async function atQueued(n: number) {
+  progress(`${n.toLocaleString("en")} queued: filling (${FILL})`);
+  const filling = performance.now();
+  let ids: string[] = [];
+  const fill =
+    FILL === "store" ? (dataDir: string) => void (ids = fillStore(dataDir, n)) : undefined;
+  await using c = await startBenchConductor({ fakeCli, agents: AGENTS, ...(fill ? { fill } : {}) });
+  if (FILL === "submit")
+    ids = await fillBySubmit(c.client, n, 64, (k) =>
+      progress(`  ${k.toLocaleString("en")} submitted`),
+    );
+  // Warm-up (the Orchestrator's first calls of each kind compile and load its store).
+  await c.client.getStats({});
+  await c.client.listTasks({ states: [TaskState.QUEUED] });
+  await submits(c.client, 20, CALLERS);
+  progress(`  filled and warmed up in ${((performance.now() - filling) / 1000).toFixed(0)} s`);
+  const stats: number[] = [];
+  const list: number[] = [];
+  const rates: number[] = [];
+  for (let r = 0; r < RUNS; r++) {
+    progress(
+      `${n.toLocaleString("en")} queued, run ${r + 1}/${RUNS}: GetStats, ListTasks, ${PROBE} submits`,
+    );
+    stats.push(median(await latency(QUERIES, () => c.client.getStats({}))));
+    list.push(
+      median(await latency(QUERIES, () => c.client.listTasks({ states: [TaskState.QUEUED] }))),
+    );
+    rates.push(await submits(c.client, PROBE, CALLERS));
+  }
+  const rss = rssMiB(c.orchestrator.proc.pid!);
+  // The oldest tasks run first (FIFO at one priority): follow the first WARM + RUNS × SLICE.
+  progress(
+    `${n.toLocaleString("en")} queued: draining ${RUNS} × ${SLICE} tasks on ${AGENTS} agents`,
+  );
+  const signal = AbortSignal.timeout(PHASE_MS);
+  const ends = ids.slice(0, WARM + RUNS * SLICE).map((id) => ended(c.client, id, signal));
+  await c.startAgents();
+  const times = (await Promise.all(ends)).sort((a, b) => a - b);
+  const drains = Array.from({ length: RUNS }, (_, r) => {
+    const from = times[WARM + r * SLICE - 1]!;
+    const to = times[WARM + (r + 1) * SLICE - 1]!;
+    return SLICE / ((to - from) / 1000);
+  });
+  return { stats, list, submits: rates, drain: drains, rss };
+}
