@@ -13,17 +13,13 @@ import {
   TaskState,
   type Task,
 } from "../../gen/conductor/v1/task_pb.js";
-import { unixTransport } from "../shared/transport.ts";
-import { localPath } from "./workspace-flags.ts";
-import { apply } from "./apply.ts";
+import { unixTransport } from "../shared/unix-client.ts";
 import { bool, list, str, UsageError, type ParsedCommand } from "./args.ts";
-import { diff } from "./diff.ts";
-import { group, groupOfSubmit, watchGroup } from "./groups.ts";
 import { TaskGroupSchema } from "../../gen/conductor/v1/group_pb.js";
-import { nodes } from "./nodes.ts";
 import { ago, count, duration, oneLine, stateName, table, usd } from "./format.ts";
 import { int, taskSpecOf } from "./submit-spec.ts";
-import { eventText, taskText } from "./task-text.ts";
+
+// What only some commands use is imported in their case: each costs every command's start.
 
 type Orch = Client<typeof OrchestratorService>;
 
@@ -60,6 +56,7 @@ export async function runClientCommand(
   switch (name) {
     case "submit": {
       if (str(p, "group") !== undefined) {
+        const { groupOfSubmit, watchGroup } = await import("./groups.ts");
         const spec = groupOfSubmit(p, taskSpecOf(p, io));
         const { group: g } = await client.submitTaskGroup({ spec });
         out(asJson ? json(toJson(TaskGroupSchema, g!)) : g!.id);
@@ -83,7 +80,7 @@ export async function runClientCommand(
     case "get": {
       const { task } = await client.getTask({ id: needId() });
       if (asJson) out(taskJson(task!, true));
-      else taskText(task!).forEach((l) => out(l));
+      else (await import("./task-text.ts")).taskText(task!).forEach((l) => out(l));
       return 0;
     }
     case "output": {
@@ -95,9 +92,15 @@ export async function runClientCommand(
       }
       return 0;
     }
-    case "diff":
+    case "diff": {
+      const { diff } = await import("./diff.ts");
       return await diff(client, needId(), { stat: bool(p, "stat"), json: asJson }, io);
+    }
     case "apply": {
+      const [{ apply }, { localPath }] = await Promise.all([
+        import("./apply.ts"),
+        import("./workspace-flags.ts"),
+      ]);
       const into = typeof p.values["into"] === "string" ? p.values["into"] : undefined;
       const target = into ? { ...io, cwd: localPath(into, io) } : io;
       return await apply(client, needId(), { threeWay: bool(p, "3way"), json: asJson }, target);
@@ -110,7 +113,7 @@ export async function runClientCommand(
     case "tasks":
       return await tasks(client, p, out);
     case "group":
-      return await group(client, p, io.home, out);
+      return await (await import("./groups.ts")).group(client, p, io.home, out);
     case "agents": {
       const { agents } = await client.listAgents({});
       if (asJson) agents.forEach((a) => out(json(toJson(AgentSchema, a))));
@@ -130,7 +133,7 @@ export async function runClientCommand(
     case "types":
       return await types(client, p.positionals, asJson, out);
     case "nodes":
-      return await nodes(client, p, asJson, out);
+      return await (await import("./nodes.ts")).nodes(client, p, asJson, out);
     case "stats": {
       const s = await client.getStats({});
       if (asJson) {
@@ -236,6 +239,7 @@ async function follow(
   mode: "text" | "events" | "final",
   out: (l: string) => void,
 ): Promise<number> {
+  const { eventText } = await import("./task-text.ts");
   let final: TaskState | undefined;
   for await (const { event } of client.watchTask({ id })) {
     if (!event) continue;

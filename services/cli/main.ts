@@ -1,8 +1,8 @@
 import { readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import path from "node:path";
-import { Code, ConnectError } from "@connectrpc/connect";
-import { ConfigError, loadConfig, type Config } from "../shared/config.ts";
+import type { Config } from "../shared/config.ts";
+import { DEFAULT_SOCKET_DIR, setsConfigKeys } from "../shared/config-env.ts";
 import {
   commandHelp,
   overview,
@@ -11,12 +11,12 @@ import {
   UsageError,
   type ParsedCommand,
 } from "./args.ts";
-import { runCertsCommand } from "./certs-command.ts";
-import { runClientCommand } from "./client-commands.ts";
 import { CLIENT_COMMANDS, COMMANDS, metricsPortKey, SERVICE_COMMANDS } from "./commands.ts";
 import { isReaderGone, READER_GONE } from "./stdout.ts";
-import { printable } from "./format.ts";
-import { isNotListening, locateOrchestrator, NotRunningError } from "./locate.ts";
+
+// Everything else is imported where a command needs it: `--help` loads no gRPC, a client command
+// neither the services (OpenTelemetry, dockerode) nor, unless keys are set, the configuration's
+// schema (zod) and YAML parser. A client command starts in about a third of the time.
 
 /** Entry point of the `conductor` command; returns the exit code. */
 export async function main(
@@ -47,32 +47,23 @@ export async function main(
   if (command.name === "certs") {
     // No configuration: certificates are made before any service is set up.
     const certs = parsed;
+    const { runCertsCommand } = await import("./certs-command.ts");
     return failureCode(command.name, err, () => runCertsCommand(certs, (l) => out(l + "\n")));
   }
   if (command.name === "config" && parsed.positionals[0] !== "print") {
     err(`conductor config: expected "conductor config print"\n`);
     return 2;
   }
-  let config: Config;
-  try {
-    config = loadConfig({
-      file: str(parsed, "config"),
-      env,
-      flags: flagsOf(parsed),
-      flagNames: FLAG_NAMES(command.name),
-    });
-  } catch (e) {
-    if (!(e instanceof ConfigError)) throw e;
-    err(`conductor: ${e.message}\n`);
-    return 2;
-  }
+  const quick = CLIENT_COMMANDS.has(command.name) ? quickSocket(parsed, env) : undefined;
+  if (quick !== undefined) return failureCode(command.name, err, () => client(parsed, quick, env));
+  const config = await configOf(parsed, env, err);
+  if (!config) return 2;
   return failureCode(command.name, err, async () => {
     if (command.name === "config") {
       out(JSON.stringify(redact(config), null, 2) + "\n");
       return 0;
     }
     if (SERVICE_COMMANDS.has(command.name)) {
-      // Loaded only here: the services and OpenTelemetry would slow every client command.
       const { serve } = await import("./serve.ts");
       return await serve(command.name, config, {
         env,
@@ -81,10 +72,52 @@ export async function main(
         json: parsed.values["json"] === true,
       });
     }
-    if (CLIENT_COMMANDS.has(command.name)) return await client(parsed, config, env);
+    if (CLIENT_COMMANDS.has(command.name))
+      return await client(parsed, config.communication.socket_path, env);
     err(`conductor: "${command.name}" does nothing yet\n`);
     return 2;
   });
+}
+
+/** The configuration of a command, or undefined once its problems are on stderr. */
+async function configOf(
+  parsed: ParsedCommand,
+  env: Record<string, string | undefined>,
+  err: (s: string) => void,
+): Promise<Config | undefined> {
+  const { ConfigError, loadConfig } = await import("../shared/config.ts");
+  try {
+    return loadConfig({
+      file: str(parsed, "config"),
+      env,
+      flags: flagsOf(parsed),
+      flagNames: FLAG_NAMES(parsed.command.name),
+    });
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    err(`conductor: ${e.message}\n`);
+    return undefined;
+  }
+}
+
+/**
+ * communication.socket_path as loadConfig gives it when only --socket, --socket-dir and
+ * --data-dir can set keys (no --config file, no CONDUCTOR_* key variable, no empty flag), worked
+ * out without loading the configuration's schema; undefined when loadConfig must decide.
+ */
+export function quickSocket(
+  parsed: ParsedCommand,
+  env: Record<string, string | undefined>,
+): string | undefined {
+  const simple = ["communication.socket_path", "communication.socket_dir", "storage.data_dir"];
+  const others = Object.entries(flagsOf(parsed)).filter(([key]) => !simple.includes(key));
+  if (str(parsed, "config") !== undefined || setsConfigKeys(env)) return undefined;
+  if (others.some(([, value]) => value !== undefined)) return undefined;
+  const [socket, dir] = [str(parsed, "socket"), str(parsed, "socket-dir")];
+  if (dir === "" || str(parsed, "data-dir") === "") return undefined;
+  const cwd = process.cwd();
+  if (socket) return path.resolve(cwd, socket);
+  return path.join(path.resolve(cwd, dir ?? DEFAULT_SOCKET_DIR), "orchestrator.sock");
 }
 
 /**
@@ -105,6 +138,8 @@ async function failureCode(
       err(`conductor ${name}: ${e.message}\n`);
       return 2;
     }
+    // Loaded by then whenever an RPC failed; a certs command's failure pays for it.
+    const { Code, ConnectError } = await import("@connectrpc/connect");
     const message = e instanceof ConnectError ? e.rawMessage : (e as Error).message;
     const code = e instanceof ConnectError ? ` [${Code[e.code]}]` : "";
     err(`conductor ${name}: ${message}${code}\n`);
@@ -126,17 +161,24 @@ function help(name: string | undefined, out: (s: string) => void, err: (s: strin
   return 0;
 }
 
-/** Finds the Orchestrator (see locate.ts) and runs a client command against it. */
+/**
+ * Finds the Orchestrator (see locate.ts; `configured` is communication.socket_path) and runs a
+ * client command against it.
+ */
 async function client(
   parsed: ParsedCommand,
-  config: Config,
+  configured: string,
   env: Record<string, string | undefined>,
 ): Promise<number> {
+  const [{ runClientCommand }, { printable }, locate] = await Promise.all([
+    import("./client-commands.ts"),
+    import("./format.ts"),
+    import("./locate.ts"),
+  ]);
   const cwd = process.cwd();
-  const configured = config.communication.socket_path;
-  const located = locateOrchestrator({
+  const located = locate.locateOrchestrator({
     configured,
-    explicit: configured !== path.resolve(cwd, ".conductor", "run", "orchestrator.sock"),
+    explicit: configured !== path.resolve(cwd, DEFAULT_SOCKET_DIR, "orchestrator.sock"),
     env,
     cwd,
   });
@@ -154,7 +196,7 @@ async function client(
   try {
     return await runClientCommand(parsed, located.socket, io);
   } catch (e) {
-    if (isNotListening(e)) throw new NotRunningError(located, e);
+    if (locate.isNotListening(e)) throw new locate.NotRunningError(located, e);
     throw e;
   }
 }

@@ -1,7 +1,8 @@
 import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import path from "node:path";
 import { fromJson, type JsonValue } from "@bufbuild/protobuf";
-import { parse as parseYaml } from "yaml";
+import type { parse as ParseYaml } from "yaml";
 import { TaskSpecSchema, type TaskSpec } from "../../gen/conductor/v1/task_pb.js";
 import { UsageError } from "./args.ts";
 import { localPath, repositoryOf } from "./workspace-flags.ts";
@@ -41,8 +42,10 @@ export function readYamlFile(file: string): unknown {
       cause: e,
     });
   }
+  // Loaded only here (70 modules): `conductor submit PROMPT` reads no YAML.
+  const { parse } = createRequire(import.meta.url)("yaml") as { parse: typeof ParseYaml };
   try {
-    return parseYaml(text);
+    return parse(text);
   } catch (e) {
     throw new UsageError(`${file} is not valid YAML: ${(e as Error).message}`, { cause: e });
   }

@@ -2,7 +2,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { ConfigError, configKeys, envName, loadConfig, NON_CONFIG_VARIABLES } from "./config.ts";
+import { NON_CONFIG_VARIABLES } from "./config-env.ts";
+import { ConfigError, configKeys, envName, loadConfig } from "./config.ts";
 import { DEFAULT_PRICES } from "./prices.ts";
 
 describe("loadConfig", () => {

@@ -7,6 +7,7 @@ import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { TaskSpecSchema } from "../../gen/conductor/v1/task_pb.js";
 import { validateSpec } from "../orchestrator/validate.ts";
+import { DEFAULT_SOCKET_DIR, NON_CONFIG_VARIABLES } from "./config-env.ts";
 import { parseHostPort } from "./host-port.ts";
 import { DEFAULT_PRICES } from "./prices.ts";
 
@@ -303,7 +304,7 @@ const schema = z
     communication: z
       .object({
         /** Folder of the services' Unix sockets. */
-        socket_dir: z.string().min(1).default(".conductor/run"),
+        socket_dir: z.string().min(1).default(DEFAULT_SOCKET_DIR),
         /** The Orchestrator's socket; empty means orchestrator.sock in socket_dir. */
         socket_path: z.string().default(""),
         message_timeout: seconds(HOUR).default(5),
@@ -497,29 +498,6 @@ export interface ConfigSources {
 }
 
 const SECTIONS = Object.keys(schema.shape) as (keyof Config)[];
-
-/**
- * CONDUCTOR_* variables that are not configuration keys, and so are not refused: the CLI's
- * CONDUCTOR_SOCKET (which Conductor a client command talks to), what an AgentHost sets in every
- * agent's environment (a `conductor` command run by an agent sees them), the agent image build's
- * CONDUCTOR_IMAGE, and the test suites' own.
- */
-export const NON_CONFIG_VARIABLES: ReadonlySet<string> = new Set([
-  "CONDUCTOR_SOCKET",
-  "CONDUCTOR_AGENT_ID",
-  "CONDUCTOR_AGENT_DIR",
-  "CONDUCTOR_TASK_ID",
-  "CONDUCTOR_MODEL_SOCKET",
-  "CONDUCTOR_MODEL_PORT",
-  "CONDUCTOR_RUN_LIFELINE",
-  "CONDUCTOR_RUN_LIFELINE_IDLE_MS",
-  "CONDUCTOR_SANDBOX",
-  "CONDUCTOR_IMAGE",
-  "CONDUCTOR_TEST",
-  "CONDUCTOR_TEST_RUNTIMES",
-  "CONDUCTOR_TEST_IMAGE",
-  "CONDUCTOR_TEST_PODMAN_SOCKET",
-]);
 
 /** Keys whose values an error never quotes. */
 const SECRET_KEYS = new Set(["agent.anthropic_api_key"]);

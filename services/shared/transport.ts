@@ -8,15 +8,16 @@ import {
   type ConnectRouter,
   type ContextValues,
   type Interceptor,
-  type Transport,
 } from "@connectrpc/connect";
-import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import { HealthRegistry, registerHealth } from "./health.ts";
 import { authorize, PEER } from "./authz.ts";
 import type { Logger } from "./log.ts";
 import { registerReflection } from "./reflection.ts";
 import { errorEdge } from "./rpc-interceptors.ts";
+
+export { unixTransport } from "./unix-client.ts";
 
 /** The largest request a server reads; a bigger one is refused with RESOURCE_EXHAUSTED. */
 export const READ_MAX_BYTES = 4 * 1024 * 1024;
@@ -116,13 +117,4 @@ async function removeStaleSocket(socketPath: string): Promise<void> {
   });
   if (alive) throw new Error(`another server is already listening on ${socketPath}`);
   rmSync(socketPath, { force: true });
-}
-
-/** A gRPC client transport over a Unix socket. */
-export function unixTransport(socketPath: string, interceptors: Interceptor[] = []): Transport {
-  return createGrpcTransport({
-    baseUrl: "http://localhost",
-    interceptors,
-    nodeOptions: { createConnection: () => net.connect(socketPath) },
-  });
 }

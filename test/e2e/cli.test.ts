@@ -1,5 +1,5 @@
-import { execFile, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { execFile, spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -188,6 +188,47 @@ describe("the conductor CLI without a running Conductor", () => {
     expect(r.stderr).toMatch(/2 problems/);
     expect(r.stderr).toMatch(/CONDUCTOR_BOGUS_KEY is not a configuration key/);
     expect(r.stderr).toMatch(/CONDUCTOR_AGENT_IDLE_TIMEOUT_SECONDS=3000000: .*must be at most/);
+  });
+});
+
+/** A folder of PATH whose `node` is older than 24 (a system Node 20), if there is one. */
+function olderNodeDir(): string | undefined {
+  for (const dir of (process.env["PATH"] ?? "").split(path.delimiter)) {
+    if (!dir || dir.includes("node_modules") || !existsSync(path.join(dir, "node"))) continue;
+    const v = spawnSync(path.join(dir, "node"), ["-p", "process.versions.node"], {
+      encoding: "utf8",
+      timeout: 10_000,
+    }).stdout;
+    if (Number(v.split(".")[0]) < 24) return dir;
+  }
+  return undefined;
+}
+
+describe("the conductor command from a shell whose node is older", () => {
+  const older = olderNodeDir();
+  it.skipIf(!older)("runs itself on Node 24, with the same output and exit code", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "conductor-cli-old-node-"));
+    try {
+      const run = (args: string[], PATH: string) =>
+        new Promise<Ran>((resolve) =>
+          // As a shell runs node_modules/.bin/conductor: by its #! line, with PATH's node.
+          execFile(CLI, args, { cwd: dir, env: { PATH } }, (error, stdout, stderr) =>
+            resolve({ code: error ? Number(error.code) : 0, stdout, stderr }),
+          ),
+        );
+      const slow = `${older}${path.delimiter}${process.env["PATH"]}`;
+      const fast = `${path.dirname(process.execPath)}${path.delimiter}${slow}`;
+      const [help, helpFast, missing] = await Promise.all([
+        run(["help", "submit"], slow),
+        run(["help", "submit"], fast),
+        run(["tasks"], slow),
+      ]);
+      expect(help).toEqual({ ...helpFast, code: 0 });
+      expect(missing.code).toBe(1);
+      expect(missing.stderr).toMatch(/no Conductor is running/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
