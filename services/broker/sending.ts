@@ -64,7 +64,8 @@ export class Postbox {
     const id = randomUUID();
     const correlationId =
       checkCorrelationId(input.correlationId) || (type === MessageType.TASK_REQUEST ? id : "");
-    await this.directory.see(caller);
+    const seeing = this.directory.see(caller);
+    if (seeing) await seeing;
     const now = this.core.clock();
     const store = this.core.store;
     const openRequests = () => {
