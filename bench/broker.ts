@@ -8,7 +8,8 @@
 // (BENCH_NODE_OPTIONS="--cpu-prof --cpu-prof-dir=DIR" profiles the Broker process.)
 // 1. one sender, one send at a time (latency of a single durable send);
 // 2. `rounds` times, alternately: the peer, then the Broker, `concurrency` senders at once
-//    (closed loop); the ratio of the medians is the figure (target ≥ 0.8);
+//    (closed loop); the median of each round's ratio is the figure (target ≥ 0.8): a round's
+//    two halves run back to back, so a busy machine slows both alike;
 // 3. open loop: sends started at a fixed rate, half the peer's, for `open-seconds`; latency
 //    counts from when each send was due (target p99 ≤ 10 ms);
 // 4. send → a subscriber has it (delivery latency), the receiver acknowledging each.
@@ -174,6 +175,7 @@ for (let round = 0; round < ROUNDS; round++) {
 peer.close();
 const peerRate = median(peerRates);
 const brokerRate = median(brokerRates);
+const ratio = median(brokerRates.map((b, i) => b / peerRates[i]!));
 
 // 3. Open loop at half the peer's rate: send i is due at t0 + i / rate, whatever came back.
 const openRate = Math.max(1, Math.floor(peerRate / 2));
@@ -232,7 +234,7 @@ console.log(
   `  rounds (peer / Broker msg/s): ${peerRates.map((p, i) => `${p} / ${brokerRates[i]}`).join(", ")}; ` +
     `Broker CPU ${median(cpuPerMessage).toFixed(0)} µs/msg`,
 );
-console.log(`  ratio Broker / peer: ${(brokerRate / peerRate).toFixed(2)} (target ≥ 0.8)`);
+console.log(`  ratio Broker / peer: ${ratio.toFixed(2)}, the median of the rounds' (target ≥ 0.8)`);
 console.log(
   fmt(
     `open loop at ${openRate}/s for ${(openMs / 1000).toFixed(1)} s`,
