@@ -40,6 +40,21 @@ export class Directory {
     return this.known.has(caller.id) ? undefined : this.record(caller);
   }
 
+  /**
+   * `see` for a call that writes anyway: a new agent's record goes into that call's own
+   * commit (one disk sync, not two). The write to add and what to do once it is committed;
+   * undefined for a known caller.
+   */
+  seeWithin(caller: Identity): { write: () => void; applied: () => void } | undefined {
+    this.core.mail.inbox(caller.id).lastSeen = this.core.clock();
+    if (this.known.has(caller.id)) return undefined;
+    const now = this.core.clock();
+    return {
+      write: () => void this.core.store.addAgent(caller.id, now),
+      applied: () => void this.known.add(caller.id),
+    };
+  }
+
   private async record(caller: Identity): Promise<void> {
     const now = this.core.clock();
     try {
