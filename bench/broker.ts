@@ -1,11 +1,19 @@
 // Prints the Broker's throughput and latency for durable sends (each answered only once it
-// is in SQLite, synchronous FULL) over its Unix socket: `conductor broker` runs as its own
-// process, the clients are real gRPC clients in this one:
-//   npx node bench/broker.ts [--messages 3000] [--concurrency 32] [--payload 256]
+// is in SQLite, synchronous FULL) over its Unix socket, beside its fair peer measured in the
+// same run: bare node:sqlite, the same row in the same table shape, one synchronous (FULL)
+// commit per message, from the same number of concurrent senders. `conductor broker` runs as
+// its own process; the clients are real gRPC clients in this one:
+//   npx node bench/broker.ts [--messages 3000] [--concurrency 32] [--payload 256] [--rounds 3]
+//     [--open-seconds 3]
+// (BENCH_NODE_OPTIONS="--cpu-prof --cpu-prof-dir=DIR" profiles the Broker process.)
 // 1. one sender, one send at a time (latency of a single durable send);
-// 2. `concurrency` senders at once (throughput; group commit shares disk syncs);
-// 3. send → a subscriber has it (delivery latency), the receiver acknowledging each.
-import { mkdtempSync, rmSync } from "node:fs";
+// 2. `rounds` times, alternately: the peer, then the Broker, `concurrency` senders at once
+//    (closed loop); the median of each round's ratio is the figure (target ≥ 0.8): a round's
+//    two halves run back to back, so a busy machine slows both alike;
+// 3. open loop: sends started at a fixed rate, half the peer's, for `open-seconds`; latency
+//    counts from when each send was due (target p99 ≤ 10 ms);
+// 4. send → a subscriber has it (delivery latency), the receiver acknowledging each.
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { DatabaseSync } from "node:sqlite";
@@ -25,18 +33,34 @@ const { values } = parseArgs({
     messages: { type: "string", default: "3000" },
     concurrency: { type: "string", default: "32" },
     payload: { type: "string", default: "256" },
+    rounds: { type: "string", default: "3" },
+    "open-seconds": { type: "string", default: "3" },
   },
 });
 const N = Number(values.messages);
 const C = Number(values.concurrency);
+const ROUNDS = Number(values.rounds);
+const OPEN_MS = Number(values["open-seconds"]) * 1000;
 const payload = "x".repeat(Number(values.payload));
+for (const [name, v] of [
+  ["messages", N],
+  ["concurrency", C],
+  ["rounds", ROUNDS],
+  ["open-seconds", OPEN_MS],
+] as const) {
+  if (!Number.isInteger(v) || v < 1 || v > 10_000_000) {
+    throw new Error(`--${name} must be a whole number from 1 to 10,000,000`);
+  }
+}
 
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] ?? NaN;
 };
-const fmt = (label: string, count: number, ms: number, lat: number[]) =>
-  `${label.padEnd(34)} ${String(Math.round((count / ms) * 1000)).padStart(7)} msg/s   ` +
+const median = (xs: number[]) => pct(xs, 50);
+const rate = (count: number, ms: number) => Math.round((count / ms) * 1000);
+const fmt = (label: string, perSecond: number, lat: number[]) =>
+  `${label.padEnd(38)} ${String(perSecond).padStart(7)} msg/s   ` +
   `p50 ${pct(lat, 50).toFixed(2)} ms   p99 ${pct(lat, 99).toFixed(2)} ms`;
 
 const dir = mkdtempSync(path.join(tmpdir(), "broker-bench-"));
@@ -47,68 +71,136 @@ const service = await startService(
   {
     CONDUCTOR_OBSERVABILITY_LOG_LEVEL: "warn",
     CONDUCTOR_OBSERVABILITY_METRICS_PORT: "-1",
+    CONDUCTOR_OBSERVABILITY_BROKER_METRICS_PORT: "-1",
     CONDUCTOR_BROKER_INBOX_LIMIT: "1000000",
     CONDUCTOR_BROKER_ACK_TIMEOUT_SECONDS: "60",
+    ...(process.env["BENCH_NODE_OPTIONS"]
+      ? { NODE_OPTIONS: process.env["BENCH_NODE_OPTIONS"] }
+      : {}),
   },
 );
+/** The Broker process's CPU time so far (user + system), in ms. */
+const brokerCpuMs = () => {
+  const fields = readFileSync(`/proc/${service.proc.pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // utime, stime: 1/100 s
+};
 const secret = loadBrokerSecret(dataDir);
 const socketPath = path.join(dir, "run", "broker.sock");
 const clients = new Map<string, Client<typeof BrokerService>>();
-const b = {
-  agent(id: string) {
-    let c = clients.get(id);
-    if (!c) {
-      const credential =
-        id === "orchestrator" ? orchestratorCredential(secret) : agentCredential(secret, id);
-      c = brokerClient({ socketPath, credential });
-      clients.set(id, c);
-    }
-    return c;
-  },
+const agent = (id: string) => {
+  let c = clients.get(id);
+  if (!c) {
+    const credential =
+      id === "orchestrator" ? orchestratorCredential(secret) : agentCredential(secret, id);
+    c = brokerClient({ socketPath, credential });
+    clients.set(id, c);
+  }
+  return c;
 };
 const senders = Array.from({ length: C }, (_, i) => `s${i}`);
-for (const agentId of ["r", ...senders]) await b.agent("orchestrator").registerAgent({ agentId });
-const send = (from: string) =>
-  b.agent(from).send({ destination: { case: "receiver", value: "r" }, payload });
+for (const agentId of ["r", ...senders]) await agent("orchestrator").registerAgent({ agentId });
+const send = (from: string, body = payload) =>
+  agent(from).send({ destination: { case: "receiver", value: "r" }, payload: body });
 for (let i = 0; i < 50; i++) await send("s0"); // warm-up
+for (const s of senders) await send(s);
+
+/** Takes every message waiting for "r" out of its inbox (keeps the rounds alike). */
+async function drain() {
+  for (;;) {
+    const { messages } = await agent("r").receive({ maxMessages: 100 });
+    if (messages.length === 0) return;
+    await agent("r").ack({ messageIds: messages.map((m) => m.id) });
+  }
+}
+
+/** Closed-loop senders (all by default) sharing `count` calls of `one`; the rate and each call's latency. */
+async function closedLoop(
+  count: number,
+  one: (sender: string, k: number) => Promise<unknown>,
+  from = senders,
+) {
+  const lat: number[] = [];
+  const t0 = performance.now();
+  await Promise.all(
+    from.map(async (s, i) => {
+      for (let k = i; k < count; k += from.length) {
+        const t = performance.now();
+        await one(s, k);
+        lat.push(performance.now() - t);
+      }
+    }),
+  );
+  return { perSecond: rate(count, performance.now() - t0), lat };
+}
+
+// The peer: the Broker's message row (same columns and indexes), one commit per message.
+const peer = new DatabaseSync(path.join(dir, "peer.db"));
+peer.exec(`PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+  CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,
+    receiver TEXT NOT NULL, sender TEXT NOT NULL, topic TEXT NOT NULL DEFAULT '',
+    type INTEGER NOT NULL, payload TEXT NOT NULL, correlation_id TEXT NOT NULL DEFAULT '',
+    create_time INTEGER NOT NULL, expire_time INTEGER NOT NULL,
+    reply INTEGER NOT NULL DEFAULT 0, UNIQUE (receiver, id));
+  CREATE INDEX messages_expiry ON messages (expire_time);`);
+const peerInsert = peer.prepare(
+  `INSERT INTO messages (id, receiver, sender, topic, type, payload, correlation_id, create_time, expire_time, reply)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+);
+const peerSend = async (sender: string) => {
+  const now = Date.now();
+  peer.exec("BEGIN IMMEDIATE");
+  peerInsert.run(crypto.randomUUID(), "r", sender, "", 1, payload, "", now, now + 3_600_000, 0);
+  peer.exec("COMMIT");
+  await Promise.resolve(); // the next sender's turn
+};
 
 // 1. Sequential.
-const seqLat: number[] = [];
-let t0 = performance.now();
-for (let i = 0; i < N; i++) {
-  const t = performance.now();
-  await send("s0");
-  seqLat.push(performance.now() - t);
+const seq = await closedLoop(Math.min(N, 1000), () => send("s0"), ["s0"]);
+await drain();
+
+// 2. Rounds: the peer, then the Broker, alternately.
+const peerRates: number[] = [];
+const brokerRates: number[] = [];
+let brokerLat: number[] = [];
+const cpuPerMessage: number[] = [];
+for (let round = 0; round < ROUNDS; round++) {
+  peerRates.push((await closedLoop(N, (s) => peerSend(s))).perSecond);
+  const cpu0 = brokerCpuMs();
+  const r = await closedLoop(N, (s) => send(s));
+  cpuPerMessage.push(((brokerCpuMs() - cpu0) * 1000) / N);
+  brokerRates.push(r.perSecond);
+  brokerLat = brokerLat.concat(r.lat);
+  await drain();
 }
-const seqMs = performance.now() - t0;
+peer.close();
+const peerRate = median(peerRates);
+const brokerRate = median(brokerRates);
+const ratio = median(brokerRates.map((b, i) => b / peerRates[i]!));
 
-// 2. Concurrent senders.
-const conLat: number[] = [];
-t0 = performance.now();
-await Promise.all(
-  senders.map(async (s, i) => {
-    const share = Math.floor(N / C) + (i < N % C ? 1 : 0);
-    for (let k = 0; k < share; k++) {
-      const t = performance.now();
-      await send(s);
-      conLat.push(performance.now() - t);
-    }
-  }),
-);
-const conMs = performance.now() - t0;
-
-// Drain what the first two rounds stored.
-for (;;) {
-  const { messages } = await b.agent("r").receive({ maxMessages: 100 });
-  if (messages.length === 0) break;
-  await b.agent("r").ack({ messageIds: messages.map((m) => m.id) });
+// 3. Open loop at half the peer's rate: send i is due at t0 + i / rate, whatever came back.
+const openRate = Math.max(1, Math.floor(peerRate / 2));
+const openCount = Math.max(1, Math.floor((openRate * OPEN_MS) / 1000));
+const openLat: number[] = [];
+const inFlight: Promise<unknown>[] = [];
+let started = 0;
+const openT0 = performance.now();
+while (started < openCount) {
+  const due = Math.min(openCount, Math.floor(((performance.now() - openT0) * openRate) / 1000) + 1);
+  for (; started < due; started++) {
+    const dueAt = openT0 + (started * 1000) / openRate;
+    inFlight.push(send(senders[started % C]!).then(() => openLat.push(performance.now() - dueAt)));
+  }
+  await new Promise((resolve) => setTimeout(resolve, 1));
 }
+await Promise.all(inFlight);
+const openMs = performance.now() - openT0;
+await drain();
 
-// 3. Delivery latency: send → the subscriber has it (it acknowledges each one).
+// 4. Delivery latency: send → the subscriber has it (it acknowledges each one).
 const sentAt = new Map<string, number>();
 const delLat: number[] = [];
 const abort = new AbortController();
-const stream = b.agent("r").subscribe({ prefetch: 1000 }, { signal: abort.signal });
+const stream = agent("r").subscribe({ prefetch: 1000 }, { signal: abort.signal });
 let received = 0;
 const acks: Promise<unknown>[] = [];
 const count = Math.min(N, 2000);
@@ -117,44 +209,37 @@ const reading = (async () => {
     const m = message as Message;
     const at = sentAt.get(m.payload);
     if (at !== undefined) delLat.push(performance.now() - at);
-    acks.push(b.agent("r").ack({ messageIds: [m.id] }));
+    acks.push(agent("r").ack({ messageIds: [m.id] }));
     if (++received === count) return;
   }
 })();
-t0 = performance.now();
-await Promise.all(
-  senders.map(async (s, i) => {
-    for (let k = i; k < count; k += C) {
-      const p = `${s}:${k}`;
-      sentAt.set(p, performance.now());
-      await b.agent(s).send({ destination: { case: "receiver", value: "r" }, payload: p });
-    }
-  }),
-);
+const del = await closedLoop(count, (s, k) => {
+  const body = `${s}:${k}`;
+  sentAt.set(body, performance.now());
+  return send(s, body);
+});
 await reading;
-const delMs = performance.now() - t0;
 await Promise.all(acks);
 abort.abort();
 await service.stop();
-
-// For scale: how many synchronous (FULL) one-row commits this disk takes per second now.
-const probe = new DatabaseSync(path.join(dir, "probe.db"));
-probe.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; CREATE TABLE t (x TEXT)");
-const insert = probe.prepare("INSERT INTO t VALUES (?)");
-t0 = performance.now();
-for (let i = 0; i < 300; i++) {
-  probe.exec("BEGIN IMMEDIATE");
-  insert.run(payload);
-  probe.exec("COMMIT");
-}
-const diskRate = Math.round(300 / ((performance.now() - t0) / 1000));
-probe.close();
+rmSync(dir, { recursive: true, force: true });
 
 console.log(
   `Broker, durable sends over a Unix socket (${values.payload}-byte payloads, SQLite WAL synchronous FULL)`,
 );
-console.log(fmt("1 sender, sequential", N, seqMs, seqLat));
-console.log(fmt(`${C} senders, concurrent`, N, conMs, conLat));
-console.log(fmt(`send → subscriber (${C} senders)`, count, delMs, delLat));
-console.log(`(this disk, bare SQLite: ${diskRate} synchronous commits/s)`);
-rmSync(dir, { recursive: true, force: true });
+console.log(fmt("1 sender, sequential", seq.perSecond, seq.lat));
+console.log(fmt(`peer: node:sqlite, ${C} senders`, peerRate, []).replace(/ {3}p50.*/, ""));
+console.log(fmt(`Broker, ${C} senders, concurrent`, brokerRate, brokerLat));
+console.log(
+  `  rounds (peer / Broker msg/s): ${peerRates.map((p, i) => `${p} / ${brokerRates[i]}`).join(", ")}; ` +
+    `Broker CPU ${median(cpuPerMessage).toFixed(0)} µs/msg`,
+);
+console.log(`  ratio Broker / peer: ${ratio.toFixed(2)}, the median of the rounds' (target ≥ 0.8)`);
+console.log(
+  fmt(
+    `open loop at ${openRate}/s for ${(openMs / 1000).toFixed(1)} s`,
+    rate(openCount, openMs),
+    openLat,
+  ) + ` (target p99 ≤ 10 ms)`,
+);
+console.log(fmt(`send → subscriber (${C} senders)`, del.perSecond, delLat));

@@ -57,6 +57,16 @@ describe("Broker delivery", () => {
     expect((await b.agent("b").receive({})).messages).toEqual([]);
   });
 
+  it("makes an agent whose first call is a send known, across a restart", async () => {
+    b = await startTestBroker();
+    await b.register("b");
+    await b.agent("newcomer").send(to("b", "hello"));
+    await b.restart();
+    await b.agent("b").send(to("newcomer", "welcome"));
+    const { messages } = await b.agent("newcomer").receive({});
+    expect(messages.map((m) => [m.sender, m.payload])).toEqual([["b", "welcome"]]);
+  });
+
   it("delivers again when no ack comes within the ack timeout", async () => {
     b = await startTestBroker({ ackTimeoutMs: 200 });
     await b.register("a", "b");

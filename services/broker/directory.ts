@@ -33,11 +33,29 @@ export class Directory {
   /**
    * Notes that an identity called; the first call of an unknown agent makes it known. On a
    * full disk the caller stays unknown (no one can send to it yet) but its call goes on:
-   * reads never need the disk.
+   * reads never need the disk. A known caller costs no write and no wait (undefined).
    */
-  async see(caller: Identity): Promise<void> {
+  see(caller: Identity): Promise<void> | undefined {
     this.core.mail.inbox(caller.id).lastSeen = this.core.clock();
-    if (this.known.has(caller.id)) return;
+    return this.known.has(caller.id) ? undefined : this.record(caller);
+  }
+
+  /**
+   * `see` for a call that writes anyway: a new agent's record goes into that call's own
+   * commit (one disk sync, not two). The write to add and what to do once it is committed;
+   * undefined for a known caller.
+   */
+  seeWithin(caller: Identity): { write: () => void; applied: () => void } | undefined {
+    this.core.mail.inbox(caller.id).lastSeen = this.core.clock();
+    if (this.known.has(caller.id)) return undefined;
+    const now = this.core.clock();
+    return {
+      write: () => void this.core.store.addAgent(caller.id, now),
+      applied: () => void this.known.add(caller.id),
+    };
+  }
+
+  private async record(caller: Identity): Promise<void> {
     const now = this.core.clock();
     try {
       await this.core.store.commit(

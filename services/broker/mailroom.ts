@@ -180,11 +180,14 @@ export class Mailroom {
   /** Offers the inbox's free messages to its consumers, in order. */
   dispatch(inbox: Inbox): void {
     if (this.closed || inbox.consumers.size === 0) return;
+    const filtered = [...inbox.consumers].filter((c) => c.wants !== undefined);
+    const general = [...inbox.consumers].filter((c) => c.wants === undefined);
+    // Nobody can take anything: leave the inbox unread (a stream at its prefetch limit would
+    // otherwise make every send and ack to it read past all it holds).
+    if (filtered.length === 0 && general.every((c) => c.room() <= 0)) return;
     const now = this.opts.clock();
     const expired: Pending[] = [];
     const given = new Set<Consumer>();
-    const filtered = [...inbox.consumers].filter((c) => c.wants !== undefined);
-    const general = [...inbox.consumers].filter((c) => c.wants === undefined);
     for (const p of inbox.items.values()) {
       if (p.acking || p.leaseUntil > now) continue;
       if (p.expireAt <= now) {

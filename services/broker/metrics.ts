@@ -47,9 +47,17 @@ export function createBrokerMetrics(registry: Registry, waiting: () => number): 
       this.set(waiting());
     },
   });
+  // One labelled child per type, found once (not by hashing its labels on every send).
+  const storedOf = new Map<MessageType, Counter.Internal>();
   return {
-    stored: (type, inboxes) =>
-      stored.inc({ type: (MessageType[type] ?? String(type)).toLowerCase() }, inboxes),
+    stored: (type, inboxes) => {
+      let child = storedOf.get(type);
+      if (!child) {
+        child = stored.labels({ type: (MessageType[type] ?? String(type)).toLowerCase() });
+        storedOf.set(type, child);
+      }
+      child.inc(inboxes);
+    },
     delivered: (again) => deliveries.inc({ attempt: again ? "again" : "first" }),
     acked: (count) => acked.inc(count),
     expired: (count) => expired.inc(count),

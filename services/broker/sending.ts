@@ -64,10 +64,11 @@ export class Postbox {
     const id = randomUUID();
     const correlationId =
       checkCorrelationId(input.correlationId) || (type === MessageType.TASK_REQUEST ? id : "");
-    await this.directory.see(caller);
+    const newcomer = this.directory.seeWithin(caller);
     const now = this.core.clock();
     const store = this.core.store;
-    const openRequests = () => {
+    const alsoWrite = () => {
+      newcomer?.write();
       if (type !== MessageType.TASK_REQUEST) return;
       for (const receiver of receivers) {
         store.putOpenRequest({
@@ -91,7 +92,8 @@ export class Postbox {
         expire_time: now + ttlMs,
         reply: 0,
       },
-      openRequests,
+      alsoWrite,
+      newcomer?.applied,
     );
     return { messageId: id, correlationId, deliveredTo: receivers.length };
   }
@@ -99,12 +101,13 @@ export class Postbox {
   /**
    * Stores one message in each receiver's inbox, all or none: a receiver without room for it
    * (see quota.ts) refuses the whole send before anything is written. `alsoWrite` runs in
-   * the same transaction.
+   * the same transaction, `alsoApplied` once it is committed.
    */
   async put(
     receivers: string[],
     m: Omit<NewMessage, "receiver">,
     alsoWrite?: () => void,
+    alsoApplied?: () => void,
   ): Promise<void> {
     const { mail, store, opts } = this.core;
     const inboxes = receivers.map((r) => mail.inbox(r));
@@ -120,6 +123,7 @@ export class Postbox {
         },
         (seqs) => {
           applied = true;
+          alsoApplied?.();
           opts.observer?.stored(m.type, seqs.length);
           inboxes.forEach((inbox, i) => {
             inbox.reserved.remove(share);

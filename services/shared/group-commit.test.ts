@@ -50,6 +50,28 @@ describe("GroupCommit", () => {
     expect(keys(db)).toEqual(["a", "b"]);
   });
 
+  it("undoes a write alone in its batch that fails half-way; the next batch commits", async () => {
+    using db = database(false);
+    const group = new GroupCommit(db);
+    const insert = db.prepare("INSERT INTO t VALUES (?, ?)");
+    const applied: string[] = [];
+    await group.run(() => insert.run("a", "v"));
+    const failing = group.run(
+      () => {
+        insert.run("b", "v"); // written, then undone with the rest of the write
+        insert.run("a", "v");
+      },
+      () => applied.push("b"),
+    );
+    await expect(failing).rejects.toThrow(/UNIQUE/);
+    await group.run(
+      () => insert.run("c", "v"),
+      () => applied.push("c"),
+    );
+    expect(applied).toEqual(["c"]);
+    expect(keys(db)).toEqual(["a", "c"]);
+  });
+
   it.skipIf(process.getuid?.() !== 0)(
     "rejects exactly the writers of a batch SQLite undoes whole, and commits the next batch",
     async () => {

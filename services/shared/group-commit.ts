@@ -1,4 +1,4 @@
-import type { DatabaseSync } from "node:sqlite";
+import type { DatabaseSync, StatementSync } from "node:sqlite";
 
 interface Op {
   write: () => unknown;
@@ -22,11 +22,19 @@ type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
  */
 export class GroupCommit {
   private readonly db: DatabaseSync;
+  /** Transaction control, prepared once (not parsed again for every batch and write). */
+  private readonly sql: Record<"begin" | "commit" | "savepoint" | "release", StatementSync>;
   private queue: Op[] = [];
   private scheduled: NodeJS.Immediate | undefined;
 
   constructor(db: DatabaseSync) {
     this.db = db;
+    this.sql = {
+      begin: db.prepare("BEGIN IMMEDIATE"),
+      commit: db.prepare("COMMIT"),
+      savepoint: db.prepare("SAVEPOINT op"),
+      release: db.prepare("RELEASE op"),
+    };
   }
 
   /** Runs `write` in the next batch; resolves once its batch is on disk. */
@@ -72,17 +80,23 @@ export class GroupCommit {
     try {
       // A transaction left open by a failed ROLLBACK would refuse every later BEGIN.
       if (this.db.isTransaction) this.db.exec("ROLLBACK");
-      this.db.exec("BEGIN IMMEDIATE");
+      this.sql.begin.run();
     } catch (error) {
       return failAll(error);
     }
     const outcomes: Outcome[] = [];
+    // A write alone in its batch needs no savepoint: undoing it is rolling the batch back.
+    const alone = batch.length === 1;
     for (const op of batch) {
       try {
-        this.db.exec("SAVEPOINT op");
+        if (!alone) this.sql.savepoint.run();
         outcomes.push({ ok: true, value: op.write() });
-        this.db.exec("RELEASE op");
+        if (!alone) this.sql.release.run();
       } catch (error) {
+        if (alone) {
+          this.rollback();
+          return failAll(error);
+        }
         if (!this.undo()) {
           // SQLite rolled the whole transaction back: no write of this batch is stored.
           return failAll(error);
@@ -91,7 +105,7 @@ export class GroupCommit {
       }
     }
     try {
-      this.db.exec("COMMIT");
+      this.sql.commit.run();
     } catch (error) {
       this.rollback();
       return failAll(error);
