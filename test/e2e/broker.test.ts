@@ -267,7 +267,7 @@ describe.each(testRuntimes())(
       );
       const initJson = init?.kind.case === "output" ? init.kind.value.rawJson : "{}";
       expect((JSON.parse(initJson) as { mcp_servers?: unknown }).mcp_servers).toEqual([
-        { name: "conductor", status: "connected" },
+        { name: "conductor", status: "connected", source: "dynamic" },
       ]);
     });
   },
