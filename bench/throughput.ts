@@ -140,7 +140,7 @@ for (const [name, m] of [
 ] as const) {
   console.log(`through Conductor, ${name}:`);
   console.log(
-    `  one task: median ${m.one.toFixed(0)} ms over ${RUNS} runs (submit → SUCCEEDED seen by WatchTask), ${(m.one - median(bare)).toFixed(0)} ms over the bare CLI`,
+    `  one task: median ${m.one.toFixed(0)} ms over ${RUNS} runs (submit → SUCCEEDED seen by WatchTask), ${(m.one - median(bare)).toFixed(0)} ms over the bare CLI: ${(m.one / median(bare)).toFixed(3)}× the bare CLI`,
   );
   console.log(
     `  ${TASKS} trivial tasks on ${AGENTS} agents: ${m.perSecond.toFixed(2)} tasks/s (all submitted in ${m.submitMs.toFixed(0)} ms; ${m.failed} failed)`,

@@ -26,8 +26,7 @@ export function brokerTools(access: BrokerAccess, timeoutMs = BROKER_CHECK_MS): 
   return async (broker, agentId) => {
     try {
       // An agent set up while a remote Broker did not answer gets its credential now.
-      if (!broker.hasCredential)
-        broker.writeCredential(await access.credential(agentId, timeoutMs));
+      if (!broker.credential) broker.credential = await access.credential(agentId, timeoutMs);
       await access.register(agentId, timeoutMs);
     } catch (e) {
       return { offered: false, notice: whyNot(access.where, ConnectError.from(e)) };

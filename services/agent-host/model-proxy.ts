@@ -3,6 +3,7 @@ import http from "node:http";
 import https from "node:https";
 import path from "node:path";
 import type { Duplex } from "node:stream";
+import { MCP_PATH, type McpHandler } from "../broker/mcp-http.ts";
 import { socketForAgent } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 import { costOf, DEFAULT_PRICES, type ModelPrice } from "../shared/prices.ts";
@@ -115,7 +116,8 @@ const AGENT_MAY_NOT_SET = new Set([
  * the tokens of every answer at this one place.
  *
  * Only `POST /v1/messages` and `POST /v1/messages/count_tokens` (see {@link forwardedTarget})
- * reach the configured upstream, below its own path prefix; everything else is answered 403
+ * reach the configured upstream, below its own path prefix; with `mcp`, requests for exactly
+ * {@link MCP_PATH} go to it (the agent's Broker tools); everything else is answered 403
  * (CONNECT, malformed requests: 4xx) in the Messages API's error shape and logged. The socket
  * is mode 0600, owned by `owner` when given (the agent's user), else by the service's user.
  * Bounds: bodies up to {@link MAX_BODY_BYTES} (413 beyond), request line and headers up to
@@ -131,6 +133,8 @@ export async function startModelProxy(opts: {
   owner?: { uid: number; gid: number } | undefined;
   /** USD per million tokens by model (agent.prices); DEFAULT_PRICES when not given. */
   prices?: Readonly<Record<string, ModelPrice>> | undefined;
+  /** Serves the agent's MCP tools at MCP_PATH (the socket says which agent calls). */
+  mcp?: McpHandler | undefined;
 }): Promise<ModelProxy> {
   const prices = opts.prices ?? DEFAULT_PRICES;
   let budget: RunBudget | undefined;
@@ -254,6 +258,10 @@ export async function startModelProxy(opts: {
   const handle = (req: http.IncomingMessage, res: http.ServerResponse) => {
     const method = req.method ?? "";
     const target = req.url ?? "";
+    if (opts.mcp && target === MCP_PATH) {
+      if (req.headers.expect?.toLowerCase() === "100-continue") res.writeContinue();
+      return opts.mcp(req, res);
+    }
     const to = forwardedTarget(method, target);
     if (!to) {
       refused(method, target, 403);

@@ -12,6 +12,7 @@ import {
   type SandboxSpec,
 } from "../../plugins/runtime.ts";
 import { setUpAgentBroker, type AgentBroker, type BrokerAccess } from "../broker/access.ts";
+import { mcpHandler } from "../broker/mcp-http.ts";
 import { freshRunDir, ownTree, type AgentOwner } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 import { startLifeline, type Lifeline } from "./lifeline.ts";
@@ -54,7 +55,7 @@ export interface AgentParts {
   proxy: ModelProxy;
   /** Runtimes with capabilities.runLifeline, when the agent's user can be given it (root). */
   lifeline?: Lifeline;
-  /** The agent's way to the Broker (relay socket, credential, MCP server), when one is configured. */
+  /** The agent's way to the Broker (its credential; its tools served on its proxy), when one is configured. */
   broker?: AgentBroker;
 }
 
@@ -137,7 +138,7 @@ export function sandboxSpec(
 }
 
 /**
- * Makes agent `id` ready: its folders, its model proxy, lifeline and Broker relay, and its
+ * Makes agent `id` ready: its folders, its model proxy (serving its Broker tools), lifeline, and its
  * sandbox — created and started, or `adopted` (one found running after a restart, made from
  * the same spec: its run folder is the same folder, so it sees the new sockets). On failure
  * everything made here is undone.
@@ -160,6 +161,7 @@ export async function provision(
   const log = c.log.child({ agent_id: id });
   const made: Partial<AgentParts> = {};
   try {
+    if (c.broker) made.broker = await setUpAgentBroker({ agentId: id, access: c.broker, log });
     made.proxy = await startModelProxy({
       socketPath: spec.env["CONDUCTOR_MODEL_SOCKET"]!,
       upstream: c.model.baseUrl,
@@ -167,20 +169,11 @@ export async function provision(
       prices: c.model.prices,
       owner,
       log,
+      // The agent's Broker tools, served here: which agent calls is which socket it came on.
+      mcp: made.broker ? mcpHandler(made.broker, log) : undefined,
     });
     const lifelineSocket = spec.env["CONDUCTOR_RUN_LIFELINE"];
     if (lifelineSocket) made.lifeline = await startLifeline(lifelineSocket, owner);
-    if (c.broker) {
-      made.broker = await setUpAgentBroker({
-        runDir,
-        agentId: id,
-        access: c.broker,
-        // Inside an agent image node is on PATH; locally it is the node running us.
-        nodePath: c.caps.image ? "node" : process.execPath,
-        owner,
-        log: c.log,
-      });
-    }
     if (adopted) {
       made.sandbox = adopted;
     } else {
@@ -225,7 +218,6 @@ export async function release(
     if (destroy && parts.sandbox) await backend.destroy(parts.sandbox);
   } finally {
     await parts.proxy?.close();
-    await parts.broker?.close();
     await parts.lifeline?.close();
   }
 }

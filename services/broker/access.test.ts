@@ -1,17 +1,14 @@
 // Identity, permissions and bad input, through a real Broker on a Unix socket: each refusal
 // has its gRPC code and a message naming what was wrong, and stores nothing.
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
-import net from "node:net";
 import path from "node:path";
 import { Code, createClient } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BrokerService, MessageType } from "../../gen/conductor/v1/broker_pb.js";
+import { BrokerService, type MessageType } from "../../gen/conductor/v1/broker_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import { unixTransport } from "../shared/transport.ts";
-import { eventually } from "../../test/harness.ts";
-import { brokerClient, startBrokerRelay } from "./access.ts";
-import { MAX_RELAY_CONNECTIONS } from "./relay.ts";
+import { brokerClient } from "./access.ts";
 import {
   agentCredential,
   loadBrokerSecret,
@@ -195,69 +192,5 @@ describe("Broker access control and bad input", () => {
       expect(got.message).toMatch(message);
     }
     expect((await b.agent("agent-2").receive({})).messages).toEqual([]);
-  });
-
-  it("holds at most MAX_RELAY_CONNECTIONS connections of one agent, and serves again after", async () => {
-    const relayPath = path.join(b.dir, "flood-run", "broker.sock");
-    mkdirSync(path.dirname(relayPath));
-    await using relay = await startBrokerRelay({
-      socketPath: relayPath,
-      connect: () => net.connect(b.socketPath),
-    });
-    const extra = 8;
-    const sockets = Array.from({ length: MAX_RELAY_CONNECTIONS + extra }, () =>
-      net.connect(relay.socketPath),
-    );
-    const closes = sockets.map(
-      (s) =>
-        new Promise((resolve) => {
-          s.on("error", () => undefined);
-          s.once("close", resolve);
-        }),
-    );
-    // The relay closes the ones past its limit; the rest stay open.
-    await eventually(async () => {
-      const closed = sockets.filter((s) => s.closed).length;
-      return closed === extra ? closed : undefined;
-    }, `${extra} connections closed by the relay`);
-    for (const s of sockets) s.destroy();
-    await Promise.all(closes);
-    const viaRelay = brokerClient({
-      socketPath: relayPath,
-      credential: agentCredential(b.secret, "agent-1"),
-    });
-    await eventually(
-      () =>
-        viaRelay.listAgents({}).then(
-          () => true,
-          () => undefined,
-        ),
-      "the relay serving again",
-    );
-  });
-
-  it("reaches the Broker through a relay socket (mode 0600, the agent's) with the same checks", async () => {
-    const relayPath = path.join(b.dir, "agent-run", "broker.sock");
-    mkdirSync(path.dirname(relayPath));
-    writeFileSync(path.join(path.dirname(relayPath), "broker.sock"), "stale");
-    await using relay = await startBrokerRelay({
-      socketPath: relayPath,
-      connect: () => net.connect(b.socketPath),
-      owner: { uid: 4242, gid: 4243 },
-    });
-    expect(statSync(relay.socketPath).mode & 0o777).toBe(0o600);
-    expect(statSync(relay.socketPath)).toMatchObject({ uid: 4242, gid: 4243 });
-    const viaRelay = brokerClient({
-      socketPath: relayPath,
-      credential: agentCredential(b.secret, "agent-1"),
-    });
-    await viaRelay.send({ ...send("agent-2", "through the relay"), type: MessageType.HEARTBEAT });
-    const got = await b.agent("agent-2").receive({});
-    expect(got.messages.map((m) => [m.sender, m.payload])).toEqual([
-      ["agent-1", "through the relay"],
-    ]);
-    await b.agent("agent-2").ack({ messageIds: got.messages.map((m) => m.id) });
-    const forged = brokerClient({ socketPath: relayPath, credential: "agent-2.AAAA" });
-    expect((await failureOf(forged.receive({}))).code).toBe(Code.Unauthenticated);
   });
 });

@@ -1,25 +1,17 @@
 // What an AgentHost (or any other process) needs to give agents the Broker: credentials,
-// the relay socket, the MCP server and its `--mcp-config`, and a client.
-import { readFileSync, renameSync, rmSync } from "node:fs";
-import path from "node:path";
-import net from "node:net";
-import type { Duplex } from "node:stream";
+// the MCP tools' `--mcp-config`, and a client.
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { BrokerNodeService, BrokerService } from "../../gen/conductor/v1/broker_pb.js";
-import { dialTls, tlsTransport } from "../shared/tcp.ts";
+import { tlsTransport } from "../shared/tcp.ts";
 import type { TlsMaterial } from "../shared/tls.ts";
-import { writeForAgent, type AgentOwner } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 import { unixTransport } from "../shared/transport.ts";
 import { credentialInterceptor } from "./auth.ts";
 import { agentCredential, orchestratorCredential } from "./credentials.ts";
-import { startBrokerRelay, type BrokerRelay } from "./relay.ts";
+import { MCP_PATH } from "./mcp-http.ts";
+import type { AgentCalls } from "./mcp-tools.ts";
 
 export { agentCredential, loadBrokerSecret, orchestratorCredential } from "./credentials.ts";
-export { startBrokerRelay, type BrokerRelay } from "./relay.ts";
-
-/** The MCP server: one dependency-free JavaScript file, runnable by a bare `node`. */
-export const MCP_SERVER_SCRIPT = path.join(import.meta.dirname, "mcp-server.js");
 
 /** The MCP server's name in `--mcp-config`; its tools are `mcp__conductor__<tool>`. */
 export const MCP_SERVER_NAME = "conductor";
@@ -27,42 +19,16 @@ export const MCP_SERVER_NAME = "conductor";
 /** The permission rule that lets the CLI call every Broker tool (add it to --allowedTools). */
 export const MCP_ALLOWED_TOOLS = `mcp__${MCP_SERVER_NAME}`;
 
-/** File names in an agent's `run` folder. */
-export const RUN_FILES = {
-  relay: "broker.sock",
-  credential: "broker.credential",
-  script: "conductor-mcp.js",
-} as const;
-
 /**
- * The JSON for `claude --mcp-config`: one stdio MCP server named "conductor", started as
- * `<nodePath> <serverScript> --socket <brokerSocket> --credential-file <file> --agent-id <id>`.
+ * Where the CLI finds the tools: below its model API's base URL, which is the agent's model
+ * proxy in every runtime (a loopback port forwarded to the agent's socket; the CLI expands
+ * the variable, as the port differs between runtimes).
  */
-export function mcpConfig(opts: {
-  nodePath: string;
-  serverScript: string;
-  brokerSocket: string;
-  credentialFile: string;
-  agentId: string;
-}): string {
-  return JSON.stringify({
-    mcpServers: {
-      [MCP_SERVER_NAME]: {
-        type: "stdio",
-        command: opts.nodePath,
-        args: [
-          opts.serverScript,
-          "--socket",
-          opts.brokerSocket,
-          "--credential-file",
-          opts.credentialFile,
-          "--agent-id",
-          opts.agentId,
-        ],
-        env: {},
-      },
-    },
-  });
+export const MCP_URL = `\${ANTHROPIC_BASE_URL}${MCP_PATH}`;
+
+/** The JSON for `claude --mcp-config`: one Streamable HTTP MCP server named "conductor" at `url`. */
+export function mcpConfig(url: string = MCP_URL): string {
+  return JSON.stringify({ mcpServers: { [MCP_SERVER_NAME]: { type: "http", url } } });
 }
 
 /** A BrokerService client over a Unix socket, every call carrying the credential. */
@@ -88,8 +54,8 @@ export function brokerClient(opts: {
 export interface BrokerAccess {
   /** Where the Broker is, for notices. */
   where: string;
-  /** A new connection to the Broker: the relay pipes an agent's connection into it. */
-  connect(): Duplex;
+  /** A client for agents' calls (one connection, made again after it breaks); no credential of its own. */
+  client: Client<typeof BrokerService>;
   /** An agent's credential. */
   credential(agentId: string, timeoutMs?: number): Promise<string>;
   /** Makes an agent known to the Broker; throws when the Broker does not answer or take us. */
@@ -101,7 +67,7 @@ export function localBroker(secret: Buffer, socketPath: string): BrokerAccess {
   const client = brokerClient({ socketPath, credential: orchestratorCredential(secret) });
   return {
     where: socketPath,
-    connect: () => net.connect(socketPath),
+    client: createClient(BrokerService, unixTransport(socketPath)),
     credential: (agentId) => Promise.resolve(agentCredential(secret, agentId)),
     register: async (agentId, timeoutMs = 5000) => {
       await client.registerAgent({ agentId, topics: [] }, { timeoutMs });
@@ -120,99 +86,73 @@ export function remoteBroker(address: string, material: TlsMaterial): BrokerAcce
     (await client.issueAgentCredential({ agentId }, { timeoutMs })).credential;
   return {
     where: address,
-    connect: () => dialTls(address, material, "broker"),
+    client: createClient(BrokerService, tlsTransport(address, material, "broker")),
     credential: issue,
     register: async (agentId, timeoutMs) => void (await issue(agentId, timeoutMs)),
   };
 }
 
-/** What an agent's `run` folder holds once the Broker is set up for it. */
-export interface AgentBroker {
-  relay: BrokerRelay;
-  credentialFile: string;
-  /** The MCP server, copied beside the relay (the folder is mounted at the same path). */
-  serverScript: string;
+/**
+ * One agent's way to the Broker, held by its AgentHost (nothing of it is in the sandbox): the
+ * agent's credential, and the `--mcp-config` that points its CLI at the tools the AgentHost
+ * serves on the agent's model-proxy socket (mcp-http.ts), calling the Broker as this agent.
+ */
+export interface AgentBroker extends AgentCalls {
+  /** The agent's credential; "" until a remote Broker that did not answer issues it. */
+  credential: string;
   /** `--mcp-config <json> --strict-mcp-config`, for the CLI's argv. */
   cliArgs: string[];
   /** Whether registerAgent succeeded (if not, the agent becomes known on its first call). */
   registered: boolean;
-  /** Whether its credential file holds its credential (a remote Broker may not have answered). */
-  hasCredential: boolean;
-  /** Puts the agent's credential in its credential file (one got late from a remote Broker). */
-  writeCredential(credential: string): void;
-  close(): Promise<void>;
 }
 
 /**
- * Everything an agent needs to reach the Broker, in its `run` folder (made by freshRunDir):
- * the relay socket (the agent's user alone may connect), its credential and the MCP server
- * script (readable by the agent's group, `owner`, and not writable by it); then registers
- * the agent (best effort). `nodePath` is the node binary
- * as seen where the CLI runs: process.execPath for the process backend, "node" in an image.
+ * Gets agent `agentId`'s credential and registers it (best effort: a Broker not answering yet
+ * is tried again at each run's start, see brokerTools). `mcpUrl` is where the CLI finds the
+ * tools (default {@link MCP_URL}).
  */
 export async function setUpAgentBroker(opts: {
-  runDir: string;
   agentId: string;
   access: BrokerAccess;
-  nodePath: string;
-  owner?: AgentOwner | undefined;
+  mcpUrl?: string;
   log?: Logger;
 }): Promise<AgentBroker> {
-  const credentialFile = path.join(opts.runDir, RUN_FILES.credential);
+  const { agentId, access } = opts;
   let credential = "";
   let registered = true;
   try {
-    credential = await opts.access.credential(opts.agentId);
+    credential = await access.credential(agentId);
   } catch (e) {
     // A remote Broker not answering yet: the agent gets its credential at its first run's check.
     registered = false;
     opts.log?.warn("could not get the agent's Broker credential yet", {
-      agent_id: opts.agentId,
+      agent_id: agentId,
       error: e,
     });
   }
-  writeForAgent(credentialFile, credential + "\n", opts.owner);
-  const serverScript = path.join(opts.runDir, RUN_FILES.script);
-  writeForAgent(serverScript, readFileSync(MCP_SERVER_SCRIPT), opts.owner, 0o644);
-  const relay = await startBrokerRelay({
-    socketPath: path.join(opts.runDir, RUN_FILES.relay),
-    connect: () => opts.access.connect(),
-    owner: opts.owner,
-  });
   if (registered) {
     try {
-      await opts.access.register(opts.agentId);
+      await access.register(agentId);
     } catch (e) {
       registered = false;
       opts.log?.warn("could not register the agent with the Broker; it registers on first use", {
-        agent_id: opts.agentId,
+        agent_id: agentId,
         error: e,
       });
     }
   }
-  const json = mcpConfig({
-    nodePath: opts.nodePath,
-    serverScript,
-    brokerSocket: relay.socketPath,
-    credentialFile,
-    agentId: opts.agentId,
-  });
   const broker: AgentBroker = {
-    relay,
-    credentialFile,
-    serverScript,
-    cliArgs: ["--mcp-config", json, "--strict-mcp-config"],
+    agentId,
+    where: access.where,
+    client: access.client,
+    credential,
     registered,
-    hasCredential: credential !== "",
-    writeCredential(c) {
-      // A new file put in place: the old one is replaced, never written through.
-      const next = `${credentialFile}.next`;
-      rmSync(next, { force: true });
-      writeForAgent(next, c + "\n", opts.owner);
-      renameSync(next, credentialFile);
-      broker.hasCredential = true;
-    },
-    close: () => relay.close(),
+    cliArgs: ["--mcp-config", mcpConfig(opts.mcpUrl), "--strict-mcp-config"],
+    options: (timeoutMs, signal) => ({
+      timeoutMs,
+      signal,
+      headers: { authorization: `Bearer ${broker.credential}` },
+    }),
   };
   return broker;
 }

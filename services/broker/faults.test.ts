@@ -1,49 +1,11 @@
-// Peers that misbehave or vanish: none of them may end the Broker, its relay or an agent's
-// MCP server, wedge a call, or lose or store anything it should not.
-import { spawn } from "node:child_process";
+// Peers that misbehave or vanish: none of them may end the Broker or an agent's MCP tools,
+// wedge a call, or lose or store anything it should not.
 import http2 from "node:http2";
 import net from "node:net";
-import { createInterface } from "node:readline";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { eventually } from "../../test/harness.ts";
-import { agentCredential, type AgentBroker } from "./access.ts";
-import { startTestBroker, type TestBroker } from "./testing.ts";
-
-/** An agent's MCP server, spoken to as JSON-RPC over its stdio; close() ends it. */
-function mcpServer(agent: AgentBroker) {
-  const json = JSON.parse(agent.cliArgs[1]!) as {
-    mcpServers: { conductor: { command: string; args: string[] } };
-  };
-  const { command, args } = json.mcpServers.conductor;
-  const child = spawn(command, args, { stdio: ["pipe", "pipe", "inherit"] });
-  const waiting = new Map<unknown, (msg: Record<string, unknown>) => void>();
-  createInterface({ input: child.stdout }).on("line", (line) => {
-    const msg = JSON.parse(line) as Record<string, unknown>;
-    waiting.get(msg.id)?.(msg);
-  });
-  let next = 0;
-  return {
-    /** A tool's result text and whether it is an error. */
-    tool(name: string, args: Record<string, unknown>): Promise<{ text: string; isError: boolean }> {
-      const id = `req-${next++}`;
-      return new Promise((resolve) => {
-        waiting.set(id, (msg) => {
-          const result = msg.result as { content: { text: string }[]; isError?: boolean };
-          resolve({ text: result.content[0]!.text, isError: result.isError === true });
-        });
-        const params = { name, arguments: args };
-        child.stdin.write(
-          JSON.stringify({ jsonrpc: "2.0", id, method: "tools/call", params }) + "\n",
-        );
-      });
-    },
-    async close() {
-      const exited = new Promise((resolve) => child.once("exit", resolve));
-      child.stdin.end();
-      await exited;
-    },
-  };
-}
+import { agentCredential } from "./access.ts";
+import { mcpClient, startTestBroker, type AgentEndpoint, type TestBroker } from "./testing.ts";
 
 /** Resolves with `p`, or with "no answer" once `ms` have passed (a bound, not a wait). */
 function within<T>(p: Promise<T>, ms: number): Promise<T | "no answer"> {
@@ -61,12 +23,12 @@ function grpcFrame(message: Uint8Array): Buffer {
 
 describe("the Broker with peers that fail", () => {
   let b: TestBroker;
-  let agent: AgentBroker;
+  let agent: AgentEndpoint;
 
   beforeEach(async () => {
     b = await startTestBroker();
     await b.register("agent-1", "agent-2");
-    agent = await b.agentWay("agent-1");
+    agent = await b.agentEndpoint("agent-1", "http://127.0.0.1:1");
   });
   afterEach(async () => {
     await agent?.close();
@@ -74,54 +36,46 @@ describe("the Broker with peers that fail", () => {
   });
 
   it("answers an agent's waiting read_messages when the Broker restarts under it, and serves after", async () => {
-    const mcp = mcpServer(agent);
-    try {
-      const reading = mcp.tool("read_messages", { wait_seconds: 120 });
-      await eventually(async () => {
-        const { agents } = await b.orchestrator().listAgents({});
-        return agents.find((a) => a.id === "agent-1")?.connected || undefined;
-      }, "agent-1's read_messages to wait in the Broker");
-      await b.restart();
-      const answer = await within(reading, 10_000);
-      expect(answer).not.toBe("no answer");
-      // The next call reaches the new Broker through the same relay.
-      await b.agent("agent-2").send({
-        destination: { case: "receiver", value: "agent-1" },
-        payload: "after the restart",
-      });
-      const again = await mcp.tool("read_messages", {});
-      expect(again.isError).toBe(false);
-      expect(again.text).toContain("after the restart");
-    } finally {
-      await mcp.close();
-    }
+    const mcp = mcpClient(`${agent.url}/mcp`);
+    const reading = mcp.tool("read_messages", { wait_seconds: 120 });
+    await eventually(async () => {
+      const { agents } = await b.orchestrator().listAgents({});
+      return agents.find((a) => a.id === "agent-1")?.connected || undefined;
+    }, "agent-1's read_messages to wait in the Broker");
+    await b.restart();
+    const answer = await within(reading, 10_000);
+    expect(answer).not.toBe("no answer");
+    // The next call reaches the new Broker.
+    await b.agent("agent-2").send({
+      destination: { case: "receiver", value: "agent-1" },
+      payload: "after the restart",
+    });
+    const again = await mcp.tool("read_messages", {});
+    expect(again.isError).toBe(false);
+    expect(again.text).toContain("after the restart");
   });
 
   it("answers an agent's tool calls with the reason while the Broker is down", async () => {
-    const mcp = mcpServer(agent);
-    try {
-      await b.server.close();
-      for (const [name, args] of [
-        ["list_agents", {}],
-        ["send_message", { to: "agent-2", message: "hello" }],
-        ["read_messages", { wait_seconds: 5 }],
-      ] as const) {
-        const answer = await within(mcp.tool(name, args), 10_000);
-        if (answer === "no answer") throw new Error(`${name} got no answer within 10 s`);
-        expect(answer.isError).toBe(true);
-        expect(answer.text).toMatch(
-          new RegExp(`^${name} failed: no Conductor Broker answers \\(cannot reach the Broker at `),
-        );
-      }
-    } finally {
-      await mcp.close();
+    const mcp = mcpClient(`${agent.url}/mcp`);
+    await b.server.close();
+    for (const [name, args] of [
+      ["list_agents", {}],
+      ["send_message", { to: "agent-2", message: "hello" }],
+      ["read_messages", { wait_seconds: 5 }],
+    ] as const) {
+      const answer = await within(mcp.tool(name, args), 10_000);
+      if (answer === "no answer") throw new Error(`${name} got no answer within 10 s`);
+      expect(answer.isError).toBe(true);
+      expect(answer.text).toMatch(
+        new RegExp(`^${name} failed: no Conductor Broker answers \\(cannot reach the Broker at `),
+      );
     }
   });
 
-  it("stores nothing from a client that vanishes mid-message through the relay, and keeps serving", async () => {
+  it("stores nothing from a client that vanishes mid-message, and keeps serving", async () => {
     // A Send whose request frame is cut off half way, the connection then destroyed.
     const session = http2.connect("http://localhost", {
-      createConnection: () => net.connect(agent.relay.socketPath),
+      createConnection: () => net.connect(b.socketPath),
     });
     session.on("error", () => {});
     const stream = session.request({

@@ -1,16 +1,31 @@
 // A real Broker on a Unix socket in a temp folder, with clients per identity, for tests and
 // benchmarks. restart() closes it and opens it again on the same folder and socket.
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import type { Client } from "@connectrpc/connect";
 import type { Registry } from "prom-client";
 import type { BrokerService } from "../../gen/conductor/v1/broker_pb.js";
+import { startModelProxy } from "../agent-host/model-proxy.ts";
 import { silentLogger } from "../shared/log.ts";
 import { brokerClient, localBroker, setUpAgentBroker, type AgentBroker } from "./access.ts";
 import type { BrokerOptions } from "./broker.ts";
 import { agentCredential, loadBrokerSecret, orchestratorCredential } from "./credentials.ts";
+import { mcpHandler } from "./mcp-http.ts";
 import { startBrokerServer, type BrokerServer } from "./serve.ts";
+
+/**
+ * An agent as an AgentHost serves it: its model proxy on a Unix socket (forwarding to a fake
+ * model) serving its Broker tools, and a loopback port forwarded to that socket, as in a sandbox.
+ */
+export interface AgentEndpoint extends AsyncDisposable {
+  agent: AgentBroker;
+  socketPath: string;
+  /** `http://127.0.0.1:<port>`: the CLI's ANTHROPIC_BASE_URL; the tools are at `${url}/mcp`. */
+  url: string;
+  close(): Promise<void>;
+}
 
 /** A Broker started for one test; `await using` removes it and its folder. */
 export interface TestBroker extends AsyncDisposable {
@@ -23,8 +38,10 @@ export interface TestBroker extends AsyncDisposable {
   agent(id: string): Client<typeof BrokerService>;
   /** A client calling as the Orchestrator. */
   orchestrator(): Client<typeof BrokerService>;
-  /** Agent `id`'s way to the Broker (relay, credential, MCP script), as an AgentHost makes it. */
+  /** Agent `id`'s way to the Broker (its credential, the CLI's MCP config), as an AgentHost makes it. */
   agentWay(id: string): Promise<AgentBroker>;
+  /** Agent `id` served its tools as an AgentHost does, its model calls going to `modelUrl`. */
+  agentEndpoint(id: string, modelUrl: string): Promise<AgentEndpoint>;
   /** Registers agents (as the Orchestrator) so they can be messaged. */
   register(...ids: string[]): Promise<void>;
   /**
@@ -33,6 +50,43 @@ export interface TestBroker extends AsyncDisposable {
    */
   restart(whileDown?: () => void): Promise<void>;
   close(): Promise<void>;
+}
+
+/**
+ * Serves `agent` as an AgentHost does: its model proxy on `socketPath` (forwarding to
+ * `modelUrl`) with its Broker tools, and a loopback port forwarded to the socket.
+ */
+export async function serveAgent(
+  agent: AgentBroker,
+  modelUrl: string,
+  socketPath: string,
+): Promise<AgentEndpoint> {
+  const proxy = await startModelProxy({
+    socketPath,
+    upstream: modelUrl,
+    apiKey: "fake-key",
+    log: silentLogger,
+    mcp: mcpHandler(agent, silentLogger),
+  });
+  const forwarder = net.createServer((client) => {
+    const upstream = net.connect(proxy.socketPath);
+    const end = () => (client.destroy(), upstream.destroy());
+    for (const s of [client, upstream]) s.on("error", end).on("close", end);
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((resolve) => forwarder.listen(0, "127.0.0.1", resolve));
+  const { port } = forwarder.address() as net.AddressInfo;
+  const close = async () => {
+    forwarder.close();
+    await proxy.close();
+  };
+  return {
+    agent,
+    socketPath,
+    url: `http://127.0.0.1:${port}`,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
 }
 
 /**
@@ -96,16 +150,9 @@ export async function startTestBroker(
     },
     agent: (id) => clientFor(id, agentCredential(secret, id)),
     orchestrator: () => clientFor("orchestrator", orchestratorCredential(secret)),
-    async agentWay(agentId) {
-      const runDir = path.join(dir, "agents", agentId, "run");
-      mkdirSync(runDir, { recursive: true });
-      return setUpAgentBroker({
-        runDir,
-        agentId,
-        access: localBroker(secret, socketPath),
-        nodePath: process.execPath,
-      });
-    },
+    agentWay: (agentId) => setUpAgentBroker({ agentId, access: localBroker(secret, socketPath) }),
+    agentEndpoint: async (agentId, modelUrl) =>
+      serveAgent(await t.agentWay(agentId), modelUrl, path.join(dir, `${agentId}.model.sock`)),
     async register(...ids) {
       for (const agentId of ids) await t.orchestrator().registerAgent({ agentId });
     },
@@ -122,4 +169,45 @@ export async function startTestBroker(
     [Symbol.asyncDispose]: () => t.close(),
   };
   return t;
+}
+
+/** One JSON-RPC message POSTed to an MCP endpoint: its HTTP status and the answer, if any. */
+export async function postMcp(
+  url: string,
+  message: object,
+): Promise<{ status: number; msg?: Rpc }> {
+  const res = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
+    body: JSON.stringify(message),
+  });
+  const body = await res.text();
+  // An answer comes as one SSE event (`data: {...}`); transport errors as plain JSON.
+  const data = body.split("\n").find((l) => l.startsWith("data: ") && l.length > 6);
+  const json = data ? data.slice(6) : body.trim().startsWith("{") ? body : undefined;
+  return { status: res.status, ...(json ? { msg: JSON.parse(json) as Rpc } : {}) };
+}
+export interface Rpc {
+  result?: Record<string, unknown>;
+  error?: { code: number; message: string };
+}
+
+/** An MCP client of one endpoint, as JSON-RPC over plain POSTs. */
+export function mcpClient(url: string) {
+  let next = 0;
+  const call = async (method: string, params?: unknown): Promise<Rpc> => {
+    const { msg } = await postMcp(url, { jsonrpc: "2.0", id: `req-${next++}`, method, params });
+    if (!msg) throw new Error(`${method}: no answer`);
+    return msg;
+  };
+  return {
+    call,
+    /** A tool's result text and whether it is an error. */
+    async tool(name: string, args: object): Promise<{ text: string; isError: boolean }> {
+      const { result, error } = await call("tools/call", { name, arguments: args });
+      if (!result) throw new Error(`${name}: ${error?.message}`);
+      const r = result as { content: { text: string }[]; isError?: boolean };
+      return { text: r.content[0]!.text, isError: r.isError === true };
+    },
+  };
 }

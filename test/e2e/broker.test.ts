@@ -3,10 +3,10 @@
 import { execFileSync } from "node:child_process";
 import {
   closeSync,
-  existsSync,
   mkdirSync,
   mkdtempSync,
   openSync,
+  readdirSync,
   readFileSync,
   rmSync,
   writeFileSync,
@@ -197,8 +197,10 @@ describe.each(testRuntimes())(
     const setup = useConductor(() => ({ agents: 2, runtime }));
 
     it("agent A asks agent B with request; B reads it and replies; A writes the reply into a file", async () => {
-      const relay = path.join(setup.conductor.dataDir, "agents", "agent-1", "run", "broker.sock");
-      expect(existsSync(relay)).toBe(true);
+      // Nothing of the Broker is in an agent's sandbox: its run folder holds the AgentHost's
+      // sockets alone (the tools are served on model.sock), no credential, no server script.
+      const runDir = path.join(setup.conductor.dataDir, "agents", "agent-1", "run");
+      expect(readdirSync(runDir).filter((f) => !/^(model|lifeline)\.sock$/.test(f))).toEqual([]);
       const { client } = setup.conductor;
       const tools = ["Write", "mcp__conductor"];
       // B first: it waits in read_messages for the request, then answers it.
@@ -259,6 +261,14 @@ describe.each(testRuntimes())(
       );
       expect(seen).toContain(`from: ${endedA.agentId}`);
       expect(seen).toContain("ping from A");
+      // B's CLI reached the tools over HTTP: its MCP server is connected, with no process of its own.
+      const init = events.find(
+        (e) => e?.kind.case === "output" && e.kind.value.rawJson.includes('"subtype":"init"'),
+      );
+      const initJson = init?.kind.case === "output" ? init.kind.value.rawJson : "{}";
+      expect((JSON.parse(initJson) as { mcp_servers?: unknown }).mcp_servers).toEqual([
+        { name: "conductor", status: "connected", source: "dynamic" },
+      ]);
     });
   },
 );

@@ -23,6 +23,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
+import { agentCredential, loadBrokerSecret } from "../../services/broker/access.ts";
 import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
 import {
   eventually,
@@ -98,20 +99,20 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
   it("keeps secrets, the data folder, other agents and the network out of reach", async () => {
     const d = data();
     const modelPort = new URL(model.url).port;
-    const creds = ["agent-1", "agent-2"].map((a) => path.join(runDirOf(a), "broker.credential"));
+    // Agents' Broker credentials stay with the AgentHost: none is in a run folder to read.
+    const secret = loadBrokerSecret(d);
+    const creds = ["agent-1", "agent-2"].map((a) => agentCredential(secret, a));
     const id = await submit([
       { bash: "{ id -u; env; } > probe-env.txt 2>&1" },
       {
-        bash: `for f in ${d}/broker.key ${d}/orchestrator.db ${creds.join(" ")}; do echo "== $f"; cat "$f" | base64 -w0; echo; done > probe-read.txt 2>&1; true`,
+        bash: `for f in ${d}/broker.key ${d}/orchestrator.db $(ls -d ${runDirOf("agent-1")}/* ${runDirOf("agent-2")}/*); do echo "== $f"; cat "$f" | base64 -w0; echo; done > probe-read.txt 2>&1; true`,
       },
       {
-        bash: `echo escaped > ${outside}/bash.txt; echo escaped > ${d}/planted.txt; cp ${creds[0]} ${outside}/; true`,
+        bash: `echo escaped > ${outside}/bash.txt; echo escaped > ${d}/planted.txt; true`,
       },
       { write: { path: path.join(outside, "write.txt"), content: "escaped" } },
-      { tool: { name: "Read", input: { file_path: creds[0] } } },
+      { tool: { name: "Read", input: { file_path: path.join(d, "broker.key") } } },
       { write: { path: "read-1.txt", content: "{{last_tool_result}}" } },
-      { tool: { name: "Read", input: { file_path: creds[1] } } },
-      { write: { path: "read-2.txt", content: "{{last_tool_result}}" } },
       {
         bash: `(exec 3<>/dev/tcp/127.0.0.1/${modelPort} && echo connected) > probe-net.txt 2>&1; true`,
       },
@@ -120,8 +121,6 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
     const ended = await waitForEnd(conductor.client, id);
     expect(ended.state, ended.result?.error).toBe(TaskState.SUCCEEDED);
     const ws = workspaceOf(ended.agentId);
-    const other = ended.agentId === "agent-1" ? "agent-2" : "agent-1";
-    const otherCred = readFileSync(path.join(runDirOf(other), "broker.credential"), "utf8").trim();
 
     const env = readFileSync(path.join(ws, "probe-env.txt"), "utf8");
     expect(env.split("\n")[0]).not.toBe("0"); // not root
@@ -130,9 +129,10 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
     for (const secret of [path.join(d, "broker.key"), path.join(d, "orchestrator.db")]) {
       expect(read).not.toContain(readFileSync(secret).subarray(0, 24).toString("base64"));
     }
-    expect(read).not.toContain(Buffer.from(otherCred).toString("base64").slice(0, 40));
-    for (const f of ["read-1.txt", "read-2.txt"]) {
-      expect(readFileSync(path.join(ws, f), "utf8")).not.toContain(otherCred);
+    for (const cred of creds) {
+      expect(env).not.toContain(cred);
+      expect(read).not.toContain(Buffer.from(cred).toString("base64").slice(0, 40));
+      expect(readFileSync(path.join(ws, "read-1.txt"), "utf8")).not.toContain(cred);
     }
     expect(readdirSync(outside)).toEqual([]);
     expect(existsSync(path.join(d, "planted.txt"))).toBe(false);
@@ -189,7 +189,8 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
     const runDir = runDirOf("agent-1");
     expect(statSync(runDir).mode & 0o777).toBe(0o751);
     expect(statSync(runDir).uid).toBe(0);
-    expect(statSync(path.join(runDir, "broker.credential")).mode & 0o777).toBe(0o640);
+    // Nothing but the AgentHost's sockets: no Broker credential (the AgentHost keeps it).
+    expect(readdirSync(runDir).filter((f) => !f.endsWith(".sock"))).toEqual([]);
     expect(statSync(sock).mode & 0o777).toBe(0o600);
     // Each agent is a user of its own, from runtime.user's default range (no login account).
     expect(statSync(sock).uid).toBe(61000);
@@ -205,7 +206,7 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
     }, "the run's sleep");
     const pid = found.split(":")[0]!;
     const agentId = (await conductor.client.getTask({ id })).task!.agentId;
-    const cred = path.join(runDirOf(agentId), "broker.credential");
+    const runDir = runDirOf(agentId);
     const other = agentId === "agent-1" ? 61001 : 61000;
     // A login user (uid 1000), and the other agent's uid: neither may enter, read or signal it.
     for (const uid of [1000, other]) {
@@ -215,11 +216,11 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
         "--clear-groups",
         "sh",
         "-c",
-        `cat /proc/${pid}/root${cred} 2>&1; ls /proc/${pid}/root/ 2>&1; kill -0 ${pid} 2>&1 || echo no-signal`,
+        `ls /proc/${pid}/root${runDir} 2>&1; ls /proc/${pid}/root/ 2>&1; kill -0 ${pid} 2>&1 || echo no-signal`,
       ]);
       expect(probe.stdout, `as uid ${uid}`).toMatch(/Permission denied/);
       expect(probe.stdout).toContain("no-signal");
-      expect(probe.stdout).not.toContain(readFileSync(cred, "utf8").trim());
+      expect(probe.stdout).not.toContain("model.sock");
     }
     await conductor.client.cancelTask({ id });
     await waitForEnd(conductor.client, id);
@@ -269,9 +270,10 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
       expect(statSync(victim).uid).toBe(0);
       expect(statSync(victim).mode & 0o777).toBe(0o600);
       for (const a of ["agent-1", "agent-2"]) {
-        const cred = lstatSync(path.join(runDirOf(a), "broker.credential"));
-        expect(cred.isFile()).toBe(true);
-        expect(existsSync(path.join(runDirOf(a), "hard"))).toBe(false);
+        // The run folder is made anew: what was planted in it is gone, the socket is a socket.
+        expect(readdirSync(runDirOf(a))).not.toContain("broker.credential");
+        expect(readdirSync(runDirOf(a))).not.toContain("hard");
+        expect(lstatSync(path.join(runDirOf(a), "model.sock")).isSocket()).toBe(true);
       }
     } finally {
       rmSync(victim, { force: true });
