@@ -60,6 +60,15 @@ fi
 command -v "$1" >/dev/null || { echo "launcher: cannot start $1: not found" >&2; exit 127; }
 exec "$@"`;
 
+/**
+ * A path as one parameter of a socat address: its special characters (`:` `,` `!` brackets,
+ * quotes, backslash) escaped with a backslash, as socat(1) "lexical analysis" allows; a data
+ * folder such as `/srv/conductor:a` or `/data,1` is otherwise cut into parameters.
+ */
+export function socatPath(p: string): string {
+  return p.replace(/[\\:,!(){}[\]'"]/g, "\\$&");
+}
+
 /** How process-runtime runs are contained (`runtime.process_sandbox`). */
 export type ProcessSandbox = "bubblewrap" | "none";
 
@@ -122,8 +131,8 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
         "-c",
         SANDBOX_LAUNCHER,
         "conductor-run",
-        model ?? "",
-        lifeline ?? "",
+        socatPath(model ?? ""),
+        socatPath(lifeline ?? ""),
         seconds,
         ...req.argv,
       ];
