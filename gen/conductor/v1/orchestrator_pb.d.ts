@@ -305,6 +305,22 @@ export declare type ListTasksRequest = Message<"conductor.v1.ListTasksRequest"> 
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
+
+  /**
+   * Only the members of this task group.
+   *
+   * @generated from field: string group_id = 4;
+   */
+  groupId: string;
+
+  /**
+   * Only tasks whose labels hold every one of these, with exactly this value (at most 16).
+   * A page filtered by labels also stops after looking at 10,000 tasks, so it may hold fewer
+   * tasks than asked while more remain.
+   *
+   * @generated from field: map<string, string> labels = 5;
+   */
+  labels: { [key: string]: string };
 };
 
 /**
@@ -344,6 +360,13 @@ export declare type WatchTaskRequest = Message<"conductor.v1.WatchTaskRequest"> 
    * @generated from field: string id = 1;
    */
   id: string;
+
+  /**
+   * Only the events after this sequence number (0: from the first).
+   *
+   * @generated from field: int64 after_seq = 2;
+   */
+  afterSeq: bigint;
 };
 
 /**
@@ -351,6 +374,92 @@ export declare type WatchTaskRequest = Message<"conductor.v1.WatchTaskRequest"> 
  * Use `create(WatchTaskRequestSchema)` to create a new message.
  */
 export declare const WatchTaskRequestSchema: GenMessage<WatchTaskRequest>;
+
+/**
+ * @generated from message conductor.v1.ListTaskEventsRequest
+ */
+export declare type ListTaskEventsRequest = Message<"conductor.v1.ListTaskEventsRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Only events before this sequence number (0: up to the newest).
+   *
+   * @generated from field: int64 before_seq = 2;
+   */
+  beforeSeq: bigint;
+
+  /**
+   * At most this many (default 200, at most 1000). A page also stops before it would pass
+   * 2 MiB: it may hold fewer events than asked while older ones remain.
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+};
+
+/**
+ * Describes the message conductor.v1.ListTaskEventsRequest.
+ * Use `create(ListTaskEventsRequestSchema)` to create a new message.
+ */
+export declare const ListTaskEventsRequestSchema: GenMessage<ListTaskEventsRequest>;
+
+/**
+ * @generated from message conductor.v1.ListTaskEventsResponse
+ */
+export declare type ListTaskEventsResponse = Message<"conductor.v1.ListTaskEventsResponse"> & {
+  /**
+   * Oldest first: the newest `page_size` events before `before_seq`.
+   *
+   * @generated from field: repeated conductor.v1.TaskEvent events = 1;
+   */
+  events: TaskEvent[];
+
+  /**
+   * True while older events remain: pass events[0].seq as before_seq for the page before.
+   *
+   * @generated from field: bool more = 2;
+   */
+  more: boolean;
+};
+
+/**
+ * Describes the message conductor.v1.ListTaskEventsResponse.
+ * Use `create(ListTaskEventsResponseSchema)` to create a new message.
+ */
+export declare const ListTaskEventsResponseSchema: GenMessage<ListTaskEventsResponse>;
+
+/**
+ * @generated from message conductor.v1.WatchTasksRequest
+ */
+export declare type WatchTasksRequest = Message<"conductor.v1.WatchTasksRequest"> & {
+};
+
+/**
+ * Describes the message conductor.v1.WatchTasksRequest.
+ * Use `create(WatchTasksRequestSchema)` to create a new message.
+ */
+export declare const WatchTasksRequestSchema: GenMessage<WatchTasksRequest>;
+
+/**
+ * @generated from message conductor.v1.WatchTasksResponse
+ */
+export declare type WatchTasksResponse = Message<"conductor.v1.WatchTasksResponse"> & {
+  /**
+   * The task as it stands after a change of its state.
+   *
+   * @generated from field: conductor.v1.Task task = 1;
+   */
+  task?: Task | undefined;
+};
+
+/**
+ * Describes the message conductor.v1.WatchTasksResponse.
+ * Use `create(WatchTasksResponseSchema)` to create a new message.
+ */
+export declare const WatchTasksResponseSchema: GenMessage<WatchTasksResponse>;
 
 /**
  * @generated from message conductor.v1.WatchTaskResponse
@@ -834,7 +943,8 @@ export declare const OrchestratorService: GenService<{
     output: typeof ListTasksResponseSchema;
   },
   /**
-   * Streams the task's events from the start, then live, and ends when the task ends.
+   * Streams the task's events from the start (or after `after_seq`), then live, and ends
+   * when the task ends.
    *
    * @generated from rpc conductor.v1.OrchestratorService.WatchTask
    */
@@ -842,6 +952,29 @@ export declare const OrchestratorService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchTaskRequestSchema;
     output: typeof WatchTaskResponseSchema;
+  },
+  /**
+   * A page of a task's stored events, newest page first (each page in order): how a long
+   * history is read backwards. NOT_FOUND for an unknown task.
+   *
+   * @generated from rpc conductor.v1.OrchestratorService.ListTaskEvents
+   */
+  listTaskEvents: {
+    methodKind: "unary";
+    input: typeof ListTaskEventsRequestSchema;
+    output: typeof ListTaskEventsResponseSchema;
+  },
+  /**
+   * Streams each task, as it stands, whenever its state changes (submitted, started, retried,
+   * ended): one stream for a live view of the whole queue. A reader that falls more than
+   * 10,000 tasks behind gets RESOURCE_EXHAUSTED and should list again and watch anew.
+   *
+   * @generated from rpc conductor.v1.OrchestratorService.WatchTasks
+   */
+  watchTasks: {
+    methodKind: "server_streaming";
+    input: typeof WatchTasksRequestSchema;
+    output: typeof WatchTasksResponseSchema;
   },
   /**
    * @generated from rpc conductor.v1.OrchestratorService.CancelTask
