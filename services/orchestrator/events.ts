@@ -250,8 +250,11 @@ export class TaskEvents {
       const state = this.store.state(id);
       if (state === undefined) return;
       if (FINAL_STATES.has(state)) {
+        // Its final event is stored (read before `after`, or just now) unless it is missing.
+        const newest = this.store.eventPageBefore(id, 0n, { maxEvents: 1, maxBytes: 1 }).events[0];
         const task = this.store.get(id);
-        if (task) yield endFromRow(task, last + 1n);
+        if (task && (!newest || !isFinal(newest)))
+          yield endFromRow(task, (newest?.seq ?? last) + 1n);
         return;
       }
       await this.sleep(id, signal);
@@ -259,12 +262,13 @@ export class TaskEvents {
   }
 
   /**
-   * Each task, as it stands, whenever its state changes, until `signal` aborts. Changes that
+   * First `undefined`, once listening (a reader that lists after it misses nothing); then each
+   * task, as it stands, whenever its state changes, until `signal` aborts. Changes that
    * come faster than the reader takes them are coalesced (the latest of each task is sent
    * once); a reader more than WATCH_ALL_BEHIND tasks behind gets RESOURCE_EXHAUSTED, and at
    * most WATCH_ALL_STREAMS such streams are open at once.
    */
-  async *watchAll(signal: AbortSignal): AsyncGenerator<Task> {
+  async *watchAll(signal: AbortSignal): AsyncGenerator<Task | undefined> {
     if (this.watchingAll >= WATCH_ALL_STREAMS) {
       throw new ConnectError(
         `${WATCH_ALL_STREAMS} streams already watch every task; close one, or watch tasks one at a time`,
@@ -283,6 +287,7 @@ export class TaskEvents {
     signal.addEventListener("abort", onAbort);
     this.watchingAll++;
     try {
+      yield undefined; // the stream is open: nothing changed after this is missed
       while (!signal.aborted) {
         if (behind) {
           throw new ConnectError(

@@ -85,7 +85,7 @@ export function orchestratorRoutes(orch: Orchestrator) {
         });
       },
       async *watchTasks(_req, ctx) {
-        for await (const task of orch.events.watchAll(ctx.signal)) yield { task };
+        for await (const task of orch.events.watchAll(ctx.signal)) yield task ? { task } : {};
       },
       async cancelTask(req) {
         return { task: await orch.cancel(req.id) };

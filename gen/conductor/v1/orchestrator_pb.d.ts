@@ -448,7 +448,7 @@ export declare const WatchTasksRequestSchema: GenMessage<WatchTasksRequest>;
  */
 export declare type WatchTasksResponse = Message<"conductor.v1.WatchTasksResponse"> & {
   /**
-   * The task as it stands after a change of its state.
+   * The task as it stands after a change of its state; unset in the stream's first message.
    *
    * @generated from field: conductor.v1.Task task = 1;
    */
@@ -966,8 +966,10 @@ export declare const OrchestratorService: GenService<{
   },
   /**
    * Streams each task, as it stands, whenever its state changes (submitted, started, retried,
-   * ended): one stream for a live view of the whole queue. A reader that falls more than
-   * 10,000 tasks behind gets RESOURCE_EXHAUSTED and should list again and watch anew.
+   * ended): one stream for a live view of the whole queue. The first message holds no task: it
+   * says the stream is open, so a reader that lists the tasks after it misses no change. A
+   * reader that falls more than 10,000 tasks behind gets RESOURCE_EXHAUSTED and should watch
+   * anew and list again.
    *
    * @generated from rpc conductor.v1.OrchestratorService.WatchTasks
    */
