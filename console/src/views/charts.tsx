@@ -133,7 +133,7 @@ function Chart({ title, data, label, color, label2, color2 }: ChartProps) {
     if (!el) return;
     const opts: Options = {
       width: Math.max(300, el.clientWidth),
-      height: 200,
+      height: 160,
       series: [
         {},
         { label, stroke: color, width: 2, spanGaps: true },
@@ -143,7 +143,7 @@ function Chart({ title, data, label, color, label2, color2 }: ChartProps) {
     };
     plot.current = new uPlot(opts, data, el);
     const resize = () =>
-      plot.current?.setSize({ width: Math.max(300, el.clientWidth), height: 200 });
+      plot.current?.setSize({ width: Math.max(300, el.clientWidth), height: 160 });
     window.addEventListener("resize", resize);
     return () => {
       window.removeEventListener("resize", resize);
