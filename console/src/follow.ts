@@ -2,8 +2,14 @@
 // fell behind): this reopens them with backoff until the view closes.
 import { aborted } from "./errors.ts";
 
-/** Backoff between reopenings: from 250 ms, doubling, at most 8 s; reset after a message. */
-export const BACKOFF_MS = { first: 250, max: 8_000 } as const;
+/** Backoff between reopenings, in ms: from `first`, doubling, at most `max`. */
+export interface Backoff {
+  first: number;
+  max: number;
+}
+
+/** The views' backoff: from 250 ms, doubling, at most 8 s; reset after a message. */
+export const BACKOFF_MS: Backoff = { first: 250, max: 8_000 };
 
 /** What `follow` reports as it goes. */
 export interface FollowHandlers<T> {
@@ -22,12 +28,13 @@ export async function follow<T>(
   open: (signal: AbortSignal) => AsyncIterable<T>,
   handlers: FollowHandlers<T>,
   signal: AbortSignal,
+  backoff: Backoff = BACKOFF_MS,
 ): Promise<void> {
-  let wait: number = BACKOFF_MS.first;
+  let wait = backoff.first;
   while (!signal.aborted) {
     try {
       for await (const m of open(signal)) {
-        wait = BACKOFF_MS.first;
+        wait = backoff.first;
         handlers.message(m);
       }
       return;
@@ -35,7 +42,7 @@ export async function follow<T>(
       if (aborted(e, signal)) return;
       handlers.broken?.(e, wait);
       await sleep(wait, signal);
-      wait = Math.min(wait * 2, BACKOFF_MS.max);
+      wait = Math.min(wait * 2, backoff.max);
     }
   }
 }
