@@ -134,7 +134,7 @@ describe("the web console", () => {
 
     // Its page: the agent's tool call and the result, as `conductor watch` shows them.
     await page.click(`a[href="/tasks/${id}"]`);
-    await page.waitForSelector('.log .tool:has-text("→ Bash") >> text=echo console-tool-call');
+    await page.waitForSelector('.log .tool:has-text("→ Bash"):has-text("echo console-tool-call")');
     await page.waitForSelector('.log .result:has-text("result: console task done")');
     await page.waitForSelector('[data-testid="result"]:text("console task done")');
     expect(await page.locator('[data-testid="task-state"]').textContent()).toBe("SUCCEEDED");
@@ -192,7 +192,7 @@ describe("the web console", () => {
     const { browser, url } = started();
     const page = await browser.context.newPage();
     await page.goto(pageUrl(url, `/tasks/${id}`));
-    await page.waitForSelector(`.log .line:text-is("  ${historyLine(100_000)}")`);
+    await page.waitForSelector(`.log .line:has-text("${historyLine(100_000)}")`);
     await page.waitForSelector('.log .state:has-text("[SUCCEEDED]")');
     const oldest = () =>
       page.evaluate<number>(
