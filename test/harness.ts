@@ -52,7 +52,13 @@ export async function startService(
   spawnWith: typeof spawn = spawn,
 ): Promise<ServiceProcess> {
   const proc = spawnWith(process.execPath, [bin, command, ...args], {
-    env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...env },
+    env: {
+      PATH: process.env["PATH"] ?? "/usr/bin:/bin",
+      // No web console unless a test asks for one (its default port is a fixed one; older
+      // checkouts have none).
+      ...(bin === BIN ? { CONDUCTOR_OBSERVABILITY_CONSOLE: "-1" } : {}),
+      ...env,
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stderr = "";

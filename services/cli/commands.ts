@@ -45,6 +45,13 @@ const listen: Flag = {
   help: "communication.listen: also serve TCP with mutual TLS (tls.*), e.g. 0.0.0.0:7443",
 };
 
+/** Where the Orchestrator serves its web console. */
+const consoleFlag: Flag = {
+  type: "string",
+  arg: "HOST:PORT",
+  help: "observability.console: the web console (default 127.0.0.1:8470; port 0 picks a free one, -1 turns it off)",
+};
+
 /** Flags of every command that starts a service. */
 const serving: Record<string, Flag> = {
   ...where,
@@ -79,14 +86,14 @@ export const COMMANDS: readonly Command[] = [
     args: "",
     summary: "Orchestrator, AgentHost and Broker in one process",
     details: serviceDetails,
-    flags: { ...serving, ...agentFlags, listen },
+    flags: { ...serving, ...agentFlags, listen, console: consoleFlag },
   },
   {
     name: "orchestrator",
     args: "",
     summary: "the Orchestrator alone (task store, scheduler)",
     details: serviceDetails,
-    flags: { ...serving, listen },
+    flags: { ...serving, listen, console: consoleFlag },
   },
   {
     name: "agent-host",

@@ -212,6 +212,7 @@ const FLAG_NAMES = (command: string): Record<string, string> => ({
   "runtime.backend": "--runtime",
   "communication.listen": "--listen",
   "agent_host.join": "--join",
+  "observability.console": "--console",
   [metricsPortKey(command)]: "--metrics-port",
 });
 

@@ -115,6 +115,7 @@ export function readyText(command: string, config: Config, ready: Record<string,
     ["agent host", ready["agent_host_socket"]],
     ["broker", ready["broker_socket"]],
     ["metrics", ready["metrics"]],
+    ["console", ready["console"]],
     ["data", config.storage.data_dir],
   ];
   const lines = rows.filter(([, v]) => v).map(([k, v]) => `  ${k.padEnd(11)}${String(v)}`);

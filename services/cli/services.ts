@@ -16,6 +16,8 @@ import {
 import { loadTaskTypes } from "../orchestrator/load-task-types.ts";
 import { Orchestrator } from "../orchestrator/orchestrator.ts";
 import { orchestratorRoutes } from "../orchestrator/routes.ts";
+import { isLoopback, serveConsole, type ConsoleServer } from "../orchestrator/console.ts";
+import { parseHostPort } from "../shared/host-port.ts";
 import {
   createOrchestratorObserver,
   registerSpendGauges,
@@ -40,7 +42,7 @@ import { ResourcesSchema } from "../../gen/conductor/v1/task_pb.js";
 /** A started service: stop() ends it cleanly. */
 export interface Running {
   stop(): Promise<void>;
-  /** Its TCP listeners' addresses by ready-line key (listen, broker_listen). */
+  /** Its TCP listeners' addresses by ready-line key (listen, broker_listen, console: a URL). */
   listens?: Record<string, string>;
 }
 
@@ -290,9 +292,19 @@ async function serveOrchestrator(
 ): Promise<Running & { orchestrator: Orchestrator; server: UnixServer; tcp?: TcpServer }> {
   const o = config.orchestrator;
   const listen = config.communication.listen;
-  const material = listen
-    ? tlsMaterial(config, "orchestrator", `communication.listen (${listen})`, log)
-    : undefined;
+  const consoleAt = config.observability.console === "-1" ? "" : config.observability.console;
+  const remoteConsole = consoleAt !== "" && !isLoopback(parseHostPort(consoleAt).host);
+  const material =
+    listen || remoteConsole
+      ? tlsMaterial(
+          config,
+          "orchestrator",
+          listen
+            ? `communication.listen (${listen})`
+            : `observability.console on a non-loopback address (${consoleAt})`,
+          log,
+        )
+      : undefined;
   // None named: the local AgentHost's socket; but listening on TCP without a local AgentHost,
   // nodes join and no socket is dialled.
   const hosts =
@@ -342,8 +354,9 @@ async function serveOrchestrator(
     log,
   });
   let tcp: TcpServer | undefined;
-  if (material) {
-    try {
+  let web: ConsoleServer | undefined;
+  try {
+    if (listen && material) {
       tcp = await serveTls({
         listen,
         material,
@@ -356,26 +369,42 @@ async function serveOrchestrator(
         onTunnel: (socket, peer) => orchestrator.fleet.tunnel(socket, peer.identity),
         log,
       });
-    } catch (e) {
-      await server.close();
-      await orchestrator.close();
-      material.close();
-      throw e;
     }
+    if (consoleAt) {
+      web = await serveConsole({
+        listen: consoleAt,
+        routes: orchestratorRoutes(orchestrator),
+        interceptors: obs?.serverInterceptors ?? [],
+        log,
+        ...(material ? { material } : {}),
+      });
+    }
+  } catch (e) {
+    await tcp?.close();
+    await server.close();
+    await orchestrator.close();
+    material?.close();
+    throw e;
   }
   log.info("orchestrator serving", {
     socket: server.socketPath,
     listen: tcp ? `${tcp.host}:${tcp.port}` : undefined,
+    console: web ? web.url.replace(/\?token=.*$/, "") : undefined,
     data_dir: config.storage.data_dir,
   });
   return {
     orchestrator,
     server,
-    ...(tcp ? { tcp, listens: { listen: hostPort(tcp) } } : {}),
+    ...(tcp ? { tcp } : {}),
+    listens: {
+      ...(tcp ? { listen: hostPort(tcp) } : {}),
+      ...(web ? { console: web.url } : {}),
+    },
     stop: async () => {
       // Work first (a stopping Orchestrator schedules nothing and lets its tunnels go), then the
       // listeners, then the store.
       await orchestrator.stopWork();
+      await web?.close();
       await tcp?.close();
       material?.close();
       await server.close();

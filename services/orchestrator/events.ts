@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
   ErrorKind,
   StateChangeSchema,
@@ -40,6 +41,11 @@ export function dependencyFailed(depId: string, state: TaskState, cause = "") {
  */
 export const WATCH_PAGE: PageLimits = { maxEvents: 256, maxBytes: 1024 * 1024 };
 
+/** Most changed tasks a watchAll stream holds for a reader before it ends the stream. */
+export const WATCH_ALL_BEHIND = 10_000;
+/** Most watchAll streams open at once (each is told of every change). */
+export const WATCH_ALL_STREAMS = 64;
+
 /**
  * A task's events: each is stored first — a state change in the same transaction as the task's
  * row, so neither is ever stored without the other — then watchers are woken; state changes
@@ -51,8 +57,15 @@ export class TaskEvents {
   private readonly store: TaskStore;
   private readonly observer: OrchestratorObserver | undefined;
   private readonly page: PageLimits;
-  /** Told of every state change once it is stored (task groups). */
+  /** Told of every state change once it is stored (task groups, watchAll). */
   private readonly listeners: ((id: string, change: Change, now: number) => void)[] = [];
+  /** Open watchAll streams. */
+  private watchingAll = 0;
+
+  /** How many watchAll streams are open. */
+  get allWatchers(): number {
+    return this.watchingAll;
+  }
 
   constructor(
     store: TaskStore,
@@ -64,9 +77,13 @@ export class TaskEvents {
     this.page = page;
   }
 
-  /** Calls `fn` with every state change, once it is stored. */
-  listen(fn: (id: string, change: Change, now: number) => void): void {
+  /** Calls `fn` with every state change, once it is stored, until the returned stop is called. */
+  listen(fn: (id: string, change: Change, now: number) => void): () => void {
     this.listeners.push(fn);
+    return () => {
+      const at = this.listeners.indexOf(fn);
+      if (at >= 0) this.listeners.splice(at, 1);
+    };
   }
 
   /**
@@ -217,10 +234,10 @@ export class TaskEvents {
    * for the next), so a reader that does not read holds one page. A stream that has read all
    * there is sleeps until more is stored; it ends after the task's final state. A task that
    * ended without its final event stored (a database from an older version) gets one made
-   * from its row, so every watch of an ended task ends.
+   * from its row, so every watch of an ended task ends. `after`: only events after this seq.
    */
-  async *watch(id: string, signal: AbortSignal): AsyncGenerator<TaskEvent> {
-    let last = 0n;
+  async *watch(id: string, signal: AbortSignal, after = 0n): AsyncGenerator<TaskEvent> {
+    let last = after;
     while (!signal.aborted) {
       const page = this.store.eventPage(id, last, this.page);
       for (const e of page) {
@@ -238,6 +255,55 @@ export class TaskEvents {
         return;
       }
       await this.sleep(id, signal);
+    }
+  }
+
+  /**
+   * Each task, as it stands, whenever its state changes, until `signal` aborts. Changes that
+   * come faster than the reader takes them are coalesced (the latest of each task is sent
+   * once); a reader more than WATCH_ALL_BEHIND tasks behind gets RESOURCE_EXHAUSTED, and at
+   * most WATCH_ALL_STREAMS such streams are open at once.
+   */
+  async *watchAll(signal: AbortSignal): AsyncGenerator<Task> {
+    if (this.watchingAll >= WATCH_ALL_STREAMS) {
+      throw new ConnectError(
+        `${WATCH_ALL_STREAMS} streams already watch every task; close one, or watch tasks one at a time`,
+        Code.ResourceExhausted,
+      );
+    }
+    const pending = new Set<string>();
+    let behind = false;
+    let wake: (() => void) | undefined;
+    const stop = this.listen((id) => {
+      if (pending.size >= WATCH_ALL_BEHIND) behind = true;
+      else pending.add(id);
+      wake?.();
+    });
+    const onAbort = () => wake?.();
+    signal.addEventListener("abort", onAbort);
+    this.watchingAll++;
+    try {
+      while (!signal.aborted) {
+        if (behind) {
+          throw new ConnectError(
+            `the reader fell more than ${WATCH_ALL_BEHIND} tasks behind: list the tasks again and watch anew`,
+            Code.ResourceExhausted,
+          );
+        }
+        const id = pending.values().next().value;
+        if (id === undefined) {
+          await new Promise<void>((resolve) => (wake = resolve));
+          wake = undefined;
+          continue;
+        }
+        pending.delete(id);
+        const task = this.store.get(id);
+        if (task) yield task;
+      }
+    } finally {
+      this.watchingAll--;
+      stop();
+      signal.removeEventListener("abort", onAbort);
     }
   }
 

@@ -82,7 +82,8 @@ export class Orchestrator {
   readonly spendLimits: SpendLimits;
   /** The task types: what a spec's type and params mean. */
   readonly types: TaskTypeRegistry;
-  private readonly events: TaskEvents;
+  /** Its tasks' events: stored, then told to watchers. */
+  readonly events: TaskEvents;
   private readonly runner: AttemptRunner;
   private readonly opts: OrchestratorOptions;
   private wakeTimer: NodeJS.Timeout | undefined;
@@ -386,10 +387,13 @@ export class Orchestrator {
     );
   }
 
-  /** Streams a task's stored events, then live ones, ending after its final state. */
-  watch(id: string, signal: AbortSignal): AsyncGenerator<TaskEvent> {
+  /**
+   * Streams a task's stored events (after `after`), then live ones, ending after its final
+   * state.
+   */
+  watch(id: string, signal: AbortSignal, after = 0n): AsyncGenerator<TaskEvent> {
     this.get(id);
-    return this.events.watch(id, signal);
+    return this.events.watch(id, signal, after);
   }
 
   /**

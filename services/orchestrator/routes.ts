@@ -13,6 +13,8 @@ import type { Orchestrator } from "./orchestrator.ts";
 import type { RegisteredType } from "./task-types.ts";
 
 const MAX_PAGE = 1000;
+/** Most labels one ListTasks request may filter by. */
+const MAX_LABEL_FILTERS = 16;
 /** Most bytes of tasks in one ListTasks page: half a gRPC client's 4 MiB default. */
 export const MAX_PAGE_BYTES = 2 * 1024 * 1024;
 /** Longest id or page token a request may carry (ids are UUIDs, tokens short numbers). */
@@ -34,7 +36,17 @@ export function orchestratorRoutes(orch: Orchestrator) {
             `page_size must be between 0 (default 100) and ${MAX_PAGE}, got ${req.pageSize}`,
           );
         }
-        const page = orch.store.list(req.states, req.pageSize || 100, pageToken(req.pageToken));
+        const labels = Object.entries(req.labels);
+        if (labels.length > MAX_LABEL_FILTERS) {
+          throw invalid(
+            `labels may hold at most ${MAX_LABEL_FILTERS} filters, got ${labels.length}`,
+          );
+        }
+        for (const [k, v] of labels) shortId("a label filter", k + v);
+        const page = orch.store.list(req.states, req.pageSize || 100, pageToken(req.pageToken), {
+          groupId: shortId("group_id", req.groupId),
+          labels: req.labels,
+        });
         const count = fitting(page.tasks, TaskSchema);
         const next = count < page.tasks.length ? page.seqs[count - 1] : page.next;
         return {
@@ -56,7 +68,24 @@ export function orchestratorRoutes(orch: Orchestrator) {
         }
       },
       async *watchTask(req, ctx) {
-        for await (const event of orch.watch(req.id, ctx.signal)) yield { event };
+        if (req.afterSeq < 0n) throw invalid(`after_seq must be 0 or more, got ${req.afterSeq}`);
+        for await (const event of orch.watch(req.id, ctx.signal, req.afterSeq)) yield { event };
+      },
+      listTaskEvents(req) {
+        if (req.pageSize < 0 || req.pageSize > MAX_PAGE) {
+          throw invalid(
+            `page_size must be between 0 (default 200) and ${MAX_PAGE}, got ${req.pageSize}`,
+          );
+        }
+        if (req.beforeSeq < 0n) throw invalid(`before_seq must be 0 or more, got ${req.beforeSeq}`);
+        orch.get(shortId("id", req.id));
+        return orch.store.eventPageBefore(req.id, req.beforeSeq, {
+          maxEvents: req.pageSize || 200,
+          maxBytes: MAX_PAGE_BYTES,
+        });
+      },
+      async *watchTasks(_req, ctx) {
+        for await (const task of orch.events.watchAll(ctx.signal)) yield { task };
       },
       async cancelTask(req) {
         return { task: await orch.cancel(req.id) };

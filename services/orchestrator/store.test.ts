@@ -136,7 +136,12 @@ describe("TaskStore", () => {
       store.queuedByPriority();
       store.list([TaskState.QUEUED], 100, undefined);
       store.list([TaskState.QUEUED], 100, 1500);
+      store.list([], 100, undefined, { groupId: "g" });
+      store.list([TaskState.QUEUED], 100, undefined, { groupId: "g", labels: { team: "a" } });
+      store.list([TaskState.QUEUED], 100, 1500, { labels: { team: "a" } });
       store.eventPage("t1", 0n, { maxEvents: 10, maxBytes: 1024 });
+      store.eventPageBefore("t1", 0n, { maxEvents: 10, maxBytes: 1024 });
+      store.eventPageBefore("t1", 5n, { maxEvents: 10, maxBytes: 1024 });
       store.groupTotals("g");
       store.groupTaskIds("g", [TaskState.QUEUED]);
       store.groupHosts("g");

@@ -106,6 +106,9 @@ export interface PageLimits {
   maxBytes: number;
 }
 
+/** Most tasks one ListTasks page filtered by labels looks at (labels are not indexed). */
+export const LABEL_SCAN_ROWS = 10_000;
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS tasks (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -751,14 +754,24 @@ export class TaskStore {
       .map((r) => toTask(r as unknown as TaskRow));
   }
 
-  /** A page of tasks, newest first; the cursor is the last row's sequence number. */
+  /**
+   * A page of tasks, newest first, in `states` (all when empty), of `filter.groupId` and
+   * holding every one of `filter.labels`; the cursor is the last row's sequence number. A page
+   * filtered by labels looks at no more than LABEL_SCAN_ROWS tasks: it may then hold fewer
+   * than `pageSize` with `next` set.
+   */
   list(
     states: TaskState[],
     pageSize: number,
     before: number | undefined,
+    filter: { groupId?: string; labels?: Record<string, string> } = {},
   ): { tasks: Task[]; seqs: number[]; next?: number } {
     const where: string[] = [];
-    const args: number[] = [];
+    const args: (number | string)[] = [];
+    if (filter.groupId) {
+      where.push("group_id = ?");
+      args.push(filter.groupId);
+    }
     if (states.length > 0) {
       where.push(`state IN (${states.map(() => "?").join(",")})`);
       args.push(...states);
@@ -767,12 +780,26 @@ export class TaskStore {
       where.push("seq < ?");
       args.push(before);
     }
+    const wanted = Object.entries(filter.labels ?? {});
+    const scan = wanted.length > 0 ? LABEL_SCAN_ROWS : pageSize + 1;
     const sql = `SELECT * FROM tasks ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY seq DESC LIMIT ?`;
-    const rows = this.sql(sql).all(...args, pageSize + 1) as unknown as TaskRow[];
-    const more = rows.length > pageSize;
-    const page = rows.slice(0, pageSize);
-    const seqs = page.map((r) => r.seq);
-    return { tasks: page.map(toTask), seqs, ...(more ? { next: seqs[seqs.length - 1]! } : {}) };
+    const tasks: Task[] = [];
+    const seqs: number[] = [];
+    let lastSeen: number | undefined;
+    let seen = 0;
+    for (const r of this.sql(sql).iterate(...args, scan)) {
+      const row = r as unknown as TaskRow;
+      seen++;
+      if (tasks.length === pageSize) return { tasks, seqs, next: seqs[seqs.length - 1]! };
+      lastSeen = row.seq;
+      const task = toTask(row);
+      if (wanted.some(([k, v]) => task.spec?.labels[k] !== v)) continue;
+      tasks.push(task);
+      seqs.push(row.seq);
+    }
+    // Stopped by the scan bound (labels) with rows left: go on after the last one looked at.
+    const cut = wanted.length > 0 && seen === scan && lastSeen !== undefined;
+    return { tasks, seqs, ...(cut ? { next: lastSeen } : {}) };
   }
 
   /**
@@ -858,6 +885,40 @@ export class TaskStore {
       if (bytes >= limits.maxBytes) break;
     }
     return page;
+  }
+
+  /**
+   * The newest events before `beforeSeq` (0: the newest of all), in order, within `limits`
+   * (at least one when there is one), and whether older ones remain.
+   */
+  eventPageBefore(
+    taskId: string,
+    beforeSeq: bigint,
+    limits: PageLimits,
+  ): { events: TaskEvent[]; more: boolean } {
+    const rows = this.sql(
+      "SELECT body FROM events WHERE task_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+    ).iterate(
+      taskId,
+      beforeSeq > 0n ? beforeSeq : BigInt(Number.MAX_SAFE_INTEGER),
+      limits.maxEvents + 1,
+    );
+    const page: TaskEvent[] = [];
+    let bytes = 0;
+    let more = false;
+    for (const r of rows) {
+      const body = (r as { body: Uint8Array }).body;
+      if (
+        page.length === limits.maxEvents ||
+        (page.length > 0 && bytes + body.byteLength > limits.maxBytes)
+      ) {
+        more = true;
+        break;
+      }
+      page.push(fromBinary(TaskEventSchema, body));
+      bytes += body.byteLength;
+    }
+    return { events: page.reverse(), more };
   }
 
   /** A task's events after `afterSeq`, in order (all of them: for tests and small logs). */

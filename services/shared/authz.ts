@@ -3,9 +3,11 @@ import type { Identity, Role } from "./tls.ts";
 
 /**
  * Who is calling: over a Unix socket, whoever could open it (the socket's file mode is the
- * boundary); over TCP, the identity of the verified client certificate (mutual TLS).
+ * boundary); over TCP, the identity of the verified client certificate (mutual TLS); through
+ * the web console on loopback, a browser, which holds the console's token or not.
  */
-export type Peer = { kind: "unix" } | { kind: "tls"; identity: Identity };
+export type Peer =
+  { kind: "unix" } | { kind: "tls"; identity: Identity } | { kind: "console"; token: boolean };
 
 /** The caller of the current RPC, set by the listener that took the connection. */
 export const PEER = createContextKey<Peer>({ kind: "unix" });
@@ -36,7 +38,8 @@ const SPEAKS_FOR_NODE = "conductor.v1.NodeService";
  * The one authorisation interceptor of every server: a call over TCP is allowed only when the
  * caller's role is granted the service (a `client` the OrchestratorService, an `agent-host`
  * the NodeService under its own name, an `orchestrator` the AgentHostService); else
- * PERMISSION_DENIED naming the identity and the method. Calls over the Unix socket pass.
+ * PERMISSION_DENIED naming the identity and the method. A console call needs the console's token
+ * (else UNAUTHENTICATED) and may reach only what a `client` may. Calls over the Unix socket pass.
  */
 export function authorize(): Interceptor {
   return (next) => async (req) => {
@@ -44,6 +47,18 @@ export function authorize(): Interceptor {
     if (peer.kind === "unix") return next(req);
     const service = req.service.typeName;
     const method = `${service}/${req.method.name}`;
+    if (peer.kind === "console") {
+      if (!peer.token) {
+        throw new ConnectError(
+          `${method} needs the console's token: open the console at the URL \`conductor up\` printed (…/?token=…)`,
+          Code.Unauthenticated,
+        );
+      }
+      if (!GRANTS.client.has(service)) {
+        throw new ConnectError(`the console may not call ${method}`, Code.PermissionDenied);
+      }
+      return next(req);
+    }
     const who = peer.identity.spiffeId;
     if (!OPEN_SERVICES.has(service) && !GRANTS[peer.identity.role]?.has(service)) {
       throw new ConnectError(`${who} may not call ${method}`, Code.PermissionDenied);

@@ -440,6 +440,25 @@ const schema = z
         agent_host_metrics_port: count(-1, 65535).default(9465),
         /** /metrics of a Broker run on its own (`conductor broker`); 0 free, -1 off. */
         broker_metrics_port: count(-1, 65535).default(9466),
+        /**
+         * The web console of the Orchestrator (and of `conductor up`): host:port (port 0 picks a
+         * free one), or "-1" for none. On loopback it asks for the token its ready line prints;
+         * on any other address it needs tls.* and clients' certificates (mutual TLS).
+         */
+        console: z
+          .preprocess((v) => (v === -1 ? "-1" : v), z.string())
+          .superRefine((v, ctx) => {
+            if (v === "-1") return;
+            try {
+              parseHostPort(v);
+            } catch (e) {
+              ctx.addIssue({
+                code: "custom",
+                message: `${(e as Error).message}, or "-1" for none`,
+              });
+            }
+          })
+          .default("127.0.0.1:8470"),
       })
       .strict()
       .prefault({}),

@@ -19,6 +19,9 @@ import { errorEdge } from "./rpc-interceptors.ts";
 
 export { unixTransport } from "./unix-client.ts";
 
+/** A request handler of node:http or node:http2 (connect-node's, which it does not export). */
+export type NodeHandlerFn = ReturnType<typeof connectNodeAdapter>;
+
 /** The largest request a server reads; a bigger one is refused with RESOURCE_EXHAUSTED. */
 export const READ_MAX_BYTES = 4 * 1024 * 1024;
 
@@ -41,6 +44,8 @@ export interface ServeOptions {
   connect?: boolean;
   /** Also answer gRPC-Web (browsers). */
   grpcWeb?: boolean;
+  /** Answers every request that is no RPC (default: 404), e.g. the console's static files. */
+  fallback?: NodeHandlerFn;
 }
 
 /**
@@ -91,6 +96,7 @@ export function rpcHandler(
     connect: opts.connect ?? false,
     grpcWeb: opts.grpcWeb ?? false,
     contextValues: peer,
+    ...(opts.fallback ? { fallback: opts.fallback } : {}),
     interceptors: [...(opts.interceptors ?? []), authorize(), errorEdge(opts.log)],
     routes: (router) => {
       opts.routes(router);

@@ -508,6 +508,32 @@ describe("the conductor services as a person starts them", () => {
     }
   });
 
+  it("prints the console's URL with its token, and will not serve it off loopback without TLS", async () => {
+    const args = [...base("console").slice(0, 4), "--metrics-port", "-1"];
+    const orch = await startService("orchestrator", [...args, "--console", "127.0.0.1:0"], {});
+    try {
+      const url = new URL(String(orch.ready["console"]));
+      expect(url.origin).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+      expect(url.searchParams.get("token")).toMatch(/^[A-Za-z0-9_-]{43}$/);
+      const listTasks = (token: string) =>
+        fetch(`${url.origin}/conductor.v1.OrchestratorService/ListTasks`, {
+          method: "POST",
+          headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+          body: "{}",
+        });
+      expect((await listTasks(url.searchParams.get("token")!)).status).toBe(200);
+      expect((await listTasks("guess")).status).toBe(401);
+    } finally {
+      await orch.stop();
+    }
+    expect(orch.stderr()).not.toContain(orch.ready["console"] as string); // the token stays out of logs
+    const remote = await conductor(["orchestrator", ...args, "--console", "0.0.0.0:0"], {
+      env: { CONDUCTOR_OBSERVABILITY_LOG_LEVEL: "warn" },
+    });
+    expect(remote.code).toBe(1);
+    expect(remote.stderr).toMatch(/observability\.console .*0\.0\.0\.0:0.* needs tls\.ca_file/);
+  });
+
   it("writes logs for a person with --log-format text, JSON lines otherwise", async () => {
     const text = await startService("broker", [...base("text"), "--log-format", "text"], {});
     await text.stop();
