@@ -93,11 +93,11 @@ describe("the web console", () => {
     await recordStates(page);
     await page.evaluate("window.__notReloaded = true");
 
-    // A task that holds the only agent until it is cancelled.
+    // A task that holds the only agent until it is cancelled, and one queued behind it.
     const blocker = await submitFromForm(page, {
-      prompt: scripted([{ bash: "tail -f /dev/null" }, { text: "never" }], "Hold the agent."),
+      // The model never answers after the tool call: the run holds the agent until cancelled.
+      prompt: scripted([{ bash: "echo holding the agent" }, { hang: true }], "Hold the agent."),
     });
-    await waitForRow(page, blocker, "RUNNING");
     const id = await submitFromForm(page, {
       prompt: scripted(
         [{ bash: "echo console-tool-call", delay_ms: 1_000 }, { text: "console task done" }],
@@ -107,12 +107,14 @@ describe("the web console", () => {
       labels: "suite=console",
     });
     await waitForRow(page, id, "QUEUED");
-    await shot(page, "tasks");
 
-    // Cancel the running one from its own page, in a second tab.
+    // The running one, on its own page in a second tab: its tool call, then Cancel.
     const tab = await browser.context.newPage();
     await tab.goto(pageUrl(url, `/tasks/${blocker}`));
-    await tab.waitForSelector('.log .tool:has-text("tail -f /dev/null")');
+    await tab.waitForSelector('.log .tool:has-text("echo holding the agent")');
+    await tab.waitForSelector('[data-testid="task-state"]:text("RUNNING")');
+    await waitForRow(page, blocker, "RUNNING");
+    await shot(page, "tasks");
     await tab.getByRole("button", { name: "Cancel" }).click();
     await tab.waitForSelector('[data-testid="task-state"]:text("CANCELLED")');
     await tab.waitForSelector('[data-testid="error-kind"]:text("CANCELLED")');

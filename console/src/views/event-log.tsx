@@ -14,6 +14,7 @@ import type { TaskEvent } from "../../../gen/conductor/v1/task_pb.js";
 import { useApi } from "../context.ts";
 import { aborted, errorText } from "../errors.ts";
 import { follow } from "../follow.ts";
+import { isFinal } from "../format.ts";
 import { eventLines, type EventLine } from "./event-lines.ts";
 
 /** Height of one line of the log, in CSS pixels (lines never wrap). */
@@ -30,13 +31,29 @@ interface Window {
   /** Older events remain on the server. */
   more: boolean;
   loading: boolean;
+  /** The task's final state change has been read: nothing more will come. */
+  ended: boolean;
 }
+
+/** Whether an event is the task's final state change. */
+const ends = (e: TaskEvent): boolean =>
+  e.kind.case === "stateChange" && isFinal(e.kind.value.state);
+
+/** A window holding nothing yet. */
+const empty = (): Window => ({
+  lines: [],
+  oldest: 0n,
+  newest: 0n,
+  more: false,
+  loading: true,
+  ended: false,
+});
 
 /** The log of task `taskId`; `onEvent` hears each live event (to refresh the task). */
 export function EventLog({ taskId, onEvent }: { taskId: string; onEvent: (e: TaskEvent) => void }) {
   const api = useApi();
   const scroller = useRef<HTMLDivElement>(null);
-  const win = useRef<Window>({ lines: [], oldest: 0n, newest: 0n, more: false, loading: true });
+  const win = useRef<Window>(empty());
   const shift = useRef(0); // lines put above the view: scroll down by as many
   const stick = useRef(true); // the reader is at the bottom: keep them there
   const [, setVersion] = useState(0);
@@ -74,7 +91,7 @@ export function EventLog({ taskId, onEvent }: { taskId: string; onEvent: (e: Tas
   useEffect(() => {
     const stop = new AbortController();
     const { signal } = stop;
-    win.current = { lines: [], oldest: 0n, newest: 0n, more: false, loading: true };
+    win.current = empty();
     stick.current = true;
     setLive(true);
     (async () => {
@@ -85,23 +102,27 @@ export function EventLog({ taskId, onEvent }: { taskId: string; onEvent: (e: Tas
       w.newest = page.events.at(-1)?.seq ?? 0n;
       w.more = page.more;
       w.loading = false;
+      w.ended = page.events.some(ends);
       bump();
-      await follow(
-        (s) => api.watchTask({ id: taskId, afterSeq: w.newest }, { signal: s }),
-        {
-          message: ({ event }) => {
-            if (!event || event.seq <= w.newest) return;
-            w.newest = event.seq;
-            w.lines = w.lines.concat(eventLines(event));
-            setError(undefined);
-            bump();
-            onEventRef.current(event);
+      // An ended task's log is whole: there is nothing to follow.
+      if (!w.ended)
+        await follow(
+          (s) => api.watchTask({ id: taskId, afterSeq: w.newest }, { signal: s }),
+          {
+            message: ({ event }) => {
+              if (!event || event.seq <= w.newest || w.ended) return;
+              w.newest = event.seq;
+              w.ended = ends(event);
+              w.lines = w.lines.concat(eventLines(event));
+              setError(undefined);
+              bump();
+              onEventRef.current(event);
+            },
+            broken: (e, ms) =>
+              setError(`${errorText(e)}; reconnecting in ${(ms / 1000).toFixed(1)} s`),
           },
-          broken: (e, ms) =>
-            setError(`${errorText(e)}; reconnecting in ${(ms / 1000).toFixed(1)} s`),
-        },
-        signal,
-      );
+          signal,
+        );
       if (!signal.aborted) setLive(false);
     })().catch((e: unknown) => {
       if (!aborted(e, signal)) setError(errorText(e));

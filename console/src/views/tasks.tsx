@@ -5,7 +5,7 @@ import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import type { Task } from "../../../gen/conductor/v1/task_pb.js";
 import type { Orchestrator } from "../api.ts";
 import { useApi, useNow } from "../context.ts";
-import { aborted, errorText } from "../errors.ts";
+import { errorText } from "../errors.ts";
 import { follow } from "../follow.ts";
 import { ALL_STATES, age, nodeOf, runTime, stateName, usd } from "../format.ts";
 import { useAgents } from "./agents-map.ts";
@@ -29,16 +29,19 @@ export function TasksView() {
 
   useEffect(() => {
     const stop = new AbortController();
-    const listed = (tasks: Task[], token: string) => {
-      setRows(tasks);
-      setNext(token);
-      setStatus("live");
-      setError(undefined);
-    };
     follow(
-      (signal) => listThenWatch(api, filter, signal, listed),
+      (signal) => listThenWatch(api, filter, signal),
       {
-        message: (t) => setRows((rows) => upsert(rows, t, filter, nextRef.current !== "")),
+        message: (u) => {
+          if ("page" in u) {
+            setRows(u.page);
+            setNext(u.next);
+            setStatus("live");
+            setError(undefined);
+          } else {
+            setRows((rows) => upsert(rows, u, filter, nextRef.current !== ""));
+          }
+        },
         broken: (e, ms) => {
           setStatus(`reconnecting in ${(ms / 1000).toFixed(1)} s`);
           setError(errorText(e));
@@ -122,28 +125,68 @@ export function TasksView() {
   );
 }
 
+/** What listThenWatch yields: a whole first page, or one task that changed. */
+type Update = { page: Task[]; next: string } | Task;
+
 /**
- * Lists the filter's first page (handing it to `listed`) while WatchTasks opens, then yields
- * each task WatchTasks reports. Changes between the two are in the list or in the stream
- * (which the server holds until it is read).
+ * Lists the filter's first page while WatchTasks opens, then yields each task WatchTasks
+ * reports. The server holds the stream's response headers until its first message, so the
+ * client cannot know when it is subscribed: the page is listed again once the headers come
+ * (the stream is surely subscribed by then), and the changes read while that list was on
+ * its way are yielded again after it. The stream is closed when the generator ends.
  */
 async function* listThenWatch(
   api: Orchestrator,
   filter: TaskFilter,
-  signal: AbortSignal,
-  listed: (tasks: Task[], next: string) => void,
-): AsyncGenerator<Task> {
-  const stream = api.watchTasks({}, { signal })[Symbol.asyncIterator]();
-  const first = stream.next();
-  first.catch(() => undefined); // read below; this only keeps it from being "unhandled"
-  try {
+  outer: AbortSignal,
+): AsyncGenerator<Update> {
+  const mine = new AbortController();
+  const signal = AbortSignal.any([outer, mine.signal]);
+  const list = async (): Promise<Update> => {
     const page = await api.listTasks(listRequest(filter), { signal });
-    listed(page.tasks, page.nextPageToken);
-  } catch (e) {
-    if (!aborted(e, signal)) await stream.return?.();
-    throw e;
+    return { page: page.tasks, next: page.nextPageToken };
+  };
+  let relist: Promise<Update> | undefined;
+  let since: Task[] = []; // read while `relist` was on its way
+  const watch = api.watchTasks(
+    {},
+    {
+      signal,
+      onHeader: () => {
+        relist = list();
+        relist.catch(() => undefined); // awaited below
+        since = [];
+      },
+    },
+  );
+  const stream = watch[Symbol.asyncIterator]();
+  try {
+    let next = stream.next();
+    next.catch(() => undefined); // awaited below
+    yield await list();
+    for (;;) {
+      const got = await (relist
+        ? Promise.race([next.then((r) => ({ r })), relist.then((u) => ({ u }))])
+        : next.then((r) => ({ r })));
+      if ("u" in got) {
+        relist = undefined;
+        yield got.u;
+        yield* since;
+        since = [];
+        continue;
+      }
+      if (got.r.done) return;
+      const task = got.r.value.task;
+      if (task) {
+        if (relist) since.push(task);
+        yield task;
+      }
+      next = stream.next();
+      next.catch(() => undefined);
+    }
+  } finally {
+    mine.abort();
   }
-  for (let r = await first; !r.done; r = await stream.next()) if (r.value.task) yield r.value.task;
 }
 
 /** The filter bar: state, label (k=v) and group. */
