@@ -11,17 +11,18 @@ import { GroupView, GroupsView } from "./views/groups.tsx";
 import { TaskView } from "./views/task.tsx";
 import { TasksView } from "./views/tasks.tsx";
 
-/** What App needs: the client, whether a token was given, and a hook for API refusals. */
+/** What App needs: the client and a hook for API refusals. */
 export interface AppProps {
   api: Orchestrator;
-  hasToken: boolean;
   /** Registers the function to call when the API refuses the token. */
   onRefused: (f: () => void) => void;
 }
 
 /** The whole console. */
-export function App({ api, hasToken, onRefused }: AppProps) {
-  const [refused, setRefused] = useState(!hasToken);
+export function App({ api, onRefused }: AppProps) {
+  // Shown once the API refuses a call: a tab without the token (over mutual TLS, off
+  // loopback, there is none and none is needed).
+  const [refused, setRefused] = useState(false);
   useEffect(() => onRefused(() => setRefused(true)), [onRefused]);
   const samples = useStatsSampler(api);
   return (

@@ -11,5 +11,5 @@ const root = document.getElementById("app");
 if (root) {
   let refused = () => {};
   const api = orchestrator(window.location.origin, token, () => refused());
-  render(<App api={api} hasToken={token !== undefined} onRefused={(f) => (refused = f)} />, root);
+  render(<App api={api} onRefused={(f) => (refused = f)} />, root);
 }
