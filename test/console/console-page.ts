@@ -62,11 +62,23 @@ export async function waitForRow(page: Page, id: string, state: string, timeout 
   await page.waitForSelector(`tr[data-task="${id}"][data-state="${state}"]`, { timeout });
 }
 
+/** What the submit form takes. */
+export interface FormFields {
+  prompt: string;
+  priority?: number;
+  labels?: string;
+}
+
 /** Submits a task from the queue view's form; returns its id as the form reports it. */
-export async function submitFromForm(
-  page: Page,
-  fields: { prompt: string; priority?: number; labels?: string },
-): Promise<string> {
+export async function submitFromForm(page: Page, fields: FormFields): Promise<string> {
+  const text = await submitAnswer(page, fields);
+  const id = /^Submitted: (\S+)$/.exec(text)?.[1];
+  if (!id) throw new Error(`the form did not submit: ${text}`);
+  return id;
+}
+
+/** Submits from the queue view's form; returns what the form then says (its id, or an error). */
+export async function submitAnswer(page: Page, fields: FormFields): Promise<string> {
   const form = page.locator('[data-testid="submit-form"]');
   await form.locator('textarea[name="prompt"]').fill(fields.prompt);
   await form.locator('input[name="priority"]').fill(String(fields.priority ?? 0));
@@ -78,8 +90,5 @@ export async function submitFromForm(
   await form
     .locator(`[data-testid="submit-message"][data-answers="${answers + 1}"]`)
     .waitFor({ timeout: 10_000 });
-  const text = (await message.textContent()) ?? "";
-  const id = /^Submitted: (\S+)$/.exec(text)?.[1];
-  if (!id) throw new Error(`the form did not submit: ${text}`);
-  return id;
+  return (await message.textContent()) ?? "";
 }

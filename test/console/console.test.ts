@@ -6,13 +6,15 @@ import path from "node:path";
 import type { Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
-import { ROOT, scripted, spec, startConductor, type Conductor } from "../harness.ts";
+import { ROOT, scripted, spec, startConductor, waitForEnd, type Conductor } from "../harness.ts";
+import { makeRepository } from "../repositories.ts";
 import { startBrowser, type Browser } from "./browser.ts";
 import {
   consoleUrl,
   pageUrl,
   recordStates,
   statesSeen,
+  submitAnswer,
   submitFromForm,
   waitForRow,
 } from "./console-page.ts";
@@ -92,6 +94,11 @@ describe("the web console", () => {
     expect(page.url()).not.toContain("token=");
     await recordStates(page);
     await page.evaluate("window.__notReloaded = true");
+
+    // What the API refuses, the form says in the API's words.
+    expect(await submitAnswer(page, { prompt: "too eager", priority: 11 })).toContain(
+      "spec.priority must be between 0 and 10",
+    );
 
     // A task that holds the only agent until it is cancelled, and one queued behind it.
     const blocker = await submitFromForm(page, {
@@ -183,6 +190,29 @@ describe("the web console", () => {
     await expect.poll(() => page.locator(".chart").count()).toBe(3);
     await page.waitForSelector(".charts .note:has-text('ended')");
     await shot(page, "charts");
+    await page.close();
+  });
+
+  it("shows a task's change on a git repository, and its patch", async () => {
+    const { browser, conductor, url } = started();
+    const repo = path.join(conductor.dir, "src", "app");
+    makeRepository(repo);
+    const { task } = await conductor.client.submitTask({
+      spec: spec({
+        prompt: scripted([
+          { write: { path: "a.txt", content: "edited in the console test\n" } },
+          { text: "edited a.txt" },
+        ]),
+        workspace: { kind: { case: "git", value: { repository: repo } } },
+      }),
+    });
+    await waitForEnd(conductor.client, task!.id);
+    const page = await browser.context.newPage();
+    await page.goto(pageUrl(url, `/tasks/${task!.id}`));
+    await page.waitForSelector('[data-testid="change"]:has-text("M  a.txt")');
+    await page.waitForSelector('[data-testid="patch"] .add:text-is("+edited in the console test")');
+    await page.waitForSelector('[data-testid="patch"] .del:text-is("-original a")');
+    await shot(page, "task-patch");
     await page.close();
   });
 

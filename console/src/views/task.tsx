@@ -2,6 +2,7 @@
 // log, its result, and its patch when its run changed a git workspace; Cancel while it runs.
 import { useEffect, useState } from "preact/hooks";
 import { ErrorKind, type Task } from "../../../gen/conductor/v1/task_pb.js";
+import { changeLines } from "../../../services/cli/change-text.ts";
 import { taskText } from "../../../services/cli/task-text.ts";
 import { useApi, useNow } from "../context.ts";
 import { aborted, errorText } from "../errors.ts";
@@ -100,6 +101,12 @@ export function TaskView({ params }: { params: { id: string } }) {
           <pre class={r.error ? "result error" : "result"} data-testid="result">
             {r.error || r.text}
           </pre>
+        </>
+      )}
+      {r?.change && (
+        <>
+          <h2>Change</h2>
+          <pre data-testid="change">{changeLines(r.change).join("\n")}</pre>
         </>
       )}
       {task && isFinal(task.state) && r?.change && <Patch taskId={id} />}
