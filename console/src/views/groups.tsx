@@ -73,9 +73,13 @@ export function GroupsView() {
   );
 }
 
-/** One group, `/groups/:id`. */
+/** One group, `/groups/:id`: a fresh page for each group. */
 export function GroupView({ params }: { params: { id: string } }) {
   const id = decodeURIComponent(params.id);
+  return <GroupPage key={id} id={id} />;
+}
+
+function GroupPage({ id }: { id: string }) {
   const api = useApi();
   const [ended, setEnded] = useState(false);
   const group = usePoll(

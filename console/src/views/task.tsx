@@ -10,9 +10,13 @@ import { isFinal, nodeOf, runTime, stateName, usage, usd } from "../format.ts";
 import { useAgents } from "./agents-map.ts";
 import { EventLog } from "./event-log.tsx";
 
-/** The task page, `/tasks/:id`. */
+/** The task page, `/tasks/:id`: a fresh page for each task, so nothing of the last one shows. */
 export function TaskView({ params }: { params: { id: string } }) {
   const id = decodeURIComponent(params.id);
+  return <TaskPage key={id} id={id} />;
+}
+
+function TaskPage({ id }: { id: string }) {
   const api = useApi();
   const agents = useAgents();
   const now = useNow();
