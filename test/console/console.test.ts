@@ -1,10 +1,11 @@
 // The web console end to end: a real `conductor up` serving it (process runtime, fake model),
 // Debian's Chromium driving it through playwright-core. Screenshots of every view are written
 // to test-artifacts/console/. Timings are not asserted here: bench/console.ts measures them.
+import { execFileSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import type { Page } from "playwright-core";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
 import { ROOT, scripted, spec, startConductor, waitForEnd, type Conductor } from "../harness.ts";
 import { makeRepository } from "../repositories.ts";
@@ -28,6 +29,8 @@ describe("the web console", () => {
   let model: FakeModel | undefined;
   let conductor: Conductor | undefined;
   let browser: Browser | undefined;
+  /** Uncaught errors of any page: there must be none. */
+  const pageErrors: string[] = [];
   const started = () => {
     if (!model || !conductor || !browser) throw new Error("not started");
     return { model, conductor, browser, url: consoleUrl(conductor) };
@@ -35,6 +38,11 @@ describe("the web console", () => {
 
   beforeAll(async () => {
     mkdirSync(ARTIFACTS, { recursive: true });
+    // The console as the source now stands (npm ci built it once; a change since would not show).
+    execFileSync(path.join(ROOT, "node_modules", ".bin", "vite"), ["build", "console"], {
+      cwd: ROOT,
+      stdio: "ignore",
+    });
     model = await startFakeModel();
     conductor = await startConductor({
       modelUrl: model.url,
@@ -43,6 +51,12 @@ describe("the web console", () => {
       env: { CONDUCTOR_OBSERVABILITY_CONSOLE: "127.0.0.1:0" },
     });
     browser = await startBrowser();
+    browser.context.on("page", (page) =>
+      page.on("pageerror", (e) => pageErrors.push(`${page.url()}: ${e.message}`)),
+    );
+  });
+  afterEach(() => {
+    expect(pageErrors.splice(0)).toEqual([]);
   });
   afterAll(async () => {
     await browser?.close();
