@@ -3,7 +3,7 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["gen/**", "node_modules/**", ".dependency-cruiser.cjs"] },
+  { ignores: ["gen/**", "node_modules/**", ".dependency-cruiser.cjs", "console/dist/**"] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

@@ -1,0 +1,108 @@
+// The submit form: prompt, priority, type (from ListTaskTypes) and labels; the API's error,
+// if it refuses the task, shown as it says it.
+import { useState } from "preact/hooks";
+import type { Task } from "../../../gen/conductor/v1/task_pb.js";
+import { useApi, usePoll } from "../context.ts";
+import { errorText } from "../errors.ts";
+import { parseLabels } from "../format.ts";
+
+/** The form; `onSubmitted` gets the stored task. */
+export function SubmitForm({ onSubmitted }: { onSubmitted: (t: Task) => void }) {
+  const api = useApi();
+  const types = usePoll(async (signal) => (await api.listTaskTypes({}, { signal })).types, 60_000, [
+    api,
+  ]);
+  const [prompt, setPrompt] = useState("");
+  const [priority, setPriority] = useState("0");
+  const [type, setType] = useState("");
+  const [labels, setLabels] = useState("");
+  const [busy, setBusy] = useState(false);
+  const [message, setMessage] = useState<{ error: boolean; text: string }>();
+  const [answers, setAnswers] = useState(0); // how many submissions were answered, for tests
+
+  async function submit(e: Event) {
+    e.preventDefault();
+    setBusy(true);
+    setMessage(undefined);
+    try {
+      const { task, deduplicated } = await api.submitTask({
+        spec: { prompt, priority: Number(priority), type, labels: parseLabels(labels) },
+      });
+      if (!task) throw new Error("the Orchestrator answered without the task");
+      setMessage({
+        error: false,
+        text: `${deduplicated ? "Already stored" : "Submitted"}: ${task.id}`,
+      });
+      setPrompt("");
+      onSubmitted(task);
+    } catch (err) {
+      setMessage({ error: true, text: errorText(err) });
+    } finally {
+      setAnswers((n) => n + 1);
+      setBusy(false);
+    }
+  }
+
+  return (
+    <form
+      class="submit"
+      onSubmit={(e) => void submit(e).catch(() => undefined)}
+      data-testid="submit-form"
+    >
+      <label class="wide">
+        Prompt
+        <textarea
+          name="prompt"
+          rows={3}
+          required
+          value={prompt}
+          onInput={(e) => setPrompt(e.currentTarget.value)}
+        />
+      </label>
+      <label>
+        Priority
+        <input
+          name="priority"
+          type="number"
+          value={priority}
+          onInput={(e) => setPriority(e.currentTarget.value)}
+        />
+      </label>
+      <label>
+        Type
+        <select name="type" value={type} onChange={(e) => setType(e.currentTarget.value)}>
+          <option value="">generic</option>
+          {(types.value ?? [])
+            .filter((t) => t.name !== "generic")
+            .map((t) => (
+              <option key={t.name} value={t.name} title={t.description}>
+                {t.name}
+              </option>
+            ))}
+        </select>
+      </label>
+      <label>
+        Labels
+        <input
+          name="labels"
+          placeholder="team=web env=dev"
+          value={labels}
+          onInput={(e) => setLabels(e.currentTarget.value)}
+        />
+      </label>
+      <button type="submit" disabled={busy}>
+        Submit
+      </button>
+      {message && (
+        <p
+          class={message.error ? "error" : "note"}
+          role="status"
+          data-testid="submit-message"
+          data-answers={String(answers)}
+        >
+          {message.text}
+        </p>
+      )}
+    </form>
+  );
+}

@@ -1,0 +1,241 @@
+// The queue and recent tasks: a page of ListTasks, kept live by WatchTasks (reopened with
+// backoff when it breaks, listing again each time so nothing missed stays stale).
+import { useLocation } from "preact-iso";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
+import type { Task } from "../../../gen/conductor/v1/task_pb.js";
+import type { Orchestrator } from "../api.ts";
+import { useApi, useNow } from "../context.ts";
+import { errorText } from "../errors.ts";
+import { follow } from "../follow.ts";
+import { ALL_STATES, age, nodeOf, runTime, stateName, usd } from "../format.ts";
+import { useAgents } from "./agents-map.ts";
+import { SubmitForm } from "./submit.tsx";
+import { filterOf, listRequest, upsert, type TaskFilter } from "./task-filter.ts";
+
+/** The tasks view (`/`, `/tasks`), filtered by the address's query. */
+export function TasksView() {
+  const api = useApi();
+  const { query, route } = useLocation();
+  const filterKey = JSON.stringify([query["state"], query["label"], query["group"]]);
+  const filter = useMemo(() => filterOf(query), [filterKey]);
+  const [rows, setRows] = useState<Task[]>([]);
+  const [next, setNext] = useState("");
+  const [status, setStatus] = useState("connecting");
+  const [error, setError] = useState<string>();
+  const nextRef = useRef("");
+  nextRef.current = next;
+  const agents = useAgents();
+  const now = useNow();
+
+  useEffect(() => {
+    const stop = new AbortController();
+    follow(
+      (signal) => listThenWatch(api, filter, signal),
+      {
+        message: (u) => {
+          if ("page" in u) {
+            setRows(u.page);
+            setNext(u.next);
+            setStatus("live");
+            setError(undefined);
+          } else {
+            setRows((rows) => upsert(rows, u, filter, nextRef.current !== ""));
+          }
+        },
+        broken: (e, ms) => {
+          setStatus(`reconnecting in ${(ms / 1000).toFixed(1)} s`);
+          setError(errorText(e));
+        },
+      },
+      stop.signal,
+    ).catch(() => undefined);
+    return () => stop.abort();
+  }, [api, filter]);
+
+  async function more() {
+    try {
+      const page = await api.listTasks(listRequest(filter, next));
+      setRows((rows) => [...rows, ...page.tasks.filter((t) => !rows.some((r) => r.id === t.id))]);
+      setNext(page.nextPageToken);
+    } catch (e) {
+      setError(errorText(e));
+    }
+  }
+
+  return (
+    <section>
+      <details class="panel" open>
+        <summary>New task</summary>
+        <SubmitForm onSubmitted={(t) => setRows((rows) => upsert(rows, t, filter, false))} />
+      </details>
+      <Filters filter={filter} apply={(q) => route(`/${q ? `?${q}` : ""}`)} />
+      <p class="status">
+        <span data-testid="live-status">{status}</span>
+        {error && (
+          <span class="error" role="alert">
+            {" "}
+            {error}
+          </span>
+        )}
+      </p>
+      <table class="tasks" data-testid="tasks">
+        <thead>
+          <tr>
+            <th>Task</th>
+            <th>State</th>
+            <th>Priority</th>
+            <th>Type</th>
+            <th>Agent</th>
+            <th>Node</th>
+            <th>Age</th>
+            <th>Duration</th>
+            <th>Cost</th>
+          </tr>
+        </thead>
+        <tbody>
+          {rows.map((t) => (
+            <tr key={t.id} data-task={t.id} data-state={stateName(t.state)}>
+              <td>
+                <a href={`/tasks/${encodeURIComponent(t.id)}`}>{t.id}</a>
+                <div class="prompt">{t.spec?.prompt.slice(0, 120)}</div>
+              </td>
+              <td>
+                <span class={`state ${stateName(t.state)}`}>{stateName(t.state)}</span>
+              </td>
+              <td>{t.spec?.priority ?? 0}</td>
+              <td>{t.spec?.type || "generic"}</td>
+              <td>{t.agentId || "-"}</td>
+              <td>{nodeOf(t.agentId, agents)}</td>
+              <td>{age(t.createTime, now)}</td>
+              <td>{runTime(t, now)}</td>
+              <td>{t.result ? usd(t.result.costUsd) : "-"}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      {rows.length === 0 && (
+        <p class="note">No tasks{filter.states.length || filter.group ? " match" : " yet"}.</p>
+      )}
+      {next && (
+        <button type="button" onClick={() => void more().catch(() => undefined)}>
+          More
+        </button>
+      )}
+    </section>
+  );
+}
+
+/** What listThenWatch yields: a whole first page, or one task that changed. */
+type Update = { page: Task[]; next: string } | Task;
+
+/**
+ * Lists the filter's first page while WatchTasks opens, then yields each task WatchTasks
+ * reports. The server holds the stream's response headers until its first message, so the
+ * client cannot know when it is subscribed: the page is listed again once the headers come
+ * (the stream is surely subscribed by then), and the changes read while that list was on
+ * its way are yielded again after it. The stream is closed when the generator ends.
+ */
+async function* listThenWatch(
+  api: Orchestrator,
+  filter: TaskFilter,
+  outer: AbortSignal,
+): AsyncGenerator<Update> {
+  const mine = new AbortController();
+  const signal = AbortSignal.any([outer, mine.signal]);
+  const list = async (): Promise<Update> => {
+    const page = await api.listTasks(listRequest(filter), { signal });
+    return { page: page.tasks, next: page.nextPageToken };
+  };
+  let relist: Promise<Update> | undefined;
+  let since: Task[] = []; // read while `relist` was on its way
+  const watch = api.watchTasks(
+    {},
+    {
+      signal,
+      onHeader: () => {
+        relist = list();
+        relist.catch(() => undefined); // awaited below
+        since = [];
+      },
+    },
+  );
+  const stream = watch[Symbol.asyncIterator]();
+  try {
+    let next = stream.next();
+    next.catch(() => undefined); // awaited below
+    yield await list();
+    for (;;) {
+      const got = await (relist
+        ? Promise.race([next.then((r) => ({ r })), relist.then((u) => ({ u }))])
+        : next.then((r) => ({ r })));
+      if ("u" in got) {
+        relist = undefined;
+        yield got.u;
+        yield* since;
+        since = [];
+        continue;
+      }
+      if (got.r.done) return;
+      const task = got.r.value.task;
+      if (task) {
+        if (relist) since.push(task);
+        yield task;
+      }
+      next = stream.next();
+      next.catch(() => undefined);
+    }
+  } finally {
+    mine.abort();
+  }
+}
+
+/** The filter bar: state, label (k=v) and group. */
+function Filters({ filter, apply }: { filter: TaskFilter; apply: (query: string) => void }) {
+  const [state, setState] = useState(filter.state);
+  const [label, setLabel] = useState(
+    Object.entries(filter.labels)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(" "),
+  );
+  const [group, setGroup] = useState(filter.group);
+  useEffect(() => setGroup(filter.group), [filter.group]);
+  function submit(e: Event) {
+    e.preventDefault();
+    const q = new URLSearchParams();
+    if (state) q.set("state", state);
+    if (label.trim()) q.set("label", label.trim());
+    if (group.trim()) q.set("group", group.trim());
+    apply(q.toString());
+  }
+  return (
+    <form class="filters" onSubmit={submit} data-testid="filters">
+      <label>
+        State
+        <select name="state" value={state} onChange={(e) => setState(e.currentTarget.value)}>
+          <option value="">any</option>
+          <option value="active">active (not ended)</option>
+          {ALL_STATES.map((s) => (
+            <option key={s} value={stateName(s)}>
+              {stateName(s)}
+            </option>
+          ))}
+        </select>
+      </label>
+      <label>
+        Label
+        <input
+          name="label"
+          placeholder="k=v"
+          value={label}
+          onInput={(e) => setLabel(e.currentTarget.value)}
+        />
+      </label>
+      <label>
+        Group
+        <input name="group" value={group} onInput={(e) => setGroup(e.currentTarget.value)} />
+      </label>
+      <button type="submit">Filter</button>
+      {filter.problem && <span class="error">{filter.problem}</span>}
+    </form>
+  );
+}
