@@ -129,11 +129,10 @@ export function TasksView() {
 type Update = { page: Task[]; next: string } | Task;
 
 /**
- * Lists the filter's first page while WatchTasks opens, then yields each task WatchTasks
- * reports. The server holds the stream's response headers until its first message, so the
- * client cannot know when it is subscribed: the page is listed again once the headers come
- * (the stream is surely subscribed by then), and the changes read while that list was on
- * its way are yielded again after it. The stream is closed when the generator ends.
+ * Opens WatchTasks, and once its first (empty) message says it is open, lists the filter's
+ * first page and yields it, then each task WatchTasks reports: no change is missed between
+ * the list and the stream (a change during the list is read after it, and is newer). The
+ * stream is closed when the generator ends.
  */
 async function* listThenWatch(
   api: Orchestrator,
@@ -142,47 +141,16 @@ async function* listThenWatch(
 ): AsyncGenerator<Update> {
   const mine = new AbortController();
   const signal = AbortSignal.any([outer, mine.signal]);
-  const list = async (): Promise<Update> => {
-    const page = await api.listTasks(listRequest(filter), { signal });
-    return { page: page.tasks, next: page.nextPageToken };
-  };
-  let relist: Promise<Update> | undefined;
-  let since: Task[] = []; // read while `relist` was on its way
-  const watch = api.watchTasks(
-    {},
-    {
-      signal,
-      onHeader: () => {
-        relist = list();
-        relist.catch(() => undefined); // awaited below
-        since = [];
-      },
-    },
-  );
-  const stream = watch[Symbol.asyncIterator]();
   try {
-    let next = stream.next();
-    next.catch(() => undefined); // awaited below
-    yield await list();
+    const stream = api.watchTasks({}, { signal })[Symbol.asyncIterator]();
+    const opened = await stream.next();
+    if (opened.done) return;
+    const page = await api.listTasks(listRequest(filter), { signal });
+    yield { page: page.tasks, next: page.nextPageToken };
     for (;;) {
-      const got = await (relist
-        ? Promise.race([next.then((r) => ({ r })), relist.then((u) => ({ u }))])
-        : next.then((r) => ({ r })));
-      if ("u" in got) {
-        relist = undefined;
-        yield got.u;
-        yield* since;
-        since = [];
-        continue;
-      }
-      if (got.r.done) return;
-      const task = got.r.value.task;
-      if (task) {
-        if (relist) since.push(task);
-        yield task;
-      }
-      next = stream.next();
-      next.catch(() => undefined);
+      const got = await stream.next();
+      if (got.done) return;
+      if (got.value.task) yield got.value.task;
     }
   } finally {
     mine.abort();
