@@ -67,6 +67,9 @@ export interface FormFields {
   prompt: string;
   priority?: number;
   labels?: string;
+  /** A task type's name, and its parameters (filled into the fields the form shows for it). */
+  type?: string;
+  params?: Record<string, string>;
 }
 
 /** Submits a task from the queue view's form; returns its id as the form reports it. */
@@ -83,6 +86,9 @@ export async function submitAnswer(page: Page, fields: FormFields): Promise<stri
   await form.locator('textarea[name="prompt"]').fill(fields.prompt);
   await form.locator('input[name="priority"]').fill(String(fields.priority ?? 0));
   await form.locator('input[name="labels"]').fill(fields.labels ?? "");
+  await form.locator('select[name="type"]').selectOption(fields.type ?? "");
+  for (const [name, value] of Object.entries(fields.params ?? {}))
+    await form.locator(`input[name="param-${name}"]`).fill(value);
   const message = form.locator('[data-testid="submit-message"]');
   const answers = (await message.count()) ? Number(await message.getAttribute("data-answers")) : 0;
   await form.locator('button[type="submit"]').click();

@@ -100,7 +100,7 @@ describe("the web console", () => {
   });
 
   it("submits from the form, follows the task live, shows its tool call and result, and cancels a running one", async () => {
-    const { browser, url } = started();
+    const { browser, conductor, url } = started();
     const page = await browser.context.newPage();
     await page.goto(url.toString());
     await page.waitForSelector('[data-testid="live-status"]:text("live")');
@@ -161,7 +161,22 @@ describe("the web console", () => {
     await page.waitForSelector('.log .result:has-text("result: console task done")');
     await page.waitForSelector('[data-testid="result"]:text("console task done")');
     expect(await page.locator('[data-testid="task-state"]').textContent()).toBe("SUCCEEDED");
+    const specShown = await page.locator('[data-testid="spec"]').textContent();
+    expect(specShown).toContain("Say hello.");
+    expect(specShown).toContain("suite=console");
     await shot(page, "task");
+
+    // A task type's parameters: the form shows a field for each, and they reach the spec.
+    await page.click('nav a[href="/"]');
+    const typed = await submitFromForm(page, {
+      prompt: "Review the parser.",
+      type: "code_review",
+      params: { focus: "error handling" },
+    });
+    const stored = (await conductor.client.getTask({ id: typed })).task!;
+    expect(stored.spec?.type).toBe("code_review");
+    expect(stored.spec?.params).toEqual({ focus: "error handling" });
+    await conductor.client.cancelTask({ id: typed }).catch(() => undefined); // free the agent
     await page.close();
   });
 

@@ -1,5 +1,5 @@
-// The submit form: prompt, priority, type (from ListTaskTypes) and labels; the API's error,
-// if it refuses the task, shown as it says it.
+// The submit form: prompt, priority, type (from ListTaskTypes) with its parameters, and
+// labels; the API's error, if it refuses the task, shown as it says it.
 import { useState } from "preact/hooks";
 import type { Task } from "../../../gen/conductor/v1/task_pb.js";
 import { useApi, usePoll } from "../context.ts";
@@ -16,6 +16,8 @@ export function SubmitForm({ onSubmitted }: { onSubmitted: (t: Task) => void }) 
   const [priority, setPriority] = useState("0");
   const [type, setType] = useState("");
   const [labels, setLabels] = useState("");
+  const [params, setParams] = useState<Record<string, string>>({});
+  const declared = types.value?.find((t) => t.name === type)?.parameters ?? [];
   const [busy, setBusy] = useState(false);
   const [message, setMessage] = useState<{ error: boolean; text: string }>();
   const [answers, setAnswers] = useState(0); // how many submissions were answered, for tests
@@ -26,7 +28,13 @@ export function SubmitForm({ onSubmitted }: { onSubmitted: (t: Task) => void }) 
     setMessage(undefined);
     try {
       const { task, deduplicated } = await api.submitTask({
-        spec: { prompt, priority: Number(priority), type, labels: parseLabels(labels) },
+        spec: {
+          prompt,
+          priority: Number(priority),
+          type,
+          labels: parseLabels(labels),
+          params: Object.fromEntries(Object.entries(params).filter(([, v]) => v !== "")),
+        },
       });
       if (!task) throw new Error("the Orchestrator answered without the task");
       setMessage({
@@ -70,7 +78,14 @@ export function SubmitForm({ onSubmitted }: { onSubmitted: (t: Task) => void }) 
       </label>
       <label>
         Type
-        <select name="type" value={type} onChange={(e) => setType(e.currentTarget.value)}>
+        <select
+          name="type"
+          value={type}
+          onChange={(e) => {
+            setType(e.currentTarget.value);
+            setParams({});
+          }}
+        >
           <option value="">generic</option>
           {(types.value ?? [])
             .filter((t) => t.name !== "generic")
@@ -81,6 +96,19 @@ export function SubmitForm({ onSubmitted }: { onSubmitted: (t: Task) => void }) 
             ))}
         </select>
       </label>
+      {declared.map((p) => (
+        <label key={p.name} title={p.description}>
+          {p.name}
+          {p.required ? " *" : ""}
+          <input
+            name={`param-${p.name}`}
+            required={p.required}
+            placeholder={p.defaultValue || (p.values.length > 0 ? p.values.join(" | ") : "")}
+            value={params[p.name] ?? ""}
+            onInput={(e) => setParams({ ...params, [p.name]: e.currentTarget.value })}
+          />
+        </label>
+      ))}
       <label>
         Labels
         <input

@@ -68,6 +68,39 @@ function TaskPage({ id }: { id: string }) {
           {error}
         </p>
       )}
+      {task?.spec && (
+        <dl class="facts" data-testid="spec">
+          <dt>Prompt</dt>
+          <dd>
+            <pre class="prompt">{clip(task.spec.prompt, MAX_PROMPT_SHOWN)}</pre>
+          </dd>
+          <dt>Type</dt>
+          <dd>{task.spec.type || "generic"}</dd>
+          <dt>Priority</dt>
+          <dd>{task.spec.priority}</dd>
+          {Object.keys(task.spec.params).length > 0 && (
+            <>
+              <dt>Parameters</dt>
+              <dd>{pairs(task.spec.params)}</dd>
+            </>
+          )}
+          {Object.keys(task.spec.labels).length > 0 && (
+            <>
+              <dt>Labels</dt>
+              <dd>{pairs(task.spec.labels)}</dd>
+            </>
+          )}
+          {task.groupId && (
+            <>
+              <dt>Group</dt>
+              <dd>
+                <a href={`/groups/${encodeURIComponent(task.groupId)}`}>{task.groupId}</a>
+                {task.member ? ` (${task.member})` : ""}
+              </dd>
+            </>
+          )}
+        </dl>
+      )}
       {task && (
         <dl class="facts">
           <dt>Agent</dt>
@@ -174,3 +207,16 @@ function Patch({ taskId }: { taskId: string }) {
   );
 }
 const MAX_PATCH_LINES = 5_000;
+/** Most characters of a prompt the page shows (the whole is under "Everything"). */
+const MAX_PROMPT_SHOWN = 2_000;
+
+function clip(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, max)}…` : text;
+}
+
+/** A map as `k=v` pairs, as the CLI takes them. */
+function pairs(map: Record<string, string>): string {
+  return Object.entries(map)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(" ");
+}
