@@ -3,22 +3,20 @@
 // trivial stateless MCP server (the SDK's, in this process, one tool), alternating, median
 // of --runs. Tells the CLI's own MCP start-up apart from what the AgentHost's tools add.
 //   node bench/cli-mcp.ts [--runs 8]
-import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { parseArgs, promisify } from "node:util";
+import { parseArgs } from "node:util";
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
-import { resolveClaudePath } from "../services/shared/claude-path.ts";
 import { startFakeModel } from "../test/fake-model/server.ts";
 import { scripted } from "../test/harness.ts";
+import { runBareCli } from "./bare-cli.ts";
 
 const { values } = parseArgs({ options: { runs: { type: "string", default: "8" } } });
 const RUNS = Math.min(Math.max(Number(values.runs) || 8, 1), 100);
-const run = promisify(execFile);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 await using model = await startFakeModel();
@@ -44,30 +42,18 @@ const server = http.createServer((req, res) => {
 });
 await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
 const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/mcp`;
-const claude = resolveClaudePath("");
 const prompt = scripted([{ write: { path: "bench.txt", content: "x" } }, { text: "done" }]);
 const dir = mkdtempSync(path.join(tmpdir(), "conductor-bench-cli-mcp-"));
 
 async function once(withMcp: boolean): Promise<number> {
-  const args = ["-p", prompt, "--output-format", "stream-json", "--verbose"];
-  args.push("--permission-mode", "acceptEdits");
   const config = JSON.stringify({ mcpServers: { bench: { type: "http", url } } });
-  if (withMcp) args.push("--mcp-config", config, "--strict-mcp-config");
   const start = performance.now();
-  const pending = run(claude, args, {
-    cwd: dir,
-    env: {
-      PATH: process.env["PATH"] ?? "/usr/bin:/bin",
-      HOME: dir,
-      CLAUDE_CONFIG_DIR: dir,
-      ANTHROPIC_BASE_URL: model.url,
-      ANTHROPIC_API_KEY: "sk-bench",
-      CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: "1",
-      DISABLE_AUTOUPDATER: "1",
-    },
-  });
-  pending.child.stdin?.end();
-  await pending;
+  await runBareCli(
+    prompt,
+    dir,
+    model.url,
+    withMcp ? ["--mcp-config", config, "--strict-mcp-config"] : [],
+  );
   return performance.now() - start;
 }
 

@@ -2,16 +2,14 @@
 // CLI (same fake model), and tasks/s for many trivial tasks; and what the process runtime's
 // bubblewrap sandbox costs against the same runtime unsandboxed (runtime.process_sandbox:
 // none), measured in the same run. Run: npm run bench [-- --tasks 200 --agents 4]
-import { execFile } from "node:child_process";
 import { chownSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { promisify } from "node:util";
 import { TaskState } from "../gen/conductor/v1/task_pb.js";
 import { createProcessBackend } from "../plugins/runtime-process/index.ts";
-import { resolveClaudePath } from "../services/shared/claude-path.ts";
 import { startFakeModel } from "../test/fake-model/server.ts";
+import { runBareCli } from "./bare-cli.ts";
 import { scripted, spec, startConductor, waitForEnd } from "../test/harness.ts";
 
 const { values } = parseArgs({
@@ -24,7 +22,6 @@ const { values } = parseArgs({
 const TASKS = Number(values.tasks);
 const AGENTS = Number(values.agents);
 const RUNS = Number(values.runs);
-const run = promisify(execFile);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const prompt = scripted([{ write: { path: "bench.txt", content: "x" } }, { text: "done" }]);
 
@@ -32,38 +29,8 @@ await using model = await startFakeModel();
 
 // The bare CLI, as an AgentHost would run it: one workspace and config folder, reused
 // (as an agent reuses its own), after one warm-up run that is not counted.
-const claude = resolveClaudePath("");
 const bareDir = mkdtempSync(path.join(tmpdir(), "conductor-bench-"));
-const bareRun = async () => {
-  const pending = run(
-    claude,
-    [
-      "-p",
-      prompt,
-      "--output-format",
-      "stream-json",
-      "--verbose",
-      "--permission-mode",
-      "acceptEdits",
-    ],
-    {
-      cwd: bareDir,
-      env: {
-        PATH: process.env["PATH"] ?? "/usr/bin:/bin",
-        HOME: bareDir,
-        CLAUDE_CONFIG_DIR: bareDir,
-        ANTHROPIC_BASE_URL: model.url,
-        ANTHROPIC_API_KEY: "sk-bench",
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: "1",
-        DISABLE_AUTOUPDATER: "1",
-      },
-    },
-  );
-  // With -p the CLI also reads stdin until it closes (it waits ~3 s for a pipe that stays
-  // open); the AgentHost gives it none, and so does this.
-  pending.child.stdin?.end();
-  await pending;
-};
+const bareRun = () => runBareCli(prompt, bareDir, model.url);
 await bareRun();
 const bare: number[] = [];
 for (let i = 0; i < RUNS; i++) {

@@ -12,23 +12,28 @@ import {
 import { TaskStore } from "../services/orchestrator/store.ts";
 
 /**
- * Writes a task that ended after `lines` output events of `lineBytes` each into the
- * Orchestrator database under `dataDir` (which must not be open elsewhere); returns its id.
+ * Writes a task that ended after `lines` output events of `lineBytes` each (or, given `text`,
+ * the text of the nth line, 1-based) into the Orchestrator database under `dataDir` (which
+ * must not be open elsewhere); returns its id.
  */
 export function writeHistory(
   dataDir: string,
   lines: number,
   lineBytes: number,
   retentionBytes: number,
+  text?: (n: number) => string,
 ): string {
   const store = new TaskStore(dataDir, { outputRetentionBytes: retentionBytes });
   try {
     const id = `history-${lines}x${lineBytes}`;
     const now = Date.now();
     store.insert(id, create(TaskSpecSchema, { prompt: "print a lot" }), 1, now);
-    const value = create(AgentOutputSchema, { type: "assistant", text: "y".repeat(lineBytes) });
+    const same = create(AgentOutputSchema, { type: "assistant", text: "y".repeat(lineBytes) });
+    const line = (n: number) =>
+      text ? create(AgentOutputSchema, { type: "assistant", text: text(n) }) : same;
     store.tx(() => {
-      for (let i = 0; i < lines; i++) store.appendEvent(id, { case: "output", value }, now);
+      for (let i = 1; i <= lines; i++)
+        store.appendEvent(id, { case: "output", value: line(i) }, now);
     });
     store.transition(id, [TaskState.QUEUED], { state: TaskState.SUCCEEDED, endTime: now });
     store.appendEvent(
