@@ -120,9 +120,24 @@ export class FakeAgentHost implements AsyncDisposable {
             this.cancelRuns.push(req.taskId);
             return { found: this.taskId === req.taskId };
           },
+          getPatch: (req, ctx) => this.patch(req.headCommit, ctx.signal),
         }),
     });
     return this;
+  }
+
+  /** GetPatch streams open now. */
+  patchesOpen = 0;
+
+  /** A patch that is the head commit's name, then never ends (until the call goes). */
+  private async *patch(head: string, signal: AbortSignal) {
+    this.patchesOpen++;
+    try {
+      yield { chunk: new TextEncoder().encode(head) };
+      await new Promise((resolve) => signal.addEventListener("abort", resolve, { once: true }));
+    } finally {
+      this.patchesOpen--;
+    }
   }
 
   /** Like kill -9: every connection is cut and the socket goes away. */

@@ -57,21 +57,27 @@ export function age(at: Timestamp | undefined, now: number): string {
 }
 
 /**
- * Labels written as `k=v` pairs separated by spaces or commas, as a map; throws an Error
- * naming the bad pair.
+ * Labels written as `k=v` pairs separated by commas (a value may hold spaces), as a map;
+ * throws an Error naming the bad pair.
  */
 export function parseLabels(text: string): Record<string, string> {
   const labels: Record<string, string> = {};
-  for (const pair of text.split(/[\s,]+/).filter(Boolean)) {
+  for (const pair of text
+    .split(/[,\n]/)
+    .map((p) => p.trim())
+    .filter(Boolean)) {
     const eq = pair.indexOf("=");
     if (eq <= 0) throw new Error(`label "${pair}" is not key=value`);
-    labels[pair.slice(0, eq)] = pair.slice(eq + 1);
+    const key = pair.slice(0, eq).trim();
+    if (/\s/.test(key))
+      throw new Error(`label key "${key}" holds a space; separate labels with commas`);
+    labels[key] = pair.slice(eq + 1).trim();
   }
   return labels;
 }
 
-/** Labels as `k=v k2=v2`. */
+/** Labels as `k=v, k2=v2` (what parseLabels reads). */
 export const labelsText = (labels: Record<string, string> | undefined): string =>
   Object.entries(labels ?? {})
     .map(([k, v]) => `${k}=${v}`)
-    .join(" ");
+    .join(", ");

@@ -6,7 +6,7 @@ import { takeToken } from "./token.ts";
 import "uplot/dist/uPlot.min.css";
 import "./style.css";
 
-const token = takeToken(window.location, window.sessionStorage, window.history);
+const token = takeToken(window.location, window.localStorage, window.history);
 const root = document.getElementById("app");
 if (root) {
   let refused = () => {};

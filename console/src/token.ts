@@ -1,5 +1,6 @@
 // The console's access token: handed over once in the URL `conductor up` prints
-// (`?token=…`), then kept for the tab's life in sessionStorage and out of the address bar.
+// (`?token=…`), then kept in the origin's localStorage (so a task opened in a new tab needs
+// no token again; a restarted Conductor's new token replaces it) and out of the address bar.
 
 const KEY = "conductor.console.token";
 

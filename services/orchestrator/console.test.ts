@@ -24,6 +24,7 @@ import {
 import { silentLogger } from "../shared/log.ts";
 import { TlsMaterial } from "../shared/tls.ts";
 import { serveConsole, type ConsoleServer } from "./console.ts";
+import { MAX_PATCH_STREAMS } from "./orchestrator.ts";
 import { orchestratorRoutes } from "./routes.ts";
 
 /** Starts, prints `n` lines of output, and succeeds. */
@@ -38,6 +39,19 @@ const chatty = (n: number): Play =>
       kind: { case: "outcome", value: { state: TaskState.SUCCEEDED, result: { text: "done" } } },
     };
   };
+
+/** Starts and succeeds with a change on a git workspace (head commit "head1"). */
+const changed: Play = async function* (req, _ctx, host) {
+  yield started(req, host);
+  host.setAgent("");
+  const change = { repository: "repo", branch: "b", baseCommit: "base1", headCommit: "head1" };
+  yield {
+    kind: {
+      case: "outcome",
+      value: { state: TaskState.SUCCEEDED, result: { text: "changed", change } },
+    },
+  };
+};
 
 const bearer =
   (token: string): Interceptor =>
@@ -143,6 +157,18 @@ describe("the web console", () => {
     });
     expect(raw.status).toBe(401);
     expect(JSON.parse(raw.body)).toMatchObject({ code: "unauthenticated" });
+    // A misspelt field or state name is refused, naming it, not ignored.
+    for (const body of ['{"states":["TASK_STATE_BOGUS"]}', '{"page_sise":5}']) {
+      const misspelt = await request(base(), {
+        method: "POST",
+        path: "/conductor.v1.OrchestratorService/ListTasks",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+        body,
+      });
+      expect(misspelt.status, body).toBe(400);
+      expect(JSON.parse(misspelt.body), body).toMatchObject({ code: "invalid_argument" });
+      expect(misspelt.body).toMatch(/BOGUS|page_sise/);
+    }
   });
 
   it("refuses another site's page and a DNS-rebound host name, token or not", async () => {
@@ -277,6 +303,40 @@ describe("the web console", () => {
       .listTaskEvents({ id, pageSize: 5000 })
       .catch((e: unknown) => ConnectError.from(e));
     expect((tooBig as ConnectError).code).toBe(Code.InvalidArgument);
+  });
+
+  it("sends at most MAX_PATCH_STREAMS patches at once, and others again once they end", async () => {
+    const c = client([bearer(token)]);
+    host.plays = [changed];
+    const { task } = await c.submitTask({ spec: { prompt: "change something" } });
+    await until(
+      () => world.orch.store.get(task!.id)?.state === TaskState.SUCCEEDED,
+      "the task to succeed with a change",
+    );
+    const readers = Array.from({ length: MAX_PATCH_STREAMS }, () => new AbortController());
+    for (const r of readers) {
+      const stream = c.getTaskPatch({ taskId: task!.id }, { signal: r.signal });
+      const first = await stream[Symbol.asyncIterator]().next();
+      if (first.done) throw new Error("the patch ended at once");
+      expect(new TextDecoder().decode(first.value.chunk)).toBe("head1");
+    }
+    const refused = await (async () => {
+      for await (const _ of c.getTaskPatch({ taskId: task!.id })) return "sent";
+      return "ended";
+    })().catch((e: unknown) => ConnectError.from(e));
+    expect(refused).toBeInstanceOf(ConnectError);
+    expect((refused as ConnectError).code).toBe(Code.ResourceExhausted);
+    expect((refused as ConnectError).rawMessage).toMatch(/try again/);
+    readers[0]!.abort();
+    await until(
+      () => world.orch.patchesSending < MAX_PATCH_STREAMS,
+      "the first reader's stream to end",
+    );
+    const last = new AbortController();
+    const again = c.getTaskPatch({ taskId: task!.id }, { signal: last.signal });
+    expect((await again[Symbol.asyncIterator]().next()).done).toBe(false);
+    for (const r of [...readers, last]) r.abort();
+    await until(() => host.patchesOpen === 0, "every patch stream on the host to end");
   });
 
   it("lists the tasks of a group and the tasks with given labels", async () => {

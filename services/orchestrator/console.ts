@@ -116,17 +116,21 @@ export async function serveConsole(opts: ConsoleOptions): Promise<ConsoleServer>
     new HealthRegistry(),
     (req) => createContextValues().set(PEER, { kind: "console", token: holds(req, expected) }),
   );
-  const server = http.createServer((req, res) => {
-    for (const [k, v] of Object.entries(SECURITY_HEADERS)) res.setHeader(k, v);
-    const refused = foreign(req, bound.port);
-    if (refused) {
-      res.writeHead(403, { "content-type": "text/plain; charset=utf-8" }).end(refused + "\n");
-      return;
-    }
-    handler(req, res);
-  });
+  // A connection that sends nothing, or its headers slowly, is cut within seconds, so idle
+  // ones cannot hold all MAX_CONNECTIONS for long.
+  const server = http.createServer(
+    { headersTimeout: 5_000, requestTimeout: 30_000, connectionsCheckingInterval: 1_000 },
+    (req, res) => {
+      for (const [k, v] of Object.entries(SECURITY_HEADERS)) res.setHeader(k, v);
+      const refused = foreign(req, bound.port);
+      if (refused) {
+        res.writeHead(403, { "content-type": "text/plain; charset=utf-8" }).end(refused + "\n");
+        return;
+      }
+      handler(req, res);
+    },
+  );
   server.maxConnections = MAX_CONNECTIONS;
-  server.headersTimeout = 10_000;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => {

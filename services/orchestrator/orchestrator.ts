@@ -61,6 +61,8 @@ export interface OrchestratorOptions {
 
 /** Most queued tasks one schedule looks at. */
 const MAX_SCHEDULE_SCAN = 1000;
+/** Most GetTaskPatch streams sent at once (each runs `git format-patch` on a node). */
+export const MAX_PATCH_STREAMS = 8;
 
 const stateName = (s: TaskState) => `TASK_STATE_${TaskState[s]}`;
 
@@ -89,6 +91,13 @@ export class Orchestrator {
   private wakeTimer: NodeJS.Timeout | undefined;
   private scheduling: NodeJS.Immediate | undefined;
   private closed = false;
+  /** GetTaskPatch streams being sent. */
+  private patchStreams = 0;
+
+  /** How many GetTaskPatch streams are being sent. */
+  get patchesSending(): number {
+    return this.patchStreams;
+  }
 
   constructor(opts: OrchestratorOptions) {
     this.opts = opts;
@@ -326,10 +335,24 @@ export class Orchestrator {
     return { group: this.groups.get(groupId), deduplicated: false };
   }
 
-  /** A task's change as `git format-patch` output, in chunks, from the node holding it. */
-  patch(id: string, signal: AbortSignal): AsyncGenerator<Uint8Array> {
+  /**
+   * A task's change as `git format-patch` output, in chunks, from the node holding it. At most
+   * MAX_PATCH_STREAMS are sent at once (each runs git on its node); beyond, RESOURCE_EXHAUSTED.
+   */
+  async *patch(id: string, signal: AbortSignal): AsyncGenerator<Uint8Array> {
     const task = this.get(id);
-    return patchOf(this.hosts, task, this.store.attemptHost(id), signal);
+    if (this.patchStreams >= MAX_PATCH_STREAMS) {
+      throw new ConnectError(
+        `${MAX_PATCH_STREAMS} patches are being sent already; try again once one has ended`,
+        Code.ResourceExhausted,
+      );
+    }
+    this.patchStreams++;
+    try {
+      yield* patchOf(this.hosts, task, this.store.attemptHost(id), signal);
+    } finally {
+      this.patchStreams--;
+    }
   }
 
   /** A task as stored; a queued one says what holds it (queue_reason). */

@@ -93,6 +93,8 @@ export function rpcHandler(
 ) {
   return connectNodeAdapter({
     readMaxBytes: READ_MAX_BYTES,
+    // A misspelt field or enum name in JSON is an INVALID_ARGUMENT naming it, not ignored.
+    jsonOptions: { ignoreUnknownFields: false },
     connect: opts.connect ?? false,
     grpcWeb: opts.grpcWeb ?? false,
     contextValues: peer,

@@ -129,9 +129,10 @@ describe("the web console", () => {
     });
     await waitForRow(page, id, "QUEUED");
 
-    // The running one, on its own page in a second tab: its tool call, then Cancel.
+    // The running one, on its own page in a second tab opened as a link would be (no token in
+    // its address: the console's origin keeps it): its tool call, then Cancel.
     const tab = await browser.context.newPage();
-    await tab.goto(pageUrl(url, `/tasks/${blocker}`));
+    await tab.goto(`${url.origin}/tasks/${blocker}`);
     await tab.waitForSelector('.log .tool:has-text("echo holding the agent")');
     await tab.waitForSelector('[data-testid="task-state"]:text("RUNNING")');
     await waitForRow(page, blocker, "RUNNING");

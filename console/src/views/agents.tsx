@@ -51,7 +51,7 @@ export function AgentsView() {
               <td>
                 {Object.entries(n.labels)
                   .map(([k, v]) => `${k}=${v}`)
-                  .join(" ")}
+                  .join(", ")}
               </td>
             </tr>
           ))}

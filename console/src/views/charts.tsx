@@ -140,6 +140,8 @@ function Chart({ title, data, label, color, label2, color2 }: ChartProps) {
         ...(label2 ? [{ label: label2, stroke: color2 ?? "#333", width: 2 }] : []),
       ],
       axes: [{}, { size: 60 }],
+      // One sample alone: the last minute up to it, not a span of years around it.
+      scales: { x: { time: true, range: (_u, min, max) => [Math.min(min, max - 60), max] } },
     };
     plot.current = new uPlot(opts, data, el);
     const resize = () =>

@@ -63,7 +63,7 @@ export function GroupsView() {
           ))}
         </tbody>
       </table>
-      {groups.length === 0 && <p class="note">No groups yet (conductor submit-group).</p>}
+      {groups.length === 0 && <p class="note">No groups yet (conductor group submit).</p>}
       {token && (
         <button type="button" onClick={() => void more().catch(() => undefined)}>
           More

@@ -113,7 +113,7 @@ export function SubmitForm({ onSubmitted }: { onSubmitted: (t: Task) => void }) 
         Labels
         <input
           name="labels"
-          placeholder="team=web env=dev"
+          placeholder="team=web, env=dev"
           value={labels}
           onInput={(e) => setLabels(e.currentTarget.value)}
         />

@@ -9,7 +9,7 @@ const task = (id: string, ms: number, state = TaskState.QUEUED, labels = {}, gro
 
 describe("the queue view's filter", () => {
   it("reads state, labels and group from the address", () => {
-    const f = filterOf({ state: "RUNNING", label: "team=web env=dev", group: "g1" });
+    const f = filterOf({ state: "RUNNING", label: "team=web, env=dev", group: "g1" });
     expect(f.states).toEqual([TaskState.RUNNING]);
     expect(f.labels).toEqual({ team: "web", env: "dev" });
     expect(listRequest(f, "p2")).toMatchObject({ groupId: "g1", pageToken: "p2" });
@@ -20,6 +20,11 @@ describe("the queue view's filter", () => {
     ]);
     expect(filterOf({}).states).toEqual([]);
     expect(filterOf({ label: "oops" }).problem).toBe('label "oops" is not key=value');
+    // A value may hold spaces (and markup: it is text); labels are separated by commas.
+    expect(filterOf({ label: "svc=<i class=x>a b</i>, team=web" }).labels).toEqual({
+      svc: "<i class=x>a b</i>",
+      team: "web",
+    });
   });
 
   it("matches tasks by every part", () => {

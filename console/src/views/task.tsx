@@ -9,6 +9,7 @@ import { aborted, errorText } from "../errors.ts";
 import { isFinal, nodeOf, runTime, stateName, usage, usd } from "../format.ts";
 import { useAgents } from "./agents-map.ts";
 import { EventLog } from "./event-log.tsx";
+import { patchClasses } from "./patch-lines.ts";
 
 /** The task page, `/tasks/:id`: a fresh page for each task, so nothing of the last one shows. */
 export function TaskView({ params }: { params: { id: string } }) {
@@ -183,20 +184,9 @@ function Patch({ taskId }: { taskId: string }) {
       {error && <p class="note">{error}</p>}
       {text !== undefined && (
         <pre class="patch" data-testid="patch">
-          {shown.map((l, i) => (
-            <div
-              key={i}
-              class={
-                l.startsWith("+")
-                  ? "add"
-                  : l.startsWith("-")
-                    ? "del"
-                    : l.startsWith("@@")
-                      ? "hunk"
-                      : ""
-              }
-            >
-              {l || " "}
+          {patchClasses(shown).map((c, i) => (
+            <div key={i} class={c}>
+              {shown[i] || " "}
             </div>
           ))}
           {lines.length > shown.length &&
@@ -214,9 +204,9 @@ function clip(text: string, max: number): string {
   return text.length > max ? `${text.slice(0, max)}…` : text;
 }
 
-/** A map as `k=v` pairs, as the CLI takes them. */
+/** A map as `k=v` pairs, separated by commas. */
 function pairs(map: Record<string, string>): string {
   return Object.entries(map)
     .map(([k, v]) => `${k}=${v}`)
-    .join(" ");
+    .join(", ");
 }

@@ -66,7 +66,14 @@ export function TasksView() {
     <section>
       <details class="panel" open>
         <summary>New task</summary>
-        <SubmitForm onSubmitted={(t) => setRows((rows) => upsert(rows, t, filter, false))} />
+        <SubmitForm
+          onSubmitted={(t) =>
+            // The live stream may have brought a newer state already: it wins.
+            setRows((rows) =>
+              rows.some((r) => r.id === t.id) ? rows : upsert(rows, t, filter, false),
+            )
+          }
+        />
       </details>
       <Filters filter={filter} apply={(q) => route(`/${q ? `?${q}` : ""}`)} />
       <p class="status">
@@ -114,7 +121,13 @@ export function TasksView() {
         </tbody>
       </table>
       {rows.length === 0 && (
-        <p class="note">No tasks{filter.states.length || filter.group ? " match" : " yet"}.</p>
+        <p class="note">
+          No tasks
+          {filter.states.length || filter.group || Object.keys(filter.labels).length
+            ? " match this filter"
+            : " yet"}
+          .
+        </p>
       )}
       {next && (
         <button type="button" onClick={() => void more().catch(() => undefined)}>
@@ -163,7 +176,7 @@ function Filters({ filter, apply }: { filter: TaskFilter; apply: (query: string)
   const [label, setLabel] = useState(
     Object.entries(filter.labels)
       .map(([k, v]) => `${k}=${v}`)
-      .join(" "),
+      .join(", "),
   );
   const [group, setGroup] = useState(filter.group);
   useEffect(() => setGroup(filter.group), [filter.group]);
