@@ -435,5 +435,27 @@ describe("the web console off loopback", () => {
       req.end();
     });
     expect(anonymous).toMatch(/^refused/);
+    // With a certificate, still no other site's page: a browser sends its Origin.
+    const fromPage = (origin: string) =>
+      new Promise<number>((resolve, reject) => {
+        const req = https.request(
+          {
+            host: "127.0.0.1",
+            port,
+            method: "POST",
+            path: "/conductor.v1.OrchestratorService/ListTasks",
+            headers: { "content-type": "application/json", origin },
+            ...tlsOf("alice"),
+          },
+          (res) => {
+            res.resume();
+            resolve(res.statusCode!);
+          },
+        );
+        req.on("error", reject);
+        req.end("{}");
+      });
+    expect(await fromPage("https://evil.example")).toBe(403);
+    expect(await fromPage(`https://127.0.0.1:${port}`)).toBe(200);
   });
 });

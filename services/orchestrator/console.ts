@@ -100,7 +100,12 @@ export async function serveConsole(opts: ConsoleOptions): Promise<ConsoleServer>
       interceptors,
       listen: opts.listen,
       material: opts.material,
-      fallback: withHeaders(files),
+      fallback: files,
+      // The headers on every answer; another site's page is refused (its Origin is not ours).
+      guard: (req, res) => {
+        for (const [k, v] of Object.entries(SECURITY_HEADERS)) res.setHeader(k, v);
+        return otherOrigin(req, "https");
+      },
     });
     return {
       url: `https://${shownHost(tcp.host)}:${tcp.port}/`,
@@ -112,7 +117,17 @@ export async function serveConsole(opts: ConsoleOptions): Promise<ConsoleServer>
   const token = opts.token ?? randomBytes(32).toString("base64url");
   const expected = Buffer.from(`Bearer ${token}`);
   const handler = rpcHandler(
-    { ...base, interceptors, connect: true, grpcWeb: true, fallback: files },
+    {
+      ...base,
+      interceptors,
+      connect: true,
+      grpcWeb: true,
+      fallback: files,
+      guard: (req, res) => {
+        for (const [k, v] of Object.entries(SECURITY_HEADERS)) res.setHeader(k, v);
+        return foreign(req as http.IncomingMessage, bound.port);
+      },
+    },
     new HealthRegistry(),
     (req) => createContextValues().set(PEER, { kind: "console", token: holds(req, expected) }),
   );
@@ -120,15 +135,7 @@ export async function serveConsole(opts: ConsoleOptions): Promise<ConsoleServer>
   // ones cannot hold all MAX_CONNECTIONS for long.
   const server = http.createServer(
     { headersTimeout: 5_000, requestTimeout: 30_000, connectionsCheckingInterval: 1_000 },
-    (req, res) => {
-      for (const [k, v] of Object.entries(SECURITY_HEADERS)) res.setHeader(k, v);
-      const refused = foreign(req, bound.port);
-      if (refused) {
-        res.writeHead(403, { "content-type": "text/plain; charset=utf-8" }).end(refused + "\n");
-        return;
-      }
-      handler(req, res);
-    },
+    handler,
   );
   server.maxConnections = MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
@@ -174,24 +181,23 @@ function foreign(req: http.IncomingMessage, port: number): string {
     return `Host "${hostHeader}" is not host:port`;
   }
   if (!isLoopback(hostName)) return `Host ${hostHeader} is not a loopback name`;
+  return otherOrigin(req, "http");
+}
+
+/**
+ * Why a browser request from another origin (another site's script) is refused, or "" for
+ * one from the console's own pages, or from no browser (no Origin header).
+ */
+function otherOrigin(req: http.IncomingMessage | http2.Http2ServerRequest, scheme: string): string {
   const origin = req.headers.origin;
-  if (origin !== undefined && origin !== `http://${hostHeader}`) {
-    return `requests from ${origin} are refused: the console answers only its own pages`;
-  }
-  return "";
+  const host = req.headers.host ?? req.headers[":authority"];
+  if (origin === undefined || origin === `${scheme}://${String(host)}`) return "";
+  return `requests from ${origin} are refused: the console answers only its own pages`;
 }
 
 /** An address as it goes into a URL (IPv6 in brackets). */
 function shownHost(host: string): string {
   return host.includes(":") ? `[${host}]` : host;
-}
-
-/** A handler that adds the security headers, then answers with `next`. */
-function withHeaders(next: NodeHandlerFn): NodeHandlerFn {
-  return (req, res) => {
-    for (const [k, v] of Object.entries(SECURITY_HEADERS)) res.setHeader(k, v);
-    next(req, res);
-  };
 }
 
 interface Asset {

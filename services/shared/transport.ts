@@ -21,6 +21,8 @@ export { unixTransport } from "./unix-client.ts";
 
 /** A request handler of node:http or node:http2 (connect-node's, which it does not export). */
 export type NodeHandlerFn = ReturnType<typeof connectNodeAdapter>;
+/** A handler's request and response, and a guard's verdict on them ("" to serve). */
+export type NodeGuard = (...args: Parameters<NodeHandlerFn>) => string;
 
 /** The largest request a server reads; a bigger one is refused with RESOURCE_EXHAUSTED. */
 export const READ_MAX_BYTES = 4 * 1024 * 1024;
@@ -46,6 +48,11 @@ export interface ServeOptions {
   grpcWeb?: boolean;
   /** Answers every request that is no RPC (default: 404), e.g. the console's static files. */
   fallback?: NodeHandlerFn;
+  /**
+   * Sees every request first (it may set response headers): returns why it is refused (403
+   * with that text), or "" to serve it.
+   */
+  guard?: NodeGuard;
 }
 
 /**
@@ -90,8 +97,8 @@ export function rpcHandler(
   opts: Omit<ServeOptions, "socketPath">,
   health: HealthRegistry,
   peer: (req: http2.Http2ServerRequest | http.IncomingMessage) => ContextValues,
-) {
-  return connectNodeAdapter({
+): NodeHandlerFn {
+  const handler = connectNodeAdapter({
     readMaxBytes: READ_MAX_BYTES,
     // A misspelt field or enum name in JSON is an INVALID_ARGUMENT naming it, not ignored.
     jsonOptions: { ignoreUnknownFields: false },
@@ -106,6 +113,14 @@ export function rpcHandler(
       registerReflection(router, opts.services);
     },
   });
+  const guard = opts.guard;
+  if (!guard) return handler;
+  return (req, res) => {
+    const why = guard(req, res);
+    if (!why) return handler(req, res);
+    res.writeHead(403, { "content-type": "text/plain; charset=utf-8" });
+    res.end(why + "\n");
+  };
 }
 
 /** A socket file left by a process that died is removed; a live one is an error. */

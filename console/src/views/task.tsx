@@ -70,11 +70,12 @@ function TaskPage({ id }: { id: string }) {
         </p>
       )}
       {task?.spec && (
+        <pre class="task-prompt" data-testid="prompt" title="the task's prompt">
+          {clip(task.spec.prompt, MAX_PROMPT_SHOWN)}
+        </pre>
+      )}
+      {task?.spec && (
         <dl class="facts" data-testid="spec">
-          <dt>Prompt</dt>
-          <dd>
-            <pre class="prompt">{clip(task.spec.prompt, MAX_PROMPT_SHOWN)}</pre>
-          </dd>
           <dt>Type</dt>
           <dd>{task.spec.type || "generic"}</dd>
           <dt>Priority</dt>
