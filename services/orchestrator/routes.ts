@@ -9,6 +9,7 @@ import {
 } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { TaskSchema } from "../../gen/conductor/v1/task_pb.js";
 import { invalid } from "../shared/errors.ts";
+import { checkLabels } from "./validate.ts";
 import type { Orchestrator } from "./orchestrator.ts";
 import type { RegisteredType } from "./task-types.ts";
 
@@ -36,13 +37,7 @@ export function orchestratorRoutes(orch: Orchestrator) {
             `page_size must be between 0 (default 100) and ${MAX_PAGE}, got ${req.pageSize}`,
           );
         }
-        const labels = Object.entries(req.labels);
-        if (labels.length > MAX_LABEL_FILTERS) {
-          throw invalid(
-            `labels may hold at most ${MAX_LABEL_FILTERS} filters, got ${labels.length}`,
-          );
-        }
-        for (const [k, v] of labels) shortId("a label filter", k + v);
+        checkLabels(req.labels, "labels", MAX_LABEL_FILTERS);
         const page = orch.store.list(req.states, req.pageSize || 100, pageToken(req.pageToken), {
           groupId: shortId("group_id", req.groupId),
           labels: req.labels,

@@ -285,32 +285,33 @@ function checkTools(tools: string[]) {
   });
 }
 
+/** Checks a map of labels named `field` (at most `most`, each key and value within bounds). */
 export function checkLabels(
   labels: Record<string, string>,
-  field = "labels",
+  field = "spec.labels",
   most: number = SPEC_LIMITS.labels,
 ) {
   const entries = Object.entries(labels);
   if (entries.length > most) {
-    throw invalid(`spec.${field} has ${entries.length} labels, over the limit of ${most}`);
+    throw invalid(`${field} has ${entries.length} labels, over the limit of ${most}`);
   }
   for (const [key, value] of entries) {
-    if (!key.trim()) throw invalid(`spec.${field} has an empty key`);
+    if (!key.trim()) throw invalid(`${field} has an empty key`);
     if (Buffer.byteLength(key, "utf8") > SPEC_LIMITS.labelKeyBytes) {
       throw invalid(
-        `spec.${field} key ${quote(key)} is over the limit of ${SPEC_LIMITS.labelKeyBytes} bytes`,
+        `${field} key ${quote(key)} is over the limit of ${SPEC_LIMITS.labelKeyBytes} bytes`,
       );
     }
     if (CONTROL.test(key)) {
-      throw invalid(`spec.${field} key ${quote(key)} contains a control character`);
+      throw invalid(`${field} key ${quote(key)} contains a control character`);
     }
     const bytes = Buffer.byteLength(value, "utf8");
     if (bytes > SPEC_LIMITS.labelValueBytes) {
       throw invalid(
-        `spec.${field}[${quote(key)}] is ${bytes} bytes, over the limit of ${SPEC_LIMITS.labelValueBytes}: ${quote(value)}`,
+        `${field}[${quote(key)}] is ${bytes} bytes, over the limit of ${SPEC_LIMITS.labelValueBytes}: ${quote(value)}`,
       );
     }
-    noNul(`${field}[${quote(key)}]`, value);
+    if (value.includes("\0")) throw invalid(`${field}[${quote(key)}] contains a NUL character`);
   }
 }
 
@@ -325,5 +326,5 @@ function checkResources(spec: TaskSpec) {
       throw invalid(`spec.resources.memory_bytes must be 0 or more, got ${r.memoryBytes}`);
     }
   }
-  checkLabels(spec.nodeSelector, "node_selector", SPEC_LIMITS.nodeSelector);
+  checkLabels(spec.nodeSelector, "spec.node_selector", SPEC_LIMITS.nodeSelector);
 }
