@@ -5,6 +5,7 @@
  * on a temp folder, next to `node -e 0` (the same Node doing nothing). The runs take turns, so
  * load on the machine falls on all alike. When an older `node` is on PATH too (a system Node 20),
  * `--help` and `tasks` are timed again through it: the bin then runs itself on Node 24.
+ * `tasks` is timed once more with CONDUCTOR_VENDOR_BUNDLE=0, its packages loaded as installed.
  * Prints the median (and p90) of N runs of each, and its ratio to `node -e 0`; target ≤ 150 ms.
  *
  *   npm run bench:cli-start        # N=15
@@ -21,6 +22,7 @@ if (!Number.isInteger(RUNS) || RUNS < 1 || RUNS > 1000)
   throw new Error(`BENCH_RUNS must be a whole number from 1 to 1000, got ${RUNS}`);
 const TARGET_MS = 150;
 const BIN = path.join(ROOT, "bin", "conductor.js");
+const NO_BUNDLE = { CONDUCTOR_VENDOR_BUNDLE: "0" };
 const NODE_DIR = path.dirname(process.execPath);
 
 /** One command line to time: the program, its arguments, and the PATH it starts with. */
@@ -29,6 +31,8 @@ interface Subject {
   file: string;
   args: string[];
   path: string;
+  /** Variables added to the common environment. */
+  env?: Record<string, string>;
 }
 
 /** The milliseconds one run took, start to exit; a failed run stops the benchmark. */
@@ -36,7 +40,7 @@ function timeRun(s: Subject, env: Record<string, string>, cwd: string): number {
   const start = performance.now();
   const r = spawnSync(s.file, s.args, {
     cwd,
-    env: { ...env, PATH: s.path },
+    env: { ...env, ...s.env, PATH: s.path },
     encoding: "utf8",
     timeout: 30_000,
   });
@@ -115,6 +119,8 @@ try {
     conductor("conductor tasks", ["tasks"]),
     conductor("conductor get ID", ["get", first]),
     conductor("conductor submit PROMPT", ["submit", "a queued task"]),
+    // Its gRPC and protobuf packages as installed (~145 modules), not from bin/vendor.js's bundle.
+    { ...conductor("conductor tasks (no vendor bundle)", ["tasks"]), env: NO_BUNDLE },
   ];
   const older = olderNodeDir();
   if (older) {

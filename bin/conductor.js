@@ -8,6 +8,9 @@ if (Number(process.versions.node.split(".")[0]) < 24) await onNode24();
 
 // Caches compiled modules between runs (a client command starts about a third faster).
 module.enableCompileCache?.();
+// Its gRPC and protobuf packages from one bundle, where `npm ci` built it (bin/vendor.js).
+const { useVendorBundle } = await import("./vendor.js");
+useVendorBundle();
 const { main } = await import("../services/cli/main.ts");
 const { flushed, guardOutput } = await import("../services/cli/stdout.ts");
 

@@ -8,7 +8,7 @@
  * CONDUCTOR_* variables that are not configuration keys, and so are not refused: the CLI's
  * CONDUCTOR_SOCKET (which Conductor a client command talks to), what an AgentHost sets in every
  * agent's environment (a `conductor` command run by an agent sees them), the agent image build's
- * CONDUCTOR_IMAGE, and the test suites' own.
+ * CONDUCTOR_IMAGE, bin/vendor.js's CONDUCTOR_VENDOR_BUNDLE, and the test suites' own.
  */
 export const NON_CONFIG_VARIABLES: ReadonlySet<string> = new Set([
   "CONDUCTOR_SOCKET",
@@ -21,6 +21,7 @@ export const NON_CONFIG_VARIABLES: ReadonlySet<string> = new Set([
   "CONDUCTOR_RUN_LIFELINE_IDLE_MS",
   "CONDUCTOR_SANDBOX",
   "CONDUCTOR_IMAGE",
+  "CONDUCTOR_VENDOR_BUNDLE",
   "CONDUCTOR_TEST",
   "CONDUCTOR_TEST_RUNTIMES",
   "CONDUCTOR_TEST_IMAGE",

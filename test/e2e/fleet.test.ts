@@ -567,10 +567,14 @@ describe("a fleet joined over TCP with mutual TLS", () => {
             .map((l) => Number(l.split(" ")[0])),
         );
       };
-      await vi.waitFor(() => expect(beats(first).length).toBeGreaterThan(3), {
-        timeout: 30_000,
-        interval: 100,
-      });
+      await vi
+        .waitFor(() => expect(beats(first).length).toBeGreaterThan(3), {
+          timeout: 30_000,
+          interval: 100,
+        })
+        .catch(async (e: Error) => {
+          throw new Error(`${e.message}; the run on ${first}:\n${await diagnosis(task!.id)}`);
+        });
       await outage.cut(cut);
       try {
         const retried = await vi.waitFor(
@@ -696,6 +700,19 @@ function stats(json: string): Record<string, string> {
 }
 
 /** Files named `name` in any agent's workspace under a node's data folder. */
+/** A failed wait's context: the task's state changes and the end of each node's log. */
+async function diagnosis(id: string): Promise<string> {
+  const lines: string[] = [];
+  for (const e of (await client.listTaskEvents({ id })).events) {
+    if (e.kind.case === "stateChange") {
+      const c = e.kind.value;
+      lines.push(`${TaskState[c.state]} attempt ${c.attempt}: ${c.reason}`);
+    }
+  }
+  for (const [name, node] of nodes) lines.push(`--- ${name}:`, node.proc.stderr().slice(-3000));
+  return lines.join("\n");
+}
+
 function workspaceFiles(dataDir: string, name: string): string[] {
   const agents = path.join(dataDir, "agents");
   if (!existsSync(agents)) return [];
