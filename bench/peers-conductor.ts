@@ -1,12 +1,12 @@
 // Conductor's side of bench/peers.ts: an Orchestrator and an AgentHost, each its own process
 // (`conductor orchestrator`, `conductor agent-host`) on temp folders, agents running the
 // instant fake CLI with broker tools off, and the clients that load them.
-import { randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
+import { v7 as timeOrderedId } from "uuid";
 import { OrchestratorService } from "../gen/conductor/v1/orchestrator_pb.js";
 import { StateChangeSchema, TaskState } from "../gen/conductor/v1/task_pb.js";
 import { TaskStore } from "../services/orchestrator/store.ts";
@@ -124,19 +124,25 @@ export async function completions(
 }
 
 /** Milliseconds from calling SubmitTask to its RUNNING event arriving, one task at a time. */
-export async function startLatencies(client: Orchestrator, samples: number): Promise<number[]> {
-  const out: number[] = [];
+export async function startLatencies(
+  client: Orchestrator,
+  samples: number,
+): Promise<{ scheduled: number[]; running: number[] }> {
+  const out = { scheduled: [] as number[], running: [] as number[] };
   for (let i = 0; i < samples; i++) {
     const signal = AbortSignal.timeout(60_000);
     const t0 = performance.now();
     const id = await submit(client);
-    let running = NaN;
+    let [scheduled, running] = [NaN, NaN];
     for await (const { event } of client.watchTask({ id }, { signal })) {
-      if (event?.kind.case === "stateChange" && event.kind.value.state === TaskState.RUNNING)
-        running = performance.now() - t0;
+      if (event?.kind.case !== "stateChange") continue;
+      const now = performance.now() - t0;
+      if (event.kind.value.state === TaskState.SCHEDULED) scheduled = now;
+      if (event.kind.value.state === TaskState.RUNNING) running = now;
     }
     if (Number.isNaN(running)) throw new Error(`task ${id} ended without running`);
-    out.push(running);
+    out.scheduled.push(scheduled);
+    out.running.push(running);
   }
   return out;
 }
@@ -158,7 +164,7 @@ export function fillStore(dataDir: string, n: number): string[] {
       const now = Date.now();
       store.tx(() => {
         for (let i = 0; i < batch; i++) {
-          const id = randomUUID();
+          const id = timeOrderedId(); // as the Orchestrator makes them
           store.insert(id, TASK, 1, now);
           store.appendEvent(id, queued, now);
           ids.push(id);

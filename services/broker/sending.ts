@@ -1,4 +1,4 @@
-import { randomUUID } from "node:crypto";
+import { v7 as timeOrderedId } from "uuid";
 import { MessageType } from "../../gen/conductor/v1/broker_pb.js";
 import { assertOpen, shareOf, type BrokerCore } from "./core.ts";
 import type { Identity } from "./credentials.ts";
@@ -61,7 +61,7 @@ export class Postbox {
     } else {
       throw new InvalidInputError("a message needs a receiver (an agent id) or a topic");
     }
-    const id = randomUUID();
+    const id = timeOrderedId();
     const correlationId =
       checkCorrelationId(input.correlationId) || (type === MessageType.TASK_REQUEST ? id : "");
     const newcomer = this.directory.seeWithin(caller);

@@ -1,7 +1,7 @@
-import { randomUUID } from "node:crypto";
 import { clone, create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { ConnectError } from "@connectrpc/connect";
+import { v7 as timeOrderedId } from "uuid";
 import {
   GroupAggregateSchema,
   GroupMemberStatusSchema,
@@ -220,7 +220,7 @@ function fillTemplate(template: TaskSpec, values: Record<string, string>): TaskS
  * and a cycle among members, are INVALID_ARGUMENT.
  */
 export function linkMembers(members: MemberSpec[]): { name: string; id: string; spec: TaskSpec }[] {
-  const ids = new Map(members.map((m) => [m.name, randomUUID()]));
+  const ids = new Map(members.map((m) => [m.name, timeOrderedId()]));
   const edges = new Map(members.map((m) => [m.name, m.spec.dependsOn.filter((d) => ids.has(d))]));
   // Depth-first search for a cycle, naming it.
   const state = new Map<string, "open" | "done">();

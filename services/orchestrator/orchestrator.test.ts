@@ -370,3 +370,18 @@ describe("a task of a type", () => {
     expect(task.result?.error).toMatch(/^the agent host gave no structured answer/);
   });
 });
+
+describe("task ids", () => {
+  it("are UUIDv7, ordered as the tasks were submitted (new rows go at the end of each index)", async () => {
+    await using w = new World();
+    await w.startOrchestrator();
+    const ids: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const { task } = await w.client.submitTask({ spec: create(TaskSpecSchema, { prompt: "p" }) });
+      ids.push(task!.id);
+    }
+    for (const id of ids)
+      expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect([...ids].sort()).toEqual(ids);
+  });
+});
