@@ -102,6 +102,24 @@ export async function bullAdds(redis: Redis, n: number, c: number): Promise<numb
   }
 }
 
+/** Jobs acknowledged per second when added `batch` at a time (addBulk), from `c` callers. */
+export async function bullBulkAdds(
+  redis: Redis,
+  n: number,
+  batch: number,
+  c: number,
+): Promise<number> {
+  const q = await open(redis, 1);
+  try {
+    const jobs = Array.from({ length: batch }, (_, i) => ({ name: "job", data: { i } }));
+    const t0 = performance.now();
+    await callers(Math.ceil(n / batch), c, async () => void (await q.queue.addBulk(jobs)));
+    return (Math.ceil(n / batch) * batch) / ((performance.now() - t0) / 1000);
+  } finally {
+    await q.close();
+  }
+}
+
 /**
  * Jobs completed per second, end to end: `n` adds from `c` callers while a worker of
  * `concurrency` runs each (a no-op, or the fake CLI at `fakeCli` as a child process).

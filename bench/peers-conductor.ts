@@ -89,6 +89,24 @@ export async function submits(client: Orchestrator, n: number, c: number): Promi
   return n / ((performance.now() - t0) / 1000);
 }
 
+/**
+ * Tasks acknowledged per second when submitted `batch` at a time: each a SubmitTaskGroup of
+ * `batch` members (stored in one transaction), from `c` concurrent callers; `n` tasks in all.
+ */
+export async function groupSubmits(
+  client: Orchestrator,
+  n: number,
+  batch: number,
+  c: number,
+): Promise<number> {
+  const members = Array.from({ length: batch }, (_, i) => ({ name: `m${i}`, spec: TASK }));
+  const t0 = performance.now();
+  await callers(Math.ceil(n / batch), c, async () => {
+    await client.submitTaskGroup({ spec: { name: "batch", members } }, { timeoutMs: 120_000 });
+  });
+  return (Math.ceil(n / batch) * batch) / ((performance.now() - t0) / 1000);
+}
+
 /** When (performance.now()) the task ended, followed through WatchTask; throws unless it SUCCEEDED. */
 export async function ended(
   client: Orchestrator,

@@ -4,6 +4,7 @@
 // --queued tasks against itself at --small (submits, drain, GetStats, ListTasks, RSS).
 //   npm run bench:peers [-- --tasks 2000 --callers 32 --agents 16 --runs 3 --queued 100000]
 //   quick: npm run bench:peers -- --queued 20000 --runs 1
+//   parts: --only peers (against BullMQ), --only submits (its first rows), --only queued
 import { rmSync } from "node:fs";
 import { availableParallelism, loadavg } from "node:os";
 import path from "node:path";
@@ -11,6 +12,7 @@ import { parseArgs } from "node:util";
 import { TaskState } from "../gen/conductor/v1/task_pb.js";
 import {
   bullAdds,
+  bullBulkAdds,
   bullCompletions,
   bullStartLatencies,
   checkRedisInstalled,
@@ -23,6 +25,7 @@ import {
   ended,
   fillBySubmit,
   fillStore,
+  groupSubmits,
   latency,
   rssMiB,
   startBenchConductor,
@@ -69,9 +72,9 @@ if (FILL !== "store" && FILL !== "submit") {
   process.exit(2);
 }
 const ONLY = values.only;
-if (ONLY !== "" && ONLY !== "peers" && ONLY !== "queued") {
+if (ONLY !== "" && ONLY !== "peers" && ONLY !== "submits" && ONLY !== "queued") {
   process.stderr.write(
-    "bench:peers: --only is peers (against BullMQ) or queued (100,000 queued)\n",
+    "bench:peers: --only is peers (against BullMQ), submits (only their submit rows) or queued (100,000 queued)\n",
   );
   process.exit(2);
 }
@@ -80,6 +83,9 @@ const WARM = Math.min(50, Math.floor(SMALL / 4));
 const SLICE = Math.min(count("slice", 100_000), Math.floor((SMALL - WARM) / RUNS));
 /** The longest any one phase may take. */
 const PHASE_MS = 15 * 60_000;
+/** Tasks per batch submit (a task group's members; BullMQ's addBulk), from a few callers. */
+const BATCH = 100;
+const BATCH_CALLERS = 4;
 /** Calls of each query kind per run (the median is taken: a few calls are at the mercy of noise). */
 const QUERIES = 200;
 
@@ -98,7 +104,7 @@ try {
     await using redis = await startRedis();
     rows.push(...(await peerRows(redis)));
   }
-  if (ONLY !== "peers") rows.push(...(await queuedRows()));
+  if (ONLY === "") rows.push(...(await queuedRows()));
 } finally {
   rmSync(path.dirname(fakeCli), { recursive: true, force: true });
 }
@@ -130,6 +136,31 @@ async function peerRows(redis: Redis): Promise<Row[]> {
     sub.b.push(await bullAdds(redis, TASKS, CALLERS));
   }
   rows.push(ratioRow("durable submits acknowledged /s", sub.c, sub.b, "≥ 1.5×", 1.5));
+  // 1b. The same, 100 at a time: a task group of 100 members against BullMQ's addBulk of 100.
+  const bulk = { c: [] as number[], b: [] as number[] };
+  for (let r = 0; r < RUNS; r++) {
+    progress(
+      `run ${r + 1}/${RUNS}: ${TASKS} submits, ${BATCH} at a time, from ${BATCH_CALLERS} callers`,
+    );
+    {
+      await using c = await startBenchConductor({ fakeCli, agents: AGENTS });
+      await groupSubmits(c.client, BATCH, BATCH, 1); // warm-up
+      bulk.c.push(await groupSubmits(c.client, TASKS, BATCH, BATCH_CALLERS));
+    }
+    await bullBulkAdds(redis, BATCH, BATCH, 1); // warm-up
+    bulk.b.push(await bullBulkAdds(redis, TASKS, BATCH, BATCH_CALLERS));
+  }
+  rows.push(
+    ratioRow(
+      `durable submits /s, ${BATCH} at a time (a group; BullMQ addBulk)`,
+      bulk.c,
+      bulk.b,
+      "",
+      0,
+    ),
+  );
+
+  if (ONLY === "submits") return rows;
 
   // 2. and 3. One Conductor with its agents; BullMQ with a worker of as many.
   const done = { c: [] as number[], noop: [] as number[], spawn: [] as number[] };
