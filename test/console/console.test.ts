@@ -2,6 +2,7 @@
 // Debian's Chromium driving it through playwright-core. Screenshots of every view are written
 // to test-artifacts/console/. Timings are not asserted here: bench/console.ts measures them.
 import { execFileSync } from "node:child_process";
+import { randomUUID } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import type { Page } from "playwright-core";
@@ -242,6 +243,10 @@ describe("the web console", () => {
     await page.waitForSelector('[data-testid="patch"] .add:text-is("+edited in the console test")');
     await page.waitForSelector('[data-testid="patch"] .del:text-is("-original a")');
     await shot(page, "task-patch");
+    // A task id that names no task: its NOT_FOUND alone, no event log waiting for events.
+    await page.goto(pageUrl(url, `/tasks/${randomUUID()}`));
+    await page.waitForSelector('[role="alert"]:has-text("(not found)")');
+    expect(await page.locator('[data-testid="log-status"]').count()).toBe(0);
     await page.close();
   });
 

@@ -4,8 +4,7 @@ import { createContext } from "preact";
 import { useContext, useEffect, useRef, useState } from "preact/hooks";
 import uPlot, { type AlignedData, type Options } from "uplot";
 import type { Orchestrator } from "../api.ts";
-import { errorText } from "../errors.ts";
-import { sleep } from "../follow.ts";
+import { usePoll } from "../context.ts";
 import { count, usd } from "../format.ts";
 
 /** How often GetStats is sampled, and how many samples are kept (an hour's worth). */
@@ -41,35 +40,28 @@ const ENDED = [
 
 /** Samples GetStats every SAMPLE_MS while the App is shown. */
 export function useStatsSampler(api: Orchestrator): Samples {
-  const [samples, setSamples] = useState<Samples>({ list: [], error: undefined });
+  const polled = usePoll(
+    async (signal): Promise<StatsSample> => {
+      const s = await api.getStats({}, { signal });
+      const n = (state: string) => Number(s.tasksByState[state] ?? 0n);
+      return {
+        at: Date.now() / 1000,
+        ended: ENDED.reduce((sum, state) => sum + n(state), 0),
+        queued: n("TASK_STATE_QUEUED") + n("TASK_STATE_SCHEDULED"),
+        running: n("TASK_STATE_RUNNING"),
+        costUsd: s.costUsdTotal,
+      };
+    },
+    SAMPLE_MS,
+    [api],
+  );
+  const [list, setList] = useState<StatsSample[]>([]);
+  // Each read is a new sample (a failed one keeps the last): kept, the oldest beyond KEEP dropped.
   useEffect(() => {
-    const stop = new AbortController();
-    const { signal } = stop;
-    (async () => {
-      while (!signal.aborted) {
-        try {
-          const s = await api.getStats({}, { signal });
-          const n = (state: string) => Number(s.tasksByState[state] ?? 0n);
-          const sample: StatsSample = {
-            at: Date.now() / 1000,
-            ended: ENDED.reduce((sum, state) => sum + n(state), 0),
-            queued: n("TASK_STATE_QUEUED") + n("TASK_STATE_SCHEDULED"),
-            running: n("TASK_STATE_RUNNING"),
-            costUsd: s.costUsdTotal,
-          };
-          setSamples((old) => ({
-            list: [...old.list.slice(-(KEEP - 1)), sample],
-            error: undefined,
-          }));
-        } catch (e) {
-          if (!signal.aborted) setSamples((old) => ({ ...old, error: errorText(e) }));
-        }
-        await sleep(SAMPLE_MS, signal);
-      }
-    })().catch(() => undefined);
-    return () => stop.abort();
-  }, [api]);
-  return samples;
+    const sample = polled.value;
+    if (sample) setList((old) => [...old.slice(-(KEEP - 1)), sample]);
+  }, [polled.value]);
+  return { list, error: polled.error };
 }
 
 /** The charts view, `/charts`. */

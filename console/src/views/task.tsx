@@ -127,13 +127,18 @@ function TaskPage({ id }: { id: string }) {
           )}
         </dl>
       )}
-      <h2>Events</h2>
-      <EventLog
-        taskId={id}
-        onEvent={(e) => {
-          if (e.kind.case !== "output") setAsked((n) => n + 1);
-        }}
-      />
+      {/* Opened with the task's read, not after it; gone when there is no such task. */}
+      {(task || !error) && (
+        <>
+          <h2>Events</h2>
+          <EventLog
+            taskId={id}
+            onEvent={(e) => {
+              if (e.kind.case !== "output") setAsked((n) => n + 1);
+            }}
+          />
+        </>
+      )}
       {r && (r.text || r.error) && (
         <>
           <h2>Result</h2>
