@@ -7,18 +7,20 @@
  * without it (a production install, no rolldown) the packages load as installed.
  *
  * Writes node_modules/.cache/conductor/vendor/: the files and manifest.json,
- * `{ versions: { package: version }, specifiers: { specifier: file } }`. A package whose
- * installed version differs from the manifest's makes bin/vendor.js ignore the bundle.
+ * `{ versions: { package: version }, specifiers: { specifier: file }, bytes: { file: size } }`,
+ * built in a folder of its own and then put in place, so a command starting meanwhile sees the
+ * old bundle, none, or the new one. bin/vendor.js ignores a bundle whose packages are installed
+ * at other versions or whose files are not the size they were built.
  *
  *   node services/cli/vendor-build.ts
  */
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "rolldown";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-/** Where bin/vendor.js looks (the same path is written there). */
+/** Where bin/vendor.js looks (its useVendorBundle names the same folder). */
 const OUT = path.join(ROOT, "node_modules", ".cache", "conductor", "vendor");
 
 /** Every public specifier of the bundled packages (their package.json `exports`), by file name. */
@@ -36,6 +38,7 @@ const ENTRIES: Record<string, string> = {
   "connect-protocol-grpc-web": "@connectrpc/connect/protocol-grpc-web",
   "connect-node": "@connectrpc/connect-node",
 };
+/** The packages bundled (bin/vendor.js PACKAGES: a manifest naming others is ignored). */
 const PACKAGES = ["@bufbuild/protobuf", "@connectrpc/connect", "@connectrpc/connect-node"];
 
 /** The version of an installed package, from its package.json. */
@@ -44,14 +47,15 @@ function installed(name: string): string {
   return (JSON.parse(readFileSync(file, "utf8")) as { version: string }).version;
 }
 
-rmSync(OUT, { recursive: true, force: true });
+const work = `${OUT}.${process.pid}`;
+rmSync(work, { recursive: true, force: true });
 await build({
   input: ENTRIES,
   cwd: ROOT,
   platform: "node",
   logLevel: "warn",
   output: {
-    dir: OUT,
+    dir: work,
     format: "esm",
     entryFileNames: "[name].mjs",
     chunkFileNames: "[name].mjs",
@@ -62,5 +66,21 @@ const manifest = {
   versions: Object.fromEntries(PACKAGES.map((p) => [p, installed(p)])),
   specifiers: Object.fromEntries(Object.entries(ENTRIES).map(([file, s]) => [s, `${file}.mjs`])),
 };
-writeFileSync(path.join(OUT, "manifest.json"), JSON.stringify(manifest, null, 2) + "\n");
+const bytes = Object.fromEntries(
+  readdirSync(work).map((f) => [f, statSync(path.join(work, f)).size]),
+);
+writeFileSync(
+  path.join(work, "manifest.json"),
+  JSON.stringify({ ...manifest, bytes }, null, 2) + "\n",
+);
+// Another build may put its folder in place between the removal and the rename: a few tries.
+for (let attempt = 1; ; attempt++) {
+  rmSync(OUT, { recursive: true, force: true });
+  try {
+    renameSync(work, OUT);
+    break;
+  } catch (e) {
+    if (attempt === 3) throw e;
+  }
+}
 process.stdout.write(`vendor-build: ${Object.keys(ENTRIES).length} specifiers in ${OUT}\n`);
