@@ -73,6 +73,7 @@ interface ActiveRun {
 /** What a RunTask stream gave before it ended. */
 interface Streamed {
   started: boolean;
+  /** When the run started and ended (performance.now(), ms: a clock set back does not count). */
   startedAt: number;
   endedAt: number;
   outcome?: RunOutcome;
@@ -342,7 +343,15 @@ export class AttemptRunner {
     if (s.dropped > 0)
       log.warn("output the store refused was dropped", { dropped_events: s.dropped });
     const dropped = { count: s.dropped, error: s.droppedError };
-    await this.finish(task.id, attempt, outcome, run, s.endedAt - s.startedAt, log, dropped);
+    await this.finish(
+      task.id,
+      attempt,
+      outcome,
+      run,
+      Math.round(s.endedAt - s.startedAt),
+      log,
+      dropped,
+    );
   }
 
   /** Follows a RunTask stream to its end; never throws (a broken stream is in `error`). */
@@ -350,7 +359,7 @@ export class AttemptRunner {
     const { events, log } = this.opts;
     const s: Streamed = {
       started: false,
-      startedAt: Date.now(),
+      startedAt: performance.now(),
       endedAt: 0,
       dropped: 0,
       droppedError: "",
@@ -368,7 +377,7 @@ export class AttemptRunner {
       // Checked at submit: only a type configured away since (a restart) gets here.
       const why = e instanceof ConnectError ? e.rawMessage : String(e);
       s.outcome = unpreparable(`the task's type cannot build its attempt: ${why}`);
-      s.endedAt = Date.now();
+      s.endedAt = performance.now();
       return s;
     }
     try {
@@ -408,7 +417,7 @@ export class AttemptRunner {
             break;
           case "started": {
             s.started = true;
-            s.startedAt = now;
+            s.startedAt = performance.now();
             const change = { state: TaskState.RUNNING, agentId: run.agentId, attempt };
             s.lastWrite = events
               .transitionBatched(task.id, [TaskState.SCHEDULED], { startTime: now }, change, now)
@@ -453,7 +462,7 @@ export class AttemptRunner {
       // A break after the outcome is moot: the outcome is the host's word that the run ended.
       s.error = ConnectError.from(e);
     }
-    s.endedAt = Date.now();
+    s.endedAt = performance.now();
     return s;
   }
 

@@ -304,16 +304,31 @@ export class TaskStore {
           this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${name} ${definition}`);
       }
       this.db.exec(ADDED_INDEXES);
-      // Counted once, from the tasks as they are, in the transaction that adds the counters.
-      if (!this.sql("SELECT 1 FROM sqlite_master WHERE name = 'task_totals'").get())
-        this.db.exec(`BEGIN IMMEDIATE; ${COUNTS} COMMIT;`);
-      if (!this.sql("SELECT 1 FROM sqlite_master WHERE name = 'run_ms_buckets'").get())
-        this.db.exec(`BEGIN IMMEDIATE; ${RUN_HISTOGRAM} COMMIT;`);
+      for (const kept of [COUNTS, RUN_HISTOGRAM]) this.keptByTriggers(kept);
     } catch (e) {
       this.db.close();
       throw isDiskFull(e) ? new StorageFull(dataDir, e) : e;
     }
     this.batches = new GroupCommit(this.db);
+  }
+
+  /**
+   * Makes the tables and triggers of `sql` (COUNTS, RUN_HISTOGRAM) unless all are there: counted
+   * from the tasks as they are, in the transaction that adds them. A database from before them,
+   * or with only some of them (a table dropped by hand), gets them whole.
+   */
+  private keptByTriggers(sql: string): void {
+    const pieces = [...sql.matchAll(/CREATE (TABLE|TRIGGER) (\w+)/g)].map(([, kind, name]) => ({
+      kind: kind!,
+      name: name!,
+    }));
+    const there = this.sql(
+      "SELECT COUNT(*) AS n FROM sqlite_master WHERE name IN (SELECT value FROM json_each(?))",
+    );
+    if ((there.get(JSON.stringify(pieces.map((p) => p.name))) as { n: number }).n === pieces.length)
+      return;
+    const drops = pieces.map((p) => `DROP ${p.kind} IF EXISTS ${p.name};`).join("\n");
+    this.db.exec(`BEGIN IMMEDIATE; ${drops} ${sql} COMMIT;`);
   }
 
   /** The prepared statement of `sql`, made once (SQLite parses and plans it then). */
@@ -1033,7 +1048,8 @@ export class TaskStore {
       let seen = 0;
       const b = buckets.find((row) => (seen += row.n) >= rank)!;
       const upper = Math.round(2 ** (b.bucket / RUN_BUCKETS_PER_DOUBLING));
-      return Math.min(longest, Math.max(shortest, upper));
+      // Not below 0: runs stored by versions that timed them by the wall clock, set back meanwhile.
+      return Math.max(0, Math.min(longest, Math.max(shortest, upper)));
     };
     return {
       byState,
