@@ -1,7 +1,8 @@
 // The console's frame: navigation, the "no token" banner, the routes of its views, and the
 // stats sampler the charts read (it samples while the console is open, whatever view shows).
-import { LocationProvider, Route, Router } from "preact-iso";
-import { useEffect, useState } from "preact/hooks";
+import type { ComponentChildren } from "preact";
+import { LocationProvider, Route, Router, useLocation } from "preact-iso";
+import { useEffect, useErrorBoundary, useState } from "preact/hooks";
 import type { Orchestrator } from "./api.ts";
 import { ApiContext } from "./context.ts";
 import { UNAUTHENTICATED } from "./errors.ts";
@@ -46,20 +47,48 @@ export function App({ api, onRefused }: AppProps) {
             </p>
           )}
           <main>
-            <Router>
-              <Route path="/" component={TasksView} />
-              <Route path="/tasks" component={TasksView} />
-              <Route path="/tasks/:id" component={TaskView} />
-              <Route path="/agents" component={AgentsView} />
-              <Route path="/groups" component={GroupsView} />
-              <Route path="/groups/:id" component={GroupView} />
-              <Route path="/charts" component={ChartsView} />
-              <Route default component={NotFound} />
-            </Router>
+            <Pages />
           </main>
         </LocationProvider>
       </StatsContext.Provider>
     </ApiContext.Provider>
+  );
+}
+
+/** The page the address names, with a fresh error boundary for each path. */
+function Pages() {
+  const { path } = useLocation();
+  return (
+    <PageOrError key={path}>
+      <Router>
+        <Route path="/" component={TasksView} />
+        <Route path="/tasks" component={TasksView} />
+        <Route path="/tasks/:id" component={TaskView} />
+        <Route path="/agents" component={AgentsView} />
+        <Route path="/groups" component={GroupsView} />
+        <Route path="/groups/:id" component={GroupView} />
+        <Route path="/charts" component={ChartsView} />
+        <Route default component={NotFound} />
+      </Router>
+    </PageOrError>
+  );
+}
+
+/**
+ * Its page (ids in the address come decoded: the router decodes them), or what kept it from
+ * showing: an address with a malformed %-escape (`/tasks/%zz`, which the router cannot decode)
+ * or a page that failed, instead of a blank page.
+ */
+function PageOrError({ children }: { children: ComponentChildren }) {
+  const error: unknown = useErrorBoundary()[0];
+  if (!error) return <>{children}</>;
+  return (
+    <p class="error" role="alert">
+      {error instanceof URIError
+        ? "This address has a malformed %-escape, so it names no page."
+        : `This page failed: ${error instanceof Error ? error.message : "unknown error"}`}{" "}
+      <a href="/">Tasks</a>
+    </p>
   );
 }
 

@@ -49,9 +49,9 @@ export async function runClientCommand(
   const asJson = bool(p, "json");
   const out = io.out;
   const needId = () => {
-    if (p.positionals.length !== 1)
+    if (p.positionals.length !== 1 || !p.positionals[0])
       throw new UsageError(`usage: conductor ${name} <task-id> (one id; see "conductor tasks")`);
-    return p.positionals[0]!;
+    return p.positionals[0];
   };
   switch (name) {
     case "submit": {

@@ -29,7 +29,7 @@ export function orchestratorRoutes(orch: Orchestrator) {
         return orch.submitChecked(req.spec, ctx.signal);
       },
       getTask(req) {
-        return { task: orch.get(shortId("id", req.id)) };
+        return { task: orch.get(givenId("id", req.id)) };
       },
       listTasks(req) {
         if (req.pageSize < 0 || req.pageSize > MAX_PAGE) {
@@ -50,7 +50,7 @@ export function orchestratorRoutes(orch: Orchestrator) {
         };
       },
       async *getTaskOutput(req, ctx) {
-        const chunks = orch.output(shortId("task_id", req.taskId), Number(req.eventSeq));
+        const chunks = orch.output(givenId("task_id", req.taskId), Number(req.eventSeq));
         for (const text of chunks) {
           if (ctx.signal.aborted) return;
           yield { text };
@@ -58,13 +58,14 @@ export function orchestratorRoutes(orch: Orchestrator) {
       },
       async *getTaskPatch(req, ctx) {
         if (!req.taskId) throw invalid("task_id is required: the id submit gave the task");
-        for await (const chunk of orch.patch(shortId("task_id", req.taskId), ctx.signal)) {
+        for await (const chunk of orch.patch(givenId("task_id", req.taskId), ctx.signal)) {
           yield { chunk };
         }
       },
       async *watchTask(req, ctx) {
         if (req.afterSeq < 0n) throw invalid(`after_seq must be 0 or more, got ${req.afterSeq}`);
-        for await (const event of orch.watch(req.id, ctx.signal, req.afterSeq)) yield { event };
+        for await (const event of orch.watch(givenId("id", req.id), ctx.signal, req.afterSeq))
+          yield { event };
       },
       listTaskEvents(req) {
         if (req.pageSize < 0 || req.pageSize > MAX_PAGE) {
@@ -73,7 +74,7 @@ export function orchestratorRoutes(orch: Orchestrator) {
           );
         }
         if (req.beforeSeq < 0n) throw invalid(`before_seq must be 0 or more, got ${req.beforeSeq}`);
-        orch.get(shortId("id", req.id));
+        orch.get(givenId("id", req.id));
         return orch.store.eventPageBefore(req.id, req.beforeSeq, {
           maxEvents: req.pageSize || 200,
           maxBytes: MAX_PAGE_BYTES,
@@ -83,7 +84,7 @@ export function orchestratorRoutes(orch: Orchestrator) {
         for await (const task of orch.events.watchAll(ctx.signal)) yield task ? { task } : {};
       },
       async cancelTask(req) {
-        return { task: await orch.cancel(req.id) };
+        return { task: await orch.cancel(givenId("id", req.id)) };
       },
       listAgents() {
         return { agents: orch.agents() };
@@ -95,16 +96,16 @@ export function orchestratorRoutes(orch: Orchestrator) {
         return { nodes: orch.fleet.list() };
       },
       drainNode(req) {
-        return { node: orch.fleet.drain(shortId("name", req.name), true) };
+        return { node: orch.fleet.drain(givenId("name", req.name), true) };
       },
       undrainNode(req) {
-        return { node: orch.fleet.drain(shortId("name", req.name), false) };
+        return { node: orch.fleet.drain(givenId("name", req.name), false) };
       },
       submitTaskGroup(req, ctx) {
         return orch.submitGroup(req.spec, ctx.signal);
       },
       getTaskGroup(req) {
-        return { group: orch.groups.get(shortId("id", req.id)) };
+        return { group: orch.groups.get(givenId("id", req.id)) };
       },
       listTaskGroups(req) {
         if (req.pageSize < 0 || req.pageSize > MAX_PAGE) {
@@ -121,10 +122,10 @@ export function orchestratorRoutes(orch: Orchestrator) {
         };
       },
       async *watchTaskGroup(req, ctx) {
-        yield* orch.groups.watch(shortId("id", req.id), ctx.signal);
+        yield* orch.groups.watch(givenId("id", req.id), ctx.signal);
       },
       async cancelTaskGroup(req) {
-        return { group: await orch.groups.cancel(shortId("id", req.id)) };
+        return { group: await orch.groups.cancel(givenId("id", req.id)) };
       },
       listTaskTypes() {
         return { types: orch.types.list().map(typeMessage) };
@@ -150,8 +151,8 @@ function fitting<T extends Message>(items: T[], schema: GenMessage<T>): number {
 /** A page token as given out (a row's sequence number); undefined for the first page. */
 function pageToken(token: string): number | undefined {
   if (!token) return undefined;
-  const before = token.length <= MAX_ID_BYTES ? Number(token) : NaN;
-  if (!Number.isSafeInteger(before) || before <= 0) {
+  const before = /^[1-9][0-9]{0,15}$/.test(token) ? Number(token) : NaN;
+  if (!Number.isSafeInteger(before)) {
     throw invalid("page_token is not one this server gave out; pass next_page_token unchanged");
   }
   return before;
@@ -181,7 +182,7 @@ function typeMessage({
   };
 }
 
-/** An id as given, refused (quoting a short prefix) when it could not be one this server made. */
+/** A filter's id as given ("" for none), refused when it could not be one this server made. */
 function shortId(field: string, id: string): string {
   if (Buffer.byteLength(id, "utf8") > MAX_ID_BYTES) {
     throw invalid(
@@ -189,6 +190,12 @@ function shortId(field: string, id: string): string {
     );
   }
   return id;
+}
+
+/** The id a call is about: refused (INVALID_ARGUMENT) when empty or longer than any made here. */
+function givenId(field: string, id: string): string {
+  if (!id) throw invalid(`${field} is required`);
+  return shortId(field, id);
 }
 
 /**

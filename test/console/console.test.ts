@@ -247,6 +247,15 @@ describe("the web console", () => {
     await page.goto(pageUrl(url, `/tasks/${randomUUID()}`));
     await page.waitForSelector('[role="alert"]:has-text("(not found)")');
     expect(await page.locator('[data-testid="log-status"]').count()).toBe(0);
+    // So for a group; and an address whose id cannot be decoded says so, no blank page.
+    await page.goto(pageUrl(url, `/groups/${randomUUID()}`));
+    await page.waitForSelector('[role="alert"]:has-text("not found")');
+    expect(await page.locator('[data-testid="members"]').count()).toBe(0);
+    for (const bad of ["/tasks/%zz", "/groups/%E0%A4%A"]) {
+      await page.goto(pageUrl(url, bad));
+      await page.waitForSelector('[role="alert"]:has-text("malformed %-escape")');
+      expect(await page.locator('[data-testid="task"], [data-testid="group"]').count()).toBe(0);
+    }
     await page.close();
   });
 

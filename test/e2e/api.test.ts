@@ -66,6 +66,12 @@ describe("the Orchestrator's API", () => {
       [client.getTask({ id: "no-such-task" }), Code.NotFound, /task "no-such-task" not found/],
       [client.cancelTask({ id: "no-such-task" }), Code.NotFound, /not found/],
       [client.listTasks({ pageToken: "garbage" }), Code.InvalidArgument, /page_token/],
+      [client.listTasks({ pageToken: "1e3" }), Code.InvalidArgument, /page_token/],
+      // An id a call is about: required, and no longer than any this server makes.
+      [client.getTask({ id: "" }), Code.InvalidArgument, /id is required/],
+      [client.cancelTask({ id: "" }), Code.InvalidArgument, /id is required/],
+      [client.cancelTask({ id: "x".repeat(70) }), Code.InvalidArgument, /70 bytes/],
+      [client.getTaskGroup({ id: "" }), Code.InvalidArgument, /id is required/],
     ];
     for (const [call, expected, message] of cases) {
       const got = await failureOf(call);
@@ -81,6 +87,15 @@ describe("the Orchestrator's API", () => {
         })(),
       ),
     ).resolves.toMatchObject({ code: Code.NotFound });
+    await expect(
+      failureOf(
+        (async () => {
+          for await (const _ of client.watchTask({ id: "" })) {
+            /* none */
+          }
+        })(),
+      ),
+    ).resolves.toMatchObject({ code: Code.InvalidArgument });
 
     // A malformed request body (not protobuf) is refused as gRPC servers do (grpc-go and
     // grpc-js also answer INTERNAL for a request that does not unmarshal), saying why.

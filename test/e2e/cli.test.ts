@@ -147,6 +147,9 @@ describe("the conductor CLI without a running Conductor", () => {
     const command = await conductor(["sumbit", "hi"]);
     expect(command.code).toBe(2);
     expect(command.stderr).toMatch(/unknown command "sumbit"/);
+    const empty = await conductor(["get", ""]);
+    expect(empty.code).toBe(2);
+    expect(empty.stderr).toMatch(/usage: conductor get <task-id>/);
   });
 
   it("lists for each service command only the flags that apply to it", async () => {

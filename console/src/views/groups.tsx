@@ -75,8 +75,7 @@ export function GroupsView() {
 
 /** One group, `/groups/:id`: a fresh page for each group. */
 export function GroupView({ params }: { params: { id: string } }) {
-  const id = decodeURIComponent(params.id);
-  return <GroupPage key={id} id={id} />;
+  return <GroupPage key={params.id} id={params.id} />;
 }
 
 function GroupPage({ id }: { id: string }) {
@@ -99,10 +98,16 @@ function GroupPage({ id }: { id: string }) {
         Group <code>{id}</code>{" "}
         {g && <span class={`state ${stateName(g.state)}`}>{stateName(g.state)}</span>}
       </h1>
-      {group.error && <p class="error">{group.error}</p>}
-      <p>
-        <a href={`/?group=${encodeURIComponent(id)}`}>Its tasks in the queue view</a>
-      </p>
+      {group.error && (
+        <p class="error" role="alert">
+          {group.error}
+        </p>
+      )}
+      {g && (
+        <p>
+          <a href={`/?group=${encodeURIComponent(id)}`}>Its tasks in the queue view</a>
+        </p>
+      )}
       {g && (
         <dl class="facts">
           <dt>Name</dt>
@@ -137,34 +142,36 @@ function GroupPage({ id }: { id: string }) {
           )}
         </dl>
       )}
-      <table data-testid="members">
-        <thead>
-          <tr>
-            <th>Member</th>
-            <th>Task</th>
-            <th>State</th>
-            <th>Attempts</th>
-            <th>Cost</th>
-            <th>Duration</th>
-            <th>Error</th>
-          </tr>
-        </thead>
-        <tbody>
-          {(g?.members ?? []).map((m) => (
-            <tr key={m.taskId}>
-              <td>{m.name}</td>
-              <td>
-                <a href={`/tasks/${encodeURIComponent(m.taskId)}`}>{m.taskId}</a>
-              </td>
-              <td>{stateName(m.state)}</td>
-              <td>{m.attempts}</td>
-              <td>{usd(m.costUsd)}</td>
-              <td>{m.durationMs ? duration(Number(m.durationMs)) : "-"}</td>
-              <td>{m.errorKind ? `${ErrorKind[m.errorKind]}: ${m.error}` : ""}</td>
+      {g && (
+        <table data-testid="members">
+          <thead>
+            <tr>
+              <th>Member</th>
+              <th>Task</th>
+              <th>State</th>
+              <th>Attempts</th>
+              <th>Cost</th>
+              <th>Duration</th>
+              <th>Error</th>
             </tr>
-          ))}
-        </tbody>
-      </table>
+          </thead>
+          <tbody>
+            {g.members.map((m) => (
+              <tr key={m.taskId}>
+                <td>{m.name}</td>
+                <td>
+                  <a href={`/tasks/${encodeURIComponent(m.taskId)}`}>{m.taskId}</a>
+                </td>
+                <td>{stateName(m.state)}</td>
+                <td>{m.attempts}</td>
+                <td>{usd(m.costUsd)}</td>
+                <td>{m.durationMs ? duration(Number(m.durationMs)) : "-"}</td>
+                <td>{m.errorKind ? `${ErrorKind[m.errorKind]}: ${m.error}` : ""}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
     </section>
   );
 }

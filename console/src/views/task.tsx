@@ -13,8 +13,7 @@ import { patchClasses } from "./patch-lines.ts";
 
 /** The task page, `/tasks/:id`: a fresh page for each task, so nothing of the last one shows. */
 export function TaskView({ params }: { params: { id: string } }) {
-  const id = decodeURIComponent(params.id);
-  return <TaskPage key={id} id={id} />;
+  return <TaskPage key={params.id} id={params.id} />;
 }
 
 function TaskPage({ id }: { id: string }) {
