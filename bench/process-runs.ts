@@ -5,7 +5,9 @@
 // run's processes (bwrap, its launcher, the program) is the task-clock of
 //   perf stat -e task-clock node bench/process-runs.ts --runs N
 // less that of --runs 0, divided by N. Run as root (the sandbox drops to uid 61000).
-// Run: node bench/process-runs.ts [--runs 50]
+// With --concurrency C (one sandbox each, as C agents), C runs at once: the runs/s the process
+// runtime alone allows, the ceiling of Conductor's completions on it (bench/peers.ts).
+// Run: node bench/process-runs.ts [--runs 50] [--concurrency 1]
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -13,9 +15,17 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { createProcessBackend } from "../plugins/runtime-process/index.ts";
 
-const { values } = parseArgs({ options: { runs: { type: "string", default: "50" } } });
+const { values } = parseArgs({
+  options: {
+    runs: { type: "string", default: "50" },
+    concurrency: { type: "string", default: "1" },
+  },
+});
 const RUNS = Number(values.runs);
 if (!Number.isInteger(RUNS) || RUNS < 0 || RUNS > 100_000) throw new Error("--runs: 0 to 100000");
+const CONCURRENCY = Number(values.concurrency);
+if (!Number.isInteger(CONCURRENCY) || CONCURRENCY < 1 || CONCURRENCY > 64)
+  throw new Error("--concurrency: 1 to 64");
 const CLI = `echo '{"type":"system","subtype":"init"}'; echo '{"type":"result","subtype":"success"}'`;
 
 const dir = mkdtempSync(path.join(tmpdir(), "conductor-bench-runs-"));
@@ -39,31 +49,40 @@ const lifeline = await listen("lifeline.sock", (s) => {
 });
 const model = await listen("model.sock", (s) => s.end());
 const backend = createProcessBackend({ stateDir: path.join(dir, "state") });
-const h = await backend.create({
-  ...{ nodeId: "bench", agentId: "a", image: "", labels: {}, limits: {}, network: "none" },
-  mounts: [{ hostPath: ws }, { hostPath: runDir, readOnly: true }],
-  env: { CONDUCTOR_MODEL_SOCKET: model.socketPath, CONDUCTOR_RUN_LIFELINE: lifeline.socketPath },
-  user: "61000:61000",
-});
-await backend.start(h);
+const sandboxes = [];
+for (let a = 0; a < CONCURRENCY; a++) {
+  const h = await backend.create({
+    ...{ nodeId: "bench", agentId: `a${a}`, image: "", labels: {}, limits: {}, network: "none" },
+    mounts: [{ hostPath: ws }, { hostPath: runDir, readOnly: true }],
+    env: { CONDUCTOR_MODEL_SOCKET: model.socketPath, CONDUCTOR_RUN_LIFELINE: lifeline.socketPath },
+    user: "61000:61000",
+  });
+  await backend.start(h);
+  sandboxes.push(h);
+}
 
 const walls: number[] = [];
 const cpu0 = process.cpuUsage();
 const t0 = performance.now();
-for (let i = 0; i < RUNS; i++) {
-  const t = performance.now();
-  const x = await backend.exec(h, { argv: ["/bin/sh", "-c", CLI], cwd: ws, env: {} });
-  let lines = 0;
-  x.onStdoutLine(() => lines++);
-  const status = await x.exited;
-  if (status.code !== 0 || lines !== 2) {
-    throw new Error(`run ${i} failed: ${JSON.stringify(status)} ${x.stderrTail()}`);
-  }
-  walls.push(performance.now() - t);
-}
+let next = 0;
+await Promise.all(
+  sandboxes.map(async (h) => {
+    for (let i = next++; i < RUNS; i = next++) {
+      const t = performance.now();
+      const x = await backend.exec(h, { argv: ["/bin/sh", "-c", CLI], cwd: ws, env: {} });
+      let lines = 0;
+      x.onStdoutLine(() => lines++);
+      const status = await x.exited;
+      if (status.code !== 0 || lines !== 2) {
+        throw new Error(`run ${i} failed: ${JSON.stringify(status)} ${x.stderrTail()}`);
+      }
+      walls.push(performance.now() - t);
+    }
+  }),
+);
 const elapsed = performance.now() - t0;
 const cpu = process.cpuUsage(cpu0);
-await backend.destroy(h);
+for (const h of sandboxes) await backend.destroy(h);
 for (const s of held) s.destroy();
 lifeline.server.close();
 model.server.close();
@@ -72,6 +91,6 @@ if (RUNS > 0) {
   const sorted = walls.sort((a, b) => a - b);
   const ms = (v: number) => v.toFixed(1);
   console.log(
-    `${RUNS} runs of an instant fake CLI, one at a time: wall per run p50 ${ms(sorted[Math.floor(RUNS / 2)]!)} ms, p90 ${ms(sorted[Math.floor(RUNS * 0.9)]!)} ms; ${((RUNS / elapsed) * 1000).toFixed(1)} runs/s; this process's CPU ${ms((cpu.user + cpu.system) / 1000 / RUNS)} ms per run`,
+    `${RUNS} runs of an instant fake CLI, ${CONCURRENCY === 1 ? "one at a time" : `${CONCURRENCY} at a time`}: wall per run p50 ${ms(sorted[Math.floor(RUNS / 2)]!)} ms, p90 ${ms(sorted[Math.floor(RUNS * 0.9)]!)} ms; ${((RUNS / elapsed) * 1000).toFixed(1)} runs/s; this process's CPU ${ms((cpu.user + cpu.system) / 1000 / RUNS)} ms per run`,
   );
 }
