@@ -4,6 +4,7 @@ import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { isDiskFull, StorageFull } from "../shared/errors.ts";
 import { BrokerClosedError } from "./errors.ts";
 import { GroupCommit } from "../shared/group-commit.ts";
+import { storePragmas } from "../shared/sqlite.ts";
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS messages (
@@ -126,9 +127,7 @@ export class BrokerStore {
     this.where = `the Broker's data folder (${dataDir})`;
     this.db = new DatabaseSync(path.join(dataDir, "broker.db"));
     try {
-      this.db.exec(
-        "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
-      );
+      this.db.exec(storePragmas({ synchronous: true }));
       this.db.exec(SCHEMA);
       migrate(this.db);
     } catch (e) {

@@ -2,6 +2,7 @@ import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import type { Logger } from "../shared/log.ts";
+import { storePragmas } from "../shared/sqlite.ts";
 
 /** Characters per chunk GetTaskOutput sends: at most 4 UTF-8 bytes each, so at most 1 MiB. */
 export const CHUNK_CHARS = 256 * 1024;
@@ -33,10 +34,7 @@ export class ArtifactStore {
   constructor(dataDir: string, log: Logger, maxTaskBytes = MAX_TASK_ARTIFACT_BYTES) {
     mkdirSync(dataDir, { recursive: true });
     this.db = new DatabaseSync(path.join(dataDir, "artifacts.db"));
-    // Exclusive locking, as the task store: no -shm file, so it opens on a full disk too.
-    this.db.exec(
-      "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;",
-    );
+    this.db.exec(storePragmas({ synchronous: false }));
     this.db.exec(SCHEMA);
     this.log = log;
     this.maxTaskBytes = maxTaskBytes;

@@ -17,6 +17,7 @@ import {
   type TaskSpec,
 } from "../../gen/conductor/v1/task_pb.js";
 import { TaskGroupSpecSchema, type TaskGroupSpec } from "../../gen/conductor/v1/group_pb.js";
+import { storePragmas } from "../shared/sqlite.ts";
 
 /** Task states from which nothing more happens. */
 export const FINAL_STATES: ReadonlySet<TaskState> = new Set([
@@ -288,12 +289,7 @@ export class TaskStore {
     mkdirSync(dataDir, { recursive: true });
     this.db = new DatabaseSync(path.join(dataDir, "orchestrator.db"));
     try {
-      // Exclusive locking keeps the WAL index in this process's memory, not in a -shm file: a
-      // database on a full disk then still opens and serves reads (a new -shm cannot be made
-      // there). Only this process uses the file while it runs.
-      this.db.exec(
-        "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
-      );
+      this.db.exec(storePragmas({ synchronous: true }));
       // On a full disk an existing, current database opens without writing: reads keep working.
       this.db.exec(SCHEMA);
       for (const [table, name, definition] of ADDED_COLUMNS) {
