@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { Queue, Worker, type Processor } from "bullmq";
-import { callers, runFakeCli } from "./peers-common.ts";
+import { batchRate, callers, runFakeCli } from "./peers-common.ts";
 
 /** A redis-server started for the bench; dispose stops it and removes its folder. */
 export interface Redis extends AsyncDisposable {
@@ -112,9 +112,7 @@ export async function bullBulkAdds(
   const q = await open(redis, 1);
   try {
     const jobs = Array.from({ length: batch }, (_, i) => ({ name: "job", data: { i } }));
-    const t0 = performance.now();
-    await callers(Math.ceil(n / batch), c, async () => void (await q.queue.addBulk(jobs)));
-    return (Math.ceil(n / batch) * batch) / ((performance.now() - t0) / 1000);
+    return await batchRate(n, batch, c, () => q.queue.addBulk(jobs));
   } finally {
     await q.close();
   }

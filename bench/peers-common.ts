@@ -68,6 +68,22 @@ export async function callers(
   );
 }
 
+/**
+ * Items per second when `n` items go `batch` at a time (the last batch whole: n rounded up),
+ * each batch one call of `send`, from `c` concurrent callers.
+ */
+export async function batchRate(
+  n: number,
+  batch: number,
+  c: number,
+  send: () => Promise<unknown>,
+): Promise<number> {
+  const batches = Math.ceil(n / batch);
+  const t0 = performance.now();
+  await callers(batches, c, async () => void (await send()));
+  return (batches * batch) / ((performance.now() - t0) / 1000);
+}
+
 /** The p-th percentile (0–100, nearest rank) of xs; NaN when empty. */
 export function pct(xs: number[], p: number): number {
   if (xs.length === 0) return NaN;

@@ -12,7 +12,7 @@ import { StateChangeSchema, TaskState } from "../gen/conductor/v1/task_pb.js";
 import { TaskStore } from "../services/orchestrator/store.ts";
 import { unixTransport } from "../services/shared/transport.ts";
 import { eventually, spec, startService, type ServiceProcess } from "../test/harness.ts";
-import { callers } from "./peers-common.ts";
+import { batchRate, callers } from "./peers-common.ts";
 
 type Orchestrator = Client<typeof OrchestratorService>;
 
@@ -100,11 +100,9 @@ export async function groupSubmits(
   c: number,
 ): Promise<number> {
   const members = Array.from({ length: batch }, (_, i) => ({ name: `m${i}`, spec: TASK }));
-  const t0 = performance.now();
-  await callers(Math.ceil(n / batch), c, async () => {
-    await client.submitTaskGroup({ spec: { name: "batch", members } }, { timeoutMs: 120_000 });
-  });
-  return (Math.ceil(n / batch) * batch) / ((performance.now() - t0) / 1000);
+  return await batchRate(n, batch, c, () =>
+    client.submitTaskGroup({ spec: { name: "batch", members } }, { timeoutMs: 120_000 }),
+  );
 }
 
 /** When (performance.now()) the task ended, followed through WatchTask; throws unless it SUCCEEDED. */
