@@ -853,7 +853,11 @@ export class TaskStore {
     }
     const wanted = Object.entries(filter.labels ?? {});
     const scan = wanted.length > 0 ? LABEL_SCAN_ROWS : pageSize + 1;
-    const sql = `SELECT * FROM tasks ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY seq DESC LIMIT ?`;
+    // Only the chosen rows' seqs are sorted (several states, a group: no index gives their
+    // order); then those rows are read one at a time. Sorting whole rows held them all at once
+    // (up to LABEL_SCAN_ROWS of them, prompts included) in SQLite's sorter.
+    const chosen = `SELECT seq FROM tasks ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY seq DESC LIMIT ?`;
+    const sql = `SELECT * FROM tasks WHERE seq IN (${chosen}) ORDER BY seq DESC`;
     const tasks: Task[] = [];
     const seqs: number[] = [];
     let lastSeen: number | undefined;
@@ -1030,11 +1034,11 @@ export class TaskStore {
     const end = (order: "ASC" | "DESC") =>
       count === 0
         ? 0
-        : (
+        : ((
             this.sql(
               `SELECT run_ms FROM tasks WHERE run_ms IS NOT NULL ORDER BY run_ms ${order} LIMIT 1`,
-            ).get() as { run_ms: number }
-          ).run_ms;
+            ).get() as { run_ms: number } | undefined
+          )?.run_ms ?? 0); // none: a histogram changed by hand
     const [shortest, longest] = [end("ASC"), end("DESC")];
     // The upper bound of the bucket that holds the p-th percentile's run, within the shortest
     // and longest runs (so one run, or runs all alike, give their duration exactly).
