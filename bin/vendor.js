@@ -1,7 +1,8 @@
 // Resolves the client's third-party packages to their bundle (services/cli/vendor-build.ts) when
 // it was built for the versions installed: a command then loads a few modules instead of ~145.
 // CONDUCTOR_VENDOR_BUNDLE=0 loads the packages as installed instead.
-import { lstatSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, realpathSync } from "node:fs";
+import path from "node:path";
 import module from "node:module";
 import { URL } from "node:url";
 
@@ -15,10 +16,11 @@ const FILE = /^[a-z0-9-]+\.mjs$/;
 /**
  * The bundle at `dir`, read whole and checked: for each specifier, the file URL it loads from
  * and the text of every file by URL. Undefined — the packages load as installed — when there is
- * no bundle; its manifest is not the shape vendor-build.ts writes; a package is installed at
- * another version than it was built from, or linked (`npm link`: its code is not what was
- * bundled); or a file is missing or not the size the manifest says (cut, or half-written by a
- * build running meanwhile). Never throws.
+ * no bundle; its manifest is not the shape vendor-build.ts writes (its specifiers of the bundled
+ * packages only, its sizes of every file there); a package is installed at another version than
+ * it was built from, or linked, itself or its scope (`npm link`: its code is not what was
+ * bundled); or a file is missing, extra or not the size the manifest says (cut, or half-written
+ * by a build running meanwhile). Never throws.
  * @param {URL} dir
  * @returns {{ urls: Map<string, string>, sources: Map<string, Buffer> } | undefined}
  */
@@ -27,12 +29,17 @@ export function readBundle(dir) {
     const manifest = JSON.parse(readFileSync(new URL("manifest.json", dir), "utf8"));
     const { versions, specifiers, bytes } = manifest;
     if (Object.keys(versions).sort().join() !== [...PACKAGES].sort().join()) return undefined;
+    const installed = realpathSync(new URL("../../../", dir));
     for (const name of PACKAGES) {
       const pkg = new URL(`../../../${name}`, dir);
-      if (lstatSync(pkg).isSymbolicLink()) return undefined;
+      // Linked in (the package or its scope): not the code that was bundled.
+      if (realpathSync(pkg) !== path.join(installed, name)) return undefined;
       const { version } = JSON.parse(readFileSync(new URL(`${pkg.href}/package.json`), "utf8"));
       if (version !== versions[name]) return undefined;
     }
+    // Every file of the bundle, each the size it was built: one left out would load unchecked.
+    const files = readdirSync(dir).filter((f) => f !== "manifest.json");
+    if (files.sort().join() !== Object.keys(bytes).sort().join()) return undefined;
     const sources = new Map();
     for (const [file, size] of Object.entries(bytes)) {
       if (!FILE.test(file)) return undefined;
@@ -43,7 +50,7 @@ export function readBundle(dir) {
     const urls = new Map();
     for (const [specifier, file] of Object.entries(specifiers)) {
       const url = new URL(file, dir).href;
-      if (!sources.has(url)) return undefined;
+      if (!PACKAGES.includes(packageOf(specifier)) || !sources.has(url)) return undefined;
       urls.set(specifier, url);
     }
     return urls.size > 0 ? { urls, sources } : undefined;
@@ -71,9 +78,14 @@ export function useVendorBundle(
   const own = OWN.map((folder) => `${root}${folder}/`);
   module.registerHooks({
     resolve(specifier, context, next) {
+      const parent = context.parentURL ?? "";
+      // The bundle's own imports (./shared.mjs): its checked text, never the disk again.
+      if (bundle.sources.has(parent) && specifier.startsWith("./")) {
+        const url = new URL(specifier, parent).href;
+        if (bundle.sources.has(url)) return { url, format: "module", shortCircuit: true };
+      }
       const url = bundle.urls.get(specifier);
       if (url === undefined) return next(specifier, context);
-      const parent = context.parentURL ?? "";
       if (own.some((folder) => parent.startsWith(folder)))
         return { url, format: "module", shortCircuit: true };
       const resolved = next(specifier, context);
@@ -82,9 +94,9 @@ export function useVendorBundle(
     },
     load(url, context, next) {
       const source = bundle.sources.get(url);
-      if (source === undefined) return next(url, context);
-      bundle.sources.delete(url); // a module is loaded once
-      return { source, format: "module", shortCircuit: true };
+      return source === undefined
+        ? next(url, context)
+        : { source, format: "module", shortCircuit: true };
     },
   });
 }

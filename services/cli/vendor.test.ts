@@ -93,6 +93,13 @@ describe("the client's vendor bundle", () => {
       symlinkSync(`${linked}-dev`, linked);
       expect(read(at), "a package linked in (npm link)").toBeUndefined();
       install();
+      const scope = path.join(root, "node_modules", "@bufbuild");
+      cpSync(scope, `${scope}-dev`, { recursive: true });
+      rmSync(scope, { recursive: true });
+      symlinkSync(`${scope}-dev`, scope);
+      expect(read(at), "a scope linked in").toBeUndefined();
+      rmSync(scope);
+      install();
       expect(read(at)).toBeDefined();
 
       writeFileSync(path.join(dir, "shared.mjs"), "export {};\n");
@@ -100,6 +107,9 @@ describe("the client's vendor bundle", () => {
       copy();
       rmSync(path.join(dir, "connect.mjs"));
       expect(read(at), "a file missing").toBeUndefined();
+      copy();
+      writeFileSync(path.join(dir, "extra.mjs"), "export {};\n");
+      expect(read(at), "a file the manifest does not size").toBeUndefined();
       copy();
       writeFileSync(path.join(dir, "manifest.json"), "{not json");
       expect(read(at), "a broken manifest").toBeUndefined();
@@ -111,6 +121,10 @@ describe("the client's vendor bundle", () => {
         ["a specifier to a file not checked", (m) => (m["specifiers"] = { x: "other.mjs" })],
         ["a specifier to another place", (m) => (m["specifiers"] = { x: "data:text/javascript," })],
         ["a file elsewhere", (m) => (m["bytes"] = { "../../x.mjs": 0 })],
+        [
+          "a specifier of another package",
+          (m) => (m["specifiers"] = { "node:fs": "protobuf.mjs" }),
+        ],
       ] as [string, (m: Record<string, unknown>) => void][]) {
         copy();
         editManifest(edit);
@@ -118,7 +132,7 @@ describe("the client's vendor bundle", () => {
       }
     });
 
-    it("serves only imports of the top-level packages: a plugin's own copy stays its own", () => {
+    it("serves only imports of the top-level packages (a plugin's own copy stays its own), from the text it read", () => {
       install();
       copy();
       const plugin = path.join(root, "plugin");
@@ -141,6 +155,8 @@ describe("the client's vendor bundle", () => {
         probe,
         `import { useVendorBundle } from ${JSON.stringify(pathToFileURL(path.join(ROOT, "bin", "vendor.js")).href)};
          useVendorBundle(new URL(${JSON.stringify(at.href)}));
+         // Read whole at start: a rebuild taking the folder away meanwhile changes nothing.
+         (await import("node:fs")).rmSync(${JSON.stringify(dir)}, { recursive: true });
          const { pb } = await import("./app.mjs");
          const { WHICH } = await import("./plugin/p.mjs");
          const own = (await import("./services/s.mjs")).pb;
