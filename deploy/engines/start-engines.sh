@@ -60,7 +60,9 @@ else
     fi
   done
   log "starting dockerd (log: $LOG_DIR/dockerd.log)"
-  nohup dockerd --host "unix://$DOCKER_SOCK" >"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
+  # From /: what an engine writes to its working folder (conmon's "oom" file after an OOM kill)
+  # stays out of the folder this was run from.
+  (cd / && exec nohup dockerd --host "unix://$DOCKER_SOCK") >"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
   wait_for dockerd "$LOG_DIR/dockerd.log" docker_answers
   log "dockerd answers on $DOCKER_SOCK"
 fi
@@ -71,7 +73,7 @@ else
   mkdir -p "$(dirname "$PODMAN_SOCK")"
   rm -f "$PODMAN_SOCK"
   log "starting podman system service (log: $LOG_DIR/podman.log)"
-  nohup podman system service --time=0 "unix://$PODMAN_SOCK" >"$LOG_DIR/podman.log" 2>&1 </dev/null &
+  (cd / && exec nohup podman system service --time=0 "unix://$PODMAN_SOCK") >"$LOG_DIR/podman.log" 2>&1 </dev/null &
   wait_for podman "$LOG_DIR/podman.log" podman_answers
   log "podman answers on $PODMAN_SOCK"
 fi
