@@ -1,14 +1,13 @@
 // Prints what one run costs on the process runtime: N runs one after another of an instant fake
 // CLI (sh printing a stream-json `system` and `result` line) through the bubblewrap backend, with
 // a model socket and a lifeline as the AgentHost gives every run. Wall per run, runs/s, and the
-// CPU this process (the AgentHost's part: spawning, pipes) spends per run. The CPU of all the
-// run's processes (bwrap, its launcher, the program) is the task-clock of
-//   perf stat -e task-clock node bench/process-runs.ts --runs N
-// less that of --runs 0, divided by N. Run as root (the sandbox drops to uid 61000).
+// CPU this process (the AgentHost's part: spawning, pipes) spends per run, and the machine's busy
+// time per run (every CPU, the kernel's own threads too: namespaces are torn down there; run it
+// on an idle machine). Run as root (the sandbox drops to uid 61000).
 // With --concurrency C (one sandbox each, as C agents), C runs at once: the runs/s the process
 // runtime alone allows, the ceiling of Conductor's completions on it (bench/peers.ts).
 // Run: node bench/process-runs.ts [--runs 50] [--concurrency 1]
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -63,6 +62,7 @@ for (let a = 0; a < CONCURRENCY; a++) {
 
 const walls: number[] = [];
 const cpu0 = process.cpuUsage();
+const machine0 = machineBusyMs();
 const t0 = performance.now();
 let next = 0;
 await Promise.all(
@@ -82,6 +82,7 @@ await Promise.all(
 );
 const elapsed = performance.now() - t0;
 const cpu = process.cpuUsage(cpu0);
+const machine = machineBusyMs() - machine0;
 for (const h of sandboxes) await backend.destroy(h);
 for (const s of held) s.destroy();
 lifeline.server.close();
@@ -91,6 +92,17 @@ if (RUNS > 0) {
   const sorted = walls.sort((a, b) => a - b);
   const ms = (v: number) => v.toFixed(1);
   console.log(
-    `${RUNS} runs of an instant fake CLI, ${CONCURRENCY === 1 ? "one at a time" : `${CONCURRENCY} at a time`}: wall per run p50 ${ms(sorted[Math.floor(RUNS / 2)]!)} ms, p90 ${ms(sorted[Math.floor(RUNS * 0.9)]!)} ms; ${((RUNS / elapsed) * 1000).toFixed(1)} runs/s; this process's CPU ${ms((cpu.user + cpu.system) / 1000 / RUNS)} ms per run`,
+    `${RUNS} runs of an instant fake CLI, ${CONCURRENCY === 1 ? "one at a time" : `${CONCURRENCY} at a time`}: wall per run p50 ${ms(sorted[Math.floor(RUNS / 2)]!)} ms, p90 ${ms(sorted[Math.floor(RUNS * 0.9)]!)} ms; ${((RUNS / elapsed) * 1000).toFixed(1)} runs/s; this process's CPU ${ms((cpu.user + cpu.system) / 1000 / RUNS)} ms per run; the machine's ${ms(machine / RUNS)} ms per run (all of its CPUs' busy time, kernel threads included: run it on an idle machine)`,
   );
+}
+
+/** Milliseconds all of the machine's CPUs have been busy since boot (/proc/stat's first line). */
+function machineBusyMs(): number {
+  const [user, nice, system, , , irq, softirq, steal] = readFileSync("/proc/stat", "utf8")
+    .split("\n")[0]!
+    .split(/\s+/)
+    .slice(1)
+    .map(Number);
+  const ticks = [user, nice, system, irq, softirq, steal].reduce((a, b) => a! + b!, 0)!;
+  return (ticks * 1000) / 100; // USER_HZ: 100 on Linux
 }
