@@ -57,7 +57,6 @@ export function orchestratorRoutes(orch: Orchestrator) {
         }
       },
       async *getTaskPatch(req, ctx) {
-        if (!req.taskId) throw invalid("task_id is required: the id submit gave the task");
         for await (const chunk of orch.patch(givenId("task_id", req.taskId), ctx.signal)) {
           yield { chunk };
         }

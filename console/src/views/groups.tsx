@@ -104,73 +104,71 @@ function GroupPage({ id }: { id: string }) {
         </p>
       )}
       {g && (
-        <p>
-          <a href={`/?group=${encodeURIComponent(id)}`}>Its tasks in the queue view</a>
-        </p>
-      )}
-      {g && (
-        <dl class="facts">
-          <dt>Name</dt>
-          <dd>{g.spec?.name || "-"}</dd>
-          <dt>Tasks</dt>
-          <dd>{a?.taskCount ?? 0}</dd>
-          <dt>By state</dt>
-          <dd>{byState(a?.tasksByState)}</dd>
-          <dt>Cost</dt>
-          <dd>{usd(a?.costUsd ?? 0)}</dd>
-          <dt>Tokens</dt>
-          <dd>
-            {count(a?.usage?.inputTokens ?? 0n)} in, {count(a?.usage?.outputTokens ?? 0n)} out
-          </dd>
-          <dt>Run time (sum)</dt>
-          <dd>{duration(Number(a?.durationMs ?? 0n))}</dd>
-          <dt>Elapsed</dt>
-          <dd>{duration(Number(a?.elapsedMs ?? 0n))}</dd>
-          {g.reason && (
-            <>
-              <dt>Reason</dt>
-              <dd>{g.reason}</dd>
-            </>
-          )}
-          {g.reduceTaskId && (
-            <>
-              <dt>Reduce</dt>
-              <dd>
-                <a href={`/tasks/${encodeURIComponent(g.reduceTaskId)}`}>{g.reduceTaskId}</a>
-              </dd>
-            </>
-          )}
-        </dl>
-      )}
-      {g && (
-        <table data-testid="members">
-          <thead>
-            <tr>
-              <th>Member</th>
-              <th>Task</th>
-              <th>State</th>
-              <th>Attempts</th>
-              <th>Cost</th>
-              <th>Duration</th>
-              <th>Error</th>
-            </tr>
-          </thead>
-          <tbody>
-            {g.members.map((m) => (
-              <tr key={m.taskId}>
-                <td>{m.name}</td>
-                <td>
-                  <a href={`/tasks/${encodeURIComponent(m.taskId)}`}>{m.taskId}</a>
-                </td>
-                <td>{stateName(m.state)}</td>
-                <td>{m.attempts}</td>
-                <td>{usd(m.costUsd)}</td>
-                <td>{m.durationMs ? duration(Number(m.durationMs)) : "-"}</td>
-                <td>{m.errorKind ? `${ErrorKind[m.errorKind]}: ${m.error}` : ""}</td>
+        <>
+          <p>
+            <a href={`/?group=${encodeURIComponent(id)}`}>Its tasks in the queue view</a>
+          </p>
+          <dl class="facts">
+            <dt>Name</dt>
+            <dd>{g.spec?.name || "-"}</dd>
+            <dt>Tasks</dt>
+            <dd>{a?.taskCount ?? 0}</dd>
+            <dt>By state</dt>
+            <dd>{byState(a?.tasksByState)}</dd>
+            <dt>Cost</dt>
+            <dd>{usd(a?.costUsd ?? 0)}</dd>
+            <dt>Tokens</dt>
+            <dd>
+              {count(a?.usage?.inputTokens ?? 0n)} in, {count(a?.usage?.outputTokens ?? 0n)} out
+            </dd>
+            <dt>Run time (sum)</dt>
+            <dd>{duration(Number(a?.durationMs ?? 0n))}</dd>
+            <dt>Elapsed</dt>
+            <dd>{duration(Number(a?.elapsedMs ?? 0n))}</dd>
+            {g.reason && (
+              <>
+                <dt>Reason</dt>
+                <dd>{g.reason}</dd>
+              </>
+            )}
+            {g.reduceTaskId && (
+              <>
+                <dt>Reduce</dt>
+                <dd>
+                  <a href={`/tasks/${encodeURIComponent(g.reduceTaskId)}`}>{g.reduceTaskId}</a>
+                </dd>
+              </>
+            )}
+          </dl>
+          <table data-testid="members">
+            <thead>
+              <tr>
+                <th>Member</th>
+                <th>Task</th>
+                <th>State</th>
+                <th>Attempts</th>
+                <th>Cost</th>
+                <th>Duration</th>
+                <th>Error</th>
               </tr>
-            ))}
-          </tbody>
-        </table>
+            </thead>
+            <tbody>
+              {g.members.map((m) => (
+                <tr key={m.taskId}>
+                  <td>{m.name}</td>
+                  <td>
+                    <a href={`/tasks/${encodeURIComponent(m.taskId)}`}>{m.taskId}</a>
+                  </td>
+                  <td>{stateName(m.state)}</td>
+                  <td>{m.attempts}</td>
+                  <td>{usd(m.costUsd)}</td>
+                  <td>{m.durationMs ? duration(Number(m.durationMs)) : "-"}</td>
+                  <td>{m.errorKind ? `${ErrorKind[m.errorKind]}: ${m.error}` : ""}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </>
       )}
     </section>
   );
