@@ -104,7 +104,7 @@ try {
     await using redis = await startRedis();
     rows.push(...(await peerRows(redis)));
   }
-  if (ONLY === "") rows.push(...(await queuedRows()));
+  if (ONLY === "" || ONLY === "queued") rows.push(...(await queuedRows()));
 } finally {
   rmSync(path.dirname(fakeCli), { recursive: true, force: true });
 }

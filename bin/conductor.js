@@ -16,7 +16,7 @@ const { flushed, guardOutput } = await import("../services/cli/stdout.ts");
 
 // A failed write ends the command (quietly when the reader went away: `… | head -1`).
 guardOutput(process.stdout, process.stderr, (code) => process.exit(code));
-const code = await main(process.argv.slice(2), process.env);
+const code = await main(process.argv.slice(2), process.env, { serviceHeap: true });
 // Output still queued for a pipe is written before exiting; then client connections and
 // timers must not keep a finished command alive.
 await flushed(process.stdout);

@@ -12,6 +12,7 @@ import {
   type Task,
   type TaskSpec,
 } from "../gen/conductor/v1/task_pb.js";
+import { SERVICE_NODE_FLAGS } from "../services/cli/service-heap.ts";
 import { unixTransport } from "../services/shared/transport.ts";
 
 /** The project's root folder. */
@@ -51,7 +52,8 @@ export async function startService(
   bin = BIN,
   spawnWith: typeof spawn = spawn,
 ): Promise<ServiceProcess> {
-  const proc = spawnWith(process.execPath, [bin, command, ...args], {
+  // With the heap settings a service would start itself again with (one Node start less).
+  const proc = spawnWith(process.execPath, [...SERVICE_NODE_FLAGS, bin, command, ...args], {
     env: {
       PATH: process.env["PATH"] ?? "/usr/bin:/bin",
       // No web console unless a test asks for one (its default port is a fixed one; older

@@ -18,10 +18,14 @@ import { isReaderGone, READER_GONE } from "./stdout.ts";
 // neither the services (OpenTelemetry, dockerode) nor, unless keys are set, the configuration's
 // schema (zod) and YAML parser. A client command starts in about a third of the time.
 
-/** Entry point of the `conductor` command; returns the exit code. */
+/**
+ * Entry point of the `conductor` command; returns the exit code. `o.serviceHeap`: a service
+ * command first starts again in this process with the services' heap settings (service-heap.ts).
+ */
 export async function main(
   argv: string[],
   env: Record<string, string | undefined>,
+  o: { serviceHeap?: boolean } = {},
 ): Promise<number> {
   const out = (s: string) => void process.stdout.write(s);
   const err = (s: string) => void process.stderr.write(s);
@@ -56,6 +60,8 @@ export async function main(
   }
   const quick = CLIENT_COMMANDS.has(command.name) ? quickSocket(parsed, env) : undefined;
   if (quick !== undefined) return failureCode(command.name, err, () => client(parsed, quick, env));
+  if (o.serviceHeap && SERVICE_COMMANDS.has(command.name))
+    (await import("./service-heap.ts")).restartWithServiceHeap(env);
   const config = await configOf(parsed, env, err);
   if (!config) return 2;
   return failureCode(command.name, err, async () => {
