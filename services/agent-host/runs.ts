@@ -113,13 +113,10 @@ export async function executeRun(
   const { taskId, spec } = attempt;
   const agentId = slot.agent.id;
   const scratch = slot.agent.workspace;
-  if (c.workspacePolicy === "clean" && !spec.workspace?.kind.case) {
-    for (const entry of readdirSync(scratch))
-      rmSync(path.join(scratch, entry), { recursive: true, force: true });
-  }
   const abort = new AbortController();
   const onAbort = () => abort.abort();
   signal.addEventListener("abort", onAbort);
+  if (signal.aborted) abort.abort(); // meanwhile (an abort event comes only once)
   slot.proxy.take();
   slot.proxy.limit(runBudget(spec, attempt.previous));
   const log = c.log.child({ agent_id: agentId, task_id: taskId });
@@ -131,7 +128,14 @@ export async function executeRun(
     baseUrl: `http://127.0.0.1:${FORWARDER_PORT}`,
   };
   const runCli = async (): Promise<RunOutcome> => {
+    // The caller's word that the run started (RunTask's first message) leaves first: what
+    // follows blocks the event loop for milliseconds at a time (a spawn waits for its exec).
+    await new Promise((resolve) => setImmediate(resolve));
     const started = Date.now();
+    if (c.workspacePolicy === "clean" && !spec.workspace?.kind.case) {
+      for (const entry of readdirSync(scratch))
+        rmSync(path.join(scratch, entry), { recursive: true, force: true });
+    }
     let taskPlace: TaskPlace;
     try {
       taskPlace = await openPlace(
