@@ -7,7 +7,8 @@
  *   four times (V8's heap_growing_percent; its default grows more the faster allocation is).
  *
  * Measured with 32 callers submitting 10,000 tasks to an Orchestrator (2 cores): RSS 366 MiB
- * with Node's defaults and still growing, 170 MiB and flat with these, at the same submit rate.
+ * with Node's defaults and still growing, 170 MiB and flat with these, at the same submit rate;
+ * garbage collection took 15% of its time against 10% (CPU profiles of 3,000 submits).
  * V8 does not give the memory back on its own once the load stops (its memory reducer waits for
  * a low allocation rate it only measures at a collection).
  */
