@@ -38,7 +38,7 @@ describe.each(cases)(
           ),
         );
         const ids = submitted.map((r) => r.task!.id);
-        const tasks = await Promise.all(ids.map((id) => waitForEnd(client, id)));
+        const tasks = await Promise.all(ids.map((id) => waitForEnd(client, id, 110_000)));
 
         const { agents } = await client.listAgents({});
         const workspaceOf = new Map(agents.map((a) => [a.id, a.workspace]));
