@@ -4,6 +4,7 @@ import { execFile } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
+import { execProcess } from "./exec.ts";
 
 const EXEC = path.join(import.meta.dirname, "exec.ts");
 
@@ -25,5 +26,21 @@ describe("execProcess out of file descriptors", () => {
       { timeout: 30_000 },
     );
     expect(JSON.parse(stdout)).toEqual({ code: null, error: "EMFILE" });
+  });
+});
+
+describe("execProcess, sandboxed, killed before its sandbox started the program", () => {
+  it("ends it at once: the program does not start and run for the grace period", async () => {
+    // Stands in for bwrap still setting up its namespaces: the program (at the depth bwrap
+    // gives it) starts only after a while, and nothing is there to TERM when the kill comes.
+    const argv = ["sh", "-c", "sleep 0.3; sh -c 'echo started; sleep 1; echo late'"];
+    const x = execProcess({ argv, cwd: "/", env: {} }, { sandboxed: true });
+    const lines: string[] = [];
+    x.onStdoutLine((l) => lines.push(l));
+    const t0 = performance.now();
+    const status = await x.kill(10_000);
+    expect(performance.now() - t0).toBeLessThan(5_000);
+    expect(status.signal).toBe("SIGKILL");
+    expect(lines).toEqual([]);
   });
 });

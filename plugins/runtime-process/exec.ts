@@ -88,7 +88,13 @@ export function execProcess(
         // then bwrap's death takes the namespace with it.
         // Depth 1 is bwrap's init inside the namespace: it, too, is left to the end, and so
         // are the launcher's socat (its lifeline and model: index.ts SANDBOX_LAUNCHER).
-        for (const p of await descendants(pid, 2)) if (!(await isSocat(p))) signalPid(p, "SIGTERM");
+        let termed = 0;
+        for (const p of await descendants(pid, 2)) {
+          if (!(await isSocat(p))) termed += signalPid(p, "SIGTERM") ? 1 : 0;
+        }
+        // Nothing of the run started yet (bwrap had not forked it): nothing to end gracefully,
+        // and it must not start and run for the grace period.
+        if (termed === 0) signalPid(pid, "SIGKILL");
       } else await sweep("SIGTERM").catch(() => undefined);
       const timer = setTimeout(() => {
         if (mode.sandboxed) signalPid(pid, "SIGKILL");
@@ -171,12 +177,13 @@ async function isSocat(pid: number): Promise<boolean> {
   }
 }
 
-function signalPid(pid: number | undefined, signal: NodeJS.Signals): void {
-  if (!pid) return;
+/** Signals one process; false when it is gone (or was never started). */
+function signalPid(pid: number | undefined, signal: NodeJS.Signals): boolean {
+  if (!pid) return false;
   try {
-    process.kill(pid, signal);
+    return process.kill(pid, signal);
   } catch {
-    // ended meanwhile
+    return false; // ended meanwhile
   }
 }
 
