@@ -132,12 +132,12 @@ export async function executeRun(
     // follows blocks the event loop for milliseconds at a time (a spawn waits for its exec).
     await new Promise((resolve) => setImmediate(resolve));
     const started = Date.now();
-    if (c.workspacePolicy === "clean" && !spec.workspace?.kind.case) {
-      for (const entry of readdirSync(scratch))
-        rmSync(path.join(scratch, entry), { recursive: true, force: true });
-    }
     let taskPlace: TaskPlace;
     try {
+      if (c.workspacePolicy === "clean" && !spec.workspace?.kind.case) {
+        for (const entry of readdirSync(scratch))
+          rmSync(path.join(scratch, entry), { recursive: true, force: true });
+      }
       taskPlace = await openPlace(
         c.place,
         { agentId, agentDir: slot.dir, scratch, owner: slot.owner },
