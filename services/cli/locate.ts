@@ -48,6 +48,16 @@ function isDir(p: string): boolean {
   }
 }
 
+/**
+ * The command that runs this `conductor` again from any folder, for advice printed to a person:
+ * the script this process runs, by its absolute path (single-quoted when a shell would split
+ * it). "npx conductor" works only inside Conductor's own checkout; elsewhere npm finds an
+ * unrelated package of that name.
+ */
+export function conductorCommand(script = process.argv[1] ?? "conductor"): string {
+  return /^[\w@%+=:,./-]+$/.test(script) ? script : `'${script.replaceAll("'", `'\\''`)}'`;
+}
+
 /** Nothing serves at the socket a client command chose: says so and how to start one. */
 export class NotRunningError extends Error {
   override name = "NotRunningError";
@@ -55,7 +65,7 @@ export class NotRunningError extends Error {
     const why = existsSync(located.socket) ? "nothing answers on" : "there is no socket at";
     super(
       `no Conductor is running: ${why} ${located.socket} (${located.how}).\n` +
-        `Start one in your project folder with "npx conductor up" (it serves .conductor/run/orchestrator.sock),\n` +
+        `Start one in your project folder with "${conductorCommand()} up" (it serves .conductor/run/orchestrator.sock),\n` +
         `or name a running one with --socket PATH or CONDUCTOR_SOCKET=PATH.`,
       { cause },
     );

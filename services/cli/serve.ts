@@ -2,6 +2,7 @@ import path from "node:path";
 import type { Config } from "../shared/config.ts";
 import { createLogger, type Logger } from "../shared/log.ts";
 import { privateDataDir } from "../shared/private.ts";
+import { conductorCommand } from "./locate.ts";
 import { startObservability } from "./observe.ts";
 import {
   agentHostSocket,
@@ -126,7 +127,7 @@ export function readyText(command: string, config: Config, ready: Record<string,
     `from ${path.dirname(home)} or a folder below it`;
   const hint =
     command === "up" || command === "orchestrator"
-      ? `\nSubmit a task ${found || `with CONDUCTOR_SOCKET=${socket}`}: npx conductor submit "Say hello" --wait\n`
+      ? `\nSubmit a task ${found || `with CONDUCTOR_SOCKET=${socket}`}: ${conductorCommand()} submit "Say hello" --wait\n`
       : "";
   return `${what[command]}.\n${lines.join("\n")}\n${hint}Stop with Ctrl-C.\n`;
 }
@@ -143,6 +144,6 @@ function warnNoApiKey(config: Config, log: Logger, io: ServeIO): void {
   io.stderr.write(
     `conductor: WARNING: ${what}.\n` +
       `  Set ANTHROPIC_API_KEY (or agent.anthropic_api_key in the --config file) and start again,\n` +
-      `  e.g. ANTHROPIC_API_KEY=sk-ant-… npx conductor up. ANTHROPIC_BASE_URL names another Messages API.\n`,
+      `  e.g. ANTHROPIC_API_KEY=sk-ant-… ${conductorCommand()} up. ANTHROPIC_BASE_URL names another Messages API.\n`,
   );
 }

@@ -77,7 +77,8 @@ describe("the conductor CLI without a running Conductor", () => {
     const r = await conductor(["tasks"], { cwd: dir });
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/no Conductor is running/);
-    expect(r.stderr).toMatch(/npx conductor up/);
+    // Advice that works from the project folder: this conductor by its path, not "npx conductor".
+    expect(r.stderr).toContain(`"${CLI} up"`);
     expect(r.stderr).toMatch(/CONDUCTOR_SOCKET/);
     expect(r.stderr).not.toMatch(/ENOENT|\[Internal\]/);
   });
