@@ -88,13 +88,20 @@ export function execProcess(
         // then bwrap's death takes the namespace with it.
         // Depth 1 is bwrap's init inside the namespace: it, too, is left to the end, and so
         // are the launcher's socat (its lifeline and model: index.ts SANDBOX_LAUNCHER).
-        let termed = 0;
-        for (const p of await descendants(pid, 2)) {
-          if (!(await isSocat(p))) termed += signalPid(p, "SIGTERM") ? 1 : 0;
-        }
-        // Nothing of the run started yet (bwrap had not forked it): nothing to end gracefully,
-        // and it must not start and run for the grace period.
-        if (termed === 0) signalPid(pid, "SIGKILL");
+        // A kill that comes while bwrap still sets up finds nothing yet: it looks again until
+        // the run's program is there to TERM (or the run ended, or the grace is over). Killing
+        // bwrap then instead would free the sandbox: --die-with-parent is not yet in force.
+        const deadline = performance.now() + graceMs;
+        const term = async (): Promise<void> => {
+          let termed = 0;
+          for (const p of await descendants(pid, 2)) {
+            if (!(await isSocat(p))) termed += signalPid(p, "SIGTERM") ? 1 : 0;
+          }
+          if (termed > 0 || done || performance.now() >= deadline) return;
+          await new Promise((resolve) => setTimeout(resolve, 10));
+          return term();
+        };
+        void term().catch(() => undefined);
       } else await sweep("SIGTERM").catch(() => undefined);
       const timer = setTimeout(() => {
         if (mode.sandboxed) signalPid(pid, "SIGKILL");
