@@ -144,6 +144,7 @@ function warnNoApiKey(config: Config, log: Logger, io: ServeIO): void {
   io.stderr.write(
     `conductor: WARNING: ${what}.\n` +
       `  Set ANTHROPIC_API_KEY (or agent.anthropic_api_key in the --config file) and start again,\n` +
-      `  e.g. ANTHROPIC_API_KEY=sk-ant-… ${conductorCommand()} up. ANTHROPIC_BASE_URL names another Messages API.\n`,
+      `  e.g. ANTHROPIC_API_KEY=sk-ant-… ${conductorCommand()} up\n` +
+      `  (ANTHROPIC_BASE_URL names another Messages API).\n`,
   );
 }
