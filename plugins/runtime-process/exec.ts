@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { readdir, readFile } from "node:fs/promises";
+import { setTimeout as delay } from "node:timers/promises";
 import { MAX_LINE_BYTES, splitLines } from "../lines.ts";
 import type { ExecRequest, Execution, ExitStatus } from "../runtime.ts";
 
@@ -92,14 +93,14 @@ export function execProcess(
         // the run's program is there to TERM (or the run ended, or the grace is over). Killing
         // bwrap then instead would free the sandbox: --die-with-parent is not yet in force.
         const deadline = performance.now() + graceMs;
-        const term = async (): Promise<void> => {
-          let termed = 0;
-          for (const p of await descendants(pid, 2)) {
-            if (!(await isSocat(p))) termed += signalPid(p, "SIGTERM") ? 1 : 0;
+        const term = async () => {
+          while (!done && performance.now() < deadline) {
+            let termed = false;
+            for (const p of await descendants(pid, 2))
+              if (!(await isSocat(p)) && signalPid(p, "SIGTERM")) termed = true;
+            if (termed) return;
+            await delay(10);
           }
-          if (termed > 0 || done || performance.now() >= deadline) return;
-          await new Promise((resolve) => setTimeout(resolve, 10));
-          return term();
         };
         void term().catch(() => undefined);
       } else await sweep("SIGTERM").catch(() => undefined);
