@@ -68,7 +68,6 @@ export async function startBrokerServer(
       routes: brokerRoutes(broker),
       interceptors: [...(opts.interceptors ?? []), authInterceptor(secret)],
       log: opts.log,
-      connect: true,
     });
   } catch (e) {
     broker.close();

@@ -1,5 +1,6 @@
 // Server reflection against a real HTTP/2 server on a Unix socket, checked
-// with the real `buf curl` and with @grpc/grpc-js (v1 and v1alpha paths).
+// with the real `buf curl` and with @grpc/grpc-js (v1 and v1alpha paths), on both server
+// stacks: serveUnix's (@grpc/grpc-js) and connect-node's (the TCP listener's).
 import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import http2 from "node:http2";
@@ -23,35 +24,40 @@ import type {
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { HealthRegistry, registerHealth } from "./health.ts";
 import { registerReflection } from "./reflection.ts";
+import { serveUnix, type UnixServer } from "./transport.ts";
 
 const run = promisify(execFile);
 const buf = path.resolve(import.meta.dirname, "../../node_modules/.bin/buf");
 let dir: string;
 let socket: string;
-let server: http2.Http2Server;
-const sessions = new Set<http2.ServerHttp2Session>();
 
-beforeAll(async () => {
-  dir = mkdtempSync(path.join(os.tmpdir(), "reflection-test-"));
-  socket = path.join(dir, "s.sock");
+/** Serves OrchestratorService (no methods) with health and reflection on `socket`. */
+async function serveOn(stack: "grpc-js" | "connect-node"): Promise<() => Promise<void>> {
+  if (stack === "grpc-js") {
+    const server: UnixServer = await serveUnix({
+      socketPath: socket,
+      services: [OrchestratorService],
+      routes: (router) => router.service(OrchestratorService, {}),
+    });
+    return () => server.close();
+  }
   const routes = (router: Parameters<typeof registerReflection>[0]) => {
     router.service(OrchestratorService, {});
     registerHealth(router, new HealthRegistry());
     registerReflection(router, [OrchestratorService]);
   };
-  server = http2.createServer(connectNodeAdapter({ routes }));
+  const server = http2.createServer(connectNodeAdapter({ routes }));
+  const sessions = new Set<http2.ServerHttp2Session>();
   server.on("session", (s) => {
     sessions.add(s);
     s.on("close", () => sessions.delete(s));
   });
   await new Promise<void>((resolve) => server.listen(socket, resolve));
-});
-
-afterAll(async () => {
-  for (const s of sessions) s.destroy();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  rmSync(dir, { recursive: true, force: true });
-});
+  return async () => {
+    for (const s of sessions) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  };
+}
 
 async function bufCurl(...args: string[]): Promise<string> {
   const base = ["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--unix-socket", socket];
@@ -92,95 +98,117 @@ function fileNames(res: ServerReflectionResponse): string[] {
   );
 }
 
-describe("reflection via buf curl", () => {
-  it("lists services", async () => {
-    const out = (await bufCurl("--list-services", "http://localhost")).split("\n");
-    expect(out).toContain("conductor.v1.OrchestratorService");
-    expect(out).toContain("grpc.health.v1.Health");
-    expect(out).toContain("grpc.reflection.v1.ServerReflection");
+describe.each(["grpc-js", "connect-node"] as const)("on %s", (stack) => {
+  let close: () => Promise<void>;
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(os.tmpdir(), "reflection-test-"));
+    socket = path.join(dir, "s.sock");
+    close = await serveOn(stack);
   });
 
-  it("lists methods", async () => {
-    const out = (await bufCurl("--list-methods", "http://localhost")).split("\n");
-    expect(out).toContain("conductor.v1.OrchestratorService/SubmitTask");
-    expect(out).toContain("grpc.health.v1.Health/Check");
+  afterAll(async () => {
+    await close();
+    rmSync(dir, { recursive: true, force: true });
   });
 
-  it("calls Health/Check using reflected schemas", async () => {
-    const out = await bufCurl(
-      "--reflect",
-      "-d",
-      "{}",
-      "http://localhost/grpc.health.v1.Health/Check",
-    );
-    expect(JSON.parse(out)).toEqual({ status: "SERVING" });
-  });
-});
-
-describe("reflection via grpc-js", () => {
-  it("returns a service's file with its transitive imports", async () => {
-    const names = fileNames(
-      await reflect({
-        messageRequest: { case: "fileContainingSymbol", value: "conductor.v1.OrchestratorService" },
-      }),
-    );
-    expect(names[0]).toBe("conductor/v1/orchestrator.proto");
-    expect(names).toEqual(
-      expect.arrayContaining(["conductor/v1/task.proto", "google/protobuf/timestamp.proto"]),
-    );
-  });
-
-  it("resolves methods, nested and dependency types, and filenames", async () => {
-    const sym = (value: string) =>
-      reflect({ messageRequest: { case: "fileContainingSymbol", value } });
-    expect(fileNames(await sym("conductor.v1.OrchestratorService.SubmitTask"))[0]).toBe(
-      "conductor/v1/orchestrator.proto",
-    );
-    expect(fileNames(await sym("grpc.health.v1.HealthCheckResponse.ServingStatus"))[0]).toBe(
-      "grpc/health/v1/health.proto",
-    );
-    expect(fileNames(await sym("google.protobuf.Timestamp"))[0]).toBe(
-      "google/protobuf/timestamp.proto",
-    );
-    const byName = await reflect({
-      messageRequest: { case: "fileByFilename", value: "conductor/v1/task.proto" },
+  describe("reflection via buf curl", () => {
+    it("lists services", async () => {
+      const out = (await bufCurl("--list-services", "http://localhost")).split("\n");
+      expect(out).toContain("conductor.v1.OrchestratorService");
+      expect(out).toContain("grpc.health.v1.Health");
+      expect(out).toContain("grpc.reflection.v1.ServerReflection");
     });
-    expect(fileNames(byName)).toEqual([
-      "conductor/v1/task.proto",
-      "google/protobuf/struct.proto", // TaskResult.structured
-      "google/protobuf/timestamp.proto",
-    ]);
+
+    it("lists methods", async () => {
+      const out = (await bufCurl("--list-methods", "http://localhost")).split("\n");
+      expect(out).toContain("conductor.v1.OrchestratorService/SubmitTask");
+      expect(out).toContain("grpc.health.v1.Health/Check");
+    });
+
+    it("calls Health/Check using reflected schemas", async () => {
+      const out = await bufCurl(
+        "--reflect",
+        "-d",
+        "{}",
+        "http://localhost/grpc.health.v1.Health/Check",
+      );
+      expect(JSON.parse(out)).toEqual({ status: "SERVING" });
+    });
   });
 
-  it("answers NOT_FOUND for unknown symbols and files", async () => {
-    for (const messageRequest of [
-      { case: "fileContainingSymbol", value: "no.such.Thing" },
-      { case: "fileByFilename", value: "no/such.proto" },
-    ] as const) {
-      const res = await reflect({ messageRequest });
-      expect(res.messageResponse).toMatchObject({ case: "errorResponse", value: { errorCode: 5 } });
-    }
-  });
+  describe("reflection via grpc-js", () => {
+    it("returns a service's file with its transitive imports", async () => {
+      const names = fileNames(
+        await reflect({
+          messageRequest: {
+            case: "fileContainingSymbol",
+            value: "conductor.v1.OrchestratorService",
+          },
+        }),
+      );
+      expect(names[0]).toBe("conductor/v1/orchestrator.proto");
+      expect(names).toEqual(
+        expect.arrayContaining(["conductor/v1/task.proto", "google/protobuf/timestamp.proto"]),
+      );
+    });
 
-  it("also serves the legacy v1alpha name, which describes itself", async () => {
-    const res = await reflect(
-      { messageRequest: { case: "listServices", value: "" } },
-      "grpc.reflection.v1alpha.ServerReflection",
-    );
-    const list =
-      res.messageResponse.case === "listServicesResponse" ? res.messageResponse.value.service : [];
-    expect(list.map((s) => s.name)).toEqual(
-      expect.arrayContaining([
-        "conductor.v1.OrchestratorService",
+    it("resolves methods, nested and dependency types, and filenames", async () => {
+      const sym = (value: string) =>
+        reflect({ messageRequest: { case: "fileContainingSymbol", value } });
+      expect(fileNames(await sym("conductor.v1.OrchestratorService.SubmitTask"))[0]).toBe(
+        "conductor/v1/orchestrator.proto",
+      );
+      expect(fileNames(await sym("grpc.health.v1.HealthCheckResponse.ServingStatus"))[0]).toBe(
+        "grpc/health/v1/health.proto",
+      );
+      expect(fileNames(await sym("google.protobuf.Timestamp"))[0]).toBe(
+        "google/protobuf/timestamp.proto",
+      );
+      const byName = await reflect({
+        messageRequest: { case: "fileByFilename", value: "conductor/v1/task.proto" },
+      });
+      expect(fileNames(byName)).toEqual([
+        "conductor/v1/task.proto",
+        "google/protobuf/struct.proto", // TaskResult.structured
+        "google/protobuf/timestamp.proto",
+      ]);
+    });
+
+    it("answers NOT_FOUND for unknown symbols and files", async () => {
+      for (const messageRequest of [
+        { case: "fileContainingSymbol", value: "no.such.Thing" },
+        { case: "fileByFilename", value: "no/such.proto" },
+      ] as const) {
+        const res = await reflect({ messageRequest });
+        expect(res.messageResponse).toMatchObject({
+          case: "errorResponse",
+          value: { errorCode: 5 },
+        });
+      }
+    });
+
+    it("also serves the legacy v1alpha name, which describes itself", async () => {
+      const res = await reflect(
+        { messageRequest: { case: "listServices", value: "" } },
         "grpc.reflection.v1alpha.ServerReflection",
-      ]),
-    );
-    const self = await reflect({
-      messageRequest: {
-        case: "fileContainingSymbol",
-        value: "grpc.reflection.v1alpha.ServerReflection",
-      },
+      );
+      const list =
+        res.messageResponse.case === "listServicesResponse"
+          ? res.messageResponse.value.service
+          : [];
+      expect(list.map((s) => s.name)).toEqual(
+        expect.arrayContaining([
+          "conductor.v1.OrchestratorService",
+          "grpc.reflection.v1alpha.ServerReflection",
+        ]),
+      );
+      const self = await reflect({
+        messageRequest: {
+          case: "fileContainingSymbol",
+          value: "grpc.reflection.v1alpha.ServerReflection",
+        },
+      });
+      expect(fileNames(self)).toEqual(["grpc/reflection/v1alpha/reflection.proto"]);
     });
-    expect(fileNames(self)).toEqual(["grpc/reflection/v1alpha/reflection.proto"]);
   });
 });

@@ -10,19 +10,30 @@ import {
   type Interceptor,
 } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { ServerCredentials } from "@grpc/grpc-js";
 import type { DescService } from "@bufbuild/protobuf";
 import { HealthRegistry, registerHealth } from "./health.ts";
 import { authorize, PEER } from "./authz.ts";
 import type { Logger } from "./log.ts";
 import { registerReflection } from "./reflection.ts";
 import { errorEdge } from "./rpc-interceptors.ts";
+import { grpcServer } from "./grpc-server.ts";
 
 export { unixTransport } from "./unix-client.ts";
 
 /** A request handler of node:http or node:http2 (connect-node's, which it does not export). */
 export type NodeHandlerFn = ReturnType<typeof connectNodeAdapter>;
-/** A handler's request and response, and a guard's verdict on them ("" to serve). */
-export type NodeGuard = (...args: Parameters<NodeHandlerFn>) => string;
+/** An answer a guard gives instead of the handler's: its HTTP status, content type and body. */
+export interface Refusal {
+  status: number;
+  contentType: string;
+  body: string;
+}
+/**
+ * A handler's request and response, and a guard's verdict on them: "" to serve, a reason to
+ * refuse with 403 (plain text), or a Refusal.
+ */
+export type NodeGuard = (...args: Parameters<NodeHandlerFn>) => string | Refusal;
 
 /** The largest request a server reads; a bigger one is refused with RESOURCE_EXHAUSTED. */
 export const READ_MAX_BYTES = 4 * 1024 * 1024;
@@ -61,6 +72,49 @@ export interface ServeOptions {
  */
 export async function serveUnix(opts: ServeOptions): Promise<UnixServer> {
   const health = new HealthRegistry();
+  mkdirSync(path.dirname(opts.socketPath), { recursive: true, mode: 0o700 });
+  await removeStaleSocket(opts.socketPath);
+  const close =
+    opts.connect || opts.grpcWeb || opts.fallback || opts.guard
+      ? await listenConnect(opts, health)
+      : await listenGrpc(opts, health);
+  chmodSync(opts.socketPath, 0o600);
+  for (const s of opts.services) health.set(s.typeName, "SERVING");
+  health.set("", "SERVING");
+  const closeAll = async () => {
+    health.set("", "NOT_SERVING");
+    await close();
+  };
+  return { socketPath: opts.socketPath, health, close: closeAll, [Symbol.asyncDispose]: closeAll };
+}
+
+/** gRPC alone, on @grpc/grpc-js (grpc-server.ts); returns how to close it, ending every call. */
+async function listenGrpc(
+  opts: ServeOptions,
+  health: HealthRegistry,
+): Promise<() => Promise<void>> {
+  const server = grpcServer(routesWith(opts, health), {
+    readMaxBytes: READ_MAX_BYTES,
+    interceptors: interceptorsOf(opts),
+    contextValues: () => createContextValues().set(PEER, { kind: "unix" }),
+  });
+  await new Promise<void>((resolve, reject) =>
+    server.bindAsync(
+      `unix:${path.resolve(opts.socketPath)}`,
+      ServerCredentials.createInsecure(),
+      (e) => (e ? reject(e) : resolve()),
+    ),
+  );
+  return async () => {
+    server.forceShutdown();
+  };
+}
+
+/** gRPC, Connect and gRPC-Web on connect-node's adapter; returns how to close it. */
+async function listenConnect(
+  opts: ServeOptions,
+  health: HealthRegistry,
+): Promise<() => Promise<void>> {
   const handler = rpcHandler(opts, health, () => createContextValues().set(PEER, { kind: "unix" }));
   const server = http2.createServer(handler);
   const sessions = new Set<http2.ServerHttp2Session>();
@@ -68,8 +122,6 @@ export async function serveUnix(opts: ServeOptions): Promise<UnixServer> {
     sessions.add(s);
     s.on("close", () => sessions.delete(s));
   });
-  mkdirSync(path.dirname(opts.socketPath), { recursive: true, mode: 0o700 });
-  await removeStaleSocket(opts.socketPath);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(opts.socketPath, () => {
@@ -77,15 +129,24 @@ export async function serveUnix(opts: ServeOptions): Promise<UnixServer> {
       resolve();
     });
   });
-  chmodSync(opts.socketPath, 0o600);
-  for (const s of opts.services) health.set(s.typeName, "SERVING");
-  health.set("", "SERVING");
-  const close = async () => {
-    health.set("", "NOT_SERVING");
+  return async () => {
     for (const s of sessions) s.destroy();
     await new Promise<void>((resolve) => server.close(() => resolve()));
   };
-  return { socketPath: opts.socketPath, health, close, [Symbol.asyncDispose]: close };
+}
+
+/** The services' routes with health and reflection beside them. */
+function routesWith(opts: Omit<ServeOptions, "socketPath">, health: HealthRegistry) {
+  return (router: ConnectRouter) => {
+    opts.routes(router);
+    registerHealth(router, health);
+    registerReflection(router, opts.services);
+  };
+}
+
+/** The given interceptors, then authorisation, then the error edge (innermost). */
+function interceptorsOf(opts: Omit<ServeOptions, "socketPath">): Interceptor[] {
+  return [...(opts.interceptors ?? []), authorize(), errorEdge(opts.log)];
 }
 
 /**
@@ -106,20 +167,23 @@ export function rpcHandler(
     grpcWeb: opts.grpcWeb ?? false,
     contextValues: peer,
     ...(opts.fallback ? { fallback: opts.fallback } : {}),
-    interceptors: [...(opts.interceptors ?? []), authorize(), errorEdge(opts.log)],
-    routes: (router) => {
-      opts.routes(router);
-      registerHealth(router, health);
-      registerReflection(router, opts.services);
-    },
+    interceptors: interceptorsOf(opts),
+    routes: routesWith(opts, health),
   });
   const guard = opts.guard;
   if (!guard) return handler;
   return (req, res) => {
     const why = guard(req, res);
     if (!why) return handler(req, res);
-    res.writeHead(403, { "content-type": "text/plain; charset=utf-8" });
-    res.end(why + "\n");
+    const r =
+      typeof why === "string"
+        ? { status: 403, contentType: "text/plain; charset=utf-8", body: `${why}\n` }
+        : why;
+    // A refused request's body is not read: over HTTP/1.1 the connection closes after the
+    // answer, so a client dribbling a body in cannot hold it (over HTTP/2 the stream ends).
+    const close = req.httpVersionMajor === 1 ? { connection: "close" } : {};
+    res.writeHead(r.status, { "content-type": r.contentType, ...close });
+    res.end(r.body);
   };
 }
 

@@ -1,0 +1,132 @@
+// serveUnix's gRPC server (grpc-server.ts: connect handlers on @grpc/grpc-js) keeps what the
+// services rely on from connect-node: cancellation and deadlines reach the handler's signal,
+// interceptors see the caller's metadata, and errors, headers and trailers reach the client.
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  createContextKey,
+  type HandlerContext,
+  type Interceptor,
+} from "@connectrpc/connect";
+import {
+  Health,
+  HealthCheckResponse_ServingStatus as Serving,
+} from "../../gen/grpc/health/v1/health_pb.js";
+import { serveUnix, unixTransport, type UnixServer } from "./transport.ts";
+
+const CALLER = createContextKey<string>("", { description: "the caller" });
+let dir: string;
+let server: UnixServer;
+/** What the last handler saw of its context: why its signal aborted, and who called. */
+const seen: { reason?: unknown; caller?: string; timeoutMs?: number | undefined } = {};
+let aborted: () => void = () => undefined;
+
+/** Waits until `ctx.signal` aborts, noting why. */
+const untilAborted = (ctx: HandlerContext) =>
+  new Promise<void>((resolve) => {
+    ctx.signal.addEventListener("abort", () => {
+      seen.reason = ctx.signal.reason;
+      aborted();
+      resolve();
+    });
+  });
+
+/** Takes the caller's name from its `x-caller` header into the context values. */
+const whoCalls: Interceptor = (next) => async (req) => {
+  req.contextValues.set(CALLER, req.header.get("x-caller") ?? "");
+  return await next(req);
+};
+
+beforeAll(async () => {
+  dir = mkdtempSync(path.join(os.tmpdir(), "grpc-server-test-"));
+  server = await serveUnix({
+    socketPath: path.join(dir, "s.sock"),
+    services: [Health],
+    interceptors: [whoCalls],
+    routes: (router) =>
+      router.service(Health, {
+        async check(req, ctx) {
+          seen.caller = ctx.values.get(CALLER);
+          seen.timeoutMs = ctx.timeoutMs();
+          if (req.service === "fail")
+            throw new ConnectError("no such thing", Code.NotFound, { "x-why": "absent" });
+          if (req.service === "wait") await untilAborted(ctx);
+          ctx.responseHeader.set("x-header", "h");
+          ctx.responseTrailer.set("x-trailer", "t");
+          return { status: Serving.SERVING };
+        },
+        async *watch(req, ctx) {
+          yield { status: Serving.SERVING };
+          await untilAborted(ctx);
+        },
+      }),
+  });
+});
+
+afterAll(async () => {
+  await server.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const client = () => createClient(Health, unixTransport(server.socketPath));
+
+describe("serveUnix's gRPC server", () => {
+  it("gives interceptors the caller's metadata and the handler its context values", async () => {
+    let header: Headers | undefined;
+    let trailer: Headers | undefined;
+    const res = await client().check(
+      { service: "" },
+      {
+        headers: { "x-caller": "tester" },
+        onHeader: (h) => (header = h),
+        onTrailer: (t) => (trailer = t),
+      },
+    );
+    expect(res.status).toBe(Serving.SERVING);
+    expect(seen.caller).toBe("tester");
+    expect(seen.timeoutMs).toBeUndefined();
+    expect(header?.get("x-header")).toBe("h");
+    expect(trailer?.get("x-trailer")).toBe("t");
+  });
+
+  it("answers a handler's ConnectError with its code, message and metadata", async () => {
+    const err = await client()
+      .check({ service: "fail" })
+      .catch((e: unknown) => ConnectError.from(e));
+    expect(err).toMatchObject({ code: Code.NotFound, rawMessage: "no such thing" });
+    expect((err as ConnectError).metadata.get("x-why")).toBe("absent");
+  });
+
+  it("aborts the handler's signal when the caller's deadline passes", async () => {
+    const done = new Promise<void>((resolve) => (aborted = resolve));
+    const err = await client()
+      .check({ service: "wait" }, { timeoutMs: 300 })
+      .catch((e: unknown) => ConnectError.from(e));
+    expect(err).toMatchObject({ code: Code.DeadlineExceeded });
+    await done;
+    expect(ConnectError.from(seen.reason).code).toBe(Code.DeadlineExceeded);
+  });
+
+  it("aborts a stream's signal when the caller cancels it", async () => {
+    const done = new Promise<void>((resolve) => (aborted = resolve));
+    const stop = new AbortController();
+    const it = client().watch({}, { signal: stop.signal })[Symbol.asyncIterator]();
+    const first = await it.next();
+    expect(first.done ? undefined : first.value.status).toBe(Serving.SERVING);
+    stop.abort();
+    await done;
+    expect(ConnectError.from(seen.reason).code).toBe(Code.Canceled);
+  });
+
+  it("refuses a request over 4 MiB with RESOURCE_EXHAUSTED", async () => {
+    const err = await client()
+      .check({ service: "x".repeat(5 * 1024 * 1024) })
+      .catch((e: unknown) => ConnectError.from(e));
+    expect(err).toMatchObject({ code: Code.ResourceExhausted });
+  });
+});
