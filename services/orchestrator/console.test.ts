@@ -3,6 +3,7 @@
 // by group and labels), against an Orchestrator served on real sockets.
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import net from "node:net";
 import https from "node:https";
 import { readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -93,6 +94,18 @@ function request(
   });
 }
 
+/** Sends `text` as it is to the console (its port) and gives all it answers until it closes. */
+function rawHttp(port: string, text: string): Promise<string> {
+  const socket = net.connect(Number(port), "127.0.0.1");
+  let answer = "";
+  socket.on("data", (c: Buffer) => (answer += c.toString()));
+  socket.write(text);
+  return new Promise((resolve, reject) => {
+    socket.once("error", reject);
+    socket.once("close", () => resolve(answer));
+  });
+}
+
 describe("the web console", () => {
   let world: World;
   let host: FakeAgentHost;
@@ -158,7 +171,7 @@ describe("the web console", () => {
     expect(raw.status).toBe(401);
     expect(JSON.parse(raw.body)).toMatchObject({ code: "unauthenticated" });
     // A misspelt field or state name is refused, naming it, not ignored.
-    for (const body of ['{"states":["TASK_STATE_BOGUS"]}', '{"page_sise":5}']) {
+    for (const body of ['{"states":["TASK_STATE_BOGUS"]}', '{"page_sise":5}', '{"states":[999]}']) {
       const misspelt = await request(base(), {
         method: "POST",
         path: "/conductor.v1.OrchestratorService/ListTasks",
@@ -167,8 +180,24 @@ describe("the web console", () => {
       });
       expect(misspelt.status, body).toBe(400);
       expect(JSON.parse(misspelt.body), body).toMatchObject({ code: "invalid_argument" });
-      expect(misspelt.body).toMatch(/BOGUS|page_sise/);
+      expect(misspelt.body).toMatch(/BOGUS|page_sise|999 is no TaskState/);
     }
+  });
+
+  it("answers a call without the token at its headers, not waiting for a body that dribbles", async () => {
+    const { port } = new URL(base());
+    const stored = world.orch.store.list([], 10, undefined).tasks.length;
+    // Headers promising a megabyte, then one byte of it: the body never comes. The console
+    // answers and closes, long before its 30 s request timeout.
+    const answer = await rawHttp(
+      port,
+      `POST /conductor.v1.OrchestratorService/SubmitTask HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n` +
+        "Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{",
+    );
+    expect(answer).toMatch(/^HTTP\/1\.1 401 /);
+    expect(answer).toMatch(/connection: close/i);
+    expect(answer).toMatch(/"code":"unauthenticated".*SubmitTask needs the console's token/);
+    expect(world.orch.store.list([], 10, undefined).tasks).toHaveLength(stored);
   });
 
   it("refuses another site's page and a DNS-rebound host name, token or not", async () => {
@@ -190,6 +219,15 @@ describe("the web console", () => {
     expect(evil.body).toMatch(/evil\.example.*refused/);
     const rebound = await call({ host: `evil.example:${port}` });
     expect(rebound.status).toBe(403);
+    expect(world.orch.store.list([], 100, undefined).tasks).toHaveLength(before);
+    // Two Host headers, the first naming loopback, are refused, not read as the first.
+    const twice = await rawHttp(
+      port,
+      `POST /conductor.v1.OrchestratorService/SubmitTask HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n` +
+        `Host: evil.example:${port}\r\nAuthorization: Bearer ${token}\r\n` +
+        "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+    expect(twice).toMatch(/^HTTP\/1\.1 403 [^]*names several/);
     expect(world.orch.store.list([], 100, undefined).tasks).toHaveLength(before);
     // Its own page's origin passes.
     const own = await call({ origin: base() });

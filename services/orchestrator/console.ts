@@ -6,7 +6,7 @@ import type net from "node:net";
 import path from "node:path";
 import { createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { OrchestratorService } from "../../gen/conductor/v1/orchestrator_pb.js";
-import { PEER } from "../shared/authz.ts";
+import { PEER, tokenNeeded } from "../shared/authz.ts";
 import { HealthRegistry } from "../shared/health.ts";
 import { parseHostPort } from "../shared/host-port.ts";
 import type { Logger } from "../shared/log.ts";
@@ -125,7 +125,18 @@ export async function serveConsole(opts: ConsoleOptions): Promise<ConsoleServer>
       fallback: files,
       guard: (req, res) => {
         for (const [k, v] of Object.entries(SECURITY_HEADERS)) res.setHeader(k, v);
-        return foreign(req as http.IncomingMessage, bound.port);
+        const why = foreign(req as http.IncomingMessage, bound.port);
+        if (why || req.method !== "POST" || holds(req, expected)) return why;
+        // A call without the token is answered at its headers, its body unread (authz.ts
+        // refuses it too): one that dribbles its body in cannot hold a connection for long.
+        return {
+          status: 401,
+          contentType: "application/json",
+          body: JSON.stringify({
+            code: "unauthenticated",
+            message: tokenNeeded((req.url ?? "").split("?")[0]!.slice(1)),
+          }),
+        };
       },
     },
     new HealthRegistry(),
@@ -171,6 +182,8 @@ function holds(req: http.IncomingMessage | http2.Http2ServerRequest, expected: B
  * request from another origin (another site's script) is refused.
  */
 function foreign(req: http.IncomingMessage, port: number): string {
+  const hosts = req.rawHeaders.filter((v, i) => i % 2 === 0 && v.toLowerCase() === "host");
+  if (hosts.length > 1) return "a request may name one Host, and this one names several";
   const hostHeader = req.headers.host ?? "";
   let hostName: string;
   try {

@@ -7,7 +7,7 @@ import {
   OrchestratorService,
   type TaskTypeSchema,
 } from "../../gen/conductor/v1/orchestrator_pb.js";
-import { TaskSchema } from "../../gen/conductor/v1/task_pb.js";
+import { TaskSchema, TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { invalid } from "../shared/errors.ts";
 import { checkLabels } from "./validate.ts";
 import type { Orchestrator } from "./orchestrator.ts";
@@ -38,6 +38,8 @@ export function orchestratorRoutes(orch: Orchestrator) {
           );
         }
         checkLabels(req.labels, "labels", MAX_LABEL_FILTERS);
+        const unknown = req.states.find((s) => !(s in TaskState));
+        if (unknown !== undefined) throw invalid(`states: ${unknown} is no TaskState`);
         const page = orch.store.list(req.states, req.pageSize || 100, pageToken(req.pageToken), {
           groupId: shortId("group_id", req.groupId),
           labels: req.labels,

@@ -12,6 +12,11 @@ export type Peer =
 /** The caller of the current RPC, set by the listener that took the connection. */
 export const PEER = createContextKey<Peer>({ kind: "unix" });
 
+/** Why a console call without the console's token is refused (`method`: service/Method). */
+export function tokenNeeded(method: string): string {
+  return `${method} needs the console's token: open the console at the URL \`conductor up\` printed (…/?token=…)`;
+}
+
 /** Services any verified identity may call (they tell nothing and change nothing). */
 const OPEN_SERVICES = new Set([
   "grpc.health.v1.Health",
@@ -49,10 +54,7 @@ export function authorize(): Interceptor {
     const method = `${service}/${req.method.name}`;
     if (peer.kind === "console") {
       if (!peer.token) {
-        throw new ConnectError(
-          `${method} needs the console's token: open the console at the URL \`conductor up\` printed (…/?token=…)`,
-          Code.Unauthenticated,
-        );
+        throw new ConnectError(tokenNeeded(method), Code.Unauthenticated);
       }
       if (!GRANTS.client.has(service)) {
         throw new ConnectError(`the console may not call ${method}`, Code.PermissionDenied);

@@ -116,8 +116,18 @@ interface ChartProps {
   color2?: string;
 }
 
+/** A chart's frame: its line once there are two samples to draw one between. */
+function Chart(props: ChartProps) {
+  return (
+    <figure class="chart">
+      <figcaption>{props.title}</figcaption>
+      {props.data[0].length < 2 ? <p class="note">Collecting samples…</p> : <Plot {...props} />}
+    </figure>
+  );
+}
+
 /** One uPlot line chart, made once and fed new data on each render. */
-function Chart({ title, data, label, color, label2, color2 }: ChartProps) {
+function Plot({ data, label, color, label2, color2 }: ChartProps) {
   const box = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot>(undefined);
   useEffect(() => {
@@ -132,8 +142,7 @@ function Chart({ title, data, label, color, label2, color2 }: ChartProps) {
         ...(label2 ? [{ label: label2, stroke: color2 ?? "#333", width: 2 }] : []),
       ],
       axes: [{}, { size: 60 }],
-      // One sample alone: the last minute up to it, not a span of years around it.
-      scales: { x: { time: true, range: (_u, min, max) => [Math.min(min, max - 60), max] } },
+      scales: { x: { time: true } },
     };
     plot.current = new uPlot(opts, data, el);
     const resize = () =>
@@ -147,10 +156,5 @@ function Chart({ title, data, label, color, label2, color2 }: ChartProps) {
     // The chart is made once; data flows in below.
   }, []);
   useEffect(() => plot.current?.setData(data), [data]);
-  return (
-    <figure class="chart">
-      <figcaption>{title}</figcaption>
-      <div ref={box} />
-    </figure>
-  );
+  return <div ref={box} />;
 }

@@ -63,7 +63,9 @@ export function GroupsView() {
           ))}
         </tbody>
       </table>
-      {groups.length === 0 && <p class="note">No groups yet (conductor group submit).</p>}
+      {groups.length === 0 && first.value !== undefined && (
+        <p class="note">No groups yet (conductor group submit).</p>
+      )}
       {token && (
         <button type="button" onClick={() => void more().catch(() => undefined)}>
           More

@@ -1,5 +1,6 @@
 // The submit form: prompt, priority, type (from ListTaskTypes) with its parameters, and
 // labels; the API's error, if it refuses the task, shown as it says it.
+import { ConnectError } from "@connectrpc/connect";
 import { useState } from "preact/hooks";
 import type { Task } from "../../../gen/conductor/v1/task_pb.js";
 import { useApi, usePoll } from "../context.ts";
@@ -44,7 +45,9 @@ export function SubmitForm({ onSubmitted }: { onSubmitted: (t: Task) => void }) 
       setPrompt("");
       onSubmitted(task);
     } catch (err) {
-      setMessage({ error: true, text: errorText(err) });
+      // A label the form could not read is ours to explain, not an API error with a code.
+      const text = err instanceof ConnectError ? errorText(err) : (err as Error).message;
+      setMessage({ error: true, text });
     } finally {
       setAnswers((n) => n + 1);
       setBusy(false);
@@ -55,6 +58,9 @@ export function SubmitForm({ onSubmitted }: { onSubmitted: (t: Task) => void }) 
     <form
       class="submit"
       onSubmit={(e) => void submit(e).catch(() => undefined)}
+      // What was said of the last submission goes once the form changes (the browser's own
+      // checks may then block the next one without a word from us).
+      onInput={() => setMessage(undefined)}
       data-testid="submit-form"
     >
       <label class="wide">

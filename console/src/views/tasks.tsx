@@ -120,7 +120,7 @@ export function TasksView() {
           ))}
         </tbody>
       </table>
-      {rows.length === 0 && (
+      {rows.length === 0 && status === "live" && (
         <p class="note">
           No tasks
           {filter.states.length || filter.group || Object.keys(filter.labels).length
@@ -212,8 +212,13 @@ function Filters({ filter, apply }: { filter: TaskFilter; apply: (query: string)
         />
       </label>
       <label>
-        Group
-        <input name="group" value={group} onInput={(e) => setGroup(e.currentTarget.value)} />
+        Group id
+        <input
+          name="group"
+          value={group}
+          placeholder="from conductor group list"
+          onInput={(e) => setGroup(e.currentTarget.value)}
+        />
       </label>
       <button type="submit">Filter</button>
       {filter.problem && <span class="error">{filter.problem}</span>}
