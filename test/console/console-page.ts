@@ -89,12 +89,12 @@ export async function submitAnswer(page: Page, fields: FormFields): Promise<stri
   await form.locator('select[name="type"]').selectOption(fields.type ?? "");
   for (const [name, value] of Object.entries(fields.params ?? {}))
     await form.locator(`input[name="param-${name}"]`).fill(value);
-  const message = form.locator('[data-testid="submit-message"]');
-  const answers = (await message.count()) ? Number(await message.getAttribute("data-answers")) : 0;
+  const answers = Number(await form.getAttribute("data-answers"));
   await form.locator('button[type="submit"]').click();
   // The form counts the answers it got: the next one is this submission's.
-  await form
-    .locator(`[data-testid="submit-message"][data-answers="${answers + 1}"]`)
-    .waitFor({ timeout: 10_000 });
+  const message = page.locator(
+    `[data-testid="submit-form"][data-answers="${answers + 1}"] [data-testid="submit-message"]`,
+  );
+  await message.waitFor({ timeout: 10_000 });
   return (await message.textContent()) ?? "";
 }

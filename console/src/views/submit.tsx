@@ -62,6 +62,7 @@ export function SubmitForm({ onSubmitted }: { onSubmitted: (t: Task) => void }) 
       // checks may then block the next one without a word from us).
       onInput={() => setMessage(undefined)}
       data-testid="submit-form"
+      data-answers={String(answers)}
     >
       <label class="wide">
         Prompt
@@ -128,12 +129,7 @@ export function SubmitForm({ onSubmitted }: { onSubmitted: (t: Task) => void }) 
         Submit
       </button>
       {message && (
-        <p
-          class={message.error ? "error" : "note"}
-          role="status"
-          data-testid="submit-message"
-          data-answers={String(answers)}
-        >
+        <p class={message.error ? "error" : "note"} role="status" data-testid="submit-message">
           {message.text}
         </p>
       )}
