@@ -218,6 +218,8 @@ describe("the web console", () => {
     // Two samples of GetStats make a line; the view says what the last one holds.
     await page.click('nav a[href="/charts"]');
     await expect.poll(() => page.locator(".chart").count()).toBe(3);
+    // Each draws its line once there are two samples (the console takes one every 3 s).
+    await expect.poll(() => page.locator(".chart canvas").count(), { timeout: 12_000 }).toBe(3);
     await page.waitForSelector(".charts .note:has-text('ended')");
     await shot(page, "charts");
     await page.close();
