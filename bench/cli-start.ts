@@ -6,7 +6,8 @@
  * load on the machine falls on all alike. When an older `node` is on PATH too (a system Node 20),
  * `--help` and `tasks` are timed again through it: the bin then runs itself on Node 24.
  * `tasks` is timed once more with CONDUCTOR_VENDOR_BUNDLE=0, its packages loaded as installed.
- * Prints the median (and p90) of N runs of each, and its ratio to `node -e 0`; target ≤ 150 ms.
+ * Prints the median (and p90) of N runs of each, and its ratio to `node -e 0`; target ≤ 150 ms,
+ * set where `node -e 0` took 34 ms: ≤ 4.4× `node -e 0` on another machine.
  *
  *   npm run bench:cli-start        # N=15
  *   BENCH_RUNS=30 npm run bench:cli-start
@@ -21,6 +22,12 @@ const RUNS = Number(process.env["BENCH_RUNS"] ?? 15);
 if (!Number.isInteger(RUNS) || RUNS < 1 || RUNS > 1000)
   throw new Error(`BENCH_RUNS must be a whole number from 1 to 1000, got ${RUNS}`);
 const TARGET_MS = 150;
+/**
+ * The same target as a ratio: the issue set 150 ms on a machine where `node -e 0` took 34 ms,
+ * and machines of this kind differ by 2–3× in how fast Node starts (78–112 ms here), so the
+ * ratio to `node -e 0` measured in the same run is what carries over.
+ */
+const TARGET_RATIO = TARGET_MS / 34;
 const BIN = path.join(ROOT, "bin", "conductor.js");
 const NO_BUNDLE = { CONDUCTOR_VENDOR_BUNDLE: "0" };
 const NODE_DIR = path.dirname(process.execPath);
@@ -141,10 +148,11 @@ try {
   for (const s of subjects) {
     const ms = times.get(s)!;
     const median = quantile(ms, 0.5);
-    const verdict = s === subjects[0] ? "(peer)" : median <= TARGET_MS ? "ok" : "over";
+    const ok = (pass: boolean) => (s === subjects[0] ? "(peer)" : pass ? "ok" : "over");
     console.log(
       `  ${s.label.padEnd(40)} ${median.toFixed(0).padStart(5)} ms  (p90 ${quantile(ms, 0.9).toFixed(0).padStart(4)})` +
-        `  ${(median / peer).toFixed(1).padStart(5)}× node -e 0  target ≤ ${TARGET_MS} ms: ${verdict}`,
+        `  ${(median / peer).toFixed(1).padStart(5)}× node -e 0` +
+        `  target ≤ ${TARGET_MS} ms: ${ok(median <= TARGET_MS)}, ≤ ${TARGET_RATIO.toFixed(1)}×: ${ok(median / peer <= TARGET_RATIO)}`,
     );
   }
 } finally {
