@@ -1,7 +1,8 @@
 import path from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { afterEach, describe, expect, it } from "vitest";
-import { TaskSpecSchema, TaskState } from "../../gen/conductor/v1/task_pb.js";
+import { ErrorKind, TaskSpecSchema, TaskState } from "../../gen/conductor/v1/task_pb.js";
 import {
   breakOff,
   FakeAgentHost,
@@ -14,6 +15,7 @@ import {
   World,
   type Play,
 } from "../../test/orchestrator-world.ts";
+import { REST_AFTER } from "./runner.ts";
 import { TaskStore } from "./store.ts";
 
 const WAITING = /waiting for it to confirm the attempt has ended before retrying/;
@@ -281,6 +283,32 @@ const failOnce: Play = async function* (req, _ctx, host) {
   };
 };
 
+/** Fails at once for infrastructure, as an agent whose workspace folder is gone does. */
+const brokenAgent: Play = async function* (req, _ctx, host) {
+  yield started(req, host);
+  host.setAgent("");
+  yield {
+    kind: {
+      case: "outcome",
+      value: {
+        state: TaskState.FAILED,
+        result: {
+          isError: true,
+          error: "the task's workspace could not be opened: ENOENT",
+          errorKind: ErrorKind.INFRASTRUCTURE,
+        },
+      },
+    },
+  };
+};
+
+/** Starts, and succeeds a little later (the agent is BUSY meanwhile). */
+const succeedSlowly: Play = async function* (req, ctx, host) {
+  yield started(req, host);
+  await delay(150, undefined, { signal: ctx.signal });
+  yield* succeed(req, ctx, host);
+};
+
 describe("an attempt's failure", () => {
   let world: World | undefined;
   afterEach(async () => {
@@ -302,6 +330,23 @@ describe("an attempt's failure", () => {
     expect(task.result?.error).toMatch(
       /spawn E2BIG; not retried \(attempt 1 of 3\): another attempt cannot succeed$/,
     );
+  });
+
+  it("on an agent that keeps failing for infrastructure rests it, and retries go elsewhere", async () => {
+    world = new World();
+    const w = world;
+    await w.startOrchestrator({ agentHosts: [w.hostSocket, w.otherHostSocket] });
+    const broken = await w.host(w.hostSocket, new FakeAgentHost("", [brokenAgent]));
+    const good = await w.host(w.otherHostSocket, new FakeAgentHost("", [succeedSlowly]));
+    const submitted = [];
+    for (let i = 0; i < 8; i++) submitted.push(await w.submit(3));
+    for (const { watch } of submitted) await watch.ended();
+    for (const { id } of submitted) expect((await w.task(id)).state).toBe(TaskState.SUCCEEDED);
+    // It took REST_AFTER runs in a row, then rested (30 s) while the good agent took the rest;
+    // no retry went back to it while the good one was there.
+    expect(broken.runs).toHaveLength(REST_AFTER);
+    expect(new Set(broken.runs.map((r) => r.req.taskId)).size).toBe(REST_AFTER);
+    expect(good.runs).toHaveLength(8);
   });
 
   it("that may pass is retried as before", async () => {

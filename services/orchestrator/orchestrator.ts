@@ -15,9 +15,9 @@ import type { Logger } from "../shared/log.ts";
 import { ArtifactStore, MAX_TASK_ARTIFACT_BYTES } from "./artifacts.ts";
 import { dependencyFailed, TaskEvents } from "./events.ts";
 import { expandGroup, Groups, linkMembers, REDUCE } from "./groups.ts";
-import { HostRegistry } from "./hosts.ts";
+import { HostRegistry, type AgentRef } from "./hosts.ts";
 import { Fleet } from "./nodes.ts";
-import { checkPlaceable, place } from "./placement.ts";
+import { checkPlaceable, misfit, place } from "./placement.ts";
 import type { OrchestratorObserver } from "./observer.ts";
 import { AttemptRunner, withDependencyResults } from "./runner.ts";
 import { heldReason, SpendLimits, type SpendLimit } from "./spend-limits.ts";
@@ -489,10 +489,11 @@ export class Orchestrator {
   }
 
   private scheduleNow(): void {
-    const held = this.runner.held();
-    const free = this.hosts.idle().filter((r) => !held.has(r.key));
-    const slots = Math.min(free.length, this.opts.maxWorkers - this.runner.size);
     const now = Date.now();
+    const held = this.runner.held();
+    const resting = this.runner.resting(now);
+    const free = this.hosts.idle().filter((r) => !held.has(r.key) && !resting.has(r.key));
+    const slots = Math.min(free.length, this.opts.maxWorkers - this.runner.size);
     if (slots > 0 && !this.spendLimits.holdsAll(now)) {
       // Tasks that fit no free agent, or that a reached spend limit covers, wait; those after
       // them are looked at (bounded). Groups at their max_parallel are passed over, and the
@@ -505,12 +506,26 @@ export class Orchestrator {
       );
       const tasks = this.groups.admit(unheld, room, now);
       const used = (host: string) => this.runner.usedOn(host);
-      const pairs = place(tasks, free, used, this.groups.spreading(tasks)).slice(0, slots);
+      // A retried task waits for another agent rather than go back to one it failed on for
+      // infrastructure, while another (busy or not) that could take it exists.
+      const others = this.hosts.all().filter((r) => r.host.schedulable && !resting.has(r.key));
+      const avoid = (t: Task) => {
+        const failed = this.runner.avoided(t.id);
+        if (!failed) return undefined;
+        const fits = (r: AgentRef) => !r.host.info || !misfit(r.host.info, t.spec!);
+        return others.some((r) => !failed.has(r.key) && fits(r)) ? failed : undefined;
+      };
+      const pairs = place(tasks, free, used, this.groups.spreading(tasks), avoid).slice(0, slots);
       for (const [task, ref] of pairs) this.runner.dispatch(task, ref, now);
     }
     clearTimeout(this.wakeTimer);
-    // The next retry's backoff ends, or a reached spend limit's window allows again.
-    const wakes = [this.store.nextWakeup(now), this.spendLimits.nextRelease(now)];
+    // The next retry's backoff ends, a reached spend limit's window allows again, or an agent's
+    // rest ends.
+    const wakes = [
+      this.store.nextWakeup(now),
+      this.spendLimits.nextRelease(now),
+      this.runner.nextRestEnd(now),
+    ];
     const wake = Math.min(...wakes.filter((w) => w !== undefined));
     if (wake !== Infinity)
       this.wakeTimer = setTimeout(() => this.schedule(), Math.max(0, wake - now));

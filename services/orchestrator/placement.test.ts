@@ -42,6 +42,14 @@ describe("placement", () => {
   const gpu = node("gpu", { gpu: "true" }, 8, 64n);
   const small = node("small", {}, 2, 4n);
 
+  it("gives no task an agent it is to avoid", () => {
+    const [first, second] = refs([node("retry", {}, 0, 0n)]) as [AgentRef, AgentRef];
+    const avoid = () => new Set([first.key]);
+    const chosen = place([task("t")], [first, second], nothingUsed, new Map(), avoid);
+    expect(chosen.map(([, ref]) => ref.key)).toEqual([second.key]);
+    expect(place([task("t")], [first], nothingUsed, new Map(), avoid)).toHaveLength(0);
+  });
+
   it("says why a node can never take a task", () => {
     const spec = (f: object) => create(TaskSpecSchema, { prompt: "p", ...f });
     expect(misfit(small.info!, spec({ nodeSelector: { gpu: "true" } }))).toBe(

@@ -49,14 +49,15 @@ export function checkPlaceable(links: HostLink[], spec: TaskSpec): void {
  * task's node_selector and whose offer, less what its running tasks asked for (`used`), holds
  * what the task asks; among those, the least loaded node (busy share of its agents). A task
  * of a group in `spreading` (TaskGroupSpec.spread) goes first to the node running the fewest
- * of its group's members (counts by host address). A task that fits nowhere now is left
- * queued; the others go on.
+ * of its group's members (counts by host address). No task goes to an agent `avoid` names
+ * for it (agent keys). A task that fits nowhere now is left queued; the others go on.
  */
 export function place(
   tasks: Task[],
   free: AgentRef[],
   used: (host: string) => Use,
   spreading: Map<string, Map<string, number>> = new Map(),
+  avoid: (task: Task) => ReadonlySet<string> | undefined = () => undefined,
 ): [Task, AgentRef][] {
   const left = [...free];
   const taken = new Map<HostLink, Use & { busy: number }>();
@@ -76,10 +77,11 @@ export function place(
     const spec = task.spec!;
     const ask = spec.resources;
     const members = spreading.get(task.groupId);
+    const avoided = avoid(task);
     let best: { at: number; mine: number; share: number } | undefined;
     left.forEach((ref, at) => {
       const l = ref.host;
-      if (l.info && misfit(l.info, spec)) return;
+      if (avoided?.has(ref.key) || (l.info && misfit(l.info, spec))) return;
       const t = load(l);
       if (ask && l.info) {
         if (l.info.cpus > 0 && t.cpus + ask.cpus > l.info.cpus) return;

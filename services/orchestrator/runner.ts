@@ -99,8 +99,23 @@ const STORE_RETRY_MAX_MS = 10_000;
  * followed until it is known to be over (UnconfirmedAttempts) before anything else happens, so
  * an attempt never runs twice; the same after a restart, for tasks found running.
  */
+/** Runs in a row an agent may end with an INFRASTRUCTURE failure before it rests. */
+export const REST_AFTER = 3;
+/** A first rest (ms); each further such failure in a row doubles it, up to REST_MAX_MS. */
+export const REST_MS = 30_000;
+const REST_MAX_MS = 300_000;
+/** Tasks whose failed agents are remembered for their retries, at most. */
+const MAX_AVOIDING = 10_000;
+
 export class AttemptRunner {
   private readonly runs = new Map<string, ActiveRun>();
+  /**
+   * Agents (keys) whose last runs ended in INFRASTRUCTURE failures: how many in a row, and
+   * until when (ms since the epoch) they rest, given no task, once there were REST_AFTER.
+   */
+  private readonly failing = new Map<string, { streak: number; until: number }>();
+  /** A queued task's agents (keys) an attempt of it failed on for INFRASTRUCTURE. */
+  private readonly failedOn = new Map<string, Set<string>>();
   private readonly unconfirmed: UnconfirmedAttempts;
   private closed = false;
   /** Aborted by close(): ends the waits between tries to store an outcome. */
@@ -129,6 +144,67 @@ export class AttemptRunner {
   /** The agents attempts hold (HostRegistry keys): not to be given another task. */
   held(): Set<string> {
     return new Set([...this.runs.values()].map((r) => r.key));
+  }
+
+  /**
+   * Agents (keys) resting at `now`: each ended its last REST_AFTER or more runs with an
+   * INFRASTRUCTURE failure (a sandbox that will not start, a workspace that is gone), so
+   * it fails fast and would take the queue's tasks one after another. It rests 30 s, then
+   * twice as long after each further such failure, up to 5 min; any other end resets it.
+   */
+  resting(now: number): Set<string> {
+    const keys = new Set<string>();
+    for (const [key, f] of this.failing) if (f.until > now) keys.add(key);
+    return keys;
+  }
+
+  /** When the next rest ends after `now` (ms since the epoch), if one does. */
+  nextRestEnd(now: number): number | undefined {
+    let next: number | undefined;
+    for (const f of this.failing.values())
+      if (f.until > now && (next === undefined || f.until < next)) next = f.until;
+    return next;
+  }
+
+  /** The agents (keys) a queued task's earlier attempts failed on for INFRASTRUCTURE. */
+  avoided(taskId: string): ReadonlySet<string> | undefined {
+    return this.failedOn.get(taskId);
+  }
+
+  /** Notes how an attempt ended for its agent's health, and for the task's next placement. */
+  private noteEnd(
+    id: string,
+    run: ActiveRun,
+    state: TaskState,
+    kind: ErrorKind,
+    retried: boolean,
+    now: number,
+    log: Logger,
+  ): void {
+    if (state === TaskState.FAILED && kind === ErrorKind.INFRASTRUCTURE) {
+      const streak = (this.failing.get(run.key)?.streak ?? 0) + 1;
+      let until = 0;
+      if (streak >= REST_AFTER) {
+        until = now + Math.min(REST_MAX_MS, REST_MS * 2 ** (streak - REST_AFTER));
+        log.warn("agent rests: its runs keep failing for infrastructure", {
+          agent: run.agentId,
+          host: run.host,
+          failures_in_a_row: streak,
+          rest_seconds: (until - now) / 1000,
+        });
+      }
+      this.failing.set(run.key, { streak, until });
+      if (retried) {
+        const keys = this.failedOn.get(id) ?? new Set<string>();
+        this.failedOn.delete(id);
+        this.failedOn.set(id, keys.add(run.key));
+        if (this.failedOn.size > MAX_AVOIDING)
+          this.failedOn.delete(this.failedOn.keys().next().value!);
+      }
+    } else if (state !== TaskState.CANCELLED) {
+      this.failing.delete(run.key);
+    }
+    if (!retried) this.failedOn.delete(id);
   }
 
   /** Resources the attempts on a host (HostLink.address) asked for, together. */
@@ -556,7 +632,9 @@ export class AttemptRunner {
     if (state === TaskState.FAILED && permanent && attempt < maxAttempts) {
       result.error += `; not retried (attempt ${attempt} of ${maxAttempts}): another attempt cannot succeed${kind}`;
     }
-    if (state === TaskState.FAILED && attempt < maxAttempts && !permanent) {
+    const retried = state === TaskState.FAILED && attempt < maxAttempts && !permanent;
+    this.noteEnd(id, run, state, result.errorKind, retried, now, log);
+    if (retried) {
       const backoff = Math.min(60_000, this.opts.retryBackoffMs * 2 ** (attempt - 1));
       const update = { host: "", notBefore: now + backoff, result };
       const reason = `attempt ${attempt} of ${maxAttempts} failed: ${result.error}; retrying in ${backoff / 1000} s${kind}`;
