@@ -24,7 +24,7 @@ import {
 } from "../../test/orchestrator-world.ts";
 import { silentLogger } from "../shared/log.ts";
 import { TlsMaterial } from "../shared/tls.ts";
-import { serveConsole, type ConsoleServer } from "./console.ts";
+import { closeStalled, serveConsole, type ConsoleServer } from "./console.ts";
 import { MAX_PATCH_STREAMS } from "./orchestrator.ts";
 import { orchestratorRoutes } from "./routes.ts";
 
@@ -198,6 +198,37 @@ describe("the web console", () => {
     expect(answer).toMatch(/connection: close/i);
     expect(answer).toMatch(/"code":"unauthenticated".*SubmitTask needs the console's token/);
     expect(world.orch.store.list([], 10, undefined).tasks).toHaveLength(stored);
+  });
+
+  it("closes a GET that sends a body at once, and a connection whose reader stopped reading", async () => {
+    const { port } = new URL(base());
+    const get = await rawHttp(
+      port,
+      `GET / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 1000000\r\n\r\nx`,
+    );
+    expect(get).toMatch(/^HTTP\/1\.1 400 [^]*a GET carries no body/);
+
+    // A reader that pipelines requests for a big file and never reads: its connection goes,
+    // an idle one stays.
+    const big = Buffer.alloc(8 * 1024 * 1024, "x");
+    const server = http.createServer((_req, res) => res.end(big));
+    const timer = closeStalled(server, 100);
+    const closed = new Promise<void>((resolve) =>
+      server.on("connection", (s: net.Socket) => s.once("close", () => resolve())),
+    );
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const { port: p } = server.address() as net.AddressInfo;
+    const idle = net.connect(p, "127.0.0.1");
+    await new Promise((resolve) => idle.once("connect", resolve));
+    const stuck = net.connect(p, "127.0.0.1");
+    stuck.pause();
+    stuck.write(`GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`.repeat(20));
+    await closed;
+    expect(idle.destroyed).toBe(false);
+    idle.destroy();
+    stuck.destroy();
+    clearInterval(timer);
+    await new Promise((resolve) => server.close(resolve));
   });
 
   it("refuses another site's page and a DNS-rebound host name, token or not", async () => {

@@ -21,6 +21,11 @@ export const CONSOLE_ASSETS = path.resolve(import.meta.dirname, "../../console/d
 const MAX_ASSET_BYTES = 32 * 1024 * 1024;
 /** Most connections the console holds at once (each live view holds one or two). */
 const MAX_CONNECTIONS = 256;
+/**
+ * How often the loopback console looks for connections whose reader stopped reading (ms): one
+ * that made no progress on what it has to send at two looks in a row is closed.
+ */
+const STALL_CHECK_MS = 5_000;
 
 /**
  * What every response of the console carries: the page may load only its own scripts and
@@ -126,7 +131,20 @@ export async function serveConsole(opts: ConsoleOptions): Promise<ConsoleServer>
       guard: (req, res) => {
         for (const [k, v] of Object.entries(SECURITY_HEADERS)) res.setHeader(k, v);
         const why = foreign(req as http.IncomingMessage, bound.port);
-        if (why || req.method !== "POST" || holds(req, expected)) return why;
+        if (why) return why;
+        if (req.method !== "POST") {
+          // Only an API call has a body to read; one sent with a file's GET would hold the
+          // connection until the request timeout.
+          const body = req.headers["transfer-encoding"] ?? Number(req.headers["content-length"]);
+          if (body)
+            return {
+              status: 400,
+              contentType: "text/plain",
+              body: `a ${req.method} carries no body\n`,
+            };
+          return "";
+        }
+        if (holds(req, expected)) return "";
         // A call without the token is answered at its headers, its body unread (authz.ts
         // refuses it too): one that dribbles its body in cannot hold a connection for long.
         return {
@@ -149,6 +167,7 @@ export async function serveConsole(opts: ConsoleOptions): Promise<ConsoleServer>
     handler,
   );
   server.maxConnections = MAX_CONNECTIONS;
+  const stalls = closeStalled(server);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => {
@@ -159,6 +178,7 @@ export async function serveConsole(opts: ConsoleOptions): Promise<ConsoleServer>
   server.on("error", (e) => opts.log.warn("console listener error", { error: e }));
   const bound = server.address() as net.AddressInfo;
   const close = async () => {
+    clearInterval(stalls);
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     server.closeAllConnections(); // live views' streams included
     await closed;
@@ -168,6 +188,30 @@ export async function serveConsole(opts: ConsoleOptions): Promise<ConsoleServer>
     close,
     [Symbol.asyncDispose]: close,
   };
+}
+
+/**
+ * Closes every connection of `server` whose reader stopped reading: bytes wait to be sent at
+ * two looks `everyMs` apart and none went out between them (pipelined requests for files
+ * that are never read would otherwise hold their connection, and what it has to send, for
+ * ever). An idle connection, a live view's quiet stream included, has nothing waiting.
+ * Returns the timer, for close().
+ */
+export function closeStalled(server: http.Server, everyMs = STALL_CHECK_MS): NodeJS.Timeout {
+  const sent = new Map<net.Socket, number>();
+  server.on("connection", (socket: net.Socket) => {
+    sent.set(socket, -1);
+    socket.once("close", () => sent.delete(socket));
+  });
+  const timer = setInterval(() => {
+    for (const [socket, before] of sent) {
+      const out = socket.bytesWritten - socket.writableLength;
+      if (socket.writableLength > 0 && out === before) socket.destroy();
+      else sent.set(socket, socket.writableLength > 0 ? out : -1);
+    }
+  }, everyMs);
+  timer.unref();
+  return timer;
 }
 
 /** Whether a request carries the token (compared in constant time). */
