@@ -130,7 +130,7 @@ export function quickSocket(
  * Runs a command and turns how it failed into the exit code: 2 for a usage error, 141 when the
  * reader went away, 1 for anything else, each but the second with a message on stderr.
  */
-async function failureCode(
+export async function failureCode(
   name: string,
   err: (s: string) => void,
   run: () => Promise<number>,
@@ -146,8 +146,12 @@ async function failureCode(
     }
     // Loaded by then whenever an RPC failed; a certs command's failure pays for it.
     const { Code, ConnectError } = await import("@connectrpc/connect");
-    const message = e instanceof ConnectError ? e.rawMessage : (e as Error).message;
+    let message = e instanceof ConnectError ? e.rawMessage : (e as Error).message;
     const code = e instanceof ConnectError ? ` [${Code[e.code]}]` : "";
+    // The CLI cancels no call of its own: a cancelled one was ended by the Orchestrator, which
+    // cancels its calls as it stops.
+    if (e instanceof ConnectError && e.code === Code.Canceled)
+      message = `the Orchestrator ended the call (${message}): it stopped or restarted; run the command again once it is back`;
     err(`conductor ${name}: ${message}${code}\n`);
     return 1;
   }

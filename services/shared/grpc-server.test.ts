@@ -2,9 +2,12 @@
 // services rely on from connect-node: cancellation and deadlines reach the handler's signal,
 // interceptors see the caller's metadata, and errors, headers and trailers reach the client.
 import { mkdtempSync, rmSync } from "node:fs";
+import http2 from "node:http2";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import * as grpc from "@grpc/grpc-js";
 import {
   Code,
   ConnectError,
@@ -121,6 +124,49 @@ describe("serveUnix's gRPC server", () => {
     stop.abort();
     await done;
     expect(ConnectError.from(seen.reason).code).toBe(Code.Canceled);
+  });
+
+  it("ends a stream DEADLINE_EXCEEDED when its deadline passes, with no client timer", async () => {
+    // A raw HTTP/2 caller keeps no timer of its own: the status is the server's word alone.
+    const session = http2.connect("http://localhost", {
+      createConnection: () => net.connect(server.socketPath),
+    });
+    try {
+      const stream = session.request({
+        ":method": "POST",
+        ":path": "/grpc.health.v1.Health/Watch",
+        "content-type": "application/grpc",
+        te: "trailers",
+        "grpc-timeout": "200m",
+      });
+      const trailers = new Promise<http2.IncomingHttpHeaders>((resolve) =>
+        stream.once("trailers", resolve),
+      );
+      stream.resume();
+      stream.end(Buffer.from([0, 0, 0, 0, 0])); // one empty HealthCheckRequest
+      expect((await trailers)["grpc-status"]).toBe(String(Code.DeadlineExceeded));
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it("answers a malformed message on a bidi stream at once, INTERNAL, saying why", async () => {
+    const raw = new grpc.Client(`unix:${server.socketPath}`, grpc.credentials.createInsecure());
+    try {
+      const call = raw.makeBidiStreamRequest<Buffer, Buffer>(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        (b) => b,
+        (b) => b,
+      );
+      const status = new Promise<grpc.StatusObject>((resolve) => call.once("status", resolve));
+      call.on("data", () => undefined);
+      call.on("error", () => undefined);
+      call.write(Buffer.from([0x0a, 0x50])); // a string field whose 80 bytes never come
+      call.end();
+      expect(await status).toMatchObject({ code: Code.Internal, details: /parse binary/ });
+    } finally {
+      raw.close();
+    }
   });
 
   it("refuses a request over 4 MiB with RESOURCE_EXHAUSTED", async () => {

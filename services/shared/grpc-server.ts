@@ -145,7 +145,12 @@ function register(server: grpc.Server, spec: MethodImplSpec, opts: GrpcServeOpti
     case "client_streaming": {
       const handler: grpc.handleClientStreamingCall<unknown, unknown> = (call, callback) => {
         const ctx = context(call, cancelled(call));
-        reply(call, ctx, last(invoke(ctx, parsed(call, method.input))), callback);
+        const bad: { error?: ConnectError } = {};
+        const response = last(invoke(ctx, parsed(call, method.input, bad))).then((res) => {
+          if (bad.error) throw bad.error;
+          return res;
+        });
+        reply(call, ctx, response, callback);
       };
       server.register(path, handler, serialize, deserialize, "clientStream");
       return;
@@ -154,7 +159,9 @@ function register(server: grpc.Server, spec: MethodImplSpec, opts: GrpcServeOpti
       const handler: grpc.handleBidiStreamingCall<unknown, unknown> = (call) => {
         const signal = cancelled(call);
         const ctx = context(call, signal);
-        respond(call, ctx, invoke(ctx, parsed(call, method.input)), signal).catch(() => undefined);
+        const bad: { error?: ConnectError } = {};
+        const output = invoke(ctx, parsed(call, method.input, bad));
+        respond(call, ctx, output, signal, bad).catch(() => undefined);
       };
       server.register(path, handler, serialize, deserialize, "bidi");
       return;
@@ -204,6 +211,7 @@ async function respond(
   ctx: Context,
   output: AsyncIterable<unknown>,
   signal: AbortSignal,
+  bad: { error?: ConnectError } = {},
 ): Promise<void> {
   try {
     let first = true;
@@ -212,6 +220,9 @@ async function respond(
       first = false;
       if (!call.write(m)) await drained(call, signal);
     }
+    if (bad.error) throw bad.error;
+    // A handler that ended because its deadline passed (its signal said so) did not succeed.
+    if (ctx.signal.aborted) throw ctx.signal.reason;
     if (first) sendHeader(call, ctx);
     call.end(metadataOf(ctx.responseTrailer));
   } catch (e) {
@@ -262,14 +273,26 @@ async function* one(value: Message): AsyncIterable<Message> {
   yield value;
 }
 
-/** A stream's requests, failing INVALID_ARGUMENT at the first that did not parse. */
+/**
+ * A stream's requests, ending at the first that did not parse, whose error goes to `bad` (the
+ * call then ends with it, past the interceptors: a client's junk is not a server failure to
+ * log). The call's own iterator is not returned, which would destroy it before its status.
+ */
 async function* parsed(
   call: grpc.ServerReadableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>,
   input: DescMessage,
+  bad: { error?: ConnectError },
 ): AsyncIterable<Message> {
-  for await (const m of call as AsyncIterable<Message | Unparsable>) {
-    if (m instanceof Unparsable) throw unparsable(m, input);
-    yield m;
+  const requests = (call as AsyncIterable<Message | Unparsable>)[Symbol.asyncIterator]();
+  for (;;) {
+    const next: IteratorResult<Message | Unparsable> = await requests.next();
+    if (next.done) return;
+    const value = next.value;
+    if (value instanceof Unparsable) {
+      bad.error = unparsable(value, input);
+      return;
+    }
+    yield value;
   }
 }
 
