@@ -93,12 +93,6 @@ const STORE_RETRY_FIRST_MS = 250;
 /** …up to this between tries, until it is stored or the Orchestrator stops. */
 const STORE_RETRY_MAX_MS = 10_000;
 
-/**
- * Runs attempts on agents and decides what follows each: the outcome, a retry with backoff,
- * or a requeue when the agent refused before running. An attempt whose AgentHost was lost is
- * followed until it is known to be over (UnconfirmedAttempts) before anything else happens, so
- * an attempt never runs twice; the same after a restart, for tasks found running.
- */
 /** Runs in a row an agent may end with an INFRASTRUCTURE failure before it rests. */
 export const REST_AFTER = 3;
 /** A first rest (ms); each further such failure in a row doubles it, up to REST_MAX_MS. */
@@ -107,6 +101,12 @@ const REST_MAX_MS = 300_000;
 /** Tasks whose failed agents are remembered for their retries, at most. */
 const MAX_AVOIDING = 10_000;
 
+/**
+ * Runs attempts on agents and decides what follows each: the outcome, a retry with backoff,
+ * or a requeue when the agent refused before running. An attempt whose AgentHost was lost is
+ * followed until it is known to be over (UnconfirmedAttempts) before anything else happens, so
+ * an attempt never runs twice; the same after a restart, for tasks found running.
+ */
 export class AttemptRunner {
   private readonly runs = new Map<string, ActiveRun>();
   /**

@@ -67,8 +67,9 @@ export interface ServeOptions {
 }
 
 /**
- * Serves gRPC (and Connect) on a Unix socket, mode 0600, in a folder of mode 0700,
- * with grpc.health.v1 and server reflection beside the given services.
+ * Serves gRPC on a Unix socket, mode 0600, in a folder of mode 0700, with grpc.health.v1 and
+ * server reflection beside the given services: on @grpc/grpc-js, or on connect-node's adapter
+ * when the options ask for the Connect protocol, gRPC-Web, a fallback or a guard.
  */
 export async function serveUnix(opts: ServeOptions): Promise<UnixServer> {
   const health = new HealthRegistry();
