@@ -206,7 +206,9 @@ export function closeStalled(server: http.Server, everyMs = STALL_CHECK_MS): Nod
   const timer = setInterval(() => {
     for (const [socket, before] of sent) {
       const out = socket.bytesWritten - socket.writableLength;
-      if (socket.writableLength > 0 && out === before) socket.destroy();
+      // A reset drops what waits to be sent; a plain close would leave it (MBs a connection)
+      // in the kernel for as long as the reader keeps its end open.
+      if (socket.writableLength > 0 && out === before) socket.resetAndDestroy();
       else sent.set(socket, socket.writableLength > 0 ? out : -1);
     }
   }, everyMs);
