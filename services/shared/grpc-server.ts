@@ -203,7 +203,8 @@ function reply(
 }
 
 /**
- * Writes a stream's responses as the call can take them, then its trailers or its error;
+ * Writes a stream's responses one at a time as the call takes them, then its trailers or its
+ * error;
  * never rejects.
  */
 async function respond(
@@ -218,7 +219,7 @@ async function respond(
     for await (const m of output) {
       if (first) sendHeader(call, ctx);
       first = false;
-      if (!call.write(m)) await drained(call, signal);
+      await sent(call, m, signal);
     }
     if (bad.error) throw bad.error;
     // A handler that ended because its deadline passed (its signal said so) did not succeed.
@@ -239,16 +240,22 @@ async function last(values: AsyncIterable<unknown>): Promise<unknown> {
   return value;
 }
 
-/** Resolves when `call` takes writes again, or when the call is cancelled. */
-function drained(call: WritableCall, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      call.off("drain", done);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    call.once("drain", done);
-    signal.addEventListener("abort", done, { once: true });
+/**
+ * Writes one message and resolves once grpc-js has handed it to the HTTP/2 stream (which waits
+ * for the reader's flow-control window), or once the call is cancelled (grpc-js then drops the
+ * write without a word). One message in flight a stream, as connect-node kept it: a reader that
+ * stops reading holds one message, not the Writable's sixteen.
+ */
+function sent(call: WritableCall, message: unknown, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return resolve();
+    const cancelled = () => resolve();
+    signal.addEventListener("abort", cancelled, { once: true });
+    call.write(message, (e?: Error | null) => {
+      signal.removeEventListener("abort", cancelled);
+      if (e) reject(e);
+      else resolve();
+    });
   });
 }
 
