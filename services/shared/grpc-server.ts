@@ -204,8 +204,7 @@ function reply(
 
 /**
  * Writes a stream's responses one at a time as the call takes them, then its trailers or its
- * error;
- * never rejects.
+ * error; never rejects.
  */
 async function respond(
   call: WritableCall,
@@ -220,6 +219,7 @@ async function respond(
       if (first) sendHeader(call, ctx);
       first = false;
       await sent(call, m, signal);
+      if (signal.aborted) break; // cancelled: nothing more can go, and the handler is told
     }
     if (bad.error) throw bad.error;
     // A handler that ended because its deadline passed (its signal said so) did not succeed.
