@@ -255,52 +255,28 @@ describe("a RunTask refused before it started", () => {
   });
 });
 
-/** Starts, then fails in a way no retry gets past (the CLI could not be started: E2BIG). */
-const failForGood: Play = async function* (req, _ctx, host) {
-  yield started(req, host);
-  host.setAgent("");
-  yield {
-    kind: {
-      case: "outcome",
-      value: {
-        state: TaskState.FAILED,
-        result: { isError: true, error: "cannot start the Claude Code CLI: spawn E2BIG" },
-        permanent: true,
+/** Starts, then ends FAILED with `result` (`permanent`: no retry can get past it). */
+const failing = (result: { error: string; errorKind?: ErrorKind }, permanent = false): Play =>
+  async function* (req, _ctx, host) {
+    yield started(req, host);
+    host.setAgent("");
+    yield {
+      kind: {
+        case: "outcome",
+        value: { state: TaskState.FAILED, result: { isError: true, ...result }, permanent },
       },
-    },
+    };
   };
-};
 
-/** Starts, then fails in a way another attempt may get past. */
-const failOnce: Play = async function* (req, _ctx, host) {
-  yield started(req, host);
-  host.setAgent("");
-  yield {
-    kind: {
-      case: "outcome",
-      value: { state: TaskState.FAILED, result: { isError: true, error: "the CLI was killed" } },
-    },
-  };
-};
-
+/** Fails in a way no retry gets past (the CLI could not be started: E2BIG). */
+const failForGood = failing({ error: "cannot start the Claude Code CLI: spawn E2BIG" }, true);
+/** Fails in a way another attempt may get past. */
+const failOnce = failing({ error: "the CLI was killed" });
 /** Fails at once for infrastructure, as an agent whose workspace folder is gone does. */
-const brokenAgent: Play = async function* (req, _ctx, host) {
-  yield started(req, host);
-  host.setAgent("");
-  yield {
-    kind: {
-      case: "outcome",
-      value: {
-        state: TaskState.FAILED,
-        result: {
-          isError: true,
-          error: "the task's workspace could not be opened: ENOENT",
-          errorKind: ErrorKind.INFRASTRUCTURE,
-        },
-      },
-    },
-  };
-};
+const brokenAgent = failing({
+  error: "the task's workspace could not be opened: ENOENT",
+  errorKind: ErrorKind.INFRASTRUCTURE,
+});
 
 /** Starts, and succeeds a little later (the agent is BUSY meanwhile). */
 const succeedSlowly: Play = async function* (req, ctx, host) {
