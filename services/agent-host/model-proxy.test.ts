@@ -414,6 +414,36 @@ describe("model proxy", () => {
     }
   });
 
+  it("refuses every request once sealed (a run whose result is in), until the next limit", async () => {
+    await using model = await startFakeModel();
+    using dir = tempDir();
+    const proxy = await proxyTo(model.url, dir.path);
+    try {
+      const ask = () =>
+        postOverSocket(
+          proxy.socketPath,
+          { model: "m", max_tokens: 10, messages: [{ role: "user", content: "hi" }] },
+          "x",
+        );
+      proxy.seal();
+      const refused = await ask();
+      expect(refused.status).toBe(403);
+      expect(JSON.parse(refused.text)).toMatchObject({
+        error: {
+          type: "permission_error",
+          message: expect.stringMatching(/result is in/) as string,
+        },
+      });
+      expect(model.requests).toHaveLength(0);
+      expect(proxy.take().inputTokens).toBe(0);
+      proxy.limit(undefined); // the agent's next run
+      expect((await ask()).status).toBe(200);
+      expect(model.requests).toHaveLength(1);
+    } finally {
+      await proxy.close();
+    }
+  });
+
   it("answers 502 with an API-shaped error when the upstream is unreachable", async () => {
     using dir = tempDir();
     const proxy = await startModelProxy({

@@ -46,6 +46,11 @@ export interface ModelProxy {
   take(): MeteredUsage;
   /** Caps what the requests from now on may spend (undefined: no cap), until changed. */
   limit(budget: RunBudget | undefined): void;
+  /**
+   * Refuses every request (403) until the next limit(): the run's result is in and its outcome
+   * taken, so what of it still runs while it is ended may spend nothing more.
+   */
+  seal(): void;
   close(): Promise<void>;
 }
 
@@ -138,6 +143,7 @@ export async function startModelProxy(opts: {
 }): Promise<ModelProxy> {
   const prices = opts.prices ?? DEFAULT_PRICES;
   let budget: RunBudget | undefined;
+  let sealed = false;
   /** Why the next request would overspend, or undefined while the budget holds. */
   const overBudget = (): string | undefined => {
     if (!budget) return undefined;
@@ -277,6 +283,15 @@ export async function startModelProxy(opts: {
       refused(method, target, 413);
       return refuse(res, 413, "request_too_large", `request body over ${MAX_BODY_BYTES} bytes`);
     }
+    if (sealed) {
+      refused(method, target, 403);
+      return refuse(
+        res,
+        403,
+        "permission_error",
+        "the run's result is in: no further model call is made while the run is ended",
+      );
+    }
     const over = overBudget();
     if (over) {
       refused(method, target, 400);
@@ -360,6 +375,10 @@ export async function startModelProxy(opts: {
     },
     limit(b) {
       budget = b;
+      sealed = false;
+    },
+    seal() {
+      sealed = true;
     },
     close: () =>
       new Promise<void>((resolve) => {

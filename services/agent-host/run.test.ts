@@ -92,6 +92,7 @@ describe("runClaude", () => {
     writeFileSync(lingering, `#!/bin/sh\n"${CLAUDE_BIN}" "$@"\nexec sleep 4733\n`);
     chmodSync(lingering, 0o755);
     let resultAt = 0;
+    const told: unknown[] = [];
     const outcome = await runClaude({
       spec: create(TaskSpecSchema, { prompt: scripted([{ text: "all done" }]) }),
       settings: settings({ claudePath: lingering, resultGraceMs: 600_000 }),
@@ -100,9 +101,13 @@ describe("runClaude", () => {
       hostPath: process.env["PATH"] ?? "/usr/bin:/bin",
       signal: new AbortController().signal,
       onOutput: (o) => void (o.type === "result" && (resultAt = Date.now())),
+      onResult: (o) => told.push(o),
     });
     expect(outcome.state, outcome.result.error).toBe(TaskState.SUCCEEDED);
     expect(outcome.result.text).toBe("all done");
+    // The outcome was told at the result line, once, as the promise gives it.
+    expect(told).toHaveLength(1);
+    expect(told[0]).toBe(outcome);
     expect(Date.now() - resultAt).toBeLessThan(5_000);
     expect(await markedPids("CONDUCTOR_TASK_ID=lingers")).toEqual([]);
   });

@@ -168,6 +168,13 @@ export async function runClaude(opts: {
   signal: AbortSignal;
   onStarted?: () => void;
   onOutput: (out: AgentOutput) => void;
+  /**
+   * Called once, at the run's first result line, with the outcome the promise will give (the
+   * same object), while what still runs of the CLI is being ended: the outcome may be
+   * recorded now, the run reaped after. Not called when the run was being stopped already
+   * (cancelled, timed out) when the line came.
+   */
+  onResult?: (outcome: RunOutcome) => void;
   flow?: OutputFlow | undefined;
   resume?: Resume | undefined;
 }): Promise<RunOutcome> {
@@ -228,6 +235,8 @@ export async function runClaude(opts: {
 
   const reader = new StreamJsonReader();
   let result: TaskResult | undefined;
+  /** The outcome a result line fixed (computed once: it edits the result). */
+  let verdict: RunOutcome | undefined;
   let stopReason: StopReason | undefined;
   let killing: Promise<unknown> | undefined;
   const stop = (reason: StopReason, graceMs?: number) => {
@@ -270,7 +279,12 @@ export async function runClaude(opts: {
       // usage and cost metered by the proxy, the answer checked), and nothing of it may linger.
       result = parsed.result;
       clearTimeout(idleTimer);
+      const first = !stopReason;
       stop("result", s.resultGraceMs);
+      if (first) {
+        verdict = verdictOf(result, schema, reader.refusal);
+        opts.onResult?.(verdict);
+      }
     }
   });
 
@@ -303,13 +317,7 @@ export async function runClaude(opts: {
       ErrorKind.TIMEOUT,
     );
   }
-  if (result) {
-    // A result line is the CLI's own verdict, though the run was ended after it.
-    // What kind of error it was the model proxy knows better (runs.ts): it saw the API's answers.
-    if (result.isError) result.errorKind = ErrorKind.CLI_ERROR;
-    if (schema) checkStructured(result, schema, reader.refusal);
-    return { state: result.isError ? TaskState.FAILED : TaskState.SUCCEEDED, result };
-  }
+  if (result) return verdict ?? verdictOf(result, schema, reader.refusal);
   if (stopReason === "idle") {
     const outcome = failed(
       `the CLI printed nothing for ${s.idleTimeoutMs / 1000} s (agent.idle_timeout_seconds) and was ended`,
@@ -332,6 +340,20 @@ export async function runClaude(opts: {
     outcome.permanent = true;
   }
   return outcome;
+}
+
+/**
+ * A result line is the CLI's own verdict, though the run is ended after it. What kind of error
+ * it was the model proxy knows better (runs.ts): it saw the API's answers.
+ */
+function verdictOf(
+  result: TaskResult,
+  schema: ResultSchema | undefined,
+  refusal: string,
+): RunOutcome {
+  if (result.isError) result.errorKind = ErrorKind.CLI_ERROR;
+  if (schema) checkStructured(result, schema, refusal);
+  return { state: result.isError ? TaskState.FAILED : TaskState.SUCCEEDED, result };
 }
 
 /** Most bytes of a structured answer, as JSON: a result must fit any gRPC client's 4 MiB. */

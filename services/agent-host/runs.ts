@@ -45,7 +45,17 @@ export interface AgentSlot extends Watched, AgentParts {
   dir: string;
   /** Who owns what the agent may write, when not this service's user. */
   owner: AgentOwner | undefined;
-  run?: { taskId: string; attempt: number; abort: AbortController; done: Promise<RunOutcome> };
+  run?: {
+    taskId: string;
+    attempt: number;
+    abort: AbortController;
+    done: Promise<RunOutcome>;
+    /**
+     * Set once the run's outcome went out at its result line (executeRun): settles when what
+     * still ran of it is ended and the agent is free again.
+     */
+    reaping?: Promise<void>;
+  };
 }
 
 /** What running a task on an agent takes from its AgentHost. */
@@ -213,6 +223,9 @@ export async function executeRun(
         : {};
     const exec = (req: Parameters<RuntimeBackend["exec"]>[1]) =>
       c.backend.exec(slot.sandbox, { ...req, env: { ...req.env, ...idle } });
+    // Nothing is left to do after the CLI (no checks, no work to keep, no container's death
+    // to explain a failure by): its result line is the outcome, told at once.
+    const final = spec.checks.length === 0 && !taskPlace.prepared && c.caps.image === false;
     const outcome = await runClaude({
       spec,
       resultSchema: attempt.resultSchema,
@@ -222,6 +235,7 @@ export async function executeRun(
       hostPath,
       signal: abort.signal,
       onOutput,
+      ...(final ? { onResult: tellEarly } : {}),
       flow,
       resume,
     });
@@ -268,12 +282,12 @@ export async function executeRun(
     }
     return { outcome, cliEnded };
   };
-  const done = c.observer ? c.observer.cliRun({ taskId, agentId }, runCli) : runCli();
-  slot.run = { taskId, attempt: attempt.attempt, abort, done };
-  try {
-    const outcome = await done;
+  /** The outcome as told: what the model proxy metered added (once: it takes the count). */
+  let told: RunOutcome | undefined;
+  const tell = (outcome: RunOutcome): RunOutcome => {
+    if (told) return told;
+    told = outcome;
     const metered = slot.proxy.take();
-    slot.proxy.limit(undefined);
     meteredInto(outcome, metered, attempt.previous);
     // The CLI's own error: what the model API answered (seen by the proxy, not told by the
     // sandbox) says whether another attempt can get past it.
@@ -287,15 +301,43 @@ export async function executeRun(
       proxy_usage: metered,
     });
     return outcome;
-  } finally {
-    slot.lifeline?.cut();
-    signal.removeEventListener("abort", onAbort);
-    slot.run = undefined;
+  };
+  let toldEarly: (outcome: RunOutcome) => void = () => undefined;
+  const early = new Promise<RunOutcome>((resolve) => (toldEarly = resolve));
+  // At the result line of a run with nothing after its CLI, the outcome goes out now and the
+  // agent shows IDLE: a next run given to it starts once this one is ended (host.ts), which
+  // takes the CLI's own exit, ~60 ms. Meanwhile the proxy refuses what of it still calls the model.
+  function tellEarly(outcome: RunOutcome): void {
+    slot.proxy.seal();
+    if (slot.run) slot.run.reaping = whole.then(noop, noop);
+    free(); // ListAgents shows it IDLE: the Orchestrator may place the next task on it now
+    toldEarly(tell(outcome));
+  }
+  let freed = false;
+  const free = () => {
+    if (freed) return;
+    freed = true;
     slot.agent.tasksCompleted++;
     slot.agent.taskId = "";
     if (slot.agent.state === AgentState.BUSY) slot.agent.state = AgentState.IDLE;
-  }
+  };
+  const done = c.observer ? c.observer.cliRun({ taskId, agentId }, runCli) : runCli();
+  slot.run = { taskId, attempt: attempt.attempt, abort, done };
+  const whole = (async () => {
+    try {
+      return tell(await done);
+    } finally {
+      slot.proxy.limit(undefined);
+      slot.lifeline?.cut();
+      signal.removeEventListener("abort", onAbort);
+      slot.run = undefined;
+      free();
+    }
+  })();
+  return Promise.race([whole, early]);
 }
+
+function noop(): void {}
 
 /** What this attempt may spend: the task's budget less what its earlier attempts spent. */
 function runBudget(spec: TaskSpec, previous: TaskResult | undefined): RunBudget | undefined {

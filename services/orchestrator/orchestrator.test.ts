@@ -255,6 +255,34 @@ describe("a RunTask refused before it started", () => {
   });
 });
 
+describe("an agent whose run ended", () => {
+  let world: World | undefined;
+  afterEach(async () => {
+    await world?.[Symbol.asyncDispose]();
+    world = undefined;
+  });
+
+  it("takes the next task at once, though a poll during the run said it was busy", async () => {
+    world = new World();
+    const w = world;
+    const polledWhileBusy: Play = async function* (req, ctx, host) {
+      yield started(req, host);
+      await w.orch.hosts.refresh(); // the host's list now says agent-1 is BUSY with this task
+      yield* succeed(req, ctx, host);
+    };
+    const host = await w.host(w.hostSocket, new FakeAgentHost("", [polledWhileBusy, succeed]));
+    // Polls a minute apart: the next task must not wait for one to find the agent free.
+    await w.startOrchestrator({ pollIntervalMs: 60_000 });
+    await until(() => w.orch.agents().length === 1, "the first poll");
+    const first = await w.submit(1);
+    await first.watch.ended();
+    const second = await w.submit(1);
+    await second.watch.ended();
+    expect((await w.task(second.id)).state).toBe(TaskState.SUCCEEDED);
+    expect(host.runs).toHaveLength(2);
+  });
+});
+
 /** Starts, then ends FAILED with `result` (`permanent`: no retry can get past it). */
 const failing = (result: { error: string; errorKind?: ErrorKind }, permanent = false): Play =>
   async function* (req, _ctx, host) {

@@ -279,6 +279,13 @@ export class AttemptRunner {
         if (ref.agent.state === AgentState.BUSY) ref.agent.state = AgentState.IDLE;
         ref.agent.taskId = "";
         ref.agent.tasksCompleted++;
+        // A poll during the run gave the host's list a copy of the agent, BUSY with this task:
+        // it is free now (not for a second, until the next poll says so).
+        const listed = ref.host.agents.find((a) => a.id === ref.agent.id);
+        if (listed?.state === AgentState.BUSY && listed.taskId === task.id) {
+          listed.state = AgentState.IDLE;
+          listed.taskId = "";
+        }
         this.release(task.id);
       });
   }
