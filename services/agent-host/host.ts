@@ -293,9 +293,17 @@ export class AgentHost {
 
   /**
    * Runs a task on an agent; outputs go to onOutput as they come. Throws at once (before
-   * anything runs) when the agent is unknown or not idle. An agent whose last run already told
-   * its outcome (at its result line) and is still being ended takes this one once it is.
+   * anything runs) when the agent is unknown or not idle (a run whose outcome was told at its
+   * result line holds it until it is ended: see ended()).
    */
+  /**
+   * Resolves once the agent's last run is ended, when its outcome went out at its result line
+   * and it is being ended still (the agent shows IDLE meanwhile); at once otherwise.
+   */
+  ended(agentId: string): Promise<void> {
+    return this.slots.get(agentId)?.run?.reaping ?? Promise.resolve();
+  }
+
   run(
     agentId: string,
     attempt: Attempt,
@@ -315,9 +323,6 @@ export class AgentHost {
         new Error(slot.lost),
       );
     }
-    // The last run's outcome went out at its result line; it is still being ended.
-    const reaping = slot.run?.reaping;
-    if (reaping) return reaping.then(() => this.run(agentId, attempt, signal, onOutput, flow));
     if (slot.run || slot.agent.state !== AgentState.IDLE) {
       throw new AgentBusyError(
         `agent ${agentId} is not idle (${AgentState[slot.agent.state]}${slot.agent.taskId ? `, task ${slot.agent.taskId}` : ""})`,

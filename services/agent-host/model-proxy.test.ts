@@ -14,7 +14,7 @@ import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { startFakeModel } from "../../test/fake-model/server.ts";
 import { createLogger, silentLogger } from "../shared/log.ts";
 import {
@@ -425,7 +425,26 @@ describe("model proxy", () => {
           { model: "m", max_tokens: 10, messages: [{ role: "user", content: "hi" }] },
           "x",
         );
+      // A call under way is counted until its answer ends (a run's outcome waits for it).
+      const slow = postOverSocket(
+        proxy.socketPath,
+        {
+          model: "m",
+          max_tokens: 10,
+          tools: [{ name: "Write", input_schema: { type: "object" } }],
+          messages: [
+            {
+              role: "user",
+              content: `<fake-script>[{"text":"slow","delay_ms":300}]</fake-script>`,
+            },
+          ],
+        },
+        "x",
+      );
+      await vi.waitFor(() => expect(proxy.inFlight()).toBe(1), { timeout: 10_000 });
       proxy.seal();
+      expect((await slow).status).toBe(200); // begun before the seal: answered
+      expect(proxy.inFlight()).toBe(0);
       const refused = await ask();
       expect(refused.status).toBe(403);
       expect(JSON.parse(refused.text)).toMatchObject({
@@ -434,11 +453,11 @@ describe("model proxy", () => {
           message: expect.stringMatching(/result is in/) as string,
         },
       });
-      expect(model.requests).toHaveLength(0);
-      expect(proxy.take().inputTokens).toBe(0);
+      expect(model.requests).toHaveLength(1); // the slow call alone
+      proxy.take();
       proxy.limit(undefined); // the agent's next run
       expect((await ask()).status).toBe(200);
-      expect(model.requests).toHaveLength(1);
+      expect(model.requests).toHaveLength(2);
     } finally {
       await proxy.close();
     }

@@ -51,6 +51,8 @@ export interface ModelProxy {
    * taken, so what of it still runs while it is ended may spend nothing more.
    */
   seal(): void;
+  /** Model requests being forwarded now (their usage is metered as their answers pass). */
+  inFlight(): number;
   close(): Promise<void>;
 }
 
@@ -144,6 +146,7 @@ export async function startModelProxy(opts: {
   const prices = opts.prices ?? DEFAULT_PRICES;
   let budget: RunBudget | undefined;
   let sealed = false;
+  let inFlight = 0;
   /** Why the next request would overspend, or undefined while the budget holds. */
   const overBudget = (): string | undefined => {
     if (!budget) return undefined;
@@ -188,6 +191,8 @@ export async function startModelProxy(opts: {
     url.search = to.search;
     url.hash = "";
     usage.requests++;
+    inFlight++;
+    res.once("close", () => inFlight--);
     let settled = false; // the answer was cut short here: too large, or the client left
     const out = client.request(url, { method: "POST", headers: outHeaders(req), agent }, (up) => {
       const headers: http.OutgoingHttpHeaders = {};
@@ -380,6 +385,7 @@ export async function startModelProxy(opts: {
     seal() {
       sealed = true;
     },
+    inFlight: () => inFlight,
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();

@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import type { ConnectRouter } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import {
   AgentHostService,
   RunOutcomeSchema,
@@ -83,6 +83,11 @@ export function agentHostRoutes(host: AgentHost, keeper?: OutcomeKeeper) {
         if (!req.agentId) throw invalid("agent_id is required");
         if (!req.taskId) throw invalid("task_id is required");
         if (!req.spec?.prompt) throw invalid("spec.prompt is required");
+        // An agent whose last outcome was told at its result line takes this run once that
+        // run is ended (its CLI's exit): only then does this one start, or is refused.
+        await host.ended(req.agentId);
+        if (ctx.signal.aborted)
+          throw new ConnectError("the call ended before the run started", Code.Canceled);
         const queue = new AsyncQueue<RunTaskResponse["kind"]>(bytesOf);
         // A joined node's run outlives its stream (a tunnel that broke, an Orchestrator that
         // restarted): it goes on while the node holds its lease (CancelRun, a heartbeat or

@@ -305,11 +305,14 @@ export async function executeRun(
   let toldEarly: (outcome: RunOutcome) => void = () => undefined;
   const early = new Promise<RunOutcome>((resolve) => (toldEarly = resolve));
   // At the result line of a run with nothing after its CLI, the outcome goes out now and the
-  // agent shows IDLE: a next run given to it starts once this one is ended (host.ts), which
-  // takes the CLI's own exit, ~60 ms. Meanwhile the proxy refuses what of it still calls the model.
+  // agent shows IDLE: a next run given to it starts once this one is ended (RunTask waits,
+  // routes.ts), which takes the CLI's own exit, ~60 ms. Meanwhile the proxy refuses what of it
+  // still calls the model; a call already under way is metered only as its answer ends, so
+  // then the outcome is told after the run, as for every other run.
   function tellEarly(outcome: RunOutcome): void {
     slot.proxy.seal();
-    if (slot.run) slot.run.reaping = whole.then(noop, noop);
+    if (slot.proxy.inFlight() > 0 || !slot.run) return;
+    slot.run.reaping = whole.then(noop, noop);
     free(); // ListAgents shows it IDLE: the Orchestrator may place the next task on it now
     toldEarly(tell(outcome));
   }
