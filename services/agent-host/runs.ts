@@ -223,9 +223,13 @@ export async function executeRun(
         : {};
     const exec = (req: Parameters<RuntimeBackend["exec"]>[1]) =>
       c.backend.exec(slot.sandbox, { ...req, env: { ...req.env, ...idle } });
-    // Nothing is left to do after the CLI (no checks, no work to keep, no container's death
-    // to explain a failure by): its result line is the outcome, told at once.
-    const final = spec.checks.length === 0 && !taskPlace.prepared && c.caps.image === false;
+    // Nothing is left to do after the CLI when the task has no checks and no work to keep:
+    // its result line is the outcome, told at once; in a container only a success (a failure
+    // may yet be explained by the container's death, explainDeath).
+    const final = spec.checks.length === 0 && !taskPlace.prepared;
+    const atResult = (o: RunOutcome) => {
+      if (!c.caps.image || o.state === TaskState.SUCCEEDED) tellEarly(o);
+    };
     const outcome = await runClaude({
       spec,
       resultSchema: attempt.resultSchema,
@@ -235,7 +239,7 @@ export async function executeRun(
       hostPath,
       signal: abort.signal,
       onOutput,
-      ...(final ? { onResult: tellEarly } : {}),
+      ...(final ? { onResult: atResult } : {}),
       flow,
       resume,
     });
