@@ -10,7 +10,7 @@ import { TaskState } from "../gen/conductor/v1/task_pb.js";
 import { createProcessBackend } from "../plugins/runtime-process/index.ts";
 import { startFakeModel } from "../test/fake-model/server.ts";
 import { runBareCli } from "./bare-cli.ts";
-import { scripted, spec, startConductor, waitForEnd } from "../test/harness.ts";
+import { ms, scripted, spec, startConductor, waitForEnd, type Conductor } from "../test/harness.ts";
 
 const { values } = parseArgs({
   options: {
@@ -45,6 +45,7 @@ async function measure(env: Record<string, string>) {
   await using conductor = await startConductor({ agents: AGENTS, modelUrl: model.url, env });
   const { client } = conductor;
   const through: number[] = [];
+  const tail: number[] = [];
   await waitForEnd(client, (await client.submitTask({ spec: spec({ prompt }) })).task!.id); // warm-up
   for (let i = 0; i < RUNS; i++) {
     const t0 = performance.now();
@@ -53,6 +54,7 @@ async function measure(env: Record<string, string>) {
     if (ended.state !== TaskState.SUCCEEDED)
       throw new Error(`bench task failed: ${ended.result?.error}`);
     through.push(performance.now() - t0);
+    tail.push(await resultToEnd(client, task!.id));
   }
   const t0 = performance.now();
   const ids = await Promise.all(
@@ -65,7 +67,24 @@ async function measure(env: Record<string, string>) {
   const ended = await Promise.all(ids.map((id) => waitForEnd(client, id, 600_000)));
   const totalMs = performance.now() - t0;
   const failed = ended.filter((t) => t.state !== TaskState.SUCCEEDED).length;
-  return { one: median(through), perSecond: TASKS / (totalMs / 1000), submitMs, failed };
+  return {
+    one: median(through),
+    tail: median(tail),
+    perSecond: TASKS / (totalMs / 1000),
+    submitMs,
+    failed,
+  };
+}
+
+/** Milliseconds from a task's `result` line to its final state, as the Orchestrator stamped them. */
+async function resultToEnd(client: Conductor["client"], id: string): Promise<number> {
+  let [result, end] = [NaN, NaN];
+  for await (const { event } of client.watchTask({ id })) {
+    if (event?.kind.case === "output" && event.kind.value.type === "result")
+      result = ms(event.time);
+    if (event?.kind.case === "stateChange") end = ms(event.time);
+  }
+  return end - result;
 }
 
 /** The sandbox alone: median wall time of one exec of /bin/true on the process runtime. */
@@ -109,6 +128,7 @@ for (const [name, m] of [
   console.log(
     `  one task: median ${m.one.toFixed(0)} ms over ${RUNS} runs (submit → SUCCEEDED seen by WatchTask), ${(m.one - median(bare)).toFixed(0)} ms over the bare CLI: ${(m.one / median(bare)).toFixed(3)}× the bare CLI`,
   );
+  console.log(`  its result line → SUCCEEDED recorded: median ${m.tail.toFixed(0)} ms`);
   console.log(
     `  ${TASKS} trivial tasks on ${AGENTS} agents: ${m.perSecond.toFixed(2)} tasks/s (all submitted in ${m.submitMs.toFixed(0)} ms; ${m.failed} failed)`,
   );

@@ -7,7 +7,9 @@ import type { ExecRequest, Execution, ExitStatus } from "../runtime.ts";
 const STDERR_TAIL = 4096;
 
 /**
- * Runs as the agent's user: starts the loopback forwarder to the model proxy (when the
+ * Runs as the agent's user: first ends whatever of the agent's user still runs in the container
+ * (`kill -KILL -1`: an earlier run that killed its own wrapper and lifeline holder, which are
+ * its user's too, left it), so a run starts alone; starts the loopback forwarder to the model proxy (when the
  * container has a model socket) and waits until it listens, runs the program, and when it
  * ends kills every process of the agent's user in the container (`kill -KILL -1`: all but
  * itself and PID 1, which is nobody's) before exiting with the program's status. Whatever the
@@ -21,7 +23,8 @@ const STDERR_TAIL = 4096;
  * frozen AgentHost holds the connection open but ticks no more. The holder ignores TERM (the killer spares it: see KILLER), so a graceful
  * stop stays graceful. Needs sh, grep, kill and socat in the image (busybox's or Debian's).
  */
-const WRAPPER = `if [ -n "\${CONDUCTOR_RUN_LIFELINE:-}" ]; then
+const WRAPPER = `kill -KILL -1 2>/dev/null
+if [ -n "\${CONDUCTOR_RUN_LIFELINE:-}" ]; then
   t=; i=\${CONDUCTOR_RUN_LIFELINE_IDLE_MS:-}
   case "$i" in ""|*[!0-9]*) ;; *) t="-T $((i / 1000)).$(printf %03d $((i % 1000)))" ;; esac
   (trap '' TERM INT HUP; socat -u $t "UNIX-CONNECT:$CONDUCTOR_RUN_LIFELINE" OPEN:/dev/null; kill -KILL -1) </dev/null >/dev/null 2>&1 &

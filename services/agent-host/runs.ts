@@ -223,13 +223,11 @@ export async function executeRun(
         : {};
     const exec = (req: Parameters<RuntimeBackend["exec"]>[1]) =>
       c.backend.exec(slot.sandbox, { ...req, env: { ...req.env, ...idle } });
-    // Nothing is left to do after the CLI when the task has no checks and no work to keep:
-    // its result line is the outcome, told at once; in a container only a success (a failure
-    // may yet be explained by the container's death, explainDeath).
-    const final = spec.checks.length === 0 && !taskPlace.prepared;
-    const atResult = (o: RunOutcome) => {
-      if (!c.caps.image || o.state === TaskState.SUCCEEDED) tellEarly(o);
-    };
+    // Nothing is left to do after the CLI when the task has no checks and no work to keep, and
+    // its sandbox was made for this run alone (the process runtime's): its result line is the
+    // outcome, told at once. An agent's container outlives its runs: one that dies while a run
+    // is ended would fail the next task given to its agent meanwhile, before it ran.
+    const final = spec.checks.length === 0 && !taskPlace.prepared && !c.caps.image;
     const outcome = await runClaude({
       spec,
       resultSchema: attempt.resultSchema,
@@ -239,7 +237,7 @@ export async function executeRun(
       hostPath,
       signal: abort.signal,
       onOutput,
-      ...(final ? { onResult: atResult } : {}),
+      ...(final ? { onResult: tellEarly } : {}),
       flow,
       resume,
     });

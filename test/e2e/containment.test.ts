@@ -299,6 +299,38 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
     await noneLeft(/^sleep 471[1-4]$/);
   });
 
+  it("starts a run alone, though the last one on its agent killed its wrapper and lifeline holder", async () => {
+    // In a container an agent is its run's wrapper's and lifeline holder's user: it may kill
+    // both, so that neither ends what it leaves behind when the run ends. (A process sandbox's
+    // pid namespace ends with its run whatever is killed in it.)
+    const procs = `for d in /proc/[0-9]*; do case "$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)" in`;
+    const kills = [
+      `${procs} *conductor-ex""ec*) kill -9 \${d#/proc/};; esac; done;`,
+      `${procs} "soc""at -u "*) kill -9 \${d#/proc/};; esac; done;`,
+    ];
+    const escape = [
+      ...(runtime === "process" ? [] : kills),
+      `setsid sh -c 'trap "" TERM; while :; do echo zz-left-4719 > /dev/null; sleep 0.3; done' </dev/null >/dev/null 2>&1 &`,
+      "echo escaped",
+    ].join(" ");
+    const left = await submit([{ bash: escape }, { text: "escaped" }], { timeoutSeconds: 60 });
+    // Podman ends an exec's processes with its main one: there the run fails instead.
+    await waitForEnd(conductor.client, left);
+    // One task on each of the two agents, the escaped one's among them: neither run sees it.
+    const seen = await Promise.all(
+      [0, 1].map(async () => {
+        const id = await submit([
+          { bash: "sleep 1; ps -eo args | grep -c '[z]z-left-4719'; true" },
+          { text: "{{last_tool_result}}" },
+        ]);
+        const t = await waitForEnd(conductor.client, id);
+        expect(t.state, t.result?.error).toBe(TaskState.SUCCEEDED);
+        return t.result?.text.trim();
+      }),
+    );
+    expect(seen).toEqual(["0", "0"]);
+  });
+
   it("ends every process on timeout, including one holding the CLI's stdout", async () => {
     const id = await submit(
       [
