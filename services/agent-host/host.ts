@@ -292,11 +292,6 @@ export class AgentHost {
   }
 
   /**
-   * Runs a task on an agent; outputs go to onOutput as they come. Throws at once (before
-   * anything runs) when the agent is unknown or not idle (a run whose outcome was told at its
-   * result line holds it until it is ended: see ended()).
-   */
-  /**
    * Resolves once the agent's last run is ended, when its outcome went out at its result line
    * and it is being ended still (the agent shows IDLE meanwhile); at once otherwise.
    */
@@ -304,6 +299,11 @@ export class AgentHost {
     return this.slots.get(agentId)?.run?.reaping ?? Promise.resolve();
   }
 
+  /**
+   * Runs a task on an agent; outputs go to onOutput as they come. Throws at once (before
+   * anything runs) when the agent is unknown or not idle (a run whose outcome was told at its
+   * result line holds it until it is ended: see ended()).
+   */
   run(
     agentId: string,
     attempt: Attempt,

@@ -280,6 +280,7 @@ describe("an agent whose run ended", () => {
     await second.watch.ended();
     expect((await w.task(second.id)).state).toBe(TaskState.SUCCEEDED);
     expect(host.runs).toHaveLength(2);
+    expect(Number(w.orch.agents()[0]!.tasksCompleted)).toBe(2);
   });
 });
 

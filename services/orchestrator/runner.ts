@@ -285,6 +285,7 @@ export class AttemptRunner {
         if (listed?.state === AgentState.BUSY && listed.taskId === task.id) {
           listed.state = AgentState.IDLE;
           listed.taskId = "";
+          listed.tasksCompleted++;
         }
         this.release(task.id);
       });
