@@ -117,10 +117,15 @@ describe("a task's trace", () => {
     expect(parentOf(cliRun)).toBe(runServer.spanContext().spanId);
     expect(parentOf(exec)).toBe(cliRun.spanContext().spanId);
 
-    // Phases in order; a server stream's span lasts until the stream's end.
+    // Phases in order; a server stream's span lasts until the stream's end. The CLI run's
+    // starts in it and lasts until the run is gone, which may be after its outcome went out
+    // on that stream (at its result line: the CLI's own exit comes after).
     expect(ns(queued.endTime)).toBeLessThanOrEqual(ns(scheduled.startTime) + 1e6);
-    expect(ns(runServer.endTime)).toBeGreaterThanOrEqual(ns(cliRun.endTime));
-    expect(ns(runClient.endTime)).toBeGreaterThanOrEqual(ns(cliRun.endTime));
+    expect(ns(runServer.startTime)).toBeGreaterThanOrEqual(ns(runClient.startTime));
+    expect(ns(cliRun.startTime)).toBeGreaterThanOrEqual(ns(runServer.startTime));
+    expect(ns(cliRun.startTime)).toBeLessThanOrEqual(ns(runServer.endTime));
+    expect(ns(exec.startTime)).toBeGreaterThanOrEqual(ns(cliRun.startTime));
+    expect(ns(runClient.endTime)).toBeGreaterThanOrEqual(ns(runServer.endTime) - 1e6);
     expect(ns(scheduled.endTime)).toBeGreaterThanOrEqual(ns(runClient.endTime));
 
     for (const s of [queued, scheduled, cliRun, exec])
