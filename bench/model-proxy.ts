@@ -77,6 +77,7 @@ const proxy = await startModelProxy({
   apiKey: "sk-bench",
   log: silentLogger,
 });
+proxy.limit(undefined); // open, as during a run
 // Keep-alive on both paths, as the CLI's HTTP client keeps its connection.
 const direct = new http.Agent({ keepAlive: true, maxSockets: 1 });
 const proxied = new http.Agent({ keepAlive: true, maxSockets: 1 });

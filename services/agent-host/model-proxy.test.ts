@@ -21,6 +21,7 @@ import {
   forwardedTarget,
   MAX_BODY_BYTES,
   MAX_CONNECTIONS,
+  NO_RUN,
   NO_USAGE,
   startModelProxy,
   type ModelProxy,
@@ -39,12 +40,13 @@ function postOverSocket(
   socketPath: string,
   body: unknown,
   apiKey: string,
+  target = "/v1/messages?beta=true",
 ): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
     const req = http.request(
       {
         socketPath,
-        path: "/v1/messages?beta=true",
+        path: target,
         method: "POST",
         headers: { "content-type": "application/json", "x-api-key": apiKey },
       },
@@ -208,6 +210,7 @@ async function startRig(
       log,
       owner: o.owner,
     });
+    proxy.limit(undefined); // as during a run
   } catch (e) {
     await upstream.close();
     await attacker.close();
@@ -313,19 +316,25 @@ const REFUSED: [name: string, request: (a: string) => string, status: number][] 
   ["a lower-case method", () => `post /v1/messages HTTP/1.1\r\nHost: x\r\n\r\n`, 400],
 ];
 
-/** A proxy on `<dir>/model.sock` to `upstream`, with the test key and a silent log. */
-function proxyTo(
+/**
+ * A proxy on `<dir>/model.sock` to `upstream`, with the test key and a silent log, open as
+ * during a run (`sealed`: as it starts, between runs).
+ */
+async function proxyTo(
   upstream: string,
   dir: string,
   more: Partial<Parameters<typeof startModelProxy>[0]> = {},
+  sealed = false,
 ) {
-  return startModelProxy({
+  const proxy = await startModelProxy({
     socketPath: path.join(dir, "model.sock"),
     upstream,
     apiKey: KEY,
     log: silentLogger,
     ...more,
   });
+  if (!sealed) proxy.limit(undefined);
+  return proxy;
 }
 
 describe("model proxy", () => {
@@ -442,7 +451,7 @@ describe("model proxy", () => {
         "x",
       );
       await vi.waitFor(() => expect(proxy.inFlight()).toBe(1), { timeout: 10_000 });
-      proxy.seal();
+      proxy.seal("the run's result is in");
       expect((await slow).status).toBe(200); // begun before the seal: answered
       expect(proxy.inFlight()).toBe(0);
       const refused = await ask();
@@ -463,6 +472,41 @@ describe("model proxy", () => {
     }
   });
 
+  it("starts sealed: no model call reaches the model before a run opens it, none after it", async () => {
+    await using model = await startFakeModel();
+    using dir = tempDir();
+    const proxy = await proxyTo(model.url, dir.path, {}, true);
+    try {
+      const ask = () =>
+        postOverSocket(
+          proxy.socketPath,
+          { model: "m", max_tokens: 10, messages: [{ role: "user", content: "hi" }] },
+          "x",
+        );
+      for (const target of ["/v1/messages", "/v1/messages/count_tokens"]) {
+        const res = await postOverSocket(
+          proxy.socketPath,
+          { model: "m", messages: [{ role: "user", content: "hi" }] },
+          "x",
+          target,
+        );
+        expect(res.status).toBe(403);
+        expect(JSON.parse(res.text)).toMatchObject({
+          error: { type: "permission_error", message: `model proxy: ${NO_RUN}` },
+        });
+      }
+      expect(model.requests).toHaveLength(0);
+      proxy.limit(undefined); // a run
+      expect((await ask()).status).toBe(200);
+      proxy.seal(NO_RUN); // its end (runs.ts)
+      expect((await ask()).status).toBe(403);
+      expect(model.requests).toHaveLength(1);
+      expect(proxy.take()).toMatchObject({ inputTokens: expect.any(Number) as number });
+    } finally {
+      await proxy.close();
+    }
+  });
+
   it("answers 502 with an API-shaped error when the upstream is unreachable", async () => {
     using dir = tempDir();
     const proxy = await startModelProxy({
@@ -471,6 +515,7 @@ describe("model proxy", () => {
       apiKey: "k",
       log: silentLogger,
     });
+    proxy.limit(undefined);
     try {
       const res = await postOverSocket(proxy.socketPath, { messages: [] }, "x");
       expect(res.status).toBe(502);

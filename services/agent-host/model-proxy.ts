@@ -44,17 +44,24 @@ export interface ModelProxy {
   socketPath: string;
   /** Tokens since the last take(); resets the count (one task's usage). */
   take(): MeteredUsage;
-  /** Caps what the requests from now on may spend (undefined: no cap), until changed. */
+  /**
+   * Opens the proxy for a run: the requests from now on reach the model, capped to what
+   * `budget` leaves (undefined: no cap), until the next seal() or limit().
+   */
   limit(budget: RunBudget | undefined): void;
   /**
-   * Refuses every request (403) until the next limit(): the run's result is in and its outcome
-   * taken, so what of it still runs while it is ended may spend nothing more.
+   * Refuses every model request (403, saying `why`) until the next limit(): between runs (a
+   * proxy starts so), and from a run's result line on, its outcome taken, so that what of it
+   * still runs, or outlives it in the agent's container, spends nothing unmetered.
    */
-  seal(): void;
+  seal(why: string): void;
   /** Model requests being forwarded now (their usage is metered as their answers pass). */
   inFlight(): number;
   close(): Promise<void>;
 }
+
+/** Why a model request is refused while the agent has no run (the proxy starts so). */
+export const NO_RUN = "no run of this agent is under way: model calls are made only by its runs";
 
 /** Largest request body forwarded. The CLI resends the whole conversation each turn: several MB. */
 export const MAX_BODY_BYTES = 32 * 1024 * 1024;
@@ -125,6 +132,7 @@ const AGENT_MAY_NOT_SET = new Set([
  * Only `POST /v1/messages` and `POST /v1/messages/count_tokens` (see {@link forwardedTarget})
  * reach the configured upstream, below its own path prefix; with `mcp`, requests for exactly
  * {@link MCP_PATH} go to it (the agent's Broker tools); everything else is answered 403
+ * (model requests too while it is sealed: it starts so, and limit() opens it for a run)
  * (CONNECT, malformed requests: 4xx) in the Messages API's error shape and logged. The socket
  * is mode 0600, owned by `owner` when given (the agent's user), else by the service's user.
  * Bounds: bodies up to {@link MAX_BODY_BYTES} (413 beyond), request line and headers up to
@@ -145,7 +153,8 @@ export async function startModelProxy(opts: {
 }): Promise<ModelProxy> {
   const prices = opts.prices ?? DEFAULT_PRICES;
   let budget: RunBudget | undefined;
-  let sealed = false;
+  /** Why model requests are refused now; undefined while a run may call the model. */
+  let sealed: string | undefined = NO_RUN;
   let inFlight = 0;
   /** Why the next request would overspend, or undefined while the budget holds. */
   const overBudget = (): string | undefined => {
@@ -288,14 +297,9 @@ export async function startModelProxy(opts: {
       refused(method, target, 413);
       return refuse(res, 413, "request_too_large", `request body over ${MAX_BODY_BYTES} bytes`);
     }
-    if (sealed) {
+    if (sealed !== undefined) {
       refused(method, target, 403);
-      return refuse(
-        res,
-        403,
-        "permission_error",
-        "the run's result is in: no further model call is made while the run is ended",
-      );
+      return refuse(res, 403, "permission_error", sealed);
     }
     const over = overBudget();
     if (over) {
@@ -380,10 +384,10 @@ export async function startModelProxy(opts: {
     },
     limit(b) {
       budget = b;
-      sealed = false;
+      sealed = undefined;
     },
-    seal() {
-      sealed = true;
+    seal(why) {
+      sealed = why;
     },
     inFlight: () => inFlight,
     close: () =>

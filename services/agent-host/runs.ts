@@ -15,7 +15,7 @@ import type { Capabilities, RuntimeBackend, SandboxStatus } from "../../plugins/
 import type { AgentOwner } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 import { checkFailure, fixPrompt, MAX_CHECK_RESULTS, runChecks } from "./checks.ts";
-import type { MeteredUsage, RunBudget } from "./model-proxy.ts";
+import { NO_RUN, type MeteredUsage, type RunBudget } from "./model-proxy.ts";
 import { FORWARDER_PORT, type AgentParts } from "./provision.ts";
 import { noticeOutput, type BrokerToolsCheck } from "./broker-tools.ts";
 import {
@@ -312,7 +312,7 @@ export async function executeRun(
   // still calls the model; a call already under way is metered only as its answer ends, so
   // then the outcome is told after the run, as for every other run.
   function tellEarly(outcome: RunOutcome): void {
-    slot.proxy.seal();
+    slot.proxy.seal("the run's result is in: no further model call is made while the run is ended");
     if (slot.proxy.inFlight() > 0 || !slot.run) return;
     slot.run.reaping = whole.then(noop, noop);
     free(); // ListAgents shows it IDLE: the Orchestrator may place the next task on it now
@@ -332,7 +332,9 @@ export async function executeRun(
     try {
       return tell(await done);
     } finally {
-      slot.proxy.limit(undefined);
+      // Between runs no model call is made: what a run left behind (in a container that
+      // outlives it) cannot spend on the agent's key, unmetered, until the next run.
+      slot.proxy.seal(NO_RUN);
       slot.lifeline?.cut();
       signal.removeEventListener("abort", onAbort);
       slot.run = undefined;

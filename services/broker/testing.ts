@@ -68,6 +68,7 @@ export async function serveAgent(
     log: silentLogger,
     mcp: mcpHandler(agent, silentLogger),
   });
+  proxy.limit(undefined); // open, as during a run
   const forwarder = net.createServer((client) => {
     const upstream = net.connect(proxy.socketPath);
     const end = () => (client.destroy(), upstream.destroy());

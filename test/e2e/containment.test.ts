@@ -331,6 +331,74 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
     expect(seen).toEqual(["0", "0"]);
   });
 
+  // In a container a run's leftovers may outlive it (the test above); a process sandbox ends
+  // with its run, and Podman ends an exec's processes with it: there nothing is left to try.
+  it.runIf(runtime === "docker")(
+    "lets nothing a run left behind call the model between runs",
+    async () => {
+      const procs = `for d in /proc/[0-9]*; do case "$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)" in`;
+      // Waits for the test's word that the run is over, then makes a model call.
+      const leftover = `const fs = require("fs"), path = require("path");
+const here = (f) => path.join(__dirname, f);
+const t0 = Date.now();
+process.on("SIGTERM", () => undefined); // as the one in the test above traps it
+fs.writeFileSync(here("started.txt"), "");
+const poll = setInterval(() => {
+  if (Date.now() - t0 > 60000) process.exit(1);
+  if (!fs.existsSync(here("go"))) return;
+  clearInterval(poll);
+  // Straight to the agent's model socket: the forwarder to it may live only while a run does.
+  const body = JSON.stringify({ model: "m", max_tokens: 5, messages: [{ role: "user", content: "zz-left" + "over-call" }] });
+  const req = require("http").request(
+    { socketPath: process.env.CONDUCTOR_MODEL_SOCKET, path: "/v1/messages", method: "POST",
+      headers: { "content-type": "application/json", "x-api-key": "x", "anthropic-version": "2023-06-01" } },
+    (res) => {
+      let text = "";
+      res.on("data", (d) => (text += d));
+      res.on("end", () => fs.writeFileSync(here("after-run.txt"), res.statusCode + " " + text));
+    },
+  );
+  req.on("error", (e) => fs.writeFileSync(here("after-run.txt"), "error " + e.message + " " + process.env.CONDUCTOR_MODEL_SOCKET));
+  req.end(body);
+}, 100);
+`;
+      const id = await submit(
+        [
+          { write: { path: "leftover.js", content: leftover } },
+          {
+            bash: [
+              `${procs} *conductor-ex""ec*) kill -9 \${d#/proc/};; esac; done;`,
+              `${procs} "soc""at -u "*) kill -9 \${d#/proc/};; esac; done;`,
+              // Once it ignores TERM (which ends the run's processes first), the run may end.
+              "setsid node leftover.js </dev/null >/dev/null 2>&1 &",
+              "until [ -e started.txt ]; do sleep 0.1; done; echo left",
+            ].join(" "),
+          },
+          { text: "left one behind" },
+        ],
+        { timeoutSeconds: 60 },
+      );
+      const ended = await waitForEnd(conductor.client, id);
+      expect(ended.state, ended.result?.error).toBe(TaskState.SUCCEEDED);
+      const ws = workspaceOf(ended.agentId);
+      writeFileSync(path.join(ws, "go"), "");
+      const answer = await eventually(async () => {
+        try {
+          return readFileSync(path.join(ws, "after-run.txt"), "utf8");
+        } catch {
+          return undefined;
+        }
+      }, "the leftover's model call");
+      expect(answer).toMatch(/^403 .*no run of this agent is under way/);
+      const reached = model.requests.some((r) =>
+        JSON.stringify(r.body).includes("zz-leftover-call"),
+      );
+      expect(reached).toBe(false);
+      for (const f of ["go", "started.txt", "after-run.txt", "leftover.js"])
+        rmSync(path.join(ws, f), { force: true });
+    },
+  );
+
   it("ends every process on timeout, including one holding the CLI's stdout", async () => {
     const id = await submit(
       [
