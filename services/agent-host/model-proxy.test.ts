@@ -472,10 +472,15 @@ describe("model proxy", () => {
     }
   });
 
-  it("starts sealed: no model call reaches the model before a run opens it, none after it", async () => {
+  it("starts sealed: no model or tool call gets through before a run opens it, none after it", async () => {
     await using model = await startFakeModel();
     using dir = tempDir();
-    const proxy = await proxyTo(model.url, dir.path, {}, true);
+    const tools: string[] = [];
+    const mcp = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      tools.push(req.method ?? "");
+      res.end("{}");
+    };
+    const proxy = await proxyTo(model.url, dir.path, { mcp }, true);
     try {
       const ask = () =>
         postOverSocket(
@@ -495,12 +500,18 @@ describe("model proxy", () => {
           error: { type: "permission_error", message: `model proxy: ${NO_RUN}` },
         });
       }
+      const tool = () => postOverSocket(proxy.socketPath, { jsonrpc: "2.0" }, "x", "/mcp");
+      expect((await tool()).status).toBe(403); // nor the Broker's tools
       expect(model.requests).toHaveLength(0);
+      expect(tools).toEqual([]);
       proxy.limit(undefined); // a run
       expect((await ask()).status).toBe(200);
+      expect((await tool()).status).toBe(200);
       proxy.seal(NO_RUN); // its end (runs.ts)
       expect((await ask()).status).toBe(403);
+      expect((await tool()).status).toBe(403);
       expect(model.requests).toHaveLength(1);
+      expect(tools).toEqual(["POST"]);
       expect(proxy.take()).toMatchObject({ inputTokens: expect.any(Number) as number });
     } finally {
       await proxy.close();

@@ -50,9 +50,10 @@ export interface ModelProxy {
    */
   limit(budget: RunBudget | undefined): void;
   /**
-   * Refuses every model request (403, saying `why`) until the next limit(): between runs (a
-   * proxy starts so), and from a run's result line on, its outcome taken, so that what of it
-   * still runs, or outlives it in the agent's container, spends nothing unmetered.
+   * Refuses every model request and Broker tool call (403, saying `why`) until the next
+   * limit(): between runs (a proxy starts so), and from a run's result line on, its outcome
+   * taken, so that what of it still runs, or outlives it in the agent's container, spends
+   * nothing unmetered and speaks for the agent no more.
    */
   seal(why: string): void;
   /** Model requests being forwarded now (their usage is metered as their answers pass). */
@@ -132,7 +133,7 @@ const AGENT_MAY_NOT_SET = new Set([
  * Only `POST /v1/messages` and `POST /v1/messages/count_tokens` (see {@link forwardedTarget})
  * reach the configured upstream, below its own path prefix; with `mcp`, requests for exactly
  * {@link MCP_PATH} go to it (the agent's Broker tools); everything else is answered 403
- * (model requests too while it is sealed: it starts so, and limit() opens it for a run)
+ * (model requests and MCP too while it is sealed: it starts so, and limit() opens it for a run)
  * (CONNECT, malformed requests: 4xx) in the Messages API's error shape and logged. The socket
  * is mode 0600, owned by `owner` when given (the agent's user), else by the service's user.
  * Bounds: bodies up to {@link MAX_BODY_BYTES} (413 beyond), request line and headers up to
@@ -279,6 +280,11 @@ export async function startModelProxy(opts: {
     const method = req.method ?? "";
     const target = req.url ?? "";
     if (opts.mcp && target === MCP_PATH) {
+      // The Broker's tools are the run's, as the model is: none while no run is under way.
+      if (sealed !== undefined) {
+        refused(method, target, 403);
+        return refuse(res, 403, "permission_error", sealed);
+      }
       if (req.headers.expect?.toLowerCase() === "100-continue") res.writeContinue();
       return opts.mcp(req, res);
     }
