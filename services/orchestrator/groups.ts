@@ -567,15 +567,14 @@ export class Groups {
    */
   changed(id: string, change: Change, now: number): void {
     const { store } = this.opts;
-    const groupId = store.groupOf(id);
+    const { groupId, member } = store.groupOf(id);
     if (!groupId) return;
     const row = store.group({ id: groupId });
     if (!row) return;
-    const task = store.get(id);
     this.tell(groupId, {
       change: {
         $typeName: "conductor.v1.GroupMemberChange",
-        member: task?.member ?? "",
+        member,
         taskId: id,
         change: create(StateChangeSchema, change),
       },
@@ -587,10 +586,11 @@ export class Groups {
       change.state !== TaskState.SUCCEEDED &&
       id !== row.reduceTaskId
     ) {
-      const why = task?.result?.error ? `: ${task.result.error.slice(0, 200)}` : "";
+      const error = store.get(id)?.result?.error;
+      const why = error ? `: ${error.slice(0, 200)}` : "";
       this.cutLater(
         row,
-        `fail_fast: member ${task?.member ?? id} ended ${TaskState[change.state]}${why}`,
+        `fail_fast: member ${member || id} ended ${TaskState[change.state]}${why}`,
         ErrorKind.CANCELLED,
         now,
       );

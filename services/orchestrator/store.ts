@@ -1,7 +1,7 @@
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { StorageFull, isDiskFull } from "../shared/errors.ts";
 import { GroupCommit } from "../shared/group-commit.ts";
@@ -404,7 +404,16 @@ export class TaskStore {
       const dep = this.sql("INSERT INTO task_deps (dep_id, task_id, ends) VALUES (?, ?, ?)");
       for (const d of spec.dependsOn) dep.run(d, id, 0);
       for (const d of after) dep.run(d, id, 1);
-      return { task: this.get(id)!, created: true };
+      // The row as stored, without reading it back: what toTask would give of it.
+      const task = create(TaskSchema, {
+        id,
+        state: TaskState.QUEUED,
+        spec: clone(TaskSpecSchema, spec),
+        createTime: timestampFromMs(now),
+        groupId: membership?.groupId ?? "",
+        member: membership?.member ?? "",
+      });
+      return { task, created: true };
     });
   }
 
@@ -793,11 +802,11 @@ export class TaskStore {
     return new Map(rows.map((r) => [r.host, r.n]));
   }
 
-  /** The group a task belongs to ('' for none). */
-  groupOf(taskId: string): string {
-    const row = this.sql("SELECT group_id FROM tasks WHERE id = ?").get(taskId) as
-      { group_id: string } | undefined;
-    return row?.group_id ?? "";
+  /** The group a task belongs to and its member name there (both empty for none). */
+  groupOf(taskId: string): { groupId: string; member: string } {
+    const row = this.sql("SELECT group_id, member FROM tasks WHERE id = ?").get(taskId) as
+      { group_id: string; member: string } | undefined;
+    return { groupId: row?.group_id ?? "", member: row?.member ?? "" };
   }
 
   /**
