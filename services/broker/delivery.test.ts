@@ -1,9 +1,10 @@
 // Delivery through a real Broker on a Unix socket with real clients: durability across a
 // restart, redelivery without an ack, per-sender order, topics, request/reply, expiry.
 import { create } from "@bufbuild/protobuf";
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { afterEach, describe, expect, it } from "vitest";
 import { MessageType, SendRequestSchema, type Message } from "../../gen/conductor/v1/broker_pb.js";
+import { MAX_READERS } from "./mailroom.ts";
 import { startTestBroker, type TestBroker } from "./testing.ts";
 import { failureOf } from "../../test/rpc-errors.ts";
 
@@ -281,5 +282,49 @@ describe("Broker delivery", () => {
     expect((await b.agent("b").receive({})).messages).toEqual([]);
     await b.restart();
     expect((await b.agent("b").receive({})).messages).toEqual([]);
+  });
+
+  it("bounds the readers of one inbox: the one over MAX_READERS is RESOURCE_EXHAUSTED, others unaffected", async () => {
+    b = await startTestBroker();
+    await b.register("a", "b", "c");
+    const abort = new AbortController();
+    const waiting = Array.from({ length: MAX_READERS }, () =>
+      b!
+        .agent("b")
+        .receive({ waitMs: 60_000 }, { signal: abort.signal })
+        .catch(() => undefined),
+    );
+    try {
+      // Once every one of them waits, the next reader of "b" is refused, whatever its kind.
+      let refused: { code: Code; message: string } | undefined;
+      for (let i = 0; i < 200 && !refused; i++) {
+        try {
+          await b.agent("b").receive({ waitMs: 0 });
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        } catch (e) {
+          const err = ConnectError.from(e);
+          refused = { code: err.code, message: err.rawMessage };
+        }
+      }
+      expect(refused?.code).toBe(Code.ResourceExhausted);
+      expect(refused?.message).toMatch(/"b" already has 64 readers at once/);
+      const stream = b.agent("b").subscribe({}, { signal: abort.signal });
+      expect(
+        (
+          await failureOf(
+            (async () => {
+              for await (const _ of stream) break;
+            })(),
+          )
+        ).code,
+      ).toBe(Code.ResourceExhausted);
+      expect((await b.agent("c").receive({ waitMs: 0 })).messages).toEqual([]);
+      // A message ends one wait: its place is free again.
+      await b.agent("a").send(to("b", "hello"));
+      await expect(b.agent("b").receive({ waitMs: 0 })).resolves.toBeDefined();
+    } finally {
+      abort.abort();
+      await Promise.all(waiting);
+    }
   });
 });

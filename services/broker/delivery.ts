@@ -57,12 +57,12 @@ export class Delivery {
     const { mail, closing } = this.core;
     const inbox = mail.inbox(caller.id);
     const consumer = new StreamConsumer(prefetch);
+    mail.attach(inbox, consumer); // first: it may refuse (too many readers)
     const end = () => consumer.queue.end();
     const fail = () => consumer.queue.fail(new BrokerClosedError());
     signal.addEventListener("abort", end);
     closing.addEventListener("abort", fail);
     if (closing.aborted) fail();
-    mail.attach(inbox, consumer);
     return (async function* () {
       try {
         yield* consumer.queue;

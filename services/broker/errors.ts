@@ -53,6 +53,20 @@ export class AgentPlacesFullError extends DomainError {
   }
 }
 
+/** An inbox has as many readers at once (streams, waiting receives, requests) as it may. */
+export class ReadersFullError extends DomainError {
+  readonly agentId: string;
+  readonly limit: number;
+  constructor(agentId: string, limit: number) {
+    super(
+      `the inbox of "${agentId}" already has ${limit} readers at once (Subscribe streams, waiting Receives and Requests awaiting their reply), all it may have; end one of them first`,
+      Code.ResourceExhausted,
+    );
+    this.agentId = agentId;
+    this.limit = limit;
+  }
+}
+
 /** The sender has as many unacknowledged messages in the receiver's inbox as one agent may. */
 export class SenderShareError extends DomainError {
   readonly sender: string;

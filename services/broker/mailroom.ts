@@ -1,6 +1,13 @@
 import type { Message } from "../../gen/conductor/v1/broker_pb.js";
 import type { Logger } from "../shared/log.ts";
+import { ReadersFullError } from "./errors.ts";
 import { Occupancy } from "./quota.ts";
+
+/**
+ * Most readers one inbox has at once (Subscribe streams, waiting Receives, Requests waiting
+ * for their reply): an agent's CLI has at most 16 MCP calls in flight (MAX_MCP_CALLS).
+ */
+export const MAX_READERS = 64;
 
 /** A stored, unacknowledged message as the delivery logic sees it (its body stays on disk). */
 export interface Pending {
@@ -164,7 +171,12 @@ export class Mailroom {
     this.dispatch(inbox);
   }
 
+  /**
+   * Adds a reader to the inbox; RESOURCE_EXHAUSTED (ReadersFullError) when it has
+   * MAX_READERS already: each costs memory and every send to the inbox looks at all of them.
+   */
   attach(inbox: Inbox, consumer: Consumer): void {
+    if (inbox.consumers.size >= MAX_READERS) throw new ReadersFullError(inbox.agentId, MAX_READERS);
     inbox.consumers.add(consumer);
     this.dispatch(inbox);
   }
