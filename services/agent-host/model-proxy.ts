@@ -53,9 +53,16 @@ export interface ModelProxy {
    * Refuses every model request and Broker tool call (403, saying `why`) until the next
    * limit(): between runs (a proxy starts so), and from a run's result line on, its outcome
    * taken, so that what of it still runs, or outlives it in the agent's container, spends
-   * nothing unmetered and speaks for the agent no more.
+   * nothing unmetered and speaks for the agent no more. Calls let in before go on (a run's
+   * outcome waits for them: see inFlight()).
    */
   seal(why: string): void;
+  /**
+   * The run is over: seals the proxy (NO_RUN) and ends every request it let in, answered or
+   * not: one whose headers came while the run was open may send its body, or wait for its
+   * answer, long after, and the run's usage is taken already.
+   */
+  endRun(): void;
   /** Model requests being forwarded now (their usage is metered as their answers pass). */
   inFlight(): number;
   close(): Promise<void>;
@@ -178,6 +185,16 @@ export async function startModelProxy(opts: {
   const agent = client === https ? new https.Agent(agentOpts) : new http.Agent(agentOpts);
   const log = opts.log;
   let usage: MeteredUsage = { ...NO_USAGE };
+  /** Requests let through and not yet answered: model calls and Broker tool calls. */
+  const admitted = new Set<http.ServerResponse>();
+  /** The model calls among them. */
+  const calls = new Set<http.ServerResponse>();
+  const admit = (res: http.ServerResponse, into: Set<http.ServerResponse>[]) => {
+    for (const set of into) set.add(res);
+    res.once("close", () => {
+      for (const set of into) set.delete(res);
+    });
+  };
 
   const refused = (method: string, target: string, status: number) =>
     log.warn("model proxy: request refused", { method, target: clip(target), status });
@@ -203,6 +220,7 @@ export async function startModelProxy(opts: {
     usage.requests++;
     inFlight++;
     res.once("close", () => inFlight--);
+    admit(res, [admitted, calls]);
     let settled = false; // the answer was cut short here: too large, or the client left
     const out = client.request(url, { method: "POST", headers: outHeaders(req), agent }, (up) => {
       const headers: http.OutgoingHttpHeaders = {};
@@ -215,10 +233,13 @@ export async function startModelProxy(opts: {
         usage.inputTokens += u.input;
         usage.outputTokens += u.output;
         usage.costUsd += costOf(u.model, u.input, u.output, prices);
+        // The answer that spends the budget is the last: calls made alongside it are cut (a
+        // next one is refused, and the run ends with error_kind BUDGET then).
+        if (overBudget()) for (const other of calls) if (other !== res) other.destroy();
       });
       up.on("data", (chunk: Buffer) => {
         meter(chunk);
-        res.write(chunk);
+        if (!res.destroyed) res.write(chunk);
       });
       up.on("end", () => {
         meter(Buffer.from("\n")); // a JSON answer's last line has no newline of its own
@@ -285,6 +306,7 @@ export async function startModelProxy(opts: {
         refused(method, target, 403);
         return refuse(res, 403, "permission_error", sealed);
       }
+      admit(res, [admitted]);
       if (req.headers.expect?.toLowerCase() === "100-continue") res.writeContinue();
       return opts.mcp(req, res);
     }
@@ -394,6 +416,10 @@ export async function startModelProxy(opts: {
     },
     seal(why) {
       sealed = why;
+    },
+    endRun() {
+      sealed = NO_RUN;
+      for (const res of admitted) res.destroy();
     },
     inFlight: () => inFlight,
     close: () =>

@@ -15,7 +15,7 @@ import type { Capabilities, RuntimeBackend, SandboxStatus } from "../../plugins/
 import type { AgentOwner } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 import { checkFailure, fixPrompt, MAX_CHECK_RESULTS, runChecks } from "./checks.ts";
-import { NO_RUN, type MeteredUsage, type RunBudget } from "./model-proxy.ts";
+import type { MeteredUsage, RunBudget } from "./model-proxy.ts";
 import { FORWARDER_PORT, type AgentParts } from "./provision.ts";
 import { noticeOutput, type BrokerToolsCheck } from "./broker-tools.ts";
 import {
@@ -333,8 +333,9 @@ export async function executeRun(
       return tell(await done);
     } finally {
       // Between runs no model call is made: what a run left behind (in a container that
-      // outlives it) cannot spend on the agent's key, unmetered, until the next run.
-      slot.proxy.seal(NO_RUN);
+      // outlives it) cannot spend on the agent's key, unmetered, until the next run, nor
+      // finish a call it began during the run (its usage is taken already).
+      slot.proxy.endRun();
       slot.lifeline?.cut();
       signal.removeEventListener("abort", onAbort);
       slot.run = undefined;

@@ -23,7 +23,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
-import { agentCredential, loadBrokerSecret } from "../../services/broker/access.ts";
+import { agentCredential, brokerClient, loadBrokerSecret } from "../../services/broker/access.ts";
 import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
 import {
   eventually,
@@ -334,32 +334,63 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
   // In a container a run's leftovers may outlive it (the test above); a process sandbox ends
   // with its run, and Podman ends an exec's processes with it: there nothing is left to try.
   it.runIf(runtime === "docker")(
-    "lets nothing a run left behind call the model between runs",
+    "lets nothing a run left behind reach the model or the Broker's tools after it",
     async () => {
       const procs = `for d in /proc/[0-9]*; do case "$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)" in`;
-      // Waits for the test's word that the run is over, then makes a model call.
-      const leftover = `const fs = require("fs"), path = require("path");
+      // Opens four requests while its run is under way, each let in by the proxy (100
+      // Continue): A, a model call, and B, send_message as the agent, whose bodies it sends
+      // only after the run; C, read_messages waiting for two minutes, and D, a model call
+      // whose answer takes 9 s. After the run it makes E, a new model call. Markers are
+      // split, so that the run's own prompt (which holds this script) carries none of them.
+      const leftover = String.raw`const fs = require("fs"), path = require("path");
+const net = require("net"), http = require("http");
 const here = (f) => path.join(__dirname, f);
-const t0 = Date.now();
-process.on("SIGTERM", () => undefined); // as the one in the test above traps it
-fs.writeFileSync(here("started.txt"), "");
+const sock = process.env.CONDUCTOR_MODEL_SOCKET;
+const other = process.env.CONDUCTOR_AGENT_ID === "agent-1" ? "agent-2" : "agent-1";
+process.on("SIGTERM", () => undefined); // TERM ends a run's processes first
+setTimeout(() => process.exit(1), 120000);
+function open(target, body) {
+  const s = net.connect(sock);
+  let text = "", seen = () => {};
+  s.on("data", (d) => { text += d; seen(); });
+  s.on("error", () => undefined);
+  const closed = new Promise((r) => s.on("close", () => r(text)));
+  const admitted = new Promise((r) => (seen = () => text.startsWith("HTTP/1.1 100") && r()));
+  s.write("POST " + target + " HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n" +
+    "accept: application/json, text/event-stream\r\nanthropic-version: 2023-06-01\r\n" +
+    "Expect: 100-continue\r\nContent-Length: " + Buffer.byteLength(body) + "\r\n\r\n");
+  return { admitted, closed, send: () => s.destroyed || s.write(body) };
+}
+const call = (content, more) => JSON.stringify({ model: "m", max_tokens: 10, ...more,
+  messages: [{ role: "user", content }] });
+const tool = (id, name, args) => JSON.stringify({ jsonrpc: "2.0", id, method: "tools/call",
+  params: { name, arguments: args } });
+const slow = "<fake-" + "script>" + JSON.stringify([{ text: "zz-" + "slow-answer", delay_ms: 9000 }]) +
+  "</fake-" + "script>";
+const A = open("/v1/messages", call("zz-" + "late-call"));
+const B = open("/mcp", tool(1, "send_message", { to: other, message: "zz-" + "spoofed" }));
+const C = open("/mcp", tool(2, "read_messages", { wait_seconds: 120 }));
+const D = open("/v1/messages", call(slow, { tools: [{ name: "Write", input_schema: { type: "object" } }] }));
+for (const [f, x] of [["a", A], ["b", B], ["c", C], ["d", D]])
+  x.closed.then((t) => fs.writeFileSync(here(f + ".txt"), t));
+Promise.all([A, B, C, D].map((x) => x.admitted)).then(() => {
+  C.send();
+  D.send();
+  fs.writeFileSync(here("started.txt"), "");
+});
 const poll = setInterval(() => {
-  if (Date.now() - t0 > 60000) process.exit(1);
   if (!fs.existsSync(here("go"))) return;
   clearInterval(poll);
-  // Straight to the agent's model socket: the forwarder to it may live only while a run does.
-  const body = JSON.stringify({ model: "m", max_tokens: 5, messages: [{ role: "user", content: "zz-left" + "over-call" }] });
-  const req = require("http").request(
-    { socketPath: process.env.CONDUCTOR_MODEL_SOCKET, path: "/v1/messages", method: "POST",
-      headers: { "content-type": "application/json", "x-api-key": "x", "anthropic-version": "2023-06-01" } },
-    (res) => {
-      let text = "";
-      res.on("data", (d) => (text += d));
-      res.on("end", () => fs.writeFileSync(here("after-run.txt"), res.statusCode + " " + text));
-    },
-  );
-  req.on("error", (e) => fs.writeFileSync(here("after-run.txt"), "error " + e.message + " " + process.env.CONDUCTOR_MODEL_SOCKET));
-  req.end(body);
+  A.send();
+  B.send();
+  const req = http.request({ socketPath: sock, path: "/v1/messages", method: "POST",
+    headers: { "content-type": "application/json" } }, (res) => {
+    let t = "";
+    res.on("data", (d) => (t += d));
+    res.on("end", () => fs.writeFileSync(here("e.txt"), res.statusCode + " " + t));
+  });
+  req.on("error", (e) => fs.writeFileSync(here("e.txt"), "error " + e.message));
+  req.end(call("zz-" + "fresh-call"));
 }, 100);
 `;
       const id = await submit(
@@ -369,8 +400,8 @@ const poll = setInterval(() => {
             bash: [
               `${procs} *conductor-ex""ec*) kill -9 \${d#/proc/};; esac; done;`,
               `${procs} "soc""at -u "*) kill -9 \${d#/proc/};; esac; done;`,
-              // Once it ignores TERM (which ends the run's processes first), the run may end.
               "setsid node leftover.js </dev/null >/dev/null 2>&1 &",
+              // Once its four requests are in (and it ignores TERM), the run may end.
               "until [ -e started.txt ]; do sleep 0.1; done; echo left",
             ].join(" "),
           },
@@ -380,21 +411,55 @@ const poll = setInterval(() => {
       );
       const ended = await waitForEnd(conductor.client, id);
       expect(ended.state, ended.result?.error).toBe(TaskState.SUCCEEDED);
-      const ws = workspaceOf(ended.agentId);
+      const me = ended.agentId;
+      const other = me === "agent-1" ? "agent-2" : "agent-1";
+      const ws = workspaceOf(me);
+      const secret = loadBrokerSecret(data());
+      const broker = (agent: string) =>
+        brokerClient({
+          socketPath: path.join(conductor.socketDir, "broker.sock"),
+          credential: agentCredential(secret, agent),
+        });
+      // Between runs, a message for the agent's next run; then the leftover goes on.
+      await broker(other).send({
+        destination: { case: "receiver", value: me },
+        payload: "zz-between-runs",
+      });
       writeFileSync(path.join(ws, "go"), "");
-      const answer = await eventually(async () => {
+      const read = (f: string) => async () => {
         try {
-          return readFileSync(path.join(ws, "after-run.txt"), "utf8");
+          return readFileSync(path.join(ws, f), "utf8");
         } catch {
           return undefined;
         }
-      }, "the leftover's model call");
-      expect(answer).toMatch(/^403 .*no run of this agent is under way/);
-      const reached = model.requests.some((r) =>
-        JSON.stringify(r.body).includes("zz-leftover-call"),
+      };
+      const [a, b, c, d, e] = await Promise.all(
+        ["a", "b", "c", "d", "e"].map((f) => eventually(read(`${f}.txt`), `${f}.txt`)),
       );
-      expect(reached).toBe(false);
-      for (const f of ["go", "started.txt", "after-run.txt", "leftover.js"])
+      expect(e).toMatch(/^403 .*no run of this agent is under way/);
+      // Cut unanswered (C's stream had begun, and ends without a message).
+      for (const [k, cut] of Object.entries({ a, b, d }))
+        expect(`${k}: ${cut}`).not.toMatch(/HTTP\/1\.1 200/);
+      expect(c).not.toContain("zz-between-runs");
+      expect(d).not.toContain("zz-slow-answer");
+      const reached = model.requests.filter((r) =>
+        /zz-(late|fresh)-call/.test(JSON.stringify(r.body)),
+      );
+      expect(reached).toEqual([]);
+      const spoofed = (await broker(other).receive({ maxMessages: 100 })).messages.filter((m) =>
+        m.payload.includes("zz-spoofed"),
+      );
+      expect(spoofed).toEqual([]);
+      // What was sent to the agent between runs waits for its next run.
+      const mine = (await broker(me).receive({ maxMessages: 100 })).messages;
+      expect(mine.map((m) => m.payload)).toContain("zz-between-runs");
+      await broker(me).ack({ messageIds: mine.map((m) => m.id) });
+      for (const f of [
+        "go",
+        "started.txt",
+        "leftover.js",
+        ...["a", "b", "c", "d", "e"].map((x) => `${x}.txt`),
+      ])
         rmSync(path.join(ws, f), { force: true });
     },
   );

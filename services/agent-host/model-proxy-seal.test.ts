@@ -1,0 +1,200 @@
+// The model proxy at a run's end and at a spent budget, against requests let in before: one
+// whose headers came while a run was open may send its body, or wait for its answer, long
+// after (a process a run left in its container). endRun() ends them; a call that spends the
+// budget ends the calls made alongside it. Raw sockets, so a request's head and body can be
+// sent apart; `Expect: 100-continue` tells when the proxy has let a request in.
+import { mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { startFakeModel } from "../../test/fake-model/server.ts";
+import { mcpHandler } from "../broker/mcp-http.ts";
+import type { AgentCalls } from "../broker/mcp-tools.ts";
+import { silentLogger } from "../shared/log.ts";
+import { startModelProxy, type ModelProxy } from "./model-proxy.ts";
+
+function tempDir(): { path: string } & Disposable {
+  const dir = mkdtempSync(path.join(tmpdir(), "proxy-seal-"));
+  return { path: dir, [Symbol.dispose]: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * Sends a request's head (asking `Expect: 100-continue`); `admitted` resolves once the proxy
+ * let it in, `finish()` sends the body and gives the answer (status 0: the proxy cut it).
+ */
+function headFirst(socketPath: string, target: string, body: string) {
+  const sock = net.connect(socketPath);
+  const chunks: Buffer[] = [];
+  let onData = () => {};
+  sock.on("data", (c: Buffer) => {
+    chunks.push(c);
+    onData();
+  });
+  sock.on("error", () => undefined);
+  const closed = new Promise<string>((resolve) =>
+    sock.on("close", () => resolve(Buffer.concat(chunks).toString("latin1"))),
+  );
+  const admitted = new Promise<void>((resolve) => {
+    onData = () => {
+      if (Buffer.concat(chunks).toString("latin1").startsWith("HTTP/1.1 100")) resolve();
+    };
+  });
+  const headSent = new Promise<void>((resolve) =>
+    sock.once("connect", () => {
+      sock.write(
+        `POST ${target} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n` +
+          `accept: application/json, text/event-stream\r\nanthropic-version: 2023-06-01\r\n` +
+          `Expect: 100-continue\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+          `Connection: close\r\n\r\n`,
+      );
+      resolve();
+    }),
+  );
+  return {
+    admitted,
+    async finish(): Promise<number> {
+      await headSent;
+      if (!sock.destroyed) sock.write(body);
+      const text = (await closed).replace(/^HTTP\/1\.1 100 Continue\r\n\r\n/, "");
+      return Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0);
+    },
+  };
+}
+
+const asking = (content: string, extra: Record<string, unknown> = {}) =>
+  JSON.stringify({
+    model: "m",
+    max_tokens: 10,
+    tools: [{ name: "Write", input_schema: { type: "object" } }],
+    messages: [{ role: "user", content }],
+    ...extra,
+  });
+
+async function proxyOf(upstream: string, dir: string, more = {}): Promise<ModelProxy> {
+  return startModelProxy({
+    socketPath: path.join(dir, "model.sock"),
+    upstream,
+    apiKey: "k",
+    log: silentLogger,
+    ...more,
+  });
+}
+
+describe("model proxy: what a run let in, after it", () => {
+  it("ends a model call whose body comes after the run: it never reaches the model", async () => {
+    await using model = await startFakeModel();
+    using dir = tempDir();
+    const proxy = await proxyOf(model.url, dir.path);
+    try {
+      proxy.limit(undefined); // a run
+      const late = headFirst(proxy.socketPath, "/v1/messages", asking("zz-after-the-run"));
+      await late.admitted;
+      proxy.take(); // its outcome (runs.ts tell)
+      proxy.endRun();
+      expect(await late.finish()).toBe(0);
+      const reached = model.requests.some((r) =>
+        JSON.stringify(r.body).includes("zz-after-the-run"),
+      );
+      expect(reached).toBe(false);
+      expect(proxy.take().requests).toBe(0); // nothing of it metered after the run
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it("ends a Broker tool call whose body comes after the run: the tool never runs", async () => {
+    using dir = tempDir();
+    const sent: string[] = [];
+    const calls = {
+      agentId: "agent-x",
+      where: "test",
+      client: {
+        send: (req: { payload: string }) => {
+          sent.push(req.payload);
+          return Promise.resolve({ messageId: "m1", delivered: true });
+        },
+      },
+      options: () => ({}),
+    } as unknown as AgentCalls;
+    const proxy = await proxyOf("http://127.0.0.1:1", dir.path, {
+      mcp: mcpHandler(calls, silentLogger),
+    });
+    try {
+      proxy.limit(undefined);
+      const body = JSON.stringify({
+        jsonrpc: "2.0",
+        id: 1,
+        method: "tools/call",
+        params: { name: "send_message", arguments: { to: "agent-y", message: "zz-spoofed" } },
+      });
+      const late = headFirst(proxy.socketPath, "/mcp", body);
+      await late.admitted;
+      proxy.endRun();
+      expect(await late.finish()).toBe(0);
+      expect(sent).toEqual([]);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it("ends a model call still waiting for its answer at the run's end: nothing more is metered", async () => {
+    await using model = await startFakeModel();
+    using dir = tempDir();
+    const proxy = await proxyOf(model.url, dir.path);
+    try {
+      proxy.limit(undefined);
+      const slow = headFirst(
+        proxy.socketPath,
+        "/v1/messages",
+        asking(
+          `<fake-script>[{"text":"long","delay_ms":2000,"usage":{"input_tokens":1000,"output_tokens":99999}}]</fake-script>`,
+        ),
+      );
+      await slow.admitted;
+      const answering = slow.finish();
+      // The body is in: the call waits for the model's answer.
+      await model.waitFor((r) => JSON.stringify(r.body).includes("99999"));
+      proxy.take();
+      proxy.endRun();
+      expect(await answering).toBe(0);
+      expect(proxy.take()).toMatchObject({ inputTokens: 0, outputTokens: 0 });
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it("ends the calls made alongside the one that spends the budget", async () => {
+    await using model = await startFakeModel();
+    using dir = tempDir();
+    const proxy = await proxyOf(model.url, dir.path);
+    try {
+      proxy.limit({
+        maxUsd: 0,
+        maxInputTokens: 0,
+        maxOutputTokens: 5,
+        spent: { usd: 0, inputTokens: 0, outputTokens: 0 },
+      });
+      const call = (i: number) =>
+        headFirst(
+          proxy.socketPath,
+          "/v1/messages",
+          asking(
+            `zz-call-${i} <fake-script>[{"text":"x","usage":{"input_tokens":1,"output_tokens":100}}]</fake-script>`,
+          ),
+        );
+      const three = [0, 1, 2].map(call);
+      await Promise.all(three.map((c) => c.admitted)); // all let in while the budget held
+      expect(await three[0]!.finish()).toBe(200); // spends 100 output tokens of 5
+      expect(await Promise.all(three.slice(1).map((c) => c.finish()))).toEqual([0, 0]);
+      expect(await call(3).finish()).toBe(400); // a new one: budget exhausted
+      const u = proxy.take();
+      expect(u.outputTokens).toBe(100);
+      expect(u.budgetExhausted).toMatch(/100 output tokens of 5/);
+      const reached = model.requests.filter((r) => /zz-call-[12]/.test(JSON.stringify(r.body)));
+      expect(reached).toEqual([]);
+    } finally {
+      await proxy.close();
+    }
+  });
+});
