@@ -11,6 +11,8 @@ import { batchRate, callers, runFakeCli } from "./peers-common.ts";
 /** A redis-server started for the bench; dispose stops it and removes its folder. */
 export interface Redis extends AsyncDisposable {
   socket: string;
+  /** The redis-server process (its CPU time is read from /proc). */
+  pid: number;
 }
 
 /** Throws, saying how to install it, when `redis-server` is not on PATH. */
@@ -67,7 +69,7 @@ export async function startRedis(): Promise<Redis> {
     await stop();
     throw e;
   }
-  return { socket, [Symbol.asyncDispose]: stop };
+  return { socket, pid: proc.pid!, [Symbol.asyncDispose]: stop };
 }
 
 let queues = 0;

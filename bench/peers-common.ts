@@ -1,6 +1,6 @@
 // What both sides of bench/peers.ts share: the instant fake CLI, concurrent callers, statistics.
 import { spawn } from "node:child_process";
-import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 
@@ -99,4 +99,30 @@ const t0 = performance.now();
 /** Progress on stderr, with seconds since the bench started. */
 export function progress(what: string): void {
   process.stderr.write(`[peers ${((performance.now() - t0) / 1000).toFixed(0)}s] ${what}\n`);
+}
+
+/** CPU time (user + system, ms) process `pid` has used so far, from /proc (clock ticks of 10 ms). */
+export function cpuMsOf(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
+/**
+ * Runs `work` (which does `n` operations) and gives its rate and the CPU each operation cost
+ * (µs): in this process (the callers' client) and in the server process `serverPid`.
+ */
+export async function withCpu(
+  n: number,
+  serverPid: number,
+  work: () => Promise<number>,
+): Promise<{ rate: number; clientUs: number; serverUs: number }> {
+  const server0 = cpuMsOf(serverPid);
+  const client0 = process.cpuUsage();
+  const rate = await work();
+  const client = process.cpuUsage(client0);
+  return {
+    rate,
+    clientUs: (client.user + client.system) / n,
+    serverUs: ((cpuMsOf(serverPid) - server0) * 1000) / n,
+  };
 }

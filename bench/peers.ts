@@ -1,5 +1,5 @@
-// Conductor against its peer, side by side in one run, median of --runs: durable submits,
-// completions end to end with an instant fake CLI, submit → running latency, each against
+// Conductor against its peer, side by side in one run, median of --runs: durable submits (and
+// the CPU each costs the callers' process and the server's), completions end to end with an instant fake CLI, submit → running latency, each against
 // BullMQ on a redis-server started here (AOF, fsync always, Unix socket); and Conductor at
 // --queued tasks against itself at --small (submits, drain, GetStats, ListTasks, RSS).
 //   npm run bench:peers [-- --tasks 2000 --callers 32 --agents 16 --runs 3 --queued 100000]
@@ -19,7 +19,7 @@ import {
   startRedis,
   type Redis,
 } from "./peers-bullmq.ts";
-import { median, pct, progress, writeFakeCli } from "./peers-common.ts";
+import { median, pct, progress, withCpu, writeFakeCli } from "./peers-common.ts";
 import {
   completions,
   ended,
@@ -125,17 +125,44 @@ async function peerRows(redis: Redis): Promise<Row[]> {
   const rows: Row[] = [];
   // 1. Durable submits acknowledged: a fresh Conductor (no agents) and a fresh queue per run.
   const sub = { c: [] as number[], b: [] as number[] };
+  // Where a submit's CPU goes: the callers' client (this process) and the server's.
+  const cpu = { cClient: [] as number[], cServer: [] as number[] };
+  const bcpu = { bClient: [] as number[], bServer: [] as number[] };
   for (let r = 0; r < RUNS; r++) {
     progress(`run ${r + 1}/${RUNS}: ${TASKS} submits from ${CALLERS} callers`);
     {
       await using c = await startBenchConductor({ fakeCli, agents: AGENTS });
       await submits(c.client, 50, CALLERS); // warm-up
-      sub.c.push(await submits(c.client, TASKS, CALLERS));
+      const m = await withCpu(TASKS, c.orchestrator.proc.pid!, () =>
+        submits(c.client, TASKS, CALLERS),
+      );
+      sub.c.push(m.rate);
+      cpu.cClient.push(m.clientUs);
+      cpu.cServer.push(m.serverUs);
     }
     await bullAdds(redis, 50, CALLERS); // warm-up
-    sub.b.push(await bullAdds(redis, TASKS, CALLERS));
+    const m = await withCpu(TASKS, redis.pid, () => bullAdds(redis, TASKS, CALLERS));
+    sub.b.push(m.rate);
+    bcpu.bClient.push(m.clientUs);
+    bcpu.bServer.push(m.serverUs);
   }
   rows.push(ratioRow("durable submits acknowledged /s", sub.c, sub.b, "≥ 1.5×", 1.5));
+  rows.push(
+    ratioRow(
+      "  CPU a submit, callers' client, µs (lower is better)",
+      cpu.cClient,
+      bcpu.bClient,
+      "",
+      0,
+    ),
+    ratioRow(
+      "  CPU a submit, server (Orchestrator; redis-server), µs",
+      cpu.cServer,
+      bcpu.bServer,
+      "",
+      0,
+    ),
+  );
   // 1b. The same, 100 at a time: a task group of 100 members against BullMQ's addBulk of 100.
   const bulk = { c: [] as number[], b: [] as number[] };
   for (let r = 0; r < RUNS; r++) {
