@@ -151,6 +151,17 @@ export async function startExec(
     } catch {
       code = null; // the container went away with it
     }
+    // The wrapper's last step ends what the run left (kill -KILL -1), then it exits with the
+    // program's status. One killed (by a signal: over 128; or gone) did not take that step:
+    // the run may have killed it so that what it started lives on, to act as the agent once
+    // the next run opens the model proxy. That is ended here, before the run is over.
+    if (code === null || code > 128) {
+      try {
+        await runQuiet(container, ["/bin/sh", "-c", KILLER, "conductor-kill", "KILL"], user);
+      } catch {
+        // the container is gone or stopped: so is everything in it
+      }
+    }
     done = true;
     if (killedWith && code !== null && code > 128) {
       const signal = Object.entries(constants.signals).find(([, n]) => n === code - 128)?.[0];

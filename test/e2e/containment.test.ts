@@ -334,16 +334,15 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
   // In a container a run's leftovers may outlive it (the test above); a process sandbox ends
   // with its run, and Podman ends an exec's processes with it: there nothing is left to try.
   it.runIf(runtime === "docker")(
-    "lets nothing a run left behind reach the model or the Broker's tools after it",
+    "ends what a run left behind with it, though it killed its wrapper: nothing acts as the agent after",
     async () => {
       const procs = `for d in /proc/[0-9]*; do case "$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)" in`;
       // Opens four requests while its run is under way, each let in by the proxy (100
-      // Continue): A, a model call, and B, send_message as the agent, whose bodies it sends
-      // only after the run; C, read_messages waiting for two minutes, and D, a model call
-      // whose answer takes 9 s. After the run it makes E, a new model call. Markers are
-      // split, so that the run's own prompt (which holds this script) carries none of them.
-      const leftover = String.raw`const fs = require("fs"), path = require("path");
-const net = require("net"), http = require("http");
+      // Continue): A, a model call, and B, send_message as the agent, whose bodies it holds
+      // back; C, read_messages waiting for two minutes, and D, a model call whose answer takes
+      // 9 s. Markers are split, so that the run's own prompt (which holds this script) carries
+      // none of them.
+      const leftover = String.raw`const fs = require("fs"), path = require("path"), net = require("net");
 const here = (f) => path.join(__dirname, f);
 const sock = process.env.CONDUCTOR_MODEL_SOCKET;
 const other = process.env.CONDUCTOR_AGENT_ID === "agent-1" ? "agent-2" : "agent-1";
@@ -354,12 +353,11 @@ function open(target, body) {
   let text = "", seen = () => {};
   s.on("data", (d) => { text += d; seen(); });
   s.on("error", () => undefined);
-  const closed = new Promise((r) => s.on("close", () => r(text)));
   const admitted = new Promise((r) => (seen = () => text.startsWith("HTTP/1.1 100") && r()));
   s.write("POST " + target + " HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n" +
     "accept: application/json, text/event-stream\r\nanthropic-version: 2023-06-01\r\n" +
     "Expect: 100-continue\r\nContent-Length: " + Buffer.byteLength(body) + "\r\n\r\n");
-  return { admitted, closed, send: () => s.destroyed || s.write(body) };
+  return { admitted, send: () => s.destroyed || s.write(body) };
 }
 const call = (content, more) => JSON.stringify({ model: "m", max_tokens: 10, ...more,
   messages: [{ role: "user", content }] });
@@ -371,27 +369,11 @@ const A = open("/v1/messages", call("zz-" + "late-call"));
 const B = open("/mcp", tool(1, "send_message", { to: other, message: "zz-" + "spoofed" }));
 const C = open("/mcp", tool(2, "read_messages", { wait_seconds: 120 }));
 const D = open("/v1/messages", call(slow, { tools: [{ name: "Write", input_schema: { type: "object" } }] }));
-for (const [f, x] of [["a", A], ["b", B], ["c", C], ["d", D]])
-  x.closed.then((t) => fs.writeFileSync(here(f + ".txt"), t));
 Promise.all([A, B, C, D].map((x) => x.admitted)).then(() => {
   C.send();
   D.send();
   fs.writeFileSync(here("started.txt"), "");
 });
-const poll = setInterval(() => {
-  if (!fs.existsSync(here("go"))) return;
-  clearInterval(poll);
-  A.send();
-  B.send();
-  const req = http.request({ socketPath: sock, path: "/v1/messages", method: "POST",
-    headers: { "content-type": "application/json" } }, (res) => {
-    let t = "";
-    res.on("data", (d) => (t += d));
-    res.on("end", () => fs.writeFileSync(here("e.txt"), res.statusCode + " " + t));
-  });
-  req.on("error", (e) => fs.writeFileSync(here("e.txt"), "error " + e.message));
-  req.end(call("zz-" + "fresh-call"));
-}, 100);
 `;
       const id = await submit(
         [
@@ -420,47 +402,24 @@ const poll = setInterval(() => {
           socketPath: path.join(conductor.socketDir, "broker.sock"),
           credential: agentCredential(secret, agent),
         });
-      // Between runs, a message for the agent's next run; then the leftover goes on.
+      // Its run over, nothing of it is left to act as the agent: the exec that ran it ended
+      // what its killed wrapper could not (and the proxy cut what it had let in).
+      await noneLeft(/^node leftover\.js/);
+      // Between runs, a message for the agent's next run: it waits for that run.
       await broker(other).send({
         destination: { case: "receiver", value: me },
         payload: "zz-between-runs",
       });
-      writeFileSync(path.join(ws, "go"), "");
-      const read = (f: string) => async () => {
-        try {
-          return readFileSync(path.join(ws, f), "utf8");
-        } catch {
-          return undefined;
-        }
-      };
-      const [a, b, c, d, e] = await Promise.all(
-        ["a", "b", "c", "d", "e"].map((f) => eventually(read(`${f}.txt`), `${f}.txt`)),
-      );
-      expect(e).toMatch(/^403 .*no run of this agent is under way/);
-      // Cut unanswered (C's stream had begun, and ends without a message).
-      for (const [k, cut] of Object.entries({ a, b, d }))
-        expect(`${k}: ${cut}`).not.toMatch(/HTTP\/1\.1 200/);
-      expect(c).not.toContain("zz-between-runs");
-      expect(d).not.toContain("zz-slow-answer");
-      const reached = model.requests.filter((r) =>
-        /zz-(late|fresh)-call/.test(JSON.stringify(r.body)),
-      );
+      const reached = model.requests.filter((r) => JSON.stringify(r.body).includes("zz-late-call"));
       expect(reached).toEqual([]);
       const spoofed = (await broker(other).receive({ maxMessages: 100 })).messages.filter((m) =>
         m.payload.includes("zz-spoofed"),
       );
       expect(spoofed).toEqual([]);
-      // What was sent to the agent between runs waits for its next run.
       const mine = (await broker(me).receive({ maxMessages: 100 })).messages;
       expect(mine.map((m) => m.payload)).toContain("zz-between-runs");
       await broker(me).ack({ messageIds: mine.map((m) => m.id) });
-      for (const f of [
-        "go",
-        "started.txt",
-        "leftover.js",
-        ...["a", "b", "c", "d", "e"].map((x) => `${x}.txt`),
-      ])
-        rmSync(path.join(ws, f), { force: true });
+      for (const f of ["started.txt", "leftover.js"]) rmSync(path.join(ws, f), { force: true });
     },
   );
 
