@@ -2,16 +2,20 @@
 // whose headers came while a run was open may send its body, or wait for its answer, long
 // after (a process a run left in its container). endRun() ends them; a call that spends the
 // budget ends the calls made alongside it. Raw sockets, so a request's head and body can be
-// sent apart; `Expect: 100-continue` tells when the proxy has let a request in.
+// sent apart; `Expect: 100-continue` tells when the proxy has let a request in. And what the
+// budget counts: prompt-cache tokens, and answers the agent asked to have compressed.
 import { mkdtempSync, rmSync } from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { gzipSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
 import { startFakeModel } from "../../test/fake-model/server.ts";
 import { mcpHandler } from "../broker/mcp-http.ts";
 import type { AgentCalls } from "../broker/mcp-tools.ts";
 import { silentLogger } from "../shared/log.ts";
+import { CACHE_READ_FACTOR, CACHE_WRITE_FACTOR, DEFAULT_PRICES } from "../shared/prices.ts";
 import { startModelProxy, type ModelProxy } from "./model-proxy.ts";
 
 function tempDir(): { path: string } & Disposable {
@@ -195,6 +199,104 @@ describe("model proxy: what a run let in, after it", () => {
       expect(reached).toEqual([]);
     } finally {
       await proxy.close();
+    }
+  });
+});
+
+describe("model proxy: what a budget counts", () => {
+  /** An upstream answering as the Messages API may: cache tokens in usage, gzip when asked. */
+  async function upstreamOf(usage: Record<string, number>): Promise<http.Server & { url: string }> {
+    const answer = JSON.stringify({
+      id: "msg_1",
+      type: "message",
+      role: "assistant",
+      model: "claude-sonnet-4-5",
+      content: [{ type: "text", text: "ok" }],
+      stop_reason: "end_turn",
+      usage,
+    });
+    const server = http.createServer((req, res) => {
+      req.resume();
+      req.on("end", () => {
+        const gzip = String(req.headers["accept-encoding"] ?? "").includes("gzip");
+        res.writeHead(200, {
+          "content-type": "application/json",
+          ...(gzip ? { "content-encoding": "gzip" } : {}),
+        });
+        res.end(gzip ? gzipSync(answer) : answer);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    return Object.assign(server, {
+      url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    });
+  }
+  const call = (socketPath: string, headers: Record<string, string> = {}) =>
+    new Promise<number>((resolve, reject) => {
+      const req = http.request(
+        {
+          socketPath,
+          path: "/v1/messages",
+          method: "POST",
+          headers: { "content-type": "application/json", ...headers },
+        },
+        (res) => {
+          res.resume();
+          res.on("end", () => resolve(res.statusCode ?? 0));
+        },
+      );
+      req.on("error", reject);
+      req.end(JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 1, messages: [] }));
+    });
+  const budget = (maxUsd: number) => ({
+    maxUsd,
+    maxInputTokens: 0,
+    maxOutputTokens: 0,
+    spent: { usd: 0, inputTokens: 0, outputTokens: 0 },
+  });
+
+  it("meters prompt-cache tokens, priced from the input price: a budget they spend stops the next call", async () => {
+    const usage = {
+      input_tokens: 3,
+      output_tokens: 1,
+      cache_creation_input_tokens: 900_000,
+      cache_read_input_tokens: 900_000,
+    };
+    const upstream = await upstreamOf(usage);
+    using dir = tempDir();
+    const proxy = await proxyOf(upstream.url, dir.path);
+    try {
+      proxy.limit(budget(0.01));
+      expect(await call(proxy.socketPath)).toBe(200);
+      expect(await call(proxy.socketPath)).toBe(400); // the budget is spent
+      const u = proxy.take();
+      expect(u).toMatchObject({
+        inputTokens: 3,
+        outputTokens: 1,
+        cacheCreationInputTokens: 900_000,
+        cacheReadInputTokens: 900_000,
+      });
+      const p = DEFAULT_PRICES["claude-sonnet-4"]!;
+      const cached = 900_000 * (CACHE_WRITE_FACTOR + CACHE_READ_FACTOR);
+      expect(u.costUsd).toBeCloseTo(((3 + cached) * p.input + 1 * p.output) / 1e6, 6);
+    } finally {
+      await proxy.close();
+      upstream.close();
+    }
+  });
+
+  it("meters an answer the agent asked to have compressed: the proxy asks for none", async () => {
+    const upstream = await upstreamOf({ input_tokens: 10_000, output_tokens: 20_000 });
+    using dir = tempDir();
+    const proxy = await proxyOf(upstream.url, dir.path);
+    try {
+      proxy.limit(budget(0.01));
+      expect(await call(proxy.socketPath, { "accept-encoding": "gzip" })).toBe(200);
+      expect(await call(proxy.socketPath, { "accept-encoding": "gzip" })).toBe(400);
+      expect(proxy.take()).toMatchObject({ inputTokens: 10_000, outputTokens: 20_000 });
+    } finally {
+      await proxy.close();
+      upstream.close();
     }
   });
 });

@@ -10,8 +10,13 @@ import { costOf, DEFAULT_PRICES, type ModelPrice } from "../shared/prices.ts";
 
 /** Tokens the proxy saw in the model's answers. */
 export interface MeteredUsage {
+  /** Input tokens not read from nor written to the prompt cache (the API's input_tokens). */
   inputTokens: number;
   outputTokens: number;
+  /** Input tokens written to the prompt cache (cache_creation_input_tokens). */
+  cacheCreationInputTokens: number;
+  /** Input tokens read from the prompt cache (cache_read_input_tokens). */
+  cacheReadInputTokens: number;
   requests: number;
   /** HTTP status of the last answer that was an error (4xx, 5xx; 502 when unreachable), else 0. */
   errorStatus: number;
@@ -25,6 +30,8 @@ export interface MeteredUsage {
 export const NO_USAGE: Readonly<MeteredUsage> = {
   inputTokens: 0,
   outputTokens: 0,
+  cacheCreationInputTokens: 0,
+  cacheReadInputTokens: 0,
   requests: 0,
   errorStatus: 0,
   costUsd: 0,
@@ -232,7 +239,9 @@ export async function startModelProxy(opts: {
       const meter = usageMeter((u) => {
         usage.inputTokens += u.input;
         usage.outputTokens += u.output;
-        usage.costUsd += costOf(u.model, u.input, u.output, prices);
+        usage.cacheCreationInputTokens += u.cacheWrite;
+        usage.cacheReadInputTokens += u.cacheRead;
+        usage.costUsd += costOf(u.model, u.input, u.output, prices, u);
         // The answer that spends the budget is the last: calls made alongside it are cut (a
         // next one is refused, and the run ends with error_kind BUDGET then).
         if (overBudget()) for (const other of calls) if (other !== res) other.destroy();
@@ -294,6 +303,8 @@ export async function startModelProxy(opts: {
       headers["content-length"] = req.headers["content-length"];
     if (opts.apiKey) headers["x-api-key"] = opts.apiKey;
     headers["host"] = upstream.host;
+    // Every answer is read to meter its usage: none may come compressed.
+    headers["accept-encoding"] = "identity";
     return headers;
   };
 
@@ -468,7 +479,13 @@ function clip(s: string): string {
  * message_delta events or a JSON body's usage. Tolerates chunks split anywhere.
  */
 function usageMeter(
-  add: (u: { input: number; output: number; model: string }) => void,
+  add: (u: {
+    input: number;
+    output: number;
+    cacheWrite: number;
+    cacheRead: number;
+    model: string;
+  }) => void,
 ): (chunk: Buffer) => void {
   let buffer = "";
   let model = ""; // the answer's model, from message_start (or the JSON body)
@@ -486,10 +503,14 @@ function usageMeter(
       const u = obj.type === "message_start" ? obj.message?.usage : obj.usage;
       model = String((obj.type === "message_start" ? obj.message?.model : obj.model) ?? model);
       if (!u) return;
-      // message_start carries input tokens; message_delta carries the final output count.
+      // message_start carries the input tokens (cached ones too); message_delta carries the
+      // final output count.
+      const start = obj.type !== "message_delta";
       add({
-        input: obj.type === "message_delta" ? 0 : (u.input_tokens ?? 0),
-        output: obj.type === "message_start" ? 0 : (u.output_tokens ?? 0),
+        input: start ? count(u.input_tokens) : 0,
+        output: obj.type === "message_start" ? 0 : count(u.output_tokens),
+        cacheWrite: start ? count(u.cache_creation_input_tokens) : 0,
+        cacheRead: start ? count(u.cache_read_input_tokens) : 0,
         model,
       });
     } catch {
@@ -516,6 +537,13 @@ function usageMeter(
 }
 
 interface Usage {
-  input_tokens?: number;
-  output_tokens?: number;
+  input_tokens?: unknown;
+  output_tokens?: unknown;
+  cache_creation_input_tokens?: unknown;
+  cache_read_input_tokens?: unknown;
+}
+
+/** A token count as the API gives it; anything else (absent, negative, not a number) is 0. */
+function count(n: unknown): number {
+  return typeof n === "number" && Number.isFinite(n) && n > 0 ? Math.trunc(n) : 0;
 }

@@ -372,6 +372,11 @@ function meteredInto(outcome: RunOutcome, m: MeteredUsage, previous: TaskResult 
   r.usage ??= create(UsageSchema);
   r.usage.inputTokens = (previous?.usage?.inputTokens ?? 0n) + BigInt(m.inputTokens);
   r.usage.outputTokens = (previous?.usage?.outputTokens ?? 0n) + BigInt(m.outputTokens);
+  // Metered, as the rest: not what the CLI's result line claims.
+  r.usage.cacheCreationInputTokens =
+    (previous?.usage?.cacheCreationInputTokens ?? 0n) + BigInt(m.cacheCreationInputTokens);
+  r.usage.cacheReadInputTokens =
+    (previous?.usage?.cacheReadInputTokens ?? 0n) + BigInt(m.cacheReadInputTokens);
   r.costUsd = (previous?.costUsd ?? 0) + m.costUsd;
   if (!m.budgetExhausted || outcome.state === TaskState.CANCELLED) return;
   outcome.state = TaskState.FAILED;

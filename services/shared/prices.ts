@@ -33,13 +33,26 @@ export function priceOf(model: string, table: Readonly<Record<string, ModelPrice
   return (best && table[best]) || table["default"] || DEFAULT_PRICES["default"]!;
 }
 
-/** US dollars for `input` and `output` tokens of `model`. */
+/**
+ * What writing an input token to the prompt cache and reading one from it cost, as a share of
+ * the model's input price (Anthropic's price list: 5-minute cache writes 1.25×, cache hits
+ * 0.1×, https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching#pricing).
+ */
+export const CACHE_WRITE_FACTOR = 1.25;
+export const CACHE_READ_FACTOR = 0.1;
+
+/**
+ * US dollars for `input` and `output` tokens of `model`, and for `cache` input tokens written
+ * to and read from the prompt cache (priced from its input price).
+ */
 export function costOf(
   model: string,
   input: number,
   output: number,
   table: Readonly<Record<string, ModelPrice>>,
+  cache: { cacheWrite: number; cacheRead: number } = { cacheWrite: 0, cacheRead: 0 },
 ): number {
   const p = priceOf(model, table);
-  return (input * p.input + output * p.output) / 1_000_000;
+  const cached = cache.cacheWrite * CACHE_WRITE_FACTOR + cache.cacheRead * CACHE_READ_FACTOR;
+  return ((input + cached) * p.input + output * p.output) / 1_000_000;
 }
