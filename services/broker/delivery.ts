@@ -1,3 +1,4 @@
+import { Code, ConnectError } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { MessageSchema, type Message } from "../../gen/conductor/v1/broker_pb.js";
@@ -56,6 +57,8 @@ export class Delivery {
     await this.directory.join(caller.id, join);
     const { mail, closing } = this.core;
     const inbox = mail.inbox(caller.id);
+    // The caller left while it was being set up: no reader is left behind for it.
+    if (signal.aborted) throw new ConnectError("the Subscribe call was cancelled", Code.Canceled);
     const consumer = new StreamConsumer(prefetch);
     mail.attach(inbox, consumer); // first: it may refuse (too many readers)
     const end = () => consumer.queue.end();

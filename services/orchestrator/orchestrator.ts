@@ -228,7 +228,8 @@ export class Orchestrator {
       { state: TaskState.QUEUED, agentId: "", attempt: 0, reason: "submitted" },
       now,
     );
-    if (!created) return { task, deduplicated: true };
+    // The task submitted before with this key, as it stands now (what holds it, if queued).
+    if (!created) return { task: this.get(task.id), deduplicated: true };
     this.scheduleSoon();
     if (spec.dependsOn.length === 0) return { task, deduplicated: false };
     // A dependency that already failed ends it at once (it waits for the others otherwise).

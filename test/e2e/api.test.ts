@@ -9,7 +9,7 @@ import { Code } from "@connectrpc/connect";
 import { beforeAll, describe, expect, it } from "vitest";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { bufCurl } from "../buf-curl.ts";
-import { ROOT, scripted, spec, waitForEnd } from "../harness.ts";
+import { ROOT, scripted, spec, waitForEnd, waitForState } from "../harness.ts";
 import { useConductor } from "./use-conductor.ts";
 import { grpcJsClient } from "../grpc-js-clients.ts";
 import { failureOf } from "../rpc-errors.ts";
@@ -121,6 +121,28 @@ describe("the Orchestrator's API", () => {
     expect(b.task!.id).toBe(a.task!.id);
     expect(b.deduplicated).toBe(true);
     await waitForEnd(client, a.task!.id);
+    // The answer to a submit made again is the task as it stands, as GetTask gives it: a queued
+    // one says what holds it.
+    const { task: dep } = await client.submitTask({
+      spec: spec({
+        allowedTools: ["Bash"],
+        prompt: scripted([{ bash: "echo in; sleep 4740" }, { text: "never" }]),
+      }),
+    });
+    const after = () =>
+      client.submitTask({
+        spec: spec({ prompt: "after", dependsOn: [dep!.id], idempotencyKey: "k-2" }),
+      });
+    try {
+      await waitForState(client, dep!.id, TaskState.RUNNING); // what the reason names stays
+      const waiting = (await after()).task!;
+      const twice = (await after()).task!;
+      expect(twice.queueReason).toMatch(/depend/);
+      expect(twice).toEqual((await client.getTask({ id: waiting.id })).task);
+    } finally {
+      // The dependency's run would hold the agent the next tests need; its dependent goes too.
+      await client.cancelTask({ id: dep!.id });
+    }
   });
 
   it("serves a @grpc/grpc-js client over the Unix socket: submit, then watch to the end", async () => {
