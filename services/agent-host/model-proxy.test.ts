@@ -316,6 +316,15 @@ const REFUSED: [name: string, request: (a: string) => string, status: number][] 
   ["a lower-case method", () => `post /v1/messages HTTP/1.1\r\nHost: x\r\n\r\n`, 400],
 ];
 
+/** A small model call through the proxy on `socketPath`. */
+function askHi(socketPath: string) {
+  return postOverSocket(
+    socketPath,
+    { model: "m", max_tokens: 10, messages: [{ role: "user", content: "hi" }] },
+    "x",
+  );
+}
+
 /**
  * A proxy on `<dir>/model.sock` to `upstream`, with the test key and a silent log, open as
  * during a run (`sealed`: as it starts, between runs).
@@ -428,12 +437,7 @@ describe("model proxy", () => {
     using dir = tempDir();
     const proxy = await proxyTo(model.url, dir.path);
     try {
-      const ask = () =>
-        postOverSocket(
-          proxy.socketPath,
-          { model: "m", max_tokens: 10, messages: [{ role: "user", content: "hi" }] },
-          "x",
-        );
+      const ask = () => askHi(proxy.socketPath);
       // A call under way is counted until its answer ends (a run's outcome waits for it).
       const slow = postOverSocket(
         proxy.socketPath,
@@ -482,12 +486,7 @@ describe("model proxy", () => {
     };
     const proxy = await proxyTo(model.url, dir.path, { mcp }, true);
     try {
-      const ask = () =>
-        postOverSocket(
-          proxy.socketPath,
-          { model: "m", max_tokens: 10, messages: [{ role: "user", content: "hi" }] },
-          "x",
-        );
+      const ask = () => askHi(proxy.socketPath);
       for (const target of ["/v1/messages", "/v1/messages/count_tokens"]) {
         const res = await postOverSocket(
           proxy.socketPath,
