@@ -61,8 +61,15 @@ exit 0`;
 /** How long an engine call made while ending an exec may take. */
 const CALL_TIMEOUT_MS = 5000;
 
-/** Runs one short command in the container and waits for it (for the killer). */
-async function runQuiet(container: Docker.Container, cmd: string[], user: string): Promise<void> {
+/**
+ * Runs one short command in the container and waits for it (for the killer); its exit code,
+ * null when the engine cannot tell (an exec the container refused to start is 126, say).
+ */
+async function runQuiet(
+  container: Docker.Container,
+  cmd: string[],
+  user: string,
+): Promise<number | null> {
   const abortSignal = AbortSignal.timeout(CALL_TIMEOUT_MS);
   const ex = await container.exec({
     Cmd: cmd,
@@ -80,6 +87,7 @@ async function runQuiet(container: Docker.Container, cmd: string[], user: string
     stream.once("close", done);
     stream.on("error", done);
   });
+  return exitCodeOf(ex).catch(() => null);
 }
 
 /** The exit code an exec reports once the engine has recorded it (bounded poll). */
@@ -156,10 +164,17 @@ export async function startExec(
     // the run may have killed it so that what it started lives on, to act as the agent once
     // the next run opens the model proxy. That is ended here, before the run is over.
     if (code === null || code > 128) {
-      try {
-        await runQuiet(container, ["/bin/sh", "-c", KILLER, "conductor-kill", "KILL"], user);
-      } catch {
-        // the container is gone or stopped: so is everything in it
+      const killed = await runQuiet(
+        container,
+        ["/bin/sh", "-c", KILLER, "conductor-kill", "KILL"],
+        user,
+      ).catch(() => null);
+      // The killer could not run (the run filled the container's pids limit, say): the
+      // container goes, and everything in it; the AgentHost replaces the agent's container.
+      if (killed !== 0) {
+        await container
+          .kill({ signal: "SIGKILL", abortSignal: AbortSignal.timeout(CALL_TIMEOUT_MS) })
+          .catch(() => undefined); // gone already, or its engine with it
       }
     }
     done = true;
