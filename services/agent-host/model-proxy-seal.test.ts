@@ -10,7 +10,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { gzipSync } from "node:zlib";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { startFakeModel } from "../../test/fake-model/server.ts";
 import { mcpHandler } from "../broker/mcp-http.ts";
 import type { AgentCalls } from "../broker/mcp-tools.ts";
@@ -142,7 +142,7 @@ describe("model proxy: what a run let in, after it", () => {
     }
   });
 
-  it("ends a model call still waiting for its answer at the run's end: nothing more is metered", async () => {
+  it("ends a model call still waiting for its answer at the run's end, charged the most it could cost", async () => {
     await using model = await startFakeModel();
     using dir = tempDir();
     const proxy = await proxyOf(model.url, dir.path);
@@ -159,10 +159,16 @@ describe("model proxy: what a run let in, after it", () => {
       const answering = slow.finish();
       // The body is in: the call waits for the model's answer.
       await model.waitFor((r) => JSON.stringify(r.body).includes("99999"));
-      proxy.take();
       proxy.endRun();
       expect(await answering).toBe(0);
-      expect(proxy.take()).toMatchObject({ inputTokens: 0, outputTokens: 0 });
+      // Not told its usage: its max_tokens (10) of output, a token a byte of its request.
+      const bytes = Buffer.byteLength(
+        asking(
+          `<fake-script>[{"text":"long","delay_ms":2000,"usage":{"input_tokens":1000,"output_tokens":99999}}]</fake-script>`,
+        ),
+      );
+      expect(proxy.take()).toMatchObject({ inputTokens: bytes, outputTokens: 10 });
+      expect(proxy.take()).toMatchObject({ inputTokens: 0, outputTokens: 0 }); // nothing after
     } finally {
       await proxy.close();
     }
@@ -205,7 +211,10 @@ describe("model proxy: what a run let in, after it", () => {
 
 describe("model proxy: what a budget counts", () => {
   /** An upstream answering as the Messages API may: cache tokens in usage, gzip when asked. */
-  async function upstreamOf(usage: Record<string, number>): Promise<http.Server & { url: string }> {
+  async function upstreamOf(
+    usage: Record<string, number>,
+    opts: { gzipAlways?: boolean } = {},
+  ): Promise<http.Server & { url: string }> {
     const answer = JSON.stringify({
       id: "msg_1",
       type: "message",
@@ -218,7 +227,8 @@ describe("model proxy: what a budget counts", () => {
     const server = http.createServer((req, res) => {
       req.resume();
       req.on("end", () => {
-        const gzip = String(req.headers["accept-encoding"] ?? "").includes("gzip");
+        const gzip =
+          opts.gzipAlways || String(req.headers["accept-encoding"] ?? "").includes("gzip");
         res.writeHead(200, {
           "content-type": "application/json",
           ...(gzip ? { "content-encoding": "gzip" } : {}),
@@ -231,12 +241,16 @@ describe("model proxy: what a budget counts", () => {
       url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
     });
   }
-  const call = (socketPath: string, headers: Record<string, string> = {}) =>
+  const call = (
+    socketPath: string,
+    headers: Record<string, string> = {},
+    target = "/v1/messages",
+  ) =>
     new Promise<number>((resolve, reject) => {
       const req = http.request(
         {
           socketPath,
-          path: "/v1/messages",
+          path: target,
           method: "POST",
           headers: { "content-type": "application/json", ...headers },
         },
@@ -294,6 +308,90 @@ describe("model proxy: what a budget counts", () => {
       expect(await call(proxy.socketPath, { "accept-encoding": "gzip" })).toBe(200);
       expect(await call(proxy.socketPath, { "accept-encoding": "gzip" })).toBe(400);
       expect(proxy.take()).toMatchObject({ inputTokens: 10_000, outputTokens: 20_000 });
+    } finally {
+      await proxy.close();
+      upstream.close();
+    }
+  });
+
+  it("charges an answer it cannot read (compressed against its asking) the most it could cost", async () => {
+    const upstream = await upstreamOf({ input_tokens: 1, output_tokens: 1 }, { gzipAlways: true });
+    using dir = tempDir();
+    const proxy = await proxyOf(upstream.url, dir.path);
+    try {
+      proxy.limit(budget(0));
+      expect(await call(proxy.socketPath)).toBe(200);
+      const request = JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 1, messages: [] });
+      // Its max_tokens of output; its input unknown: a token a byte of its request.
+      expect(proxy.take()).toMatchObject({
+        inputTokens: Buffer.byteLength(request),
+        outputTokens: 1,
+      });
+    } finally {
+      await proxy.close();
+      upstream.close();
+    }
+  });
+
+  it("meters the whole answer of a call its agent leaves before the usage comes", async () => {
+    // An SSE answer whose usage (message_delta) waits until the test lets it go.
+    let release = (): unknown => undefined;
+    let upstreamFinished = false;
+    const event = (name: string, data: unknown) =>
+      `event: ${name}\ndata: ${JSON.stringify(data)}\n\n`;
+    const upstream = http.createServer((req, res) => {
+      req.resume();
+      if (req.url?.includes("count_tokens")) return void res.end('{"input_tokens":1}');
+      res.on("finish", () => (upstreamFinished = true));
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write(
+        event("message_start", {
+          type: "message_start",
+          message: { model: "claude-sonnet-4-5", usage: { input_tokens: 10, output_tokens: 1 } },
+        }) +
+          event("content_block_delta", {
+            type: "content_block_delta",
+            index: 0,
+            delta: { type: "text_delta", text: "the whole answer" },
+          }) +
+          event("content_block_stop", { type: "content_block_stop", index: 0 }),
+      );
+      release = () =>
+        res.end(
+          event("message_delta", { type: "message_delta", usage: { output_tokens: 50_000 } }) +
+            event("message_stop", { type: "message_stop" }),
+        );
+    });
+    await new Promise<void>((resolve) => upstream.listen(0, "127.0.0.1", resolve));
+    const url = `http://127.0.0.1:${(upstream.address() as net.AddressInfo).port}`;
+    using dir = tempDir();
+    const proxy = await proxyOf(url, dir.path);
+    try {
+      proxy.limit({ ...budget(0), maxOutputTokens: 1000 });
+      // The agent reads the answer's content and leaves before its usage.
+      const got = await new Promise<string>((resolve) => {
+        let text = "";
+        const req = http.request(
+          { socketPath: proxy.socketPath, path: "/v1/messages", method: "POST" },
+          (res) =>
+            res.on("data", (c: Buffer) => {
+              text += c.toString();
+              if (text.includes("content_block_stop")) req.destroy();
+            }),
+        );
+        req.on("error", () => undefined);
+        req.on("close", () => resolve(text));
+        req.end(JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 64000, messages: [] }));
+      });
+      expect(got).toContain("the whole answer");
+      // A call made after it is answered after the proxy saw the first one's agent leave.
+      expect(await call(proxy.socketPath, {}, "/v1/messages/count_tokens")).toBe(200);
+      expect(proxy.inFlight()).toBe(1); // read on, unseen
+      release();
+      await vi.waitFor(() => expect(proxy.inFlight()).toBe(0), { timeout: 5000 });
+      expect(upstreamFinished).toBe(true);
+      expect(await call(proxy.socketPath)).toBe(400); // 50,000 output tokens of 1,000
+      expect(proxy.take()).toMatchObject({ inputTokens: 10, outputTokens: 50_000 });
     } finally {
       await proxy.close();
       upstream.close();

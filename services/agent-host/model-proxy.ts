@@ -7,6 +7,7 @@ import { MCP_PATH, type McpHandler } from "../broker/mcp-http.ts";
 import { socketForAgent } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
 import { costOf, DEFAULT_PRICES, type ModelPrice } from "../shared/prices.ts";
+import { CallMeter } from "./usage-meter.ts";
 
 /** Tokens the proxy saw in the model's answers. */
 export interface MeteredUsage {
@@ -67,12 +68,22 @@ export interface ModelProxy {
   /**
    * The run is over: seals the proxy (NO_RUN) and ends every request it let in, answered or
    * not: one whose headers came while the run was open may send its body, or wait for its
-   * answer, long after, and the run's usage is taken already.
+   * answer, long after. A model call so cut is charged the most it could have cost unless its
+   * answer told its usage already (see CallMeter): take() the run's usage after this.
    */
   endRun(): void;
-  /** Model requests being forwarded now (their usage is metered as their answers pass). */
+  /**
+   * Model calls under way: their answers, metered as they pass, not yet at their end. A call
+   * whose agent left is one still, its answer read on to meter it, until it ends or is cut.
+   */
   inFlight(): number;
   close(): Promise<void>;
+}
+
+/** A model call under way. */
+interface Call {
+  /** Ends it at once, its answer or not (charged as CallMeter says). */
+  cut(): void;
 }
 
 /** Why a model request is refused while the agent has no run (the proxy starts so). */
@@ -121,9 +132,6 @@ const HOP_BY_HOP = new Set([
   "content-length",
 ]);
 
-/** Longest answer line the token meter reads (usage lines are a few hundred bytes). */
-const MAX_METERED_LINE = 4 * 2 ** 20;
-
 /**
  * Request headers an agent may not pass upstream: credentials (the proxy adds the key), and
  * the forwarding headers a gateway in front of the upstream might route or trust by.
@@ -170,7 +178,6 @@ export async function startModelProxy(opts: {
   let budget: RunBudget | undefined;
   /** Why model requests are refused now; undefined while a run may call the model. */
   let sealed: string | undefined = NO_RUN;
-  let inFlight = 0;
   /** Why the next request would overspend, or undefined while the budget holds. */
   const overBudget = (): string | undefined => {
     if (!budget) return undefined;
@@ -192,16 +199,10 @@ export async function startModelProxy(opts: {
   const agent = client === https ? new https.Agent(agentOpts) : new http.Agent(agentOpts);
   const log = opts.log;
   let usage: MeteredUsage = { ...NO_USAGE };
-  /** Requests let through and not yet answered: model calls and Broker tool calls. */
+  /** Broker tool calls let through and not yet answered. */
   const admitted = new Set<http.ServerResponse>();
-  /** The model calls among them. */
-  const calls = new Set<http.ServerResponse>();
-  const admit = (res: http.ServerResponse, into: Set<http.ServerResponse>[]) => {
-    for (const set of into) set.add(res);
-    res.once("close", () => {
-      for (const set of into) set.delete(res);
-    });
-  };
+  /** Model calls under way: let through, their answers not yet at their end. */
+  const calls = new Set<Call>();
 
   const refused = (method: string, target: string, status: number) =>
     log.warn("model proxy: request refused", { method, target: clip(target), status });
@@ -225,39 +226,71 @@ export async function startModelProxy(opts: {
     url.search = to.search;
     url.hash = "";
     usage.requests++;
-    inFlight++;
-    res.once("close", () => inFlight--);
-    admit(res, [admitted, calls]);
-    let settled = false; // the answer was cut short here: too large, or the client left
+    // count_tokens is free: only the Messages API's answers are metered.
+    const metered = to.pathname === "/v1/messages";
+    const meter = new CallMeter((more, model) => {
+      if (!metered) return;
+      usage.inputTokens += more.input;
+      usage.outputTokens += more.output;
+      usage.cacheCreationInputTokens += more.cacheWrite;
+      usage.cacheReadInputTokens += more.cacheRead;
+      usage.costUsd += costOf(model, more, prices);
+      // The answer that spends the budget is the last: calls made alongside it are cut (a
+      // next one is refused, and the run ends with error_kind BUDGET then).
+      if (overBudget()) for (const other of calls) if (other !== call) other.cut();
+    });
+    let answer: http.IncomingMessage | undefined;
+    let over = false;
+    /** The call is over: its answer ended `whole`, or not (see CallMeter for what is charged). */
+    const finish = (whole: boolean) => {
+      if (over) return;
+      over = true;
+      calls.delete(call);
+      const told = whole ? meter.end() : meter.cut();
+      if (!told && metered)
+        log.warn("model proxy: an answer did not tell its usage: charged the most it could cost", {
+          status: answer?.statusCode ?? 0,
+          content_encoding: answer?.headers["content-encoding"],
+        });
+    };
+    const call: Call = {
+      cut() {
+        if (over) return;
+        finish(false);
+        out.destroy();
+        answer?.destroy();
+        res.destroy();
+      },
+    };
+    calls.add(call);
     const out = client.request(url, { method: "POST", headers: outHeaders(req), agent }, (up) => {
+      answer = up;
       const headers: http.OutgoingHttpHeaders = {};
       for (const [k, v] of Object.entries(up.headers))
         if (!HOP_BY_HOP.has(k) && v !== undefined) headers[k] = v;
       const status = up.statusCode ?? 502;
       if (status >= 400) usage.errorStatus = status;
-      res.writeHead(status, headers);
-      const meter = usageMeter((u) => {
-        usage.inputTokens += u.input;
-        usage.outputTokens += u.output;
-        usage.cacheCreationInputTokens += u.cacheWrite;
-        usage.cacheReadInputTokens += u.cacheRead;
-        usage.costUsd += costOf(u.model, u.input, u.output, prices, u);
-        // The answer that spends the budget is the last: calls made alongside it are cut (a
-        // next one is refused, and the run ends with error_kind BUDGET then).
-        if (overBudget()) for (const other of calls) if (other !== res) other.destroy();
-      });
+      meter.answer(status, up.headers);
+      if (!res.destroyed) res.writeHead(status, headers);
       up.on("data", (chunk: Buffer) => {
-        meter(chunk);
+        meter.body(chunk);
         if (!res.destroyed) res.write(chunk);
       });
       up.on("end", () => {
-        meter(Buffer.from("\n")); // a JSON answer's last line has no newline of its own
+        finish(true);
         res.end();
       });
-      up.on("error", () => res.destroy());
+      up.on("error", () => undefined); // its close follows
+      up.on("close", () => {
+        if (over) return;
+        finish(false); // broken off before its end
+        res.destroy();
+      });
     });
+    out.on("finish", () => meter.requestSent());
     out.on("error", (e) => {
-      if (settled) return;
+      if (over) return;
+      finish(false);
       log.warn("model proxy: upstream unreachable", { upstream: upstream.origin, error: e });
       if (res.headersSent) return void res.destroy();
       usage.errorStatus = 502;
@@ -265,15 +298,18 @@ export async function startModelProxy(opts: {
       res.end(errorBody("api_error", `model proxy: ${e.message}`));
     });
     res.on("close", () => {
-      if (res.writableFinished) return;
-      settled = true;
-      out.destroy();
+      if (over || res.writableFinished) return;
+      // The agent left before its answer ended. Once its request is all upstream, the model
+      // is at work on it and bills it: the answer is read on, unseen, and metered (until the
+      // run's end cuts it, charged then at the most it could cost); before, nothing is billed.
+      if (!out.writableFinished) call.cut();
     });
     let received = 0;
     req.on("data", (chunk: Buffer) => {
       received += chunk.length;
-      if (received <= MAX_BODY_BYTES || settled) return;
-      settled = true;
+      if (received <= MAX_BODY_BYTES) return meter.request(chunk);
+      if (over) return;
+      finish(false); // not all of it went upstream: nothing is billed
       req.unpipe(out);
       out.destroy();
       refused(req.method ?? "", req.url ?? "", 413);
@@ -317,7 +353,8 @@ export async function startModelProxy(opts: {
         refused(method, target, 403);
         return refuse(res, 403, "permission_error", sealed);
       }
-      admit(res, [admitted]);
+      admitted.add(res);
+      res.once("close", () => admitted.delete(res));
       if (req.headers.expect?.toLowerCase() === "100-continue") res.writeContinue();
       return opts.mcp(req, res);
     }
@@ -430,9 +467,10 @@ export async function startModelProxy(opts: {
     },
     endRun() {
       sealed = NO_RUN;
+      for (const call of calls) call.cut();
       for (const res of admitted) res.destroy();
     },
-    inFlight: () => inFlight,
+    inFlight: () => calls.size,
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
@@ -472,78 +510,4 @@ function rawResponse(status: number, type: string, message: string): string {
 
 function clip(s: string): string {
   return s.length <= LOGGED_TARGET_CHARS ? s : `${s.slice(0, LOGGED_TARGET_CHARS)}…`;
-}
-
-/**
- * Reads usage numbers out of a Messages API answer as it streams by: SSE message_start /
- * message_delta events or a JSON body's usage. Tolerates chunks split anywhere.
- */
-function usageMeter(
-  add: (u: {
-    input: number;
-    output: number;
-    cacheWrite: number;
-    cacheRead: number;
-    model: string;
-  }) => void,
-): (chunk: Buffer) => void {
-  let buffer = "";
-  let model = ""; // the answer's model, from message_start (or the JSON body)
-  let skipping = false; // inside a line longer than MAX_METERED_LINE: not a usage line
-  const take = (line: string) => {
-    const json = line.startsWith("data:") ? line.slice(5).trim() : line.trim();
-    if (!json.startsWith("{") || !json.includes('"usage"')) return;
-    try {
-      const obj = JSON.parse(json) as {
-        type?: string;
-        model?: string;
-        usage?: Usage;
-        message?: { model?: string; usage?: Usage };
-      };
-      const u = obj.type === "message_start" ? obj.message?.usage : obj.usage;
-      model = String((obj.type === "message_start" ? obj.message?.model : obj.model) ?? model);
-      if (!u) return;
-      // message_start carries the input tokens (cached ones too); message_delta carries the
-      // final output count.
-      const start = obj.type !== "message_delta";
-      add({
-        input: start ? count(u.input_tokens) : 0,
-        output: obj.type === "message_start" ? 0 : count(u.output_tokens),
-        cacheWrite: start ? count(u.cache_creation_input_tokens) : 0,
-        cacheRead: start ? count(u.cache_read_input_tokens) : 0,
-        model,
-      });
-    } catch {
-      // not a complete JSON line
-    }
-  };
-  return (chunk) => {
-    const text = chunk.toString("utf8");
-    let start = 0;
-    for (let nl = text.indexOf("\n"); nl !== -1; nl = text.indexOf("\n", start)) {
-      if (!skipping) take(buffer + text.slice(start, nl));
-      buffer = "";
-      skipping = false;
-      start = nl + 1;
-    }
-    if (skipping) return;
-    buffer += text.slice(start);
-    if (buffer.length > MAX_METERED_LINE) {
-      // A huge answer line (no usage line is): skip to its end instead of re-reading it.
-      buffer = "";
-      skipping = true;
-    }
-  };
-}
-
-interface Usage {
-  input_tokens?: unknown;
-  output_tokens?: unknown;
-  cache_creation_input_tokens?: unknown;
-  cache_read_input_tokens?: unknown;
-}
-
-/** A token count as the API gives it; anything else (absent, negative, not a number) is 0. */
-function count(n: unknown): number {
-  return typeof n === "number" && Number.isFinite(n) && n > 0 ? Math.trunc(n) : 0;
 }

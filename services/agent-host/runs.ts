@@ -330,7 +330,11 @@ export async function executeRun(
   slot.run = { taskId, attempt: attempt.attempt, abort, done };
   const whole = (async () => {
     try {
-      return tell(await done);
+      const outcome = await done;
+      // A model call still under way ends with the run, charged to it (the proxy charges a
+      // call cut before its answer told its usage at the most it could cost).
+      slot.proxy.endRun();
+      return tell(outcome);
     } finally {
       // Between runs no model call is made: what a run left behind (in a container that
       // outlives it) cannot spend on the agent's key, unmetered, until the next run, nor

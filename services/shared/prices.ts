@@ -35,24 +35,45 @@ export function priceOf(model: string, table: Readonly<Record<string, ModelPrice
 
 /**
  * What writing an input token to the prompt cache and reading one from it cost, as a share of
- * the model's input price (Anthropic's price list: 5-minute cache writes 1.25×, cache hits
- * 0.1×, https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching#pricing).
+ * the model's input price (Anthropic's price list: cache writes for 5 minutes 1.25×, for an
+ * hour 2×, cache hits 0.1×, https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching#pricing).
  */
 export const CACHE_WRITE_FACTOR = 1.25;
+export const CACHE_WRITE_1H_FACTOR = 2;
 export const CACHE_READ_FACTOR = 0.1;
-
 /**
- * US dollars for `input` and `output` tokens of `model`, and for `cache` input tokens written
- * to and read from the prompt cache (priced from its input price).
+ * US dollars a server-side web search costs, whatever the model ($10 per 1,000 searches,
+ * https://docs.anthropic.com/en/docs/agents-and-tools/tool-use/web-search-tool#usage-and-pricing).
  */
+export const WEB_SEARCH_USD = 0.01;
+
+/** Tokens and requests of a model's answer, as its usage tells them (see usage-meter.ts). */
+export interface PricedUsage {
+  input: number;
+  output: number;
+  /** Input written to the prompt cache, for 5 minutes or an hour... */
+  cacheWrite?: number;
+  /** ...of which for an hour. */
+  cacheWrite1h?: number;
+  cacheRead?: number;
+  webSearches?: number;
+}
+
+/** US dollars `u` costs on `model`: cached input priced from its input price. */
 export function costOf(
   model: string,
-  input: number,
-  output: number,
+  u: PricedUsage,
   table: Readonly<Record<string, ModelPrice>>,
-  cache: { cacheWrite: number; cacheRead: number } = { cacheWrite: 0, cacheRead: 0 },
 ): number {
   const p = priceOf(model, table);
-  const cached = cache.cacheWrite * CACHE_WRITE_FACTOR + cache.cacheRead * CACHE_READ_FACTOR;
-  return ((input + cached) * p.input + output * p.output) / 1_000_000;
+  const write1h = Math.min(u.cacheWrite1h ?? 0, u.cacheWrite ?? 0);
+  const write5m = (u.cacheWrite ?? 0) - write1h;
+  const inputs =
+    u.input +
+    write5m * CACHE_WRITE_FACTOR +
+    write1h * CACHE_WRITE_1H_FACTOR +
+    (u.cacheRead ?? 0) * CACHE_READ_FACTOR;
+  return (
+    (inputs * p.input + u.output * p.output) / 1_000_000 + (u.webSearches ?? 0) * WEB_SEARCH_USD
+  );
 }
