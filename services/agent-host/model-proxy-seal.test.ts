@@ -273,8 +273,8 @@ describe("model proxy: what a budget counts", () => {
     const usage = {
       input_tokens: 3,
       output_tokens: 1,
-      cache_creation_input_tokens: 900_000,
-      cache_read_input_tokens: 900_000,
+      cache_creation_input_tokens: 90_000,
+      cache_read_input_tokens: 90_000,
     };
     const upstream = await upstreamOf(usage);
     using dir = tempDir();
@@ -287,11 +287,11 @@ describe("model proxy: what a budget counts", () => {
       expect(u).toMatchObject({
         inputTokens: 3,
         outputTokens: 1,
-        cacheCreationInputTokens: 900_000,
-        cacheReadInputTokens: 900_000,
+        cacheCreationInputTokens: 90_000,
+        cacheReadInputTokens: 90_000,
       });
       const p = DEFAULT_PRICES["claude-sonnet-4"]!;
-      const cached = 900_000 * (CACHE_WRITE_FACTOR + CACHE_READ_FACTOR);
+      const cached = 90_000 * (CACHE_WRITE_FACTOR + CACHE_READ_FACTOR);
       expect(u.costUsd).toBeCloseTo(((3 + cached) * p.input + 1 * p.output) / 1e6, 6);
     } finally {
       await proxy.close();

@@ -578,6 +578,14 @@ describe("model proxy: what it forwards", () => {
     expect(logged["target"]).toBe(`//${a}/${"b".repeat(200 - a.length - 3)}…`);
   });
 
+  it("refuses a compressed request body: the meter reads what a request asks", async () => {
+    await using rig = await startRig();
+    const request =
+      "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n" +
+      "Connection: close\r\nContent-Length: 2\r\n\r\n{}";
+    await expectRefused(rig, request, 415);
+  });
+
   it("refuses curl's request as in the report", async ({ skip }) => {
     if (spawnSync("curl", ["--version"]).status !== 0) skip("curl is not installed");
     await using rig = await startRig();

@@ -6,7 +6,7 @@ import type { Duplex } from "node:stream";
 import { MCP_PATH, type McpHandler } from "../broker/mcp-http.ts";
 import { socketForAgent } from "../shared/agent-files.ts";
 import type { Logger } from "../shared/log.ts";
-import { costOf, DEFAULT_PRICES, type ModelPrice } from "../shared/prices.ts";
+import { DEFAULT_PRICES, type ModelPrice } from "../shared/prices.ts";
 import { CallMeter } from "./usage-meter.ts";
 
 /** Tokens the proxy saw in the model's answers. */
@@ -150,13 +150,14 @@ const AGENT_MAY_NOT_SET = new Set([
 /**
  * Serves the Anthropic API to one agent on a Unix socket (mounted into its container). The
  * AgentHost adds the real API key on the way out, so no key is ever with the agent, and counts
- * the tokens of every answer at this one place.
+ * the tokens of every answer at this one place (see CallMeter for what a call is charged).
  *
  * Only `POST /v1/messages` and `POST /v1/messages/count_tokens` (see {@link forwardedTarget})
  * reach the configured upstream, below its own path prefix; with `mcp`, requests for exactly
  * {@link MCP_PATH} go to it (the agent's Broker tools); everything else is answered 403
  * (model requests and MCP too while it is sealed: it starts so, and limit() opens it for a run)
- * (CONNECT, malformed requests: 4xx) in the Messages API's error shape and logged. The socket
+ * (CONNECT, malformed requests: 4xx; a body with a content-encoding: 415) in the Messages
+ * API's error shape and logged. The socket
  * is mode 0600, owned by `owner` when given (the agent's user), else by the service's user.
  * Bounds: bodies up to {@link MAX_BODY_BYTES} (413 beyond), request line and headers up to
  * {@link MAX_HEADER_BYTES} (431 beyond), {@link MAX_HEADERS} headers, {@link MAX_CONNECTIONS}
@@ -228,13 +229,13 @@ export async function startModelProxy(opts: {
     usage.requests++;
     // count_tokens is free: only the Messages API's answers are metered.
     const metered = to.pathname === "/v1/messages";
-    const meter = new CallMeter((more, model) => {
+    const meter = new CallMeter(prices, (more, usd) => {
       if (!metered) return;
       usage.inputTokens += more.input;
       usage.outputTokens += more.output;
       usage.cacheCreationInputTokens += more.cacheWrite;
       usage.cacheReadInputTokens += more.cacheRead;
-      usage.costUsd += costOf(model, more, prices);
+      usage.costUsd += usd;
       // The answer that spends the budget is the last: calls made alongside it are cut (a
       // next one is refused, and the run ends with error_kind BUDGET then).
       if (overBudget()) for (const other of calls) if (other !== call) other.cut();
@@ -372,6 +373,19 @@ export async function startModelProxy(opts: {
     if (Number(req.headers["content-length"] ?? 0) > MAX_BODY_BYTES) {
       refused(method, target, 413);
       return refuse(res, 413, "request_too_large", `request body over ${MAX_BODY_BYTES} bytes`);
+    }
+    const encoding = String(req.headers["content-encoding"] ?? "identity")
+      .trim()
+      .toLowerCase();
+    if (encoding !== "identity" && encoding !== "") {
+      // The proxy reads what a request asks (its max_tokens, for the meter): in plain JSON.
+      refused(method, target, 415);
+      return refuse(
+        res,
+        415,
+        "invalid_request_error",
+        `request body in content-encoding ${clip(encoding)}: only identity is forwarded`,
+      );
     }
     if (sealed !== undefined) {
       refused(method, target, 403);

@@ -8,16 +8,27 @@ import {
   CACHE_WRITE_FACTOR,
   costOf,
   DEFAULT_PRICES,
+  FAST_MODE_FACTOR,
+  LONG_CONTEXT_INPUT_FACTOR,
+  LONG_CONTEXT_OUTPUT_FACTOR,
   WEB_SEARCH_USD,
 } from "../shared/prices.ts";
-import { CallMeter, MAX_OUTPUT_TOKENS, NO_TOKENS, type CallTokens } from "./usage-meter.ts";
+import {
+  CallMeter,
+  MAX_OUTPUT_TOKENS,
+  NO_TOKENS,
+  TopLevelValues,
+  type CallTokens,
+  type KeyValues,
+} from "./usage-meter.ts";
 
-/** A meter and the sum of what it charged. */
+/** A meter and the sum of what it charged (tokens, and dollars in `usd`). */
 function metered(request: string) {
-  const sum: CallTokens = { ...NO_TOKENS };
+  const sum: CallTokens & { usd: number } = { ...NO_TOKENS, usd: 0 };
   const models: string[] = [];
-  const meter = new CallMeter((more, model) => {
-    for (const k of Object.keys(sum) as (keyof CallTokens)[]) sum[k] += more[k];
+  const meter = new CallMeter(DEFAULT_PRICES, (more, usd, model) => {
+    for (const k of Object.keys(NO_TOKENS) as (keyof CallTokens)[]) sum[k] += more[k];
+    sum.usd += usd;
     models.push(model);
   });
   meter.request(Buffer.from(request));
@@ -70,7 +81,10 @@ describe("CallMeter", () => {
     // Split anywhere: the meter reads whole lines.
     for (let i = 0; i < stream.length; i += 7) meter.body(Buffer.from(stream.slice(i, i + 7)));
     expect(meter.end()).toBe(true);
-    expect(sum).toEqual({ ...NO_TOKENS, input: 2010, output: 300, cacheRead: 50, webSearches: 2 });
+    expect(sum).toMatchObject({ input: 2010, output: 300, cacheRead: 50, webSearches: 2 });
+    const p = DEFAULT_PRICES["claude-sonnet-4"]!;
+    const usd = ((2010 + 50 * CACHE_READ_FACTOR) * p.input + 300 * p.output) / 1e6;
+    expect(sum.usd).toBeCloseTo(usd + 2 * WEB_SEARCH_USD, 12);
   });
 
   it("reads streams broken by CR alone or CRLF, and a JSON answer laid over many lines", () => {
@@ -83,6 +97,7 @@ describe("CallMeter", () => {
             [
               ["message_start", { type: "message_start", message: { usage: { input_tokens: 7 } } }],
               ["message_delta", { type: "message_delta", usage: { output_tokens: 9 } }],
+              ["message_stop", { type: "message_stop" }],
             ],
             eol,
           ),
@@ -139,7 +154,7 @@ describe("CallMeter", () => {
       answer(meter);
       expect(meter.end(), what).toBe(false);
       const input = what.startsWith("a stream") ? 40 : bytes;
-      expect(sum, what).toEqual({ ...NO_TOKENS, input, output: 5000 });
+      expect(sum, what).toMatchObject({ ...NO_TOKENS, input, output: 5000 });
     }
     // A request naming no max_tokens (the API refuses it, but it was cut before): the most.
     const { meter, sum } = metered("{}");
@@ -152,13 +167,11 @@ describe("CallMeter", () => {
     refused.meter.answer(529, { "content-type": "application/json" });
     refused.meter.body(Buffer.from('{"type":"error","error":{"type":"overloaded_error"}}'));
     expect(refused.meter.end()).toBe(true);
-    expect(refused.sum).toEqual(NO_TOKENS);
+    expect(refused.sum).toEqual({ ...NO_TOKENS, usd: 0 });
 
-    const sum: CallTokens = { ...NO_TOKENS };
-    const unsent = new CallMeter((more) => Object.assign(sum, more));
+    const unsent = new CallMeter(DEFAULT_PRICES, () => expect.unreachable("charged"));
     unsent.request(Buffer.from(REQUEST.slice(0, 20)));
     expect(unsent.cut()).toBe(true);
-    expect(sum).toEqual(NO_TOKENS);
   });
 
   it("ends a stream at the API's error event, charged what it told", () => {
@@ -199,5 +212,126 @@ describe("costOf", () => {
       10 + 2000 * CACHE_WRITE_FACTOR + 1000 * CACHE_WRITE_1H_FACTOR + 500 * CACHE_READ_FACTOR;
     expect(cost).toBeCloseTo((inputs * p.input + 20 * p.output) / 1e6 + 3 * WEB_SEARCH_USD, 12);
     expect(CACHE_WRITE_1H_FACTOR).toBe(2);
+  });
+});
+
+describe("TopLevelValues", () => {
+  /** max_tokens as the meter takes it: one plain number, or none. */
+  const plain = (v: Readonly<KeyValues> | undefined) =>
+    v && !v.other && !v.more && v.strings.size === 0 ? v.max : undefined;
+
+  it("reads max_tokens as a JSON parser does, whatever the chunks: escaped keys, nesting, duplicates", () => {
+    const cases: [string, number | undefined][] = [
+      ['{"model":"x","max_tokens":5000,"messages":[]}', 5000],
+      // The key escaped; smaller ones nested or in strings do not count.
+      ['{"max\\u005ftokens": 64000, "tools":[{"input_schema":{"max_tokens":1}}]}', 64000],
+      ['{"a":{"max_tokens":3},"b":[1,{"c":"}"}],"m":"\\"max_tokens\\": 2","max_tokens":9}', 9],
+      ['{"a":"\\\\","max_tokens":7}', 7],
+      // A string value with the marks of JSON in it does not lose the reader.
+      ['{"speed":"a,\\"max_tokens\\":1,}","max_tokens":11}', 11],
+      // Duplicates: the largest; one not a plain number (the API may read "64000" as 64000): none.
+      ['{"max_tokens":1,"max_tokens":1e5}', 100000],
+      ['{"max_tokens":1,"max_tokens":"64000"}', undefined],
+      ['{"max_tokens":{"x":1}}', undefined],
+      ['{"max_tokens":1,"max_tokens":true}', undefined],
+      ['{ "max_tokens" : 5000.5 }', 5000.5],
+      ['{"tools":[{"max_tokens":1}]}', undefined],
+    ];
+    for (const [json, want] of cases)
+      for (const step of [1, 2, 3, 7, 4096]) {
+        const read = new TopLevelValues(["max_tokens", "speed"]);
+        for (let i = 0; i < json.length; i += step) read.feed(json.slice(i, i + step));
+        expect(plain(read.values("max_tokens")), `${json} in chunks of ${step}`).toBe(want);
+      }
+  });
+
+  it("charges a cut call the max_tokens its request truly asked, not a decoy", () => {
+    const request =
+      '{"model":"claude-sonnet-4-5","tools":[{"name":"t","input_schema":{"max_tokens":1}}],' +
+      '"max\\u005ftokens":64000,"messages":[]}';
+    const { meter, sum } = metered(request);
+    expect(meter.cut()).toBe(false);
+    expect(sum.output).toBe(64000);
+  });
+});
+
+describe("CallMeter: what server tools, long contexts and fast mode cost", () => {
+  const start = (input: number) =>
+    sse([
+      [
+        "message_start",
+        {
+          type: "message_start",
+          message: { model: "claude-sonnet-4-5", usage: { input_tokens: input, output_tokens: 1 } },
+        },
+      ],
+    ]);
+
+  it("charges a call cut after its web searches for the searches and their results", () => {
+    const request = JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 1024, messages: [] });
+    const { meter, sum } = metered(request);
+    meter.answer(200, { "content-type": "text/event-stream" });
+    meter.body(Buffer.from(start(500)));
+    let results = 0;
+    for (let i = 0; i < 3; i++) {
+      const use = {
+        type: "content_block_start",
+        index: 2 * i,
+        content_block: { type: "server_tool_use", id: `s${i}`, name: "web_search", input: {} },
+      };
+      const result = {
+        type: "content_block_start",
+        index: 2 * i + 1,
+        content_block: {
+          type: "web_search_tool_result",
+          tool_use_id: `s${i}`,
+          content: [{ type: "web_search_result", encrypted_content: "x".repeat(20_000) }],
+        },
+      };
+      results += JSON.stringify(result).length;
+      meter.body(
+        Buffer.from(
+          sse([
+            ["content_block_start", use],
+            ["content_block_start", result],
+          ]),
+        ),
+      );
+    }
+    expect(meter.cut()).toBe(false);
+    expect(sum).toMatchObject({ input: 500 + results, output: 1024, webSearches: 3 });
+  });
+
+  it("prices a call over 200,000 input tokens at the long-context rates, and fast mode at 6×", () => {
+    const p = DEFAULT_PRICES["claude-sonnet-4"]!;
+    const answer = (usage: Record<string, unknown>) => {
+      const { meter, sum } = metered(REQUEST);
+      meter.answer(200, { "content-type": "application/json" });
+      meter.body(Buffer.from(JSON.stringify({ model: "claude-sonnet-4-5", usage })));
+      expect(meter.end()).toBe(true);
+      return sum.usd;
+    };
+    expect(
+      answer({ input_tokens: 150_000, cache_read_input_tokens: 60_000, output_tokens: 10 }),
+    ).toBeCloseTo(
+      ((150_000 + 60_000 * CACHE_READ_FACTOR) * p.input * LONG_CONTEXT_INPUT_FACTOR +
+        10 * p.output * LONG_CONTEXT_OUTPUT_FACTOR) /
+        1e6,
+      12,
+    );
+    expect(answer({ input_tokens: 100, output_tokens: 10, speed: "fast" })).toBeCloseTo(
+      ((100 * p.input + 10 * p.output) * FAST_MODE_FACTOR) / 1e6,
+      12,
+    );
+  });
+
+  it("charges a cut call that asked for fast mode at fast mode's price", () => {
+    const request = JSON.stringify({ model: "m", max_tokens: 100, speed: "fast", messages: [] });
+    const { meter, sum } = metered(request);
+    meter.answer(200, { "content-type": "text/event-stream" });
+    meter.body(Buffer.from(start(10)));
+    expect(meter.cut()).toBe(false);
+    const p = DEFAULT_PRICES["claude-sonnet-4"]!;
+    expect(sum.usd).toBeCloseTo(((10 * p.input + 100 * p.output) * FAST_MODE_FACTOR) / 1e6, 12);
   });
 });

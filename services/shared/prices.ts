@@ -47,6 +47,21 @@ export const CACHE_READ_FACTOR = 0.1;
  */
 export const WEB_SEARCH_USD = 0.01;
 
+/**
+ * A call whose input (cached or not) is over this many tokens is priced at the long-context
+ * rates: input 2×, output 1.5× (Anthropic's price list, e.g. Sonnet 4.5's $6 / $22.50 over
+ * $3 / $15, https://docs.anthropic.com/en/docs/about-claude/pricing#long-context-pricing).
+ * Applied to every model: one that has no such rates cannot take such a prompt.
+ */
+export const LONG_CONTEXT_TOKENS = 200_000;
+export const LONG_CONTEXT_INPUT_FACTOR = 2;
+export const LONG_CONTEXT_OUTPUT_FACTOR = 1.5;
+/**
+ * Fast mode (`speed: "fast"`) prices every token at 6× (Opus 4.6's $30 / $150 over $5 / $25,
+ * stacking with the long-context rates; https://docs.anthropic.com/en/docs/build-with-claude/fast-mode).
+ */
+export const FAST_MODE_FACTOR = 6;
+
 /** Tokens and requests of a model's answer, as its usage tells them (see usage-meter.ts). */
 export interface PricedUsage {
   input: number;
@@ -57,9 +72,14 @@ export interface PricedUsage {
   cacheWrite1h?: number;
   cacheRead?: number;
   webSearches?: number;
+  /** Served in fast mode (usage.speed "fast"). */
+  fast?: boolean;
 }
 
-/** US dollars `u` costs on `model`: cached input priced from its input price. */
+/**
+ * US dollars `u`, one call's usage, costs on `model`: cached input priced from its input price,
+ * a long context's and fast mode's rates from the call's totals (so priced whole, not by parts).
+ */
 export function costOf(
   model: string,
   u: PricedUsage,
@@ -73,7 +93,9 @@ export function costOf(
     write5m * CACHE_WRITE_FACTOR +
     write1h * CACHE_WRITE_1H_FACTOR +
     (u.cacheRead ?? 0) * CACHE_READ_FACTOR;
-  return (
-    (inputs * p.input + u.output * p.output) / 1_000_000 + (u.webSearches ?? 0) * WEB_SEARCH_USD
-  );
+  const long = u.input + (u.cacheWrite ?? 0) + (u.cacheRead ?? 0) > LONG_CONTEXT_TOKENS;
+  const speed = u.fast ? FAST_MODE_FACTOR : 1;
+  const input = p.input * speed * (long ? LONG_CONTEXT_INPUT_FACTOR : 1);
+  const output = p.output * speed * (long ? LONG_CONTEXT_OUTPUT_FACTOR : 1);
+  return (inputs * input + u.output * output) / 1_000_000 + (u.webSearches ?? 0) * WEB_SEARCH_USD;
 }
