@@ -20,6 +20,7 @@ import { createLogger, silentLogger } from "../shared/log.ts";
 import {
   forwardedTarget,
   MAX_BODY_BYTES,
+  MAX_CALLS,
   MAX_CONNECTIONS,
   NO_RUN,
   NO_USAGE,
@@ -584,6 +585,11 @@ describe("model proxy: what it forwards", () => {
       "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n" +
       "Connection: close\r\nContent-Length: 2\r\n\r\n{}";
     await expectRefused(rig, request, 415);
+    const utf16 = request.replace(
+      "Content-Encoding: gzip",
+      "Content-Type: application/json; charset=utf-16",
+    );
+    await expectRefused(rig, utf16, 415);
   });
 
   it("refuses curl's request as in the report", async ({ skip }) => {
@@ -730,6 +736,85 @@ describe("model proxy: bounds", () => {
     rig.upstream.release();
     expect((await Promise.all(open)).map((r) => r.status)).toEqual(open.map(() => 200));
     expect((await raw(rig.proxy.socketPath, request)).status).toBe(200);
+  });
+});
+
+describe("model proxy: calls under way", () => {
+  it(`refuses a call beyond ${MAX_CALLS} under way, pipelined ones too, with 429`, async () => {
+    await using rig = await startRig();
+    rig.upstream.state.hold = true;
+    const request = (connection: string) =>
+      `POST /v1/messages HTTP/1.1\r\nHost: x\r\nConnection: ${connection}\r\n` +
+      `Content-Length: 2\r\n\r\n{}`;
+    const open = Array.from({ length: MAX_CALLS - 1 }, () =>
+      raw(rig.proxy.socketPath, request("close")),
+    );
+    // One connection asks twice at once: its second call is the one too many.
+    const sock = net.connect(rig.proxy.socketPath);
+    let answers = "";
+    sock.on("data", (c: Buffer) => (answers += c.toString("latin1")));
+    const closed = new Promise((resolve) => sock.on("close", resolve));
+    sock.write(request("keep-alive") + request("close"));
+    await rig.upstream.until(
+      () => rig.upstream.seen.filter((r) => r.complete).length === MAX_CALLS,
+    );
+    await vi.waitFor(() => expect(rig.warnings().map((w) => w["status"])).toContain(429));
+    expect(rig.proxy.inFlight()).toBe(MAX_CALLS);
+    rig.upstream.state.hold = false;
+    rig.upstream.release();
+    expect((await Promise.all(open)).map((r) => r.status)).toEqual(open.map(() => 200));
+    await closed;
+    expect(answers.match(/^HTTP\/1\.1 \d{3}/gm)).toEqual(["HTTP/1.1 200", "HTTP/1.1 429"]);
+    expect(answers).toContain("rate_limit_error");
+    expect(rig.upstream.seen).toHaveLength(MAX_CALLS);
+  });
+
+  it("reads an answer at the pace its agent reads it: none is held for an agent that does not", async () => {
+    // An upstream writing a large answer as fast as it is taken.
+    let written = 0;
+    let stalled = () => {};
+    const stall = new Promise<void>((resolve) => (stalled = resolve));
+    const upstream = http.createServer((req, res) => {
+      req.resume();
+      res.writeHead(200, { "content-type": "application/json" });
+      const chunk = Buffer.alloc(1 << 20, "a");
+      const more = () => {
+        while (written < 256 * 2 ** 20) {
+          written += chunk.length;
+          if (!res.write(chunk)) {
+            const drained = setTimeout(stalled, 500); // no drain within half a second: held back
+            res.once("drain", () => {
+              clearTimeout(drained);
+              more();
+            });
+            return;
+          }
+        }
+        res.end();
+      };
+      more();
+    });
+    await new Promise<void>((resolve) => upstream.listen(0, "127.0.0.1", resolve));
+    using dir = tempDir();
+    const proxy = await proxyTo(
+      `http://127.0.0.1:${(upstream.address() as net.AddressInfo).port}`,
+      dir.path,
+    );
+    try {
+      // The agent asks and reads nothing.
+      const sock = net.connect(proxy.socketPath);
+      sock.pause();
+      sock.write(
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+      );
+      await stall;
+      expect(written).toBeLessThan(64 * 2 ** 20); // of 256 MiB: the rest waits for the agent
+      sock.destroy();
+    } finally {
+      await proxy.close();
+      upstream.closeAllConnections();
+      upstream.close();
+    }
   });
 });
 
@@ -941,5 +1026,11 @@ describe("priceOf", () => {
     expect(priceOf("gpt-x", table)).toEqual({ input: 9, output: 9 });
     expect(priceOf("gpt-x", {})).toEqual(DEFAULT_PRICES["default"]);
     expect(priceOf("claude-haiku-4-5", DEFAULT_PRICES)).toEqual({ input: 1, output: 5 });
+    expect(priceOf("claude-opus-4-6", DEFAULT_PRICES)).toEqual({ input: 5, output: 25 });
+    expect(priceOf("claude-opus-4-1-20250805", DEFAULT_PRICES)).toEqual({ input: 15, output: 75 });
+    expect(priceOf("claude-3-haiku-20240307", DEFAULT_PRICES)).toEqual({
+      input: 0.25,
+      output: 1.25,
+    });
   });
 });

@@ -97,6 +97,11 @@ export const MAX_HEADER_BYTES = 16 * 1024;
 export const MAX_HEADERS = 2000;
 /** Open connections per proxy, i.e. per agent: its CLI and subagents use a handful. */
 export const MAX_CONNECTIONS = 64;
+/**
+ * Model calls under way at once per proxy, answers read on after their agent left among them
+ * (pipelined requests on its connections too); more are refused 429 until one ends.
+ */
+export const MAX_CALLS = 64;
 /** How much of a refused request target goes into the log. */
 const LOGGED_TARGET_CHARS = 200;
 const DEFAULT_UPSTREAM = "https://api.anthropic.com";
@@ -156,8 +161,9 @@ const AGENT_MAY_NOT_SET = new Set([
  * reach the configured upstream, below its own path prefix; with `mcp`, requests for exactly
  * {@link MCP_PATH} go to it (the agent's Broker tools); everything else is answered 403
  * (model requests and MCP too while it is sealed: it starts so, and limit() opens it for a run)
- * (CONNECT, malformed requests: 4xx; a body with a content-encoding: 415) in the Messages
- * API's error shape and logged. The socket
+ * (CONNECT, malformed requests: 4xx; a body with a content-encoding or a charset but UTF-8:
+ * 415; beyond {@link MAX_CALLS} calls under way: 429) in the Messages API's error shape and
+ * logged. The socket
  * is mode 0600, owned by `owner` when given (the agent's user), else by the service's user.
  * Bounds: bodies up to {@link MAX_BODY_BYTES} (413 beyond), request line and headers up to
  * {@link MAX_HEADER_BYTES} (431 beyond), {@link MAX_HEADERS} headers, {@link MAX_CONNECTIONS}
@@ -275,7 +281,15 @@ export async function startModelProxy(opts: {
       if (!res.destroyed) res.writeHead(status, headers);
       up.on("data", (chunk: Buffer) => {
         meter.body(chunk);
-        if (!res.destroyed) res.write(chunk);
+        // At the pace the agent reads (an answer is not held for it), unless it left.
+        if (!res.destroyed && !res.write(chunk)) {
+          up.pause();
+          const resume = () => {
+            res.off("drain", resume).off("close", resume);
+            up.resume();
+          };
+          res.on("drain", resume).on("close", resume);
+        }
       });
       up.on("end", () => {
         finish(true);
@@ -337,7 +351,7 @@ export async function startModelProxy(opts: {
       req.headers["content-length"] !== undefined &&
       req.headers["transfer-encoding"] === undefined
     )
-      headers["content-length"] = req.headers["content-length"];
+      headers["content-length"] = String(Number(req.headers["content-length"]));
     if (opts.apiKey) headers["x-api-key"] = opts.apiKey;
     headers["host"] = upstream.host;
     // Every answer is read to meter its usage: none may come compressed.
@@ -374,22 +388,24 @@ export async function startModelProxy(opts: {
       refused(method, target, 413);
       return refuse(res, 413, "request_too_large", `request body over ${MAX_BODY_BYTES} bytes`);
     }
-    const encoding = String(req.headers["content-encoding"] ?? "identity")
-      .trim()
-      .toLowerCase();
-    if (encoding !== "identity" && encoding !== "") {
-      // The proxy reads what a request asks (its max_tokens, for the meter): in plain JSON.
+    const unreadable = unreadableBody(req.headers);
+    if (unreadable) {
+      // The proxy reads what a request asks (its max_tokens, for the meter): in UTF-8 JSON.
       refused(method, target, 415);
-      return refuse(
-        res,
-        415,
-        "invalid_request_error",
-        `request body in content-encoding ${clip(encoding)}: only identity is forwarded`,
-      );
+      return refuse(res, 415, "invalid_request_error", unreadable);
     }
     if (sealed !== undefined) {
       refused(method, target, 403);
       return refuse(res, 403, "permission_error", sealed);
+    }
+    if (calls.size >= MAX_CALLS) {
+      refused(method, target, 429);
+      return refuse(
+        res,
+        429,
+        "rate_limit_error",
+        `${MAX_CALLS} model calls are under way for this agent: retry when one has ended`,
+      );
     }
     const over = overBudget();
     if (over) {
@@ -492,6 +508,22 @@ export async function startModelProxy(opts: {
         agent.destroy();
       }),
   };
+}
+
+/**
+ * Why a request body cannot be read as the meter reads it (UTF-8 JSON, uncompressed), or
+ * undefined when it can.
+ */
+function unreadableBody(headers: http.IncomingHttpHeaders): string | undefined {
+  const encoding = String(headers["content-encoding"] ?? "identity")
+    .trim()
+    .toLowerCase();
+  if (encoding !== "identity" && encoding !== "")
+    return `request body in content-encoding ${clip(encoding)}: only identity is forwarded`;
+  const charset = /;\s*charset\s*=\s*"?([^";\s]*)/i.exec(headers["content-type"] ?? "")?.[1];
+  if (charset !== undefined && !/^utf-?8$/i.test(charset))
+    return `request body in charset ${clip(charset)}: only UTF-8 is forwarded`;
+  return undefined;
 }
 
 /** The upstream base URL, checked once at start; its path is a prefix of every request's. */

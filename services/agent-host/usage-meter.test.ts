@@ -8,6 +8,7 @@ import {
   CACHE_WRITE_FACTOR,
   costOf,
   DEFAULT_PRICES,
+  DATA_RESIDENCY_FACTOR,
   FAST_MODE_FACTOR,
   LONG_CONTEXT_INPUT_FACTOR,
   LONG_CONTEXT_OUTPUT_FACTOR,
@@ -235,7 +236,12 @@ describe("TopLevelValues", () => {
       ['{"max_tokens":{"x":1}}', undefined],
       ['{"max_tokens":1,"max_tokens":true}', undefined],
       ['{ "max_tokens" : 5000.5 }', 5000.5],
+      // A number too long to keep is none: its end may change what it is.
+      [`{"max_tokens":6.${"0".repeat(80)}4e4}`, undefined],
       ['{"tools":[{"max_tokens":1}]}', undefined],
+      // A key in another case, as some parsers take it: counted too.
+      ['{"max_tokens":1,"MAX_TO\\u212aENS":50000}', 50000],
+      ['{"max_tokens":1,"max_token\\u017f":50000}', 50000],
     ];
     for (const [json, want] of cases)
       for (const step of [1, 2, 3, 7, 4096]) {
@@ -243,6 +249,25 @@ describe("TopLevelValues", () => {
         for (let i = 0; i < json.length; i += step) read.feed(json.slice(i, i + step));
         expect(plain(read.values("max_tokens")), `${json} in chunks of ${step}`).toBe(want);
       }
+  });
+
+  it("reads a key or value of many escapes in time linear in its length", () => {
+    const read = new TopLevelValues(["max_tokens", "speed"]);
+    const escapes = "\\n".repeat(800_000);
+    const started = process.cpuUsage();
+    read.feed(`{"speed":"${escapes}","${escapes}":1,"max_tokens":5}`);
+    const cpuMs = (process.cpuUsage(started).user + process.cpuUsage(started).system) / 1000;
+    expect(read.values("max_tokens")?.max).toBe(5);
+    expect(read.values("speed")).toMatchObject({ other: true });
+    // Quadratic, this took 14 s on a 2-core machine; linear, 0.3 s.
+    expect(cpuMs).toBeLessThan(3000);
+  });
+
+  it("takes a text that is not UTF-8 (a parser may take UTF-16) for unreadable", () => {
+    const read = new TopLevelValues(["max_tokens", "speed"]);
+    read.feed(Buffer.from('{"max_tokens":1,"speed":"fast"}', "utf16le").toString("latin1"));
+    expect(read.values("speed")).toMatchObject({ other: true });
+    expect(plain(read.values("max_tokens"))).toBeUndefined();
   });
 
   it("charges a cut call the max_tokens its request truly asked, not a decoy", () => {
@@ -323,6 +348,25 @@ describe("CallMeter: what server tools, long contexts and fast mode cost", () =>
       ((100 * p.input + 10 * p.output) * FAST_MODE_FACTOR) / 1e6,
       12,
     );
+  });
+
+  it("prices a call kept to a region at 1.1×, told or asked", () => {
+    const p = DEFAULT_PRICES["claude-sonnet-4"]!;
+    const base = (10 * p.input + 100 * p.output) / 1e6;
+    const told = metered(REQUEST);
+    told.meter.answer(200, { "content-type": "application/json" });
+    const answer = {
+      model: "claude-sonnet-4-5",
+      usage: { input_tokens: 10, output_tokens: 100, inference_geo: "us" },
+    };
+    told.meter.body(Buffer.from(JSON.stringify(answer)));
+    expect(told.meter.end()).toBe(true);
+    expect(told.sum.usd).toBeCloseTo(base * DATA_RESIDENCY_FACTOR, 12);
+    const asked = metered(JSON.stringify({ max_tokens: 100, inference_geo: "eu", messages: [] }));
+    asked.meter.answer(200, { "content-type": "text/event-stream" });
+    asked.meter.body(Buffer.from(start(10)));
+    expect(asked.meter.cut()).toBe(false);
+    expect(asked.sum.usd).toBeCloseTo(base * DATA_RESIDENCY_FACTOR, 12);
   });
 
   it("charges a cut call that asked for fast mode at fast mode's price", () => {

@@ -60,7 +60,8 @@ export const MAX_METERED_BYTES = 4 * 2 ** 20;
  * - unless message_start told its input, one input token per byte of its request; and one more
  *   per byte of the server tools' results streamed (web search, fetch), whose tokens the API
  *   adds to the input only at the end; each web search begun, as one;
- * - at fast mode's price when its request asked for any speed but "standard".
+ * - at fast mode's price when its request asked for any speed but "standard", and at a
+ *   region's when it asked for any inference_geo but "global".
  * So no way of ending a call spends what a budget does not count.
  */
 export class CallMeter {
@@ -76,7 +77,8 @@ export class CallMeter {
   private status = 0;
   private sent = false;
   private requestBytes = 0;
-  private readonly asked = new TopLevelValues(["max_tokens", "speed"]);
+  private readonly asked = new TopLevelValues(["max_tokens", "speed", "inference_geo"]);
+  private regionalTold = false;
   /** Server tool results streamed (bytes), and web searches begun, in an answer not yet told. */
   private resultBytes = 0;
   private searches = 0;
@@ -176,6 +178,9 @@ export class CallMeter {
     const speed = this.asked.values("speed");
     if (speed && (speed.other || speed.more || speed.max !== undefined)) this.fastTold = true;
     for (const s of speed?.strings ?? []) if (s !== "standard") this.fastTold = true;
+    const geo = this.asked.values("inference_geo");
+    if (geo && (geo.other || geo.more || geo.max !== undefined)) this.regionalTold = true;
+    for (const s of geo?.strings ?? []) if (s !== "global") this.regionalTold = true;
     const input = this.inputTold ? this.told.input : Math.max(this.told.input, this.requestBytes);
     this.raise({
       ...this.told,
@@ -223,6 +228,8 @@ export class CallMeter {
     // What a server tool's results add is in the input told from now on.
     if (obj.type === "message_delta" && u.input_tokens != null) this.resultBytes = 0;
     if (u.speed === "fast") this.fastTold = true;
+    if (typeof u.inference_geo === "string" && u.inference_geo !== "global")
+      this.regionalTold = true;
     const e1h = count(u.cache_creation?.ephemeral_1h_input_tokens);
     const e5m = count(u.cache_creation?.ephemeral_5m_input_tokens);
     if (u.input_tokens !== undefined && u.input_tokens !== null) this.inputTold = true;
@@ -246,7 +253,11 @@ export class CallMeter {
     }
     const usd = Math.max(
       this.usd,
-      costOf(this.model, { ...this.told, fast: this.fastTold }, this.prices),
+      costOf(
+        this.model,
+        { ...this.told, fast: this.fastTold, regional: this.regionalTold },
+        this.prices,
+      ),
     );
     const moreUsd = usd - this.usd;
     this.usd = usd;
@@ -269,6 +280,7 @@ interface Usage {
   cache_creation?: { ephemeral_5m_input_tokens?: unknown; ephemeral_1h_input_tokens?: unknown };
   server_tool_use?: { web_search_requests?: unknown };
   speed?: unknown;
+  inference_geo?: unknown;
 }
 
 interface Answer {
@@ -316,6 +328,7 @@ const MAX_KEPT_STRINGS = 8;
 export class TopLevelValues {
   private readonly keys: ReadonlySet<string>;
   private readonly found = new Map<string, KeyValues>();
+  private notUtf8 = false;
   private depth = 0;
   private inString = false;
   private escaped = false;
@@ -340,13 +353,19 @@ export class TopLevelValues {
     this.keys = new Set(keys);
   }
 
-  /** What `key` held, over the text fed so far; undefined when it was not there. */
+  /**
+   * What `key` held, over the text fed so far; undefined when it was not there. In a text
+   * that is not UTF-8 JSON (a NUL byte: UTF-16 or -32, which some parsers take), every key
+   * holds something unreadable.
+   */
   values(key: string): Readonly<KeyValues> | undefined {
     if (this.scalar !== undefined) this.endScalar();
+    if (this.notUtf8) return { strings: new Set(), more: false, other: true };
     return this.found.get(key);
   }
 
   feed(text: string): void {
+    if (text.includes("\0")) this.notUtf8 = true;
     this.quoteAt = this.slashAt = -1;
     let i = 0;
     while (i < text.length) {
@@ -366,8 +385,8 @@ export class TopLevelValues {
         if (space || c === "," || c === "}" || c === "]") {
           this.endScalar();
         } else {
-          this.scalar += c;
-          if (this.scalar.length > MAX_TOKEN_CHARS) this.endScalar();
+          // Read to its end; one too long to keep is not a number it could be read as.
+          if (this.scalar.length <= MAX_TOKEN_CHARS) this.scalar += c;
           i++;
           continue;
         }
@@ -436,15 +455,15 @@ export class TopLevelValues {
         }
       }
     }
-    const quote = indexOr(text, '"', i);
-    const slash = indexOr(text, "\\", i);
-    const stop = Math.min(quote, slash);
+    if (this.quoteAt < i) this.quoteAt = indexOr(text, '"', i);
+    if (this.slashAt < i) this.slashAt = indexOr(text, "\\", i);
+    const stop = Math.min(this.quoteAt, this.slashAt);
     if (stop === Infinity) {
       this.keep(text.slice(i));
       return text.length;
     }
     this.keep(text.slice(i, stop + 1));
-    if (stop === slash) {
+    if (stop === this.slashAt) {
       this.escaped = true;
       return stop + 1;
     }
@@ -452,7 +471,9 @@ export class TopLevelValues {
     const decoded = decodeString(this.kept.slice(0, -1));
     this.kept = undefined;
     if (this.keptFor === undefined) {
-      this.key = decoded !== undefined && this.keys.has(decoded) ? decoded : undefined;
+      // Some parsers match keys whatever their case (Go's: with the Kelvin sign and long s).
+      const folded = decoded?.toLowerCase().replace(/\u017f/g, "s");
+      this.key = folded !== undefined && this.keys.has(folded) ? folded : undefined;
     } else {
       const e = this.entry(this.keptFor);
       if (decoded === undefined) e.other = true;
@@ -478,7 +499,8 @@ export class TopLevelValues {
     } catch {
       // not a JSON scalar
     }
-    if (typeof n === "number" && Number.isFinite(n)) e.max = Math.max(e.max ?? n, n);
+    const kept = text.length <= MAX_TOKEN_CHARS;
+    if (kept && typeof n === "number" && Number.isFinite(n)) e.max = Math.max(e.max ?? n, n);
     else e.other = true;
   }
 

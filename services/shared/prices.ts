@@ -12,11 +12,14 @@ export interface ModelPrice {
  */
 export const DEFAULT_PRICES: Readonly<Record<string, ModelPrice>> = {
   "claude-opus-4": { input: 15, output: 75 },
+  "claude-opus-4-5": { input: 5, output: 25 },
+  "claude-opus-4-6": { input: 5, output: 25 },
   "claude-sonnet-4": { input: 3, output: 15 },
   "claude-3-7-sonnet": { input: 3, output: 15 },
   "claude-3-5-sonnet": { input: 3, output: 15 },
   "claude-haiku-4": { input: 1, output: 5 },
   "claude-3-5-haiku": { input: 0.8, output: 4 },
+  "claude-3-haiku": { input: 0.25, output: 1.25 },
   default: { input: 15, output: 75 },
 };
 
@@ -61,6 +64,11 @@ export const LONG_CONTEXT_OUTPUT_FACTOR = 1.5;
  * stacking with the long-context rates; https://docs.anthropic.com/en/docs/build-with-claude/fast-mode).
  */
 export const FAST_MODE_FACTOR = 6;
+/**
+ * A call kept to a region (`inference_geo` other than "global") prices every token at 1.1×
+ * (https://docs.anthropic.com/en/docs/build-with-claude/data-residency).
+ */
+export const DATA_RESIDENCY_FACTOR = 1.1;
 
 /** Tokens and requests of a model's answer, as its usage tells them (see usage-meter.ts). */
 export interface PricedUsage {
@@ -74,6 +82,8 @@ export interface PricedUsage {
   webSearches?: number;
   /** Served in fast mode (usage.speed "fast"). */
   fast?: boolean;
+  /** Kept to a region (usage.inference_geo other than "global"). */
+  regional?: boolean;
 }
 
 /**
@@ -94,7 +104,7 @@ export function costOf(
     write1h * CACHE_WRITE_1H_FACTOR +
     (u.cacheRead ?? 0) * CACHE_READ_FACTOR;
   const long = u.input + (u.cacheWrite ?? 0) + (u.cacheRead ?? 0) > LONG_CONTEXT_TOKENS;
-  const speed = u.fast ? FAST_MODE_FACTOR : 1;
+  const speed = (u.fast ? FAST_MODE_FACTOR : 1) * (u.regional ? DATA_RESIDENCY_FACTOR : 1);
   const input = p.input * speed * (long ? LONG_CONTEXT_INPUT_FACTOR : 1);
   const output = p.output * speed * (long ? LONG_CONTEXT_OUTPUT_FACTOR : 1);
   return (inputs * input + u.output * output) / 1_000_000 + (u.webSearches ?? 0) * WEB_SEARCH_USD;
