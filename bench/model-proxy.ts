@@ -1,7 +1,8 @@
 // Prints what the AgentHost's model proxy adds to a model call: the latency of a Messages API
 // call made straight to the fake model (HTTP on loopback) against the same call through the
 // proxy (HTTP on its Unix socket, as an agent makes it; the proxy adds the key, meters the
-// answer's usage and forwards it on loopback), streamed and not, measured in the same run.
+// answer's usage and forwards it on loopback), streamed and not, measured in the same run;
+// and what reading a request's max_tokens costs per MiB of body, against JSON.parse.
 // Run: npm run bench:model-proxy [-- --calls 2000]
 import { mkdtempSync, rmSync } from "node:fs";
 import http from "node:http";
@@ -9,6 +10,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { startModelProxy } from "../services/agent-host/model-proxy.ts";
+import { TopLevelValues } from "../services/agent-host/usage-meter.ts";
 import { silentLogger } from "../services/shared/log.ts";
 import { startFakeModel } from "../test/fake-model/server.ts";
 import { scripted } from "../test/harness.ts";
@@ -112,6 +114,38 @@ try {
       `    added         p50 +${ms(p50 - d50)}  p99 +${ms(p99 - d99)}  (${(p50 / d50).toFixed(2)}× the direct p50, ${(p99 / d99).toFixed(2)}× its p99)`,
     );
   }
+  // What reading a request's max_tokens (and speed) costs the proxy per call, against parsing
+  // the body whole: a 2 MB conversation of code, as the CLI resends it each turn.
+  const line = '    const x = foo(bar, "baz"); // a line of code\n';
+  const big = Buffer.from(
+    JSON.stringify({
+      model: "claude-sonnet-4-5",
+      messages: Array.from({ length: 200 }, (_, i) => ({
+        role: i % 2 ? "assistant" : "user",
+        content: [{ type: "text", text: line.repeat(200) }],
+      })),
+      max_tokens: 32000,
+    }),
+  );
+  const scan: number[] = [];
+  const parse: number[] = [];
+  for (let i = 0; i < 25; i++) {
+    let t0 = performance.now();
+    const read = new TopLevelValues(["max_tokens", "speed", "inference_geo"]);
+    for (let at = 0; at < big.length; at += 65536)
+      read.feed(big.subarray(at, at + 65536).toString("latin1"));
+    if (read.values("max_tokens")?.max !== 32000) throw new Error("max_tokens not read");
+    scan.push(performance.now() - t0);
+    t0 = performance.now();
+    JSON.parse(big.toString("utf8"));
+    parse.push(performance.now() - t0);
+  }
+  const mb = big.length / 2 ** 20;
+  const [s50, j50] = [pct(scan, 0.5) / mb, pct(parse, 0.5) / mb];
+  console.log(`  a request's max_tokens read from ${mb.toFixed(1)} MiB of JSON (median of 25):`);
+  console.log(
+    `    streamed reader ${s50.toFixed(2)} ms/MiB, JSON.parse ${j50.toFixed(2)} ms/MiB (${(s50 / j50).toFixed(2)}×)`,
+  );
 } finally {
   direct.destroy();
   proxied.destroy();
