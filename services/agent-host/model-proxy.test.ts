@@ -585,11 +585,22 @@ describe("model proxy: what it forwards", () => {
       "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n" +
       "Connection: close\r\nContent-Length: 2\r\n\r\n{}";
     await expectRefused(rig, request, 415);
-    const utf16 = request.replace(
+    for (const type of [
+      "application/json; charset=utf-16",
+      'application/json; x="a;charset=utf-8"; charset=utf-16',
+      "application/json; charset=utf-8; charset=utf-16",
+      "application/json; charset*=utf-16''",
+    ])
+      await expectRefused(
+        rig,
+        request.replace("Content-Encoding: gzip", `Content-Type: ${type}`),
+        415,
+      );
+    const utf8 = request.replace(
       "Content-Encoding: gzip",
-      "Content-Type: application/json; charset=utf-16",
+      'Content-Type: application/json; charset="UTF-8"',
     );
-    await expectRefused(rig, utf16, 415);
+    expect((await raw(rig.proxy.socketPath, utf8)).status).toBe(200);
   });
 
   it("refuses curl's request as in the report", async ({ skip }) => {
@@ -740,33 +751,72 @@ describe("model proxy: bounds", () => {
 });
 
 describe("model proxy: calls under way", () => {
-  it(`refuses a call beyond ${MAX_CALLS} under way, pipelined ones too, with 429`, async () => {
+  it(`refuses a call beyond ${MAX_CALLS} under way, those read on after their agent left among them, with 429`, async () => {
+    await using rig = await startRig();
+    rig.upstream.state.hold = true;
+    const request =
+      "POST /v1/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}";
+    const socks = Array.from({ length: MAX_CALLS }, () => {
+      const sock = net.connect(rig.proxy.socketPath, () => sock.write(request));
+      sock.on("error", () => undefined);
+      return sock;
+    });
+    await rig.upstream.until(
+      () => rig.upstream.seen.filter((r) => r.complete).length === MAX_CALLS,
+    );
+    for (const sock of socks) sock.destroy(); // the agents leave; their answers are read on
+    // Once the proxy has seen them go, a new call gets a connection, and is refused.
+    await vi.waitFor(
+      async () => expect((await raw(rig.proxy.socketPath, request)).status).toBe(429),
+      {
+        timeout: 10_000,
+      },
+    );
+    expect(rig.proxy.inFlight()).toBe(MAX_CALLS);
+    expect(rig.upstream.seen).toHaveLength(MAX_CALLS);
+    rig.upstream.state.hold = false;
+    rig.upstream.release();
+    await vi.waitFor(() => expect(rig.proxy.inFlight()).toBe(0));
+    expect(rig.proxy.take()).toMatchObject({ requests: MAX_CALLS, outputTokens: 2 * MAX_CALLS });
+  });
+
+  it("logs at most 20 refusals a second, then how many more there were", async () => {
+    await using rig = await startRig();
+    const started = performance.now();
+    for (let i = 0; i < 100; i++)
+      await raw(rig.proxy.socketPath, get("/nope", "Connection: close\r\n"));
+    const seconds = Math.ceil((performance.now() - started) / 1000);
+    const logged = rig.warnings().filter((w) => w["msg"] === "model proxy: request refused");
+    expect(logged.length).toBeLessThanOrEqual(20 * seconds);
+    expect(logged.length).toBeGreaterThan(0);
+  });
+
+  it("closes a connection that pipelines a request behind one not yet answered", async () => {
     await using rig = await startRig();
     rig.upstream.state.hold = true;
     const request = (connection: string) =>
       `POST /v1/messages HTTP/1.1\r\nHost: x\r\nConnection: ${connection}\r\n` +
       `Content-Length: 2\r\n\r\n{}`;
-    const open = Array.from({ length: MAX_CALLS - 1 }, () =>
-      raw(rig.proxy.socketPath, request("close")),
-    );
-    // One connection asks twice at once: its second call is the one too many.
     const sock = net.connect(rig.proxy.socketPath);
     let answers = "";
     sock.on("data", (c: Buffer) => (answers += c.toString("latin1")));
+    sock.on("error", () => undefined);
     const closed = new Promise((resolve) => sock.on("close", resolve));
-    sock.write(request("keep-alive") + request("close"));
-    await rig.upstream.until(
-      () => rig.upstream.seen.filter((r) => r.complete).length === MAX_CALLS,
-    );
-    await vi.waitFor(() => expect(rig.warnings().map((w) => w["status"])).toContain(429));
-    expect(rig.proxy.inFlight()).toBe(MAX_CALLS);
+    sock.write(request("keep-alive"));
+    await rig.upstream.until(() => rig.upstream.seen.some((r) => r.complete));
+    sock.write(request("keep-alive") + request("close")); // while the first waits for its answer
+    await closed;
+    expect(answers).toBe("");
+    // Each pipelined request node parsed before the connection closed is refused.
+    expect(rig.warnings().length).toBeGreaterThan(0);
+    for (const w of rig.warnings())
+      expect(w).toMatchObject({ msg: "model proxy: request refused", status: 0 });
+    // The first, which reached the API, is read on and metered; the others never went.
     rig.upstream.state.hold = false;
     rig.upstream.release();
-    expect((await Promise.all(open)).map((r) => r.status)).toEqual(open.map(() => 200));
-    await closed;
-    expect(answers.match(/^HTTP\/1\.1 \d{3}/gm)).toEqual(["HTTP/1.1 200", "HTTP/1.1 429"]);
-    expect(answers).toContain("rate_limit_error");
-    expect(rig.upstream.seen).toHaveLength(MAX_CALLS);
+    await vi.waitFor(() => expect(rig.proxy.inFlight()).toBe(0));
+    expect(rig.upstream.seen).toHaveLength(1);
+    expect(rig.proxy.take()).toMatchObject({ requests: 1, inputTokens: 3, outputTokens: 2 });
   });
 
   it("reads an answer at the pace its agent reads it: none is held for an agent that does not", async () => {

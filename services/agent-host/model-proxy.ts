@@ -102,6 +102,8 @@ export const MAX_CONNECTIONS = 64;
  * (pipelined requests on its connections too); more are refused 429 until one ends.
  */
 export const MAX_CALLS = 64;
+/** Refused requests logged per second and proxy; the count of the others is logged after. */
+const MAX_REFUSALS_LOGGED = 20;
 /** How much of a refused request target goes into the log. */
 const LOGGED_TARGET_CHARS = 200;
 const DEFAULT_UPSTREAM = "https://api.anthropic.com";
@@ -162,9 +164,10 @@ const AGENT_MAY_NOT_SET = new Set([
  * {@link MCP_PATH} go to it (the agent's Broker tools); everything else is answered 403
  * (model requests and MCP too while it is sealed: it starts so, and limit() opens it for a run)
  * (CONNECT, malformed requests: 4xx; a body with a content-encoding or a charset but UTF-8:
- * 415; beyond {@link MAX_CALLS} calls under way: 429) in the Messages API's error shape and
- * logged. The socket
- * is mode 0600, owned by `owner` when given (the agent's user), else by the service's user.
+ * 415; beyond {@link MAX_CALLS} calls under way: 429; a request pipelined behind one not
+ * yet answered closes its connection) in the Messages API's error shape and logged (at most
+ * {@link MAX_REFUSALS_LOGGED} a second, then their count). The socket is mode 0600, owned by `owner` when given (the agent's user), else by
+ * the service's user.
  * Bounds: bodies up to {@link MAX_BODY_BYTES} (413 beyond), request line and headers up to
  * {@link MAX_HEADER_BYTES} (431 beyond), {@link MAX_HEADERS} headers, {@link MAX_CONNECTIONS}
  * open connections (more are closed at once); node's defaults of 60 s to receive the headers
@@ -211,8 +214,19 @@ export async function startModelProxy(opts: {
   /** Model calls under way: let through, their answers not yet at their end. */
   const calls = new Set<Call>();
 
-  const refused = (method: string, target: string, status: number) =>
-    log.warn("model proxy: request refused", { method, target: clip(target), status });
+  /** Refusals logged in the current second, and those left out of the log in it. */
+  const refusals = { since: 0, logged: 0, unlogged: 0 };
+  const refused = (method: string, target: string, status: number) => {
+    const now = Date.now();
+    if (now - refusals.since >= 1000) {
+      if (refusals.unlogged)
+        log.warn("model proxy: more requests refused", { count: refusals.unlogged });
+      Object.assign(refusals, { since: now, logged: 0, unlogged: 0 });
+    }
+    if (refusals.logged++ < MAX_REFUSALS_LOGGED)
+      log.warn("model proxy: request refused", { method, target: clip(target), status });
+    else refusals.unlogged++;
+  };
   const refuse = (res: http.ServerResponse, status: number, type: string, message: string) => {
     const body = errorBody(type, `model proxy: ${message}`);
     res.writeHead(status, {
@@ -362,6 +376,13 @@ export async function startModelProxy(opts: {
   const handle = (req: http.IncomingMessage, res: http.ServerResponse) => {
     const method = req.method ?? "";
     const target = req.url ?? "";
+    if (!res.socket) {
+      // Pipelined behind a request not yet answered (node queues its answer): not served, as
+      // each would hold an answer in memory; the connection is closed.
+      refused(method, target, 0);
+      req.socket.destroy();
+      return;
+    }
     if (opts.mcp && target === MCP_PATH) {
       // The Broker's tools are the run's, as the model is: none while no run is under way.
       if (sealed !== undefined) {
@@ -520,9 +541,10 @@ function unreadableBody(headers: http.IncomingHttpHeaders): string | undefined {
     .toLowerCase();
   if (encoding !== "identity" && encoding !== "")
     return `request body in content-encoding ${clip(encoding)}: only identity is forwarded`;
-  const charset = /;\s*charset\s*=\s*"?([^";\s]*)/i.exec(headers["content-type"] ?? "")?.[1];
-  if (charset !== undefined && !/^utf-?8$/i.test(charset))
-    return `request body in charset ${clip(charset)}: only UTF-8 is forwarded`;
+  // A charset named anywhere in it must be UTF-8's, alone: no list, quoting or extension.
+  const type = headers["content-type"] ?? "";
+  if (/charset/i.test(type) && !/^[\w.+/-]+\s*;\s*charset\s*=\s*"?utf-?8"?\s*$/i.test(type))
+    return `request body in ${clip(JSON.stringify(type))}: only UTF-8 is forwarded`;
   return undefined;
 }
 

@@ -69,7 +69,9 @@ export class CallMeter {
   private told: CallTokens = { ...NO_TOKENS };
   /** Dollars charged so far. */
   private usd = 0;
+  /** Fast mode's or a region's price applies (told by the answer, or asked by the request). */
   private fastTold = false;
+  private regionalTold = false;
   private inputTold = false;
   private usageTold = false;
   private whole = false;
@@ -78,7 +80,6 @@ export class CallMeter {
   private sent = false;
   private requestBytes = 0;
   private readonly asked = new TopLevelValues(["max_tokens", "speed", "inference_geo"]);
-  private regionalTold = false;
   /** Server tool results streamed (bytes), and web searches begun, in an answer not yet told. */
   private resultBytes = 0;
   private searches = 0;
