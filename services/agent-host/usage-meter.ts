@@ -176,12 +176,8 @@ export class CallMeter {
     const asked = this.asked.values("max_tokens");
     const plain = asked && !asked.other && !asked.more && asked.strings.size === 0;
     const most = plain && asked.max !== undefined ? Math.max(0, Math.ceil(asked.max)) : Infinity;
-    const speed = this.asked.values("speed");
-    if (speed && (speed.other || speed.more || speed.max !== undefined)) this.fastTold = true;
-    for (const s of speed?.strings ?? []) if (s !== "standard") this.fastTold = true;
-    const geo = this.asked.values("inference_geo");
-    if (geo && (geo.other || geo.more || geo.max !== undefined)) this.regionalTold = true;
-    for (const s of geo?.strings ?? []) if (s !== "global") this.regionalTold = true;
+    this.fastTold ||= asksBut(this.asked.values("speed"), "standard");
+    this.regionalTold ||= asksBut(this.asked.values("inference_geo"), "global");
     const input = this.inputTold ? this.told.input : Math.max(this.told.input, this.requestBytes);
     this.raise({
       ...this.told,
@@ -264,6 +260,12 @@ export class CallMeter {
     this.usd = usd;
     if (moreUsd > 0 || Object.values(more).some((v) => v > 0)) this.add(more, moreUsd, this.model);
   }
+}
+
+/** Whether a request's key held anything but the string `plain` (absent: no). */
+function asksBut(v: Readonly<KeyValues> | undefined, plain: string): boolean {
+  if (!v) return false;
+  return v.other || v.more || v.max !== undefined || [...v.strings].some((s) => s !== plain);
 }
 
 /** The next line break (CR, LF; CRLF reads as two, the second ending an empty line). */
