@@ -164,8 +164,8 @@ const AGENT_MAY_NOT_SET = new Set([
  * {@link MCP_PATH} go to it (the agent's Broker tools); everything else is answered 403
  * (model requests and MCP too while it is sealed: it starts so, and limit() opens it for a run)
  * (CONNECT, malformed requests: 4xx; a body with a content-encoding or a charset but UTF-8:
- * 415; beyond {@link MAX_CALLS} calls under way: 429; a request pipelined behind one not
- * yet answered closes its connection) in the Messages API's error shape and logged (at most
+ * 415; beyond {@link MAX_CALLS} calls under way: 429; a refused request pipelined behind
+ * one not yet answered closes its connection) in the Messages API's error shape and logged (at most
  * {@link MAX_REFUSALS_LOGGED} a second, then their count). The socket is mode 0600, owned by `owner` when given (the agent's user), else by
  * the service's user.
  * Bounds: bodies up to {@link MAX_BODY_BYTES} (413 beyond), request line and headers up to
@@ -228,6 +228,9 @@ export async function startModelProxy(opts: {
     else refusals.unlogged++;
   };
   const refuse = (res: http.ServerResponse, status: number, type: string, message: string) => {
+    // Pipelined behind a request not yet answered, node would queue this answer in memory:
+    // the connection is closed instead (HTTP/1.1 pipelining of refused requests is not served).
+    if (!res.socket) return void res.req.socket.destroy();
     const body = errorBody(type, `model proxy: ${message}`);
     res.writeHead(status, {
       "content-type": "application/json",
@@ -376,13 +379,6 @@ export async function startModelProxy(opts: {
   const handle = (req: http.IncomingMessage, res: http.ServerResponse) => {
     const method = req.method ?? "";
     const target = req.url ?? "";
-    if (!res.socket) {
-      // Pipelined behind a request not yet answered (node queues its answer): not served, as
-      // each would hold an answer in memory; the connection is closed.
-      refused(method, target, 0);
-      req.socket.destroy();
-      return;
-    }
     if (opts.mcp && target === MCP_PATH) {
       // The Broker's tools are the run's, as the model is: none while no run is under way.
       if (sealed !== undefined) {
