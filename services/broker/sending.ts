@@ -1,4 +1,4 @@
-import { v7 as timeOrderedId } from "uuid";
+import { timeOrderedId } from "../shared/ids.ts";
 import { MessageType } from "../../gen/conductor/v1/broker_pb.js";
 import { assertOpen, shareOf, type BrokerCore } from "./core.ts";
 import type { Identity } from "./credentials.ts";

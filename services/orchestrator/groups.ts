@@ -1,7 +1,7 @@
 import { clone, create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { ConnectError } from "@connectrpc/connect";
-import { v7 as timeOrderedId } from "uuid";
+import { timeOrderedId } from "../shared/ids.ts";
 import {
   GroupAggregateSchema,
   GroupMemberStatusSchema,

@@ -1,6 +1,6 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { toJson } from "@bufbuild/protobuf";
-import { v7 as timeOrderedId } from "uuid";
+import { timeOrderedId } from "../shared/ids.ts";
 import { AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
 import {
   TaskState,
