@@ -6,10 +6,11 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
-import { v7 as timeOrderedId } from "uuid";
+import { timeOrderedId } from "../services/shared/ids.ts";
 import { OrchestratorService } from "../gen/conductor/v1/orchestrator_pb.js";
 import { StateChangeSchema, TaskState } from "../gen/conductor/v1/task_pb.js";
 import { TaskStore } from "../services/orchestrator/store.ts";
+import { AsyncQueue } from "../services/shared/async-queue.ts";
 import { unixTransport } from "../services/shared/transport.ts";
 import { eventually, spec, startService, type ServiceProcess } from "../test/harness.ts";
 import { batchRate, callers } from "./peers-common.ts";
@@ -87,6 +88,32 @@ export async function submits(client: Orchestrator, n: number, c: number): Promi
   const t0 = performance.now();
   await callers(n, c, async () => void (await submit(client)));
   return n / ((performance.now() - t0) / 1000);
+}
+
+/**
+ * Submits acknowledged per second over one SubmitTasks stream: `n` submits from `c` concurrent
+ * callers, each waiting for its own answer (the n-th answer is the n-th request's), as callers
+ * of one BullMQ Queue share its Redis connection.
+ */
+export async function streamSubmits(client: Orchestrator, n: number, c: number): Promise<number> {
+  const requests = new AsyncQueue<{ spec: typeof TASK }>();
+  const waiting: ((id: string) => void)[] = [];
+  const answers = (async () => {
+    for await (const res of client.submitTasks(requests, { timeoutMs: 120_000 })) {
+      if (!res.taskId) throw new Error(`submit refused: ${res.error?.message}`);
+      waiting.shift()!(res.taskId);
+    }
+  })();
+  const t0 = performance.now();
+  await callers(n, c, () => {
+    const answered = new Promise<string>((resolve) => waiting.push(resolve));
+    requests.push({ spec: TASK });
+    return answered.then(() => undefined);
+  });
+  const rate = n / ((performance.now() - t0) / 1000);
+  requests.end();
+  await answers;
+  return rate;
 }
 
 /**

@@ -30,6 +30,7 @@ import {
   rssMiB,
   startBenchConductor,
   startLatencies,
+  streamSubmits,
   submits,
 } from "./peers-conductor.ts";
 import { flatRow, latencyRow, printTable, ratioRow, type Row } from "./peers-table.ts";
@@ -124,7 +125,9 @@ printTable(
 async function peerRows(redis: Redis): Promise<Row[]> {
   const rows: Row[] = [];
   // 1. Durable submits acknowledged: a fresh Conductor (no agents) and a fresh queue per run.
-  const sub = { c: [] as number[], b: [] as number[] };
+  // Conductor's callers share one SubmitTasks stream (as BullMQ's share one Redis connection),
+  // and, for comparison, make one SubmitTask call each.
+  const sub = { c: [] as number[], unary: [] as number[], b: [] as number[] };
   // Where a submit's CPU goes: the callers' client (this process) and the server's.
   const cpu = { cClient: [] as number[], cServer: [] as number[] };
   const bcpu = { bClient: [] as number[], bServer: [] as number[] };
@@ -132,13 +135,15 @@ async function peerRows(redis: Redis): Promise<Row[]> {
     progress(`run ${r + 1}/${RUNS}: ${TASKS} submits from ${CALLERS} callers`);
     {
       await using c = await startBenchConductor({ fakeCli, agents: AGENTS });
-      await submits(c.client, 50, CALLERS); // warm-up
+      await streamSubmits(c.client, 50, CALLERS); // warm-up
       const m = await withCpu(TASKS, c.orchestrator.proc.pid!, () =>
-        submits(c.client, TASKS, CALLERS),
+        streamSubmits(c.client, TASKS, CALLERS),
       );
       sub.c.push(m.rate);
       cpu.cClient.push(m.clientUs);
       cpu.cServer.push(m.serverUs);
+      await submits(c.client, 50, CALLERS); // warm-up
+      sub.unary.push(await submits(c.client, TASKS, CALLERS));
     }
     await bullAdds(redis, 50, CALLERS); // warm-up
     const m = await withCpu(TASKS, redis.pid, () => bullAdds(redis, TASKS, CALLERS));
@@ -146,7 +151,7 @@ async function peerRows(redis: Redis): Promise<Row[]> {
     bcpu.bClient.push(m.clientUs);
     bcpu.bServer.push(m.serverUs);
   }
-  rows.push(ratioRow("durable submits acknowledged /s", sub.c, sub.b, "≥ 1.5×", 1.5));
+  rows.push(ratioRow("durable submits acknowledged /s (SubmitTasks)", sub.c, sub.b, "≥ 1.5×", 1.5));
   rows.push(
     ratioRow(
       "  CPU a submit, callers' client, µs (lower is better)",
@@ -162,6 +167,7 @@ async function peerRows(redis: Redis): Promise<Row[]> {
       "",
       0,
     ),
+    ratioRow("durable submits /s, a SubmitTask call each", sub.unary, sub.b, "", 0),
   );
   // 1b. The same, 100 at a time: a task group of 100 members against BullMQ's addBulk of 100.
   const bulk = { c: [] as number[], b: [] as number[] };

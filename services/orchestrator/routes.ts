@@ -9,6 +9,7 @@ import {
 } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { TaskSchema, TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { invalid } from "../shared/errors.ts";
+import { submitEach } from "./submit-stream.ts";
 import { checkLabels } from "./validate.ts";
 import type { Orchestrator } from "./orchestrator.ts";
 import type { RegisteredType } from "./task-types.ts";
@@ -27,6 +28,9 @@ export function orchestratorRoutes(orch: Orchestrator) {
     router.service(OrchestratorService, {
       submitTask(req, ctx) {
         return orch.submitChecked(req.spec, ctx.signal);
+      },
+      submitTasks(requests, ctx) {
+        return submitEach(requests, (spec) => orch.submitChecked(spec, ctx.signal));
       },
       getTask(req) {
         return { task: orch.get(givenId("id", req.id)) };

@@ -45,7 +45,7 @@ describe("the README's buf curl commands", () => {
   let dir: string;
   let service: ServiceProcess;
   let client: Client<typeof OrchestratorService>;
-  const [setSock, submit, watch, cancel] = readmeCommands();
+  const [setSock, submit, watch, cancel, submitMany] = readmeCommands();
 
   const sh = (command: string, id = "") =>
     command.replaceAll("npx buf ", `${BUF} `).replaceAll("<id>", id);
@@ -82,9 +82,9 @@ describe("the README's buf curl commands", () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  it("submit, watch and cancel a task", async () => {
+  it("submit, watch and cancel a task, and submit many over one stream", async () => {
     expect(setSock).toBe("SOCK=.conductor/run/orchestrator.sock");
-    for (const c of [submit, watch, cancel]) expect(c).toMatch(/^npx buf curl /);
+    for (const c of [submit, watch, cancel, submitMany]) expect(c).toMatch(/^npx buf curl /);
     const bash = (command: string) => run("bash", ["-c", `${setSock}\n${command}`], { cwd: dir });
 
     // The only agent is busy, so the README's task stays queued until it is cancelled.
@@ -124,6 +124,19 @@ describe("the README's buf curl commands", () => {
     expect(watched.indexOf("TASK_STATE_QUEUED")).toBeLessThan(
       watched.indexOf("TASK_STATE_CANCELLED"),
     );
+
+    // Answers in the order asked: a task stored, then the empty prompt refused.
+    const answers = (await bash(sh(submitMany!))).stdout
+      .split(/\n(?=\{)/)
+      .map((a) => JSON.parse(a) as { taskId?: string; error?: { code: number; message: string } });
+    expect(answers).toHaveLength(2);
+    expect(answers[1]!.taskId).toBeUndefined();
+    expect(answers[1]!.error!.code).toBe(3); // INVALID_ARGUMENT
+    expect(answers[1]!.error!.message).toMatch(/prompt/);
+    const many = (await client.getTask({ id: answers[0]!.taskId! })).task!;
+    expect(many.spec!.prompt).toBe("Add a CONTRIBUTING.md");
+    expect(many.state).toBe(TaskState.QUEUED);
+    await client.cancelTask({ id: many.id });
 
     const blocker = (await client.getTask({ id: busy!.id })).task!;
     expect(blocker.state, blocker.result?.error).toBe(TaskState.RUNNING);

@@ -248,6 +248,82 @@ export declare type SubmitTaskResponse = Message<"conductor.v1.SubmitTaskRespons
 export declare const SubmitTaskResponseSchema: GenMessage<SubmitTaskResponse>;
 
 /**
+ * One task of a SubmitTasks stream, as SubmitTaskRequest holds it.
+ *
+ * @generated from message conductor.v1.SubmitTasksRequest
+ */
+export declare type SubmitTasksRequest = Message<"conductor.v1.SubmitTasksRequest"> & {
+  /**
+   * @generated from field: conductor.v1.TaskSpec spec = 1;
+   */
+  spec?: TaskSpec | undefined;
+};
+
+/**
+ * Describes the message conductor.v1.SubmitTasksRequest.
+ * Use `create(SubmitTasksRequestSchema)` to create a new message.
+ */
+export declare const SubmitTasksRequestSchema: GenMessage<SubmitTasksRequest>;
+
+/**
+ * SubmitTasksResponse answers one request of a SubmitTasks stream: a task, or an error.
+ *
+ * @generated from message conductor.v1.SubmitTasksResponse
+ */
+export declare type SubmitTasksResponse = Message<"conductor.v1.SubmitTasksResponse"> & {
+  /**
+   * The id of the task stored, or of the one an idempotency key matched (then deduplicated
+   * is true). GetTask gives the task; answers stay small, so thousands go a second.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * @generated from field: bool deduplicated = 2;
+   */
+  deduplicated: boolean;
+
+  /**
+   * Set, with no task, when the request was refused; nothing of it was stored.
+   *
+   * @generated from field: conductor.v1.SubmitError error = 3;
+   */
+  error?: SubmitError | undefined;
+};
+
+/**
+ * Describes the message conductor.v1.SubmitTasksResponse.
+ * Use `create(SubmitTasksResponseSchema)` to create a new message.
+ */
+export declare const SubmitTasksResponseSchema: GenMessage<SubmitTasksResponse>;
+
+/**
+ * Why one request of a SubmitTasks stream was refused: what SubmitTask would have failed with.
+ *
+ * @generated from message conductor.v1.SubmitError
+ */
+export declare type SubmitError = Message<"conductor.v1.SubmitError"> & {
+  /**
+   * The gRPC status code (google.rpc.Code), e.g. 3 INVALID_ARGUMENT, 5 NOT_FOUND.
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message conductor.v1.SubmitError.
+ * Use `create(SubmitErrorSchema)` to create a new message.
+ */
+export declare const SubmitErrorSchema: GenMessage<SubmitError>;
+
+/**
  * @generated from message conductor.v1.GetTaskRequest
  */
 export declare type GetTaskRequest = Message<"conductor.v1.GetTaskRequest"> & {
@@ -927,6 +1003,21 @@ export declare const OrchestratorService: GenService<{
     methodKind: "unary";
     input: typeof SubmitTaskRequestSchema;
     output: typeof SubmitTaskResponseSchema;
+  },
+  /**
+   * Submits many tasks over one stream, as SubmitTask submits each: the n-th response answers
+   * the n-th request, once its task is stored durably or with why it was refused (that request
+   * alone; the stream goes on). Requests that arrive together share one disk commit, so this is
+   * the fast way to queue thousands of tasks. At most 256 requests of a stream are unanswered at
+   * a time: the server reads no more until the oldest is answered. A request that does not parse
+   * ends the stream (INTERNAL) after the answers before it.
+   *
+   * @generated from rpc conductor.v1.OrchestratorService.SubmitTasks
+   */
+  submitTasks: {
+    methodKind: "bidi_streaming";
+    input: typeof SubmitTasksRequestSchema;
+    output: typeof SubmitTasksResponseSchema;
   },
   /**
    * @generated from rpc conductor.v1.OrchestratorService.GetTask

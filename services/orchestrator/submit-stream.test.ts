@@ -1,0 +1,93 @@
+import { setImmediate as turn } from "node:timers/promises";
+import { create } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
+import { describe, expect, it } from "vitest";
+import {
+  SubmitTasksRequestSchema,
+  type SubmitTasksRequest,
+  type SubmitTasksResponse,
+} from "../../gen/conductor/v1/orchestrator_pb.js";
+import { TaskSpecSchema, TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
+import { until, World } from "../../test/orchestrator-world.ts";
+import { MAX_UNANSWERED, submitEach } from "./submit-stream.ts";
+
+const request = (prompt: string, more: Partial<Parameters<typeof create>[1]> = {}) =>
+  create(SubmitTasksRequestSchema, { spec: create(TaskSpecSchema, { prompt, ...more }) });
+
+describe("SubmitTasks", () => {
+  it("answers every request in order: a task id, the task a key matched, or why it was refused", async () => {
+    await using w = new World();
+    await w.startOrchestrator();
+    const requests: SubmitTasksRequest[] = [];
+    for (let i = 0; i < 300; i++) {
+      if (i === 50)
+        requests.push(request("")); // no prompt
+      else if (i === 100) requests.push(request("after", { dependsOn: ["no-such-task"] }));
+      else if (i === 10 || i === 150) requests.push(request(`keyed ${i}`, { idempotencyKey: "k" }));
+      else requests.push(request(`task ${i}`));
+    }
+    async function* sent() {
+      yield* requests;
+    }
+    const answers: SubmitTasksResponse[] = [];
+    for await (const a of w.client.submitTasks(sent())) answers.push(a);
+
+    expect(answers).toHaveLength(300);
+    expect(answers[50]!.taskId).toBe("");
+    expect(answers[50]!.error).toMatchObject({ code: Code.InvalidArgument });
+    expect(answers[50]!.error!.message).toMatch(/prompt/);
+    expect(answers[100]!.error).toMatchObject({ code: Code.NotFound });
+    expect(answers[100]!.error!.message).toMatch(/no-such-task/);
+    expect(answers[150]).toMatchObject({ taskId: answers[10]!.taskId, deduplicated: true });
+    const stored = new Map<string, Task>();
+    for (let page = ""; ;) {
+      const res = await w.client.listTasks({ pageSize: 1000, pageToken: page });
+      for (const t of res.tasks) stored.set(t.id, t);
+      if (!(page = res.nextPageToken)) break;
+    }
+    expect(stored.size).toBe(297); // 300, less the two refused and the repeated key
+    answers.forEach((a, i) => {
+      if (i === 50 || i === 100 || i === 150) return;
+      expect(a.error).toBeUndefined();
+      const task = stored.get(a.taskId)!;
+      expect(task.spec!.prompt).toBe(requests[i]!.spec!.prompt);
+      expect(task.state).toBe(TaskState.QUEUED);
+    });
+  });
+
+  it(`reads no more than ${MAX_UNANSWERED} requests ahead of the answers, and stops reading when their reader leaves`, async () => {
+    let pulled = 0;
+    let closed = false;
+    async function* requests() {
+      try {
+        for (let i = 0; i < 10_000; i++) {
+          pulled++;
+          yield request(`task ${i}`);
+        }
+      } finally {
+        closed = true;
+      }
+    }
+    const held: ((v: { task: Task; deduplicated: boolean }) => void)[] = [];
+    const submit = () => new Promise<{ task: Task; deduplicated: boolean }>((r) => held.push(r));
+    const answers = submitEach(requests(), submit);
+    const first = answers.next();
+    await until(() => held.length === MAX_UNANSWERED, `${MAX_UNANSWERED} submits begun`);
+    for (let i = 0; i < 20; i++) await turn(); // a reader that went on would have by now
+    expect(held).toHaveLength(MAX_UNANSWERED);
+    expect(pulled).toBe(MAX_UNANSWERED);
+
+    // The oldest answered: one more request is read.
+    held[0]!({ task: { id: "t0" } as Task, deduplicated: false });
+    expect((await first).value).toEqual({ taskId: "t0", deduplicated: false });
+    const second = answers.next();
+    await until(() => held.length === MAX_UNANSWERED + 1, "one more submit begun");
+    held[1]!({ task: { id: "t1" } as Task, deduplicated: true });
+    expect((await second).value).toEqual({ taskId: "t1", deduplicated: true });
+
+    // The reader of the answers leaves: the requests are read no further.
+    await answers.return(undefined);
+    await until(() => closed, "the requests closed");
+    expect(pulled).toBeLessThanOrEqual(MAX_UNANSWERED + 2);
+  });
+});
