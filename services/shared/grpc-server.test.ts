@@ -26,12 +26,18 @@ const CALLER = createContextKey<string>("", { description: "the caller" });
 let dir: string;
 let server: UnixServer;
 /** What the last handler saw of its context: why its signal aborted, and who called. */
-const seen: { reason?: unknown; caller?: string; timeoutMs?: number | undefined } = {};
+const seen: {
+  reason?: unknown;
+  caller?: string;
+  timeoutMs?: number | undefined;
+  waiting?: boolean;
+} = {};
 let aborted: () => void = () => undefined;
 
 /** Waits until `ctx.signal` aborts, noting why. */
 const untilAborted = (ctx: HandlerContext) =>
   new Promise<void>((resolve) => {
+    seen.waiting = true;
     ctx.signal.addEventListener("abort", () => {
       seen.reason = ctx.signal.reason;
       aborted();
@@ -113,6 +119,18 @@ describe("serveUnix's gRPC server", () => {
     expect(err).toMatchObject({ code: Code.DeadlineExceeded });
     await done;
     expect(ConnectError.from(seen.reason).code).toBe(Code.DeadlineExceeded);
+  });
+
+  it("aborts a unary call's signal when the caller cancels it, with CANCELED", async () => {
+    const done = new Promise<void>((resolve) => (aborted = resolve));
+    const stop = new AbortController();
+    seen.waiting = false;
+    const call = client().check({ service: "wait" }, { signal: stop.signal });
+    for (let i = 0; !seen.waiting && i < 2000; i++) await new Promise((r) => setTimeout(r, 5));
+    stop.abort();
+    await expect(call).rejects.toMatchObject({ code: Code.Canceled });
+    await done;
+    expect(ConnectError.from(seen.reason).code).toBe(Code.Canceled);
   });
 
   it("aborts a stream's signal when the caller cancels it", async () => {
