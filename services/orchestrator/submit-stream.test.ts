@@ -1,15 +1,25 @@
+import { execFile } from "node:child_process";
+import path from "node:path";
 import { setImmediate as turn } from "node:timers/promises";
-import { create } from "@bufbuild/protobuf";
+import { promisify } from "node:util";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
 import {
   SubmitTasksRequestSchema,
+  SubmitTasksResponseSchema,
   type SubmitTasksRequest,
   type SubmitTasksResponse,
 } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { TaskSpecSchema, TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
+import { ROOT } from "../../test/harness.ts";
 import { until, World } from "../../test/orchestrator-world.ts";
 import { MAX_UNANSWERED, submitEach } from "./submit-stream.ts";
+
+const run = promisify(execFile);
+/** Debian's Python, whose python3-grpcio is the client (another python3 on PATH may lack it). */
+const PYTHON = "/usr/bin/python3";
+const PY_CLIENT = path.join(ROOT, "test", "clients", "raw_call.py");
 
 const request = (prompt: string, more: Partial<Parameters<typeof create>[1]> = {}) =>
   create(SubmitTasksRequestSchema, { spec: create(TaskSpecSchema, { prompt, ...more }) });
@@ -89,5 +99,33 @@ describe("SubmitTasks", () => {
     await answers.return(undefined);
     await until(() => closed, "the requests closed");
     expect(pulled).toBeLessThanOrEqual(MAX_UNANSWERED + 2);
+  });
+});
+
+describe("SubmitTasks from Python's grpcio", () => {
+  it("answers a stream of requests in order, as a client in another language sees it", async () => {
+    await using w = new World();
+    await w.startOrchestrator();
+    const asB64 = (prompt: string) =>
+      Buffer.from(toBinary(SubmitTasksRequestSchema, request(prompt))).toString("base64");
+    const { stdout } = await run(PYTHON, [
+      PY_CLIENT,
+      path.join(w.dir, "run", "orchestrator.sock"),
+      "/conductor.v1.OrchestratorService/SubmitTasks",
+      [asB64("first"), asB64(""), asB64("third")].join(","),
+      "bidi",
+    ]);
+    const answers = stdout
+      .trim()
+      .split("\n")
+      .map((line) => fromBinary(SubmitTasksResponseSchema, Buffer.from(line, "base64")));
+    expect(answers).toHaveLength(3);
+    expect(answers[1]!.error?.code).toBe(Code.InvalidArgument);
+    for (const [i, prompt] of [
+      [0, "first"],
+      [2, "third"],
+    ] as const) {
+      expect((await w.task(answers[i]!.taskId)).spec!.prompt).toBe(prompt);
+    }
   });
 });

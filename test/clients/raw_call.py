@@ -1,13 +1,14 @@
 """One gRPC call from Python's grpcio at its default limits (4 MiB receive), over a Unix socket
 or, with --tls, over TCP with mutual TLS.
 
-    python3 raw_call.py <socket> </pkg.Service/Method> <request, base64> unary|stream
+    python3 raw_call.py <socket> </pkg.Service/Method> <request, base64> unary|stream|bidi
     python3 raw_call.py --tls CA,CERT,KEY [--authority NAME] [--timeout SECONDS] \\
-        <host:port> </pkg.Service/Method> <request, base64> unary|stream
+        <host:port> </pkg.Service/Method> <request, base64> unary|stream|bidi
 
 The request and each response are serialized protobuf, base64 on stdout (one line per
-message); a failed call prints "ERROR <CODE> <details>" on stderr and exits 3. No generated
-code: the caller encodes and decodes, so any method can be tried as any client sees it.
+message); bidi sends each of a comma-separated list of requests over one stream. A failed call
+prints "ERROR <CODE> <details>" on stderr and exits 3. No generated code: the caller encodes
+and decodes, so any method can be tried as any client sees it.
 
 --tls names PEM files: the CA that signed the server's certificate, and this client's own
 certificate and key. --authority is the name the server's certificate is checked against (and
@@ -33,8 +34,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=60, help="deadline, seconds")
     parser.add_argument("target", help="a Unix socket's path; with --tls, HOST:PORT")
     parser.add_argument("method", help="/pkg.Service/Method")
-    parser.add_argument("request_b64", help="the serialized request, base64")
-    parser.add_argument("kind", choices=["unary", "stream"])
+    parser.add_argument("request_b64", help="the serialized request, base64 (bidi: a list, a,b,c)")
+    parser.add_argument("kind", choices=["unary", "stream", "bidi"])
     args = parser.parse_args(argv)
     if args.tls is not None:
         files = args.tls.split(",")
@@ -68,13 +69,15 @@ def open_channel(args: argparse.Namespace) -> grpc.Channel:
 
 def main() -> int:
     args = parse_args(sys.argv[1:])
-    request = base64.b64decode(args.request_b64)
+    requests = [base64.b64decode(r) for r in args.request_b64.split(",")]
     with open_channel(args) as channel:
         try:
             if args.kind == "unary":
-                responses = [channel.unary_unary(args.method)(request, timeout=args.timeout)]
+                responses = [channel.unary_unary(args.method)(requests[0], timeout=args.timeout)]
+            elif args.kind == "stream":
+                responses = channel.unary_stream(args.method)(requests[0], timeout=args.timeout)
             else:
-                responses = channel.unary_stream(args.method)(request, timeout=args.timeout)
+                responses = channel.stream_stream(args.method)(iter(requests), timeout=args.timeout)
             for response in responses:
                 print(base64.b64encode(response).decode(), flush=True)
         except grpc.RpcError as e:
