@@ -257,11 +257,6 @@ async function last(values: AsyncIterable<unknown>): Promise<unknown> {
  * reading holds at most this much and one message more, not the Writable's sixteen messages.
  */
 const STREAM_WRITE_BYTES = 64 * 1024;
-/**
- * What a queued write is counted beyond its message's bytes (its frame header, the Writable's
- * entry and callback), so that empty messages too are bounded: at most 256 in flight.
- */
-const WRITE_OVERHEAD = 256;
 
 /** What a stream has written and grpc-js not yet handed on, and who waits for it to shrink. */
 interface Writes {
@@ -283,7 +278,7 @@ function sent(
 ): Promise<void> {
   return new Promise((resolve, reject) => {
     if (message && !writes.error && !signal.aborted) {
-      const size = message.byteLength + WRITE_OVERHEAD;
+      const size = message.byteLength;
       writes.bytes += size;
       call.write(message, (e?: Error | null) => {
         writes.bytes -= size;
