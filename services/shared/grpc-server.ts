@@ -83,12 +83,10 @@ function recordRoutes(routes: (router: ConnectRouter) => void): MethodImplSpec[]
 function register(server: grpc.Server, spec: MethodImplSpec, opts: GrpcServeOptions): void {
   const { method } = spec;
   const path = `/${method.parent.typeName}/${method.name}`;
-  const encode = (m: unknown) => {
+  const serialize = (m: unknown) => {
     const bytes = toBinary(method.output, m as Message);
     return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   };
-  // A stream's responses come encoded already (sent() counts their bytes).
-  const serialize = (m: unknown) => (m instanceof Buffer ? m : encode(m));
   const deserialize = (b: Buffer) => {
     try {
       return fromBinary(method.input, b);
@@ -139,8 +137,7 @@ function register(server: grpc.Server, spec: MethodImplSpec, opts: GrpcServeOpti
         }
         const signal = cancelled(call);
         const ctx = context(call, signal);
-        const output = invoke(ctx, one(request as Message));
-        respond(call, ctx, output, signal, encode).catch(() => undefined);
+        respond(call, ctx, invoke(ctx, one(request as Message)), signal).catch(() => undefined);
       };
       server.register(path, handler, serialize, deserialize, "serverStream");
       return;
@@ -164,7 +161,7 @@ function register(server: grpc.Server, spec: MethodImplSpec, opts: GrpcServeOpti
         const ctx = context(call, signal);
         const bad: { error?: ConnectError } = {};
         const output = invoke(ctx, parsed(call, method.input, bad));
-        respond(call, ctx, output, signal, encode, bad).catch(() => undefined);
+        respond(call, ctx, output, signal, bad).catch(() => undefined);
       };
       server.register(path, handler, serialize, deserialize, "bidi");
       return;
@@ -216,19 +213,16 @@ async function respond(
   ctx: Context,
   output: AsyncIterable<unknown>,
   signal: AbortSignal,
-  encode: (m: unknown) => Buffer,
   bad: { error?: ConnectError } = {},
 ): Promise<void> {
-  const writes: Writes = { bytes: 0 };
   try {
     let first = true;
     for await (const m of output) {
       if (first) sendHeader(call, ctx);
       first = false;
-      await sent(call, encode(m), signal, writes);
+      await sent(call, m, signal);
       if (signal.aborted) break; // cancelled: nothing more can go, and the handler is told
     }
-    await sent(call, undefined, signal, writes);
     if (bad.error) throw bad.error;
     // A handler that ended because its deadline passed (its signal said so) did not succeed.
     if (ctx.signal.aborted) throw ctx.signal.reason;
@@ -251,52 +245,21 @@ async function last(values: AsyncIterable<unknown>): Promise<unknown> {
 }
 
 /**
- * Most bytes of a stream's responses written but not yet handed to its HTTP/2 stream (whose
- * flow-control window waits for the reader). Below it the next response is made at once, so
- * small ones (SubmitTasks' answers) go many to a turn of the event loop; a reader that stops
- * reading holds at most this much and one message more, not the Writable's sixteen messages.
+ * Writes one message and resolves once grpc-js has handed it to the HTTP/2 stream (which waits
+ * for the reader's flow-control window), or once the call is cancelled (grpc-js then drops the
+ * write without a word). One message in flight a stream, as connect-node kept it: a reader that
+ * stops reading holds one message, not the Writable's sixteen.
  */
-const STREAM_WRITE_BYTES = 64 * 1024;
-
-/** What a stream has written and grpc-js not yet handed on, and who waits for it to shrink. */
-interface Writes {
-  bytes: number;
-  error?: Error;
-  waiter?: { below: number; wake: () => void };
-}
-
-/**
- * Writes one encoded message (none: waits for every earlier write) and resolves once what is
- * still being written is within STREAM_WRITE_BYTES, or once the call is cancelled (grpc-js then
- * drops the write without a word). A failed write fails this call or the next.
- */
-function sent(
-  call: WritableCall,
-  message: Buffer | undefined,
-  signal: AbortSignal,
-  writes: Writes,
-): Promise<void> {
+function sent(call: WritableCall, message: unknown, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (message && !writes.error && !signal.aborted) {
-      const size = message.byteLength;
-      writes.bytes += size;
-      call.write(message, (e?: Error | null) => {
-        writes.bytes -= size;
-        if (e) writes.error ??= e;
-        const w = writes.waiter;
-        if (w && (writes.error || writes.bytes <= w.below)) w.wake();
-      });
-    }
-    const below = message ? STREAM_WRITE_BYTES : 0;
-    const done = () => {
-      signal.removeEventListener("abort", done);
-      writes.waiter = undefined;
-      if (writes.error) reject(writes.error);
+    if (signal.aborted) return resolve();
+    const cancelled = () => resolve();
+    signal.addEventListener("abort", cancelled, { once: true });
+    call.write(message, (e?: Error | null) => {
+      signal.removeEventListener("abort", cancelled);
+      if (e) reject(e);
       else resolve();
-    };
-    if (writes.error || signal.aborted || writes.bytes <= below) return done();
-    writes.waiter = { below, wake: done };
-    signal.addEventListener("abort", done, { once: true });
+    });
   });
 }
 
