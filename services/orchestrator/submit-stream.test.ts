@@ -13,6 +13,7 @@ import {
 } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { TaskSpecSchema, TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
 import { ROOT } from "../../test/harness.ts";
+import { StorageFull } from "../shared/errors.ts";
 import { until, World } from "../../test/orchestrator-world.ts";
 import { MAX_UNANSWERED, submitEach } from "./submit-stream.ts";
 
@@ -127,5 +128,20 @@ describe("SubmitTasks from Python's grpcio", () => {
     ] as const) {
       expect((await w.task(answers[i]!.taskId)).spec!.prompt).toBe(prompt);
     }
+  });
+});
+
+describe("SubmitTasks' refusals", () => {
+  it("carry the code SubmitTask fails with: a full disk RESOURCE_EXHAUSTED, a fault INTERNAL without its text", async () => {
+    async function* requests() {
+      yield request("a");
+      yield request("b");
+    }
+    const faults = [new StorageFull("/data", new Error("ENOSPC")), new Error("secret detail")];
+    const answers = [];
+    for await (const a of submitEach(requests(), () => Promise.reject(faults.shift()!)))
+      answers.push(a);
+    expect(answers[0]!.error).toMatchObject({ code: Code.ResourceExhausted });
+    expect(answers[1]!.error).toEqual({ code: Code.Internal, message: "internal error" });
   });
 });

@@ -1,11 +1,11 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { ConnectError } from "@connectrpc/connect";
 import type {
   SubmitTasksRequest,
   SubmitTasksResponseSchema,
 } from "../../gen/conductor/v1/orchestrator_pb.js";
 import type { Task, TaskSpec } from "../../gen/conductor/v1/task_pb.js";
 import { AsyncQueue } from "../shared/async-queue.ts";
+import { toStatus } from "../shared/errors.ts";
 
 /**
  * Most requests of one SubmitTasks stream stored or being stored but not yet answered: beyond
@@ -38,7 +38,7 @@ export async function* submitEach(
           submit(req.spec).then(
             ({ task, deduplicated }): Answer => ({ taskId: task.id, deduplicated }),
             (e: unknown): Answer => {
-              const err = ConnectError.from(e);
+              const err = toStatus(e); // as SubmitTask's error edge gives it
               return { error: { code: err.code, message: err.rawMessage } };
             },
           ),
