@@ -100,8 +100,10 @@ export async function streamSubmits(client: Orchestrator, n: number, c: number):
   const waiting: ((id: string) => void)[] = [];
   const answers = (async () => {
     for await (const res of client.submitTasks(requests, { timeoutMs: 120_000 })) {
-      if (!res.taskId) throw new Error(`submit refused: ${res.error?.message}`);
-      waiting.shift()!(res.taskId);
+      for (const a of res.answers) {
+        if (!a.taskId) throw new Error(`submit refused: ${a.error?.message}`);
+        waiting.shift()!(a.taskId);
+      }
     }
   })();
   const t0 = performance.now();

@@ -9,7 +9,7 @@ import {
   SubmitTasksRequestSchema,
   SubmitTasksResponseSchema,
   type SubmitTasksRequest,
-  type SubmitTasksResponse,
+  type SubmitAnswer,
 } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { TaskSpecSchema, TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
 import { ROOT } from "../../test/harness.ts";
@@ -40,8 +40,8 @@ describe("SubmitTasks", () => {
     async function* sent() {
       yield* requests;
     }
-    const answers: SubmitTasksResponse[] = [];
-    for await (const a of w.client.submitTasks(sent())) answers.push(a);
+    const answers: SubmitAnswer[] = [];
+    for await (const res of w.client.submitTasks(sent())) answers.push(...res.answers);
 
     expect(answers).toHaveLength(300);
     expect(answers[50]!.taskId).toBe("");
@@ -90,11 +90,11 @@ describe("SubmitTasks", () => {
 
     // The oldest answered: one more request is read.
     held[0]!({ task: { id: "t0" } as Task, deduplicated: false });
-    expect((await first).value).toEqual({ taskId: "t0", deduplicated: false });
+    expect((await first).value).toEqual({ answers: [{ taskId: "t0", deduplicated: false }] });
     const second = answers.next();
     await until(() => held.length === MAX_UNANSWERED + 1, "one more submit begun");
     held[1]!({ task: { id: "t1" } as Task, deduplicated: true });
-    expect((await second).value).toEqual({ taskId: "t1", deduplicated: true });
+    expect((await second).value).toEqual({ answers: [{ taskId: "t1", deduplicated: true }] });
 
     // The reader of the answers leaves: the requests are read no further.
     await answers.return(undefined);
@@ -119,7 +119,9 @@ describe("SubmitTasks from Python's grpcio", () => {
     const answers = stdout
       .trim()
       .split("\n")
-      .map((line) => fromBinary(SubmitTasksResponseSchema, Buffer.from(line, "base64")));
+      .flatMap(
+        (line) => fromBinary(SubmitTasksResponseSchema, Buffer.from(line, "base64")).answers,
+      );
     expect(answers).toHaveLength(3);
     expect(answers[1]!.error?.code).toBe(Code.InvalidArgument);
     for (const [i, prompt] of [
@@ -139,8 +141,8 @@ describe("SubmitTasks' refusals", () => {
     }
     const faults = [new StorageFull("/data", new Error("ENOSPC")), new Error("secret detail")];
     const answers = [];
-    for await (const a of submitEach(requests(), () => Promise.reject(faults.shift()!)))
-      answers.push(a);
+    for await (const res of submitEach(requests(), () => Promise.reject(faults.shift()!)))
+      answers.push(...res.answers!);
     expect(answers[0]!.error).toMatchObject({ code: Code.ResourceExhausted });
     expect(answers[1]!.error).toEqual({ code: Code.Internal, message: "internal error" });
   });

@@ -1,10 +1,10 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type {
   SubmitTasksRequest,
+  SubmitAnswerSchema,
   SubmitTasksResponseSchema,
 } from "../../gen/conductor/v1/orchestrator_pb.js";
 import type { Task, TaskSpec } from "../../gen/conductor/v1/task_pb.js";
-import { AsyncQueue } from "../shared/async-queue.ts";
 import { toStatus } from "../shared/errors.ts";
 
 /**
@@ -14,54 +14,80 @@ import { toStatus } from "../shared/errors.ts";
  */
 export const MAX_UNANSWERED = 256;
 
-type Answer = MessageInitShape<typeof SubmitTasksResponseSchema>;
+type Answer = MessageInitShape<typeof SubmitAnswerSchema>;
+type Answers = MessageInitShape<typeof SubmitTasksResponseSchema>;
 
 /**
  * SubmitTasks: each request submitted as it arrives (`submit`, SubmitTask's path; submits of one
- * event-loop turn share a commit), answered in the order asked. A refused request is answered
- * with its gRPC code and message, and the stream goes on. Reading stops at MAX_UNANSWERED until
- * the oldest is answered, and for good when the reader of the answers leaves; an error reading
- * the requests ends the stream with it, after the answers before it.
+ * event-loop turn share a commit), answered in the order asked: each response holds every answer
+ * next in line that is ready (one write for a whole commit's worth). A refused request is
+ * answered with its gRPC code and message, and the stream goes on. Reading stops while
+ * MAX_UNANSWERED requests wait for their answers (those being written count), and for good when
+ * the reader of the answers leaves; an error reading the requests ends the stream with it, after
+ * the answers before it.
  */
 export async function* submitEach(
   requests: AsyncIterable<SubmitTasksRequest>,
   submit: (spec: TaskSpec | undefined) => Promise<{ task: Task; deduplicated: boolean }>,
-): AsyncGenerator<Answer> {
-  const answers = new AsyncQueue<Promise<Answer>>();
+): AsyncGenerator<Answers> {
+  /** The requests read and not yet answered, in order; `answer` once it is settled. */
+  const line: { answer?: Answer }[] = [];
   let unanswered = 0;
-  let room: (() => void) | undefined;
+  let ended = false;
+  let failure: { error: unknown } | undefined;
   let left = false;
+  let wake: (() => void) | undefined;
+  let room: (() => void) | undefined;
+  const poke = () => {
+    wake?.();
+    wake = undefined;
+  };
   const read = async () => {
     try {
       for await (const req of requests) {
-        answers.push(
-          submit(req.spec).then(
-            ({ task, deduplicated }): Answer => ({ taskId: task.id, deduplicated }),
-            (e: unknown): Answer => {
-              const err = toStatus(e); // as SubmitTask's error edge gives it
-              return { error: { code: err.code, message: err.rawMessage } };
-            },
-          ),
+        const entry: { answer?: Answer } = {};
+        line.push(entry);
+        const settle = (answer: Answer) => {
+          entry.answer = answer;
+          poke();
+        };
+        submit(req.spec).then(
+          ({ task, deduplicated }) => settle({ taskId: task.id, deduplicated }),
+          (e: unknown) => {
+            const err = toStatus(e); // as SubmitTask's error edge gives it
+            settle({ error: { code: err.code, message: err.rawMessage } });
+          },
         );
         if (++unanswered >= MAX_UNANSWERED) await new Promise<void>((r) => (room = r));
         if (left) return;
       }
-      answers.end();
     } catch (e) {
-      answers.fail(e);
+      failure = { error: e };
     }
+    ended = true;
+    poke();
   };
-  read().catch(() => undefined); // it settles the queue itself
+  read().catch(() => undefined); // it ends the line itself
   try {
-    for await (const answer of answers) {
-      yield await answer;
-      unanswered--;
-      room?.();
-      room = undefined;
+    for (;;) {
+      let ready = 0;
+      while (ready < line.length && line[ready]!.answer) ready++;
+      if (ready > 0) {
+        const answers = line.splice(0, ready).map((e) => e.answer!);
+        yield { answers };
+        unanswered -= answers.length;
+        room?.();
+        room = undefined;
+        continue;
+      }
+      if (ended && line.length === 0) {
+        if (failure) throw failure.error;
+        return;
+      }
+      await new Promise<void>((r) => (wake = r));
     }
   } finally {
     left = true;
-    answers.end();
     room?.();
   }
 }

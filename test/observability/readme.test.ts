@@ -126,9 +126,14 @@ describe("the README's buf curl commands", () => {
     );
 
     // Answers in the order asked: a task stored, then the empty prompt refused.
-    const answers = (await bash(sh(submitMany!))).stdout
-      .split(/\n(?=\{)/)
-      .map((a) => JSON.parse(a) as { taskId?: string; error?: { code: number; message: string } });
+    const answers = (await bash(sh(submitMany!))).stdout.split(/\n(?=\{)/).flatMap(
+      (res) =>
+        (
+          JSON.parse(res) as {
+            answers: { taskId?: string; error?: { code: number; message: string } }[];
+          }
+        ).answers,
+    );
     expect(answers).toHaveLength(2);
     expect(answers[1]!.taskId).toBeUndefined();
     expect(answers[1]!.error!.code).toBe(3); // INVALID_ARGUMENT

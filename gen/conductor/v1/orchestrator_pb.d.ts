@@ -266,11 +266,29 @@ export declare type SubmitTasksRequest = Message<"conductor.v1.SubmitTasksReques
 export declare const SubmitTasksRequestSchema: GenMessage<SubmitTasksRequest>;
 
 /**
- * SubmitTasksResponse answers one request of a SubmitTasks stream: a task, or an error.
+ * SubmitTasksResponse answers the requests of a SubmitTasks stream next in line.
  *
  * @generated from message conductor.v1.SubmitTasksResponse
  */
 export declare type SubmitTasksResponse = Message<"conductor.v1.SubmitTasksResponse"> & {
+  /**
+   * @generated from field: repeated conductor.v1.SubmitAnswer answers = 1;
+   */
+  answers: SubmitAnswer[];
+};
+
+/**
+ * Describes the message conductor.v1.SubmitTasksResponse.
+ * Use `create(SubmitTasksResponseSchema)` to create a new message.
+ */
+export declare const SubmitTasksResponseSchema: GenMessage<SubmitTasksResponse>;
+
+/**
+ * SubmitAnswer answers one request of a SubmitTasks stream: a task, or an error.
+ *
+ * @generated from message conductor.v1.SubmitAnswer
+ */
+export declare type SubmitAnswer = Message<"conductor.v1.SubmitAnswer"> & {
   /**
    * The id of the task stored, or of the one an idempotency key matched (then deduplicated
    * is true). GetTask gives the task; answers stay small, so thousands go a second.
@@ -293,10 +311,10 @@ export declare type SubmitTasksResponse = Message<"conductor.v1.SubmitTasksRespo
 };
 
 /**
- * Describes the message conductor.v1.SubmitTasksResponse.
- * Use `create(SubmitTasksResponseSchema)` to create a new message.
+ * Describes the message conductor.v1.SubmitAnswer.
+ * Use `create(SubmitAnswerSchema)` to create a new message.
  */
-export declare const SubmitTasksResponseSchema: GenMessage<SubmitTasksResponse>;
+export declare const SubmitAnswerSchema: GenMessage<SubmitAnswer>;
 
 /**
  * Why one request of a SubmitTasks stream was refused: what SubmitTask would have failed with.
@@ -1005,12 +1023,16 @@ export declare const OrchestratorService: GenService<{
     output: typeof SubmitTaskResponseSchema;
   },
   /**
-   * Submits many tasks over one stream, as SubmitTask submits each: the n-th response answers
-   * the n-th request, once its task is stored durably or with why it was refused (that request
-   * alone; the stream goes on). Requests that arrive together share one disk commit, so this is
-   * the fast way to queue thousands of tasks. At most 256 requests of a stream are unanswered at
-   * a time: the server reads no more until the oldest is answered. A request that does not parse
-   * ends the stream (INTERNAL) after the answers before it.
+   * Submits many tasks over one stream, as SubmitTask submits each. Each response holds the
+   * answers of the requests next in line, in order (the n-th answer of the stream answers its
+   * n-th request), each once its task is stored durably or with why it was refused (that request
+   * alone; the stream goes on). Requests that arrive together share one disk commit and their
+   * answers one response, so this is the fast way to queue thousands of tasks. At most 256
+   * requests of a stream wait for their answers: the server reads no more until the oldest is
+   * answered (a client that reads no answers is held once they fill its flow-control window,
+   * by then thousands of tasks). A request that does not parse (INTERNAL) or is over 4 MiB
+   * (RESOURCE_EXHAUSTED) ends the stream: requests before it may be stored unanswered, so give
+   * tasks an idempotency_key and send again those not answered.
    *
    * @generated from rpc conductor.v1.OrchestratorService.SubmitTasks
    */

@@ -12,7 +12,7 @@ import { file_conductor_v1_task } from "./task_pb.js";
  * Describes the file conductor/v1/orchestrator.proto.
  */
 export const file_conductor_v1_orchestrator = /*@__PURE__*/
-  fileDesc("Ch9jb25kdWN0b3IvdjEvb3JjaGVzdHJhdG9yLnByb3RvEgxjb25kdWN0b3IudjEiQwoWU3VibWl0VGFza0dyb3VwUmVxdWVzdBIpCgRzcGVjGAEgASgLMhsuY29uZHVjdG9yLnYxLlRhc2tHcm91cFNwZWMiVwoXU3VibWl0VGFza0dyb3VwUmVzcG9uc2USJgoFZ3JvdXAYASABKAsyFy5jb25kdWN0b3IudjEuVGFza0dyb3VwEhQKDGRlZHVwbGljYXRlZBgCIAEoCCIhChNHZXRUYXNrR3JvdXBSZXF1ZXN0EgoKAmlkGAEgASgJIj4KFEdldFRhc2tHcm91cFJlc3BvbnNlEiYKBWdyb3VwGAEgASgLMhcuY29uZHVjdG9yLnYxLlRhc2tHcm91cCI+ChVMaXN0VGFza0dyb3Vwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiWgoWTGlzdFRhc2tHcm91cHNSZXNwb25zZRInCgZncm91cHMYASADKAsyFy5jb25kdWN0b3IudjEuVGFza0dyb3VwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIjChVXYXRjaFRhc2tHcm91cFJlcXVlc3QSCgoCaWQYASABKAkiogEKFldhdGNoVGFza0dyb3VwUmVzcG9uc2USJgoFZ3JvdXAYASABKAsyFy5jb25kdWN0b3IudjEuVGFza0dyb3VwEi8KBmNoYW5nZRgCIAEoCzIfLmNvbmR1Y3Rvci52MS5Hcm91cE1lbWJlckNoYW5nZRIvCglhZ2dyZWdhdGUYAyABKAsyHC5jb25kdWN0b3IudjEuR3JvdXBBZ2dyZWdhdGUiJAoWQ2FuY2VsVGFza0dyb3VwUmVxdWVzdBIKCgJpZBgBIAEoCSJBChdDYW5jZWxUYXNrR3JvdXBSZXNwb25zZRImCgVncm91cBgBIAEoCzIXLmNvbmR1Y3Rvci52MS5UYXNrR3JvdXAiOQoRU3VibWl0VGFza1JlcXVlc3QSJAoEc3BlYxgBIAEoCzIWLmNvbmR1Y3Rvci52MS5UYXNrU3BlYyJMChJTdWJtaXRUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmNvbmR1Y3Rvci52MS5UYXNrEhQKDGRlZHVwbGljYXRlZBgCIAEoCCI6ChJTdWJtaXRUYXNrc1JlcXVlc3QSJAoEc3BlYxgBIAEoCzIWLmNvbmR1Y3Rvci52MS5UYXNrU3BlYyJmChNTdWJtaXRUYXNrc1Jlc3BvbnNlEg8KB3Rhc2tfaWQYASABKAkSFAoMZGVkdXBsaWNhdGVkGAIgASgIEigKBWVycm9yGAMgASgLMhkuY29uZHVjdG9yLnYxLlN1Ym1pdEVycm9yIiwKC1N1Ym1pdEVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSIcCg5HZXRUYXNrUmVxdWVzdBIKCgJpZBgBIAEoCSIzCg9HZXRUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmNvbmR1Y3Rvci52MS5UYXNrIt8BChBMaXN0VGFza3NSZXF1ZXN0EicKBnN0YXRlcxgBIAMoDjIXLmNvbmR1Y3Rvci52MS5UYXNrU3RhdGUSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSEAoIZ3JvdXBfaWQYBCABKAkSOgoGbGFiZWxzGAUgAygLMiouY29uZHVjdG9yLnYxLkxpc3RUYXNrc1JlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJPChFMaXN0VGFza3NSZXNwb25zZRIhCgV0YXNrcxgBIAMoCzISLmNvbmR1Y3Rvci52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIxChBXYXRjaFRhc2tSZXF1ZXN0EgoKAmlkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoAyJKChVMaXN0VGFza0V2ZW50c1JlcXVlc3QSCgoCaWQYASABKAkSEgoKYmVmb3JlX3NlcRgCIAEoAxIRCglwYWdlX3NpemUYAyABKAUiTwoWTGlzdFRhc2tFdmVudHNSZXNwb25zZRInCgZldmVudHMYASADKAsyFy5jb25kdWN0b3IudjEuVGFza0V2ZW50EgwKBG1vcmUYAiABKAgiEwoRV2F0Y2hUYXNrc1JlcXVlc3QiNgoSV2F0Y2hUYXNrc1Jlc3BvbnNlEiAKBHRhc2sYASABKAsyEi5jb25kdWN0b3IudjEuVGFzayI7ChFXYXRjaFRhc2tSZXNwb25zZRImCgVldmVudBgBIAEoCzIXLmNvbmR1Y3Rvci52MS5UYXNrRXZlbnQiHwoRQ2FuY2VsVGFza1JlcXVlc3QSCgoCaWQYASABKAkiNgoSQ2FuY2VsVGFza1Jlc3BvbnNlEiAKBHRhc2sYASABKAsyEi5jb25kdWN0b3IudjEuVGFzayITChFMaXN0QWdlbnRzUmVxdWVzdCI5ChJMaXN0QWdlbnRzUmVzcG9uc2USIwoGYWdlbnRzGAEgAygLMhMuY29uZHVjdG9yLnYxLkFnZW50IhEKD0dldFN0YXRzUmVxdWVzdCLXAgoQR2V0U3RhdHNSZXNwb25zZRJICg50YXNrc19ieV9zdGF0ZRgBIAMoCzIwLmNvbmR1Y3Rvci52MS5HZXRTdGF0c1Jlc3BvbnNlLlRhc2tzQnlTdGF0ZUVudHJ5EhcKD2R1cmF0aW9uX3A1MF9tcxgCIAEoARIXCg9kdXJhdGlvbl9wOTVfbXMYAyABKAESFwoPZHVyYXRpb25fcDk5X21zGAQgASgBEhoKEmlucHV0X3Rva2Vuc190b3RhbBgFIAEoAxIbChNvdXRwdXRfdG9rZW5zX3RvdGFsGAYgASgDEhYKDmNvc3RfdXNkX3RvdGFsGAcgASgBEhMKC2FnZW50c19idXN5GAggASgFEhMKC2FnZW50c19pZGxlGAkgASgFGjMKEVRhc2tzQnlTdGF0ZUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEiOgoUR2V0VGFza091dHB1dFJlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCglldmVudF9zZXEYAiABKAMiJQoVR2V0VGFza091dHB1dFJlc3BvbnNlEgwKBHRleHQYASABKAkiJgoTR2V0VGFza1BhdGNoUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIiUKFEdldFRhc2tQYXRjaFJlc3BvbnNlEg0KBWNodW5rGAEgASgMIhIKEExpc3ROb2Rlc1JlcXVlc3QiNgoRTGlzdE5vZGVzUmVzcG9uc2USIQoFbm9kZXMYASADKAsyEi5jb25kdWN0b3IudjEuTm9kZSIgChBEcmFpbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNQoRRHJhaW5Ob2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmNvbmR1Y3Rvci52MS5Ob2RlIiIKElVuZHJhaW5Ob2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjcKE1VuZHJhaW5Ob2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmNvbmR1Y3Rvci52MS5Ob2RlIhYKFExpc3RUYXNrVHlwZXNSZXF1ZXN0Ij4KFUxpc3RUYXNrVHlwZXNSZXNwb25zZRIlCgV0eXBlcxgBIAMoCzIWLmNvbmR1Y3Rvci52MS5UYXNrVHlwZSK5AQoIVGFza1R5cGUSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIzCgpwYXJhbWV0ZXJzGAMgAygLMh8uY29uZHVjdG9yLnYxLlRhc2tUeXBlUGFyYW1ldGVyEhUKDWRlZmF1bHRfdG9vbHMYBCADKAkSFwoPcGVybWlzc2lvbl9tb2RlGAUgASgJEhUKDXJlc3VsdF9zY2hlbWEYBiABKAkSDgoGc291cmNlGAcgASgJIn0KEVRhc2tUeXBlUGFyYW1ldGVyEgwKBG5hbWUYASABKAkSDAoEa2luZBgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIQCghyZXF1aXJlZBgEIAEoCBIVCg1kZWZhdWx0X3ZhbHVlGAUgASgJEg4KBnZhbHVlcxgGIAMoCTKTDgoTT3JjaGVzdHJhdG9yU2VydmljZRJPCgpTdWJtaXRUYXNrEh8uY29uZHVjdG9yLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0GiAuY29uZHVjdG9yLnYxLlN1Ym1pdFRhc2tSZXNwb25zZRJWCgtTdWJtaXRUYXNrcxIgLmNvbmR1Y3Rvci52MS5TdWJtaXRUYXNrc1JlcXVlc3QaIS5jb25kdWN0b3IudjEuU3VibWl0VGFza3NSZXNwb25zZSgBMAESRgoHR2V0VGFzaxIcLmNvbmR1Y3Rvci52MS5HZXRUYXNrUmVxdWVzdBodLmNvbmR1Y3Rvci52MS5HZXRUYXNrUmVzcG9uc2USTAoJTGlzdFRhc2tzEh4uY29uZHVjdG9yLnYxLkxpc3RUYXNrc1JlcXVlc3QaHy5jb25kdWN0b3IudjEuTGlzdFRhc2tzUmVzcG9uc2USTgoJV2F0Y2hUYXNrEh4uY29uZHVjdG9yLnYxLldhdGNoVGFza1JlcXVlc3QaHy5jb25kdWN0b3IudjEuV2F0Y2hUYXNrUmVzcG9uc2UwARJbCg5MaXN0VGFza0V2ZW50cxIjLmNvbmR1Y3Rvci52MS5MaXN0VGFza0V2ZW50c1JlcXVlc3QaJC5jb25kdWN0b3IudjEuTGlzdFRhc2tFdmVudHNSZXNwb25zZRJRCgpXYXRjaFRhc2tzEh8uY29uZHVjdG9yLnYxLldhdGNoVGFza3NSZXF1ZXN0GiAuY29uZHVjdG9yLnYxLldhdGNoVGFza3NSZXNwb25zZTABEk8KCkNhbmNlbFRhc2sSHy5jb25kdWN0b3IudjEuQ2FuY2VsVGFza1JlcXVlc3QaIC5jb25kdWN0b3IudjEuQ2FuY2VsVGFza1Jlc3BvbnNlEk8KCkxpc3RBZ2VudHMSHy5jb25kdWN0b3IudjEuTGlzdEFnZW50c1JlcXVlc3QaIC5jb25kdWN0b3IudjEuTGlzdEFnZW50c1Jlc3BvbnNlEkkKCEdldFN0YXRzEh0uY29uZHVjdG9yLnYxLkdldFN0YXRzUmVxdWVzdBoeLmNvbmR1Y3Rvci52MS5HZXRTdGF0c1Jlc3BvbnNlEloKDUdldFRhc2tPdXRwdXQSIi5jb25kdWN0b3IudjEuR2V0VGFza091dHB1dFJlcXVlc3QaIy5jb25kdWN0b3IudjEuR2V0VGFza091dHB1dFJlc3BvbnNlMAESVwoMR2V0VGFza1BhdGNoEiEuY29uZHVjdG9yLnYxLkdldFRhc2tQYXRjaFJlcXVlc3QaIi5jb25kdWN0b3IudjEuR2V0VGFza1BhdGNoUmVzcG9uc2UwARJMCglMaXN0Tm9kZXMSHi5jb25kdWN0b3IudjEuTGlzdE5vZGVzUmVxdWVzdBofLmNvbmR1Y3Rvci52MS5MaXN0Tm9kZXNSZXNwb25zZRJMCglEcmFpbk5vZGUSHi5jb25kdWN0b3IudjEuRHJhaW5Ob2RlUmVxdWVzdBofLmNvbmR1Y3Rvci52MS5EcmFpbk5vZGVSZXNwb25zZRJSCgtVbmRyYWluTm9kZRIgLmNvbmR1Y3Rvci52MS5VbmRyYWluTm9kZVJlcXVlc3QaIS5jb25kdWN0b3IudjEuVW5kcmFpbk5vZGVSZXNwb25zZRJeCg9TdWJtaXRUYXNrR3JvdXASJC5jb25kdWN0b3IudjEuU3VibWl0VGFza0dyb3VwUmVxdWVzdBolLmNvbmR1Y3Rvci52MS5TdWJtaXRUYXNrR3JvdXBSZXNwb25zZRJVCgxHZXRUYXNrR3JvdXASIS5jb25kdWN0b3IudjEuR2V0VGFza0dyb3VwUmVxdWVzdBoiLmNvbmR1Y3Rvci52MS5HZXRUYXNrR3JvdXBSZXNwb25zZRJbCg5MaXN0VGFza0dyb3VwcxIjLmNvbmR1Y3Rvci52MS5MaXN0VGFza0dyb3Vwc1JlcXVlc3QaJC5jb25kdWN0b3IudjEuTGlzdFRhc2tHcm91cHNSZXNwb25zZRJdCg5XYXRjaFRhc2tHcm91cBIjLmNvbmR1Y3Rvci52MS5XYXRjaFRhc2tHcm91cFJlcXVlc3QaJC5jb25kdWN0b3IudjEuV2F0Y2hUYXNrR3JvdXBSZXNwb25zZTABEl4KD0NhbmNlbFRhc2tHcm91cBIkLmNvbmR1Y3Rvci52MS5DYW5jZWxUYXNrR3JvdXBSZXF1ZXN0GiUuY29uZHVjdG9yLnYxLkNhbmNlbFRhc2tHcm91cFJlc3BvbnNlElgKDUxpc3RUYXNrVHlwZXMSIi5jb25kdWN0b3IudjEuTGlzdFRhc2tUeXBlc1JlcXVlc3QaIy5jb25kdWN0b3IudjEuTGlzdFRhc2tUeXBlc1Jlc3BvbnNlYgZwcm90bzM", [file_conductor_v1_agent, file_conductor_v1_group, file_conductor_v1_node, file_conductor_v1_task]);
+  fileDesc("Ch9jb25kdWN0b3IvdjEvb3JjaGVzdHJhdG9yLnByb3RvEgxjb25kdWN0b3IudjEiQwoWU3VibWl0VGFza0dyb3VwUmVxdWVzdBIpCgRzcGVjGAEgASgLMhsuY29uZHVjdG9yLnYxLlRhc2tHcm91cFNwZWMiVwoXU3VibWl0VGFza0dyb3VwUmVzcG9uc2USJgoFZ3JvdXAYASABKAsyFy5jb25kdWN0b3IudjEuVGFza0dyb3VwEhQKDGRlZHVwbGljYXRlZBgCIAEoCCIhChNHZXRUYXNrR3JvdXBSZXF1ZXN0EgoKAmlkGAEgASgJIj4KFEdldFRhc2tHcm91cFJlc3BvbnNlEiYKBWdyb3VwGAEgASgLMhcuY29uZHVjdG9yLnYxLlRhc2tHcm91cCI+ChVMaXN0VGFza0dyb3Vwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiWgoWTGlzdFRhc2tHcm91cHNSZXNwb25zZRInCgZncm91cHMYASADKAsyFy5jb25kdWN0b3IudjEuVGFza0dyb3VwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIjChVXYXRjaFRhc2tHcm91cFJlcXVlc3QSCgoCaWQYASABKAkiogEKFldhdGNoVGFza0dyb3VwUmVzcG9uc2USJgoFZ3JvdXAYASABKAsyFy5jb25kdWN0b3IudjEuVGFza0dyb3VwEi8KBmNoYW5nZRgCIAEoCzIfLmNvbmR1Y3Rvci52MS5Hcm91cE1lbWJlckNoYW5nZRIvCglhZ2dyZWdhdGUYAyABKAsyHC5jb25kdWN0b3IudjEuR3JvdXBBZ2dyZWdhdGUiJAoWQ2FuY2VsVGFza0dyb3VwUmVxdWVzdBIKCgJpZBgBIAEoCSJBChdDYW5jZWxUYXNrR3JvdXBSZXNwb25zZRImCgVncm91cBgBIAEoCzIXLmNvbmR1Y3Rvci52MS5UYXNrR3JvdXAiOQoRU3VibWl0VGFza1JlcXVlc3QSJAoEc3BlYxgBIAEoCzIWLmNvbmR1Y3Rvci52MS5UYXNrU3BlYyJMChJTdWJtaXRUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmNvbmR1Y3Rvci52MS5UYXNrEhQKDGRlZHVwbGljYXRlZBgCIAEoCCI6ChJTdWJtaXRUYXNrc1JlcXVlc3QSJAoEc3BlYxgBIAEoCzIWLmNvbmR1Y3Rvci52MS5UYXNrU3BlYyJCChNTdWJtaXRUYXNrc1Jlc3BvbnNlEisKB2Fuc3dlcnMYASADKAsyGi5jb25kdWN0b3IudjEuU3VibWl0QW5zd2VyIl8KDFN1Ym1pdEFuc3dlchIPCgd0YXNrX2lkGAEgASgJEhQKDGRlZHVwbGljYXRlZBgCIAEoCBIoCgVlcnJvchgDIAEoCzIZLmNvbmR1Y3Rvci52MS5TdWJtaXRFcnJvciIsCgtTdWJtaXRFcnJvchIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkiHAoOR2V0VGFza1JlcXVlc3QSCgoCaWQYASABKAkiMwoPR2V0VGFza1Jlc3BvbnNlEiAKBHRhc2sYASABKAsyEi5jb25kdWN0b3IudjEuVGFzayLfAQoQTGlzdFRhc2tzUmVxdWVzdBInCgZzdGF0ZXMYASADKA4yFy5jb25kdWN0b3IudjEuVGFza1N0YXRlEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhAKCGdyb3VwX2lkGAQgASgJEjoKBmxhYmVscxgFIAMoCzIqLmNvbmR1Y3Rvci52MS5MaXN0VGFza3NSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTwoRTGlzdFRhc2tzUmVzcG9uc2USIQoFdGFza3MYASADKAsyEi5jb25kdWN0b3IudjEuVGFzaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMQoQV2F0Y2hUYXNrUmVxdWVzdBIKCgJpZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAMiSgoVTGlzdFRhc2tFdmVudHNSZXF1ZXN0EgoKAmlkGAEgASgJEhIKCmJlZm9yZV9zZXEYAiABKAMSEQoJcGFnZV9zaXplGAMgASgFIk8KFkxpc3RUYXNrRXZlbnRzUmVzcG9uc2USJwoGZXZlbnRzGAEgAygLMhcuY29uZHVjdG9yLnYxLlRhc2tFdmVudBIMCgRtb3JlGAIgASgIIhMKEVdhdGNoVGFza3NSZXF1ZXN0IjYKEldhdGNoVGFza3NSZXNwb25zZRIgCgR0YXNrGAEgASgLMhIuY29uZHVjdG9yLnYxLlRhc2siOwoRV2F0Y2hUYXNrUmVzcG9uc2USJgoFZXZlbnQYASABKAsyFy5jb25kdWN0b3IudjEuVGFza0V2ZW50Ih8KEUNhbmNlbFRhc2tSZXF1ZXN0EgoKAmlkGAEgASgJIjYKEkNhbmNlbFRhc2tSZXNwb25zZRIgCgR0YXNrGAEgASgLMhIuY29uZHVjdG9yLnYxLlRhc2siEwoRTGlzdEFnZW50c1JlcXVlc3QiOQoSTGlzdEFnZW50c1Jlc3BvbnNlEiMKBmFnZW50cxgBIAMoCzITLmNvbmR1Y3Rvci52MS5BZ2VudCIRCg9HZXRTdGF0c1JlcXVlc3Qi1wIKEEdldFN0YXRzUmVzcG9uc2USSAoOdGFza3NfYnlfc3RhdGUYASADKAsyMC5jb25kdWN0b3IudjEuR2V0U3RhdHNSZXNwb25zZS5UYXNrc0J5U3RhdGVFbnRyeRIXCg9kdXJhdGlvbl9wNTBfbXMYAiABKAESFwoPZHVyYXRpb25fcDk1X21zGAMgASgBEhcKD2R1cmF0aW9uX3A5OV9tcxgEIAEoARIaChJpbnB1dF90b2tlbnNfdG90YWwYBSABKAMSGwoTb3V0cHV0X3Rva2Vuc190b3RhbBgGIAEoAxIWCg5jb3N0X3VzZF90b3RhbBgHIAEoARITCgthZ2VudHNfYnVzeRgIIAEoBRITCgthZ2VudHNfaWRsZRgJIAEoBRozChFUYXNrc0J5U3RhdGVFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBIjoKFEdldFRhc2tPdXRwdXRSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJZXZlbnRfc2VxGAIgASgDIiUKFUdldFRhc2tPdXRwdXRSZXNwb25zZRIMCgR0ZXh0GAEgASgJIiYKE0dldFRhc2tQYXRjaFJlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIlChRHZXRUYXNrUGF0Y2hSZXNwb25zZRINCgVjaHVuaxgBIAEoDCISChBMaXN0Tm9kZXNSZXF1ZXN0IjYKEUxpc3ROb2Rlc1Jlc3BvbnNlEiEKBW5vZGVzGAEgAygLMhIuY29uZHVjdG9yLnYxLk5vZGUiIAoQRHJhaW5Ob2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjUKEURyYWluTm9kZVJlc3BvbnNlEiAKBG5vZGUYASABKAsyEi5jb25kdWN0b3IudjEuTm9kZSIiChJVbmRyYWluTm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSI3ChNVbmRyYWluTm9kZVJlc3BvbnNlEiAKBG5vZGUYASABKAsyEi5jb25kdWN0b3IudjEuTm9kZSIWChRMaXN0VGFza1R5cGVzUmVxdWVzdCI+ChVMaXN0VGFza1R5cGVzUmVzcG9uc2USJQoFdHlwZXMYASADKAsyFi5jb25kdWN0b3IudjEuVGFza1R5cGUiuQEKCFRhc2tUeXBlEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSMwoKcGFyYW1ldGVycxgDIAMoCzIfLmNvbmR1Y3Rvci52MS5UYXNrVHlwZVBhcmFtZXRlchIVCg1kZWZhdWx0X3Rvb2xzGAQgAygJEhcKD3Blcm1pc3Npb25fbW9kZRgFIAEoCRIVCg1yZXN1bHRfc2NoZW1hGAYgASgJEg4KBnNvdXJjZRgHIAEoCSJ9ChFUYXNrVHlwZVBhcmFtZXRlchIMCgRuYW1lGAEgASgJEgwKBGtpbmQYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSEAoIcmVxdWlyZWQYBCABKAgSFQoNZGVmYXVsdF92YWx1ZRgFIAEoCRIOCgZ2YWx1ZXMYBiADKAkykw4KE09yY2hlc3RyYXRvclNlcnZpY2USTwoKU3VibWl0VGFzaxIfLmNvbmR1Y3Rvci52MS5TdWJtaXRUYXNrUmVxdWVzdBogLmNvbmR1Y3Rvci52MS5TdWJtaXRUYXNrUmVzcG9uc2USVgoLU3VibWl0VGFza3MSIC5jb25kdWN0b3IudjEuU3VibWl0VGFza3NSZXF1ZXN0GiEuY29uZHVjdG9yLnYxLlN1Ym1pdFRhc2tzUmVzcG9uc2UoATABEkYKB0dldFRhc2sSHC5jb25kdWN0b3IudjEuR2V0VGFza1JlcXVlc3QaHS5jb25kdWN0b3IudjEuR2V0VGFza1Jlc3BvbnNlEkwKCUxpc3RUYXNrcxIeLmNvbmR1Y3Rvci52MS5MaXN0VGFza3NSZXF1ZXN0Gh8uY29uZHVjdG9yLnYxLkxpc3RUYXNrc1Jlc3BvbnNlEk4KCVdhdGNoVGFzaxIeLmNvbmR1Y3Rvci52MS5XYXRjaFRhc2tSZXF1ZXN0Gh8uY29uZHVjdG9yLnYxLldhdGNoVGFza1Jlc3BvbnNlMAESWwoOTGlzdFRhc2tFdmVudHMSIy5jb25kdWN0b3IudjEuTGlzdFRhc2tFdmVudHNSZXF1ZXN0GiQuY29uZHVjdG9yLnYxLkxpc3RUYXNrRXZlbnRzUmVzcG9uc2USUQoKV2F0Y2hUYXNrcxIfLmNvbmR1Y3Rvci52MS5XYXRjaFRhc2tzUmVxdWVzdBogLmNvbmR1Y3Rvci52MS5XYXRjaFRhc2tzUmVzcG9uc2UwARJPCgpDYW5jZWxUYXNrEh8uY29uZHVjdG9yLnYxLkNhbmNlbFRhc2tSZXF1ZXN0GiAuY29uZHVjdG9yLnYxLkNhbmNlbFRhc2tSZXNwb25zZRJPCgpMaXN0QWdlbnRzEh8uY29uZHVjdG9yLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiAuY29uZHVjdG9yLnYxLkxpc3RBZ2VudHNSZXNwb25zZRJJCghHZXRTdGF0cxIdLmNvbmR1Y3Rvci52MS5HZXRTdGF0c1JlcXVlc3QaHi5jb25kdWN0b3IudjEuR2V0U3RhdHNSZXNwb25zZRJaCg1HZXRUYXNrT3V0cHV0EiIuY29uZHVjdG9yLnYxLkdldFRhc2tPdXRwdXRSZXF1ZXN0GiMuY29uZHVjdG9yLnYxLkdldFRhc2tPdXRwdXRSZXNwb25zZTABElcKDEdldFRhc2tQYXRjaBIhLmNvbmR1Y3Rvci52MS5HZXRUYXNrUGF0Y2hSZXF1ZXN0GiIuY29uZHVjdG9yLnYxLkdldFRhc2tQYXRjaFJlc3BvbnNlMAESTAoJTGlzdE5vZGVzEh4uY29uZHVjdG9yLnYxLkxpc3ROb2Rlc1JlcXVlc3QaHy5jb25kdWN0b3IudjEuTGlzdE5vZGVzUmVzcG9uc2USTAoJRHJhaW5Ob2RlEh4uY29uZHVjdG9yLnYxLkRyYWluTm9kZVJlcXVlc3QaHy5jb25kdWN0b3IudjEuRHJhaW5Ob2RlUmVzcG9uc2USUgoLVW5kcmFpbk5vZGUSIC5jb25kdWN0b3IudjEuVW5kcmFpbk5vZGVSZXF1ZXN0GiEuY29uZHVjdG9yLnYxLlVuZHJhaW5Ob2RlUmVzcG9uc2USXgoPU3VibWl0VGFza0dyb3VwEiQuY29uZHVjdG9yLnYxLlN1Ym1pdFRhc2tHcm91cFJlcXVlc3QaJS5jb25kdWN0b3IudjEuU3VibWl0VGFza0dyb3VwUmVzcG9uc2USVQoMR2V0VGFza0dyb3VwEiEuY29uZHVjdG9yLnYxLkdldFRhc2tHcm91cFJlcXVlc3QaIi5jb25kdWN0b3IudjEuR2V0VGFza0dyb3VwUmVzcG9uc2USWwoOTGlzdFRhc2tHcm91cHMSIy5jb25kdWN0b3IudjEuTGlzdFRhc2tHcm91cHNSZXF1ZXN0GiQuY29uZHVjdG9yLnYxLkxpc3RUYXNrR3JvdXBzUmVzcG9uc2USXQoOV2F0Y2hUYXNrR3JvdXASIy5jb25kdWN0b3IudjEuV2F0Y2hUYXNrR3JvdXBSZXF1ZXN0GiQuY29uZHVjdG9yLnYxLldhdGNoVGFza0dyb3VwUmVzcG9uc2UwARJeCg9DYW5jZWxUYXNrR3JvdXASJC5jb25kdWN0b3IudjEuQ2FuY2VsVGFza0dyb3VwUmVxdWVzdBolLmNvbmR1Y3Rvci52MS5DYW5jZWxUYXNrR3JvdXBSZXNwb25zZRJYCg1MaXN0VGFza1R5cGVzEiIuY29uZHVjdG9yLnYxLkxpc3RUYXNrVHlwZXNSZXF1ZXN0GiMuY29uZHVjdG9yLnYxLkxpc3RUYXNrVHlwZXNSZXNwb25zZWIGcHJvdG8z", [file_conductor_v1_agent, file_conductor_v1_group, file_conductor_v1_node, file_conductor_v1_task]);
 
 /**
  * Describes the message conductor.v1.SubmitTaskGroupRequest.
@@ -113,221 +113,228 @@ export const SubmitTasksResponseSchema = /*@__PURE__*/
   messageDesc(file_conductor_v1_orchestrator, 13);
 
 /**
+ * Describes the message conductor.v1.SubmitAnswer.
+ * Use `create(SubmitAnswerSchema)` to create a new message.
+ */
+export const SubmitAnswerSchema = /*@__PURE__*/
+  messageDesc(file_conductor_v1_orchestrator, 14);
+
+/**
  * Describes the message conductor.v1.SubmitError.
  * Use `create(SubmitErrorSchema)` to create a new message.
  */
 export const SubmitErrorSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 14);
+  messageDesc(file_conductor_v1_orchestrator, 15);
 
 /**
  * Describes the message conductor.v1.GetTaskRequest.
  * Use `create(GetTaskRequestSchema)` to create a new message.
  */
 export const GetTaskRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 15);
+  messageDesc(file_conductor_v1_orchestrator, 16);
 
 /**
  * Describes the message conductor.v1.GetTaskResponse.
  * Use `create(GetTaskResponseSchema)` to create a new message.
  */
 export const GetTaskResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 16);
+  messageDesc(file_conductor_v1_orchestrator, 17);
 
 /**
  * Describes the message conductor.v1.ListTasksRequest.
  * Use `create(ListTasksRequestSchema)` to create a new message.
  */
 export const ListTasksRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 17);
+  messageDesc(file_conductor_v1_orchestrator, 18);
 
 /**
  * Describes the message conductor.v1.ListTasksResponse.
  * Use `create(ListTasksResponseSchema)` to create a new message.
  */
 export const ListTasksResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 18);
+  messageDesc(file_conductor_v1_orchestrator, 19);
 
 /**
  * Describes the message conductor.v1.WatchTaskRequest.
  * Use `create(WatchTaskRequestSchema)` to create a new message.
  */
 export const WatchTaskRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 19);
+  messageDesc(file_conductor_v1_orchestrator, 20);
 
 /**
  * Describes the message conductor.v1.ListTaskEventsRequest.
  * Use `create(ListTaskEventsRequestSchema)` to create a new message.
  */
 export const ListTaskEventsRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 20);
+  messageDesc(file_conductor_v1_orchestrator, 21);
 
 /**
  * Describes the message conductor.v1.ListTaskEventsResponse.
  * Use `create(ListTaskEventsResponseSchema)` to create a new message.
  */
 export const ListTaskEventsResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 21);
+  messageDesc(file_conductor_v1_orchestrator, 22);
 
 /**
  * Describes the message conductor.v1.WatchTasksRequest.
  * Use `create(WatchTasksRequestSchema)` to create a new message.
  */
 export const WatchTasksRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 22);
+  messageDesc(file_conductor_v1_orchestrator, 23);
 
 /**
  * Describes the message conductor.v1.WatchTasksResponse.
  * Use `create(WatchTasksResponseSchema)` to create a new message.
  */
 export const WatchTasksResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 23);
+  messageDesc(file_conductor_v1_orchestrator, 24);
 
 /**
  * Describes the message conductor.v1.WatchTaskResponse.
  * Use `create(WatchTaskResponseSchema)` to create a new message.
  */
 export const WatchTaskResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 24);
+  messageDesc(file_conductor_v1_orchestrator, 25);
 
 /**
  * Describes the message conductor.v1.CancelTaskRequest.
  * Use `create(CancelTaskRequestSchema)` to create a new message.
  */
 export const CancelTaskRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 25);
+  messageDesc(file_conductor_v1_orchestrator, 26);
 
 /**
  * Describes the message conductor.v1.CancelTaskResponse.
  * Use `create(CancelTaskResponseSchema)` to create a new message.
  */
 export const CancelTaskResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 26);
+  messageDesc(file_conductor_v1_orchestrator, 27);
 
 /**
  * Describes the message conductor.v1.ListAgentsRequest.
  * Use `create(ListAgentsRequestSchema)` to create a new message.
  */
 export const ListAgentsRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 27);
+  messageDesc(file_conductor_v1_orchestrator, 28);
 
 /**
  * Describes the message conductor.v1.ListAgentsResponse.
  * Use `create(ListAgentsResponseSchema)` to create a new message.
  */
 export const ListAgentsResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 28);
+  messageDesc(file_conductor_v1_orchestrator, 29);
 
 /**
  * Describes the message conductor.v1.GetStatsRequest.
  * Use `create(GetStatsRequestSchema)` to create a new message.
  */
 export const GetStatsRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 29);
+  messageDesc(file_conductor_v1_orchestrator, 30);
 
 /**
  * Describes the message conductor.v1.GetStatsResponse.
  * Use `create(GetStatsResponseSchema)` to create a new message.
  */
 export const GetStatsResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 30);
+  messageDesc(file_conductor_v1_orchestrator, 31);
 
 /**
  * Describes the message conductor.v1.GetTaskOutputRequest.
  * Use `create(GetTaskOutputRequestSchema)` to create a new message.
  */
 export const GetTaskOutputRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 31);
+  messageDesc(file_conductor_v1_orchestrator, 32);
 
 /**
  * Describes the message conductor.v1.GetTaskOutputResponse.
  * Use `create(GetTaskOutputResponseSchema)` to create a new message.
  */
 export const GetTaskOutputResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 32);
+  messageDesc(file_conductor_v1_orchestrator, 33);
 
 /**
  * Describes the message conductor.v1.GetTaskPatchRequest.
  * Use `create(GetTaskPatchRequestSchema)` to create a new message.
  */
 export const GetTaskPatchRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 33);
+  messageDesc(file_conductor_v1_orchestrator, 34);
 
 /**
  * Describes the message conductor.v1.GetTaskPatchResponse.
  * Use `create(GetTaskPatchResponseSchema)` to create a new message.
  */
 export const GetTaskPatchResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 34);
+  messageDesc(file_conductor_v1_orchestrator, 35);
 
 /**
  * Describes the message conductor.v1.ListNodesRequest.
  * Use `create(ListNodesRequestSchema)` to create a new message.
  */
 export const ListNodesRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 35);
+  messageDesc(file_conductor_v1_orchestrator, 36);
 
 /**
  * Describes the message conductor.v1.ListNodesResponse.
  * Use `create(ListNodesResponseSchema)` to create a new message.
  */
 export const ListNodesResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 36);
+  messageDesc(file_conductor_v1_orchestrator, 37);
 
 /**
  * Describes the message conductor.v1.DrainNodeRequest.
  * Use `create(DrainNodeRequestSchema)` to create a new message.
  */
 export const DrainNodeRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 37);
+  messageDesc(file_conductor_v1_orchestrator, 38);
 
 /**
  * Describes the message conductor.v1.DrainNodeResponse.
  * Use `create(DrainNodeResponseSchema)` to create a new message.
  */
 export const DrainNodeResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 38);
+  messageDesc(file_conductor_v1_orchestrator, 39);
 
 /**
  * Describes the message conductor.v1.UndrainNodeRequest.
  * Use `create(UndrainNodeRequestSchema)` to create a new message.
  */
 export const UndrainNodeRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 39);
+  messageDesc(file_conductor_v1_orchestrator, 40);
 
 /**
  * Describes the message conductor.v1.UndrainNodeResponse.
  * Use `create(UndrainNodeResponseSchema)` to create a new message.
  */
 export const UndrainNodeResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 40);
+  messageDesc(file_conductor_v1_orchestrator, 41);
 
 /**
  * Describes the message conductor.v1.ListTaskTypesRequest.
  * Use `create(ListTaskTypesRequestSchema)` to create a new message.
  */
 export const ListTaskTypesRequestSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 41);
+  messageDesc(file_conductor_v1_orchestrator, 42);
 
 /**
  * Describes the message conductor.v1.ListTaskTypesResponse.
  * Use `create(ListTaskTypesResponseSchema)` to create a new message.
  */
 export const ListTaskTypesResponseSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 42);
+  messageDesc(file_conductor_v1_orchestrator, 43);
 
 /**
  * Describes the message conductor.v1.TaskType.
  * Use `create(TaskTypeSchema)` to create a new message.
  */
 export const TaskTypeSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 43);
+  messageDesc(file_conductor_v1_orchestrator, 44);
 
 /**
  * Describes the message conductor.v1.TaskTypeParameter.
  * Use `create(TaskTypeParameterSchema)` to create a new message.
  */
 export const TaskTypeParameterSchema = /*@__PURE__*/
-  messageDesc(file_conductor_v1_orchestrator, 44);
+  messageDesc(file_conductor_v1_orchestrator, 45);
 
 /**
  * OrchestratorService owns the durable task store and schedules tasks onto agents.
