@@ -99,6 +99,11 @@ export class Orchestrator {
     return this.patchStreams;
   }
 
+  /** The Orchestrator's logger (what its routes log). */
+  get log(): Logger {
+    return this.opts.log;
+  }
+
   constructor(opts: OrchestratorOptions) {
     this.opts = opts;
     this.types = opts.types ?? taskTypeRegistry();

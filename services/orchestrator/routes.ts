@@ -30,7 +30,10 @@ export function orchestratorRoutes(orch: Orchestrator) {
         return orch.submitChecked(req.spec, ctx.signal);
       },
       submitTasks(requests, ctx) {
-        return submitEach(requests, (spec) => orch.submitChecked(spec, ctx.signal));
+        return submitEach(requests, (spec) => orch.submitChecked(spec, ctx.signal), {
+          signal: ctx.signal,
+          log: orch.log,
+        });
       },
       getTask(req) {
         return { task: orch.get(givenId("id", req.id)) };

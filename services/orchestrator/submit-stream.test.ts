@@ -3,7 +3,7 @@ import path from "node:path";
 import { setImmediate as turn } from "node:timers/promises";
 import { promisify } from "node:util";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
 import {
   SubmitTasksRequestSchema,
@@ -14,6 +14,7 @@ import {
 import { TaskSpecSchema, TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
 import { ROOT } from "../../test/harness.ts";
 import { StorageFull } from "../shared/errors.ts";
+import { createLogger } from "../shared/log.ts";
 import { until, World } from "../../test/orchestrator-world.ts";
 import { MAX_UNANSWERED, submitEach } from "./submit-stream.ts";
 
@@ -140,10 +141,45 @@ describe("SubmitTasks' refusals", () => {
       yield request("b");
     }
     const faults = [new StorageFull("/data", new Error("ENOSPC")), new Error("secret detail")];
+    const lines: string[] = [];
+    const log = createLogger("info", {}, (line) => void lines.push(line));
     const answers = [];
-    for await (const res of submitEach(requests(), () => Promise.reject(faults.shift()!)))
-      answers.push(...res.answers!);
+    const submit = () => Promise.reject(faults.shift()!);
+    for await (const res of submitEach(requests(), submit, { log })) answers.push(...res.answers!);
     expect(answers[0]!.error).toMatchObject({ code: Code.ResourceExhausted });
     expect(answers[1]!.error).toEqual({ code: Code.Internal, message: "internal error" });
+    // The operator reads the cause the caller is not told: the fault, logged once.
+    expect(lines.map((l) => JSON.parse(l) as Record<string, unknown>)).toMatchObject([
+      { level: "error", rpc: "SubmitTasks", error: { message: "secret detail" } },
+    ]);
+  });
+});
+
+describe("SubmitTasks' deadline", () => {
+  it("ends the stream with the signal's reason (DEADLINE_EXCEEDED) while the caller sends nothing more", async () => {
+    let release: () => void = () => undefined;
+    const silent = new Promise<void>((r) => (release = r));
+    async function* requests() {
+      yield request("a");
+      await silent; // the caller keeps its stream open and sends nothing more
+    }
+    const call = new AbortController();
+    const answers = submitEach(
+      requests(),
+      () => Promise.resolve({ task: { id: "t" } as Task, deduplicated: false }),
+      {
+        signal: call.signal,
+      },
+    );
+    try {
+      expect((await answers.next()).value).toEqual({
+        answers: [{ taskId: "t", deduplicated: false }],
+      });
+      const next = answers.next();
+      call.abort(new ConnectError("the deadline passed", Code.DeadlineExceeded));
+      await expect(next).rejects.toMatchObject({ code: Code.DeadlineExceeded });
+    } finally {
+      release();
+    }
   });
 });

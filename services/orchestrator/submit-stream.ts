@@ -5,7 +5,9 @@ import type {
   SubmitTasksResponseSchema,
 } from "../../gen/conductor/v1/orchestrator_pb.js";
 import type { Task, TaskSpec } from "../../gen/conductor/v1/task_pb.js";
+import { Code } from "@connectrpc/connect";
 import { toStatus } from "../shared/errors.ts";
+import type { Logger } from "../shared/log.ts";
 
 /**
  * Most requests of one SubmitTasks stream stored or being stored but not yet answered: beyond
@@ -24,12 +26,16 @@ type Answers = MessageInitShape<typeof SubmitTasksResponseSchema>;
  * answered with its gRPC code and message, and the stream goes on. Reading stops while
  * MAX_UNANSWERED requests wait for their answers (those being written count), and for good when
  * the reader of the answers leaves; an error reading the requests ends the stream with it, after
- * the answers before it.
+ * the answers before it, and so does `signal` aborting (the call's deadline or cancellation),
+ * with its reason. A refusal for a fault of the server (INTERNAL, whose cause the answer does
+ * not carry) is logged with its cause on `log`, as SubmitTask's error edge logs it.
  */
 export async function* submitEach(
   requests: AsyncIterable<SubmitTasksRequest>,
   submit: (spec: TaskSpec | undefined) => Promise<{ task: Task; deduplicated: boolean }>,
+  opts: { signal?: AbortSignal; log?: Logger } = {},
 ): AsyncGenerator<Answers> {
+  const { signal, log } = opts;
   /** The requests read and not yet answered, in order; `answer` once it is settled. */
   const line: { answer?: Answer }[] = [];
   let unanswered = 0;
@@ -55,6 +61,8 @@ export async function* submitEach(
           ({ task, deduplicated }) => settle({ taskId: task.id, deduplicated }),
           (e: unknown) => {
             const err = toStatus(e); // as SubmitTask's error edge gives it
+            if (err.code === Code.Internal)
+              log?.error("request failed", { error: err.cause ?? e, rpc: "SubmitTasks" });
             settle({ error: { code: err.code, message: err.rawMessage } });
           },
         );
@@ -68,8 +76,10 @@ export async function* submitEach(
     poke();
   };
   read().catch(() => undefined); // it ends the line itself
+  signal?.addEventListener("abort", poke);
   try {
     for (;;) {
+      if (signal?.aborted) throw signal.reason;
       let ready = 0;
       while (ready < line.length && line[ready]!.answer) ready++;
       if (ready > 0) {
@@ -87,6 +97,7 @@ export async function* submitEach(
       await new Promise<void>((r) => (wake = r));
     }
   } finally {
+    signal?.removeEventListener("abort", poke);
     left = true;
     room?.();
   }

@@ -12,6 +12,7 @@ import {
   Code,
   ConnectError,
   createClient,
+  createContextValues,
   createContextKey,
   type HandlerContext,
   type Interceptor,
@@ -20,7 +21,14 @@ import {
   Health,
   HealthCheckResponse_ServingStatus as Serving,
 } from "../../gen/grpc/health/v1/health_pb.js";
-import { serveUnix, unixTransport, type UnixServer } from "./transport.ts";
+import { HealthRegistry } from "./health.ts";
+import {
+  rpcHandler,
+  serveUnix,
+  unixTransport,
+  type ServeOptions,
+  type UnixServer,
+} from "./transport.ts";
 
 const CALLER = createContextKey<string>("", { description: "the caller" });
 let dir: string;
@@ -51,36 +59,71 @@ const whoCalls: Interceptor = (next) => async (req) => {
   return await next(req);
 };
 
+/** The same service, as both of the services' stacks serve it. */
+const served = {
+  services: [Health],
+  interceptors: [whoCalls],
+  routes: (router) =>
+    router.service(Health, {
+      async check(req, ctx) {
+        seen.caller = ctx.values.get(CALLER);
+        seen.timeoutMs = ctx.timeoutMs();
+        if (req.service === "fail")
+          throw new ConnectError("no such thing", Code.NotFound, { "x-why": "absent" });
+        if (req.service === "wait") await untilAborted(ctx);
+        ctx.responseHeader.set("x-header", "h");
+        ctx.responseTrailer.set("x-trailer", "t");
+        return { status: Serving.SERVING };
+      },
+      async *watch(req, ctx) {
+        yield { status: Serving.SERVING };
+        await untilAborted(ctx);
+      },
+    }),
+} satisfies Omit<ServeOptions, "socketPath">;
+
+/** The TCP listeners' stack (connect-node's handler on node:http2), on a Unix socket here. */
+let h2: http2.Http2Server;
+let h2Socket: string;
+
 beforeAll(async () => {
   dir = mkdtempSync(path.join(os.tmpdir(), "grpc-server-test-"));
-  server = await serveUnix({
-    socketPath: path.join(dir, "s.sock"),
-    services: [Health],
-    interceptors: [whoCalls],
-    routes: (router) =>
-      router.service(Health, {
-        async check(req, ctx) {
-          seen.caller = ctx.values.get(CALLER);
-          seen.timeoutMs = ctx.timeoutMs();
-          if (req.service === "fail")
-            throw new ConnectError("no such thing", Code.NotFound, { "x-why": "absent" });
-          if (req.service === "wait") await untilAborted(ctx);
-          ctx.responseHeader.set("x-header", "h");
-          ctx.responseTrailer.set("x-trailer", "t");
-          return { status: Serving.SERVING };
-        },
-        async *watch(req, ctx) {
-          yield { status: Serving.SERVING };
-          await untilAborted(ctx);
-        },
-      }),
-  });
+  server = await serveUnix({ socketPath: path.join(dir, "s.sock"), ...served });
+  h2 = http2.createServer(rpcHandler(served, new HealthRegistry(), () => createContextValues()));
+  h2Socket = path.join(dir, "h2.sock");
+  await new Promise<void>((resolve) => h2.listen(h2Socket, resolve));
 });
 
 afterAll(async () => {
   await server.close();
+  await new Promise((resolve) => h2.close(resolve));
   rmSync(dir, { recursive: true, force: true });
 });
+
+/** The trailers of a Health/Watch sent raw, with `grpc-timeout` and no client timer. */
+async function rawWatchTrailers(socketPath: string): Promise<http2.IncomingHttpHeaders> {
+  // A raw HTTP/2 caller keeps no timer of its own: the status is the server's word alone.
+  const session = http2.connect("http://localhost", {
+    createConnection: () => net.connect(socketPath),
+  });
+  try {
+    const stream = session.request({
+      ":method": "POST",
+      ":path": "/grpc.health.v1.Health/Watch",
+      "content-type": "application/grpc",
+      te: "trailers",
+      "grpc-timeout": "200m",
+    });
+    const trailers = new Promise<http2.IncomingHttpHeaders>((resolve) =>
+      stream.once("trailers", resolve),
+    );
+    stream.resume();
+    stream.end(Buffer.from([0, 0, 0, 0, 0])); // one empty HealthCheckRequest
+    return await trailers;
+  } finally {
+    session.destroy();
+  }
+}
 
 const client = () => createClient(Health, unixTransport(server.socketPath));
 
@@ -145,27 +188,13 @@ describe("serveUnix's gRPC server", () => {
   });
 
   it("ends a stream DEADLINE_EXCEEDED when its deadline passes, with no client timer", async () => {
-    // A raw HTTP/2 caller keeps no timer of its own: the status is the server's word alone.
-    const session = http2.connect("http://localhost", {
-      createConnection: () => net.connect(server.socketPath),
-    });
-    try {
-      const stream = session.request({
-        ":method": "POST",
-        ":path": "/grpc.health.v1.Health/Watch",
-        "content-type": "application/grpc",
-        te: "trailers",
-        "grpc-timeout": "200m",
-      });
-      const trailers = new Promise<http2.IncomingHttpHeaders>((resolve) =>
-        stream.once("trailers", resolve),
-      );
-      stream.resume();
-      stream.end(Buffer.from([0, 0, 0, 0, 0])); // one empty HealthCheckRequest
-      expect((await trailers)["grpc-status"]).toBe(String(Code.DeadlineExceeded));
-    } finally {
-      session.destroy();
-    }
+    expect((await rawWatchTrailers(server.socketPath))["grpc-status"]).toBe(
+      String(Code.DeadlineExceeded),
+    );
+  });
+
+  it("so does the TCP listeners' stack, whose handler ends the stream at its deadline", async () => {
+    expect((await rawWatchTrailers(h2Socket))["grpc-status"]).toBe(String(Code.DeadlineExceeded));
   });
 
   it("answers a malformed message on a bidi stream at once, INTERNAL, saying why", async () => {

@@ -199,7 +199,8 @@ async function observe(
 /**
  * The error edge every server has, innermost: whatever a handler throws (or a stream ends
  * with) leaves as `toStatus(error)`. An INTERNAL one is logged with its cause, since the caller
- * sees only "internal error".
+ * sees only "internal error". A stream its handler ended after the call's deadline passed
+ * leaves DEADLINE_EXCEEDED.
  */
 export function errorEdge(log?: Logger): Interceptor {
   const map = (e: unknown): ConnectError => {
@@ -225,6 +226,11 @@ export function errorEdge(log?: Logger): Interceptor {
         } catch (e) {
           throw map(e);
         }
+        // A handler that ends its stream because its signal aborted at the deadline ends it
+        // DEADLINE_EXCEEDED, not OK (connect-node sends what the handler returns; grpc-server
+        // answers the deadline itself).
+        const why: unknown = req.signal.aborted ? req.signal.reason : undefined;
+        if (why instanceof ConnectError && why.code === Code.DeadlineExceeded) throw why;
       },
     };
     return { ...res, message } as AnyResponse;
