@@ -6,14 +6,11 @@ import path from "node:path";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import { beforeAll, describe, expect, it } from "vitest";
-import { eventually, ROOT } from "./harness.ts";
+import { eventually, PYTHON, RAW_CALL, ROOT } from "./harness.ts";
 import { makeNet, type NetHost, type TestNet } from "./netns.ts";
 import { makeCerts } from "./certs.ts";
 
 const NODE = process.execPath;
-/** Debian's Python, whose python3-grpcio is the client (another python3 on PATH may lack it). */
-const PYTHON = "/usr/bin/python3";
-const PY_CLIENT = path.join(ROOT, "test", "clients", "raw_call.py");
 const ECHO_SERVER = path.join(ROOT, "test", "clients", "echo-server.ts");
 
 /** A TCP server on HOST:0 that greets each connection with its NAME, then closes it. */
@@ -133,7 +130,7 @@ describe("test network: hosts in network namespaces of their own", () => {
 
     /** raw_call.py run inside `from`, its stdout lines decoded. */
     async function pyCall(from: NetHost, args: string[]) {
-      const { code, stdout, stderr } = await from.exec(PYTHON, [PY_CLIENT, ...args]);
+      const { code, stdout, stderr } = await from.exec(PYTHON, [RAW_CALL, ...args]);
       const lines = stdout.split("\n").filter(Boolean);
       return { code, stderr, got: lines.map((l) => Buffer.from(l, "base64").toString()) };
     }
@@ -189,7 +186,7 @@ describe("test network: hosts in network namespaces of their own", () => {
       // The server runs in host A, so the network's close() ends it; a Unix socket is a file,
       // reached from any namespace, here from the test process's own.
       await readyPort(a.spawn(NODE, [ECHO_SERVER, `unix://${socket}`], { stdio: "pipe" }), "echo");
-      const args = [PY_CLIENT, socket, "/test.Echo/Repeat", hello, "stream"];
+      const args = [RAW_CALL, socket, "/test.Echo/Repeat", hello, "stream"];
       const { stdout } = await promisify(execFile)(PYTHON, args);
       expect(stdout).toBe(`${hello}\n${hello}\n${hello}\n`);
     });

@@ -12,16 +12,13 @@ import {
   type SubmitAnswer,
 } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { TaskSpecSchema, TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
-import { ROOT } from "../../test/harness.ts";
+import { PYTHON, RAW_CALL } from "../../test/harness.ts";
 import { StorageFull } from "../shared/errors.ts";
 import { createLogger } from "../shared/log.ts";
 import { until, World } from "../../test/orchestrator-world.ts";
 import { MAX_UNANSWERED, submitEach } from "./submit-stream.ts";
 
 const run = promisify(execFile);
-/** Debian's Python, whose python3-grpcio is the client (another python3 on PATH may lack it). */
-const PYTHON = "/usr/bin/python3";
-const PY_CLIENT = path.join(ROOT, "test", "clients", "raw_call.py");
 
 const request = (prompt: string, more: Partial<Parameters<typeof create>[1]> = {}) =>
   create(SubmitTasksRequestSchema, { spec: create(TaskSpecSchema, { prompt, ...more }) });
@@ -111,7 +108,7 @@ describe("SubmitTasks from Python's grpcio", () => {
     const asB64 = (prompt: string) =>
       Buffer.from(toBinary(SubmitTasksRequestSchema, request(prompt))).toString("base64");
     const { stdout } = await run(PYTHON, [
-      PY_CLIENT,
+      RAW_CALL,
       path.join(w.dir, "run", "orchestrator.sock"),
       "/conductor.v1.OrchestratorService/SubmitTasks",
       [asB64("first"), asB64(""), asB64("third")].join(","),

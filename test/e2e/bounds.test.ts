@@ -14,17 +14,14 @@ import {
 } from "../../gen/conductor/v1/orchestrator_pb.js";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { bufCurl } from "../buf-curl.ts";
-import { ROOT, scripted, spec, waitForEnd } from "../harness.ts";
+import { PYTHON, RAW_CALL, ROOT, scripted, spec, waitForEnd } from "../harness.ts";
 import { failureOf } from "../rpc-errors.ts";
 import { grpcJsAgentHost, grpcJsClient, type JsRunStep } from "../grpc-js-clients.ts";
 import { useConductor } from "./use-conductor.ts";
 
 const run = promisify(execFile);
 const FOUR_MIB = 4 * 1024 * 1024;
-const PY_CLIENT = path.join(ROOT, "test", "clients", "raw_call.py");
 const CLI = path.join(ROOT, "bin", "conductor.js");
-/** Debian's Python, whose python3-grpcio is the client (another python3 on PATH may lack it). */
-const PYTHON = "/usr/bin/python3";
 const SERVICE = "/conductor.v1.OrchestratorService";
 
 /**
@@ -55,7 +52,7 @@ describe("bounds: what is accepted runs, and every response fits any client", ()
     kind: "unary" | "stream" = "unary",
   ) {
     const body = Buffer.from(toBinary(input, create(input, request))).toString("base64");
-    const { stdout } = await run(PYTHON, [PY_CLIENT, socket, `${SERVICE}/${method}`, body, kind], {
+    const { stdout } = await run(PYTHON, [RAW_CALL, socket, `${SERVICE}/${method}`, body, kind], {
       maxBuffer: 64 * 1024 * 1024,
     });
     return stdout

@@ -31,6 +31,8 @@ import { expiredCert, foreignCa, makeCerts, tlsEnv, type TestCerts } from "../ce
 import {
   ms,
   processesWith,
+  PYTHON,
+  RAW_CALL,
   ROOT,
   runtimeEnv,
   scripted,
@@ -43,10 +45,7 @@ import {
 import { makeNet, type NetHost, type TestNet } from "../netns.ts";
 
 const BIN = path.join(ROOT, "bin", "conductor.js");
-const RAW_CALL = path.join(ROOT, "test", "clients", "raw_call.py");
 const BUF = path.join(ROOT, "node_modules", ".bin", "buf");
-/** Debian's python3, which has grpcio (python3-grpcio). */
-const PYTHON = "/usr/bin/python3";
 const LEASE_SECONDS = 8;
 const ORCH_PORT = 7443;
 
