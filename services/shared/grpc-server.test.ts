@@ -17,10 +17,12 @@ import {
   type HandlerContext,
   type Interceptor,
 } from "@connectrpc/connect";
+import { OrchestratorService } from "../../gen/conductor/v1/orchestrator_pb.js";
 import {
   Health,
   HealthCheckResponse_ServingStatus as Serving,
 } from "../../gen/grpc/health/v1/health_pb.js";
+import { MAX_DEADLINE_MS } from "./grpc-server.ts";
 import { HealthRegistry } from "./health.ts";
 import {
   rpcHandler,
@@ -61,25 +63,34 @@ const whoCalls: Interceptor = (next) => async (req) => {
 
 /** The same service, as both of the services' stacks serve it. */
 const served = {
-  services: [Health],
+  services: [Health, OrchestratorService],
   interceptors: [whoCalls],
   routes: (router) =>
-    router.service(Health, {
-      async check(req, ctx) {
-        seen.caller = ctx.values.get(CALLER);
-        seen.timeoutMs = ctx.timeoutMs();
-        if (req.service === "fail")
-          throw new ConnectError("no such thing", Code.NotFound, { "x-why": "absent" });
-        if (req.service === "wait") await untilAborted(ctx);
-        ctx.responseHeader.set("x-header", "h");
-        ctx.responseTrailer.set("x-trailer", "t");
-        return { status: Serving.SERVING };
-      },
-      async *watch(req, ctx) {
-        yield { status: Serving.SERVING };
-        await untilAborted(ctx);
-      },
-    }),
+    router
+      .service(Health, {
+        async check(req, ctx) {
+          seen.caller = ctx.values.get(CALLER);
+          seen.timeoutMs = ctx.timeoutMs();
+          if (req.service === "fail")
+            throw new ConnectError("no such thing", Code.NotFound, { "x-why": "absent" });
+          if (req.service === "wait") await untilAborted(ctx);
+          ctx.responseHeader.set("x-header", "h");
+          ctx.responseTrailer.set("x-trailer", "t");
+          return { status: Serving.SERVING };
+        },
+        async *watch(req, ctx) {
+          yield { status: Serving.SERVING };
+          await untilAborted(ctx);
+        },
+      })
+      // A stream method of another service: the TCP listeners' stack answers Health itself.
+      .service(OrchestratorService, {
+        async *watchTasks(_req, ctx) {
+          seen.timeoutMs = ctx.timeoutMs();
+          yield {};
+          await untilAborted(ctx);
+        },
+      }),
 } satisfies Omit<ServeOptions, "socketPath">;
 
 /** The TCP listeners' stack (connect-node's handler on node:http2), on a Unix socket here. */
@@ -100,25 +111,35 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** The trailers of a Health/Watch sent raw, with `grpc-timeout` and no client timer. */
-async function rawWatchTrailers(socketPath: string): Promise<http2.IncomingHttpHeaders> {
+/** A stream call (empty request) sent raw, with `grpc-timeout` and no client timer; destroy its session after. */
+function rawWatch(
+  socketPath: string,
+  grpcTimeout: string,
+  method = "/grpc.health.v1.Health/Watch",
+) {
   // A raw HTTP/2 caller keeps no timer of its own: the status is the server's word alone.
   const session = http2.connect("http://localhost", {
     createConnection: () => net.connect(socketPath),
   });
+  const stream = session.request({
+    ":method": "POST",
+    ":path": method,
+    "content-type": "application/grpc",
+    te: "trailers",
+    "grpc-timeout": grpcTimeout,
+  });
+  stream.end(Buffer.from([0, 0, 0, 0, 0])); // one empty request
+  return { session, stream };
+}
+
+/** The trailers of a raw Health/Watch whose deadline is 200 ms. */
+async function rawWatchTrailers(socketPath: string): Promise<http2.IncomingHttpHeaders> {
+  const { session, stream } = rawWatch(socketPath, "200m");
   try {
-    const stream = session.request({
-      ":method": "POST",
-      ":path": "/grpc.health.v1.Health/Watch",
-      "content-type": "application/grpc",
-      te: "trailers",
-      "grpc-timeout": "200m",
-    });
     const trailers = new Promise<http2.IncomingHttpHeaders>((resolve) =>
       stream.once("trailers", resolve),
     );
     stream.resume();
-    stream.end(Buffer.from([0, 0, 0, 0, 0])); // one empty HealthCheckRequest
     return await trailers;
   } finally {
     session.destroy();
@@ -195,6 +216,26 @@ describe("serveUnix's gRPC server", () => {
 
   it("so does the TCP listeners' stack, whose handler ends the stream at its deadline", async () => {
     expect((await rawWatchTrailers(h2Socket))["grpc-status"]).toBe(String(Code.DeadlineExceeded));
+  });
+
+  it("keeps a 30-day deadline (capped at a timer's longest) on both stacks, not ending the call at once", async () => {
+    for (const socketPath of [server.socketPath, h2Socket]) {
+      seen.timeoutMs = undefined;
+      const done = new Promise<void>((resolve) => (aborted = resolve));
+      const watchAll = "/conductor.v1.OrchestratorService/WatchTasks";
+      const { session, stream } = rawWatch(socketPath, "720H", watchAll);
+      try {
+        await new Promise((resolve) => stream.once("data", resolve)); // the first message
+        // Node fires a timer over 2^31 - 1 ms at once: uncapped, the call ended as it began.
+        expect(seen.timeoutMs).toBeGreaterThan(MAX_DEADLINE_MS - 60_000);
+        expect(seen.timeoutMs).toBeLessThanOrEqual(MAX_DEADLINE_MS);
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        await done;
+        expect(ConnectError.from(seen.reason).code).toBe(Code.Canceled);
+      } finally {
+        session.destroy();
+      }
+    }
   });
 
   it("answers a malformed message on a bidi stream at once, INTERNAL, saying why", async () => {

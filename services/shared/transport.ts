@@ -17,7 +17,7 @@ import { authorize, PEER } from "./authz.ts";
 import type { Logger } from "./log.ts";
 import { registerReflection } from "./reflection.ts";
 import { errorEdge } from "./rpc-interceptors.ts";
-import { grpcServer } from "./grpc-server.ts";
+import { cappedGrpcTimeout, grpcServer, MAX_DEADLINE_MS } from "./grpc-server.ts";
 
 export { unixTransport } from "./unix-client.ts";
 
@@ -172,8 +172,14 @@ export function rpcHandler(
     routes: routesWith(opts, health),
   });
   const guard = opts.guard;
-  if (!guard) return handler;
+  if (!guard) {
+    return (req, res) => {
+      capDeadline(req.headers);
+      return handler(req, res);
+    };
+  }
   return (req, res) => {
+    capDeadline(req.headers);
     const why = guard(req, res);
     if (!why) return handler(req, res);
     const r =
@@ -186,6 +192,20 @@ export function rpcHandler(
     res.writeHead(r.status, { "content-type": r.contentType, ...close });
     res.end(r.body);
   };
+}
+
+/**
+ * Caps a request's deadline (`grpc-timeout`, gRPC and gRPC-Web; `connect-timeout-ms`,
+ * Connect) at MAX_DEADLINE_MS. connect-node arms a timer with it, and Node fires a longer
+ * timer at once (TimeoutOverflowWarning): a call with a 30-day deadline ended
+ * DEADLINE_EXCEEDED as it began.
+ */
+function capDeadline(headers: http.IncomingHttpHeaders): void {
+  const grpcTimeout = headers["grpc-timeout"];
+  if (typeof grpcTimeout === "string") headers["grpc-timeout"] = cappedGrpcTimeout(grpcTimeout);
+  const connectTimeout = String(headers["connect-timeout-ms"] ?? "");
+  if (/^\d{1,10}$/.test(connectTimeout) && Number(connectTimeout) > MAX_DEADLINE_MS)
+    headers["connect-timeout-ms"] = String(MAX_DEADLINE_MS);
 }
 
 /** A socket file left by a process that died is removed; a live one is an error. */
