@@ -24,6 +24,7 @@ import {
 } from "../../gen/grpc/health/v1/health_pb.js";
 import { MAX_DEADLINE_MS } from "./grpc-server.ts";
 import { HealthRegistry } from "./health.ts";
+import { createLogger } from "./log.ts";
 import {
   rpcHandler,
   serveUnix,
@@ -43,6 +44,9 @@ const seen: {
   waiting?: boolean;
 } = {};
 let aborted: () => void = () => undefined;
+let outputEnded: () => void = () => undefined;
+/** What the servers logged (JSON lines). */
+const logged: string[] = [];
 
 /** Waits until `ctx.signal` aborts, noting why. */
 const untilAborted = (ctx: HandlerContext) =>
@@ -90,7 +94,16 @@ const served = {
           yield {};
           await untilAborted(ctx);
         },
+        // Output faster than any reader takes it: a write is always waiting for the reader.
+        async *getTaskOutput(_req, ctx) {
+          try {
+            for (let i = 0; i < 64 && !ctx.signal.aborted; i++) yield { text: "x".repeat(1 << 20) };
+          } finally {
+            outputEnded();
+          }
+        },
       }),
+  log: createLogger("debug", {}, (line) => void logged.push(line)),
 } satisfies Omit<ServeOptions, "socketPath">;
 
 /** The TCP listeners' stack (connect-node's handler on node:http2), on a Unix socket here. */
@@ -232,6 +245,26 @@ describe("serveUnix's gRPC server", () => {
         stream.close(http2.constants.NGHTTP2_CANCEL);
         await done;
         expect(ConnectError.from(seen.reason).code).toBe(Code.Canceled);
+      } finally {
+        session.destroy();
+      }
+    }
+  });
+
+  it("logs no error when a caller cancels while a write waits for it, on both stacks", async () => {
+    for (const socketPath of [server.socketPath, h2Socket]) {
+      logged.length = 0;
+      const ended = new Promise<void>((resolve) => (outputEnded = resolve));
+      const output = "/conductor.v1.OrchestratorService/GetTaskOutput";
+      const { session, stream } = rawWatch(socketPath, "60S", output);
+      try {
+        await new Promise((resolve) => stream.once("data", resolve)); // then it reads no more
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        await ended;
+        // A caller that leaves is no fault of the server's: nothing at error level (operators
+        // are paged on those), what happened at debug.
+        const levels = logged.map((l) => (JSON.parse(l) as { level: string }).level);
+        expect(levels.filter((l) => l === "error" || l === "warn")).toEqual([]);
       } finally {
         session.destroy();
       }

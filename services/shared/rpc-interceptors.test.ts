@@ -14,7 +14,9 @@ import { Code, ConnectError, createClient, type Client } from "@connectrpc/conne
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
+import { createLogger } from "./log.ts";
 import { createObservability } from "./observability.ts";
+import { errorEdge } from "./rpc-interceptors.ts";
 import { serveUnix, unixTransport, type UnixServer } from "./transport.ts";
 
 const exporter = new InMemorySpanExporter();
@@ -131,5 +133,50 @@ describe("RPC interceptors", () => {
       }),
     ).toBe(1);
     server.health.set("", "SERVING");
+  });
+});
+
+describe("the error edge", () => {
+  /** What a stream ending with `error` leaves the edge as, and the levels it logged. */
+  async function streamEnding(error: unknown, signal = new AbortController().signal) {
+    const lines: string[] = [];
+    const edge = errorEdge(createLogger("debug", {}, (l) => void lines.push(l)));
+    // eslint-disable-next-line require-yield -- a stream that fails before its first message
+    async function* failing(): AsyncGenerator<never> {
+      throw error;
+    }
+    const next = (() => Promise.resolve({ stream: true, message: failing() })) as never;
+    const res = (await edge(next)({ signal } as never)) as { message: AsyncIterable<unknown> };
+    let thrown: unknown;
+    try {
+      for await (const _ of res.message);
+    } catch (e) {
+      thrown = e;
+    }
+    const levels = lines.map((l) => (JSON.parse(l) as { level: string }).level);
+    return { code: ConnectError.from(thrown).code, levels };
+  }
+
+  it("answers a fault INTERNAL and logs it at error", async () => {
+    expect(await streamEnding(new Error("a bug"))).toEqual({
+      code: Code.Internal,
+      levels: ["error"],
+    });
+  });
+
+  it("answers a stream closed under it (the caller left) CANCELED, logged at debug only", async () => {
+    for (const code of ["ERR_STREAM_DESTROYED", "ECANCELED", "ERR_STREAM_PREMATURE_CLOSE"]) {
+      const gone = Object.assign(new Error("The stream has been destroyed"), { code });
+      expect(await streamEnding(gone)).toEqual({ code: Code.Canceled, levels: ["debug"] });
+    }
+  });
+
+  it("answers whatever fails after the call's deadline with the deadline, not as a fault", async () => {
+    const call = new AbortController();
+    call.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+    expect(await streamEnding(new Error("write after the end"), call.signal)).toEqual({
+      code: Code.DeadlineExceeded,
+      levels: ["debug"],
+    });
   });
 });

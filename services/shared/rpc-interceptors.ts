@@ -197,13 +197,46 @@ async function observe(
 }
 
 /**
+ * Node's codes for a stream its other side closed or reset (nodejs.org/api/errors.html, and
+ * libuv's ECANCELED for a write pending when an HTTP/2 stream was reset).
+ */
+const CALLER_GONE = new Set([
+  "ERR_STREAM_DESTROYED",
+  "ERR_STREAM_PREMATURE_CLOSE",
+  "ERR_STREAM_WRITE_AFTER_END",
+  "ERR_HTTP2_INVALID_STREAM",
+  "ERR_HTTP2_STREAM_ERROR",
+  "ERR_HTTP2_STREAM_CANCEL",
+  "ECONNRESET",
+  "ECANCELED",
+  "EPIPE",
+]);
+
+/** Whether `e` (or a cause of it, five deep at most) says the call's stream was closed on us. */
+function callerGone(e: unknown): boolean {
+  for (let i = 0; i < 5 && e instanceof Error; i++, e = e.cause) {
+    if (CALLER_GONE.has(String((e as NodeJS.ErrnoException).code))) return true;
+  }
+  return false;
+}
+
+/**
  * The error edge every server has, innermost: whatever a handler throws (or a stream ends
  * with) leaves as `toStatus(error)`. An INTERNAL one is logged with its cause, since the caller
  * sees only "internal error". A stream its handler ended after the call's deadline passed
- * leaves DEADLINE_EXCEEDED.
+ * leaves DEADLINE_EXCEEDED. A failure that only says the caller went away (its call cancelled
+ * or past its deadline, or its stream closed or reset under a read or write) is no fault of
+ * the server's: it leaves CANCELED (or the deadline's status), logged at debug, not error.
  */
 export function errorEdge(log?: Logger): Interceptor {
-  const map = (e: unknown): ConnectError => {
+  const map = (e: unknown, signal: AbortSignal): ConnectError => {
+    if (!(e instanceof ConnectError) && (signal.aborted || callerGone(e))) {
+      log?.debug("call ended by its caller", { error: e });
+      const why: unknown = signal.aborted ? signal.reason : undefined;
+      return why instanceof ConnectError
+        ? why
+        : new ConnectError("the caller closed the call", Code.Canceled, undefined, undefined, e);
+    }
     const status = toStatus(e);
     if (status.code === Code.Internal && log) {
       log.error("request failed", { error: status.cause ?? e });
@@ -215,7 +248,7 @@ export function errorEdge(log?: Logger): Interceptor {
     try {
       res = await next(req);
     } catch (e) {
-      throw map(e);
+      throw map(e, req.signal);
     }
     if (!res.stream) return res;
     const source = res.message;
@@ -224,7 +257,7 @@ export function errorEdge(log?: Logger): Interceptor {
         try {
           yield* source;
         } catch (e) {
-          throw map(e);
+          throw map(e, req.signal);
         }
         // A handler that ends its stream because its signal aborted at the deadline ends it
         // DEADLINE_EXCEEDED, not OK (connect-node sends what the handler returns; grpc-server
