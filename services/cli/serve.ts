@@ -1,4 +1,5 @@
 import path from "node:path";
+import { format as formatArgs } from "node:util";
 import type { Config } from "../shared/config.ts";
 import { createLogger, type Logger } from "../shared/log.ts";
 import { privateDataDir } from "../shared/private.ts";
@@ -32,6 +33,45 @@ export async function serve(command: string, config: Config, io: ServeIO): Promi
     { node: config.orchestrator.node_id },
     text ? textLogWriter(write) : write,
   );
+  const restoreOutput = captureStrayOutput(log);
+  try {
+    return await serveLogged(command, config, io, log, format);
+  } finally {
+    restoreOutput();
+  }
+}
+
+/**
+ * What libraries print on their own (console.error and console.warn: connect-node's word on a
+ * handler whose write a reset cancelled, with its stack; Node's process warnings) goes into the
+ * service's log, one line at warn each, instead of as free text, often many lines, amid the
+ * JSON lines a log shipper reads one at a time. Returns the undo.
+ */
+export function captureStrayOutput(log: Logger): () => void {
+  const saved = { error: console.error, warn: console.warn };
+  const warnings = process.listeners("warning");
+  const toLog = (...args: unknown[]) => log.warn("library output", { text: formatArgs(...args) });
+  const onWarning = (w: Error) => log.warn("process warning", { warning: w.name, text: w.message });
+  console.error = toLog;
+  console.warn = toLog;
+  // Node's own printer is one of these listeners: without it, warnings go to the log alone.
+  process.removeAllListeners("warning");
+  process.on("warning", onWarning);
+  return () => {
+    console.error = saved.error;
+    console.warn = saved.warn;
+    process.off("warning", onWarning);
+    for (const l of warnings) process.on("warning", l);
+  };
+}
+
+async function serveLogged(
+  command: string,
+  config: Config,
+  io: ServeIO,
+  log: Logger,
+  format: string,
+): Promise<number> {
   // Everything a service writes (databases, keys, sockets, logs) is its user's alone; what
   // agents must read is made readable explicitly (services/shared/agent-files.ts).
   process.umask(0o077);
