@@ -180,3 +180,22 @@ describe("the error edge", () => {
     });
   });
 });
+
+describe("the error edge, at a deadline", () => {
+  it("answers a unary handler that returned after its deadline DEADLINE_EXCEEDED, not OK", async () => {
+    const call = new AbortController();
+    call.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+    // A Broker Receive that waited for messages until its signal aborted returns what it has.
+    const next = (() => Promise.resolve({ stream: false, message: {} })) as never;
+    const answer = errorEdge()(next)({ signal: call.signal } as never);
+    await expect(answer).rejects.toMatchObject({ code: Code.DeadlineExceeded });
+    // Before its deadline, or cancelled instead, it is answered as it returned.
+    const cancelled = new AbortController();
+    cancelled.abort(new ConnectError("the call was cancelled", Code.Canceled));
+    for (const signal of [new AbortController().signal, cancelled.signal]) {
+      await expect(errorEdge()(next)({ signal } as never)).resolves.toMatchObject({
+        stream: false,
+      });
+    }
+  });
+});

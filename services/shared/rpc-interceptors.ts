@@ -223,8 +223,8 @@ function callerGone(e: unknown): boolean {
 /**
  * The error edge every server has, innermost: whatever a handler throws (or a stream ends
  * with) leaves as `toStatus(error)`. An INTERNAL one is logged with its cause, since the caller
- * sees only "internal error". A stream its handler ended after the call's deadline passed
- * leaves DEADLINE_EXCEEDED. A failure that only says the caller went away (its call cancelled
+ * sees only "internal error". A call whose handler returned, or a stream it ended, after the
+ * call's deadline passed leaves DEADLINE_EXCEEDED. A failure that only says the caller went away (its call cancelled
  * or past its deadline, or its stream closed or reset under a read or write) is no fault of
  * the server's: it leaves CANCELED (or the deadline's status), logged at debug, not error.
  */
@@ -250,7 +250,17 @@ export function errorEdge(log?: Logger): Interceptor {
     } catch (e) {
       throw map(e, req.signal);
     }
-    if (!res.stream) return res;
+    // A handler that returned because its signal aborted at the deadline (a Receive that
+    // waited for messages) is answered DEADLINE_EXCEEDED, not OK, as grpc-server answers it.
+    const passed = (): ConnectError | undefined => {
+      const why: unknown = req.signal.aborted ? req.signal.reason : undefined;
+      return why instanceof ConnectError && why.code === Code.DeadlineExceeded ? why : undefined;
+    };
+    if (!res.stream) {
+      const deadline = passed();
+      if (deadline) throw deadline;
+      return res;
+    }
     const source = res.message;
     const message: AsyncIterable<unknown> = {
       async *[Symbol.asyncIterator]() {
@@ -259,11 +269,9 @@ export function errorEdge(log?: Logger): Interceptor {
         } catch (e) {
           throw map(e, req.signal);
         }
-        // A handler that ends its stream because its signal aborted at the deadline ends it
-        // DEADLINE_EXCEEDED, not OK (connect-node sends what the handler returns; grpc-server
-        // answers the deadline itself).
-        const why: unknown = req.signal.aborted ? req.signal.reason : undefined;
-        if (why instanceof ConnectError && why.code === Code.DeadlineExceeded) throw why;
+        // So is a stream its handler ended then (connect-node sends what the handler returns).
+        const deadline = passed();
+        if (deadline) throw deadline;
       },
     };
     return { ...res, message } as AnyResponse;
