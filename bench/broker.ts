@@ -38,32 +38,42 @@ import {
 } from "../services/broker/access.ts";
 import { startService } from "../test/harness.ts";
 
-const { values } = parseArgs({
-  options: {
-    messages: { type: "string", default: "3000" },
-    concurrency: { type: "string", default: "32" },
-    payload: { type: "string", default: "256" },
-    rounds: { type: "string", default: "3" },
-    "open-seconds": { type: "string", default: "3" },
-  },
-});
-const N = Number(values.messages);
+const USAGE =
+  "usage: node bench/broker.ts [--messages N] [--concurrency N] [--payload BYTES] [--rounds N] [--open-seconds N]";
+/** Ends the bench with a usage error (exit 2), not a stack. */
+function usage(why: string): never {
+  process.stderr.write(`bench/broker.ts: ${why}\n${USAGE}\n`);
+  process.exit(2);
+}
+const { values } = (() => {
+  try {
+    return parseArgs({
+      options: {
+        messages: { type: "string", default: "3000" },
+        concurrency: { type: "string", default: "32" },
+        payload: { type: "string", default: "256" },
+        rounds: { type: "string", default: "3" },
+        "open-seconds": { type: "string", default: "3" },
+      },
+    });
+  } catch (e) {
+    return usage((e as Error).message);
+  }
+})();
+/** A whole-number flag from `min` to `max`; anything else is a usage error. */
+function flag(name: keyof typeof values, min: number, max: number): number {
+  const n = Number(values[name]);
+  if (!/^\d+$/.test(values[name]) || n < min || n > max)
+    usage(`--${name} must be a whole number from ${min} to ${max}`);
+  return n;
+}
+const N = flag("messages", 1, 1_000_000);
 /** Sends made, and not timed, before the first timed one. */
 const WARMUP = 2000;
-const C = Number(values.concurrency);
-const ROUNDS = Number(values.rounds);
-const OPEN_MS = Number(values["open-seconds"]) * 1000;
-const payload = "x".repeat(Number(values.payload));
-for (const [name, v] of [
-  ["messages", N],
-  ["concurrency", C],
-  ["rounds", ROUNDS],
-  ["open-seconds", OPEN_MS],
-] as const) {
-  if (!Number.isInteger(v) || v < 1 || v > 10_000_000) {
-    throw new Error(`--${name} must be a whole number from 1 to 10,000,000`);
-  }
-}
+const C = flag("concurrency", 1, 1000);
+const ROUNDS = flag("rounds", 1, 100);
+const OPEN_MS = flag("open-seconds", 1, 3600) * 1000;
+const payload = "x".repeat(flag("payload", 0, 1024 * 1024));
 
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -91,6 +101,14 @@ const service = await startService(
       : {}),
   },
 );
+// Stopped early (Ctrl-C, SIGTERM): the Broker and the temp folder go too.
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    service.proc.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+    process.exit(130);
+  });
+}
 /** The Broker process's CPU time so far (user + system), in ms. */
 const brokerCpuMs = () => {
   const fields = readFileSync(`/proc/${service.proc.pid}/stat`, "utf8").split(") ")[1]!.split(" ");

@@ -36,22 +36,30 @@ import {
 } from "./peers-conductor.ts";
 import { flatRow, latencyRow, printTable, ratioRow, type Row } from "./peers-table.ts";
 
-const { values } = parseArgs({
-  options: {
-    tasks: { type: "string", default: "2000" },
-    callers: { type: "string", default: "32" },
-    agents: { type: "string", default: "16" },
-    runs: { type: "string", default: "3" },
-    samples: { type: "string", default: "200" },
-    queued: { type: "string", default: "100000" },
-    small: { type: "string", default: "1000" },
-    slice: { type: "string", default: "300" },
-    probe: { type: "string", default: "200" },
-    fill: { type: "string", default: "store" },
-    only: { type: "string", default: "" },
-    warmup: { type: "string", default: "2000" },
-  },
-});
+const { values } = (() => {
+  try {
+    return parseArgs({
+      options: {
+        tasks: { type: "string", default: "2000" },
+        callers: { type: "string", default: "32" },
+        agents: { type: "string", default: "16" },
+        runs: { type: "string", default: "3" },
+        samples: { type: "string", default: "200" },
+        queued: { type: "string", default: "100000" },
+        small: { type: "string", default: "1000" },
+        slice: { type: "string", default: "300" },
+        probe: { type: "string", default: "200" },
+        fill: { type: "string", default: "store" },
+        only: { type: "string", default: "" },
+        warmup: { type: "string", default: "2000" },
+      },
+    });
+  } catch (e) {
+    // An unknown flag, or one without its value: a usage error, not a stack.
+    process.stderr.write(`bench:peers: ${(e as Error).message}\n`);
+    return process.exit(2);
+  }
+})();
 /** A positive integer flag, at most `max`; anything else is a usage error. */
 function count(name: keyof typeof values, max: number): number {
   const n = Number(values[name]);
