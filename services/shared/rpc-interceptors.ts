@@ -224,9 +224,10 @@ function callerGone(e: unknown): boolean {
  * The error edge every server has, innermost: whatever a handler throws (or a stream ends
  * with) leaves as `toStatus(error)`. An INTERNAL one is logged with its cause, since the caller
  * sees only "internal error". A call whose handler returned, or a stream it ended, after the
- * call's deadline passed leaves DEADLINE_EXCEEDED. A failure that only says the caller went away (its call cancelled
- * or past its deadline, or its stream closed or reset under a read or write) is no fault of
- * the server's: it leaves CANCELED (or the deadline's status), logged at debug, not error.
+ * call's deadline passed leaves DEADLINE_EXCEEDED. A failure that only says the caller went
+ * away (its call cancelled or past its deadline, or its stream closed or reset under a read or
+ * write) is no fault of the server's: it leaves CANCELED (or the deadline's status), logged at
+ * debug, not error.
  */
 export function errorEdge(log?: Logger): Interceptor {
   const map = (e: unknown, signal: AbortSignal): ConnectError => {

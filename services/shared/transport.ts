@@ -171,16 +171,9 @@ export function rpcHandler(
     interceptors: interceptorsOf(opts),
     routes: routesWith(opts, health),
   });
-  const guard = opts.guard;
-  if (!guard) {
-    return (req, res) => {
-      capDeadline(req.headers);
-      return handler(req, res);
-    };
-  }
   return (req, res) => {
     capDeadline(req.headers);
-    const why = guard(req, res);
+    const why = opts.guard?.(req, res);
     if (!why) return handler(req, res);
     const r =
       typeof why === "string"
