@@ -1,6 +1,11 @@
 /**
  * Cold agent start and warm exec through the docker/podman runtime plugins, against the
- * engines' own CLIs doing the same thing. Prints medians (and p10/p90) of N runs each.
+ * engines' own CLIs doing the same thing. Prints medians (and p10/p90) of N runs each. Then
+ * what watching idle agents costs the engine: its CPU (its own and its reaped children's)
+ * while 4 containers run and nothing watches them, while the plugin waits on each and
+ * probes the engine every 5 s as the AgentHost does (a ping; its version and info are read
+ * again every 5 minutes), the same with a probe that reads them every time, and, for Podman,
+ * with the Docker-compatible wait on each (BENCH_IDLE_SECONDS each, default 10).
  *
  *   npx node bench/containers.ts            # N=15, both engines that answer
  *   BENCH_RUNS=30 BENCH_ENGINES=docker npx node bench/containers.ts
@@ -10,14 +15,20 @@
  */
 import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import Docker from "dockerode";
 import { createDockerBackend } from "../plugins/runtime-docker/index.ts";
 import { createPodmanBackend } from "../plugins/runtime-podman/index.ts";
 import type { RuntimeBackend, SandboxHandle, SandboxSpec } from "../plugins/runtime.ts";
+import { cpuMsOf } from "./peers-common.ts";
 
 const RUNS = Number(process.env["BENCH_RUNS"] ?? 15);
 const ENGINES = (process.env["BENCH_ENGINES"] ?? "docker,podman").split(",");
+const IDLE_SECONDS = Number(process.env["BENCH_IDLE_SECONDS"] ?? 10);
+/** Agents watched in the idle figures, and how often the AgentHost probes (host.ts). */
+const WATCHED = 4;
+const PROBE_EVERY_MS = 5000;
 const IMAGE = process.env["CONDUCTOR_TEST_IMAGE"] ?? "conductor-agent:dev";
 const LABEL = { "dev.conductor.bench": randomUUID() };
 const ULIMITS = { nofile: 1024, nproc: 4096 };
@@ -29,6 +40,8 @@ interface Engine {
   backend: () => RuntimeBackend;
   /** The CLI and the flags that match what the plugin sets up. */
   cli: string;
+  /** The engine's processes, whose CPU the idle figures add up (pgrep -f patterns). */
+  processes: string[];
   runFlags: string[];
 }
 
@@ -38,6 +51,7 @@ const engines: Engine[] = [
     socket: "/var/run/docker.sock",
     backend: () => createDockerBackend({}),
     cli: "docker",
+    processes: ["^dockerd( |$)", "^containerd( |$)"],
     runFlags: [],
   },
   {
@@ -45,6 +59,7 @@ const engines: Engine[] = [
     socket: "/run/podman/podman.sock",
     backend: () => createPodmanBackend({ uid: 0 }),
     cli: "podman",
+    processes: ["^podman system service"],
     // Podman cannot start a container here without explicit ulimits.
     runFlags: ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"],
   },
@@ -91,6 +106,42 @@ async function execTrue(b: RuntimeBackend, h: SandboxHandle): Promise<void> {
   const x = await b.exec(h, { argv: ["true"], cwd: "/tmp", env: {} });
   const st = await x.exited;
   if (st.code !== 0) throw new Error(`exec true: ${JSON.stringify(st)} ${x.stderrTail()}`);
+}
+
+/** The pids of the engine's processes (the first match of each pattern). */
+async function enginePids(e: Engine): Promise<number[]> {
+  const pids: number[] = [];
+  for (const pattern of e.processes) {
+    const { stdout } = await run("pgrep", ["-f", pattern]).catch(() => ({ stdout: "" }));
+    const pid = Number(stdout.split("\n")[0]);
+    if (pid > 0) pids.push(pid);
+  }
+  return pids;
+}
+
+/** The engine's CPU (ms a second, its own and its reaped children's) while `during` runs. */
+async function engineCpu(pids: number[], during: (signal: AbortSignal) => Promise<void>) {
+  const cpu = () => pids.reduce((sum, pid) => sum + cpuMsOf(pid, true), 0);
+  const stop = AbortSignal.timeout(IDLE_SECONDS * 1000);
+  const c0 = cpu();
+  const t0 = performance.now();
+  await during(stop);
+  return (((cpu() - c0) / (performance.now() - t0)) * 1000).toFixed(0).padStart(4);
+}
+
+/** Until `signal`: waits on each container (`wait`), and calls `probe` every PROBE_EVERY_MS. */
+async function watchIdle(
+  handles: SandboxHandle[],
+  signal: AbortSignal,
+  wait: (h: SandboxHandle, signal: AbortSignal) => Promise<unknown>,
+  probe?: () => Promise<unknown>,
+): Promise<void> {
+  const waits = handles.map((h) => wait(h, signal).catch(() => undefined));
+  while (!signal.aborted) {
+    await probe?.();
+    await sleep(PROBE_EVERY_MS, undefined, { signal }).catch(() => undefined);
+  }
+  await Promise.all(waits);
 }
 
 /** The same exec through dockerode directly, without the plugin's process-tree wrapper. */
@@ -145,6 +196,52 @@ for (const e of engines.filter((x) => ENGINES.includes(x.name))) {
       await run(e.cli, ["exec", h.id, "true"]);
     });
     line(`warm exec, ${e.cli} exec <ctr> true`, cliExec.all);
+
+    const pids = await enginePids(e);
+    if (pids.length === 0) {
+      console.log(`  (idle figures skipped: no process matches ${e.processes.join(", ")})`);
+      continue;
+    }
+    const idle: SandboxHandle[] = [];
+    for (let i = 0; i < WATCHED; i++) {
+      idle.push(await b.create(spec()));
+      await b.start(idle.at(-1)!);
+    }
+    const perSecond = `ms of engine CPU a second (${IDLE_SECONDS} s)`;
+    line(
+      `${WATCHED} idle agents, nothing watching them`,
+      `${await engineCpu(pids, (s) => sleep(IDLE_SECONDS * 1000, undefined, { signal: s }).catch(() => undefined))} ${perSecond}`,
+    );
+    line(
+      `${WATCHED} idle agents, plugin: waitForExit each, ping/5 s`,
+      `${await engineCpu(pids, (s) =>
+        watchIdle(
+          idle,
+          s,
+          (h, signal) => b.waitForExit(h, signal),
+          () => b.fingerprint(),
+        ),
+      )} ${perSecond}`,
+    );
+    line(
+      `${WATCHED} idle agents, the same, probe reads version+info`,
+      `${await engineCpu(pids, (s) =>
+        watchIdle(
+          idle,
+          s,
+          (h, signal) => b.waitForExit(h, signal),
+          () => Promise.all([docker.version(), docker.info()]),
+        ),
+      )} ${perSecond}`,
+    );
+    if (e.name === "podman") {
+      line(
+        `${WATCHED} idle agents, Docker-compatible wait on each`,
+        `${await engineCpu(pids, (s) =>
+          watchIdle(idle, s, (h, abortSignal) => docker.getContainer(h.id).wait({ abortSignal })),
+        )} ${perSecond}`,
+      );
+    }
   } finally {
     for (const h of await b.list(LABEL)) await b.destroy(h);
     await b.close();

@@ -101,10 +101,14 @@ export function progress(what: string): void {
   process.stderr.write(`[peers ${((performance.now() - t0) / 1000).toFixed(0)}s] ${what}\n`);
 }
 
-/** CPU time (user + system, ms) process `pid` has used so far, from /proc (clock ticks of 10 ms). */
-export function cpuMsOf(pid: number): number {
+/**
+ * CPU time (user + system, ms) process `pid` has used so far, from /proc (clock ticks of
+ * 10 ms); with `reaped`, also that of the children it has waited for (proc(5): cutime, cstime).
+ */
+export function cpuMsOf(pid: number, reaped = false): number {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  return (Number(fields[11]) + Number(fields[12])) * 10;
+  const own = Number(fields[11]) + Number(fields[12]);
+  return (reaped ? own + Number(fields[13]) + Number(fields[14]) : own) * 10;
 }
 
 /**

@@ -46,6 +46,10 @@ export async function startBenchConductor(o: {
     CONDUCTOR_OBSERVABILITY_BROKER_METRICS_PORT: "-1",
     CONDUCTOR_AGENT_CLAUDE_PATH: o.fakeCli,
     CONDUCTOR_AGENT_BROKER_TOOLS: "false",
+    // BENCH_NODE_OPTIONS="--cpu-prof --cpu-prof-dir=DIR" profiles the services.
+    ...(process.env["BENCH_NODE_OPTIONS"]
+      ? { NODE_OPTIONS: process.env["BENCH_NODE_OPTIONS"] }
+      : {}),
   };
   const processes: ServiceProcess[] = [];
   const close = async () => {

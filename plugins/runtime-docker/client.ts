@@ -1,3 +1,4 @@
+import { Agent } from "node:http";
 import Docker from "dockerode";
 import type { Fingerprint } from "../runtime.ts";
 import {
@@ -10,6 +11,14 @@ import {
 
 /** How long fingerprint waits for the engine: Podman's info takes seconds on a busy machine. */
 const PROBE_TIMEOUT_MS = 15_000;
+
+/**
+ * How long a fingerprint's version and info stand: the probes in between only ping the engine
+ * (`GET /_ping`). Podman 4.3 answers /version and /info by asking dpkg for its parts' package
+ * versions, about 1.4 s of CPU for the pair here (`npm run bench:containers`), against
+ * well under 1 ms for a ping; the AgentHost probes every 5 s.
+ */
+const DETAIL_TTL_MS = 5 * 60_000;
 
 /** The command that builds the agent image on a machine with no registry. */
 export const IMAGE_BUILD_COMMAND = "bash deploy/agent-image/build-offline.sh";
@@ -38,6 +47,11 @@ export interface EngineBackendOptions {
   probeTimeoutMs?: number;
   /** How long waitForExit waits before reading the container's state again (default 30 s). */
   waitRoundMs?: number;
+  /**
+   * Waits until the container no longer runs: resolves at its end, rejects with the engine's
+   * error (404 once it is gone). Default: the Docker API's `POST /containers/{id}/wait`.
+   */
+  waitForContainer?: (docker: Docker, id: string, abortSignal: AbortSignal) => Promise<unknown>;
 }
 
 /** The engine connection and the calls every backend method shares. */
@@ -53,6 +67,16 @@ export interface EngineClient {
   fingerprint: () => Promise<Fingerprint>;
 }
 
+/** What every engine-API backend can do; `limits` also needs the engine's cgroup controllers. */
+const CAPABILITIES = {
+  limits: true,
+  networkIsolation: true,
+  image: true,
+  runLifeline: true,
+  recover: true,
+  execMounts: false,
+};
+
 /** A call ended by its own timeout (an AbortSignal.timeout), not by the engine's answer. */
 function isTimeout(e: unknown): boolean {
   const o = e as { name?: unknown; cause?: { name?: unknown } } | undefined;
@@ -61,8 +85,25 @@ function isTimeout(e: unknown): boolean {
 
 /** Connects (lazily: dockerode dials per request) to the engine at o.socketPath. */
 export function connectEngine(o: EngineBackendOptions): EngineClient {
-  const docker = new Docker({ socketPath: o.socketPath });
+  // A connection per call: Node's shared agent keeps idle ones open, and after the engine
+  // restarts, the next calls would be written to those dead ones and fail (EPIPE) in its stead.
+  // (dockerode hands its options to docker-modem, which takes `agent`; its types leave it out.)
+  const options: Docker.DockerOptions & { agent: Agent } = {
+    socketPath: o.socketPath,
+    agent: new Agent({ keepAlive: false }),
+  };
+  const docker = new Docker(options);
+  // dockerode takes abortSignal on these too; its types leave it out.
+  const ask = docker as unknown as {
+    ping(o: { abortSignal: AbortSignal }): Promise<unknown>;
+    version(o: { abortSignal: AbortSignal }): Promise<Docker.DockerVersion>;
+    info(o: {
+      abortSignal: AbortSignal;
+    }): Promise<{ MemoryLimit?: boolean; PidsLimit?: boolean; CgroupVersion?: string }>;
+  };
   let initBinary: Promise<boolean> | undefined;
+  /** The last healthy fingerprint, and when its version and info were read. */
+  let known: { fp: Fingerprint; at: number } | undefined;
 
   const fail = (e: unknown, what: string, hint = ""): never => {
     if (isUnreachable(e) || isTimeout(e)) {
@@ -113,37 +154,29 @@ export function connectEngine(o: EngineBackendOptions): EngineClient {
     useInit,
     findImage,
     async fingerprint(): Promise<Fingerprint> {
-      const caps = {
-        limits: true,
-        networkIsolation: true,
-        image: true,
-        runLifeline: true,
-        recover: true,
-        execMounts: false,
-      };
       // Aborted, not just raced, at the bound: a probe of an engine that never answers must
       // not leave its connection open (one every probe, for as long as the engine is away).
       const abortSignal = AbortSignal.timeout(o.probeTimeoutMs ?? PROBE_TIMEOUT_MS);
       try {
-        // dockerode takes abortSignal here too; its types leave it out.
-        const ask = docker as unknown as {
-          version(o: { abortSignal: AbortSignal }): Promise<Docker.DockerVersion>;
-          info(o: {
-            abortSignal: AbortSignal;
-          }): Promise<{ MemoryLimit?: boolean; PidsLimit?: boolean; CgroupVersion?: string }>;
-        };
+        if (known && Date.now() - known.at < DETAIL_TTL_MS) {
+          await ask.ping({ abortSignal });
+          return known.fp;
+        }
         const [v, info] = await Promise.all([
           ask.version({ abortSignal }),
           ask.info({ abortSignal }),
         ]);
         const limits = info.MemoryLimit !== false && info.PidsLimit !== false;
-        return {
+        const fp = {
           runtime: o.runtimeName,
           healthy: true,
           detail: `${v.Version} (API ${v.ApiVersion}, cgroup v${info.CgroupVersion ?? "?"}) at ${o.socketPath}`,
-          capabilities: { ...caps, limits },
+          capabilities: { ...CAPABILITIES, limits },
         };
+        known = { fp, at: Date.now() };
+        return fp;
       } catch (e) {
+        known = undefined; // read it all again once the engine answers: it may be another one
         const code = abortSignal.aborted
           ? "ETIMEDOUT"
           : (engineFailure(e).code ?? engineFailure(e).message);
@@ -151,7 +184,7 @@ export function connectEngine(o: EngineBackendOptions): EngineClient {
           runtime: o.runtimeName,
           healthy: false,
           detail: `cannot reach ${o.engineLabel} at ${o.socketPath} (${code}): ${o.startHint}`,
-          capabilities: caps,
+          capabilities: CAPABILITIES,
         };
       }
     },

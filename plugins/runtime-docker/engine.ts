@@ -170,7 +170,9 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
       for (;;) {
         const round = AbortSignal.any([stopped, AbortSignal.timeout(waitRoundMs)]);
         try {
-          await container(h).wait({ abortSignal: round });
+          await (o.waitForContainer
+            ? o.waitForContainer(docker, h.id, round)
+            : container(h).wait({ abortSignal: round }));
         } catch (e) {
           // Aborted (by the caller or the round's end), or the container is gone: read its state.
           if (!round.aborted && !isNotFound(e)) fail(e, `waiting for container ${h.id}`);

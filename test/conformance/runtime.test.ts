@@ -55,7 +55,16 @@ interface Target {
   name: string;
   make(): RuntimeBackend;
   /** A container engine: its CLI (to kill a container from outside) and a dead socket. */
-  engine?: { cli: string[]; unreachable(): RuntimeBackend; startHint: RegExp };
+  engine?: {
+    cli: string[];
+    unreachable(): RuntimeBackend;
+    startHint: RegExp;
+    /** The backend on another socket that leads to the same engine. */
+    through(socketPath: string): RuntimeBackend;
+    socketPath: string;
+    /** The path of the call that waits for a container's end. */
+    waitPath(id: string): string;
+  };
 }
 
 const TARGETS: Target[] = [
@@ -67,6 +76,9 @@ const TARGETS: Target[] = [
       cli: ["docker", "-H", `unix://${DOCKER_SOCKET}`],
       unreachable: () => createDockerBackend({ socketPath: "/nonexistent/docker.sock" }),
       startHint: /dockerd/,
+      through: (socketPath: string) => createDockerBackend({ socketPath }),
+      socketPath: DOCKER_SOCKET,
+      waitPath: (id: string) => `/containers/${id}/wait`,
     },
   },
   {
@@ -76,6 +88,11 @@ const TARGETS: Target[] = [
       cli: ["podman", "--url", `unix://${PODMAN_SOCKET}`],
       unreachable: () => createPodmanBackend({ socketPath: "/nonexistent/podman.sock" }),
       startHint: /podman system service/,
+      through: (socketPath: string) => createPodmanBackend({ socketPath }),
+      socketPath: PODMAN_SOCKET,
+      // Not the Docker-compatible wait: Podman 4.3 polls the OCI runtime for it, about a third
+      // of a core for each container waited on (npm run bench:containers).
+      waitPath: (id: string) => `/v4.0.0/libpod/containers/${id}/wait`,
     },
   },
 ].filter((t) => WANTED.includes(t.name));
@@ -91,6 +108,48 @@ async function run(b: RuntimeBackend, h: SandboxHandle, script: string, cwd = "/
   x.onStdoutLine((l) => lines.push(l));
   const status = await x.exited;
   return { ...status, lines, stderr: x.stderrTail() };
+}
+
+/**
+ * A Unix socket in front of an engine's, noting the path of every HTTP request that goes
+ * through (query cut off); close() ends it and every connection through it.
+ */
+async function recordingProxy(engineSocket: string) {
+  const dir = mkdtempSync(path.join(tmpdir(), "engine-proxy-"));
+  const socketPath = path.join(dir, "engine.sock");
+  const sent: string[] = [];
+  const open = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const engine = net.connect(engineSocket);
+    const i = sent.push("") - 1;
+    client.on("data", (d: Buffer) => (sent[i] += d.toString("latin1")));
+    for (const [from, to] of [
+      [client, engine],
+      [engine, client],
+    ] as const) {
+      open.add(from);
+      from.pipe(to);
+      from.on("error", () => to.destroy());
+      from.on("close", () => (open.delete(from), to.destroy()));
+    }
+  });
+  const listen = () => new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  await listen();
+  return {
+    socketPath,
+    listen,
+    requests: () =>
+      sent.flatMap((s) =>
+        [...s.matchAll(/(?:^|\r\n)(?:GET|POST|PUT|DELETE|HEAD) ([^ ?]+)\S* HTTP\/1\.1\r\n/g)].map(
+          (m) => m[1]!,
+        ),
+      ),
+    async close(remove = true) {
+      for (const s of open) s.destroy();
+      await new Promise((resolve) => server.close(resolve));
+      if (remove) rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
 
 /** Every command line alive in the sandbox (inside the container, through an exec). */
@@ -647,6 +706,44 @@ describe.each(TARGETS)("runtime conformance: $name", (target) => {
     expect((await b.inspect(h)).running).toBe(false);
     expect(await b.recover(h)).toBeUndefined();
   });
+
+  engineIt(
+    "watches a container with the engine's own wait and probes it with pings, reading its version again after a loss",
+    async () => {
+      const engine = target.engine!;
+      const proxy = await recordingProxy(engine.socketPath);
+      const watching = engine.through(proxy.socketPath);
+      const probes = () =>
+        proxy
+          .requests()
+          .filter((p) => /\/(version|info|_ping)$/.test(p))
+          .map((p) => p.replace(/^\/v\d[^/]*(?=\/)/, "")); // the API version, where a client names it
+      const seen = { ...fp, detail: fp.detail.replace(engine.socketPath, proxy.socketPath) };
+      try {
+        for (let i = 0; i < 3; i++) expect(await watching.fingerprint()).toEqual(seen);
+        expect(probes().sort()).toEqual(["/_ping", "/_ping", "/info", "/version"]);
+
+        const h = await started();
+        const waiting = watching.waitForExit(h, AbortSignal.timeout(30_000));
+        const [cli, ...args] = engine.cli as [string, ...string[]];
+        await promisify(execFile)(cli, [...args, "kill", h.id]);
+        expect(await waiting).toMatchObject({ running: false, reason: "killed" });
+        const waits = proxy.requests().filter((p) => p.endsWith("/wait"));
+        expect(waits.length).toBeGreaterThan(0);
+        expect(new Set(waits)).toEqual(new Set([engine.waitPath(h.id)]));
+
+        // The engine away: unhealthy; back (perhaps another version): read in full again.
+        await proxy.close(false);
+        expect(await watching.fingerprint()).toMatchObject({ healthy: false });
+        await proxy.listen();
+        expect(await watching.fingerprint()).toEqual(seen);
+        expect(probes().filter((p) => p === "/version")).toHaveLength(2);
+      } finally {
+        await watching.close();
+        await proxy.close();
+      }
+    },
+  );
 
   engineIt(
     "image: forwards 127.0.0.1:8080 inside to the model socket mounted from the host",
