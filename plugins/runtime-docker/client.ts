@@ -11,6 +11,8 @@ import {
 
 /** How long fingerprint waits for the engine: Podman's info takes seconds on a busy machine. */
 const PROBE_TIMEOUT_MS = 15_000;
+/** How long a ping may take: a live engine answers it at once (no work behind it). */
+const PING_TIMEOUT_MS = 5_000;
 
 /**
  * How long a fingerprint's version and info stand: the probes in between only ping the engine
@@ -43,7 +45,7 @@ export interface EngineBackendOptions {
    * so themselves (Podman 4). Asked only when the engine reports no OOM.
    */
   detectOom?: (containerId: string) => boolean;
-  /** Bounds fingerprint's probe of the engine. */
+  /** Bounds fingerprint's probe of the engine (default 15 s reading its version and info, 5 s a ping). */
   probeTimeoutMs?: number;
   /** How long waitForExit waits before reading the container's state again (default 30 s). */
   waitRoundMs?: number;
@@ -156,9 +158,12 @@ export function connectEngine(o: EngineBackendOptions): EngineClient {
     async fingerprint(): Promise<Fingerprint> {
       // Aborted, not just raced, at the bound: a probe of an engine that never answers must
       // not leave its connection open (one every probe, for as long as the engine is away).
-      const abortSignal = AbortSignal.timeout(o.probeTimeoutMs ?? PROBE_TIMEOUT_MS);
+      const ping = known !== undefined && Date.now() - known.at < DETAIL_TTL_MS;
+      const abortSignal = AbortSignal.timeout(
+        o.probeTimeoutMs ?? (ping ? PING_TIMEOUT_MS : PROBE_TIMEOUT_MS),
+      );
       try {
-        if (known && Date.now() - known.at < DETAIL_TTL_MS) {
+        if (known && ping) {
           await ask.ping({ abortSignal });
           return known.fp;
         }

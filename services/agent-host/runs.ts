@@ -498,16 +498,19 @@ async function explainDeath(
 ): Promise<RunOutcome> {
   if (outcome.state !== TaskState.FAILED || !c.caps.image) return outcome;
   let status: SandboxStatus | undefined;
-  try {
-    status = await c.backend.inspect(slot.sandbox);
-    if (status.running && !outcome.result.sessionId) {
-      // The CLI vanished without a result: the engine may not have noticed its container's end yet.
-      status = await c.backend
-        .waitForExit(slot.sandbox, AbortSignal.timeout(DEATH_NOTICE_MS))
-        .catch(() => status);
+  // An engine already known lost is not asked again: the call would only wait out its timeout.
+  if (!slot.lost) {
+    try {
+      status = await c.backend.inspect(slot.sandbox);
+      if (status.running && !outcome.result.sessionId) {
+        // The CLI vanished without a result: the engine may not have noticed its container's end yet.
+        status = await c.backend
+          .waitForExit(slot.sandbox, AbortSignal.timeout(DEATH_NOTICE_MS))
+          .catch(() => status);
+      }
+    } catch (e) {
+      c.engineFailed(slot, e);
     }
-  } catch (e) {
-    c.engineFailed(slot, e);
   }
   if (slot.lost) {
     const ended = slot.lifeline ? "; the run was ended through its lifeline" : "";

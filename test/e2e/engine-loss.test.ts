@@ -185,8 +185,9 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
           const { task } = await client.submitTask({
             spec: spec({ maxAttempts: 1, prompt: scripted([{ text: "never seen" }]) }),
           });
-          // Lost after the engine's probes time out (3 × 15 s), and the run ended with it.
-          const ended = await waitForEnd(client, task!.id, 150_000);
+          // Lost once three of the engine's probes time out (pings: 5 s each, every 5 s, about
+          // 30-40 s), and the run ended with it at once: the lost engine is not asked again.
+          const ended = await waitForEnd(client, task!.id, 60_000);
           expect(ended.state).toBe(TaskState.FAILED);
           expect(ended.result?.error).toMatch(/engine could not be reached/);
           expect(up.proc.exitCode).toBeNull();
