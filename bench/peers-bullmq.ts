@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { Queue, Worker, type Processor } from "bullmq";
-import { batchRate, callers, runFakeCli } from "./peers-common.ts";
+import { batchRate, callers, cleanUpIfStopped, runFakeCli } from "./peers-common.ts";
 
 /** A redis-server started for the bench; dispose stops it and removes its folder. */
 export interface Redis extends AsyncDisposable {
@@ -41,10 +41,15 @@ export async function startRedis(): Promise<Redis> {
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   const exited = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
+  const forget = cleanUpIfStopped(() => {
+    proc.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  });
   const stop = async () => {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGTERM");
     await exited;
     rmSync(dir, { recursive: true, force: true });
+    forget();
   };
   let output = "";
   try {

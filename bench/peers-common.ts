@@ -130,3 +130,24 @@ export async function withCpu(
     serverUs: ((cpuMsOf(serverPid) - server0) * 1000) / n,
   };
 }
+
+const cleanups = new Set<() => void>();
+let stopHandled = false;
+
+/**
+ * Runs `cleanup` (synchronous: kill, remove) should the bench be stopped (Ctrl-C, SIGTERM)
+ * before the returned function is called; a stopped bench then exits 130.
+ */
+export function cleanUpIfStopped(cleanup: () => void): () => void {
+  if (!stopHandled) {
+    stopHandled = true;
+    for (const signal of ["SIGINT", "SIGTERM"] as const) {
+      process.once(signal, () => {
+        for (const c of cleanups) c();
+        process.exit(130);
+      });
+    }
+  }
+  cleanups.add(cleanup);
+  return () => cleanups.delete(cleanup);
+}

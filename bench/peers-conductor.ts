@@ -13,7 +13,7 @@ import { TaskStore } from "../services/orchestrator/store.ts";
 import { AsyncQueue } from "../services/shared/async-queue.ts";
 import { unixTransport } from "../services/shared/transport.ts";
 import { eventually, spec, startService, type ServiceProcess } from "../test/harness.ts";
-import { batchRate, callers } from "./peers-common.ts";
+import { batchRate, callers, cleanUpIfStopped } from "./peers-common.ts";
 
 type Orchestrator = Client<typeof OrchestratorService>;
 
@@ -52,9 +52,14 @@ export async function startBenchConductor(o: {
       : {}),
   };
   const processes: ServiceProcess[] = [];
+  const forget = cleanUpIfStopped(() => {
+    for (const p of processes) p.proc.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  });
   const close = async () => {
     for (const p of processes.reverse()) await p.stop();
     rmSync(dir, { recursive: true, force: true });
+    forget();
   };
   try {
     o.fill?.(dataDir);

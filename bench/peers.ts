@@ -20,7 +20,7 @@ import {
   startRedis,
   type Redis,
 } from "./peers-bullmq.ts";
-import { median, pct, progress, withCpu, writeFakeCli } from "./peers-common.ts";
+import { cleanUpIfStopped, median, pct, progress, withCpu, writeFakeCli } from "./peers-common.ts";
 import {
   completions,
   ended,
@@ -117,6 +117,7 @@ if (ONLY !== "queued") {
   }
 }
 const fakeCli = writeFakeCli();
+cleanUpIfStopped(() => rmSync(path.dirname(fakeCli), { recursive: true, force: true }));
 const rows: Row[] = [];
 try {
   if (ONLY !== "queued") {
