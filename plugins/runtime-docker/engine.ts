@@ -17,6 +17,14 @@ const CALL_TIMEOUT_MS = 30_000;
  */
 const WAIT_ROUND_MS = 30_000;
 
+/** Rejects with the signal's reason once it aborts (at once if it has). */
+function rejectedOnAbort(signal: AbortSignal): Promise<never> {
+  return new Promise((_, reject) => {
+    if (signal.aborted) reject(signal.reason as Error);
+    else signal.addEventListener("abort", () => reject(signal.reason as Error), { once: true });
+  });
+}
+
 /** A RuntimeBackend over any engine speaking the Docker Engine API, through dockerode. */
 export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
   const client = connectEngine(o);
@@ -169,10 +177,14 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
       const stopped = AbortSignal.any([signal, closing.signal]);
       for (;;) {
         const round = AbortSignal.any([stopped, AbortSignal.timeout(waitRoundMs)]);
+        const call: Promise<unknown> = o.waitForContainer
+          ? o.waitForContainer(docker, h.id, round)
+          : container(h).wait({ abortSignal: round });
+        call.catch(() => undefined); // what it comes to after the round is not wanted
         try {
-          await (o.waitForContainer
-            ? o.waitForContainer(docker, h.id, round)
-            : container(h).wait({ abortSignal: round }));
+          // Raced with the round: a wait whose connection closed after its headers never
+          // settles in dockerode, abort or not (Docker sends them at once).
+          await Promise.race([call, rejectedOnAbort(round)]);
         } catch (e) {
           // Aborted (by the caller or the round's end), or the container is gone: read its state.
           if (!round.aborted && !isNotFound(e)) fail(e, `waiting for container ${h.id}`);
