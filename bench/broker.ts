@@ -16,7 +16,7 @@
 // 3. open loop: sends started at a fixed rate, half the peer's, for `open-seconds`; latency
 //    counts from when each send was due (target p99 ≤ 10 ms);
 // 4. send → a subscriber has it (delivery latency), the receiver acknowledging each.
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { DatabaseSync } from "node:sqlite";
@@ -37,6 +37,7 @@ import {
   orchestratorCredential,
 } from "../services/broker/access.ts";
 import { startService } from "../test/harness.ts";
+import { cleanUpIfStopped, cpuMsOf } from "./peers-common.ts";
 
 const USAGE =
   "usage: node bench/broker.ts [--messages N] [--concurrency N] [--payload BYTES] [--rounds N] [--open-seconds N]";
@@ -102,18 +103,12 @@ const service = await startService(
   },
 );
 // Stopped early (Ctrl-C, SIGTERM): the Broker and the temp folder go too.
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.once(signal, () => {
-    service.proc.kill("SIGKILL");
-    rmSync(dir, { recursive: true, force: true });
-    process.exit(130);
-  });
-}
+cleanUpIfStopped(() => {
+  service.proc.kill("SIGKILL");
+  rmSync(dir, { recursive: true, force: true });
+});
 /** The Broker process's CPU time so far (user + system), in ms. */
-const brokerCpuMs = () => {
-  const fields = readFileSync(`/proc/${service.proc.pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // utime, stime: 1/100 s
-};
+const brokerCpuMs = () => cpuMsOf(service.proc.pid!);
 const secret = loadBrokerSecret(dataDir);
 const socketPath = path.join(dir, "run", "broker.sock");
 const clients = new Map<string, Client<typeof BrokerService>>();

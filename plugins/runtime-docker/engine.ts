@@ -180,7 +180,6 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
         const call: Promise<unknown> = o.waitForContainer
           ? o.waitForContainer(docker, h.id, round)
           : container(h).wait({ abortSignal: round });
-        call.catch(() => undefined); // what it comes to after the round is not wanted
         try {
           // Raced with the round: a wait whose connection closed after its headers never
           // settles in dockerode, abort or not (Docker sends them at once).
