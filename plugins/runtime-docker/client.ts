@@ -1,4 +1,3 @@
-import { Agent } from "node:http";
 import Docker from "dockerode";
 import type { Fingerprint } from "../runtime.ts";
 import {
@@ -8,6 +7,7 @@ import {
   isNotFound,
   isUnreachable,
 } from "./errors.ts";
+import { settleEveryCall } from "./modem.ts";
 
 /** How long fingerprint waits for the engine: Podman's info takes seconds on a busy machine. */
 const PROBE_TIMEOUT_MS = 15_000;
@@ -47,6 +47,8 @@ export interface EngineBackendOptions {
   detectOom?: (containerId: string) => boolean;
   /** Bounds fingerprint's probe of the engine (default 15 s reading its version and info, 5 s a ping). */
   probeTimeoutMs?: number;
+  /** How long one call that should answer at once (inspect, create, exec…) may take (default 30 s). */
+  callTimeoutMs?: number;
   /** How long waitForExit waits before reading the container's state again (default 30 s). */
   waitRoundMs?: number;
   /**
@@ -62,9 +64,12 @@ export interface EngineClient {
   /** Rethrows an engine error with a message a person can act on, keeping the cause. */
   fail: (e: unknown, what: string, hint?: string) => never;
   /** Whether to ask for the engine's init as PID 1. */
-  useInit: () => Promise<boolean>;
+  useInit: (abortSignal: AbortSignal) => Promise<boolean>;
   /** The image as the engine names it, and its HOME; a clear error when it is missing. */
-  findImage: (image: string) => Promise<{ name: string; home: string | undefined }>;
+  findImage: (
+    image: string,
+    abortSignal: AbortSignal,
+  ) => Promise<{ name: string; home: string | undefined }>;
   /** Is the engine there, which version, what it enforces. */
   fingerprint: () => Promise<Fingerprint>;
 }
@@ -87,21 +92,18 @@ function isTimeout(e: unknown): boolean {
 
 /** Connects (lazily: dockerode dials per request) to the engine at o.socketPath. */
 export function connectEngine(o: EngineBackendOptions): EngineClient {
-  // A connection per call: Node's shared agent keeps idle ones open, and after the engine
-  // restarts, the next calls would be written to those dead ones and fail (EPIPE) in its stead.
-  // (dockerode hands its options to docker-modem, which takes `agent`; its types leave it out.)
-  const options: Docker.DockerOptions & { agent: Agent } = {
-    socketPath: o.socketPath,
-    agent: new Agent({ keepAlive: false }),
-  };
-  const docker = new Docker(options);
+  const docker = new Docker({ socketPath: o.socketPath });
+  settleEveryCall(docker.modem, o.socketPath);
   // dockerode takes abortSignal on these too; its types leave it out.
   const ask = docker as unknown as {
     ping(o: { abortSignal: AbortSignal }): Promise<unknown>;
     version(o: { abortSignal: AbortSignal }): Promise<Docker.DockerVersion>;
-    info(o: {
-      abortSignal: AbortSignal;
-    }): Promise<{ MemoryLimit?: boolean; PidsLimit?: boolean; CgroupVersion?: string }>;
+    info(o: { abortSignal: AbortSignal }): Promise<{
+      MemoryLimit?: boolean;
+      PidsLimit?: boolean;
+      CgroupVersion?: string;
+      InitBinary?: string;
+    }>;
   };
   let initBinary: Promise<boolean> | undefined;
   /** The last healthy fingerprint, and when its version and info were read. */
@@ -118,10 +120,10 @@ export function connectEngine(o: EngineBackendOptions): EngineClient {
     }
     throw new Error(`${o.runtimeName}: ${what}: ${engineFailure(e).message}${hint}`, { cause: e });
   };
-  const useInit = async () => {
+  const useInit = async (abortSignal: AbortSignal) => {
     if (o.init !== "auto") return o.init;
-    initBinary ??= docker.info().then(
-      (i: { InitBinary?: string }) => Boolean(i.InitBinary),
+    initBinary ??= ask.info({ abortSignal }).then(
+      (i) => Boolean(i.InitBinary),
       (e: unknown) => {
         initBinary = undefined; // ask again next time: the engine may be back
         throw e;
@@ -130,11 +132,28 @@ export function connectEngine(o: EngineBackendOptions): EngineClient {
     return initBinary;
   };
 
-  const findImage = async (image: string): Promise<{ name: string; home: string | undefined }> => {
+  /** `GET /images/{name}/json` (dockerode's image inspect takes no abortSignal). */
+  const inspectImage = (name: string, abortSignal: AbortSignal) =>
+    new Promise<Docker.ImageInspectInfo>((resolve, reject) => {
+      docker.modem.dial(
+        {
+          path: `/images/${name}/json`, // as dockerode's getImage(name).inspect()
+          method: "GET",
+          abortSignal,
+          statusCodes: { 200: true, 404: "no such image", 500: "server error" },
+        },
+        (error, data) => (error ? reject(error) : resolve(data as Docker.ImageInspectInfo)),
+      );
+    });
+
+  const findImage = async (
+    image: string,
+    abortSignal: AbortSignal,
+  ): Promise<{ name: string; home: string | undefined }> => {
     let first: unknown;
     for (const name of [image, ...(o.imageAliases?.(image) ?? [])]) {
       try {
-        const info = await docker.getImage(name).inspect();
+        const info = await inspectImage(name, abortSignal);
         const home = (info.Config.Env ?? []).find((e) => e.startsWith("HOME="))?.slice(5);
         return { name, home };
       } catch (e) {

@@ -1,12 +1,87 @@
-// waitForExit against an engine whose wait answers its headers and then hangs up (Docker sends
-// a wait's headers at once; an engine that goes away mid-wait does this): dockerode's promise
-// then never settles, so the round must not wait on it.
+// The engine backend against engines that go away mid-answer: one whose answers stop after
+// their headers (Docker sends a wait's headers at once; an engine that dies or restarts
+// mid-call does this to any call), and one that accepts calls and never answers (frozen).
+// dockerode's promise for such a call never settled, and whatever awaited it (a run's end, a
+// replacement, a shutdown) hung for good.
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
+import type { Socket } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { EngineUnreachableError } from "../runtime.ts";
+import type { RuntimeBackend, SandboxSpec } from "../runtime.ts";
 import { createEngineBackend } from "./engine.ts";
+
+const HANDLE = { id: "c1", agentId: "a1", labels: { "conductor.user": "1000:1000" } };
+const SPEC: SandboxSpec = {
+  nodeId: "n1",
+  agentId: "a1",
+  image: "conductor-agent:dev",
+  mounts: [],
+  env: {},
+  labels: {},
+  limits: {},
+  network: "none",
+  user: "1000:1000",
+};
+
+/** Every call the backend makes, each of which must end (rejected) on an engine gone mid-call. */
+const CALLS: [string, (b: RuntimeBackend) => Promise<unknown>][] = [
+  ["create", (b) => b.create(SPEC)],
+  ["start", (b) => b.start(HANDLE)],
+  ["exec", (b) => b.exec(HANDLE, { argv: ["true"], env: {}, cwd: "/" })],
+  ["stop", (b) => b.stop(HANDLE, 1000)],
+  ["destroy", (b) => b.destroy(HANDLE)],
+  ["inspect", (b) => b.inspect(HANDLE)],
+  ["stats", (b) => b.stats(HANDLE)],
+  ["list", (b) => b.list({ "conductor.node": "n1" })],
+  ["recover", (b) => b.recover(HANDLE)],
+];
+
+describe.each([
+  ["cuts every answer after its headers", "cut", 2_000],
+  ["never answers", "silent", 4_000],
+] as const)("on an engine that %s", (_, mode, boundMs) => {
+  const dir = mkdtempSync(path.join(tmpdir(), `engine-${mode}-`));
+  const socketPath = path.join(dir, "engine.sock");
+  const held = new Set<Socket>();
+  const engine = createServer((req, res) => {
+    held.add(req.socket);
+    if (mode === "silent") return;
+    res.writeHead(200, { "Content-Type": "application/json" });
+    res.flushHeaders();
+    setTimeout(() => req.socket.destroy(), 20);
+  });
+  const backend = createEngineBackend({
+    runtimeName: "docker",
+    engineLabel: "the Docker Engine",
+    socketPath,
+    startHint: "start it",
+    init: "auto",
+    callTimeoutMs: 1_000,
+  });
+  afterAll(async () => {
+    await backend.close();
+    for (const s of held) s.destroy();
+    await new Promise((r) => engine.close(r));
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it.each(CALLS)("%s rejects as unreachable instead of hanging", async (_name, call) => {
+    if (!engine.listening) await new Promise<void>((r) => engine.listen(socketPath, r));
+    const started = Date.now();
+    const outcome = await Promise.race([
+      call(backend).then(
+        () => "resolved",
+        (e: unknown) => e,
+      ),
+      new Promise((r) => setTimeout(() => r("still pending"), boundMs + 3_000)),
+    ]);
+    expect(outcome).toBeInstanceOf(EngineUnreachableError);
+    expect(Date.now() - started).toBeLessThan(boundMs + 1_000);
+  });
+});
 
 describe("waitForExit", () => {
   const dir = mkdtempSync(path.join(tmpdir(), "engine-wait-"));

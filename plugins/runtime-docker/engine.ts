@@ -4,26 +4,17 @@ import type { RuntimeBackend, SandboxHandle, SandboxSpec, SandboxStatus } from "
 import { LABEL_USER, checkUser, createOptions, goneStatus, statusOf } from "./container-spec.ts";
 import { connectEngine } from "./client.ts";
 import type { EngineBackendOptions } from "./client.ts";
-import { engineFailure, isNotFound } from "./errors.ts";
+import { engineFailure, isNotFound, isUnreachable } from "./errors.ts";
 import { startExec } from "./exec.ts";
 
 /** How long one call that should answer at once (inspect, list, remove…) may take. */
 const CALL_TIMEOUT_MS = 30_000;
 /**
- * How long one round of waiting on a container lasts before its state is read again: a wait
- * whose connection closed silently (the engine's socket went away mid-answer: dockerode then
- * neither resolves nor rejects) is never waited on for longer, and an engine that cannot be
- * reached any more is reported (rejected) rather than waited for.
+ * How long one round of waiting on a container lasts before its state is read again: an
+ * engine that holds a wait open but no longer answers (frozen) is reported (the read rejects)
+ * rather than waited on for good.
  */
 const WAIT_ROUND_MS = 30_000;
-
-/** Rejects with the signal's reason once it aborts (at once if it has). */
-function rejectedOnAbort(signal: AbortSignal): Promise<never> {
-  return new Promise((_, reject) => {
-    if (signal.aborted) reject(signal.reason as Error);
-    else signal.addEventListener("abort", () => reject(signal.reason as Error), { once: true });
-  });
-}
 
 /** A RuntimeBackend over any engine speaking the Docker Engine API, through dockerode. */
 export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
@@ -31,9 +22,10 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
   const { docker, fail } = client;
   const closing = new AbortController();
   const waitRoundMs = o.waitRoundMs ?? WAIT_ROUND_MS;
-  /** An abort signal for one quick call: its timeout, or this backend closing. */
-  const quick = () => ({
-    abortSignal: AbortSignal.any([AbortSignal.timeout(CALL_TIMEOUT_MS), closing.signal]),
+  const callTimeoutMs = o.callTimeoutMs ?? CALL_TIMEOUT_MS;
+  /** An abort signal for one call: its timeout (extra ms on top), or this backend closing. */
+  const quick = (extraMs = 0) => ({
+    abortSignal: AbortSignal.any([AbortSignal.timeout(callTimeoutMs + extraMs), closing.signal]),
   });
 
   const container = (h: SandboxHandle) => docker.getContainer(h.id);
@@ -44,19 +36,21 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
 
     async create(spec: SandboxSpec) {
       checkUser(spec.user);
-      const image = await client.findImage(spec.image);
+      const image = await client.findImage(spec.image, quick().abortSignal);
       // Writable scratch on the read-only root: /tmp and the image's HOME, unless mounted.
       const mounted = new Set(spec.mounts.map((m) => path.resolve(m.sandboxPath ?? m.hostPath)));
       const tmpfs = ["/tmp", image.home ?? "/"].filter(
         (p, i, all) => p !== "/" && all.indexOf(p) === i && !mounted.has(p),
       );
       const opts = createOptions(spec, image.name, {
-        init: await client.useInit().catch((e: unknown) => fail(e, "reading engine info")),
+        init: await client
+          .useInit(quick().abortSignal)
+          .catch((e: unknown) => fail(e, "reading engine info")),
         tmpfs,
         defaultUlimits: o.defaultUlimits ?? {},
       });
       try {
-        const c = await docker.createContainer(opts);
+        const c = await docker.createContainer({ ...opts, ...quick() });
         return { id: c.id, agentId: spec.agentId, labels: opts.Labels ?? {} };
       } catch (e) {
         if (engineFailure(e).statusCode === 409) {
@@ -72,12 +66,12 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
 
     async start(h) {
       try {
-        await container(h).start();
+        await container(h).start(quick());
       } catch (e) {
         if (engineFailure(e).statusCode === 304) return; // already running
         // A container that failed to start stays Created: remove it, report why.
         await container(h)
-          .remove({ force: true, v: true })
+          .remove({ force: true, v: true, ...quick() })
           .catch(() => undefined);
         const rlimit = /rlimit/i.test(engineFailure(e).message)
           ? ": set runtime.ulimits (e.g. nofile 1024, nproc 1024) within the engine's own hard limits"
@@ -88,8 +82,8 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
 
     async exec(h, req) {
       try {
-        const user = h.labels[LABEL_USER] ?? (await container(h).inspect()).Config.User;
-        return await startExec(docker, container(h), req, user);
+        const user = h.labels[LABEL_USER] ?? (await container(h).inspect(quick())).Config.User;
+        return await startExec(docker, container(h), req, user, quick().abortSignal);
       } catch (e) {
         return fail(e, `exec in container ${h.id}`);
       }
@@ -97,7 +91,8 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
 
     async stop(h, graceMs) {
       try {
-        await container(h).stop({ t: Math.max(0, Math.ceil(graceMs / 1000)) });
+        const t = Math.max(0, Math.ceil(graceMs / 1000));
+        await container(h).stop({ t, ...quick(t * 1000) });
       } catch (e) {
         const s = engineFailure(e).statusCode;
         if (s !== 304 && s !== 404) fail(e, `stopping container ${h.id}`);
@@ -181,12 +176,13 @@ export function createEngineBackend(o: EngineBackendOptions): RuntimeBackend {
           ? o.waitForContainer(docker, h.id, round)
           : container(h).wait({ abortSignal: round });
         try {
-          // Raced with the round: a wait whose connection closed after its headers never
-          // settles in dockerode, abort or not (Docker sends them at once).
-          await Promise.race([call, rejectedOnAbort(round)]);
+          await call;
         } catch (e) {
-          // Aborted (by the caller or the round's end), or the container is gone: read its state.
-          if (!round.aborted && !isNotFound(e)) fail(e, `waiting for container ${h.id}`);
+          // Aborted (by the caller or the round's end), the container is gone, or the engine
+          // (its connection) is: read its state.
+          if (!round.aborted && !isNotFound(e) && !isUnreachable(e)) {
+            fail(e, `waiting for container ${h.id}`);
+          }
         }
         // Rejects when the engine cannot be reached: the caller learns at once, not never.
         const st = await backend.inspect(h);

@@ -46,6 +46,8 @@ const UNREACHABLE = new Set([
   "EPIPE",
   "ENOTSOCK",
   "ETIMEDOUT",
+  // A Unix socket's backlog is full: its engine is frozen (stopped, or wedged) and accepts none.
+  "EAGAIN",
 ]);
 
 /** True when the failure is the socket, not the engine's answer. */

@@ -78,7 +78,7 @@ async function runQuiet(
     AttachStderr: true,
     abortSignal,
   });
-  const stream = await ex.start({ hijack: true, stdin: false });
+  const stream = await ex.start({ hijack: true, stdin: false, abortSignal });
   stream.resume();
   await new Promise<void>((resolve) => {
     const timer = setTimeout(() => (stream.destroy(), resolve()), CALL_TIMEOUT_MS);
@@ -103,12 +103,14 @@ async function exitCodeOf(ex: Docker.Exec): Promise<number | null> {
 /**
  * Starts `req.argv` in a running container under the wrapper: stdout comes back as lines
  * in order, stderr as a tail, the exit code from the engine; kill() ends the whole tree.
+ * `abortSignal` bounds creating and starting the exec, not the run.
  */
 export async function startExec(
   docker: Docker,
   container: Docker.Container,
   req: ExecRequest,
   user: string,
+  abortSignal: AbortSignal,
 ): Promise<Execution> {
   if (req.argv.length === 0) throw new Error("exec: empty argv");
   const ex = await container.exec({
@@ -118,8 +120,9 @@ export async function startExec(
     WorkingDir: req.cwd,
     AttachStdout: true,
     AttachStderr: true,
+    abortSignal,
   });
-  const stream = await ex.start({ hijack: true, stdin: false });
+  const stream = await ex.start({ hijack: true, stdin: false, abortSignal });
   const stdout = new PassThrough();
   const stderr = new PassThrough();
   docker.modem.demuxStream(stream, stdout, stderr);

@@ -1,11 +1,15 @@
 import { randomUUID } from "node:crypto";
 import { mkdirSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { AgentSchema, AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
 import type { AgentOutput, Workspace } from "../../gen/conductor/v1/task_pb.js";
 import {
   isEngineUnreachable,
+  LABEL_AGENT,
+  LABEL_HOST,
+  LABEL_NODE,
   type Capabilities,
   type Fingerprint,
   type RuntimeBackend,
@@ -86,6 +90,9 @@ export interface AgentHostOptions {
 /** After a failed engine call, how long until an agent's sandbox is looked at again. */
 const RECHECK_MS = 1000;
 const HEALTH_INTERVAL_MS = 5000;
+/** After a failed try at replacing an agent, the wait before the next: doubling, 1 s to 30 s. */
+const REPLACE_RETRY_FIRST_MS = 1000;
+const REPLACE_RETRY_MAX_MS = 30_000;
 /**
  * One node's agent pool: each agent is a long-lived sandbox from the runtime backend (a
  * container, warm between tasks, or a folder for the process backend) with its own
@@ -97,6 +104,8 @@ export class AgentHost {
   private readonly uids: AgentUids;
   private nextIndex = 1;
   private closed = false;
+  /** Aborted by close(): ends the waits between tries at replacing an agent. */
+  private readonly closing = new AbortController();
   /** Why this node takes no task now (its lease may have lapsed); undefined: it does. */
   private fenced: string | undefined;
   /** Replacements of agents whose sandbox died, still under way. */
@@ -228,7 +237,11 @@ export class AgentHost {
    * Adds one agent: its folders, its model proxy and its sandbox, started (or `adopted`: one
    * found after a restart, first made to end whatever of the agent's user still runs in it).
    */
-  async startAgent(id = this.agentId(this.nextIndex++), adopted?: SandboxHandle): Promise<Agent> {
+  async startAgent(
+    id = this.agentId(this.nextIndex++),
+    adopted?: SandboxHandle,
+    replacing?: AgentSlot,
+  ): Promise<Agent> {
     const user = this.uids.userOf(id);
     const owner = this.uids.ownerOf(id);
     let parts: AgentParts | undefined;
@@ -253,6 +266,11 @@ export class AgentHost {
       workspace: agentPaths(this.opts.dataDir, id).workspace,
       runtime: this.opts.backend.name,
     });
+    if (replacing && (this.closed || this.slots.get(id) !== replacing)) {
+      // Stopped (or the host closed) while its replacement was being made: none is wanted.
+      await release(this.opts.backend, parts, true);
+      throw new Error(`agent ${id} was stopped while it was being replaced`);
+    }
     const slot: AgentSlot = {
       ...parts,
       agent,
@@ -318,9 +336,9 @@ export class AgentHost {
       );
     }
     if (slot.lost) {
-      throw new Unreachable(
-        `the ${this.opts.backend.name} engine of agent ${agentId}`,
-        new Error(slot.lost),
+      // A refusal (nothing ran): the task goes to another agent, or waits for this one's return.
+      throw new AgentBusyError(
+        `agent ${agentId} is lost: its ${this.opts.backend.name} engine cannot be reached (${slot.lost})`,
       );
     }
     if (slot.run || slot.agent.state !== AgentState.IDLE) {
@@ -343,6 +361,7 @@ export class AgentHost {
         observer: o.observer,
         brokerTools: this.brokerTools,
         engineFailed: (s, e) => this.supervisor.failed(s, e),
+        sandboxDied: (s, status) => this.replaceLater(s, status),
         place: this.place,
         agentsDir: path.join(o.dataDir, "agents"),
         checkTimeoutMs: o.workspaces.checkTimeoutMs,
@@ -411,6 +430,7 @@ export class AgentHost {
   /** Ends every run and removes every sandbox; for shutdown. */
   async close(): Promise<void> {
     this.closed = true;
+    this.closing.abort();
     this.supervisor.stop();
     // A replacement under way finishes first, so its new sandbox is stopped below too.
     await Promise.all([...this.replacing]);
@@ -421,12 +441,38 @@ export class AgentHost {
         ),
       ),
     );
+    // And what a failed try at replacing an agent left half made (created, its answer lost).
+    await this.reap().catch((e: unknown) =>
+      this.opts.log.error("could not remove the agents' leftover sandboxes", { error: e }),
+    );
     await this.opts.backend.close();
   }
 
-  /** Replaces an agent whose sandbox died by itself (crash, OOM kill, docker kill). */
+  /** Removes this AgentHost's sandboxes (of agent `id`, or of all) that no agent holds. */
+  private async reap(id?: string): Promise<void> {
+    const labels = { [LABEL_NODE]: this.opts.nodeId, [LABEL_HOST]: this.hostKey };
+    const found = await this.opts.backend.list(id ? { ...labels, [LABEL_AGENT]: id } : labels);
+    // A dead agent's sandbox (its unwatch aborted) is no longer held: it goes too.
+    const held = new Set(
+      [...this.slots.values()].flatMap((s) => (s.unwatch.signal.aborted ? [] : [s.sandbox.id])),
+    );
+    for (const h of found) {
+      if (held.has(h.id)) continue;
+      this.opts.log.warn("removing an agent sandbox no agent holds", {
+        agent_id: h.agentId,
+        sandbox: h.id,
+      });
+      await this.opts.backend.destroy(h);
+    }
+  }
+
+  /**
+   * Replaces an agent whose sandbox died by itself (crash, OOM kill, docker kill), once: the
+   * supervisor's watch and a run that found it dead may both tell.
+   */
   private replaceLater(slot: AgentSlot, status: SandboxStatus): void {
-    if (this.closed || this.slots.get(slot.agent.id) !== slot) return;
+    const id = slot.agent.id;
+    if (this.closed || this.slots.get(id) !== slot || slot.unwatch.signal.aborted) return;
     const replaced: Promise<void> = this.replace(slot, status)
       .catch((e: unknown) => {
         this.opts.log.error("could not replace the agent", { agent_id: slot.agent.id, error: e });
@@ -444,12 +490,26 @@ export class AgentHost {
     slot.agent.state = AgentState.FAILED;
     slot.unwatch.abort();
     await slot.run?.done;
-    this.slots.delete(slot.agent.id);
     await release(this.opts.backend, slot, true).catch(() => undefined);
-    if (this.closed) return;
-    await this.startAgent(slot.agent.id).catch((e: unknown) => {
-      this.opts.log.error("could not replace the agent", { agent_id: slot.agent.id, error: e });
-    });
+    // The agent stays listed, FAILED, until its new sandbox runs; a try that fails (the engine
+    // restarting, a name taken) is made again until one holds, or the agent is stopped.
+    const id = slot.agent.id;
+    for (let wait = REPLACE_RETRY_FIRST_MS; ; wait = Math.min(2 * wait, REPLACE_RETRY_MAX_MS)) {
+      if (this.closed || this.slots.get(id) !== slot) return;
+      try {
+        await this.reap(id); // what an earlier try left half made
+        await this.startAgent(id, undefined, slot);
+        return;
+      } catch (e) {
+        if (this.closed || this.slots.get(id) !== slot) return;
+        this.opts.log.error("could not replace the agent; trying again", {
+          agent_id: id,
+          retry_in_ms: wait,
+          error: e,
+        });
+      }
+      await sleep(wait, undefined, { signal: this.closing.signal }).catch(() => undefined);
+    }
   }
 
   private slot(id: string): AgentSlot {

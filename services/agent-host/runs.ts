@@ -72,6 +72,11 @@ export interface RunContext {
   brokerTools?: BrokerToolsCheck | undefined;
   /** Told of an engine call that failed while a failed run was being explained. */
   engineFailed(slot: AgentSlot, e: unknown): void;
+  /**
+   * Told when a failed run found its agent's sandbox dead, before the agent is freed: it is
+   * replaced, not given the next task (the engine's own report of the death may come later).
+   */
+  sandboxDied(slot: AgentSlot, status: SandboxStatus): void;
   /** Task workspaces (git worktrees, host folders) of this node. */
   place: PlaceContext;
   /** Where the agents' folders are (a resumed session may come from any of them). */
@@ -519,6 +524,7 @@ async function explainDeath(
     return outcome;
   }
   if (!status || status.running) return outcome;
+  c.sandboxDied(slot, status);
   const why = status.oomKilled
     ? "out of memory (the container was OOM-killed)"
     : (status.reason ?? "it stopped");

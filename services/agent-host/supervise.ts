@@ -53,6 +53,12 @@ export class Supervisor<S extends Watched> {
   private readonly log: Logger;
   private readonly hooks: SupervisorHooks<S>;
   private readonly t: SupervisorTimings;
+  /**
+   * Agents with a look at their sandbox due or under way (recheck): one at a time each, however
+   * many failed watches and healthy probes ask for one (an engine that answers pings but not
+   * inspects would otherwise pile up a look per probe, each holding a connection).
+   */
+  private readonly looking = new Set<S>();
 
   constructor(
     backend: RuntimeBackend,
@@ -125,17 +131,23 @@ export class Supervisor<S extends Watched> {
     this.hooks.lost(slot);
   }
 
-  /** Looks at the sandbox again: still running (back, if it was lost), stopped, or unreachable. */
+  /**
+   * Looks at the sandbox again: still running (back, if it was lost), stopped, or unreachable
+   * (looked at again later). Nothing when a look is due or under way already.
+   */
   async recheck(slot: S): Promise<void> {
-    if (slot.unwatch.signal.aborted || this.closed) return;
+    if (slot.unwatch.signal.aborted || this.closed || this.looking.has(slot)) return;
+    this.looking.add(slot);
     let status: SandboxStatus;
     try {
       status = await this.backend.inspect(slot.sandbox);
     } catch (e) {
+      this.looking.delete(slot);
       this.failed(slot, e);
       this.later(slot);
       return;
     }
+    this.looking.delete(slot);
     if (slot.unwatch.signal.aborted || this.closed) return;
     if (!status.running) {
       slot.watching?.abort();
@@ -150,8 +162,12 @@ export class Supervisor<S extends Watched> {
     this.watch(slot);
   }
 
+  /** Looks at the sandbox again after recheckMs, unless a look is due or under way. */
   private later(slot: S): void {
+    if (this.looking.has(slot)) return;
+    this.looking.add(slot);
     const again = () => {
+      this.looking.delete(slot);
       this.recheck(slot).catch((e: unknown) =>
         this.log.warn("looking at an agent's sandbox failed", {
           agent_id: slot.agent.id,

@@ -3,6 +3,7 @@ import { randomUUID } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
 import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
 import {
@@ -127,6 +128,67 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
         return id && id !== before ? id : undefined;
       }, "the replacement container");
       expect(after).not.toBe(before);
+    });
+
+    it("gives no task to an agent whose container just died, and replaces it", async () => {
+      const { client } = conductor;
+      const long = async () =>
+        (
+          await client.submitTask({
+            spec: spec({ maxAttempts: 2, prompt: scripted([{ text: "long", delay_ms: 6000 }]) }),
+          })
+        ).task!.id;
+      const busy = [await long(), await long()];
+      for (const id of busy) await waitForState(client, id, TaskState.RUNNING);
+      // Queued behind both: once the killed agent's run ends, it must not be handed this one.
+      const { task: next } = await client.submitTask({
+        spec: spec({ maxAttempts: 1, prompt: scripted([{ text: "next" }]) }),
+      });
+      const agentId = (await client.getTask({ id: busy[0]! })).task!.agentId;
+      await engine("kill", await containerOf(agentId));
+      const ended = await waitForEnd(client, next!.id);
+      expect(ended.state, ended.result?.error).toBe(TaskState.SUCCEEDED);
+      for (const id of busy) {
+        const t = await waitForEnd(client, id);
+        expect(t.state, t.result?.error).toBe(TaskState.SUCCEEDED);
+      }
+    });
+
+    it("keeps trying to replace an agent whose replacement fails, and lists it FAILED meanwhile", async () => {
+      const { client } = conductor;
+      const agentId = (await client.listAgents({})).agents[1]!.id;
+      const before = await containerOf(agentId);
+      // The container's name is taken once it is gone: every try at a replacement fails (409).
+      const [name, image] = (
+        await engine("inspect", "-f", "{{.Name}} {{.Config.Image}}", before)
+      ).stdout
+        .trim()
+        .split(" ");
+      const squatter = name!.replace(/^\//, "");
+      await engine("rename", before, `${squatter}-dead`);
+      await engine("create", "--name", squatter, "--network", "none", image!, "true");
+      try {
+        await engine("kill", before);
+        await eventually(async () => {
+          const { agents } = await client.listAgents({});
+          const a = agents.find((x) => x.id === agentId);
+          return a?.state === AgentState.FAILED ? true : undefined;
+        }, "the agent listed FAILED while it cannot be replaced");
+        expect((await client.listAgents({})).agents).toHaveLength(2);
+      } finally {
+        await engine("rm", "-f", squatter);
+      }
+      await eventually(
+        async () => {
+          const { agents } = await client.listAgents({});
+          const a = agents.find((x) => x.id === agentId);
+          const id = await containerOf(agentId);
+          return a?.state === AgentState.IDLE && id && id !== before ? true : undefined;
+        },
+        "the agent replaced once its name is free",
+        60_000,
+      );
+      await engine("rm", "-f", `${squatter}-dead`).catch(() => undefined); // removed already
     });
 
     it("reports an OOM kill of an agent's container as out of memory, and replaces the agent", async () => {

@@ -10,6 +10,7 @@ import { randomUUID } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -170,6 +171,56 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
       expect(up.proc.exitCode).toBeNull();
     });
 
+    it(
+      "ends every task and comes back on an engine that restarts again and again",
+      {
+        timeout: 300_000,
+      },
+      async () => {
+        const { client } = conductor;
+        const up = conductor.processes[0]!;
+        const ids: string[] = [];
+        for (let i = 0; i < 3; i++) {
+          const { task } = await client.submitTask({
+            spec: spec({
+              maxAttempts: 3,
+              prompt: scripted([{ text: `flap ${i}`, delay_ms: 1500 }]),
+            }),
+          });
+          ids.push(task!.id);
+        }
+        await waitForState(client, ids[0]!, TaskState.RUNNING);
+        // Twelve restarts of the engine, as the relay makes them: gone 0.1-1.2 s, back 0.2-1 s
+        // (the fault's own schedule, not a wait for anything).
+        for (let i = 0; i < 12; i++) {
+          await relay.cut();
+          await sleep(100 + ((i * 397) % 1100));
+          await relay.start();
+          await sleep(200 + ((i * 211) % 800));
+        }
+        // None is left RUNNING or QUEUED for good: each ends, succeeded or failed saying why.
+        for (const id of ids) {
+          const t = await waitForEnd(client, id, 120_000);
+          expect([TaskState.SUCCEEDED, TaskState.FAILED], t.result?.error).toContain(t.state);
+          if (t.state === TaskState.FAILED) expect(t.result?.error).not.toBe("");
+        }
+        await eventually(
+          async () => {
+            const { agents } = await client.listAgents({});
+            return agents.length === 1 && agents[0]!.state === AgentState.IDLE ? true : undefined;
+          },
+          "the agent back",
+          60_000,
+        );
+        const again = await client.submitTask({
+          spec: spec({ prompt: scripted([{ text: "after the storm" }]) }),
+        });
+        const done = await waitForEnd(client, again.task!.id);
+        expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
+        expect(up.proc.exitCode).toBeNull();
+      },
+    );
+
     // One engine is enough: the AgentHost's handling is the same for both (about 90 s each).
     it.runIf(runtime === containerRuntimes[0])(
       "fails a run on an engine that stops answering, instead of leaving it RUNNING",
@@ -179,14 +230,14 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
       async () => {
         const { client } = conductor;
         const up = conductor.processes[0]!;
-        await relay.cut();
+        const { task } = await client.submitTask({
+          spec: spec({ maxAttempts: 1, prompt: scripted([{ text: "never", delay_ms: 120_000 }]) }),
+        });
+        await waitForState(client, task!.id, TaskState.RUNNING);
         await relay.blackHole();
         try {
-          const { task } = await client.submitTask({
-            spec: spec({ maxAttempts: 1, prompt: scripted([{ text: "never seen" }]) }),
-          });
-          // Lost once three of the engine's probes time out (pings: 5 s each, every 5 s, about
-          // 30-40 s), and the run ended with it at once: the lost engine is not asked again.
+          // Lost at once if the engine's cut connections are seen, else once three of its probes
+          // time out (pings: 5 s each, every 5 s, about 30-40 s); the run is ended with it.
           const ended = await waitForEnd(client, task!.id, 60_000);
           expect(ended.state).toBe(TaskState.FAILED);
           expect(ended.result?.error).toMatch(/engine could not be reached/);
