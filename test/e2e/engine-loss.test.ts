@@ -85,6 +85,21 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
     const engine = (...args: string[]) => promisify(execFile)(runtime, args);
     let model: FakeModel;
     let conductor: Conductor;
+    /** The agent comes back IDLE, and runs a task again. */
+    const backAndWorking = async (text: string) => {
+      const { client } = conductor;
+      await eventually(
+        async () => {
+          const { agents } = await client.listAgents({});
+          return agents.length === 1 && agents[0]!.state === AgentState.IDLE ? true : undefined;
+        },
+        "the agent back",
+        60_000,
+      );
+      const again = await client.submitTask({ spec: spec({ prompt: scripted([{ text }]) }) });
+      const done = await waitForEnd(client, again.task!.id);
+      expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
+    };
 
     beforeAll(async () => {
       await relay.start();
@@ -159,15 +174,7 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
 
       await relay.start();
 
-      await eventually(async () => {
-        const { agents } = await client.listAgents({});
-        return agents.length === 1 && agents[0]!.state === AgentState.IDLE ? true : undefined;
-      }, "the agent back");
-      const again = await client.submitTask({
-        spec: spec({ prompt: scripted([{ text: "back" }]) }),
-      });
-      const done = await waitForEnd(client, again.task!.id);
-      expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
+      await backAndWorking("back");
       expect(up.proc.exitCode).toBeNull();
     });
 
@@ -204,19 +211,7 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
           expect([TaskState.SUCCEEDED, TaskState.FAILED], t.result?.error).toContain(t.state);
           if (t.state === TaskState.FAILED) expect(t.result?.error).not.toBe("");
         }
-        await eventually(
-          async () => {
-            const { agents } = await client.listAgents({});
-            return agents.length === 1 && agents[0]!.state === AgentState.IDLE ? true : undefined;
-          },
-          "the agent back",
-          60_000,
-        );
-        const again = await client.submitTask({
-          spec: spec({ prompt: scripted([{ text: "after the storm" }]) }),
-        });
-        const done = await waitForEnd(client, again.task!.id);
-        expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
+        await backAndWorking("after the storm");
         expect(up.proc.exitCode).toBeNull();
       },
     );
@@ -246,19 +241,7 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
           await relay.cut();
           await relay.start();
         }
-        await eventually(
-          async () => {
-            const { agents } = await client.listAgents({});
-            return agents.length === 1 && agents[0]!.state === AgentState.IDLE ? true : undefined;
-          },
-          "the agent back",
-          60_000,
-        );
-        const again = await client.submitTask({
-          spec: spec({ prompt: scripted([{ text: "back again" }]) }),
-        });
-        const done = await waitForEnd(client, again.task!.id);
-        expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
+        await backAndWorking("back again");
       },
     );
   },
