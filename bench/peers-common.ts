@@ -143,7 +143,13 @@ export function cleanUpIfStopped(cleanup: () => void): () => void {
     stopHandled = true;
     for (const signal of ["SIGINT", "SIGTERM"] as const) {
       process.once(signal, () => {
-        for (const c of cleanups) c();
+        for (const c of cleanups) {
+          try {
+            c();
+          } catch (e) {
+            console.error(`bench: cleaning up after ${signal}: ${(e as Error).message}`);
+          }
+        }
         process.exit(130);
       });
     }

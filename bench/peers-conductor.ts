@@ -1,6 +1,7 @@
 // Conductor's side of bench/peers.ts: an Orchestrator and an AgentHost, each its own process
 // (`conductor orchestrator`, `conductor agent-host`) on temp folders, agents running the
 // instant fake CLI with broker tools off, and the clients that load them.
+import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -12,7 +13,7 @@ import { StateChangeSchema, TaskState } from "../gen/conductor/v1/task_pb.js";
 import { TaskStore } from "../services/orchestrator/store.ts";
 import { AsyncQueue } from "../services/shared/async-queue.ts";
 import { unixTransport } from "../services/shared/transport.ts";
-import { eventually, spec, startService, type ServiceProcess } from "../test/harness.ts";
+import { BIN, eventually, spec, startService, type ServiceProcess } from "../test/harness.ts";
 import { batchRate, callers, cleanUpIfStopped } from "./peers-common.ts";
 
 type Orchestrator = Client<typeof OrchestratorService>;
@@ -52,8 +53,17 @@ export async function startBenchConductor(o: {
       : {}),
   };
   const processes: ServiceProcess[] = [];
+  // Every service as it is spawned, not once ready: a bench stopped while one starts ends it too.
+  const spawned: ChildProcess[] = [];
+  const spawnTracked = ((...a: unknown[]) => {
+    const child = (spawn as (...x: unknown[]) => ChildProcess)(...a);
+    spawned.push(child);
+    return child;
+  }) as typeof spawn;
+  const start = (command: string, args: string[]) =>
+    startService(command, args, env, BIN, spawnTracked);
   const forget = cleanUpIfStopped(() => {
-    for (const p of processes) p.proc.kill("SIGKILL");
+    for (const p of spawned) p.kill("SIGKILL");
     rmSync(dir, { recursive: true, force: true });
   });
   const close = async () => {
@@ -63,7 +73,7 @@ export async function startBenchConductor(o: {
   };
   try {
     o.fill?.(dataDir);
-    processes.push(await startService("orchestrator", where, env));
+    processes.push(await start("orchestrator", where));
   } catch (e) {
     await close();
     throw e;
@@ -77,7 +87,7 @@ export async function startBenchConductor(o: {
     orchestrator: processes[0]!,
     async startAgents() {
       const args = [...where, "--runtime", "process", "--agents", String(o.agents)];
-      processes.push(await startService("agent-host", args, env));
+      processes.push(await start("agent-host", args));
       await eventually(async () => {
         const s = await client.getStats({});
         return s.agentsIdle + s.agentsBusy >= o.agents ? true : undefined;

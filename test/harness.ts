@@ -17,7 +17,8 @@ import { unixTransport } from "../services/shared/transport.ts";
 
 /** The project's root folder. */
 export const ROOT = path.resolve(import.meta.dirname, "..");
-const BIN = path.join(ROOT, "bin", "conductor.js");
+/** The `conductor` command of this checkout. */
+export const BIN = path.join(ROOT, "bin", "conductor.js");
 /** Debian's Python, whose python3-grpcio is the client (another python3 on PATH may lack it). */
 export const PYTHON = "/usr/bin/python3";
 /** One gRPC call (unary, streams, or a bidi list) from Python's grpcio: test/clients/raw_call.py. */
