@@ -16,7 +16,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { ROOT, startService } from "../test/harness.ts";
+import { BIN, startService } from "../test/harness.ts";
 
 const RUNS = Number(process.env["BENCH_RUNS"] ?? 15);
 if (!Number.isInteger(RUNS) || RUNS < 1 || RUNS > 1000)
@@ -28,7 +28,6 @@ const TARGET_MS = 150;
  * ratio to `node -e 0` measured in the same run is what carries over.
  */
 const TARGET_RATIO = TARGET_MS / 34;
-const BIN = path.join(ROOT, "bin", "conductor.js");
 const NO_BUNDLE = { CONDUCTOR_VENDOR_BUNDLE: "0" };
 const NODE_DIR = path.dirname(process.execPath);
 
