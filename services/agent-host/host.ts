@@ -94,6 +94,14 @@ const HEALTH_INTERVAL_MS = 5000;
 const REPLACE_RETRY_FIRST_MS = 1000;
 const REPLACE_RETRY_MAX_MS = 30_000;
 /**
+ * How long a clean stop may spend on the engine beyond the sandboxes' stop grace: what it could
+ * not remove by then (its engine gone, or hung) is left, for the next start on the same data
+ * folder to remove (an idle container ends by itself meanwhile).
+ */
+const CLOSE_ENGINE_MS = 15_000;
+/** Between tries at removing what is left, on a clean stop (an engine restarting meanwhile). */
+const CLOSE_RETRY_MS = 500;
+/**
  * One node's agent pool: each agent is a long-lived sandbox from the runtime backend (a
  * container, warm between tasks, or a folder for the process backend) with its own
  * workspace and CLI config folder; it runs one task at a time. After a restart it re-adopts
@@ -106,6 +114,8 @@ export class AgentHost {
   private closed = false;
   /** Aborted by close(): ends the waits between tries at replacing an agent. */
   private readonly closing = new AbortController();
+  /** Aborted (and made anew) when the engine answers again: replacements try again at once. */
+  private engineBack = new AbortController();
   /** Why this node takes no task now (its lease may have lapsed); undefined: it does. */
   private fenced: string | undefined;
   /** Replacements of agents whose sandbox died, still under way. */
@@ -139,6 +149,10 @@ export class AgentHost {
         // A run on an engine that does not answer cannot be followed: it is ended (its
         // lifeline is cut as it ends), and fails saying why (runs.ts).
         lost: (slot) => slot.run?.abort.abort(),
+        back: () => {
+          this.engineBack.abort();
+          this.engineBack = new AbortController();
+        },
       },
       { recheckMs: RECHECK_MS, healthIntervalMs: opts.healthIntervalMs ?? HEALTH_INTERVAL_MS },
     );
@@ -427,25 +441,51 @@ export class AgentHost {
     return false;
   }
 
-  /** Ends every run and removes every sandbox; for shutdown. */
+  /**
+   * Ends every run and removes every sandbox; for shutdown. Bounded: after the sandboxes' stop
+   * grace and CLOSE_ENGINE_MS more, the backend is closed (its calls under way end) and what
+   * could not be removed is left, logged; a removal that fails before then is tried again.
+   */
   async close(): Promise<void> {
     this.closed = true;
     this.closing.abort();
     this.supervisor.stop();
-    // A replacement under way finishes first, so its new sandbox is stopped below too.
-    await Promise.all([...this.replacing]);
-    await Promise.all(
-      [...this.slots.keys()].map((id) =>
-        this.stopAgent(id).catch((e: unknown) =>
-          this.opts.log.error("could not remove an agent's sandbox", { agent_id: id, error: e }),
+    const deadline = AbortSignal.timeout(this.opts.sandbox.stopGraceMs + CLOSE_ENGINE_MS);
+    const onDeadline = () => void this.opts.backend.close().catch(() => undefined);
+    deadline.addEventListener("abort", onDeadline, { once: true });
+    try {
+      // A replacement under way finishes first, so its new sandbox is stopped below too.
+      await Promise.all([...this.replacing]);
+      await Promise.all(
+        [...this.slots.keys()].map((id) =>
+          this.stopAgent(id).catch((e: unknown) =>
+            this.opts.log.warn("could not remove an agent's sandbox; trying again", {
+              agent_id: id,
+              error: e,
+            }),
+          ),
         ),
-      ),
-    );
-    // And what a failed try at replacing an agent left half made (created, its answer lost).
-    await this.reap().catch((e: unknown) =>
-      this.opts.log.error("could not remove the agents' leftover sandboxes", { error: e }),
-    );
-    await this.opts.backend.close();
+      );
+      // What could not be removed yet, and what a failed replacement left half made.
+      for (;;) {
+        try {
+          await this.reap();
+          break;
+        } catch (e) {
+          if (deadline.aborted) {
+            this.opts.log.error(
+              "left agent sandboxes behind: the engine did not remove them in time (the next start on this data folder removes them)",
+              { error: e },
+            );
+            break;
+          }
+          await sleep(CLOSE_RETRY_MS, undefined, { signal: deadline }).catch(() => undefined);
+        }
+      }
+    } finally {
+      deadline.removeEventListener("abort", onDeadline);
+      await this.opts.backend.close();
+    }
   }
 
   /** Removes this AgentHost's sandboxes (of agent `id`, or of all) that no agent holds. */
@@ -508,7 +548,8 @@ export class AgentHost {
           error: e,
         });
       }
-      await sleep(wait, undefined, { signal: this.closing.signal }).catch(() => undefined);
+      const woken = AbortSignal.any([this.closing.signal, this.engineBack.signal]);
+      await sleep(wait, undefined, { signal: woken }).catch(() => undefined);
     }
   }
 

@@ -25,6 +25,8 @@ export interface SupervisorHooks<S extends Watched> {
   died(slot: S, status: SandboxStatus): void;
   /** Its engine cannot be reached: a run on it cannot be followed, and is ended. */
   lost(slot: S): void;
+  /** The engine answers a probe again after failing one or more. */
+  back?(): void;
 }
 
 /** Timings, in ms. */
@@ -181,6 +183,7 @@ export class Supervisor<S extends Watched> {
   private async probe(slots: () => Iterable<S>): Promise<void> {
     const fp = await this.backend.fingerprint().catch(() => undefined);
     if (this.closed) return;
+    if (fp?.healthy && this.failedProbes > 0) this.hooks.back?.();
     this.failedProbes = fp?.healthy ? 0 : this.failedProbes + 1;
     for (const slot of slots()) {
       if (this.failedProbes >= PROBES_TO_LOSE && !slot.lost) {

@@ -62,6 +62,11 @@ class Relay {
     if (this.proc?.pid) process.kill(-this.proc.pid, "SIGCONT");
   }
 
+  /** An engine that takes every connection and never answers one (at most 180 s). */
+  async blackHole(): Promise<void> {
+    await this.listen("EXEC:sleep 180");
+  }
+
   private async listen(to: string): Promise<void> {
     await this.cut(); // one relay at a time: a second would outlive the test
     rmSync(this.socketPath, { force: true });
@@ -248,6 +253,37 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
           relay.thaw();
         }
         await backAndWorking("back again");
+      },
+    );
+
+    it.runIf(runtime === containerRuntimes[0])(
+      "stops cleanly through a short engine outage, and within bounds on a hung engine",
+      { timeout: 180_000 },
+      async () => {
+        const left = async () =>
+          (await engine("ps", "-aq", "--filter", `label=dev.conductor.node=${node}`)).stdout.trim();
+        // Gone for a second as the stop begins: its containers are removed once it is back.
+        await relay.cut();
+        const stopping = conductor.processes[0]!.stop();
+        await sleep(1000); // the outage's own length
+        await relay.start();
+        await stopping;
+        expect(await left()).toBe("");
+
+        // Hung for good: the stop ends all the same, within the stop grace (5 s) and 15 s more.
+        await conductor.restart();
+        await backAndWorking("once more");
+        await relay.blackHole();
+        try {
+          const started = Date.now();
+          await conductor.processes[0]!.stop();
+          expect(Date.now() - started).toBeLessThan(30_000);
+        } finally {
+          await relay.start();
+        }
+        // What it left is removed by the next start on the same data folder.
+        await conductor.restart();
+        await backAndWorking("and again");
       },
     );
   },
