@@ -332,6 +332,29 @@ export class AgentHost {
   }
 
   /**
+   * Resolves once agent `agentId` may be given a run: its last run is ended (ended()), and on a
+   * runtime of containers its container still runs. One found dead (killed while idle, its
+   * engine's report of that not in yet: Podman's comes up to a quarter second late) is
+   * replaced, and run() then refuses the run (FAILED_PRECONDITION: requeued, not an attempt).
+   */
+  async ready(agentId: string): Promise<void> {
+    await this.ended(agentId);
+    const slot = this.slots.get(agentId);
+    // run() refuses every other case itself.
+    if (!slot || !this.caps?.image || slot.run || slot.lost) return;
+    if (slot.agent.state !== AgentState.IDLE) return;
+    let status: SandboxStatus;
+    try {
+      status = await this.opts.backend.inspect(slot.sandbox);
+    } catch (e) {
+      // Unreachable: lost, and the run refused; else the run finds out for itself.
+      if (isEngineUnreachable(e)) this.supervisor.failed(slot, e);
+      return;
+    }
+    if (!status.running && !slot.run) this.replaceLater(slot, status);
+  }
+
+  /**
    * Runs a task on an agent; outputs go to onOutput as they come. Throws at once (before
    * anything runs) when the agent is unknown or not idle (a run whose outcome was told at its
    * result line holds it until it is ended: see ended()).

@@ -84,8 +84,9 @@ export function agentHostRoutes(host: AgentHost, keeper?: OutcomeKeeper) {
         if (!req.taskId) throw invalid("task_id is required");
         if (!req.spec?.prompt) throw invalid("spec.prompt is required");
         // An agent whose last outcome was told at its result line takes this run once that
-        // run is ended (its CLI's exit): only then does this one start, or is refused.
-        await host.ended(req.agentId);
+        // run is ended (its CLI's exit): only then does this one start, or is refused (as on
+        // an agent whose container is found dead).
+        await host.ready(req.agentId);
         if (ctx.signal.aborted)
           throw new ConnectError("the call ended before the run started", Code.Canceled);
         const queue = new AsyncQueue<RunTaskResponse["kind"]>(bytesOf);

@@ -154,6 +154,20 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
       }
     });
 
+    it("runs a task submitted as its idle agents' containers die, on their replacements", async () => {
+      const { client } = conductor;
+      const { agents } = await client.listAgents({});
+      const killed = await Promise.all(agents.map(async (a) => containerOf(a.id)));
+      // Submitted the moment the kills are done: the engine's report of the deaths comes after.
+      await Promise.all(killed.map((id) => engine("kill", id)));
+      const submitted = await client.submitTask({
+        spec: spec({ maxAttempts: 1, prompt: scripted([{ text: "fresh" }]) }),
+      });
+      const ended = await waitForEnd(client, submitted.task!.id);
+      expect(ended.state, ended.result?.error).toBe(TaskState.SUCCEEDED);
+      expect(killed).not.toContain(await containerOf(ended.agentId));
+    });
+
     it("keeps trying to replace an agent whose replacement fails, and lists it FAILED meanwhile", async () => {
       const { client } = conductor;
       const agentId = (await client.listAgents({})).agents[1]!.id;
