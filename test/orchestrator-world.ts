@@ -95,6 +95,9 @@ export class FakeAgentHost implements AsyncDisposable {
     this.taskId = taskId;
   }
 
+  /** Whether ListAgents reports agent-1 FAILED (lost, or being replaced). */
+  failed = false;
+
   async serve(socketPath: string): Promise<this> {
     this.server = await serveUnix({
       socketPath,
@@ -106,7 +109,11 @@ export class FakeAgentHost implements AsyncDisposable {
               {
                 id: "agent-1",
                 nodeId: "fake",
-                state: this.taskId ? AgentState.BUSY : AgentState.IDLE,
+                state: this.failed
+                  ? AgentState.FAILED
+                  : this.taskId
+                    ? AgentState.BUSY
+                    : AgentState.IDLE,
                 taskId: this.taskId,
               },
             ],

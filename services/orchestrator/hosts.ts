@@ -106,6 +106,8 @@ export class HostRegistry {
   private readonly log: Logger;
   private readonly timeoutMs: number;
   private readonly interceptors: Interceptor[];
+  /** Told of an agent (`<host>#<agent>`) a poll finds IDLE after the one before found it FAILED. */
+  recovered: ((key: string) => void) | undefined;
 
   constructor(
     addresses: string[],
@@ -242,7 +244,13 @@ export class HostRegistry {
               host: link.address,
               agents: res.agents.length,
             });
+          const failed = new Set(
+            link.agents.filter((a) => a.state === AgentState.FAILED).map((a) => a.id),
+          );
           link.agents = res.agents;
+          for (const a of res.agents)
+            if (a.state === AgentState.IDLE && failed.has(a.id))
+              this.recovered?.(`${link.address}#${a.id}`);
           link.reachable = true;
           link.answeredIn = generation;
         } catch (e) {

@@ -2,6 +2,7 @@ import path from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { afterEach, describe, expect, it } from "vitest";
+import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
 import { ErrorKind, TaskSpecSchema, TaskState } from "../../gen/conductor/v1/task_pb.js";
 import {
   breakOff,
@@ -15,6 +16,7 @@ import {
   World,
   type Play,
 } from "../../test/orchestrator-world.ts";
+import { eventually } from "../../test/harness.ts";
 import { REST_AFTER } from "./runner.ts";
 import { TaskStore } from "./store.ts";
 
@@ -352,6 +354,28 @@ describe("an attempt's failure", () => {
     expect(broken.runs).toHaveLength(REST_AFTER);
     expect(new Set(broken.runs.map((r) => r.req.taskId)).size).toBe(REST_AFTER);
     expect(good.runs).toHaveLength(8);
+  });
+
+  it("ends an agent's rest once it comes back from FAILED (its engine back, or replaced)", async () => {
+    world = new World();
+    const w = world;
+    await w.startOrchestrator();
+    const plays = [...Array<Play>(REST_AFTER).fill(brokenAgent), succeed];
+    const host = await w.host(w.hostSocket, new FakeAgentHost("", plays));
+    for (let i = 0; i < REST_AFTER; i++) await (await w.submit(1)).watch.ended();
+    // Resting now (30 s): the next task waits, while ListAgents shows the agent lost, then back.
+    const next = await w.submit(1);
+    host.failed = true;
+    await eventually(async () => {
+      const { agents } = await w.client.listAgents({});
+      return agents[0]?.state === AgentState.FAILED ? true : undefined;
+    }, "the agent seen FAILED");
+    host.failed = false;
+    const started = Date.now();
+    await next.watch.ended();
+    expect(Date.now() - started).toBeLessThan(10_000); // not the rest's 30 s
+    expect((await w.task(next.id)).state).toBe(TaskState.SUCCEEDED);
+    expect(host.runs).toHaveLength(REST_AFTER + 1);
   });
 
   it("that may pass is retried as before", async () => {

@@ -170,6 +170,7 @@ export class Orchestrator {
     this.runner.recover();
     this.settleWaiting(this.store.waitingTasks());
     this.groups.recover(Date.now());
+    this.hosts.recovered = (key) => this.runner.endRest(key);
     this.hosts.start(this.opts.pollIntervalMs ?? 1000, () => {
       if (this.closed) return;
       const now = Date.now();

@@ -158,6 +158,18 @@ export class AttemptRunner {
     return keys;
   }
 
+  /**
+   * Ends agent `key`'s rest, if it rests: it came back from FAILED (its engine answers again,
+   * or its sandbox was replaced), so what failed its runs may be over. Its count of failures
+   * stands: one more rests it again, twice as long.
+   */
+  endRest(key: string): void {
+    const f = this.failing.get(key);
+    if (!f || f.until <= Date.now()) return;
+    f.until = 0;
+    this.opts.log.info("agent rests no more: it is back", { agent: key });
+  }
+
   /** When the next rest ends after `now` (ms since the epoch), if one does. */
   nextRestEnd(now: number): number | undefined {
     let next: number | undefined;
