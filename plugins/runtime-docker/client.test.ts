@@ -36,7 +36,9 @@ describe("the engine probe", () => {
     for (let i = 0; i < 3; i++) {
       const fp = await engine.fingerprint();
       expect(fp.healthy).toBe(false);
-      expect(fp.detail).toMatch(/cannot reach the Docker Engine at .*engine\.sock \(ETIMEDOUT\)/);
+      expect(fp.detail).toMatch(
+        /cannot reach the Docker Engine at .*engine\.sock \(ETIMEDOUT\): it takes calls but did not answer in 0\.3 s: it may be hung/,
+      );
     }
     await eventually(
       async () => (open.size === 0 ? true : undefined),

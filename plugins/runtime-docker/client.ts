@@ -178,9 +178,8 @@ export function connectEngine(o: EngineBackendOptions): EngineClient {
       // Aborted, not just raced, at the bound: a probe of an engine that never answers must
       // not leave its connection open (one every probe, for as long as the engine is away).
       const ping = known !== undefined && Date.now() - known.at < DETAIL_TTL_MS;
-      const abortSignal = AbortSignal.timeout(
-        o.probeTimeoutMs ?? (ping ? PING_TIMEOUT_MS : PROBE_TIMEOUT_MS),
-      );
+      const timeoutMs = o.probeTimeoutMs ?? (ping ? PING_TIMEOUT_MS : PROBE_TIMEOUT_MS);
+      const abortSignal = AbortSignal.timeout(timeoutMs);
       try {
         if (known && ping) {
           await ask.ping({ abortSignal });
@@ -204,10 +203,14 @@ export function connectEngine(o: EngineBackendOptions): EngineClient {
         const code = abortSignal.aborted
           ? "ETIMEDOUT"
           : (engineFailure(e).code ?? engineFailure(e).message);
+        // One that takes the call and does not answer runs, but is hung or overloaded.
+        const hint = abortSignal.aborted
+          ? `it takes calls but did not answer in ${timeoutMs / 1000} s: it may be hung or overloaded (restart it)`
+          : o.startHint;
         return {
           runtime: o.runtimeName,
           healthy: false,
-          detail: `cannot reach ${o.engineLabel} at ${o.socketPath} (${code}): ${o.startHint}`,
+          detail: `cannot reach ${o.engineLabel} at ${o.socketPath} (${code}): ${hint}`,
           capabilities: CAPABILITIES,
         };
       }
