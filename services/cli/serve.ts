@@ -107,6 +107,17 @@ async function serveLogged(
   io.stdout.write(human ? readyText(command, config, ready) : JSON.stringify(ready) + "\n");
   await stop;
   log.info("shutting down");
+  // A second signal (Ctrl-C twice) stops at once, saying so: what the clean stop had not
+  // ended or removed yet is the next start's (it re-adopts or removes the agents' sandboxes).
+  const now = (signal: NodeJS.Signals) => {
+    log.warn(
+      "a second signal: stopping at once, before the clean stop is done (the next start on this data folder takes up what is left)",
+      { signal },
+    );
+    process.exit(signal === "SIGINT" ? 130 : 143);
+  };
+  process.once("SIGINT", now);
+  process.once("SIGTERM", now);
   // The Orchestrator first, so runs end as interrupted rather than failed.
   for (const r of running.reverse()) await r.stop();
   await observability.stop();

@@ -281,9 +281,27 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
         } finally {
           await relay.start();
         }
-        // What it left is removed by the next start on the same data folder.
+        // Again hung, and a second SIGTERM (Ctrl-C twice): it stops at once, saying so.
         await conductor.restart();
         await backAndWorking("and again");
+        await relay.blackHole();
+        try {
+          const up = conductor.processes[0]!;
+          const exited = new Promise((resolve) => up.proc.once("exit", resolve));
+          up.proc.kill("SIGTERM");
+          await sleep(1000); // into the clean stop, which waits on the hung engine for 15 s or more
+          const second = Date.now();
+          up.proc.kill("SIGTERM");
+          await exited;
+          expect(Date.now() - second).toBeLessThan(5_000);
+          expect(up.proc.exitCode).toBe(143);
+          expect(up.stderr()).toContain("a second signal: stopping at once");
+        } finally {
+          await relay.start();
+        }
+        // What a stop left is taken up by the next start on the same data folder.
+        await conductor.restart();
+        await backAndWorking("and once more");
       },
     );
   },
