@@ -11,7 +11,7 @@ import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { EngineUnreachableError } from "../runtime.ts";
 import type { RuntimeBackend, SandboxSpec } from "../runtime.ts";
-import { createEngineBackend } from "./engine.ts";
+import { fakeEngineBackend } from "../../test/fake-engine.ts";
 
 const HANDLE = { id: "c1", agentId: "a1", labels: { "conductor.user": "1000:1000" } };
 const SPEC: SandboxSpec = {
@@ -53,14 +53,7 @@ describe.each([
     res.flushHeaders();
     setTimeout(() => req.socket.destroy(), 20);
   });
-  const backend = createEngineBackend({
-    runtimeName: "docker",
-    engineLabel: "the Docker Engine",
-    socketPath,
-    startHint: "start it",
-    init: "auto",
-    callTimeoutMs: 1_000,
-  });
+  const backend = fakeEngineBackend(socketPath, { init: "auto", callTimeoutMs: 1_000 });
   afterAll(async () => {
     await backend.close();
     for (const s of held) s.destroy();
@@ -121,14 +114,7 @@ describe("waitForExit", () => {
     { timeout: 10_000 },
     async () => {
       await new Promise<void>((r) => engine.listen(socketPath, r));
-      const backend = createEngineBackend({
-        runtimeName: "docker",
-        engineLabel: "the Docker Engine",
-        socketPath,
-        startHint: "start it",
-        init: false,
-        waitRoundMs: 300,
-      });
+      const backend = fakeEngineBackend(socketPath, { waitRoundMs: 300 });
       try {
         const st = await backend.waitForExit(
           { id: "c1", agentId: "a1", labels: {} },

@@ -9,7 +9,7 @@ import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { afterAll, expect, it } from "vitest";
 import { AgentSchema, AgentState } from "../../gen/conductor/v1/agent_pb.js";
-import { createEngineBackend } from "../../plugins/runtime-docker/engine.ts";
+import { fakeEngineBackend } from "../../test/fake-engine.ts";
 import { silentLogger } from "../shared/log.ts";
 import { Supervisor, type Watched } from "./supervise.ts";
 
@@ -42,15 +42,7 @@ it(
   },
   async () => {
     await new Promise<void>((r) => engine.listen(socketPath, r));
-    const backend = createEngineBackend({
-      runtimeName: "docker",
-      engineLabel: "the Docker Engine",
-      socketPath,
-      startHint: "start it",
-      init: false,
-      callTimeoutMs: 400,
-      waitRoundMs: 200,
-    });
+    const backend = fakeEngineBackend(socketPath, { callTimeoutMs: 400, waitRoundMs: 200 });
     const slot: Watched = {
       agent: create(AgentSchema, { id: "agent-1", state: AgentState.IDLE }),
       sandbox: { id: "c1", agentId: "agent-1", labels: {} },
