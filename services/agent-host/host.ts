@@ -96,7 +96,7 @@ const REPLACE_RETRY_MAX_MS = 30_000;
 /**
  * How long a clean stop may spend on the engine beyond the sandboxes' stop grace: what it could
  * not remove by then (its engine gone, or hung) is left, for the next start on the same data
- * folder to remove (an idle container ends by itself meanwhile).
+ * folder to re-adopt or remove (an idle container ends by itself meanwhile).
  */
 const CLOSE_ENGINE_MS = 15_000;
 /** Between tries at removing what is left, on a clean stop (an engine restarting meanwhile). */
@@ -497,7 +497,7 @@ export class AgentHost {
         } catch (e) {
           if (deadline.aborted) {
             this.opts.log.error(
-              "left agent sandboxes behind: the engine did not remove them in time (the next start on this data folder removes them)",
+              "left agent sandboxes behind: the engine did not remove them in time (the next start on this data folder re-adopts or removes them)",
               { error: e },
             );
             break;
