@@ -12,11 +12,6 @@ const LISTENING = `0100007F:${MODEL_PORT.toString(16).toUpperCase().padStart(4, 
 /** Longest a forwarder may take to listen (a loaded machine starts socat in 10–50 ms). */
 const READY_MS = 10_000;
 const STDERR_TAIL = 2048;
-/**
- * Most connections forwarded at once (a socat process each); more wait to be taken. The model
- * proxy serves an agent at most 64 at once (services/agent-host/model-proxy.ts).
- */
-const MAX_CONNECTIONS = 128;
 
 /**
  * One agent's network namespace, held by its model forwarder: a bubblewrap sandbox of its own
@@ -59,7 +54,7 @@ export async function startAgentNetwork(
     user,
     argv: [
       "socat",
-      `TCP-LISTEN:${MODEL_PORT},bind=127.0.0.1,fork,reuseaddr,max-children=${MAX_CONNECTIONS}`,
+      `TCP-LISTEN:${MODEL_PORT},bind=127.0.0.1,fork,reuseaddr`,
       `UNIX-CONNECT:${socatPath(modelSocket)}`,
     ],
   });
