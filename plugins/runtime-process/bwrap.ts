@@ -104,20 +104,11 @@ function ancestors(p: string): string[] {
   return out;
 }
 
-/** How each system folder is given, read once (the system's layout does not change under us). */
-const systemBinds = new Map<string, string[]>();
-
 function systemBind(dir: string): string[] {
-  let bind = systemBinds.get(dir);
-  if (!bind) {
-    bind = !existsSync(dir)
-      ? []
-      : lstatSync(dir).isSymbolicLink()
-        ? ["--symlink", readlinkSync(dir), dir]
-        : ["--ro-bind", dir, dir];
-    systemBinds.set(dir, bind);
-  }
-  return bind;
+  if (!existsSync(dir)) return [];
+  const st = lstatSync(dir);
+  if (st.isSymbolicLink()) return ["--symlink", readlinkSync(dir), dir];
+  return ["--ro-bind", dir, dir];
 }
 
 const NO_SOCAT = "socat is not installed: apt-get install socat";

@@ -27,11 +27,13 @@ export interface AgentNetwork {
   /** A descriptor of the namespace (open on /proc/PID/ns/net): it pins it while open. */
   fd: number;
   /**
-   * Whether the forwarder still runs (its socat, and so its sandbox), and so `fd` is still open:
-   * checked in the same turn of the event loop as the spawn that passes `fd` on (the descriptor
-   * is closed only after the sandbox's end is seen, in a later turn). One signal 0, no I/O.
+   * Whether the forwarder still runs, and so `fd` is still open: checked in the same turn of the
+   * event loop as the spawn that passes `fd` on (the descriptor is closed only after its end is
+   * seen, in a later turn).
    */
   alive(): boolean;
+  /** Whether the forwarder listens still (a socat killed alone leaves its sandbox a moment). */
+  listening(): Promise<boolean>;
   /** Resolves when the forwarder has ended (it is then of no more use). */
   ended: Promise<void>;
   /** Ends the forwarder and lets go of the namespace. */
@@ -87,10 +89,7 @@ export async function startAgentNetwork(
         throw new Error(`the model forwarder did not listen within ${READY_MS / 1000} s`);
       // bwrap's child: the sandbox's first process, in the new network namespace.
       const [inner] = await descendants(child.pid);
-      // The sandbox's init's child: socat (setpriv execs it). Its pid is not used again before
-      // the kernel has gone round every pid, so a signal 0 tells whether it still runs.
-      const [socat] = inner ? await descendants(inner) : [];
-      if (inner && socat && (await listens(inner))) {
+      if (inner && (await listens(inner))) {
         const handle = await open(`/proc/${inner}/ns/net`, "r");
         // Never the AgentHost's own: a run started in it would reach the network.
         const [theirs, ours] = await Promise.all([handle.stat(), stat("/proc/self/ns/net")]);
@@ -101,7 +100,8 @@ export async function startAgentNetwork(
         ended.then(() => handle.close()).catch(() => undefined);
         return {
           fd: handle.fd,
-          alive: () => !exited && runs(socat),
+          alive: () => !exited,
+          listening: () => listens(inner),
           ended,
           close: async () => {
             kill();
@@ -114,15 +114,6 @@ export async function startAgentNetwork(
   } catch (e) {
     kill();
     throw e;
-  }
-}
-
-/** Whether process `pid` exists (root may signal any). */
-function runs(pid: number): boolean {
-  try {
-    return process.kill(pid, 0);
-  } catch {
-    return false;
   }
 }
 

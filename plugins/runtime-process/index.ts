@@ -209,7 +209,7 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
         if (r.network === starting) r.network = undefined;
         throw new Error(`cannot serve the model in the agent's sandbox: ${(e as Error).message}`);
       }
-      if (network.alive()) return network;
+      if (network.alive() && (await network.listening())) return network;
       // It ended (or is ending): another is started.
       if (r.network === starting) r.network = undefined;
       await network.close();
