@@ -199,8 +199,6 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
     const user = runAs(r.spec.user);
     if (!sandboxed || !model || !user) return undefined;
     for (let attempt = 1; ; attempt++) {
-      // Never one more after a stop has ended the agent's (it would outlive the agent).
-      if (!r.running) return undefined;
       const starting = (r.network ??= startAgentNetwork(model, user, socatPath));
       let network: AgentNetwork;
       try {
