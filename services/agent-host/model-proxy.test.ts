@@ -518,6 +518,68 @@ describe("model proxy", () => {
     }
   });
 
+  it("takes only the current run's key: an earlier run's request arriving late is refused, unbilled", async () => {
+    await using model = await startFakeModel();
+    using dir = tempDir();
+    const tools: string[] = [];
+    const mcp = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      tools.push(String(req.headers["x-api-key"]));
+      res.end("{}");
+    };
+    const proxy = await proxyTo(model.url, dir.path, { mcp }, true);
+    const hi = { model: "m", max_tokens: 10, messages: [{ role: "user", content: "hi" }] };
+    const ask = (key: string) => postOverSocket(proxy.socketPath, hi, key);
+    const tool = (key: string) => postOverSocket(proxy.socketPath, { jsonrpc: "2.0" }, key, "/mcp");
+    try {
+      proxy.limit(undefined, "run-1-key");
+      expect((await ask("run-1-key")).status).toBe(200);
+      expect((await tool("run-1-key")).status).toBe(200);
+      proxy.endRun();
+      expect(proxy.take().requests).toBe(1);
+      proxy.limit(undefined, "run-2-key"); // the agent's next run
+      // What run 1 sent, delivered now (a retransmitted half-open connection), is not run 2's.
+      for (const res of [await ask("run-1-key"), await tool("run-1-key")]) {
+        expect(res.status).toBe(401);
+        expect(JSON.parse(res.text)).toMatchObject({
+          error: {
+            type: "authentication_error",
+            message: expect.stringMatching(/not the current run's/) as string,
+          },
+        });
+      }
+      const none = await postOverSocket(proxy.socketPath, hi, "");
+      expect(none.status).toBe(401);
+      expect(none.text).toMatch(/carries no key/);
+      expect((await ask("run-2-key-")).status).toBe(401); // a prefix or longer key is not it
+      expect((await ask("run-2-ke")).status).toBe(401);
+      expect(model.requests).toHaveLength(1); // none of them reached the model
+      expect(proxy.take()).toEqual(NO_USAGE); // nor was billed to run 2
+      // Run 2's own requests: by x-api-key, or as a bearer token; the real key goes upstream.
+      expect((await ask("run-2-key")).status).toBe(200);
+      const bearer = await new Promise<number>((resolve, reject) => {
+        const req = http.request(
+          {
+            socketPath: proxy.socketPath,
+            path: "/v1/messages",
+            method: "POST",
+            headers: { "content-type": "application/json", authorization: "Bearer run-2-key" },
+          },
+          (res) => resolve(res.resume().statusCode ?? 0),
+        );
+        req.on("error", reject);
+        req.end(JSON.stringify(hi));
+      });
+      expect(bearer).toBe(200);
+      expect((await tool("run-2-key")).status).toBe(200);
+      expect(model.requests).toHaveLength(3);
+      expect(model.requests.every((r) => r.headers["x-api-key"] === KEY)).toBe(true);
+      expect(tools).toEqual(["run-1-key", "run-2-key"]);
+      expect(proxy.take().requests).toBe(2);
+    } finally {
+      await proxy.close();
+    }
+  });
+
   it("answers 502 with an API-shaped error when the upstream is unreachable", async () => {
     using dir = tempDir();
     const proxy = await startModelProxy({

@@ -1,3 +1,4 @@
+import { timingSafeEqual } from "node:crypto";
 import { mkdirSync, rmSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
@@ -54,9 +55,13 @@ export interface ModelProxy {
   take(): MeteredUsage;
   /**
    * Opens the proxy for a run: the requests from now on reach the model, capped to what
-   * `budget` leaves (undefined: no cap), until the next seal() or limit().
+   * `budget` leaves (undefined: no cap), until the next seal() or limit(). With `runKey`, only
+   * requests that carry it (`x-api-key: <runKey>`, or `authorization: Bearer <runKey>`) are let
+   * through, model calls and Broker tools alike (others: 401): a request made by an earlier run,
+   * still on its way (a half-open connection the kernel delivers late), is refused by this one.
+   * Without it, any request is (tests and benchmarks).
    */
-  limit(budget: RunBudget | undefined): void;
+  limit(budget: RunBudget | undefined, runKey?: string): void;
   /**
    * Refuses every model request and Broker tool call (403, saying `why`) until the next
    * limit(): between runs (a proxy starts so), and from a run's result line on, its outcome
@@ -162,7 +167,8 @@ const AGENT_MAY_NOT_SET = new Set([
  * Only `POST /v1/messages` and `POST /v1/messages/count_tokens` (see {@link forwardedTarget})
  * reach the configured upstream, below its own path prefix; with `mcp`, requests for exactly
  * {@link MCP_PATH} go to it (the agent's Broker tools); everything else is answered 403
- * (model requests and MCP too while it is sealed: it starts so, and limit() opens it for a run)
+ * (model requests and MCP too while it is sealed: it starts so, and limit() opens it for a run;
+ * 401 for those without the run's key, see limit())
  * (CONNECT, malformed requests: 4xx; a body with a content-encoding or a charset but UTF-8:
  * 415; beyond {@link MAX_CALLS} calls under way: 429; a refused request pipelined behind
  * one not yet answered closes its connection) in the Messages API's error shape and logged (at most
@@ -188,6 +194,18 @@ export async function startModelProxy(opts: {
   let budget: RunBudget | undefined;
   /** Why model requests are refused now; undefined while a run may call the model. */
   let sealed: string | undefined = NO_RUN;
+  /** The current run's key (see limit()), or undefined: any request is the run's. */
+  let runKey: Buffer | undefined;
+  /** Why a request is not the current run's (see limit()), or undefined when it is. */
+  const notTheRuns = (req: http.IncomingMessage): string | undefined => {
+    if (!runKey) return undefined;
+    const bearer = /^Bearer (.+)$/i.exec(String(req.headers.authorization ?? ""))?.[1];
+    const given = Buffer.from(String(req.headers["x-api-key"] ?? bearer ?? ""));
+    if (given.length === runKey.length && timingSafeEqual(given, runKey)) return undefined;
+    return given.length === 0
+      ? "the request carries no key: each run's requests carry the key its CLI was given"
+      : "the request's key is not the current run's: an earlier run's request, or not a run's";
+  };
   /** Why the next request would overspend, or undefined while the budget holds. */
   const overBudget = (): string | undefined => {
     if (!budget) return undefined;
@@ -385,6 +403,11 @@ export async function startModelProxy(opts: {
         refused(method, target, 403);
         return refuse(res, 403, "permission_error", sealed);
       }
+      const stranger = notTheRuns(req);
+      if (stranger) {
+        refused(method, target, 401);
+        return refuse(res, 401, "authentication_error", stranger);
+      }
       admitted.add(res);
       res.once("close", () => admitted.delete(res));
       if (req.headers.expect?.toLowerCase() === "100-continue") res.writeContinue();
@@ -414,6 +437,11 @@ export async function startModelProxy(opts: {
     if (sealed !== undefined) {
       refused(method, target, 403);
       return refuse(res, 403, "permission_error", sealed);
+    }
+    const stranger = notTheRuns(req);
+    if (stranger) {
+      refused(method, target, 401);
+      return refuse(res, 401, "authentication_error", stranger);
     }
     if (calls.size >= MAX_CALLS) {
       refused(method, target, 429);
@@ -505,8 +533,9 @@ export async function startModelProxy(opts: {
       usage = { ...NO_USAGE };
       return u;
     },
-    limit(b) {
+    limit(b, key) {
       budget = b;
+      runKey = key === undefined ? undefined : Buffer.from(key);
       sealed = undefined;
     },
     seal(why) {
@@ -514,6 +543,7 @@ export async function startModelProxy(opts: {
     },
     endRun() {
       sealed = NO_RUN;
+      runKey = undefined;
       for (const call of calls) call.cut();
       for (const res of admitted) res.destroy();
     },

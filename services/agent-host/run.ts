@@ -9,6 +9,7 @@ import {
   type ToolCall,
 } from "../../gen/conductor/v1/task_pb.js";
 import type { ExecRequest, Execution, Mount } from "../../plugins/runtime.ts";
+import { RUN_KEY_VARIABLE } from "../broker/access.ts";
 import type { ModelPrice } from "../shared/prices.ts";
 import { compileResultSchema, type ResultSchema } from "../shared/result-schema.ts";
 import { StreamJsonReader } from "./stream-json.ts";
@@ -115,7 +116,11 @@ export function claudeEnv(
     CONDUCTOR_AGENT_DIR: place.agentDir,
     CONDUCTOR_TASK_ID: place.taskId,
   };
-  if (s.apiKey) env["ANTHROPIC_API_KEY"] = s.apiKey;
+  if (s.apiKey) {
+    env["ANTHROPIC_API_KEY"] = s.apiKey;
+    // For the Broker tools' header (MCP_HEADERS): the CLI expands no ANTHROPIC_API_KEY there.
+    env[RUN_KEY_VARIABLE] = s.apiKey;
+  }
   if (s.baseUrl) env["ANTHROPIC_BASE_URL"] = s.baseUrl;
   if (s.maxApiRetries >= 0) env["CLAUDE_CODE_MAX_RETRIES"] = String(s.maxApiRetries);
   return env;

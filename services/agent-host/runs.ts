@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -109,8 +110,14 @@ export interface Attempt {
 
 /** How long a failed run waits for the engine to report its container's death. */
 const DEATH_NOTICE_MS = 2000;
-/** The CLI insists on some key; the real one is added by the proxy, outside the container. */
-const PLACEHOLDER_KEY = "sk-conductor-proxy-adds-the-real-key";
+/**
+ * A run's own key, the only one its agent's proxy takes while it runs (ModelProxy.limit): the
+ * CLI insists on some key, and the real one is added by the proxy, outside the sandbox. 24
+ * random bytes, so that no other run, earlier or to come, holds or can guess it.
+ */
+function runKey(): string {
+  return `sk-conductor-run-${randomBytes(24).toString("base64url")}`;
+}
 
 /**
  * Runs one task on an agent already marked BUSY: the CLI through the backend's exec, the
@@ -133,13 +140,14 @@ export async function executeRun(
   signal.addEventListener("abort", onAbort);
   if (signal.aborted) abort.abort(); // meanwhile (an abort event comes only once)
   slot.proxy.take();
-  slot.proxy.limit(runBudget(spec, attempt.previous));
+  const key = runKey();
+  slot.proxy.limit(runBudget(spec, attempt.previous), key);
   const log = c.log.child({ agent_id: agentId, task_id: taskId });
   log.info("run started");
   const settings: RunSettings = {
     ...c.settings,
     // Every runtime reaches the model through the proxy: the key never enters a sandbox.
-    apiKey: PLACEHOLDER_KEY,
+    apiKey: key,
     baseUrl: `http://127.0.0.1:${FORWARDER_PORT}`,
   };
   const runCli = async (): Promise<RunOutcome> => {

@@ -26,9 +26,21 @@ export const MCP_ALLOWED_TOOLS = `mcp__${MCP_SERVER_NAME}`;
  */
 export const MCP_URL = `\${ANTHROPIC_BASE_URL}${MCP_PATH}`;
 
+/** The variable that holds a run's key (its ANTHROPIC_API_KEY too) in its CLI's environment. */
+export const RUN_KEY_VARIABLE = "CONDUCTOR_RUN_KEY";
+
+/**
+ * The header each MCP request carries: the run's key, which the agent's proxy takes from the
+ * current run only (ModelProxy.limit), expanded by the CLI from its environment as the URL is
+ * (it expands ANTHROPIC_API_KEY to "" there, hence a variable of our own).
+ */
+export const MCP_HEADERS = { "x-api-key": `\${${RUN_KEY_VARIABLE}}` };
+
 /** The JSON for `claude --mcp-config`: one Streamable HTTP MCP server named "conductor" at `url`. */
 export function mcpConfig(url: string = MCP_URL): string {
-  return JSON.stringify({ mcpServers: { [MCP_SERVER_NAME]: { type: "http", url } } });
+  return JSON.stringify({
+    mcpServers: { [MCP_SERVER_NAME]: { type: "http", url, headers: MCP_HEADERS } },
+  });
 }
 
 /** A BrokerService client over a Unix socket, every call carrying the credential. */

@@ -83,7 +83,13 @@ describe("the Broker's MCP tools, served by the AgentHost on an agent's socket",
     expect(agent1.agent.cliArgs).toEqual([
       "--mcp-config",
       JSON.stringify({
-        mcpServers: { conductor: { type: "http", url: "${ANTHROPIC_BASE_URL}/mcp" } },
+        mcpServers: {
+          conductor: {
+            type: "http",
+            url: "${ANTHROPIC_BASE_URL}/mcp",
+            headers: { "x-api-key": "${CONDUCTOR_RUN_KEY}" }, // the run's key (model-proxy.ts)
+          },
+        },
       }),
       "--strict-mcp-config",
     ]);
