@@ -10,6 +10,9 @@ export const BWRAP = "bwrap";
 /** util-linux's setpriv: drops root to the sandbox's uid:gid inside the sandbox. */
 export const SETPRIV = "/usr/bin/setpriv";
 
+/** util-linux's nsenter: starts a run's bwrap in its agent's network namespace (index.ts). */
+export const NSENTER = "/usr/bin/nsenter";
+
 /**
  * The system, read-only in every sandbox: programs, libraries and /etc (passwd, resolver,
  * certificates). Where the host has /bin → usr/bin the sandbox gets the same symlink.
@@ -29,13 +32,19 @@ export interface BwrapPlan {
   user?: { uid: number; gid: number } | undefined;
   /** The program and its arguments. */
   argv: string[];
+  /**
+   * "own" (default): a new network namespace, only loopback in it. "entered": none made, the
+   * caller's is kept: bwrap is started inside its agent's namespace (nsenter), which holds
+   * nothing but loopback either.
+   */
+  network?: "own" | "entered";
 }
 
 /**
- * The bwrap command line for one exec: new pid, network, IPC, UTS and cgroup namespaces (only
- * loopback inside), a new session, an empty /tmp, a fresh /dev and /proc, the system
- * read-only, and only the plan's mounts of the host's files besides — none of the data
- * folder, no other agent's folders. `--die-with-parent` ends the sandbox with its AgentHost;
+ * The bwrap command line for one exec: new pid, network (unless `plan.network` is "entered"),
+ * IPC, UTS and cgroup namespaces (only loopback inside), a new session, an empty /tmp, a fresh
+ * /dev and /proc, the system read-only, and only the plan's mounts of the host's files besides
+ * — none of the data folder, no other agent's folders. `--die-with-parent` ends the sandbox with its AgentHost;
  * the pid namespace ends every process in it (however started: setsid, double fork, a
  * clean environment) when its first process exits. Flags: bubblewrap(1), 0.8.
  */
@@ -44,7 +53,7 @@ export function bwrapArgv(plan: BwrapPlan): string[] {
     "--die-with-parent",
     "--new-session",
     "--unshare-pid",
-    "--unshare-net",
+    ...(plan.network === "entered" ? [] : ["--unshare-net"]),
     "--unshare-ipc",
     "--unshare-uts",
     "--unshare-cgroup-try",
@@ -95,11 +104,20 @@ function ancestors(p: string): string[] {
   return out;
 }
 
+/** How each system folder is given, read once (the system's layout does not change under us). */
+const systemBinds = new Map<string, string[]>();
+
 function systemBind(dir: string): string[] {
-  if (!existsSync(dir)) return [];
-  const st = lstatSync(dir);
-  if (st.isSymbolicLink()) return ["--symlink", readlinkSync(dir), dir];
-  return ["--ro-bind", dir, dir];
+  let bind = systemBinds.get(dir);
+  if (!bind) {
+    bind = !existsSync(dir)
+      ? []
+      : lstatSync(dir).isSymbolicLink()
+        ? ["--symlink", readlinkSync(dir), dir]
+        : ["--ro-bind", dir, dir];
+    systemBinds.set(dir, bind);
+  }
+  return bind;
 }
 
 const NO_SOCAT = "socat is not installed: apt-get install socat";
@@ -113,9 +131,11 @@ export interface SandboxProbe {
 /**
  * Makes one sandbox exactly as runs get it and runs `socat -V` in it (the sandboxed runs'
  * launcher needs socat: index.ts). Fails with the reason (bwrap missing, namespaces not
- * allowed, setpriv or socat missing) and the fix.
+ * allowed, setpriv, socat or, for root, nsenter missing) and the fix.
  */
 export async function probeSandbox(user: BwrapPlan["user"]): Promise<SandboxProbe> {
+  if (user && !existsSync(NSENTER))
+    return { ok: false, detail: `${NSENTER} is missing: apt-get install util-linux` };
   const [cmd, ...args] = bwrapArgv({
     mounts: [],
     cwd: "/tmp",

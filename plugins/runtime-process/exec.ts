@@ -8,8 +8,11 @@ const STDERR_TAIL = 4096;
 
 /** How the program is started and how its processes are found to end them. */
 export type ExecMode =
-  /** argv is a bwrap command line: the sandbox's pid namespace holds every process of the run. */
-  | { sandboxed: true }
+  /**
+   * argv is a bwrap command line: the sandbox's pid namespace holds every process of the run.
+   * `netnsFd`, a network namespace's file descriptor, is the program's fd 3 (for nsenter).
+   */
+  | { sandboxed: true; netnsFd?: number | undefined }
   /** A plain local process (the operator's opt-out): its group and its marker find its processes. */
   | { sandboxed: false };
 
@@ -30,19 +33,20 @@ export function execProcess(
     cwd: mode.sandboxed ? "/" : spec.cwd,
     env: spec.env,
     detached: true,
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: ["ignore", "pipe", "pipe", ...(mode.sandboxed && mode.netnsFd ? [mode.netnsFd] : [])],
   });
   const pid = child.pid;
   // Out of file descriptors (EMFILE) the pipes may not exist; the failure comes as an event.
-  if (!child.stdout || !child.stderr) return unstarted(child);
+  const { stdout: out, stderr: err } = child;
+  if (!out || !err) return unstarted(child);
   let stderr = "";
-  child.stderr.setEncoding("utf8");
-  child.stderr.on("data", (d: string) => {
+  err.setEncoding("utf8");
+  err.on("data", (d: string) => {
     stderr = (stderr + d).slice(-STDERR_TAIL);
   });
   const listeners: ((line: string) => void)[] = [];
   const stdoutClosed = splitLines(
-    child.stdout,
+    out,
     (line) => listeners.forEach((fn) => fn(line)),
     () => {
       stderr += `\nconductor: the run printed a line over ${MAX_LINE_BYTES} bytes on stdout and was ended`;
@@ -50,7 +54,7 @@ export function execProcess(
       else sweep("SIGKILL").catch(() => undefined);
     },
   );
-  const stderrClosed = new Promise<void>((resolve) => child.stderr.once("close", resolve));
+  const stderrClosed = new Promise<void>((resolve) => err.once("close", resolve));
 
   const sweep = async (signal: NodeJS.Signals) => {
     if (mode.sandboxed) return;

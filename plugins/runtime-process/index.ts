@@ -13,29 +13,34 @@ import {
   type SandboxStats,
   type SandboxStatus,
 } from "../runtime.ts";
-import { bwrapArgv, probeSandbox, type SandboxProbe } from "./bwrap.ts";
+import { bwrapArgv, NSENTER, probeSandbox, type SandboxProbe } from "./bwrap.ts";
 import { descendants, execProcess, killMarked, markedPids } from "./exec.ts";
+import { startAgentNetwork, type AgentNetwork } from "./forwarder.ts";
 
 /** The program an unsandboxed run starts with when the agent has a model socket or a lifeline. */
 export const LAUNCHER = path.join(import.meta.dirname, "launcher.ts");
 
 /**
  * The first program of a sandboxed run with a model socket or a lifeline, as launcher.ts is
- * unsandboxed, without a Node start per run: `sh -c SANDBOX_LAUNCHER conductor-run MODEL_SOCK
+ * unsandboxed, without a Node start per run: `sh -c SANDBOX_LAUNCHER conductor-run MODEL
  * LIFELINE_SOCK IDLE_SECONDS program [args…]` (empty strings for what the run has not). With a
  * lifeline it holds a connection to it (socat; with IDLE_SECONDS, socat -T ends the hold after
  * that long without a tick) and, when that ends, kills its process group — the program is its
- * leader, and its exit ends the sandbox's pid namespace. With a model socket it forwards
- * 127.0.0.1:8080 of the sandbox's own network namespace to it and waits until that listens, so
- * the API key stays outside (the proxy adds it). Then it execs the program, which so is the
- * sandbox's first process: its exit status is the run's, TERM is its own, and its end ends
- * every other process of the run. The two socat processes are spared kill()'s TERM (exec.ts),
- * so a graceful stop keeps its lifeline and its model. Needs socat (Debian's) under /usr.
+ * leader, and its exit ends the sandbox's pid namespace. MODEL is `served` when the run was
+ * started in its agent's network namespace, where the agent's forwarder already serves the
+ * model on 127.0.0.1:8080 (forwarder.ts; its descriptor, fd 3, is closed first); or a model
+ * socket, which it forwards 127.0.0.1:8080 of the sandbox's own network namespace to, waiting
+ * until that listens (an AgentHost not running as root). Either way the API key stays outside
+ * (the proxy adds it). Then it execs the program, which so is the sandbox's first process: its
+ * exit status is the run's, TERM is its own, and its end ends every other process of the run.
+ * The socat processes are spared kill()'s TERM (exec.ts), so a graceful stop keeps its
+ * lifeline and its model. Needs socat (Debian's) under /usr.
  */
-export const SANDBOX_LAUNCHER = `umask 022
+export const SANDBOX_LAUNCHER = `exec 3<&-
+umask 022
 m=$1 l=$2 t=$3
 shift 3
-if [ -n "$m" ]; then
+if [ -n "$m" ] && [ "$m" != served ]; then
   socat TCP-LISTEN:8080,bind=127.0.0.1,fork,reuseaddr "UNIX-CONNECT:$m" </dev/null >/dev/null &
 fi
 if [ -n "$l" ]; then
@@ -44,7 +49,7 @@ if [ -n "$l" ]; then
     echo "launcher: the run's lifeline closed or went silent; ending the run" >&2
     kill -KILL 0) </dev/null >/dev/null &
 fi
-if [ -n "$m" ]; then
+if [ -n "$m" ] && [ "$m" != served ]; then
   listening() {
     while read -r _ a _ s _; do [ "$a $s" = "0100007F:1F90 0A" ] && return 0; done </proc/net/tcp
     return 1
@@ -55,8 +60,8 @@ if [ -n "$m" ]; then
     [ $i -le 1000 ] || { echo "launcher: cannot start the model forwarder (socat)" >&2; exit 127; }
     sleep 0.005
   done
-  export ANTHROPIC_BASE_URL=http://127.0.0.1:8080
 fi
+[ -z "$m" ] || export ANTHROPIC_BASE_URL=http://127.0.0.1:8080
 command -v "$1" >/dev/null || { echo "launcher: cannot start $1: not found" >&2; exit 127; }
 exec "$@"`;
 
@@ -95,6 +100,8 @@ interface Record_ {
   spec: Pick<SandboxSpec, "mounts" | "env" | "user">;
   running: boolean;
   execs: Set<Execution & { pid: number | undefined }>;
+  /** Sandboxed as root with a model socket: the agent's network namespace and forwarder. */
+  network?: Promise<AgentNetwork> | undefined;
 }
 
 /**
@@ -115,10 +122,11 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
   /**
    * A run's argv: through a launcher when the sandbox has a model socket or a lifeline
    * (CONDUCTOR_RUN_LIFELINE; the exec's CONDUCTOR_RUN_LIFELINE_IDLE_MS bounds its silence).
-   * Sandboxed it is SANDBOX_LAUNCHER (sh and socat: a few ms of CPU); unsandboxed, where no
-   * network namespace of its own gives it a free port, the node launcher (~40 ms of CPU).
+   * Sandboxed it is SANDBOX_LAUNCHER (sh and socat: a few ms of CPU), told whether the model is
+   * `served` in the agent's network namespace already; unsandboxed, where no network namespace
+   * of its own gives it a free port, the node launcher (~40 ms of CPU).
    */
-  const launched = (env: Record<string, string>, req: ExecRequest): string[] => {
+  const launched = (env: Record<string, string>, req: ExecRequest, served: boolean): string[] => {
     const model = env["CONDUCTOR_MODEL_SOCKET"];
     const lifeline = env["CONDUCTOR_RUN_LIFELINE"];
     if (!model && !lifeline) return req.argv;
@@ -131,7 +139,7 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
         "-c",
         SANDBOX_LAUNCHER,
         "conductor-run",
-        socatPath(model ?? ""),
+        served ? "served" : socatPath(model ?? ""),
         socatPath(lifeline ?? ""),
         seconds,
         ...req.argv,
@@ -173,7 +181,42 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
     ...(r && sandboxed ? { user: r.spec.user, network: "none" } : {}),
   });
   const endAll = async (r: Record_ | undefined, graceMs: number) => {
+    // No exec under way may start a forwarder once this one is ended (agentNetwork).
+    if (r) r.running = false;
     await Promise.all([...(r?.execs ?? [])].map((x) => x.kill(graceMs)));
+    const network = r?.network;
+    if (r) r.network = undefined;
+    await network?.then(
+      (n) => n.close(),
+      () => undefined,
+    );
+  };
+  /**
+   * The agent's network namespace with its model forwarder, started at its first run (and again
+   * when it has ended): only for an AgentHost running as root, sandboxed, whose agent has a
+   * model socket (forwarder.ts); otherwise undefined, and each run gets a namespace of its own.
+   */
+  const agentNetwork = async (r: Record_): Promise<AgentNetwork | undefined> => {
+    const model = r.spec.env["CONDUCTOR_MODEL_SOCKET"];
+    const user = runAs(r.spec.user);
+    if (!sandboxed || !model || !user) return undefined;
+    for (let attempt = 1; ; attempt++) {
+      // Never one more after a stop has ended the agent's (it would outlive the agent).
+      if (!r.running) return undefined;
+      const starting = (r.network ??= startAgentNetwork(model, user, socatPath));
+      let network: AgentNetwork;
+      try {
+        network = await starting;
+      } catch (e) {
+        if (r.network === starting) r.network = undefined;
+        throw new Error(`cannot serve the model in the agent's sandbox: ${(e as Error).message}`);
+      }
+      if (network.alive()) return network;
+      // It ended (or is ending): another is started.
+      if (r.network === starting) r.network = undefined;
+      await network.close();
+      if (attempt === 2) throw new Error("the agent's model forwarder ended as soon as it started");
+    }
   };
   const load = (name: string): Record_ => {
     const saved = JSON.parse(readFileSync(path.join(opts.stateDir, name), "utf8")) as {
@@ -235,19 +278,28 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
     async exec(h: SandboxHandle, req: ExecRequest): Promise<Execution> {
       const r = get(h);
       if (!r.running) throw new Error(`process sandbox ${h.id} is not running`);
-      const argv = launched(r.spec.env, req);
+      const network = await agentNetwork(r);
+      // From here to the spawn nothing awaits: network.fd stays open (forwarder.ts alive()).
+      if (!r.running) throw new Error(`process sandbox ${h.id} is not running`);
+      if (network && !network.alive())
+        throw new Error("the agent's model forwarder ended as the run started");
+      const argv = launched(r.spec.env, req, network !== undefined);
+      const plan = {
+        mounts: [...r.spec.mounts, ...readOnly, ...(req.mounts ?? [])],
+        cwd: req.cwd,
+        user: runAs(r.spec.user),
+        argv,
+      };
       const x = sandboxed
         ? execProcess(
             {
               ...req,
-              argv: bwrapArgv({
-                mounts: [...r.spec.mounts, ...readOnly, ...(req.mounts ?? [])],
-                cwd: req.cwd,
-                user: runAs(r.spec.user),
-                argv,
-              }),
+              // nsenter reads the namespace from its fd 3, the launcher then closes it.
+              argv: network
+                ? [NSENTER, "--net=/proc/self/fd/3", ...bwrapArgv({ ...plan, network: "entered" })]
+                : bwrapArgv(plan),
             },
-            { sandboxed: true },
+            { sandboxed: true, netnsFd: network?.fd },
           )
         : execProcess(
             { ...req, argv, env: { ...req.env, CONDUCTOR_SANDBOX: sandboxTag(h.id) } },
@@ -256,7 +308,19 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
       r.execs.add(x);
       const forget = () => void r.execs.delete(x);
       x.exited.then(forget, forget);
-      return x;
+      if (!network) return x;
+      // Its forwarder gone, the run cannot reach the model (a new one would hold another
+      // namespace): it is ended now, saying why, not left to retry for minutes.
+      let lost = "";
+      void Promise.race([network.ended.then(() => true), x.exited.then(() => false)]).then(
+        (ended) => {
+          if (!ended) return;
+          lost = `\nconductor: the agent's model forwarder ended during the run; the run was ended`;
+          return x.kill(0);
+        },
+        () => undefined,
+      );
+      return { ...x, stderrTail: () => x.stderrTail() + lost };
     },
     async stop(h, graceMs) {
       const r = records.get(h.id);

@@ -337,7 +337,7 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
     "ends what a run left behind with it, though it killed its wrapper: nothing acts as the agent after",
     async () => {
       const procs = `for d in /proc/[0-9]*; do case "$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)" in`;
-      // Opens four requests while its run is under way, each let in by the proxy (100
+      // Opens four requests while its run is under way, with its run's key, each let in by the proxy (100
       // Continue): A, a model call, and B, send_message as the agent, whose bodies it holds
       // back; C, read_messages waiting for two minutes, and D, a model call whose answer takes
       // 9 s. Markers are split, so that the run's own prompt (which holds this script) carries
@@ -356,6 +356,7 @@ function open(target, body) {
   const admitted = new Promise((r) => (seen = () => text.startsWith("HTTP/1.1 100") && r()));
   s.write("POST " + target + " HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n" +
     "accept: application/json, text/event-stream\r\nanthropic-version: 2023-06-01\r\n" +
+    "x-api-key: " + process.env.CONDUCTOR_RUN_KEY + "\r\n" + // its run's own key
     "Expect: 100-continue\r\nContent-Length: " + Buffer.byteLength(body) + "\r\n\r\n");
   return { admitted, send: () => s.destroyed || s.write(body) };
 }
