@@ -39,6 +39,11 @@ export interface AgentNetwork {
   alive(): boolean;
   /** Resolves when the forwarder has ended (it is then of no more use). */
   ended: Promise<void>;
+  /**
+   * Calls `fn` once when the forwarder ends (at once if it has); the returned function forgets
+   * it (a run that ends first: nothing of it is held for as long as its agent's forwarder runs).
+   */
+  onEnd(fn: () => void): () => void;
   /** Ends the forwarder and lets go of the namespace. */
   close(): Promise<void>;
 }
@@ -70,6 +75,7 @@ export async function startAgentNetwork(
   (child.stderr as (typeof child.stderr & { unref?: () => void }) | null)?.unref?.();
   child.unref(); // an AgentHost's end ends it (--die-with-parent); it keeps no process alive
   let exited = false;
+  const watchers = new Set<() => void>();
   const ended = new Promise<void>((resolve) => {
     child.once("error", (e) => {
       stderr += e.message;
@@ -103,11 +109,25 @@ export async function startAgentNetwork(
           await handle.close();
           continue;
         }
-        ended.then(() => handle.close()).catch(() => undefined);
+        ended
+          .then(() => {
+            for (const fn of watchers) fn();
+            watchers.clear();
+            return handle.close();
+          })
+          .catch(() => undefined);
         return {
           fd: handle.fd,
           alive: () => !exited && runs(socat),
           ended,
+          onEnd: (fn) => {
+            if (exited) {
+              fn();
+              return () => undefined;
+            }
+            watchers.add(fn);
+            return () => void watchers.delete(fn);
+          },
           close: async () => {
             kill();
             await ended;

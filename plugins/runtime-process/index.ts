@@ -312,14 +312,11 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
       // Its forwarder gone, the run cannot reach the model (a new one would hold another
       // namespace): it is ended now, saying why, not left to retry for minutes.
       let lost = "";
-      void Promise.race([network.ended.then(() => true), x.exited.then(() => false)]).then(
-        (ended) => {
-          if (!ended) return;
-          lost = `\nconductor: the agent's model forwarder ended during the run; the run was ended`;
-          return x.kill(0);
-        },
-        () => undefined,
-      );
+      const forgetEnd = network.onEnd(() => {
+        lost = `\nconductor: the agent's model forwarder ended during the run; the run was ended`;
+        x.kill(0).catch(() => undefined);
+      });
+      x.exited.then(forgetEnd, forgetEnd);
       return { ...x, stderrTail: () => x.stderrTail() + lost };
     },
     async stop(h, graceMs) {
