@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RuntimeBackend, SandboxHandle } from "../runtime.ts";
+import { runScript } from "../../test/sandbox-script.ts";
 import { createProcessBackend } from "./index.ts";
 
 const UID = 61000 + (process.pid % 1000);
@@ -50,15 +51,7 @@ describe.runIf(process.getuid?.() === 0)("the process backend's model forwarder"
     return { h, ws, model };
   };
 
-  /** Runs a shell script in the agent's sandbox; its stdout lines. */
-  const run = async (h: SandboxHandle, ws: string, script: string) => {
-    const x = await backend.exec(h, { argv: ["/bin/sh", "-c", script], cwd: ws, env: {} });
-    const lines: string[] = [];
-    x.onStdoutLine((l) => lines.push(l));
-    const status = await x.exited;
-    expect(status.code, x.stderrTail()).toBe(0);
-    return lines;
-  };
+  const run = (h: SandboxHandle, ws: string, script: string) => runScript(backend, h, ws, script);
   const ASK_MODEL = `echo "$ANTHROPIC_BASE_URL"; echo hello | socat -t 5 - TCP:127.0.0.1:8080`;
   /** The forwarder's processes (its bwrap and socat) serving `model`, from the host's view. */
   const forwarders = (model: string): number[] => {

@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createProcessBackend } from "../../plugins/runtime-process/index.ts";
 import type { RuntimeBackend, SandboxHandle } from "../../plugins/runtime.ts";
 import { startFakeModel, type FakeModel } from "../../test/fake-model/server.ts";
+import { runScript } from "../../test/sandbox-script.ts";
 import { createLogger } from "../shared/log.ts";
 import { NO_USAGE, startModelProxy, type ModelProxy } from "./model-proxy.ts";
 
@@ -65,15 +66,7 @@ describe.runIf(process.getuid?.() === 0)("a run's requests delivered during the 
     rmSync(dir, { recursive: true, force: true });
   });
 
-  /** Runs a shell script in the agent's sandbox, as a run; its stdout lines. */
-  const run = async (script: string) => {
-    const x = await backend.exec(h, { argv: ["/bin/sh", "-c", script], cwd: ws, env: {} });
-    const lines: string[] = [];
-    x.onStdoutLine((l) => lines.push(l));
-    const status = await x.exited;
-    expect(status.code, x.stderrTail()).toBe(0);
-    return lines;
-  };
+  const run = (script: string) => runScript(backend, h, ws, script);
   const BODY = JSON.stringify({
     model: "m",
     max_tokens: 10,
