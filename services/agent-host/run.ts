@@ -88,6 +88,10 @@ export function claudeArgv(
   if (model) argv.push(`--model=${model}`);
   if (spec.maxTurns > 0) argv.push(`--max-turns=${spec.maxTurns}`);
   argv.push(`--permission-mode=${spec.permissionMode || s.permissionMode}`);
+  // No settings file is read (user, project or local: hooks, env, apiKeyHelper, permissions):
+  // what a run may do is its task's, and nothing an earlier run wrote in the agent's folders
+  // runs in a later one, with that run's key (see resetConfig in runs.ts for the rest).
+  argv.push("--setting-sources=");
   const tools = [
     ...(spec.allowedTools.length > 0 ? spec.allowedTools : s.allowedTools),
     ...(s.alwaysAllowedTools ?? []),

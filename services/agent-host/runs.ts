@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { readdirSync, rmSync } from "node:fs";
+import { lstatSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
@@ -108,6 +108,20 @@ export interface Attempt {
   resultSchema?: string | undefined;
 }
 
+/**
+ * Leaves in an agent's CLI config folder (its HOME too) only `projects/`, its sessions (for
+ * `--resume`): whatever else an earlier run wrote there (`.bashrc`, `.profile`, settings,
+ * plugins, `.claude.json`'s per-project permissions) would run, or widen what a run may do, in
+ * the next run, with that run's key. A `projects` that is not a directory goes too.
+ */
+export function resetConfig(configDir: string): void {
+  for (const entry of readdirSync(configDir)) {
+    const p = path.join(configDir, entry);
+    if (entry === "projects" && lstatSync(p).isDirectory()) continue;
+    rmSync(p, { recursive: true, force: true });
+  }
+}
+
 /** How long a failed run waits for the engine to report its container's death. */
 const DEATH_NOTICE_MS = 2000;
 /**
@@ -150,6 +164,7 @@ export async function executeRun(
     apiKey: key,
     baseUrl: `http://127.0.0.1:${FORWARDER_PORT}`,
   };
+  const configDir = path.join(slot.dir, "claude-config");
   const runCli = async (): Promise<RunOutcome> => {
     // The caller's word that the run started (RunTask's first message) leaves first: what
     // follows blocks the event loop for milliseconds at a time (a spawn waits for its exec).
@@ -157,6 +172,7 @@ export async function executeRun(
     const started = Date.now();
     let taskPlace: TaskPlace;
     try {
+      resetConfig(configDir);
       if (c.workspacePolicy === "clean" && !spec.workspace?.kind.case) {
         for (const entry of readdirSync(scratch))
           rmSync(path.join(scratch, entry), { recursive: true, force: true });
@@ -185,7 +201,7 @@ export async function executeRun(
       agentId,
       taskId,
       workspace: taskPlace.cwd,
-      configDir: path.join(slot.dir, "claude-config"),
+      configDir,
       agentDir: slot.dir,
       mounts: taskPlace.mounts,
     };

@@ -331,6 +331,40 @@ describe.each(testRuntimes())("containment on %s", (runtime) => {
     expect(seen).toEqual(["0", "0"]);
   });
 
+  it("runs nothing an earlier run planted in its agent's folders: settings' hooks, shell profiles", async () => {
+    // Each, if it ran, would note the task it ran in (with that task's key in reach).
+    const plant = String.raw`W=$PWD
+cat > "$CLAUDE_CONFIG_DIR/settings.json" <<EOF
+{"hooks":{"SessionStart":[{"hooks":[{"type":"command","command":"echo user-settings \$CONDUCTOR_TASK_ID >> $W/zz-planted.txt"}]}]}}
+EOF
+mkdir -p .claude
+sed s/user-settings/project-settings/ "$CLAUDE_CONFIG_DIR/settings.json" > .claude/settings.json
+echo "echo bashrc \$CONDUCTOR_TASK_ID >> $W/zz-planted.txt" > "$HOME/.bashrc"
+echo "echo profile \$CONDUCTOR_TASK_ID >> $W/zz-planted.txt" > "$HOME/.profile"
+echo planted`;
+    const planted = await waitForEnd(
+      conductor.client,
+      await submit([{ bash: plant }, { text: "planted" }]),
+    );
+    expect(planted.state, planted.result?.error).toBe(TaskState.SUCCEEDED);
+    const ws = workspaceOf(planted.agentId);
+    expect(readFileSync(path.join(ws, ".claude", "settings.json"), "utf8")).toMatch(/project-/);
+    // A task on each of the two agents, the planting one's among them.
+    const probes = await Promise.all(
+      [0, 1].map(async () => {
+        const id = await submit([{ bash: "sleep 1; echo probed" }, { text: "probed" }]);
+        const t = await waitForEnd(conductor.client, id);
+        expect(t.state, t.result?.error).toBe(TaskState.SUCCEEDED);
+        return t;
+      }),
+    );
+    expect(probes.map((t) => t.agentId).sort()).toEqual(["agent-1", "agent-2"]);
+    const notes = existsSync(path.join(ws, "zz-planted.txt"))
+      ? readFileSync(path.join(ws, "zz-planted.txt"), "utf8")
+      : "";
+    for (const t of probes) expect(notes).not.toContain(t.id);
+  });
+
   // In a container a run's leftovers may outlive it (the test above); a process sandbox ends
   // with its run, and Podman ends an exec's processes with it: there nothing is left to try.
   it.runIf(runtime === "docker")(
