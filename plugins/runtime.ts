@@ -177,6 +177,11 @@ export interface ExitStatus {
   signal: NodeJS.Signals | null;
   /** Set when it could not be started at all. */
   spawnError?: Error;
+  /**
+   * Set when the runtime ended it because something it needs outside it was lost (the process
+   * runtime: its agent's model forwarder): why, for its task's error (an infrastructure one).
+   */
+  lost?: string;
 }
 
 /** A running exec: output lines, its end, and a way to end it with everything it started. */

@@ -311,13 +311,21 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
       if (!network) return x;
       // Its forwarder gone, the run cannot reach the model (a new one would hold another
       // namespace): it is ended now, saying why, not left to retry for minutes.
-      let lost = "";
+      let lost: string | undefined;
       const forgetEnd = network.onEnd(() => {
-        lost = `\nconductor: the agent's model forwarder ended during the run; the run was ended`;
+        lost = "the agent's model forwarder ended during the run, and with it its way to the model";
         x.kill(0).catch(() => undefined);
       });
       x.exited.then(forgetEnd, forgetEnd);
-      return { ...x, stderrTail: () => x.stderrTail() + lost };
+      const exited = x.exited.then((st) => (lost ? { ...st, lost } : st));
+      return {
+        ...x,
+        exited,
+        kill: async (graceMs) => {
+          await x.kill(graceMs);
+          return exited;
+        },
+      };
     },
     async stop(h, graceMs) {
       const r = records.get(h.id);

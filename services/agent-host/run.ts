@@ -327,6 +327,11 @@ export async function runClaude(opts: {
     );
   }
   if (result) return verdict ?? verdictOf(result, schema, reader.refusal);
+  if (exit.lost) {
+    const outcome = failed(`the run was ended by its runtime: ${exit.lost}`, started, denied);
+    outcome.result.errorKind = ErrorKind.INFRASTRUCTURE;
+    return outcome;
+  }
   if (stopReason === "idle") {
     const outcome = failed(
       `the CLI printed nothing for ${s.idleTimeoutMs / 1000} s (agent.idle_timeout_seconds) and was ended`,

@@ -22,7 +22,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
-import { TaskState } from "../../gen/conductor/v1/task_pb.js";
+import { ErrorKind, TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { agentCredential, brokerClient, loadBrokerSecret } from "../../services/broker/access.ts";
 import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
 import {
@@ -364,6 +364,47 @@ echo planted`;
       : "";
     for (const t of probes) expect(notes).not.toContain(t.id);
   });
+
+  // An AgentHost running as root gives each process-runtime agent one model forwarder.
+  it.runIf(runtime === "process" && process.getuid?.() === 0)(
+    "fails a run at once, as infrastructure, when its agent's model forwarder dies under it",
+    async () => {
+      const id = await submit([{ bash: "touch zz-forwarder-run; sleep 30" }, { text: "slept" }], {
+        maxAttempts: 1,
+        timeoutSeconds: 60,
+      });
+      const agent = await eventually(
+        async () =>
+          ["agent-1", "agent-2"].find((a) =>
+            existsSync(path.join(workspaceOf(a), "zz-forwarder-run")),
+          ),
+        "the run's sleep",
+      );
+      const { stdout } = await run("pgrep", [
+        "-o",
+        "-f",
+        `^socat TCP-LISTEN.*${path.join(runDirOf(agent), "model.sock")}`,
+      ]);
+      const killed = Date.now();
+      process.kill(Number(stdout.trim()), "SIGKILL");
+      const ended = await waitForEnd(conductor.client, id);
+      expect(Date.now() - killed).toBeLessThan(10_000);
+      expect(ended.state).toBe(TaskState.FAILED);
+      expect(ended.result?.errorKind).toBe(ErrorKind.INFRASTRUCTURE);
+      expect(ended.result?.error).toMatch(/model forwarder ended during the run/);
+      rmSync(path.join(workspaceOf(agent), "zz-forwarder-run"));
+      // Its next run gets a forwarder again: a task on each of the two agents.
+      const next = await Promise.all(
+        [0, 1].map(async () =>
+          waitForEnd(conductor.client, await submit([{ bash: "sleep 1" }, { text: "again" }])),
+        ),
+      );
+      expect(next.map((t) => [t.agentId, t.state]).sort()).toEqual([
+        ["agent-1", TaskState.SUCCEEDED],
+        ["agent-2", TaskState.SUCCEEDED],
+      ]);
+    },
+  );
 
   // In a container a run's leftovers may outlive it (the test above); a process sandbox ends
   // with its run, and Podman ends an exec's processes with it: there nothing is left to try.
