@@ -119,6 +119,9 @@ export function claudeEnv(
     CONDUCTOR_AGENT_ID: place.agentId,
     CONDUCTOR_AGENT_DIR: place.agentDir,
     CONDUCTOR_TASK_ID: place.taskId,
+    // No memory the CLI keeps across sessions (projects/<project>/memory/): what one task
+    // wrote there would instruct the model in every later task on the agent.
+    CLAUDE_CODE_DISABLE_AUTO_MEMORY: "1",
   };
   if (s.apiKey) {
     env["ANTHROPIC_API_KEY"] = s.apiKey;

@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
-import { lstatSync, readdirSync, rmSync } from "node:fs";
+import { lstatSync, readdirSync } from "node:fs";
+import { rm } from "node:fs/promises";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
@@ -109,17 +110,34 @@ export interface Attempt {
 }
 
 /**
- * Leaves in an agent's CLI config folder (its HOME too) only `projects/`, its sessions (for
- * `--resume`): whatever else an earlier run wrote there (`.bashrc`, `.profile`, settings,
- * plugins, `.claude.json`'s per-project permissions) would run, or widen what a run may do, in
- * the next run, with that run's key. A `projects` that is not a directory goes too.
+ * Leaves in an agent's CLI config folder (its HOME too) only its sessions, for `--resume`:
+ * `projects/<project>/<session>.jsonl`, regular files in real folders. Whatever else an earlier
+ * run wrote there (`.bashrc`, `.profile`, settings, plugins, `.claude.json`'s per-project
+ * permissions, a project's `memory/`) would run, widen what a run may do, or instruct the
+ * model, in the next run, with that run's key. Removed without blocking the event loop (a run
+ * may leave a million files).
  */
-export function resetConfig(configDir: string): void {
-  for (const entry of readdirSync(configDir)) {
-    const p = path.join(configDir, entry);
-    if (entry === "projects" && lstatSync(p).isDirectory()) continue;
-    rmSync(p, { recursive: true, force: true });
+export async function resetConfig(configDir: string): Promise<void> {
+  const projects = path.join(configDir, "projects");
+  const isDir = (p: string) => lstatSync(p, { throwIfNoEntry: false })?.isDirectory() === true;
+  const gone: string[] = readdirSync(configDir)
+    .filter((e) => e !== "projects" || !isDir(projects))
+    .map((e) => path.join(configDir, e));
+  if (isDir(projects)) {
+    for (const project of readdirSync(projects)) {
+      const dir = path.join(projects, project);
+      if (!isDir(dir)) {
+        gone.push(dir);
+        continue;
+      }
+      for (const entry of readdirSync(dir)) {
+        const p = path.join(dir, entry);
+        const session = entry.endsWith(".jsonl") && lstatSync(p).isFile();
+        if (!session) gone.push(p);
+      }
+    }
   }
+  await Promise.all(gone.map((p) => rm(p, { recursive: true, force: true })));
 }
 
 /** How long a failed run waits for the engine to report its container's death. */
@@ -172,10 +190,10 @@ export async function executeRun(
     const started = Date.now();
     let taskPlace: TaskPlace;
     try {
-      resetConfig(configDir);
+      await resetConfig(configDir);
       if (c.workspacePolicy === "clean" && !spec.workspace?.kind.case) {
-        for (const entry of readdirSync(scratch))
-          rmSync(path.join(scratch, entry), { recursive: true, force: true });
+        const entries = readdirSync(scratch).map((e) => path.join(scratch, e));
+        await Promise.all(entries.map((p) => rm(p, { recursive: true, force: true })));
       }
       taskPlace = await openPlace(
         c.place,
