@@ -38,6 +38,8 @@ export interface BwrapPlan {
    * nothing but loopback either.
    */
   network?: "own" | "entered";
+  /** Variables of bwrap's own environment (markers) its sandbox's processes do not get. */
+  unsetEnv?: string[] | undefined;
 }
 
 /**
@@ -73,6 +75,7 @@ export function bwrapArgv(plan: BwrapPlan): string[] {
     }
     args.push(m.readOnly ? "--ro-bind" : "--bind", m.hostPath, m.hostPath);
   }
+  for (const name of plan.unsetEnv ?? []) args.push("--unsetenv", name);
   args.push("--chdir", plan.cwd);
   if (plan.user) {
     // setpriv needs these two to change uid; it then clears every capability.

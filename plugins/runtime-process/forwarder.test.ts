@@ -134,6 +134,21 @@ describe.runIf(process.getuid?.() === 0)("the process backend's model forwarder"
     expect(await run(a.h, a.ws, ASK_MODEL)).toEqual(["http://127.0.0.1:8080", "model e: hello"]);
   });
 
+  it("ends at recover() what is left of a sandbox's runs and forwarder, found by bwrap's marker", async () => {
+    const a = await agent("h");
+    // The marker is bwrap's alone: the run's processes do not see it.
+    expect(await run(a.h, a.ws, 'echo "${CONDUCTOR_SANDBOX:-unset}"')).toEqual(["unset"]);
+    const x = await backend.exec(a.h, { argv: ["/bin/sleep", "60"], cwd: a.ws, env: {} });
+    expect(forwarders(a.model).length).toBeGreaterThan(0);
+    // As an AgentHost started again after one that died as this run started: another backend
+    // on the same state folder re-adopts the sandbox.
+    const again = createProcessBackend({ stateDir: path.join(dir, "state") });
+    expect(await again.recover(a.h)).toEqual(a.h);
+    expect((await x.exited).signal).toBe("SIGKILL");
+    await expect.poll(() => forwarders(a.model), { timeout: 10_000 }).toEqual([]);
+    await again.close();
+  });
+
   it("leaves no forwarder behind when its agent is removed as a run starts", async () => {
     for (const name of ["f", "g"]) {
       const a = await agent(name);

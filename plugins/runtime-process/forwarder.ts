@@ -57,18 +57,25 @@ export async function startAgentNetwork(
   modelSocket: string,
   user: NonNullable<BwrapPlan["user"]>,
   socatPath: (p: string) => string,
+  /** bwrap's own environment, markers (not given to socat), e.g. {CONDUCTOR_SANDBOX: tag}. */
+  marker: Record<string, string> = {},
 ): Promise<AgentNetwork> {
   const [cmd, ...args] = bwrapArgv({
     mounts: [{ hostPath: path.dirname(modelSocket), readOnly: true }],
     cwd: "/",
     user,
+    unsetEnv: Object.keys(marker),
     argv: [
       "socat",
       `TCP-LISTEN:${MODEL_PORT},bind=127.0.0.1,fork,reuseaddr,max-children=${MAX_CONNECTIONS}`,
       `UNIX-CONNECT:${socatPath(modelSocket)}`,
     ],
   });
-  const child = spawn(cmd!, args, { env: {}, detached: true, stdio: ["ignore", "ignore", "pipe"] });
+  const child = spawn(cmd!, args, {
+    env: marker,
+    detached: true,
+    stdio: ["ignore", "ignore", "pipe"],
+  });
   let stderr = "";
   child.stderr?.setEncoding("utf8");
   child.stderr?.on("data", (d: string) => (stderr = (stderr + d).slice(-STDERR_TAIL)));

@@ -203,7 +203,9 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
     for (let attempt = 1; ; attempt++) {
       // Never one more after a stop has ended the agent's (it would outlive the agent).
       if (!r.running) return undefined;
-      const starting = (r.network ??= startAgentNetwork(model, user, socatPath));
+      const starting = (r.network ??= startAgentNetwork(model, user, socatPath, {
+        CONDUCTOR_SANDBOX: sandboxTag(r.handle.id),
+      }));
       let network: AgentNetwork;
       try {
         network = await starting;
@@ -289,11 +291,15 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
         cwd: req.cwd,
         user: runAs(r.spec.user),
         argv,
+        unsetEnv: ["CONDUCTOR_SANDBOX"],
       };
       const x = sandboxed
         ? execProcess(
             {
               ...req,
+              // bwrap's own marker (the sandbox's processes do not get it): recover() ends a
+              // run whose AgentHost died as it started, before bwrap tied itself to it.
+              env: { ...req.env, CONDUCTOR_SANDBOX: sandboxTag(h.id) },
               // nsenter reads the namespace from its fd 3, the launcher then closes it.
               argv: network
                 ? [NSENTER, "--net=/proc/self/fd/3", ...bwrapArgv({ ...plan, network: "entered" })]
@@ -380,9 +386,11 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
       return out;
     },
     async recover(h) {
-      // Sandboxed runs died with their AgentHost (--die-with-parent); unsandboxed strays are
-      // ended here. The folder and its record stay.
-      if (!sandboxed) await killMarked(marker(h.id), "SIGKILL");
+      // Sandboxed runs died with their AgentHost (--die-with-parent), but for one whose start
+      // raced its death (bwrap not yet tied to it: nsenter, bwrap's setup): it, and
+      // unsandboxed strays, are found by their marker and ended here. The folder and its
+      // record stay.
+      await killMarked(marker(h.id), "SIGKILL");
       let r: Record_;
       try {
         r = load(path.basename(file(h.id)));
