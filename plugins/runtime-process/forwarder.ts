@@ -37,8 +37,6 @@ export interface AgentNetwork {
    * is closed only after the sandbox's end is seen, in a later turn). One signal 0, no I/O.
    */
   alive(): boolean;
-  /** Resolves when the forwarder has ended (it is then of no more use). */
-  ended: Promise<void>;
   /**
    * Calls `fn` once when the forwarder ends (at once if it has); the returned function forgets
    * it (a run that ends first: nothing of it is held for as long as its agent's forwarder runs).
@@ -126,7 +124,6 @@ export async function startAgentNetwork(
         return {
           fd: handle.fd,
           alive: () => !exited && runs(socat),
-          ended,
           onEnd: (fn) => {
             if (exited) {
               fn();

@@ -196,15 +196,31 @@ export async function startModelProxy(opts: {
   let sealed: string | undefined = NO_RUN;
   /** The current run's key (see limit()), or undefined: any request is the run's. */
   let runKey: Buffer | undefined;
-  /** Why a request is not the current run's (see limit()), or undefined when it is. */
-  const notTheRuns = (req: http.IncomingMessage): string | undefined => {
-    if (!runKey) return undefined;
+  /**
+   * Answers and returns true when a request is not the current run's: none is under way, or
+   * its result is in (sealed: 403), or it lacks the run's key (see limit(): 401).
+   */
+  const refusedForRun = (req: http.IncomingMessage, res: http.ServerResponse): boolean => {
+    const [method, target] = [req.method ?? "", req.url ?? ""];
+    if (sealed !== undefined) {
+      refused(method, target, 403);
+      refuse(res, 403, "permission_error", sealed);
+      return true;
+    }
+    if (!runKey) return false;
     const bearer = /^Bearer (.+)$/i.exec(String(req.headers.authorization ?? ""))?.[1];
     const given = Buffer.from(String(req.headers["x-api-key"] ?? bearer ?? ""));
-    if (given.length === runKey.length && timingSafeEqual(given, runKey)) return undefined;
-    return given.length === 0
-      ? "the request carries no key: each run's requests carry the key its CLI was given"
-      : "the request's key is not the current run's: an earlier run's request, or not a run's";
+    if (given.length === runKey.length && timingSafeEqual(given, runKey)) return false;
+    refused(method, target, 401);
+    refuse(
+      res,
+      401,
+      "authentication_error",
+      given.length === 0
+        ? "the request carries no key: each run's requests carry the key its CLI was given"
+        : "the request's key is not the current run's: an earlier run's request, or not a run's",
+    );
+    return true;
   };
   /** Why the next request would overspend, or undefined while the budget holds. */
   const overBudget = (): string | undefined => {
@@ -399,15 +415,7 @@ export async function startModelProxy(opts: {
     const target = req.url ?? "";
     if (opts.mcp && target === MCP_PATH) {
       // The Broker's tools are the run's, as the model is: none while no run is under way.
-      if (sealed !== undefined) {
-        refused(method, target, 403);
-        return refuse(res, 403, "permission_error", sealed);
-      }
-      const stranger = notTheRuns(req);
-      if (stranger) {
-        refused(method, target, 401);
-        return refuse(res, 401, "authentication_error", stranger);
-      }
+      if (refusedForRun(req, res)) return;
       admitted.add(res);
       res.once("close", () => admitted.delete(res));
       if (req.headers.expect?.toLowerCase() === "100-continue") res.writeContinue();
@@ -434,15 +442,7 @@ export async function startModelProxy(opts: {
       refused(method, target, 415);
       return refuse(res, 415, "invalid_request_error", unreadable);
     }
-    if (sealed !== undefined) {
-      refused(method, target, 403);
-      return refuse(res, 403, "permission_error", sealed);
-    }
-    const stranger = notTheRuns(req);
-    if (stranger) {
-      refused(method, target, 401);
-      return refuse(res, 401, "authentication_error", stranger);
-    }
+    if (refusedForRun(req, res)) return;
     if (calls.size >= MAX_CALLS) {
       refused(method, target, 429);
       return refuse(

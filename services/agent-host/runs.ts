@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { lstatSync, readdirSync } from "node:fs";
+import { readdirSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -29,7 +29,7 @@ import {
   type RunPlace,
   type RunSettings,
 } from "./run.ts";
-import { carrySession } from "./sessions.ts";
+import { carrySession, resetConfig } from "./sessions.ts";
 import {
   changeProto,
   openPlace,
@@ -107,37 +107,6 @@ export interface Attempt {
   previous?: TaskResult | undefined;
   /** JSON Schema (JSON text) the answer must match (RunTaskRequest.result_schema); empty: none. */
   resultSchema?: string | undefined;
-}
-
-/**
- * Leaves in an agent's CLI config folder (its HOME too) only its sessions, for `--resume`:
- * `projects/<project>/<session>.jsonl`, regular files in real folders. Whatever else an earlier
- * run wrote there (`.bashrc`, `.profile`, settings, plugins, `.claude.json`'s per-project
- * permissions, a project's `memory/`) would run, widen what a run may do, or instruct the
- * model, in the next run, with that run's key. Removed without blocking the event loop (a run
- * may leave a million files).
- */
-export async function resetConfig(configDir: string): Promise<void> {
-  const projects = path.join(configDir, "projects");
-  const isDir = (p: string) => lstatSync(p, { throwIfNoEntry: false })?.isDirectory() === true;
-  const gone: string[] = readdirSync(configDir)
-    .filter((e) => e !== "projects" || !isDir(projects))
-    .map((e) => path.join(configDir, e));
-  if (isDir(projects)) {
-    for (const project of readdirSync(projects)) {
-      const dir = path.join(projects, project);
-      if (!isDir(dir)) {
-        gone.push(dir);
-        continue;
-      }
-      for (const entry of readdirSync(dir)) {
-        const p = path.join(dir, entry);
-        const session = entry.endsWith(".jsonl") && lstatSync(p).isFile();
-        if (!session) gone.push(p);
-      }
-    }
-  }
-  await Promise.all(gone.map((p) => rm(p, { recursive: true, force: true })));
 }
 
 /** How long a failed run waits for the engine to report its container's death. */

@@ -11,6 +11,7 @@ import {
   realpathSync,
   writeSync,
 } from "node:fs";
+import { rm } from "node:fs/promises";
 import path from "node:path";
 import type { AgentOwner } from "../shared/agent-files.ts";
 
@@ -121,6 +122,40 @@ function makeDirs(root: string, dir: string, owner: AgentOwner | undefined): voi
     }
     if (!lstatSync(at).isDirectory()) throw new Error(`${at} is not a folder (a link?)`);
   }
+}
+
+/**
+ * Leaves in an agent's CLI config folder (its HOME too) only its sessions, for `--resume`:
+ * `projects/<project>/<session>.jsonl`, regular files in real folders. Whatever else an earlier
+ * run wrote there (`.bashrc`, `.profile`, settings, plugins, `.claude.json`'s per-project
+ * permissions, a project's `memory/`) would run, widen what a run may do, or instruct the
+ * model, in the next run, with that run's key. Removed without blocking the event loop (a run
+ * may leave a million files).
+ */
+export async function resetConfig(configDir: string): Promise<void> {
+  const projects = path.join(configDir, "projects");
+  const gone: string[] = readdirSync(configDir)
+    .filter((e) => e !== "projects" || !isDir(projects))
+    .map((e) => path.join(configDir, e));
+  if (isDir(projects)) {
+    for (const project of readdirSync(projects)) {
+      const dir = path.join(projects, project);
+      if (!isDir(dir)) {
+        gone.push(dir);
+        continue;
+      }
+      for (const entry of readdirSync(dir)) {
+        const p = path.join(dir, entry);
+        const session = entry.endsWith(".jsonl") && isFile(p);
+        if (!session) gone.push(p);
+      }
+    }
+  }
+  await Promise.all(gone.map((p) => rm(p, { recursive: true, force: true })));
+}
+
+function isDir(p: string): boolean {
+  return lstatSync(p, { throwIfNoEntry: false })?.isDirectory() === true;
 }
 
 function isFile(p: string): boolean {
