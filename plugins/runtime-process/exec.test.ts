@@ -1,6 +1,6 @@
 // execProcess when the process is out of file descriptors: the AgentHost shares its process
 // with every service (`conductor up`), so a failed start must be a failed run, never a crash.
-import { execFile } from "node:child_process";
+import { execFile, spawn, spawnSync } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
@@ -45,3 +45,40 @@ describe("execProcess, sandboxed, killed before its sandbox started the program"
     expect(lines).not.toContain("late");
   });
 });
+
+describe("a sandboxed run's lifeline pipe (index.ts SANDBOX_LAUNCHER)", () => {
+  it("ends the run, and all it started, when the process that started it dies", async () => {
+    // The AgentHost stands apart here, a process of its own, and there is no bwrap (whose
+    // --die-with-parent would end the run too): only the pipe's end can end it.
+    const tag = `1000.${process.pid}${Math.floor(Math.random() * 1e6)}`;
+    const program = `[ -e /proc/$$/fd/4 ] && echo fd-4-open; sleep ${tag} & echo up; wait`;
+    const script = `
+      import { execProcess } from ${JSON.stringify(EXEC)};
+      import { SANDBOX_LAUNCHER } from ${JSON.stringify(path.join(import.meta.dirname, "index.ts"))};
+      const argv = ["/bin/sh", "-c", SANDBOX_LAUNCHER, "conductor-run", "", "pipe", "", "/bin/sh", "-c", ${JSON.stringify(program)}];
+      const x = execProcess({ argv, cwd: "/", env: { PATH: "/usr/bin:/bin" } }, { sandboxed: true, lifelinePipe: true });
+      x.onStdoutLine((l) => console.log(l));
+      setInterval(() => undefined, 1000);
+    `;
+    const host = spawn(process.execPath, ["--input-type=module", "-e", script], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    try {
+      const lines: string[] = [];
+      host.stdout.setEncoding("utf8").on("data", (d: string) => lines.push(...d.split("\n")));
+      await expect.poll(() => lines, { timeout: 20_000 }).toContain("up");
+      expect(lines).not.toContain("fd-4-open");
+      expect(sleeping(tag)).toBe(true);
+      host.kill("SIGKILL");
+      await expect.poll(() => sleeping(tag), { timeout: 10_000 }).toBe(false);
+    } finally {
+      host.kill("SIGKILL");
+      spawnSync("pkill", ["-KILL", "-f", `sleep ${tag}`]);
+    }
+  });
+});
+
+/** Whether a `sleep TAG` process is alive. */
+function sleeping(tag: string): boolean {
+  return spawnSync("pgrep", ["-f", `^sleep ${tag}$`]).status === 0;
+}

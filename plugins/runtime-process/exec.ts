@@ -11,8 +11,11 @@ export type ExecMode =
   /**
    * argv is a bwrap command line: the sandbox's pid namespace holds every process of the run.
    * `netnsFd`, a network namespace's file descriptor, is the program's fd 3 (for nsenter).
+   * `lifelinePipe`: the program's fd 4 is a socket pair's end whose other only this process
+   * holds, and never writes to: it reads its end when this process dies (index.ts
+   * SANDBOX_LAUNCHER), or when the run has ended here.
    */
-  | { sandboxed: true; netnsFd?: number | undefined }
+  | { sandboxed: true; netnsFd?: number | undefined; lifelinePipe?: boolean }
   /** A plain local process (the operator's opt-out): its group and its marker find its processes. */
   | { sandboxed: false };
 
@@ -29,16 +32,30 @@ export function execProcess(
 ): Execution & { pid: number | undefined } {
   const [cmd, ...args] = spec.argv;
   if (!cmd) throw new Error("execProcess: empty argv");
+  const fds: (number | "pipe" | "ignore")[] = !mode.sandboxed
+    ? []
+    : mode.lifelinePipe
+      ? [mode.netnsFd ?? "ignore", "pipe"]
+      : mode.netnsFd
+        ? [mode.netnsFd]
+        : [];
   const child = spawn(cmd, args, {
     cwd: mode.sandboxed ? "/" : spec.cwd,
     env: spec.env,
     detached: true,
-    stdio: ["ignore", "pipe", "pipe", ...(mode.sandboxed && mode.netnsFd ? [mode.netnsFd] : [])],
+    stdio: ["ignore", "pipe", "pipe", ...fds],
   });
+  // What comes on the lifeline (only the run's own processes could write) is not read; the end
+  // goes with the run.
+  const lifeline = mode.sandboxed && mode.lifelinePipe ? child.stdio[4] : undefined;
+  lifeline?.on("error", () => undefined);
   const pid = child.pid;
   // Out of file descriptors (EMFILE) the pipes may not exist; the failure comes as an event.
   const { stdout: out, stderr: err } = child;
-  if (!out || !err) return unstarted(child);
+  if (!out || !err) {
+    lifeline?.destroy();
+    return unstarted(child);
+  }
   let stderr = "";
   err.setEncoding("utf8");
   err.on("data", (d: string) => {
@@ -66,6 +83,7 @@ export function execProcess(
     child.once("error", (spawnError) => resolve({ code: null, signal: null, spawnError }));
     child.once("exit", (code, signal) => {
       done = true;
+      lifeline?.destroy();
       // The leader is gone; anything it left behind goes too (before the end is reported).
       const swept = sweep("SIGKILL").catch(() => undefined);
       // Let readline hand over the last lines before reporting the end.

@@ -1,4 +1,5 @@
 import { mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import net from "node:net";
 import path from "node:path";
 import {
   LABEL_AGENT,
@@ -23,18 +24,26 @@ export const LAUNCHER = path.join(import.meta.dirname, "launcher.ts");
 /**
  * The first program of a sandboxed run with a model socket or a lifeline, as launcher.ts is
  * unsandboxed, without a Node start per run: `sh -c SANDBOX_LAUNCHER conductor-run MODEL
- * LIFELINE_SOCK IDLE_SECONDS program [args…]` (empty strings for what the run has not). With a
- * lifeline it holds a connection to it (socat; with IDLE_SECONDS, socat -T ends the hold after
- * that long without a tick) and, when that ends, kills its process group — the program is its
- * leader, and its exit ends the sandbox's pid namespace. MODEL is `served` when the run was
- * started in its agent's network namespace, where the agent's forwarder already serves the
- * model on 127.0.0.1:8080 (forwarder.ts; its descriptor, fd 3, is closed first); or a model
- * socket, which it forwards 127.0.0.1:8080 of the sandbox's own network namespace to, waiting
- * until that listens (an AgentHost not running as root). Either way the API key stays outside
- * (the proxy adds it). Then it execs the program, which so is the sandbox's first process: its
- * exit status is the run's, TERM is its own, and its end ends every other process of the run.
- * The socat processes are spared kill()'s TERM (exec.ts), so a graceful stop keeps its
- * lifeline and its model. Needs socat (Debian's) under /usr.
+ * LIFELINE IDLE_SECONDS program [args…]` (empty strings for what the run has not).
+ *
+ * LIFELINE `pipe`: its fd 4 is one end of a socket pair whose other end only the AgentHost
+ * holds (exec.ts). A forked shell waits on it and, when it reads the end — the AgentHost died,
+ * however, even before bwrap tied the sandbox to it (--die-with-parent) — kills its process
+ * group: no program is started for it. The AgentHost's cut() of the agent's lifeline socket it
+ * sees itself, and kills the sandbox (index.ts exec). LIFELINE a socket path (a run with
+ * IDLE_SECONDS: a joined node's, which must end when a frozen AgentHost stops ticking): socat
+ * holds a connection to it (`socat -T IDLE_SECONDS`) and, when that ends, kills the group.
+ *
+ * MODEL is `served` when the run was started in its agent's network namespace, where the
+ * agent's forwarder already serves the model on 127.0.0.1:8080 (forwarder.ts; its descriptor,
+ * fd 3, is closed first); or a model socket, which it forwards 127.0.0.1:8080 of the sandbox's
+ * own network namespace to, waiting until that listens (an AgentHost not running as root).
+ * Either way the API key stays outside (the proxy adds it). Then it execs the program, which so
+ * is the sandbox's first process — the group's leader: its exit status is the run's, TERM is
+ * its own, and its end ends every other process of the run. The lifeline's holder ignores TERM
+ * and socat is spared kill()'s TERM (exec.ts), so a graceful stop keeps its lifeline and its
+ * model; it ignores SIGPIPE too, as its stderr dies with the AgentHost it says goodbye to.
+ * Needs socat (Debian's) under /usr.
  */
 export const SANDBOX_LAUNCHER = `exec 3<&-
 umask 022
@@ -43,8 +52,14 @@ shift 3
 if [ -n "$m" ] && [ "$m" != served ]; then
   socat TCP-LISTEN:8080,bind=127.0.0.1,fork,reuseaddr "UNIX-CONNECT:$m" </dev/null >/dev/null &
 fi
-if [ -n "$l" ]; then
-  (trap '' TERM INT HUP
+if [ "$l" = pipe ]; then
+  (trap '' TERM INT HUP PIPE
+    while read -r _; do :; done <&4
+    echo "launcher: the run's lifeline closed; ending the run" >&2
+    kill -KILL 0) </dev/null >/dev/null &
+  exec 4<&-
+elif [ -n "$l" ]; then
+  (trap '' TERM INT HUP PIPE
     socat -u \${t:+-T "$t"} "UNIX-CONNECT:$l" OPEN:/dev/null
     echo "launcher: the run's lifeline closed or went silent; ending the run" >&2
     kill -KILL 0) </dev/null >/dev/null &
@@ -72,6 +87,30 @@ exec "$@"`;
  */
 export function socatPath(p: string): string {
   return p.replace(/[\\:,!(){}[\]'"]/g, "\\$&");
+}
+
+/** CONDUCTOR_RUN_LIFELINE_IDLE_MS of an exec: how long its lifeline may be silent (0: any time). */
+function idleOf(req: ExecRequest): number {
+  const idle = req.env["CONDUCTOR_RUN_LIFELINE_IDLE_MS"];
+  return idle && /^\d+$/.test(idle) ? Number(idle) : 0;
+}
+
+/**
+ * Holds a connection to a lifeline socket (lifeline.ts) for a run from this process; `onClose`
+ * runs when it closes or is refused (the AgentHost cut it), not after the returned release.
+ */
+function holdLifeline(socketPath: string, onClose: () => unknown): () => void {
+  const s = net.connect(socketPath);
+  let released = false;
+  s.on("error", () => s.destroy());
+  s.on("close", () => {
+    if (!released) void Promise.resolve(onClose()).catch(() => undefined);
+  });
+  s.resume(); // ticks are not for this holder: dropped
+  return () => {
+    released = true;
+    s.destroy();
+  };
 }
 
 /** How process-runtime runs are contained (`runtime.process_sandbox`). */
@@ -122,16 +161,20 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
   /**
    * A run's argv: through a launcher when the sandbox has a model socket or a lifeline
    * (CONDUCTOR_RUN_LIFELINE; the exec's CONDUCTOR_RUN_LIFELINE_IDLE_MS bounds its silence).
-   * Sandboxed it is SANDBOX_LAUNCHER (sh and socat: a few ms of CPU), told whether the model is
-   * `served` in the agent's network namespace already; unsandboxed, where no network namespace
-   * of its own gives it a free port, the node launcher (~40 ms of CPU).
+   * Sandboxed it is SANDBOX_LAUNCHER (sh, and socat for what it forwards: a few ms of CPU), told
+   * whether the model is `served` in the agent's network namespace already and whether its
+   * lifeline is the `pipe` on its fd 4; unsandboxed, where no network namespace of its own gives
+   * it a free port, the node launcher (~40 ms of CPU).
    */
-  const launched = (env: Record<string, string>, req: ExecRequest, served: boolean): string[] => {
+  const launched = (
+    env: Record<string, string>,
+    req: ExecRequest,
+    o: { served: boolean; pipe: boolean },
+  ): string[] => {
     const model = env["CONDUCTOR_MODEL_SOCKET"];
     const lifeline = env["CONDUCTOR_RUN_LIFELINE"];
     if (!model && !lifeline) return req.argv;
-    const idle = req.env["CONDUCTOR_RUN_LIFELINE_IDLE_MS"];
-    const idleMs = lifeline && idle && /^\d+$/.test(idle) ? Number(idle) : 0;
+    const idleMs = lifeline ? idleOf(req) : 0;
     if (sandboxed) {
       const seconds = idleMs > 0 ? String(idleMs / 1000) : "";
       return [
@@ -139,8 +182,8 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
         "-c",
         SANDBOX_LAUNCHER,
         "conductor-run",
-        served ? "served" : socatPath(model ?? ""),
-        socatPath(lifeline ?? ""),
+        o.served ? "served" : socatPath(model ?? ""),
+        o.pipe ? "pipe" : socatPath(lifeline ?? ""),
         seconds,
         ...req.argv,
       ];
@@ -285,7 +328,10 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
       if (!r.running) throw new Error(`process sandbox ${h.id} is not running`);
       if (network && !network.alive())
         throw new Error("the agent's model forwarder ended as the run started");
-      const argv = launched(r.spec.env, req, network !== undefined);
+      // A lifeline that need not notice a frozen AgentHost is a pipe, held from here (no socat).
+      const lifeline = r.spec.env["CONDUCTOR_RUN_LIFELINE"];
+      const pipe = sandboxed && lifeline !== undefined && idleOf(req) === 0;
+      const argv = launched(r.spec.env, req, { served: network !== undefined, pipe });
       const plan = {
         mounts: [...r.spec.mounts, ...readOnly, ...(req.mounts ?? [])],
         cwd: req.cwd,
@@ -305,14 +351,19 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
                 ? [NSENTER, "--net=/proc/self/fd/3", ...bwrapArgv({ ...plan, network: "entered" })]
                 : bwrapArgv(plan),
             },
-            { sandboxed: true, netnsFd: network?.fd },
+            { sandboxed: true, netnsFd: network?.fd, lifelinePipe: pipe },
           )
         : execProcess(
             { ...req, argv, env: { ...req.env, CONDUCTOR_SANDBOX: sandboxTag(h.id) } },
             { sandboxed: false },
           );
       r.execs.add(x);
-      const forget = () => void r.execs.delete(x);
+      // The AgentHost's cut() of the agent's lifeline (or its refusal) ends the run at once.
+      const held = pipe && lifeline ? holdLifeline(lifeline, () => x.kill(0)) : undefined;
+      const forget = () => {
+        r.execs.delete(x);
+        held?.();
+      };
       x.exited.then(forget, forget);
       if (!network) return x;
       // Its forwarder gone, the run cannot reach the model (a new one would hold another
