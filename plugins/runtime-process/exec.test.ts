@@ -64,10 +64,10 @@ describe("a sandboxed run's lifeline pipe (index.ts SANDBOX_LAUNCHER)", () => {
       stdio: ["ignore", "pipe", "inherit"],
     });
     try {
-      const lines: string[] = [];
-      host.stdout.setEncoding("utf8").on("data", (d: string) => lines.push(...d.split("\n")));
-      await expect.poll(() => lines, { timeout: 20_000 }).toContain("up");
-      expect(lines).not.toContain("fd-4-open");
+      let out = "";
+      host.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
+      await expect.poll(() => out.split("\n"), { timeout: 20_000 }).toContain("up");
+      expect(out.split("\n")).not.toContain("fd-4-open");
       expect(sleeping(tag)).toBe(true);
       host.kill("SIGKILL");
       await expect.poll(() => sleeping(tag), { timeout: 10_000 }).toBe(false);

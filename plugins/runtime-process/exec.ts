@@ -45,8 +45,8 @@ export function execProcess(
     detached: true,
     stdio: ["ignore", "pipe", "pipe", ...fds],
   });
-  // What comes on the lifeline (only the run's own processes could write) is not read; the end
-  // goes with the run.
+  // What comes on the lifeline (only the run's own processes could write) is never consumed:
+  // Node holds at most a buffer's worth and reads no more. Its end goes with the run.
   const lifeline = mode.sandboxed && mode.lifelinePipe ? child.stdio[4] : undefined;
   lifeline?.on("error", () => undefined);
   const pid = child.pid;
@@ -80,7 +80,10 @@ export function execProcess(
   };
   let done = false;
   const exited = new Promise<ExitStatus>((resolve) => {
-    child.once("error", (spawnError) => resolve({ code: null, signal: null, spawnError }));
+    child.once("error", (spawnError) => {
+      lifeline?.destroy();
+      resolve({ code: null, signal: null, spawnError });
+    });
     child.once("exit", (code, signal) => {
       done = true;
       lifeline?.destroy();
