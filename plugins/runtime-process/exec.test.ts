@@ -1,10 +1,14 @@
 // execProcess when the process is out of file descriptors: the AgentHost shares its process
 // with every service (`conductor up`), so a failed start must be a failed run, never a crash.
 import { execFile, spawn, spawnSync } from "node:child_process";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
-import { execProcess } from "./exec.ts";
+import { startLifeline } from "../../services/agent-host/lifeline.ts";
+import { execProcess, killMarked, markedPids } from "./exec.ts";
+import { createProcessBackend } from "./index.ts";
 
 const EXEC = path.join(import.meta.dirname, "exec.ts");
 
@@ -82,3 +86,81 @@ describe("a sandboxed run's lifeline pipe (index.ts SANDBOX_LAUNCHER)", () => {
 function sleeping(tag: string): boolean {
   return spawnSync("pgrep", ["-f", `^sleep ${tag}$`]).status === 0;
 }
+
+describe("a sandboxed run ended at once as it starts (a refused lifeline)", () => {
+  it("ends every time, whatever stage bwrap was at, and leaves nothing of it", async () => {
+    // The lifeline is never armed: the AgentHost's holder is refused as each exec starts, and
+    // the exec is killed with no grace while bwrap may still be setting up its namespaces.
+    // Killing bwrap alone then left its namespace's init orphaned, holding the run's pipes: the
+    // exec never ended (3 tries in 3, within 10 execs).
+    const dir = mkdtempSync(path.join(tmpdir(), "exec-refused-"));
+    chmodSync(dir, 0o755);
+    const lifeline = await startLifeline(path.join(dir, "lifeline.sock"), undefined);
+    chmodSync(lifeline.socketPath, 0o666);
+    const stateDir = path.join(dir, "state");
+    const backend = createProcessBackend({ stateDir });
+    const marker = `CONDUCTOR_SANDBOX=${path.resolve(stateDir)}/refused.a${process.pid}`;
+    try {
+      const h = await backend.create({
+        ...{ nodeId: "refused", agentId: `a${process.pid}`, image: "", labels: {}, limits: {} },
+        network: "none",
+        mounts: [{ hostPath: dir, readOnly: true }],
+        env: { CONDUCTOR_RUN_LIFELINE: lifeline.socketPath },
+        user: "61990:61990",
+      });
+      await backend.start(h);
+      for (let i = 0; i < 30; i++) {
+        const x = await backend.exec(h, { argv: ["/bin/true"], cwd: "/", env: {} });
+        const ended = await Promise.race([
+          x.exited.then(() => true),
+          new Promise<false>((resolve) => setTimeout(() => resolve(false), 10_000).unref()),
+        ]);
+        expect(ended, `exec ${i} ended`).toBe(true);
+      }
+      // Nothing carrying this sandbox's marker is left (bwrap's children carry it too).
+      expect(h.id).toBe(`refused.a${process.pid}`);
+      expect(await markedPids(marker)).toEqual([]);
+      await backend.destroy(h);
+    } finally {
+      await killMarked(marker, "SIGKILL"); // what a failure left
+      await lifeline.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("descriptors the AgentHost inherited", () => {
+  it("reach no program the process backend starts", () => {
+    // A wrapper left fd 200 open on a private file (`exec 200<secret; conductor up`): without
+    // close-on-exec it went on into every run, where an agent could take it (pidfd_getfd).
+    const dir = mkdtempSync(path.join(tmpdir(), "exec-inherited-"));
+    try {
+      const secret = path.join(dir, "secret");
+      writeFileSync(secret, "operator's\n", { mode: 0o600 });
+      const look = `[ -e /proc/$$/fd/200 ] && echo open || echo closed`;
+      const script = `
+        import { spawnSync } from "node:child_process";
+        import { createProcessBackend } from ${JSON.stringify(path.join(import.meta.dirname, "index.ts"))};
+        const look = () => spawnSync("/bin/sh", ["-c", ${JSON.stringify(look)}], { encoding: "utf8" }).stdout.trim();
+        const before = look();
+        createProcessBackend({ stateDir: ${JSON.stringify(path.join(dir, "state"))} });
+        console.log(JSON.stringify([before, look()]));
+      `;
+      const { stdout } = spawnSync(
+        "/bin/bash", // dash redirects only descriptors 0-9
+        [
+          "-c",
+          `exec 200<"$1"; exec "$2" --input-type=module -e "$3"`,
+          "sh",
+          secret,
+          process.execPath,
+          script,
+        ],
+        { stdio: ["ignore", "pipe", "inherit"], encoding: "utf8", timeout: 30_000 },
+      );
+      expect(JSON.parse(stdout)).toEqual(["open", "closed"]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, readdirSync, readFileSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 import { setTimeout as delay } from "node:timers/promises";
 import { MAX_LINE_BYTES, splitLines } from "../lines.ts";
@@ -67,7 +68,7 @@ export function execProcess(
     (line) => listeners.forEach((fn) => fn(line)),
     () => {
       stderr += `\nconductor: the run printed a line over ${MAX_LINE_BYTES} bytes on stdout and was ended`;
-      if (mode.sandboxed) signalPid(pid, "SIGKILL");
+      if (mode.sandboxed) killSandbox(pid).catch(() => undefined);
       else sweep("SIGKILL").catch(() => undefined);
     },
   );
@@ -130,7 +131,7 @@ export function execProcess(
         void term().catch(() => undefined);
       } else await sweep("SIGTERM").catch(() => undefined);
       const timer = setTimeout(() => {
-        if (mode.sandboxed) signalPid(pid, "SIGKILL");
+        if (mode.sandboxed) killSandbox(pid).catch(() => undefined);
         else sweep("SIGKILL").catch(() => undefined);
       }, graceMs);
       try {
@@ -160,6 +161,41 @@ function unstarted(child: ChildProcess): Execution & { pid: number | undefined }
       return exited;
     },
   };
+}
+
+/** O_CLOEXEC, as /proc/PID/fdinfo/FD's octal `flags` line shows it (Linux, every arch Node runs on). */
+const O_CLOEXEC = 0o2000000;
+
+/**
+ * Closes the file descriptors this process was started with beyond stdin, stdout and stderr
+ * (and Node's IPC channel): the ones without close-on-exec, which every program it starts
+ * inherits — a run's sandbox too, where an agent can take them from its own processes
+ * (pidfd_getfd). What Node, libuv and SQLite open themselves is close-on-exec. A wrapper that
+ * left one open (`exec 200>lock; flock 200`, a CI runner's pipe) leaks nothing to agents so.
+ * Returns the numbers closed. Linux only (/proc/self/fdinfo); elsewhere it closes none.
+ */
+export function closeInheritedFds(): number[] {
+  const ipc = Number(process.env["NODE_CHANNEL_FD"] ?? -1);
+  const closed: number[] = [];
+  let fds: string[];
+  try {
+    fds = readdirSync("/proc/self/fdinfo");
+  } catch {
+    return closed;
+  }
+  for (const name of fds) {
+    const fd = Number(name);
+    if (!Number.isInteger(fd) || fd <= 2 || fd === ipc) continue;
+    try {
+      const m = /^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, "utf8"));
+      if (!m || (parseInt(m[1]!, 8) & O_CLOEXEC) !== 0) continue;
+      closeSync(fd);
+      closed.push(fd);
+    } catch {
+      // gone meanwhile (the listing's own descriptor)
+    }
+  }
+  return closed;
 }
 
 /** Most processes descendants() walks: a run forking without end is ended by other means. */
@@ -199,6 +235,25 @@ async function childrenOf(pid: number): Promise<number[]> {
   } catch {
     return []; // ended meanwhile
   }
+}
+
+/**
+ * Ends a bubblewrap sandbox at once, at whatever stage bwrap is (`pid`: bwrap, the leader of its
+ * own process group). Its children are its pid namespaces' inits: SIGKILL to an init ends every
+ * process of that namespace. Killing bwrap alone while one is still being set up would orphan
+ * it (--die-with-parent is not yet in force), holding the run's pipes for ever. A child it makes
+ * meanwhile is still in bwrap's group (its session comes last, just before the program), so
+ * the group's SIGKILL takes it too.
+ */
+export async function killSandbox(pid: number | undefined): Promise<void> {
+  if (!pid) return;
+  const inits = await childrenOf(pid);
+  try {
+    killGroup(pid, "SIGKILL");
+  } catch {
+    signalPid(pid, "SIGKILL"); // not a group leader after all
+  }
+  for (const p of inits) signalPid(p, "SIGKILL");
 }
 
 /** Whether `pid` runs socat (a program that names itself so is spared a TERM, not the KILL). */

@@ -3,7 +3,7 @@ import { open, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { bwrapArgv, type BwrapPlan } from "./bwrap.ts";
-import { descendants } from "./exec.ts";
+import { descendants, killSandbox } from "./exec.ts";
 
 /** The loopback port the model is served on inside every process sandbox. */
 export const MODEL_PORT = 8080;
@@ -92,8 +92,9 @@ export async function startAgentNetwork(
       resolve();
     });
   });
+  // Its sandbox dies with it, at whatever stage bwrap is.
   const kill = () => {
-    if (!exited && child.pid) process.kill(child.pid, "SIGKILL"); // its sandbox dies with it
+    if (!exited) killSandbox(child.pid).catch(() => undefined);
   };
   try {
     const deadline = performance.now() + READY_MS;

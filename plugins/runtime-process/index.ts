@@ -15,7 +15,7 @@ import {
   type SandboxStatus,
 } from "../runtime.ts";
 import { bwrapArgv, NSENTER, probeSandbox, type SandboxProbe } from "./bwrap.ts";
-import { descendants, execProcess, killMarked, markedPids } from "./exec.ts";
+import { closeInheritedFds, descendants, execProcess, killMarked, markedPids } from "./exec.ts";
 import { startAgentNetwork, type AgentNetwork } from "./forwarder.ts";
 
 /** The program an unsandboxed run starts with when the agent has a model socket or a lifeline. */
@@ -151,6 +151,8 @@ interface Record_ {
  */
 export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBackend {
   mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
+  // What this process inherited would reach every run (bwrap passes descriptors on).
+  closeInheritedFds();
   const sandboxed = (opts.sandbox ?? "bubblewrap") === "bubblewrap";
   const uid = opts.uid ?? process.getuid?.() ?? 0;
   const nodePath = realpathSync(opts.nodePath ?? process.execPath);
