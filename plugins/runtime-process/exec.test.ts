@@ -1,5 +1,6 @@
-// execProcess when the process is out of file descriptors: the AgentHost shares its process
-// with every service (`conductor up`), so a failed start must be a failed run, never a crash.
+// execProcess at its edges: out of file descriptors (the AgentHost shares its process with
+// every service, so a failed start must be a failed run, never a crash), killed as bwrap sets
+// up, its lifeline's end when the AgentHost dies, and descriptors the AgentHost inherited.
 import { execFile, spawn, spawnSync } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";

@@ -33,13 +33,10 @@ export function execProcess(
 ): Execution & { pid: number | undefined } {
   const [cmd, ...args] = spec.argv;
   if (!cmd) throw new Error("execProcess: empty argv");
-  const fds: (number | "pipe" | "ignore")[] = !mode.sandboxed
-    ? []
-    : mode.lifelinePipe
-      ? [mode.netnsFd ?? "ignore", "pipe"]
-      : mode.netnsFd
-        ? [mode.netnsFd]
-        : [];
+  // Sandboxed: fd 3 the network namespace (or none), fd 4 the lifeline's end.
+  const fds: (number | "pipe" | "ignore")[] = mode.sandboxed
+    ? [mode.netnsFd ?? "ignore", ...(mode.lifelinePipe ? (["pipe"] as const) : [])]
+    : [];
   const child = spawn(cmd, args, {
     cwd: mode.sandboxed ? "/" : spec.cwd,
     env: spec.env,

@@ -171,12 +171,12 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
   const launched = (
     env: Record<string, string>,
     req: ExecRequest,
-    o: { served: boolean; pipe: boolean },
+    o: { served: boolean; pipe: boolean; idleMs: number },
   ): string[] => {
     const model = env["CONDUCTOR_MODEL_SOCKET"];
     const lifeline = env["CONDUCTOR_RUN_LIFELINE"];
     if (!model && !lifeline) return req.argv;
-    const idleMs = lifeline ? idleOf(req) : 0;
+    const idleMs = lifeline ? o.idleMs : 0;
     if (sandboxed) {
       const seconds = idleMs > 0 ? String(idleMs / 1000) : "";
       return [
@@ -332,8 +332,9 @@ export function createProcessBackend(opts: ProcessBackendOptions): RuntimeBacken
         throw new Error("the agent's model forwarder ended as the run started");
       // A lifeline that need not notice a frozen AgentHost is a pipe, held from here (no socat).
       const lifeline = r.spec.env["CONDUCTOR_RUN_LIFELINE"];
-      const pipe = sandboxed && lifeline !== undefined && idleOf(req) === 0;
-      const argv = launched(r.spec.env, req, { served: network !== undefined, pipe });
+      const idleMs = idleOf(req);
+      const pipe = sandboxed && lifeline !== undefined && idleMs === 0;
+      const argv = launched(r.spec.env, req, { served: network !== undefined, pipe, idleMs });
       const plan = {
         mounts: [...r.spec.mounts, ...readOnly, ...(req.mounts ?? [])],
         cwd: req.cwd,
