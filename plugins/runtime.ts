@@ -182,6 +182,12 @@ export interface ExitStatus {
    * runtime: its agent's model forwarder): why, for its task's error (an infrastructure one).
    */
   lost?: string;
+  /**
+   * Set when the runtime ended the whole sandbox to end what the run left (docker, podman: no
+   * process could start in its container to do it, its pids limit full, say): the engine will
+   * report the container's end, though perhaps not at once.
+   */
+  sandboxKilled?: boolean;
 }
 
 /** A running exec: output lines, its end, and a way to end it with everything it started. */

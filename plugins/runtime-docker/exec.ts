@@ -157,6 +157,7 @@ export async function startExec(
     await streamEnded;
     await linesClosed;
     let code: number | null;
+    let sandboxKilled = false;
     try {
       code = await exitCodeOf(ex);
     } catch {
@@ -175,15 +176,17 @@ export async function startExec(
       // The killer could not run (the run filled the container's pids limit, say): the
       // container goes, and everything in it; the AgentHost replaces the agent's container.
       if (killed !== 0) {
+        sandboxKilled = true;
         await container
           .kill({ signal: "SIGKILL", abortSignal: AbortSignal.timeout(CALL_TIMEOUT_MS) })
           .catch(() => undefined); // gone already, or its engine with it
       }
     }
     done = true;
+    const killedToo = sandboxKilled ? { sandboxKilled } : {};
     if (killedWith && code !== null && code > 128) {
       const signal = Object.entries(constants.signals).find(([, n]) => n === code - 128)?.[0];
-      if (signal) return { code: null, signal: signal as NodeJS.Signals };
+      if (signal) return { code: null, signal: signal as NodeJS.Signals, ...killedToo };
     }
     if (code === 126 || code === 127) {
       // The shell could not execute the program (not found / not executable).
@@ -192,7 +195,7 @@ export async function startExec(
       );
       return { code, signal: null, spawnError };
     }
-    return { code, signal: null };
+    return { code, signal: null, ...killedToo };
   })();
 
   const signalTree = async (sig: "TERM" | "KILL") => {

@@ -55,6 +55,25 @@ describe("runClaude", () => {
       onOutput: () => undefined,
     });
 
+  it("says so when its runtime killed the whole sandbox to end it (the AgentHost waits longer for that death)", async () => {
+    const outcome = await runClaude({
+      spec: create(TaskSpecSchema, { prompt: "hi" }),
+      resultSchema: "",
+      settings: settings({ claudePath: "/bin/false" }),
+      place: { agentId: "a", taskId: "t", workspace: dir, configDir: dir, agentDir: dir },
+      exec: async (req) => {
+        const x = execProcess(req, { sandboxed: false });
+        return { ...x, exited: x.exited.then((st) => ({ ...st, sandboxKilled: true })) };
+      },
+      hostPath: process.env["PATH"] ?? "/usr/bin:/bin",
+      signal: new AbortController().signal,
+      onOutput: () => undefined,
+    });
+    expect(outcome.state).toBe(TaskState.FAILED);
+    expect(outcome.result.error).toMatch(/exited with code 1 without a result/);
+    expect(outcome.sandboxKilled).toBe(true);
+  });
+
   it("runs a prompt that starts with a dash: it is the prompt, not an option", async () => {
     const prompt = scripted([{ text: "fixed it" }], "- fix the failing test in foo.py");
     const spec = create(TaskSpecSchema, { prompt, allowedTools: ["Read", "Write"] });

@@ -63,6 +63,8 @@ export interface RunOutcome {
   result: TaskResult;
   /** The failure cannot succeed on another attempt (the CLI cannot run with these arguments). */
   permanent?: boolean;
+  /** The runtime ended the run's whole sandbox (ExitStatus.sandboxKilled). */
+  sandboxKilled?: boolean;
 }
 
 /** The longest delay setTimeout keeps (about 24.8 days). */
@@ -356,6 +358,7 @@ export async function runClaude(opts: {
     outcome.result.errorKind = ErrorKind.INVALID_REQUEST;
     outcome.permanent = true;
   }
+  if (exit.sandboxKilled) outcome.sandboxKilled = true;
   return outcome;
 }
 

@@ -111,6 +111,8 @@ export interface Attempt {
 
 /** How long a failed run waits for the engine to report its container's death. */
 const DEATH_NOTICE_MS = 2000;
+/** The same once the runtime has killed the container itself: its end is sure, if slow to show. */
+const KILLED_NOTICE_MS = 30_000;
 /**
  * A run's own key, the only one its agent's proxy takes while it runs (ModelProxy.limit): the
  * CLI insists on some key, and the real one is added by the proxy, outside the sandbox. 24
@@ -521,7 +523,10 @@ async function explainDeath(
       if (status.running && !outcome.result.sessionId) {
         // The CLI vanished without a result: the engine may not have noticed its container's end yet.
         status = await c.backend
-          .waitForExit(slot.sandbox, AbortSignal.timeout(DEATH_NOTICE_MS))
+          .waitForExit(
+            slot.sandbox,
+            AbortSignal.timeout(outcome.sandboxKilled ? KILLED_NOTICE_MS : DEATH_NOTICE_MS),
+          )
           .catch(() => status);
       }
     } catch (e) {
