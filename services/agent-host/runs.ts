@@ -29,7 +29,7 @@ import {
   type RunPlace,
   type RunSettings,
 } from "./run.ts";
-import { carrySession, resetConfig } from "./sessions.ts";
+import { carrySession, resetConfig, sessionStore } from "./sessions.ts";
 import {
   changeProto,
   openPlace,
@@ -161,7 +161,7 @@ export async function executeRun(
     const started = Date.now();
     let taskPlace: TaskPlace;
     try {
-      await resetConfig(configDir);
+      await resetConfig(configDir, sessionStore(slot.dir));
       if (c.workspacePolicy === "clean" && !spec.workspace?.kind.case) {
         const entries = readdirSync(scratch).map((e) => path.join(scratch, e));
         await Promise.all(entries.map((p) => rm(p, { recursive: true, force: true })));
@@ -217,6 +217,13 @@ export async function executeRun(
     }
     outcome = await explainDeath(c, slot, outcome);
     if (taskPlace.prepared) await keepWork(c, taskPlace, spec, outcome, cliEnded, log);
+    // Nothing of the run is left to read the folder (unless its engine was lost: then at the
+    // next run's start): its transcript goes to the agent's store before its end is told.
+    if (!slot.lost) {
+      await resetConfig(configDir, sessionStore(slot.dir)).catch((e: unknown) =>
+        log.warn("the agent's config folder could not be emptied after the run", { error: e }),
+      );
+    }
     return outcome;
   };
   /** The CLI, then the checks; `cliEnded` is how the CLI itself ended. */

@@ -8,7 +8,8 @@ import {
   openSync,
   readdirSync,
   readSync,
-  realpathSync,
+  renameSync,
+  rmSync,
   writeSync,
 } from "node:fs";
 import { rm } from "node:fs/promises";
@@ -17,6 +18,8 @@ import type { AgentOwner } from "../shared/agent-files.ts";
 
 /** A Claude session id as the CLI makes them (a UUID); anything else is never used in a path. */
 const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+/** A session's transcript file, as the CLI names it in its project folder. */
+const SESSION_FILE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.jsonl$/;
 /** The most of a session transcript carried to another agent. */
 const MAX_SESSION_BYTES = 64 * 1024 * 1024;
 
@@ -29,15 +32,28 @@ export function projectDir(configDir: string, cwd: string): string {
   return path.join(configDir, "projects", cwd.replace(/[^A-Za-z0-9]/g, "-"));
 }
 
+/** Most session transcripts an agent's store keeps (the newest), and most bytes of them. */
+export const MAX_KEPT_SESSIONS = 64;
+export const MAX_KEPT_SESSION_BYTES = 256 * 1024 * 1024;
+
 /**
- * Makes session `sessionId` resumable by `--resume` in `configDir` for `cwd`: when its
- * transcript is not there yet, it is copied from whichever agent's config folder under
- * `agentsDir` holds it (the attempt before may have run on another agent, or in another
- * folder). Returns false when no transcript is found (the caller starts a new session).
+ * Where an agent's session transcripts are kept between its runs: `<agent>/sessions/`, a folder
+ * of this service's own that no sandbox is given (its runs see only their config folder, which
+ * is emptied after each: resetConfig). A later task on the agent so cannot read an earlier
+ * one's conversation.
+ */
+export function sessionStore(agentDir: string): string {
+  return path.join(agentDir, "sessions");
+}
+
+/**
+ * Makes session `sessionId` resumable by `--resume` in `configDir` for `cwd`: its transcript is
+ * copied there from whichever agent's store (sessionStore, under `agentsDir`) holds it — the
+ * attempt before may have run on another agent, or in another folder. Returns false when none
+ * holds it (the caller starts a new session): an id that is not a UUID, or a transcript pruned
+ * from its store (resetConfig).
  *
- * The transcripts are the agents' own files: the id must be a UUID; a source that is a link
- * or not a regular file, or whose real path leaves its agent's folder, is not read; the copy
- * is written only into a folder with no link on its way (no process of the agent runs
+ * The copy is written only into a folder with no link on its way (no process of the agent runs
  * meanwhile), exclusively and without following links, and given to `owner`.
  */
 export function carrySession(
@@ -52,7 +68,9 @@ export function carrySession(
   const destDir = projectDir(configDir, cwd);
   const dest = path.join(destDir, name);
   if (isFile(dest)) return true;
-  const source = findTranscript(agentsDir, name);
+  const source = safeList(agentsDir)
+    .map((agent) => path.join(sessionStore(path.join(agentsDir, agent)), name))
+    .find(isFile);
   if (!source) return false;
   makeDirs(configDir, destDir, owner);
   const from = openSync(source, constants.O_RDONLY | constants.O_NOFOLLOW);
@@ -85,23 +103,6 @@ export function carrySession(
   return true;
 }
 
-/** `agents/<agent>/claude-config/projects/<project>/<name>`, a regular file inside its agent's folder. */
-function findTranscript(agentsDir: string, name: string): string | undefined {
-  for (const agent of safeList(agentsDir)) {
-    const projects = path.join(agentsDir, agent, "claude-config", "projects");
-    for (const project of safeList(projects)) {
-      const file = path.join(projects, project, name);
-      if (!isFile(file)) continue;
-      try {
-        if (realpathSync(file) === file) return file;
-      } catch {
-        // gone meanwhile
-      }
-    }
-  }
-  return undefined;
-}
-
 /** Creates `dir` (under `root`, which exists) one level at a time, refusing any link on the way. */
 function makeDirs(root: string, dir: string, owner: AgentOwner | undefined): void {
   let at = root;
@@ -125,33 +126,50 @@ function makeDirs(root: string, dir: string, owner: AgentOwner | undefined): voi
 }
 
 /**
- * Leaves in an agent's CLI config folder (its HOME too) only its sessions, for `--resume`:
- * `projects/<project>/<session>.jsonl`, regular files in real folders. Whatever else an earlier
- * run wrote there (`.bashrc`, `.profile`, settings, plugins, `.claude.json`'s per-project
- * permissions, a project's `memory/`) would run, widen what a run may do, or instruct the
- * model, in the next run, with that run's key. Removed without blocking the event loop (a run
- * may leave a million files).
+ * Empties an agent's CLI config folder (its HOME too), keeping its session transcripts in the
+ * agent's store (sessionStore, `store`) for a retry's `--resume`: `projects/<project>/<session
+ * id>.jsonl`, regular files of one link in real folders, of at most MAX_SESSION_BYTES each. The
+ * store then keeps the newest MAX_KEPT_SESSIONS, at most MAX_KEPT_SESSION_BYTES together.
+ * Whatever else an earlier run wrote there (`.bashrc`, `.profile`, settings, plugins,
+ * `.claude.json`'s per-project permissions, a project's `memory/`, an earlier task's
+ * transcript) would run, widen what a run may do, instruct the model or be read in the next
+ * run, with that run's key. Called after each run and before the next, while no process of the
+ * agent runs. Removed without blocking the event loop (a run may leave a million files).
  */
-export async function resetConfig(configDir: string): Promise<void> {
+export async function resetConfig(configDir: string, store: string): Promise<void> {
   const projects = path.join(configDir, "projects");
-  const gone: string[] = readdirSync(configDir)
-    .filter((e) => e !== "projects" || !isDir(projects))
-    .map((e) => path.join(configDir, e));
-  if (isDir(projects)) {
-    for (const project of readdirSync(projects)) {
-      const dir = path.join(projects, project);
-      if (!isDir(dir)) {
-        gone.push(dir);
-        continue;
-      }
-      for (const entry of readdirSync(dir)) {
-        const p = path.join(dir, entry);
-        const session = entry.endsWith(".jsonl") && isFile(p);
-        if (!session) gone.push(p);
+  for (const project of isDir(projects) ? readdirSync(projects) : []) {
+    const dir = path.join(projects, project);
+    for (const entry of isDir(dir) ? readdirSync(dir) : []) {
+      const file = path.join(dir, entry);
+      const st = lstatSync(file, { throwIfNoEntry: false });
+      if (!SESSION_FILE.test(entry) || !st?.isFile() || st.nlink !== 1) continue;
+      if (st.size > MAX_SESSION_BYTES) continue;
+      try {
+        mkdirSync(store, { recursive: true, mode: 0o700 });
+        renameSync(file, path.join(store, entry));
+      } catch {
+        // another file system (EXDEV), say: removed below with the rest, not resumable
       }
     }
   }
+  const gone = readdirSync(configDir).map((e) => path.join(configDir, e));
   await Promise.all(gone.map((p) => rm(p, { recursive: true, force: true })));
+  pruneStore(store);
+}
+
+/** Keeps the newest MAX_KEPT_SESSIONS transcripts of a store, at most MAX_KEPT_SESSION_BYTES. */
+function pruneStore(store: string): void {
+  const files = safeList(store).map((name) => {
+    const file = path.join(store, name);
+    return { file, st: lstatSync(file) };
+  });
+  files.sort((a, b) => b.st.mtimeMs - a.st.mtimeMs);
+  let bytes = 0;
+  files.forEach(({ file, st }, i) => {
+    bytes += st.size;
+    if (i >= MAX_KEPT_SESSIONS || bytes > MAX_KEPT_SESSION_BYTES) rmSync(file, { force: true });
+  });
 }
 
 function isDir(p: string): boolean {

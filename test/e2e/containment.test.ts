@@ -371,6 +371,25 @@ echo planted`;
     expect(told).toEqual([]);
   });
 
+  it("lets no later task read an earlier task's conversation from its agent's folders", async () => {
+    const first = await waitForEnd(
+      conductor.client,
+      await submit([{ text: "zz-convo-5521 is the answer" }]),
+    );
+    expect(first.state, first.result?.error).toBe(TaskState.SUCCEEDED);
+    // A task on each of the two agents, the first one's among them, looks for its words.
+    const found = await Promise.all(
+      [0, 1].map(async () => {
+        const look = `grep -rl "zz-convo-""5521" "$CLAUDE_CONFIG_DIR" "$HOME" . 2>/dev/null | wc -l`;
+        const id = await submit([{ bash: `sleep 1; ${look}` }, { text: "{{last_tool_result}}" }]);
+        const t = await waitForEnd(conductor.client, id);
+        expect(t.state, t.result?.error).toBe(TaskState.SUCCEEDED);
+        return t.result?.text.trim();
+      }),
+    );
+    expect(found).toEqual(["0", "0"]);
+  });
+
   // An AgentHost running as root gives each process-runtime agent one model forwarder.
   it.runIf(runtime === "process" && process.getuid?.() === 0)(
     "fails a run at once, as infrastructure, when its agent's model forwarder dies under it",
