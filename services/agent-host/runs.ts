@@ -27,7 +27,14 @@ import {
   type RunPlace,
   type RunSettings,
 } from "./run.ts";
-import { carrySession, emptyDir, keepSession, resetConfig, sessionStore } from "./sessions.ts";
+import {
+  carrySession,
+  emptyDir,
+  keepSession,
+  resetConfig,
+  sessionStore,
+  trashOf,
+} from "./sessions.ts";
 import {
   changeProto,
   openPlace,
@@ -160,7 +167,8 @@ export async function executeRun(
     let taskPlace: TaskPlace;
     try {
       await resetConfig(configDir);
-      if (c.workspacePolicy === "clean" && !spec.workspace?.kind.case) await emptyDir(scratch);
+      if (c.workspacePolicy === "clean" && !spec.workspace?.kind.case)
+        await emptyDir(scratch, trashOf(slot.dir));
       taskPlace = await openPlace(
         c.place,
         { agentId, agentDir: slot.dir, scratch, owner: slot.owner },

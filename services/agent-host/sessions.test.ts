@@ -17,6 +17,7 @@ import {
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { execFileSync } from "node:child_process";
 import {
   carrySession,
   emptyDir,
@@ -25,6 +26,8 @@ import {
   projectDir,
   resetConfig,
   sessionStore,
+  sweepTrash,
+  trashOf,
 } from "./sessions.ts";
 
 describe("session transcripts between runs", () => {
@@ -128,7 +131,27 @@ describe("session transcripts between runs", () => {
     writeFileSync(Buffer.concat([base, Buffer.from([0xe9, 0x70])]), "x");
     await resetConfig(config("a"));
     expect(readdirSync(config("a"))).toEqual([]);
-    await expect(emptyDir(path.join(agents, "none"))).rejects.toThrow(/ENOENT/);
+    await sweepTrash(trashOf(path.join(agents, "a")));
+    expect(readdirSync(trashOf(path.join(agents, "a")))).toEqual([]);
+    await expect(emptyDir(path.join(agents, "none"), trashOf(agents))).rejects.toThrow(/ENOENT/);
+  });
+
+  it("empties a tree deeper than any path can name, and a wide one, leaving no trash", async () => {
+    // 10 × 50 levels of 50 characters: about 25 KB below the folder, past PATH_MAX (4096).
+    const level = "d".repeat(50);
+    const chain = Array.from({ length: 50 }, () => level).join("/");
+    const deep = `cd "$1" && for i in $(seq 1 10); do mkdir -p ${chain} && cd ${chain} || exit 1; done; touch left`;
+    execFileSync("bash", ["-c", deep, "deep", config("a")]);
+    execFileSync("bash", [
+      "-c",
+      'mkdir "$1/w" && cd "$1/w" && seq 1 20000 | xargs touch',
+      "wide",
+      config("a"),
+    ]);
+    await resetConfig(config("a"));
+    expect(readdirSync(config("a"))).toEqual([]);
+    await sweepTrash(trashOf(path.join(agents, "a")));
+    expect(readdirSync(trashOf(path.join(agents, "a")))).toEqual([]);
   });
 
   it(`keeps the last ${MAX_KEPT_SESSIONS} transcripts kept, whatever dates the agents gave them`, async () => {

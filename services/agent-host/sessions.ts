@@ -15,7 +15,9 @@ import {
   utimesSync,
   writeSync,
 } from "node:fs";
-import { readdir, rm } from "node:fs/promises";
+import { spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { mkdir, readdir, rename } from "node:fs/promises";
 import path from "node:path";
 import type { AgentOwner } from "../shared/agent-files.ts";
 
@@ -180,31 +182,93 @@ function makeDirs(root: string, dir: string, owner: AgentOwner | undefined): voi
 
 /**
  * Empties an agent's CLI config folder (its HOME too), after each run (its transcript kept
- * first: keepSession) and before the next. Whatever an earlier run wrote there (`.bashrc`,
- * `.profile`, settings, plugins, `.claude.json`'s per-project permissions, a project's
- * `memory/`, its conversation) would run, widen what a run may do, instruct the model or be
- * read in a later run, with that run's key. Call only while no process of the agent runs.
+ * first: keepSession) and before the next: emptyDir, with the agent's trash beside it. Whatever
+ * an earlier run wrote there (`.bashrc`, `.profile`, settings, plugins, `.claude.json`'s
+ * per-project permissions, a project's `memory/`, its conversation) would run, widen what a run
+ * may do, instruct the model or be read in a later run, with that run's key. Call only while no
+ * process of the agent runs.
  */
 export async function resetConfig(configDir: string): Promise<void> {
-  await emptyDir(configDir);
+  await emptyDir(configDir, trashOf(path.dirname(configDir)));
+}
+
+/** An agent's trash: `<agent>/trash/`, its own, in no sandbox, on the agent folder's file system. */
+export function trashOf(agentDir: string): string {
+  return path.join(agentDir, "trash");
 }
 
 /**
- * Removes everything in `dir`, whatever its names (bytes that are not UTF-8 too), off the event
- * loop and RM_CONCURRENCY entries at a time (a run may leave a million files). Rejects, saying
- * how many, when anything is left.
+ * Empties `dir` at once, whatever its names (bytes that are not UTF-8 too) and however large or
+ * deep what is in it: each entry is moved (renamed, RM_CONCURRENCY at a time) into a new folder
+ * of `trash`, which `rm -rf` (coreutils, a process of its own: no path is too long for it, and
+ * this event loop is never held) then removes in the background. Entries on another file
+ * system are removed in place by `find -delete`, waited for. Rejects, saying how many, when anything
+ * is left in `dir`.
  */
-export async function emptyDir(dir: string): Promise<void> {
-  const base = Buffer.from(`${dir}/`);
+export async function emptyDir(dir: string, trash: string): Promise<void> {
   const names = await readdir(dir, { encoding: "buffer" });
+  if (names.length === 0) return;
+  const bin = path.join(trash, randomUUID());
+  await mkdir(bin, { recursive: true, mode: 0o700 });
+  const [from, to] = [Buffer.from(`${dir}/`), Buffer.from(`${bin}/`)];
+  let elsewhere = false;
   for (let i = 0; i < names.length; i += RM_CONCURRENCY) {
     const batch = names.slice(i, i + RM_CONCURRENCY);
     await Promise.all(
-      batch.map((name) => rm(Buffer.concat([base, name]), { recursive: true, force: true })),
+      batch.map((name) =>
+        rename(Buffer.concat([from, name]), Buffer.concat([to, name])).catch((e: unknown) => {
+          if ((e as NodeJS.ErrnoException).code !== "EXDEV") throw e;
+          elsewhere = true;
+        }),
+      ),
     );
   }
+  if (elsewhere) await remove("find", [dir, "-xdev", "-mindepth", "1", "-delete"]);
+  sweepTrash(trash).catch(() => undefined); // what it cannot remove waits for the next
   const left = (await readdir(dir, { encoding: "buffer" })).length;
   if (left > 0) throw new Error(`${dir} could not be emptied: ${left} entries are left in it`);
+}
+
+/** The sweep under way for each trash folder, and whether another must follow it. */
+const sweeps = new Map<string, { done: Promise<void>; again: boolean }>();
+
+/**
+ * Removes everything in `trash` with one `rm -rf` at a time (more comes meanwhile: one more
+ * after it). What a sweep cannot remove stays for the next. Resolves when the sweep it joined
+ * and any it queued are over.
+ */
+export function sweepTrash(trash: string): Promise<void> {
+  const under = sweeps.get(trash);
+  if (under) {
+    under.again = true;
+    return under.done;
+  }
+  const sweep = { again: false, done: Promise.resolve() };
+  sweep.done = (async () => {
+    do {
+      sweep.again = false;
+      const bins = (await readdir(trash).catch(() => [])).map((b) => path.join(trash, b));
+      if (bins.length > 0)
+        await remove("rm", ["-rf", "--one-file-system", "--", ...bins]).catch(() => undefined);
+    } while (sweep.again);
+    sweeps.delete(trash);
+  })();
+  sweeps.set(trash, sweep);
+  return sweep.done;
+}
+
+/** Runs a remover (`rm`, `find`); rejects with what it said when it fails. */
+function remove(cmd: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"] });
+    let said = "";
+    child.stderr.setEncoding("utf8");
+    child.stderr.on("data", (d: string) => (said = (said + d).slice(-1024)));
+    child.once("error", reject);
+    child.once("close", (code) =>
+      code === 0 ? resolve() : reject(new Error(`${cmd} exited with ${code}: ${said.trim()}`)),
+    );
+  });
 }
 
 function isDir(p: string): boolean {
