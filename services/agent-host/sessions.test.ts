@@ -136,7 +136,7 @@ describe("session transcripts between runs", () => {
     await expect(emptyDir(path.join(agents, "none"), trashOf(agents))).rejects.toThrow(/ENOENT/);
   });
 
-  it("empties a tree deeper than any path can name, and a wide one, leaving no trash", async () => {
+  it("empties a tree deeper than any path can name, a wide one and many entries, leaving no trash", async () => {
     // 10 × 50 levels of 50 characters: about 25 KB below the folder, past PATH_MAX (4096).
     const level = "d".repeat(50);
     const chain = Array.from({ length: 50 }, () => level).join("/");
@@ -144,7 +144,7 @@ describe("session transcripts between runs", () => {
     execFileSync("bash", ["-c", deep, "deep", config("a")]);
     execFileSync("bash", [
       "-c",
-      'mkdir "$1/w" && cd "$1/w" && seq 1 20000 | xargs touch',
+      'mkdir "$1/w" && cd "$1/w" && seq 1 20000 | xargs touch && cd .. && seq 1 5000 | xargs touch',
       "wide",
       config("a"),
     ]);

@@ -17,7 +17,7 @@ import {
 } from "node:fs";
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdir, readdir, rename } from "node:fs/promises";
+import { mkdir, opendir, readdir, rename } from "node:fs/promises";
 import path from "node:path";
 import type { AgentOwner } from "../shared/agent-files.ts";
 
@@ -198,44 +198,67 @@ export function trashOf(agentDir: string): string {
 }
 
 /**
- * Empties `dir` at once, whatever its names (bytes that are not UTF-8 too) and however large or
- * deep what is in it: each entry is moved (renamed, RM_CONCURRENCY at a time) into a new folder
- * of `trash`, which `rm -rf` (coreutils, a process of its own: no path is too long for it, and
- * this event loop is never held) then removes in the background. Entries on another file
- * system are removed in place by `find -delete`, waited for. Rejects, saying how many, when anything
- * is left in `dir`.
+ * Empties `dir` at once, whatever its names (bytes that are not UTF-8 too) and however many,
+ * large or deep what is in it: the listing is read a batch at a time, and each entry moved
+ * (renamed, RM_CONCURRENCY at a time) into a new folder of `trash`, which `rm -rf` (coreutils, a
+ * process of its own: no path is too long for it, and this event loop is never held) removes in
+ * the background once it is filled. Entries on another file system are removed in place by
+ * `find -delete`, waited for. Rejects with the first failure, or when anything is left in `dir`.
  */
 export async function emptyDir(dir: string, trash: string): Promise<void> {
-  const names = await readdir(dir, { encoding: "buffer" });
-  if (names.length === 0) return;
-  const bin = path.join(trash, randomUUID());
-  await mkdir(bin, { recursive: true, mode: 0o700 });
-  const [from, to] = [Buffer.from(`${dir}/`), Buffer.from(`${bin}/`)];
+  const id = randomUUID();
+  const filling = path.join(trash, `${FILLING}${id}`);
+  const [from, to] = [Buffer.from(`${dir}/`), Buffer.from(`${filling}/`)];
+  let made = false;
   let elsewhere = false;
-  for (let i = 0; i < names.length; i += RM_CONCURRENCY) {
-    const batch = names.slice(i, i + RM_CONCURRENCY);
-    await Promise.all(
-      batch.map((name) =>
-        rename(Buffer.concat([from, name]), Buffer.concat([to, name])).catch((e: unknown) => {
-          if ((e as NodeJS.ErrnoException).code !== "EXDEV") throw e;
-          elsewhere = true;
-        }),
-      ),
+  let failure: Error | undefined;
+  const move = async (names: Buffer[]) => {
+    if (!made) await mkdir(filling, { recursive: true, mode: 0o700 });
+    made = true;
+    const moved = await Promise.allSettled(
+      names.map((name) => rename(Buffer.concat([from, name]), Buffer.concat([to, name]))),
     );
+    for (const m of moved) {
+      if (m.status === "fulfilled") continue;
+      if ((m.reason as NodeJS.ErrnoException).code === "EXDEV") elsewhere = true;
+      else failure ??= m.reason as Error;
+    }
+  };
+  try {
+    let batch: Buffer[] = [];
+    // Names as bytes: Node gives a Dirent's name as a Buffer with this encoding (not in its types).
+    for await (const entry of await opendir(dir, { encoding: BYTES, bufferSize: RM_CONCURRENCY })) {
+      batch.push(entry.name as unknown as Buffer);
+      if (batch.length < RM_CONCURRENCY) continue;
+      await move(batch);
+      batch = [];
+    }
+    if (batch.length > 0) await move(batch);
+    if (elsewhere) await remove("find", [dir, "-xdev", "-mindepth", "1", "-delete"]);
+  } finally {
+    // Filled (or failed): only now may a sweep take it.
+    if (made) await rename(filling, path.join(trash, id)).catch(() => undefined);
+    sweepTrash(trash).catch(() => undefined); // what it cannot remove waits for the next
   }
-  if (elsewhere) await remove("find", [dir, "-xdev", "-mindepth", "1", "-delete"]);
-  sweepTrash(trash).catch(() => undefined); // what it cannot remove waits for the next
-  const left = (await readdir(dir, { encoding: "buffer" })).length;
-  if (left > 0) throw new Error(`${dir} could not be emptied: ${left} entries are left in it`);
+  if (failure) throw failure;
+  const listing = await opendir(dir, { bufferSize: 1 });
+  const left = await listing.read();
+  await listing.close();
+  if (left) throw new Error(`${dir} could not be emptied: ${left.name} (at least) is left in it`);
 }
+
+/** The name a trash folder has while emptyDir fills it (a sweep leaves it alone). */
+const FILLING = ".filling-";
+/** Node's encoding for names as Buffers, which its types for opendir do not list. */
+const BYTES = "buffer" as BufferEncoding;
 
 /** The sweep under way for each trash folder, and whether another must follow it. */
 const sweeps = new Map<string, { done: Promise<void>; again: boolean }>();
 
 /**
- * Removes everything in `trash` with one `rm -rf` at a time (more comes meanwhile: one more
- * after it). What a sweep cannot remove stays for the next. Resolves when the sweep it joined
- * and any it queued are over.
+ * Removes every filled folder of `trash` with one `rm -rf` at a time (more comes meanwhile: one
+ * more after it). What a sweep cannot remove stays for the next. Resolves when the sweep it
+ * joined and any it queued are over.
  */
 export function sweepTrash(trash: string): Promise<void> {
   const under = sweeps.get(trash);
@@ -247,7 +270,9 @@ export function sweepTrash(trash: string): Promise<void> {
   sweep.done = (async () => {
     do {
       sweep.again = false;
-      const bins = (await readdir(trash).catch(() => [])).map((b) => path.join(trash, b));
+      const bins = (await readdir(trash).catch(() => []))
+        .filter((b) => !b.startsWith(FILLING))
+        .map((b) => path.join(trash, b));
       if (bins.length > 0)
         await remove("rm", ["-rf", "--one-file-system", "--", ...bins]).catch(() => undefined);
     } while (sweep.again);
