@@ -15,10 +15,11 @@ import {
   utimesSync,
   writeSync,
 } from "node:fs";
-import { spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { mkdir, opendir, readdir, rename } from "node:fs/promises";
 import path from "node:path";
+import { promisify } from "node:util";
 import type { AgentOwner } from "../shared/agent-files.ts";
 
 /** A Claude session id as the CLI makes them, or a task id: a UUID, never anything else in a path. */
@@ -282,19 +283,8 @@ export function sweepTrash(trash: string): Promise<void> {
   return sweep.done;
 }
 
-/** Runs a remover (`rm`, `find`); rejects with what it said when it fails. */
-function remove(cmd: string, args: string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"] });
-    let said = "";
-    child.stderr.setEncoding("utf8");
-    child.stderr.on("data", (d: string) => (said = (said + d).slice(-1024)));
-    child.once("error", reject);
-    child.once("close", (code) =>
-      code === 0 ? resolve() : reject(new Error(`${cmd} exited with ${code}: ${said.trim()}`)),
-    );
-  });
-}
+/** Runs a remover (`rm`, `find`); rejects with what it said (its stderr) when it fails. */
+const remove = promisify(execFile);
 
 function isDir(p: string): boolean {
   return lstatSync(p, { throwIfNoEntry: false })?.isDirectory() === true;
