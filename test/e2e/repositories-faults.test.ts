@@ -5,6 +5,7 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
   rmSync,
   writeFileSync,
@@ -176,6 +177,55 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
       );
       expect(git(remote, "rev-parse", branch).trim()).toBe(change.headCommit);
       expect(git(remote, "rev-list", "--count", `${change.baseCommit}..${branch}`)).toBe("2\n");
+    },
+  );
+
+  it(
+    "saves the work of a task that left a tree deeper than PATH_MAX and a closed folder, removes its worktree, and the agents take the next",
+    { timeout: 120_000 },
+    async () => {
+      const { client, dir, dataDir } = setup.conductor;
+      const repo = path.join(dir, "src", "deep");
+      makeRepository(repo);
+      // 30 folders of 200-character names: 6,030 bytes of path, past PATH_MAX (4,096).
+      const deep =
+        "n=$(printf 'd%.0s' $(seq 200)); (for i in $(seq 30); do mkdir $n && cd $n || exit 1; done; echo bottom > f.txt) &&" +
+        " mkdir closed && echo in > closed/x && chmod 000 closed && echo top > top.txt";
+      const { task } = await client.submitTask({
+        spec: spec({
+          prompt: scripted([{ bash: deep }, { text: "made it deep" }]),
+          allowedTools: ["Bash"],
+          workspace: gitWorkspace(repo),
+        }),
+      });
+      const done = await waitForEnd(client, task!.id, 90_000);
+      expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
+      const cache = cacheOf(dataDir, repo);
+      expect(git(cache, "show", `${done.result!.change!.headCommit}:top.txt`)).toBe("top\n");
+      // Nothing of its worktree is left, on disk or in git's list.
+      const places = [
+        path.join(dataDir, "worktrees"),
+        ...readdirSync(path.join(dataDir, "agents")).map((a) =>
+          path.join(dataDir, "agents", a, "task"),
+        ),
+      ];
+      for (const place of places)
+        expect(existsSync(place) ? readdirSync(place) : [], place).not.toContain(task!.id);
+      expect(git(cache, "worktree", "list", "--porcelain").match(/^worktree /gm)).toHaveLength(1);
+      // Both agents take repository tasks again (a container agent refuses one while its task
+      // folder holds another task's worktree).
+      const next = await Promise.all(
+        [1, 2].map(async (i) => {
+          const { task: t } = await client.submitTask({
+            spec: spec({
+              prompt: scripted([{ bash: "sleep 2" }, { text: `next ${i}` }]),
+              workspace: gitWorkspace(repo),
+            }),
+          });
+          return waitForEnd(client, t!.id, 90_000);
+        }),
+      );
+      for (const t of next) expect(t.state, t.result?.error).toBe(TaskState.SUCCEEDED);
     },
   );
 

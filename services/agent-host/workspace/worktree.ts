@@ -1,5 +1,7 @@
-import { chmod, lchown, lstat, readdir, readFile, realpath, rename, rm } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { lchown, lstat, readdir, readFile, realpath, rename } from "node:fs/promises";
 import path from "node:path";
+import { promisify } from "node:util";
 import { Code } from "@connectrpc/connect";
 import type { AgentOwner } from "../../shared/agent-files.ts";
 import type { Logger } from "../../shared/log.ts";
@@ -129,9 +131,10 @@ async function hideNestedRepositories(git: Git, p: Prepared): Promise<Array<[Buf
     if (nested.length === 0) break;
     for (const dir of nested.slice(0, MAX_NESTED - moved.length)) {
       const at = Buffer.concat([Buffer.from(`${p.worktree}/`), dir, Buffer.from(".git")]);
-      const to = Buffer.from(path.join(parent, `.nested-git-${moved.length}`));
+      const aside = path.join(parent, `.nested-git-${moved.length}`);
+      const to = Buffer.from(aside);
       if (!(await lstat(at).catch(() => undefined))) continue;
-      await rm(to, { recursive: true, force: true });
+      await removeTree(aside);
       await rename(at, to);
       moved.push([at, to]);
     }
@@ -166,39 +169,40 @@ export async function isFolder(dir: string): Promise<boolean> {
 }
 
 /**
- * Removes the worktree (a link in its place is removed, not followed; fs.rm never follows
- * links inside) and its admin dir: `git worktree prune` of this one worktree alone.
+ * Removes the worktree (a link in its place is removed, not followed; nothing inside is
+ * followed either: removeTree) and its admin dir: `git worktree prune` of this one worktree alone.
  */
 export async function removeWorktree(
   p: Pick<Prepared, "worktree" | "adminDir" | "cache">,
 ): Promise<void> {
   await removeTree(p.worktree);
-  if (p.adminDir !== "" && (await isAdminDirOf(p.cache, p.adminDir)))
-    await rm(p.adminDir, { recursive: true, force: true });
+  if (p.adminDir !== "" && (await isAdminDirOf(p.cache, p.adminDir))) await removeTree(p.adminDir);
 }
 
 /**
- * fs.rm, and where a folder the agent closed (mode 000) stops it and this service is not root,
- * the folders opened to us first (each checked to be a folder, not a link, before chmod).
+ * Removes `dir` and everything in it, however deep or wide: coreutils `rm -rf`, a process of its
+ * own, so no path is too long for it (Node's fs.rm fails with ENAMETOOLONG past PATH_MAX) and
+ * this event loop is not held; it follows no link and stays on `dir`'s file system. Where a
+ * folder the agent closed (mode 000) stops it and this service is not root, the folders are
+ * opened to us first (`chmod -R u+rwx`, which follows no link; `dir` checked to be a folder).
+ * Rejects with what rm said, its first line, when something is left.
  */
-async function removeTree(dir: string): Promise<void> {
+export async function removeTree(dir: string): Promise<void> {
+  const rmTree = () => exec("rm", ["-rf", "--one-file-system", "--", dir]);
   try {
-    await rm(dir, { recursive: true, force: true });
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code !== "EACCES" && code !== "EPERM") throw e;
-    await openUp(dir);
-    await rm(dir, { recursive: true, force: true });
+    await rmTree();
+  } catch {
+    if ((await lstat(dir).catch(() => undefined))?.isDirectory())
+      await exec("chmod", ["-R", "u+rwx", "--", dir]).catch(() => undefined);
+    await rmTree().catch((e: unknown) => {
+      const said = String((e as { stderr?: unknown }).stderr ?? e).split("\n")[0]!;
+      throw new Error(`${dir} could not be removed: ${said.slice(0, 300)}`, { cause: e });
+    });
   }
 }
 
-async function openUp(dir: string | Buffer): Promise<void> {
-  const st = await lstat(dir).catch(() => undefined);
-  if (!st?.isDirectory()) return;
-  await chmod(dir, 0o700);
-  for (const e of await readdir(dir, { withFileTypes: true, encoding: "buffer" }))
-    if (e.isDirectory()) await openUp(Buffer.concat([Buffer.from(dir), Buffer.from("/"), e.name]));
-}
+/** Runs a coreutils command; rejects (its stderr on the error) when it fails. */
+const exec = promisify(execFile);
 
 /** `admin` is a folder directly in `<cache>/worktrees/` (compared by real paths). */
 async function isAdminDirOf(cache: string, admin: string): Promise<boolean> {
