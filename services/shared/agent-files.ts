@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import {
   chmodSync,
   chownSync,
@@ -52,18 +53,14 @@ export function freshRunDir(dir: string, owner: AgentOwner | undefined): void {
 
 /**
  * Gives an agent's own folder (workspace, CLI config) to `owner`. When it belonged to another
- * user (runtime.user changed), everything in it too: walked without following links, with
- * nothing of the agent running.
+ * user (runtime.user changed), everything in it too: coreutils `chown -R -P`, which follows no
+ * link (a link itself is given) and, a process of its own, is stopped by no depth (Node's
+ * full paths fail past PATH_MAX), with nothing of the agent running.
  */
 export function ownTree(dir: string, owner: AgentOwner): void {
   const st = lstatSync(dir);
-  if (st.isDirectory() && st.uid !== owner.uid) {
-    for (const entry of readdirSync(dir, { withFileTypes: true })) {
-      const p = path.join(dir, entry.name);
-      if (entry.isDirectory()) ownTree(p, owner);
-      else lchownSync(p, owner.uid, owner.gid);
-    }
-  }
+  if (st.isDirectory() && st.uid !== owner.uid)
+    execFileSync("chown", ["-R", "-P", `${owner.uid}:${owner.gid}`, "--", dir], { stdio: "pipe" });
   lchownSync(dir, owner.uid, owner.gid);
 }
 
