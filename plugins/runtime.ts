@@ -133,6 +133,11 @@ export interface SandboxHandle {
 /** What inspect reads back from the engine. */
 export interface SandboxStatus {
   running: boolean;
+  /**
+   * Running but frozen by its engine (`docker pause`, `podman pause`): no process can start in
+   * it, and those in it make no progress, until it is unpaused.
+   */
+  paused?: boolean;
   exitCode?: number;
   /** The kernel's OOM killer ended it. */
   oomKilled: boolean;

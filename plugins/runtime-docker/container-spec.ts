@@ -118,6 +118,7 @@ export function statusOf(info: Docker.ContainerInspectInfo): SandboxStatus {
   return {
     running: info.State.Running,
     ...(info.State.Running ? {} : { exitCode: info.State.ExitCode }),
+    ...(info.State.Running && info.State.Paused ? { paused: true } : {}),
     oomKilled: info.State.OOMKilled,
     ...(reason !== undefined ? { reason } : {}),
     limits,

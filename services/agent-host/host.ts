@@ -335,7 +335,8 @@ export class AgentHost {
    * Resolves once agent `agentId` may be given a run: its last run is ended (ended()), and on a
    * runtime of containers its container still runs. One found dead (killed while idle, its
    * engine's report of that not in yet: Podman's comes up to a quarter second late) is
-   * replaced, and run() then refuses the run (FAILED_PRECONDITION: requeued, not an attempt).
+   * replaced, and one found paused is held (Supervisor.pausedFound); run() then refuses the run
+   * (FAILED_PRECONDITION: requeued, not an attempt).
    */
   async ready(agentId: string): Promise<void> {
     await this.ended(agentId);
@@ -352,6 +353,7 @@ export class AgentHost {
       return;
     }
     if (!status.running && !slot.run) this.replaceLater(slot, status);
+    else if (status.paused) this.supervisor.pausedFound(slot);
   }
 
   /**
@@ -378,6 +380,7 @@ export class AgentHost {
         `agent ${agentId} is lost: its ${this.opts.backend.name} engine cannot be reached (${slot.lost})`,
       );
     }
+    if (slot.paused) throw new AgentBusyError(`agent ${agentId} takes no task: ${slot.paused}`);
     if (slot.run || slot.agent.state !== AgentState.IDLE) {
       throw new AgentBusyError(
         `agent ${agentId} is not idle (${AgentState[slot.agent.state]}${slot.agent.taskId ? `, task ${slot.agent.taskId}` : ""})`,

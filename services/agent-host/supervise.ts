@@ -17,6 +17,8 @@ export interface Watched {
   watching?: AbortController;
   /** Why its engine cannot be reached, while it cannot. */
   lost?: string;
+  /** Why it takes no run while its sandbox is paused (frozen by its engine), while it is. */
+  paused?: string;
 }
 
 /** What the AgentHost does when a sandbox dies, or its engine cannot be reached. */
@@ -134,8 +136,8 @@ export class Supervisor<S extends Watched> {
   }
 
   /**
-   * Looks at the sandbox again: still running (back, if it was lost), stopped, or unreachable
-   * (looked at again later). Nothing when a look is due or under way already.
+   * Looks at the sandbox again: still running (back, if it was lost or paused), stopped,
+   * paused, or unreachable (looked at again later). Nothing when a look is due or under way.
    */
   async recheck(slot: S): Promise<void> {
     if (slot.unwatch.signal.aborted || this.closed || this.looking.has(slot)) return;
@@ -156,12 +158,44 @@ export class Supervisor<S extends Watched> {
       this.hooks.died(slot, status);
       return;
     }
+    const held = slot.lost !== undefined || slot.paused !== undefined;
     if (slot.lost) {
       this.log.info("agent back: its container engine answers again", { agent_id: slot.agent.id });
       slot.lost = undefined;
-      if (slot.agent.state === AgentState.FAILED) slot.agent.state = AgentState.IDLE;
     }
+    if (status.paused) {
+      this.pausedFound(slot);
+      return;
+    }
+    if (slot.paused) {
+      this.log.info("agent back: its sandbox is no longer paused", { agent_id: slot.agent.id });
+      slot.paused = undefined;
+    }
+    if (held && slot.agent.state === AgentState.FAILED) slot.agent.state = AgentState.IDLE;
     this.watch(slot);
+  }
+
+  /**
+   * The agent's sandbox was found paused (frozen by its engine: `docker pause`): listed FAILED,
+   * it takes no run (run() refuses one, so the task goes to another agent) until a look, every
+   * recheckMs, finds it unpaused, or stopped (then it is replaced). A pause is someone's choice
+   * (to inspect it, say): the sandbox is left as it is.
+   */
+  pausedFound(slot: S): void {
+    if (!slot.paused) {
+      const id = slot.sandbox.id.slice(0, 12);
+      const engine = this.backend.name;
+      slot.paused = `its ${engine} container ${id} is paused; it takes tasks again once unpaused (\`${engine} unpause ${id}\`)`;
+      slot.agent.state = AgentState.FAILED;
+      this.log.warn(
+        "agent paused: its sandbox was paused outside Conductor; it takes no task until unpaused",
+        {
+          agent_id: slot.agent.id,
+          sandbox: slot.sandbox.id,
+        },
+      );
+    }
+    this.later(slot);
   }
 
   /** Looks at the sandbox again after recheckMs, unless a look is due or under way. */

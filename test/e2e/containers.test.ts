@@ -42,6 +42,9 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
         )
       ).stdout.trim();
 
+    const stateOf = async (container: string) =>
+      (await engine("inspect", "-f", "{{.State.Status}}", container)).stdout.trim();
+
     beforeAll(async () => {
       model = await startFakeModel();
       conductor = await startConductor({
@@ -203,6 +206,58 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
         60_000,
       );
       await engine("rm", "-f", `${squatter}-dead`).catch(() => undefined); // removed already
+    });
+
+    it("gives no task to an agent whose container is paused, charges no attempt, and uses it again once unpaused", async () => {
+      const { client } = conductor;
+      const agentId = await eventually(async () => {
+        const { agents } = await client.listAgents({});
+        return agents.length === 2 && agents.every((a) => a.state === AgentState.IDLE)
+          ? agents[0]!.id
+          : undefined;
+      }, "both agents IDLE");
+      const container = await containerOf(agentId);
+      await engine("pause", container);
+      try {
+        const ran = await Promise.all(
+          [1, 2, 3].map(async (i) => {
+            const { task } = await client.submitTask({
+              spec: spec({ maxAttempts: 1, prompt: scripted([{ text: `while paused ${i}` }]) }),
+            });
+            return waitForEnd(client, task!.id);
+          }),
+        );
+        for (const t of ran) {
+          expect(t.state, t.result?.error).toBe(TaskState.SUCCEEDED);
+          expect(t.agentId).not.toBe(agentId);
+        }
+        const listed = (await client.listAgents({})).agents.find((a) => a.id === agentId);
+        expect(listed?.state).toBe(AgentState.FAILED);
+        // Left as it is: paused, not replaced.
+        expect(await stateOf(container)).toBe("paused");
+      } finally {
+        await engine("unpause", container).catch(() => undefined);
+      }
+      await eventually(async () => {
+        const a = (await client.listAgents({})).agents.find((x) => x.id === agentId);
+        return a?.state === AgentState.IDLE ? true : undefined;
+      }, "the agent IDLE again once unpaused");
+      // Two at once: each agent takes one, the unpaused one too.
+      const both = await Promise.all(
+        [1, 2].map(async (i) => {
+          const { task } = await client.submitTask({
+            spec: spec({
+              maxAttempts: 1,
+              prompt: scripted([{ text: `unpaused ${i}`, delay_ms: 3000 }]),
+            }),
+          });
+          return waitForEnd(client, task!.id);
+        }),
+      );
+      for (const t of both) expect(t.state, t.result?.error).toBe(TaskState.SUCCEEDED);
+      expect(both.map((t) => t.agentId)).toContain(agentId);
+      expect(await containerOf(agentId)).toBe(container);
+      expect(await stateOf(container)).toBe("running");
     });
 
     it("reports an OOM kill of an agent's container as out of memory, and replaces the agent", async () => {
