@@ -201,7 +201,7 @@ export function trashOf(agentDir: string): string {
 /**
  * Empties `dir` at once, whatever its names (bytes that are not UTF-8 too) and however many,
  * large or deep what is in it: the listing is read a batch at a time, and each entry moved
- * (renamed, RM_CONCURRENCY at a time) into a new folder of `trash`, which `rm -rf` (coreutils, a
+ * (renamed, RM_CONCURRENCY at a time) into a new folder of `trash`, which `rm -rf` (GNU coreutils', a
  * process of its own: no path is too long for it, and this event loop is never held) removes in
  * the background once it is filled. Entries on another file system are removed in place by
  * `find -delete`, waited for. Rejects with the first failure, or when anything is left in `dir`.
@@ -274,8 +274,7 @@ export function sweepTrash(trash: string): Promise<void> {
       const bins = (await readdir(trash).catch(() => []))
         .filter((b) => !b.startsWith(FILLING))
         .map((b) => path.join(trash, b));
-      if (bins.length > 0)
-        await remove("rm", ["-rf", "--one-file-system", "--", ...bins]).catch(() => undefined);
+      if (bins.length > 0) await remove("rm", ["-rf", "--", ...bins]).catch(() => undefined);
     } while (sweep.again);
     sweeps.delete(trash);
   })();

@@ -363,5 +363,7 @@ export function changeProto(repository: string, ch: Change, partial: boolean): W
     committed: ch.committed,
     pushed: ch.pushed,
     partial,
+    notCommitted: ch.notCommitted?.paths ?? [],
+    notCommittedTotal: ch.notCommitted?.total ?? 0,
   });
 }

@@ -133,6 +133,15 @@ describe("changeLines", () => {
     expect(lines.filter((l) => l.startsWith("  M  "))).toHaveLength(50);
     expect(lines.at(-1)).toBe("  … and 25 more");
   });
+
+  it("says which paths git could not commit, and how many", () => {
+    const c = change([{ path: "top.txt", additions: 1, status: FileStatus.ADDED }]);
+    c.notCommitted = ["deep/one/", "closed/x", "a\nb", "fourth"];
+    c.notCommittedTotal = 7;
+    expect(changeLines(c)).toContain(
+      "not committed  7 paths git could not commit (unreadable, or past PATH_MAX): deep/one/, closed/x, a b, …",
+    );
+  });
 });
 
 describe("checkLines", () => {

@@ -71,6 +71,15 @@ export function changeLines(c: WorkspaceChange, maxFiles = 50): string[] {
   ];
   if (c.partial)
     rows.push(["partial", "the attempt ended before the agent finished; its work so far is here"]);
+  const missed = Math.max(c.notCommittedTotal, c.notCommitted.length);
+  if (missed > 0)
+    rows.push([
+      "not committed",
+      `${count(missed)} path${missed === 1 ? "" : "s"} git could not commit (unreadable, or past PATH_MAX): ${c.notCommitted
+        .slice(0, 3)
+        .map((p) => oneLine(p, 80))
+        .join(", ")}${missed > 3 ? ", …" : ""}`,
+    ]);
   const total = Math.max(c.filesTotal, c.files.length);
   if (total === 0) {
     rows.push(["files", "none: the task changed nothing"]);

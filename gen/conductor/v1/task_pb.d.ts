@@ -523,6 +523,21 @@ export declare type WorkspaceChange = Message<"conductor.v1.WorkspaceChange"> & 
    * @generated from field: bool partial = 9;
    */
   partial: boolean;
+
+  /**
+   * Paths of the last attempt's worktree that git could not commit, as git named them (a file
+   * it could not read, a folder past the system's PATH_MAX, 4,096 bytes on Linux): they are not
+   * on the branch, and went with the worktree. At most the first 20, each at most 1,024 bytes;
+   * not_committed_total counts them all.
+   *
+   * @generated from field: repeated string not_committed = 10;
+   */
+  notCommitted: string[];
+
+  /**
+   * @generated from field: int32 not_committed_total = 11;
+   */
+  notCommittedTotal: number;
 };
 
 /**

@@ -99,6 +99,7 @@ export async function settle(
     files: await changedFiles(c.git, cache, rec.baseCommit, result.head),
     committed: result.committed,
     pushed: result.pushed,
+    ...(result.notCommitted ? { notCommitted: result.notCommitted } : {}),
   };
   await discard(c, rec);
   c.log.info("workspace finished", {
@@ -129,12 +130,12 @@ export async function commitReady(
       true,
     );
   }
-  const tree = await snapshot(c.git, rec, c.log);
+  const { tree, notCommitted } = await snapshot(c.git, rec, c.log);
   const message = commitMessage(rec, sessionId, outcome);
   const done = await commitTree(c.git, cache, rec, tree, c.author, message);
   const pushed = await push(c, cache, rec, done, lenientPush);
   rec.phase = "removing";
-  rec.result = { ...done, pushed };
+  rec.result = { ...done, pushed, ...(notCommitted ? { notCommitted } : {}) };
   await c.records.write(rec);
 }
 

@@ -1,7 +1,7 @@
 import { closeSync, fsyncSync, openSync } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
-import type { Prepared } from "./types.ts";
+import type { NotCommitted, Prepared } from "./types.ts";
 
 /**
  * Where a workspace is in its life: `preparing` (the agent has not run: nothing to commit),
@@ -14,7 +14,7 @@ export type Phase = "preparing" | "ready" | "removing";
 export interface WorkspaceRecord extends Prepared {
   phase: Phase;
   /** Set with phase `removing`: what the attempt left on the branch. */
-  result?: { head: string; committed: boolean; pushed: boolean };
+  result?: { head: string; committed: boolean; pushed: boolean; notCommitted?: NotCommitted };
 }
 
 /** The records of unfinished workspaces: one JSON file per task, replaced atomically. */

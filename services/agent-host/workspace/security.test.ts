@@ -14,6 +14,7 @@ import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { WorkspaceError } from "./index.ts";
+import { notCommittedIn } from "./worktree.ts";
 import { git, request, TestRepos, treeOf, write } from "./test-repos.ts";
 
 /** A shell script that appends its name to `marker` when anything runs it. */
@@ -165,6 +166,35 @@ describe("Workspaces facing a hostile agent", () => {
     ]);
     expect(existsSync(p.worktree)).toBe(false);
     expect(readFileSync(path.join(outside, "keep.txt"), "utf8")).toBe("keep\n");
+  });
+});
+
+describe("notCommittedIn", () => {
+  it("names what git add --ignore-errors could not add, at most 20 of at most 1,024 bytes", () => {
+    const deep = "d".repeat(3000);
+    const stderr = [
+      `warning: could not open directory '${deep}/': File name too long`,
+      // As git cuts it at PATH_MAX: no closing quote, no reason; and named twice.
+      `warning: could not open directory '${deep}/e/${"f".repeat(900)}`,
+      `warning: could not open directory '${deep}/e/${"f".repeat(900)}`,
+      'error: open("closed/x"): Permission denied',
+      "error: unable to index file 'closed/x'",
+      "error: 'empty/' does not have a commit checked out",
+      "fatal: adding files failed",
+      ...Array.from({ length: 30 }, (_, i) => `error: unable to index file 'f${i}'`),
+    ].join("\n");
+    const found = notCommittedIn(stderr)!;
+    expect(found.total).toBe(34);
+    expect(found.paths).toHaveLength(20);
+    expect(found.paths.slice(0, 4)).toEqual([
+      `${"d".repeat(1024)}…`,
+      `${"d".repeat(1024)}…`,
+      "closed/x",
+      "empty/",
+    ]);
+    expect(
+      notCommittedIn("warning: in the working copy of 'a', LF will be replaced by CRLF"),
+    ).toBeUndefined();
   });
 });
 

@@ -40,6 +40,14 @@ export interface Change {
   /** This attempt made a commit (false: nothing changed). */
   committed: boolean;
   pushed: boolean;
+  /** Paths of this attempt's worktree git could not commit: see Snapshot. */
+  notCommitted?: NotCommitted;
+}
+
+/** Paths git could not commit: the first MAX_NOT_COMMITTED, and how many in all. */
+export interface NotCommitted {
+  paths: string[];
+  total: number;
 }
 
 /** An attempt's worktree, ready for the agent; JSON-serialisable (it is the durable record). */

@@ -9,7 +9,7 @@ import { quote } from "../../shared/quote.ts";
 import type { Cache } from "./cache.ts";
 import { notReady, WorkspaceError } from "./errors.ts";
 import type { Git, GitCall } from "./git.ts";
-import type { Prepared } from "./types.ts";
+import type { NotCommitted, Prepared } from "./types.ts";
 
 /**
  * A git call on a worktree: GIT_DIR is the admin dir recorded before the agent ran and
@@ -83,10 +83,15 @@ export async function ownWorktree(dir: string | Buffer, owner: AgentOwner): Prom
 
 /**
  * Stages everything in the worktree (`git add -A`: new, changed, deleted, links as links; the
- * repository's .gitignore honoured) and returns the tree id. Fails (FAILED_PRECONDITION) when
- * the worktree's root is no longer a real folder: nothing is read through a link.
+ * repository's .gitignore honoured) and returns the tree id, with the paths git could not add
+ * (notCommittedIn). Fails (FAILED_PRECONDITION) when the worktree's root is no longer a real
+ * folder: nothing is read through a link.
  */
-export async function snapshot(git: Git, p: Prepared, log: Logger): Promise<string> {
+export async function snapshot(
+  git: Git,
+  p: Prepared,
+  log: Logger,
+): Promise<{ tree: string; notCommitted: NotCommitted | undefined }> {
   await mustBeFolder(p.worktree);
   // A repository the agent made inside (git init, git clone, a scaffolder) would go in as a
   // gitlink to a commit nobody has: its files are committed instead, its .git kept out.
@@ -99,17 +104,49 @@ export async function snapshot(git: Git, p: Prepared, log: Logger): Promise<stri
   } finally {
     for (const [at, to] of hidden.reverse()) await rename(to, at).catch(() => undefined);
   }
-  if (r.code !== 0)
+  const notCommitted = notCommittedIn(r.stderr);
+  if (notCommitted)
     log.warn("some paths of the worktree could not be committed", {
       taskId: p.taskId,
       worktree: p.worktree,
-      errors: r.stderr
-        .split("\n")
-        .filter((l) => l.startsWith("error:"))
-        .slice(0, 20),
+      paths: notCommitted.paths,
+      total: notCommitted.total,
     });
   await mustBeFolder(p.worktree);
-  return git.text(["write-tree"], onWorktree(p));
+  return { tree: await git.text(["write-tree"], onWorktree(p)), notCommitted };
+}
+
+/** Most paths a change names as not committed, and most bytes of each. */
+export const MAX_NOT_COMMITTED = 20;
+const MAX_NOT_COMMITTED_BYTES = 1024;
+
+/**
+ * The paths `git add --all --ignore-errors` said it could not add (its stderr, the last 64 KiB
+ * of it): a folder it could not open (past PATH_MAX, say: git exits 0 then), a file it could
+ * not index (unreadable), a nested repository with no commit. Undefined when none.
+ */
+export function notCommittedIn(stderr: string): NotCommitted | undefined {
+  const found = new Set<string>(); // git names a folder it could not open twice
+  for (const line of stderr.split("\n")) {
+    const m =
+      // Past PATH_MAX, git's message is cut at PATH_MAX too: no closing quote, no reason.
+      /^warning: could not open directory '(.*?)(?:': [^']*)?$/.exec(line) ??
+      /^error: unable to index file '(.*)'$/.exec(line) ??
+      /^error: '(.*)' does not have a commit checked out$/.exec(line);
+    if (m) found.add(m[1]!);
+  }
+  if (found.size === 0) return undefined;
+  const paths = [...found];
+  const cut = (s: string) => {
+    const b = Buffer.from(s);
+    return b.length <= MAX_NOT_COMMITTED_BYTES
+      ? s
+      : `${b
+          .subarray(0, MAX_NOT_COMMITTED_BYTES)
+          .toString("utf8")
+          .replace(/\uFFFD$/, "")}…`;
+  };
+  return { paths: paths.slice(0, MAX_NOT_COMMITTED).map(cut), total: paths.length };
 }
 
 /** Most nested repositories (and levels of them) whose files are committed. */
@@ -180,15 +217,15 @@ export async function removeWorktree(
 }
 
 /**
- * Removes `dir` and everything in it, however deep or wide: coreutils `rm -rf`, a process of its
- * own, so no path is too long for it (Node's fs.rm fails with ENAMETOOLONG past PATH_MAX) and
- * this event loop is not held; it follows no link and stays on `dir`'s file system. Where a
- * folder the agent closed (mode 000) stops it and this service is not root, the folders are
- * opened to us first (`chmod -R u+rwx`, which follows no link; `dir` checked to be a folder).
- * Rejects with what rm said, its first line, when something is left.
+ * Removes `dir` and everything in it, however deep or wide: `rm -rf`, a process of its own, so
+ * no path is too long for it (Node's fs.rm fails with ENAMETOOLONG past PATH_MAX) and this event
+ * loop is not held; it follows no link. Only POSIX options, so BusyBox's rm serves too (GNU's
+ * removes trees of any depth; BusyBox's stops at PATH_MAX, as fs.rm did). Where a folder the agent closed (mode 000) stops it and this service is not root,
+ * the folders are opened to us first (`chmod -R u+rwx`, which follows no link; `dir` checked to
+ * be a folder). Rejects with what rm said, its first line, when something is left.
  */
 export async function removeTree(dir: string): Promise<void> {
-  const rmTree = () => exec("rm", ["-rf", "--one-file-system", "--", dir]);
+  const rmTree = () => exec("rm", ["-rf", "--", dir]);
   try {
     await rmTree();
   } catch {
