@@ -23,6 +23,8 @@ export interface CheckRun {
   signal: AbortSignal;
   /** The attempt they run in (CheckResult.attempt). */
   attempt: number;
+  /** Told when ending a check took its whole sandbox (ExitStatus.sandboxKilled). */
+  onSandboxKilled?: () => void;
 }
 
 /**
@@ -85,6 +87,12 @@ async function runCheck(r: CheckRun, check: Check): Promise<CheckResult> {
       tail.push(`conductor: the check could not be started: ${exit.spawnError.message}`);
     if (timedOut) tail.push(`conductor: ended after its timeout of ${timeoutMs / 1000} s`);
     else if (r.signal.aborted) tail.push("conductor: ended, the task was cancelled");
+    if (exit.sandboxKilled) {
+      tail.push(
+        "conductor: no process could start in the container to end it (paused, or its pids limit full): the container was killed",
+      );
+      r.onSandboxKilled?.();
+    }
     return result(exit.code ?? -1, timedOut);
   } finally {
     clearTimeout(timer);

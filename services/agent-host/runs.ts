@@ -302,6 +302,7 @@ export async function executeRun(
       marker: `CONDUCTOR_TASK_ID=${taskId}`,
       signal: abort.signal,
       attempt: attempt.attempt,
+      onSandboxKilled: () => (outcome.sandboxKilled = true),
     });
     outcome.result.checks = [...earlier, ...ran].slice(-MAX_CHECK_RESULTS);
     const failure = checkFailure(ran);
@@ -561,7 +562,7 @@ async function explainDeath(
   const why = status.oomKilled
     ? "out of memory (the container was OOM-killed)"
     : outcome.sandboxKilled
-      ? "Conductor killed it, as no process could start in it to end what the run left there (its pids limit full, say)"
+      ? "Conductor killed it, as no process could start in it to end what the run left there (it was paused, or its pids limit full)"
       : (status.reason ?? "it stopped");
   outcome.result.error = `the agent's container died during the run: ${why}`;
   outcome.result.errorKind = ErrorKind.INFRASTRUCTURE;

@@ -1,6 +1,7 @@
 import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { writeFileSync } from "node:fs";
+import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
@@ -8,6 +9,7 @@ import { TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { startFakeModel, type FakeModel } from "../fake-model/server.ts";
 import {
   eventually,
+  processesMatching,
   scripted,
   spec,
   startConductor,
@@ -16,6 +18,7 @@ import {
   waitForState,
   type Conductor,
 } from "../harness.ts";
+import { makeRepository } from "../repositories.ts";
 
 const run = promisify(execFile);
 const containerRuntimes = testRuntimes().filter((r) => r !== "process");
@@ -258,6 +261,40 @@ describe.runIf(containerRuntimes.length > 0).each(containerRuntimes)(
       expect(both.map((t) => t.agentId)).toContain(agentId);
       expect(await containerOf(agentId)).toBe(container);
       expect(await stateOf(container)).toBe("running");
+    });
+
+    it("ends a check its paused container cannot end at the check's timeout, saying so, and replaces the container", async () => {
+      const { client, dir } = conductor;
+      const repo = path.join(dir, "src", `paused-check-${runtime}`);
+      makeRepository(repo);
+      const { task } = await client.submitTask({
+        spec: spec({
+          maxAttempts: 1,
+          prompt: scripted([{ text: "ok" }]),
+          workspace: { kind: { case: "git", value: { repository: repo } } },
+          checks: [{ command: "sleep 30.7319", timeoutSeconds: 4 }],
+        }),
+      });
+      await waitForState(client, task!.id, TaskState.RUNNING);
+      const agentId = (await client.getTask({ id: task!.id })).task!.agentId;
+      const container = await containerOf(agentId);
+      // Paused once the check runs.
+      await eventually(
+        async () => (processesMatching(/^sleep 30\.7319$/).length > 0 ? true : undefined),
+        "the check's sleep",
+      );
+      await engine("pause", container);
+      const done = await waitForEnd(client, task!.id);
+      expect(done.state).toBe(TaskState.FAILED);
+      expect(done.result?.error).toMatch(
+        /container died during the run: Conductor killed it, as no process could start in it .*paused/,
+      );
+      expect(done.result!.checks[0]!.outputTail).toMatch(/paused, or its pids limit full/);
+      await eventually(async () => {
+        const id = await containerOf(agentId);
+        const a = (await client.listAgents({})).agents.find((x) => x.id === agentId);
+        return id && id !== container && a?.state === AgentState.IDLE ? true : undefined;
+      }, "the agent replaced");
     });
 
     it("reports an OOM kill of an agent's container as out of memory, and replaces the agent", async () => {
