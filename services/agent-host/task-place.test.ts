@@ -4,7 +4,15 @@ import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { execFileSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
-import { allowedHostPath, localRepository, repoName } from "./task-place.ts";
+import { toBinary } from "@bufbuild/protobuf";
+import { WorkspaceChangeSchema } from "../../gen/conductor/v1/task_pb.js";
+import {
+  allowedHostPath,
+  changeProto,
+  localRepository,
+  MAX_RESULT_FILE_BYTES,
+  repoName,
+} from "./task-place.ts";
 
 describe("host folders of tasks", () => {
   const root = mkdtempSync(path.join(tmpdir(), "task-place-"));
@@ -96,5 +104,35 @@ describe("repositories in Conductor's own folders", () => {
     ],
   ])("refuses %s", async (_, make) => {
     await expect(localRepository(make(), [data])).rejects.toThrow(/Conductor's own folder/);
+  });
+});
+
+describe("changeProto", () => {
+  const change = (n: number, pathBytes: number) => ({
+    baseCommit: "a".repeat(40),
+    headCommit: "b".repeat(40),
+    branch: "conductor/t",
+    committed: true,
+    pushed: false,
+    files: Array.from({ length: n }, (_, i) => ({
+      path: `${String(i).padStart(6, "0")}/${"d".repeat(pathBytes - 7)}`,
+      oldPath: "",
+      status: "added" as const,
+      additions: 1,
+      deletions: 0,
+      binary: false,
+    })),
+  });
+
+  it("lists at most 1,000 files and 256 KiB of their paths, counting all, so a result fits 4 MiB", () => {
+    // 1,000 paths of 4,000 bytes (near PATH_MAX): 4 MB of paths, past a client's 4 MiB message.
+    const long = changeProto("/src/app", change(1000, 4000), false);
+    expect(long.filesTotal).toBe(1000);
+    expect(long.files).toHaveLength(Math.floor(MAX_RESULT_FILE_BYTES / 4000));
+    expect(toBinary(WorkspaceChangeSchema, long).length).toBeLessThan(300 * 1024);
+    const short = changeProto("/src/app", change(1500, 20), false);
+    expect([short.files.length, short.filesTotal]).toEqual([1000, 1500]);
+    // One path past the bound is listed all the same: the first file always is.
+    expect(changeProto("/src/app", change(1, 300 * 1024), false).files).toHaveLength(1);
   });
 });

@@ -38,6 +38,11 @@ const run = promisify(execFile);
 
 /** Files of a change listed in a result; the rest are counted (WorkspaceChange.files_total). */
 export const MAX_RESULT_FILES = 1000;
+/**
+ * Bytes of paths (path and old path) the files listed in a result may hold together: paths of
+ * 4 KiB each (PATH_MAX) would make 1,000 of them 8 MiB, past a gRPC client's 4 MiB message.
+ */
+export const MAX_RESULT_FILE_BYTES = 256 * 1024;
 
 /** What opening a task's workspace takes from its AgentHost. */
 export interface PlaceContext {
@@ -342,14 +347,17 @@ const STATUS: Record<string, FileStatus> = {
   type_changed: FileStatus.TYPE_CHANGED,
 };
 
-/** A change as TaskResult.change holds it: at most MAX_RESULT_FILES files listed. */
+/**
+ * A change as TaskResult.change holds it: at most MAX_RESULT_FILES files listed, and only so
+ * many as hold MAX_RESULT_FILE_BYTES of paths (the first file always).
+ */
 export function changeProto(repository: string, ch: Change, partial: boolean): WorkspaceChange {
   return create(WorkspaceChangeSchema, {
     repository,
     baseCommit: ch.baseCommit,
     headCommit: ch.headCommit,
     branch: ch.branch,
-    files: ch.files.slice(0, MAX_RESULT_FILES).map((f) =>
+    files: listed(ch.files).map((f) =>
       create(FileChangeSchema, {
         path: f.path,
         oldPath: f.oldPath,
@@ -366,4 +374,16 @@ export function changeProto(repository: string, ch: Change, partial: boolean): W
     notCommitted: ch.notCommitted?.paths ?? [],
     notCommittedTotal: ch.notCommitted?.total ?? 0,
   });
+}
+
+/** The first files of a change within MAX_RESULT_FILES and MAX_RESULT_FILE_BYTES. */
+function listed(files: Change["files"]): Change["files"] {
+  let bytes = 0;
+  let n = 0;
+  for (const f of files.slice(0, MAX_RESULT_FILES)) {
+    bytes += Buffer.byteLength(f.path) + Buffer.byteLength(f.oldPath);
+    if (n > 0 && bytes > MAX_RESULT_FILE_BYTES) break;
+    n++;
+  }
+  return files.slice(0, n);
 }
