@@ -239,6 +239,7 @@ export class AgentHost {
       workspaces: this.workspaces,
       allowedHostPaths: this.opts.workspaces.allowedHostPaths,
       execMounts: Boolean(this.caps?.execMounts),
+      log: this.opts.log,
     };
   }
 

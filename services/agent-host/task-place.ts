@@ -6,6 +6,7 @@ import {
   readdirSync,
   readFileSync,
   realpathSync,
+  renameSync,
   rmdirSync,
   statSync,
 } from "node:fs";
@@ -24,6 +25,7 @@ import {
 import type { Mount } from "../../plugins/runtime.ts";
 import type { AgentOwner } from "../shared/agent-files.ts";
 import { DomainError } from "../shared/errors.ts";
+import type { Logger } from "../shared/log.ts";
 import { quote } from "../shared/quote.ts";
 import { worktreesDir } from "./provision.ts";
 import {
@@ -54,6 +56,7 @@ export interface PlaceContext {
   allowedHostPaths: readonly string[];
   /** Whether an exec can bind folders of its own (capabilities.execMounts). */
   execMounts: boolean;
+  log: Logger;
 }
 
 /** Where one attempt works: its folder, the folders its execs bind, and how it is closed. */
@@ -298,8 +301,11 @@ export async function openPlace(
 
 /**
  * Makes sure a container agent's task folder holds nothing of another task (its sandbox sees
- * the whole folder): a worktree whose work could not be saved before is saved now; one that
- * still cannot be fails this run rather than be shown to another task.
+ * the whole folder): a worktree whose work could not be saved before is saved now. One that
+ * still cannot be (what its agent left there fails `git add` every time: a .gitattributes
+ * encoding its bytes do not decode from, say) is moved out of every sandbox's sight, to
+ * `<data>/unsaved/<task id>-<ms>/`, kept whole for whoever looks, and the agent goes on: one
+ * task cannot take its agent from every later one. Where it cannot be moved, this run fails.
  */
 async function clearTaskDir(c: PlaceContext, agentDir: string, taskId: string): Promise<void> {
   if (c.execMounts) return;
@@ -309,13 +315,32 @@ async function clearTaskDir(c: PlaceContext, agentDir: string, taskId: string): 
   await c.workspaces.recover();
   for (const name of others()) rmEmpty(path.join(dir, name));
   const left = others();
-  if (left.length > 0) {
+  if (left.length === 0) return;
+  try {
+    const unsaved = unsavedDir(c.dataDir);
+    mkdirSync(unsaved, { recursive: true, mode: 0o700 });
+    for (const name of left) {
+      const to = path.join(unsaved, `${name}-${Date.now()}`);
+      renameSync(path.join(dir, name), to);
+      c.log.error(
+        "the work of a task could be saved neither when its attempt ended nor since: its worktree was moved out of its agent's sight, and is kept there",
+        { task_id: name, kept_at: to },
+      );
+    }
+  } catch (e) {
     throw new PlaceError(
-      `the agent's task folder still holds the worktree of task ${left[0]}, whose work could not be saved yet; another agent or a later attempt will take this task`,
+      `the agent's task folder still holds the worktree of task ${left[0]}, whose work could not be saved, nor the worktree be moved aside (${(e as Error).message}); another agent or a later attempt will take this task`,
       Code.Unavailable,
       false,
+      e,
     );
   }
+  await c.workspaces.recover(); // their records: the worktrees gone, only git's leftovers go
+}
+
+/** Where worktrees whose work could not be saved are kept: `<data>/unsaved/`. */
+export function unsavedDir(dataDir: string): string {
+  return path.join(dataDir, "unsaved");
 }
 
 /** Removes the empty folders in `dir` (task folders whose worktree is gone). */

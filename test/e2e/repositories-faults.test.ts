@@ -1,4 +1,4 @@
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
   chmodSync,
@@ -231,6 +231,55 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
         }),
       );
       for (const t of next) expect(t.state, t.result?.error).toBe(TaskState.SUCCEEDED);
+    },
+  );
+
+  it(
+    "keeps a worktree whose work git can never save out of every sandbox, and its agent takes the next task",
+    { timeout: 150_000 },
+    async () => {
+      const { client, dir, dataDir } = setup.conductor;
+      const repo = path.join(dir, "src", "unsavable");
+      makeRepository(repo);
+      // Bytes that do not decode from the encoding the agent's .gitattributes names: `git add`
+      // fails whole (not a path it skips), at the attempt's end and at every try after.
+      const hostile =
+        "printf '*.u16 working-tree-encoding=UTF-16\\n' > .gitattributes; printf '\\377\\376\\330' > bad.u16; echo precious > precious.txt";
+      const { task } = await client.submitTask({
+        spec: spec({
+          prompt: scripted([{ bash: hostile }, { text: "unsavable" }]),
+          allowedTools: ["Bash"],
+          maxAttempts: 1,
+          workspace: gitWorkspace(repo),
+        }),
+      });
+      const done = await waitForEnd(client, task!.id, 90_000);
+      expect(done.state).toBe(TaskState.FAILED);
+      expect(done.result?.error).toMatch(
+        /the work could not be saved on branch .*failed to encode/,
+      );
+      // Three tasks at once, each a few seconds long: the hostile task's agent takes one.
+      const next = await Promise.all(
+        [1, 2, 3].map(async (i) => {
+          const { task: t } = await client.submitTask({
+            spec: spec({
+              prompt: scripted([{ bash: "sleep 2" }, { text: `after ${i}` }]),
+              maxAttempts: 1,
+              workspace: gitWorkspace(repo),
+            }),
+          });
+          return waitForEnd(client, t!.id, 90_000);
+        }),
+      );
+      for (const t of next) expect(t.state, t.result?.error).toBe(TaskState.SUCCEEDED);
+      expect(next.map((t) => t.agentId)).toContain(done.agentId);
+      // Its work is kept whole, where no sandbox sees it (a container agent's task folder is
+      // in its sandbox; the process runtime's worktrees are not).
+      const kept = execFileSync("find", [dataDir, "-name", "precious.txt"], { encoding: "utf8" });
+      expect(kept.trim().split("\n")).toHaveLength(1);
+      expect(kept).toContain(
+        runtime === "process" ? `/worktrees/${task!.id}/` : `/unsaved/${task!.id}-`,
+      );
     },
   );
 
