@@ -392,7 +392,7 @@ export function changeProto(repository: string, ch: Change, partial: boolean): W
         binary: f.binary,
       }),
     ),
-    filesTotal: ch.files.length,
+    filesTotal: Math.max(ch.filesTotal ?? 0, ch.files.length),
     committed: ch.committed,
     pushed: ch.pushed,
     partial,

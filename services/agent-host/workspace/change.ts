@@ -12,9 +12,17 @@ const STATUS: Record<string, FileStatus> = {
   T: "type_changed",
 };
 
+/** Most bytes of `git diff --raw --numstat` read whole (a change of ~100,000 files). */
+export const MAX_DIFF_BYTES = 32 * 1024 * 1024;
+/** Files listed of a change too big to read whole (its first ones, by path). */
+const MAX_LISTED = 1000;
+
 /**
  * The files that differ between `base` and `head` in the cache, renames detected (-M): status
- * from `git diff --raw`, line counts from `--numstat` (binary files: 0 and 0, `binary` set).
+ * from `git diff --raw`, line counts from `--numstat` (binary files: 0 and 0, `binary` set),
+ * and how many. A change whose listing passes `maxBytes` (paths near PATH_MAX, by the tens of
+ * thousands) is not held whole: its first MAX_LISTED files are listed with their status alone
+ * (no line counts) and `git diff --shortstat` counts them all; memory stays bounded.
  */
 export async function changedFiles(
   git: Git,
@@ -22,13 +30,45 @@ export async function changedFiles(
   base: string,
   head: string,
   signal?: AbortSignal,
-): Promise<FileChange[]> {
-  if (base === head) return [];
-  const r = await git.run(
-    [...DIFF, "--raw", "--numstat", "--no-abbrev", base, head],
-    cache.call(signal),
+  maxBytes = MAX_DIFF_BYTES,
+): Promise<{ files: FileChange[]; filesTotal: number }> {
+  if (base === head) return { files: [], filesTotal: 0 };
+  const range = ["--no-abbrev", base, head];
+  const whole = await readUpTo(
+    git.stream([...DIFF, "--raw", "--numstat", ...range], cache.call(signal)),
+    maxBytes,
   );
-  return parseDiff(r.stdout.toString("utf8"));
+  if (whole.complete) {
+    const files = parseDiff(whole.bytes.toString("utf8"));
+    return { files, filesTotal: files.length };
+  }
+  const raw = await readUpTo(
+    git.stream([...DIFF, "--raw", ...range], cache.call(signal)),
+    maxBytes,
+  );
+  // The last record read may be cut short: it goes.
+  const files = parseDiff(raw.bytes.toString("utf8")).slice(0, raw.complete ? MAX_LISTED : -1);
+  const stat = await git.text(["diff", "-M", "--shortstat", ...range], cache.call(signal));
+  const total = Number(/(\d+) files? changed/.exec(stat)?.[1] ?? files.length);
+  return { files: files.slice(0, MAX_LISTED), filesTotal: Math.max(total, files.length) };
+}
+
+/** What a stream holds up to `max` bytes; `complete` when it ended within them (then stopped). */
+async function readUpTo(
+  chunks: AsyncGenerator<Buffer>,
+  max: number,
+): Promise<{ bytes: Buffer; complete: boolean }> {
+  const kept: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of chunks) {
+    if (size + chunk.length > max) {
+      kept.push(chunk.subarray(0, max - size));
+      return { bytes: Buffer.concat(kept), complete: false }; // leaving the loop stops git
+    }
+    kept.push(chunk);
+    size += chunk.length;
+  }
+  return { bytes: Buffer.concat(kept), complete: true };
 }
 
 /**

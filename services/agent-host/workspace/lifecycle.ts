@@ -96,7 +96,7 @@ export async function settle(
     baseCommit: rec.baseCommit,
     headCommit: result.head,
     branch: rec.branch,
-    files: await changedFiles(c.git, cache, rec.baseCommit, result.head),
+    ...(await changedFiles(c.git, cache, rec.baseCommit, result.head)),
     committed: result.committed,
     pushed: result.pushed,
     ...(result.notCommitted ? { notCommitted: result.notCommitted } : {}),

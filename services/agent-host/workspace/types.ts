@@ -37,6 +37,8 @@ export interface Change {
   branch: string;
   /** base..head, renames detected, binary files flagged; sorted by path. */
   files: FileChange[];
+  /** How many files differ: files.length, unless the change was too big to list whole. */
+  filesTotal?: number;
   /** This attempt made a commit (false: nothing changed). */
   committed: boolean;
   pushed: boolean;

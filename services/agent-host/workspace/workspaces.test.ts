@@ -209,6 +209,7 @@ describe("Workspaces", () => {
       headCommit: p.baseCommit,
       branch: "conductor/idle",
       files: [],
+      filesTotal: 0,
       committed: false,
       pushed: false,
     });

@@ -189,12 +189,11 @@ export class Workspaces {
       const cache = this.c.caches.of(parseSource(p.repository));
       const head = await cache.commitOf(`refs/heads/${p.branch}`);
       if (head === "") return undefined;
-      const files = await changedFiles(this.c.git, cache, p.baseCommit, head);
       return {
         baseCommit: p.baseCommit,
         headCommit: head,
         branch: p.branch,
-        files,
+        ...(await changedFiles(this.c.git, cache, p.baseCommit, head)),
         committed: head !== p.startCommit,
         pushed: false,
       };

@@ -163,8 +163,7 @@ async function hideNestedRepositories(git: Git, p: Prepared): Promise<Array<[Buf
   const moved: Array<[Buffer, Buffer]> = [];
   const parent = path.dirname(p.worktree);
   for (let depth = 0; depth < MAX_NESTED_DEPTH && moved.length < MAX_NESTED; depth++) {
-    const out = await git.run(["ls-files", "--others", "--exclude-standard", "-z"], onWorktree(p));
-    const nested = splitZ(out.stdout).filter((n) => n.at(-1) === 0x2f); // "dir/"
+    const nested = await nestedIn(git, p);
     if (nested.length === 0) break;
     for (const dir of nested.slice(0, MAX_NESTED - moved.length)) {
       const at = Buffer.concat([Buffer.from(`${p.worktree}/`), dir, Buffer.from(".git")]);
@@ -179,16 +178,27 @@ async function hideNestedRepositories(git: Git, p: Prepared): Promise<Array<[Buf
   return moved;
 }
 
-/** NUL-separated entries of git's -z output, as bytes. */
-function splitZ(b: Buffer): Buffer[] {
-  const out: Buffer[] = [];
-  for (let at = 0; at < b.length;) {
-    const end = b.indexOf(0, at);
-    const stop = end < 0 ? b.length : end;
-    if (stop > at) out.push(b.subarray(at, stop));
-    at = stop + 1;
+/**
+ * The repositories git finds in the worktree (`ls-files --others` names each as `dir/`), at most
+ * MAX_NESTED, as bytes. The listing names every untracked file too (hundreds of MB of paths, for
+ * an agent that makes them): it is read as it comes, and only the nested ones kept.
+ */
+async function nestedIn(git: Git, p: Prepared): Promise<Buffer[]> {
+  const nested: Buffer[] = [];
+  let rest = Buffer.alloc(0);
+  for await (const chunk of git.stream(
+    ["ls-files", "--others", "--exclude-standard", "-z"],
+    onWorktree(p),
+  )) {
+    const b = rest.length > 0 ? Buffer.concat([rest, chunk]) : chunk;
+    let at = 0;
+    for (let end = b.indexOf(0, at); end >= 0; at = end + 1, end = b.indexOf(0, at)) {
+      if (end > at && b[end - 1] === 0x2f && nested.length < MAX_NESTED)
+        nested.push(Buffer.from(b.subarray(at, end))); // "dir/"
+    }
+    rest = Buffer.from(b.subarray(at)); // a name cut by the chunk's end (git's are < PATH_MAX)
   }
-  return out;
+  return nested;
 }
 
 async function mustBeFolder(dir: string): Promise<void> {
