@@ -50,6 +50,23 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
   });
   afterAll(() => rmSync(allowed.dir, { recursive: true, force: true }));
 
+  /** A task on the repository at `repo` whose agent runs `bash`, to its end. */
+  const bashTask = async (repo: string, bash: string, more: { maxAttempts?: number } = {}) => {
+    const { client } = setup.conductor;
+    const { task } = await client.submitTask({
+      spec: spec({
+        prompt: scripted([{ bash }, { text: "done" }]),
+        allowedTools: ["Bash"],
+        workspace: gitWorkspace(repo),
+        ...more,
+      }),
+    });
+    return waitForEnd(client, task!.id, 90_000);
+  };
+  /** `n` tasks on `repo` at once, each a few seconds long (every agent takes one), to their end. */
+  const busyAll = (repo: string, n: number) =>
+    Promise.all(Array.from({ length: n }, () => bashTask(repo, "sleep 2", { maxAttempts: 1 })));
+
   it(
     "a failing check fails attempt 1; attempt 2 resumes its session on the other agent, fixes it and succeeds",
     { timeout: 150_000 },
@@ -184,21 +201,14 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
     "saves the work of a task that left a tree deeper than PATH_MAX and a closed folder, removes its worktree, and the agents take the next",
     { timeout: 120_000 },
     async () => {
-      const { client, dir, dataDir } = setup.conductor;
+      const { dir, dataDir } = setup.conductor;
       const repo = path.join(dir, "src", "deep");
       makeRepository(repo);
       // 30 folders of 200-character names: 6,030 bytes of path, past PATH_MAX (4,096).
       const deep =
         "n=$(printf 'd%.0s' $(seq 200)); (for i in $(seq 30); do mkdir $n && cd $n || exit 1; done; echo bottom > f.txt) &&" +
         " mkdir closed && echo in > closed/x && chmod 000 closed && echo top > top.txt";
-      const { task } = await client.submitTask({
-        spec: spec({
-          prompt: scripted([{ bash: deep }, { text: "made it deep" }]),
-          allowedTools: ["Bash"],
-          workspace: gitWorkspace(repo),
-        }),
-      });
-      const done = await waitForEnd(client, task!.id, 90_000);
+      const done = await bashTask(repo, deep);
       expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
       const cache = cacheOf(dataDir, repo);
       const change = done.result!.change!;
@@ -215,22 +225,12 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
         ),
       ];
       for (const place of places)
-        expect(existsSync(place) ? readdirSync(place) : [], place).not.toContain(task!.id);
+        expect(existsSync(place) ? readdirSync(place) : [], place).not.toContain(done.id);
       expect(git(cache, "worktree", "list", "--porcelain").match(/^worktree /gm)).toHaveLength(1);
       // Both agents take repository tasks again (a container agent refuses one while its task
       // folder holds another task's worktree).
-      const next = await Promise.all(
-        [1, 2].map(async (i) => {
-          const { task: t } = await client.submitTask({
-            spec: spec({
-              prompt: scripted([{ bash: "sleep 2" }, { text: `next ${i}` }]),
-              workspace: gitWorkspace(repo),
-            }),
-          });
-          return waitForEnd(client, t!.id, 90_000);
-        }),
-      );
-      for (const t of next) expect(t.state, t.result?.error).toBe(TaskState.SUCCEEDED);
+      for (const t of await busyAll(repo, 2))
+        expect(t.state, t.result?.error).toBe(TaskState.SUCCEEDED);
     },
   );
 
@@ -238,39 +238,20 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
     "keeps a worktree whose work git can never save out of every sandbox, and its agent takes the next task",
     { timeout: 150_000 },
     async () => {
-      const { client, dir, dataDir } = setup.conductor;
+      const { dir, dataDir } = setup.conductor;
       const repo = path.join(dir, "src", "unsavable");
       makeRepository(repo);
       // Bytes that do not decode from the encoding the agent's .gitattributes names: `git add`
       // fails whole (not a path it skips), at the attempt's end and at every try after.
       const hostile =
         "printf '*.u16 working-tree-encoding=UTF-16\\n' > .gitattributes; printf '\\377\\376\\330' > bad.u16; echo precious > precious.txt";
-      const { task } = await client.submitTask({
-        spec: spec({
-          prompt: scripted([{ bash: hostile }, { text: "unsavable" }]),
-          allowedTools: ["Bash"],
-          maxAttempts: 1,
-          workspace: gitWorkspace(repo),
-        }),
-      });
-      const done = await waitForEnd(client, task!.id, 90_000);
+      const done = await bashTask(repo, hostile, { maxAttempts: 1 });
       expect(done.state).toBe(TaskState.FAILED);
       expect(done.result?.error).toMatch(
         /the work could not be saved on branch .*failed to encode/,
       );
-      // Three tasks at once, each a few seconds long: the hostile task's agent takes one.
-      const next = await Promise.all(
-        [1, 2, 3].map(async (i) => {
-          const { task: t } = await client.submitTask({
-            spec: spec({
-              prompt: scripted([{ bash: "sleep 2" }, { text: `after ${i}` }]),
-              maxAttempts: 1,
-              workspace: gitWorkspace(repo),
-            }),
-          });
-          return waitForEnd(client, t!.id, 90_000);
-        }),
-      );
+      // Three tasks at once: the hostile task's agent takes one.
+      const next = await busyAll(repo, 3);
       for (const t of next) expect(t.state, t.result?.error).toBe(TaskState.SUCCEEDED);
       expect(next.map((t) => t.agentId)).toContain(done.agentId);
       // Its work is kept whole, where no sandbox sees it (a container agent's task folder is
@@ -278,7 +259,7 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
       const kept = execFileSync("find", [dataDir, "-name", "precious.txt"], { encoding: "utf8" });
       expect(kept.trim().split("\n")).toHaveLength(1);
       expect(kept).toContain(
-        runtime === "process" ? `/worktrees/${task!.id}/` : `/unsaved/${task!.id}-`,
+        runtime === "process" ? `/worktrees/${done.id}/` : `/unsaved/${done.id}-`,
       );
     },
   );
