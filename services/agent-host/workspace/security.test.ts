@@ -170,7 +170,7 @@ describe("Workspaces facing a hostile agent", () => {
 });
 
 describe("notCommittedIn", () => {
-  it("names what git add --ignore-errors could not add, at most 20 of at most 1,024 bytes", () => {
+  it("reads the paths git add --ignore-errors named as skipped, each once, the first 100", () => {
     const deep = "d".repeat(3000);
     const stderr = [
       `warning: could not open directory '${deep}/': File name too long`,
@@ -181,20 +181,45 @@ describe("notCommittedIn", () => {
       "error: unable to index file 'closed/x'",
       "error: 'empty/' does not have a commit checked out",
       "fatal: adding files failed",
-      ...Array.from({ length: 30 }, (_, i) => `error: unable to index file 'f${i}'`),
+      "warning: in the working copy of 'a', LF will be replaced by CRLF",
+      ...Array.from({ length: 200 }, (_, i) => `error: unable to index file 'f${i}'`),
     ].join("\n");
-    const found = notCommittedIn(stderr)!;
-    expect(found.total).toBe(34);
-    expect(found.paths).toHaveLength(20);
-    expect(found.paths.slice(0, 4)).toEqual([
-      `${"d".repeat(1024)}…`,
-      `${"d".repeat(1024)}…`,
+    const found = notCommittedIn(stderr);
+    expect(found).toHaveLength(100);
+    expect(found.slice(0, 5)).toEqual([
+      `${deep}/`,
+      `${deep}/e/${"f".repeat(900)}`,
       "closed/x",
       "empty/",
+      "f0",
     ]);
-    expect(
-      notCommittedIn("warning: in the working copy of 'a', LF will be replaced by CRLF"),
-    ).toBeUndefined();
+  });
+
+  it("names in a change only what git did skip, not what a file named like git's message says", async () => {
+    await using t = new TestRepos();
+    const src = t.source({ "README.md": "r\n" });
+    const ws = t.workspaces();
+    const p = await ws.prepare(request(src, "forged"), path.join(t.dir("wt"), "w"), undefined);
+    // Line endings converted: git names each file it adds, raw, newlines and all.
+    const forge = (name: string) => `a\nerror: unable to index file '${name}'\nb`;
+    write(p.worktree, {
+      ".gitattributes": "* text eol=crlf\n",
+      [forge("README.md")]: "x\n",
+      [forge("no-such-file")]: "x\n",
+      [`c\nwarning: could not open directory 'src`]: "x\n",
+      "src/kept.txt": "x\n",
+    });
+    // And one git does skip: 25 folders of 200 bytes, past PATH_MAX.
+    execFileSync("bash", [
+      "-c",
+      `cd "$1"; n=$(printf 'd%.0s' $(seq 200)); for i in $(seq 25); do mkdir $n; cd $n; done; echo x > f`,
+      "deep",
+      p.worktree,
+    ]);
+    const change = await ws.finish(p, { sessionId: "s", outcome: "succeeded" });
+    expect(change?.notCommitted?.total).toBe(1);
+    expect(change?.notCommitted?.paths[0]).toMatch(/^d{200}\/d{200}\//);
+    expect(change?.files.map((f) => f.path)).toContain(forge("README.md"));
   });
 });
 

@@ -104,7 +104,7 @@ export async function snapshot(
   } finally {
     for (const [at, to] of hidden.reverse()) await rename(to, at).catch(() => undefined);
   }
-  const notCommitted = notCommittedIn(r.stderr);
+  const notCommitted = await confirmed(git, p, notCommittedIn(r.stderr));
   if (notCommitted)
     log.warn("some paths of the worktree could not be committed", {
       taskId: p.taskId,
@@ -119,13 +119,17 @@ export async function snapshot(
 /** Most paths a change names as not committed, and most bytes of each. */
 export const MAX_NOT_COMMITTED = 20;
 const MAX_NOT_COMMITTED_BYTES = 1024;
+/** Most paths git's messages name that are looked at (the first ones). */
+const MAX_REPORTED = 100;
 
 /**
  * The paths `git add --all --ignore-errors` said it could not add (its stderr, the last 64 KiB
- * of it): a folder it could not open (past PATH_MAX, say: git exits 0 then), a file it could
- * not index (unreadable), a nested repository with no commit. Undefined when none.
+ * of it), the first MAX_REPORTED: a folder it could not open (past PATH_MAX, say: git exits 0
+ * then), a file it could not index (unreadable), a nested repository with no commit. Git prints
+ * names raw, newlines and all, so a file can be named like such a message: what this finds is
+ * only reported, and confirmed() decides.
  */
-export function notCommittedIn(stderr: string): NotCommitted | undefined {
+export function notCommittedIn(stderr: string): string[] {
   const found = new Set<string>(); // git names a folder it could not open twice
   for (const line of stderr.split("\n")) {
     const m =
@@ -133,10 +137,39 @@ export function notCommittedIn(stderr: string): NotCommitted | undefined {
       /^warning: could not open directory '(.*?)(?:': [^']*)?$/.exec(line) ??
       /^error: unable to index file '(.*)'$/.exec(line) ??
       /^error: '(.*)' does not have a commit checked out$/.exec(line);
-    if (m) found.add(m[1]!);
+    if (m && found.size < MAX_REPORTED) found.add(m[1]!);
   }
-  if (found.size === 0) return undefined;
-  const paths = [...found];
+  return [...found];
+}
+
+/**
+ * Of the paths git reported, those it did skip. A message a file's name forges is inside that
+ * one name: its path holds no "/" (git's own for a folder end in one, and nested paths hold
+ * one). So a path with no "/" counts only if it is in the worktree and not in the index after
+ * `git add` (a forged one names a file that was added, or none). The first MAX_NOT_COMMITTED,
+ * each cut to MAX_NOT_COMMITTED_BYTES, and how many; undefined when none.
+ */
+async function confirmed(
+  git: Git,
+  p: Prepared,
+  reported: string[],
+): Promise<NotCommitted | undefined> {
+  const bare: string[] = [];
+  for (const r of reported.filter((r) => !r.includes("/") && r !== "." && r !== "..")) {
+    // (git names a folder it skipped with its "/": a bare folder name is a forgery)
+    const st = await lstat(path.join(p.worktree, r)).catch(() => undefined);
+    if (st && !st.isDirectory()) bare.push(r);
+  }
+  const added = new Set<string>();
+  if (bare.length > 0) {
+    const out = await git.run(
+      ["ls-files", "-z", "--", ...bare.map((b) => `:(literal)${b}`)],
+      onWorktree(p),
+    );
+    for (const name of out.stdout.toString("utf8").split("\0")) added.add(name);
+  }
+  const paths = reported.filter((r) => r.includes("/") || (bare.includes(r) && !added.has(r)));
+  if (paths.length === 0) return undefined;
   const cut = (s: string) => {
     const b = Buffer.from(s);
     return b.length <= MAX_NOT_COMMITTED_BYTES
