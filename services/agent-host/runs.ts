@@ -43,6 +43,7 @@ import {
   type PlaceContext,
   type TaskPlace,
 } from "./task-place.ts";
+import { GitFailure, isLockContention, subcommand } from "./workspace/git-failure.ts";
 import type { Watched } from "./supervise.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
 
@@ -507,6 +508,24 @@ async function keepWork(
   }
 }
 
+/**
+ * Whether `git add` refused what the worktree holds (it exited 128: a file its attributes cannot
+ * convert, say), rather than the machine failing it (a lock, a full or failing disk, a timeout).
+ */
+function refusedByGit(e: unknown): boolean {
+  for (let c = e, depth = 0; c instanceof Error && depth < 5; c = c.cause, depth++) {
+    if (!(c instanceof GitFailure)) continue;
+    return (
+      subcommand(c.args) === "add" &&
+      c.code === 128 &&
+      !c.timedOut &&
+      !isLockContention(c.stderr) &&
+      !/No space left|unable to write|Input\/output error|Read-only file system/i.test(c.stderr)
+    );
+  }
+  return false;
+}
+
 /** The attempt fails (and may be retried) because its work could not be committed or pushed. */
 function unsaved(outcome: RunOutcome, branch: string, e: unknown, log: Logger): RunOutcome {
   log.error("the attempt's work could not be saved on its branch", { error: e });
@@ -516,7 +535,7 @@ function unsaved(outcome: RunOutcome, branch: string, e: unknown, log: Logger): 
   outcome.state = TaskState.FAILED;
   outcome.permanent = false;
   outcome.result.isError = true;
-  outcome.result.errorKind = ErrorKind.INFRASTRUCTURE;
+  outcome.result.errorKind = refusedByGit(e) ? ErrorKind.WORK_NOT_SAVED : ErrorKind.INFRASTRUCTURE;
   outcome.result.error = earlier?.includes(why)
     ? earlier
     : `the work could not be saved on branch ${branch}: ${why}${before}`;

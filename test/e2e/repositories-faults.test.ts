@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, describe, expect, it } from "vitest";
-import { TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
+import { ErrorKind, TaskState, type Task } from "../../gen/conductor/v1/task_pb.js";
 import { grpcJsClient } from "../grpc-js-clients.ts";
 import { freePort, startDaemon } from "../../services/agent-host/workspace/test-repos.ts";
 import { bufCurl } from "../buf-curl.ts";
@@ -250,6 +250,8 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
       expect(done.result?.error).toMatch(
         /the work could not be saved on branch .*failed to encode/,
       );
+      // The task's doing, not its agent's: no rest for the agent (as INFRASTRUCTURE would).
+      expect(done.result?.errorKind).toBe(ErrorKind.WORK_NOT_SAVED);
       // Three tasks at once: the hostile task's agent takes one.
       const next = await busyAll(repo, 3);
       for (const t of next) expect(t.state, t.result?.error).toBe(TaskState.SUCCEEDED);

@@ -1140,6 +1140,15 @@ export enum ErrorKind {
    * @generated from enum value: ERROR_KIND_DEPENDENCY = 9;
    */
   DEPENDENCY = 9,
+
+  /**
+   * git refused what the agent left in its worktree (`git add` failed on its files: a
+   * .gitattributes naming an encoding they do not decode from, say), so the attempt's work is not
+   * on the branch. Retried, from the branch; unlike INFRASTRUCTURE, not held against the agent.
+   *
+   * @generated from enum value: ERROR_KIND_WORK_NOT_SAVED = 10;
+   */
+  WORK_NOT_SAVED = 10,
 }
 
 /**
