@@ -133,6 +133,10 @@ export class Membership {
         else await this.heartbeat();
         this.renewedAt = sent;
         if (this.fenced) {
+          // A renewal whose call took the whole fence window (it waited on a link coming back)
+          // counts from when it was sent: taking work now, this node would fence itself again
+          // at the next check, ending the run it was just given. Renew again first.
+          if (Date.now() - sent >= this.leaseTtlMs * FENCE_AT) continue;
           this.fenced = false;
           await this.opts.host.fence(undefined);
           this.opts.log.info("holding the lease again; taking work", { node: this.name });
