@@ -339,7 +339,7 @@ async function clearTaskDir(c: PlaceContext, agentDir: string, taskId: string): 
 }
 
 /** Where worktrees whose work could not be saved are kept: `<data>/unsaved/`. */
-export function unsavedDir(dataDir: string): string {
+function unsavedDir(dataDir: string): string {
   return path.join(dataDir, "unsaved");
 }
 

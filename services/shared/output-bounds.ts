@@ -32,12 +32,15 @@ export function marker(wholeBytes: number, seq: string): string {
 export function cut(s: string, maxBytes: number, seq: string): string | undefined {
   const bytes = Buffer.byteLength(s, "utf8");
   if (bytes <= maxBytes) return undefined;
-  const room = Math.max(0, maxBytes - MARKER_ROOM);
-  const prefix = Buffer.from(s, "utf8")
-    .subarray(0, room)
+  return utf8Prefix(s, Math.max(0, maxBytes - MARKER_ROOM)) + marker(bytes, seq);
+}
+
+/** The first `maxBytes` of `s` as UTF-8, never ending inside a character. */
+export function utf8Prefix(s: string, maxBytes: number): string {
+  return Buffer.from(s, "utf8")
+    .subarray(0, maxBytes)
     .toString("utf8")
     .replace(/\uFFFD+$/, "");
-  return prefix + marker(bytes, seq);
 }
 
 /**

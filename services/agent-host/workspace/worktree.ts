@@ -5,6 +5,7 @@ import { promisify } from "node:util";
 import { Code } from "@connectrpc/connect";
 import type { AgentOwner } from "../../shared/agent-files.ts";
 import type { Logger } from "../../shared/log.ts";
+import { utf8Prefix } from "../../shared/output-bounds.ts";
 import { quote } from "../../shared/quote.ts";
 import type { Cache } from "./cache.ts";
 import { notReady, WorkspaceError } from "./errors.ts";
@@ -170,15 +171,10 @@ async function confirmed(
   }
   const paths = reported.filter((r) => r.includes("/") || (bare.includes(r) && !added.has(r)));
   if (paths.length === 0) return undefined;
-  const cut = (s: string) => {
-    const b = Buffer.from(s);
-    return b.length <= MAX_NOT_COMMITTED_BYTES
+  const cut = (s: string) =>
+    Buffer.byteLength(s) <= MAX_NOT_COMMITTED_BYTES
       ? s
-      : `${b
-          .subarray(0, MAX_NOT_COMMITTED_BYTES)
-          .toString("utf8")
-          .replace(/\uFFFD$/, "")}…`;
-  };
+      : `${utf8Prefix(s, MAX_NOT_COMMITTED_BYTES)}…`;
   return { paths: paths.slice(0, MAX_NOT_COMMITTED).map(cut), total: paths.length };
 }
 
