@@ -312,7 +312,8 @@ async function clearTaskDir(c: PlaceContext, agentDir: string, taskId: string): 
   const dir = taskDirOf(agentDir);
   const others = () => readdirSync(dir).filter((name) => name !== taskId);
   if (others().length === 0) return;
-  await c.workspaces.recover();
+  // Only the tasks whose worktrees are here: other agents' attempts may be running now.
+  await c.workspaces.recover(others());
   for (const name of others()) rmEmpty(path.join(dir, name));
   const left = others();
   if (left.length === 0) return;
@@ -335,7 +336,7 @@ async function clearTaskDir(c: PlaceContext, agentDir: string, taskId: string): 
       e,
     );
   }
-  await c.workspaces.recover(); // their records: the worktrees gone, only git's leftovers go
+  await c.workspaces.recover(left); // their records: the worktrees gone, only git's leftovers go
 }
 
 /** Where worktrees whose work could not be saved are kept: `<data>/unsaved/`. */

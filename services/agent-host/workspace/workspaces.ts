@@ -225,11 +225,15 @@ export class Workspaces {
    * At start: every worktree a killed AgentHost left gets its content committed (outcome
    * "recovered after a restart"), pushed when asked, and is removed; a record whose worktree is
    * gone is cleaned up. Errors are reported per task, never thrown for the whole. Call it
-   * before any agent of those tasks runs again.
+   * before any agent of those tasks runs again. With `only`, those tasks' records alone (the
+   * others may be of attempts running now).
    */
-  async recover(): Promise<Array<{ taskId: string; change?: Change; error?: string }>> {
+  async recover(
+    only?: readonly string[],
+  ): Promise<Array<{ taskId: string; change?: Change; error?: string }>> {
     const out: Array<{ taskId: string; change?: Change; error?: string }> = [];
     for (const taskId of await this.c.records.list()) {
+      if (only && !only.includes(taskId)) continue;
       try {
         const change = await this.tasks.run(taskId, () =>
           guard(`recovering the worktree of task ${taskId}`, async () => {
