@@ -1,4 +1,5 @@
-import { create } from "@bufbuild/protobuf";
+import { create, fromJson, toBinary, type JsonObject } from "@bufbuild/protobuf";
+import { StructSchema } from "@bufbuild/protobuf/wkt";
 import {
   TaskResultSchema,
   ErrorKind,
@@ -376,8 +377,19 @@ function verdictOf(
   return { state: result.isError ? TaskState.FAILED : TaskState.SUCCEEDED, result };
 }
 
-/** Most bytes of a structured answer, as JSON: a result must fit any gRPC client's 4 MiB. */
+/**
+ * Most bytes of a structured answer, as JSON and as the google.protobuf.Struct it is sent as
+ * (which takes up to ~5× the JSON for many small values): a result must fit any gRPC client's
+ * 4 MiB.
+ */
 export const MAX_STRUCTURED_BYTES = 1024 * 1024;
+
+/** The answer's size as JSON, or else as protobuf, when either is over MAX_STRUCTURED_BYTES. */
+function oversize(structured: JsonObject): string | undefined {
+  if (Buffer.byteLength(JSON.stringify(structured)) > MAX_STRUCTURED_BYTES) return "as JSON";
+  const asProto = toBinary(StructSchema, fromJson(StructSchema, structured)).byteLength;
+  return asProto > MAX_STRUCTURED_BYTES ? `as protobuf (${asProto} bytes)` : undefined;
+}
 
 /**
  * Fails a result whose structured answer is missing or does not match the task type's schema
@@ -389,9 +401,12 @@ export function checkStructured(result: TaskResult, schema: ResultSchema, refusa
   const refused = refusal ? `; the CLI refused its last one: ${refusal.slice(0, 1000)}` : "";
   let why: string | undefined;
   if (result.structured === undefined) why = `the agent gave no structured answer${refused}`;
-  else if (Buffer.byteLength(JSON.stringify(result.structured)) > MAX_STRUCTURED_BYTES)
-    why = `the structured answer is over ${MAX_STRUCTURED_BYTES} bytes as JSON`;
-  else why = schema.mismatch(result.structured);
+  else {
+    const over = oversize(result.structured);
+    why = over
+      ? `the structured answer is over ${MAX_STRUCTURED_BYTES} bytes ${over}`
+      : schema.mismatch(result.structured);
+  }
   if (!why) return;
   delete result.structured;
   if (result.isError) {

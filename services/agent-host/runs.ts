@@ -43,7 +43,7 @@ import {
   type PlaceContext,
   type TaskPlace,
 } from "./task-place.ts";
-import { GitFailure, isLockContention, subcommand } from "./workspace/git-failure.ts";
+import { refusedByGit } from "./workspace/git-failure.ts";
 import type { Watched } from "./supervise.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
 
@@ -506,24 +506,6 @@ async function keepWork(
     if (held)
       outcome.result.change = changeProto(repository, held, cliEnded !== TaskState.SUCCEEDED);
   }
-}
-
-/**
- * Whether `git add` refused what the worktree holds (it exited 128: a file its attributes cannot
- * convert, say), rather than the machine failing it (a lock, a full or failing disk, a timeout).
- */
-function refusedByGit(e: unknown): boolean {
-  for (let c = e, depth = 0; c instanceof Error && depth < 5; c = c.cause, depth++) {
-    if (!(c instanceof GitFailure)) continue;
-    return (
-      subcommand(c.args) === "add" &&
-      c.code === 128 &&
-      !c.timedOut &&
-      !isLockContention(c.stderr) &&
-      !/No space left|unable to write|Input\/output error|Read-only file system/i.test(c.stderr)
-    );
-  }
-  return false;
 }
 
 /** The attempt fails (and may be retried) because its work could not be committed or pushed. */

@@ -20,7 +20,7 @@ import { randomUUID } from "node:crypto";
 import { mkdir, opendir, readdir, rename } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
-import type { AgentOwner } from "../shared/agent-files.ts";
+import { removeTree, type AgentOwner } from "../shared/agent-files.ts";
 
 /** A Claude session id as the CLI makes them, or a task id: a UUID, never anything else in a path. */
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -274,7 +274,7 @@ export function sweepTrash(trash: string): Promise<void> {
       const bins = (await readdir(trash).catch(() => []))
         .filter((b) => !b.startsWith(FILLING))
         .map((b) => path.join(trash, b));
-      if (bins.length > 0) await remove("rm", ["-rf", "--", ...bins]).catch(() => undefined);
+      await removeTree(...bins).catch(() => undefined);
     } while (sweep.again);
     sweeps.delete(trash);
   })();
@@ -282,7 +282,7 @@ export function sweepTrash(trash: string): Promise<void> {
   return sweep.done;
 }
 
-/** Runs a remover (`rm`, `find`); rejects with what it said (its stderr) when it fails. */
+/** Runs `find`; rejects with what it said (its stderr) when it fails. */
 const remove = promisify(execFile);
 
 function isDir(p: string): boolean {

@@ -138,4 +138,23 @@ describe("a run with a result schema", () => {
     expect(result!.error).toMatch(/^the answer does not match .*: n: /);
     expect(result!.structured).toBeUndefined();
   });
+
+  it("fails an answer under the bound as JSON but over it as the protobuf it is sent as", () => {
+    // 200,000 zeros: 400 KB of JSON, 2.2 MB as google.protobuf.Struct (11 bytes a number).
+    const zeros = new Array<number>(200_000).fill(0);
+    const { result } = new StreamJsonReader().read(
+      resultLine({ structured_output: { n: 3, zeros } }),
+    );
+    checkStructured(result!, schema, "");
+    expect(result!.isError).toBe(true);
+    expect(result!.error).toMatch(/over 1048576 bytes as protobuf \(22\d{5} bytes\)$/);
+    expect(result!.structured).toBeUndefined();
+    // A tenth of it is kept whole.
+    const small = new StreamJsonReader().read(
+      resultLine({ structured_output: { n: 3, zeros: zeros.slice(0, 20_000) } }),
+    ).result!;
+    checkStructured(small, schema, "");
+    expect(small.isError).toBe(false);
+    expect((small.structured!["zeros"] as number[]).length).toBe(20_000);
+  });
 });

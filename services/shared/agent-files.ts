@@ -1,4 +1,4 @@
-import { execFileSync } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import {
   chmodSync,
   chownSync,
@@ -15,7 +15,9 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
+import { lstat } from "node:fs/promises";
 import path from "node:path";
+import { promisify } from "node:util";
 
 /** The uid:gid an agent runs as, when the service (root) runs it as another user. */
 export interface AgentOwner {
@@ -63,6 +65,39 @@ export function ownTree(dir: string, owner: AgentOwner): void {
     execFileSync("chown", ["-R", "-P", `${owner.uid}:${owner.gid}`, "--", dir], { stdio: "pipe" });
   lchownSync(dir, owner.uid, owner.gid);
 }
+
+/**
+ * Removes each of `trees` and everything in it, however deep or wide: one `rm -rf`, a process of
+ * its own, so no path is too long for it (Node's fs.rm fails with ENAMETOOLONG past PATH_MAX)
+ * and this event loop is not held; it follows no link. Only POSIX options, so BusyBox's rm
+ * serves too (GNU's removes trees of any depth; BusyBox's stops at PATH_MAX, as fs.rm did).
+ * Where a folder the agent closed (mode 000) stops it and this service is not root, the folders
+ * are opened to us first (`chmod -R u+rwx`, which follows no link; each tree checked to be a
+ * folder). Rejects with what rm said, its first line, when something is left.
+ */
+export async function removeTree(...trees: string[]): Promise<void> {
+  if (trees.length === 0) return;
+  const rmTrees = () => exec("rm", ["-rf", "--", ...trees]);
+  try {
+    await rmTrees();
+  } catch {
+    const dirs = [];
+    for (const t of trees) if ((await lstat(t).catch(() => undefined))?.isDirectory()) dirs.push(t);
+    if (dirs.length > 0) await exec("chmod", ["-R", "u+rwx", "--", ...dirs]).catch(() => undefined);
+    await rmTrees().catch((e: unknown) => {
+      const said = String((e as { stderr?: unknown }).stderr ?? e).split("\n")[0]!;
+      throw new Error(
+        `${trees.join(", ").slice(0, 300)} could not be removed: ${said.slice(0, 300)}`,
+        {
+          cause: e,
+        },
+      );
+    });
+  }
+}
+
+/** Runs a coreutils command; rejects (its stderr on the error) when it fails. */
+const exec = promisify(execFile);
 
 /**
  * Writes a file the agent may read and not change into a folder made by freshRunDir: created

@@ -36,6 +36,24 @@ export function isLockContention(stderr: string): boolean {
 }
 
 /**
+ * Whether `git add` refused what the worktree holds (it exited 128: a file its attributes cannot
+ * convert, say), rather than the machine failing it (a lock, a full or failing disk, a timeout).
+ */
+export function refusedByGit(e: unknown): boolean {
+  for (let c = e, depth = 0; c instanceof Error && depth < 5; c = c.cause, depth++) {
+    if (!(c instanceof GitFailure)) continue;
+    return (
+      subcommand(c.args) === "add" &&
+      c.code === 128 &&
+      !c.timedOut &&
+      !isLockContention(c.stderr) &&
+      !/No space left|unable to write|Input\/output error|Read-only file system/i.test(c.stderr)
+    );
+  }
+  return false;
+}
+
+/**
  * A GitFailure leaving this module as a WorkspaceError saying what was being done:
  * UNAVAILABLE when git's lock stayed taken (after the retries), else INTERNAL with git's
  * reason. Other errors (already WorkspaceErrors, aborts, file system errors) pass as they are.

@@ -1,9 +1,7 @@
-import { execFile } from "node:child_process";
 import { lchown, lstat, readdir, readFile, realpath, rename } from "node:fs/promises";
 import path from "node:path";
-import { promisify } from "node:util";
 import { Code } from "@connectrpc/connect";
-import type { AgentOwner } from "../../shared/agent-files.ts";
+import { removeTree, type AgentOwner } from "../../shared/agent-files.ts";
 import type { Logger } from "../../shared/log.ts";
 import { utf8Prefix } from "../../shared/output-bounds.ts";
 import { quote } from "../../shared/quote.ts";
@@ -254,31 +252,6 @@ export async function removeWorktree(
   await removeTree(p.worktree);
   if (p.adminDir !== "" && (await isAdminDirOf(p.cache, p.adminDir))) await removeTree(p.adminDir);
 }
-
-/**
- * Removes `dir` and everything in it, however deep or wide: `rm -rf`, a process of its own, so
- * no path is too long for it (Node's fs.rm fails with ENAMETOOLONG past PATH_MAX) and this event
- * loop is not held; it follows no link. Only POSIX options, so BusyBox's rm serves too (GNU's
- * removes trees of any depth; BusyBox's stops at PATH_MAX, as fs.rm did). Where a folder the agent closed (mode 000) stops it and this service is not root,
- * the folders are opened to us first (`chmod -R u+rwx`, which follows no link; `dir` checked to
- * be a folder). Rejects with what rm said, its first line, when something is left.
- */
-export async function removeTree(dir: string): Promise<void> {
-  const rmTree = () => exec("rm", ["-rf", "--", dir]);
-  try {
-    await rmTree();
-  } catch {
-    if ((await lstat(dir).catch(() => undefined))?.isDirectory())
-      await exec("chmod", ["-R", "u+rwx", "--", dir]).catch(() => undefined);
-    await rmTree().catch((e: unknown) => {
-      const said = String((e as { stderr?: unknown }).stderr ?? e).split("\n")[0]!;
-      throw new Error(`${dir} could not be removed: ${said.slice(0, 300)}`, { cause: e });
-    });
-  }
-}
-
-/** Runs a coreutils command; rejects (its stderr on the error) when it fails. */
-const exec = promisify(execFile);
 
 /** `admin` is a folder directly in `<cache>/worktrees/` (compared by real paths). */
 async function isAdminDirOf(cache: string, admin: string): Promise<boolean> {
