@@ -36,7 +36,7 @@ import {
 import type { OutputFlow, RunOutcome, RunSettings } from "./run.ts";
 import { executeRun, RunEnded, type AgentSlot, type Attempt } from "./runs.ts";
 import { checkWorkspace, sweepEmpty, taskDirOf, type PlaceContext } from "./task-place.ts";
-import { Workspaces } from "./workspace/index.ts";
+import { Workspaces, type CommitBounds } from "./workspace/index.ts";
 import { settle, takeUpLeftovers } from "./readopt.ts";
 import { Supervisor } from "./supervise.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
@@ -82,6 +82,10 @@ export interface AgentHostOptions {
     author: { name: string; email: string };
     allowedHostPaths: string[];
     checkTimeoutMs: number;
+    /** Bound of each git command, in ms (default 10 minutes). */
+    gitTimeoutMs?: number;
+    /** What an attempt's commit may take from its worktree (default DEFAULT_COMMIT_BOUNDS). */
+    commitBounds?: CommitBounds;
     /** Conductor's folders besides the data folder (the sockets'): no workspace may touch one. */
     protectedPaths: string[];
   };
@@ -138,6 +142,8 @@ export class AgentHost {
     this.workspaces = new Workspaces({
       dataDir: opts.dataDir,
       author: opts.workspaces.author,
+      ...(opts.workspaces.gitTimeoutMs ? { gitTimeoutMs: opts.workspaces.gitTimeoutMs } : {}),
+      ...(opts.workspaces.commitBounds ? { commitBounds: opts.workspaces.commitBounds } : {}),
       log: opts.log.child({ component: "workspaces" }),
     });
     this.uids = new AgentUids(opts.sandbox.user);

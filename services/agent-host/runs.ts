@@ -43,7 +43,7 @@ import {
   type PlaceContext,
   type TaskPlace,
 } from "./task-place.ts";
-import { refusedByGit } from "./workspace/git-failure.ts";
+import { workNotSavable } from "./workspace/git-failure.ts";
 import type { Watched } from "./supervise.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
 
@@ -517,7 +517,9 @@ function unsaved(outcome: RunOutcome, branch: string, e: unknown, log: Logger): 
   outcome.state = TaskState.FAILED;
   outcome.permanent = false;
   outcome.result.isError = true;
-  outcome.result.errorKind = refusedByGit(e) ? ErrorKind.WORK_NOT_SAVED : ErrorKind.INFRASTRUCTURE;
+  outcome.result.errorKind = workNotSavable(e)
+    ? ErrorKind.WORK_NOT_SAVED
+    : ErrorKind.INFRASTRUCTURE;
   outcome.result.error = earlier?.includes(why)
     ? earlier
     : `the work could not be saved on branch ${branch}: ${why}${before}`;

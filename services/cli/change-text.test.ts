@@ -139,7 +139,7 @@ describe("changeLines", () => {
     c.notCommitted = ["deep/one/", "closed/x", "a\nb", "fourth"];
     c.notCommittedTotal = 7;
     expect(changeLines(c)).toContain(
-      "not committed  7 paths git could not commit (unreadable, or past PATH_MAX): deep/one/, closed/x, a b, …",
+      "not committed  7 paths not committed (too big, unreadable, or past PATH_MAX): deep/one/, closed/x, a b, …",
     );
   });
 });

@@ -75,7 +75,7 @@ export function changeLines(c: WorkspaceChange, maxFiles = 50): string[] {
   if (missed > 0)
     rows.push([
       "not committed",
-      `${count(missed)} path${missed === 1 ? "" : "s"} git could not commit (unreadable, or past PATH_MAX): ${c.notCommitted
+      `${count(missed)} path${missed === 1 ? "" : "s"} not committed (too big, unreadable, or past PATH_MAX): ${c.notCommitted
         .slice(0, 3)
         .map((p) => oneLine(p, 80))
         .join(", ")}${missed > 3 ? ", …" : ""}`,

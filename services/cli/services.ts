@@ -155,6 +155,8 @@ async function serveAgentHost(
       author: { name: a.git_author_name, email: a.git_author_email },
       allowedHostPaths: a.allowed_host_paths,
       checkTimeoutMs: a.check_timeout_seconds * 1000,
+      gitTimeoutMs: a.git_timeout_seconds * 1000,
+      commitBounds: { maxFileBytes: a.max_commit_file_bytes, maxChangeBytes: a.max_change_bytes },
       protectedPaths: [config.communication.socket_dir, path.dirname(config.broker.socket_path)],
     },
     hostPath,

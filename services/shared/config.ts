@@ -298,6 +298,19 @@ const schema = z
         git_author_email: z.string().min(1).max(256).default("conductor@localhost"),
         /** A task's check that names no timeout of its own is ended after this long. */
         check_timeout_seconds: seconds(DAY).default(600),
+        /**
+         * A file of a task's worktree larger than this is left out of its commit (named in the
+         * result as not committed). GitHub refuses files over 100 MiB in a push.
+         */
+        max_commit_file_bytes: count(1024 ** 2, 1024 ** 4).default(100 * 1024 ** 2),
+        /**
+         * The most a task's commit takes in all (its new and changed files' sizes): the largest
+         * are left out until the rest fits, at most 1,000 of them; a change that needs more
+         * left out is not committed at all. GitHub refuses pushes over 2 GiB.
+         */
+        max_change_bytes: count(1024 ** 2, 1024 ** 4).default(2 * 1024 ** 3),
+        /** Each git command on a task's repository (fetch, add, commit, push) is ended after this. */
+        git_timeout_seconds: seconds(DAY).default(600),
       })
       .strict()
       .prefault({}),

@@ -301,10 +301,45 @@ describe("repository tasks: host folders, big patches and bad input (process run
     return {
       agents: 2,
       runtime: "process",
-      env: { CONDUCTOR_AGENT_ALLOWED_HOST_PATHS: JSON.stringify([allowedRoot.dir]) },
+      env: {
+        CONDUCTOR_AGENT_ALLOWED_HOST_PATHS: JSON.stringify([allowedRoot.dir]),
+        CONDUCTOR_AGENT_MAX_COMMIT_FILE_BYTES: String(40 * 1024 ** 2),
+        CONDUCTOR_AGENT_MAX_CHANGE_BYTES: String(100 * 1024 ** 2),
+      },
     };
   });
   afterAll(() => rmSync(allowedRoot.dir, { recursive: true, force: true }));
+
+  it(
+    "leaves out of a commit a file over agent.max_commit_file_bytes and the largest while over agent.max_change_bytes, naming them",
+    { timeout: 90_000 },
+    async () => {
+      const { client, dir, dataDir } = setup.conductor;
+      const repo = path.join(dir, "src", "bounded");
+      makeRepository(repo);
+      // Sparse files: their size counts, not the disk they take. 50 MiB is over the file bound;
+      // 30 + 31 + 32 + 33 MiB are over the change's 100 MiB until the 33 MiB one is left out.
+      const bash =
+        "truncate -s 50M huge.bin; for n in 30 31 32 33; do truncate -s ${n}M $n.bin; done; echo kept > small.txt";
+      const { task } = await client.submitTask({
+        spec: spec({
+          prompt: scripted([{ bash }, { text: "done" }]),
+          allowedTools: ["Bash"],
+          workspace: gitWorkspace(repo),
+        }),
+      });
+      const done = await waitForEnd(client, task!.id, 60_000);
+      expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
+      const change = done.result!.change!;
+      expect(change.notCommitted).toEqual(["huge.bin", "33.bin"]);
+      expect(change.notCommittedTotal).toBe(2);
+      const committed = git(cacheOf(dataDir, repo), "ls-tree", "--name-only", change.headCommit);
+      expect(committed.split("\n")).toEqual(
+        expect.arrayContaining(["30.bin", "31.bin", "32.bin", "small.txt"]),
+      );
+      expect(committed).not.toMatch(/huge\.bin|33\.bin/);
+    },
+  );
 
   it(
     "works in an allowed host folder as it is, read-write or read-only",

@@ -525,9 +525,11 @@ export declare type WorkspaceChange = Message<"conductor.v1.WorkspaceChange"> & 
   partial: boolean;
 
   /**
-   * Paths of the last attempt's worktree that git could not commit, as git named them (a file
-   * it could not read, a folder past the system's PATH_MAX, 4,096 bytes on Linux): they are not
-   * on the branch, and went with the worktree. At most the first 20, each at most 1,024 bytes;
+   * Paths of the last attempt's worktree that were not committed: first the files left out for
+   * their size (over agent.max_commit_file_bytes, or the largest while the change was over
+   * agent.max_change_bytes), then what git could not commit, as git named it (a file it could
+   * not read, a folder past the system's PATH_MAX, 4,096 bytes on Linux). They are not on the
+   * branch, and went with the worktree. At most the first 20, each at most 1,024 bytes;
    * not_committed_total counts them all.
    *
    * @generated from field: repeated string not_committed = 10;

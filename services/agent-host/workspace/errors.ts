@@ -35,3 +35,15 @@ export function badInput(message: string): WorkspaceError {
 export function notReady(message: string, permanent: boolean, cause?: unknown): WorkspaceError {
   return new WorkspaceError(message, Code.FailedPrecondition, { permanent, cause });
 }
+
+/**
+ * What an attempt left in its worktree is more than a commit may take (Workspaces' CommitBounds)
+ * even with its largest files left out: nothing of it is committed. FAILED_PRECONDITION, not
+ * permanent: another attempt may leave less.
+ */
+export class ChangeTooBig extends WorkspaceError {
+  override name = "ChangeTooBig";
+  constructor(message: string) {
+    super(message, Code.FailedPrecondition, { permanent: false });
+  }
+}

@@ -7,7 +7,7 @@ export interface GitCall {
   /** Extra environment (author and committer). */
   env?: Record<string, string>;
   /** Written to git's stdin. */
-  input?: string;
+  input?: string | Buffer;
   /** Talks to the source: the operator's global git config (credentials, ssh, proxies) applies. */
   network?: boolean;
   /** Exit codes that are not failures (default [0]). */

@@ -1,5 +1,5 @@
 import { Code } from "@connectrpc/connect";
-import { WorkspaceError } from "./errors.ts";
+import { ChangeTooBig, WorkspaceError } from "./errors.ts";
 
 /** A git command failed, timed out, or was aborted; `stderr` is its last 64 KiB. */
 export class GitFailure extends Error {
@@ -36,11 +36,14 @@ export function isLockContention(stderr: string): boolean {
 }
 
 /**
- * Whether `git add` refused what the worktree holds (it exited 128: a file its attributes cannot
- * convert, say), rather than the machine failing it (a lock, a full or failing disk, a timeout).
+ * Whether the attempt's work cannot be saved for what the agent left in its worktree: `git add`
+ * refused it (exited 128: a file its attributes cannot convert, say) or it is more than a commit
+ * may take (ChangeTooBig), rather than the machine failing it (a lock, a full or failing disk, a
+ * timeout).
  */
-export function refusedByGit(e: unknown): boolean {
+export function workNotSavable(e: unknown): boolean {
   for (let c = e, depth = 0; c instanceof Error && depth < 5; c = c.cause, depth++) {
+    if (c instanceof ChangeTooBig) return true;
     if (!(c instanceof GitFailure)) continue;
     return (
       subcommand(c.args) === "add" &&

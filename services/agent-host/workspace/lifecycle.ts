@@ -20,6 +20,7 @@ import {
   ownWorktree,
   removeWorktree,
   snapshot,
+  type CommitBounds,
 } from "./worktree.ts";
 
 // A workspace record's life: `preparing` (made before the worktree, the agent has not run),
@@ -31,6 +32,7 @@ export interface LifeContext {
   caches: Caches;
   records: Records;
   author: Author;
+  bounds: CommitBounds;
   log: Logger;
 }
 
@@ -130,7 +132,7 @@ export async function commitReady(
       true,
     );
   }
-  const { tree, notCommitted } = await snapshot(c.git, rec, c.log);
+  const { tree, notCommitted } = await snapshot(c.git, rec, c.bounds, c.log);
   const message = commitMessage(rec, sessionId, outcome);
   const done = await commitTree(c.git, cache, rec, tree, c.author, message);
   const pushed = await push(c, cache, rec, done, lenientPush);

@@ -15,6 +15,7 @@ import { Records, type WorkspaceRecord } from "./record.ts";
 import { checkRef, checkTaskId, oneLine, parseSource } from "./source.ts";
 import { startOf } from "./start.ts";
 import type { Change, GitWorkspaceRequest, Prepared } from "./types.ts";
+import { DEFAULT_COMMIT_BOUNDS, type CommitBounds } from "./worktree.ts";
 
 /** The outcome a commit names when recover() saves a worktree a killed AgentHost left. */
 export const RECOVERED = "recovered after a restart";
@@ -28,6 +29,8 @@ export interface WorkspacesOptions {
   log: Logger;
   /** Bound of each git command, in ms (default 10 minutes). */
   gitTimeoutMs?: number;
+  /** What an attempt's commit may take from its worktree (default DEFAULT_COMMIT_BOUNDS). */
+  commitBounds?: CommitBounds;
 }
 
 /**
@@ -55,6 +58,7 @@ export class Workspaces {
       caches: new Caches(path.join(o.dataDir, "repos"), git, o.log),
       records: new Records(path.join(o.dataDir, "workspaces")),
       author: { ...o.author },
+      bounds: { ...(o.commitBounds ?? DEFAULT_COMMIT_BOUNDS) },
       log: o.log,
     };
   }

@@ -6,7 +6,7 @@ import type { Logger } from "../../shared/log.ts";
 import { utf8Prefix } from "../../shared/output-bounds.ts";
 import { quote } from "../../shared/quote.ts";
 import type { Cache } from "./cache.ts";
-import { notReady, WorkspaceError } from "./errors.ts";
+import { ChangeTooBig, notReady, WorkspaceError } from "./errors.ts";
 import type { Git, GitCall } from "./git.ts";
 import type { NotCommitted, Prepared } from "./types.ts";
 
@@ -89,6 +89,7 @@ export async function ownWorktree(dir: string | Buffer, owner: AgentOwner): Prom
 export async function snapshot(
   git: Git,
   p: Prepared,
+  bounds: CommitBounds,
   log: Logger,
 ): Promise<{ tree: string; notCommitted: NotCommitted | undefined }> {
   await mustBeFolder(p.worktree);
@@ -96,14 +97,32 @@ export async function snapshot(
   // gitlink to a commit nobody has: its files are committed instead, its .git kept out.
   const hidden = await hideNestedRepositories(git, p);
   let r: Awaited<ReturnType<Git["run"]>>;
+  let leftOut: Sized[];
   try {
+    leftOut = await leftOutForSize(git, p, bounds);
+    if (leftOut.length > 0)
+      log.warn("files of the worktree are left out of its commit for their size", {
+        taskId: p.taskId,
+        files: leftOut
+          .slice(0, MAX_NOT_COMMITTED)
+          .map((f) => `${f.name.toString("utf8")} (${f.size} bytes)`),
+        total: leftOut.length,
+        maxFileBytes: bounds.maxFileBytes,
+        maxChangeBytes: bounds.maxChangeBytes,
+      });
     // --ignore-errors: a path git cannot add (an unreadable file, an empty nested repository)
-    // is reported and skipped instead of losing everything else.
-    r = await git.run(["add", "--all", "--ignore-errors"], { ...onWorktree(p), ok: [0, 1] });
+    // is reported and skipped instead of losing everything else. The pathspecs: everything
+    // (`:/`, the top) but what is left out, each name as it is (literal, NUL-ended bytes).
+    const pathspecs: Buffer[] = [Buffer.from(":/\0")];
+    for (const { name } of leftOut) pathspecs.push(EXCLUDE, name, NUL);
+    r = await git.run(
+      ["add", "--all", "--ignore-errors", "--pathspec-from-file=-", "--pathspec-file-nul"],
+      { ...onWorktree(p), input: Buffer.concat(pathspecs), ok: [0, 1] },
+    );
   } finally {
     for (const [at, to] of hidden.reverse()) await rename(to, at).catch(() => undefined);
   }
-  const notCommitted = await confirmed(git, p, notCommittedIn(r.stderr));
+  const notCommitted = withLeftOut(leftOut, await confirmed(git, p, notCommittedIn(r.stderr)));
   if (notCommitted)
     log.warn("some paths of the worktree could not be committed", {
       taskId: p.taskId,
@@ -113,6 +132,125 @@ export async function snapshot(
     });
   await mustBeFolder(p.worktree);
   return { tree: await git.text(["write-tree"], onWorktree(p)), notCommitted };
+}
+
+const EXCLUDE = Buffer.from(":(exclude,literal)");
+const NUL = Buffer.from([0]);
+
+/** Bounds of what one attempt's commit takes from its worktree, in bytes. */
+export interface CommitBounds {
+  /** A file larger than this is left out of the commit (and named as not committed). */
+  maxFileBytes: number;
+  /**
+   * The most the commit's new and changed files may take in all: the largest are left out
+   * until the rest fits (at most MAX_LEFT_OUT of them, with those over maxFileBytes).
+   */
+  maxChangeBytes: number;
+}
+
+/**
+ * The defaults: GitHub refuses a file over 100 MiB in a push, and a push over 2 GiB
+ * (docs.github.com, "About large files on GitHub").
+ */
+export const DEFAULT_COMMIT_BOUNDS: CommitBounds = {
+  maxFileBytes: 100 * 1024 ** 2,
+  maxChangeBytes: 2 * 1024 ** 3,
+};
+
+/** A file of the worktree (its name as git gives it, bytes) and its size in bytes. */
+interface Sized {
+  name: Buffer;
+  size: number;
+}
+
+/** Most files left out of a commit for their size; a change that needs more fails. */
+export const MAX_LEFT_OUT = 1000;
+
+/**
+ * The files `git add --all` would take (untracked and not ignored, or changed; their sizes as
+ * lstat gives them) that are left out for their size: each over `maxFileBytes`, then the
+ * largest of the rest until what is left is within `maxChangeBytes`. Throws ChangeTooBig when
+ * more than MAX_LEFT_OUT would have to be. Names are bytes, as git gives them.
+ */
+async function leftOutForSize(git: Git, p: Prepared, b: CommitBounds): Promise<Sized[]> {
+  const over: Sized[] = [];
+  // Files that could be left out for the total: only one of at least maxChangeBytes /
+  // MAX_LEFT_OUT can help; the largest MAX_LEFT_OUT are kept (sorted now and then).
+  const floor = b.maxChangeBytes / MAX_LEFT_OUT;
+  let big: Sized[] = [];
+  let total = 0;
+  let files = 0;
+  const root = Buffer.from(`${p.worktree}/`);
+  const listing = git.stream(
+    ["ls-files", "-z", "--others", "--exclude-standard", "--modified"],
+    onWorktree(p),
+  );
+  for await (const names of namesIn(listing)) {
+    for (let i = 0; i < names.length; i += 64) {
+      const batch = names.slice(i, i + 64);
+      const stats = await Promise.all(
+        batch.map((n) => lstat(Buffer.concat([root, n])).catch(() => undefined)),
+      );
+      for (const [k, st] of stats.entries()) {
+        if (!st?.isFile()) continue; // gone (a deletion), a link, past PATH_MAX
+        files++;
+        if (st.size > b.maxFileBytes) {
+          if (over.length >= MAX_LEFT_OUT) throw tooBig(b, files, total + st.size, over.length);
+          over.push({ name: batch[k]!, size: st.size });
+          continue;
+        }
+        total += st.size;
+        if (st.size >= floor) big.push({ name: batch[k]!, size: st.size });
+        if (big.length >= 4 * MAX_LEFT_OUT)
+          big = big.sort((x, y) => y.size - x.size).slice(0, MAX_LEFT_OUT);
+      }
+    }
+  }
+  big.sort((x, y) => y.size - x.size);
+  const left = over;
+  for (const f of big) {
+    if (total <= b.maxChangeBytes || left.length >= MAX_LEFT_OUT) break;
+    left.push(f);
+    total -= f.size;
+  }
+  if (total > b.maxChangeBytes) throw tooBig(b, files, total, left.length);
+  return left;
+}
+
+function tooBig(b: CommitBounds, files: number, bytes: number, leftOut: number): ChangeTooBig {
+  return new ChangeTooBig(
+    `the worktree's change is more than a commit may take, so nothing of it was committed: with the ${leftOut} largest of its new and changed files left out (the most that may be), the ${files} looked at take ${bytes} bytes, over agent.max_change_bytes (${b.maxChangeBytes}; agent.max_commit_file_bytes: ${b.maxFileBytes})`,
+  );
+}
+
+/** The left-out files first, then what git could not add; undefined when neither. */
+function withLeftOut(
+  leftOut: Sized[],
+  notAdded: NotCommitted | undefined,
+): NotCommitted | undefined {
+  if (leftOut.length === 0) return notAdded;
+  const paths = leftOut.map((f) => cut(f.name.toString("utf8")));
+  return {
+    paths: [...paths, ...(notAdded?.paths ?? [])].slice(0, MAX_NOT_COMMITTED),
+    total: leftOut.length + (notAdded?.total ?? 0),
+  };
+}
+
+/**
+ * The NUL-ended names of a listing (`git ls-files -z`), a batch per chunk as it comes, as bytes;
+ * a name cut by a chunk's end comes whole in the next batch (git's are < PATH_MAX).
+ */
+async function* namesIn(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer[]> {
+  let rest = Buffer.alloc(0);
+  for await (const chunk of chunks) {
+    const b = rest.length > 0 ? Buffer.concat([rest, chunk]) : chunk;
+    const names: Buffer[] = [];
+    let at = 0;
+    for (let end = b.indexOf(0, at); end >= 0; at = end + 1, end = b.indexOf(0, at))
+      if (end > at) names.push(Buffer.from(b.subarray(at, end)));
+    rest = Buffer.from(b.subarray(at));
+    yield names;
+  }
 }
 
 /** Most paths a change names as not committed, and most bytes of each. */
@@ -169,11 +307,14 @@ async function confirmed(
   }
   const paths = reported.filter((r) => r.includes("/") || (bare.includes(r) && !added.has(r)));
   if (paths.length === 0) return undefined;
-  const cut = (s: string) =>
-    Buffer.byteLength(s) <= MAX_NOT_COMMITTED_BYTES
-      ? s
-      : `${utf8Prefix(s, MAX_NOT_COMMITTED_BYTES)}…`;
   return { paths: paths.slice(0, MAX_NOT_COMMITTED).map(cut), total: paths.length };
+}
+
+/** A path named as not committed: at most MAX_NOT_COMMITTED_BYTES of it. */
+function cut(s: string): string {
+  return Buffer.byteLength(s) <= MAX_NOT_COMMITTED_BYTES
+    ? s
+    : `${utf8Prefix(s, MAX_NOT_COMMITTED_BYTES)}…`;
 }
 
 /** Most nested repositories (and levels of them) whose files are committed. */
@@ -212,19 +353,10 @@ async function hideNestedRepositories(git: Git, p: Prepared): Promise<Array<[Buf
  */
 async function nestedIn(git: Git, p: Prepared): Promise<Buffer[]> {
   const nested: Buffer[] = [];
-  let rest = Buffer.alloc(0);
-  for await (const chunk of git.stream(
-    ["ls-files", "--others", "--exclude-standard", "-z"],
-    onWorktree(p),
-  )) {
-    const b = rest.length > 0 ? Buffer.concat([rest, chunk]) : chunk;
-    let at = 0;
-    for (let end = b.indexOf(0, at); end >= 0; at = end + 1, end = b.indexOf(0, at)) {
-      if (end > at && b[end - 1] === 0x2f && nested.length < MAX_NESTED)
-        nested.push(Buffer.from(b.subarray(at, end))); // "dir/"
-    }
-    rest = Buffer.from(b.subarray(at)); // a name cut by the chunk's end (git's are < PATH_MAX)
-  }
+  const listing = git.stream(["ls-files", "--others", "--exclude-standard", "-z"], onWorktree(p));
+  for await (const names of namesIn(listing))
+    for (const name of names)
+      if (name.at(-1) === 0x2f && nested.length < MAX_NESTED) nested.push(name); // "dir/"
   return nested;
 }
 

@@ -1,0 +1,57 @@
+import { existsSync, rmSync } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { ChangeTooBig } from "./errors.ts";
+import { workNotSavable } from "./git-failure.ts";
+import { request, TestRepos, write } from "./test-repos.ts";
+import { MAX_LEFT_OUT } from "./worktree.ts";
+
+describe("what a task's commit takes", () => {
+  it("leaves out each file over the file bound, then the largest while the change is over its bound, naming them first", async () => {
+    await using t = new TestRepos();
+    const src = t.source({ "README.md": "r\n", "model.bin": "0123456789" });
+    const ws = t.workspaces({ commitBounds: { maxFileBytes: 1000, maxChangeBytes: 2500 } });
+    const p = await ws.prepare(request(src, "bounded"), path.join(t.dir("wt"), "w"), undefined);
+    const huge = ":(top)huge*"; // pathspec magic and a glob in a name: taken as a name
+    write(p.worktree, {
+      [huge]: "h".repeat(1500), // over the file bound
+      "model.bin": "m".repeat(1200), // tracked, changed: the largest of the rest
+      "a.txt": "a".repeat(900),
+      "b.txt": "b".repeat(800),
+      "odd\nname": "o".repeat(50),
+      ".gitignore": "*.log\n",
+      "build.log": "l".repeat(5000), // ignored: neither committed nor counted
+    });
+    rmSync(path.join(p.worktree, "README.md"));
+    const change = await ws.finish(p, { sessionId: "s", outcome: "succeeded" });
+    // 1200 + 900 + 800 + 50 + 6 = 2956 bytes over 2500: model.bin (1200) left out, 1756 kept.
+    expect(change.notCommitted).toEqual({ paths: [huge, "model.bin"], total: 2 });
+    expect(Object.fromEntries(change.files.map((f) => [f.path, f.status]))).toEqual({
+      ".gitignore": "added",
+      "README.md": "deleted",
+      "a.txt": "added",
+      "b.txt": "added",
+      "odd\nname": "added",
+    });
+    expect(existsSync(p.worktree)).toBe(false);
+  });
+
+  it(`commits nothing of a change that would need more than ${MAX_LEFT_OUT} files left out, and keeps its worktree`, async () => {
+    await using t = new TestRepos();
+    const src = t.source({ "README.md": "r\n" });
+    const ws = t.workspaces({ commitBounds: { maxFileBytes: 1 << 20, maxChangeBytes: 1000 } });
+    const p = await ws.prepare(request(src, "too-big"), path.join(t.dir("wt"), "w"), undefined);
+    // 1,200 files of 10 bytes: with 1,000 left out, 2,000 bytes are still over 1,000.
+    const files: Record<string, string> = {};
+    for (let i = 0; i < 1200; i++) files[`f/${i}.txt`] = "0123456789";
+    write(p.worktree, files);
+    const e = await ws.finish(p, { sessionId: "s", outcome: "succeeded" }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(ChangeTooBig);
+    expect(workNotSavable(e)).toBe(true);
+    expect((e as Error).message).toMatch(
+      /more than a commit may take, so nothing of it was committed: with the 1000 largest .* the 1200 looked at take 2000 bytes, over agent\.max_change_bytes \(1000/,
+    );
+    expect(existsSync(path.join(p.worktree, "f", "1199.txt"))).toBe(true);
+    expect((await ws.changeOn(p))?.committed ?? false).toBe(false);
+  });
+});
