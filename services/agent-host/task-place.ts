@@ -30,6 +30,7 @@ import { quote } from "../shared/quote.ts";
 import { worktreesDir } from "./provision.ts";
 import {
   discoveryEnv,
+  unsavedDir,
   WorkspaceError,
   type Change,
   type Prepared,
@@ -302,10 +303,12 @@ export async function openPlace(
 /**
  * Makes sure a container agent's task folder holds nothing of another task (its sandbox sees
  * the whole folder): a worktree whose work could not be saved before is saved now. One that
- * still cannot be (what its agent left there fails `git add` every time: a .gitattributes
- * encoding its bytes do not decode from, say) is moved out of every sandbox's sight, to
- * `<data>/unsaved/<task id>-<ms>/`, kept whole for whoever looks, and the agent goes on: one
- * task cannot take its agent from every later one. Where it cannot be moved, this run fails.
+ * never can be (what its agent left there fails `git add` every time: a .gitattributes
+ * encoding its bytes do not decode from, say) is moved out of every sandbox's sight by
+ * Workspaces.recover, to `<data>/unsaved/<task id>-<ms>/`, kept whole for whoever looks; one
+ * still left (its record lost, or saving it failed otherwise) is moved there too, and the agent
+ * goes on: one task cannot take its agent from every later one. Where it cannot be moved, this
+ * run fails.
  */
 async function clearTaskDir(c: PlaceContext, agentDir: string, taskId: string): Promise<void> {
   if (c.execMounts) return;
@@ -337,11 +340,6 @@ async function clearTaskDir(c: PlaceContext, agentDir: string, taskId: string): 
     );
   }
   await c.workspaces.recover(left); // their records: the worktrees gone, only git's leftovers go
-}
-
-/** Where worktrees whose work could not be saved are kept: `<data>/unsaved/`. */
-function unsavedDir(dataDir: string): string {
-  return path.join(dataDir, "unsaved");
 }
 
 /** Removes the empty folders in `dir` (task folders whose worktree is gone). */

@@ -235,7 +235,7 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
   );
 
   it(
-    "keeps a worktree whose work git can never save out of every sandbox, and its agent takes the next task",
+    "keeps a worktree whose work git can never save out of every sandbox; the task's retry and its agent's next task go on",
     { timeout: 150_000 },
     async () => {
       const { dir, dataDir } = setup.conductor;
@@ -245,8 +245,10 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
       // fails whole (not a path it skips), at the attempt's end and at every try after.
       const hostile =
         "printf '*.u16 working-tree-encoding=UTF-16\\n' > .gitattributes; printf '\\377\\376\\330' > bad.u16; echo precious > precious.txt";
-      const done = await bashTask(repo, hostile, { maxAttempts: 1 });
+      const done = await bashTask(repo, hostile, { maxAttempts: 2 });
       expect(done.state).toBe(TaskState.FAILED);
+      // The retry ran (its worktree prepared: the first set aside), and failed as the first did.
+      expect(done.attempts).toBe(2);
       expect(done.result?.error).toMatch(
         /the work could not be saved on branch .*failed to encode/,
       );
@@ -256,11 +258,13 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
       const next = await busyAll(repo, 3);
       for (const t of next) expect(t.state, t.result?.error).toBe(TaskState.SUCCEEDED);
       expect(next.map((t) => t.agentId)).toContain(done.agentId);
-      // Its work is kept whole, where no sandbox sees it (a container agent's task folder is
-      // in its sandbox; the process runtime's worktrees are not).
+      // The work of both attempts is kept whole, where no sandbox sees it (a container agent's
+      // task folder is in its sandbox; the process runtime's worktrees are not).
       const kept = execFileSync("find", [dataDir, "-name", "precious.txt"], { encoding: "utf8" });
-      expect(kept.trim().split("\n")).toHaveLength(1);
-      expect(kept).toContain(
+      const places = kept.trim().split("\n").sort();
+      expect(places).toHaveLength(2);
+      expect(places[0]).toContain(`/unsaved/${done.id}-`);
+      expect(places[1]).toContain(
         runtime === "process" ? `/worktrees/${done.id}/` : `/unsaved/${done.id}-`,
       );
     },

@@ -1,4 +1,4 @@
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { ChangeTooBig } from "./errors.ts";
@@ -36,10 +36,12 @@ describe("what a task's commit takes", () => {
     expect(existsSync(p.worktree)).toBe(false);
   });
 
-  it(`commits nothing of a change that would need more than ${MAX_LEFT_OUT} files left out, and keeps its worktree`, async () => {
+  it(`commits nothing of a change that would need more than ${MAX_LEFT_OUT} files left out, and sets its worktree aside whole for the next attempt and a restart`, async () => {
     await using t = new TestRepos();
     const src = t.source({ "README.md": "r\n" });
-    const ws = t.workspaces({ commitBounds: { maxFileBytes: 1 << 20, maxChangeBytes: 1000 } });
+    const dataDir = t.dir("data");
+    const bounds = { maxFileBytes: 1 << 20, maxChangeBytes: 1000 };
+    const ws = t.workspaces({ dataDir, commitBounds: bounds });
     const p = await ws.prepare(request(src, "too-big"), path.join(t.dir("wt"), "w"), undefined);
     // 1,200 files of 10 bytes: with 1,000 left out, 2,000 bytes are still over 1,000.
     const files: Record<string, string> = {};
@@ -53,5 +55,26 @@ describe("what a task's commit takes", () => {
     );
     expect(existsSync(path.join(p.worktree, "f", "1199.txt"))).toBe(true);
     expect((await ws.changeOn(p))?.committed ?? false).toBe(false);
+
+    // The task's next attempt goes on: the worktree is set aside, kept whole, out of the way.
+    const unsaved = path.join(dataDir, "unsaved");
+    const p2 = await ws.prepare(
+      request(src, "too-big", { attempt: 2 }),
+      path.join(t.dir("wt"), "w2"),
+      undefined,
+    );
+    expect(existsSync(p.worktree)).toBe(false);
+    const kept = readdirSync(unsaved);
+    expect(kept).toEqual([expect.stringMatching(/^too-big-\d+$/)]);
+    expect(readdirSync(path.join(unsaved, kept[0]!, "f"))).toHaveLength(1200);
+    // And so does a restart: recover() sets aside what can never be saved, and says nothing failed.
+    write(p2.worktree, files);
+    await expect(ws.finish(p2, { sessionId: "s", outcome: "succeeded" })).rejects.toThrow(
+      ChangeTooBig,
+    );
+    const restarted = t.workspaces({ dataDir, commitBounds: bounds });
+    expect(await restarted.recover()).toEqual([{ taskId: "too-big" }]);
+    expect(existsSync(p2.worktree)).toBe(false);
+    expect(readdirSync(unsaved)).toHaveLength(2);
   });
 });

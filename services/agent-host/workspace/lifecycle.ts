@@ -1,4 +1,4 @@
-import { lstat, readFile } from "node:fs/promises";
+import { lstat, mkdir, readFile, rename } from "node:fs/promises";
 import path from "node:path";
 import type { AgentOwner } from "../../shared/agent-files.ts";
 import type { Logger } from "../../shared/log.ts";
@@ -8,6 +8,7 @@ import type { Caches } from "./caches.ts";
 import { changedFiles } from "./change.ts";
 import { commitMessage, commitTree, pushBranch, type Author, type Committed } from "./commit.ts";
 import { notReady } from "./errors.ts";
+import { workNotSavable } from "./git-failure.ts";
 import type { Git } from "./git.ts";
 import type { Records, WorkspaceRecord } from "./record.ts";
 import { parseSource } from "./source.ts";
@@ -33,6 +34,8 @@ export interface LifeContext {
   records: Records;
   author: Author;
   bounds: CommitBounds;
+  /** Where worktrees whose work can never be saved are kept: `<data>/unsaved/`. */
+  unsavedDir: string;
   log: Logger;
 }
 
@@ -165,13 +168,43 @@ async function push(
 }
 
 /**
+ * Settles a record as settle() does, but one whose work can never be saved (workNotSavable: git
+ * refuses what its agent left, or it is more than a commit may take) has its worktree moved out
+ * of every sandbox's sight instead, to `<data>/unsaved/<task id>-<ms>/`, kept whole; its admin
+ * dir and record go, and undefined is returned. So such a worktree keeps neither the task's
+ * next attempt nor this node's next start from going on.
+ */
+export async function settleOrSetAside(
+  c: LifeContext,
+  rec: WorkspaceRecord,
+  outcome: string,
+  lenientPush: boolean,
+): Promise<Change | undefined> {
+  try {
+    return await settle(c, rec, "", outcome, lenientPush);
+  } catch (e) {
+    if (!workNotSavable(e) || !(await isFolder(rec.worktree))) throw e;
+    await mkdir(c.unsavedDir, { recursive: true, mode: 0o700 });
+    const keptAt = path.join(c.unsavedDir, `${rec.taskId}-${Date.now()}`);
+    await rename(rec.worktree, keptAt);
+    await discard(c, rec); // its admin dir and record: nothing is at the worktree's path now
+    c.log.error(
+      "the work of an attempt can never be saved on its branch: its worktree was moved out of every sandbox's sight, and is kept",
+      { taskId: rec.taskId, attempt: rec.attempt, keptAt, error: e },
+    );
+    return undefined;
+  }
+}
+
+/**
  * The record of an attempt cut short (prepare was called again without finish): its work is
  * committed onto the branch before the next attempt starts from there. A worktree that cannot
- * be committed because it was replaced is gone with its record: the next attempt goes on.
+ * be committed because it was replaced is gone with its record, and one whose work can never be
+ * saved is set aside (settleOrSetAside): the next attempt goes on.
  */
 export async function settleLeft(c: LifeContext, left: WorkspaceRecord): Promise<void> {
   try {
-    await settle(c, left, "", "cut short", true);
+    await settleOrSetAside(c, left, "cut short", true);
   } catch (e) {
     if (await c.records.read(left.taskId)) throw e;
     c.log.warn("the worktree of an attempt cut short was not committed", {

@@ -8,7 +8,14 @@ import { changedFiles } from "./change.ts";
 import type { Author } from "./commit.ts";
 import { badInput, notReady } from "./errors.ts";
 import { asWorkspaceError, Git } from "./git.ts";
-import { commitReady, create, settle, settleLeft, type LifeContext } from "./lifecycle.ts";
+import {
+  commitReady,
+  create,
+  settle,
+  settleLeft,
+  settleOrSetAside,
+  type LifeContext,
+} from "./lifecycle.ts";
 import { KeyedMutex } from "./mutex.ts";
 import { formatPatch } from "./patch.ts";
 import { Records, type WorkspaceRecord } from "./record.ts";
@@ -16,6 +23,14 @@ import { checkRef, checkTaskId, oneLine, parseSource } from "./source.ts";
 import { startOf } from "./start.ts";
 import type { Change, GitWorkspaceRequest, Prepared } from "./types.ts";
 import { DEFAULT_COMMIT_BOUNDS, type CommitBounds } from "./worktree.ts";
+
+/**
+ * Where a node keeps the worktrees of attempts whose work can never be saved (git refuses what
+ * their agent left there, or it is more than a commit may take): `<data>/unsaved/`.
+ */
+export function unsavedDir(dataDir: string): string {
+  return path.join(dataDir, "unsaved");
+}
 
 /** The outcome a commit names when recover() saves a worktree a killed AgentHost left. */
 export const RECOVERED = "recovered after a restart";
@@ -59,6 +74,7 @@ export class Workspaces {
       records: new Records(path.join(o.dataDir, "workspaces")),
       author: { ...o.author },
       bounds: { ...(o.commitBounds ?? DEFAULT_COMMIT_BOUNDS) },
+      unsavedDir: unsavedDir(o.dataDir),
       log: o.log,
     };
   }
@@ -242,7 +258,7 @@ export class Workspaces {
         const change = await this.tasks.run(taskId, () =>
           guard(`recovering the worktree of task ${taskId}`, async () => {
             const rec = await this.c.records.read(taskId);
-            return rec && (await settle(this.c, rec, "", RECOVERED, false));
+            return rec && (await settleOrSetAside(this.c, rec, RECOVERED, false));
           }),
         );
         out.push(change ? { taskId, change } : { taskId });
