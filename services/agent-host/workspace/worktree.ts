@@ -181,6 +181,10 @@ async function leftOutForSize(git: Git, p: Prepared, b: CommitBounds): Promise<S
   let total = 0;
   let files = 0;
   const root = Buffer.from(`${p.worktree}/`);
+  // The index's record of each file's inode first (what the agent's files were given to it
+  // changed them all): else `ls-files --modified` reads and hashes every tracked file to see
+  // whether it changed, and `git add` after it again.
+  await git.run(["update-index", "-q", "--refresh"], { ...onWorktree(p), ok: [0, 1] });
   const listing = git.stream(
     ["ls-files", "-z", "--others", "--exclude-standard", "--modified"],
     onWorktree(p),
