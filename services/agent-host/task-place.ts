@@ -29,6 +29,7 @@ import type { Logger } from "../shared/log.ts";
 import { quote } from "../shared/quote.ts";
 import { worktreesDir } from "./provision.ts";
 import {
+  detachKept,
   discoveryEnv,
   unsavedDir,
   WorkspaceError,
@@ -326,6 +327,8 @@ async function clearTaskDir(c: PlaceContext, agentDir: string, taskId: string): 
     for (const name of left) {
       const to = path.join(unsaved, `${name}-${Date.now()}`);
       renameSync(path.join(dir, name), to);
+      for (const worktree of readdirSync(to))
+        await detachKept(path.join(to, worktree)).catch(() => undefined);
       c.log.error(
         "the work of a task could be saved neither when its attempt ended nor since: its worktree was moved out of its agent's sight, and is kept there",
         { task_id: name, kept_at: to },

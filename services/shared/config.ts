@@ -310,7 +310,7 @@ const schema = z
          */
         max_change_bytes: count(1024 ** 2, 1024 ** 4).default(2 * 1024 ** 3),
         /** Each git command on a task's repository (fetch, add, commit, push) is ended after this. */
-        git_timeout_seconds: seconds(DAY).default(600),
+        git_timeout_seconds: seconds(DAY).min(1, "must be at least 1").default(600),
       })
       .strict()
       .prefault({}),

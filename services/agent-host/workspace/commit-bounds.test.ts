@@ -2,7 +2,7 @@ import { existsSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { ChangeTooBig } from "./errors.ts";
-import { workNotSavable } from "./git-failure.ts";
+import { GitFailure, workNotSavable } from "./git-failure.ts";
 import { request, TestRepos, write } from "./test-repos.ts";
 import { MAX_LEFT_OUT } from "./worktree.ts";
 
@@ -67,6 +67,8 @@ describe("what a task's commit takes", () => {
     const kept = readdirSync(unsaved);
     expect(kept).toEqual([expect.stringMatching(/^too-big-\d+$/)]);
     expect(readdirSync(path.join(unsaved, kept[0]!, "f"))).toHaveLength(1200);
+    // Cut from git: its .git named an admin dir the next attempt's worktree has now.
+    expect(existsSync(path.join(unsaved, kept[0]!, ".git"))).toBe(false);
     // And so does a restart: recover() sets aside what can never be saved, and says nothing failed.
     write(p2.worktree, files);
     await expect(ws.finish(p2, { sessionId: "s", outcome: "succeeded" })).rejects.toThrow(
@@ -76,5 +78,49 @@ describe("what a task's commit takes", () => {
     expect(await restarted.recover()).toEqual([{ taskId: "too-big" }]);
     expect(existsSync(p2.worktree)).toBe(false);
     expect(readdirSync(unsaved)).toHaveLength(2);
+  });
+
+  it("measures a file as git stores it: one re-encoded past the bounds fails the change", async () => {
+    await using t = new TestRepos();
+    const src = t.source({ "README.md": "r\n" });
+    const ws = t.workspaces({ commitBounds: { maxFileBytes: 1000, maxChangeBytes: 2000 } });
+    const p = await ws.prepare(request(src, "encoded"), path.join(t.dir("wt"), "w"), undefined);
+    // 990 bytes in the worktree, 2,970 as git stores them (each byte a 3-byte UTF-8 character).
+    write(p.worktree, {
+      ".gitattributes": "*.txt working-tree-encoding=CP437\n",
+      "a.txt": Buffer.alloc(990, 0xc4),
+      "b.txt": Buffer.alloc(990, 0xc4),
+    });
+    await expect(ws.finish(p, { sessionId: "s", outcome: "succeeded" })).rejects.toThrow(
+      /as git stores it \(re-encoded, .*\), one file takes 2970 bytes, over agent\.max_commit_file_bytes \(1000\)/,
+    );
+  });
+
+  it(`says which bound it is when more than ${MAX_LEFT_OUT} files are over the file bound`, async () => {
+    await using t = new TestRepos();
+    const src = t.source({ "README.md": "r\n" });
+    const ws = t.workspaces({ commitBounds: { maxFileBytes: 10, maxChangeBytes: 1 << 30 } });
+    const p = await ws.prepare(request(src, "many-big"), path.join(t.dir("wt"), "w"), undefined);
+    const files: Record<string, string> = {};
+    for (let i = 0; i <= MAX_LEFT_OUT; i++) files[`f/${i}.txt`] = "x".repeat(11);
+    write(p.worktree, files);
+    await expect(ws.finish(p, { sessionId: "s", outcome: "succeeded" })).rejects.toThrow(
+      /more than 1000 of its files \(of the 1001 looked at\) are over agent\.max_commit_file_bytes \(10\)/,
+    );
+  });
+
+  it("takes git timing out on reading the worktree as work it can never save, not a push timing out", () => {
+    const timedOut = (...args: string[]) => new GitFailure(args, null, "", true);
+    expect(workNotSavable(timedOut("add", "--all"))).toBe(true);
+    expect(workNotSavable(timedOut("-c", "x=y", "update-index", "-q", "--refresh"))).toBe(true);
+    expect(workNotSavable(new Error("finishing", { cause: timedOut("ls-files", "-z") }))).toBe(
+      true,
+    );
+    expect(workNotSavable(timedOut("push", "origin"))).toBe(false);
+    expect(
+      workNotSavable(
+        new GitFailure(["add"], 128, "fatal: Unable to create 'x.lock': File exists", false),
+      ),
+    ).toBe(false);
   });
 });

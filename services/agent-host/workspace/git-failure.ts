@@ -37,18 +37,19 @@ export function isLockContention(stderr: string): boolean {
 
 /**
  * Whether the attempt's work cannot be saved for what the agent left in its worktree: `git add`
- * refused it (exited 128: a file its attributes cannot convert, say) or it is more than a commit
- * may take (ChangeTooBig), rather than the machine failing it (a lock, a full or failing disk, a
- * timeout).
+ * refused it (exited 128: a file its attributes cannot convert, say), it is more than a commit
+ * may take (ChangeTooBig), or reading it took git longer than its timeout (so many files that
+ * every try would); rather than the machine failing it (a lock, a full or failing disk).
  */
 export function workNotSavable(e: unknown): boolean {
   for (let c = e, depth = 0; c instanceof Error && depth < 5; c = c.cause, depth++) {
     if (c instanceof ChangeTooBig) return true;
     if (!(c instanceof GitFailure)) continue;
+    const sub = subcommand(c.args);
+    if (c.timedOut) return sub === "add" || sub === "update-index" || sub === "ls-files";
     return (
-      subcommand(c.args) === "add" &&
+      sub === "add" &&
       c.code === 128 &&
-      !c.timedOut &&
       !isLockContention(c.stderr) &&
       !/No space left|unable to write|Input\/output error|Read-only file system/i.test(c.stderr)
     );

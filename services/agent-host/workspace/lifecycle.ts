@@ -1,4 +1,4 @@
-import { lstat, mkdir, readFile, rename } from "node:fs/promises";
+import { lstat, mkdir, readFile, rename, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { AgentOwner } from "../../shared/agent-files.ts";
 import type { Logger } from "../../shared/log.ts";
@@ -187,6 +187,7 @@ export async function settleOrSetAside(
     await mkdir(c.unsavedDir, { recursive: true, mode: 0o700 });
     const keptAt = path.join(c.unsavedDir, `${rec.taskId}-${Date.now()}`);
     await rename(rec.worktree, keptAt);
+    await detachKept(keptAt);
     await discard(c, rec); // its admin dir and record: nothing is at the worktree's path now
     c.log.error(
       "the work of an attempt can never be saved on its branch: its worktree was moved out of every sandbox's sight, and is kept",
@@ -194,6 +195,17 @@ export async function settleOrSetAside(
     );
     return undefined;
   }
+}
+
+/**
+ * Cuts a kept copy of a worktree from git: its `.git` file names an admin dir that goes with its
+ * record, or is another attempt's later (they are named after the worktree's folder), so git run
+ * in the copy would change that attempt's index. A `.git` that is not a file is the agent's own
+ * (a repository it made), and stays.
+ */
+export async function detachKept(dir: string): Promise<void> {
+  const dotGit = path.join(dir, ".git");
+  if ((await lstat(dotGit).catch(() => undefined))?.isFile()) await unlink(dotGit);
 }
 
 /**

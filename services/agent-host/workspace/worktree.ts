@@ -122,6 +122,7 @@ export async function snapshot(
   } finally {
     for (const [at, to] of hidden.reverse()) await rename(to, at).catch(() => undefined);
   }
+  await checkStored(git, p, bounds);
   const notCommitted = withLeftOut(leftOut, await confirmed(git, p, notCommittedIn(r.stderr)));
   if (notCommitted)
     log.warn("some paths of the worktree could not be committed", {
@@ -221,9 +222,59 @@ async function leftOutForSize(git: Git, p: Prepared, b: CommitBounds): Promise<S
   return left;
 }
 
+/** ChangeTooBig for a change that needs more than MAX_LEFT_OUT files left out, saying why. */
 function tooBig(b: CommitBounds, files: number, bytes: number, leftOut: number): ChangeTooBig {
+  const why =
+    bytes > b.maxChangeBytes
+      ? `with the ${leftOut} largest of its new and changed files left out (the most that may be), the rest of the ${files} looked at take ${bytes} bytes, over agent.max_change_bytes (${b.maxChangeBytes})`
+      : `more than ${MAX_LEFT_OUT} of its files (of the ${files} looked at) are over agent.max_commit_file_bytes (${b.maxFileBytes}), and at most ${MAX_LEFT_OUT} are left out`;
   return new ChangeTooBig(
-    `the worktree's change is more than a commit may take, so nothing of it was committed: with the ${leftOut} largest of its new and changed files left out (the most that may be), the ${files} looked at take ${bytes} bytes, over agent.max_change_bytes (${b.maxChangeBytes}; agent.max_commit_file_bytes: ${b.maxFileBytes})`,
+    `the worktree's change is more than a commit may take, so nothing of it was committed: ${why}`,
+  );
+}
+
+/**
+ * Checks what `git add` stored beyond the start commit (the blobs of new and changed files), as
+ * git stores it: a file git re-encodes on its way in (a `working-tree-encoding` attribute, up to
+ * 3 bytes a byte) can be larger there than in the worktree, where leftOutForSize measured it.
+ * Throws ChangeTooBig when one blob is over maxFileBytes or all are over maxChangeBytes.
+ */
+async function checkStored(git: Git, p: Prepared, b: CommitBounds): Promise<void> {
+  const blobs: string[] = [];
+  const listing = git.stream(
+    ["diff-index", "--cached", "--raw", "-z", "--no-renames", "--no-abbrev", p.startCommit],
+    onWorktree(p),
+  );
+  // Each ":<mode> <mode> <id> <id> <status>", then its path (read as such, whatever it says):
+  // the blobs of regular files only.
+  let isPath = false;
+  for await (const fields of namesIn(listing))
+    for (const f of fields) {
+      const m = isPath
+        ? null
+        : /^:\d{6} 100(?:644|755) \w+ (\w+) [AMT]$/.exec(f.toString("latin1"));
+      if (m) blobs.push(m[1]!);
+      isPath = !isPath;
+    }
+  if (blobs.length === 0) return;
+  const out = await git.text(["cat-file", "--batch-check=%(objectsize)"], {
+    ...onWorktree(p),
+    input: blobs.join("\n") + "\n",
+  });
+  let total = 0;
+  let largest = 0;
+  for (const line of out.split("\n")) {
+    const size = /^\d+$/.test(line) ? Number(line) : 0;
+    total += size;
+    largest = Math.max(largest, size);
+  }
+  if (largest <= b.maxFileBytes && total <= b.maxChangeBytes) return;
+  const why =
+    largest > b.maxFileBytes
+      ? `one file takes ${largest} bytes, over agent.max_commit_file_bytes (${b.maxFileBytes})`
+      : `its ${blobs.length} new and changed files take ${total} bytes, over agent.max_change_bytes (${b.maxChangeBytes})`;
+  throw new ChangeTooBig(
+    `the worktree's change is more than a commit may take, so nothing of it was committed: as git stores it (re-encoded, as a working-tree-encoding attribute asks), ${why}`,
   );
 }
 
