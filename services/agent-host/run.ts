@@ -12,7 +12,7 @@ import {
 import type { ExecRequest, Execution, Mount } from "../../plugins/runtime.ts";
 import { RUN_KEY_VARIABLE } from "../broker/access.ts";
 import type { ModelPrice } from "../shared/prices.ts";
-import { compileResultSchema, type ResultSchema } from "../shared/result-schema.ts";
+import { compileResultSchema, tooDeep, type ResultSchema } from "../shared/result-schema.ts";
 import { StreamJsonReader } from "./stream-json.ts";
 
 /** The agent settings a run needs, already validated (see Config.agent). */
@@ -72,7 +72,7 @@ export interface RunOutcome {
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Why a run was stopped from outside. */
-export type StopReason = "cancelled" | "timeout" | "idle" | "result";
+export type StopReason = "cancelled" | "timeout" | "idle" | "result" | "unreadable";
 
 /**
  * Builds the CLI's command line for a task spec. Every option's value is joined to it
@@ -275,7 +275,9 @@ export async function runClaude(opts: {
     idleTimer = setTimeout(() => stop("idle"), s.idleTimeoutMs);
     execution.resume();
   };
-  execution.onStdoutLine((line) => {
+  /** What reading a line of the CLI threw (none should: a guard, so the AgentHost stays up). */
+  let unreadable: unknown;
+  const onLine = (line: string) => {
     if (!line.trim()) return;
     printed = true;
     clearTimeout(idleTimer);
@@ -300,6 +302,19 @@ export async function runClaude(opts: {
         verdict = verdictOf(result, schema, reader.refusal);
         opts.onResult?.(verdict);
       }
+    }
+  };
+  execution.onStdoutLine((line) => {
+    if (unreadable !== undefined) return; // the run is being ended
+    try {
+      onLine(line);
+    } catch (e) {
+      if (verdict) return; // told already: the result line stands, the rest is only output
+      unreadable = e ?? new Error("unknown");
+      result = undefined;
+      verdict = undefined;
+      stopReason = undefined; // over any other: what ended the run is this
+      stop("unreadable");
     }
   });
 
@@ -331,6 +346,15 @@ export async function runClaude(opts: {
       denied,
       ErrorKind.TIMEOUT,
     );
+  }
+  if (stopReason === "unreadable") {
+    const outcome = failed(
+      `a line the CLI printed could not be read, and the run was ended: ${String(unreadable).slice(0, 500)}`,
+      started,
+      denied,
+    );
+    outcome.result.errorKind = ErrorKind.CLI_ERROR;
+    return outcome;
   }
   if (result) return verdict ?? verdictOf(result, schema, reader.refusal);
   if (exit.lost) {
@@ -402,10 +426,14 @@ export function checkStructured(result: TaskResult, schema: ResultSchema, refusa
   let why: string | undefined;
   if (result.structured === undefined) why = `the agent gave no structured answer${refused}`;
   else {
-    const over = oversize(result.structured);
-    why = over
-      ? `the structured answer is over ${MAX_STRUCTURED_BYTES} bytes ${over}`
-      : schema.mismatch(result.structured);
+    // Its depth first: only an answer of bounded depth can be measured (or sent) at all.
+    const deep = tooDeep(result.structured);
+    const over = deep ? undefined : oversize(result.structured);
+    why =
+      deep ??
+      (over
+        ? `the structured answer is over ${MAX_STRUCTURED_BYTES} bytes ${over}`
+        : schema.mismatch(result.structured));
   }
   if (!why) return;
   delete result.structured;

@@ -139,6 +139,21 @@ describe("a run with a result schema", () => {
     expect(result!.structured).toBeUndefined();
   });
 
+  it("fails an answer nested too deeply to measure or send, and reads a tool call as deep, without throwing", () => {
+    const nested = (n: number) => `${'{"a":'.repeat(n)}1${"}".repeat(n)}`;
+    for (const levels of [200, 20_000]) {
+      const line = `{"type":"result","subtype":"success","is_error":false,"result":"","structured_output":{"n":3,"deep":${nested(levels)}}}`;
+      const { result } = new StreamJsonReader().read(line);
+      expect(() => checkStructured(result!, schema, "")).not.toThrow();
+      expect(result!.error).toMatch(/nested deeper than 24 levels/);
+      expect(result!.structured).toBeUndefined();
+    }
+    const call = `{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t1","name":"Bash","input":${nested(20_000)}}]}}`;
+    const { output } = new StreamJsonReader().read(call);
+    const shown = JSON.parse(output.toolCalls[0]!.inputJson) as { not_shown: string };
+    expect(shown.not_shown).toMatch(/could not be written as JSON: RangeError/);
+  });
+
   it("fails an answer under the bound as JSON but over it as the protobuf it is sent as", () => {
     // 200,000 zeros: 400 KB of JSON, 2.2 MB as google.protobuf.Struct (11 bytes a number).
     const zeros = new Array<number>(200_000).fill(0);

@@ -54,7 +54,7 @@ export function parseStreamJsonLine(line: string): ParsedLine {
         create(ToolCallSchema, {
           id: b.id ?? "",
           name: b.name ?? "",
-          inputJson: JSON.stringify(b.input ?? {}),
+          inputJson: inputJson(b.input),
         }),
       );
     }
@@ -107,7 +107,7 @@ export function parseStreamJsonLine(line: string): ParsedLine {
         create(ToolCallSchema, {
           id: str(d["tool_use_id"]),
           name: str(d["tool_name"]),
-          inputJson: JSON.stringify(d["tool_input"] ?? {}),
+          inputJson: inputJson(d["tool_input"]),
         }),
       ),
   });
@@ -199,6 +199,18 @@ function blockText(content: unknown): string {
 
 function num(v: unknown): number {
   return typeof v === "number" && Number.isFinite(v) ? v : 0;
+}
+
+/**
+ * A tool call's input as JSON. What the model sent may nest deeper than JSON.stringify can go
+ * (it recurses: tens of thousands of levels throw RangeError), and is then said so instead.
+ */
+function inputJson(input: unknown): string {
+  try {
+    return JSON.stringify(input ?? {});
+  } catch (e) {
+    return JSON.stringify({ not_shown: `the input could not be written as JSON: ${String(e)}` });
+  }
 }
 
 function str(v: unknown): string {

@@ -18,6 +18,16 @@ function depth(v: unknown, most: number): number {
   return d + 1;
 }
 
+/**
+ * Why an answer is nested too deeply for Conductor to deliver (over MAX_ANSWER_DEPTH levels),
+ * or undefined. Looks no deeper than that, so any answer JSON.parse gave can be checked.
+ */
+export function tooDeep(answer: unknown): string | undefined {
+  return depth(answer, MAX_ANSWER_DEPTH + 1) > MAX_ANSWER_DEPTH
+    ? `(the answer): nested deeper than ${MAX_ANSWER_DEPTH} levels, the most Conductor delivers`
+    : undefined;
+}
+
 /** A JSON Schema a task's answer must match, compiled once (zod reads JSON Schema itself). */
 export interface ResultSchema {
   /** The schema as JSON text, as RunTaskRequest.result_schema and ListTaskTypes carry it. */
@@ -54,8 +64,8 @@ export function compileResultSchema(schema: unknown): ResultSchema {
   return {
     json,
     mismatch(answer) {
-      if (depth(answer, MAX_ANSWER_DEPTH + 1) > MAX_ANSWER_DEPTH)
-        return `(the answer): nested deeper than ${MAX_ANSWER_DEPTH} levels, the most Conductor delivers`;
+      const deep = tooDeep(answer);
+      if (deep) return deep;
       const r = compiled.safeParse(answer);
       if (r.success) return undefined;
       return r.error.issues

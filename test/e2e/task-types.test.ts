@@ -189,6 +189,35 @@ describe.each(runtimes)("task types on the %s runtime", (runtime) => {
     );
   });
 
+  it("an answer nested past what Conductor delivers fails its task, and the AgentHost goes on", async () => {
+    const { client } = setup.conductor;
+    // 200 levels: ~1 KB, within every size bound, past protobuf's recursion limit of 100.
+    let deep: unknown = 1;
+    for (let i = 0; i < 200; i++) deep = { a: deep };
+    const { task } = await client.submitTask({
+      spec: spec({
+        prompt: scripted([answer({ translated: 1, deep })], "Go."),
+        type: "translate",
+        params: { language: "fr" },
+        maxAttempts: 1,
+      }),
+    });
+    const ended = await waitForEnd(client, task!.id);
+    expect(TaskState[ended.state]).toBe("FAILED");
+    expect(ended.result!.error).toMatch(/nested deeper than 24 levels/);
+    // The AgentHost that read it still runs tasks.
+    const { task: next } = await client.submitTask({
+      spec: spec({
+        prompt: scripted([answer({ translated: 3 })], "Go."),
+        type: "translate",
+        params: { language: "fr" },
+      }),
+    });
+    const done = await waitForEnd(client, next!.id);
+    expect(TaskState[done.state], done.result?.error).toBe("SUCCEEDED");
+    expect(done.result!.structured).toEqual({ translated: 3 });
+  });
+
   it("code_review: findings are delivered; an answer that is not findings fails the attempt", async () => {
     const { client } = setup.conductor;
     const findings = [
