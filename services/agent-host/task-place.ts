@@ -325,10 +325,11 @@ async function clearTaskDir(c: PlaceContext, agentDir: string, taskId: string): 
     const unsaved = unsavedDir(c.dataDir);
     mkdirSync(unsaved, { recursive: true, mode: 0o700 });
     for (const name of left) {
+      const from = path.join(dir, name);
       const to = path.join(unsaved, `${name}-${Date.now()}`);
-      renameSync(path.join(dir, name), to);
-      for (const worktree of readdirSync(to))
-        await detachKept(path.join(to, worktree)).catch(() => undefined);
+      for (const worktree of readdirSync(from))
+        await detachKept(path.join(from, worktree)).catch(() => undefined);
+      renameSync(from, to);
       c.log.error(
         "the work of a task could be saved neither when its attempt ended nor since: its worktree was moved out of its agent's sight, and is kept there",
         { task_id: name, kept_at: to },

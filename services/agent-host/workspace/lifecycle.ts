@@ -1,6 +1,6 @@
-import { lstat, mkdir, readFile, rename, unlink } from "node:fs/promises";
+import { lstat, mkdir, readdir, readFile, rename, unlink } from "node:fs/promises";
 import path from "node:path";
-import type { AgentOwner } from "../../shared/agent-files.ts";
+import { removeTree, type AgentOwner } from "../../shared/agent-files.ts";
 import type { Logger } from "../../shared/log.ts";
 import { quote } from "../../shared/quote.ts";
 import type { Cache } from "./cache.ts";
@@ -20,6 +20,7 @@ import {
   onWorktree,
   ownWorktree,
   removeWorktree,
+  NESTED_ASIDE,
   snapshot,
   type CommitBounds,
 } from "./worktree.ts";
@@ -186,8 +187,9 @@ export async function settleOrSetAside(
     if (!workNotSavable(e) || !(await isFolder(rec.worktree))) throw e;
     await mkdir(c.unsavedDir, { recursive: true, mode: 0o700 });
     const keptAt = path.join(c.unsavedDir, `${rec.taskId}-${Date.now()}`);
+    // Cut from git before it moves (a crash between leaves it in place, as savable as before).
+    await detachKept(rec.worktree);
     await rename(rec.worktree, keptAt);
-    await detachKept(keptAt);
     await discard(c, rec); // its admin dir and record: nothing is at the worktree's path now
     c.log.error(
       "the work of an attempt can never be saved on its branch: its worktree was moved out of every sandbox's sight, and is kept",
@@ -236,5 +238,13 @@ export async function discard(c: LifeContext, rec: WorkspaceRecord): Promise<voi
     adminDir = /^gitdir: (.+)$/m.exec(text)?.[1]?.trim() ?? "";
   }
   await removeWorktree({ ...rec, adminDir });
+  // A nested repository's .git a crash left moved aside, in the task's own folder.
+  const parent = path.dirname(rec.worktree);
+  if (path.basename(parent) === rec.taskId) {
+    const aside = await readdir(parent).catch(() => []);
+    await removeTree(
+      ...aside.filter((n) => n.startsWith(NESTED_ASIDE)).map((n) => path.join(parent, n)),
+    );
+  }
   await c.records.remove(rec.taskId);
 }

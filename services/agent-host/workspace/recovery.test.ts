@@ -1,4 +1,4 @@
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { RECOVERED } from "./index.ts";
@@ -41,6 +41,22 @@ describe("Workspaces after a crash", () => {
     );
     expect(readFileSync(path.join(p2.worktree, "partial.txt"), "utf8")).toBe("half done\n");
     await ws.finish(p2, { sessionId: "s", outcome: "succeeded" });
+  });
+
+  it("recovers a worktree killed while a nested repository's .git was moved aside, and removes that .git", async () => {
+    await using t = new TestRepos();
+    const src = t.source({ "a.txt": "a\n" });
+    const dataDir = t.path("data");
+    const taskDir = path.join(t.dir("tasks"), "nested");
+    mkdirSync(taskDir);
+    const killed = t.workspaces({ dataDir });
+    const p = await killed.prepare(request(src, "nested"), path.join(taskDir, "w"));
+    write(p.worktree, { "sub/f.txt": "f\n" });
+    // Killed while snapshot() had the nested repository's .git beside the worktree.
+    write(taskDir, { ".nested-git-0/HEAD": "ref: refs/heads/main\n" });
+    const recovered = await t.workspaces({ dataDir }).recover();
+    expect(recovered[0]?.change?.files.map((f) => f.path)).toEqual(["sub/f.txt"]);
+    expect(readdirSync(taskDir)).toEqual([]);
   });
 
   it("prepare() first commits and removes what an attempt cut short left", async () => {

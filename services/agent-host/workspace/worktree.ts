@@ -372,6 +372,12 @@ function cut(s: string): string {
     : `${utf8Prefix(s, MAX_NOT_COMMITTED_BYTES)}…`;
 }
 
+/**
+ * What a nested repository's `.git` is named while it is moved aside, beside the worktree (a
+ * number after it). One a crash left there goes with the record (lifecycle.ts discard).
+ */
+export const NESTED_ASIDE = ".nested-git-";
+
 /** Most nested repositories (and levels of them) whose files are committed. */
 const MAX_NESTED = 1000;
 const MAX_NESTED_DEPTH = 8;
@@ -390,7 +396,7 @@ async function hideNestedRepositories(git: Git, p: Prepared): Promise<Array<[Buf
     if (nested.length === 0) break;
     for (const dir of nested.slice(0, MAX_NESTED - moved.length)) {
       const at = Buffer.concat([Buffer.from(`${p.worktree}/`), dir, Buffer.from(".git")]);
-      const aside = path.join(parent, `.nested-git-${moved.length}`);
+      const aside = path.join(parent, `${NESTED_ASIDE}${moved.length}`);
       const to = Buffer.from(aside);
       if (!(await lstat(at).catch(() => undefined))) continue;
       await removeTree(aside);
