@@ -235,9 +235,10 @@ function tooBig(b: CommitBounds, files: number, bytes: number, leftOut: number):
 
 /**
  * Checks what `git add` stored beyond the start commit (the blobs of new and changed files), as
- * git stores it: a file git re-encodes on its way in (a `working-tree-encoding` attribute, up to
- * 3 bytes a byte) can be larger there than in the worktree, where leftOutForSize measured it.
- * Throws ChangeTooBig when one blob is over maxFileBytes or all are over maxChangeBytes.
+ * git stores it: a file git re-encodes on its way in (a `working-tree-encoding` attribute: 3 bytes
+ * a byte for CP437, up to 12 for TSCII) can be larger there than in the worktree, where
+ * leftOutForSize measured it. Throws ChangeTooBig when one blob is over maxFileBytes or all are
+ * over maxChangeBytes.
  */
 async function checkStored(git: Git, p: Prepared, b: CommitBounds): Promise<void> {
   const blobs: string[] = [];
