@@ -1,4 +1,4 @@
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import {
   AgentHostService,
@@ -12,6 +12,7 @@ import { invalid, notFound } from "../shared/errors.ts";
 import { boundOutput, boundResult, pieces } from "../shared/output-bounds.ts";
 import type { AgentHost } from "./host.ts";
 import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
+import { ErrorKind, TaskResultSchema, TaskState } from "../../gen/conductor/v1/task_pb.js";
 
 /**
  * Output a run may have waiting for its reader (UTF-16 units of text, about bytes) before its
@@ -120,8 +121,9 @@ export function agentHostRoutes(host: AgentHost, keeper?: OutcomeKeeper) {
         const done = running.then(
           (outcome) => {
             const value = create(RunOutcomeSchema, outcome);
-            if (ctx.signal.aborted) keeper?.keepOutcome(req.taskId, req.attempt, value);
             if (value.result) sendWhole(queue, boundResult(value.result));
+            sendable(value);
+            if (ctx.signal.aborted) keeper?.keepOutcome(req.taskId, req.attempt, value);
             queue.push({ case: "outcome", value });
             queue.end();
           },
@@ -149,4 +151,25 @@ export function agentHostRoutes(host: AgentHost, keeper?: OutcomeKeeper) {
         return { found };
       },
     });
+}
+
+/**
+ * Makes sure the outcome can be encoded and decoded: a result the run built from what its agent
+ * printed, that protobuf cannot carry after all (a value out of a field's range, nesting past its
+ * recursion limit), would fail the whole RunTask answer, and the Orchestrator would take the
+ * AgentHost as lost. Such a result is replaced by a failure saying why, the run's own (CLI_ERROR).
+ */
+export function sendable(value: RunOutcome): void {
+  try {
+    // Encoded and decoded as the Orchestrator will (protobuf-es checks depth as it decodes).
+    fromBinary(RunOutcomeSchema, toBinary(RunOutcomeSchema, value));
+  } catch (e) {
+    value.state = TaskState.FAILED;
+    value.result = create(TaskResultSchema, {
+      isError: true,
+      error: `the run's result could not be sent: ${String(e).slice(0, 500)}`,
+      errorKind: ErrorKind.CLI_ERROR,
+      durationMs: value.result?.durationMs ?? 0n,
+    });
+  }
 }

@@ -391,13 +391,15 @@ export async function runClaude(opts: {
  * A result line is the CLI's own verdict, though the run is ended after it. What kind of error
  * it was the model proxy knows better (runs.ts): it saw the API's answers.
  */
-function verdictOf(
+export function verdictOf(
   result: TaskResult,
   schema: ResultSchema | undefined,
   refusal: string,
 ): RunOutcome {
   if (result.isError) result.errorKind = ErrorKind.CLI_ERROR;
+  // An answer is asked for by a schema alone; one the line has without (forged) is not kept.
   if (schema) checkStructured(result, schema, refusal);
+  else delete result.structured;
   return { state: result.isError ? TaskState.FAILED : TaskState.SUCCEEDED, result };
 }
 

@@ -46,6 +46,7 @@ import {
 import { workNotSavable } from "./workspace/git-failure.ts";
 import type { Watched } from "./supervise.ts";
 import type { AgentHostObserver } from "./telemetry.ts";
+import { int64 } from "../shared/proto-numbers.ts";
 
 /** An agent as the AgentHost holds it: its parts, its state, and the run under way. */
 export interface AgentSlot extends Watched, AgentParts {
@@ -410,13 +411,13 @@ function runBudget(spec: TaskSpec, previous: TaskResult | undefined): RunBudget 
 function meteredInto(outcome: RunOutcome, m: MeteredUsage, previous: TaskResult | undefined) {
   const r = outcome.result;
   r.usage ??= create(UsageSchema);
-  r.usage.inputTokens = (previous?.usage?.inputTokens ?? 0n) + BigInt(m.inputTokens);
-  r.usage.outputTokens = (previous?.usage?.outputTokens ?? 0n) + BigInt(m.outputTokens);
+  r.usage.inputTokens = (previous?.usage?.inputTokens ?? 0n) + int64(m.inputTokens);
+  r.usage.outputTokens = (previous?.usage?.outputTokens ?? 0n) + int64(m.outputTokens);
   // Metered, as the rest: not what the CLI's result line claims.
   r.usage.cacheCreationInputTokens =
-    (previous?.usage?.cacheCreationInputTokens ?? 0n) + BigInt(m.cacheCreationInputTokens);
+    (previous?.usage?.cacheCreationInputTokens ?? 0n) + int64(m.cacheCreationInputTokens);
   r.usage.cacheReadInputTokens =
-    (previous?.usage?.cacheReadInputTokens ?? 0n) + BigInt(m.cacheReadInputTokens);
+    (previous?.usage?.cacheReadInputTokens ?? 0n) + int64(m.cacheReadInputTokens);
   r.costUsd = (previous?.costUsd ?? 0) + m.costUsd;
   if (!m.budgetExhausted || outcome.state === TaskState.CANCELLED) return;
   outcome.state = TaskState.FAILED;

@@ -5,9 +5,12 @@
 import { describe, expect, it } from "vitest";
 import { runClaude } from "../../test/fake-model/cli.ts";
 import { startFakeModel } from "../../test/fake-model/server.ts";
-import { ErrorKind } from "../../gen/conductor/v1/task_pb.js";
+import { create, toBinary, type JsonObject } from "@bufbuild/protobuf";
+import { RunOutcomeSchema } from "../../gen/conductor/v1/agent_host_pb.js";
+import { ErrorKind, TaskResultSchema, TaskState } from "../../gen/conductor/v1/task_pb.js";
 import { compileResultSchema } from "../shared/result-schema.ts";
-import { checkStructured } from "./run.ts";
+import { sendable } from "./routes.ts";
+import { checkStructured, verdictOf } from "./run.ts";
 import {
   MAX_DENIED_CALLS,
   MAX_DENIED_INPUT_CHARS,
@@ -171,5 +174,54 @@ describe("a run with a result schema", () => {
     checkStructured(small, schema, "");
     expect(small.isError).toBe(false);
     expect((small.structured!["zeros"] as number[]).length).toBe(20_000);
+  });
+});
+
+describe("a result line an agent could have written", () => {
+  it("puts numbers into the result as its fields can hold them", () => {
+    const line = JSON.stringify({
+      type: "result",
+      subtype: "success",
+      is_error: false,
+      result: "done",
+      num_turns: 1e300,
+      duration_ms: 1e300,
+      total_cost_usd: -5,
+      usage: { input_tokens: 1e300, output_tokens: -1, cache_read_input_tokens: "7" },
+    });
+    const { result } = new StreamJsonReader().read(line);
+    expect(result!.numTurns).toBe(2 ** 31 - 1);
+    expect(result!.durationMs).toBe(BigInt(Number.MAX_SAFE_INTEGER));
+    expect(result!.costUsd).toBe(0);
+    expect(result!.usage!.inputTokens).toBe(BigInt(Number.MAX_SAFE_INTEGER));
+    expect(result!.usage!.outputTokens).toBe(0n);
+    expect(result!.usage!.cacheReadInputTokens).toBe(0n);
+    expect(() => toBinary(TaskResultSchema, result!)).not.toThrow();
+  });
+
+  it("keeps no structured answer a task without a schema asked for", () => {
+    const line = JSON.stringify({
+      type: "result",
+      subtype: "success",
+      is_error: false,
+      result: "done",
+      structured_output: { n: 1 },
+    });
+    const { result } = new StreamJsonReader().read(line);
+    expect(verdictOf(result!, undefined, "").result.structured).toBeUndefined();
+  });
+
+  it("replaces a result protobuf cannot encode by a failure saying why, the run's own", () => {
+    let deep: JsonObject = { a: 1 };
+    for (let i = 0; i < 300; i++) deep = { a: deep };
+    const outcome = create(RunOutcomeSchema, {
+      state: TaskState.SUCCEEDED,
+      result: create(TaskResultSchema, { text: "done", structured: deep, durationMs: 5n }),
+    });
+    sendable(outcome);
+    expect(outcome.state).toBe(TaskState.FAILED);
+    expect(outcome.result!.errorKind).toBe(ErrorKind.CLI_ERROR);
+    expect(outcome.result!.error).toMatch(/^the run's result could not be sent: .*recursion/);
+    expect(() => toBinary(RunOutcomeSchema, outcome)).not.toThrow();
   });
 });

@@ -8,6 +8,7 @@ import {
   type TaskResult,
   type ToolCall,
 } from "../../gen/conductor/v1/task_pb.js";
+import { amount, int32, int64 } from "../shared/proto-numbers.ts";
 
 /** One parsed line of `claude --output-format stream-json`. */
 export interface ParsedLine {
@@ -87,14 +88,15 @@ export function parseStreamJsonLine(line: string): ParsedLine {
       : {}),
     isError,
     sessionId: str(obj["session_id"]),
-    numTurns: num(obj["num_turns"]),
-    durationMs: BigInt(Math.round(num(obj["duration_ms"]))),
-    costUsd: num(obj["total_cost_usd"]),
+    // Numbers as the fields can hold them: whatever the line says (an agent can write it).
+    numTurns: int32(obj["num_turns"]),
+    durationMs: int64(obj["duration_ms"]),
+    costUsd: amount(obj["total_cost_usd"]),
     usage: create(UsageSchema, {
-      inputTokens: BigInt(Math.trunc(num(usage["input_tokens"]))),
-      outputTokens: BigInt(Math.trunc(num(usage["output_tokens"]))),
-      cacheCreationInputTokens: BigInt(Math.trunc(num(usage["cache_creation_input_tokens"]))),
-      cacheReadInputTokens: BigInt(Math.trunc(num(usage["cache_read_input_tokens"]))),
+      inputTokens: int64(usage["input_tokens"]),
+      outputTokens: int64(usage["output_tokens"]),
+      cacheCreationInputTokens: int64(usage["cache_creation_input_tokens"]),
+      cacheReadInputTokens: int64(usage["cache_read_input_tokens"]),
     }),
     error: isError ? text || `the CLI reported ${str(obj["subtype"]) || "an error"}` : "",
     // [{"tool_name","tool_use_id","tool_input"}]: the reasons came on earlier lines.
@@ -195,10 +197,6 @@ function blockText(content: unknown): string {
   return content
     .map((c: unknown) => (typeof c === "object" && c !== null ? str((c as ContentBlock).text) : ""))
     .join("");
-}
-
-function num(v: unknown): number {
-  return typeof v === "number" && Number.isFinite(v) ? v : 0;
 }
 
 /**

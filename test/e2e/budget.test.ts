@@ -64,4 +64,17 @@ describe.each(runtimes)("a task's budget on the %s runtime", (runtime) => {
     expect(TaskState[ended.state]).toBe("SUCCEEDED");
     expect(ended.result!.costUsd).toBeCloseTo((100 * 3 + 10 * 15) / 1e6, 12);
   });
+
+  it("records usage past what its fields hold as the most they hold, and the AgentHost is not taken as lost", async () => {
+    const { client } = setup.conductor;
+    const { task } = await client.submitTask({
+      spec: spec({
+        prompt: scripted([{ text: "hi", usage: { input_tokens: 1e300, output_tokens: 1 } }]),
+        maxAttempts: 1,
+      }),
+    });
+    const ended = await waitForEnd(client, task!.id);
+    expect(ended.result?.error ?? "").not.toMatch(/lost the agent host/);
+    expect(ended.result!.usage!.inputTokens).toBe(BigInt(Number.MAX_SAFE_INTEGER));
+  });
 });
