@@ -160,16 +160,31 @@ export function agentHostRoutes(host: AgentHost, keeper?: OutcomeKeeper) {
  * AgentHost as lost. Such a result is replaced by a failure saying why, the run's own (CLI_ERROR).
  */
 export function sendable(value: RunOutcome): void {
-  try {
-    // Encoded and decoded as the Orchestrator will (protobuf-es checks depth as it decodes).
-    fromBinary(RunOutcomeSchema, toBinary(RunOutcomeSchema, value));
-  } catch (e) {
-    value.state = TaskState.FAILED;
-    value.result = create(TaskResultSchema, {
-      isError: true,
-      error: `the run's result could not be sent: ${String(e).slice(0, 500)}`,
-      errorKind: ErrorKind.CLI_ERROR,
-      durationMs: value.result?.durationMs ?? 0n,
-    });
+  /** Why `v` cannot be carried, or undefined. */
+  const carried = (v: RunOutcome): string | undefined => {
+    try {
+      // Encoded and decoded as the Orchestrator will (protobuf-es checks depth as it decodes).
+      fromBinary(RunOutcomeSchema, toBinary(RunOutcomeSchema, v));
+      return undefined;
+    } catch (e) {
+      return e instanceof Error ? e.message : "an unknown error";
+    }
+  };
+  const e = carried(value);
+  if (e === undefined) return;
+  const was = value.result;
+  value.state = TaskState.FAILED;
+  value.result = create(TaskResultSchema, {
+    isError: true,
+    error: `the run's result could not be sent: ${e.slice(0, 500)}`,
+    errorKind: ErrorKind.CLI_ERROR,
+    // What the run spent (metered by the model proxy) still counts toward budgets and limits.
+    costUsd: was?.costUsd ?? 0,
+    durationMs: was?.durationMs ?? 0n,
+    ...(was?.usage ? { usage: was.usage } : {}),
+  });
+  if (carried(value) !== undefined) {
+    value.result.usage = undefined;
+    value.result.durationMs = 0n;
   }
 }

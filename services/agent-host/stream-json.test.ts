@@ -216,12 +216,21 @@ describe("a result line an agent could have written", () => {
     for (let i = 0; i < 300; i++) deep = { a: deep };
     const outcome = create(RunOutcomeSchema, {
       state: TaskState.SUCCEEDED,
-      result: create(TaskResultSchema, { text: "done", structured: deep, durationMs: 5n }),
+      result: create(TaskResultSchema, {
+        text: "done",
+        structured: deep,
+        durationMs: 5n,
+        costUsd: 0.25,
+        usage: { inputTokens: 10n, outputTokens: 2n },
+      }),
     });
     sendable(outcome);
     expect(outcome.state).toBe(TaskState.FAILED);
     expect(outcome.result!.errorKind).toBe(ErrorKind.CLI_ERROR);
     expect(outcome.result!.error).toMatch(/^the run's result could not be sent: .*recursion/);
+    // What it spent still counts.
+    expect(outcome.result!.costUsd).toBe(0.25);
+    expect(outcome.result!.usage?.inputTokens).toBe(10n);
     expect(() => toBinary(RunOutcomeSchema, outcome)).not.toThrow();
   });
 });
