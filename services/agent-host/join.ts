@@ -132,11 +132,14 @@ export class Membership {
         if (!this.registered) await this.register();
         else await this.heartbeat();
         this.renewedAt = sent;
+        // A renewal counts from when it was sent: one whose call was slow (it waited on a link
+        // coming back) leaves little of the fence window.
+        const window = this.leaseTtlMs * FENCE_AT;
+        const left = window > 0 ? window - (Date.now() - sent) : this.intervalMs * 2;
         if (this.fenced) {
-          // A renewal whose call took the whole fence window (it waited on a link coming back)
-          // counts from when it was sent: taking work now, this node would fence itself again
-          // at the next check, ending the run it was just given. Renew again first.
-          if (Date.now() - sent >= this.leaseTtlMs * FENCE_AT) continue;
+          // Taking work with less than half the window left, this node could fence itself
+          // again before its next renewal, ending the run it was just given. Renew again first.
+          if (left < window / 2) continue;
           this.fenced = false;
           await this.opts.host.fence(undefined);
           this.opts.log.info("holding the lease again; taking work", { node: this.name });
@@ -144,7 +147,8 @@ export class Membership {
         await this.sendReports();
         this.rotateWhenIdle();
         wait = RETRY_FIRST_MS;
-        await this.pause(this.intervalMs);
+        // The next renewal well before the window closes, however long this one took.
+        await this.pause(Math.max(50, Math.min(this.intervalMs, left / 2)));
       } catch (e) {
         const err = ConnectError.from(e);
         if (this.signal.aborted) return;
