@@ -46,7 +46,7 @@ export function workNotSavable(e: unknown): boolean {
     if (c instanceof ChangeTooBig) return true;
     if (!(c instanceof GitFailure)) continue;
     const sub = subcommand(c.args);
-    if (c.timedOut) return sub === "add" || sub === "update-index" || sub === "ls-files";
+    if (c.timedOut) return sub === "add" || sub === "status";
     return (
       sub === "add" &&
       c.code === 128 &&

@@ -17,7 +17,6 @@ import {
   addWorktree,
   checkout,
   isFolder,
-  onWorktree,
   ownWorktree,
   removeWorktree,
   NESTED_ASIDE,
@@ -57,14 +56,7 @@ export async function create(
     rec.adminDir = await addWorktree(c.git, cache, rec.worktree, rec.startCommit, signal);
     await c.records.write(rec);
     await checkout(c.git, rec, signal);
-    if (owner) {
-      await ownWorktree(rec.worktree, owner);
-      // chown changed every file's ctime: refresh the index so finish does not rehash all
-      await c.git.run(["update-index", "-q", "--refresh"], {
-        ...onWorktree(rec, signal),
-        ok: [0, 1],
-      });
-    }
+    if (owner) await ownWorktree(rec.worktree, owner);
     rec.phase = "ready";
     await c.records.write(rec);
   } catch (e) {
@@ -185,11 +177,7 @@ export async function settleOrSetAside(
     return await settle(c, rec, "", outcome, lenientPush);
   } catch (e) {
     if (!workNotSavable(e) || !(await isFolder(rec.worktree))) throw e;
-    await mkdir(c.unsavedDir, { recursive: true, mode: 0o700 });
-    const keptAt = path.join(c.unsavedDir, `${rec.taskId}-${Date.now()}`);
-    // Cut from git before it moves (a crash between leaves it in place, as savable as before).
-    await detachKept(rec.worktree);
-    await rename(rec.worktree, keptAt);
+    const keptAt = await setAside(c.unsavedDir, rec.worktree, rec.taskId, [rec.worktree]);
     await discard(c, rec); // its admin dir and record: nothing is at the worktree's path now
     c.log.error(
       "the work of an attempt can never be saved on its branch: its worktree was moved out of every sandbox's sight, and is kept",
@@ -200,14 +188,27 @@ export async function settleOrSetAside(
 }
 
 /**
- * Cuts a kept copy of a worktree from git: its `.git` file names an admin dir that goes with its
- * record, or is another attempt's later (they are named after the worktree's folder), so git run
- * in the copy would change that attempt's index. A `.git` that is not a file is the agent's own
- * (a repository it made), and stays.
+ * Moves `dir` out of every sandbox's sight, to `<unsaved>/<name>-<ms>/` (made 0700 if need be),
+ * and returns where; `worktrees` (it, or the worktrees in it) are cut from git first: a
+ * worktree's `.git` file names an admin dir that goes with its record, or is another attempt's
+ * later (they are named after the worktree's folder), so git run in the copy would change that
+ * attempt's index. A `.git` that is not a file is the agent's own (a repository it made), and
+ * stays. A crash before the move leaves `dir` in place, as savable as before.
  */
-export async function detachKept(dir: string): Promise<void> {
-  const dotGit = path.join(dir, ".git");
-  if ((await lstat(dotGit).catch(() => undefined))?.isFile()) await unlink(dotGit);
+export async function setAside(
+  unsaved: string,
+  dir: string,
+  name: string,
+  worktrees: string[],
+): Promise<string> {
+  await mkdir(unsaved, { recursive: true, mode: 0o700 });
+  for (const worktree of worktrees) {
+    const dotGit = path.join(worktree, ".git");
+    if ((await lstat(dotGit).catch(() => undefined))?.isFile()) await unlink(dotGit);
+  }
+  const keptAt = path.join(unsaved, `${name}-${Date.now()}`);
+  await rename(dir, keptAt);
+  return keptAt;
 }
 
 /**

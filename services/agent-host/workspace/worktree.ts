@@ -93,13 +93,11 @@ export async function snapshot(
   log: Logger,
 ): Promise<{ tree: string; notCommitted: NotCommitted | undefined }> {
   await mustBeFolder(p.worktree);
-  // A repository the agent made inside (git init, git clone, a scaffolder) would go in as a
-  // gitlink to a commit nobody has: its files are committed instead, its .git kept out.
-  const hidden = await hideNestedRepositories(git, p);
+  const hidden: Array<[Buffer, Buffer]> = [];
   let r: Awaited<ReturnType<Git["run"]>>;
   let leftOut: Sized[];
   try {
-    leftOut = await leftOutForSize(git, p, bounds);
+    leftOut = await leftOutForSize(git, p, bounds, hidden);
     if (leftOut.length > 0)
       log.warn("files of the worktree are left out of its commit for their size", {
         taskId: p.taskId,
@@ -172,54 +170,124 @@ export const MAX_LEFT_OUT = 1000;
  * lstat gives them) that are left out for their size: each over `maxFileBytes`, then the
  * largest of the rest until what is left is within `maxChangeBytes`. Throws ChangeTooBig when
  * more than MAX_LEFT_OUT would have to be. Names are bytes, as git gives them.
+ *
+ * A repository the agent made inside (git init, git clone, a scaffolder) would go in as a
+ * gitlink to a commit nobody has: its `.git` is moved aside first (pushed onto `hidden`, to be
+ * moved back after `git add`) so its files are listed, sized and committed instead.
  */
-async function leftOutForSize(git: Git, p: Prepared, b: CommitBounds): Promise<Sized[]> {
-  const over: Sized[] = [];
-  // Files that could be left out for the total: only one of at least maxChangeBytes /
-  // MAX_LEFT_OUT can help; the largest MAX_LEFT_OUT are kept (sorted now and then).
-  const floor = b.maxChangeBytes / MAX_LEFT_OUT;
-  let big: Sized[] = [];
-  let total = 0;
-  let files = 0;
+async function leftOutForSize(
+  git: Git,
+  p: Prepared,
+  b: CommitBounds,
+  hidden: Array<[Buffer, Buffer]>,
+): Promise<Sized[]> {
   const root = Buffer.from(`${p.worktree}/`);
-  // The index's record of each file's inode first (what the agent's files were given to it
-  // changed them all): else `ls-files --modified` reads and hashes every tracked file to see
-  // whether it changed, and `git add` after it again.
-  await git.run(["update-index", "-q", "--refresh"], { ...onWorktree(p), ok: [0, 1] });
-  const listing = git.stream(
-    ["ls-files", "-z", "--others", "--exclude-standard", "--modified"],
-    onWorktree(p),
-  );
-  for await (const names of namesIn(listing)) {
-    for (let i = 0; i < names.length; i += 64) {
-      const batch = names.slice(i, i + 64);
-      const stats = await Promise.all(
-        batch.map((n) => lstat(Buffer.concat([root, n])).catch(() => undefined)),
-      );
-      for (const [k, st] of stats.entries()) {
-        if (!st?.isFile()) continue; // gone (a deletion), a link, past PATH_MAX
-        files++;
-        if (st.size > b.maxFileBytes) {
-          if (over.length >= MAX_LEFT_OUT) throw tooBig(b, files, total + st.size, over.length);
-          over.push({ name: batch[k]!, size: st.size });
-          continue;
-        }
-        total += st.size;
-        if (st.size >= floor) big.push({ name: batch[k]!, size: st.size });
-        if (big.length >= 4 * MAX_LEFT_OUT)
-          big = big.sort((x, y) => y.size - x.size).slice(0, MAX_LEFT_OUT);
+  for (let depth = 0; ; depth++) {
+    const sizes = new ChangeSizes(b);
+    const nested: Buffer[] = [];
+    for await (const names of changedIn(git, p)) {
+      const files: Buffer[] = [];
+      for (const name of names)
+        if (name.at(-1) !== 0x2f) files.push(name);
+        else if (nested.length < MAX_NESTED) nested.push(name); // a repository: "dir/"
+      for (let i = 0; i < files.length; i += 64) {
+        const batch = files.slice(i, i + 64);
+        const stats = await Promise.all(
+          batch.map((n) => lstat(Buffer.concat([root, n])).catch(() => undefined)),
+        );
+        // not a file: gone (a deletion), a link, past PATH_MAX
+        for (const [k, st] of stats.entries()) if (st?.isFile()) sizes.add(batch[k]!, st.size);
       }
     }
+    if (nested.length === 0 || depth >= MAX_NESTED_DEPTH) return sizes.leftOut();
+    const before = hidden.length;
+    await hideNested(p, nested, hidden);
+    if (hidden.length === before) return sizes.leftOut();
   }
-  big.sort((x, y) => y.size - x.size);
-  const left = over;
-  for (const f of big) {
-    if (total <= b.maxChangeBytes || left.length >= MAX_LEFT_OUT) break;
-    left.push(f);
-    total -= f.size;
+}
+
+/**
+ * What `git status` finds changed in the worktree (tracked files changed or deleted, untracked
+ * ones not ignored, each file of an untracked folder, a nested repository as `dir/`), a batch of
+ * names per chunk of its output, as bytes. Status refreshes the index as it goes, and writes
+ * it: the agent's files were given to it (every inode's ctime and owner changed), and without
+ * that `git add` would read and hash every tracked file again.
+ */
+async function* changedIn(git: Git, p: Prepared): AsyncGenerator<Buffer[]> {
+  const listing = git.stream(
+    [
+      "status",
+      "--porcelain=v2",
+      "-z",
+      "--untracked-files=all",
+      "--no-renames",
+      "--ignore-submodules=all",
+    ],
+    onWorktree(p),
+  );
+  for await (const records of namesIn(listing)) {
+    const names: Buffer[] = [];
+    for (const r of records) {
+      // "? <path>", "1 <XY> <sub> <mH> <mI> <mW> <hH> <hI> <path>", "u" with 10 fields before
+      // its path (https://git-scm.com/docs/git-status#_porcelain_format_version_2); no "2"
+      // (renames) with --no-renames, "#" headers only with --branch.
+      const fields = r[0] === 0x3f ? 1 : r[0] === 0x31 ? 8 : r[0] === 0x75 ? 10 : -1;
+      let at = 0;
+      for (let f = 0; f < fields && at >= 0; f++) at = r.indexOf(0x20, at) + 1 || -1;
+      if (fields > 0 && at > 0 && at < r.length) names.push(r.subarray(at));
+    }
+    yield names;
   }
-  if (total > b.maxChangeBytes) throw tooBig(b, files, total, left.length);
-  return left;
+}
+
+/** The sizes of a change's files as they are listed, and which are left out for them. */
+class ChangeSizes {
+  private readonly b: CommitBounds;
+  /** Files over maxFileBytes. */
+  private readonly over: Sized[] = [];
+  /**
+   * Files that could be left out for the total: only one of at least maxChangeBytes /
+   * MAX_LEFT_OUT can help; the largest MAX_LEFT_OUT are kept (sorted now and then).
+   */
+  private big: Sized[] = [];
+  private readonly floor: number;
+  private total = 0;
+  private files = 0;
+
+  constructor(b: CommitBounds) {
+    this.b = b;
+    this.floor = b.maxChangeBytes / MAX_LEFT_OUT;
+  }
+
+  add(name: Buffer, size: number): void {
+    this.files++;
+    if (size > this.b.maxFileBytes) {
+      if (this.over.length >= MAX_LEFT_OUT)
+        throw tooBig(this.b, this.files, this.total + size, this.over.length);
+      this.over.push({ name, size });
+      return;
+    }
+    this.total += size;
+    if (size >= this.floor) this.big.push({ name, size });
+    if (this.big.length >= 4 * MAX_LEFT_OUT)
+      this.big = this.big.sort((x, y) => y.size - x.size).slice(0, MAX_LEFT_OUT);
+  }
+
+  /**
+   * Those over maxFileBytes, then the largest until the rest is within maxChangeBytes; each of
+   * the two the largest first.
+   */
+  leftOut(): Sized[] {
+    const left = [...this.over].sort((x, y) => y.size - x.size);
+    let total = this.total;
+    for (const f of this.big.sort((x, y) => y.size - x.size)) {
+      if (total <= this.b.maxChangeBytes || left.length >= MAX_LEFT_OUT) break;
+      left.push(f);
+      total -= f.size;
+    }
+    if (total > this.b.maxChangeBytes) throw tooBig(this.b, this.files, total, left.length);
+    return left;
+  }
 }
 
 /** ChangeTooBig for a change that needs more than MAX_LEFT_OUT files left out, saying why. */
@@ -384,42 +452,26 @@ const MAX_NESTED = 1000;
 const MAX_NESTED_DEPTH = 8;
 
 /**
- * Moves the `.git` of every repository nested in the worktree (git lists one as an untracked
- * `dir/`) out of it, beside it in the worktree's parent (ours, on the same file system), so
- * `git add` takes its files; returns [where it was, where it is] to move them back. Nothing of
- * the agent runs meanwhile. Names are handled as bytes.
+ * Moves the `.git` of each repository of `nested` (git lists one as an untracked `dir/`) out of
+ * the worktree, beside it in the worktree's parent (ours, on the same file system), at most
+ * MAX_NESTED in all, each pushed onto `moved` as [where it was, where it is]. Nothing of the
+ * agent runs meanwhile. Names are handled as bytes.
  */
-async function hideNestedRepositories(git: Git, p: Prepared): Promise<Array<[Buffer, Buffer]>> {
-  const moved: Array<[Buffer, Buffer]> = [];
+async function hideNested(
+  p: Prepared,
+  nested: Buffer[],
+  moved: Array<[Buffer, Buffer]>,
+): Promise<void> {
   const parent = path.dirname(p.worktree);
-  for (let depth = 0; depth < MAX_NESTED_DEPTH && moved.length < MAX_NESTED; depth++) {
-    const nested = await nestedIn(git, p);
-    if (nested.length === 0) break;
-    for (const dir of nested.slice(0, MAX_NESTED - moved.length)) {
-      const at = Buffer.concat([Buffer.from(`${p.worktree}/`), dir, Buffer.from(".git")]);
-      const aside = path.join(parent, `${NESTED_ASIDE}${moved.length}`);
-      const to = Buffer.from(aside);
-      if (!(await lstat(at).catch(() => undefined))) continue;
-      await removeTree(aside);
-      await rename(at, to);
-      moved.push([at, to]);
-    }
+  for (const dir of nested.slice(0, MAX_NESTED - moved.length)) {
+    const at = Buffer.concat([Buffer.from(`${p.worktree}/`), dir, Buffer.from(".git")]);
+    const aside = path.join(parent, `${NESTED_ASIDE}${moved.length}`);
+    const to = Buffer.from(aside);
+    if (!(await lstat(at).catch(() => undefined))) continue;
+    await removeTree(aside);
+    await rename(at, to);
+    moved.push([at, to]);
   }
-  return moved;
-}
-
-/**
- * The repositories git finds in the worktree (`ls-files --others` names each as `dir/`), at most
- * MAX_NESTED, as bytes. The listing names every untracked file too (hundreds of MB of paths, for
- * an agent that makes them): it is read as it comes, and only the nested ones kept.
- */
-async function nestedIn(git: Git, p: Prepared): Promise<Buffer[]> {
-  const nested: Buffer[] = [];
-  const listing = git.stream(["ls-files", "--others", "--exclude-standard", "-z"], onWorktree(p));
-  for await (const names of namesIn(listing))
-    for (const name of names)
-      if (name.at(-1) === 0x2f && nested.length < MAX_NESTED) nested.push(name); // "dir/"
-  return nested;
 }
 
 async function mustBeFolder(dir: string): Promise<void> {
