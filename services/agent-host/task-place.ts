@@ -6,7 +6,6 @@ import {
   readdirSync,
   readFileSync,
   realpathSync,
-  renameSync,
   rmdirSync,
   statSync,
 } from "node:fs";
@@ -29,8 +28,8 @@ import type { Logger } from "../shared/log.ts";
 import { quote } from "../shared/quote.ts";
 import { worktreesDir } from "./provision.ts";
 import {
-  detachKept,
   discoveryEnv,
+  setAside,
   unsavedDir,
   WorkspaceError,
   type Change,
@@ -322,14 +321,10 @@ async function clearTaskDir(c: PlaceContext, agentDir: string, taskId: string): 
   const left = others();
   if (left.length === 0) return;
   try {
-    const unsaved = unsavedDir(c.dataDir);
-    mkdirSync(unsaved, { recursive: true, mode: 0o700 });
     for (const name of left) {
       const from = path.join(dir, name);
-      const to = path.join(unsaved, `${name}-${Date.now()}`);
-      for (const worktree of readdirSync(from))
-        await detachKept(path.join(from, worktree)).catch(() => undefined);
-      renameSync(from, to);
+      const worktrees = readdirSync(from).map((w) => path.join(from, w));
+      const to = await setAside(unsavedDir(c.dataDir), from, name, worktrees);
       c.log.error(
         "the work of a task could be saved neither when its attempt ended nor since: its worktree was moved out of its agent's sight, and is kept there",
         { task_id: name, kept_at: to },
