@@ -1,4 +1,4 @@
-import { existsSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, renameSync, rmSync, symlinkSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { ChangeTooBig } from "./errors.ts";
@@ -34,6 +34,31 @@ describe("what a task's commit takes", () => {
       "odd\nname": "added",
     });
     expect(existsSync(p.worktree)).toBe(false);
+  });
+
+  it("sizes nothing behind a link the agent put in place of a tracked folder, in the worktree or out of it", async () => {
+    await using t = new TestRepos();
+    const src = t.source({ "README.md": "r\n", "data/a.bin": "a".repeat(600), "ext/b.txt": "b" });
+    const ws = t.workspaces({ commitBounds: { maxFileBytes: 1000, maxChangeBytes: 1600 } });
+    const p = await ws.prepare(request(src, "linked"), path.join(t.dir("wt"), "w"), undefined);
+    renameSync(path.join(p.worktree, "data"), path.join(p.worktree, "data2"));
+    symlinkSync("data2", path.join(p.worktree, "data")); // mv data data2 && ln -s data2 data
+    const outside = t.dir("outside");
+    write(outside, { "b.txt": "o".repeat(5000) }); // over both bounds, and not the agent's
+    rmSync(path.join(p.worktree, "ext"), { recursive: true });
+    symlinkSync(outside, path.join(p.worktree, "ext"));
+    write(p.worktree, { "big.txt": "n".repeat(900) });
+    const change = await ws.finish(p, { sessionId: "s", outcome: "succeeded" });
+    // The change: data2/a.bin (600) + big.txt (900) = 1500 bytes, within 1600; data/a.bin (moved)
+    // and ext/b.txt are gone (each behind a link now), not sized through it.
+    expect(change.notCommitted).toBeUndefined();
+    expect(Object.fromEntries(change.files.map((f) => [f.path, f.status]))).toEqual({
+      "big.txt": "added",
+      data: "added",
+      "data2/a.bin": "renamed",
+      ext: "added",
+      "ext/b.txt": "deleted",
+    });
   });
 
   it(`commits nothing of a change that would need more than ${MAX_LEFT_OUT} files left out, and sets its worktree aside whole for the next attempt and a restart`, async () => {

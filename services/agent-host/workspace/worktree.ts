@@ -228,10 +228,11 @@ async function* changedIn(git: Git, p: Prepared): AsyncGenerator<Buffer[]> {
   for await (const records of namesIn(listing)) {
     const names: Buffer[] = [];
     for (const r of records) {
-      // "? <path>", "1 <XY> <sub> <mH> <mI> <mW> <hH> <hI> <path>", "u" with 10 fields before
-      // its path (https://git-scm.com/docs/git-status#_porcelain_format_version_2); no "2"
-      // (renames) with --no-renames, "#" headers only with --branch.
-      const fields = r[0] === 0x3f ? 1 : r[0] === 0x31 ? 8 : r[0] === 0x75 ? 10 : -1;
+      // "? <path>": untracked; "1 <XY> <sub> <mH> <mI> <mW> <hH> <hI> <path>": tracked, changed
+      // (https://git-scm.com/docs/git-status#_porcelain_format_version_2; no "2" with
+      // --no-renames, no "u" outside a merge, "#" headers only with --branch). A deletion (Y is
+      // "D": gone, or behind a link now) has nothing to size, and lstat would follow that link.
+      const fields = r[0] === 0x3f ? 1 : r[0] === 0x31 && r[3] !== 0x44 ? 8 : 0;
       let at = 0;
       for (let f = 0; f < fields && at >= 0; f++) at = r.indexOf(0x20, at) + 1 || -1;
       if (fields > 0 && at > 0 && at < r.length) names.push(r.subarray(at));
