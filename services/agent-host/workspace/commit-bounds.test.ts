@@ -1,9 +1,17 @@
-import { existsSync, readdirSync, renameSync, rmSync, symlinkSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { ChangeTooBig } from "./errors.ts";
 import { GitFailure, workNotSavable } from "./git-failure.ts";
-import { request, TestRepos, write } from "./test-repos.ts";
+import { git, request, TestRepos, write } from "./test-repos.ts";
 import { MAX_LEFT_OUT } from "./worktree.ts";
 
 describe("what a task's commit takes", () => {
@@ -59,6 +67,54 @@ describe("what a task's commit takes", () => {
       ext: "added",
       "ext/b.txt": "deleted",
     });
+  });
+
+  it("commits the files of repositories nested 8 deep; one deeper is left out whole and named, never a gitlink", async () => {
+    await using t = new TestRepos();
+    const src = t.source({ "README.md": "r\n" });
+    const ws = t.workspaces();
+    const p = await ws.prepare(request(src, "deep"), path.join(t.dir("wt"), "w"), undefined);
+    const levels = Array.from({ length: 9 }, (_, i) =>
+      "abcdefghi"
+        .slice(0, i + 1)
+        .split("")
+        .join("/"),
+    );
+    for (const dir of levels) {
+      write(p.worktree, { [`${dir}/f.txt`]: `${dir}\n` });
+      fakeRepository(path.join(p.worktree, dir));
+    }
+    // The deepest with a commit: git would take it as a gitlink to that commit.
+    const deepest = path.join(p.worktree, levels[8]!);
+    rmSync(path.join(deepest, ".git"), { recursive: true });
+    git(deepest, "init", "-q");
+    git(deepest, "add", "f.txt");
+    git(deepest, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "x");
+    const change = await ws.finish(p, { sessionId: "s", outcome: "succeeded" });
+    expect(change.notCommitted).toEqual({ paths: [`${levels[8]}/`], total: 1 });
+    const tree = git(p.cache, "ls-tree", "-r", change.headCommit);
+    expect(tree).not.toMatch(/^160000/m);
+    const files = tree.split("\n").map((l) => l.split("\t")[1]);
+    expect(files.sort()).toEqual(
+      ["README.md", ...levels.slice(0, 8).map((d) => `${d}/f.txt`)].sort(),
+    );
+  });
+
+  it("counts links towards the change's bound, and more than 1000 nested repositories as too many", async () => {
+    await using t = new TestRepos();
+    const src = t.source({ "README.md": "r\n" });
+    const ws = t.workspaces({ commitBounds: { maxFileBytes: 1000, maxChangeBytes: 5000 } });
+    const linked = await ws.prepare(request(src, "links"), path.join(t.dir("wt"), "l"), undefined);
+    // 50 links naming 4,000 bytes each: 200,000 bytes a push carries, no file among them.
+    for (let i = 0; i < 50; i++) symlinkSync("t".repeat(4000), path.join(linked.worktree, `l${i}`));
+    await expect(ws.finish(linked, { sessionId: "s", outcome: "succeeded" })).rejects.toThrow(
+      /the rest of the 50 looked at take 200000 bytes, over agent\.max_change_bytes \(5000\)/,
+    );
+    const many = await ws.prepare(request(src, "many"), path.join(t.dir("wt"), "m"), undefined);
+    for (let i = 0; i <= 1000; i++) fakeRepository(path.join(many.worktree, `r${i}`));
+    await expect(ws.finish(many, { sessionId: "s", outcome: "succeeded" })).rejects.toThrow(
+      /more than 1000 git repositories are nested in it/,
+    );
   });
 
   it(`commits nothing of a change that would need more than ${MAX_LEFT_OUT} files left out, and sets its worktree aside whole for the next attempt and a restart`, async () => {
@@ -147,3 +203,10 @@ describe("what a task's commit takes", () => {
     ).toBe(false);
   });
 });
+
+/** Makes `dir` a repository as git finds one (a `.git` with HEAD, objects and refs): fast. */
+function fakeRepository(dir: string): void {
+  mkdirSync(path.join(dir, ".git", "objects"), { recursive: true });
+  mkdirSync(path.join(dir, ".git", "refs"));
+  writeFileSync(path.join(dir, ".git", "HEAD"), "ref: refs/heads/main\n");
+}

@@ -96,8 +96,9 @@ export async function snapshot(
   const hidden: Array<[Buffer, Buffer]> = [];
   let r: Awaited<ReturnType<Git["run"]>>;
   let leftOut: Sized[];
+  let nested: Buffer[];
   try {
-    leftOut = await leftOutForSize(git, p, bounds, hidden);
+    ({ leftOut, nested } = await leftOutForSize(git, p, bounds, hidden));
     if (leftOut.length > 0)
       log.warn("files of the worktree are left out of its commit for their size", {
         taskId: p.taskId,
@@ -108,11 +109,18 @@ export async function snapshot(
         maxFileBytes: bounds.maxFileBytes,
         maxChangeBytes: bounds.maxChangeBytes,
       });
-    // --ignore-errors: a path git cannot add (an unreadable file, an empty nested repository)
-    // is reported and skipped instead of losing everything else. The pathspecs: everything
-    // (`:/`, the top) but what is left out, each name as it is (literal, NUL-ended bytes).
+    if (nested.length > 0)
+      log.warn("repositories nested deeper than can be opened are left out of the commit", {
+        taskId: p.taskId,
+        repositories: nested.slice(0, MAX_NOT_COMMITTED).map((n) => n.toString("utf8")),
+        maxDepth: MAX_NESTED_DEPTH,
+      });
+    // --ignore-errors: a path git cannot add (an unreadable file, say) is reported and skipped
+    // instead of losing everything else. The pathspecs: everything (`:/`, the top) but what is
+    // left out, each name as it is (literal, NUL-ended bytes).
     const pathspecs: Buffer[] = [Buffer.from(":/\0")];
-    for (const { name } of leftOut) pathspecs.push(EXCLUDE, name, NUL);
+    for (const name of [...leftOut.map((f) => f.name), ...nested])
+      pathspecs.push(EXCLUDE, name, NUL);
     r = await git.run(
       ["add", "--all", "--ignore-errors", "--pathspec-from-file=-", "--pathspec-file-nul"],
       { ...onWorktree(p), input: Buffer.concat(pathspecs), ok: [0, 1] },
@@ -121,7 +129,10 @@ export async function snapshot(
     for (const [at, to] of hidden.reverse()) await rename(to, at).catch(() => undefined);
   }
   await checkStored(git, p, bounds);
-  const notCommitted = withLeftOut(leftOut, await confirmed(git, p, notCommittedIn(r.stderr)));
+  const notCommitted = withLeftOut(
+    [...leftOut.map((f) => f.name), ...nested],
+    await confirmed(git, p, notCommittedIn(r.stderr)),
+  );
   if (notCommitted)
     log.warn("some paths of the worktree could not be committed", {
       taskId: p.taskId,
@@ -171,38 +182,46 @@ export const MAX_LEFT_OUT = 1000;
  * largest of the rest until what is left is within `maxChangeBytes`. Throws ChangeTooBig when
  * more than MAX_LEFT_OUT would have to be. Names are bytes, as git gives them.
  *
+ * A link counts by its own size (its target's name), towards the change's bound only.
+ *
  * A repository the agent made inside (git init, git clone, a scaffolder) would go in as a
  * gitlink to a commit nobody has: its `.git` is moved aside first (pushed onto `hidden`, to be
- * moved back after `git add`) so its files are listed, sized and committed instead.
+ * moved back after `git add`) so its files are listed, sized and committed instead, down to
+ * MAX_NESTED_DEPTH levels of them; those deeper are returned as `nested` (`dir/`), to be left
+ * out whole. More than MAX_NESTED in all is a change too big (ChangeTooBig).
  */
 async function leftOutForSize(
   git: Git,
   p: Prepared,
   b: CommitBounds,
   hidden: Array<[Buffer, Buffer]>,
-): Promise<Sized[]> {
+): Promise<{ leftOut: Sized[]; nested: Buffer[] }> {
   const root = Buffer.from(`${p.worktree}/`);
   for (let depth = 0; ; depth++) {
     const sizes = new ChangeSizes(b);
     const nested: Buffer[] = [];
     for await (const names of changedIn(git, p)) {
       const files: Buffer[] = [];
-      for (const name of names)
-        if (name.at(-1) !== 0x2f) files.push(name);
-        else if (nested.length < MAX_NESTED) nested.push(name); // a repository: "dir/"
+      for (const name of names) (name.at(-1) === 0x2f ? nested : files).push(name); // "dir/"
+      if (hidden.length + nested.length > MAX_NESTED)
+        throw new ChangeTooBig(
+          `the worktree's change is more than a commit may take, so nothing of it was committed: more than ${MAX_NESTED} git repositories are nested in it`,
+        );
       for (let i = 0; i < files.length; i += 64) {
         const batch = files.slice(i, i + 64);
         const stats = await Promise.all(
           batch.map((n) => lstat(Buffer.concat([root, n])).catch(() => undefined)),
         );
-        // not a file: gone (a deletion), a link, past PATH_MAX
-        for (const [k, st] of stats.entries()) if (st?.isFile()) sizes.add(batch[k]!, st.size);
+        for (const [k, st] of stats.entries()) {
+          if (st?.isFile()) sizes.add(batch[k]!, st.size);
+          else if (st?.isSymbolicLink()) sizes.add(batch[k]!, st.size, false);
+          // anything else: gone, past PATH_MAX, or what git does not take (a FIFO, a socket)
+        }
       }
     }
-    if (nested.length === 0 || depth >= MAX_NESTED_DEPTH) return sizes.leftOut();
     const before = hidden.length;
-    await hideNested(p, nested, hidden);
-    if (hidden.length === before) return sizes.leftOut();
+    if (nested.length > 0 && depth < MAX_NESTED_DEPTH) await hideNested(p, nested, hidden);
+    if (hidden.length === before) return { leftOut: sizes.leftOut(), nested };
   }
 }
 
@@ -260,16 +279,17 @@ class ChangeSizes {
     this.floor = b.maxChangeBytes / MAX_LEFT_OUT;
   }
 
-  add(name: Buffer, size: number): void {
+  /** A file of `size` bytes; `file` false for a link (it counts towards the total only). */
+  add(name: Buffer, size: number, file = true): void {
     this.files++;
-    if (size > this.b.maxFileBytes) {
+    if (file && size > this.b.maxFileBytes) {
       if (this.over.length >= MAX_LEFT_OUT)
         throw tooBig(this.b, this.files, this.total + size, this.over.length);
       this.over.push({ name, size });
       return;
     }
     this.total += size;
-    if (size >= this.floor) this.big.push({ name, size });
+    if (file && size >= this.floor) this.big.push({ name, size });
     if (this.big.length >= 4 * MAX_LEFT_OUT)
       this.big = this.big.sort((x, y) => y.size - x.size).slice(0, MAX_LEFT_OUT);
   }
@@ -306,24 +326,26 @@ function tooBig(b: CommitBounds, files: number, bytes: number, leftOut: number):
  * Checks what `git add` stored beyond the start commit (the blobs of new and changed files), as
  * git stores it: a file git re-encodes on its way in (a `working-tree-encoding` attribute: 3 bytes
  * a byte for CP437, up to 12 for TSCII) can be larger there than in the worktree, where
- * leftOutForSize measured it. Throws ChangeTooBig when one blob is over maxFileBytes or all are
- * over maxChangeBytes.
+ * leftOutForSize measured it. Throws ChangeTooBig when one file's blob is over maxFileBytes or
+ * all (links' too) are over maxChangeBytes.
  */
 async function checkStored(git: Git, p: Prepared, b: CommitBounds): Promise<void> {
   const blobs: string[] = [];
+  const links = new Set<number>();
   const listing = git.stream(
     ["diff-index", "--cached", "--raw", "-z", "--no-renames", "--no-abbrev", p.startCommit],
     onWorktree(p),
   );
   // Each ":<mode> <mode> <id> <id> <status>", then its path (read as such, whatever it says):
-  // the blobs of regular files only.
+  // the blobs of regular files and links.
   let isPath = false;
   for await (const fields of namesIn(listing))
     for (const f of fields) {
       const m = isPath
         ? null
-        : /^:\d{6} 100(?:644|755) \w+ (\w+) [AMT]$/.exec(f.toString("latin1"));
-      if (m) blobs.push(m[1]!);
+        : /^:\d{6} (100644|100755|120000) \w+ (\w+) [AMT]$/.exec(f.toString("latin1"));
+      if (m?.[1] === "120000") links.add(blobs.length);
+      if (m) blobs.push(m[2]!);
       isPath = !isPath;
     }
   if (blobs.length === 0) return;
@@ -333,28 +355,28 @@ async function checkStored(git: Git, p: Prepared, b: CommitBounds): Promise<void
   });
   let total = 0;
   let largest = 0;
-  for (const line of out.split("\n")) {
+  for (const [i, line] of out.split("\n").entries()) {
     const size = /^\d+$/.test(line) ? Number(line) : 0;
     total += size;
-    largest = Math.max(largest, size);
+    if (!links.has(i)) largest = Math.max(largest, size);
   }
   if (largest <= b.maxFileBytes && total <= b.maxChangeBytes) return;
   const why =
     largest > b.maxFileBytes
       ? `one file takes ${largest} bytes, over agent.max_commit_file_bytes (${b.maxFileBytes})`
-      : `its ${blobs.length} new and changed files take ${total} bytes, over agent.max_change_bytes (${b.maxChangeBytes})`;
+      : `its ${blobs.length} new and changed files and links take ${total} bytes, over agent.max_change_bytes (${b.maxChangeBytes})`;
   throw new ChangeTooBig(
     `the worktree's change is more than a commit may take, so nothing of it was committed: as git stores it (re-encoded, as a working-tree-encoding attribute asks), ${why}`,
   );
 }
 
-/** The left-out files first, then what git could not add; undefined when neither. */
+/** What is left out (files, nested repositories) first, then what git could not add; undefined when neither. */
 function withLeftOut(
-  leftOut: Sized[],
+  leftOut: Buffer[],
   notAdded: NotCommitted | undefined,
 ): NotCommitted | undefined {
   if (leftOut.length === 0) return notAdded;
-  const paths = leftOut.map((f) => cut(f.name.toString("utf8")));
+  const paths = leftOut.map((name) => cut(name.toString("utf8")));
   return {
     paths: [...paths, ...(notAdded?.paths ?? [])].slice(0, MAX_NOT_COMMITTED),
     total: leftOut.length + (notAdded?.total ?? 0),
@@ -454,8 +476,8 @@ const MAX_NESTED_DEPTH = 8;
 
 /**
  * Moves the `.git` of each repository of `nested` (git lists one as an untracked `dir/`) out of
- * the worktree, beside it in the worktree's parent (ours, on the same file system), at most
- * MAX_NESTED in all, each pushed onto `moved` as [where it was, where it is]. Nothing of the
+ * the worktree, beside it in the worktree's parent (ours, on the same file system), each pushed
+ * onto `moved` as [where it was, where it is]. Nothing of the
  * agent runs meanwhile. Names are handled as bytes.
  */
 async function hideNested(
@@ -464,7 +486,7 @@ async function hideNested(
   moved: Array<[Buffer, Buffer]>,
 ): Promise<void> {
   const parent = path.dirname(p.worktree);
-  for (const dir of nested.slice(0, MAX_NESTED - moved.length)) {
+  for (const dir of nested) {
     const at = Buffer.concat([Buffer.from(`${p.worktree}/`), dir, Buffer.from(".git")]);
     const aside = path.join(parent, `${NESTED_ASIDE}${moved.length}`);
     const to = Buffer.from(aside);
