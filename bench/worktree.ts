@@ -4,6 +4,9 @@
  * checkout, durable record, commit check, removal) against `git worktree add --detach` +
  * `git worktree remove` of the same repository (with git's default sequential checkout, and
  * with one checkout worker per core as ours does). Prints medians of N runs and the ratios.
+ * Each waits PAUSE_MS, untimed, between its two halves, as a task's run would: git keeps file
+ * times to the second, so a file written in the second its index was is read again by every
+ * command after, until an index is written a second later (racy git).
  *
  *   npm run bench:worktree                  # N=5, 10,000 files
  *   BENCH_RUNS=9 BENCH_FILES=50000 npm run bench:worktree
@@ -19,6 +22,9 @@ import { silentLogger } from "../services/shared/log.ts";
 const RUNS = Number(process.env["BENCH_RUNS"] ?? 5);
 const FILES = Number(process.env["BENCH_FILES"] ?? 10_000);
 const run = promisify(execFile);
+/** Between a worktree's making and its end: more than git's one-second racy window. */
+const PAUSE_MS = 1100;
+const pause = () => new Promise((resolve) => setTimeout(resolve, PAUSE_MS));
 const env = {
   ...process.env,
   GIT_CONFIG_NOSYSTEM: "1",
@@ -43,22 +49,31 @@ const median = (ms: number[]) => [...ms].sort((a, b) => a - b)[Math.floor(ms.len
 /**
  * Times `n` rounds of the contenders, interleaved (one run of each per round, in turn), so that
  * a machine getting slower or faster meanwhile weighs on each alike; `warm` runs first, untimed.
+ * Each contender returns the ms it took (its pause not counted).
  */
 async function rounds(
   n: number,
-  contenders: Array<(i: number) => Promise<void>>,
-  warm: (() => Promise<void>) | undefined,
+  contenders: Array<(i: number) => Promise<number>>,
+  warm: (() => Promise<number>) | undefined,
 ): Promise<number[][]> {
   await warm?.();
   const all = contenders.map(() => [] as number[]);
-  for (let i = 0; i < n; i++) {
-    for (const [k, fn] of contenders.entries()) {
-      const t = performance.now();
-      await fn(i);
-      all[k]!.push(performance.now() - t);
-    }
-  }
+  for (let i = 0; i < n; i++) for (const [k, fn] of contenders.entries()) all[k]!.push(await fn(i));
   return all;
+}
+
+/** Times `first`, then, after the pause, `then`: their ms together. */
+async function halves(
+  first: () => Promise<unknown>,
+  then: () => Promise<unknown>,
+): Promise<number> {
+  const t0 = performance.now();
+  await first();
+  const t1 = performance.now();
+  await pause();
+  const t2 = performance.now();
+  await then();
+  return t1 - t0 + (performance.now() - t2);
 }
 
 const dir = mkdtempSync(path.join(tmpdir(), "conductor-bench-worktree-"));
@@ -94,24 +109,22 @@ try {
       branch: "",
       push: false,
     };
-    const p = await ws.prepare(req, path.join(wts, `ours-${i + 1}`));
-    const change = await ws.finish(p, { sessionId: "s", outcome: "succeeded" });
-    if (change.committed) throw new Error("nothing changed, yet a commit was made");
+    let p: Awaited<ReturnType<typeof ws.prepare>>;
+    return halves(
+      async () => (p = await ws.prepare(req, path.join(wts, `ours-${i + 1}`))),
+      async () => {
+        const change = await ws.finish(p, { sessionId: "s", outcome: "succeeded" });
+        if (change.committed) throw new Error("nothing changed, yet a commit was made");
+      },
+    );
   };
   const plain = (workers: string) => async (i: number) => {
     const wt = path.join(wts, `plain-${workers}-${i + 1}`);
-    await git(
-      src,
-      "-c",
-      `checkout.workers=${workers}`,
-      "worktree",
-      "add",
-      "--quiet",
-      "--detach",
-      wt,
-      "HEAD",
+    const add = ["-c", `checkout.workers=${workers}`, "worktree", "add", "--quiet", "--detach"];
+    return halves(
+      () => git(src, ...add, wt, "HEAD"),
+      () => git(src, "worktree", "remove", wt),
     );
-    await git(src, "worktree", "remove", wt);
   };
   // The warm-up makes the cached clone; ours checks out with one worker per core
   // (checkout.workers=0), plain git's default is one: both are shown.
