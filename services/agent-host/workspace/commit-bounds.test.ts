@@ -100,6 +100,25 @@ describe("what a task's commit takes", () => {
     );
   });
 
+  it("commits the files of a repository made in place of a tracked file, not a gitlink, and names what git will not take", async () => {
+    await using t = new TestRepos();
+    const src = t.source({ "README.md": "r\n", s: "a\n" });
+    const ws = t.workspaces();
+    const p = await ws.prepare(request(src, "in-place"), path.join(t.dir("wt"), "w"), undefined);
+    rmSync(path.join(p.worktree, "s"));
+    write(p.worktree, { "s/g.txt": "in\n", ".GIT/foo": "hi\n", "sub/.Git/x": "y\n" });
+    const repo = path.join(p.worktree, "s");
+    git(repo, "init", "-q");
+    git(repo, "add", "g.txt");
+    git(repo, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "x");
+    const change = await ws.finish(p, { sessionId: "s", outcome: "succeeded" });
+    const tree = git(p.cache, "ls-tree", "-r", change.headCommit);
+    expect(tree).not.toMatch(/^160000/m);
+    expect(tree.split("\n").map((l) => l.split("\t")[1])).toEqual(["README.md", "s/g.txt"]);
+    // git refuses a path inside any case of ".git": it stays out, named.
+    expect(change.notCommitted?.paths.sort()).toEqual([".GIT/foo", "sub/.Git/x"]);
+  });
+
   it("counts links towards the change's bound, and more than 1000 nested repositories as too many", async () => {
     await using t = new TestRepos();
     const src = t.source({ "README.md": "r\n" });

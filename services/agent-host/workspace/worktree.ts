@@ -249,16 +249,34 @@ async function* changedIn(git: Git, p: Prepared): AsyncGenerator<Buffer[]> {
     for (const r of records) {
       // "? <path>": untracked; "1 <XY> <sub> <mH> <mI> <mW> <hH> <hI> <path>": tracked, changed
       // (https://git-scm.com/docs/git-status#_porcelain_format_version_2; no "2" with
-      // --no-renames, no "u" outside a merge, "#" headers only with --branch). A deletion (Y is
-      // "D": gone, or behind a link now) has nothing to size, and lstat would follow that link.
-      const fields = r[0] === 0x3f ? 1 : r[0] === 0x31 && r[3] !== 0x44 ? 8 : 0;
+      // --no-renames, no "u" outside a merge, "#" headers only with --branch).
+      const untracked = r[0] === 0x3f;
+      if (!untracked && r[0] !== 0x31) continue;
+      const fields: Buffer[] = [];
       let at = 0;
-      for (let f = 0; f < fields && at >= 0; f++) at = r.indexOf(0x20, at) + 1 || -1;
-      if (fields > 0 && at > 0 && at < r.length) names.push(r.subarray(at));
+      for (let f = 0; f < (untracked ? 1 : 8); f++) {
+        const end = r.indexOf(0x20, at);
+        if (end < 0) break;
+        fields.push(r.subarray(at, end));
+        at = end + 1;
+      }
+      if (fields.length !== (untracked ? 1 : 8) || at >= r.length) continue;
+      const name = r.subarray(at);
+      // A deletion (Y is "D": gone, or behind a link now) has nothing to size, and lstat would
+      // follow that link.
+      if (!untracked && fields[1]![1] === 0x44) continue;
+      // A tracked file the agent made a repository of (its worktree mode a gitlink's, its
+      // index mode not): a nested repository, "dir/", as one not tracked is listed.
+      if (!untracked && isGitlink(fields[5]!) && !isGitlink(fields[4]!))
+        names.push(Buffer.concat([name, SLASH]));
+      else names.push(name);
     }
     yield names;
   }
 }
+
+const SLASH = Buffer.from("/");
+const isGitlink = (mode: Buffer) => mode.toString("latin1") === "160000";
 
 /** The sizes of a change's files as they are listed, and which are left out for them. */
 class ChangeSizes {
@@ -341,9 +359,13 @@ async function checkStored(git: Git, p: Prepared, b: CommitBounds): Promise<void
   let isPath = false;
   for await (const fields of namesIn(listing))
     for (const f of fields) {
-      const m = isPath
-        ? null
-        : /^:\d{6} (100644|100755|120000) \w+ (\w+) [AMT]$/.exec(f.toString("latin1"));
+      const raw = isPath ? "" : f.toString("latin1");
+      // A new gitlink: a nested repository moved aside failed to be (none should reach here).
+      if (/^:\d{6} 160000 \w+ \w+ [AT]$/.test(raw))
+        throw new ChangeTooBig(
+          "the worktree's change is more than a commit may take, so nothing of it was committed: a repository nested in it would go in as a gitlink to a commit nobody has",
+        );
+      const m = /^:\d{6} (100644|100755|120000) \w+ (\w+) [AMT]$/.exec(raw);
       if (m?.[1] === "120000") links.add(blobs.length);
       if (m) blobs.push(m[2]!);
       isPath = !isPath;
@@ -420,6 +442,8 @@ export function notCommittedIn(stderr: string): string[] {
       // Past PATH_MAX, git's message is cut at PATH_MAX too: no closing quote, no reason.
       /^warning: could not open directory '(.*?)(?:': [^']*)?$/.exec(line) ??
       /^error: unable to index file '(.*)'$/.exec(line) ??
+      // a path git will not take: `.GIT/x` (any case of .git, as its own folder)
+      /^error: unable to add '(.*)' to index$/.exec(line) ??
       /^error: '(.*)' does not have a commit checked out$/.exec(line);
     if (m && found.size < MAX_REPORTED) found.add(m[1]!);
   }
