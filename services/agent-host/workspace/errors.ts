@@ -43,7 +43,12 @@ export function notReady(message: string, permanent: boolean, cause?: unknown): 
  */
 export class ChangeTooBig extends WorkspaceError {
   override name = "ChangeTooBig";
-  constructor(message: string) {
-    super(message, Code.FailedPrecondition, { permanent: false });
+  /** `why`: which bound, and by how much (it ends the message). */
+  constructor(why: string) {
+    super(
+      `the worktree's change is more than a commit may take, so nothing of it was committed: ${why}`,
+      Code.FailedPrecondition,
+      { permanent: false },
+    );
   }
 }

@@ -95,10 +95,10 @@ export async function snapshot(
   await mustBeFolder(p.worktree);
   const hidden: Array<[Buffer, Buffer]> = [];
   let r: Awaited<ReturnType<Git["run"]>>;
-  let leftOut: Sized[];
-  let nested: Buffer[];
+  /** Left out of the commit: for their size, then nested too deep. */
+  let keptOut: Buffer[];
   try {
-    ({ leftOut, nested } = await leftOutForSize(git, p, bounds, hidden));
+    const { leftOut, nested } = await leftOutForSize(git, p, bounds, hidden);
     if (leftOut.length > 0)
       log.warn("files of the worktree are left out of its commit for their size", {
         taskId: p.taskId,
@@ -119,8 +119,8 @@ export async function snapshot(
     // instead of losing everything else. The pathspecs: everything (`:/`, the top) but what is
     // left out, each name as it is (literal, NUL-ended bytes).
     const pathspecs: Buffer[] = [Buffer.from(":/\0")];
-    for (const name of [...leftOut.map((f) => f.name), ...nested])
-      pathspecs.push(EXCLUDE, name, NUL);
+    keptOut = [...leftOut.map((f) => f.name), ...nested];
+    for (const name of keptOut) pathspecs.push(EXCLUDE, name, NUL);
     r = await git.run(
       ["add", "--all", "--ignore-errors", "--pathspec-from-file=-", "--pathspec-file-nul"],
       { ...onWorktree(p), input: Buffer.concat(pathspecs), ok: [0, 1] },
@@ -129,10 +129,7 @@ export async function snapshot(
     for (const [at, to] of hidden.reverse()) await rename(to, at).catch(() => undefined);
   }
   await checkStored(git, p, bounds);
-  const notCommitted = withLeftOut(
-    [...leftOut.map((f) => f.name), ...nested],
-    await confirmed(git, p, notCommittedIn(r.stderr)),
-  );
+  const notCommitted = withLeftOut(keptOut, await confirmed(git, p, notCommittedIn(r.stderr)));
   if (notCommitted)
     log.warn("some paths of the worktree could not be committed", {
       taskId: p.taskId,
@@ -204,9 +201,7 @@ async function leftOutForSize(
       const files: Buffer[] = [];
       for (const name of names) (name.at(-1) === 0x2f ? nested : files).push(name); // "dir/"
       if (hidden.length + nested.length > MAX_NESTED)
-        throw new ChangeTooBig(
-          `the worktree's change is more than a commit may take, so nothing of it was committed: more than ${MAX_NESTED} git repositories are nested in it`,
-        );
+        throw new ChangeTooBig(`more than ${MAX_NESTED} git repositories are nested in it`);
       for (let i = 0; i < files.length; i += 64) {
         const batch = files.slice(i, i + 64);
         const stats = await Promise.all(
@@ -335,9 +330,7 @@ function tooBig(b: CommitBounds, files: number, bytes: number, leftOut: number):
     bytes > b.maxChangeBytes
       ? `with the ${leftOut} largest of its new and changed files left out (the most that may be), the rest of the ${files} looked at take ${bytes} bytes, over agent.max_change_bytes (${b.maxChangeBytes})`
       : `more than ${MAX_LEFT_OUT} of its files (of the ${files} looked at) are over agent.max_commit_file_bytes (${b.maxFileBytes}), and at most ${MAX_LEFT_OUT} are left out`;
-  return new ChangeTooBig(
-    `the worktree's change is more than a commit may take, so nothing of it was committed: ${why}`,
-  );
+  return new ChangeTooBig(why);
 }
 
 /**
@@ -363,7 +356,7 @@ async function checkStored(git: Git, p: Prepared, b: CommitBounds): Promise<void
       // A new gitlink: a nested repository moved aside failed to be (none should reach here).
       if (/^:\d{6} 160000 \w+ \w+ [AT]$/.test(raw))
         throw new ChangeTooBig(
-          "the worktree's change is more than a commit may take, so nothing of it was committed: a repository nested in it would go in as a gitlink to a commit nobody has",
+          "a repository nested in it would go in as a gitlink to a commit nobody has",
         );
       const m = /^:\d{6} (100644|100755|120000) \w+ (\w+) [AMT]$/.exec(raw);
       if (m?.[1] === "120000") links.add(blobs.length);
@@ -388,7 +381,7 @@ async function checkStored(git: Git, p: Prepared, b: CommitBounds): Promise<void
       ? `one file takes ${largest} bytes, over agent.max_commit_file_bytes (${b.maxFileBytes})`
       : `its ${blobs.length} new and changed files and links take ${total} bytes, over agent.max_change_bytes (${b.maxChangeBytes})`;
   throw new ChangeTooBig(
-    `the worktree's change is more than a commit may take, so nothing of it was committed: as git stores it (re-encoded, as a working-tree-encoding attribute asks), ${why}`,
+    `as git stores it (re-encoded, as a working-tree-encoding attribute asks), ${why}`,
   );
 }
 
