@@ -278,6 +278,9 @@ export async function executeRun(
       resume,
     });
     const cliEnded = outcome.state;
+    // A resumed run that ended without a result line (its CLI died, or never started) still
+    // holds the session it was given: kept after it, for the next attempt to resume in turn.
+    if (resume && !outcome.result.sessionId) outcome.result.sessionId = resume.sessionId;
     // Earlier attempts' checks stay in the result, before this one's.
     const earlier = (attempt.previous?.checks ?? []).filter((c) => c.attempt < attempt.attempt);
     outcome.result.checks = earlier;

@@ -68,8 +68,8 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
     Promise.all(Array.from({ length: n }, () => bashTask(repo, "sleep 2", { maxAttempts: 1 })));
 
   it(
-    "a failing check fails attempt 1; attempt 2 resumes its session on the other agent, fixes it and succeeds",
-    { timeout: 150_000 },
+    "a failing check fails attempt 1; attempt 2 resumes its session on the other agent and its CLI dies; attempt 3 resumes the same session, fixes it and succeeds",
+    { timeout: 180_000 },
     async () => {
       const { client, dir } = setup.conductor;
       const repo = path.join(dir, "src", "checked");
@@ -80,26 +80,32 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
           prompt: scripted([
             { write: { path: "value.txt", content: "bad\n" } },
             { text: "wrote the value" },
-            // The resumed session goes on from here, told what failed.
+            // Attempt 2, resumed, told what failed: its CLI is killed, with no result line.
+            { bash: "test -e died || { touch died; kill -9 $PPID; }" },
+            // Attempt 3 goes on from the same transcript (where the script stands after a
+            // killed tool call is the CLI's to say: either of the next two steps starts it).
+            { write: { path: "value.txt", content: "good\n" } },
             { write: { path: "value.txt", content: "good\n" } },
             { text: "fixed the value" },
+            { text: "fixed the value" },
           ]),
-          maxAttempts: 2,
+          maxAttempts: 3,
+          allowedTools: ["Bash"],
           workspace: gitWorkspace(repo),
           checks: [{ command: check }],
         }),
       });
-      const done = await waitForEnd(client, task!.id, 120_000);
+      const done = await waitForEnd(client, task!.id, 150_000);
       expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
-      expect(done.attempts).toBe(2);
+      expect(done.attempts).toBe(3);
       expect(done.result!.text).toBe("fixed the value");
       expect(
         done.result!.checks.map((c) => ({ a: c.attempt, passed: c.passed, exit: c.exitCode })),
       ).toEqual([
         { a: 1, passed: false, exit: 1 },
-        { a: 2, passed: true, exit: 0 },
+        { a: 3, passed: true, exit: 0 },
       ]);
-      // Attempt 2 ran on the other agent, in the first attempt's session.
+      // Attempt 2 ran on the other agent, in the first attempt's session; attempt 3 in it too.
       const runs: { agent: string; session?: string }[] = [];
       for await (const { event } of client.watchTask({ id: task!.id })) {
         const k = event!.kind;
@@ -110,20 +116,24 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
           if (line.subtype === "init") runs.at(-1)!.session = line.session_id;
         }
       }
-      expect(runs).toHaveLength(2);
+      expect(runs).toHaveLength(3);
       expect(runs[1]!.agent).not.toBe(runs[0]!.agent);
-      expect(runs[1]!.session).toBe(runs[0]!.session);
+      expect(runs.map((r) => r.session)).toEqual(Array(3).fill(runs[0]!.session));
       expect(done.result!.sessionId).toBe(runs[0]!.session);
-      const told = setup.model.requests.find((r) =>
+      const told = setup.model.requests.filter((r) =>
         JSON.stringify(r.body).includes(`check \`${check}\` failed (exit 1)`),
       );
-      expect(told, "the resumed session was told what failed").toBeDefined();
-      // Both attempts' work is on the branch: the bad value, then the fix.
+      expect(told.length, "the resumed sessions were told what failed").toBeGreaterThan(0);
+      // Attempt 3's requests carry attempt 1's conversation, and attempt 2's killed call.
+      const last = JSON.stringify(told.at(-1)!.body);
+      expect(last).toContain("wrote the value");
+      expect(last).toContain("touch died");
+      // Each attempt's work is on the branch: the bad value, the killed run's file, the fix.
       const cache = cacheOf(setup.conductor.dataDir, repo);
       const change = done.result!.change!;
       expect(git(cache, "show", `${change.headCommit}:value.txt`)).toBe("good\n");
       expect(git(cache, "rev-list", "--count", `${change.baseCommit}..${change.headCommit}`)).toBe(
-        "2\n",
+        "3\n",
       );
     },
   );
