@@ -71,10 +71,14 @@ describe("session transcripts between runs", () => {
     // The next task on agent a sees an empty HOME: no earlier conversation, no dotfile.
     expect(readdirSync(config("a"))).toEqual([]);
     expect(readdirSync(store("a"))).toEqual([`${task}.jsonl`]);
-    // Attempt 2 runs on agent b, in another folder: the transcript is moved there.
+    // Attempt 2 runs on agent b, in another folder: the transcript is copied there.
     expect(carry("b", task, session, "/work/two")).toBe(true);
     expect(carried("b", "/work/two", session)).toBe("attempt 1\n");
-    expect(readdirSync(store("a"))).toEqual([]);
+    // Its run is lost before it keeps anything (its engine gone, its AgentHost killed): the
+    // folder is emptied, and the next attempt still has attempt 1's transcript to resume.
+    await resetConfig(config("b"));
+    expect(carry("b", task, session, "/work/two")).toBe(true);
+    expect(carried("b", "/work/two", session)).toBe("attempt 1\n");
     writeFileSync(path.join(projectDir(config("b"), "/work/two"), `${session}.jsonl`), "2\n", {
       flag: "a",
     });

@@ -11,7 +11,6 @@ import {
   renameSync,
   rmSync,
   statSync,
-  unlinkSync,
   utimesSync,
   writeSync,
 } from "node:fs";
@@ -103,10 +102,12 @@ function pruneStore(store: string): void {
 /**
  * Makes the session `sessionId` of task `taskId`'s last attempt resumable by `--resume` in
  * `configDir` for `cwd`: its transcript is taken from whichever agent's store (sessionStore,
- * under `agentsDir`) kept it — the attempt before may have run on another agent, or in another
- * folder — copied there and given to `owner`, and taken out of the store (the resumed run's is
- * kept after it: keepSession). Returns false when none holds it (the caller starts a new
- * session): ids that are not UUIDs, a transcript not kept or pruned since.
+ * under `agentsDir`) kept it last — the attempt before may have run on another agent, or in
+ * another folder — copied there and given to `owner`. The store keeps its copy until the resumed
+ * run's is kept after it (keepSession, on whichever agent): a run that keeps none (its engine
+ * lost, its AgentHost killed) leaves the next attempt this one to resume. Returns false when none
+ * holds it (the caller starts a new session): ids that are not UUIDs, a transcript not kept or
+ * pruned since.
  *
  * The copy is written only into a folder with no link on its way (no process of the agent runs
  * meanwhile), exclusively and without following links.
@@ -123,7 +124,7 @@ export function carrySession(
   const copies = safeList(agentsDir)
     .map((agent) => path.join(sessionStore(path.join(agentsDir, agent)), `${taskId}.jsonl`))
     .filter(isFile);
-  // Two only if the AgentHost died between a copy and its removal: the later one is the last.
+  // Each agent an attempt ran on keeps its own: the one kept last is the last attempt's.
   const source = copies.sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
   if (!source) return false;
   const destDir = projectDir(configDir, cwd);
@@ -155,7 +156,6 @@ export function carrySession(
   } finally {
     closeSync(from);
   }
-  for (const copy of copies) unlinkSync(copy);
   return true;
 }
 
