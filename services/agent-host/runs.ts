@@ -202,8 +202,9 @@ export async function executeRun(
     slot.lifeline?.arm();
     let outcome: RunOutcome;
     let cliEnded: TaskState;
+    let resumed: string | undefined;
     try {
-      ({ outcome, cliEnded } = await runInPlace(place, taskPlace));
+      ({ outcome, cliEnded, resumed } = await runInPlace(place, taskPlace));
     } finally {
       // Nothing of the run outlives it, whatever the engine says (or cannot).
       slot.lifeline?.cut();
@@ -221,6 +222,9 @@ export async function executeRun(
       outcome.result.errorKind = ErrorKind.INFRASTRUCTURE;
     }
     outcome = await explainDeath(c, slot, outcome);
+    // A resumed run that ended without a result line (its CLI died, or never started) still
+    // holds the session it was given: kept after it, for the next attempt to resume in turn.
+    if (resumed && !outcome.result.sessionId) outcome.result.sessionId = resumed;
     if (taskPlace.prepared) await keepWork(c, taskPlace, spec, outcome, cliEnded, log);
     // Nothing of the run is left to touch the folder (unless its engine was lost: then it is
     // emptied at the next run's start): its transcript is kept for a retry before its end is
@@ -228,8 +232,17 @@ export async function executeRun(
     if (!slot.lost) {
       try {
         const { sessionId } = outcome.result;
+        const { agentsDir } = c;
         const store = sessionStore(slot.dir);
-        keepSession({ configDir, cwd: place.workspace, sessionId, taskId, store });
+        keepSession({
+          configDir,
+          cwd: place.workspace,
+          sessionId,
+          taskId,
+          store,
+          agentsDir,
+          resumed,
+        });
         await resetConfig(configDir);
       } catch (e) {
         log.warn("the agent's config folder could not be emptied after the run", { error: e });
@@ -241,7 +254,7 @@ export async function executeRun(
   const runInPlace = async (
     place: RunPlace,
     taskPlace: TaskPlace,
-  ): Promise<{ outcome: RunOutcome; cliEnded: TaskState }> => {
+  ): Promise<{ outcome: RunOutcome; cliEnded: TaskState; resumed: string | undefined }> => {
     // The Broker's tools only when it answers now; else the run says why it has none.
     const tools =
       slot.broker && c.brokerTools ? await c.brokerTools(slot.broker, agentId) : undefined;
@@ -278,14 +291,12 @@ export async function executeRun(
       resume,
     });
     const cliEnded = outcome.state;
-    // A resumed run that ended without a result line (its CLI died, or never started) still
-    // holds the session it was given: kept after it, for the next attempt to resume in turn.
-    if (resume && !outcome.result.sessionId) outcome.result.sessionId = resume.sessionId;
+    const resumed = resume?.sessionId;
     // Earlier attempts' checks stay in the result, before this one's.
     const earlier = (attempt.previous?.checks ?? []).filter((c) => c.attempt < attempt.attempt);
     outcome.result.checks = earlier;
     if (outcome.state !== TaskState.SUCCEEDED || spec.checks.length === 0)
-      return { outcome, cliEnded };
+      return { outcome, cliEnded, resumed };
     if (taskPlace.prepared) {
       // The agent's work is committed before the checks run: what they leave is not its work.
       try {
@@ -294,7 +305,7 @@ export async function executeRun(
           outcome: "before its checks",
         });
       } catch (e) {
-        return { outcome: unsaved(outcome, taskPlace.prepared.branch, e, log), cliEnded };
+        return { outcome: unsaved(outcome, taskPlace.prepared.branch, e, log), cliEnded, resumed };
       }
     }
     const env = claudeEnv(place, { ...settings, apiKey: "", baseUrl: "" }, hostPath);
@@ -322,7 +333,7 @@ export async function executeRun(
       outcome.result.error = failure;
       outcome.result.errorKind = ErrorKind.CHECK_FAILED;
     }
-    return { outcome, cliEnded };
+    return { outcome, cliEnded, resumed };
   };
   /** The outcome as told: what the model proxy metered added (once: it takes the count). */
   let told: RunOutcome | undefined;

@@ -41,13 +41,21 @@ describe("session transcripts between runs", () => {
     writeFileSync(path.join(dir, `${sessionId}.jsonl`), text);
   };
   /** What the AgentHost does after a run of `taskId` on `agent` that reported `sessionId`. */
-  const afterRun = async (agent: string, cwd: string, sessionId: string, taskId: string) => {
+  const afterRun = async (
+    agent: string,
+    cwd: string,
+    sessionId: string,
+    taskId: string,
+    resumed?: string,
+  ) => {
     const kept = keepSession({
       configDir: config(agent),
       cwd,
       sessionId,
       taskId,
       store: store(agent),
+      agentsDir: agents,
+      resumed,
     });
     await resetConfig(config(agent));
     return kept;
@@ -82,12 +90,26 @@ describe("session transcripts between runs", () => {
     writeFileSync(path.join(projectDir(config("b"), "/work/two"), `${session}.jsonl`), "2\n", {
       flag: "a",
     });
+    // Dated far ahead (as by a clock stepped back at a restart since): its copy goes even so.
+    utimesSync(path.join(store("a"), `${task}.jsonl`), 4e9, 4e9);
     await afterRun("b", "/work/two", session, task);
     // Attempt 3, on agent a again, goes on from attempt 2, not from what a kept of attempt 1.
+    expect(existsSync(path.join(store("a"), `${task}.jsonl`))).toBe(false);
     expect(carry("a", task, session, "/work/one")).toBe(true);
     expect(carried("a", "/work/one", session)).toBe("attempt 1\n2\n");
     expect(carry("b", randomUUID(), session, "/w")).toBe(false);
     expect(carry("b", "../../etc", session, "/w")).toBe(false);
+    // Attempt 4 resumes it and keeps nothing (its transcript replaced by a link, say): the
+    // copy stays, the session it holds being the one attempt 4 went on with.
+    expect(carry("b", task, session, "/work/two")).toBe(true);
+    rmSync(path.join(projectDir(config("b"), "/work/two"), `${session}.jsonl`));
+    expect(await afterRun("b", "/work/two", session, task, session)).toBe(false);
+    expect(readdirSync(store("b"))).toEqual([`${task}.jsonl`]);
+    // Attempt 5 has a session of its own and keeps nothing: no copy stays to be resumed in its
+    // name.
+    expect(await afterRun("a", "/work/one", randomUUID(), task)).toBe(false);
+    expect([...readdirSync(store("a")), ...readdirSync(store("b"))]).toEqual([]);
+    expect(carry("a", task, session, "/work/one")).toBe(false);
   });
 
   it("keeps only the run's own session, under its task's id: no run puts its transcript in another task's place", async () => {

@@ -54,9 +54,12 @@ export function sessionStore(agentDir: string): string {
  * Keeps the transcript of a run's own session (`sessionId`, the one its result reported) for a
  * retry of its task: `projects/<project of cwd>/<sessionId>.jsonl` in `configDir`, a regular file
  * of one link in real folders, of at most MAX_SESSION_BYTES, is moved to `store` as
- * `<taskId>.jsonl` (replacing its earlier attempt's) and dated now; the store then keeps the
- * last MAX_KEPT_SESSIONS kept, at most MAX_KEPT_SESSION_BYTES together. Called after the run,
- * while no process of the agent runs. Returns whether it was kept.
+ * `<taskId>.jsonl` and dated now. It is the task's last: the copies earlier attempts left in
+ * any agent's store under `agentsDir` go. When there is none to keep, they stay only if the run
+ * went on with the session they hold (`resumed`, the session it was given to resume): no other
+ * session's transcript is resumed in its name. The store then keeps the last MAX_KEPT_SESSIONS
+ * kept, at most MAX_KEPT_SESSION_BYTES together. Called after the run, while no process of the
+ * agent runs. Returns whether it was kept.
  */
 export function keepSession(o: {
   configDir: string;
@@ -64,22 +67,45 @@ export function keepSession(o: {
   sessionId: string;
   taskId: string;
   store: string;
+  agentsDir: string;
+  resumed?: string | undefined;
 }): boolean {
-  if (!UUID.test(o.sessionId) || !UUID.test(o.taskId)) return false;
+  if (!UUID.test(o.taskId)) return false;
+  const kept = path.join(o.store, `${o.taskId}.jsonl`);
+  const ours = transcriptOf(o);
+  if (ours) {
+    mkdirSync(o.store, { recursive: true, mode: 0o700 });
+    renameSync(ours, kept);
+    // Dated by the AgentHost, each later than the last: the store's order is not the agent's.
+    lastKept = Math.max(Date.now(), lastKept + 1);
+    utimesSync(kept, lastKept / 1000, lastKept / 1000);
+  }
+  if (ours || o.sessionId !== o.resumed)
+    for (const copy of copiesOf(o.agentsDir, o.taskId))
+      if (copy !== kept || !ours) rmSync(copy, { force: true });
+  if (ours) pruneStore(o.store);
+  return ours !== undefined;
+}
+
+/**
+ * The run's transcript in `configDir` for `cwd`, when it may be kept: the session's file, a
+ * regular file of one link, at most MAX_SESSION_BYTES, in real folders.
+ */
+function transcriptOf(o: { configDir: string; cwd: string; sessionId: string }) {
+  if (!UUID.test(o.sessionId)) return undefined;
   const projects = path.join(o.configDir, "projects");
   const dir = projectDir(o.configDir, o.cwd);
-  if (!isDir(projects) || !isDir(dir)) return false;
+  if (!isDir(projects) || !isDir(dir)) return undefined;
   const file = path.join(dir, `${o.sessionId}.jsonl`);
   const st = lstatSync(file, { throwIfNoEntry: false });
-  if (!st?.isFile() || st.nlink !== 1 || st.size > MAX_SESSION_BYTES) return false;
-  mkdirSync(o.store, { recursive: true, mode: 0o700 });
-  const kept = path.join(o.store, `${o.taskId}.jsonl`);
-  renameSync(file, kept);
-  // Dated by the AgentHost, each later than the last: the store's order is not the agent's.
-  lastKept = Math.max(Date.now(), lastKept + 1);
-  utimesSync(kept, lastKept / 1000, lastKept / 1000);
-  pruneStore(o.store);
-  return true;
+  return st?.isFile() && st.nlink === 1 && st.size <= MAX_SESSION_BYTES ? file : undefined;
+}
+
+/** The copies of task `taskId`'s transcript in the agents' stores under `agentsDir`. */
+function copiesOf(agentsDir: string, taskId: string): string[] {
+  return safeList(agentsDir)
+    .map((agent) => path.join(sessionStore(path.join(agentsDir, agent)), `${taskId}.jsonl`))
+    .filter(isFile);
 }
 
 /** When keepSession dated the last transcript it kept (ms since the epoch). */
@@ -102,12 +128,12 @@ function pruneStore(store: string): void {
 /**
  * Makes the session `sessionId` of task `taskId`'s last attempt resumable by `--resume` in
  * `configDir` for `cwd`: its transcript is taken from whichever agent's store (sessionStore,
- * under `agentsDir`) kept it last — the attempt before may have run on another agent, or in
- * another folder — copied there and given to `owner`. The store keeps its copy until the resumed
- * run's is kept after it (keepSession, on whichever agent): a run that keeps none (its engine
- * lost, its AgentHost killed) leaves the next attempt this one to resume. Returns false when none
- * holds it (the caller starts a new session): ids that are not UUIDs, a transcript not kept or
- * pruned since.
+ * under `agentsDir`) kept it — the attempt before may have run on another agent, or in another
+ * folder — copied there and given to `owner`. The store keeps its copy until the resumed run's
+ * is kept in its place (keepSession, on whichever agent): a run that keeps none (its engine lost,
+ * its AgentHost killed) leaves the next attempt this one to resume. Returns false when none holds
+ * it (the caller starts a new session): ids that are not UUIDs, a transcript not kept or pruned
+ * since.
  *
  * The copy is written only into a folder with no link on its way (no process of the agent runs
  * meanwhile), exclusively and without following links.
@@ -121,11 +147,10 @@ export function carrySession(
   owner: AgentOwner | undefined,
 ): boolean {
   if (!UUID.test(sessionId) || !UUID.test(taskId)) return false;
-  const copies = safeList(agentsDir)
-    .map((agent) => path.join(sessionStore(path.join(agentsDir, agent)), `${taskId}.jsonl`))
-    .filter(isFile);
-  // Each agent an attempt ran on keeps its own: the one kept last is the last attempt's.
-  const source = copies.sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
+  // More than one only if an AgentHost died while keeping one: the one kept last is the last.
+  const source = copiesOf(agentsDir, taskId).sort(
+    (a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs,
+  )[0];
   if (!source) return false;
   const destDir = projectDir(configDir, cwd);
   makeDirs(configDir, destDir, owner);
@@ -290,7 +315,11 @@ function isDir(p: string): boolean {
 }
 
 function isFile(p: string): boolean {
-  return lstatSync(p, { throwIfNoEntry: false })?.isFile() === true;
+  try {
+    return lstatSync(p, { throwIfNoEntry: false })?.isFile() === true;
+  } catch {
+    return false; // ENOTDIR: a file where a folder was looked for
+  }
 }
 
 function safeList(dir: string): string[] {
