@@ -9,6 +9,7 @@ import {
   TaskResultSchema,
   TaskState,
   type Task,
+  type TaskResult,
   type TaskEvent,
   type TaskSpec,
 } from "../../gen/conductor/v1/task_pb.js";
@@ -68,6 +69,8 @@ interface ActiveRun {
   /** Its outcome is decided and waits for the store (a full disk): too late to cancel. */
   holding: boolean;
   done: Promise<void>;
+  /** The task's result from the attempts before this one (what they spent, checked, resumed). */
+  before: TaskResult | undefined;
 }
 
 /** What a RunTask stream gave before it ended. */
@@ -338,6 +341,7 @@ export class AttemptRunner {
                   end.kind === "cancelled"
                     ? "the run was stopped"
                     : `interrupted: ${what}${end.reason ? `; ${end.reason}` : ""}`,
+                  run.before,
                 );
           await this.finish(task.id, task.attempts, outcome, run, undefined, attemptLog);
         })
@@ -389,6 +393,7 @@ export class AttemptRunner {
       cancelRequested: false,
       holding: false,
       done: Promise.resolve(),
+      before: task.result,
     };
     this.runs.set(id, run);
     return run;
@@ -409,7 +414,7 @@ export class AttemptRunner {
     const s = await this.stream(task, attempt, run, ref);
     if (this.closed && !s.outcome) return; // shutting down: recovery decides on restart
     let outcome = s.outcome;
-    if (!outcome && run.cancelRequested) outcome = lost("the run was stopped");
+    if (!outcome && run.cancelRequested) outcome = lost("the run was stopped", run.before);
     if (!outcome && s.error && neverRan(s.error, s.started)) {
       await this.bounce(task.id, attempt, ref, s.error, log);
       return;
@@ -433,6 +438,7 @@ export class AttemptRunner {
               end.kind === "cancelled"
                 ? "the run was stopped"
                 : `lost the agent host during the run (${why}); ${end.reason}`,
+              run.before,
             );
     }
     await s.lastWrite; // every write asked for during the stream has settled (in order)
@@ -645,7 +651,14 @@ export class AttemptRunner {
       result.errorKind = ErrorKind.INFRASTRUCTURE;
     }
     if (runMs !== undefined)
-      this.opts.observer?.attemptEnded({ taskId: id, attempt, state, runMs, result });
+      this.opts.observer?.attemptEnded({
+        taskId: id,
+        attempt,
+        state,
+        runMs,
+        result,
+        before: run.before,
+      });
     const maxAttempts = store.maxAttempts(id);
     const permanent = outcome.permanent || NOT_RETRIED.has(result.errorKind);
     const kind = result.errorKind ? ` (${ErrorKind[result.errorKind]})` : "";
@@ -774,9 +787,23 @@ function unpreparable(error: string): RunOutcome {
   return failed(error, ErrorKind.INVALID_REQUEST, true);
 }
 
-/** An attempt that ended without its outcome (its host or node lost, or stopped). */
-function lost(error: string): RunOutcome {
-  return failed(error, ErrorKind.INFRASTRUCTURE, false);
+/**
+ * An attempt that ended without its outcome (its host or node lost, or stopped). It adds nothing
+ * to what the attempts before it gave (`before`, the task's result from the last of them), which
+ * stays the task's, as in an outcome an AgentHost tells: the tokens and cost spent so far (a
+ * task's budget counts them), the checks that ran, and the session the next attempt resumes
+ * when the last of them failed.
+ */
+function lost(error: string, before: TaskResult | undefined): RunOutcome {
+  const outcome = failed(error, ErrorKind.INFRASTRUCTURE, false);
+  if (before) {
+    const r = outcome.result!;
+    if (before.usage) r.usage = before.usage;
+    r.costUsd = before.costUsd;
+    r.checks = before.checks;
+    r.sessionId = before.sessionId;
+  }
+  return outcome;
 }
 
 /** A FAILED outcome the Orchestrator decided itself, saying why. */

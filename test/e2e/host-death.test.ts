@@ -62,4 +62,51 @@ describe.each(testRuntimes())("an AgentHost killed mid-task on %s", (runtime) =>
       reasons.join("\n"),
     ).toBe(true);
   });
+
+  it("a resumed attempt lost with its host: the next resumes the same session, and the task keeps its checks and spend", async () => {
+    const { conductor } = setup;
+    const { client } = conductor;
+    const ws = path.join(conductor.dataDir, "agents", "agent-1", "workspace");
+    const usage = { usage: { input_tokens: 10, output_tokens: 100 } };
+    const { task } = await client.submitTask({
+      spec: spec({
+        maxAttempts: 3,
+        allowedTools: ["Bash"],
+        checks: [{ command: "grep -qx good value.txt" }],
+        prompt: scripted([
+          { write: { path: "value.txt", content: "bad\n" }, ...usage },
+          { text: "wrote the value", ...usage },
+          // Attempt 2, resumed: its host is killed while this runs.
+          { bash: "test -e hung || { touch hung; sleep 1000; }", ...usage },
+          { write: { path: "value.txt", content: "good\n" }, ...usage },
+          { text: "fixed the value", ...usage },
+        ]),
+      }),
+    });
+    const id = task!.id;
+    await eventually(
+      async () => (existsSync(path.join(ws, "hung")) ? true : undefined),
+      "attempt 2 under way",
+    );
+    await conductor.processes[0]!.kill9();
+    await conductor.restartAgentHost();
+    const done = await waitForEnd(client, id);
+    expect(done.state, done.result?.error).toBe(TaskState.SUCCEEDED);
+    expect(done.attempts).toBe(3);
+    const sessions: string[] = [];
+    for await (const { event } of client.watchTask({ id })) {
+      const k = event!.kind;
+      if (k.case !== "output" || k.value.type !== "system") continue;
+      const line = JSON.parse(k.value.rawJson) as { subtype?: string; session_id?: string };
+      if (line.subtype === "init") sessions.push(line.session_id!);
+    }
+    expect(sessions).toEqual(Array(3).fill(sessions[0]));
+    // Attempt 1's failed check is still in the task's record, and what attempts 1 and 3 spent:
+    // two model requests, then three (attempt 2's went with its host).
+    expect(done.result!.checks.map((c) => [c.attempt, c.passed])).toEqual([
+      [1, false],
+      [3, true],
+    ]);
+    expect(done.result!.usage!.outputTokens).toBe(500n);
+  });
 });
