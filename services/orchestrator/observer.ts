@@ -37,7 +37,10 @@ export interface AttemptEnd {
   /** The attempt's outcome: SUCCEEDED, FAILED, CANCELLED or TIMED_OUT. */
   state: TaskState;
   runMs: number;
+  /** The task's result after it: its usage and cost count every attempt so far. */
   result: TaskResult;
+  /** The task's result before it (the attempts before spent what it counts), if any. */
+  before?: TaskResult | undefined;
 }
 
 /** An attempt whose AgentHost was lost: nothing follows until the host confirms it is over. */
@@ -64,6 +67,6 @@ export interface OrchestratorObserver {
   attempt(a: Attempt, run: () => Promise<void>): Promise<void>;
   /** Called when an attempt's host is lost, or found unconfirmed after a restart (no transition). */
   attemptUnconfirmed(e: AttemptUnconfirmed): void;
-  /** Called once per attempt that ended with an outcome (usage and cost are in the result). */
+  /** Called once per attempt that ended with an outcome (what it spent: result less before). */
   attemptEnded(e: AttemptEnd): void;
 }

@@ -14,7 +14,7 @@ import {
   SPAN_TASK_QUEUED,
   SPAN_TASK_SCHEDULED,
 } from "../shared/tracing.ts";
-import type { Attempt, OrchestratorObserver, Transition } from "./observer.ts";
+import type { Attempt, AttemptEnd, OrchestratorObserver, Transition } from "./observer.ts";
 import { labelsText, type SpendLimits } from "./spend-limits.ts";
 import type { TaskStore } from "./store.ts";
 
@@ -158,16 +158,14 @@ export function createOrchestratorObserver(
       const type = entry?.a.type ?? "generic";
       const model = entry?.a.model || opts.defaultModel || "default";
       const outcome = stateLabel(e.state);
-      const usage = e.result.usage;
-      const input = Number(usage?.inputTokens ?? 0n);
-      const output = Number(usage?.outputTokens ?? 0n);
+      const { input, output, cacheRead, cacheCreation, usd } = spentBy(e);
       if (metrics) {
         metrics.runSeconds.observe({ type, state: outcome }, e.runMs / 1000);
         metrics.inputTokens.inc({ model }, input);
         metrics.outputTokens.inc({ model }, output);
-        metrics.cacheReadTokens.inc({ model }, Number(usage?.cacheReadInputTokens ?? 0n));
-        metrics.cacheCreationTokens.inc({ model }, Number(usage?.cacheCreationInputTokens ?? 0n));
-        metrics.costUsd.inc({ model }, e.result.costUsd);
+        metrics.cacheReadTokens.inc({ model }, cacheRead);
+        metrics.cacheCreationTokens.inc({ model }, cacheCreation);
+        metrics.costUsd.inc({ model }, usd);
       }
       if (entry) {
         entry.outcome = outcome;
@@ -175,12 +173,30 @@ export function createOrchestratorObserver(
         span?.setAttributes({
           [ATTR_INPUT_TOKENS]: input,
           [ATTR_OUTPUT_TOKENS]: output,
-          [ATTR_COST_USD]: e.result.costUsd,
+          [ATTR_COST_USD]: usd,
         });
         if (e.state !== TaskState.SUCCEEDED && e.state !== TaskState.CANCELLED)
           span?.setStatus({ code: SpanStatusCode.ERROR, message: e.result.error });
       }
     },
+  };
+}
+
+/**
+ * What one attempt spent: the task's usage and cost after it (which count every attempt so far)
+ * less those before it; never below 0.
+ */
+function spentBy(e: AttemptEnd) {
+  const [after, before] = [e.result.usage, e.before?.usage];
+  const tokens = (
+    k: "inputTokens" | "outputTokens" | "cacheReadInputTokens" | "cacheCreationInputTokens",
+  ) => Math.max(0, Number((after?.[k] ?? 0n) - (before?.[k] ?? 0n)));
+  return {
+    input: tokens("inputTokens"),
+    output: tokens("outputTokens"),
+    cacheRead: tokens("cacheReadInputTokens"),
+    cacheCreation: tokens("cacheCreationInputTokens"),
+    usd: Math.max(0, e.result.costUsd - (e.before?.costUsd ?? 0)),
   };
 }
 

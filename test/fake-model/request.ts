@@ -122,7 +122,7 @@ export function lastToolResult(body: MessagesBody): string {
     .join("\n");
 }
 
-const CWD_RE = /Primary working directory: (.+)/;
+const CWD_RE = /Primary working directory: (.+)/g;
 
 /**
  * The CLI's working directory as its environment block names it. In CLI 2.1.332 that block
@@ -134,11 +134,13 @@ export function workingDirectory(body: MessagesBody): string | undefined {
   for (const m of messagesOf(body)) {
     for (const b of blocksOf(m.content)) if (typeof b.text === "string") texts.push(b.text);
   }
-  for (const t of texts) {
-    const m = CWD_RE.exec(t);
-    if (m?.[1] !== undefined) return m[1].trim();
-  }
-  return undefined;
+  // The last one is where the CLI runs now: a session resumed in another folder is told
+  // "Primary working directory: /new (was /old)" after its first turn's.
+  const found = texts.flatMap((t) => [...t.matchAll(CWD_RE)].map((m) => m[1]!));
+  return found
+    .at(-1)
+    ?.replace(/ \(was .*\)$/, "")
+    .trim();
 }
 
 /** Resolves a scripted Write path: absolute paths stay, relative ones join the CLI's cwd. */

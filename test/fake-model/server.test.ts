@@ -53,7 +53,7 @@ describe("request reading", () => {
     expect(scriptOf({ messages: [user("hi"), ...inResult] })).toBeUndefined();
   });
 
-  it("finds the working directory in system, a system message or a reminder", () => {
+  it("finds the working directory in system, a system message or a reminder, the last one first", () => {
     const env =
       "# Environment\n - Primary working directory: /tmp/w 1\n - Is a git repository: false";
     expect(workingDirectory({ system: [{ type: "text", text: env }] })).toBe("/tmp/w 1");
@@ -62,6 +62,14 @@ describe("request reading", () => {
     );
     expect(workingDirectory({ messages: [user(`<system-reminder>\n${env}`)] })).toBe("/tmp/w 1");
     expect(workingDirectory({ messages: [user("hi")] })).toBeUndefined();
+    // Resumed in another folder (CLI 2.1.332): the last block names where it runs now.
+    const moved = env.replace("/tmp/w 1", "/tmp/w 2 (was /tmp/w 1)");
+    const resumed = [
+      { role: "system", content: env },
+      user("hi"),
+      { role: "system", content: moved },
+    ];
+    expect(workingDirectory({ messages: resumed })).toBe("/tmp/w 2");
   });
 
   it("resolves write paths against the cwd", () => {

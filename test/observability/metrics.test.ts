@@ -7,6 +7,8 @@ import { ROOT, scripted, spec, startConductor, waitForEnd, type Conductor } from
 import { promtoolCheckMetrics, startPrometheus, type Prometheus } from "./prometheus.ts";
 
 const TASKS = 5;
+/** Output tokens of the task retried once: its two attempts' four model requests. */
+const RETRIED_OUTPUT = 12;
 const AGENTS = 2;
 /** The scrape job of a service process, named as in deploy/prometheus/prometheus.yml. */
 const jobOf = (command: string) =>
@@ -61,7 +63,22 @@ describe.each(["up", "split"] as const)(
           ).task!.id;
         }),
       );
-      for (const id of ids) {
+      // One more, of the generic type: its check fails attempt 1, and attempt 2 (resuming the
+      // session) fixes it. Each attempt's tokens count once, as GetStats counts them.
+      const step = { usage: { input_tokens: 1000, output_tokens: RETRIED_OUTPUT / 4 } };
+      const { task: retried } = await client.submitTask({
+        spec: spec({
+          prompt: scripted([
+            { write: { path: "value.txt", content: "bad\n" }, ...step },
+            { text: "wrote it", ...step },
+            { write: { path: "value.txt", content: "good\n" }, ...step },
+            { text: "fixed it", ...step },
+          ]),
+          maxAttempts: 2,
+          checks: [{ command: "grep -qx good value.txt" }],
+        }),
+      });
+      for (const id of [...ids, retried!.id]) {
         const task = await waitForEnd(client, id);
         expect(task.state, task.result?.error).toBe(TaskState.SUCCEEDED);
       }
@@ -93,26 +110,33 @@ describe.each(["up", "split"] as const)(
           ),
         ).toBe(TASKS);
       }
-      expect(await value("sum(conductor_task_attempts_total)", TASKS)).toBe(TASKS);
-      expect(await value("sum(conductor_task_queue_wait_seconds_count)", TASKS)).toBe(TASKS);
+      // The generic task's two attempts, and its wait before each.
+      expect(await value("sum(conductor_task_attempts_total)", TASKS + 2)).toBe(TASKS + 2);
+      expect(await value("sum(conductor_task_queue_wait_seconds_count)", TASKS + 2)).toBe(
+        TASKS + 2,
+      );
       expect(
         await value(
           'sum(conductor_task_run_duration_seconds_count{state="succeeded",type="code_review"})',
           TASKS,
         ),
       ).toBe(TASKS);
-      expect(await value('sum(conductor_tasks{state="succeeded"})', TASKS)).toBe(TASKS);
+      expect(await value('sum(conductor_tasks{state="succeeded"})', TASKS + 1)).toBe(TASKS + 1);
       expect(await value("sum(conductor_queue_depth)", 0)).toBe(0);
       expect(await prometheus.query("conductor_queue_depth")).toHaveLength(11); // priorities 0–10
-      expect(await prometheus.query("conductor_task_retries_total")).toEqual([]);
+      expect(await value('sum(conductor_task_retries_total{type="generic"})', 1)).toBe(1);
+      expect(await prometheus.query('conductor_task_retries_total{type="code_review"}')).toEqual(
+        [],
+      );
       expect(await prometheus.query('conductor_task_transitions_total{state="failed"}')).toEqual(
         [],
       );
     });
 
     it("adds up tokens and spend as GetStats does", async () => {
-      expect(Number(stats.outputTokensTotal)).toBe(TASKS * 7);
-      expect(await value("sum(conductor_output_tokens_total)", TASKS * 7)).toBe(TASKS * 7);
+      const output = TASKS * 7 + RETRIED_OUTPUT;
+      expect(Number(stats.outputTokensTotal)).toBe(output);
+      expect(await value("sum(conductor_output_tokens_total)", output)).toBe(output);
       const input = Number(stats.inputTokensTotal);
       expect(await value('sum(conductor_input_tokens_total{model="default"})', input)).toBe(input);
       const [cost] = await prometheus.query("sum(conductor_cost_usd_total)");
@@ -122,18 +146,19 @@ describe.each(["up", "split"] as const)(
     it("counts RPCs on both sides of every boundary, by method and code", async () => {
       const handled = (side: string, service: string, method: string) =>
         `sum(conductor_rpc_${side}_handled_total{service="conductor.v1.${service}",method="${method}",code="OK"})`;
-      expect(await value(handled("server", "OrchestratorService", "SubmitTask"), TASKS)).toBe(
-        TASKS,
+      const [submits, runs] = [TASKS + 1, TASKS + 2]; // the generic task: one submit, two runs
+      expect(await value(handled("server", "OrchestratorService", "SubmitTask"), submits)).toBe(
+        submits,
       );
       expect(await value(handled("server", "OrchestratorService", "GetStats"), 1)).toBe(1);
-      expect(await value(handled("server", "AgentHostService", "RunTask"), TASKS)).toBe(TASKS);
-      expect(await value(handled("client", "AgentHostService", "RunTask"), TASKS)).toBe(TASKS);
+      expect(await value(handled("server", "AgentHostService", "RunTask"), runs)).toBe(runs);
+      expect(await value(handled("client", "AgentHostService", "RunTask"), runs)).toBe(runs);
       expect(
         await value(
           'sum(conductor_rpc_server_handling_seconds_count{method="RunTask",rpc_type="server_streaming"})',
-          TASKS,
+          runs,
         ),
-      ).toBe(TASKS);
+      ).toBe(runs);
     });
 
     it("shows the agents and their sandboxes, from the AgentHost's endpoint", async () => {
@@ -145,7 +170,8 @@ describe.each(["up", "split"] as const)(
           AGENTS,
         ),
       ).toBe(AGENTS);
-      expect(await value("sum(conductor_container_exec_seconds_count)", TASKS)).toBe(TASKS);
+      // The generic task's two runs of the CLI and of its check.
+      expect(await value("sum(conductor_container_exec_seconds_count)", TASKS + 4)).toBe(TASKS + 4);
       if (mode === "split") {
         // Each process exports what it owns.
         expect(await prometheus.query('conductor_agents{job="conductor-orchestrator"}')).toEqual(
