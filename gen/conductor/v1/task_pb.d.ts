@@ -598,6 +598,8 @@ export declare type TaskResult = Message<"conductor.v1.TaskResult"> & {
   isError: boolean;
 
   /**
+   * The Claude session of the last attempt (the one a retry after a failed check resumes).
+   *
    * @generated from field: string session_id = 3;
    */
   sessionId: string;
@@ -610,7 +612,8 @@ export declare type TaskResult = Message<"conductor.v1.TaskResult"> & {
   /**
    * Tokens and US dollars the task spent, over all its attempts so far, as the AgentHost's
    * model proxy metered them from the API's answers and priced them (agent.prices); an
-   * attempt whose node was lost adds nothing.
+   * attempt whose node or AgentHost was lost adds nothing (its checks and session_id, too,
+   * are those of the attempts before).
    *
    * @generated from field: conductor.v1.Usage usage = 5;
    */
