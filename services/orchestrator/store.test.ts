@@ -216,6 +216,19 @@ describe("TaskStore", () => {
     expect(store.queuedByPriority()).toEqual(new Map([[0, 3]]));
     const stats = store.stats();
     expect([stats.inputTokens, stats.outputTokens, stats.costUsd]).toEqual([10, 3, 0.25]);
+    // Counts no number holds (an upstream's word, added up over attempts) are kept at 2^40 a
+    // task: the task and the totals stay readable.
+    const huge = create(TaskResultSchema, { usage: { inputTokens: 2n ** 60n, outputTokens: 1n } });
+    for (const id of ["t2", "t3"]) {
+      store.transition(id, [TaskState.QUEUED], { state: TaskState.RUNNING });
+      store.transition(id, [TaskState.RUNNING], { state: TaskState.FAILED, result: huge });
+    }
+    expect(store.get("t2")!.result!.usage!.inputTokens).toBe(2n ** 60n);
+    expect(store.stats().inputTokens).toBe(10 + 2 * 2 ** 40);
+    expect(store.list([TaskState.FAILED], 10, undefined).tasks).toHaveLength(2);
+    store.transition("t2", [TaskState.FAILED], { state: TaskState.QUEUED, result });
+    store.transition("t3", [TaskState.FAILED], { state: TaskState.QUEUED, result });
+    expect(store.stats().inputTokens).toBe(30);
     store.close();
     const again = new TaskStore(dir);
     try {

@@ -28,6 +28,19 @@ export const FINAL_STATES: ReadonlySet<TaskState> = new Set([
 ]);
 
 /** Columns added after the first release, with their definitions: added to older databases at open. */
+/**
+ * Most tokens a task's row counts (2^40, about a trillion): a model upstream that reports more
+ * is not believed past it. Sums of rows are read at most Number.MAX_SAFE_INTEGER: node:sqlite
+ * refuses to read a larger integer as a number, which would make every read of them fail.
+ */
+const MAX_TASK_TOKENS = 2 ** 40;
+const MAX_SAFE = Number.MAX_SAFE_INTEGER;
+
+/** A task's token count as its row keeps it: 0 to MAX_TASK_TOKENS. */
+function tokenColumn(n: bigint | undefined): number {
+  return Math.max(0, Math.min(MAX_TASK_TOKENS, Number(n ?? 0n)));
+}
+
 const ADDED_COLUMNS: [table: string, name: string, definition: string][] = [
   ["tasks", "trace_parent", "TEXT"], // tracing
   ["tasks", "host", "TEXT NOT NULL DEFAULT ''"], // the AgentHost (HostLink.address) of the current attempt
@@ -507,8 +520,8 @@ export class TaskStore {
     if (update.runMs !== undefined) put("run_ms", update.runMs);
     if (update.result !== undefined) {
       put("result", toBinary(TaskResultSchema, update.result));
-      put("input_tokens", Number(update.result.usage?.inputTokens ?? 0n));
-      put("output_tokens", Number(update.result.usage?.outputTokens ?? 0n));
+      put("input_tokens", tokenColumn(update.result.usage?.inputTokens));
+      put("output_tokens", tokenColumn(update.result.usage?.outputTokens));
       put("cost_usd", update.result.costUsd);
     }
     const marks = from.map(() => "?").join(",");
@@ -743,7 +756,8 @@ export class TaskStore {
   /** A group's tasks by state, with their summed usage, cost and run time. */
   groupTotals(id: string): GroupTotals {
     const rows = this.sql(
-      `SELECT state, COUNT(*) AS n, SUM(input_tokens) AS i, SUM(output_tokens) AS o,
+      `SELECT state, COUNT(*) AS n, MIN(SUM(input_tokens), ${MAX_SAFE}) AS i,
+                MIN(SUM(output_tokens), ${MAX_SAFE}) AS o,
                 SUM(cost_usd) AS c, COALESCE(SUM(run_ms), 0) AS ms, MAX(end_time) AS last
          FROM tasks WHERE group_id = ? GROUP BY state`,
     ).all(id) as {
@@ -1034,7 +1048,8 @@ export class TaskStore {
   } {
     const byState = this.countByState();
     const totals = this.sql(
-      "SELECT input_tokens AS i, output_tokens AS o, cost_usd AS c FROM task_totals",
+      `SELECT MIN(input_tokens, ${MAX_SAFE}) AS i, MIN(output_tokens, ${MAX_SAFE}) AS o,
+         cost_usd AS c FROM task_totals`,
     ).get() as { i: number; o: number; c: number };
     const buckets = this.sql(
       "SELECT bucket, n FROM run_ms_buckets WHERE n > 0 ORDER BY bucket",
