@@ -478,7 +478,7 @@ export class AttemptRunner {
     } catch (e) {
       // Checked at submit: only a type configured away since (a restart) gets here.
       const why = e instanceof ConnectError ? e.rawMessage : String(e);
-      s.outcome = unpreparable(`the task's type cannot build its attempt: ${why}`);
+      s.outcome = unpreparable(`the task's type cannot build its attempt: ${why}`, run.before);
       s.endedAt = performance.now();
       return s;
     }
@@ -783,35 +783,34 @@ function unanswered(outcome: RunOutcome): void {
 }
 
 /** An attempt that cannot be built (its type is gone): failed, not retried. */
-function unpreparable(error: string): RunOutcome {
-  return failed(error, ErrorKind.INVALID_REQUEST, true);
+function unpreparable(error: string, before: TaskResult | undefined): RunOutcome {
+  return failed(error, ErrorKind.INVALID_REQUEST, true, before);
+}
+
+/** An attempt that ended without its outcome (its host or node lost, or stopped). */
+function lost(error: string, before: TaskResult | undefined): RunOutcome {
+  return failed(error, ErrorKind.INFRASTRUCTURE, false, before);
 }
 
 /**
- * An attempt that ended without its outcome (its host or node lost, or stopped). It adds nothing
- * to what the attempts before it gave (`before`, the task's result from the last of them), which
- * stays the task's, as in an outcome an AgentHost tells: the tokens and cost spent so far (a
- * task's budget counts them), the checks that ran, and the session the next attempt resumes
+ * A FAILED outcome the Orchestrator decided itself, saying why. The attempt adds nothing to what
+ * the attempts before it gave (`before`, the task's result from the last of them), which stays
+ * the task's as in an outcome an AgentHost tells: the tokens and cost spent so far (a task's and
+ * a group's budget count them), the checks that ran, and the session the next attempt resumes
  * when the last of them failed.
  */
-function lost(error: string, before: TaskResult | undefined): RunOutcome {
-  const outcome = failed(error, ErrorKind.INFRASTRUCTURE, false);
+function failed(
+  error: string,
+  errorKind: ErrorKind,
+  permanent: boolean,
+  before: TaskResult | undefined,
+): RunOutcome {
+  const result = create(TaskResultSchema, { isError: true, error, errorKind });
   if (before) {
-    const r = outcome.result!;
-    if (before.usage) r.usage = before.usage;
-    r.costUsd = before.costUsd;
-    r.checks = before.checks;
-    r.sessionId = before.sessionId;
+    if (before.usage) result.usage = before.usage;
+    result.costUsd = before.costUsd;
+    result.checks = before.checks;
+    result.sessionId = before.sessionId;
   }
-  return outcome;
-}
-
-/** A FAILED outcome the Orchestrator decided itself, saying why. */
-function failed(error: string, errorKind: ErrorKind, permanent: boolean): RunOutcome {
-  return {
-    $typeName: "conductor.v1.RunOutcome",
-    state: TaskState.FAILED,
-    result: create(TaskResultSchema, { isError: true, error, errorKind }),
-    permanent,
-  };
+  return { $typeName: "conductor.v1.RunOutcome", state: TaskState.FAILED, result, permanent };
 }
