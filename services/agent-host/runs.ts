@@ -231,7 +231,10 @@ export async function executeRun(
     // told, and the rest goes.
     if (!slot.lost) {
       try {
-        const { sessionId } = outcome.result;
+        // No attempt follows a success or a failure no retry can help: nothing of the task's
+        // conversation is kept for one (an empty session id keeps none, and forgets the rest).
+        const over = outcome.state === TaskState.SUCCEEDED || outcome.permanent;
+        const sessionId = over ? "" : outcome.result.sessionId;
         const { agentsDir } = c;
         const store = sessionStore(slot.dir);
         keepSession({

@@ -128,6 +128,13 @@ describe.each(testRuntimes())("repository tasks across faults on the %s runtime"
       const last = JSON.stringify(told.at(-1)!.body);
       expect(last).toContain("wrote the value");
       expect(last).toContain("touch died");
+      // The task is over: no agent keeps its conversation any more.
+      const agentsDir = path.join(setup.conductor.dataDir, "agents");
+      const kept = readdirSync(agentsDir).flatMap((a) => {
+        const store = path.join(agentsDir, a, "sessions");
+        return existsSync(store) ? readdirSync(store) : [];
+      });
+      expect(kept).not.toContain(`${task!.id}.jsonl`);
       // Each attempt's work is on the branch: the bad value, the killed run's file, the fix.
       const cache = cacheOf(setup.conductor.dataDir, repo);
       const change = done.result!.change!;
