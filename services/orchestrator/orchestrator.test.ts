@@ -18,6 +18,7 @@ import {
 } from "../../test/orchestrator-world.ts";
 import { eventually } from "../../test/harness.ts";
 import { REST_AFTER } from "./runner.ts";
+import { taskTypeRegistry } from "./load-task-types.ts";
 import { TaskStore } from "./store.ts";
 
 const WAITING = /waiting for it to confirm the attempt has ended before retrying/;
@@ -287,7 +288,10 @@ describe("an agent whose run ended", () => {
 });
 
 /** Starts, then ends FAILED with `result` (`permanent`: no retry can get past it). */
-const failing = (result: { error: string; errorKind?: ErrorKind }, permanent = false): Play =>
+const failing = (
+  result: { error: string; errorKind?: ErrorKind } & Record<string, unknown>,
+  permanent = false,
+): Play =>
   async function* (req, _ctx, host) {
     yield started(req, host);
     host.setAgent("");
@@ -387,6 +391,46 @@ describe("an attempt's failure", () => {
     await watch.ended();
     expect((await w.task(id)).state).toBe(TaskState.SUCCEEDED);
     expect(host.runs.map((r) => r.req.attempt)).toEqual([1, 2]);
+  });
+
+  it("decided by the Orchestrator (the task's type cannot build it now) keeps what the attempts before it spent and checked", async () => {
+    world = new World();
+    const w = world;
+    let gone = false;
+    const prompt = ({ prompt }: { prompt: string }) => {
+      if (gone) throw new Error("its module fails now");
+      return prompt;
+    };
+    const types = taskTypeRegistry([{ type: { name: "fickle", prompt }, source: "test" }]);
+    await w.startOrchestrator({ types });
+    const spent: Play = async function* (req, ctx, host) {
+      gone = true;
+      yield* failing({
+        error: "check `make test` failed (exit 2)",
+        errorKind: ErrorKind.CHECK_FAILED,
+        costUsd: 0.5,
+        usage: { inputTokens: 10n, outputTokens: 5n },
+        sessionId: "0b7e3d1c-5c4c-4f43-9c55-8a4c8a1e2f10",
+        checks: [{ command: "make test", exitCode: 2, attempt: 1 }],
+      })(req, ctx, host);
+    };
+    await w.host(w.hostSocket, new FakeAgentHost("", [spent]));
+    const spec = create(TaskSpecSchema, { prompt: "p", type: "fickle", maxAttempts: 3 });
+    const { task } = await w.client.submitTask({ spec });
+    const watch = new Watch(w.client, task!.id);
+    await watch.ended();
+    await watch.stop();
+    const { result, attempts, state } = await w.task(task!.id);
+    expect([state, attempts, result?.errorKind]).toEqual([
+      TaskState.FAILED,
+      2,
+      ErrorKind.INVALID_REQUEST,
+    ]);
+    expect(result?.error).toMatch(/^the task's type cannot build its attempt: .*fails now/);
+    expect(result?.costUsd).toBe(0.5);
+    expect(result?.usage?.outputTokens).toBe(5n);
+    expect(result?.checks.map((c) => [c.command, c.attempt])).toEqual([["make test", 1]]);
+    expect((await w.client.getStats({})).costUsdTotal).toBe(0.5);
   });
 });
 
