@@ -1,6 +1,7 @@
 import path from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
+import { Registry } from "prom-client";
 import { afterEach, describe, expect, it } from "vitest";
 import { AgentState } from "../../gen/conductor/v1/agent_pb.js";
 import { ErrorKind, TaskSpecSchema, TaskState } from "../../gen/conductor/v1/task_pb.js";
@@ -19,6 +20,7 @@ import {
 import { eventually } from "../../test/harness.ts";
 import { REST_AFTER } from "./runner.ts";
 import { taskTypeRegistry } from "./load-task-types.ts";
+import { createOrchestratorObserver } from "./telemetry.ts";
 import { TaskStore } from "./store.ts";
 
 const WAITING = /waiting for it to confirm the attempt has ended before retrying/;
@@ -412,6 +414,7 @@ describe("an attempt's failure", () => {
         usage: { inputTokens: 10n, outputTokens: 5n },
         sessionId: "0b7e3d1c-5c4c-4f43-9c55-8a4c8a1e2f10",
         checks: [{ command: "make test", exitCode: 2, attempt: 1 }],
+        change: { branch: "conductor/fickle", headCommit: "c0ffee", committed: true },
       })(req, ctx, host);
     };
     await w.host(w.hostSocket, new FakeAgentHost("", [spent]));
@@ -430,7 +433,29 @@ describe("an attempt's failure", () => {
     expect(result?.costUsd).toBe(0.5);
     expect(result?.usage?.outputTokens).toBe(5n);
     expect(result?.checks.map((c) => [c.command, c.attempt])).toEqual([["make test", 1]]);
+    expect(result?.change?.branch).toBe("conductor/fickle");
     expect((await w.client.getStats({})).costUsdTotal).toBe(0.5);
+  });
+
+  it("whose host reports an absurd cost ends as any other, its cost kept at $10^9", async () => {
+    world = new World();
+    const w = world;
+    const registry = new Registry();
+    const observer = createOrchestratorObserver({ registry, defaultModel: "default" });
+    await w.startOrchestrator({ observer });
+    const absurd = failing({
+      error: "overloaded",
+      errorKind: ErrorKind.API_ERROR,
+      costUsd: Infinity,
+    });
+    await w.host(w.hostSocket, new FakeAgentHost("", [absurd, absurd]));
+    const { id, watch } = await w.submit(2);
+    await watch.ended();
+    const task = await w.task(id);
+    expect([task.state, task.attempts, task.result?.costUsd]).toEqual([TaskState.FAILED, 2, 1e9]);
+    expect((await w.client.getStats({})).costUsdTotal).toBe(1e9);
+    const counted = await registry.getSingleMetric("conductor_cost_usd_total")!.get();
+    expect(counted.values.map((v) => v.value)).toEqual([1e9]);
   });
 });
 

@@ -631,6 +631,9 @@ export class AttemptRunner {
       });
     }
     const result = outcome.result ?? create(TaskResultSchema, {});
+    // An AgentHost's figure is not trusted to be one a sum or a counter can take (Infinity from
+    // an upstream's absurd usage would make every later sum of the task NaN).
+    result.costUsd = boundedUsd(result.costUsd);
     const whole = boundResult(result);
     if (whole !== undefined) this.opts.artifacts.keep(id, 0, whole);
     let state = outcome.state;
@@ -796,8 +799,8 @@ function lost(error: string, before: TaskResult | undefined): RunOutcome {
  * A FAILED outcome the Orchestrator decided itself, saying why. The attempt adds nothing to what
  * the attempts before it gave (`before`, the task's result from the last of them), which stays
  * the task's as in an outcome an AgentHost tells: the tokens and cost spent so far (a task's and
- * a group's budget count them), the checks that ran, and the session the next attempt resumes
- * when the last of them failed.
+ * a group's budget count them), the checks that ran, the session the next attempt resumes when
+ * the last of them failed, and the change on the task's branch.
  */
 function failed(
   error: string,
@@ -811,6 +814,15 @@ function failed(
     result.costUsd = before.costUsd;
     result.checks = before.checks;
     result.sessionId = before.sessionId;
+    if (before.change) result.change = before.change;
   }
   return { $typeName: "conductor.v1.RunOutcome", state: TaskState.FAILED, result, permanent };
+}
+
+/** Most US dollars a task's result may say it spent: $10^9 (more is an absurd report). */
+const MAX_TASK_USD = 1e9;
+
+/** A cost as the Orchestrator keeps it: 0 to MAX_TASK_USD (NaN 0, Infinity MAX_TASK_USD). */
+function boundedUsd(usd: number): number {
+  return usd > 0 ? Math.min(usd, MAX_TASK_USD) : 0;
 }
